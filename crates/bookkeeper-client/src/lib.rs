@@ -1,0 +1,1 @@
+//! bookkeeper-client: under construction.

@@ -1,0 +1,1 @@
+//! majordodo-broker: under construction.

@@ -1,0 +1,1 @@
+//! majordodo-client: under construction.

@@ -1,0 +1,1 @@
+//! majordodo-core: under construction.

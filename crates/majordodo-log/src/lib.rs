@@ -1,0 +1,181 @@
+//! Commit logs for the Majordodo broker.
+//!
+//! The broker writes every change of its state to a [`CommitLog`] before applying it. A log is
+//! an ordered sequence of opaque records, each numbered by a [`Lsn`] (log sequence number). The
+//! log knows nothing of what a record means: encoding lives in `majordodo-proto`.
+//!
+//! Implementations:
+//! - `MemoryLog`: in memory, for tests and embedding.
+//! - `FileLog`: segment files on a local disk with group commit (the standalone default).
+//! - the BookKeeper-backed log of `majordodo-cluster` (replicated).
+//!
+//! Every implementation must pass the conformance suite in `conformance`.
+
+use std::fmt;
+use std::future::Future;
+use std::pin::Pin;
+
+use bytes::Bytes;
+
+/// A boxed, sendable future, so that [`CommitLog`] can be used as a trait object.
+pub type BoxFuture<'a, T> = Pin<Box<dyn Future<Output = T> + Send + 'a>>;
+
+/// Position of one record in a log.
+///
+/// LSNs are dense and start at 1; `Lsn::ZERO` means "before the first record" and is never the
+/// position of a record. They only increase, across segments, ledgers and restarts.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct Lsn(pub u64);
+
+impl Lsn {
+    /// The position before the first record.
+    pub const ZERO: Lsn = Lsn(0);
+
+    /// The position right after this one.
+    pub fn next(self) -> Lsn {
+        Lsn(self.0 + 1)
+    }
+}
+
+impl fmt::Display for Lsn {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// The records of one [`CommitLog::append`] call, once durable.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub struct Appended {
+    /// LSN of the first record of the batch.
+    pub first: Lsn,
+    /// LSN of the last record of the batch (equal to `first` for a single record).
+    pub last: Lsn,
+}
+
+/// Resolves when the records of one append are durable, or with the error that failed the log.
+pub type AppendFuture = BoxFuture<'static, Result<Appended, LogError>>;
+
+/// What a replay found, for logging at boot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ReplayReport {
+    /// Number of records handed to the callback.
+    pub records: u64,
+    /// LSN of the last record in the log (handed over or not); `Lsn::ZERO` if the log is empty.
+    pub last: Lsn,
+}
+
+/// Errors of a commit log.
+#[derive(Debug, thiserror::Error)]
+pub enum LogError {
+    /// An I/O operation failed. The log is failed: the caller must stop writing, and a broker
+    /// must stop acting as leader and rebuild its state from the log.
+    #[error("{context}: {source}")]
+    Io {
+        /// What was being done, as a verb phrase ("fsync segment 00000000000000000001.log").
+        context: String,
+        /// The underlying error.
+        #[source]
+        source: std::io::Error,
+    },
+    /// Stored data failed validation (bad checksum, bad framing, LSN out of order) somewhere
+    /// other than the torn tail of the newest segment. Not retryable: an operator must look.
+    #[error("corrupt log: {file} at offset {offset}: {reason}")]
+    Corrupt {
+        /// The file (or ledger) holding the bad data.
+        file: String,
+        /// Byte offset (or entry id) of the bad record.
+        offset: u64,
+        /// What was wrong.
+        reason: String,
+    },
+    /// Another writer took over the log (a newer leader fenced this one). Not retryable by this
+    /// process: step down.
+    #[error("log fenced: {0}")]
+    Fenced(String),
+    /// The log was closed, or failed earlier; nothing more can be appended.
+    #[error("log closed")]
+    Closed,
+    /// A record is larger than this log accepts. Retryable with a smaller record only.
+    #[error("record of {size} bytes exceeds the limit of {limit} bytes")]
+    RecordTooLarge {
+        /// Size of the offending record.
+        size: usize,
+        /// The limit.
+        limit: usize,
+    },
+    /// The replay callback refused a record; the message says why.
+    #[error("replay stopped at lsn {lsn}: {reason}")]
+    Replay {
+        /// The record that was refused.
+        lsn: Lsn,
+        /// The callback's reason.
+        reason: String,
+    },
+    /// A failure of the replicated backend (BookKeeper, ZooKeeper) with its own description.
+    #[error("{0}")]
+    Backend(String),
+}
+
+impl LogError {
+    /// Whether retrying the same operation later may succeed (on a fresh log instance).
+    pub fn is_retryable(&self) -> bool {
+        matches!(self, LogError::Io { .. } | LogError::Backend(_))
+    }
+}
+
+/// Callback of [`CommitLog::replay`]: receives each record in LSN order.
+///
+/// Returning an error stops the replay; the replay then fails with [`LogError::Replay`].
+pub type ReplayFn<'a> = dyn FnMut(Lsn, Bytes) -> Result<(), String> + Send + 'a;
+
+/// An ordered, durable sequence of records.
+///
+/// # Contract (checked by the conformance suite)
+/// 1. `append` queues its records after everything queued by earlier `append` calls, at once
+///    (before it returns), so that the order of calls is the order in the log. The records get
+///    consecutive LSNs following the last LSN of the log.
+/// 2. The returned future resolves only once every record of the batch is durable (for the file
+///    log: written and fsynced; for BookKeeper: acknowledged by the ack quorum). Futures of
+///    successive appends resolve in call order. Concurrent appends may share one fsync.
+/// 3. After an append fails, the log is failed: that append and every later one resolve with an
+///    error. Records of a failed batch were never acknowledged: a later replay may or may not
+///    return them, but never a part of a record, and never a record after a missing one.
+/// 4. `replay(after)` hands every durable record with LSN > `after` to the callback, in order,
+///    exactly once. It is used at boot before any append, and by followers.
+/// 5. `release_before(lsn)` tells the log that the state up to `lsn` is safe in a snapshot:
+///    records with LSN ≤ `lsn` may be deleted (whole segments or ledgers at a time). A later
+///    `replay(after)` with `after >= lsn` still works.
+/// 6. A record of `max_record_size()` bytes or less is accepted; a larger one fails its append
+///    with [`LogError::RecordTooLarge`] without failing the log.
+pub trait CommitLog: Send + Sync + 'static {
+    /// Queues `records` for appending; see the contract above. An empty batch resolves at once
+    /// with `first == last ==` the current last LSN.
+    fn append(&self, records: Vec<Bytes>) -> AppendFuture;
+
+    /// Replays durable records with LSN > `after` into `f`, in order.
+    ///
+    /// # Errors
+    /// [`LogError::Corrupt`] on bad data, [`LogError::Io`] or [`LogError::Backend`] on read
+    /// failures, [`LogError::Replay`] when the callback refuses a record.
+    fn replay<'a>(
+        &'a self,
+        after: Lsn,
+        f: &'a mut ReplayFn<'a>,
+    ) -> BoxFuture<'a, Result<ReplayReport, LogError>>;
+
+    /// The LSN of the last durable record (`Lsn::ZERO` when the log is empty).
+    fn last_lsn(&self) -> Lsn;
+
+    /// Allows the log to drop records with LSN ≤ `lsn`; see the contract above.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] if deleting old segments fails (the log stays usable).
+    fn release_before(&self, lsn: Lsn) -> BoxFuture<'_, Result<(), LogError>>;
+
+    /// The largest record this log accepts, in bytes.
+    fn max_record_size(&self) -> usize;
+
+    /// Flushes what is queued, stops the writer and releases files. Later appends fail with
+    /// [`LogError::Closed`].
+    fn close(&self) -> BoxFuture<'_, Result<(), LogError>>;
+}

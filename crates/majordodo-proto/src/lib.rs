@@ -1,0 +1,1 @@
+//! majordodo-proto: under construction.

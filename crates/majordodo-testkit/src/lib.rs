@@ -1,0 +1,1 @@
+//! majordodo-testkit: under construction.

@@ -1,0 +1,1 @@
+//! majordodo-worker: under construction.
