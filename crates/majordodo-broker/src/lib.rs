@@ -1,1 +1,3 @@
-//! majordodo-broker: under construction.
+//! The Majordodo broker runtime.
+
+pub mod worker_listener;

@@ -1,0 +1,1 @@
+//! Accepts worker connections, authenticates them and turns their frames into events.

@@ -1,0 +1,1 @@
+//! The broker↔worker protocol: frames, codec and handshake.
