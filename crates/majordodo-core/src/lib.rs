@@ -1,1 +1,25 @@
-//! majordodo-core: under construction.
+//! The sans-I/O core of Majordodo.
+//!
+//! - [`model`]: tasks, workers, statuses.
+//! - [`entry`]: the log-entry vocabulary; every state change is one [`LogEntry`].
+//! - [`state`]: [`BrokerState`] and its single [`BrokerState::apply`], used identically by the
+//!   leader, by replay at boot and by followers.
+//! - [`scheduler`]: the waiting-task index and the capacity-aware choice of tasks for a worker.
+//! - [`leader`]: [`Leader`], which turns requests and events into entries, with reservations for
+//!   entries still in flight so batches can be pipelined.
+//! - [`snapshot`]: owned records of a whole state, and rebuilding a state from them.
+//!
+//! No I/O, no clock, no randomness: time is an argument of every call that needs it.
+
+pub mod entry;
+pub mod leader;
+pub mod model;
+pub mod scheduler;
+pub mod snapshot;
+pub mod state;
+
+pub use entry::{LogEntry, NewTask};
+pub use leader::{Leader, LeaderConfig};
+pub use model::{Millis, Task, TaskId, TaskStatus, TransactionId, WorkerStatus};
+pub use scheduler::WorkerCapacity;
+pub use state::{ApplyError, BrokerState, DefaultGroupMapper, GroupMapper};

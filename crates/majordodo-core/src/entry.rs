@@ -1,0 +1,193 @@
+//! The log-entry vocabulary: every change of the broker state is one of these.
+//!
+//! It follows the original's `StatusEdit` types (survey §1.5) with one difference: every entry is
+//! self-contained. Timestamps that decide an entry's effect travel inside it (the original read the
+//! wall clock when applying `ADD_TASK`, so replicas and replays could disagree), and outcomes the
+//! leader decided (retry or give up) are written as explicit status changes. Applying the same
+//! entries to the same state therefore always gives the same state.
+
+use crate::model::{Millis, TaskId, TaskStatus, TransactionId};
+
+/// A task as submitted, with everything its creation needs.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct NewTask {
+    /// Id allocated by the leader.
+    pub id: TaskId,
+    /// Task type.
+    pub task_type: String,
+    /// Owner.
+    pub user_id: String,
+    /// Payload.
+    pub data: String,
+    /// 0 = unlimited, 1 = at most once, N = at most N executions.
+    pub max_attempts: u32,
+    /// Attempts already made (clients may pre-set it; usually 0).
+    pub attempts: u32,
+    /// Requested start time; 0 = now. Later than `created` makes the task delayed.
+    pub requested_start_time: Millis,
+    /// Absolute deadline; 0 = none.
+    pub deadline: Millis,
+    /// Mutual-exclusion key, if any.
+    pub slot: Option<String>,
+    /// Code pool, if any.
+    pub codepool: Option<String>,
+    /// Execution mode, if not the default.
+    pub mode: Option<String>,
+    /// Submission time, set by the leader.
+    pub created: Millis,
+}
+
+impl NewTask {
+    /// The status the task starts in: delayed when its start time is after its submission.
+    pub fn initial_status(&self) -> TaskStatus {
+        if self.requested_start_time > self.created {
+            TaskStatus::Delayed
+        } else {
+            TaskStatus::Waiting
+        }
+    }
+}
+
+/// One change of the broker state.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum LogEntry {
+    /// A task is submitted (original code 1).
+    AddTask(NewTask),
+    /// A worker connected (code 2). Reconciliation of its running tasks is logged as separate
+    /// [`LogEntry::TaskStatusChange`] entries.
+    WorkerConnected {
+        /// Worker id.
+        worker_id: String,
+        /// Where it runs.
+        location: String,
+        /// Id of its process.
+        process_id: String,
+        /// When it connected.
+        timestamp: Millis,
+    },
+    /// A waiting task is assigned to a worker (code 3).
+    AssignTask {
+        /// The task.
+        task_id: TaskId,
+        /// The worker.
+        worker_id: String,
+        /// The attempt this assignment starts (the task's attempts + 1).
+        attempt: u32,
+        /// Resources charged to this execution.
+        resources: Vec<String>,
+        /// When it was assigned.
+        timestamp: Millis,
+    },
+    /// A task changes status (code 4): a finish report, a failure decided by the leader (retry or
+    /// give up), a worker death, a deadline, a delayed task becoming due.
+    TaskStatusChange {
+        /// The task.
+        task_id: TaskId,
+        /// The new status.
+        status: TaskStatus,
+        /// For changes of a running task, the attempt they concern (must be the current one);
+        /// otherwise the task's current attempts.
+        attempt: u32,
+        /// The worker that reported it, if it came from a worker.
+        worker_id: Option<String>,
+        /// The result text to store (executor result, error text, `deadline_expired`, ...).
+        result: Option<String>,
+        /// When the change was decided.
+        timestamp: Millis,
+    },
+    /// A worker's connection was lost (code 5).
+    WorkerDisconnected {
+        /// Worker id.
+        worker_id: String,
+        /// When.
+        timestamp: Millis,
+    },
+    /// A worker is declared dead (code 6); the failures of its tasks follow as status changes.
+    WorkerDied {
+        /// Worker id.
+        worker_id: String,
+        /// When.
+        timestamp: Millis,
+    },
+    /// A transaction is opened (code 7).
+    BeginTransaction {
+        /// Its id.
+        transaction_id: TransactionId,
+        /// When.
+        timestamp: Millis,
+    },
+    /// A transaction's prepared tasks are published at once (code 8).
+    CommitTransaction {
+        /// Its id.
+        transaction_id: TransactionId,
+        /// When.
+        timestamp: Millis,
+    },
+    /// A transaction's prepared tasks are discarded (code 9).
+    RollbackTransaction {
+        /// Its id.
+        transaction_id: TransactionId,
+        /// When.
+        timestamp: Millis,
+    },
+    /// A task is prepared inside a transaction (code 10).
+    PrepareAddTask {
+        /// The transaction.
+        transaction_id: TransactionId,
+        /// The task.
+        task: NewTask,
+    },
+    /// Nothing (code 11): written periodically to prove the leader can still write.
+    Noop {
+        /// When.
+        timestamp: Millis,
+    },
+    /// A code pool is deleted (code 13).
+    DeleteCodePool {
+        /// Pool id.
+        id: String,
+        /// When.
+        timestamp: Millis,
+    },
+    /// A code pool is created (code 14).
+    CreateCodePool {
+        /// Pool id.
+        id: String,
+        /// When.
+        timestamp: Millis,
+        /// Time to live in ms; 0 = forever.
+        ttl: Millis,
+        /// The bundle.
+        data: Vec<u8>,
+    },
+    /// Ended tasks are forgotten (retention elapsed). The original purged memory without logging,
+    /// so a replay brought purged tasks back; here the purge is an entry like any other change.
+    PurgeTasks {
+        /// The tasks, all finished or in error.
+        task_ids: Vec<TaskId>,
+        /// When.
+        timestamp: Millis,
+    },
+}
+
+impl LogEntry {
+    /// A short name of the entry kind, for logs and errors.
+    pub fn kind(&self) -> &'static str {
+        match self {
+            LogEntry::AddTask(_) => "add_task",
+            LogEntry::WorkerConnected { .. } => "worker_connected",
+            LogEntry::AssignTask { .. } => "assign_task",
+            LogEntry::TaskStatusChange { .. } => "task_status_change",
+            LogEntry::WorkerDisconnected { .. } => "worker_disconnected",
+            LogEntry::WorkerDied { .. } => "worker_died",
+            LogEntry::BeginTransaction { .. } => "begin_transaction",
+            LogEntry::CommitTransaction { .. } => "commit_transaction",
+            LogEntry::RollbackTransaction { .. } => "rollback_transaction",
+            LogEntry::PrepareAddTask { .. } => "prepare_add_task",
+            LogEntry::Noop { .. } => "noop",
+            LogEntry::DeleteCodePool { .. } => "delete_code_pool",
+            LogEntry::CreateCodePool { .. } => "create_code_pool",
+            LogEntry::PurgeTasks { .. } => "purge_tasks",
+        }
+    }
+}

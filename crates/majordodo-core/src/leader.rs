@@ -1,0 +1,821 @@
+//! The leader's decisions: turns requests and events into log entries.
+//!
+//! The leader validates against the applied state **plus the reservations of entries still in
+//! flight** (task ids handed out, slots taken, assignments made, status changes decided), so it can
+//! prepare the next batch while the previous one is being made durable (DESIGN-NOTES, "pipelined
+//! group commit"). Entries change the state only through [`Leader::apply`], called in log order
+//! once they are durable; that also releases their reservations.
+//!
+//! When the leader decides that a task leaves the waiting (or delayed) queues, it takes it out of
+//! the queues at once, so it is not chosen twice; the `apply` that follows finds it already gone.
+//!
+//! Nothing here reads a clock: every call takes `now`.
+
+use std::collections::{BTreeMap, HashMap, HashSet};
+use std::sync::Arc;
+
+use crate::entry::{LogEntry, NewTask};
+use crate::model::{Millis, TaskId, TaskStatus, WorkerStatus};
+use crate::scheduler::{RunningSet, WorkerCapacity};
+use crate::state::{ApplyError, BrokerState};
+
+/// Result text of a task whose worker died (survey §2.5).
+pub fn worker_died_result(worker_id: &str) -> String {
+    format!("worker {worker_id} died")
+}
+
+/// Result text of a task whose deadline passed before it could run (survey §2.6).
+pub const DEADLINE_EXPIRED: &str = "deadline_expired";
+
+/// Tunables of the leader.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct LeaderConfig {
+    /// A worker silent (no message, or disconnected) for this long is declared dead.
+    pub max_worker_idle: Millis,
+    /// Ended tasks are purged this long after their creation; 0 keeps them forever.
+    pub finished_task_retention: Millis,
+    /// Most assignments decided in one round, so one round stays short.
+    pub max_assignments_per_round: usize,
+    /// Most timer-driven changes (resume, expiry, purge) decided in one round.
+    pub max_timer_changes_per_round: usize,
+}
+
+impl Default for LeaderConfig {
+    fn default() -> Self {
+        LeaderConfig {
+            max_worker_idle: 30_000,
+            finished_task_retention: 3_600_000,
+            // 10 000 keeps a round near a millisecond of work while filling many workers.
+            max_assignments_per_round: 10_000,
+            max_timer_changes_per_round: 10_000,
+        }
+    }
+}
+
+/// A task submission, already checked for well-formedness by the API layer.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct SubmitRequest {
+    /// Task type.
+    pub task_type: String,
+    /// Owner.
+    pub user_id: String,
+    /// Payload.
+    pub data: String,
+    /// 0 = unlimited, 1 = at most once, N = at most N.
+    pub max_attempts: u32,
+    /// Attempts already made (usually 0).
+    pub attempts: u32,
+    /// 0 = now.
+    pub requested_start_time: Millis,
+    /// 0 = none.
+    pub deadline: Millis,
+    /// Mutual-exclusion key.
+    pub slot: Option<String>,
+    /// Code pool.
+    pub codepool: Option<String>,
+    /// Mode.
+    pub mode: Option<String>,
+}
+
+/// What the leader decided about one submission.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum SubmitOutcome {
+    /// Accepted: the entry must be logged; the task exists once it is durable.
+    Accepted(TaskId),
+    /// Not created, for a reason that is not an error of the request (survey §2.8: a busy slot
+    /// answers task id 0 with this text).
+    NotCreated(String),
+}
+
+/// How a worker ended an attempt.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Outcome {
+    /// The executor returned a result.
+    Finished,
+    /// The executor failed; the task is retried if its attempts and deadline allow.
+    Error,
+}
+
+/// A worker's report about one attempt.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct FinishReport {
+    /// The task.
+    pub task_id: TaskId,
+    /// The attempt it ran.
+    pub attempt: u32,
+    /// How it ended.
+    pub outcome: Outcome,
+    /// The result or error text.
+    pub result: String,
+}
+
+/// Identifies one connection of a worker, so that events of a replaced connection are ignored.
+pub type ConnId = u64;
+
+/// A worker asking to join.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerHello {
+    /// The connection.
+    pub conn: ConnId,
+    /// Stable worker id.
+    pub worker_id: String,
+    /// Its process.
+    pub process_id: String,
+    /// Where it runs.
+    pub location: String,
+    /// What it can run.
+    pub capacity: WorkerCapacity,
+    /// Tasks it still runs or has unacknowledged reports for: (task, attempt).
+    pub running: Vec<(TaskId, u32)>,
+}
+
+/// Why a worker was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ConnectRejection {
+    /// Another process holds a live connection under the same worker id. Retryable once that
+    /// connection is gone (it is dropped after the idle time if it is a zombie).
+    #[error("worker {worker_id} is already connected from process {process_id}")]
+    AlreadyConnected {
+        /// The worker id.
+        worker_id: String,
+        /// The process holding it.
+        process_id: String,
+    },
+    /// The worker's declaration is unusable.
+    #[error("invalid worker declaration: {0}")]
+    Invalid(String),
+}
+
+/// What the leader decided about a connecting worker.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Admission {
+    /// Entries to log before welcoming the worker.
+    pub entries: Vec<LogEntry>,
+    /// A previous connection of the same process, now replaced: close it.
+    pub replaced: Option<ConnId>,
+}
+
+/// Assignments for one worker, to push to it once the entries are durable.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerAssignments {
+    /// The worker.
+    pub worker_id: Arc<str>,
+    /// Its connection when the assignments were decided.
+    pub conn: ConnId,
+    /// (task, attempt) in assignment order.
+    pub tasks: Vec<(TaskId, u32)>,
+}
+
+/// Volatile knowledge about a worker, not replicated (workers re-declare it when they connect).
+#[derive(Clone, Debug)]
+struct LiveWorker {
+    conn: Option<ConnId>,
+    process_id: String,
+    capacity: WorkerCapacity,
+    /// Last message (or connection loss, or promotion) time.
+    last_seen: Millis,
+    /// Declared dead (the entries may still be in flight).
+    dead: bool,
+}
+
+/// The leader: the state plus everything decided but not yet durable.
+#[derive(Debug)]
+pub struct Leader {
+    state: BrokerState,
+    config: LeaderConfig,
+    next_task_id: u64,
+    /// Slots of submissions in flight.
+    pending_slots: HashSet<Box<str>>,
+    /// Assignments in flight, per worker.
+    pending_assign: HashMap<Arc<str>, RunningSet>,
+    /// Tasks with a status change in flight (finish, failure, expiry, resume); they are not
+    /// touched again until it is applied.
+    pending_changes: HashSet<TaskId>,
+    /// Purges in flight.
+    pending_purge: HashSet<TaskId>,
+    live: BTreeMap<Arc<str>, LiveWorker>,
+    /// Rotates the first worker served by each assignment round, so no worker is favoured.
+    rotation: usize,
+}
+
+impl Leader {
+    /// Takes leadership over `state` (after it was fully replayed). Workers the state knows as
+    /// connected or disconnected get `max_worker_idle` from `now` to reconnect before they are
+    /// declared dead.
+    pub fn new(state: BrokerState, config: LeaderConfig, now: Millis) -> Leader {
+        let mut live = BTreeMap::new();
+        for w in state.workers() {
+            if w.status != WorkerStatus::Dead {
+                live.insert(
+                    w.id.clone(),
+                    LiveWorker {
+                        conn: None,
+                        process_id: w.process_id.clone(),
+                        capacity: WorkerCapacity::any(0),
+                        last_seen: now,
+                        dead: false,
+                    },
+                );
+            }
+        }
+        // Workers already dead may still have running tasks (if the leader died between the two
+        // entries): fail them too, from the first tick.
+        for w in state.workers() {
+            if w.status == WorkerStatus::Dead && state.running_on(&w.id).is_some() {
+                live.insert(
+                    w.id.clone(),
+                    LiveWorker {
+                        conn: None,
+                        process_id: w.process_id.clone(),
+                        capacity: WorkerCapacity::any(0),
+                        last_seen: now - config.max_worker_idle,
+                        dead: false,
+                    },
+                );
+            }
+        }
+        Leader {
+            next_task_id: state.max_task_id() + 1,
+            state,
+            config,
+            pending_slots: HashSet::new(),
+            pending_assign: HashMap::new(),
+            pending_changes: HashSet::new(),
+            pending_purge: HashSet::new(),
+            live,
+            rotation: 0,
+        }
+    }
+
+    /// The applied state (queues may run ahead of it by the in-flight decisions).
+    pub fn state(&self) -> &BrokerState {
+        &self.state
+    }
+
+    /// Gives the state back (stepping down).
+    pub fn into_state(self) -> BrokerState {
+        self.state
+    }
+
+    /// The configuration.
+    pub fn config(&self) -> &LeaderConfig {
+        &self.config
+    }
+
+    /// Whether any decision is still waiting for its entries to be applied.
+    pub fn has_pending(&self) -> bool {
+        !self.pending_slots.is_empty()
+            || self.pending_assign.values().any(|s| !s.is_empty())
+            || !self.pending_changes.is_empty()
+            || !self.pending_purge.is_empty()
+    }
+
+    // ----- requests -----
+
+    /// Decides a submission. When accepted, the returned entry must be logged.
+    pub fn submit(&mut self, now: Millis, req: SubmitRequest) -> (SubmitOutcome, Option<LogEntry>) {
+        if let Some(slot) = &req.slot
+            && (self.state.slot_holder(slot).is_some()
+                || self.pending_slots.contains(slot.as_str()))
+        {
+            return (
+                SubmitOutcome::NotCreated(format!("slot {slot} already assigned")),
+                None,
+            );
+        }
+        let id = TaskId(self.next_task_id);
+        self.next_task_id += 1;
+        if let Some(slot) = &req.slot {
+            self.pending_slots.insert(slot.as_str().into());
+        }
+        let entry = LogEntry::AddTask(NewTask {
+            id,
+            task_type: req.task_type,
+            user_id: req.user_id,
+            data: req.data,
+            max_attempts: req.max_attempts,
+            attempts: req.attempts,
+            requested_start_time: req.requested_start_time,
+            deadline: req.deadline,
+            slot: req.slot,
+            codepool: req.codepool,
+            mode: req.mode,
+            created: now,
+        });
+        (SubmitOutcome::Accepted(id), Some(entry))
+    }
+
+    // ----- workers -----
+
+    /// A worker connects. On success, log the entries, then welcome it.
+    ///
+    /// # Errors
+    /// [`ConnectRejection`] when another live process holds the worker id.
+    pub fn worker_connected(
+        &mut self,
+        now: Millis,
+        hello: WorkerHello,
+    ) -> Result<Admission, ConnectRejection> {
+        if hello.worker_id.is_empty() {
+            return Err(ConnectRejection::Invalid("empty worker id".into()));
+        }
+        let worker = self.state.intern(&hello.worker_id);
+        let mut replaced = None;
+        if let Some(live) = self.live.get(&worker)
+            && let Some(conn) = live.conn
+            && !live.dead
+        {
+            if live.process_id != hello.process_id {
+                return Err(ConnectRejection::AlreadyConnected {
+                    worker_id: hello.worker_id,
+                    process_id: live.process_id.clone(),
+                });
+            }
+            replaced = Some(conn);
+        }
+        let mut entries = vec![LogEntry::WorkerConnected {
+            worker_id: hello.worker_id.clone(),
+            location: hello.location,
+            process_id: hello.process_id.clone(),
+            timestamp: now,
+        }];
+        // Reconciliation (survey §2.5): what the state has running on this worker but the worker
+        // does not list is lost. Assignments still in flight are not: they will be pushed to this
+        // new connection once durable.
+        let listed: HashSet<(TaskId, u32)> = hello.running.iter().copied().collect();
+        let mut lost: Vec<TaskId> = self
+            .state
+            .running_on(&worker)
+            .map(|r| r.iter().collect())
+            .unwrap_or_default();
+        lost.sort();
+        for id in lost {
+            let task = self
+                .state
+                .task(id)
+                .expect("running sets hold existing tasks");
+            if !listed.contains(&(id, task.attempts)) && !self.pending_changes.contains(&id) {
+                let result = worker_died_result(&hello.worker_id);
+                entries.push(self.fail_running(id, Some(&hello.worker_id), result, now));
+            }
+        }
+        self.live.insert(
+            worker,
+            LiveWorker {
+                conn: Some(hello.conn),
+                process_id: hello.process_id,
+                capacity: hello.capacity,
+                last_seen: now,
+                dead: false,
+            },
+        );
+        Ok(Admission { entries, replaced })
+    }
+
+    /// A worker sent something (any message counts as a sign of life); `capacity` when it
+    /// re-declared it.
+    pub fn worker_seen(
+        &mut self,
+        now: Millis,
+        worker_id: &str,
+        conn: ConnId,
+        capacity: Option<WorkerCapacity>,
+    ) {
+        if let Some(live) = self.live.get_mut(worker_id)
+            && live.conn == Some(conn)
+        {
+            live.last_seen = live.last_seen.max(now);
+            if let Some(capacity) = capacity {
+                live.capacity = capacity;
+            }
+        }
+    }
+
+    /// A worker's connection ended. Returns the entries to log (none if that connection was
+    /// already replaced).
+    pub fn worker_disconnected(
+        &mut self,
+        now: Millis,
+        worker_id: &str,
+        conn: ConnId,
+    ) -> Vec<LogEntry> {
+        let Some(live) = self.live.get_mut(worker_id) else {
+            return Vec::new();
+        };
+        if live.conn != Some(conn) {
+            return Vec::new();
+        }
+        live.conn = None;
+        // Keep `last_seen`: the idle time counts from the last message, not from the loss.
+        let _ = now;
+        vec![LogEntry::WorkerDisconnected {
+            worker_id: worker_id.to_string(),
+            timestamp: now,
+        }]
+    }
+
+    /// The connection a worker is reachable on, if connected.
+    pub fn connection_of(&self, worker_id: &str) -> Option<ConnId> {
+        self.live.get(worker_id).and_then(|l| l.conn)
+    }
+
+    /// Processes a batch of finish reports from a worker. Reports for attempts that are not current
+    /// (late, duplicated, or for tasks given up on) are ignored.
+    pub fn finish_reports(
+        &mut self,
+        now: Millis,
+        worker_id: &str,
+        reports: &[FinishReport],
+    ) -> Vec<LogEntry> {
+        let mut entries = Vec::new();
+        for r in reports {
+            let Some(task) = self.state.task(r.task_id) else {
+                continue;
+            };
+            let current = task.status == TaskStatus::Running
+                && task.attempts == r.attempt
+                && task.worker_id.as_deref() == Some(worker_id)
+                && !self.pending_changes.contains(&r.task_id);
+            if !current {
+                continue;
+            }
+            let entry = match r.outcome {
+                Outcome::Finished => {
+                    self.pending_changes.insert(r.task_id);
+                    LogEntry::TaskStatusChange {
+                        task_id: r.task_id,
+                        status: TaskStatus::Finished,
+                        attempt: r.attempt,
+                        worker_id: Some(worker_id.to_string()),
+                        result: Some(r.result.clone()),
+                        timestamp: now,
+                    }
+                }
+                Outcome::Error => {
+                    self.fail_running(r.task_id, Some(worker_id), r.result.clone(), now)
+                }
+            };
+            entries.push(entry);
+        }
+        entries
+    }
+
+    /// The entry failing a running task: back to waiting if attempts and deadline allow, else
+    /// error (survey §2.3–2.4).
+    fn fail_running(
+        &mut self,
+        id: TaskId,
+        worker_id: Option<&str>,
+        result: String,
+        now: Millis,
+    ) -> LogEntry {
+        let task = self.state.task(id).expect("caller checked the task exists");
+        let attempts_used = task.max_attempts > 0 && task.attempts >= task.max_attempts;
+        let deadline_passed = task.deadline > 0 && task.deadline <= now;
+        let status = if attempts_used || deadline_passed {
+            TaskStatus::Error
+        } else {
+            TaskStatus::Waiting
+        };
+        self.pending_changes.insert(id);
+        LogEntry::TaskStatusChange {
+            task_id: id,
+            status,
+            attempt: task.attempts,
+            worker_id: worker_id.map(str::to_string),
+            result: Some(result),
+            timestamp: now,
+        }
+    }
+
+    // ----- timers -----
+
+    /// Decisions that time makes: dead workers, delayed tasks becoming due, deadlines passing,
+    /// ended tasks to purge. Call it when [`Leader::next_timer`] is reached (calling it more often
+    /// is harmless).
+    pub fn tick(&mut self, now: Millis) -> Vec<LogEntry> {
+        let mut entries = Vec::new();
+        self.declare_dead_workers(now, &mut entries);
+        let budget = self.config.max_timer_changes_per_round;
+
+        // Deadlines first, so that an expired delayed task is not resumed (the original resumed
+        // expired delayed tasks, survey §2.6).
+        let mut expired = Vec::new();
+        for &(deadline, id) in self.state.deadlines.iter() {
+            if deadline > now || expired.len() >= budget {
+                break;
+            }
+            expired.push(id);
+        }
+        for id in expired {
+            if self.pending_changes.contains(&id) {
+                continue;
+            }
+            let task = self
+                .state
+                .task(id)
+                .expect("deadline index holds existing tasks");
+            let attempt = task.attempts;
+            self.state.unqueue(id);
+            self.pending_changes.insert(id);
+            entries.push(LogEntry::TaskStatusChange {
+                task_id: id,
+                status: TaskStatus::Error,
+                attempt,
+                worker_id: None,
+                result: Some(DEADLINE_EXPIRED.to_string()),
+                timestamp: now,
+            });
+        }
+
+        let mut due = Vec::new();
+        for &(start, id) in self.state.delayed.iter() {
+            if start > now || due.len() >= budget {
+                break;
+            }
+            due.push(id);
+        }
+        for id in due {
+            if self.pending_changes.contains(&id) {
+                continue;
+            }
+            let attempt = self
+                .state
+                .task(id)
+                .expect("delayed index holds existing tasks")
+                .attempts;
+            self.state.unqueue(id);
+            self.pending_changes.insert(id);
+            entries.push(LogEntry::TaskStatusChange {
+                task_id: id,
+                status: TaskStatus::Waiting,
+                attempt,
+                worker_id: None,
+                result: None,
+                timestamp: now,
+            });
+        }
+
+        if self.config.finished_task_retention > 0 {
+            let horizon = now - self.config.finished_task_retention;
+            let mut purge = Vec::new();
+            for &(created, id) in self.state.ended.iter() {
+                if created > horizon || purge.len() >= budget {
+                    break;
+                }
+                if self.pending_purge.insert(id) {
+                    purge.push(id);
+                }
+            }
+            if !purge.is_empty() {
+                entries.push(LogEntry::PurgeTasks {
+                    task_ids: purge,
+                    timestamp: now,
+                });
+            }
+        }
+        entries
+    }
+
+    fn declare_dead_workers(&mut self, now: Millis, entries: &mut Vec<LogEntry>) {
+        let idle = self.config.max_worker_idle;
+        let dying: Vec<Arc<str>> = self
+            .live
+            .iter()
+            .filter(|(_, l)| !l.dead && l.conn.is_none() && l.last_seen + idle <= now)
+            .map(|(id, _)| id.clone())
+            .collect();
+        for worker in dying {
+            entries.push(LogEntry::WorkerDied {
+                worker_id: worker.to_string(),
+                timestamp: now,
+            });
+            // Everything it runs, including assignments still in flight (they are applied before
+            // these failures, since they were logged before).
+            let mut tasks: Vec<TaskId> = self
+                .state
+                .running_on(&worker)
+                .map(|r| r.iter().collect())
+                .unwrap_or_default();
+            if let Some(pending) = self.pending_assign.get(&worker) {
+                tasks.extend(pending.iter());
+            }
+            tasks.sort();
+            tasks.dedup();
+            for id in tasks {
+                if !self.pending_changes.contains(&id) {
+                    entries.push(self.fail_running_or_assigned(id, &worker, now));
+                }
+            }
+            if let Some(live) = self.live.get_mut(&worker) {
+                live.dead = true;
+            }
+        }
+    }
+
+    /// Like [`Leader::fail_running`], for a task that may still be waiting in the applied state
+    /// because its assignment is in flight: the failure concerns the attempt being assigned.
+    fn fail_running_or_assigned(&mut self, id: TaskId, worker: &str, now: Millis) -> LogEntry {
+        let task = self.state.task(id).expect("assigned tasks exist");
+        if task.status == TaskStatus::Running {
+            return self.fail_running(id, Some(worker), worker_died_result(worker), now);
+        }
+        // In flight: once applied, the task will be running at attempts + 1.
+        let attempt = task.attempts + 1;
+        let attempts_used = task.max_attempts > 0 && attempt >= task.max_attempts;
+        let deadline_passed = task.deadline > 0 && task.deadline <= now;
+        self.pending_changes.insert(id);
+        LogEntry::TaskStatusChange {
+            task_id: id,
+            status: if attempts_used || deadline_passed {
+                TaskStatus::Error
+            } else {
+                TaskStatus::Waiting
+            },
+            attempt,
+            worker_id: Some(worker.to_string()),
+            result: Some(worker_died_result(worker)),
+            timestamp: now,
+        }
+    }
+
+    /// When [`Leader::tick`] next has something to do, if ever.
+    pub fn next_timer(&self) -> Option<Millis> {
+        let idle = self.config.max_worker_idle;
+        let deaths = self
+            .live
+            .values()
+            .filter(|l| !l.dead && l.conn.is_none())
+            .map(|l| l.last_seen + idle);
+        let delayed = self.state.delayed.first().map(|(t, _)| *t);
+        let deadline = self.state.deadlines.first().map(|(t, _)| *t);
+        let purge = if self.config.finished_task_retention > 0 {
+            self.state
+                .ended
+                .iter()
+                .find(|(_, id)| !self.pending_purge.contains(id))
+                .map(|(c, _)| c + self.config.finished_task_retention)
+        } else {
+            None
+        };
+        deaths.chain(delayed).chain(deadline).chain(purge).min()
+    }
+
+    // ----- assignment -----
+
+    /// Chooses tasks for every connected worker with room, in a rotating order. Returns the
+    /// entries to log and, per worker, what to push once they are durable.
+    pub fn assign(&mut self, now: Millis) -> (Vec<LogEntry>, Vec<WorkerAssignments>) {
+        let mut entries = Vec::new();
+        let mut out = Vec::new();
+        if self.state.waiting.is_empty() {
+            return (entries, out);
+        }
+        let connected: Vec<Arc<str>> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.conn.is_some() && !l.dead)
+            .map(|(id, _)| id.clone())
+            .collect();
+        if connected.is_empty() {
+            return (entries, out);
+        }
+        self.rotation = (self.rotation + 1) % connected.len();
+        let mut budget = self.config.max_assignments_per_round;
+        for i in 0..connected.len() {
+            if budget == 0 || self.state.waiting.is_empty() {
+                break;
+            }
+            let worker = &connected[(self.rotation + i) % connected.len()];
+            let live = &self.live[worker];
+            let conn = live.conn.expect("filtered on connected");
+            let empty = RunningSet::default();
+            let running = self.state.running.get(worker).unwrap_or(&empty);
+            let pending = self.pending_assign.get(worker).unwrap_or(&empty);
+            let chosen = self
+                .state
+                .waiting
+                .choose(&live.capacity, &[running, pending], budget);
+            if chosen.is_empty() {
+                continue;
+            }
+            budget -= chosen.len();
+            let mut tasks = Vec::with_capacity(chosen.len());
+            for c in chosen {
+                // Deadlines are expired by `tick` before assignment; one passing in between is
+                // still caught when the attempt fails.
+                let task = self.state.task(c.id).expect("queued tasks exist");
+                let attempt = task.attempts + 1;
+                self.state.unqueue(c.id);
+                self.pending_assign
+                    .entry(worker.clone())
+                    .or_default()
+                    .insert(c.id, &c.task_type);
+                entries.push(LogEntry::AssignTask {
+                    task_id: c.id,
+                    worker_id: worker.to_string(),
+                    attempt,
+                    resources: Vec::new(),
+                    timestamp: now,
+                });
+                tasks.push((c.id, attempt));
+            }
+            out.push(WorkerAssignments {
+                worker_id: worker.clone(),
+                conn,
+                tasks,
+            });
+        }
+        (entries, out)
+    }
+
+    /// Whether an applied assignment should still be pushed to the worker: the task runs on it at
+    /// that attempt and nothing in flight takes it away.
+    pub fn deliverable(&self, task_id: TaskId, worker_id: &str, attempt: u32) -> bool {
+        self.state.task(task_id).is_some_and(|t| {
+            t.status == TaskStatus::Running
+                && t.attempts == attempt
+                && t.worker_id.as_deref() == Some(worker_id)
+        }) && !self.pending_changes.contains(&task_id)
+    }
+
+    // ----- apply -----
+
+    /// Applies a durable entry and releases the reservations it carried.
+    ///
+    /// # Errors
+    /// [`ApplyError`] if the entry does not fit the state (a bug on the leader: stop).
+    pub fn apply(&mut self, lsn: u64, entry: LogEntry) -> Result<(), ApplyError> {
+        let release = Release::of(&entry, &self.state);
+        self.state.apply(lsn, entry)?;
+        match release {
+            Release::Slot(slot) => {
+                self.pending_slots.remove(slot.as_str());
+            }
+            Release::Assign(worker, id, task_type) => {
+                if let Some(set) = self.pending_assign.get_mut(worker.as_str()) {
+                    set.remove(id, &task_type);
+                    if set.is_empty() {
+                        self.pending_assign.remove(worker.as_str());
+                    }
+                }
+            }
+            Release::Change(id) => {
+                self.pending_changes.remove(&id);
+            }
+            Release::Purge(ids) => {
+                for id in ids {
+                    self.pending_purge.remove(&id);
+                }
+            }
+            Release::Worker(worker) => {
+                if let Some(live) = self.live.get(worker.as_str())
+                    && live.dead
+                    && self.state.running_on(&worker).is_none()
+                    && !self.pending_assign.contains_key(worker.as_str())
+                {
+                    self.live.remove(worker.as_str());
+                }
+            }
+            Release::Nothing => {}
+        }
+        Ok(())
+    }
+
+    /// Drops every in-flight decision after the log failed: the caller must rebuild the state from
+    /// the log (the queues ran ahead of it).
+    pub fn abandon(self) -> BrokerState {
+        self.state
+    }
+}
+
+/// The reservation an entry releases once applied.
+enum Release {
+    Slot(String),
+    Assign(String, TaskId, Arc<str>),
+    Change(TaskId),
+    Purge(Vec<TaskId>),
+    Worker(String),
+    Nothing,
+}
+
+impl Release {
+    fn of(entry: &LogEntry, state: &BrokerState) -> Release {
+        match entry {
+            LogEntry::AddTask(t) => match &t.slot {
+                Some(slot) => Release::Slot(slot.clone()),
+                None => Release::Nothing,
+            },
+            LogEntry::AssignTask {
+                task_id, worker_id, ..
+            } => match state.task(*task_id) {
+                Some(task) => Release::Assign(worker_id.clone(), *task_id, task.task_type.clone()),
+                None => Release::Nothing,
+            },
+            LogEntry::TaskStatusChange { task_id, .. } => Release::Change(*task_id),
+            LogEntry::PurgeTasks { task_ids, .. } => Release::Purge(task_ids.clone()),
+            LogEntry::WorkerDied { worker_id, .. } => Release::Worker(worker_id.clone()),
+            _ => Release::Nothing,
+        }
+    }
+}

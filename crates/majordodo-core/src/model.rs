@@ -1,0 +1,283 @@
+//! The task and worker model: identifiers, statuses and the records the state holds.
+
+use std::fmt;
+use std::sync::Arc;
+
+/// Milliseconds since the UNIX epoch. Every timestamp in the core is one of these, handed in by the
+/// caller (the core never reads a clock).
+pub type Millis = i64;
+
+/// Identifier of a task, assigned by the leader, strictly increasing over the life of a cluster.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TaskId(pub u64);
+
+impl fmt::Display for TaskId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Identifier of a transaction, assigned by the leader.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, PartialOrd, Ord, Hash)]
+pub struct TransactionId(pub u64);
+
+impl fmt::Display for TransactionId {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        write!(f, "{}", self.0)
+    }
+}
+
+/// Group a task belongs to, computed from its user by a [`crate::GroupMapper`].
+pub type GroupId = u32;
+
+/// The worker capacity group meaning "any group" (survey §4.1).
+pub const ANY_GROUP: GroupId = 0;
+
+/// The task type key of `max_threads_by_task_type` meaning "every type without its own entry".
+pub const ANY_TASK_TYPE: &str = "any";
+
+/// Status of a task (survey §2.2). The numeric codes are those of the original's log and snapshot
+/// formats.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum TaskStatus {
+    /// Waiting to be assigned to a worker.
+    Waiting,
+    /// Assigned to a worker, which runs it.
+    Running,
+    /// Ended successfully; `result` holds what the executor returned.
+    Finished,
+    /// Ended in failure for good (attempts used up, deadline passed).
+    Error,
+    /// Submitted with a start time in the future; becomes `Waiting` then.
+    Delayed,
+}
+
+impl TaskStatus {
+    /// Every status, in code order.
+    pub const ALL: [TaskStatus; 5] = [
+        TaskStatus::Waiting,
+        TaskStatus::Running,
+        TaskStatus::Finished,
+        TaskStatus::Error,
+        TaskStatus::Delayed,
+    ];
+
+    /// The numeric code of the original formats.
+    pub fn code(self) -> u8 {
+        match self {
+            TaskStatus::Waiting => 0,
+            TaskStatus::Running => 1,
+            TaskStatus::Finished => 2,
+            TaskStatus::Error => 4,
+            TaskStatus::Delayed => 5,
+        }
+    }
+
+    /// The status of a numeric code, if it is one.
+    pub fn from_code(code: u8) -> Option<TaskStatus> {
+        Some(match code {
+            0 => TaskStatus::Waiting,
+            1 => TaskStatus::Running,
+            2 => TaskStatus::Finished,
+            4 => TaskStatus::Error,
+            5 => TaskStatus::Delayed,
+            _ => return None,
+        })
+    }
+
+    /// The lower-case name used by the HTTP API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            TaskStatus::Waiting => "waiting",
+            TaskStatus::Running => "running",
+            TaskStatus::Finished => "finished",
+            TaskStatus::Error => "error",
+            TaskStatus::Delayed => "delayed",
+        }
+    }
+
+    /// Parses the HTTP name (case-insensitive).
+    pub fn parse(name: &str) -> Option<TaskStatus> {
+        TaskStatus::ALL
+            .into_iter()
+            .find(|s| s.as_str().eq_ignore_ascii_case(name))
+    }
+
+    /// Whether the task has ended (finished or error) and will not change any more.
+    pub fn is_final(self) -> bool {
+        matches!(self, TaskStatus::Finished | TaskStatus::Error)
+    }
+
+    pub(crate) fn index(self) -> usize {
+        match self {
+            TaskStatus::Waiting => 0,
+            TaskStatus::Running => 1,
+            TaskStatus::Finished => 2,
+            TaskStatus::Error => 3,
+            TaskStatus::Delayed => 4,
+        }
+    }
+}
+
+impl fmt::Display for TaskStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// Status of a worker as the broker sees it (survey §2.2).
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
+pub enum WorkerStatus {
+    /// Holds a live connection to the leader.
+    Connected,
+    /// Declared dead: silent for longer than the allowed idle time; its tasks were failed.
+    Dead,
+    /// Connection lost; becomes `Dead` unless it comes back in time.
+    Disconnected,
+}
+
+impl WorkerStatus {
+    /// The numeric code of the original formats.
+    pub fn code(self) -> u8 {
+        match self {
+            WorkerStatus::Connected => 0,
+            WorkerStatus::Dead => 1,
+            WorkerStatus::Disconnected => 2,
+        }
+    }
+
+    /// The status of a numeric code, if it is one.
+    pub fn from_code(code: u8) -> Option<WorkerStatus> {
+        Some(match code {
+            0 => WorkerStatus::Connected,
+            1 => WorkerStatus::Dead,
+            2 => WorkerStatus::Disconnected,
+            _ => return None,
+        })
+    }
+
+    /// The upper-case name used by the HTTP API.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerStatus::Connected => "CONNECTED",
+            WorkerStatus::Dead => "DEAD",
+            WorkerStatus::Disconnected => "DISCONNECTED",
+        }
+    }
+}
+
+impl fmt::Display for WorkerStatus {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(self.as_str())
+    }
+}
+
+/// A task as the broker holds it.
+///
+/// Kept compact because a broker holds millions of them: strings shared by many tasks (type, user,
+/// worker) are interned `Arc<str>`, rarely used fields live in [`TaskExtra`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Task {
+    /// Task id.
+    pub id: TaskId,
+    /// Task type, used by worker capacity and to pick the executor.
+    pub task_type: Arc<str>,
+    /// Owner (tenant).
+    pub user_id: Arc<str>,
+    /// Opaque payload handed to the executor.
+    pub data: Box<str>,
+    /// Current status.
+    pub status: TaskStatus,
+    /// Number of assignments so far (the attempt number of the current or last execution).
+    pub attempts: u32,
+    /// 0 = unlimited retries, 1 = at most once, N = at most N executions.
+    pub max_attempts: u32,
+    /// Result of the last execution (or the reason it ended, such as `deadline_expired`).
+    pub result: Option<Box<str>>,
+    /// Last worker the task was assigned to.
+    pub worker_id: Option<Arc<str>>,
+    /// When the task was submitted (set by the leader, carried by the log entry).
+    pub created: Millis,
+    /// Absolute deadline; 0 = none. After it the task is not (re)scheduled.
+    pub deadline: Millis,
+    /// Requested start time; 0 = now.
+    pub requested_start_time: Millis,
+    /// Group computed from the user when the task entered the state (scheduling only).
+    pub group: GroupId,
+    /// Rarely used fields.
+    pub extra: Option<Box<TaskExtra>>,
+}
+
+/// Fields most tasks do not use.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskExtra {
+    /// Mutual-exclusion key held while the task is waiting, delayed or running.
+    pub slot: Option<Box<str>>,
+    /// Code pool providing the executor.
+    pub codepool: Option<Box<str>>,
+    /// Execution mode (`factory` when absent).
+    pub mode: Option<Box<str>>,
+    /// Resources recorded at assignment.
+    pub resources: Vec<Box<str>>,
+}
+
+impl Task {
+    /// The task's slot, if it has one.
+    pub fn slot(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.slot.as_deref())
+    }
+
+    /// The task's code pool, if it has one.
+    pub fn codepool(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.codepool.as_deref())
+    }
+
+    /// The task's mode, if set.
+    pub fn mode(&self) -> Option<&str> {
+        self.extra.as_ref().and_then(|e| e.mode.as_deref())
+    }
+
+    /// Resources recorded at the last assignment.
+    pub fn resources(&self) -> &[Box<str>] {
+        self.extra.as_ref().map_or(&[], |e| &e.resources)
+    }
+}
+
+/// A worker as the replicated state knows it (capacity is not replicated: workers re-declare it).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerRecord {
+    /// Stable worker id.
+    pub id: Arc<str>,
+    /// Where it runs (free text, usually host and address).
+    pub location: String,
+    /// Id of the worker process (changes at each worker restart).
+    pub process_id: String,
+    /// When it last connected.
+    pub last_connection: Millis,
+    /// Current status.
+    pub status: WorkerStatus,
+}
+
+/// An open transaction: tasks prepared inside it are invisible until commit.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Transaction {
+    /// Transaction id.
+    pub id: TransactionId,
+    /// When it was opened.
+    pub created: Millis,
+    /// Tasks prepared in it, in order.
+    pub prepared: Vec<crate::entry::NewTask>,
+}
+
+/// An immutable named bundle of executor code.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct CodePool {
+    /// Pool id.
+    pub id: String,
+    /// When it was created.
+    pub created: Millis,
+    /// Time to live in milliseconds; 0 = forever.
+    pub ttl: Millis,
+    /// The bundle.
+    pub data: Vec<u8>,
+}

@@ -1,0 +1,368 @@
+//! Snapshots: owned records of a whole state, and rebuilding a state (with its indexes) from them.
+//!
+//! The byte format lives in `majordodo-proto`; this module only knows the records. A state can be
+//! rebuilt record by record through [`StateBuilder`], so a decoder never needs the whole snapshot
+//! in memory twice.
+
+use std::sync::Arc;
+
+use crate::model::{
+    CodePool, Millis, Task, TaskExtra, TaskId, TaskStatus, Transaction, WorkerRecord, WorkerStatus,
+};
+use crate::state::{BrokerState, GroupMapper};
+
+/// A task as stored in a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct TaskRecord {
+    /// Task id.
+    pub id: u64,
+    /// Task type.
+    pub task_type: String,
+    /// Owner.
+    pub user_id: String,
+    /// Payload.
+    pub data: String,
+    /// Status code (see [`TaskStatus::code`]).
+    pub status: u8,
+    /// Attempts made.
+    pub attempts: u32,
+    /// Attempt limit.
+    pub max_attempts: u32,
+    /// Last result.
+    pub result: Option<String>,
+    /// Last worker.
+    pub worker_id: Option<String>,
+    /// Submission time.
+    pub created: Millis,
+    /// Deadline, 0 = none.
+    pub deadline: Millis,
+    /// Requested start, 0 = now.
+    pub requested_start_time: Millis,
+    /// Slot.
+    pub slot: Option<String>,
+    /// Code pool.
+    pub codepool: Option<String>,
+    /// Mode.
+    pub mode: Option<String>,
+    /// Resources of the last assignment.
+    pub resources: Vec<String>,
+}
+
+impl From<&Task> for TaskRecord {
+    fn from(t: &Task) -> Self {
+        TaskRecord {
+            id: t.id.0,
+            task_type: t.task_type.to_string(),
+            user_id: t.user_id.to_string(),
+            data: t.data.to_string(),
+            status: t.status.code(),
+            attempts: t.attempts,
+            max_attempts: t.max_attempts,
+            result: t.result.as_deref().map(str::to_string),
+            worker_id: t.worker_id.as_deref().map(str::to_string),
+            created: t.created,
+            deadline: t.deadline,
+            requested_start_time: t.requested_start_time,
+            slot: t.slot().map(str::to_string),
+            codepool: t.codepool().map(str::to_string),
+            mode: t.mode().map(str::to_string),
+            resources: t.resources().iter().map(|r| r.to_string()).collect(),
+        }
+    }
+}
+
+/// A worker as stored in a snapshot.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct WorkerSnapshot {
+    /// Worker id.
+    pub id: String,
+    /// Where it runs.
+    pub location: String,
+    /// Its process.
+    pub process_id: String,
+    /// Last connection time.
+    pub last_connection: Millis,
+    /// Status code (see [`WorkerStatus::code`]).
+    pub status: u8,
+}
+
+impl From<&WorkerRecord> for WorkerSnapshot {
+    fn from(w: &WorkerRecord) -> Self {
+        WorkerSnapshot {
+            id: w.id.to_string(),
+            location: w.location.clone(),
+            process_id: w.process_id.clone(),
+            last_connection: w.last_connection,
+            status: w.status.code(),
+        }
+    }
+}
+
+/// Scalars of a snapshot.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct SnapshotHeader {
+    /// Position of the last entry the snapshot includes.
+    pub lsn: u64,
+    /// Highest task id used.
+    pub max_task_id: u64,
+    /// Highest transaction id used.
+    pub max_transaction_id: u64,
+}
+
+/// A whole state as owned records.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct Snapshot {
+    /// Scalars.
+    pub header: SnapshotHeader,
+    /// Every task, in id order.
+    pub tasks: Vec<TaskRecord>,
+    /// Every worker.
+    pub workers: Vec<WorkerSnapshot>,
+    /// Open transactions.
+    pub transactions: Vec<Transaction>,
+    /// Code pools.
+    pub codepools: Vec<CodePool>,
+}
+
+/// Why a snapshot cannot be turned back into a state.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum RestoreError {
+    /// A record is invalid.
+    #[error("snapshot {what}: {reason}")]
+    Invalid {
+        /// Which record.
+        what: String,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+fn invalid(what: impl Into<String>, reason: impl Into<String>) -> RestoreError {
+    RestoreError::Invalid {
+        what: what.into(),
+        reason: reason.into(),
+    }
+}
+
+impl BrokerState {
+    /// The scalars of a snapshot of this state.
+    pub fn snapshot_header(&self) -> SnapshotHeader {
+        SnapshotHeader {
+            lsn: self.last_lsn,
+            max_task_id: self.max_task_id,
+            max_transaction_id: self.max_transaction_id,
+        }
+    }
+
+    /// The whole state as owned records.
+    pub fn to_snapshot(&self) -> Snapshot {
+        Snapshot {
+            header: self.snapshot_header(),
+            tasks: self.tasks().map(TaskRecord::from).collect(),
+            workers: self.workers().map(WorkerSnapshot::from).collect(),
+            transactions: self.transactions().cloned().collect(),
+            codepools: self.codepools().cloned().collect(),
+        }
+    }
+
+    /// Rebuilds a state from owned records.
+    ///
+    /// # Errors
+    /// [`RestoreError`] when the records are inconsistent.
+    pub fn from_snapshot(
+        snapshot: Snapshot,
+        mapper: Arc<dyn GroupMapper>,
+    ) -> Result<BrokerState, RestoreError> {
+        let mut b = StateBuilder::new(snapshot.header, mapper);
+        for t in snapshot.tasks {
+            b.add_task(t)?;
+        }
+        for w in snapshot.workers {
+            b.add_worker(w)?;
+        }
+        for t in snapshot.transactions {
+            b.add_transaction(t)?;
+        }
+        for c in snapshot.codepools {
+            b.add_codepool(c)?;
+        }
+        b.finish()
+    }
+}
+
+/// Rebuilds a state record by record.
+#[derive(Debug)]
+pub struct StateBuilder {
+    state: BrokerState,
+}
+
+impl StateBuilder {
+    /// Starts from the scalars.
+    pub fn new(header: SnapshotHeader, mapper: Arc<dyn GroupMapper>) -> StateBuilder {
+        let mut state = BrokerState::new(mapper);
+        state.last_lsn = header.lsn;
+        state.max_task_id = header.max_task_id;
+        state.max_transaction_id = header.max_transaction_id;
+        StateBuilder { state }
+    }
+
+    /// Adds a task.
+    ///
+    /// # Errors
+    /// Duplicate id, unknown status, a running task without worker, a busy slot.
+    pub fn add_task(&mut self, r: TaskRecord) -> Result<(), RestoreError> {
+        let what = || format!("task {}", r.id);
+        let s = &mut self.state;
+        let id = TaskId(r.id);
+        if r.id == 0 || s.tasks.contains_key(&id) {
+            return Err(invalid(what(), "duplicate or zero id"));
+        }
+        let status = TaskStatus::from_code(r.status)
+            .ok_or_else(|| invalid(what(), format!("unknown status code {}", r.status)))?;
+        if status == TaskStatus::Running && r.worker_id.is_none() {
+            return Err(invalid(what(), "running without a worker"));
+        }
+        let task_type = s.intern(&r.task_type);
+        let user_id = s.intern(&r.user_id);
+        let group = s.mapper().group_of(&user_id, &task_type);
+        let worker_id = r.worker_id.as_deref().map(|w| s.intern(w));
+        let has_extra =
+            r.slot.is_some() || r.codepool.is_some() || r.mode.is_some() || !r.resources.is_empty();
+        let task = Task {
+            id,
+            task_type,
+            user_id,
+            data: r.data.into(),
+            status,
+            attempts: r.attempts,
+            max_attempts: r.max_attempts,
+            result: r.result.map(Into::into),
+            worker_id,
+            created: r.created,
+            deadline: r.deadline.max(0),
+            requested_start_time: r.requested_start_time.max(0),
+            group,
+            extra: has_extra.then(|| {
+                Box::new(TaskExtra {
+                    slot: r.slot.map(Into::into),
+                    codepool: r.codepool.map(Into::into),
+                    mode: r.mode.map(Into::into),
+                    resources: r.resources.into_iter().map(Into::into).collect(),
+                })
+            }),
+        };
+        if !status.is_final()
+            && let Some(slot) = task.slot()
+        {
+            if let Some(holder) = s.slots.get(slot) {
+                return Err(invalid(
+                    what(),
+                    format!("slot {slot} also held by task {holder}"),
+                ));
+            }
+            s.slots.insert(slot.into(), id);
+        }
+        match status {
+            TaskStatus::Waiting => {
+                s.waiting.insert(task.group, &task.task_type, id);
+            }
+            TaskStatus::Delayed => {
+                s.delayed.insert((task.requested_start_time, id));
+            }
+            TaskStatus::Running => {
+                let worker = task.worker_id.clone().expect("checked above");
+                s.running
+                    .entry(worker)
+                    .or_default()
+                    .insert(id, &task.task_type);
+            }
+            TaskStatus::Finished | TaskStatus::Error => {
+                s.ended.insert((task.created, id));
+            }
+        }
+        if matches!(status, TaskStatus::Waiting | TaskStatus::Delayed) && task.deadline > 0 {
+            s.deadlines.insert((task.deadline, id));
+        }
+        s.counts[status.index()] += 1;
+        s.max_task_id = s.max_task_id.max(r.id);
+        s.tasks.insert(id, task);
+        Ok(())
+    }
+
+    /// Adds a worker.
+    ///
+    /// # Errors
+    /// Unknown status or duplicate id.
+    pub fn add_worker(&mut self, w: WorkerSnapshot) -> Result<(), RestoreError> {
+        let status = WorkerStatus::from_code(w.status).ok_or_else(|| {
+            invalid(
+                format!("worker {}", w.id),
+                format!("unknown status code {}", w.status),
+            )
+        })?;
+        let id = self.state.intern(&w.id);
+        if self.state.workers.contains_key(&id) {
+            return Err(invalid(format!("worker {}", w.id), "duplicate id"));
+        }
+        self.state.workers.insert(
+            id.clone(),
+            WorkerRecord {
+                id,
+                location: w.location,
+                process_id: w.process_id,
+                last_connection: w.last_connection,
+                status,
+            },
+        );
+        Ok(())
+    }
+
+    /// Adds an open transaction (its prepared tasks keep their slots).
+    ///
+    /// # Errors
+    /// Duplicate id or a busy slot.
+    pub fn add_transaction(&mut self, t: Transaction) -> Result<(), RestoreError> {
+        let s = &mut self.state;
+        if s.transactions.contains_key(&t.id) {
+            return Err(invalid(format!("transaction {}", t.id), "duplicate id"));
+        }
+        for task in &t.prepared {
+            if let Some(slot) = &task.slot {
+                if let Some(holder) = s.slots.get(slot.as_str()) {
+                    return Err(invalid(
+                        format!("transaction {}", t.id),
+                        format!("slot {slot} also held by task {holder}"),
+                    ));
+                }
+                s.slots.insert(slot.as_str().into(), task.id);
+            }
+            s.max_task_id = s.max_task_id.max(task.id.0);
+        }
+        s.max_transaction_id = s.max_transaction_id.max(t.id.0);
+        s.transactions.insert(t.id, t);
+        Ok(())
+    }
+
+    /// Adds a code pool.
+    ///
+    /// # Errors
+    /// Duplicate id.
+    pub fn add_codepool(&mut self, c: CodePool) -> Result<(), RestoreError> {
+        if self.state.codepools.contains_key(&c.id) {
+            return Err(invalid(format!("code pool {}", c.id), "duplicate id"));
+        }
+        self.state.codepools.insert(c.id.clone(), c);
+        Ok(())
+    }
+
+    /// Finishes, checking every invariant.
+    ///
+    /// # Errors
+    /// A description of the first inconsistency.
+    pub fn finish(self) -> Result<BrokerState, RestoreError> {
+        self.state
+            .check_invariants()
+            .map_err(|e| invalid("state", e))?;
+        Ok(self.state)
+    }
+}

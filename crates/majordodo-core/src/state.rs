@@ -1,0 +1,806 @@
+//! The replicated broker state and the one `apply` that changes it.
+//!
+//! The leader, a replaying broker and a follower all call [`BrokerState::apply`] with the same
+//! entries in the same order and reach the same state. `apply` validates an entry completely before
+//! changing anything, so a refused entry leaves the state untouched.
+
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::fmt;
+use std::sync::Arc;
+
+use crate::entry::{LogEntry, NewTask};
+use crate::model::{
+    CodePool, GroupId, Millis, Task, TaskExtra, TaskId, TaskStatus, Transaction, TransactionId,
+    WorkerRecord, WorkerStatus,
+};
+use crate::scheduler::{RunningSet, WaitingIndex};
+
+/// Maps a task's user (and type) to its group; computed when a task enters the waiting queues.
+///
+/// Must be fast and deterministic: every broker must use the same mapping for the same input.
+pub trait GroupMapper: Send + Sync + fmt::Debug {
+    /// The group of a task of `task_type` owned by `user_id`.
+    fn group_of(&self, user_id: &str, task_type: &str) -> GroupId;
+}
+
+/// The original's standalone default: the user id read as a number, else group 1.
+#[derive(Clone, Copy, Debug, Default)]
+pub struct DefaultGroupMapper;
+
+impl GroupMapper for DefaultGroupMapper {
+    fn group_of(&self, user_id: &str, _task_type: &str) -> GroupId {
+        user_id.trim().parse().unwrap_or(1)
+    }
+}
+
+/// Why an entry could not be applied. On the leader this is a bug (it validated the entry); in a
+/// replay it means the log does not belong to this state. Either way the broker must stop.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ApplyError {
+    /// The entry's position is not after the last applied one.
+    #[error("entry at lsn {lsn} is not after the last applied lsn {last}")]
+    OutOfOrder {
+        /// The entry's position.
+        lsn: u64,
+        /// The last applied position.
+        last: u64,
+    },
+    /// The entry refers to a task that is not there.
+    #[error("{entry}: task {task} does not exist")]
+    NoSuchTask {
+        /// Entry kind.
+        entry: &'static str,
+        /// The task.
+        task: TaskId,
+    },
+    /// A task id is used twice.
+    #[error("{entry}: task {task} already exists")]
+    DuplicateTask {
+        /// Entry kind.
+        entry: &'static str,
+        /// The task.
+        task: TaskId,
+    },
+    /// The change is not a transition of the task state machine.
+    #[error("task {task}: cannot go from {from} to {to}")]
+    IllegalTransition {
+        /// The task.
+        task: TaskId,
+        /// Its status.
+        from: TaskStatus,
+        /// The requested status.
+        to: TaskStatus,
+    },
+    /// The entry concerns another attempt than the task's current one.
+    #[error("task {task}: entry for attempt {got}, task is at attempt {expected}")]
+    WrongAttempt {
+        /// The task.
+        task: TaskId,
+        /// The attempt in the entry.
+        got: u32,
+        /// The attempt the entry had to carry.
+        expected: u32,
+    },
+    /// A slot is taken by another task.
+    #[error("slot {slot} is held by task {holder}")]
+    SlotBusy {
+        /// The slot.
+        slot: String,
+        /// Who holds it.
+        holder: TaskId,
+    },
+    /// The transaction does not exist.
+    #[error("transaction {0} does not exist")]
+    NoSuchTransaction(TransactionId),
+    /// The transaction id is used twice.
+    #[error("transaction {0} already exists")]
+    DuplicateTransaction(TransactionId),
+    /// Code pool conflict.
+    #[error("code pool {id}: {reason}")]
+    CodePool {
+        /// The pool.
+        id: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// The entry is malformed in a way the decoder could not see.
+    #[error("{0}")]
+    Invalid(String),
+}
+
+/// The whole broker state: tasks, workers, transactions, code pools, and the indexes derived
+/// from them.
+#[derive(Clone)]
+pub struct BrokerState {
+    pub(crate) tasks: BTreeMap<TaskId, Task>,
+    /// Waiting tasks by group and type, in age order.
+    pub(crate) waiting: WaitingIndex,
+    /// Delayed tasks by requested start time.
+    pub(crate) delayed: BTreeSet<(Millis, TaskId)>,
+    /// Waiting or delayed tasks that have a deadline, by deadline.
+    pub(crate) deadlines: BTreeSet<(Millis, TaskId)>,
+    /// Finished or error tasks by creation time (retention follows creation time, as in the
+    /// original).
+    pub(crate) ended: BTreeSet<(Millis, TaskId)>,
+    /// Running tasks by worker.
+    pub(crate) running: HashMap<Arc<str>, RunningSet>,
+    /// Busy slots and their holders (waiting, delayed, running or prepared tasks).
+    pub(crate) slots: HashMap<Box<str>, TaskId>,
+    pub(crate) workers: BTreeMap<Arc<str>, WorkerRecord>,
+    pub(crate) transactions: BTreeMap<TransactionId, Transaction>,
+    pub(crate) codepools: BTreeMap<String, CodePool>,
+    pub(crate) max_task_id: u64,
+    pub(crate) max_transaction_id: u64,
+    pub(crate) last_lsn: u64,
+    pub(crate) counts: [u64; 5],
+    interned: HashSet<Arc<str>>,
+    mapper: Arc<dyn GroupMapper>,
+}
+
+impl fmt::Debug for BrokerState {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerState")
+            .field("tasks", &self.tasks.len())
+            .field("waiting", &self.waiting.len())
+            .field("workers", &self.workers.len())
+            .field("last_lsn", &self.last_lsn)
+            .finish_non_exhaustive()
+    }
+}
+
+impl PartialEq for BrokerState {
+    /// Two states are equal when everything replicated and every derived index is equal (the
+    /// group mapper and the string interner are not compared).
+    fn eq(&self, other: &Self) -> bool {
+        self.tasks == other.tasks
+            && self.waiting == other.waiting
+            && self.delayed == other.delayed
+            && self.deadlines == other.deadlines
+            && self.ended == other.ended
+            && self.running == other.running
+            && self.slots == other.slots
+            && self.workers == other.workers
+            && self.transactions == other.transactions
+            && self.codepools == other.codepools
+            && self.max_task_id == other.max_task_id
+            && self.max_transaction_id == other.max_transaction_id
+            && self.last_lsn == other.last_lsn
+            && self.counts == other.counts
+    }
+}
+
+impl Default for BrokerState {
+    fn default() -> Self {
+        BrokerState::new(Arc::new(DefaultGroupMapper))
+    }
+}
+
+impl BrokerState {
+    /// An empty state using `mapper` to compute groups.
+    pub fn new(mapper: Arc<dyn GroupMapper>) -> BrokerState {
+        BrokerState {
+            tasks: BTreeMap::new(),
+            waiting: WaitingIndex::default(),
+            delayed: BTreeSet::new(),
+            deadlines: BTreeSet::new(),
+            ended: BTreeSet::new(),
+            running: HashMap::new(),
+            slots: HashMap::new(),
+            workers: BTreeMap::new(),
+            transactions: BTreeMap::new(),
+            codepools: BTreeMap::new(),
+            max_task_id: 0,
+            max_transaction_id: 0,
+            last_lsn: 0,
+            counts: [0; 5],
+            interned: HashSet::new(),
+            mapper,
+        }
+    }
+
+    // ----- reads -----
+
+    /// A task by id.
+    pub fn task(&self, id: TaskId) -> Option<&Task> {
+        self.tasks.get(&id)
+    }
+
+    /// Every task, in id order.
+    pub fn tasks(&self) -> impl DoubleEndedIterator<Item = &Task> + '_ {
+        self.tasks.values()
+    }
+
+    /// Tasks with id ≥ `from`, in id order (for paging).
+    pub fn tasks_from(&self, from: TaskId) -> impl Iterator<Item = &Task> + '_ {
+        self.tasks.range(from..).map(|(_, t)| t)
+    }
+
+    /// Number of tasks (every status).
+    pub fn task_count(&self) -> usize {
+        self.tasks.len()
+    }
+
+    /// Number of tasks in `status`.
+    pub fn count(&self, status: TaskStatus) -> u64 {
+        self.counts[status.index()]
+    }
+
+    /// The waiting-task index.
+    pub fn waiting_index(&self) -> &WaitingIndex {
+        &self.waiting
+    }
+
+    /// Tasks running on a worker.
+    pub fn running_on(&self, worker_id: &str) -> Option<&RunningSet> {
+        self.running.get(worker_id)
+    }
+
+    /// Known workers, by id.
+    pub fn workers(&self) -> impl Iterator<Item = &WorkerRecord> + '_ {
+        self.workers.values()
+    }
+
+    /// A worker by id.
+    pub fn worker(&self, id: &str) -> Option<&WorkerRecord> {
+        self.workers.get(id)
+    }
+
+    /// Busy slots and their holders.
+    pub fn slots(&self) -> impl Iterator<Item = (&str, TaskId)> + '_ {
+        self.slots.iter().map(|(s, t)| (&**s, *t))
+    }
+
+    /// The holder of a slot, if busy.
+    pub fn slot_holder(&self, slot: &str) -> Option<TaskId> {
+        self.slots.get(slot).copied()
+    }
+
+    /// Open transactions.
+    pub fn transactions(&self) -> impl Iterator<Item = &Transaction> + '_ {
+        self.transactions.values()
+    }
+
+    /// A transaction by id.
+    pub fn transaction(&self, id: TransactionId) -> Option<&Transaction> {
+        self.transactions.get(&id)
+    }
+
+    /// Code pools.
+    pub fn codepools(&self) -> impl Iterator<Item = &CodePool> + '_ {
+        self.codepools.values()
+    }
+
+    /// A code pool by id.
+    pub fn codepool(&self, id: &str) -> Option<&CodePool> {
+        self.codepools.get(id)
+    }
+
+    /// Delayed tasks by start time.
+    pub fn delayed(&self) -> impl Iterator<Item = (Millis, TaskId)> + '_ {
+        self.delayed.iter().copied()
+    }
+
+    /// Highest task id ever used.
+    pub fn max_task_id(&self) -> u64 {
+        self.max_task_id
+    }
+
+    /// Highest transaction id ever used.
+    pub fn max_transaction_id(&self) -> u64 {
+        self.max_transaction_id
+    }
+
+    /// Position of the last applied entry (0 if none).
+    pub fn last_lsn(&self) -> u64 {
+        self.last_lsn
+    }
+
+    /// The group mapper.
+    pub fn mapper(&self) -> &Arc<dyn GroupMapper> {
+        &self.mapper
+    }
+
+    // ----- apply -----
+
+    /// Applies the entry at position `lsn`.
+    ///
+    /// # Errors
+    /// [`ApplyError`] when the entry does not fit the state; the state is then unchanged.
+    pub fn apply(&mut self, lsn: u64, entry: LogEntry) -> Result<(), ApplyError> {
+        if lsn <= self.last_lsn {
+            return Err(ApplyError::OutOfOrder {
+                lsn,
+                last: self.last_lsn,
+            });
+        }
+        self.apply_entry(entry)?;
+        self.last_lsn = lsn;
+        Ok(())
+    }
+
+    fn apply_entry(&mut self, entry: LogEntry) -> Result<(), ApplyError> {
+        match entry {
+            LogEntry::AddTask(task) => {
+                self.check_new_task("add_task", &task, None)?;
+                self.max_task_id = self.max_task_id.max(task.id.0);
+                self.insert_task(task);
+            }
+            LogEntry::WorkerConnected {
+                worker_id,
+                location,
+                process_id,
+                timestamp,
+            } => {
+                let id = self.intern(&worker_id);
+                self.workers.insert(
+                    id.clone(),
+                    WorkerRecord {
+                        id,
+                        location,
+                        process_id,
+                        last_connection: timestamp,
+                        status: WorkerStatus::Connected,
+                    },
+                );
+            }
+            LogEntry::AssignTask {
+                task_id,
+                worker_id,
+                attempt,
+                resources,
+                timestamp: _,
+            } => {
+                let task = self.tasks.get(&task_id).ok_or(ApplyError::NoSuchTask {
+                    entry: "assign_task",
+                    task: task_id,
+                })?;
+                if task.status != TaskStatus::Waiting {
+                    return Err(ApplyError::IllegalTransition {
+                        task: task_id,
+                        from: task.status,
+                        to: TaskStatus::Running,
+                    });
+                }
+                if attempt != task.attempts + 1 {
+                    return Err(ApplyError::WrongAttempt {
+                        task: task_id,
+                        got: attempt,
+                        expected: task.attempts + 1,
+                    });
+                }
+                let worker = self.intern(&worker_id);
+                let task = self.tasks.get_mut(&task_id).expect("checked above");
+                self.waiting.remove(task.group, &task.task_type, task.id);
+                if task.deadline > 0 {
+                    self.deadlines.remove(&(task.deadline, task.id));
+                }
+                let newly = self
+                    .running
+                    .entry(worker.clone())
+                    .or_default()
+                    .insert(task.id, &task.task_type);
+                assert!(newly, "task {task_id} has at most one live assignment");
+                task.status = TaskStatus::Running;
+                task.attempts = attempt;
+                task.worker_id = Some(worker);
+                if !resources.is_empty() || task.extra.is_some() {
+                    task.extra.get_or_insert_with(Default::default).resources =
+                        resources.into_iter().map(Into::into).collect();
+                }
+                self.counts[TaskStatus::Waiting.index()] -= 1;
+                self.counts[TaskStatus::Running.index()] += 1;
+            }
+            LogEntry::TaskStatusChange {
+                task_id,
+                status,
+                attempt,
+                worker_id: _,
+                result,
+                timestamp: _,
+            } => self.change_status(task_id, status, attempt, result)?,
+            LogEntry::WorkerDisconnected {
+                worker_id,
+                timestamp: _,
+            } => self.set_worker_status(&worker_id, WorkerStatus::Disconnected)?,
+            LogEntry::WorkerDied {
+                worker_id,
+                timestamp: _,
+            } => self.set_worker_status(&worker_id, WorkerStatus::Dead)?,
+            LogEntry::BeginTransaction {
+                transaction_id,
+                timestamp,
+            } => {
+                if self.transactions.contains_key(&transaction_id) {
+                    return Err(ApplyError::DuplicateTransaction(transaction_id));
+                }
+                self.max_transaction_id = self.max_transaction_id.max(transaction_id.0);
+                self.transactions.insert(
+                    transaction_id,
+                    Transaction {
+                        id: transaction_id,
+                        created: timestamp,
+                        prepared: Vec::new(),
+                    },
+                );
+            }
+            LogEntry::PrepareAddTask {
+                transaction_id,
+                task,
+            } => {
+                if !self.transactions.contains_key(&transaction_id) {
+                    return Err(ApplyError::NoSuchTransaction(transaction_id));
+                }
+                self.check_new_task("prepare_add_task", &task, None)?;
+                self.max_task_id = self.max_task_id.max(task.id.0);
+                if let Some(slot) = &task.slot {
+                    self.slots.insert(slot.as_str().into(), task.id);
+                }
+                self.transactions
+                    .get_mut(&transaction_id)
+                    .expect("checked above")
+                    .prepared
+                    .push(task);
+            }
+            LogEntry::CommitTransaction {
+                transaction_id,
+                timestamp: _,
+            } => {
+                let tx = self
+                    .transactions
+                    .get(&transaction_id)
+                    .ok_or(ApplyError::NoSuchTransaction(transaction_id))?;
+                for task in &tx.prepared {
+                    self.check_new_task("commit_transaction", task, Some(task.id))?;
+                }
+                let tx = self
+                    .transactions
+                    .remove(&transaction_id)
+                    .expect("checked above");
+                for task in tx.prepared {
+                    self.insert_task(task);
+                }
+            }
+            LogEntry::RollbackTransaction {
+                transaction_id,
+                timestamp: _,
+            } => {
+                let tx = self
+                    .transactions
+                    .remove(&transaction_id)
+                    .ok_or(ApplyError::NoSuchTransaction(transaction_id))?;
+                for task in tx.prepared {
+                    if let Some(slot) = &task.slot {
+                        self.release_slot(slot, task.id);
+                    }
+                }
+            }
+            LogEntry::Noop { timestamp: _ } => {}
+            LogEntry::DeleteCodePool { id, timestamp: _ } => {
+                if self.codepools.remove(&id).is_none() {
+                    return Err(ApplyError::CodePool {
+                        id,
+                        reason: "does not exist",
+                    });
+                }
+            }
+            LogEntry::CreateCodePool {
+                id,
+                timestamp,
+                ttl,
+                data,
+            } => {
+                if self.codepools.contains_key(&id) {
+                    return Err(ApplyError::CodePool {
+                        id,
+                        reason: "already exists",
+                    });
+                }
+                self.codepools.insert(
+                    id.clone(),
+                    CodePool {
+                        id,
+                        created: timestamp,
+                        ttl,
+                        data,
+                    },
+                );
+            }
+            LogEntry::PurgeTasks {
+                task_ids,
+                timestamp: _,
+            } => {
+                for id in &task_ids {
+                    let task = self.tasks.get(id).ok_or(ApplyError::NoSuchTask {
+                        entry: "purge_tasks",
+                        task: *id,
+                    })?;
+                    if !task.status.is_final() {
+                        return Err(ApplyError::Invalid(format!(
+                            "purge_tasks: task {id} is {}, only ended tasks can be purged",
+                            task.status
+                        )));
+                    }
+                }
+                for id in task_ids {
+                    // A task listed twice is removed once.
+                    if let Some(task) = self.tasks.remove(&id) {
+                        self.ended.remove(&(task.created, id));
+                        self.counts[task.status.index()] -= 1;
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Checks that a new task can enter: unused id, free slot (or held by `slot_owner`).
+    fn check_new_task(
+        &self,
+        entry: &'static str,
+        task: &NewTask,
+        slot_owner: Option<TaskId>,
+    ) -> Result<(), ApplyError> {
+        if task.id.0 == 0 {
+            return Err(ApplyError::Invalid(format!(
+                "{entry}: task id 0 is reserved"
+            )));
+        }
+        if self.tasks.contains_key(&task.id) {
+            return Err(ApplyError::DuplicateTask {
+                entry,
+                task: task.id,
+            });
+        }
+        if let Some(slot) = &task.slot
+            && let Some(holder) = self.slots.get(slot.as_str())
+            && Some(*holder) != slot_owner
+        {
+            return Err(ApplyError::SlotBusy {
+                slot: slot.clone(),
+                holder: *holder,
+            });
+        }
+        Ok(())
+    }
+
+    /// Inserts a new (checked) task as waiting or delayed.
+    fn insert_task(&mut self, t: NewTask) {
+        let status = t.initial_status();
+        let task_type = self.intern(&t.task_type);
+        let user_id = self.intern(&t.user_id);
+        let group = self.mapper.group_of(&user_id, &task_type);
+        let extra = if t.slot.is_some() || t.codepool.is_some() || t.mode.is_some() {
+            Some(Box::new(TaskExtra {
+                slot: t.slot.map(Into::into),
+                codepool: t.codepool.map(Into::into),
+                mode: t.mode.map(Into::into),
+                resources: Vec::new(),
+            }))
+        } else {
+            None
+        };
+        let task = Task {
+            id: t.id,
+            task_type,
+            user_id,
+            data: t.data.into(),
+            status,
+            attempts: t.attempts,
+            max_attempts: t.max_attempts,
+            result: None,
+            worker_id: None,
+            created: t.created,
+            deadline: t.deadline.max(0),
+            requested_start_time: t.requested_start_time.max(0),
+            group,
+            extra,
+        };
+        if let Some(slot) = task.slot() {
+            self.slots.insert(slot.into(), task.id);
+        }
+        self.index_pending(&task);
+        self.counts[status.index()] += 1;
+        self.tasks.insert(task.id, task);
+    }
+
+    /// Adds a waiting or delayed task to the queues it belongs to.
+    fn index_pending(&mut self, task: &Task) {
+        match task.status {
+            TaskStatus::Waiting => {
+                self.waiting.insert(task.group, &task.task_type, task.id);
+            }
+            TaskStatus::Delayed => {
+                self.delayed.insert((task.requested_start_time, task.id));
+            }
+            _ => return,
+        }
+        if task.deadline > 0 {
+            self.deadlines.insert((task.deadline, task.id));
+        }
+    }
+
+    fn change_status(
+        &mut self,
+        id: TaskId,
+        to: TaskStatus,
+        attempt: u32,
+        result: Option<String>,
+    ) -> Result<(), ApplyError> {
+        let task = self.tasks.get(&id).ok_or(ApplyError::NoSuchTask {
+            entry: "task_status_change",
+            task: id,
+        })?;
+        let from = task.status;
+        let legal = matches!(
+            (from, to),
+            (
+                TaskStatus::Running,
+                TaskStatus::Finished | TaskStatus::Error | TaskStatus::Waiting
+            ) | (TaskStatus::Waiting, TaskStatus::Error)
+                | (TaskStatus::Delayed, TaskStatus::Waiting | TaskStatus::Error)
+        );
+        if !legal {
+            return Err(ApplyError::IllegalTransition { task: id, from, to });
+        }
+        if attempt != task.attempts {
+            return Err(ApplyError::WrongAttempt {
+                task: id,
+                got: attempt,
+                expected: task.attempts,
+            });
+        }
+        let mut task = self.tasks.remove(&id).expect("checked above");
+        // Leave the old status's indexes.
+        match from {
+            TaskStatus::Running => {
+                let worker = task.worker_id.clone().expect("a running task has a worker");
+                if let Some(set) = self.running.get_mut(&worker) {
+                    set.remove(id, &task.task_type);
+                    if set.is_empty() {
+                        self.running.remove(&worker);
+                    }
+                }
+            }
+            TaskStatus::Waiting => {
+                self.waiting.remove(task.group, &task.task_type, id);
+            }
+            TaskStatus::Delayed => {
+                self.delayed.remove(&(task.requested_start_time, id));
+            }
+            TaskStatus::Finished | TaskStatus::Error => unreachable!("ended tasks do not move"),
+        }
+        if matches!(from, TaskStatus::Waiting | TaskStatus::Delayed) && task.deadline > 0 {
+            self.deadlines.remove(&(task.deadline, id));
+        }
+        self.counts[from.index()] -= 1;
+        self.counts[to.index()] += 1;
+        task.status = to;
+        if from == TaskStatus::Running || result.is_some() {
+            task.result = result.map(Into::into);
+        }
+        // Enter the new status's indexes.
+        if to.is_final() {
+            if let Some(slot) = task.slot() {
+                let slot: Box<str> = slot.into();
+                self.release_slot(&slot, id);
+            }
+            self.ended.insert((task.created, id));
+        } else {
+            self.index_pending(&task);
+        }
+        self.tasks.insert(id, task);
+        Ok(())
+    }
+
+    fn release_slot(&mut self, slot: &str, holder: TaskId) {
+        if self.slots.get(slot) == Some(&holder) {
+            self.slots.remove(slot);
+        }
+    }
+
+    fn set_worker_status(
+        &mut self,
+        worker_id: &str,
+        status: WorkerStatus,
+    ) -> Result<(), ApplyError> {
+        let worker = self
+            .workers
+            .get_mut(worker_id)
+            .ok_or_else(|| ApplyError::Invalid(format!("worker {worker_id} is not known")))?;
+        worker.status = status;
+        Ok(())
+    }
+
+    /// Returns the shared copy of a string used by many tasks (types, users, workers).
+    pub(crate) fn intern(&mut self, s: &str) -> Arc<str> {
+        if let Some(existing) = self.interned.get(s) {
+            return existing.clone();
+        }
+        let new: Arc<str> = Arc::from(s);
+        self.interned.insert(new.clone());
+        new
+    }
+
+    /// Removes a waiting task from its queue ahead of the entry that will take it out of the
+    /// waiting state (the leader does this when it decides; the apply that follows finds it gone).
+    pub(crate) fn unqueue(&mut self, id: TaskId) {
+        if let Some(task) = self.tasks.get(&id) {
+            match task.status {
+                TaskStatus::Waiting => {
+                    self.waiting.remove(task.group, &task.task_type, id);
+                }
+                TaskStatus::Delayed => {
+                    self.delayed.remove(&(task.requested_start_time, id));
+                }
+                _ => {}
+            }
+            if task.deadline > 0 {
+                self.deadlines.remove(&(task.deadline, id));
+            }
+        }
+    }
+
+    /// Checks every derived index against the tasks; for tests and debug assertions.
+    ///
+    /// # Errors
+    /// A description of the first inconsistency found.
+    pub fn check_invariants(&self) -> Result<(), String> {
+        let mut counts = [0u64; 5];
+        let mut waiting = 0usize;
+        for task in self.tasks.values() {
+            counts[task.status.index()] += 1;
+            match task.status {
+                TaskStatus::Waiting => {
+                    waiting += 1;
+                    if !self.waiting.contains(task.group, &task.task_type, task.id) {
+                        return Err(format!("waiting task {} is not queued", task.id));
+                    }
+                }
+                TaskStatus::Delayed => {
+                    if !self.delayed.contains(&(task.requested_start_time, task.id)) {
+                        return Err(format!("delayed task {} is not queued", task.id));
+                    }
+                }
+                TaskStatus::Running => {
+                    let worker = task
+                        .worker_id
+                        .as_ref()
+                        .ok_or_else(|| format!("running task {} has no worker", task.id))?;
+                    if !self
+                        .running
+                        .get(worker)
+                        .is_some_and(|r| r.contains(task.id))
+                    {
+                        return Err(format!("running task {} not counted on {worker}", task.id));
+                    }
+                }
+                TaskStatus::Finished | TaskStatus::Error => {
+                    if !self.ended.contains(&(task.created, task.id)) {
+                        return Err(format!("ended task {} not indexed", task.id));
+                    }
+                }
+            }
+            if let Some(slot) = task.slot() {
+                let live = !task.status.is_final();
+                let held = self.slots.get(slot) == Some(&task.id);
+                if live != held {
+                    return Err(format!("task {} and slot {slot} disagree", task.id));
+                }
+            }
+        }
+        if counts != self.counts {
+            return Err(format!("counts {:?} != {:?}", self.counts, counts));
+        }
+        if waiting != self.waiting.len() {
+            return Err(format!(
+                "waiting index holds {} tasks, {waiting} are waiting",
+                self.waiting.len()
+            ));
+        }
+        let running: usize = self.running.values().map(|r| r.len()).sum();
+        if running as u64 != counts[TaskStatus::Running.index()] {
+            return Err("running sets disagree with running tasks".into());
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,609 @@
+//! Every task transition of the state machine (survey §2.3), driven through the leader as the broker
+//! drives it, plus the entries' own validation.
+
+mod support;
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+
+use majordodo_core::entry::NewTask;
+use majordodo_core::leader::{DEADLINE_EXPIRED, Outcome, SubmitOutcome, SubmitRequest};
+use majordodo_core::{
+    ApplyError, BrokerState, DefaultGroupMapper, LeaderConfig, LogEntry, TaskId, TaskStatus,
+    TransactionId, WorkerCapacity, WorkerStatus,
+};
+use support::Sim;
+
+fn config() -> LeaderConfig {
+    LeaderConfig {
+        max_worker_idle: 5_000,
+        finished_task_retention: 60_000,
+        ..LeaderConfig::default()
+    }
+}
+
+fn status(sim: &Sim, id: TaskId) -> TaskStatus {
+    sim.state().task(id).expect("task exists").status
+}
+
+#[test]
+fn submitted_task_waits_then_runs_then_finishes_with_its_result() {
+    // Goal: waiting → running (attempts 1, worker set) → finished with the executor's result.
+    let mut sim = Sim::new(config());
+    let id = sim.submit_simple("alice", "mail", 1);
+    sim.flush();
+    assert_eq!(status(&sim, id), TaskStatus::Waiting);
+    assert_eq!(sim.state().task(id).unwrap().created, sim.now);
+
+    sim.connect("w1", WorkerCapacity::any(4)).unwrap();
+    sim.settle();
+    let task = sim.state().task(id).unwrap();
+    assert_eq!(task.status, TaskStatus::Running);
+    assert_eq!(task.attempts, 1);
+    assert_eq!(task.worker_id.as_deref(), Some("w1"));
+    assert_eq!(sim.running_of("w1"), vec![(id, 1)]);
+
+    sim.report("w1", id, 1, Outcome::Finished, "sent");
+    sim.flush();
+    let task = sim.state().task(id).unwrap();
+    assert_eq!(task.status, TaskStatus::Finished);
+    assert_eq!(task.result.as_deref(), Some("sent"));
+    sim.state().check_invariants().unwrap();
+}
+
+#[test]
+fn failed_attempt_is_retried_while_attempts_remain() {
+    // Goal: an error with attempts left puts the task back to waiting (result kept), it runs again
+    // as attempt 2 and can finish.
+    let mut sim = Sim::new(config());
+    let id = sim.submit_simple("u", "t", 0);
+    sim.connect("w1", WorkerCapacity::any(1)).unwrap();
+    sim.settle();
+    sim.report("w1", id, 1, Outcome::Error, "boom");
+    sim.flush();
+    let task = sim.state().task(id).unwrap();
+    assert_eq!(task.status, TaskStatus::Waiting);
+    assert_eq!(task.result.as_deref(), Some("boom"));
+    sim.settle();
+    assert_eq!(sim.running_of("w1"), vec![(id, 2)]);
+    sim.report("w1", id, 2, Outcome::Finished, "ok");
+    sim.flush();
+    assert_eq!(status(&sim, id), TaskStatus::Finished);
+}
+
+#[test]
+fn at_most_once_task_ends_in_error_on_first_failure() {
+    // Goal: maxattempts 1 means one execution only.
+    let mut sim = Sim::new(config());
+    let id = sim.submit_simple("u", "t", 1);
+    sim.connect("w1", WorkerCapacity::any(1)).unwrap();
+    sim.settle();
+    sim.report("w1", id, 1, Outcome::Error, "boom");
+    sim.settle();
+    let task = sim.state().task(id).unwrap();
+    assert_eq!(task.status, TaskStatus::Error);
+    assert_eq!(task.result.as_deref(), Some("boom"));
+    assert!(sim.running_of("w1").is_empty());
+}
+
+#[test]
+fn task_with_five_attempts_errors_after_the_fifth_failure() {
+    // Goal: maxattempts N allows exactly N executions (survey TaskExecutionRecoveryTooManyErrorsTest).
+    let mut sim = Sim::new(config());
+    let id = sim.submit_simple("u", "t", 5);
+    sim.connect("w1", WorkerCapacity::any(1)).unwrap();
+    for attempt in 1..=5 {
+        sim.settle();
+        assert_eq!(sim.running_of("w1"), vec![(id, attempt)]);
+        sim.report("w1", id, attempt, Outcome::Error, "fail");
+    }
+    sim.settle();
+    assert_eq!(status(&sim, id), TaskStatus::Error);
+    assert_eq!(sim.state().task(id).unwrap().attempts, 5);
+}
+
+#[test]
+fn failure_after_the_deadline_is_final() {
+    // Goal: a failing attempt is not retried once the deadline passed.
+    let mut sim = Sim::new(config());
+    let deadline = sim.now + 1_000;
+    let SubmitOutcome::Accepted(id) = sim.submit(SubmitRequest {
+        task_type: "t".into(),
+        user_id: "u".into(),
+        deadline,
+        ..Default::default()
+    }) else {
+        panic!("accepted")
+    };
+    sim.connect("w1", WorkerCapacity::any(1)).unwrap();
+    sim.settle();
+    sim.advance(2_000);
+    sim.report("w1", id, 1, Outcome::Error, "late");
+    sim.flush();
+    assert_eq!(status(&sim, id), TaskStatus::Error);
+}
+
+#[test]
+fn waiting_task_past_its_deadline_expires_and_frees_its_slot() {
+    // Goal: deadline expiry sets error `deadline_expired`, removes it from the queues, frees the slot.
+    let mut sim = Sim::new(config());
+    let SubmitOutcome::Accepted(id) = sim.submit(SubmitRequest {
+        task_type: "t".into(),
+        user_id: "u".into(),
+        deadline: sim.now + 500,
+        slot: Some("s1".into()),
+        ..Default::default()
+    }) else {
+        panic!("accepted")
+    };
+    sim.flush();
+    assert_eq!(sim.leader.next_timer(), Some(sim.now + 500));
+    sim.advance(500);
+    sim.tick();
+    sim.flush();
+    let task = sim.state().task(id).unwrap();
+    assert_eq!(task.status, TaskStatus::Error);
+    assert_eq!(task.result.as_deref(), Some(DEADLINE_EXPIRED));
+    assert!(sim.state().waiting_index().is_empty());
+    assert_eq!(sim.state().slot_holder("s1"), None);
+    // An expired task is never assigned.
+    sim.connect("w1", WorkerCapacity::any(1)).unwrap();
+    sim.settle();
+    assert!(sim.running_of("w1").is_empty());
+}
+
+#[test]
+fn delayed_task_becomes_waiting_at_its_start_time_and_keeps_its_slot() {
+    // Goal: a future start time makes the task delayed (slot held), then waiting at that time.
+    let mut sim = Sim::new(config());
+    let start = sim.now + 10_000;
+    let SubmitOutcome::Accepted(id) = sim.submit(SubmitRequest {
+        task_type: "t".into(),
+        user_id: "u".into(),
+        requested_start_time: start,
+        slot: Some("s".into()),
+        ..Default::default()
+    }) else {
+        panic!("accepted")
+    };
+    sim.connect("w1", WorkerCapacity::any(1)).unwrap();
+    sim.settle();
+    assert_eq!(status(&sim, id), TaskStatus::Delayed);
+    assert!(
+        sim.running_of("w1").is_empty(),
+        "a delayed task does not run"
+    );
+    let again = sim.submit(SubmitRequest {
+        task_type: "t".into(),
+        user_id: "u".into(),
+        slot: Some("s".into()),
+        ..Default::default()
+    });
+    assert_eq!(
+        again,
+        SubmitOutcome::NotCreated("slot s already assigned".into())
+    );
+    assert_eq!(sim.leader.next_timer(), Some(start));
+    sim.advance(10_000);
+    sim.settle();
+    assert_eq!(status(&sim, id), TaskStatus::Running);
+}
+
+#[test]
+fn delayed_task_whose_deadline_passes_first_is_not_resumed() {
+    // Goal: fixes the original's resurrection of expired delayed tasks (survey §2.6).
+    let mut sim = Sim::new(config());
+    let SubmitOutcome::Accepted(id) = sim.submit(SubmitRequest {
+        task_type: "t".into(),
+        user_id: "u".into(),
+        requested_start_time: sim.now + 2_000,
+        deadline: sim.now + 1_000,
+        ..Default::default()
+    }) else {
+        panic!("accepted")
+    };
+    sim.flush();
+    sim.advance(5_000);
+    sim.settle();
+    let task = sim.state().task(id).unwrap();
+    assert_eq!(task.status, TaskStatus::Error);
+    assert_eq!(task.result.as_deref(), Some(DEADLINE_EXPIRED));
+    assert_eq!(sim.state().delayed().count(), 0);
+}
+
+#[test]
+fn busy_slot_refuses_a_second_task_until_the_first_ends() {
+    // Goal: slot semantics: task id 0 with `slot <name> already assigned`, released at the end.
+    let mut sim = Sim::new(config());
+    let req = || SubmitRequest {
+        task_type: "t".into(),
+        user_id: "u".into(),
+        slot: Some("lock".into()),
+        max_attempts: 1,
+        ..Default::default()
+    };
+    let SubmitOutcome::Accepted(first) = sim.submit(req()) else {
+        panic!("accepted")
+    };
+    // Still in flight: the reservation already holds the slot.
+    assert_eq!(
+        sim.submit(req()),
+        SubmitOutcome::NotCreated("slot lock already assigned".into())
+    );
+    sim.connect("w1", WorkerCapacity::any(1)).unwrap();
+    sim.settle();
+    assert!(matches!(sim.submit(req()), SubmitOutcome::NotCreated(_)));
+    sim.report("w1", first, 1, Outcome::Error, "x");
+    sim.flush();
+    assert_eq!(status(&sim, first), TaskStatus::Error);
+    assert!(matches!(sim.submit(req()), SubmitOutcome::Accepted(_)));
+}
+
+#[test]
+fn dead_worker_tasks_are_retried_with_worker_died_result() {
+    // Goal: a worker gone for longer than the idle time is declared dead; its tasks go back to
+    // waiting (attempts left) or error (none left) with result `worker <id> died`.
+    let mut sim = Sim::new(config());
+    let retry = sim.submit_simple("u", "t", 0);
+    let once = sim.submit_simple("u", "t", 1);
+    sim.connect("w1", WorkerCapacity::any(2)).unwrap();
+    sim.settle();
+    assert_eq!(sim.running_of("w1").len(), 2);
+    sim.crash("w1");
+    sim.flush();
+    assert_eq!(
+        sim.state().worker("w1").unwrap().status,
+        WorkerStatus::Disconnected
+    );
+    assert_eq!(status(&sim, retry), TaskStatus::Running, "not dead yet");
+    sim.advance(4_999);
+    sim.tick();
+    sim.flush();
+    assert_eq!(
+        status(&sim, retry),
+        TaskStatus::Running,
+        "still within the idle time"
+    );
+    sim.advance(1);
+    sim.tick();
+    sim.flush();
+    assert_eq!(sim.state().worker("w1").unwrap().status, WorkerStatus::Dead);
+    let r = sim.state().task(retry).unwrap();
+    assert_eq!(r.status, TaskStatus::Waiting);
+    assert_eq!(r.result.as_deref(), Some("worker w1 died"));
+    let o = sim.state().task(once).unwrap();
+    assert_eq!(o.status, TaskStatus::Error);
+    assert_eq!(o.result.as_deref(), Some("worker w1 died"));
+    // Another worker picks the retried task up as attempt 2.
+    sim.connect("w2", WorkerCapacity::any(2)).unwrap();
+    sim.settle();
+    assert_eq!(sim.running_of("w2"), vec![(retry, 2)]);
+    sim.state().check_invariants().unwrap();
+}
+
+#[test]
+fn reconnecting_worker_keeps_listed_tasks_and_loses_the_others() {
+    // Goal: reconciliation: tasks the worker lists keep running (their result is accepted later),
+    // tasks it does not list fail as `worker <id> died`.
+    let mut sim = Sim::new(config());
+    let kept = sim.submit_simple("u", "t", 0);
+    let lost = sim.submit_simple("u", "t", 0);
+    sim.connect("w1", WorkerCapacity::any(2)).unwrap();
+    sim.settle();
+    sim.disconnect("w1");
+    sim.workers.get_mut("w1").unwrap().remove(&(lost, 1));
+    sim.advance(1_000);
+    sim.connect("w1", WorkerCapacity::any(1)).unwrap();
+    sim.flush();
+    assert_eq!(status(&sim, kept), TaskStatus::Running);
+    let l = sim.state().task(lost).unwrap();
+    assert_eq!(l.status, TaskStatus::Waiting);
+    assert_eq!(l.result.as_deref(), Some("worker w1 died"));
+    sim.report("w1", kept, 1, Outcome::Finished, "done");
+    sim.settle();
+    assert_eq!(status(&sim, kept), TaskStatus::Finished);
+}
+
+#[test]
+fn stale_and_duplicate_reports_are_ignored() {
+    // Goal: a report for an old attempt, from another worker, or repeated, changes nothing.
+    let mut sim = Sim::new(config());
+    let id = sim.submit_simple("u", "t", 0);
+    sim.connect("w1", WorkerCapacity::any(1)).unwrap();
+    sim.connect("w2", WorkerCapacity::any(0)).unwrap();
+    sim.settle();
+    sim.report("w1", id, 1, Outcome::Error, "e1");
+    sim.settle();
+    assert_eq!(sim.running_of("w1"), vec![(id, 2)]);
+    let before = sim.log.len();
+    sim.report("w1", id, 1, Outcome::Finished, "late");
+    sim.report("w2", id, 2, Outcome::Finished, "wrong worker");
+    assert!(sim.inflight.is_empty(), "no entry for ignored reports");
+    sim.report("w1", id, 2, Outcome::Finished, "ok");
+    sim.report("w1", id, 2, Outcome::Finished, "duplicate while in flight");
+    sim.flush();
+    assert_eq!(sim.log.len(), before + 1);
+    assert_eq!(sim.state().task(id).unwrap().result.as_deref(), Some("ok"));
+}
+
+#[test]
+fn second_process_with_the_same_worker_id_is_refused_while_the_first_is_connected() {
+    // Goal: one live connection per worker id; the same process may replace its connection.
+    let mut sim = Sim::new(config());
+    sim.connect("w1", WorkerCapacity::any(1)).unwrap();
+    sim.flush();
+    let err = sim
+        .leader
+        .worker_connected(
+            sim.now,
+            majordodo_core::leader::WorkerHello {
+                conn: 99,
+                worker_id: "w1".into(),
+                process_id: "another".into(),
+                location: String::new(),
+                capacity: WorkerCapacity::any(1),
+                running: vec![],
+            },
+        )
+        .unwrap_err();
+    assert!(err.to_string().contains("already connected"), "{err}");
+    // The same process reconnecting replaces its old connection.
+    let old = *sim.conns.get("w1").unwrap();
+    let admission = sim
+        .leader
+        .worker_connected(
+            sim.now,
+            majordodo_core::leader::WorkerHello {
+                conn: 100,
+                worker_id: "w1".into(),
+                process_id: "w1-process".into(),
+                location: String::new(),
+                capacity: WorkerCapacity::any(1),
+                running: vec![],
+            },
+        )
+        .unwrap();
+    assert_eq!(admission.replaced, Some(old));
+}
+
+#[test]
+fn ended_tasks_are_purged_after_the_retention_through_the_log() {
+    // Goal: purging is an entry, so a replay does not bring purged tasks back.
+    let mut sim = Sim::new(config());
+    let id = sim.submit_simple("u", "t", 1);
+    sim.connect("w1", WorkerCapacity::any(1)).unwrap();
+    sim.settle();
+    sim.report("w1", id, 1, Outcome::Finished, "r");
+    sim.flush();
+    sim.advance(59_999);
+    sim.settle();
+    assert!(sim.state().task(id).is_some());
+    sim.advance(1);
+    sim.settle();
+    assert!(sim.state().task(id).is_none());
+    assert!(sim.replay().task(id).is_none());
+    assert_eq!(sim.replay(), *sim.state());
+}
+
+fn new_task(id: u64, slot: Option<&str>, created: i64, start: i64) -> NewTask {
+    NewTask {
+        id: TaskId(id),
+        task_type: "t".into(),
+        user_id: "u".into(),
+        data: "d".into(),
+        max_attempts: 1,
+        attempts: 0,
+        requested_start_time: start,
+        deadline: 0,
+        slot: slot.map(str::to_string),
+        codepool: None,
+        mode: None,
+        created,
+    }
+}
+
+#[test]
+fn transaction_tasks_are_invisible_until_commit_and_rollback_frees_slots() {
+    // Goal: prepared tasks hold their slot but are not tasks until commit; rollback discards them.
+    let mut s = BrokerState::new(Arc::new(DefaultGroupMapper));
+    let tx = TransactionId(1);
+    s.apply(
+        1,
+        LogEntry::BeginTransaction {
+            transaction_id: tx,
+            timestamp: 10,
+        },
+    )
+    .unwrap();
+    s.apply(
+        2,
+        LogEntry::PrepareAddTask {
+            transaction_id: tx,
+            task: new_task(1, Some("a"), 10, 0),
+        },
+    )
+    .unwrap();
+    s.apply(
+        3,
+        LogEntry::PrepareAddTask {
+            transaction_id: tx,
+            task: new_task(2, None, 10, 50),
+        },
+    )
+    .unwrap();
+    assert_eq!(s.task_count(), 0);
+    assert_eq!(s.slot_holder("a"), Some(TaskId(1)));
+    let clash = LogEntry::AddTask(new_task(3, Some("a"), 11, 0));
+    assert!(matches!(
+        s.apply(4, clash),
+        Err(ApplyError::SlotBusy { .. })
+    ));
+    s.apply(
+        4,
+        LogEntry::CommitTransaction {
+            transaction_id: tx,
+            timestamp: 12,
+        },
+    )
+    .unwrap();
+    assert_eq!(s.task(TaskId(1)).unwrap().status, TaskStatus::Waiting);
+    assert_eq!(s.task(TaskId(2)).unwrap().status, TaskStatus::Delayed);
+    assert_eq!(s.slot_holder("a"), Some(TaskId(1)));
+
+    let tx2 = TransactionId(2);
+    s.apply(
+        5,
+        LogEntry::BeginTransaction {
+            transaction_id: tx2,
+            timestamp: 13,
+        },
+    )
+    .unwrap();
+    s.apply(
+        6,
+        LogEntry::PrepareAddTask {
+            transaction_id: tx2,
+            task: new_task(4, Some("b"), 13, 0),
+        },
+    )
+    .unwrap();
+    s.apply(
+        7,
+        LogEntry::RollbackTransaction {
+            transaction_id: tx2,
+            timestamp: 14,
+        },
+    )
+    .unwrap();
+    assert_eq!(s.slot_holder("b"), None);
+    assert!(s.task(TaskId(4)).is_none());
+    assert_eq!(s.max_transaction_id(), 2);
+    assert_eq!(s.max_task_id(), 4);
+    s.check_invariants().unwrap();
+}
+
+#[test]
+fn code_pools_are_created_once_and_deleted() {
+    // Goal: create fails on an existing id, delete fails on a missing one.
+    let mut s = BrokerState::default();
+    let create = LogEntry::CreateCodePool {
+        id: "p".into(),
+        timestamp: 1,
+        ttl: 0,
+        data: vec![1, 2],
+    };
+    s.apply(1, create.clone()).unwrap();
+    assert!(matches!(
+        s.apply(2, create),
+        Err(ApplyError::CodePool { .. })
+    ));
+    s.apply(
+        2,
+        LogEntry::DeleteCodePool {
+            id: "p".into(),
+            timestamp: 2,
+        },
+    )
+    .unwrap();
+    assert!(
+        s.apply(
+            3,
+            LogEntry::DeleteCodePool {
+                id: "p".into(),
+                timestamp: 3
+            }
+        )
+        .is_err()
+    );
+}
+
+#[test]
+fn refused_entries_leave_the_state_unchanged() {
+    // Goal: apply validates before it mutates, and positions only increase.
+    let mut s = BrokerState::default();
+    s.apply(1, LogEntry::AddTask(new_task(1, None, 1, 0)))
+        .unwrap();
+    let before = s.clone();
+    let bad = [
+        LogEntry::AddTask(new_task(1, None, 1, 0)),
+        LogEntry::AssignTask {
+            task_id: TaskId(1),
+            worker_id: "w".into(),
+            attempt: 5,
+            resources: vec![],
+            timestamp: 2,
+        },
+        LogEntry::AssignTask {
+            task_id: TaskId(9),
+            worker_id: "w".into(),
+            attempt: 1,
+            resources: vec![],
+            timestamp: 2,
+        },
+        LogEntry::TaskStatusChange {
+            task_id: TaskId(1),
+            status: TaskStatus::Finished,
+            attempt: 0,
+            worker_id: None,
+            result: None,
+            timestamp: 2,
+        },
+        LogEntry::WorkerDied {
+            worker_id: "nobody".into(),
+            timestamp: 2,
+        },
+        LogEntry::CommitTransaction {
+            transaction_id: TransactionId(7),
+            timestamp: 2,
+        },
+        LogEntry::PurgeTasks {
+            task_ids: vec![TaskId(1)],
+            timestamp: 2,
+        },
+    ];
+    for entry in bad {
+        let kind = entry.kind();
+        assert!(s.apply(2, entry).is_err(), "{kind} must be refused");
+        assert_eq!(s, before, "{kind} changed the state");
+    }
+    assert!(matches!(
+        s.apply(1, LogEntry::Noop { timestamp: 3 }),
+        Err(ApplyError::OutOfOrder { .. })
+    ));
+}
+
+#[test]
+fn snapshot_round_trip_rebuilds_every_index() {
+    // Goal: a state rebuilt from its snapshot equals it, indexes included.
+    let mut sim = Sim::new(config());
+    let mut caps = BTreeMap::new();
+    caps.insert("t".to_string(), 1);
+    for i in 0..20 {
+        sim.submit(SubmitRequest {
+            task_type: if i % 2 == 0 { "t".into() } else { "x".into() },
+            user_id: format!("{}", i % 3),
+            slot: (i % 5 == 0).then(|| format!("slot{i}")),
+            deadline: if i % 4 == 0 { sim.now + 100_000 } else { 0 },
+            requested_start_time: if i % 7 == 0 { sim.now + 50_000 } else { 0 },
+            ..Default::default()
+        });
+    }
+    sim.connect(
+        "w1",
+        WorkerCapacity {
+            max_threads: 3,
+            max_threads_by_task_type: caps,
+            groups: vec![0],
+            excluded_groups: vec![],
+        },
+    )
+    .unwrap();
+    sim.settle();
+    let running = sim.running_of("w1");
+    sim.report("w1", running[0].0, running[0].1, Outcome::Finished, "r");
+    sim.flush();
+    let snap = sim.state().to_snapshot();
+    let rebuilt = BrokerState::from_snapshot(snap.clone(), Arc::new(DefaultGroupMapper)).unwrap();
+    assert_eq!(rebuilt, *sim.state());
+    assert_eq!(rebuilt.to_snapshot(), snap);
+}
