@@ -1,7 +1,11 @@
 //! Every byte Majordodo puts on a wire or on disk.
 //!
+//! - [`record`]: log records (one state change each).
+//! - [`snapshot`]: snapshot content (a whole state as a stream of items).
 //! - [`worker`]: the broker↔worker TCP protocol (frames, codec, handshake).
 //!
 //! Each format is versioned; decoders never panic on outside data.
 
+pub mod record;
+pub mod snapshot;
 pub mod worker;

@@ -1,0 +1,656 @@
+//! Log records: the bytes of one [`LogEntry`] in a commit log.
+//!
+//! A record is a protobuf message carrying the format version and one entry. The commit log adds
+//! framing and a checksum around it; this module only turns entries into bytes and back. Field
+//! tags of the entry kinds are 10 + the original Majordodo edit code (survey §1.5), so a reader of
+//! both formats can map one to the other; kinds the original did not have start at 30.
+
+use majordodo_core::entry::{LogEntry, NewTask};
+use majordodo_core::{TaskId, TaskStatus, TransactionId};
+use prost::Message;
+
+/// Version of the record format written by this build. Readers refuse versions they do not know.
+pub const RECORD_FORMAT_VERSION: u32 = 1;
+
+/// Why bytes are not a record this build can read.
+#[derive(Debug, thiserror::Error)]
+pub enum RecordError {
+    /// The bytes are not a well-formed protobuf message.
+    #[error("malformed record: {0}")]
+    Malformed(#[from] prost::DecodeError),
+    /// Written by a newer (or unknown) format.
+    #[error(
+        "record format version {0} is not supported (this build reads version {RECORD_FORMAT_VERSION})"
+    )]
+    UnsupportedVersion(u32),
+    /// The record carries no entry, or a kind this build does not know.
+    #[error("record carries no entry of a known kind")]
+    UnknownKind,
+    /// A field holds a value outside its domain.
+    #[error("record field {field}: {reason}")]
+    InvalidField {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct RecordPb {
+    #[prost(uint32, tag = "1")]
+    version: u32,
+    #[prost(
+        oneof = "EntryPb",
+        tags = "11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24, 30"
+    )]
+    entry: Option<EntryPb>,
+}
+
+#[derive(Clone, PartialEq, prost::Oneof)]
+enum EntryPb {
+    #[prost(message, tag = "11")]
+    AddTask(NewTaskPb),
+    #[prost(message, tag = "12")]
+    WorkerConnected(WorkerConnectedPb),
+    #[prost(message, tag = "13")]
+    AssignTask(AssignTaskPb),
+    #[prost(message, tag = "14")]
+    TaskStatusChange(StatusChangePb),
+    #[prost(message, tag = "15")]
+    WorkerDisconnected(WorkerEventPb),
+    #[prost(message, tag = "16")]
+    WorkerDied(WorkerEventPb),
+    #[prost(message, tag = "17")]
+    BeginTransaction(TransactionPb),
+    #[prost(message, tag = "18")]
+    CommitTransaction(TransactionPb),
+    #[prost(message, tag = "19")]
+    RollbackTransaction(TransactionPb),
+    #[prost(message, tag = "20")]
+    PrepareAddTask(PrepareAddTaskPb),
+    #[prost(message, tag = "21")]
+    Noop(NoopPb),
+    #[prost(message, tag = "23")]
+    DeleteCodePool(DeleteCodePoolPb),
+    #[prost(message, tag = "24")]
+    CreateCodePool(CreateCodePoolPb),
+    #[prost(message, tag = "30")]
+    PurgeTasks(PurgeTasksPb),
+}
+
+/// A task at submission; shared with snapshots (prepared tasks of transactions).
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct NewTaskPb {
+    #[prost(uint64, tag = "1")]
+    id: u64,
+    #[prost(string, tag = "2")]
+    task_type: String,
+    #[prost(string, tag = "3")]
+    user_id: String,
+    #[prost(string, tag = "4")]
+    data: String,
+    #[prost(uint32, tag = "5")]
+    max_attempts: u32,
+    #[prost(uint32, tag = "6")]
+    attempts: u32,
+    #[prost(int64, tag = "7")]
+    requested_start_time: i64,
+    #[prost(int64, tag = "8")]
+    deadline: i64,
+    #[prost(string, optional, tag = "9")]
+    slot: Option<String>,
+    #[prost(string, optional, tag = "10")]
+    codepool: Option<String>,
+    #[prost(string, optional, tag = "11")]
+    mode: Option<String>,
+    #[prost(int64, tag = "12")]
+    created: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct WorkerConnectedPb {
+    #[prost(string, tag = "1")]
+    worker_id: String,
+    #[prost(string, tag = "2")]
+    location: String,
+    #[prost(string, tag = "3")]
+    process_id: String,
+    #[prost(int64, tag = "4")]
+    timestamp: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct AssignTaskPb {
+    #[prost(uint64, tag = "1")]
+    task_id: u64,
+    #[prost(string, tag = "2")]
+    worker_id: String,
+    #[prost(uint32, tag = "3")]
+    attempt: u32,
+    #[prost(string, repeated, tag = "4")]
+    resources: Vec<String>,
+    #[prost(int64, tag = "5")]
+    timestamp: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct StatusChangePb {
+    #[prost(uint64, tag = "1")]
+    task_id: u64,
+    #[prost(uint32, tag = "2")]
+    status: u32,
+    #[prost(uint32, tag = "3")]
+    attempt: u32,
+    #[prost(string, optional, tag = "4")]
+    worker_id: Option<String>,
+    #[prost(string, optional, tag = "5")]
+    result: Option<String>,
+    #[prost(int64, tag = "6")]
+    timestamp: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct WorkerEventPb {
+    #[prost(string, tag = "1")]
+    worker_id: String,
+    #[prost(int64, tag = "2")]
+    timestamp: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct TransactionPb {
+    #[prost(uint64, tag = "1")]
+    transaction_id: u64,
+    #[prost(int64, tag = "2")]
+    timestamp: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct PrepareAddTaskPb {
+    #[prost(uint64, tag = "1")]
+    transaction_id: u64,
+    #[prost(message, optional, tag = "2")]
+    task: Option<NewTaskPb>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct NoopPb {
+    #[prost(int64, tag = "1")]
+    timestamp: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct DeleteCodePoolPb {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(int64, tag = "2")]
+    timestamp: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct CreateCodePoolPb {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(int64, tag = "2")]
+    timestamp: i64,
+    #[prost(int64, tag = "3")]
+    ttl: i64,
+    #[prost(bytes = "vec", tag = "4")]
+    data: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct PurgeTasksPb {
+    #[prost(uint64, repeated, tag = "1")]
+    task_ids: Vec<u64>,
+    #[prost(int64, tag = "2")]
+    timestamp: i64,
+}
+
+impl From<&NewTask> for NewTaskPb {
+    fn from(t: &NewTask) -> Self {
+        NewTaskPb {
+            id: t.id.0,
+            task_type: t.task_type.clone(),
+            user_id: t.user_id.clone(),
+            data: t.data.clone(),
+            max_attempts: t.max_attempts,
+            attempts: t.attempts,
+            requested_start_time: t.requested_start_time,
+            deadline: t.deadline,
+            slot: t.slot.clone(),
+            codepool: t.codepool.clone(),
+            mode: t.mode.clone(),
+            created: t.created,
+        }
+    }
+}
+
+impl NewTaskPb {
+    pub(crate) fn into_task(self) -> Result<NewTask, RecordError> {
+        if self.id == 0 {
+            return Err(RecordError::InvalidField {
+                field: "task.id",
+                reason: "0 is not a task id".into(),
+            });
+        }
+        Ok(NewTask {
+            id: TaskId(self.id),
+            task_type: self.task_type,
+            user_id: self.user_id,
+            data: self.data,
+            max_attempts: self.max_attempts,
+            attempts: self.attempts,
+            requested_start_time: self.requested_start_time,
+            deadline: self.deadline,
+            slot: self.slot,
+            codepool: self.codepool,
+            mode: self.mode,
+            created: self.created,
+        })
+    }
+}
+
+/// Encodes an entry as a record.
+pub fn encode_entry(entry: &LogEntry) -> Vec<u8> {
+    let entry = match entry {
+        LogEntry::AddTask(t) => EntryPb::AddTask(t.into()),
+        LogEntry::WorkerConnected {
+            worker_id,
+            location,
+            process_id,
+            timestamp,
+        } => EntryPb::WorkerConnected(WorkerConnectedPb {
+            worker_id: worker_id.clone(),
+            location: location.clone(),
+            process_id: process_id.clone(),
+            timestamp: *timestamp,
+        }),
+        LogEntry::AssignTask {
+            task_id,
+            worker_id,
+            attempt,
+            resources,
+            timestamp,
+        } => EntryPb::AssignTask(AssignTaskPb {
+            task_id: task_id.0,
+            worker_id: worker_id.clone(),
+            attempt: *attempt,
+            resources: resources.clone(),
+            timestamp: *timestamp,
+        }),
+        LogEntry::TaskStatusChange {
+            task_id,
+            status,
+            attempt,
+            worker_id,
+            result,
+            timestamp,
+        } => EntryPb::TaskStatusChange(StatusChangePb {
+            task_id: task_id.0,
+            status: status.code().into(),
+            attempt: *attempt,
+            worker_id: worker_id.clone(),
+            result: result.clone(),
+            timestamp: *timestamp,
+        }),
+        LogEntry::WorkerDisconnected {
+            worker_id,
+            timestamp,
+        } => EntryPb::WorkerDisconnected(WorkerEventPb {
+            worker_id: worker_id.clone(),
+            timestamp: *timestamp,
+        }),
+        LogEntry::WorkerDied {
+            worker_id,
+            timestamp,
+        } => EntryPb::WorkerDied(WorkerEventPb {
+            worker_id: worker_id.clone(),
+            timestamp: *timestamp,
+        }),
+        LogEntry::BeginTransaction {
+            transaction_id,
+            timestamp,
+        } => EntryPb::BeginTransaction(TransactionPb {
+            transaction_id: transaction_id.0,
+            timestamp: *timestamp,
+        }),
+        LogEntry::CommitTransaction {
+            transaction_id,
+            timestamp,
+        } => EntryPb::CommitTransaction(TransactionPb {
+            transaction_id: transaction_id.0,
+            timestamp: *timestamp,
+        }),
+        LogEntry::RollbackTransaction {
+            transaction_id,
+            timestamp,
+        } => EntryPb::RollbackTransaction(TransactionPb {
+            transaction_id: transaction_id.0,
+            timestamp: *timestamp,
+        }),
+        LogEntry::PrepareAddTask {
+            transaction_id,
+            task,
+        } => EntryPb::PrepareAddTask(PrepareAddTaskPb {
+            transaction_id: transaction_id.0,
+            task: Some(task.into()),
+        }),
+        LogEntry::Noop { timestamp } => EntryPb::Noop(NoopPb {
+            timestamp: *timestamp,
+        }),
+        LogEntry::DeleteCodePool { id, timestamp } => EntryPb::DeleteCodePool(DeleteCodePoolPb {
+            id: id.clone(),
+            timestamp: *timestamp,
+        }),
+        LogEntry::CreateCodePool {
+            id,
+            timestamp,
+            ttl,
+            data,
+        } => EntryPb::CreateCodePool(CreateCodePoolPb {
+            id: id.clone(),
+            timestamp: *timestamp,
+            ttl: *ttl,
+            data: data.clone(),
+        }),
+        LogEntry::PurgeTasks {
+            task_ids,
+            timestamp,
+        } => EntryPb::PurgeTasks(PurgeTasksPb {
+            task_ids: task_ids.iter().map(|t| t.0).collect(),
+            timestamp: *timestamp,
+        }),
+    };
+    RecordPb {
+        version: RECORD_FORMAT_VERSION,
+        entry: Some(entry),
+    }
+    .encode_to_vec()
+}
+
+/// Decodes a record.
+///
+/// # Errors
+/// [`RecordError`] when the bytes are not a record of a version and kind this build knows.
+pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, RecordError> {
+    let record = RecordPb::decode(bytes)?;
+    if record.version != RECORD_FORMAT_VERSION {
+        return Err(RecordError::UnsupportedVersion(record.version));
+    }
+    let entry = record.entry.ok_or(RecordError::UnknownKind)?;
+    Ok(match entry {
+        EntryPb::AddTask(t) => LogEntry::AddTask(t.into_task()?),
+        EntryPb::WorkerConnected(w) => LogEntry::WorkerConnected {
+            worker_id: w.worker_id,
+            location: w.location,
+            process_id: w.process_id,
+            timestamp: w.timestamp,
+        },
+        EntryPb::AssignTask(a) => LogEntry::AssignTask {
+            task_id: TaskId(a.task_id),
+            worker_id: a.worker_id,
+            attempt: a.attempt,
+            resources: a.resources,
+            timestamp: a.timestamp,
+        },
+        EntryPb::TaskStatusChange(c) => LogEntry::TaskStatusChange {
+            task_id: TaskId(c.task_id),
+            status: status_of(c.status)?,
+            attempt: c.attempt,
+            worker_id: c.worker_id,
+            result: c.result,
+            timestamp: c.timestamp,
+        },
+        EntryPb::WorkerDisconnected(w) => LogEntry::WorkerDisconnected {
+            worker_id: w.worker_id,
+            timestamp: w.timestamp,
+        },
+        EntryPb::WorkerDied(w) => LogEntry::WorkerDied {
+            worker_id: w.worker_id,
+            timestamp: w.timestamp,
+        },
+        EntryPb::BeginTransaction(t) => LogEntry::BeginTransaction {
+            transaction_id: TransactionId(t.transaction_id),
+            timestamp: t.timestamp,
+        },
+        EntryPb::CommitTransaction(t) => LogEntry::CommitTransaction {
+            transaction_id: TransactionId(t.transaction_id),
+            timestamp: t.timestamp,
+        },
+        EntryPb::RollbackTransaction(t) => LogEntry::RollbackTransaction {
+            transaction_id: TransactionId(t.transaction_id),
+            timestamp: t.timestamp,
+        },
+        EntryPb::PrepareAddTask(p) => LogEntry::PrepareAddTask {
+            transaction_id: TransactionId(p.transaction_id),
+            task: p
+                .task
+                .ok_or(RecordError::InvalidField {
+                    field: "prepare_add_task.task",
+                    reason: "missing".into(),
+                })?
+                .into_task()?,
+        },
+        EntryPb::Noop(n) => LogEntry::Noop {
+            timestamp: n.timestamp,
+        },
+        EntryPb::DeleteCodePool(d) => LogEntry::DeleteCodePool {
+            id: d.id,
+            timestamp: d.timestamp,
+        },
+        EntryPb::CreateCodePool(c) => LogEntry::CreateCodePool {
+            id: c.id,
+            timestamp: c.timestamp,
+            ttl: c.ttl,
+            data: c.data,
+        },
+        EntryPb::PurgeTasks(p) => LogEntry::PurgeTasks {
+            task_ids: p.task_ids.into_iter().map(TaskId).collect(),
+            timestamp: p.timestamp,
+        },
+    })
+}
+
+pub(crate) fn status_of(code: u32) -> Result<TaskStatus, RecordError> {
+    u8::try_from(code)
+        .ok()
+        .and_then(TaskStatus::from_code)
+        .ok_or_else(|| RecordError::InvalidField {
+            field: "status",
+            reason: format!("unknown task status code {code}"),
+        })
+}
+
+#[cfg(test)]
+pub(crate) mod tests {
+    use super::*;
+    use proptest::prelude::*;
+
+    fn opt_string() -> impl Strategy<Value = Option<String>> {
+        proptest::option::of(".{0,12}")
+    }
+
+    pub(crate) fn new_task() -> impl Strategy<Value = NewTask> {
+        (
+            1u64..,
+            (".{0,8}", ".{0,8}", ".{0,40}"),
+            (
+                any::<u32>(),
+                any::<u32>(),
+                any::<i64>(),
+                any::<i64>(),
+                any::<i64>(),
+            ),
+            (opt_string(), opt_string(), opt_string()),
+        )
+            .prop_map(
+                |(id, (tt, user, data), (max, att, start, deadline, created), (slot, cp, mode))| {
+                    NewTask {
+                        id: TaskId(id),
+                        task_type: tt,
+                        user_id: user,
+                        data,
+                        max_attempts: max,
+                        attempts: att,
+                        requested_start_time: start,
+                        deadline,
+                        slot,
+                        codepool: cp,
+                        mode,
+                        created,
+                    }
+                },
+            )
+    }
+
+    fn status() -> impl Strategy<Value = TaskStatus> {
+        proptest::sample::select(TaskStatus::ALL.to_vec())
+    }
+
+    pub(crate) fn entry() -> impl Strategy<Value = LogEntry> {
+        prop_oneof![
+            new_task().prop_map(LogEntry::AddTask),
+            (".{0,8}", ".{0,8}", ".{0,8}", any::<i64>()).prop_map(|(w, l, p, t)| {
+                LogEntry::WorkerConnected {
+                    worker_id: w,
+                    location: l,
+                    process_id: p,
+                    timestamp: t,
+                }
+            }),
+            (
+                any::<u64>(),
+                ".{0,8}",
+                any::<u32>(),
+                proptest::collection::vec(".{0,5}", 0..3),
+                any::<i64>()
+            )
+                .prop_map(|(id, w, a, r, t)| LogEntry::AssignTask {
+                    task_id: TaskId(id),
+                    worker_id: w,
+                    attempt: a,
+                    resources: r,
+                    timestamp: t
+                }),
+            (
+                any::<u64>(),
+                status(),
+                any::<u32>(),
+                opt_string(),
+                opt_string(),
+                any::<i64>()
+            )
+                .prop_map(|(id, s, a, w, r, t)| LogEntry::TaskStatusChange {
+                    task_id: TaskId(id),
+                    status: s,
+                    attempt: a,
+                    worker_id: w,
+                    result: r,
+                    timestamp: t
+                }),
+            (".{0,8}", any::<i64>()).prop_map(|(w, t)| LogEntry::WorkerDisconnected {
+                worker_id: w,
+                timestamp: t
+            }),
+            (".{0,8}", any::<i64>()).prop_map(|(w, t)| LogEntry::WorkerDied {
+                worker_id: w,
+                timestamp: t
+            }),
+            (any::<u64>(), any::<i64>()).prop_map(|(x, t)| LogEntry::BeginTransaction {
+                transaction_id: TransactionId(x),
+                timestamp: t
+            }),
+            (any::<u64>(), any::<i64>()).prop_map(|(x, t)| LogEntry::CommitTransaction {
+                transaction_id: TransactionId(x),
+                timestamp: t
+            }),
+            (any::<u64>(), any::<i64>()).prop_map(|(x, t)| LogEntry::RollbackTransaction {
+                transaction_id: TransactionId(x),
+                timestamp: t
+            }),
+            (any::<u64>(), new_task()).prop_map(|(x, task)| LogEntry::PrepareAddTask {
+                transaction_id: TransactionId(x),
+                task
+            }),
+            any::<i64>().prop_map(|t| LogEntry::Noop { timestamp: t }),
+            (".{0,8}", any::<i64>())
+                .prop_map(|(id, t)| LogEntry::DeleteCodePool { id, timestamp: t }),
+            (
+                ".{0,8}",
+                any::<i64>(),
+                any::<i64>(),
+                proptest::collection::vec(any::<u8>(), 0..64)
+            )
+                .prop_map(|(id, t, ttl, data)| LogEntry::CreateCodePool {
+                    id,
+                    timestamp: t,
+                    ttl,
+                    data
+                }),
+            (proptest::collection::vec(any::<u64>(), 0..8), any::<i64>()).prop_map(|(ids, t)| {
+                LogEntry::PurgeTasks {
+                    task_ids: ids.into_iter().map(TaskId).collect(),
+                    timestamp: t,
+                }
+            }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn every_entry_round_trips(e in entry()) {
+            // Goal: decode(encode(e)) == e for every entry kind and field value.
+            prop_assert_eq!(decode_entry(&encode_entry(&e)).unwrap(), e);
+        }
+
+        #[test]
+        fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
+            // Goal: outside data yields a value or an error, never a panic.
+            let _ = decode_entry(&bytes);
+        }
+    }
+
+    #[test]
+    fn unknown_version_and_empty_record_are_refused() {
+        // Goal: a newer format is refused with a message naming both versions.
+        let bytes = RecordPb {
+            version: 2,
+            entry: Some(EntryPb::Noop(NoopPb { timestamp: 1 })),
+        }
+        .encode_to_vec();
+        let err = decode_entry(&bytes).unwrap_err();
+        assert!(err.to_string().contains("version 2"), "{err}");
+        let bytes = RecordPb {
+            version: 1,
+            entry: None,
+        }
+        .encode_to_vec();
+        assert!(matches!(
+            decode_entry(&bytes),
+            Err(RecordError::UnknownKind)
+        ));
+    }
+
+    #[test]
+    fn bad_status_code_is_refused() {
+        // Goal: status code 3 (unused in the original) is not a status.
+        let bytes = RecordPb {
+            version: 1,
+            entry: Some(EntryPb::TaskStatusChange(StatusChangePb {
+                task_id: 1,
+                status: 3,
+                ..Default::default()
+            })),
+        }
+        .encode_to_vec();
+        assert!(matches!(
+            decode_entry(&bytes),
+            Err(RecordError::InvalidField {
+                field: "status",
+                ..
+            })
+        ));
+    }
+}
