@@ -1,1 +1,215 @@
 //! Accepts worker connections, authenticates them and turns their frames into events.
+//!
+//! [`run`] takes the bound socket and a stop signal from its caller (the broker binary, an
+//! embedding, a test) and serves every connection on a task of its own, at most
+//! [`ListenerConfig::max_connections`] at a time. The dispatcher sees each connection as
+//! [`WorkerEvent`]s and answers through the [`Admission`] and [`WorkerSession`] handles they
+//! carry; it never touches a socket.
+//!
+//! Design choices:
+//! - The dispatcher admits a worker by calling [`Admission::accept`], which hands it the
+//!   session: a session therefore exists only for admitted connections, and the `Welcome` frame
+//!   always precedes anything pushed through it.
+//! - Pushing never blocks the dispatcher: each connection has a bounded outbound queue and a
+//!   full queue is an error the dispatcher handles (see [`SessionError`]).
+//! - A worker that sends nothing for `max_worker_idle_time`, pings included, is disconnected
+//!   as [`DisconnectReason::Idle`] even if its socket stays open.
+//! - Anything malformed closes that one connection with a logged reason; the others go on.
+
+mod connection;
+mod session;
+
+#[cfg(test)]
+mod tests;
+
+use std::future::Future;
+use std::sync::Arc;
+use std::time::Duration;
+
+use majordodo_proto::worker::{DEFAULT_MAX_FRAME_SIZE, SharedSecret};
+use tokio::net::TcpListener;
+use tokio::sync::{Semaphore, mpsc};
+use tokio::task::JoinSet;
+use tokio_util::sync::CancellationToken;
+use tracing::{error, info, warn};
+
+pub use connection::MAX_IDENTITY_FIELD_LEN;
+pub use session::{
+    Admission, AssignError, CloseReason, ConnId, DisconnectReason, Rejection, SessionError,
+    WorkerEvent, WorkerHello, WorkerSession,
+};
+
+/// Default most concurrent connections. One per worker process plus a margin for reconnects
+/// that overlap the old connection; far above the thousands of hosts the system targets would
+/// need a larger value, set in the config.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// Default time a worker has to complete the handshake: generous for a loaded network, short
+/// enough that half-open connections do not pile up.
+pub const DEFAULT_HANDSHAKE_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default time the dispatcher has to admit a worker (it makes the connection durable first).
+pub const DEFAULT_ADMISSION_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default ping interval asked of workers; the original system pinged every 10 s.
+pub const DEFAULT_KEEPALIVE_INTERVAL: Duration = Duration::from_secs(10);
+
+/// Default silence after which a worker is disconnected: three missed pings, as the original
+/// system's 30 s `maxWorkerIdleTime`.
+pub const DEFAULT_MAX_WORKER_IDLE_TIME: Duration = Duration::from_secs(30);
+
+/// Default capacity of a connection's outbound queue, in pushes (each an assignment batch or
+/// an ack). A worker that falls this far behind gets [`SessionError::QueueFull`] reported to
+/// the dispatcher instead of unbounded memory.
+pub const DEFAULT_OUTBOUND_QUEUE: usize = 256;
+
+/// Smallest accepted `max_frame_size`: a handshake frame with maximum-length identity fields
+/// must fit.
+pub const MIN_MAX_FRAME_SIZE: usize = 4 * MAX_IDENTITY_FIELD_LEN;
+
+/// Pause after a failed `accept` (for example too many open files) before trying again, so the
+/// loop does not spin while the condition lasts.
+const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
+
+/// Settings of the worker listener.
+#[derive(Debug, Clone)]
+pub struct ListenerConfig {
+    /// Name of this broker, sent to workers in the challenge.
+    pub broker_id: String,
+    /// The secret workers must prove they know; must not be empty.
+    pub shared_secret: SharedSecret,
+    /// Most connections served at once; more wait in the kernel's accept backlog.
+    pub max_connections: usize,
+    /// Time for a worker to send `Hello` and `Connect`.
+    pub handshake_timeout: Duration,
+    /// Time for the dispatcher to answer a `Connected` event.
+    pub admission_timeout: Duration,
+    /// Ping interval asked of workers; sent in `Welcome`. Must be below `max_worker_idle_time`.
+    pub keepalive_interval: Duration,
+    /// Silence after which a connection is closed as idle; sent in `Welcome` so the worker uses
+    /// the same value for the broker's silence.
+    pub max_worker_idle_time: Duration,
+    /// Largest frame body read or written.
+    pub max_frame_size: usize,
+    /// Capacity of each connection's outbound queue.
+    pub outbound_queue: usize,
+}
+
+impl ListenerConfig {
+    /// A config with the defaults of this module.
+    pub fn new(broker_id: impl Into<String>, shared_secret: SharedSecret) -> Self {
+        ListenerConfig {
+            broker_id: broker_id.into(),
+            shared_secret,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
+            admission_timeout: DEFAULT_ADMISSION_TIMEOUT,
+            keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
+            max_worker_idle_time: DEFAULT_MAX_WORKER_IDLE_TIME,
+            max_frame_size: DEFAULT_MAX_FRAME_SIZE,
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+        }
+    }
+
+    /// Checks the settings against each other.
+    ///
+    /// # Errors
+    /// [`ListenerConfigError`] naming the first setting that is wrong.
+    pub fn validate(&self) -> Result<(), ListenerConfigError> {
+        let problem = if self.shared_secret.is_empty() {
+            "shared_secret must not be empty"
+        } else if self.max_connections == 0 {
+            "max_connections must be at least 1"
+        } else if self.outbound_queue == 0 {
+            "outbound_queue must be at least 1"
+        } else if self.max_frame_size < MIN_MAX_FRAME_SIZE {
+            "max_frame_size is below MIN_MAX_FRAME_SIZE"
+        } else if self.max_frame_size > u32::MAX as usize {
+            "max_frame_size does not fit the u32 length prefix"
+        } else if self.handshake_timeout.is_zero() || self.admission_timeout.is_zero() {
+            "handshake_timeout and admission_timeout must be positive"
+        } else if self.keepalive_interval.is_zero()
+            || self.keepalive_interval >= self.max_worker_idle_time
+        {
+            "keepalive_interval must be positive and below max_worker_idle_time"
+        } else {
+            return Ok(());
+        };
+        Err(ListenerConfigError(problem))
+    }
+}
+
+/// The listener's settings contradict each other; fix the configuration. Not retryable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid worker listener config: {0}")]
+pub struct ListenerConfigError(pub &'static str);
+
+/// Serves worker connections on `listener` until `shutdown` completes, then closes every
+/// connection (each reports [`DisconnectReason::ListenerStopped`]) and returns once their
+/// tasks have ended.
+///
+/// # Errors
+/// [`ListenerConfigError`] before accepting anything, if `config` is invalid.
+pub async fn run(
+    listener: TcpListener,
+    config: ListenerConfig,
+    events: mpsc::Sender<WorkerEvent>,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), ListenerConfigError> {
+    config.validate()?;
+    let limit = Arc::new(Semaphore::new(config.max_connections));
+    let shared = Arc::new(connection::Shared {
+        config,
+        events,
+        stopping: CancellationToken::new(),
+    });
+    let mut connections = JoinSet::new();
+    let mut next_conn = 0u64;
+    tokio::pin!(shutdown);
+    info!(addr = ?listener.local_addr().ok(), "worker listener started");
+    loop {
+        let permit = tokio::select! {
+            () = &mut shutdown => break,
+            permit = limit.clone().acquire_owned() => {
+                permit.expect("the semaphore is never closed")
+            }
+        };
+        let accepted = tokio::select! {
+            () = &mut shutdown => break,
+            accepted = listener.accept() => accepted,
+        };
+        // Reap finished connection tasks so the set holds only live ones.
+        while connections.try_join_next().is_some() {}
+        let (socket, peer) = match accepted {
+            Ok(accepted) => accepted,
+            Err(error) => {
+                warn!(%error, "accept failed");
+                tokio::select! {
+                    () = &mut shutdown => break,
+                    () = tokio::time::sleep(ACCEPT_ERROR_PAUSE) => continue,
+                }
+            }
+        };
+        if let Err(error) = socket.set_nodelay(true) {
+            warn!(%peer, %error, "could not set TCP_NODELAY");
+        }
+        let conn = session::ConnId(next_conn);
+        next_conn += 1;
+        let shared = shared.clone();
+        connections.spawn(async move {
+            connection::serve(conn, socket, peer, shared).await;
+            drop(permit);
+        });
+    }
+    info!(connections = connections.len(), "worker listener stopping");
+    shared.stopping.cancel();
+    while let Some(joined) = connections.join_next().await {
+        if let Err(error) = joined
+            && error.is_panic()
+        {
+            error!(%error, "worker connection task panicked");
+        }
+    }
+    info!("worker listener stopped");
+    Ok(())
+}

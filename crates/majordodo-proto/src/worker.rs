@@ -30,14 +30,18 @@ mod proof;
 #[cfg(test)]
 mod tests;
 
-pub use codec::{WorkerCodec, decode_body, encoded_body_len};
+pub use codec::{
+    FRAME_OVERHEAD, WorkerCodec, chunk_for_frames, decode_body, encoded_body_len, fits_in_frame,
+    item_frame_len,
+};
 pub use messages::{
     ANY_TASK_TYPE, Assign, Assignment, Capacity, Challenge, Connect, Envelope, FinishReport,
     Finished, FinishedAck, Hello, Kill, Message, Outcome, Ping, Pong, Reject, RunningTask,
     Shutdown, Welcome,
 };
 pub use proof::{
-    PROOF_LEN, broker_proof, random_nonce, verify_broker_proof, verify_worker_proof, worker_proof,
+    PROOF_LEN, SharedSecret, broker_proof, random_nonce, verify_broker_proof, verify_worker_proof,
+    worker_proof,
 };
 
 /// The protocol version this code speaks; carried by every frame.

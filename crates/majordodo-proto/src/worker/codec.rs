@@ -49,6 +49,45 @@ pub fn encoded_body_len(message: &Message) -> usize {
     envelope(message.clone()).encoded_len()
 }
 
+/// Upper bound, in bytes, of what a frame body holds besides the items of its repeated field:
+/// the version field, the message's key and length, and one `u64` field (the `seq` of
+/// [`super::Finished`]). Each of those is a key of at most 2 bytes and a varint of at most 10.
+pub const FRAME_OVERHEAD: usize = 32;
+
+/// Bytes `item` adds to a frame body as one element of a repeated field (field numbers below 16
+/// have one-byte keys).
+pub fn item_frame_len<T: prost::Message>(item: &T) -> usize {
+    prost::encoding::message::encoded_len(1, item)
+}
+
+/// Whether `item` fits a frame of `max_frame_size` bytes on its own, as the only element of an
+/// [`super::Assign`] or [`super::Finished`].
+pub fn fits_in_frame<T: prost::Message>(item: &T, max_frame_size: usize) -> bool {
+    FRAME_OVERHEAD + item_frame_len(item) <= max_frame_size
+}
+
+/// Splits `items` into consecutive runs, in order, each small enough for one frame of
+/// `max_frame_size` bytes. An item that does not fit a frame alone (see [`fits_in_frame`]) still
+/// gets a run of its own; the encoder will then refuse that frame.
+pub fn chunk_for_frames<T: prost::Message>(items: Vec<T>, max_frame_size: usize) -> Vec<Vec<T>> {
+    let mut chunks = Vec::new();
+    let mut current = Vec::new();
+    let mut size = FRAME_OVERHEAD;
+    for item in items {
+        let len = item_frame_len(&item);
+        if !current.is_empty() && size + len > max_frame_size {
+            chunks.push(std::mem::take(&mut current));
+            size = FRAME_OVERHEAD;
+        }
+        size += len;
+        current.push(item);
+    }
+    if !current.is_empty() {
+        chunks.push(current);
+    }
+    chunks
+}
+
 fn envelope(message: Message) -> Envelope {
     Envelope {
         version: PROTOCOL_VERSION,
@@ -75,14 +114,14 @@ pub fn decode_body(body: &[u8]) -> Result<Message, ProtocolError> {
         Err(error) => {
             // Another version may lay its body out differently: report the version, which is
             // the actionable fact, rather than the parse failure it causes.
-            if let Ok(probe) = VersionProbe::decode(body)
-                && probe.version != PROTOCOL_VERSION
-            {
-                return Err(ProtocolError::UnsupportedVersion {
-                    version: probe.version,
-                });
+            match VersionProbe::decode(body) {
+                Ok(probe) if probe.version != PROTOCOL_VERSION => {
+                    Err(ProtocolError::UnsupportedVersion {
+                        version: probe.version,
+                    })
+                }
+                _ => Err(ProtocolError::Malformed(error)),
             }
-            Err(ProtocolError::Malformed(error))
         }
     }
 }

@@ -22,6 +22,34 @@ const BROKER_PROOF_LABEL: &[u8] = b"majordodo broker proof v1";
 
 type HmacSha256 = Hmac<Sha256>;
 
+/// The secret shared by the brokers and their workers. Cheap to clone; its `Debug` output never
+/// shows the bytes, so configs holding it can be logged.
+#[derive(Clone, PartialEq, Eq)]
+pub struct SharedSecret(std::sync::Arc<[u8]>);
+
+impl SharedSecret {
+    /// Wraps the secret's bytes.
+    pub fn new(secret: impl Into<Vec<u8>>) -> Self {
+        SharedSecret(secret.into().into())
+    }
+
+    /// The secret's bytes, to key the proofs.
+    pub fn as_bytes(&self) -> &[u8] {
+        &self.0
+    }
+
+    /// Whether the secret has no bytes; configs refuse an empty secret.
+    pub fn is_empty(&self) -> bool {
+        self.0.is_empty()
+    }
+}
+
+impl std::fmt::Debug for SharedSecret {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.write_str("SharedSecret(<redacted>)")
+    }
+}
+
 /// A fresh nonce from the operating system's random number generator.
 ///
 /// # Panics

@@ -163,6 +163,38 @@ proptest! {
     }
 
     #[test]
+    fn chunks_fit_their_frames_and_keep_order(
+        assignments in vec(arb_assignment(), 0..40),
+        reports in vec(arb_report(), 0..40),
+        seq in any::<u64>(),
+        max in 64usize..600,
+    ) {
+        // Goal: every chunk of items that fit alone encodes within the limit, nothing is lost
+        // or reordered, and no two neighbouring chunks could have been merged.
+        let assignments: Vec<_> = assignments.into_iter().filter(|a| fits_in_frame(a, max)).collect();
+        let chunks = chunk_for_frames(assignments.clone(), max);
+        for pair in chunks.windows(2) {
+            let merged: Vec<_> = pair[0].iter().chain(&pair[1]).cloned().collect();
+            let merged_len = encoded_body_len(&Message::Assign(Assign { assignments: merged }));
+            prop_assert!(merged_len > max - FRAME_OVERHEAD);
+        }
+        for chunk in &chunks {
+            prop_assert!(!chunk.is_empty());
+            let len = encoded_body_len(&Message::Assign(Assign { assignments: chunk.clone() }));
+            prop_assert!(len <= max, "{} > {}", len, max);
+        }
+        prop_assert_eq!(chunks.concat(), assignments);
+
+        let reports: Vec<_> = reports.into_iter().filter(|r| fits_in_frame(r, max)).collect();
+        let chunks = chunk_for_frames(reports.clone(), max);
+        for chunk in &chunks {
+            let len = encoded_body_len(&Message::Finished(Finished { seq, reports: chunk.clone() }));
+            prop_assert!(len <= max, "{} > {}", len, max);
+        }
+        prop_assert_eq!(chunks.concat(), reports);
+    }
+
+    #[test]
     fn frames_split_at_any_point_decode_the_same(message in arb_message(), split in any::<prop::sample::Index>()) {
         // Goal: a frame arriving in two reads decodes once both halves are buffered.
         let full = encode(message.clone());

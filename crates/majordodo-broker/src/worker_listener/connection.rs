@@ -1,0 +1,480 @@
+//! One worker connection: the handshake, admission by the dispatcher, then the session loop
+//! that forwards the worker's frames as events and writes what the dispatcher pushes.
+//!
+//! The connection task owns the socket alone; nothing else reads or writes it. Its life:
+//! 1. read `Hello` (other protocol versions get a non-retryable `Reject`);
+//! 2. send `Challenge` with a fresh nonce;
+//! 3. read `Connect` and verify the proof (a bad proof gets a `Reject` and a WARN log);
+//! 4. send `Connected` to the dispatcher and wait for its [`Admission`] answer;
+//! 5. send `Welcome`, then loop until the worker leaves, falls silent, breaks the protocol,
+//!    the dispatcher closes the session or the listener stops;
+//! 6. send `Disconnected` to the dispatcher.
+//!
+//! Steps 1 to 4 share one deadline, `handshake_timeout`; step 4 has its own,
+//! `admission_timeout`, because the dispatcher makes the connection durable before answering.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use futures_util::{SinkExt, StreamExt};
+use majordodo_proto::worker::{
+    Assign, Challenge, FinishedAck, Message, Pong, ProtocolError, Reject, Welcome, WorkerCodec,
+    broker_proof, chunk_for_frames, random_nonce, verify_worker_proof,
+};
+use tokio::net::TcpStream;
+use tokio::sync::{mpsc, oneshot, watch};
+use tokio::time::{Instant, timeout, timeout_at};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tracing::{Instrument, debug, info, info_span, warn};
+
+use super::ListenerConfig;
+use super::session::{
+    Admission, CloseReason, ConnId, DisconnectReason, Outbound, Rejection, Stop, WorkerEvent,
+    WorkerHello, WorkerSession,
+};
+
+/// Longest accepted `worker_id`, `process_id` or `location`, in bytes. They end up in logs and
+/// in the broker's state; 1 KiB is far above any real host name or process id.
+pub const MAX_IDENTITY_FIELD_LEN: usize = 1024;
+
+/// Most queued frames written before one flush; bounds how long the loop writes without
+/// looking at incoming frames, while still batching writes under load.
+const MAX_FRAMES_PER_FLUSH: usize = 64;
+
+/// How long a stopping listener waits to hand a connection's `Disconnected` event to a busy
+/// dispatcher before giving up on it.
+const STOP_EVENT_GRACE: std::time::Duration = std::time::Duration::from_secs(1);
+
+/// What every connection task shares.
+pub(super) struct Shared {
+    /// The listener's settings.
+    pub(super) config: ListenerConfig,
+    /// Where events go; bounded by the caller.
+    pub(super) events: mpsc::Sender<WorkerEvent>,
+    /// Cancelled when the listener stops.
+    pub(super) stopping: CancellationToken,
+}
+
+type Conn = Framed<TcpStream, WorkerCodec>;
+
+/// Serves one accepted socket until it closes. Never panics on what the peer sends.
+pub(super) async fn serve(conn: ConnId, socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+    let span = info_span!("worker_conn", %conn, %peer, worker_id = tracing::field::Empty);
+    async move {
+        let framed = Framed::new(socket, WorkerCodec::new(shared.config.max_frame_size));
+        let Some(admitted) = handshake(conn, peer, framed, &shared).await else {
+            return;
+        };
+        let worker_id = admitted.hello_worker_id.clone();
+        let reason = match admitted.decision {
+            Ok(live) => session_loop(conn, live, &shared).await,
+            Err(reason) => reason,
+        };
+        info!(%reason, "worker disconnected");
+        let event = WorkerEvent::Disconnected {
+            conn,
+            worker_id,
+            reason,
+        };
+        let stopped = async {
+            shared.stopping.cancelled().await;
+            tokio::time::sleep(STOP_EVENT_GRACE).await;
+        };
+        tokio::select! {
+            _ = shared.events.send(event) => {}
+            () = stopped => warn!("dispatcher did not take the disconnect event before the listener stopped"),
+        }
+    }
+    .instrument(span)
+    .await
+}
+
+/// A worker that reached step 4 and got its answer.
+struct Admitted {
+    hello_worker_id: String,
+    /// The live connection if admitted, or why it ended.
+    decision: Result<Live, DisconnectReason>,
+}
+
+/// An admitted connection, ready for the session loop.
+struct Live {
+    framed: Conn,
+    worker_id: String,
+    outbound: mpsc::Receiver<Outbound>,
+    stop: watch::Receiver<Option<Stop>>,
+}
+
+/// Why reading a handshake frame failed.
+enum ReadFailure {
+    TimedOut,
+    Closed,
+    Protocol(ProtocolError),
+}
+
+async fn read_before(framed: &mut Conn, deadline: Instant) -> Result<Message, ReadFailure> {
+    match timeout_at(deadline, framed.next()).await {
+        Err(_) => Err(ReadFailure::TimedOut),
+        Ok(None) | Ok(Some(Err(ProtocolError::Io(_)))) => Err(ReadFailure::Closed),
+        Ok(Some(Err(error))) => Err(ReadFailure::Protocol(error)),
+        Ok(Some(Ok(message))) => Ok(message),
+    }
+}
+
+/// Sends one frame and flushes it before `deadline`; `false` if the socket is gone or too slow.
+async fn send_before(framed: &mut Conn, deadline: Instant, message: Message) -> bool {
+    matches!(timeout_at(deadline, framed.send(message)).await, Ok(Ok(())))
+}
+
+/// Logs a handshake that ended before admission; no event was sent for it.
+fn log_handshake_failure(step: &'static str, failure: ReadFailure) {
+    match failure {
+        ReadFailure::TimedOut => info!(step, "handshake timed out"),
+        ReadFailure::Closed => debug!(step, "connection closed during handshake"),
+        ReadFailure::Protocol(error) => warn!(step, %error, "protocol error during handshake"),
+    }
+}
+
+async fn reject(framed: &mut Conn, deadline: Instant, reason: &str, retryable: bool) {
+    let reject = Message::Reject(Reject {
+        reason: reason.to_owned(),
+        retryable,
+    });
+    if !send_before(framed, deadline, reject).await {
+        debug!("could not deliver the reject frame");
+    }
+}
+
+/// Steps 1 to 4. `None` when the connection ended before the dispatcher heard of it.
+async fn handshake(
+    conn: ConnId,
+    peer: SocketAddr,
+    mut framed: Conn,
+    shared: &Shared,
+) -> Option<Admitted> {
+    let config = &shared.config;
+    let deadline = Instant::now() + config.handshake_timeout;
+
+    // 1. Hello.
+    let hello = match read_before(&mut framed, deadline).await {
+        Ok(Message::Hello(hello)) => hello,
+        Ok(other) => {
+            warn!(kind = other.kind(), "expected hello; closing");
+            return None;
+        }
+        Err(ReadFailure::Protocol(error @ ProtocolError::UnsupportedVersion { .. })) => {
+            warn!(%error, "worker speaks another protocol version; rejecting");
+            reject(&mut framed, deadline, &error.to_string(), false).await;
+            return None;
+        }
+        Err(failure) => {
+            log_handshake_failure("hello", failure);
+            return None;
+        }
+    };
+    tracing::Span::current().record("worker_id", hello.worker_id.as_str());
+    let identity_problem = if hello.worker_id.is_empty() {
+        Some("worker id is empty")
+    } else if [&hello.worker_id, &hello.process_id, &hello.location]
+        .iter()
+        .any(|field| field.len() > MAX_IDENTITY_FIELD_LEN)
+    {
+        Some("worker id, process id or location is too long")
+    } else {
+        None
+    };
+    if let Some(problem) = identity_problem {
+        warn!(problem, "invalid hello; rejecting");
+        reject(&mut framed, deadline, problem, false).await;
+        return None;
+    }
+
+    // 2. Challenge.
+    let broker_nonce = random_nonce();
+    let challenge = Message::Challenge(Challenge {
+        broker_id: config.broker_id.clone(),
+        broker_nonce: broker_nonce.to_vec(),
+    });
+    if !send_before(&mut framed, deadline, challenge).await {
+        debug!("could not send the challenge");
+        return None;
+    }
+
+    // 3. Connect, and the proof.
+    let connect = match read_before(&mut framed, deadline).await {
+        Ok(Message::Connect(connect)) => connect,
+        Ok(other) => {
+            warn!(kind = other.kind(), "expected connect; closing");
+            return None;
+        }
+        Err(failure) => {
+            log_handshake_failure("connect", failure);
+            return None;
+        }
+    };
+    let secret = config.shared_secret.as_bytes();
+    if !verify_worker_proof(
+        secret,
+        &broker_nonce,
+        &hello.client_nonce,
+        &hello.worker_id,
+        &hello.process_id,
+        &connect.proof,
+    ) {
+        warn!(%peer, worker_id = %hello.worker_id, "worker authentication failed; rejecting");
+        reject(&mut framed, deadline, "authentication failed", false).await;
+        return None;
+    }
+
+    // 4. Admission by the dispatcher.
+    let worker_id: Arc<str> = hello.worker_id.as_str().into();
+    let (reply_tx, reply_rx) = oneshot::channel();
+    let (outbound_tx, outbound_rx) = mpsc::channel(config.outbound_queue);
+    let (stop_tx, stop_rx) = watch::channel(None);
+    let session = WorkerSession::new(
+        conn,
+        worker_id.clone(),
+        outbound_tx,
+        Arc::new(stop_tx),
+        config.max_frame_size,
+    );
+    let event = WorkerEvent::Connected {
+        conn,
+        hello: WorkerHello {
+            worker_id: hello.worker_id.clone(),
+            process_id: hello.process_id.clone(),
+            location: hello.location.clone(),
+            peer,
+            capacity: connect.capacity,
+            running: connect.running,
+        },
+        reply: Admission::new(reply_tx, session),
+    };
+    tokio::select! {
+        sent = shared.events.send(event) => if sent.is_err() {
+            warn!("dispatcher is gone; closing");
+            return None;
+        },
+        () = shared.stopping.cancelled() => return None,
+    }
+    let admission_deadline = Instant::now() + config.admission_timeout;
+    let answer = tokio::select! {
+        answer = timeout_at(admission_deadline, reply_rx) => answer,
+        () = shared.stopping.cancelled() => {
+            return Some(Admitted {
+                hello_worker_id: hello.worker_id,
+                decision: Err(DisconnectReason::ListenerStopped),
+            });
+        }
+    };
+    let write_deadline = Instant::now() + config.handshake_timeout;
+    let refused = match answer {
+        Ok(Ok(Ok(()))) => None,
+        Ok(Ok(Err(Rejection { reason, retryable }))) => {
+            info!(%reason, retryable, "dispatcher rejected the worker");
+            reject(&mut framed, write_deadline, &reason, retryable).await;
+            Some(format!("rejected: {reason}"))
+        }
+        Ok(Err(_dropped)) => {
+            warn!("dispatcher dropped the admission without answering");
+            reject(&mut framed, write_deadline, "broker unavailable", true).await;
+            Some("admission dropped".to_owned())
+        }
+        Err(_elapsed) => {
+            warn!("dispatcher did not answer in time");
+            reject(&mut framed, write_deadline, "broker busy", true).await;
+            Some("admission timed out".to_owned())
+        }
+    };
+    if let Some(text) = refused {
+        return Some(Admitted {
+            hello_worker_id: hello.worker_id,
+            decision: Err(DisconnectReason::ClosedByBroker(text)),
+        });
+    }
+
+    // 5. Welcome.
+    let welcome = Message::Welcome(Welcome {
+        broker_proof: broker_proof(secret, &hello.client_nonce, &broker_nonce, &hello.worker_id)
+            .to_vec(),
+        keepalive_interval_ms: duration_ms(config.keepalive_interval),
+        idle_timeout_ms: duration_ms(config.max_worker_idle_time),
+    });
+    if !send_before(&mut framed, write_deadline, welcome).await {
+        return Some(Admitted {
+            hello_worker_id: hello.worker_id,
+            decision: Err(DisconnectReason::Closed),
+        });
+    }
+    info!(
+        process_id = %hello.process_id,
+        location = %hello.location,
+        "worker connected"
+    );
+    Some(Admitted {
+        hello_worker_id: hello.worker_id,
+        decision: Ok(Live {
+            framed,
+            worker_id: worker_id.to_string(),
+            outbound: outbound_rx,
+            stop: stop_rx,
+        }),
+    })
+}
+
+fn duration_ms(duration: std::time::Duration) -> u64 {
+    u64::try_from(duration.as_millis()).unwrap_or(u64::MAX)
+}
+
+/// Step 5: forwards frames as events and writes what the dispatcher pushes, until the end.
+async fn session_loop(conn: ConnId, live: Live, shared: &Shared) -> DisconnectReason {
+    let Live {
+        mut framed,
+        worker_id,
+        mut outbound,
+        mut stop,
+    } = live;
+    let config = &shared.config;
+    let idle = config.max_worker_idle_time;
+    let mut idle_deadline = Instant::now() + idle;
+    loop {
+        tokio::select! {
+            biased;
+            () = shared.stopping.cancelled() => return DisconnectReason::ListenerStopped,
+            changed = stop.changed() => {
+                let request = match changed {
+                    Ok(()) => stop.borrow_and_update().clone(),
+                    Err(_) => None,
+                };
+                return match request {
+                    Some(Stop::Kill(reason)) => {
+                        info!(%reason, "killing worker");
+                        let kill = Message::Kill(majordodo_proto::worker::Kill { reason: reason.clone() });
+                        let _ = timeout(idle, framed.send(kill)).await;
+                        DisconnectReason::ClosedByBroker(format!("killed: {reason}"))
+                    }
+                    Some(Stop::Close(CloseReason::Replaced)) => DisconnectReason::Replaced,
+                    Some(Stop::Close(CloseReason::Other(text))) => DisconnectReason::ClosedByBroker(text),
+                    None => DisconnectReason::ClosedByBroker("session dropped".to_owned()),
+                };
+            }
+            frame = framed.next() => {
+                let message = match frame {
+                    None => return DisconnectReason::Closed,
+                    Some(Err(ProtocolError::Io(error))) => {
+                        debug!(%error, "read failed");
+                        return DisconnectReason::Closed;
+                    }
+                    Some(Err(error)) => {
+                        warn!(%error, "malformed frame; closing");
+                        return DisconnectReason::ProtocolError(error.to_string());
+                    }
+                    Some(Ok(message)) => message,
+                };
+                idle_deadline = Instant::now() + idle;
+                let event = match message {
+                    Message::Finished(finished) => WorkerEvent::Finished {
+                        conn,
+                        worker_id: worker_id.clone(),
+                        seq: finished.seq,
+                        reports: finished.reports,
+                    },
+                    Message::Ping(ping) => {
+                        if timeout(idle, framed.send(Message::Pong(Pong {}))).await.map_or(true, |r| r.is_err()) {
+                            return DisconnectReason::Closed;
+                        }
+                        WorkerEvent::Ping {
+                            conn,
+                            worker_id: worker_id.clone(),
+                            capacity: ping.capacity,
+                            running: ping.running,
+                        }
+                    }
+                    Message::Shutdown(_) => return DisconnectReason::Shutdown,
+                    other => {
+                        warn!(kind = other.kind(), "unexpected frame from worker; closing");
+                        return DisconnectReason::ProtocolError(format!(
+                            "unexpected {} frame from worker",
+                            other.kind()
+                        ));
+                    }
+                };
+                tokio::select! {
+                    sent = shared.events.send(event) => if sent.is_err() {
+                        return DisconnectReason::ClosedByBroker("dispatcher gone".to_owned());
+                    },
+                    () = shared.stopping.cancelled() => return DisconnectReason::ListenerStopped,
+                }
+            }
+            first = outbound.recv() => {
+                let Some(first) = first else {
+                    return DisconnectReason::ClosedByBroker("session dropped".to_owned());
+                };
+                if let Err(reason) = write_outbound(&mut framed, &mut outbound, first, config).await {
+                    return reason;
+                }
+            }
+            () = tokio::time::sleep_until(idle_deadline) => {
+                warn!(idle_ms = duration_ms(idle), "worker silent for too long; closing");
+                return DisconnectReason::Idle;
+            }
+        }
+    }
+}
+
+/// Writes `first` and whatever else is queued (up to [`MAX_FRAMES_PER_FLUSH`]), then flushes
+/// once. A worker that does not read for `max_worker_idle_time` is dropped.
+async fn write_outbound(
+    framed: &mut Conn,
+    outbound: &mut mpsc::Receiver<Outbound>,
+    first: Outbound,
+    config: &ListenerConfig,
+) -> Result<(), DisconnectReason> {
+    let write = async {
+        let mut next = Some(first);
+        let mut written = 0;
+        while let Some(item) = next.take() {
+            match item {
+                Outbound::FinishedAck(seq) => {
+                    framed
+                        .feed(Message::FinishedAck(FinishedAck { seq }))
+                        .await?;
+                    written += 1;
+                }
+                Outbound::Assign(assignments) => {
+                    for assignments in chunk_for_frames(assignments, config.max_frame_size) {
+                        framed.feed(Message::Assign(Assign { assignments })).await?;
+                        written += 1;
+                    }
+                }
+            }
+            if written < MAX_FRAMES_PER_FLUSH {
+                next = outbound.try_recv().ok();
+            }
+        }
+        framed.flush().await
+    };
+    match timeout(config.max_worker_idle_time, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(ProtocolError::Io(error))) => {
+            debug!(%error, "write failed");
+            Err(DisconnectReason::Closed)
+        }
+        Ok(Err(error)) => {
+            // Sizes are checked when queued, so the encoder refusing a frame is a bug here.
+            warn!(%error, "could not encode a frame; closing");
+            Err(DisconnectReason::ClosedByBroker(error.to_string()))
+        }
+        Err(_elapsed) => {
+            warn!("worker does not read; closing");
+            Err(DisconnectReason::Closed)
+        }
+    }
+}
+
+/// Frame-body size of an `Assign` holding only `assignment`, an upper bound.
+pub(super) fn single_assignment_frame_len(
+    assignment: &majordodo_proto::worker::Assignment,
+) -> usize {
+    majordodo_proto::worker::FRAME_OVERHEAD + majordodo_proto::worker::item_frame_len(assignment)
+}
