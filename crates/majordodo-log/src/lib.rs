@@ -5,11 +5,30 @@
 //! log knows nothing of what a record means: encoding lives in `majordodo-proto`.
 //!
 //! Implementations:
-//! - `MemoryLog`: in memory, for tests and embedding.
-//! - `FileLog`: segment files on a local disk with group commit (the standalone default).
+//! - [`MemoryLog`]: in memory, for tests and embedding.
+//! - [`FileLog`]: segment files on a local disk with group commit (the standalone default).
 //! - the BookKeeper-backed log of `majordodo-cluster` (replicated).
 //!
-//! Every implementation must pass the conformance suite in `conformance`.
+//! Every implementation must pass the conformance suite in [`conformance`]; [`FaultyLog`] wraps
+//! any of them to make it fail on purpose. Snapshots of the broker state, which let a log drop
+//! old records, are kept by [`SnapshotStore`].
+
+pub mod conformance;
+mod faulty;
+mod file;
+mod memory;
+mod snapshot;
+
+pub use faulty::{FAULT_SEED_ENV, FaultMode, FaultSchedule, FaultyLog};
+pub use file::{
+    DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_RECORD_SIZE, DEFAULT_SEGMENT_SIZE, FileLog,
+    FileLogConfig, FileLogStats, MAX_RECORD_SIZE_LIMIT, OpenReport, TornTail,
+};
+pub use memory::{MemoryLog, MemoryStore};
+pub use snapshot::{
+    Compression, SNAPSHOTS_RETAINED, Snapshot, SnapshotError, SnapshotInfo, SnapshotReader,
+    SnapshotStore, SnapshotWriter, decode_snapshot, encode_snapshot,
+};
 
 use std::fmt;
 use std::future::Future;
@@ -103,6 +122,15 @@ pub enum LogError {
         /// The limit.
         limit: usize,
     },
+    /// A replay asked for records that [`CommitLog::release_before`] already dropped. Not
+    /// retryable: the caller must start from a snapshot taken at or after `first - 1`.
+    #[error("records after lsn {after} were released; the log starts at lsn {first}")]
+    Released {
+        /// The `after` the replay was called with.
+        after: Lsn,
+        /// The first LSN the log still holds.
+        first: Lsn,
+    },
     /// The replay callback refused a record; the message says why.
     #[error("replay stopped at lsn {lsn}: {reason}")]
     Replay {
@@ -141,15 +169,22 @@ pub type ReplayFn<'a> = dyn FnMut(Lsn, Bytes) -> Result<(), String> + Send + 'a;
 ///    error. Records of a failed batch were never acknowledged: a later replay may or may not
 ///    return them, but never a part of a record, and never a record after a missing one.
 /// 4. `replay(after)` hands every durable record with LSN > `after` to the callback, in order,
-///    exactly once. It is used at boot before any append, and by followers.
+///    exactly once. It is used at boot before any append, and by followers. A replay running
+///    while appends go on hands over at least the records durable when it started.
 /// 5. `release_before(lsn)` tells the log that the state up to `lsn` is safe in a snapshot:
 ///    records with LSN ≤ `lsn` may be deleted (whole segments or ledgers at a time). A later
-///    `replay(after)` with `after >= lsn` still works.
+///    `replay(after)` with `after >= lsn` still works; one with a smaller `after` either hands
+///    over every record it asked for or fails with [`LogError::Released`], never skips some.
+///    LSNs keep counting from where they were, also across a reopen.
 /// 6. A record of `max_record_size()` bytes or less is accepted; a larger one fails its append
 ///    with [`LogError::RecordTooLarge`] without failing the log.
 pub trait CommitLog: Send + Sync + 'static {
-    /// Queues `records` for appending; see the contract above. An empty batch resolves at once
-    /// with `first == last ==` the current last LSN.
+    /// Queues `records` for appending; see the contract above.
+    ///
+    /// An empty batch writes nothing and acts as a barrier: it resolves, in call order like any
+    /// other append, once everything queued before it is durable, with `first == last ==` the
+    /// LSN of the last record queued before it (`Lsn::ZERO` for an empty log). On a failed log it
+    /// fails like any other append.
     fn append(&self, records: Vec<Bytes>) -> AppendFuture;
 
     /// Replays durable records with LSN > `after` into `f`, in order.

@@ -1,0 +1,567 @@
+//! [`FileLog`]: the durable commit log of a standalone broker, as segment files in a directory.
+//!
+//! - Layout: one directory holding segment files named by their first LSN
+//!   (`00000000000000000001.log`, ...) and a `LOCK` file. Byte layout in `format`.
+//! - Writes: one writer thread with group commit (see `writer`): concurrent appends share one
+//!   `write_all` and one `fdatasync`; an append is acknowledged only after its fsync.
+//! - Open: every segment is validated; a torn tail of the last segment is truncated, any other
+//!   damage is a hard error (see `recovery`).
+//! - Replay streams records from disk through a reader thread and a bounded channel.
+//! - `release_before` deletes whole segments, never the one being written.
+
+mod format;
+mod recovery;
+mod segment;
+mod writer;
+
+use std::collections::VecDeque;
+use std::fs::{File, OpenOptions};
+use std::io;
+use std::os::unix::fs::OpenOptionsExt;
+use std::path::{Path, PathBuf};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex};
+
+use bytes::Bytes;
+use futures_util::FutureExt;
+use tokio::sync::{mpsc, oneshot, watch};
+use tracing::info;
+
+pub(crate) use self::segment::{DIR_MODE, FILE_MODE};
+use self::segment::{Next, SegmentMeta, SegmentReader, io_err};
+use self::writer::{Active, Counters, ExitStatus, Pending, Queue, Shared, State, lock};
+use crate::{AppendFuture, Appended, BoxFuture, CommitLog, LogError, Lsn, ReplayFn, ReplayReport};
+
+/// Default size at which a segment is closed and a new one started: large enough that rolling
+/// (three fsyncs) is rare, small enough that `release_before` frees space in useful steps.
+pub const DEFAULT_SEGMENT_SIZE: u64 = 64 * 1024 * 1024;
+/// Default largest record: far above any broker entry (a task with a large parameter or
+/// result), while one record can never need more than a small part of memory.
+pub const DEFAULT_MAX_RECORD_SIZE: usize = 16 * 1024 * 1024;
+/// Upper bound of `max_record_size`: keeps frame lengths in 32 bits and one record readable
+/// into memory.
+pub const MAX_RECORD_SIZE_LIMIT: usize = 1024 * 1024 * 1024;
+/// Default bound on the bytes queued for the writer: about a second of a slow disk, so a
+/// producer faster than the disk is held back before it fills memory.
+pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 64 * 1024 * 1024;
+/// Smallest segment size accepted: a header and a few small records.
+const MIN_SEGMENT_SIZE: u64 = 4096;
+/// Name of the lock file in the log directory.
+const LOCK_FILE: &str = "LOCK";
+/// Records per message from the replay reader thread: amortises channel costs.
+const REPLAY_CHUNK_RECORDS: usize = 256;
+/// Payload bytes per message from the replay reader thread (a chunk closes at either limit).
+const REPLAY_CHUNK_BYTES: usize = 1024 * 1024;
+/// Messages buffered between the replay reader thread and the callback: with the chunk limits
+/// this bounds a replay's memory to a few MiB plus one record.
+const REPLAY_CHANNEL_BOUND: usize = 4;
+
+/// Settings of a [`FileLog`].
+#[derive(Clone, Debug)]
+pub struct FileLogConfig {
+    /// Size in bytes at which the active segment is closed and a new one started. A segment
+    /// can exceed it by one record when that record alone is larger. Default
+    /// [`DEFAULT_SEGMENT_SIZE`]; at least 4 KiB.
+    pub segment_size: u64,
+    /// Largest record accepted, in bytes. Default [`DEFAULT_MAX_RECORD_SIZE`]; at most
+    /// [`MAX_RECORD_SIZE_LIMIT`].
+    pub max_record_size: usize,
+    /// Bytes of records that may wait for the writer before `append` blocks its caller.
+    /// Default [`DEFAULT_MAX_QUEUED_BYTES`]. An append larger than this waits for an empty
+    /// queue and is then admitted alone.
+    pub max_queued_bytes: u64,
+    /// Whether each batch is fsynced before it is acknowledged. Default `true`.
+    ///
+    /// **Unsafe with `false`**: acknowledged records may be lost or torn by a power failure or
+    /// a kernel crash, and recovery may then fail or drop acknowledged records. For benchmarks
+    /// only.
+    pub fsync: bool,
+}
+
+impl Default for FileLogConfig {
+    fn default() -> Self {
+        FileLogConfig {
+            segment_size: DEFAULT_SEGMENT_SIZE,
+            max_record_size: DEFAULT_MAX_RECORD_SIZE,
+            max_queued_bytes: DEFAULT_MAX_QUEUED_BYTES,
+            fsync: true,
+        }
+    }
+}
+
+/// The torn tail found and truncated by [`FileLog::open`].
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TornTail {
+    /// The segment file.
+    pub file: PathBuf,
+    /// Offset where the valid records end and where the file was cut.
+    pub offset: u64,
+    /// Bytes removed.
+    pub bytes_dropped: u64,
+    /// What was found at `offset`.
+    pub reason: String,
+}
+
+/// What [`FileLog::open`] found.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct OpenReport {
+    /// LSN of the first record the log holds (earlier ones were released); with `last_lsn`
+    /// below it, the log holds no record.
+    pub first_lsn: Lsn,
+    /// LSN of the last record.
+    pub last_lsn: Lsn,
+    /// Number of segment files.
+    pub segments: usize,
+    /// The torn tail that was truncated, if any (also logged at WARN).
+    pub torn_tail: Option<TornTail>,
+}
+
+/// Counters of a [`FileLog`] since it was opened.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct FileLogStats {
+    /// Records written.
+    pub records: u64,
+    /// `write` calls (one per batch, plus one per segment roll inside a batch).
+    pub writes: u64,
+    /// `fdatasync` calls on segments (segment creation fsyncs are not counted).
+    pub fsyncs: u64,
+    /// Bytes written, frames included.
+    pub bytes: u64,
+}
+
+/// A commit log in segment files on a local disk, with group commit.
+///
+/// Open it with [`FileLog::open`]; use it through [`CommitLog`]. Dropping it without
+/// [`CommitLog::close`] still writes what is queued and stops the writer, in the background.
+pub struct FileLog {
+    shared: Arc<Shared>,
+    /// Largest record accepted.
+    max_record_size: usize,
+    /// Tells when the writer thread has ended and how.
+    exit: watch::Receiver<ExitStatus>,
+}
+
+impl std::fmt::Debug for FileLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("FileLog")
+            .field("dir", &self.shared.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl FileLog {
+    /// Opens (or creates) the log in `dir`: locks the directory, validates every segment,
+    /// truncates a torn tail, and starts the writer thread. Blocking.
+    ///
+    /// # Errors
+    /// - [`LogError::Io`] if the directory cannot be created or read, or is locked by another
+    ///   open log (the message names the directory); retry once the other process is gone.
+    /// - [`LogError::Corrupt`] naming the file and offset of damaged data other than a torn
+    ///   tail: an operator must look.
+    /// - [`LogError::Io`] of kind `InvalidInput` for an invalid `config`.
+    pub fn open(
+        dir: impl AsRef<Path>,
+        config: FileLogConfig,
+    ) -> Result<(FileLog, OpenReport), LogError> {
+        let dir = dir.as_ref().to_path_buf();
+        validate(&config)?;
+        segment::create_dir(&dir)?;
+        let dir_lock = lock_dir(&dir)?;
+        let recovered = recovery::recover(&dir)?;
+        let active_segment = recovered
+            .segments
+            .last()
+            .expect("recovery returns at least one segment");
+        let file = OpenOptions::new()
+            .append(true)
+            .open(&active_segment.path)
+            .map_err(io_err(format!(
+                "open segment {}",
+                active_segment.path.display()
+            )))?;
+        let active = Active {
+            file,
+            len: recovered.active_len,
+            has_records: recovered.last_lsn >= active_segment.first,
+        };
+        let report = OpenReport {
+            first_lsn: recovered.segments[0].first,
+            last_lsn: recovered.last_lsn,
+            segments: recovered.segments.len(),
+            torn_tail: recovered.torn_tail,
+        };
+        info!(
+            dir = %dir.display(),
+            first_lsn = report.first_lsn.0,
+            last_lsn = report.last_lsn.0,
+            segments = report.segments,
+            "opened commit log"
+        );
+        let shared = Arc::new(Shared {
+            dir,
+            segment_size: config.segment_size,
+            fsync: config.fsync,
+            max_queued_bytes: config.max_queued_bytes,
+            queue: Mutex::new(Queue {
+                pending: VecDeque::new(),
+                queued_bytes: 0,
+                last_assigned: recovered.last_lsn,
+                state: State::Open,
+            }),
+            queued: Condvar::new(),
+            space: Condvar::new(),
+            durable: AtomicU64::new(recovered.last_lsn.0),
+            segments: Mutex::new(recovered.segments),
+            counters: Counters::default(),
+            dir_lock: Mutex::new(Some(dir_lock)),
+        });
+        let (exit_tx, exit_rx) = watch::channel(None);
+        let writer_shared = Arc::clone(&shared);
+        std::thread::Builder::new()
+            .name("majordodo-log-writer".to_string())
+            .spawn(move || writer::run(writer_shared, active, exit_tx))
+            .map_err(io_err("start the log writer thread"))?;
+        Ok((
+            FileLog {
+                shared,
+                max_record_size: config.max_record_size,
+                exit: exit_rx,
+            },
+            report,
+        ))
+    }
+
+    /// The log directory.
+    pub fn dir(&self) -> &Path {
+        &self.shared.dir
+    }
+
+    /// Counters since the log was opened.
+    pub fn stats(&self) -> FileLogStats {
+        let c = &self.shared.counters;
+        FileLogStats {
+            records: c.records.load(Ordering::Relaxed),
+            writes: c.writes.load(Ordering::Relaxed),
+            fsyncs: c.fsyncs.load(Ordering::Relaxed),
+            bytes: c.bytes.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Stops the writer the way a process crash would, for crash tests: appends still queued
+    /// are dropped (they fail with [`LogError::Closed`]) and nothing more is written or
+    /// fsynced. A write already under way finishes. The files stay as they are; the directory
+    /// lock is released when this resolves, so the log can be reopened.
+    pub async fn crash(self) {
+        self.shared.request_stop(State::Halting);
+        // How the writer ended does not matter to a crash.
+        let _ = wait_exit(self.exit.clone()).await;
+    }
+}
+
+impl Drop for FileLog {
+    fn drop(&mut self) {
+        self.shared.request_stop(State::Closing);
+    }
+}
+
+fn validate(config: &FileLogConfig) -> Result<(), LogError> {
+    let invalid = |message: String| LogError::Io {
+        context: "check file log config".to_string(),
+        source: io::Error::new(io::ErrorKind::InvalidInput, message),
+    };
+    if config.segment_size < MIN_SEGMENT_SIZE {
+        return Err(invalid(format!(
+            "segment_size {} is below {MIN_SEGMENT_SIZE}",
+            config.segment_size
+        )));
+    }
+    if config.max_record_size > MAX_RECORD_SIZE_LIMIT {
+        return Err(invalid(format!(
+            "max_record_size {} is above {MAX_RECORD_SIZE_LIMIT}",
+            config.max_record_size
+        )));
+    }
+    Ok(())
+}
+
+/// Takes the lock on `dir` (an `flock` on `dir/LOCK`), so that two processes, or two
+/// `FileLog`s of one process, never write the same directory.
+fn lock_dir(dir: &Path) -> Result<File, LogError> {
+    let path = dir.join(LOCK_FILE);
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .create(true)
+        .truncate(false)
+        .mode(FILE_MODE)
+        .open(&path)
+        .map_err(io_err(format!("open lock file {}", path.display())))?;
+    match file.try_lock() {
+        Ok(()) => Ok(file),
+        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::Io {
+            context: format!(
+                "lock log directory {}: it is already open in another log",
+                dir.display()
+            ),
+            source: io::Error::from(io::ErrorKind::WouldBlock),
+        }),
+        Err(std::fs::TryLockError::Error(e)) => Err(LogError::Io {
+            context: format!("lock log directory {}", dir.display()),
+            source: e,
+        }),
+    }
+}
+
+/// Waits until the writer thread has ended; returns how.
+async fn wait_exit(mut exit: watch::Receiver<ExitStatus>) -> Result<(), LogError> {
+    // The sender lives until the writer has stored its status, so an error here cannot happen
+    // before the status is in; treat it like a clean exit.
+    let waited = exit.wait_for(Option::is_some).await.map(|s| s.clone());
+    let status = match waited {
+        Ok(status) => status,
+        Err(_) => exit.borrow().clone(),
+    };
+    match status {
+        Some(Err(failure)) => Err(failure.to_log_error()),
+        _ => Ok(()),
+    }
+}
+
+impl CommitLog for FileLog {
+    /// Queues `records` (see the trait's contract).
+    ///
+    /// Blocks the calling thread while the queue is full ([`FileLogConfig::max_queued_bytes`]
+    /// or 65 536 appends), which only happens when producers outrun the disk; the wait ends
+    /// with the writer's next batch.
+    fn append(&self, records: Vec<Bytes>) -> AppendFuture {
+        if let Some(big) = records.iter().find(|r| r.len() > self.max_record_size) {
+            return std::future::ready(Err(LogError::RecordTooLarge {
+                size: big.len(),
+                limit: self.max_record_size,
+            }))
+            .boxed();
+        }
+        let bytes: u64 = records.iter().map(|r| format::frame_len(r.len())).sum();
+        let count = records.len() as u64;
+        let shared = &self.shared;
+        let mut queue = lock(&shared.queue);
+        loop {
+            if queue.state != State::Open {
+                return std::future::ready(Err(LogError::Closed)).boxed();
+            }
+            let fits =
+                queue.queued_bytes == 0 || queue.queued_bytes + bytes <= shared.max_queued_bytes;
+            if fits && queue.pending.len() < writer::MAX_QUEUED_APPENDS {
+                break;
+            }
+            queue = shared
+                .space
+                .wait(queue)
+                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        }
+        let appended = if count == 0 {
+            Appended {
+                first: queue.last_assigned,
+                last: queue.last_assigned,
+            }
+        } else {
+            Appended {
+                first: queue.last_assigned.next(),
+                last: Lsn(queue.last_assigned.0 + count),
+            }
+        };
+        queue.last_assigned = appended.last;
+        queue.queued_bytes += bytes;
+        let (done, rx) = oneshot::channel();
+        queue.pending.push_back(Pending {
+            records,
+            appended,
+            done,
+        });
+        drop(queue);
+        shared.queued.notify_one();
+        // A dropped sender means the writer is gone without answering: treat as closed.
+        rx.map(|r| r.unwrap_or(Err(LogError::Closed))).boxed()
+    }
+
+    fn replay<'a>(
+        &'a self,
+        after: Lsn,
+        f: &'a mut ReplayFn<'a>,
+    ) -> BoxFuture<'a, Result<ReplayReport, LogError>> {
+        Box::pin(async move {
+            if lock(&self.shared.queue).state == State::Stopped {
+                return Err(LogError::Closed);
+            }
+            // Read the durable LSN before the segment list: any segment holding a record up to
+            // it was listed before that record was written.
+            let last = Lsn(self.shared.durable.load(Ordering::Acquire));
+            let segments = lock(&self.shared.segments).clone();
+            if after >= last {
+                return Ok(ReplayReport { records: 0, last });
+            }
+            let first = segments.first().map_or(Lsn(1), |s| s.first);
+            if after.next() < first {
+                return Err(LogError::Released { after, first });
+            }
+            let start = segments
+                .iter()
+                .rposition(|s| s.first <= after.next())
+                .unwrap_or(0);
+            let plan = segments[start..].to_vec();
+            let (tx, mut rx) = mpsc::channel(REPLAY_CHANNEL_BOUND);
+            std::thread::Builder::new()
+                .name("majordodo-log-replay".to_string())
+                .spawn(move || read_range(plan, after, last, tx))
+                .map_err(io_err("start a log replay thread"))?;
+            let mut records = 0u64;
+            while let Some(chunk) = rx.recv().await {
+                for (lsn, payload) in chunk? {
+                    f(lsn, payload).map_err(|reason| LogError::Replay { lsn, reason })?;
+                    records += 1;
+                }
+            }
+            if records != last.0 - after.0 {
+                return Err(LogError::Corrupt {
+                    file: self.shared.dir.display().to_string(),
+                    offset: 0,
+                    reason: format!("replay ended after {records} records before lsn {last}"),
+                });
+            }
+            Ok(ReplayReport { records, last })
+        })
+    }
+
+    fn last_lsn(&self) -> Lsn {
+        Lsn(self.shared.durable.load(Ordering::Acquire))
+    }
+
+    /// Deletes the segments whose records all have LSN ≤ `lsn`, except the one being written,
+    /// then fsyncs the directory. Blocking file I/O on the calling thread (a few unlinks and
+    /// one fsync). A replay under way that still needs a deleted segment fails.
+    fn release_before(&self, lsn: Lsn) -> BoxFuture<'_, Result<(), LogError>> {
+        let result = (|| {
+            if lock(&self.shared.queue).state == State::Stopped {
+                return Err(LogError::Closed);
+            }
+            let doomed: Vec<SegmentMeta> = {
+                let mut segments = lock(&self.shared.segments);
+                let count = segments
+                    .windows(2)
+                    .take_while(|pair| pair[1].first.0 - 1 <= lsn.0)
+                    .count();
+                segments.drain(..count).collect()
+            };
+            if doomed.is_empty() {
+                return Ok(());
+            }
+            for segment in &doomed {
+                match std::fs::remove_file(&segment.path) {
+                    Ok(()) => {}
+                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+                    Err(e) => {
+                        return Err(LogError::Io {
+                            context: format!("delete segment {}", segment.path.display()),
+                            source: e,
+                        });
+                    }
+                }
+            }
+            segment::sync_dir(&self.shared.dir)?;
+            info!(
+                dir = %self.shared.dir.display(),
+                released_before = lsn.0,
+                segments = doomed.len(),
+                "deleted released log segments"
+            );
+            Ok(())
+        })();
+        std::future::ready(result).boxed()
+    }
+
+    fn max_record_size(&self) -> usize {
+        self.max_record_size
+    }
+
+    /// Writes and fsyncs what is queued, stops the writer and releases the directory lock.
+    ///
+    /// # Errors
+    /// The write or fsync failure that stopped the writer, if any (also after an earlier
+    /// failure of an append).
+    fn close(&self) -> BoxFuture<'_, Result<(), LogError>> {
+        self.shared.request_stop(State::Closing);
+        wait_exit(self.exit.clone()).boxed()
+    }
+}
+
+/// A chunk of records sent by the replay reader thread.
+type Chunk = Result<Vec<(Lsn, Bytes)>, LogError>;
+
+/// Body of the replay reader thread: sends the records with LSN in `(after, last]` from the
+/// segments of `plan` (in order, the first holding `after + 1`), then ends. Stops early when
+/// the receiver is gone.
+fn read_range(plan: Vec<SegmentMeta>, after: Lsn, last: Lsn, tx: mpsc::Sender<Chunk>) {
+    let mut chunk = Vec::new();
+    let mut chunk_bytes = 0usize;
+    let send = |chunk: &mut Vec<(Lsn, Bytes)>, bytes: &mut usize| -> bool {
+        *bytes = 0;
+        tx.blocking_send(Ok(std::mem::take(chunk))).is_ok()
+    };
+    let result = (|| -> Result<(), LogError> {
+        let mut expected: Option<Lsn> = None;
+        let mut end = (String::new(), 0);
+        for segment in &plan {
+            let mut reader = SegmentReader::open(&segment.path)?;
+            let file = segment.path.display().to_string();
+            let corrupt = |offset, reason| LogError::Corrupt {
+                file: file.clone(),
+                offset,
+                reason,
+            };
+            let mut next_lsn = reader.header().first_lsn;
+            if next_lsn != segment.first || expected.is_some_and(|e| e != next_lsn) {
+                return Err(corrupt(0, format!("segment starts at lsn {next_lsn}")));
+            }
+            loop {
+                match reader.next()? {
+                    Next::End => break,
+                    Next::Bad { offset, reason } => return Err(corrupt(offset, reason)),
+                    Next::Record {
+                        header,
+                        offset,
+                        payload,
+                    } => {
+                        if header.lsn != next_lsn {
+                            return Err(corrupt(
+                                offset,
+                                format!("record has lsn {}, expected {next_lsn}", header.lsn),
+                            ));
+                        }
+                        next_lsn = next_lsn.next();
+                        if header.lsn > after {
+                            chunk_bytes += payload.len();
+                            chunk.push((header.lsn, payload));
+                        }
+                        let full = chunk.len() >= REPLAY_CHUNK_RECORDS
+                            || chunk_bytes >= REPLAY_CHUNK_BYTES;
+                        if header.lsn == last || full {
+                            if !send(&mut chunk, &mut chunk_bytes) || header.lsn == last {
+                                return Ok(());
+                            }
+                        }
+                    }
+                }
+            }
+            expected = Some(next_lsn);
+            end = (file.clone(), reader.offset());
+        }
+        Err(LogError::Corrupt {
+            file: end.0,
+            offset: end.1,
+            reason: format!("log ends before the last durable lsn {last}"),
+        })
+    })();
+    if let Err(e) = result {
+        let _ = tx.blocking_send(Err(e));
+    }
+}

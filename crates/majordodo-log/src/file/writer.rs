@@ -1,0 +1,346 @@
+//! The append queue and the single writer thread of the file log (group commit).
+//!
+//! `append` assigns LSNs and pushes its records onto a bounded queue under one lock, so call
+//! order is log order. One writer thread (blocking I/O is right here) loops:
+//! 1. take everything queued;
+//! 2. frame all of it into one buffer and `write_all` it to the active segment; when the segment
+//!    is full, first write and fsync what goes into it, then roll to a new segment (see
+//!    `segment::create_segment` for its own fsyncs);
+//! 3. fsync the data (`sync_data`) once;
+//! 4. publish the new durable LSN and complete every append of the batch, in order.
+//!
+//! While the writer is in steps 2–3, new appends queue up and share the next fsync. After any
+//! failed write or fsync the log is failed for good: an fsync is never retried, since the kernel
+//! may already have dropped the dirty pages it could not write.
+
+use std::collections::VecDeque;
+use std::fs::File;
+use std::io::Write;
+use std::path::PathBuf;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
+
+use bytes::Bytes;
+use tokio::sync::{oneshot, watch};
+use tracing::error;
+
+use super::format::{encode_record, frame_len};
+use super::segment::{SegmentMeta, create_segment, segment_file_name};
+use crate::{Appended, LogError, Lsn};
+
+/// Most appends that may wait in the queue; appenders block beyond it. Bounds the completion
+/// handles held; far above what one fsync interval collects from a broker.
+pub(crate) const MAX_QUEUED_APPENDS: usize = 65_536;
+/// Above this buffer capacity the writer gives memory back after a batch, so one burst does not
+/// pin a large buffer for the life of the log.
+const KEEP_BUFFER_CAPACITY: usize = 4 * 1024 * 1024;
+
+/// Locks a mutex, ignoring poisoning: every critical section here leaves the state consistent.
+pub(crate) fn lock<T>(mutex: &Mutex<T>) -> MutexGuard<'_, T> {
+    mutex.lock().unwrap_or_else(PoisonError::into_inner)
+}
+
+/// Lifecycle of the log.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum State {
+    /// Accepting appends.
+    Open,
+    /// `close` was called: the writer writes what is queued, then stops.
+    Closing,
+    /// `crash` was called: the writer drops what is queued and stops.
+    Halting,
+    /// A write or fsync failed; nothing more is written.
+    Failed,
+    /// The writer has stopped.
+    Stopped,
+}
+
+/// One append waiting for the writer.
+pub(crate) struct Pending {
+    /// The records.
+    pub(crate) records: Vec<Bytes>,
+    /// What the append resolves with on success.
+    pub(crate) appended: Appended,
+    /// Completion handle.
+    pub(crate) done: oneshot::Sender<Result<Appended, LogError>>,
+}
+
+/// The append queue, under one lock.
+pub(crate) struct Queue {
+    /// Appends not yet taken by the writer, in call order.
+    pub(crate) pending: VecDeque<Pending>,
+    /// Framed size of the records in `pending`.
+    pub(crate) queued_bytes: u64,
+    /// LSN of the last record queued; the next append starts after it.
+    pub(crate) last_assigned: Lsn,
+    /// Lifecycle.
+    pub(crate) state: State,
+}
+
+/// Counters of the writer, for benchmarks and metrics.
+#[derive(Default)]
+pub(crate) struct Counters {
+    pub(crate) records: AtomicU64,
+    pub(crate) writes: AtomicU64,
+    pub(crate) fsyncs: AtomicU64,
+    pub(crate) bytes: AtomicU64,
+}
+
+/// Why the writer stopped writing; cloneable so that every waiter can get a copy.
+#[derive(Clone, Debug)]
+pub(crate) struct WriteError {
+    context: String,
+    kind: std::io::ErrorKind,
+    message: String,
+}
+
+impl WriteError {
+    fn new(context: String, source: &std::io::Error) -> WriteError {
+        WriteError {
+            context,
+            kind: source.kind(),
+            message: source.to_string(),
+        }
+    }
+
+    /// The error handed to callers.
+    pub(crate) fn to_log_error(&self) -> LogError {
+        LogError::Io {
+            context: self.context.clone(),
+            source: std::io::Error::new(self.kind, self.message.clone()),
+        }
+    }
+}
+
+impl From<LogError> for WriteError {
+    fn from(e: LogError) -> WriteError {
+        match e {
+            LogError::Io { context, source } => WriteError::new(context, &source),
+            other => WriteError {
+                context: "write log".to_string(),
+                kind: std::io::ErrorKind::Other,
+                message: other.to_string(),
+            },
+        }
+    }
+}
+
+/// How the writer ended: `None` while it runs, then `Some(Ok)` or the failure.
+pub(crate) type ExitStatus = Option<Result<(), WriteError>>;
+
+/// State shared by the log handle and its writer thread.
+pub(crate) struct Shared {
+    /// The log directory.
+    pub(crate) dir: PathBuf,
+    /// Segment size at which the writer rolls.
+    pub(crate) segment_size: u64,
+    /// Whether batches are fsynced (false only for benchmarks).
+    pub(crate) fsync: bool,
+    /// Bound on `Queue::queued_bytes`.
+    pub(crate) max_queued_bytes: u64,
+    /// The append queue.
+    pub(crate) queue: Mutex<Queue>,
+    /// Wakes the writer: an append was queued or the state changed.
+    pub(crate) queued: Condvar,
+    /// Wakes appenders blocked on a full queue: the writer took the queue or the state changed.
+    pub(crate) space: Condvar,
+    /// LSN of the last durable record, published after its fsync.
+    pub(crate) durable: AtomicU64,
+    /// Segments in LSN order; the last one is being written. Shared with replay and release.
+    pub(crate) segments: Mutex<Vec<SegmentMeta>>,
+    /// Writer counters.
+    pub(crate) counters: Counters,
+    /// The directory lock; dropping the file releases it.
+    pub(crate) dir_lock: Mutex<Option<File>>,
+}
+
+impl Shared {
+    /// Changes the state unless the writer already stopped or failed, and wakes everyone.
+    pub(crate) fn request_stop(&self, to: State) {
+        let mut queue = lock(&self.queue);
+        if matches!(queue.state, State::Open | State::Closing) {
+            queue.state = to;
+        }
+        drop(queue);
+        self.queued.notify_all();
+        self.space.notify_all();
+    }
+}
+
+/// The segment being written.
+pub(crate) struct Active {
+    /// The file, opened for appending.
+    pub(crate) file: File,
+    /// Its length (the valid part).
+    pub(crate) len: u64,
+    /// Whether it holds at least one record.
+    pub(crate) has_records: bool,
+}
+
+/// Body of the writer thread; see the module documentation for the steps.
+pub(crate) fn run(shared: Arc<Shared>, mut active: Active, exit: watch::Sender<ExitStatus>) {
+    let mut buf = Vec::new();
+    let status = loop {
+        let batch: Vec<Pending> = {
+            let mut queue = lock(&shared.queue);
+            while queue.pending.is_empty() && queue.state == State::Open {
+                queue = shared
+                    .queued
+                    .wait(queue)
+                    .unwrap_or_else(PoisonError::into_inner);
+            }
+            if queue.state == State::Halting {
+                let dropped: Vec<Pending> = queue.pending.drain(..).collect();
+                queue.queued_bytes = 0;
+                queue.state = State::Stopped;
+                drop(queue);
+                shared.space.notify_all();
+                for p in dropped {
+                    let _ = p.done.send(Err(LogError::Closed));
+                }
+                break Ok(());
+            }
+            if queue.pending.is_empty() {
+                // Closing, and everything queued has been written.
+                queue.state = State::Stopped;
+                break Ok(());
+            }
+            queue.queued_bytes = 0;
+            let batch = queue.pending.drain(..).collect();
+            drop(queue);
+            shared.space.notify_all();
+            batch
+        };
+        match write_batch(&shared, &mut active, &batch, &mut buf) {
+            Ok(last) => {
+                if let Some(last) = last {
+                    shared.durable.store(last.0, Ordering::Release);
+                }
+                for p in batch {
+                    // The receiver may be gone (the caller dropped the future): nothing to do.
+                    let _ = p.done.send(Ok(p.appended));
+                }
+                if buf.capacity() > KEEP_BUFFER_CAPACITY {
+                    buf = Vec::new();
+                }
+            }
+            Err(failure) => {
+                error!(
+                    dir = %shared.dir.display(),
+                    error = %failure.to_log_error(),
+                    "commit log write failed; the log accepts no more appends"
+                );
+                let queued: Vec<Pending> = {
+                    let mut queue = lock(&shared.queue);
+                    queue.state = State::Failed;
+                    queue.queued_bytes = 0;
+                    queue.pending.drain(..).collect()
+                };
+                shared.space.notify_all();
+                for p in batch {
+                    let _ = p.done.send(Err(failure.to_log_error()));
+                }
+                for p in queued {
+                    let _ = p.done.send(Err(LogError::Closed));
+                }
+                break Err(failure);
+            }
+        }
+    };
+    drop(active);
+    // Release the directory lock before announcing the exit, so that a reopen that follows a
+    // completed close never finds the directory locked.
+    drop(lock(&shared.dir_lock).take());
+    exit.send_replace(Some(status));
+}
+
+/// Writes the records of `batch` and fsyncs them (steps 2 and 3); returns the last LSN written.
+fn write_batch(
+    shared: &Shared,
+    active: &mut Active,
+    batch: &[Pending],
+    buf: &mut Vec<u8>,
+) -> Result<Option<Lsn>, WriteError> {
+    buf.clear();
+    let mut index: u32 = 0;
+    let mut last = None;
+    let mut records = 0u64;
+    for pending in batch {
+        let mut lsn = pending.appended.first;
+        for record in &pending.records {
+            let size = frame_len(record.len());
+            let segment_has_records = active.has_records || index > 0;
+            if segment_has_records && active.len + buf.len() as u64 + size > shared.segment_size {
+                if !buf.is_empty() {
+                    flush(shared, active, buf)?;
+                }
+                roll(shared, active, lsn)?;
+                index = 0;
+            } else if index == u32::MAX {
+                // A batch index must fit its field: start another write in the same segment.
+                flush(shared, active, buf)?;
+                index = 0;
+            }
+            encode_record(buf, lsn, index, record);
+            index += 1;
+            records += 1;
+            last = Some(lsn);
+            lsn = lsn.next();
+        }
+    }
+    if !buf.is_empty() {
+        flush(shared, active, buf)?;
+    }
+    shared
+        .counters
+        .records
+        .fetch_add(records, Ordering::Relaxed);
+    Ok(last)
+}
+
+/// Writes `buf` to the active segment in one call and fsyncs it.
+fn flush(shared: &Shared, active: &mut Active, buf: &mut Vec<u8>) -> Result<(), WriteError> {
+    let name = || active_name(shared);
+    active
+        .file
+        .write_all(buf)
+        .map_err(|e| WriteError::new(format!("write segment {}", name()), &e))?;
+    shared.counters.writes.fetch_add(1, Ordering::Relaxed);
+    shared
+        .counters
+        .bytes
+        .fetch_add(buf.len() as u64, Ordering::Relaxed);
+    if shared.fsync {
+        active
+            .file
+            .sync_data()
+            .map_err(|e| WriteError::new(format!("fsync segment {}", name()), &e))?;
+        shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+    }
+    active.len += buf.len() as u64;
+    active.has_records = true;
+    buf.clear();
+    Ok(())
+}
+
+/// Starts a new segment whose first record is `first`. The previous one was fsynced by `flush`.
+fn roll(shared: &Shared, active: &mut Active, first: Lsn) -> Result<(), WriteError> {
+    let file = create_segment(&shared.dir, first)?;
+    lock(&shared.segments).push(SegmentMeta {
+        first,
+        path: shared.dir.join(segment_file_name(first)),
+    });
+    *active = Active {
+        file,
+        len: super::format::SEGMENT_HEADER_LEN as u64,
+        has_records: false,
+    };
+    Ok(())
+}
+
+fn active_name(shared: &Shared) -> String {
+    lock(&shared.segments)
+        .last()
+        .map(|s| s.path.display().to_string())
+        .unwrap_or_default()
+}
