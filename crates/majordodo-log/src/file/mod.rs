@@ -179,10 +179,26 @@ impl FileLog {
                 "open segment {}",
                 active_segment.path.display()
             )))?;
+        FileLog::start(dir, &config, dir_lock, recovered, file)
+    }
+
+    /// Starts the writer on a recovered directory, appending to `file` (the active segment).
+    fn start(
+        dir: PathBuf,
+        config: &FileLogConfig,
+        dir_lock: File,
+        recovered: recovery::Recovered,
+        file: File,
+    ) -> Result<(FileLog, OpenReport), LogError> {
+        let active_first = recovered
+            .segments
+            .last()
+            .expect("recovery returns at least one segment")
+            .first;
         let active = Active {
             file,
             len: recovered.active_len,
-            has_records: recovered.last_lsn >= active_segment.first,
+            has_records: recovered.last_lsn >= active_first,
         };
         let report = OpenReport {
             first_lsn: recovered.segments[0].first,
@@ -563,5 +579,46 @@ fn read_range(plan: Vec<SegmentMeta>, after: Lsn, last: Lsn, tx: mpsc::Sender<Ch
     })();
     if let Err(e) = result {
         let _ = tx.blocking_send(Err(e));
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    // Goal: a failed write fails that append with the I/O error, every later append with
+    // `Closed`, and `close` reports the failure; nothing is retried.
+    #[tokio::test]
+    async fn failed_write_fails_the_log_for_good() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let dir = dir.path().to_path_buf();
+        let (log, _) = FileLog::open(&dir, FileLogConfig::default()).expect("open");
+        log.close().await.expect("close");
+        // Reopen by hand with the active segment opened read-only, so that writing fails.
+        let dir_lock = lock_dir(&dir).expect("lock");
+        let recovered = recovery::recover(&dir).expect("recover");
+        let path = recovered.segments[0].path.clone();
+        let file = File::open(&path).expect("open segment read-only");
+        let (log, _) =
+            FileLog::start(dir.clone(), &FileLogConfig::default(), dir_lock, recovered, file)
+                .expect("start");
+        let first = log.append(vec![Bytes::from_static(b"one")]);
+        match first.await {
+            Err(LogError::Io { context, .. }) => {
+                assert!(context.starts_with("write segment"), "{context}");
+            }
+            other => panic!("a failed write gave {other:?}"),
+        }
+        assert!(matches!(
+            log.append(vec![Bytes::from_static(b"two")]).await,
+            Err(LogError::Closed)
+        ));
+        assert!(matches!(log.close().await, Err(LogError::Io { .. })));
+        assert_eq!(log.last_lsn(), Lsn::ZERO, "nothing became durable");
+        assert_eq!(log.stats().fsyncs, 0, "no fsync follows a failed write");
+        // The lock was released: the directory opens again, and the failed record is absent.
+        let (log, report) = FileLog::open(&dir, FileLogConfig::default()).expect("reopen");
+        assert_eq!(report.last_lsn, Lsn::ZERO);
+        log.close().await.expect("close");
     }
 }

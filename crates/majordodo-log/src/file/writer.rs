@@ -344,3 +344,94 @@ fn active_name(shared: &Shared) -> String {
         .map(|s| s.path.display().to_string())
         .unwrap_or_default()
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::file::format::SEGMENT_HEADER_LEN;
+    use crate::file::recovery::recover;
+
+    fn shared_for(dir: &std::path::Path, segment_size: u64) -> (Shared, Active) {
+        let file = create_segment(dir, Lsn(1)).expect("create segment");
+        let shared = Shared {
+            dir: dir.to_path_buf(),
+            segment_size,
+            fsync: true,
+            max_queued_bytes: u64::MAX,
+            queue: Mutex::new(Queue {
+                pending: VecDeque::new(),
+                queued_bytes: 0,
+                last_assigned: Lsn::ZERO,
+                state: State::Open,
+            }),
+            queued: Condvar::new(),
+            space: Condvar::new(),
+            durable: AtomicU64::new(0),
+            segments: Mutex::new(vec![SegmentMeta {
+                first: Lsn(1),
+                path: dir.join(segment_file_name(Lsn(1))),
+            }]),
+            counters: Counters::default(),
+            dir_lock: Mutex::new(None),
+        };
+        let active = Active {
+            file,
+            len: SEGMENT_HEADER_LEN as u64,
+            has_records: false,
+        };
+        (shared, active)
+    }
+
+    /// `appends` appends of `per_append` records of `size` bytes, LSNs from 1.
+    fn batch(appends: u64, per_append: u64, size: usize) -> Vec<Pending> {
+        (0..appends)
+            .map(|i| {
+                let first = Lsn(i * per_append + 1);
+                Pending {
+                    records: (0..per_append).map(|_| Bytes::from(vec![7u8; size])).collect(),
+                    appended: Appended {
+                        first,
+                        last: Lsn(first.0 + per_append - 1),
+                    },
+                    done: oneshot::channel().0,
+                }
+            })
+            .collect()
+    }
+
+    // Goal: everything queued by many appends costs one write and one fsync (group commit).
+    #[test]
+    fn one_batch_of_many_appends_costs_one_write_and_one_fsync() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (shared, mut active) = shared_for(dir.path(), 1 << 20);
+        let pending = batch(100, 2, 50);
+        let last = write_batch(&shared, &mut active, &pending, &mut Vec::new()).expect("write");
+        assert_eq!(last, Some(Lsn(200)));
+        assert_eq!(shared.counters.writes.load(Ordering::Relaxed), 1);
+        assert_eq!(shared.counters.fsyncs.load(Ordering::Relaxed), 1);
+        drop(active);
+        let recovered = recover(dir.path()).expect("recover");
+        assert_eq!(recovered.last_lsn, Lsn(200));
+        assert!(recovered.torn_tail.is_none());
+    }
+
+    // Goal: a batch larger than a segment rolls inside the batch, syncing each part, and the
+    // segments follow each other without a gap.
+    #[test]
+    fn batch_crossing_the_segment_size_rolls_without_a_gap() {
+        let dir = tempfile::tempdir().expect("temp dir");
+        // Each frame is 20 + 980 = 1000 bytes: 4 records fill a 4096-byte segment.
+        let (shared, mut active) = shared_for(dir.path(), 4096);
+        let pending = batch(10, 1, 980);
+        let last = write_batch(&shared, &mut active, &pending, &mut Vec::new()).expect("write");
+        assert_eq!(last, Some(Lsn(10)));
+        let segments: Vec<Lsn> = lock(&shared.segments).iter().map(|s| s.first).collect();
+        assert_eq!(segments, vec![Lsn(1), Lsn(5), Lsn(9)]);
+        assert_eq!(shared.counters.writes.load(Ordering::Relaxed), 3);
+        assert_eq!(shared.counters.fsyncs.load(Ordering::Relaxed), 3);
+        drop(active);
+        let recovered = recover(dir.path()).expect("recover");
+        assert_eq!(recovered.last_lsn, Lsn(10));
+        assert_eq!(recovered.segments.len(), 3);
+    }
+}
