@@ -1,0 +1,104 @@
+//! Recovery at boot: newest valid snapshot, then replay of every log record after it.
+
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use majordodo_core::{BrokerState, GroupMapper};
+use majordodo_log::{CommitLog, LogError, Lsn, SnapshotError, SnapshotStore};
+use majordodo_proto::record::decode_entry;
+use majordodo_proto::snapshot::{SnapshotError as ContentError, decode_snapshot};
+use tracing::info;
+
+/// What recovery found.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct BootReport {
+    /// Position of the snapshot used, if any.
+    pub snapshot_lsn: Option<u64>,
+    /// Records replayed after it.
+    pub replayed: u64,
+    /// Position of the last record.
+    pub last_lsn: u64,
+    /// Tasks in the recovered state.
+    pub tasks: usize,
+    /// Time recovery took.
+    pub elapsed: Duration,
+}
+
+/// Why the broker cannot recover its state. None of these is retryable without an operator.
+#[derive(Debug, thiserror::Error)]
+pub enum BootError {
+    /// Reading snapshots failed.
+    #[error("read snapshots: {0}")]
+    SnapshotStore(#[from] SnapshotError),
+    /// The newest valid snapshot file holds content this build cannot read.
+    #[error("decode snapshot at lsn {lsn}: {source}")]
+    Snapshot {
+        /// The snapshot's position.
+        lsn: u64,
+        /// What was wrong.
+        #[source]
+        source: ContentError,
+    },
+    /// Replaying the log failed (corrupt record, unknown entry, entry that does not apply).
+    #[error("replay log: {0}")]
+    Log(#[from] LogError),
+    /// The log ends before the snapshot: the log does not belong to this snapshot.
+    #[error(
+        "the log ends at lsn {log_end} but the snapshot covers up to lsn {snapshot}: wrong or truncated log directory"
+    )]
+    LogBehindSnapshot {
+        /// The snapshot's position.
+        snapshot: u64,
+        /// The log's last position.
+        log_end: u64,
+    },
+}
+
+/// Rebuilds the state from `store`'s newest valid snapshot and the log after it.
+///
+/// # Errors
+/// [`BootError`].
+pub async fn recover(
+    log: &dyn CommitLog,
+    store: Option<&SnapshotStore>,
+    mapper: Arc<dyn GroupMapper>,
+) -> Result<(BrokerState, BootReport), BootError> {
+    let started = Instant::now();
+    let mut report = BootReport::default();
+    let mut state = match store.map(SnapshotStore::load_latest).transpose()?.flatten() {
+        Some(snapshot) => {
+            let lsn = snapshot.lsn.0;
+            let state = decode_snapshot(&snapshot.data, mapper.clone())
+                .map_err(|source| BootError::Snapshot { lsn, source })?;
+            info!(lsn, tasks = state.task_count(), "snapshot loaded");
+            report.snapshot_lsn = Some(lsn);
+            state
+        }
+        None => BrokerState::new(mapper.clone()),
+    };
+    let after = state.last_lsn();
+    if log.last_lsn().0 < after {
+        return Err(BootError::LogBehindSnapshot {
+            snapshot: after,
+            log_end: log.last_lsn().0,
+        });
+    }
+    let mut apply = |lsn: Lsn, bytes: bytes::Bytes| -> Result<(), String> {
+        let entry = decode_entry(&bytes).map_err(|e| e.to_string())?;
+        state.apply(lsn.0, entry).map_err(|e| e.to_string())
+    };
+    let replay = log.replay(Lsn(after), &mut apply).await?;
+    report.replayed = replay.records;
+    report.last_lsn = replay.last.0.max(after);
+    report.tasks = state.task_count();
+    report.elapsed = started.elapsed();
+    info!(
+        snapshot_lsn = ?report.snapshot_lsn,
+        replayed = report.replayed,
+        last_lsn = report.last_lsn,
+        tasks = report.tasks,
+        elapsed_ms = report.elapsed.as_millis() as u64,
+        "state recovered"
+    );
+    Ok((state, report))
+}

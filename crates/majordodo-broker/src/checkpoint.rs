@@ -1,0 +1,99 @@
+//! Snapshots of the running broker (checkpoints).
+//!
+//! The dispatcher clones its state between two rounds (the only pause it takes), then a blocking
+//! thread encodes the copy, writes it through the [`SnapshotStore`] (temp file, fsync, rename,
+//! directory fsync) and lets the log drop what the older retained snapshot no longer needs.
+
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Instant;
+
+use majordodo_core::BrokerState;
+use majordodo_log::{CommitLog, Lsn, SnapshotStore};
+use majordodo_proto::snapshot::encode_snapshot;
+use tracing::{info, warn};
+
+use crate::handle::BrokerError;
+
+/// Takes snapshots, one at a time.
+#[derive(Debug)]
+pub(crate) struct Checkpointer {
+    store: Arc<SnapshotStore>,
+    busy: Arc<AtomicBool>,
+}
+
+impl Checkpointer {
+    pub(crate) fn new(store: Arc<SnapshotStore>) -> Checkpointer {
+        Checkpointer {
+            store,
+            busy: Arc::new(AtomicBool::new(false)),
+        }
+    }
+
+    /// Whether a snapshot is being written.
+    pub(crate) fn busy(&self) -> bool {
+        self.busy.load(Ordering::Acquire)
+    }
+
+    /// Starts a snapshot of `state` (cloned now); the future resolves with its log position.
+    ///
+    /// # Errors
+    /// [`BrokerError::Overloaded`] when a snapshot is already being written.
+    pub(crate) fn start(
+        &mut self,
+        state: &BrokerState,
+        log: Arc<dyn CommitLog>,
+    ) -> Result<impl Future<Output = Result<u64, BrokerError>> + Send + 'static, BrokerError> {
+        if self.busy.swap(true, Ordering::AcqRel) {
+            return Err(BrokerError::Overloaded(
+                "a snapshot is already being written",
+            ));
+        }
+        let started = Instant::now();
+        let copy = state.clone();
+        let cloned_in = started.elapsed();
+        let store = self.store.clone();
+        let busy = self.busy.clone();
+        Ok(async move {
+            let lsn = copy.last_lsn();
+            let tasks = copy.task_count();
+            let written = tokio::task::spawn_blocking(move || {
+                let bytes = encode_snapshot(&copy);
+                drop(copy);
+                store
+                    .write(Lsn(lsn), &bytes)
+                    .map(|info| (info, store.release_point()))
+            })
+            .await;
+            let result = match written {
+                Ok(Ok((info, release))) => {
+                    info!(
+                        lsn,
+                        tasks,
+                        bytes = info.file_len,
+                        clone_ms = cloned_in.as_millis() as u64,
+                        total_ms = started.elapsed().as_millis() as u64,
+                        "snapshot written"
+                    );
+                    match release {
+                        Ok(Some(point)) => {
+                            if let Err(e) = log.release_before(point).await {
+                                warn!(error = %e, "could not release old log segments");
+                            }
+                        }
+                        Ok(None) => {}
+                        Err(e) => warn!(error = %e, "could not list snapshots"),
+                    }
+                    Ok(lsn)
+                }
+                Ok(Err(e)) => {
+                    warn!(error = %e, "snapshot failed");
+                    Err(BrokerError::Log(format!("snapshot failed: {e}")))
+                }
+                Err(e) => Err(BrokerError::Log(format!("snapshot task failed: {e}"))),
+            };
+            busy.store(false, Ordering::Release);
+            result
+        })
+    }
+}

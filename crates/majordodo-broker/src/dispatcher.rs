@@ -1,0 +1,724 @@
+//! The dispatcher: the one task that owns the broker state (an actor).
+//!
+//! Each loop turn takes whatever arrived (submissions, reads, worker events, timers, durable
+//! appends) and builds one *round*: the leader turns requests into log entries, assignment picks
+//! tasks for workers with room, and the entries go to the commit log as one append. The dispatcher
+//! does not wait for it: while a round is being made durable, the next one is built (pipelined
+//! group commit). Rounds become durable in order; each one is then applied to the state by the same
+//! `apply` replay uses, and only then are its callers answered, its workers welcomed, its finish
+//! reports acknowledged and its assignments pushed.
+//!
+//! If an append fails, nothing after it is applied or acknowledged: every caller in flight gets an
+//! error and the dispatcher stops with the error (the process must restart and recover from the
+//! log).
+
+use std::collections::{HashMap, VecDeque};
+use std::sync::Arc;
+use std::time::Duration;
+
+use bytes::Bytes;
+use majordodo_core::leader::{
+    ConnectRejection, FinishReport as CoreReport, Outcome as CoreOutcome, SubmitOutcome,
+    WorkerAssignments, WorkerHello as CoreHello,
+};
+use majordodo_core::{Leader, LogEntry, Millis, TaskId, WorkerCapacity};
+use majordodo_log::{AppendFuture, Appended, CommitLog, LogError};
+use majordodo_proto::record::encode_entry;
+use majordodo_proto::worker::{Assignment, Capacity, Outcome};
+use tokio::sync::{mpsc, oneshot};
+use tracing::{debug, error, info, warn};
+
+use crate::checkpoint::Checkpointer;
+use crate::clock::Clock;
+use crate::handle::{BrokerError, Command, Role, View};
+use crate::worker_listener::{
+    Admission, CloseReason, ConnId, Rejection, SessionError, WorkerEvent, WorkerSession,
+};
+
+/// Tunables of the dispatcher.
+#[derive(Clone, Debug)]
+pub struct DispatcherConfig {
+    /// Most commands and worker events taken into one round. Bounds the latency a round adds
+    /// to the requests behind it; 4 096 keeps a round well under a millisecond of work.
+    pub max_inputs_per_round: usize,
+    /// Most rounds in flight (appended, not yet durable). Beyond it the dispatcher stops taking
+    /// input until the log catches up, which pushes back on clients through the bounded queues.
+    pub max_rounds_in_flight: usize,
+    /// Period of the snapshot (checkpoint); `None` disables periodic snapshots.
+    pub checkpoint_interval: Option<Duration>,
+    /// Period of the NOOP entry that proves the log is still writable when nothing else happens.
+    pub noop_interval: Duration,
+}
+
+impl Default for DispatcherConfig {
+    fn default() -> Self {
+        DispatcherConfig {
+            max_inputs_per_round: 4_096,
+            max_rounds_in_flight: 32,
+            checkpoint_interval: Some(Duration::from_secs(600)),
+            noop_interval: Duration::from_secs(10),
+        }
+    }
+}
+
+/// Why the dispatcher stopped on its own.
+#[derive(Debug, thiserror::Error)]
+pub enum DispatcherError {
+    /// The commit log failed; the broker must be restarted and recover from the log.
+    #[error("commit log failed: {0}")]
+    Log(#[from] LogError),
+    /// A durable entry did not apply: the log and the state disagree (a bug).
+    #[error("durable entry does not apply: {0}")]
+    Apply(#[from] majordodo_core::ApplyError),
+}
+
+/// Something to do once a round is durable.
+enum Obligation {
+    /// Answer a submission.
+    Submit {
+        reply: oneshot::Sender<Result<Vec<SubmitOutcome>, BrokerError>>,
+        outcomes: Vec<SubmitOutcome>,
+    },
+    /// Welcome a worker whose connection entries are in this round.
+    Welcome {
+        admission: Admission,
+        conn: ConnId,
+        worker_id: String,
+        replaced: Option<u64>,
+    },
+    /// Acknowledge a batch of finish reports.
+    Ack { conn: ConnId, seq: u64 },
+    /// Push assignments.
+    Deliver(Vec<WorkerAssignments>),
+    /// Answer a checkpoint request once everything before it is applied.
+    Checkpoint(oneshot::Sender<Result<u64, BrokerError>>),
+}
+
+impl Obligation {
+    /// Answers the caller with an error (the round will never be durable).
+    fn fail(self, error: &BrokerError) {
+        match self {
+            Obligation::Submit { reply, .. } => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Obligation::Welcome { admission, .. } => admission.reject(Rejection {
+                reason: format!("broker failed: {error}"),
+                retryable: true,
+            }),
+            Obligation::Checkpoint(reply) => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Obligation::Ack { .. } | Obligation::Deliver(_) => {}
+        }
+    }
+}
+
+/// A round handed to the log.
+struct Round {
+    durable: AppendFuture,
+    entries: Vec<LogEntry>,
+    obligations: Vec<Obligation>,
+}
+
+/// A round being built.
+#[derive(Default)]
+struct Building {
+    entries: Vec<LogEntry>,
+    obligations: Vec<Obligation>,
+}
+
+/// An admitted worker connection.
+struct Session {
+    session: WorkerSession,
+    /// Assignments the connection's queue could not take yet, retried each turn.
+    backlog: Vec<Assignment>,
+}
+
+/// The dispatcher's state.
+pub(crate) struct Dispatcher {
+    leader: Leader,
+    log: Arc<dyn CommitLog>,
+    clock: Arc<dyn Clock>,
+    config: DispatcherConfig,
+    broker_id: Arc<str>,
+    role: Role,
+    sessions: HashMap<ConnId, Session>,
+    /// Tasks may have become assignable since the last assignment.
+    dirty: bool,
+    checkpointer: Option<Checkpointer>,
+    next_checkpoint: Option<Millis>,
+    last_write: Millis,
+}
+
+/// What woke the loop.
+enum Wake {
+    Durable(Result<Appended, LogError>),
+    Command(Option<Command>),
+    Event(Option<WorkerEvent>),
+    Timer,
+    Shutdown,
+}
+
+impl Dispatcher {
+    pub(crate) fn new(
+        leader: Leader,
+        log: Arc<dyn CommitLog>,
+        clock: Arc<dyn Clock>,
+        config: DispatcherConfig,
+        broker_id: Arc<str>,
+        checkpointer: Option<Checkpointer>,
+    ) -> Dispatcher {
+        let now = clock.now();
+        let next_checkpoint = config
+            .checkpoint_interval
+            .filter(|_| checkpointer.is_some())
+            .map(|i| now + i.as_millis() as Millis);
+        Dispatcher {
+            leader,
+            log,
+            clock,
+            config,
+            broker_id,
+            role: Role::Leader,
+            sessions: HashMap::new(),
+            dirty: true,
+            checkpointer,
+            next_checkpoint,
+            last_write: now,
+        }
+    }
+
+    /// Runs until `shutdown` or a failure. On shutdown, rounds in flight are completed first.
+    pub(crate) async fn run(
+        mut self,
+        mut commands: mpsc::Receiver<Command>,
+        mut events: mpsc::Receiver<WorkerEvent>,
+        shutdown: impl Future<Output = ()>,
+    ) -> Result<(), DispatcherError> {
+        let mut rounds: VecDeque<Round> = VecDeque::new();
+        let mut building = Building::default();
+        let mut commands_open = true;
+        let mut events_open = true;
+        tokio::pin!(shutdown);
+        info!(broker_id = %self.broker_id, lsn = self.leader.state().last_lsn(), "dispatcher started as leader");
+
+        loop {
+            let now = self.clock.now();
+            let wait = self.next_wake(now);
+            let can_take = rounds.len() < self.config.max_rounds_in_flight;
+            let wake = tokio::select! {
+                biased;
+                result = async { rounds.front_mut().expect("guarded").durable.as_mut().await }, if !rounds.is_empty() => Wake::Durable(result),
+                () = &mut shutdown => Wake::Shutdown,
+                cmd = commands.recv(), if can_take && commands_open => Wake::Command(cmd),
+                ev = events.recv(), if can_take && events_open => Wake::Event(ev),
+                () = tokio::time::sleep(wait) => Wake::Timer,
+            };
+            match wake {
+                Wake::Durable(result) => {
+                    let round = rounds.pop_front().expect("a round was awaited");
+                    match result {
+                        Ok(appended) => self.complete(round, appended).await?,
+                        Err(e) => return Err(self.fail(e, round, rounds, building)),
+                    }
+                }
+                Wake::Command(Some(cmd)) => {
+                    self.take_command(cmd, &mut building);
+                    for _ in 1..self.config.max_inputs_per_round {
+                        match commands.try_recv() {
+                            Ok(cmd) => self.take_command(cmd, &mut building),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Wake::Command(None) => commands_open = false,
+                Wake::Event(Some(ev)) => {
+                    self.take_event(ev, &mut building);
+                    for _ in 1..self.config.max_inputs_per_round {
+                        match events.try_recv() {
+                            Ok(ev) => self.take_event(ev, &mut building),
+                            Err(_) => break,
+                        }
+                    }
+                }
+                Wake::Event(None) => events_open = false,
+                Wake::Timer => {}
+                Wake::Shutdown => {
+                    info!(rounds_in_flight = rounds.len(), "dispatcher stopping");
+                    self.role = Role::Closed;
+                    self.seal(&mut building, &mut rounds);
+                    while let Some(round) = rounds.pop_front() {
+                        let mut round = round;
+                        match round.durable.as_mut().await {
+                            Ok(appended) => self.complete(round, appended).await?,
+                            Err(e) => return Err(self.fail(e, round, rounds, Building::default())),
+                        }
+                    }
+                    for (_, s) in self.sessions.drain() {
+                        s.session
+                            .close(CloseReason::Other("broker stopping".into()));
+                    }
+                    return Ok(());
+                }
+            }
+            if !commands_open && !events_open && rounds.is_empty() {
+                // Every handle and the listener are gone: nothing can reach us any more.
+                info!("dispatcher inputs closed, stopping");
+                return Ok(());
+            }
+            self.retry_backlogs();
+            if rounds.len() < self.config.max_rounds_in_flight {
+                self.decide(&mut building);
+                self.seal(&mut building, &mut rounds);
+            }
+        }
+    }
+
+    /// How long the loop may sleep before timers need it.
+    fn next_wake(&self, now: Millis) -> Duration {
+        let mut next = self.last_write + self.config.noop_interval.as_millis() as Millis;
+        if let Some(t) = self.leader.next_timer() {
+            next = next.min(t);
+        }
+        if let Some(t) = self.next_checkpoint {
+            next = next.min(t);
+        }
+        // Never sleep long: the clock may be adjusted, and backlogs need retrying.
+        Duration::from_millis((next - now).clamp(0, 1_000) as u64)
+    }
+
+    /// Timers and assignment, appended to the round being built.
+    fn decide(&mut self, building: &mut Building) {
+        let now = self.clock.now();
+        let due = self.leader.next_timer().is_some_and(|t| t <= now);
+        if due {
+            let entries = self.leader.tick(now);
+            if !entries.is_empty() {
+                self.dirty = true;
+                building.entries.extend(entries);
+            }
+        }
+        if self.dirty {
+            self.dirty = false;
+            let (entries, assignments) = self.leader.assign(now);
+            if !entries.is_empty() {
+                building.entries.extend(entries);
+                building.obligations.push(Obligation::Deliver(assignments));
+            }
+        }
+        if building.entries.is_empty()
+            && now >= self.last_write + self.config.noop_interval.as_millis() as Millis
+        {
+            building.entries.push(LogEntry::Noop { timestamp: now });
+        }
+        if let Some(at) = self.next_checkpoint
+            && now >= at
+            && let Some(cp) = &self.checkpointer
+            && !cp.busy()
+        {
+            building
+                .obligations
+                .push(Obligation::Checkpoint(noop_reply()));
+            self.next_checkpoint = self
+                .config
+                .checkpoint_interval
+                .map(|i| now + i.as_millis() as Millis);
+        }
+    }
+
+    /// Hands the round being built to the log.
+    fn seal(&mut self, building: &mut Building, rounds: &mut VecDeque<Round>) {
+        if building.entries.is_empty() && building.obligations.is_empty() {
+            return;
+        }
+        let Building {
+            entries,
+            obligations,
+        } = std::mem::take(building);
+        let durable = if entries.is_empty() {
+            // Nothing to write: the round completes in order behind the others.
+            let at = self.log.last_lsn();
+            Box::pin(async move {
+                Ok(Appended {
+                    first: at,
+                    last: at,
+                })
+            }) as AppendFuture
+        } else {
+            self.last_write = self.clock.now();
+            let records: Vec<Bytes> = entries
+                .iter()
+                .map(|e| Bytes::from(encode_entry(e)))
+                .collect();
+            self.log.append(records)
+        };
+        rounds.push_back(Round {
+            durable,
+            entries,
+            obligations,
+        });
+    }
+
+    fn view(&self) -> View<'_> {
+        View {
+            state: self.leader.state(),
+            role: self.role,
+            broker_id: &self.broker_id,
+        }
+    }
+
+    fn take_command(&mut self, cmd: Command, building: &mut Building) {
+        match cmd {
+            Command::Query(query) => query(&self.view()),
+            Command::Submit { tasks, reply } => {
+                if self.role != Role::Leader {
+                    let _ = reply.send(Err(BrokerError::NotLeader));
+                    return;
+                }
+                let now = self.clock.now();
+                let max = self.log.max_record_size();
+                let mut outcomes = Vec::with_capacity(tasks.len());
+                let mut entries = Vec::with_capacity(tasks.len());
+                // A task too large for one record fails the whole request before anything is
+                // decided, so no id or slot is reserved for it.
+                for t in &tasks {
+                    let size = t.data.len() + t.task_type.len() + t.user_id.len() + 128;
+                    if size > max {
+                        let _ = reply.send(Err(BrokerError::TooLarge(format!(
+                            "a task of about {size} bytes exceeds the log record limit of {max} bytes"
+                        ))));
+                        return;
+                    }
+                }
+                for t in tasks {
+                    let (outcome, entry) = self.leader.submit(now, t);
+                    outcomes.push(outcome);
+                    entries.extend(entry);
+                }
+                if !entries.is_empty() {
+                    self.dirty = true;
+                }
+                building.entries.extend(entries);
+                building
+                    .obligations
+                    .push(Obligation::Submit { reply, outcomes });
+            }
+            Command::Checkpoint { reply } => {
+                if self.checkpointer.is_none() {
+                    let _ = reply.send(Err(BrokerError::Log(
+                        "this broker has no snapshot store".into(),
+                    )));
+                    return;
+                }
+                building.obligations.push(Obligation::Checkpoint(reply));
+            }
+        }
+    }
+
+    fn take_event(&mut self, ev: WorkerEvent, building: &mut Building) {
+        let now = self.clock.now();
+        match ev {
+            WorkerEvent::Connected { conn, hello, reply } => {
+                if self.role != Role::Leader {
+                    reply.reject(Rejection {
+                        reason: "broker_not_leader".into(),
+                        retryable: true,
+                    });
+                    return;
+                }
+                let worker_id = hello.worker_id.clone();
+                let core = CoreHello {
+                    conn: conn.0,
+                    worker_id: hello.worker_id,
+                    process_id: hello.process_id,
+                    location: hello.location,
+                    capacity: capacity_of(hello.capacity),
+                    running: hello
+                        .running
+                        .iter()
+                        .map(|r| (TaskId(r.task_id), r.attempt))
+                        .collect(),
+                };
+                match self.leader.worker_connected(now, core) {
+                    Ok(admission) => {
+                        info!(worker_id, %conn, peer = %hello.peer, reconciled = admission.entries.len() - 1, "worker connecting");
+                        self.dirty = true;
+                        building.entries.extend(admission.entries);
+                        building.obligations.push(Obligation::Welcome {
+                            admission: reply,
+                            conn,
+                            worker_id,
+                            replaced: admission.replaced,
+                        });
+                    }
+                    Err(rejection) => {
+                        warn!(worker_id, %conn, reason = %rejection, "worker refused");
+                        reply.reject(Rejection {
+                            reason: rejection.to_string(),
+                            retryable: matches!(
+                                rejection,
+                                ConnectRejection::AlreadyConnected { .. }
+                            ),
+                        });
+                    }
+                }
+            }
+            WorkerEvent::Finished {
+                conn,
+                worker_id,
+                seq,
+                reports,
+            } => {
+                self.leader.worker_seen(now, &worker_id, conn.0, None);
+                let reports: Vec<CoreReport> = reports
+                    .into_iter()
+                    .filter_map(|r| {
+                        let outcome = match r.outcome() {
+                            Outcome::Finished => CoreOutcome::Finished,
+                            Outcome::Error => CoreOutcome::Error,
+                            Outcome::Unspecified => {
+                                warn!(
+                                    worker_id,
+                                    task_id = r.task_id,
+                                    "finish report without outcome ignored"
+                                );
+                                return None;
+                            }
+                        };
+                        Some(CoreReport {
+                            task_id: TaskId(r.task_id),
+                            attempt: r.attempt,
+                            outcome,
+                            result: r.result,
+                        })
+                    })
+                    .collect();
+                let entries = self.leader.finish_reports(now, &worker_id, &reports);
+                if !entries.is_empty() {
+                    self.dirty = true;
+                }
+                building.entries.extend(entries);
+                building.obligations.push(Obligation::Ack { conn, seq });
+            }
+            WorkerEvent::Ping {
+                conn,
+                worker_id,
+                capacity,
+                running: _,
+            } => {
+                self.leader
+                    .worker_seen(now, &worker_id, conn.0, Some(capacity_of(capacity)));
+                self.dirty = true;
+            }
+            WorkerEvent::Disconnected {
+                conn,
+                worker_id,
+                reason,
+            } => {
+                if self.sessions.remove(&conn).is_some() {
+                    info!(worker_id, %conn, %reason, "worker disconnected");
+                }
+                let entries = self.leader.worker_disconnected(now, &worker_id, conn.0);
+                building.entries.extend(entries);
+            }
+        }
+    }
+
+    /// Applies a durable round and fulfils its obligations.
+    async fn complete(&mut self, round: Round, appended: Appended) -> Result<(), DispatcherError> {
+        let Round {
+            entries,
+            obligations,
+            ..
+        } = round;
+        if !entries.is_empty() {
+            debug_assert_eq!(
+                appended.last.0 - appended.first.0 + 1,
+                entries.len() as u64,
+                "one lsn per entry"
+            );
+            for (i, entry) in entries.into_iter().enumerate() {
+                let freed = matches!(
+                    entry,
+                    LogEntry::TaskStatusChange { .. }
+                        | LogEntry::AddTask(_)
+                        | LogEntry::WorkerDied { .. }
+                );
+                if let Err(e) = self.leader.apply(appended.first.0 + i as u64, entry) {
+                    error!(error = %e, "durable entry does not apply; stopping");
+                    self.role = Role::Closed;
+                    return Err(e.into());
+                }
+                self.dirty |= freed;
+            }
+        }
+        for obligation in obligations {
+            match obligation {
+                Obligation::Submit { reply, outcomes } => {
+                    let _ = reply.send(Ok(outcomes));
+                }
+                Obligation::Welcome {
+                    admission,
+                    conn,
+                    worker_id,
+                    replaced,
+                } => {
+                    if let Some(old) = replaced
+                        && let Some(s) = self.sessions.remove(&ConnId(old))
+                    {
+                        s.session.close(CloseReason::Replaced);
+                    }
+                    if self.leader.connection_of(&worker_id) == Some(conn.0) {
+                        let session = admission.accept();
+                        info!(worker_id, %conn, "worker connected");
+                        self.sessions.insert(
+                            conn,
+                            Session {
+                                session,
+                                backlog: Vec::new(),
+                            },
+                        );
+                    } else {
+                        admission.reject(Rejection {
+                            reason: "connection superseded while it was being admitted".into(),
+                            retryable: true,
+                        });
+                    }
+                }
+                Obligation::Ack { conn, seq } => {
+                    if let Some(s) = self.sessions.get(&conn)
+                        && let Err(e) = s.session.ack_finished(seq)
+                    {
+                        debug!(%conn, seq, error = %e, "finish ack not sent; the worker will resend");
+                    }
+                }
+                Obligation::Deliver(assignments) => self.deliver(assignments),
+                Obligation::Checkpoint(reply) => {
+                    let result = match &mut self.checkpointer {
+                        Some(cp) => cp.start(self.leader.state(), self.log.clone()),
+                        None => Err(BrokerError::Log("this broker has no snapshot store".into())),
+                    };
+                    match result {
+                        Ok(pending) => {
+                            tokio::spawn(async move {
+                                let _ = reply.send(pending.await);
+                            });
+                        }
+                        Err(e) => {
+                            let _ = reply.send(Err(e));
+                        }
+                    }
+                }
+            }
+        }
+        Ok(())
+    }
+
+    /// Pushes applied assignments to the workers' current connections.
+    fn deliver(&mut self, assignments: Vec<WorkerAssignments>) {
+        for wa in assignments {
+            let Some(conn) = self.leader.connection_of(&wa.worker_id) else {
+                continue; // reconciliation or death will fail these tasks
+            };
+            let batch: Vec<Assignment> = wa
+                .tasks
+                .iter()
+                .filter(|(id, attempt)| self.leader.deliverable(*id, &wa.worker_id, *attempt))
+                .filter_map(|(id, attempt)| {
+                    let task = self.leader.state().task(*id)?;
+                    Some(Assignment {
+                        task_id: id.0,
+                        attempt: *attempt,
+                        task_type: task.task_type.to_string(),
+                        user_id: task.user_id.to_string(),
+                        data: task.data.to_string(),
+                        codepool: task.codepool().map(str::to_string),
+                        mode: task.mode().map(str::to_string),
+                        resources: task.resources().iter().map(|r| r.to_string()).collect(),
+                    })
+                })
+                .collect();
+            if batch.is_empty() {
+                continue;
+            }
+            let Some(session) = self.sessions.get_mut(&ConnId(conn)) else {
+                continue;
+            };
+            if !session.backlog.is_empty() {
+                session.backlog.extend(batch);
+                continue;
+            }
+            if let Err(e) = session.session.assign(batch) {
+                match e.error {
+                    SessionError::QueueFull { .. } => session.backlog = e.assignments,
+                    SessionError::Closed { .. } => {}
+                    SessionError::AssignmentTooLarge { task_id, .. } => {
+                        // Cannot happen: records are smaller than frames. Keep the rest moving.
+                        error!(
+                            task_id,
+                            "assignment larger than a frame; the worker will report it lost on reconnect"
+                        );
+                        session.session.close(CloseReason::Other(format!(
+                            "assignment of task {task_id} does not fit a frame"
+                        )));
+                    }
+                }
+            }
+        }
+    }
+
+    fn retry_backlogs(&mut self) {
+        for s in self.sessions.values_mut() {
+            if s.backlog.is_empty() {
+                continue;
+            }
+            let batch = std::mem::take(&mut s.backlog);
+            if let Err(e) = s.session.assign(batch)
+                && matches!(e.error, SessionError::QueueFull { .. })
+            {
+                s.backlog = e.assignments;
+            }
+        }
+    }
+
+    /// The log failed: answer everyone in flight with an error, close every worker session.
+    fn fail(
+        &mut self,
+        e: LogError,
+        failed: Round,
+        rest: VecDeque<Round>,
+        building: Building,
+    ) -> DispatcherError {
+        error!(error = %e, "commit log append failed; broker stops writing");
+        self.role = Role::Closed;
+        let error = BrokerError::Log(e.to_string());
+        for o in failed
+            .obligations
+            .into_iter()
+            .chain(rest.into_iter().flat_map(|r| r.obligations))
+            .chain(building.obligations)
+        {
+            o.fail(&error);
+        }
+        for (_, s) in self.sessions.drain() {
+            s.session
+                .close(CloseReason::Other("broker log failed".into()));
+        }
+        DispatcherError::Log(e)
+    }
+}
+
+/// A reply channel nobody listens to, for periodic checkpoints.
+fn noop_reply() -> oneshot::Sender<Result<u64, BrokerError>> {
+    oneshot::channel().0
+}
+
+/// The core's view of a declared capacity.
+pub(crate) fn capacity_of(c: Capacity) -> WorkerCapacity {
+    WorkerCapacity {
+        max_threads: c.max_threads,
+        max_threads_by_task_type: c.max_threads_by_task_type,
+        groups: c.groups,
+        excluded_groups: c.excluded_groups,
+    }
+}

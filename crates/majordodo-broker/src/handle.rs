@@ -1,0 +1,178 @@
+//! The handle through which the HTTP API (and embedding programs) talk to a running broker.
+//!
+//! Writes go to the dispatcher and are answered once durable. Reads run a closure against the
+//! dispatcher's state between two rounds: keep them cheap and bounded (page large listings).
+
+use std::fmt;
+use std::sync::Arc;
+
+use majordodo_core::BrokerState;
+use majordodo_core::leader::{SubmitOutcome, SubmitRequest};
+use tokio::sync::{mpsc, oneshot};
+
+/// What this broker currently is.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub enum Role {
+    /// Replaying its log; answers no writes yet.
+    Recovering,
+    /// Accepts writes and workers.
+    Leader,
+    /// Replicates the leader; read-only.
+    Follower,
+    /// Stopped, or failed (the log failed): must be restarted.
+    Closed,
+}
+
+impl Role {
+    /// The name the original's HTTP API uses (`clusterMode`).
+    pub fn as_str(self) -> &'static str {
+        match self {
+            Role::Recovering => "RECOVERY",
+            Role::Leader => "LEADER",
+            Role::Follower => "FOLLOWER",
+            Role::Closed => "CLOSED",
+        }
+    }
+}
+
+/// What a read sees.
+pub struct View<'a> {
+    /// The applied state.
+    pub state: &'a BrokerState,
+    /// The broker's role.
+    pub role: Role,
+    /// This broker's id.
+    pub broker_id: &'a str,
+}
+
+impl fmt::Debug for View<'_> {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("View")
+            .field("role", &self.role)
+            .field("broker_id", &self.broker_id)
+            .finish_non_exhaustive()
+    }
+}
+
+/// Why a request to the broker failed.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum BrokerError {
+    /// This broker is not the leader. Retryable against the leader (the original's
+    /// `broker_not_leader`).
+    #[error("broker_not_leader")]
+    NotLeader,
+    /// The broker is replaying its log. Retryable shortly (`recovery_in_progress`).
+    #[error("recovery_in_progress")]
+    Recovering,
+    /// The broker stopped or failed (`broker_not_started`). Retryable against another broker or
+    /// after a restart.
+    #[error("broker_not_started")]
+    Stopped,
+    /// The commit log failed while this request was in flight; nothing of it was acknowledged.
+    /// Retryable after the broker recovered.
+    #[error("commit log failure: {0}")]
+    Log(String),
+    /// Too many requests are queued. Retryable after a short wait.
+    #[error("broker overloaded: {0}")]
+    Overloaded(&'static str),
+    /// The request is too large for the log (a task or result over the record limit).
+    #[error("request too large: {0}")]
+    TooLarge(String),
+}
+
+impl BrokerError {
+    /// Whether retrying later (possibly elsewhere) may succeed.
+    pub fn is_retryable(&self) -> bool {
+        !matches!(self, BrokerError::TooLarge(_))
+    }
+}
+
+/// A read, run inside the dispatcher.
+pub(crate) type Query = Box<dyn FnOnce(&View<'_>) + Send>;
+
+/// Requests to the dispatcher.
+pub(crate) enum Command {
+    /// Submit tasks; answered in request order once durable.
+    Submit {
+        tasks: Vec<SubmitRequest>,
+        reply: oneshot::Sender<Result<Vec<SubmitOutcome>, BrokerError>>,
+    },
+    /// Run a read.
+    Query(Query),
+    /// Take a snapshot now; answered with its log position once written.
+    Checkpoint {
+        reply: oneshot::Sender<Result<u64, BrokerError>>,
+    },
+}
+
+/// A cloneable handle to a running broker.
+#[derive(Clone)]
+pub struct BrokerHandle {
+    pub(crate) tx: mpsc::Sender<Command>,
+    pub(crate) broker_id: Arc<str>,
+}
+
+impl fmt::Debug for BrokerHandle {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("BrokerHandle")
+            .field("broker_id", &self.broker_id)
+            .finish_non_exhaustive()
+    }
+}
+
+impl BrokerHandle {
+    /// This broker's id.
+    pub fn broker_id(&self) -> &str {
+        &self.broker_id
+    }
+
+    /// Submits tasks (one log write for the whole batch). Outcomes come in request order.
+    ///
+    /// # Errors
+    /// [`BrokerError`]: not leader, recovering, stopped, log failure, overload.
+    pub async fn submit(
+        &self,
+        tasks: Vec<SubmitRequest>,
+    ) -> Result<Vec<SubmitOutcome>, BrokerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Submit { tasks, reply })
+            .await
+            .map_err(|_| BrokerError::Stopped)?;
+        rx.await.map_err(|_| BrokerError::Stopped)?
+    }
+
+    /// Runs `f` against the broker's state and returns what it computed. `f` runs inside the
+    /// dispatcher: keep it short (bounded work, paged listings).
+    ///
+    /// # Errors
+    /// [`BrokerError::Stopped`] when the broker is gone.
+    pub async fn query<R, F>(&self, f: F) -> Result<R, BrokerError>
+    where
+        R: Send + 'static,
+        F: FnOnce(&View<'_>) -> R + Send + 'static,
+    {
+        let (reply, rx) = oneshot::channel();
+        let query: Query = Box::new(move |view| {
+            let _ = reply.send(f(view));
+        });
+        self.tx
+            .send(Command::Query(query))
+            .await
+            .map_err(|_| BrokerError::Stopped)?;
+        rx.await.map_err(|_| BrokerError::Stopped)
+    }
+
+    /// Takes a snapshot now and returns the log position it covers.
+    ///
+    /// # Errors
+    /// [`BrokerError`] when the broker is gone or writing the snapshot failed.
+    pub async fn checkpoint(&self) -> Result<u64, BrokerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .send(Command::Checkpoint { reply })
+            .await
+            .map_err(|_| BrokerError::Stopped)?;
+        rx.await.map_err(|_| BrokerError::Stopped)?
+    }
+}
