@@ -204,10 +204,9 @@ pub async fn run(
     info!(connections = connections.len(), "worker listener stopping");
     shared.stopping.cancel();
     while let Some(joined) = connections.join_next().await {
-        if let Err(error) = joined
-            && error.is_panic()
-        {
-            error!(%error, "worker connection task panicked");
+        match joined {
+            Err(error) if error.is_panic() => error!(%error, "worker connection task panicked"),
+            _ => {}
         }
     }
     info!("worker listener stopped");

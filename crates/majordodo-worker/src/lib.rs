@@ -1,1 +1,92 @@
-//! majordodo-worker: under construction.
+//! The Majordodo worker agent: connects to a broker, runs the tasks it is assigned, and reports
+//! how each ended until the broker acknowledges it.
+//!
+//! ```no_run
+//! use majordodo_proto::worker::SharedSecret;
+//! use majordodo_worker::{Executors, TaskFailure, WorkerConfig, executor_fn, run};
+//!
+//! # async fn example() -> Result<(), majordodo_worker::WorkerError> {
+//! let config = WorkerConfig::new("broker.example:7363", SharedSecret::new("secret"));
+//! let executors = Executors::new().with(
+//!     "echo",
+//!     executor_fn(|task| async move { Ok::<_, TaskFailure>(task.data) }),
+//! );
+//! run(config, executors, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! # }
+//! ```
+//!
+//! Behaviour:
+//! - **Capacity.** The worker declares a [`Capacity`](majordodo_proto::worker::Capacity) and
+//!   checks it again on every assignment: one beyond `max_threads`, beyond its type's limit
+//!   (or the `any` limit, shared by every type without its own), of a type it does not accept,
+//!   or without an executor is reported as an error whose text starts with `refused:`, and is
+//!   never executed.
+//! - **Reports.** Finish reports go in batches of up to `max_reports`, or after `max_delay`,
+//!   and are kept until the broker's `FinishedAck`; they are sent again after a reconnect (to
+//!   whichever broker answers) and when the ack is overdue.
+//! - **Keepalive.** The worker pings every keepalive interval with its live capacity, and
+//!   drops a connection on which the broker sent nothing (not even a pong) for the idle
+//!   timeout the broker announced. It reconnects with jittered, bounded exponential backoff,
+//!   listing the tasks it still runs and those with unacknowledged reports.
+//! - **Kill.** A `Kill` from the broker aborts every task and makes `run` return
+//!   [`WorkerError::Killed`].
+//! - **Graceful stop.** When the shutdown future completes the worker announces zero
+//!   capacity, refuses new assignments, waits up to `shutdown_grace` for running tasks (then
+//!   aborts them, reporting them as errors), delivers every report (up to `ack_timeout` more),
+//!   sends `Shutdown` and closes.
+
+mod agent;
+mod config;
+mod executor;
+mod process;
+mod status;
+
+pub use agent::{Worker, run};
+pub use config::{
+    Backoff, DEFAULT_ACK_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_MAX_REPORT_DELAY, DEFAULT_MAX_REPORTS_PER_BATCH, DEFAULT_MAX_THREADS,
+    DEFAULT_RECONNECT_INITIAL, DEFAULT_RECONNECT_MAX, DEFAULT_SHUTDOWN_GRACE, MIN_MAX_FRAME_SIZE,
+    ReportBatching, WorkerConfig, hostname, new_process_id,
+};
+pub use executor::{Executors, Task, TaskExecutor, TaskFailure, executor_fn};
+pub use process::{
+    DEFAULT_MAX_STDOUT_BYTES, DEFAULT_STDERR_TAIL_BYTES, DEFAULT_TIMEOUT_MS, ProcessConfigError,
+    ProcessExecutor, ProcessExecutorConfig, process_executors,
+};
+pub use status::{StatusHandle, WorkerStatus};
+
+/// Why the worker agent stopped with an error.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+pub enum WorkerError {
+    /// A setting is wrong; fix the configuration. Not retryable.
+    #[error("invalid worker config: {0}")]
+    InvalidConfig(String),
+    /// The broker refused this worker for good (wrong secret, unsupported protocol version,
+    /// invalid identity). Fix the configuration; retrying as is fails again.
+    #[error("rejected by the broker: {reason}")]
+    Rejected {
+        /// The broker's reason.
+        reason: String,
+    },
+    /// The broker could not prove it knows the shared secret: a wrong address or a secret that
+    /// differs between broker and worker. Not retryable as is.
+    #[error("broker {broker_id} failed to prove the shared secret")]
+    BrokerAuthenticationFailed {
+        /// The name the broker gave.
+        broker_id: String,
+    },
+    /// The broker told this worker to exit; running tasks were aborted. Restart the worker if
+    /// the cause is gone.
+    #[error("killed by the broker: {reason}")]
+    Killed {
+        /// The broker's reason.
+        reason: String,
+    },
+    /// A graceful stop ended before the broker acknowledged every finish report; the broker
+    /// will treat those tasks as lost with the worker and retry them by its rules.
+    #[error("{count} finish reports were not acknowledged before stopping")]
+    ReportsLost {
+        /// Reports not acknowledged.
+        count: usize,
+    },
+}

@@ -1,0 +1,879 @@
+//! The agent: connects to the broker, runs what it is assigned, and reports every result until
+//! the broker acknowledges it, across reconnects and broker restarts.
+//!
+//! One task owns all the state ([`Agent`]); executions run on tokio tasks in a `JoinSet` it
+//! owns. Its life is a loop: connect (with backoff), serve the session until the connection is
+//! lost, repeat. Finish reports move through three places: `pending` (not sent), `in_flight`
+//! (sent as batch `seq`, waiting for `FinishedAck`), then gone. A lost connection moves
+//! `in_flight` back to the front of `pending`, so every report is sent again to whichever
+//! broker answers next; duplicates are harmless because the broker ignores reports for
+//! attempts that are not current.
+
+use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
+use std::future::Future;
+use std::pin::Pin;
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use majordodo_proto::worker::{
+    Assignment, Capacity, Connect, FinishReport, Finished, Hello, Message, Outcome, Ping,
+    ProtocolError, RunningTask, Shutdown, WorkerCodec, chunk_for_frames, fits_in_frame,
+    random_nonce, verify_broker_proof, worker_proof,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::net::TcpStream;
+use tokio::sync::watch;
+use tokio::task::{JoinError, JoinSet};
+use tokio::time::{Instant, sleep_until, timeout};
+use tokio_util::codec::Framed;
+use tracing::{debug, error, info, warn};
+
+use crate::WorkerError;
+use crate::config::WorkerConfig;
+use crate::executor::{Executors, Task, TaskFailure};
+use crate::status::{StatusHandle, WorkerStatus};
+
+type Conn = Framed<TcpStream, WorkerCodec>;
+
+/// Result text of a task aborted because the worker stopped.
+const ABORTED_RESULT: &str = "aborted: the worker stopped before the task finished";
+
+/// A worker agent, ready to run. [`Worker::status`] gives a handle before [`Worker::run`]
+/// consumes it.
+#[derive(Debug)]
+pub struct Worker {
+    config: WorkerConfig,
+    executors: Executors,
+    status: watch::Sender<WorkerStatus>,
+}
+
+impl Worker {
+    /// Checks `config` and prepares the agent.
+    ///
+    /// # Errors
+    /// [`WorkerError::InvalidConfig`] naming the setting that is wrong.
+    pub fn new(config: WorkerConfig, executors: Executors) -> Result<Worker, WorkerError> {
+        config.validate().map_err(WorkerError::InvalidConfig)?;
+        let (status, _) = watch::channel(WorkerStatus::default());
+        Ok(Worker {
+            config,
+            executors,
+            status,
+        })
+    }
+
+    /// A handle on the agent's status, valid during and after `run`.
+    pub fn status(&self) -> StatusHandle {
+        StatusHandle::new(self.status.subscribe())
+    }
+
+    /// Runs until `shutdown` completes (then stops gracefully: see the crate docs), the broker
+    /// kills the worker, or the broker refuses it for good.
+    ///
+    /// # Errors
+    /// [`WorkerError::Killed`], [`WorkerError::Rejected`],
+    /// [`WorkerError::BrokerAuthenticationFailed`], or [`WorkerError::ReportsLost`] when a
+    /// graceful stop could not deliver every report.
+    pub async fn run(self, shutdown: impl Future<Output = ()>) -> Result<(), WorkerError> {
+        let rng = match self.config.rng_seed {
+            Some(seed) => StdRng::seed_from_u64(seed),
+            None => StdRng::from_os_rng(),
+        };
+        let mut agent = Agent {
+            config: self.config,
+            executors: self.executors,
+            status: self.status,
+            tasks: JoinSet::new(),
+            running: HashMap::new(),
+            running_attempts: HashMap::new(),
+            type_counts: HashMap::new(),
+            pending: VecDeque::new(),
+            in_flight: BTreeMap::new(),
+            unacked: HashSet::new(),
+            next_seq: 1,
+            rng,
+            stopping: None,
+        };
+        let shutdown = std::pin::pin!(shutdown);
+        let result = agent.run(shutdown).await;
+        agent.tasks.abort_all();
+        while agent.tasks.join_next().await.is_some() {}
+        agent.status.send_modify(|status| {
+            status.connected = false;
+            status.running = 0;
+            status.stopped = true;
+        });
+        result
+    }
+}
+
+/// Runs a worker agent until `shutdown` completes; see [`Worker::run`].
+///
+/// # Errors
+/// As [`Worker::new`] and [`Worker::run`].
+pub async fn run(
+    config: WorkerConfig,
+    executors: Executors,
+    shutdown: impl Future<Output = ()>,
+) -> Result<(), WorkerError> {
+    Worker::new(config, executors)?.run(shutdown).await
+}
+
+/// An execution in progress.
+struct Running {
+    key: RunningTask,
+    task_type: String,
+}
+
+/// A batch sent and not yet acknowledged.
+struct InFlight {
+    reports: Vec<FinishReport>,
+    sent_at: Instant,
+}
+
+/// A graceful stop in progress.
+struct Stopping {
+    /// When running tasks are aborted.
+    grace_deadline: Instant,
+    /// When the agent gives up delivering reports.
+    flush_deadline: Instant,
+    /// Whether running tasks were aborted already.
+    aborted: bool,
+}
+
+/// A live connection, after the handshake.
+struct Session {
+    framed: Conn,
+    broker_id: String,
+    keepalive: Duration,
+    idle_timeout: Duration,
+}
+
+/// How a session ended.
+enum SessionEnd {
+    /// Graceful stop completed: everything delivered, `Shutdown` sent.
+    Done,
+    /// The connection is gone; reconnect.
+    Lost(String),
+    /// The broker sent `Kill`.
+    Killed(String),
+    /// The stop's flush deadline passed with reports undelivered.
+    GaveUp,
+}
+
+/// Why a connection attempt failed.
+enum ConnectError {
+    /// Try again after a backoff.
+    Retry(String),
+    /// Stop the agent.
+    Fatal(WorkerError),
+}
+
+/// What the agent does with an assignment.
+enum Admission {
+    Run,
+    /// Already running or reported: a duplicate delivery, not a new attempt.
+    Ignore,
+    /// Report it as an error with this text, without running it.
+    Refuse(String),
+}
+
+struct Agent {
+    config: WorkerConfig,
+    executors: Executors,
+    status: watch::Sender<WorkerStatus>,
+    /// Executions; each yields the executor's outcome.
+    tasks: JoinSet<Result<String, TaskFailure>>,
+    /// Executions by tokio task id, to know which one ended.
+    running: HashMap<tokio::task::Id, Running>,
+    /// The attempt running for each task id.
+    running_attempts: HashMap<u64, u32>,
+    /// Executions per task type, to check the per-type limits.
+    type_counts: HashMap<String, u32>,
+    /// Reports not sent yet, with the time each was queued.
+    pending: VecDeque<(FinishReport, Instant)>,
+    /// Batches sent, by seq, waiting for their ack.
+    in_flight: BTreeMap<u64, InFlight>,
+    /// Every attempt with an unacknowledged report (pending or in flight).
+    unacked: HashSet<RunningTask>,
+    /// Next batch number; never reused within this process.
+    next_seq: u64,
+    /// Jitter of reconnect delays.
+    rng: StdRng,
+    /// Set once shutdown was requested.
+    stopping: Option<Stopping>,
+}
+
+impl Agent {
+    async fn run(
+        &mut self,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> Result<(), WorkerError> {
+        let mut failures: u32 = 0;
+        loop {
+            if self.stopping.is_some() && self.settled() {
+                return Ok(());
+            }
+            let attempt = tokio::select! {
+                attempt = timeout(self.config.connect_timeout, self.connect()) => attempt,
+                () = &mut shutdown, if self.stopping.is_none() => {
+                    self.begin_stop();
+                    continue;
+                }
+            };
+            let problem = match attempt {
+                Ok(Ok(session)) => {
+                    failures = 0;
+                    match self.serve(session, shutdown.as_mut()).await {
+                        SessionEnd::Done => return Ok(()),
+                        SessionEnd::Killed(reason) => {
+                            error!(%reason, "killed by the broker");
+                            return Err(WorkerError::Killed { reason });
+                        }
+                        SessionEnd::GaveUp => return self.give_up(),
+                        SessionEnd::Lost(reason) => {
+                            warn!(%reason, "connection to the broker lost");
+                            self.requeue_in_flight();
+                            reason
+                        }
+                    }
+                }
+                Ok(Err(ConnectError::Fatal(error))) => {
+                    error!(%error, "giving up on the broker");
+                    self.status
+                        .send_modify(|status| status.last_error = Some(error.to_string()));
+                    return Err(error);
+                }
+                Ok(Err(ConnectError::Retry(reason))) => reason,
+                Err(_elapsed) => "connect timed out".to_owned(),
+            };
+            failures = failures.saturating_add(1);
+            self.status.send_modify(|status| {
+                status.connected = false;
+                status.last_error = Some(problem.clone());
+            });
+            let delay = self.config.reconnect_backoff.delay(failures, &mut self.rng);
+            info!(%problem, delay_ms = delay.as_millis() as u64, "reconnecting after a pause");
+            if self
+                .wait_disconnected(Instant::now() + delay, shutdown.as_mut())
+                .await
+            {
+                return self.give_up();
+            }
+        }
+    }
+
+    /// Waits until `until` while disconnected, still collecting finished tasks. Returns `true`
+    /// if a stop's flush deadline passed.
+    async fn wait_disconnected(
+        &mut self,
+        until: Instant,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> bool {
+        loop {
+            if self.stopping.is_some() && self.settled() {
+                return false;
+            }
+            let (grace, flush) = self.stop_deadlines();
+            tokio::select! {
+                () = sleep_until(until) => return false,
+                Some(joined) = self.tasks.join_next_with_id() => self.on_task_done(joined),
+                () = &mut shutdown, if self.stopping.is_none() => self.begin_stop(),
+                () = sleep_until(grace.unwrap_or(until)), if grace.is_some() => self.abort_for_stop(),
+                () = sleep_until(flush.unwrap_or(until)), if flush.is_some() => return true,
+            }
+        }
+    }
+
+    /// Whether a stopping agent has nothing left to do.
+    fn settled(&self) -> bool {
+        self.tasks.is_empty() && self.unacked.is_empty()
+    }
+
+    /// The grace deadline (if tasks still need aborting) and the flush deadline, when stopping.
+    fn stop_deadlines(&self) -> (Option<Instant>, Option<Instant>) {
+        match &self.stopping {
+            Some(stop) => (
+                (!stop.aborted && !self.tasks.is_empty()).then_some(stop.grace_deadline),
+                Some(stop.flush_deadline),
+            ),
+            None => (None, None),
+        }
+    }
+
+    fn begin_stop(&mut self) {
+        let now = Instant::now();
+        info!(
+            running = self.running.len(),
+            "stopping: no new tasks, waiting for running ones"
+        );
+        self.stopping = Some(Stopping {
+            grace_deadline: now + self.config.shutdown_grace,
+            flush_deadline: now + self.config.shutdown_grace + self.config.ack_timeout,
+            aborted: false,
+        });
+    }
+
+    fn abort_for_stop(&mut self) {
+        warn!(
+            running = self.running.len(),
+            "shutdown grace over; aborting running tasks"
+        );
+        self.tasks.abort_all();
+        if let Some(stop) = &mut self.stopping {
+            stop.aborted = true;
+        }
+    }
+
+    fn give_up(&self) -> Result<(), WorkerError> {
+        let count = self.unacked.len();
+        if count == 0 {
+            return Ok(());
+        }
+        error!(
+            count,
+            "stopping with finish reports the broker has not acknowledged"
+        );
+        Err(WorkerError::ReportsLost { count })
+    }
+
+    /// The capacity announced now: none once stopping.
+    fn capacity(&self) -> Capacity {
+        if self.stopping.is_some() {
+            Capacity::default()
+        } else {
+            self.config.capacity.clone()
+        }
+    }
+
+    /// Attempts the broker must not fail: executing, or reported without an ack.
+    fn held(&self) -> Vec<RunningTask> {
+        let mut held: Vec<_> = self
+            .running
+            .values()
+            .map(|r| r.key)
+            .chain(self.unacked.iter().copied())
+            .collect();
+        held.sort_unstable();
+        held.dedup();
+        held
+    }
+
+    fn publish_counts(&self) {
+        let (running, pending) = (self.running.len(), self.unacked.len());
+        self.status.send_if_modified(|status| {
+            let changed = status.running != running || status.pending_reports != pending;
+            status.running = running;
+            status.pending_reports = pending;
+            changed
+        });
+    }
+
+    async fn connect(&mut self) -> Result<Session, ConnectError> {
+        let retry = |what: &str, error: &dyn std::fmt::Display| {
+            ConnectError::Retry(format!("{what}: {error}"))
+        };
+        let socket = TcpStream::connect(&self.config.broker_addr)
+            .await
+            .map_err(|e| retry("connect", &e))?;
+        if let Err(error) = socket.set_nodelay(true) {
+            debug!(%error, "could not set TCP_NODELAY");
+        }
+        let mut framed = Framed::new(socket, WorkerCodec::new(self.config.max_frame_size));
+        let client_nonce = random_nonce();
+        let hello = Message::Hello(Hello {
+            worker_id: self.config.worker_id.clone(),
+            process_id: self.config.process_id.clone(),
+            location: self.config.location.clone(),
+            client_nonce: client_nonce.to_vec(),
+        });
+        framed
+            .send(hello)
+            .await
+            .map_err(|e| retry("send hello", &e))?;
+        let challenge = match read_handshake(&mut framed, "challenge").await? {
+            Message::Challenge(challenge) => challenge,
+            other => return Err(unexpected(&other, "challenge")),
+        };
+        let proof = worker_proof(
+            self.config.shared_secret.as_bytes(),
+            &challenge.broker_nonce,
+            &client_nonce,
+            &self.config.worker_id,
+            &self.config.process_id,
+        );
+        let connect = Message::Connect(Connect {
+            proof: proof.to_vec(),
+            capacity: self.capacity(),
+            running: self.held(),
+        });
+        framed
+            .send(connect)
+            .await
+            .map_err(|e| retry("send connect", &e))?;
+        let welcome = match read_handshake(&mut framed, "welcome").await? {
+            Message::Welcome(welcome) => welcome,
+            other => return Err(unexpected(&other, "welcome")),
+        };
+        if !verify_broker_proof(
+            self.config.shared_secret.as_bytes(),
+            &client_nonce,
+            &challenge.broker_nonce,
+            &self.config.worker_id,
+            &welcome.broker_proof,
+        ) {
+            return Err(ConnectError::Fatal(
+                WorkerError::BrokerAuthenticationFailed {
+                    broker_id: challenge.broker_id,
+                },
+            ));
+        }
+        if welcome.keepalive_interval_ms == 0
+            || welcome.idle_timeout_ms <= welcome.keepalive_interval_ms
+        {
+            return Err(ConnectError::Retry(format!(
+                "broker sent unusable timings: keepalive {} ms, idle timeout {} ms",
+                welcome.keepalive_interval_ms, welcome.idle_timeout_ms
+            )));
+        }
+        Ok(Session {
+            framed,
+            broker_id: challenge.broker_id,
+            keepalive: self
+                .config
+                .keepalive_interval
+                .min(Duration::from_millis(welcome.keepalive_interval_ms)),
+            idle_timeout: Duration::from_millis(welcome.idle_timeout_ms),
+        })
+    }
+
+    /// Serves one connection until it ends.
+    async fn serve(
+        &mut self,
+        mut session: Session,
+        mut shutdown: Pin<&mut impl Future<Output = ()>>,
+    ) -> SessionEnd {
+        info!(broker_id = %session.broker_id, held = self.held().len(), "connected to the broker");
+        self.status.send_modify(|status| {
+            status.connected = true;
+            status.connections += 1;
+            status.broker_id = Some(session.broker_id.clone());
+            status.last_error = None;
+        });
+        let write_timeout = session.idle_timeout;
+        // Everything unacknowledged goes again, now.
+        if let Err(reason) = self.send_pending(&mut session.framed, write_timeout).await {
+            return SessionEnd::Lost(reason);
+        }
+        if self.stopping.is_some() {
+            // Tell the broker at once that this worker takes nothing more.
+            if let Err(reason) = self.send_ping(&mut session.framed, write_timeout).await {
+                return SessionEnd::Lost(reason);
+            }
+        }
+        let now = Instant::now();
+        let mut next_ping = now + session.keepalive;
+        let mut idle_deadline = now + session.idle_timeout;
+        loop {
+            if self.stopping.is_some() && self.settled() {
+                let _ = timeout(
+                    write_timeout,
+                    session.framed.send(Message::Shutdown(Shutdown {})),
+                )
+                .await;
+                info!("stopped gracefully");
+                return SessionEnd::Done;
+            }
+            let batch_due = self
+                .pending
+                .front()
+                .map(|(_, queued)| *queued + self.config.report_batching.max_delay);
+            let ack_due = self
+                .in_flight
+                .values()
+                .map(|batch| batch.sent_at)
+                .min()
+                .map(|sent| sent + self.config.ack_timeout);
+            let (grace, flush) = self.stop_deadlines();
+            let never = idle_deadline;
+            let step: Result<(), SessionEnd> = tokio::select! {
+                () = &mut shutdown, if self.stopping.is_none() => {
+                    self.begin_stop();
+                    self.send_ping(&mut session.framed, write_timeout).await.map_err(SessionEnd::Lost)
+                }
+                frame = session.framed.next() => {
+                    idle_deadline = Instant::now() + session.idle_timeout;
+                    match frame {
+                        None => Err(SessionEnd::Lost("broker closed the connection".to_owned())),
+                        Some(Err(error)) => Err(SessionEnd::Lost(error.to_string())),
+                        Some(Ok(message)) => self.on_message(message),
+                    }
+                }
+                Some(joined) = self.tasks.join_next_with_id() => {
+                    self.on_task_done(joined);
+                    if self.pending.len() >= self.config.report_batching.max_reports {
+                        self.send_pending(&mut session.framed, write_timeout).await.map_err(SessionEnd::Lost)
+                    } else {
+                        Ok(())
+                    }
+                }
+                () = sleep_until(batch_due.unwrap_or(never)), if batch_due.is_some() => {
+                    self.send_pending(&mut session.framed, write_timeout).await.map_err(SessionEnd::Lost)
+                }
+                () = sleep_until(ack_due.unwrap_or(never)), if ack_due.is_some() => {
+                    self.resend_unacked(&mut session.framed, write_timeout).await.map_err(SessionEnd::Lost)
+                }
+                () = sleep_until(next_ping) => {
+                    next_ping = Instant::now() + session.keepalive;
+                    self.send_ping(&mut session.framed, write_timeout).await.map_err(SessionEnd::Lost)
+                }
+                () = sleep_until(idle_deadline) => {
+                    Err(SessionEnd::Lost(format!(
+                        "broker silent for {} ms", session.idle_timeout.as_millis()
+                    )))
+                }
+                () = sleep_until(grace.unwrap_or(never)), if grace.is_some() => {
+                    self.abort_for_stop();
+                    Ok(())
+                }
+                () = sleep_until(flush.unwrap_or(never)), if flush.is_some() => Err(SessionEnd::GaveUp),
+            };
+            if let Err(end) = step {
+                self.status.send_modify(|status| status.connected = false);
+                return end;
+            }
+        }
+    }
+
+    /// Handles one frame from the broker.
+    fn on_message(&mut self, message: Message) -> Result<(), SessionEnd> {
+        match message {
+            Message::Assign(assign) => {
+                for assignment in assign.assignments {
+                    self.on_assignment(assignment);
+                }
+                self.publish_counts();
+                Ok(())
+            }
+            Message::FinishedAck(ack) => {
+                match self.in_flight.remove(&ack.seq) {
+                    Some(batch) => {
+                        for report in &batch.reports {
+                            self.unacked.remove(&key_of(report));
+                        }
+                        self.publish_counts();
+                    }
+                    None => debug!(seq = ack.seq, "ack for a batch not in flight"),
+                }
+                Ok(())
+            }
+            Message::Pong(_) => Ok(()),
+            Message::Kill(kill) => Err(SessionEnd::Killed(kill.reason)),
+            other => Err(SessionEnd::Lost(
+                ProtocolError::UnexpectedMessage {
+                    got: other.kind(),
+                    expected: "assign, finished_ack, pong or kill",
+                }
+                .to_string(),
+            )),
+        }
+    }
+
+    fn admission(&self, assignment: &Assignment) -> Admission {
+        let key = RunningTask {
+            task_id: assignment.task_id,
+            attempt: assignment.attempt,
+        };
+        if self.unacked.contains(&key) {
+            return Admission::Ignore;
+        }
+        if let Some(&attempt) = self.running_attempts.get(&assignment.task_id) {
+            if attempt == assignment.attempt {
+                return Admission::Ignore;
+            }
+            return Admission::Refuse(format!(
+                "refused: attempt {attempt} of this task is still running on this worker"
+            ));
+        }
+        if self.stopping.is_some() {
+            return Admission::Refuse("refused: the worker is shutting down".to_owned());
+        }
+        let capacity = &self.config.capacity;
+        let running = self.running.len();
+        if running >= capacity.max_threads as usize {
+            return Admission::Refuse(format!(
+                "refused: {running} tasks running, max_threads is {}",
+                capacity.max_threads
+            ));
+        }
+        let Some((bucket, limit)) = capacity.type_limit(&assignment.task_type) else {
+            return Admission::Refuse(format!(
+                "refused: task type {:?} is not in this worker's capacity",
+                assignment.task_type
+            ));
+        };
+        let in_bucket: u32 = if bucket == assignment.task_type {
+            self.type_counts.get(bucket).copied().unwrap_or(0)
+        } else {
+            // The `any` bucket: every running type without an entry of its own.
+            self.type_counts
+                .iter()
+                .filter(|(task_type, _)| {
+                    !capacity.max_threads_by_task_type.contains_key(*task_type)
+                })
+                .map(|(_, count)| count)
+                .sum()
+        };
+        if in_bucket >= limit {
+            return Admission::Refuse(format!(
+                "refused: {in_bucket} tasks counted against {bucket:?} running, its limit is {limit}"
+            ));
+        }
+        if self.executors.get(&assignment.task_type).is_none() {
+            return Admission::Refuse(format!(
+                "refused: no executor for task type {:?}",
+                assignment.task_type
+            ));
+        }
+        Admission::Run
+    }
+
+    fn on_assignment(&mut self, assignment: Assignment) {
+        let key = RunningTask {
+            task_id: assignment.task_id,
+            attempt: assignment.attempt,
+        };
+        match self.admission(&assignment) {
+            Admission::Ignore => {
+                warn!(
+                    task_id = key.task_id,
+                    attempt = key.attempt,
+                    "duplicate assignment ignored"
+                );
+            }
+            Admission::Refuse(reason) => {
+                warn!(task_id = key.task_id, attempt = key.attempt, %reason, "assignment refused");
+                self.queue_report(key, Outcome::Error, reason);
+            }
+            Admission::Run => {
+                let executor = self
+                    .executors
+                    .get(&assignment.task_type)
+                    .expect("admission checked the executor exists")
+                    .clone();
+                let task_type = assignment.task_type.clone();
+                debug!(task_id = key.task_id, attempt = key.attempt, %task_type, "task started");
+                let handle = self.tasks.spawn(executor.execute(Task::from(assignment)));
+                *self.type_counts.entry(task_type.clone()).or_default() += 1;
+                self.running_attempts.insert(key.task_id, key.attempt);
+                self.running.insert(handle.id(), Running { key, task_type });
+            }
+        }
+    }
+
+    fn on_task_done(
+        &mut self,
+        joined: Result<(tokio::task::Id, Result<String, TaskFailure>), JoinError>,
+    ) {
+        let (id, outcome) = match joined {
+            Ok((id, outcome)) => (id, outcome.map_err(|failure| failure.message().to_owned())),
+            Err(error) if error.is_cancelled() => (error.id(), Err(ABORTED_RESULT.to_owned())),
+            Err(error) => (error.id(), Err(format!("executor panicked: {error}"))),
+        };
+        let Some(Running { key, task_type }) = self.running.remove(&id) else {
+            error!(?id, "an execution ended that was not recorded as running");
+            return;
+        };
+        if let Some(count) = self.type_counts.get_mut(&task_type) {
+            *count -= 1;
+            if *count == 0 {
+                self.type_counts.remove(&task_type);
+            }
+        }
+        self.running_attempts.remove(&key.task_id);
+        let (outcome, result) = match outcome {
+            Ok(result) => (Outcome::Finished, result),
+            Err(text) => (Outcome::Error, text),
+        };
+        debug!(
+            task_id = key.task_id,
+            attempt = key.attempt,
+            ?outcome,
+            "task ended"
+        );
+        self.queue_report(key, outcome, result);
+        self.publish_counts();
+    }
+
+    fn queue_report(&mut self, key: RunningTask, outcome: Outcome, result: String) {
+        let mut report = FinishReport {
+            task_id: key.task_id,
+            attempt: key.attempt,
+            outcome: outcome as i32,
+            result,
+        };
+        if !fits_in_frame(&report, self.config.max_frame_size) {
+            report.result = format!(
+                "result of {} bytes does not fit the frame limit of {} bytes",
+                report.result.len(),
+                self.config.max_frame_size
+            );
+            report.outcome = Outcome::Error as i32;
+        }
+        self.unacked.insert(key);
+        self.pending.push_back((report, Instant::now()));
+    }
+
+    /// Sends every pending report, in batches, then flushes once.
+    async fn send_pending(
+        &mut self,
+        framed: &mut Conn,
+        write_timeout: Duration,
+    ) -> Result<(), String> {
+        let now = Instant::now();
+        let mut frames = Vec::new();
+        while !self.pending.is_empty() {
+            let take = self
+                .pending
+                .len()
+                .min(self.config.report_batching.max_reports);
+            let batch: Vec<_> = self
+                .pending
+                .drain(..take)
+                .map(|(report, _)| report)
+                .collect();
+            for reports in chunk_for_frames(batch, self.config.max_frame_size) {
+                let seq = self.next_seq;
+                self.next_seq += 1;
+                frames.push(Message::Finished(Finished {
+                    seq,
+                    reports: reports.clone(),
+                }));
+                // Recorded before writing: if the write fails, the batch is re-queued with the rest.
+                self.in_flight.insert(
+                    seq,
+                    InFlight {
+                        reports,
+                        sent_at: now,
+                    },
+                );
+            }
+        }
+        write_frames(framed, frames, write_timeout).await
+    }
+
+    /// Sends again every batch whose ack is overdue, under the same seq.
+    async fn resend_unacked(
+        &mut self,
+        framed: &mut Conn,
+        write_timeout: Duration,
+    ) -> Result<(), String> {
+        let now = Instant::now();
+        let mut frames = Vec::new();
+        for (seq, batch) in &mut self.in_flight {
+            if batch.sent_at + self.config.ack_timeout <= now {
+                warn!(
+                    seq,
+                    reports = batch.reports.len(),
+                    "finish reports not acknowledged in time; sending again"
+                );
+                batch.sent_at = now;
+                frames.push(Message::Finished(Finished {
+                    seq: *seq,
+                    reports: batch.reports.clone(),
+                }));
+            }
+        }
+        write_frames(framed, frames, write_timeout).await
+    }
+
+    async fn send_ping(
+        &mut self,
+        framed: &mut Conn,
+        write_timeout: Duration,
+    ) -> Result<(), String> {
+        let ping = Message::Ping(Ping {
+            capacity: self.capacity(),
+            running: u32::try_from(self.running.len()).unwrap_or(u32::MAX),
+        });
+        write_frames(framed, vec![ping], write_timeout).await
+    }
+
+    /// Puts every unacknowledged batch back at the front of `pending`, in seq order.
+    fn requeue_in_flight(&mut self) {
+        let now = Instant::now();
+        let in_flight = std::mem::take(&mut self.in_flight);
+        for report in in_flight
+            .into_values()
+            .flat_map(|batch| batch.reports)
+            .rev()
+        {
+            self.pending.push_front((report, now));
+        }
+    }
+}
+
+fn key_of(report: &FinishReport) -> RunningTask {
+    RunningTask {
+        task_id: report.task_id,
+        attempt: report.attempt,
+    }
+}
+
+/// Writes `frames` with one flush; a peer that does not read within `write_timeout` counts as
+/// gone.
+async fn write_frames(
+    framed: &mut Conn,
+    frames: Vec<Message>,
+    write_timeout: Duration,
+) -> Result<(), String> {
+    if frames.is_empty() {
+        return Ok(());
+    }
+    let write = async {
+        for frame in frames {
+            framed.feed(frame).await?;
+        }
+        framed.flush().await
+    };
+    match timeout(write_timeout, write).await {
+        Ok(Ok(())) => Ok(()),
+        Ok(Err(error)) => Err(format!("write to the broker: {error}")),
+        Err(_) => Err("write to the broker timed out".to_owned()),
+    }
+}
+
+/// Reads the next handshake frame; a `Reject` becomes the matching [`ConnectError`].
+async fn read_handshake(
+    framed: &mut Conn,
+    expected: &'static str,
+) -> Result<Message, ConnectError> {
+    match framed.next().await {
+        None => Err(ConnectError::Retry(format!(
+            "broker closed the connection before the {expected}"
+        ))),
+        Some(Err(error)) => Err(ConnectError::Retry(format!("read {expected}: {error}"))),
+        Some(Ok(Message::Reject(reject))) => {
+            warn!(reason = %reject.reason, retryable = reject.retryable, "broker rejected the worker");
+            if reject.retryable {
+                Err(ConnectError::Retry(format!("rejected: {}", reject.reason)))
+            } else {
+                Err(ConnectError::Fatal(WorkerError::Rejected {
+                    reason: reject.reason,
+                }))
+            }
+        }
+        Some(Ok(message)) => Ok(message),
+    }
+}
+
+fn unexpected(message: &Message, expected: &'static str) -> ConnectError {
+    ConnectError::Retry(
+        ProtocolError::UnexpectedMessage {
+            got: message.kind(),
+            expected,
+        }
+        .to_string(),
+    )
+}

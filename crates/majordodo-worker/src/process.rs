@@ -1,0 +1,394 @@
+//! [`ProcessExecutor`]: runs a task as an external program.
+//!
+//! The contract with the program:
+//! - it is started from `argv` directly, without a shell, in a process group of its own, with
+//!   the worker's environment plus `env` plus `MAJORDODO_TASK_ID`, `MAJORDODO_TASK_TYPE`,
+//!   `MAJORDODO_USER_ID` and `MAJORDODO_ATTEMPT`;
+//! - the task's data is written to its stdin, which is then closed; a program that does not
+//!   read stdin is fine;
+//! - exit status 0 finishes the task, with stdout as the result: it must be UTF-8, and one
+//!   trailing `\n` is removed (so `echo` output comes back as typed);
+//! - a non-zero exit, death by a signal, more than `max_stdout_bytes` of stdout or running past
+//!   `timeout_ms` fails the attempt, with the cause and the last `stderr_tail_bytes` of stderr
+//!   as the error text;
+//! - when the program exits, times out, overflows stdout, or the worker aborts the task, the
+//!   whole process group is killed: nothing the task started outlives it.
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::process::{ExitStatus, Stdio};
+use std::sync::Arc;
+use std::time::Duration;
+
+use futures_util::future::BoxFuture;
+use serde::Deserialize;
+use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
+use tokio::process::Command;
+
+use crate::executor::{Executors, Task, TaskExecutor, TaskFailure};
+
+/// Default `timeout_ms`: one hour, a bound for batch jobs that should never be reached by a
+/// healthy task, while a hung one does not hold its slot forever.
+pub const DEFAULT_TIMEOUT_MS: u64 = 60 * 60 * 1000;
+
+/// Default `max_stdout_bytes`: 1 MiB, well inside the default frame size so a result always
+/// fits a finish report.
+pub const DEFAULT_MAX_STDOUT_BYTES: usize = 1024 * 1024;
+
+/// Default `stderr_tail_bytes`: 4 KiB, enough for the last lines of an error or a stack trace.
+pub const DEFAULT_STDERR_TAIL_BYTES: usize = 4096;
+
+/// Size of each read from the program's pipes.
+const READ_CHUNK: usize = 8192;
+
+/// How long, once the program's group is dead, stdin and stderr may take to close. Only a
+/// process that left the group (a daemon) can keep them open; the task does not wait for it.
+const PIPE_DRAIN_GRACE: Duration = Duration::from_millis(500);
+
+/// How one task type runs as a program; read from the worker's TOML file.
+///
+/// ```toml
+/// argv = ["/usr/local/bin/render", "--fast"]   # required; no shell
+/// env = { RENDER_CACHE = "/var/cache/render" } # default: none added
+/// working_dir = "/srv/render"                  # default: the worker's
+/// timeout_ms = 600000                          # default: 3600000 (one hour)
+/// max_stdout_bytes = 65536                     # default: 1048576
+/// stderr_tail_bytes = 2048                     # default: 4096
+/// ```
+#[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct ProcessExecutorConfig {
+    /// The program and its arguments.
+    pub argv: Vec<String>,
+    /// Variables added to the worker's environment.
+    #[serde(default)]
+    pub env: BTreeMap<String, String>,
+    /// Working directory of the program.
+    #[serde(default)]
+    pub working_dir: Option<PathBuf>,
+    /// Milliseconds before the program's process group is killed.
+    #[serde(default = "default_timeout_ms")]
+    pub timeout_ms: u64,
+    /// Most bytes of stdout accepted as the result.
+    #[serde(default = "default_max_stdout_bytes")]
+    pub max_stdout_bytes: usize,
+    /// Bytes of the end of stderr quoted in error texts.
+    #[serde(default = "default_stderr_tail_bytes")]
+    pub stderr_tail_bytes: usize,
+}
+
+fn default_timeout_ms() -> u64 {
+    DEFAULT_TIMEOUT_MS
+}
+
+fn default_max_stdout_bytes() -> usize {
+    DEFAULT_MAX_STDOUT_BYTES
+}
+
+fn default_stderr_tail_bytes() -> usize {
+    DEFAULT_STDERR_TAIL_BYTES
+}
+
+impl ProcessExecutorConfig {
+    /// A config for `argv` with every default.
+    pub fn new(argv: impl IntoIterator<Item = impl Into<String>>) -> Self {
+        ProcessExecutorConfig {
+            argv: argv.into_iter().map(Into::into).collect(),
+            env: BTreeMap::new(),
+            working_dir: None,
+            timeout_ms: DEFAULT_TIMEOUT_MS,
+            max_stdout_bytes: DEFAULT_MAX_STDOUT_BYTES,
+            stderr_tail_bytes: DEFAULT_STDERR_TAIL_BYTES,
+        }
+    }
+}
+
+/// A process executor config that cannot work; fix the configuration. Not retryable.
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[error("invalid process executor config: {0}")]
+pub struct ProcessConfigError(pub &'static str);
+
+/// Runs tasks as programs; see the module docs for the contract.
+#[derive(Debug, Clone)]
+pub struct ProcessExecutor {
+    config: Arc<ProcessExecutorConfig>,
+}
+
+impl ProcessExecutor {
+    /// Checks `config`.
+    ///
+    /// # Errors
+    /// [`ProcessConfigError`] for an empty `argv` or a zero timeout or stdout limit.
+    pub fn new(config: ProcessExecutorConfig) -> Result<Self, ProcessConfigError> {
+        if config.argv.first().is_none_or(String::is_empty) {
+            return Err(ProcessConfigError("argv must name a program"));
+        }
+        if config.timeout_ms == 0 {
+            return Err(ProcessConfigError("timeout_ms must be positive"));
+        }
+        if config.max_stdout_bytes == 0 {
+            return Err(ProcessConfigError("max_stdout_bytes must be positive"));
+        }
+        Ok(ProcessExecutor {
+            config: Arc::new(config),
+        })
+    }
+}
+
+/// A registry with one [`ProcessExecutor`] per task type.
+///
+/// # Errors
+/// The first invalid config.
+pub fn process_executors(
+    configs: &BTreeMap<String, ProcessExecutorConfig>,
+) -> Result<Executors, ProcessConfigError> {
+    let mut executors = Executors::new();
+    for (task_type, config) in configs {
+        executors.register(
+            task_type.clone(),
+            Arc::new(ProcessExecutor::new(config.clone())?),
+        );
+    }
+    Ok(executors)
+}
+
+impl TaskExecutor for ProcessExecutor {
+    fn execute(&self, task: Task) -> BoxFuture<'static, Result<String, TaskFailure>> {
+        Box::pin(run_process(self.config.clone(), task))
+    }
+}
+
+/// Kills a process group when dropped, unless disarmed; covers every way out of
+/// [`run_process`], including the task being aborted.
+struct GroupKiller {
+    pgid: Option<u32>,
+}
+
+impl GroupKiller {
+    fn kill(&mut self) {
+        if let Some(pgid) = self.pgid.take() {
+            kill_process_group(pgid);
+        }
+    }
+}
+
+impl Drop for GroupKiller {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+/// Sends SIGKILL to every process of group `pgid`.
+///
+/// Called right after the group's leader exits, too: the kernel does not reuse a pid while a
+/// group of that id has members, so the signal reaches the task's leftovers; once the group is
+/// empty it fails with ESRCH, which is ignored.
+#[allow(unsafe_code)]
+fn kill_process_group(pgid: u32) {
+    let Ok(pgid) = libc::pid_t::try_from(pgid) else {
+        return;
+    };
+    // SAFETY: kill(2) takes plain integers and touches no memory of this process.
+    unsafe {
+        libc::kill(-pgid, libc::SIGKILL);
+    }
+}
+
+async fn run_process(
+    config: Arc<ProcessExecutorConfig>,
+    task: Task,
+) -> Result<String, TaskFailure> {
+    let program = &config.argv[0];
+    let mut command = Command::new(program);
+    command
+        .args(&config.argv[1..])
+        .envs(&config.env)
+        .env("MAJORDODO_TASK_ID", task.task_id.to_string())
+        .env("MAJORDODO_TASK_TYPE", &task.task_type)
+        .env("MAJORDODO_USER_ID", &task.user_id)
+        .env("MAJORDODO_ATTEMPT", task.attempt.to_string())
+        .stdin(Stdio::piped())
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped())
+        .process_group(0)
+        .kill_on_drop(true);
+    if let Some(dir) = &config.working_dir {
+        command.current_dir(dir);
+    }
+    let mut child = command
+        .spawn()
+        .map_err(|error| TaskFailure::new(format!("start {program:?}: {error}")))?;
+    let mut killer = GroupKiller { pgid: child.id() };
+    let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
+
+    let data = task.data.into_bytes();
+    let feed = async move {
+        if let Some(mut stdin) = stdin {
+            // A program that exits without reading gives EPIPE here, which is not an error.
+            let _ = stdin.write_all(&data).await;
+            let _ = stdin.shutdown().await;
+        }
+    };
+    let max_stdout = config.max_stdout_bytes;
+    let timeout = Duration::from_millis(config.timeout_ms);
+    let pgid = child.id();
+    let main = async {
+        let run = async {
+            let read_stdout = async {
+                let stdout = read_limited(stdout, max_stdout).await;
+                if let (Err(ReadFailure::Overflow), Some(pgid)) = (&stdout, pgid) {
+                    kill_process_group(pgid);
+                }
+                stdout
+            };
+            tokio::join!(read_stdout, async {
+                let status = child.wait().await;
+                // The leader is gone: end whatever it left in its group, which may hold stdout.
+                killer.kill();
+                status
+            })
+        };
+        let outcome = tokio::time::timeout(timeout, run).await;
+        killer.kill();
+        outcome
+    };
+    let mut tail = Vec::new();
+    let outcome = {
+        let rest = async {
+            tokio::join!(feed, read_tail(stderr, config.stderr_tail_bytes, &mut tail));
+        };
+        tokio::pin!(main, rest);
+        let mut rest_done = false;
+        let outcome = loop {
+            tokio::select! {
+                outcome = &mut main => break outcome,
+                () = &mut rest, if !rest_done => rest_done = true,
+            }
+        };
+        if !rest_done {
+            // The group is dead; only a process that left it can still hold stdin or stderr.
+            let _ = tokio::time::timeout(PIPE_DRAIN_GRACE, &mut rest).await;
+        }
+        outcome
+    };
+    trim_to_tail(&mut tail, config.stderr_tail_bytes);
+
+    let failure = |cause: String| {
+        let tail = String::from_utf8_lossy(&tail);
+        let tail = tail.trim_end();
+        if tail.is_empty() {
+            TaskFailure::new(cause)
+        } else {
+            TaskFailure::new(format!("{cause}; stderr tail: {tail}"))
+        }
+    };
+    let (stdout, status) = match outcome {
+        Err(_elapsed) => {
+            return Err(failure(format!(
+                "timed out after {} ms; process group killed",
+                config.timeout_ms
+            )));
+        }
+        Ok(outcome) => outcome,
+    };
+    let status = status.map_err(|error| failure(format!("wait for {program:?}: {error}")))?;
+    let stdout = match stdout {
+        Ok(stdout) => stdout,
+        Err(ReadFailure::Overflow) => {
+            return Err(failure(format!(
+                "stdout exceeded max_stdout_bytes ({max_stdout}); process group killed"
+            )));
+        }
+        Err(ReadFailure::Io(error)) => return Err(failure(format!("read stdout: {error}"))),
+    };
+    if !status.success() {
+        return Err(failure(describe_exit(status)));
+    }
+    let mut result = String::from_utf8(stdout)
+        .map_err(|error| failure(format!("stdout is not valid UTF-8: {error}")))?;
+    if result.ends_with('\n') {
+        result.pop();
+    }
+    Ok(result)
+}
+
+fn describe_exit(status: ExitStatus) -> String {
+    use std::os::unix::process::ExitStatusExt;
+    if let Some(code) = status.code() {
+        return format!("exited with status {code}");
+    }
+    match status.signal() {
+        Some(signal) => format!("killed by signal {signal} ({})", signal_name(signal)),
+        None => format!("ended abnormally: {status}"),
+    }
+}
+
+fn signal_name(signal: i32) -> &'static str {
+    match signal {
+        libc::SIGHUP => "SIGHUP",
+        libc::SIGINT => "SIGINT",
+        libc::SIGQUIT => "SIGQUIT",
+        libc::SIGILL => "SIGILL",
+        libc::SIGABRT => "SIGABRT",
+        libc::SIGBUS => "SIGBUS",
+        libc::SIGFPE => "SIGFPE",
+        libc::SIGKILL => "SIGKILL",
+        libc::SIGSEGV => "SIGSEGV",
+        libc::SIGPIPE => "SIGPIPE",
+        libc::SIGTERM => "SIGTERM",
+        _ => "other",
+    }
+}
+
+enum ReadFailure {
+    /// More than the limit; the process group was killed.
+    Overflow,
+    Io(std::io::Error),
+}
+
+/// Reads `pipe` to its end, failing as soon as it yields more than `max` bytes.
+async fn read_limited(
+    pipe: Option<impl AsyncRead + Unpin>,
+    max: usize,
+) -> Result<Vec<u8>, ReadFailure> {
+    let mut out = Vec::new();
+    let Some(mut pipe) = pipe else {
+        return Ok(out);
+    };
+    let mut chunk = vec![0u8; READ_CHUNK];
+    loop {
+        let n = pipe.read(&mut chunk).await.map_err(ReadFailure::Io)?;
+        if n == 0 {
+            return Ok(out);
+        }
+        if out.len() + n > max {
+            return Err(ReadFailure::Overflow);
+        }
+        out.extend_from_slice(&chunk[..n]);
+    }
+}
+
+/// Reads `pipe` to its end into `tail`, keeping at least the last `keep` bytes (trim with
+/// [`trim_to_tail`] afterwards).
+async fn read_tail(pipe: Option<impl AsyncRead + Unpin>, keep: usize, tail: &mut Vec<u8>) {
+    let Some(mut pipe) = pipe else {
+        return;
+    };
+    let mut chunk = vec![0u8; READ_CHUNK];
+    while let Ok(n) = pipe.read(&mut chunk).await {
+        if n == 0 {
+            break;
+        }
+        tail.extend_from_slice(&chunk[..n]);
+        // Trim in bulk, so each byte is moved a bounded number of times.
+        if tail.len() > 2 * keep + READ_CHUNK {
+            trim_to_tail(tail, keep);
+        }
+    }
+}
+
+fn trim_to_tail(tail: &mut Vec<u8>, keep: usize) {
+    if tail.len() > keep {
+        tail.drain(..tail.len() - keep);
+    }
+}
