@@ -721,7 +721,7 @@ fn expected_big(lsn: Lsn, big: &impl Fn(u64) -> Bytes) -> Bytes {
     let index = lsn.0 - 1;
     let tag = if lsn.0 > 200 {
         100 + (lsn.0 - 201)
-    } else if index % 2 == 0 {
+    } else if index.is_multiple_of(2) {
         index / 2
     } else {
         index / 2 + 1000

@@ -63,7 +63,9 @@ impl LogBuilder for FileBuilder {
             .collect();
         segments.sort();
         let last = segments.last().expect("a log has a segment");
-        let garbage: Vec<u8> = (0..rng.random_range(1..200)).map(|_| rng.random()).collect();
+        let garbage: Vec<u8> = (0..rng.random_range(1..200))
+            .map(|_| rng.random())
+            .collect();
         std::fs::OpenOptions::new()
             .append(true)
             .open(last)

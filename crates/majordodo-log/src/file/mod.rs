@@ -560,8 +560,10 @@ fn read_range(plan: Vec<SegmentMeta>, after: Lsn, last: Lsn, tx: mpsc::Sender<Ch
                         }
                         let full = chunk.len() >= REPLAY_CHUNK_RECORDS
                             || chunk_bytes >= REPLAY_CHUNK_BYTES;
-                        if header.lsn == last || full {
-                            if !send(&mut chunk, &mut chunk_bytes) || header.lsn == last {
+                        let done = header.lsn == last;
+                        if done || full {
+                            let delivered = send(&mut chunk, &mut chunk_bytes);
+                            if done || !delivered {
                                 return Ok(());
                             }
                         }
@@ -599,9 +601,14 @@ mod tests {
         let recovered = recovery::recover(&dir).expect("recover");
         let path = recovered.segments[0].path.clone();
         let file = File::open(&path).expect("open segment read-only");
-        let (log, _) =
-            FileLog::start(dir.clone(), &FileLogConfig::default(), dir_lock, recovered, file)
-                .expect("start");
+        let (log, _) = FileLog::start(
+            dir.clone(),
+            &FileLogConfig::default(),
+            dir_lock,
+            recovered,
+            file,
+        )
+        .expect("start");
         let first = log.append(vec![Bytes::from_static(b"one")]);
         match first.await {
             Err(LogError::Io { context, .. }) => {

@@ -388,7 +388,9 @@ mod tests {
             .map(|i| {
                 let first = Lsn(i * per_append + 1);
                 Pending {
-                    records: (0..per_append).map(|_| Bytes::from(vec![7u8; size])).collect(),
+                    records: (0..per_append)
+                        .map(|_| Bytes::from(vec![7u8; size]))
+                        .collect(),
                     appended: Appended {
                         first,
                         last: Lsn(first.0 + per_append - 1),

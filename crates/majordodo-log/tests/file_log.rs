@@ -1,0 +1,381 @@
+//! FileLog on disk: recovery from torn tails, detection of corruption, rolling and releasing
+//! segments, and the directory lock.
+
+use std::fs::{self, OpenOptions};
+use std::io::Write;
+use std::os::unix::fs::FileExt;
+use std::path::{Path, PathBuf};
+
+use bytes::Bytes;
+use majordodo_log::{CommitLog, FileLog, FileLogConfig, LogError, Lsn, OpenReport};
+
+/// Segment header length and record frame header length, as documented in the format.
+const SEGMENT_HEADER: u64 = 32;
+const FRAME_HEADER: u64 = 20;
+
+fn config(segment_size: u64) -> FileLogConfig {
+    FileLogConfig {
+        segment_size,
+        ..FileLogConfig::default()
+    }
+}
+
+fn record(tag: u64, len: usize) -> Bytes {
+    let mut bytes = tag.to_le_bytes().to_vec();
+    bytes.resize(len.max(8), (tag % 251) as u8);
+    Bytes::from(bytes)
+}
+
+fn segments(dir: &Path) -> Vec<PathBuf> {
+    let mut out: Vec<PathBuf> = fs::read_dir(dir)
+        .expect("list dir")
+        .map(|e| e.expect("entry").path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    out.sort();
+    out
+}
+
+/// Offsets and LSNs of the frames of a segment file, read with the documented layout.
+fn frames(path: &Path) -> Vec<(u64, u64, u64)> {
+    let bytes = fs::read(path).expect("read segment");
+    let mut out = Vec::new();
+    let mut at = SEGMENT_HEADER as usize;
+    while at + FRAME_HEADER as usize <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes")) as u64;
+        let lsn = u64::from_le_bytes(bytes[at + 12..at + 20].try_into().expect("8 bytes"));
+        out.push((at as u64, lsn, FRAME_HEADER + len));
+        at += (FRAME_HEADER + len) as usize;
+    }
+    out
+}
+
+async fn replay_all(log: &FileLog) -> Vec<(Lsn, Bytes)> {
+    let mut out = Vec::new();
+    let mut f = |lsn, bytes| {
+        out.push((lsn, bytes));
+        Ok(())
+    };
+    log.replay(Lsn::ZERO, &mut f).await.expect("replay");
+    out
+}
+
+/// Appends `count` single-record appends of `len` bytes with tags from `from`.
+async fn fill(log: &FileLog, from: u64, count: u64, len: usize) {
+    for tag in from..from + count {
+        log.append(vec![record(tag, len)]).await.expect("append");
+    }
+}
+
+fn open(dir: &Path, segment_size: u64) -> Result<(FileLog, OpenReport), LogError> {
+    FileLog::open(dir, config(segment_size))
+}
+
+fn flip_byte(path: &Path, offset: u64) {
+    let file = OpenOptions::new()
+        .read(true)
+        .write(true)
+        .open(path)
+        .expect("open for damage");
+    let mut byte = [0u8; 1];
+    file.read_exact_at(&mut byte, offset).expect("read byte");
+    byte[0] ^= 0x40;
+    file.write_all_at(&byte, offset).expect("write byte");
+}
+
+// Goal: a damaged record in a segment that is not the last is a hard error naming the file and
+// the offset of the record; so is a damaged segment header.
+#[tokio::test]
+async fn corrupt_byte_in_a_middle_segment_is_reported_with_file_and_offset() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (log, _) = open(dir.path(), 4096).expect("open");
+    fill(&log, 0, 40, 300).await;
+    log.close().await.expect("close");
+    let files = segments(dir.path());
+    assert!(files.len() >= 3, "small segments rolled: {}", files.len());
+    let middle = &files[1];
+    let (offset, lsn, _) = frames(middle)[2];
+    // A byte of the payload of the third record of the middle segment.
+    flip_byte(middle, offset + FRAME_HEADER + 5);
+    match open(dir.path(), 4096) {
+        Err(LogError::Corrupt {
+            file,
+            offset: at,
+            reason,
+        }) => {
+            assert_eq!(file, middle.display().to_string());
+            assert_eq!(at, offset, "the offset of record {lsn}");
+            assert!(reason.contains("checksum"), "{reason}");
+        }
+        other => panic!("a damaged middle segment gave {:?}", other.map(|r| r.1)),
+    }
+    // Undo, then damage the header of the same segment.
+    flip_byte(middle, offset + FRAME_HEADER + 5);
+    flip_byte(middle, 14);
+    match open(dir.path(), 4096) {
+        Err(LogError::Corrupt { file, offset, .. }) => {
+            assert_eq!(file, middle.display().to_string());
+            assert_eq!(offset, 0);
+        }
+        other => panic!("a damaged header gave {:?}", other.map(|r| r.1)),
+    }
+}
+
+// Goal: a missing middle segment (an LSN gap) is a hard error naming the segment after it.
+#[tokio::test]
+async fn missing_middle_segment_is_reported_as_a_gap() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (log, _) = open(dir.path(), 4096).expect("open");
+    fill(&log, 0, 40, 300).await;
+    log.close().await.expect("close");
+    let files = segments(dir.path());
+    fs::remove_file(&files[1]).expect("remove middle segment");
+    match open(dir.path(), 4096) {
+        Err(LogError::Corrupt {
+            file,
+            offset,
+            reason,
+        }) => {
+            assert_eq!(file, files[2].display().to_string());
+            assert_eq!(offset, 0);
+            assert!(reason.contains("expected lsn"), "{reason}");
+        }
+        other => panic!("a gap gave {:?}", other.map(|r| r.1)),
+    }
+}
+
+// Goal: cutting the last segment anywhere inside its last record is a torn tail: reported,
+// truncated to the previous record, and appends continue from there.
+#[tokio::test]
+async fn torn_tail_at_every_offset_of_the_last_record_is_truncated() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (log, _) = open(dir.path(), 1 << 20).expect("open");
+    fill(&log, 0, 5, 40).await;
+    log.close().await.expect("close");
+    let last_segment = segments(dir.path()).pop().expect("a segment");
+    let (start, lsn, frame_len) = *frames(&last_segment).last().expect("records");
+    assert_eq!(lsn, 5);
+    let pristine = fs::read(&last_segment).expect("read segment");
+    for cut in start + 1..start + frame_len {
+        fs::write(&last_segment, &pristine[..cut as usize]).expect("cut segment");
+        let (log, report) = open(dir.path(), 1 << 20).expect("a torn tail is tolerated");
+        let torn = report
+            .torn_tail
+            .unwrap_or_else(|| panic!("cut at {cut} not reported"));
+        assert_eq!(torn.file, last_segment);
+        assert_eq!(torn.offset, start);
+        assert_eq!(torn.bytes_dropped, cut - start);
+        assert_eq!(report.last_lsn, Lsn(4));
+        assert_eq!(
+            fs::metadata(&last_segment).expect("stat").len(),
+            start,
+            "cut at {cut}: the tail was truncated"
+        );
+        let appended = log.append(vec![record(99, 40)]).await.expect("append");
+        assert_eq!(appended.first, Lsn(5));
+        log.close().await.expect("close");
+        let (log, report) = open(dir.path(), 1 << 20).expect("reopen");
+        assert!(
+            report.torn_tail.is_none(),
+            "cut at {cut}: clean after repair"
+        );
+        let records = replay_all(&log).await;
+        assert_eq!(records.len(), 5);
+        assert_eq!(records[4].1, record(99, 40));
+        log.close().await.expect("close");
+    }
+    // A cut exactly at a record boundary is no tear at all.
+    fs::write(&last_segment, &pristine[..start as usize]).expect("cut segment");
+    let (log, report) = open(dir.path(), 1 << 20).expect("open");
+    assert!(report.torn_tail.is_none());
+    assert_eq!(report.last_lsn, Lsn(4));
+    log.close().await.expect("close");
+}
+
+// Goal: zeros or random garbage after the last record (what a crash during a write leaves)
+// are a torn tail.
+#[tokio::test]
+async fn garbage_after_the_last_record_is_a_torn_tail() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    for zeros in [true, false] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (log, _) = open(dir.path(), 1 << 20).expect("open");
+        fill(&log, 0, 10, 100).await;
+        log.close().await.expect("close");
+        let last_segment = segments(dir.path()).pop().expect("a segment");
+        let end = fs::metadata(&last_segment).expect("stat").len();
+        let garbage: Vec<u8> = (0..5000)
+            .map(|_| if zeros { 0 } else { rng.random() })
+            .collect();
+        OpenOptions::new()
+            .append(true)
+            .open(&last_segment)
+            .expect("open")
+            .write_all(&garbage)
+            .expect("append garbage");
+        let (log, report) = open(dir.path(), 1 << 20).expect("garbage tail is tolerated");
+        let torn = report.torn_tail.expect("reported");
+        assert_eq!((torn.offset, torn.bytes_dropped), (end, 5000));
+        assert_eq!(report.last_lsn, Lsn(10));
+        assert_eq!(replay_all(&log).await.len(), 10);
+        log.close().await.expect("close");
+    }
+}
+
+// Goal: damage in the last segment followed by a record of a later write is corruption, not a
+// torn tail: the later write proves the damaged one had been fsynced.
+#[tokio::test]
+async fn damage_followed_by_a_later_write_is_corruption() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (log, _) = open(dir.path(), 1 << 20).expect("open");
+    // Separate awaited appends: each is its own write.
+    fill(&log, 0, 6, 64).await;
+    log.close().await.expect("close");
+    let last_segment = segments(dir.path()).pop().expect("a segment");
+    let (offset, lsn, _) = frames(&last_segment)[2];
+    assert_eq!(lsn, 3);
+    flip_byte(&last_segment, offset + FRAME_HEADER + 1);
+    match open(dir.path(), 1 << 20) {
+        Err(LogError::Corrupt {
+            file,
+            offset: at,
+            reason,
+        }) => {
+            assert_eq!(file, last_segment.display().to_string());
+            assert_eq!(at, offset);
+            assert!(reason.contains("later write"), "{reason}");
+        }
+        other => panic!("damage before a later write gave {:?}", other.map(|r| r.1)),
+    }
+}
+
+// Goal: a hole inside the last write, even with complete records of that same write after
+// it (pages reaching the disk out of order), is a torn tail: none of it was acknowledged.
+#[tokio::test]
+async fn hole_inside_the_last_write_is_a_torn_tail() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (log, _) = open(dir.path(), 1 << 20).expect("open");
+    fill(&log, 0, 3, 64).await;
+    // One append of five records: one write.
+    log.append((3..8).map(|t| record(t, 64)).collect())
+        .await
+        .expect("append batch");
+    log.close().await.expect("close");
+    let last_segment = segments(dir.path()).pop().expect("a segment");
+    let all = frames(&last_segment);
+    let (hole, lsn, frame_len) = all[4];
+    assert_eq!(lsn, 5, "second record of the last write");
+    let file = OpenOptions::new()
+        .write(true)
+        .open(&last_segment)
+        .expect("open");
+    file.write_all_at(&vec![0u8; frame_len as usize], hole)
+        .expect("zero a record");
+    drop(file);
+    let (log, report) = open(dir.path(), 1 << 20).expect("a hole in the last write is torn");
+    let torn = report.torn_tail.expect("reported");
+    assert_eq!(torn.offset, hole);
+    assert_eq!(report.last_lsn, Lsn(4));
+    let records = replay_all(&log).await;
+    assert_eq!(records.len(), 4, "nothing after the hole is returned");
+    log.close().await.expect("close");
+}
+
+// Goal: segments roll at the configured size, are named by their first LSN, and
+// release_before deletes exactly the segments whose records are all released, never the
+// active one.
+#[tokio::test]
+async fn release_before_deletes_whole_released_segments_only() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (log, _) = open(dir.path(), 4096).expect("open");
+    fill(&log, 0, 30, 500).await;
+    let before = segments(dir.path());
+    let firsts: Vec<u64> = before.iter().map(|p| frames(p)[0].1).collect();
+    for (path, first) in before.iter().zip(&firsts) {
+        let name = path
+            .file_name()
+            .expect("name")
+            .to_string_lossy()
+            .to_string();
+        assert_eq!(name, format!("{first:020}.log"));
+        assert!(fs::metadata(path).expect("stat").len() <= 4096);
+    }
+    // Release up to the last record of the second segment: the first two go.
+    let release = Lsn(firsts[2] - 1);
+    log.release_before(release).await.expect("release");
+    assert_eq!(segments(dir.path()), before[2..].to_vec());
+    // One LSN short of the end of a segment keeps it.
+    log.release_before(Lsn(firsts[3] - 2))
+        .await
+        .expect("release");
+    assert_eq!(segments(dir.path()), before[2..].to_vec());
+    // Releasing everything keeps the active segment.
+    log.release_before(Lsn(30)).await.expect("release");
+    assert_eq!(
+        segments(dir.path()),
+        vec![before.last().expect("active").clone()]
+    );
+    log.close().await.expect("close");
+    let (log, report) = open(dir.path(), 4096).expect("reopen");
+    assert_eq!(report.last_lsn, Lsn(30));
+    assert_eq!(report.first_lsn, Lsn(*firsts.last().expect("active")));
+    log.close().await.expect("close");
+}
+
+// Goal: a second log on the same directory is refused with an error naming the directory,
+// and the directory opens again once the first log is closed.
+#[tokio::test]
+async fn second_open_of_a_directory_is_refused_naming_it() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (log, _) = open(dir.path(), 1 << 20).expect("open");
+    match open(dir.path(), 1 << 20) {
+        Err(e @ LogError::Io { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains(&dir.path().display().to_string()),
+                "{message}"
+            );
+            assert!(message.contains("already open"), "{message}");
+        }
+        other => panic!("a second open gave {:?}", other.map(|r| r.1)),
+    }
+    log.close().await.expect("close");
+    let (log, _) = open(dir.path(), 1 << 20).expect("open after close");
+    log.close().await.expect("close");
+}
+
+// Goal: the leftover of an interrupted segment creation is removed at open and does not
+// count as a segment.
+#[tokio::test]
+async fn unfinished_segment_creation_is_removed_at_open() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (log, _) = open(dir.path(), 1 << 20).expect("open");
+    fill(&log, 0, 3, 10).await;
+    log.close().await.expect("close");
+    let tmp = dir.path().join("00000000000000000004.log.tmp");
+    fs::write(&tmp, b"half a header").expect("write tmp");
+    let (log, report) = open(dir.path(), 1 << 20).expect("open");
+    assert!(!tmp.exists());
+    assert_eq!(report.last_lsn, Lsn(3));
+    assert_eq!(
+        log.append(vec![record(3, 10)]).await.expect("append").first,
+        Lsn(4)
+    );
+    log.close().await.expect("close");
+}
+
+// Goal: files and the directory are created private to the owner.
+#[tokio::test]
+async fn log_files_are_private_to_the_owner() {
+    use std::os::unix::fs::PermissionsExt;
+    let root = tempfile::tempdir().expect("temp dir");
+    let dir = root.path().join("log");
+    let (log, _) = open(&dir, 1 << 20).expect("open");
+    log.close().await.expect("close");
+    let mode = |p: &Path| fs::metadata(p).expect("stat").permissions().mode() & 0o777;
+    assert_eq!(mode(&dir) & 0o077, 0);
+    for file in segments(&dir) {
+        assert_eq!(mode(&file) & 0o077, 0);
+    }
+}
