@@ -3,10 +3,29 @@
 //! An implementation provides a [`LogBuilder`], which makes fresh storage and opens (or
 //! reopens) a log on it, and calls [`run_all`] from a test:
 //!
-//! ```ignore
-//! #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+//! ```no_run
+//! use majordodo_log::conformance::{LogBuilder, run_all};
+//! use majordodo_log::{LogError, MemoryLog, MemoryStore};
+//!
+//! struct Builder;
+//!
+//! impl LogBuilder for Builder {
+//!     type Log = MemoryLog;
+//!     type Store = MemoryStore;
+//!     async fn new_store(&self) -> MemoryStore {
+//!         MemoryStore::new()
+//!     }
+//!     async fn open(&self, store: &MemoryStore) -> Result<MemoryLog, LogError> {
+//!         Ok(MemoryLog::open(store))
+//!     }
+//!     async fn crash(&self, _store: &MemoryStore, log: MemoryLog) {
+//!         drop(log);
+//!     }
+//! }
+//!
+//! // From a `#[tokio::test(flavor = "multi_thread")]`:
 //! async fn memory_log_conforms() {
-//!     majordodo_log::conformance::run_all(MyBuilder).await;
+//!     run_all(Builder).await;
 //! }
 //! ```
 //!
