@@ -1,1 +1,105 @@
-//! majordodo-testkit: under construction.
+//! Test-only launchers for real ZooKeeper and BookKeeper clusters on 127.0.0.1, and the Java
+//! tools (official BookKeeper client) that let Rust tests compare against the reference
+//! implementation.
+//!
+//! - [`ZkServer`]: one ZooKeeper (the Debian package's jar) on a free port.
+//! - [`BkCluster`]: its own [`ZkServer`] plus N bookies, each in its own JVM, with kill, pause,
+//!   resume and restart of single bookies, and [`BkCluster::run_java_tool`] to run `BkWrite`,
+//!   `BkRead`, `BkBench` or `BookieShell` against the cluster.
+//!
+//! Everything runs as real processes: run `scripts/test-deps` once to install ZooKeeper and
+//! cache the BookKeeper jars. Processes die with the test process (see `process`), and
+//! directories are removed on drop (set `MAJORDODO_TESTKIT_KEEP=1` to keep them).
+//!
+//! This crate depends on no majordodo crate and not on `bookkeeper-client`, so that the
+//! BookKeeper client's own tests can use it.
+
+mod bk;
+mod deps;
+mod error;
+mod process;
+pub mod tools;
+mod zk;
+
+use std::path::{Path, PathBuf};
+use std::sync::{Arc, OnceLock};
+
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
+
+pub use bk::{BOOKIE_START_TIMEOUT, BkCluster, BkClusterOptions, DEFAULT_BOOKIE_ZK_TIMEOUT};
+pub use deps::{BOOKKEEPER_VERSION, CACHE_ENV, bookkeeper_dir, cache_root};
+pub use error::{RUN_TEST_DEPS, TestkitError};
+pub use zk::{ZK_START_TIMEOUT, ZkServer};
+
+/// Environment variable: when set to `1`, cluster directories (data and logs) are kept after
+/// the test and their path is printed.
+pub const KEEP_DIRS_ENV: &str = "MAJORDODO_TESTKIT_KEEP";
+
+/// Environment variable: how many [`BkCluster`]s may be alive at once in one test binary.
+pub const MAX_CLUSTERS_ENV: &str = "MAJORDODO_TESTKIT_MAX_CLUSTERS";
+
+/// Default for [`MAX_CLUSTERS_ENV`]. A 3-bookie cluster is 4 JVMs; on a 2-core machine two
+/// clusters starting at once already stretch start-up to several seconds each, and more only
+/// make every test slower and start-up timeouts likelier.
+pub const DEFAULT_MAX_CLUSTERS: usize = 2;
+
+/// The process-wide limit on live clusters; a [`BkCluster`] holds one permit until dropped.
+fn cluster_slots() -> Arc<Semaphore> {
+    static SLOTS: OnceLock<Arc<Semaphore>> = OnceLock::new();
+    SLOTS
+        .get_or_init(|| {
+            let max = std::env::var(MAX_CLUSTERS_ENV)
+                .ok()
+                .and_then(|v| v.trim().parse::<usize>().ok())
+                .filter(|&n| n > 0)
+                .unwrap_or(DEFAULT_MAX_CLUSTERS);
+            Arc::new(Semaphore::new(max))
+        })
+        .clone()
+}
+
+/// Waits for a cluster slot (see [`MAX_CLUSTERS_ENV`]).
+async fn acquire_cluster_slot() -> OwnedSemaphorePermit {
+    cluster_slots()
+        .acquire_owned()
+        .await
+        .expect("the cluster semaphore lives in a static and is never closed")
+}
+
+/// A fresh temporary directory, removed on drop unless [`KEEP_DIRS_ENV`] is set.
+#[derive(Debug)]
+struct TempDir {
+    inner: Option<tempfile::TempDir>,
+    path: PathBuf,
+}
+
+impl TempDir {
+    fn new(prefix: &str) -> Result<TempDir, TestkitError> {
+        let inner = tempfile::Builder::new()
+            .prefix(prefix)
+            .tempdir()
+            .map_err(|e| TestkitError::io("create a temporary directory", e))?;
+        let path = inner.path().to_owned();
+        Ok(TempDir {
+            inner: Some(inner),
+            path,
+        })
+    }
+
+    fn path(&self) -> &Path {
+        &self.path
+    }
+}
+
+impl Drop for TempDir {
+    fn drop(&mut self) {
+        let keep = std::env::var(KEEP_DIRS_ENV).is_ok_and(|v| v == "1");
+        // without KEEP, dropping `inner` removes the directory
+        if let Some(inner) = self.inner.take()
+            && keep
+        {
+            let path = inner.keep();
+            eprintln!("majordodo-testkit: keeping {}", path.display());
+        }
+    }
+}
