@@ -11,7 +11,8 @@
 //!     "echo",
 //!     executor_fn(|task| async move { Ok::<_, TaskFailure>(task.data) }),
 //! );
-//! run(config, executors, async { let _ = tokio::signal::ctrl_c().await; }).await
+//! let (_stop, stopped) = tokio::sync::oneshot::channel::<()>();
+//! run(config, executors, async { let _ = stopped.await; }).await
 //! # }
 //! ```
 //!

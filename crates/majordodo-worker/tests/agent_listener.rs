@@ -1,0 +1,746 @@
+//! The worker agent against the broker's real worker listener over TCP on 127.0.0.1, with the
+//! test playing the dispatcher: it receives the listener's events, admits workers, pushes
+//! assignments and acknowledges (or, on purpose, ignores) finish reports.
+
+use std::collections::BTreeMap;
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicBool, Ordering};
+use std::time::Duration;
+
+use futures_util::{SinkExt, StreamExt};
+use majordodo_broker::worker_listener::{
+    self, DisconnectReason, ListenerConfig, WorkerEvent, WorkerHello, WorkerSession,
+};
+use majordodo_proto::worker::{
+    ANY_TASK_TYPE, Assignment, Capacity, Challenge, FinishReport, Message, Outcome, RunningTask,
+    SharedSecret, Welcome, WorkerCodec, broker_proof, random_nonce,
+};
+use majordodo_worker::{
+    Backoff, Executors, StatusHandle, TaskFailure, Worker, WorkerConfig, WorkerError, executor_fn,
+};
+use tokio::io::AsyncWriteExt;
+use tokio::net::{TcpListener, TcpStream};
+use tokio::sync::{Semaphore, mpsc, oneshot};
+use tokio::task::JoinHandle;
+use tokio_util::codec::Framed;
+
+/// Bound on every wait in these tests, so a bug fails the test instead of hanging it.
+const WAIT: Duration = Duration::from_secs(10);
+
+const SECRET: &str = "the shared secret";
+
+/// The broker side: the real listener, with the test as its dispatcher.
+struct Broker {
+    addr: SocketAddr,
+    events: mpsc::Receiver<WorkerEvent>,
+    stop: Option<oneshot::Sender<()>>,
+    listener: JoinHandle<()>,
+}
+
+impl Broker {
+    async fn start(bind: &str) -> Broker {
+        let socket = TcpListener::bind(bind).await.expect("bind");
+        let addr = socket.local_addr().unwrap();
+        let config = ListenerConfig::new("test-broker", SharedSecret::new(SECRET));
+        let (events_tx, events) = mpsc::channel(64);
+        let (stop, stopped) = oneshot::channel();
+        let listener = tokio::spawn(async move {
+            worker_listener::run(socket, config, events_tx, async {
+                let _ = stopped.await;
+            })
+            .await
+            .expect("valid listener config");
+        });
+        Broker {
+            addr,
+            events,
+            stop: Some(stop),
+            listener,
+        }
+    }
+
+    /// The next event other than a ping.
+    async fn next(&mut self) -> WorkerEvent {
+        loop {
+            let event = tokio::time::timeout(WAIT, self.events.recv())
+                .await
+                .expect("an event arrives in time")
+                .expect("the listener runs");
+            if !matches!(event, WorkerEvent::Ping { .. }) {
+                return event;
+            }
+        }
+    }
+
+    async fn accept(&mut self) -> (WorkerHello, WorkerSession) {
+        match self.next().await {
+            WorkerEvent::Connected { hello, reply, .. } => (hello, reply.accept()),
+            other => panic!("expected Connected, got {other:?}"),
+        }
+    }
+
+    async fn finished(&mut self) -> (u64, Vec<FinishReport>) {
+        match self.next().await {
+            WorkerEvent::Finished { seq, reports, .. } => (seq, reports),
+            other => panic!("expected Finished, got {other:?}"),
+        }
+    }
+
+    async fn stop(mut self) {
+        let _ = self.stop.take().expect("stopped once").send(());
+        tokio::time::timeout(WAIT, self.listener)
+            .await
+            .expect("the listener stops in time")
+            .expect("the listener does not panic");
+    }
+}
+
+/// A running worker agent.
+struct Agent {
+    status: StatusHandle,
+    stop: Option<oneshot::Sender<()>>,
+    run: JoinHandle<Result<(), WorkerError>>,
+}
+
+impl Agent {
+    fn start(config: WorkerConfig, executors: Executors) -> Agent {
+        let worker = Worker::new(config, executors).expect("valid worker config");
+        let status = worker.status();
+        let (stop, stopped) = oneshot::channel();
+        let run = tokio::spawn(worker.run(async {
+            let _ = stopped.await;
+        }));
+        Agent {
+            status,
+            stop: Some(stop),
+            run,
+        }
+    }
+
+    async fn wait_for(
+        &mut self,
+        what: &str,
+        predicate: impl FnMut(&majordodo_worker::WorkerStatus) -> bool,
+    ) {
+        tokio::time::timeout(WAIT, self.status.wait_for(predicate))
+            .await
+            .unwrap_or_else(|_| panic!("worker never got {what}: {:?}", self.status.current()));
+    }
+
+    /// Waits for `run` to return on its own.
+    async fn result(self) -> Result<(), WorkerError> {
+        tokio::time::timeout(WAIT, self.run)
+            .await
+            .expect("the worker stops in time")
+            .expect("the worker does not panic")
+    }
+
+    /// Asks for a graceful stop and waits for `run` to return.
+    async fn shutdown(mut self) -> Result<(), WorkerError> {
+        let _ = self.stop.take().expect("stopped once").send(());
+        self.result().await
+    }
+}
+
+fn capacity(max_threads: u32, by_type: &[(&str, u32)]) -> Capacity {
+    Capacity {
+        max_threads,
+        max_threads_by_task_type: by_type
+            .iter()
+            .map(|(task_type, limit)| ((*task_type).to_owned(), *limit))
+            .collect::<BTreeMap<_, _>>(),
+        groups: vec![0],
+        excluded_groups: vec![],
+    }
+}
+
+fn worker_config(addr: SocketAddr) -> WorkerConfig {
+    let mut config = WorkerConfig::new(addr.to_string(), SharedSecret::new(SECRET));
+    config.worker_id = "worker-1".into();
+    config.capacity = capacity(10, &[(ANY_TASK_TYPE, 10)]);
+    config.reconnect_backoff = Backoff {
+        initial: Duration::from_millis(20),
+        max: Duration::from_millis(200),
+    };
+    config.rng_seed = Some(7);
+    config
+}
+
+/// Executors: `echo` returns the data; `gated` waits for a permit of `gate`, then returns
+/// "released"; `fail` fails with the data as its message.
+fn executors(gate: &Arc<Semaphore>) -> Executors {
+    let gate = gate.clone();
+    Executors::new()
+        .with("echo", executor_fn(|task| async move { Ok(task.data) }))
+        .with(
+            "gated",
+            executor_fn(move |_task| {
+                let gate = gate.clone();
+                async move {
+                    gate.acquire().await.expect("gate open").forget();
+                    Ok("released".to_owned())
+                }
+            }),
+        )
+        .with(
+            "fail",
+            executor_fn(|task| async move { Err(TaskFailure::new(task.data)) }),
+        )
+}
+
+fn assignment(task_id: u64, task_type: &str, data: &str) -> Assignment {
+    Assignment {
+        task_id,
+        attempt: 1,
+        task_type: task_type.into(),
+        user_id: "alice".into(),
+        data: data.into(),
+        codepool: None,
+        mode: None,
+        resources: vec![],
+    }
+}
+
+fn report(task_id: u64, outcome: Outcome, result: &str) -> FinishReport {
+    FinishReport {
+        task_id,
+        attempt: 1,
+        outcome: outcome as i32,
+        result: result.into(),
+    }
+}
+
+fn sorted(mut reports: Vec<FinishReport>) -> Vec<FinishReport> {
+    reports.sort_by_key(|r| r.task_id);
+    reports
+}
+
+#[tokio::test]
+async fn worker_with_the_right_secret_is_admitted() {
+    // Goal: the handshake completes both ways; the dispatcher sees the worker's identity.
+    let mut broker = Broker::start("127.0.0.1:0").await;
+    let mut config = worker_config(broker.addr);
+    config.location = "rack-7".into();
+    let process_id = config.process_id.clone();
+    let mut agent = Agent::start(config, Executors::new());
+    let (hello, _session) = broker.accept().await;
+    assert_eq!(hello.worker_id, "worker-1");
+    assert_eq!(hello.process_id, process_id);
+    assert_eq!(hello.location, "rack-7");
+    assert_eq!(hello.capacity, capacity(10, &[(ANY_TASK_TYPE, 10)]));
+    assert!(hello.running.is_empty());
+    agent.wait_for("connected", |s| s.connected).await;
+    assert_eq!(
+        agent.status.current().broker_id.as_deref(),
+        Some("test-broker")
+    );
+    assert_eq!(agent.shutdown().await, Ok(()));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_secret_is_rejected_and_run_returns_the_reason() {
+    // Goal: a worker with the wrong secret stops with the broker's reason, also in its status.
+    let mut broker = Broker::start("127.0.0.1:0").await;
+    let mut config = worker_config(broker.addr);
+    config.shared_secret = SharedSecret::new("not the secret");
+    let agent = Agent::start(config, Executors::new());
+    let status = agent.status.clone();
+    assert_eq!(
+        agent.result().await,
+        Err(WorkerError::Rejected {
+            reason: "authentication failed".into()
+        })
+    );
+    let status = status.current();
+    assert!(status.stopped && !status.connected);
+    assert_eq!(
+        status.last_error.as_deref(),
+        Some("rejected by the broker: authentication failed")
+    );
+    assert!(
+        broker.events.try_recv().is_err(),
+        "the dispatcher never heard of it"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn assignments_are_executed_and_reports_come_back_batched() {
+    // Goal: a batch of assignments runs; the reports arrive together once the batch is full,
+    // outcomes and results intact; acks empty the worker's pending reports.
+    let mut broker = Broker::start("127.0.0.1:0").await;
+    let mut config = worker_config(broker.addr);
+    config.report_batching.max_reports = 4;
+    config.report_batching.max_delay = Duration::from_secs(3600);
+    let gate = Arc::new(Semaphore::new(0));
+    let mut agent = Agent::start(config, executors(&gate));
+    let (_, session) = broker.accept().await;
+    session
+        .assign(vec![
+            assignment(1, "echo", "one"),
+            assignment(2, "echo", "two"),
+            assignment(3, "fail", "three failed"),
+            assignment(4, "echo", "four"),
+        ])
+        .unwrap();
+    let (seq, reports) = broker.finished().await;
+    assert_eq!(
+        sorted(reports),
+        vec![
+            report(1, Outcome::Finished, "one"),
+            report(2, Outcome::Finished, "two"),
+            report(3, Outcome::Error, "three failed"),
+            report(4, Outcome::Finished, "four"),
+        ]
+    );
+    agent
+        .wait_for("four pending reports", |s| s.pending_reports == 4)
+        .await;
+    session.ack_finished(seq).unwrap();
+    agent
+        .wait_for("no pending reports", |s| s.pending_reports == 0)
+        .await;
+    assert_eq!(agent.shutdown().await, Ok(()));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_lone_report_is_sent_after_the_max_delay() {
+    // Goal: a batch that never fills still goes out (after max_delay).
+    let mut broker = Broker::start("127.0.0.1:0").await;
+    let mut config = worker_config(broker.addr);
+    config.report_batching.max_reports = 100;
+    config.report_batching.max_delay = Duration::from_millis(50);
+    let agent = Agent::start(config, executors(&Arc::new(Semaphore::new(0))));
+    let (_, session) = broker.accept().await;
+    session
+        .assign(vec![assignment(9, "echo", "alone")])
+        .unwrap();
+    let (seq, reports) = broker.finished().await;
+    assert_eq!(reports, vec![report(9, Outcome::Finished, "alone")]);
+    session.ack_finished(seq).unwrap();
+    assert_eq!(agent.shutdown().await, Ok(()));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn unacknowledged_reports_are_sent_again_until_acknowledged() {
+    // Goal: the dispatcher drops the first ack on purpose; the worker re-sends the same batch
+    // after the ack timeout, and stops once it is acknowledged.
+    let mut broker = Broker::start("127.0.0.1:0").await;
+    let mut config = worker_config(broker.addr);
+    config.ack_timeout = Duration::from_millis(200);
+    let mut agent = Agent::start(config, executors(&Arc::new(Semaphore::new(0))));
+    let (_, session) = broker.accept().await;
+    session.assign(vec![assignment(5, "echo", "five")]).unwrap();
+    let first = broker.finished().await;
+    // No ack: the same batch comes again.
+    let second = broker.finished().await;
+    assert_eq!(first, second);
+    session.ack_finished(second.0).unwrap();
+    agent
+        .wait_for("no pending reports", |s| s.pending_reports == 0)
+        .await;
+    assert_eq!(agent.shutdown().await, Ok(()));
+    // A third copy would arrive before the shutdown's disconnect if the ack had been ignored.
+    match broker.next().await {
+        WorkerEvent::Disconnected { reason, .. } => assert_eq!(reason, DisconnectReason::Shutdown),
+        other => panic!("expected the shutdown disconnect, got {other:?}"),
+    }
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn reconnect_to_a_restarted_listener_lists_running_tasks_and_unacked_reports() {
+    // Goal: after the broker restarts on the same port, Connect lists the task still running
+    // and the one whose report was never acknowledged; that report is sent again, and the
+    // running task's report follows when it ends.
+    let mut broker = Broker::start("127.0.0.1:0").await;
+    let addr = broker.addr;
+    let gate = Arc::new(Semaphore::new(0));
+    let mut agent = Agent::start(worker_config(addr), executors(&gate));
+    let (_, session) = broker.accept().await;
+    session
+        .assign(vec![
+            assignment(1, "gated", ""),
+            assignment(2, "echo", "two"),
+        ])
+        .unwrap();
+    let (_, reports) = broker.finished().await;
+    assert_eq!(reports, vec![report(2, Outcome::Finished, "two")]);
+    // Not acknowledged: the broker stops before making it durable.
+    broker.stop().await;
+    agent.wait_for("disconnected", |s| !s.connected).await;
+
+    let mut broker = Broker::start(&addr.to_string()).await;
+    let (hello, session) = broker.accept().await;
+    assert_eq!(
+        hello.running,
+        vec![
+            RunningTask {
+                task_id: 1,
+                attempt: 1
+            },
+            RunningTask {
+                task_id: 2,
+                attempt: 1
+            },
+        ]
+    );
+    let (seq, reports) = broker.finished().await;
+    assert_eq!(reports, vec![report(2, Outcome::Finished, "two")]);
+    session.ack_finished(seq).unwrap();
+    gate.add_permits(1);
+    let (seq, reports) = broker.finished().await;
+    assert_eq!(reports, vec![report(1, Outcome::Finished, "released")]);
+    session.ack_finished(seq).unwrap();
+    agent
+        .wait_for("all acknowledged", |s| {
+            s.pending_reports == 0 && s.connections == 2
+        })
+        .await;
+    assert_eq!(agent.shutdown().await, Ok(()));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn assignments_over_the_declared_capacity_are_refused_and_reported() {
+    // Goal: beyond a type's limit, beyond max_threads, an undeclared type, or a type without
+    // an executor: each is reported as a refused error and never executed.
+    let mut broker = Broker::start("127.0.0.1:0").await;
+    let mut config = worker_config(broker.addr);
+    config.capacity = capacity(3, &[("gated", 2), ("echo", 5), ("orphan", 1)]);
+    config.report_batching.max_delay = Duration::from_millis(20);
+    let gate = Arc::new(Semaphore::new(0));
+    let mut agent = Agent::start(config, executors(&gate));
+    let (_, session) = broker.accept().await;
+    session
+        .assign(vec![
+            assignment(1, "gated", ""),
+            assignment(2, "gated", ""),
+            assignment(3, "gated", ""), // over the per-type limit of 2
+            assignment(4, "undeclared", ""), // no entry and no `any`
+            assignment(5, "orphan", ""), // declared but no executor
+            assignment(6, "gated", ""), // still over the per-type limit
+        ])
+        .unwrap();
+    let mut refused = Vec::new();
+    while refused.len() < 4 {
+        let (seq, reports) = broker.finished().await;
+        session.ack_finished(seq).unwrap();
+        refused.extend(reports);
+    }
+    let refused = sorted(refused);
+    let ids: Vec<_> = refused.iter().map(|r| r.task_id).collect();
+    assert_eq!(ids, vec![3, 4, 5, 6]);
+    for r in &refused {
+        assert_eq!(r.outcome, Outcome::Error as i32);
+        assert!(r.result.starts_with("refused: "), "{}", r.result);
+    }
+    assert!(
+        refused[0].result.contains("limit is 2"),
+        "{}",
+        refused[0].result
+    );
+    assert!(
+        refused[1].result.contains("not in this worker's capacity"),
+        "{}",
+        refused[1].result
+    );
+    assert!(
+        refused[2].result.contains("no executor"),
+        "{}",
+        refused[2].result
+    );
+    agent.wait_for("two running", |s| s.running == 2).await;
+
+    // A third gated task is still over its type's limit, while an echo fits max_threads 3.
+    session
+        .assign(vec![
+            assignment(7, "gated", ""),
+            assignment(8, "echo", "fits"),
+        ])
+        .unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let (seq, reports) = broker.finished().await;
+        session.ack_finished(seq).unwrap();
+        got.extend(reports);
+    }
+    let got = sorted(got);
+    assert_eq!(got[0].task_id, 7);
+    assert!(got[0].result.contains("limit is 2"), "{}", got[0].result);
+    assert_eq!(got[1], report(8, Outcome::Finished, "fits"));
+    gate.add_permits(2);
+    let mut released = Vec::new();
+    while released.len() < 2 {
+        let (seq, reports) = broker.finished().await;
+        session.ack_finished(seq).unwrap();
+        released.extend(reports);
+    }
+    assert_eq!(
+        sorted(released),
+        vec![
+            report(1, Outcome::Finished, "released"),
+            report(2, Outcome::Finished, "released"),
+        ]
+    );
+    assert_eq!(agent.shutdown().await, Ok(()));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn assignment_over_max_threads_is_refused() {
+    // Goal: the total limit holds even when the type limit would allow more.
+    let mut broker = Broker::start("127.0.0.1:0").await;
+    let mut config = worker_config(broker.addr);
+    config.capacity = capacity(2, &[(ANY_TASK_TYPE, 10)]);
+    let gate = Arc::new(Semaphore::new(0));
+    let agent = Agent::start(config, executors(&gate));
+    let (_, session) = broker.accept().await;
+    session
+        .assign(vec![
+            assignment(1, "gated", ""),
+            assignment(2, "gated", ""),
+            assignment(3, "echo", "never runs"),
+        ])
+        .unwrap();
+    let (seq, reports) = broker.finished().await;
+    session.ack_finished(seq).unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].task_id, 3);
+    assert_eq!(
+        reports[0].result,
+        "refused: 2 tasks running, max_threads is 2"
+    );
+    gate.add_permits(2);
+    let mut done = Vec::new();
+    while done.len() < 2 {
+        let (seq, reports) = broker.finished().await;
+        session.ack_finished(seq).unwrap();
+        done.extend(reports);
+    }
+    assert!(done.iter().all(|r| r.result == "released"));
+    assert_eq!(agent.shutdown().await, Ok(()));
+    broker.stop().await;
+}
+
+/// Sets its flag when dropped: proves an execution's future was dropped (aborted).
+struct DropFlag(Arc<AtomicBool>);
+
+impl Drop for DropFlag {
+    fn drop(&mut self) {
+        self.0.store(true, Ordering::SeqCst);
+    }
+}
+
+#[tokio::test]
+async fn kill_aborts_running_tasks_and_run_returns_the_reason() {
+    // Goal: a Kill from the broker stops execution and makes run fail with the reason.
+    let mut broker = Broker::start("127.0.0.1:0").await;
+    let aborted = Arc::new(AtomicBool::new(false));
+    let flag = aborted.clone();
+    let executors = Executors::new().with(
+        "forever",
+        executor_fn(move |_task| {
+            let guard = DropFlag(flag.clone());
+            async move {
+                let _guard = guard;
+                std::future::pending::<()>().await;
+                Ok("unreachable".to_owned())
+            }
+        }),
+    );
+    let mut agent = Agent::start(worker_config(broker.addr), executors);
+    let (_, session) = broker.accept().await;
+    session.assign(vec![assignment(1, "forever", "")]).unwrap();
+    agent.wait_for("one running", |s| s.running == 1).await;
+    session.kill("process id changed");
+    assert_eq!(
+        agent.result().await,
+        Err(WorkerError::Killed {
+            reason: "process id changed".into()
+        })
+    );
+    assert!(
+        aborted.load(Ordering::SeqCst),
+        "the running task was aborted"
+    );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn graceful_shutdown_waits_for_running_tasks_then_flushes_and_says_goodbye() {
+    // Goal: on shutdown the worker announces zero capacity, refuses new work, lets the running
+    // task finish, delivers its report, then sends Shutdown.
+    let mut broker = Broker::start("127.0.0.1:0").await;
+    let gate = Arc::new(Semaphore::new(0));
+    let mut agent = Agent::start(worker_config(broker.addr), executors(&gate));
+    let (_, session) = broker.accept().await;
+    session.assign(vec![assignment(1, "gated", "")]).unwrap();
+    agent.wait_for("one running", |s| s.running == 1).await;
+    let _ = agent.stop.take().unwrap().send(());
+    // The zero-capacity ping (the only ping this early: the keepalive is 10 s).
+    let ping = tokio::time::timeout(WAIT, async {
+        loop {
+            if let Some(WorkerEvent::Ping {
+                capacity, running, ..
+            }) = broker.events.recv().await
+            {
+                return (capacity, running);
+            }
+        }
+    })
+    .await
+    .unwrap();
+    assert_eq!(ping, (Capacity::default(), 1));
+    session.assign(vec![assignment(2, "echo", "late")]).unwrap();
+    let (seq, reports) = broker.finished().await;
+    session.ack_finished(seq).unwrap();
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].task_id, 2);
+    assert_eq!(reports[0].result, "refused: the worker is shutting down");
+    gate.add_permits(1);
+    let (seq, reports) = broker.finished().await;
+    assert_eq!(reports, vec![report(1, Outcome::Finished, "released")]);
+    session.ack_finished(seq).unwrap();
+    match broker.next().await {
+        WorkerEvent::Disconnected { reason, .. } => assert_eq!(reason, DisconnectReason::Shutdown),
+        other => panic!("expected Disconnected, got {other:?}"),
+    }
+    assert_eq!(agent.result().await, Ok(()));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn shutdown_grace_aborts_tasks_that_run_too_long() {
+    // Goal: past the grace period, running tasks are aborted and reported as errors.
+    let mut broker = Broker::start("127.0.0.1:0").await;
+    let mut config = worker_config(broker.addr);
+    config.shutdown_grace = Duration::from_millis(100);
+    let mut agent = Agent::start(config, executors(&Arc::new(Semaphore::new(0))));
+    let (_, session) = broker.accept().await;
+    session.assign(vec![assignment(1, "gated", "")]).unwrap();
+    agent.wait_for("one running", |s| s.running == 1).await;
+    let _ = agent.stop.take().unwrap().send(());
+    let (seq, reports) = broker.finished().await;
+    assert_eq!(reports.len(), 1);
+    assert_eq!(reports[0].outcome, Outcome::Error as i32);
+    assert!(
+        reports[0].result.starts_with("aborted"),
+        "{}",
+        reports[0].result
+    );
+    session.ack_finished(seq).unwrap();
+    assert_eq!(agent.result().await, Ok(()));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn malformed_frame_on_one_connection_leaves_the_agent_working() {
+    // Goal: garbage on another connection closes only that one; the agent's session goes on.
+    let mut broker = Broker::start("127.0.0.1:0").await;
+    let agent = Agent::start(
+        worker_config(broker.addr),
+        executors(&Arc::new(Semaphore::new(0))),
+    );
+    let (_, session) = broker.accept().await;
+    let mut garbage = TcpStream::connect(broker.addr).await.unwrap();
+    garbage
+        .write_all(&[0, 0, 0, 3, 0xff, 0xff, 0xff])
+        .await
+        .unwrap();
+    // The garbage never completed a handshake, so the dispatcher hears nothing of it...
+    let mut buf = [0u8; 1];
+    let closed = tokio::time::timeout(WAIT, tokio::io::AsyncReadExt::read(&mut garbage, &mut buf))
+        .await
+        .expect("the broker closes the garbage connection");
+    assert!(matches!(closed, Ok(0) | Err(_)));
+    // ...and the agent is still served.
+    session
+        .assign(vec![assignment(1, "echo", "still here")])
+        .unwrap();
+    let (seq, reports) = broker.finished().await;
+    assert_eq!(reports, vec![report(1, Outcome::Finished, "still here")]);
+    session.ack_finished(seq).unwrap();
+    assert_eq!(agent.shutdown().await, Ok(()));
+    broker.stop().await;
+}
+
+/// A broker that completes the handshake, then never sends another frame.
+async fn silent_broker(socket: TcpStream, welcome_idle_ms: u64) -> Framed<TcpStream, WorkerCodec> {
+    let mut framed = Framed::new(socket, WorkerCodec::default());
+    let Some(Ok(Message::Hello(hello))) = framed.next().await else {
+        panic!("expected hello");
+    };
+    let broker_nonce = random_nonce();
+    framed
+        .send(Message::Challenge(Challenge {
+            broker_id: "silent".into(),
+            broker_nonce: broker_nonce.to_vec(),
+        }))
+        .await
+        .unwrap();
+    let Some(Ok(Message::Connect(_))) = framed.next().await else {
+        panic!("expected connect");
+    };
+    framed
+        .send(Message::Welcome(Welcome {
+            broker_proof: broker_proof(
+                SECRET.as_bytes(),
+                &hello.client_nonce,
+                &broker_nonce,
+                &hello.worker_id,
+            )
+            .to_vec(),
+            keepalive_interval_ms: welcome_idle_ms / 4,
+            idle_timeout_ms: welcome_idle_ms,
+        }))
+        .await
+        .unwrap();
+    framed
+}
+
+#[tokio::test]
+async fn silent_broker_is_dropped_and_the_worker_reconnects() {
+    // Goal: a broker that sends nothing (no pong either) for the idle timeout it announced is
+    // dropped by the worker, which then connects again.
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut agent = Agent::start(
+        worker_config(socket.local_addr().unwrap()),
+        Executors::new(),
+    );
+    let (first, _) = socket.accept().await.unwrap();
+    let mut first = silent_broker(first, 300).await;
+    agent.wait_for("connected", |s| s.connected).await;
+    // The worker keeps pinging, gets nothing back, and leaves.
+    let mut pings = 0;
+    loop {
+        match tokio::time::timeout(WAIT, first.next())
+            .await
+            .expect("the worker acts in time")
+        {
+            Some(Ok(Message::Ping(_))) => pings += 1,
+            None | Some(Err(_)) => break,
+            Some(Ok(other)) => panic!("unexpected {other:?}"),
+        }
+    }
+    assert!(pings >= 1, "the worker pinged before giving up");
+    let (second, _) = tokio::time::timeout(WAIT, socket.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let _second = silent_broker(second, 60_000).await;
+    agent
+        .wait_for("a second connection", |s| s.connections == 2 && s.connected)
+        .await;
+    assert_eq!(
+        agent.status.current().last_error.as_deref(),
+        None,
+        "a successful handshake clears the last error"
+    );
+    let _ = agent.stop.take().unwrap().send(());
+    assert_eq!(agent.result().await, Ok(()));
+}

@@ -1,0 +1,284 @@
+//! The process executor against real programs (`sh`, `cat`): results, stdin, environment,
+//! failures with their stderr tail, timeouts and aborts that kill the whole process group.
+
+use std::path::Path;
+use std::time::Duration;
+
+use majordodo_worker::{ProcessExecutor, ProcessExecutorConfig, Task, TaskExecutor, TaskFailure};
+
+/// Bound on every wait in these tests, so a bug fails the test instead of hanging it.
+const WAIT: Duration = Duration::from_secs(20);
+
+fn task(data: &str) -> Task {
+    Task {
+        task_id: 42,
+        attempt: 3,
+        task_type: "shell".into(),
+        user_id: "alice".into(),
+        data: data.into(),
+        codepool: None,
+        mode: None,
+        resources: vec![],
+    }
+}
+
+fn sh(script: &str) -> ProcessExecutorConfig {
+    ProcessExecutorConfig::new(["sh", "-c", script])
+}
+
+async fn execute(config: ProcessExecutorConfig, data: &str) -> Result<String, TaskFailure> {
+    let executor = ProcessExecutor::new(config).expect("valid config");
+    tokio::time::timeout(WAIT, executor.execute(task(data)))
+        .await
+        .expect("the executor returns in time")
+}
+
+/// Whether process `pid` is gone (or a zombie, which runs nothing).
+fn process_is_gone(pid: u32) -> bool {
+    match std::fs::read_to_string(format!("/proc/{pid}/stat")) {
+        Err(_) => true,
+        // The state is the field after the parenthesised command name.
+        Ok(stat) => stat
+            .rsplit_once(')')
+            .map(|(_, rest)| rest.trim_start().starts_with(['Z', 'X']))
+            .unwrap_or(false),
+    }
+}
+
+/// Polls until `pid` is gone, for at most [`WAIT`].
+async fn wait_until_gone(pid: u32) {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    while !process_is_gone(pid) {
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "process {pid} still runs"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+/// Reads the pid a script wrote to `path`, polling for at most [`WAIT`].
+async fn read_pid(path: &Path) -> u32 {
+    let deadline = tokio::time::Instant::now() + WAIT;
+    loop {
+        let written = std::fs::read_to_string(path).ok();
+        if let Some(pid) = written.and_then(|text| text.trim().parse().ok()) {
+            return pid;
+        }
+        assert!(
+            tokio::time::Instant::now() < deadline,
+            "no pid written to {path:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+}
+
+#[tokio::test]
+async fn success_returns_stdout_without_one_trailing_newline() {
+    // Goal: exit 0 finishes with stdout; exactly one trailing newline is removed.
+    assert_eq!(
+        execute(sh("printf 'hello\\n\\n'"), "").await,
+        Ok("hello\n".into())
+    );
+    assert_eq!(
+        execute(sh("printf 'no newline'"), "").await,
+        Ok("no newline".into())
+    );
+}
+
+#[tokio::test]
+async fn data_arrives_on_stdin() {
+    // Goal: the task's data is the program's stdin, and stdin is closed after it.
+    let data = "line one\nline two with ünïcode";
+    assert_eq!(
+        execute(ProcessExecutorConfig::new(["cat"]), data).await,
+        Ok(data.into())
+    );
+}
+
+#[tokio::test]
+async fn task_identity_and_configured_env_are_in_the_environment() {
+    // Goal: MAJORDODO_* variables carry the task's identity; `env` entries are added.
+    let mut config = sh(
+        "echo \"$MAJORDODO_TASK_ID $MAJORDODO_TASK_TYPE $MAJORDODO_USER_ID $MAJORDODO_ATTEMPT $EXTRA\"",
+    );
+    config.env.insert("EXTRA".into(), "x=1".into());
+    assert_eq!(execute(config, "").await, Ok("42 shell alice 3 x=1".into()));
+}
+
+#[tokio::test]
+async fn working_dir_is_applied() {
+    // Goal: the program starts in the configured directory.
+    let dir = tempfile::tempdir().unwrap();
+    let mut config = sh("pwd");
+    config.working_dir = Some(dir.path().to_owned());
+    let expected = dir.path().canonicalize().unwrap();
+    assert_eq!(
+        execute(config, "").await,
+        Ok(expected.display().to_string())
+    );
+}
+
+#[tokio::test]
+async fn non_zero_exit_fails_with_status_and_stderr_tail() {
+    // Goal: a non-zero exit is an error naming the status and quoting the end of stderr only.
+    let mut config = sh("head -c 20000 /dev/zero | tr '\\0' 'a' >&2; echo ' the end' >&2; exit 3");
+    config.stderr_tail_bytes = 64;
+    let failure = execute(config, "").await.unwrap_err();
+    let text = failure.message();
+    assert!(
+        text.starts_with("exited with status 3; stderr tail: "),
+        "{text}"
+    );
+    assert!(text.ends_with("aaa the end"), "{text}");
+    assert!(
+        text.len() < 64 + 60,
+        "tail not bounded: {} bytes",
+        text.len()
+    );
+}
+
+#[tokio::test]
+async fn crash_by_signal_is_reported_with_the_signal() {
+    // Goal: death by a signal is an error naming the signal.
+    let failure = execute(sh("echo dying >&2; kill -SEGV $$"), "")
+        .await
+        .unwrap_err();
+    assert_eq!(
+        failure.message(),
+        "killed by signal 11 (SIGSEGV); stderr tail: dying"
+    );
+}
+
+#[tokio::test]
+async fn timeout_kills_the_whole_process_group() {
+    // Goal: past the timeout the task fails and a grandchild the program started is killed too.
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("grandchild.pid");
+    let mut config = sh(&format!(
+        "sleep 300 & echo $! > {}; wait",
+        pidfile.display()
+    ));
+    config.timeout_ms = 300;
+    let failure = execute(config, "").await.unwrap_err();
+    assert!(
+        failure.message().starts_with("timed out after 300 ms"),
+        "{failure}"
+    );
+    wait_until_gone(read_pid(&pidfile).await).await;
+}
+
+#[tokio::test]
+async fn leftover_background_process_is_killed_when_the_program_exits() {
+    // Goal: a process left running in the group does not outlive the task, nor hold it up.
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("leftover.pid");
+    let config = sh(&format!(
+        "sleep 300 & echo $! > {}; echo started",
+        pidfile.display()
+    ));
+    assert_eq!(execute(config, "").await, Ok("started".into()));
+    wait_until_gone(read_pid(&pidfile).await).await;
+}
+
+#[tokio::test]
+async fn aborted_task_kills_its_process_group() {
+    // Goal: dropping the execution (worker killed or out of grace) kills the program's group.
+    let dir = tempfile::tempdir().unwrap();
+    let pidfile = dir.path().join("child.pid");
+    let config = sh(&format!(
+        "sleep 300 & echo $! > {}; wait",
+        pidfile.display()
+    ));
+    let executor = ProcessExecutor::new(config).unwrap();
+    let running = tokio::spawn(executor.execute(task("")));
+    let pid = read_pid(&pidfile).await;
+    running.abort();
+    assert!(running.await.unwrap_err().is_cancelled());
+    wait_until_gone(pid).await;
+}
+
+#[tokio::test]
+async fn oversized_stdout_fails_and_stops_the_program() {
+    // Goal: stdout beyond max_stdout_bytes is an error, and the endless writer is killed
+    // (the error is the overflow, not the much later timeout).
+    let mut config = ProcessExecutorConfig::new(["yes"]);
+    config.max_stdout_bytes = 1000;
+    config.timeout_ms = 600_000;
+    let failure = execute(config, "").await.unwrap_err();
+    assert!(
+        failure
+            .message()
+            .starts_with("stdout exceeded max_stdout_bytes (1000)"),
+        "{failure}"
+    );
+}
+
+#[tokio::test]
+async fn program_that_ignores_stdin_is_fine() {
+    // Goal: data larger than a pipe buffer, never read, does not block or fail the task.
+    let data = "x".repeat(1024 * 1024);
+    assert_eq!(execute(sh("echo done"), &data).await, Ok("done".into()));
+}
+
+#[tokio::test]
+async fn missing_program_fails_to_start() {
+    // Goal: a program that cannot start is a task error naming it.
+    let failure = execute(ProcessExecutorConfig::new(["/nonexistent/program"]), "")
+        .await
+        .unwrap_err();
+    assert!(
+        failure
+            .message()
+            .starts_with("start \"/nonexistent/program\""),
+        "{failure}"
+    );
+}
+
+#[tokio::test]
+async fn non_utf8_stdout_fails() {
+    // Goal: the result must be text.
+    let failure = execute(sh("printf '\\377\\376'"), "").await.unwrap_err();
+    assert!(
+        failure.message().starts_with("stdout is not valid UTF-8"),
+        "{failure}"
+    );
+}
+
+#[test]
+fn config_reads_from_toml_with_defaults_and_refuses_unknown_keys() {
+    // Goal: the documented defaults apply; a misspelt key is an error, not ignored.
+    let config: ProcessExecutorConfig = toml::from_str(r#"argv = ["cat"]"#).unwrap();
+    assert_eq!(config, ProcessExecutorConfig::new(["cat"]));
+    assert_eq!(config.timeout_ms, 3_600_000);
+    assert_eq!(config.max_stdout_bytes, 1024 * 1024);
+    assert_eq!(config.stderr_tail_bytes, 4096);
+    let full: ProcessExecutorConfig = toml::from_str(
+        r#"
+        argv = ["render", "--fast"]
+        env = { A = "1" }
+        working_dir = "/srv"
+        timeout_ms = 5
+        max_stdout_bytes = 6
+        stderr_tail_bytes = 7
+        "#,
+    )
+    .unwrap();
+    assert_eq!(full.env["A"], "1");
+    assert_eq!(
+        (
+            full.timeout_ms,
+            full.max_stdout_bytes,
+            full.stderr_tail_bytes
+        ),
+        (5, 6, 7)
+    );
+    assert!(
+        toml::from_str::<ProcessExecutorConfig>(
+            r#"argv = ["cat"]
+timeout = 5"#
+        )
+        .is_err()
+    );
+    assert!(ProcessExecutor::new(ProcessExecutorConfig::new(Vec::<String>::new())).is_err());
+}
