@@ -1,6 +1,7 @@
 //! Snapshots of the running broker (checkpoints).
 //!
-//! The dispatcher clones its state between two rounds (the only pause it takes), then a blocking
+//! The dispatcher takes a copy-on-write copy of its state between two rounds (one pointer per
+//! task: the only pause it takes), then a blocking
 //! thread encodes the copy, writes it through the [`SnapshotStore`] (temp file, fsync, rename,
 //! directory fsync) and lets the log drop what the older retained snapshot no longer needs.
 
@@ -50,13 +51,13 @@ impl Checkpointer {
             ));
         }
         let started = Instant::now();
-        let copy = state.clone();
+        let copy = state.snapshot_source();
         let cloned_in = started.elapsed();
         let store = self.store.clone();
         let busy = self.busy.clone();
         Ok(async move {
-            let lsn = copy.last_lsn();
-            let tasks = copy.task_count();
+            let lsn = copy.header.lsn;
+            let tasks = copy.tasks.len();
             let written = tokio::task::spawn_blocking(move || {
                 let bytes = encode_snapshot(&copy);
                 drop(copy);

@@ -124,6 +124,23 @@ pub struct Snapshot {
     pub codepools: Vec<CodePool>,
 }
 
+/// A consistent copy of everything a snapshot holds, cheap to take between two rounds: tasks are
+/// shared (copy-on-write) pointers, so taking it copies one pointer per task, and the state goes on
+/// changing while the copy is encoded elsewhere.
+#[derive(Clone, Debug)]
+pub struct SnapshotSource {
+    /// Scalars.
+    pub header: SnapshotHeader,
+    /// Every task, in id order.
+    pub tasks: Vec<Arc<Task>>,
+    /// Every worker.
+    pub workers: Vec<WorkerRecord>,
+    /// Open transactions.
+    pub transactions: Vec<Transaction>,
+    /// Code pools.
+    pub codepools: Vec<CodePool>,
+}
+
 /// Why a snapshot cannot be turned back into a state.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum RestoreError {
@@ -151,6 +168,17 @@ impl BrokerState {
             lsn: self.last_lsn,
             max_task_id: self.max_task_id,
             max_transaction_id: self.max_transaction_id,
+        }
+    }
+
+    /// A cheap consistent copy for writing a snapshot.
+    pub fn snapshot_source(&self) -> SnapshotSource {
+        SnapshotSource {
+            header: self.snapshot_header(),
+            tasks: self.tasks.values().cloned().collect(),
+            workers: self.workers().cloned().collect(),
+            transactions: self.transactions().cloned().collect(),
+            codepools: self.codepools().cloned().collect(),
         }
     }
 
@@ -285,7 +313,7 @@ impl StateBuilder {
         }
         s.counts[status.index()] += 1;
         s.max_task_id = s.max_task_id.max(r.id);
-        s.tasks.insert(id, task);
+        s.tasks.insert(id, Arc::new(task));
         Ok(())
     }
 

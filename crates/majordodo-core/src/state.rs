@@ -112,7 +112,9 @@ pub enum ApplyError {
 /// from them.
 #[derive(Clone)]
 pub struct BrokerState {
-    pub(crate) tasks: BTreeMap<TaskId, Task>,
+    /// Tasks by id. Shared pointers, copied on write: a snapshot copies the pointers, not the
+    /// tasks, and only tasks changed while it is being written get copied.
+    pub(crate) tasks: BTreeMap<TaskId, Arc<Task>>,
     /// Waiting tasks by group and type, in age order.
     pub(crate) waiting: WaitingIndex,
     /// Delayed tasks by requested start time.
@@ -202,17 +204,17 @@ impl BrokerState {
 
     /// A task by id.
     pub fn task(&self, id: TaskId) -> Option<&Task> {
-        self.tasks.get(&id)
+        self.tasks.get(&id).map(|t| &**t)
     }
 
     /// Every task, in id order.
     pub fn tasks(&self) -> impl DoubleEndedIterator<Item = &Task> + '_ {
-        self.tasks.values()
+        self.tasks.values().map(|t| &**t)
     }
 
     /// Tasks with id ≥ `from`, in id order (for paging).
     pub fn tasks_from(&self, from: TaskId) -> impl Iterator<Item = &Task> + '_ {
-        self.tasks.range(from..).map(|(_, t)| t)
+        self.tasks.range(from..).map(|(_, t)| &**t)
     }
 
     /// Number of tasks (every status).
@@ -369,7 +371,7 @@ impl BrokerState {
                     });
                 }
                 let worker = self.intern(&worker_id);
-                let task = self.tasks.get_mut(&task_id).expect("checked above");
+                let task = Arc::make_mut(self.tasks.get_mut(&task_id).expect("checked above"));
                 self.waiting.remove(task.group, &task.task_type, task.id);
                 if task.deadline > 0 {
                     self.deadlines.remove(&(task.deadline, task.id));
@@ -600,7 +602,7 @@ impl BrokerState {
         }
         self.index_pending(&task);
         self.counts[status.index()] += 1;
-        self.tasks.insert(task.id, task);
+        self.tasks.insert(task.id, Arc::new(task));
     }
 
     /// Adds a waiting or delayed task to the queues it belongs to.
@@ -649,15 +651,18 @@ impl BrokerState {
                 expected: task.attempts,
             });
         }
-        let mut task = self.tasks.remove(&id).expect("checked above");
+        let task = Arc::make_mut(self.tasks.get_mut(&id).expect("checked above"));
         // Leave the old status's indexes.
         match from {
             TaskStatus::Running => {
-                let worker = task.worker_id.clone().expect("a running task has a worker");
-                if let Some(set) = self.running.get_mut(&worker) {
+                let worker = task
+                    .worker_id
+                    .as_ref()
+                    .expect("a running task has a worker");
+                if let Some(set) = self.running.get_mut(worker) {
                     set.remove(id, &task.task_type);
                     if set.is_empty() {
-                        self.running.remove(&worker);
+                        self.running.remove(worker);
                     }
                 }
             }
@@ -680,15 +685,16 @@ impl BrokerState {
         }
         // Enter the new status's indexes.
         if to.is_final() {
-            if let Some(slot) = task.slot() {
-                let slot: Box<str> = slot.into();
-                self.release_slot(&slot, id);
+            if let Some(slot) = task.slot()
+                && self.slots.get(slot) == Some(&id)
+            {
+                self.slots.remove(slot);
             }
             self.ended.insert((task.created, id));
         } else {
+            let task = self.tasks.get(&id).expect("checked above").clone();
             self.index_pending(&task);
         }
-        self.tasks.insert(id, task);
         Ok(())
     }
 

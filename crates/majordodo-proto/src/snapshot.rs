@@ -12,7 +12,9 @@
 use std::sync::Arc;
 
 use majordodo_core::model::{CodePool, Transaction};
-use majordodo_core::snapshot::{SnapshotHeader, StateBuilder, TaskRecord, WorkerSnapshot};
+use majordodo_core::snapshot::{
+    SnapshotHeader, SnapshotSource, StateBuilder, TaskRecord, WorkerSnapshot,
+};
 use majordodo_core::{BrokerState, GroupMapper, TransactionId};
 use prost::Message;
 
@@ -173,11 +175,11 @@ fn put(out: &mut Vec<u8>, item: ItemKind) {
         .expect("a Vec grows as needed");
 }
 
-/// Encodes a whole state.
-pub fn encode_snapshot(state: &BrokerState) -> Vec<u8> {
+/// Encodes a whole state, from the copy [`BrokerState::snapshot_source`] takes.
+pub fn encode_snapshot(source: &SnapshotSource) -> Vec<u8> {
     // Rough size: tasks dominate; reserving avoids repeated doubling of a large buffer.
-    let mut out = Vec::with_capacity(64 + state.task_count() * 96);
-    let header = state.snapshot_header();
+    let mut out = Vec::with_capacity(64 + source.tasks.len() * 96);
+    let header = source.header;
     put(
         &mut out,
         ItemKind::Header(HeaderPb {
@@ -188,8 +190,8 @@ pub fn encode_snapshot(state: &BrokerState) -> Vec<u8> {
         }),
     );
     let mut end = EndPb::default();
-    for task in state.tasks() {
-        let r = TaskRecord::from(task);
+    for task in &source.tasks {
+        let r = TaskRecord::from(&**task);
         put(
             &mut out,
             ItemKind::Task(TaskPb {
@@ -213,7 +215,7 @@ pub fn encode_snapshot(state: &BrokerState) -> Vec<u8> {
         );
         end.tasks += 1;
     }
-    for w in state.workers() {
+    for w in &source.workers {
         let w = WorkerSnapshot::from(w);
         put(
             &mut out,
@@ -227,7 +229,7 @@ pub fn encode_snapshot(state: &BrokerState) -> Vec<u8> {
         );
         end.workers += 1;
     }
-    for t in state.transactions() {
+    for t in &source.transactions {
         put(
             &mut out,
             ItemKind::Transaction(TransactionPb {
@@ -238,7 +240,7 @@ pub fn encode_snapshot(state: &BrokerState) -> Vec<u8> {
         );
         end.transactions += 1;
     }
-    for c in state.codepools() {
+    for c in &source.codepools {
         put(
             &mut out,
             ItemKind::CodePool(CodePoolPb {
@@ -524,7 +526,7 @@ mod tests {
     fn snapshot_round_trips_a_state_with_every_kind_of_record() {
         // Goal: decode(encode(state)) == state, indexes, transactions and code pools included.
         let state = sample_state();
-        let bytes = encode_snapshot(&state);
+        let bytes = encode_snapshot(&state.snapshot_source());
         assert_eq!(snapshot_lsn(&bytes).unwrap(), state.last_lsn());
         let back = decode_snapshot(&bytes, Arc::new(DefaultGroupMapper)).unwrap();
         assert_eq!(back, state);
@@ -535,7 +537,7 @@ mod tests {
     #[test]
     fn every_truncation_is_detected() {
         // Goal: a stream cut anywhere fails to decode (the end marker guards the tail).
-        let bytes = encode_snapshot(&sample_state());
+        let bytes = encode_snapshot(&sample_state().snapshot_source());
         for cut in 0..bytes.len() {
             assert!(
                 decode_snapshot(&bytes[..cut], Arc::new(DefaultGroupMapper)).is_err(),
@@ -548,7 +550,7 @@ mod tests {
     #[test]
     fn trailing_bytes_and_unknown_versions_are_refused() {
         // Goal: nothing may follow the end marker; a future version is refused by name.
-        let mut bytes = encode_snapshot(&sample_state());
+        let mut bytes = encode_snapshot(&sample_state().snapshot_source());
         bytes.push(0);
         assert!(decode_snapshot(&bytes, Arc::new(DefaultGroupMapper)).is_err());
         let mut v2 = Vec::new();
@@ -574,7 +576,7 @@ mod tests {
         #[test]
         fn flipped_bytes_never_panic(flip in any::<prop::sample::Index>(), bit in 0u8..8) {
             // Goal: a corrupted valid snapshot yields an error or some state, never a panic.
-            let mut bytes = encode_snapshot(&sample_state());
+            let mut bytes = encode_snapshot(&sample_state().snapshot_source());
             let i = flip.index(bytes.len());
             bytes[i] ^= 1 << bit;
             let _ = decode_snapshot(&bytes, Arc::new(DefaultGroupMapper));
