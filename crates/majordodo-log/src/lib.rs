@@ -164,7 +164,9 @@ pub type ReplayFn<'a> = dyn FnMut(Lsn, Bytes) -> Result<(), String> + Send + 'a;
 ///    consecutive LSNs following the last LSN of the log.
 /// 2. The returned future resolves only once every record of the batch is durable (for the file
 ///    log: written and fsynced; for BookKeeper: acknowledged by the ack quorum). Futures of
-///    successive appends resolve in call order. Concurrent appends may share one fsync.
+///    successive appends resolve in call order. Concurrent appends may share one fsync. An
+///    append refused before it is queued (a record too large, a closed or failed log) fails at
+///    once, without waiting for earlier appends.
 /// 3. After an append fails, the log is failed: that append and every later one resolve with an
 ///    error. Records of a failed batch were never acknowledged: a later replay may or may not
 ///    return them, but never a part of a record, and never a record after a missing one.

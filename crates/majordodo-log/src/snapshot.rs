@@ -356,7 +356,8 @@ impl SnapshotWriter {
     /// Completes the snapshot (steps 2–6) and returns its file.
     ///
     /// # Errors
-    /// [`SnapshotError::Io`]; the previous snapshots are then untouched.
+    /// [`SnapshotError::Io`] from steps 2–5; the previous snapshots are then untouched. A
+    /// failure to delete old snapshots (step 6) is only logged.
     pub fn finish(mut self) -> Result<SnapshotInfo, SnapshotError> {
         let body = self.body.take().expect("finish consumes the writer");
         let tmp = self.tmp.display().to_string();
@@ -382,7 +383,11 @@ impl SnapshotWriter {
             file_len = HEADER_LEN as u64 + header.body_len,
             "wrote snapshot"
         );
-        self.store.prune()?;
+        if let Err(e) = self.store.prune() {
+            // The new snapshot is in place; old files left behind are only wasted space and
+            // are pruned again after the next snapshot.
+            warn!(error = %e, "could not delete old snapshots");
+        }
         Ok(SnapshotInfo {
             lsn: self.lsn,
             path,

@@ -153,6 +153,17 @@ impl FileLog {
     /// Opens (or creates) the log in `dir`: locks the directory, validates every segment,
     /// truncates a torn tail, and starts the writer thread. Blocking.
     ///
+    /// # Recovery
+    /// Every segment header and record checksum is verified, and LSNs must follow each other
+    /// across segments. The only damage tolerated is a torn tail: bytes at the end of the last
+    /// segment that belong to the last write, which was never acknowledged. Each record stores
+    /// its position inside the write that stored it, and a write is issued only after the
+    /// previous one was fsynced; so if any valid record of a *later* write follows the damage,
+    /// the damaged data had been acknowledged and open fails with [`LogError::Corrupt`]. A torn
+    /// tail is truncated (then fsynced), logged at WARN and returned in
+    /// [`OpenReport::torn_tail`]. Damage confined to the very last fsynced write cannot be told
+    /// from a torn write and is truncated too.
+    ///
     /// # Errors
     /// - [`LogError::Io`] if the directory cannot be created or read, or is locked by another
     ///   open log (the message names the directory); retry once the other process is gone.
@@ -506,7 +517,14 @@ impl CommitLog for FileLog {
     /// failure of an append).
     fn close(&self) -> BoxFuture<'_, Result<(), LogError>> {
         self.shared.request_stop(State::Closing);
-        wait_exit(self.exit.clone()).boxed()
+        let exit = self.exit.clone();
+        Box::pin(async move {
+            let result = wait_exit(exit).await;
+            // Also after a failure: the directory lock is released, so the files are no longer
+            // ours to read.
+            lock(&self.shared.queue).state = State::Stopped;
+            result
+        })
     }
 }
 
