@@ -656,56 +656,13 @@ impl BkCluster {
             std::fs::create_dir_all(&path)
                 .map_err(|e| TestkitError::io(format!("create {}", path.display()), e))?;
         }
-        write_file(&bookie.conf(), &self.bookie_config(bookie))
-    }
-
-    /// The bookie's configuration: loopback only, no HTTP server, disk thresholds that a fairly
-    /// full CI disk does not trip, then the caller's overrides.
-    fn bookie_config(&self, bookie: &Bookie) -> String {
-        let mut settings: Vec<(String, String)> = [
-            ("bookiePort", bookie.port.to_string()),
-            ("advertisedAddress", "127.0.0.1".to_owned()),
-            // with a listening interface set, the bookie binds the advertised address only
-            ("listeningInterface", "lo".to_owned()),
-            ("allowLoopback", "true".to_owned()),
-            ("metadataServiceUri", self.metadata_service_uri()),
-            (
-                "zkTimeout",
-                self.options.bookie_zk_timeout.as_millis().to_string(),
-            ),
-            (
-                "journalDirectories",
-                bookie.dir.join("journal").display().to_string(),
-            ),
-            (
-                "ledgerDirectories",
-                bookie.dir.join("ledgers").display().to_string(),
-            ),
-            (
-                "ledgerStorageClass",
-                "org.apache.bookkeeper.bookie.SortedLedgerStorage".to_owned(),
-            ),
-            ("httpServerEnabled", "false".to_owned()),
-            // turn read-only only on a nearly full disk (BookKeeper requires < 1)
-            ("diskUsageThreshold", "0.999".to_owned()),
-            ("diskUsageWarnThreshold", "0.99".to_owned()),
-            ("journalSyncData", self.options.journal_sync.to_string()),
-        ]
-        .into_iter()
-        .map(|(k, v)| (k.to_owned(), v))
-        .collect();
-        for (key, value) in &self.options.bookie_conf {
-            // a repeated key would become a list in commons-configuration: replace instead
-            match settings.iter_mut().find(|(k, _)| k == key) {
-                Some(setting) => setting.1.clone_from(value),
-                None => settings.push((key.clone(), value.clone())),
-            }
-        }
-        let mut text = String::from("# written by majordodo-testkit\n");
-        for (key, value) in settings {
-            let _ = writeln!(text, "{key}={value}");
-        }
-        text
+        let config = bookie_config(
+            bookie.port,
+            &bookie.dir,
+            &self.metadata_service_uri(),
+            &self.options,
+        );
+        write_file(&bookie.conf(), &config)
     }
 
     /// Starts bookie `i`'s JVM (not waiting for it).
@@ -845,6 +802,60 @@ impl Drop for BkCluster {
     }
 }
 
+/// A bookie's configuration: loopback only, no HTTP server, disk thresholds that a fairly full
+/// CI disk does not trip, then the caller's overrides.
+fn bookie_config(
+    port: u16,
+    dir: &Path,
+    metadata_service_uri: &str,
+    options: &BkClusterOptions,
+) -> String {
+    let mut settings: Vec<(String, String)> = [
+        ("bookiePort", port.to_string()),
+        ("advertisedAddress", "127.0.0.1".to_owned()),
+        // with a listening interface set, the bookie binds the advertised address only
+        ("listeningInterface", "lo".to_owned()),
+        ("allowLoopback", "true".to_owned()),
+        ("metadataServiceUri", metadata_service_uri.to_owned()),
+        (
+            "zkTimeout",
+            options.bookie_zk_timeout.as_millis().to_string(),
+        ),
+        (
+            "journalDirectories",
+            dir.join("journal").display().to_string(),
+        ),
+        (
+            "ledgerDirectories",
+            dir.join("ledgers").display().to_string(),
+        ),
+        (
+            "ledgerStorageClass",
+            "org.apache.bookkeeper.bookie.SortedLedgerStorage".to_owned(),
+        ),
+        ("httpServerEnabled", "false".to_owned()),
+        // turn read-only only on a nearly full disk (BookKeeper requires < 1)
+        ("diskUsageThreshold", "0.999".to_owned()),
+        ("diskUsageWarnThreshold", "0.99".to_owned()),
+        ("journalSyncData", options.journal_sync.to_string()),
+    ]
+    .into_iter()
+    .map(|(k, v)| (k.to_owned(), v))
+    .collect();
+    for (key, value) in &options.bookie_conf {
+        // a repeated key would become a list in commons-configuration: replace instead
+        match settings.iter_mut().find(|(k, _)| k == key) {
+            Some(setting) => setting.1.clone_from(value),
+            None => settings.push((key.clone(), value.clone())),
+        }
+    }
+    let mut text = String::from("# written by majordodo-testkit\n");
+    for (key, value) in settings {
+        let _ = writeln!(text, "{key}={value}");
+    }
+    text
+}
+
 /// Creates the ledgers root and its `available` and `available/readonly` children, which the
 /// bookies need before they can register (the first bookie then writes `LAYOUT`).
 async fn init_metadata(client: &zkc::Client) -> Result<(), TestkitError> {
@@ -877,4 +888,82 @@ async fn list_writable(client: &zkc::Client) -> Result<Vec<String>, TestkitError
 
 fn write_file(path: &Path, text: &str) -> Result<(), TestkitError> {
     std::fs::write(path, text).map_err(|e| TestkitError::io(format!("write {}", path.display()), e))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn lines(config: &str) -> Vec<&str> {
+        config.lines().filter(|l| !l.starts_with('#')).collect()
+    }
+
+    #[test]
+    fn bookie_config_binds_loopback_and_applies_options() {
+        // Every bookie listens on 127.0.0.1 only, without HTTP server, with the chosen sync mode.
+        let options = BkClusterOptions::new(1)
+            .journal_sync(false)
+            .bookie_zk_timeout(Duration::from_millis(2500));
+        let config = bookie_config(
+            4000,
+            Path::new("/d"),
+            "zk+hierarchical://h:1/ledgers",
+            &options,
+        );
+        let lines = lines(&config);
+        for expected in [
+            "bookiePort=4000",
+            "advertisedAddress=127.0.0.1",
+            "listeningInterface=lo",
+            "allowLoopback=true",
+            "httpServerEnabled=false",
+            "journalSyncData=false",
+            "zkTimeout=2500",
+            "journalDirectories=/d/journal",
+            "metadataServiceUri=zk+hierarchical://h:1/ledgers",
+        ] {
+            assert!(lines.contains(&expected), "missing {expected} in {config}");
+        }
+    }
+
+    #[test]
+    fn bookie_conf_overrides_replace_instead_of_repeating_keys() {
+        // A repeated key would turn into a list value; an override must replace the default.
+        let options = BkClusterOptions::new(1)
+            .bookie_conf("journalSyncData", "false")
+            .bookie_conf("gcWaitTime", "1000");
+        let config = bookie_config(1, Path::new("/d"), "uri", &options);
+        let lines = lines(&config);
+        let sync: Vec<_> = lines
+            .iter()
+            .filter(|l| l.starts_with("journalSyncData="))
+            .collect();
+        assert_eq!(sync, vec![&"journalSyncData=false"]);
+        assert!(lines.contains(&"gcWaitTime=1000"));
+    }
+
+    #[test]
+    fn invalid_options_are_refused() {
+        // Nonsense options fail before any process starts.
+        assert!(BkClusterOptions::new(0).validate().is_err());
+        assert!(
+            BkClusterOptions::new(1)
+                .bookie_zk_timeout(Duration::from_millis(10))
+                .validate()
+                .is_err()
+        );
+        assert!(
+            BkClusterOptions::new(1)
+                .bookie_conf("a=b", "c")
+                .validate()
+                .is_err()
+        );
+        assert!(
+            BkClusterOptions::new(1)
+                .bookie_conf("k", "v\nx=y")
+                .validate()
+                .is_err()
+        );
+        assert!(BkClusterOptions::new(3).validate().is_ok());
+    }
 }

@@ -76,8 +76,14 @@ pub fn bookkeeper_dir() -> Result<PathBuf, TestkitError> {
     Ok(cache_root()?.join(format!("bookkeeper-{BOOKKEEPER_VERSION}")))
 }
 
+/// Environment variable: set to `0` to start JVMs without the class-data archives (to measure
+/// what they save, or to rule them out when a JVM misbehaves).
+pub const CDS_ENV: &str = "MAJORDODO_TESTKIT_CDS";
+
+/// The archive at `path` if it exists and archives are not switched off.
 fn existing(path: PathBuf) -> Option<PathBuf> {
-    path.is_file().then_some(path)
+    let disabled = std::env::var(CDS_ENV).is_ok_and(|v| v == "0");
+    (!disabled && path.is_file()).then_some(path)
 }
 
 impl ZkDeps {

@@ -27,7 +27,7 @@ use std::sync::{Arc, OnceLock};
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 pub use bk::{BOOKIE_START_TIMEOUT, BkCluster, BkClusterOptions, DEFAULT_BOOKIE_ZK_TIMEOUT};
-pub use deps::{BOOKKEEPER_VERSION, CACHE_ENV, bookkeeper_dir, cache_root};
+pub use deps::{BOOKKEEPER_VERSION, CACHE_ENV, CDS_ENV, bookkeeper_dir, cache_root};
 pub use error::{RUN_TEST_DEPS, TestkitError};
 pub use zk::{ZK_START_TIMEOUT, ZkServer};
 

@@ -337,3 +337,47 @@ async fn java_tool_reports_errors_as_json_and_exit_status() {
     let lines = tools::json_lines(&missing.stdout).expect("json");
     assert!(tools::events(&lines, "error").next().is_some());
 }
+
+#[tokio::test]
+async fn java_bench_reports_throughput_and_latency_percentiles() {
+    // Goal: BkBench runs the documented workload (E3/Qw2/Qa2, 1 KiB entries, bounded adds in
+    // flight) and reports consistent numbers the Rust benchmark can print beside its own.
+    let cluster = BkCluster::start(3).await.expect("start cluster");
+    let output = cluster
+        .run_java_tool(
+            tools::BK_BENCH,
+            &[
+                "--count",
+                "2000",
+                "--warmup-count",
+                "200",
+                "--max-outstanding",
+                "50",
+            ],
+            TOOL_TIMEOUT,
+        )
+        .await
+        .expect("run BkBench");
+    let lines = ok_json(&output);
+    let config = tools::events(&lines, "bench_config")
+        .next()
+        .expect("config line");
+    assert_eq!(field(config, "entry_size").as_u64(), Some(1024));
+    assert_eq!(field(config, "ensemble").as_u64(), Some(3));
+    assert_eq!(field(config, "write_quorum").as_u64(), Some(2));
+    assert_eq!(field(config, "ack_quorum").as_u64(), Some(2));
+    let result = tools::events(&lines, "bench_result")
+        .next()
+        .expect("result line");
+    println!("{result}");
+    assert_eq!(field(result, "entries").as_u64(), Some(2000));
+    assert_eq!(field(result, "bytes").as_u64(), Some(2000 * 1024));
+    assert_eq!(field(result, "errors").as_u64(), Some(0));
+    let number = |key: &str| field(result, key).as_f64().expect("a number");
+    assert!(number("entries_per_sec") > 0.0);
+    assert!(number("mb_per_sec") > 0.0);
+    assert!(number("p50_ms") > 0.0);
+    assert!(number("p50_ms") <= number("p99_ms"));
+    assert!(number("p99_ms") <= number("p999_ms"));
+    assert!(number("p999_ms") <= number("max_ms"));
+}
