@@ -3,9 +3,11 @@
 //! - [`record`]: log records (one state change each).
 //! - [`snapshot`]: snapshot content (a whole state as a stream of items).
 //! - [`worker`]: the broker↔worker TCP protocol (frames, codec, handshake).
+//! - [`http`]: the client HTTP API's JSON (requests, views, answers), Majordodo-compatible.
 //!
 //! Each format is versioned; decoders never panic on outside data.
 
+pub mod http;
 pub mod record;
 pub mod snapshot;
 pub mod worker;

@@ -1,0 +1,415 @@
+//! `POST` bodies: the `submitTask` and `submitTasks` actions, parsed and validated field by field.
+//!
+//! Parsing works on a `serde_json::Value` rather than a derived struct so that every problem
+//! names its field (`tasks[3].maxattempts`) and says what is wrong in words, which a derived
+//! deserializer cannot do. Everything that can be wrong with outside data is a [`FieldError`];
+//! nothing here panics.
+
+use serde_json::{Map, Value};
+
+use super::lenient::parse_int;
+use super::{
+    BODY_FIELD, FieldError, MAX_ATTEMPTS_LIMIT, MAX_BATCH_TASKS, MAX_NAME_BYTES, MAX_TIMESTAMP,
+};
+
+/// Actions of the original API this broker implements.
+pub const SUPPORTED_ACTIONS: [&str; 2] = ["submitTask", "submitTasks"];
+
+/// Actions of the original API this broker does not implement yet: they are answered with a
+/// 4xx error naming the action.
+pub const UNSUPPORTED_ACTIONS: [&str; 5] = [
+    "beginTransaction",
+    "commitTransaction",
+    "rollbackTransaction",
+    "createCodePool",
+    "deleteCodePool",
+];
+
+/// Fields of one task, in `submitTask` (beside `action`) and in each element of `submitTasks`.
+const TASK_FIELDS: [&str; 11] = [
+    "tasktype",
+    "userid",
+    "data",
+    "maxattempts",
+    "attempt",
+    "requestedStartTime",
+    "deadline",
+    "slot",
+    "codePoolId",
+    "mode",
+    "transaction",
+];
+
+/// Fields the original read from the outer `submitTasks` object (a bug); here they belong to each
+/// task and are refused outside, so a client relying on the bug learns it at once.
+const PER_TASK_ONLY: [&str; 3] = ["requestedStartTime", "codePoolId", "mode"];
+
+/// One task to submit, as validated from the request (or built by a client).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct TaskSubmission {
+    /// `tasktype`: required, not empty.
+    pub task_type: String,
+    /// `userid`: required, not empty; the owner of the task.
+    pub user_id: String,
+    /// `data`: the payload (absent or null is empty).
+    pub data: String,
+    /// `maxattempts`: 0 = unlimited, 1 = at most once (the default), N = at most N executions.
+    pub max_attempts: u32,
+    /// `attempt`: attempts already made elsewhere (default 0).
+    pub attempt: u32,
+    /// `requestedStartTime`: ms since the epoch; 0 = now.
+    pub requested_start_time: i64,
+    /// `deadline`: absolute, ms since the epoch; 0 = none.
+    pub deadline: i64,
+    /// `slot`: mutual-exclusion key (blank is none).
+    pub slot: Option<String>,
+    /// `codePoolId`: code pool of the executor (blank is none).
+    pub codepool: Option<String>,
+    /// `mode`: execution mode (blank is none, which means `factory`).
+    pub mode: Option<String>,
+}
+
+impl TaskSubmission {
+    /// A task with the original's defaults: at most one attempt, start now, no deadline.
+    pub fn new(
+        task_type: impl Into<String>,
+        user_id: impl Into<String>,
+        data: impl Into<String>,
+    ) -> TaskSubmission {
+        TaskSubmission {
+            task_type: task_type.into(),
+            user_id: user_id.into(),
+            data: data.into(),
+            max_attempts: 1,
+            attempt: 0,
+            requested_start_time: 0,
+            deadline: 0,
+            slot: None,
+            codepool: None,
+            mode: None,
+        }
+    }
+
+    /// The task as a JSON object (numbers as JSON numbers, absent options left out), as a client
+    /// sends it.
+    pub fn to_json(&self) -> Map<String, Value> {
+        let mut m = Map::new();
+        m.insert("tasktype".into(), self.task_type.clone().into());
+        m.insert("userid".into(), self.user_id.clone().into());
+        m.insert("data".into(), self.data.clone().into());
+        m.insert("maxattempts".into(), self.max_attempts.into());
+        m.insert("attempt".into(), self.attempt.into());
+        m.insert(
+            "requestedStartTime".into(),
+            self.requested_start_time.into(),
+        );
+        m.insert("deadline".into(), self.deadline.into());
+        for (name, value) in [
+            ("slot", &self.slot),
+            ("codePoolId", &self.codepool),
+            ("mode", &self.mode),
+        ] {
+            if let Some(v) = value {
+                m.insert(name.into(), v.clone().into());
+            }
+        }
+        m
+    }
+
+    /// Reads a task from `obj`; `path` prefixes field names in errors (`""` or `"tasks[3]."`).
+    /// Fields not in `allowed` are refused.
+    fn parse(
+        obj: &Map<String, Value>,
+        path: &str,
+        allowed: &dyn Fn(&str) -> bool,
+    ) -> Result<TaskSubmission, FieldError> {
+        let f = Fields { obj, path };
+        if let Some(unknown) = obj.keys().find(|k| !allowed(k)) {
+            return Err(f.error(unknown, "is not a field of a task submission"));
+        }
+        f.no_transaction()?;
+        let task = TaskSubmission {
+            task_type: f.required_name("tasktype")?,
+            user_id: f.required_name("userid")?,
+            data: f.string("data")?.unwrap_or_default(),
+            max_attempts: f
+                .int("maxattempts", MAX_ATTEMPTS_LIMIT.into())?
+                .unwrap_or(1) as u32,
+            attempt: f.int("attempt", MAX_ATTEMPTS_LIMIT.into())?.unwrap_or(0) as u32,
+            requested_start_time: f.int("requestedStartTime", MAX_TIMESTAMP)?.unwrap_or(0),
+            deadline: f.int("deadline", MAX_TIMESTAMP)?.unwrap_or(0),
+            slot: f.optional_name("slot")?,
+            codepool: f.optional_name("codePoolId")?,
+            mode: f.optional_name("mode")?,
+        };
+        Ok(task)
+    }
+}
+
+/// A parsed `POST` request.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ActionRequest {
+    /// `submitTask`: one task.
+    SubmitTask(TaskSubmission),
+    /// `submitTasks`: a batch, submitted as one log write, answered per task in order.
+    SubmitTasks(Vec<TaskSubmission>),
+}
+
+impl ActionRequest {
+    /// The action's name.
+    pub fn action(&self) -> &'static str {
+        match self {
+            ActionRequest::SubmitTask(_) => "submitTask",
+            ActionRequest::SubmitTasks(_) => "submitTasks",
+        }
+    }
+
+    /// The request as the JSON body a client sends.
+    pub fn to_json(&self) -> Value {
+        let mut m = match self {
+            ActionRequest::SubmitTask(task) => task.to_json(),
+            ActionRequest::SubmitTasks(tasks) => {
+                let mut m = Map::new();
+                m.insert(
+                    "tasks".into(),
+                    Value::Array(tasks.iter().map(|t| Value::Object(t.to_json())).collect()),
+                );
+                m
+            }
+        };
+        m.insert("action".into(), self.action().into());
+        Value::Object(m)
+    }
+}
+
+/// Parses and validates a `POST` body.
+///
+/// # Errors
+/// A [`FieldError`] naming the first problem found: [`BODY_FIELD`] when the body is not UTF-8,
+/// not JSON or not an object; `action` when it is missing, unknown or not supported yet; the
+/// field (with its path inside `tasks`) otherwise.
+pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
+    let text = std::str::from_utf8(body).map_err(|e| {
+        FieldError::new(
+            BODY_FIELD,
+            format!(
+                "is not valid UTF-8 (invalid byte at offset {})",
+                e.valid_up_to()
+            ),
+        )
+    })?;
+    let value: Value = serde_json::from_str(text)
+        .map_err(|e| FieldError::new(BODY_FIELD, format!("is not valid JSON: {e}")))?;
+    let Value::Object(obj) = value else {
+        return Err(FieldError::new(BODY_FIELD, "must be a JSON object"));
+    };
+    let action = match obj.get("action") {
+        None | Some(Value::Null) => return Err(FieldError::new("action", "is required")),
+        Some(Value::String(s)) => s.as_str(),
+        Some(_) => return Err(FieldError::new("action", "must be a string")),
+    };
+    match action {
+        "submitTask" => {
+            let allowed = |k: &str| k == "action" || TASK_FIELDS.contains(&k);
+            TaskSubmission::parse(&obj, "", &allowed).map(ActionRequest::SubmitTask)
+        }
+        "submitTasks" => parse_submit_tasks(&obj).map(ActionRequest::SubmitTasks),
+        a if UNSUPPORTED_ACTIONS.contains(&a) => Err(FieldError::new(
+            "action",
+            format!("action {a} is not supported by this broker yet"),
+        )),
+        a => Err(FieldError::new(
+            "action",
+            format!(
+                "unknown action {}; supported: {}",
+                clip(a),
+                SUPPORTED_ACTIONS.join(", ")
+            ),
+        )),
+    }
+}
+
+fn parse_submit_tasks(obj: &Map<String, Value>) -> Result<Vec<TaskSubmission>, FieldError> {
+    let outer = Fields { obj, path: "" };
+    for key in obj.keys() {
+        if PER_TASK_ONLY.contains(&key.as_str()) {
+            return Err(outer.error(key, "must be set on each element of tasks"));
+        }
+        if !matches!(key.as_str(), "action" | "tasks" | "transaction") {
+            return Err(outer.error(key, "is not a field of submitTasks"));
+        }
+    }
+    outer.no_transaction()?;
+    let tasks = match obj.get("tasks") {
+        None | Some(Value::Null) => return Err(FieldError::new("tasks", "is required")),
+        Some(Value::Array(tasks)) => tasks,
+        Some(_) => return Err(FieldError::new("tasks", "must be an array of task objects")),
+    };
+    if tasks.len() > MAX_BATCH_TASKS {
+        return Err(FieldError::new(
+            "tasks",
+            format!(
+                "holds {} tasks; at most {MAX_BATCH_TASKS} are accepted in one request",
+                tasks.len()
+            ),
+        ));
+    }
+    let allowed = |k: &str| TASK_FIELDS.contains(&k);
+    tasks
+        .iter()
+        .enumerate()
+        .map(|(i, t)| match t {
+            Value::Object(task) => TaskSubmission::parse(task, &format!("tasks[{i}]."), &allowed),
+            _ => Err(FieldError::new(format!("tasks[{i}]"), "must be an object")),
+        })
+        .collect()
+}
+
+/// Typed reads of the fields of one JSON object, with errors naming `path` + field.
+struct Fields<'a> {
+    obj: &'a Map<String, Value>,
+    path: &'a str,
+}
+
+impl Fields<'_> {
+    fn error(&self, field: &str, problem: impl Into<String>) -> FieldError {
+        FieldError::new(format!("{}{}", self.path, clip(field)), problem)
+    }
+
+    /// A string field; absent or null is `None`.
+    fn string(&self, name: &str) -> Result<Option<String>, FieldError> {
+        match self.obj.get(name) {
+            None | Some(Value::Null) => Ok(None),
+            Some(Value::String(s)) => Ok(Some(s.clone())),
+            Some(other) => Err(self.error(name, format!("must be a string, not {}", kind(other)))),
+        }
+    }
+
+    /// A bounded name that must be present and not empty.
+    fn required_name(&self, name: &str) -> Result<String, FieldError> {
+        match self.string(name)? {
+            None => Err(self.error(name, "is required")),
+            Some(s) if s.is_empty() => Err(self.error(name, "must not be empty")),
+            Some(s) => self.bounded(name, s),
+        }
+    }
+
+    /// A bounded optional name; blank (empty or only spaces) is `None`, as in the original.
+    fn optional_name(&self, name: &str) -> Result<Option<String>, FieldError> {
+        match self.string(name)? {
+            Some(s) if !s.trim().is_empty() => self.bounded(name, s).map(Some),
+            _ => Ok(None),
+        }
+    }
+
+    fn bounded(&self, name: &str, s: String) -> Result<String, FieldError> {
+        if s.len() > MAX_NAME_BYTES {
+            return Err(self.error(
+                name,
+                format!(
+                    "is {} bytes long; at most {MAX_NAME_BYTES} are accepted",
+                    s.len()
+                ),
+            ));
+        }
+        Ok(s)
+    }
+
+    /// An integer in `0..=max`, given as a JSON number or a string of digits; absent or null is
+    /// `None`.
+    fn int(&self, name: &str, max: i64) -> Result<Option<i64>, FieldError> {
+        let value = match self.obj.get(name) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Number(n)) => match n.as_i64() {
+                Some(v) => v,
+                // Integers beyond 64 bits arrive as u64 or as floats of large magnitude.
+                None if n.is_u64() || n.as_f64().is_some_and(|f| f >= 9.2e18) => {
+                    return Err(self.error(name, format!("must be at most {max}")));
+                }
+                None if n.as_f64().is_some_and(|f| f <= -9.2e18) => {
+                    return Err(self.error(name, "must not be negative"));
+                }
+                None => return Err(self.error(name, format!("must be an integer, not {n}"))),
+            },
+            Some(Value::String(s)) => match parse_int(s) {
+                Some(v) => v,
+                None => {
+                    let unsigned = s.strip_prefix(['-', '+']).unwrap_or(s);
+                    let digits =
+                        !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit());
+                    let problem = if digits && s.starts_with('-') {
+                        "must not be negative".to_owned()
+                    } else if digits {
+                        format!("must be at most {max}")
+                    } else {
+                        format!(
+                            "must be an integer (a number or a string of digits), not {:?}",
+                            clip(s)
+                        )
+                    };
+                    return Err(self.error(name, problem));
+                }
+            },
+            Some(other) => {
+                return Err(self.error(
+                    name,
+                    format!(
+                        "must be an integer (a number or a string of digits), not {}",
+                        kind(other)
+                    ),
+                ));
+            }
+        };
+        if value < 0 {
+            return Err(self.error(name, "must not be negative"));
+        }
+        if value > max {
+            return Err(self.error(name, format!("must be at most {max}")));
+        }
+        Ok(Some(value))
+    }
+
+    /// Refuses a transaction id: transactions are not supported yet. Null, 0 and `"0"` (and an
+    /// empty string) mean "no transaction", as in the original.
+    fn no_transaction(&self) -> Result<(), FieldError> {
+        let none = match self.obj.get("transaction") {
+            None | Some(Value::Null) => true,
+            Some(Value::Number(n)) => n.as_i64() == Some(0),
+            Some(Value::String(s)) => s.is_empty() || s == "0",
+            Some(_) => false,
+        };
+        if none {
+            Ok(())
+        } else {
+            Err(self.error(
+                "transaction",
+                "transactions are not supported by this broker yet",
+            ))
+        }
+    }
+}
+
+/// The JSON kind of a value, for messages.
+fn kind(v: &Value) -> &'static str {
+    match v {
+        Value::Null => "null",
+        Value::Bool(_) => "a boolean",
+        Value::Number(_) => "a number",
+        Value::String(_) => "a string",
+        Value::Array(_) => "an array",
+        Value::Object(_) => "an object",
+    }
+}
+
+/// Caps outside text quoted in messages, so an error never echoes a huge value.
+pub(crate) fn clip(s: &str) -> &str {
+    const MAX: usize = 64;
+    if s.len() <= MAX {
+        return s;
+    }
+    let mut end = MAX;
+    while !s.is_char_boundary(end) {
+        end -= 1;
+    }
+    &s[..end]
+}

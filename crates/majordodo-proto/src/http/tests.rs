@@ -1,0 +1,436 @@
+//! HTTP JSON tests: arbitrary bodies and queries never panic the parsers, requests and answers
+//! round-trip, numbers are read from numbers and strings alike, and each bad input names its
+//! field.
+
+use proptest::prelude::*;
+use serde_json::{Value, json};
+
+use super::*;
+use majordodo_core::TaskStatus;
+
+fn arb_name() -> impl Strategy<Value = String> {
+    "[a-zA-Z0-9_.-]{1,16}"
+}
+
+fn arb_submission() -> impl Strategy<Value = TaskSubmission> {
+    (
+        (arb_name(), arb_name(), ".{0,40}"),
+        (0..=MAX_ATTEMPTS_LIMIT, 0..=MAX_ATTEMPTS_LIMIT),
+        (0..=MAX_TIMESTAMP, 0..=MAX_TIMESTAMP),
+        (
+            proptest::option::of(arb_name()),
+            proptest::option::of(arb_name()),
+            proptest::option::of(arb_name()),
+        ),
+    )
+        .prop_map(
+            |(
+                (task_type, user_id, data),
+                (max_attempts, attempt),
+                (start, deadline),
+                (slot, codepool, mode),
+            )| {
+                TaskSubmission {
+                    task_type,
+                    user_id,
+                    data,
+                    max_attempts,
+                    attempt,
+                    requested_start_time: start,
+                    deadline,
+                    slot,
+                    codepool,
+                    mode,
+                }
+            },
+        )
+}
+
+fn arb_json() -> impl Strategy<Value = Value> {
+    let leaf = prop_oneof![
+        Just(Value::Null),
+        any::<bool>().prop_map(Value::from),
+        any::<i64>().prop_map(Value::from),
+        any::<f64>()
+            .prop_map(|f| serde_json::Number::from_f64(f).map_or(Value::Null, Value::Number)),
+        ".{0,12}".prop_map(Value::from),
+        prop_oneof![
+            Just("submitTask"),
+            Just("submitTasks"),
+            Just("tasktype"),
+            Just("maxattempts"),
+            Just("-1"),
+            Just("0"),
+            Just("99999999999999999999")
+        ]
+        .prop_map(Value::from),
+    ];
+    leaf.prop_recursive(4, 64, 8, |inner| {
+        prop_oneof![
+            proptest::collection::vec(inner.clone(), 0..6).prop_map(Value::Array),
+            proptest::collection::btree_map(
+                prop_oneof![
+                    Just("action".to_owned()),
+                    Just("tasks".to_owned()),
+                    Just("tasktype".to_owned()),
+                    Just("userid".to_owned()),
+                    Just("maxattempts".to_owned()),
+                    Just("deadline".to_owned()),
+                    Just("transaction".to_owned()),
+                    ".{0,8}"
+                ],
+                inner,
+                0..6
+            )
+            .prop_map(|m| Value::Object(m.into_iter().collect())),
+        ]
+    })
+}
+
+proptest! {
+    #[test]
+    fn arbitrary_bytes_never_panic_the_action_parser(body in proptest::collection::vec(any::<u8>(), 0..256)) {
+        // Goal: outside bytes give a request or a field error, never a panic.
+        let _ = parse_action(&body);
+    }
+
+    #[test]
+    fn arbitrary_json_never_panics_the_action_parser(value in arb_json()) {
+        // Goal: any JSON shape (including near-valid ones) gives a request or a field error.
+        let body = serde_json::to_vec(&value).unwrap();
+        let _ = parse_action(&body);
+    }
+
+    #[test]
+    fn arbitrary_queries_never_panic_the_view_parser(
+        pairs in proptest::collection::vec(
+            (prop_oneof![Just("view".to_owned()), Just("taskId".to_owned()), Just("max".to_owned()),
+                         Just("status".to_owned()), Just("filter".to_owned()), ".{0,6}"],
+             prop_oneof![Just("tasks".to_owned()), Just("task".to_owned()), Just("tasksoverview".to_owned()), ".{0,12}"]),
+            0..6)
+    ) {
+        // Goal: any query gives a view or a field error.
+        let _ = parse_view(&pairs);
+    }
+
+    #[test]
+    fn submissions_round_trip_through_json(task in arb_submission()) {
+        // Goal: what a client encodes is what the broker decodes.
+        let req = ActionRequest::SubmitTask(task);
+        let body = serde_json::to_vec(&req.to_json()).unwrap();
+        prop_assert_eq!(parse_action(&body).unwrap(), req);
+    }
+
+    #[test]
+    fn batches_round_trip_through_json(tasks in proptest::collection::vec(arb_submission(), 0..8)) {
+        // Goal: batches keep their order and every per-task field.
+        let req = ActionRequest::SubmitTasks(tasks);
+        let body = serde_json::to_vec(&req.to_json()).unwrap();
+        prop_assert_eq!(parse_action(&body).unwrap(), req);
+    }
+
+    #[test]
+    fn numbers_as_strings_read_as_numbers(task in arb_submission()) {
+        // Goal: the Java client's string numbers mean the same as JSON numbers.
+        let mut obj = task.to_json();
+        for k in ["maxattempts", "attempt", "requestedStartTime", "deadline"] {
+            let s = obj[k].to_string();
+            obj.insert(k.into(), Value::String(s));
+        }
+        obj.insert("action".into(), "submitTask".into());
+        let body = serde_json::to_vec(&obj).unwrap();
+        prop_assert_eq!(parse_action(&body).unwrap(), ActionRequest::SubmitTask(task));
+    }
+
+    #[test]
+    fn task_info_round_trips(id in 1..=MAX_TASK_ID, attempts in any::<u32>(), created in any::<i64>(),
+                             result in proptest::option::of(".{0,10}"), mode in proptest::option::of(arb_name())) {
+        // Goal: the views' task object decodes to what was encoded, optional fields included.
+        let info = TaskInfo {
+            task_id: id, user_id: "u".into(), task_type: "t".into(), status: "running".into(),
+            data: "d".into(), result, worker_id: Some("w".into()), slot: None, attempts,
+            maxattempts: 3, deadline: 0, requested_start_time: 5, created_timestamp: created,
+            mode, codepool: None, resources: Some("a,b".into()),
+        };
+        let text = serde_json::to_string(&info).unwrap();
+        prop_assert_eq!(serde_json::from_str::<TaskInfo>(&text).unwrap(), info);
+    }
+
+    #[test]
+    fn tasks_queries_round_trip(max in proptest::option::of(0u32..100_000), status in 0usize..6,
+                                worker in proptest::option::of(arb_name()), from in proptest::option::of(1..=MAX_TASK_ID)) {
+        // Goal: the client's query pairs parse back to the same query.
+        let q = TasksQuery {
+            max,
+            status: if status == 5 { StatusFilter::All } else { StatusFilter::Only(TaskStatus::ALL[status]) },
+            worker_id: worker,
+            task_type: Some("t".into()),
+            slot: None,
+            user_id: Some("u".into()),
+            from_task_id: from,
+        };
+        let pairs: Vec<(String, String)> = q.to_pairs().into_iter().map(|(k, v)| (k.to_owned(), v)).collect();
+        prop_assert_eq!(parse_view(&pairs).unwrap(), ViewRequest::Tasks(q));
+    }
+}
+
+fn submit(v: Value) -> Result<ActionRequest, FieldError> {
+    parse_action(&serde_json::to_vec(&v).unwrap())
+}
+
+fn field_of(v: Value) -> (String, String) {
+    let e = submit(v).unwrap_err();
+    (e.field, e.problem)
+}
+
+#[test]
+fn java_client_shape_parses_with_defaults() {
+    // Goal: the exact body the original Java client sends (string numbers, no attempt) parses
+    // with the original's defaults.
+    let req = submit(json!({
+        "action": "submitTask", "userid": "u1", "tasktype": "t", "data": "x",
+        "maxattempts": "0", "deadline": "1700000000000", "requestedStartTime": 1_700_000_001_000i64
+    }))
+    .unwrap();
+    let ActionRequest::SubmitTask(t) = req else {
+        panic!("single")
+    };
+    assert_eq!(t.max_attempts, 0);
+    assert_eq!(t.attempt, 0);
+    assert_eq!(t.deadline, 1_700_000_000_000);
+    assert_eq!(t.requested_start_time, 1_700_000_001_000);
+    let ActionRequest::SubmitTask(t) =
+        submit(json!({"action": "submitTask", "userid": "u", "tasktype": "t"})).unwrap()
+    else {
+        panic!("single")
+    };
+    assert_eq!((t.max_attempts, t.attempt, t.data.as_str()), (1, 0, ""));
+}
+
+#[test]
+fn bad_fields_are_named_with_their_problem() {
+    // Goal: each kind of bad input names the field and says what is wrong.
+    let base = || json!({"action": "submitTask", "userid": "u", "tasktype": "t"});
+    let with = |k: &str, v: Value| {
+        let mut b = base();
+        b[k] = v;
+        field_of(b)
+    };
+    assert_eq!(with("maxattempts", json!(-1)).0, "maxattempts");
+    assert!(with("maxattempts", json!(-1)).1.contains("negative"));
+    assert!(
+        with("maxattempts", json!("1001"))
+            .1
+            .contains("at most 1000")
+    );
+    assert!(with("maxattempts", json!(1.5)).1.contains("integer"));
+    assert!(with("maxattempts", json!("abc")).1.contains("integer"));
+    assert!(with("maxattempts", json!(true)).1.contains("a boolean"));
+    assert!(
+        with("deadline", json!(MAX_TIMESTAMP + 1))
+            .1
+            .contains("at most")
+    );
+    assert!(
+        with("deadline", json!("99999999999999999999"))
+            .1
+            .contains("at most")
+    );
+    assert!(
+        with("deadline", json!("-99999999999999999999"))
+            .1
+            .contains("negative")
+    );
+    assert!(with("requestedStartTime", json!(-5)).1.contains("negative"));
+    assert_eq!(
+        with("tasktype", json!("")),
+        ("tasktype".into(), "must not be empty".into())
+    );
+    assert_eq!(with("userid", json!(7)).0, "userid");
+    assert_eq!(
+        with("slot", json!("s".repeat(MAX_NAME_BYTES + 1))).0,
+        "slot"
+    );
+    assert_eq!(
+        with("bogus", json!(1)),
+        ("bogus".into(), "is not a field of a task submission".into())
+    );
+    assert_eq!(with("transaction", json!(5)).0, "transaction");
+    assert!(
+        submit({
+            let mut b = base();
+            b["transaction"] = json!("0");
+            b
+        })
+        .is_ok()
+    );
+    let mut missing = base();
+    missing.as_object_mut().unwrap().remove("userid");
+    assert_eq!(field_of(missing), ("userid".into(), "is required".into()));
+}
+
+#[test]
+fn batch_errors_carry_the_task_index() {
+    // Goal: in submitTasks, the field path says which task is wrong.
+    let (f, _) = field_of(json!({"action": "submitTasks", "tasks": [
+        {"userid": "u", "tasktype": "t"}, {"userid": "u", "tasktype": "t", "maxattempts": "-2"}]}));
+    assert_eq!(f, "tasks[1].maxattempts");
+    assert_eq!(
+        field_of(json!({"action": "submitTasks", "tasks": [1]})).0,
+        "tasks[0]"
+    );
+    assert_eq!(field_of(json!({"action": "submitTasks"})).0, "tasks");
+    assert_eq!(
+        field_of(json!({"action": "submitTasks", "tasks": {}})).0,
+        "tasks"
+    );
+    let (f, p) = field_of(json!({"action": "submitTasks", "requestedStartTime": "5", "tasks": []}));
+    assert_eq!(
+        (f.as_str(), p.as_str()),
+        ("requestedStartTime", "must be set on each element of tasks")
+    );
+    let many: Vec<Value> = (0..=MAX_BATCH_TASKS)
+        .map(|_| json!({"userid": "u", "tasktype": "t"}))
+        .collect();
+    assert_eq!(
+        field_of(json!({"action": "submitTasks", "tasks": many})).0,
+        "tasks"
+    );
+}
+
+#[test]
+fn body_and_action_problems_are_named() {
+    // Goal: bodies that are not UTF-8 JSON objects, and unknown or unsupported actions, are
+    // refused with the field that explains it.
+    assert_eq!(parse_action(b"\xff\xfe").unwrap_err().field, BODY_FIELD);
+    assert_eq!(parse_action(b"{").unwrap_err().field, BODY_FIELD);
+    assert_eq!(parse_action(b"[1]").unwrap_err().field, BODY_FIELD);
+    assert_eq!(
+        parse_action(b"{}").unwrap_err(),
+        FieldError::new("action", "is required")
+    );
+    let e = parse_action(br#"{"action":"beginTransaction"}"#).unwrap_err();
+    assert_eq!(e.field, "action");
+    assert!(
+        e.problem
+            .contains("beginTransaction is not supported by this broker yet")
+    );
+    let e = parse_action(br#"{"action":"frobnicate"}"#).unwrap_err();
+    assert!(e.problem.starts_with("unknown action frobnicate"), "{e}");
+}
+
+#[test]
+fn views_parse_with_filters_and_refuse_bad_values() {
+    // Goal: every supported view parses; bad or unsupported values name their parameter.
+    let p = |pairs: &[(&str, &str)]| {
+        parse_view(
+            &pairs
+                .iter()
+                .map(|(k, v)| (k.to_string(), v.to_string()))
+                .collect::<Vec<_>>(),
+        )
+    };
+    assert_eq!(p(&[]).unwrap(), ViewRequest::Overview);
+    assert_eq!(
+        p(&[("view", "status"), ("_", "123")]).unwrap(),
+        ViewRequest::Status
+    );
+    assert_eq!(
+        p(&[("view", "task"), ("taskId", "42")]).unwrap(),
+        ViewRequest::Task { id: 42 }
+    );
+    assert_eq!(
+        p(&[("view", "task"), ("taskId", "0")]).unwrap_err().field,
+        "taskId"
+    );
+    assert_eq!(
+        p(&[("view", "task"), ("taskId", "-3")]).unwrap_err().field,
+        "taskId"
+    );
+    assert_eq!(p(&[("view", "task")]).unwrap_err().field, "taskId");
+    assert_eq!(
+        p(&[("view", "task"), ("taskId", "x")]).unwrap_err().field,
+        "taskId"
+    );
+    assert_eq!(
+        p(&[
+            ("view", "tasks"),
+            ("status", "RUNNING"),
+            ("workerId", ""),
+            ("max", "5")
+        ])
+        .unwrap(),
+        ViewRequest::Tasks(TasksQuery {
+            max: Some(5),
+            status: StatusFilter::Only(TaskStatus::Running),
+            ..Default::default()
+        })
+    );
+    assert_eq!(
+        p(&[("view", "tasks"), ("max", "-1")]).unwrap_err().field,
+        "max"
+    );
+    assert_eq!(
+        p(&[("view", "tasks"), ("max", "3000000000")])
+            .unwrap_err()
+            .field,
+        "max"
+    );
+    assert_eq!(
+        p(&[("view", "tasks"), ("status", "sleeping")])
+            .unwrap_err()
+            .field,
+        "status"
+    );
+    assert_eq!(
+        p(&[("view", "tasksoverview"), ("filter", "nope")])
+            .unwrap_err()
+            .field,
+        "filter"
+    );
+    let e = p(&[("view", "slots")]).unwrap_err();
+    assert_eq!(e.field, "view");
+    assert!(
+        e.problem
+            .contains("slots is not supported by this broker yet")
+    );
+    assert!(
+        p(&[("view", "heap")])
+            .unwrap_err()
+            .problem
+            .starts_with("unknown view heap")
+    );
+}
+
+#[test]
+fn answers_read_leniently_like_the_original_s() {
+    // Goal: the client types read the original's shapes: "ok":"true", string numbers, `{}` task.
+    let v: TaskView = serde_json::from_value(json!({
+        "ok": "true", "task": {}, "status": {"clusterMode": "LEADER", "currentLedgerId": 3,
+        "currentSequenceNumber": 9, "tasks": 0, "pendingTasks": 0, "waitingTasks": 0,
+        "delayedTasks": 0, "runningTasks": 0, "errorTasks": 0, "finishedTasks": 0}
+    }))
+    .unwrap();
+    assert!(v.ok);
+    assert_eq!(v.task, None);
+    let s: StatusView = serde_json::from_value(json!({
+        "ok": "true", "status": "LEADER", "currentLedgerId": "3", "currentSequenceNumber": "9",
+        "version": "0.23.0", "tasks": 5, "pendingtasks": 0, "runningtasks": "1", "errortasks": 0,
+        "waitingtasks": 4, "finishedtasks": 0
+    }))
+    .unwrap();
+    assert_eq!(
+        (s.runningtasks, s.delayedtasks, s.current_ledger_id.as_str()),
+        (1, 0, "3")
+    );
+    let r: SubmitTaskResponse =
+        serde_json::from_value(json!({"taskId": "12", "result": null, "error": "", "ok": true}))
+            .unwrap();
+    assert_eq!(r.task_id, 12);
+    let none = TaskView {
+        ok: true,
+        task: None,
+        status: BrokerStatusInfo::default(),
+    };
+    assert_eq!(serde_json::to_value(&none).unwrap()["task"], json!({}));
+}
