@@ -282,6 +282,16 @@ impl BrokerState {
         self.delayed.iter().copied()
     }
 
+    /// Ended (finished or error) tasks by creation time.
+    pub fn ended(&self) -> impl Iterator<Item = (Millis, TaskId)> + '_ {
+        self.ended.iter().copied()
+    }
+
+    /// Tasks running on each worker that runs any.
+    pub fn running(&self) -> impl Iterator<Item = (&str, &RunningSet)> + '_ {
+        self.running.iter().map(|(w, r)| (&**w, r))
+    }
+
     /// Highest task id ever used.
     pub fn max_task_id(&self) -> u64 {
         self.max_task_id
