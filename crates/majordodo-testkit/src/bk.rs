@@ -235,8 +235,9 @@ pub struct BkCluster {
     tool_runs: AtomicUsize,
     /// How long `start_with` took.
     started_in: Duration,
-    /// Slot of the process-wide cluster limit, released on drop.
-    _slot: OwnedSemaphorePermit,
+    /// Slot of the process-wide cluster limit, released on drop (`None` if the wait for one
+    /// timed out).
+    _slot: Option<OwnedSemaphorePermit>,
 }
 
 impl BkCluster {

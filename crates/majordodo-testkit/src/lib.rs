@@ -58,12 +58,25 @@ fn cluster_slots() -> Arc<Semaphore> {
         .clone()
 }
 
-/// Waits for a cluster slot (see [`MAX_CLUSTERS_ENV`]).
-async fn acquire_cluster_slot() -> OwnedSemaphorePermit {
-    cluster_slots()
-        .acquire_owned()
-        .await
-        .expect("the cluster semaphore lives in a static and is never closed")
+/// How long a cluster waits for a slot before it starts without one. Bounded so that tests
+/// which each hold several clusters at once slow down instead of deadlocking each other.
+const SLOT_WAIT_LIMIT: std::time::Duration = std::time::Duration::from_secs(120);
+
+/// Waits for a cluster slot (see [`MAX_CLUSTERS_ENV`]); `None` after [`SLOT_WAIT_LIMIT`].
+async fn acquire_cluster_slot() -> Option<OwnedSemaphorePermit> {
+    let wait = cluster_slots().acquire_owned();
+    match tokio::time::timeout(SLOT_WAIT_LIMIT, wait).await {
+        Ok(permit) => {
+            Some(permit.expect("the cluster semaphore lives in a static and is never closed"))
+        }
+        Err(_) => {
+            eprintln!(
+                "majordodo-testkit: no cluster slot free after {SLOT_WAIT_LIMIT:?}, starting \
+                 anyway (do tests hold several clusters at once? see {MAX_CLUSTERS_ENV})"
+            );
+            None
+        }
+    }
 }
 
 /// A fresh temporary directory, removed on drop unless [`KEEP_DIRS_ENV`] is set.
