@@ -11,7 +11,10 @@ pub const RUN_TEST_DEPS: &str =
 ///
 /// None of these is worth retrying blindly inside a test: each one means the machine or the
 /// cluster is not in the state the test needs, and the test should fail with the message.
-#[derive(Debug, thiserror::Error)]
+///
+/// `Debug` prints the same text as `Display`, so that
+/// `.expect("start cluster")` in a test shows the readable message and log tail.
+#[derive(thiserror::Error)]
 pub enum TestkitError {
     /// ZooKeeper, the BookKeeper jars or Java are not installed. Not retryable: run
     /// `scripts/test-deps`, which installs them.
@@ -96,6 +99,13 @@ pub enum TestkitError {
     /// The options passed to a constructor are inconsistent (e.g. zero bookies).
     #[error("invalid options: {0}")]
     InvalidOptions(String),
+}
+
+impl std::fmt::Debug for TestkitError {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        // every message already names its source error
+        write!(f, "{self}")
+    }
 }
 
 impl TestkitError {
