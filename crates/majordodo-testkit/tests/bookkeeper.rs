@@ -66,6 +66,22 @@ async fn three_bookie_cluster_starts_registered_and_drop_cleans_up() {
         .map(|i| cluster.bookie_pid(i).expect("running"))
         .collect();
     pids.push(cluster.zk().pid().expect("running"));
+    // every server listens on loopback only
+    for (i, pid) in pids.iter().enumerate() {
+        let sockets = common::listening_sockets(*pid);
+        println!("process {pid} listens on {sockets:?}");
+        assert!(!sockets.is_empty(), "no listening socket found for {pid}");
+        assert!(
+            sockets.iter().all(common::is_loopback),
+            "process {pid} listens beyond loopback: {sockets:?}"
+        );
+        let own_port = if i < 3 {
+            cluster.bookie_addr(i).port()
+        } else {
+            cluster.zk().port()
+        };
+        assert!(sockets.iter().any(|s| s.port() == own_port));
+    }
     let dirs = [cluster.dir().to_owned(), cluster.zk().dir().to_owned()];
     drop(cluster);
     for pid in pids {
