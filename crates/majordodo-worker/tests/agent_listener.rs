@@ -75,7 +75,7 @@ impl Broker {
 
     async fn accept(&mut self) -> (WorkerHello, WorkerSession) {
         match self.next().await {
-            WorkerEvent::Connected { hello, reply, .. } => (hello, reply.accept()),
+            WorkerEvent::Connected { hello, reply, .. } => (*hello, reply.accept()),
             other => panic!("expected Connected, got {other:?}"),
         }
     }

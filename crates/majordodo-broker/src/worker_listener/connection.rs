@@ -240,14 +240,14 @@ async fn handshake(
     );
     let event = WorkerEvent::Connected {
         conn,
-        hello: WorkerHello {
+        hello: Box::new(WorkerHello {
             worker_id: hello.worker_id.clone(),
             process_id: hello.process_id.clone(),
             location: hello.location.clone(),
             peer,
             capacity: connect.capacity,
             running: connect.running,
-        },
+        }),
         reply: Admission::new(reply_tx, session),
     };
     tokio::select! {

@@ -101,8 +101,8 @@ pub enum WorkerEvent {
     Connected {
         /// The connection.
         conn: ConnId,
-        /// What the worker said about itself.
-        hello: WorkerHello,
+        /// What the worker said about itself (boxed: it is by far the largest event).
+        hello: Box<WorkerHello>,
         /// The dispatcher's answer.
         reply: Admission,
     },

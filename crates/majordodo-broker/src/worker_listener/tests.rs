@@ -63,7 +63,7 @@ impl Harness {
 
     async fn expect_connected(&mut self) -> (ConnId, WorkerHello, Admission) {
         match self.next_event().await {
-            WorkerEvent::Connected { conn, hello, reply } => (conn, hello, reply),
+            WorkerEvent::Connected { conn, hello, reply } => (conn, *hello, reply),
             other => panic!("expected Connected, got {other:?}"),
         }
     }
