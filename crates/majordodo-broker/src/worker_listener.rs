@@ -39,9 +39,9 @@ pub use session::{
     WorkerEvent, WorkerHello, WorkerSession,
 };
 
-/// Default most concurrent connections. One per worker process plus a margin for reconnects
-/// that overlap the old connection; far above the thousands of hosts the system targets would
-/// need a larger value, set in the config.
+/// Default most concurrent connections: one per worker process, with room for reconnects that
+/// overlap the old connection, for the thousands of hosts the system targets. Each connection
+/// costs a task, a read buffer of at most one frame and its outbound queue.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
 
 /// Default time a worker has to complete the handshake: generous for a loaded network, short
