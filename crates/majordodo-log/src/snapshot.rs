@@ -34,6 +34,8 @@
 //! buffer (the snapshot size, once). If the newest snapshot is damaged it is reported at WARN
 //! and the one before is used.
 //!
+//! Every method does blocking file I/O: async code calls it through `spawn_blocking`.
+//!
 //! # Releasing the log
 //! Two snapshots are kept so that a damaged newest one can fall back on the older one, which
 //! then needs the log records after its own LSN. So the broker calls
