@@ -29,9 +29,14 @@ const MAX_PARALLEL_READS: usize = 64;
 /// Entries a tailer reads per batch once it knows they are confirmed.
 const TAIL_BATCH: i64 = 256;
 
-/// Pause before polling again when no bookie knows the ledger yet (it has no entry): short,
-/// because the first entry should reach a tailer within tens of milliseconds.
-const TAIL_EMPTY_RETRY: Duration = Duration::from_millis(5);
+/// First pause before long-polling again a bookie that does not know the ledger yet (no entry
+/// reached it): short, because the first entry should reach a tailer within tens of
+/// milliseconds.
+const POLL_RETRY_MIN: Duration = Duration::from_millis(4);
+
+/// Longest pause between such polls, keeping an idle tailer of an empty ledger to a few dozen
+/// requests per second per bookie while still seeing the first entry quickly.
+const POLL_RETRY_MAX: Duration = Duration::from_millis(32);
 
 /// Extra time the client waits for a long poll beyond what the bookie may hold it.
 const LONG_POLL_MARGIN: Duration = Duration::from_secs(2);
@@ -479,18 +484,24 @@ impl LedgerReader {
         })
     }
 
-    /// Waits until the last-add-confirmed exceeds `previous` or `timeout` passes, asking one
-    /// bookie at a time (the write set of `previous + 1` first, then the rest of the ensemble).
-    /// Returns at once when the answer is already known locally.
+    /// Waits until the last-add-confirmed exceeds `previous` or `timeout` passes. Returns at
+    /// once when the answer is already known locally.
     ///
-    /// Errors: `NoSuchEntry` when no bookie knows the ledger yet (nothing written), bookie
-    /// errors when every bookie failed.
+    /// Every bookie of the current ensemble is polled at once and the first answer showing
+    /// progress wins. A single poll is not enough: a bookie wakes a waiting poll only on the
+    /// first change of its LAC after the poll arrived, and drops the poll (until it times out)
+    /// when that change does not exceed `previous`, which happens whenever that bookie was
+    /// lagging. A bookie that does not know the ledger yet is asked again, backing off from
+    /// [`POLL_RETRY_MIN`] to [`POLL_RETRY_MAX`], until the deadline.
+    ///
+    /// Errors: `NoSuchEntry` when no bookie knows the ledger (nothing written yet), bookie
+    /// errors when every bookie failed, `Unauthorized`.
     pub async fn read_lac_long_poll(
         &self,
         previous: i64,
         timeout: Duration,
     ) -> Result<LongPoll, BkError> {
-        let (targets, known) = {
+        let ensemble = {
             let state = self.lock();
             if state.metadata.is_closed() || state.lac > previous {
                 return Ok(LongPoll {
@@ -498,23 +509,56 @@ impl LedgerReader {
                     entry: None,
                 });
             }
-            let ensemble = state.ensembles.last().cloned().unwrap_or_default();
-            let schedule = Self::schedule(&state.metadata);
-            let preferred: Vec<usize> = schedule.write_set(previous + 1).collect();
-            let others = (0..ensemble.len()).filter(|i| !preferred.contains(i));
-            let order: Vec<usize> = preferred.iter().copied().chain(others).collect();
-            (
-                order
-                    .into_iter()
-                    .map(|i| ensemble[i].clone())
-                    .collect::<Vec<_>>(),
-                state.lac,
-            )
+            state.ensembles.last().cloned().unwrap_or_default()
         };
-        let ledger_id = self.core.ledger_id;
-        let timeout_ms = i64::try_from(timeout.as_millis()).unwrap_or(i64::MAX);
+        let deadline = Instant::now() + timeout;
+        let mut polls: FuturesUnordered<_> = ensemble
+            .into_iter()
+            .map(|conn| self.poll_bookie(conn, previous, deadline))
+            .collect();
+        let mut timed_out = false;
         let mut error = None;
-        for conn in targets {
+        while let Some(outcome) = polls.next().await {
+            match outcome {
+                Ok(poll) if poll.last_add_confirmed > previous || poll.entry.is_some() => {
+                    self.raise_lac(poll.last_add_confirmed);
+                    return Ok(LongPoll {
+                        last_add_confirmed: self.last_add_confirmed().max(poll.last_add_confirmed),
+                        entry: poll.entry,
+                    });
+                }
+                Ok(_) => timed_out = true,
+                Err(e @ BkError::Unauthorized { .. }) => return Err(e),
+                Err(e) => error = worse(error, e),
+            }
+        }
+        if timed_out {
+            return Ok(LongPoll {
+                last_add_confirmed: self.last_add_confirmed(),
+                entry: None,
+            });
+        }
+        Err(error.unwrap_or(BkError::NoSuchEntry {
+            ledger_id: self.core.ledger_id,
+            entry_id: previous + 1,
+        }))
+    }
+
+    /// Long-polls one bookie until it shows progress, times out, fails, or `deadline` passes;
+    /// re-asks (with backoff) while it does not know the ledger.
+    async fn poll_bookie(
+        &self,
+        conn: Arc<BookieConnection>,
+        previous: i64,
+        deadline: Instant,
+    ) -> Result<LongPoll, BkError> {
+        let ledger_id = self.core.ledger_id;
+        let mut retry = POLL_RETRY_MIN;
+        loop {
+            let remaining = deadline.saturating_duration_since(Instant::now());
+            let timeout_ms = i64::try_from(remaining.as_millis())
+                .unwrap_or(i64::MAX)
+                .max(1);
             let kind = ReadKind::LongPoll {
                 previous_lac: previous,
                 timeout_ms,
@@ -523,29 +567,21 @@ impl LedgerReader {
                 .call(
                     |txn| frame::read_request(txn, ledger_id, -1, kind),
                     "long poll",
-                    timeout + LONG_POLL_MARGIN,
+                    remaining + LONG_POLL_MARGIN,
                 )
                 .await;
             match self.long_poll_outcome(&conn, previous, reply) {
-                Ok(poll) => {
-                    self.raise_lac(poll.last_add_confirmed);
-                    let last_add_confirmed = self.last_add_confirmed().max(known);
-                    return Ok(LongPoll {
-                        last_add_confirmed,
-                        entry: poll.entry,
-                    });
+                Err(e) if is_absent(&e) && Instant::now() + retry < deadline => {
+                    tokio::time::sleep(retry).await;
+                    retry = (retry * 2).min(POLL_RETRY_MAX);
                 }
-                Err(e @ BkError::Unauthorized { .. }) => return Err(e),
                 Err(e) => {
                     debug!(bookie = conn.bookie_id(), error = %e, "long poll failed");
-                    error = worse(error, e);
+                    return Err(e);
                 }
+                Ok(poll) => return Ok(poll),
             }
         }
-        Err(error.unwrap_or(BkError::NoSuchEntry {
-            ledger_id,
-            entry_id: previous + 1,
-        }))
     }
 
     fn long_poll_outcome(
@@ -644,14 +680,9 @@ impl Tailer {
                     }
                 }
                 Err(error) if is_absent(&error) => {
-                    // No bookie has the ledger yet: nothing was written. Check now and then
-                    // whether it was closed empty.
-                    if self.last_refresh.elapsed() >= poll_timeout {
-                        self.reader.refresh_metadata().await?;
-                        self.last_refresh = Instant::now();
-                    } else {
-                        tokio::time::sleep(TAIL_EMPTY_RETRY).await;
-                    }
+                    // No bookie has the ledger yet, for a whole poll: maybe it was closed empty.
+                    self.reader.refresh_metadata().await?;
+                    self.last_refresh = Instant::now();
                 }
                 Err(error) => return Err(error),
             }

@@ -10,7 +10,8 @@
 //! 3. While the oldest outstanding entry is quorum-complete it is popped, the LAC advances to
 //!    it and its caller is answered: completion is strictly in entry order.
 //! 4. When nothing is outstanding and the LAC moved since it was last sent (inside an entry or
-//!    by WRITE_LAC), a WRITE_LAC goes to the write set of the LAC so that tailing readers see it.
+//!    by WRITE_LAC), a WRITE_LAC goes to every bookie of the ensemble so that tailing readers
+//!    see it.
 //!
 //! On the first failed reply (timeout, lost connection, error status) the writer stops sending,
 //! waits until the oldest outstanding entry is decided (complete, or impossible because more than
@@ -520,16 +521,21 @@ impl Core {
         }
     }
 
+    /// Sends WRITE_LAC to every bookie of the ensemble (not only the write set of the LAC, as
+    /// Java does): a bookie wakes a waiting long poll only on the first change of its LAC, and
+    /// drops the poll if that change does not exceed what the poller knows. Keeping every
+    /// bookie's LAC current while the writer is idle makes the next change the one pollers
+    /// wait for, so tailing readers see each new entry at once.
     fn send_explicit_lac(&self, state: &mut State) {
         let lac = state.lac;
         state.lac_sent = lac;
         let body = self.digester.encode_lac(self.ledger_id, lac);
         let timeout = self.client.config.request_timeout;
-        for index in self.schedule.write_set(lac) {
+        for (index, bookie) in self.bookies.iter().enumerate() {
             let sink = Sink::Callback(self.me(), tag(lac, index) | LAC_TAG);
             let (ledger_id, key, body) = (self.ledger_id, self.master_key.clone(), body.clone());
             let build = move |txn| frame::write_lac_request(txn, ledger_id, lac, key, body);
-            if let Err((_, error)) = self.bookies[index].submit(build, "write lac", timeout, sink) {
+            if let Err((_, error)) = bookie.submit(build, "write lac", timeout, sink) {
                 debug!(ledger_id, lac, %error, "cannot send explicit lac");
             }
         }
