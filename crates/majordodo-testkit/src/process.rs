@@ -244,3 +244,46 @@ pub(crate) fn log_shows_port_collision(log: &Path) -> bool {
     let last_start = text.rfind(MARKER).map_or(text.as_str(), |at| &text[at..]);
     last_start.contains("Address already in use") || last_start.contains("BindException")
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn port_collision_is_read_from_the_latest_start_only() {
+        // A retry on a new port must not be triggered by an older start's bind error.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("server.log");
+        log_marker(&log, "starting on 1").expect("write");
+        std::fs::write(
+            &log,
+            format!(
+                "{}\njava.net.BindException: Address already in use\n",
+                std::fs::read_to_string(&log).expect("read")
+            ),
+        )
+        .expect("write");
+        assert!(log_shows_port_collision(&log));
+        log_marker(&log, "starting on 2").expect("write");
+        assert!(!log_shows_port_collision(&log));
+    }
+
+    #[test]
+    fn tail_returns_the_last_lines() {
+        // Errors show the end of a log, not its beginning.
+        let dir = tempfile::tempdir().expect("temp dir");
+        let log = dir.path().join("server.log");
+        let text: String = (0..100).map(|i| format!("line {i}\n")).collect();
+        std::fs::write(&log, text).expect("write");
+        assert_eq!(tail(&log, 2), "line 98\nline 99");
+        assert!(tail(&dir.path().join("missing"), 2).contains("cannot read"));
+    }
+
+    #[test]
+    fn free_port_never_hands_out_the_same_port_twice() {
+        // Two servers started by one test binary must not be given the same port.
+        let ports: std::collections::HashSet<u16> =
+            (0..20).map(|_| free_port().expect("free port")).collect();
+        assert_eq!(ports.len(), 20);
+    }
+}

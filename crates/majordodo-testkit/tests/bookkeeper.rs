@@ -135,17 +135,37 @@ async fn killed_bookie_unregisters_and_restart_brings_it_back() {
 #[tokio::test]
 async fn restarting_a_live_bookie_waits_for_its_new_registration() {
     // Goal: restart_bookie on a running bookie replaces the process and returns only once the
-    // new process registered (not on the old session's lingering node).
+    // new process registered under a new ZooKeeper session (not on the old session's
+    // lingering node).
     let mut cluster = BkCluster::start(1).await.expect("start cluster");
+    let path = format!("/ledgers/available/{}", cluster.bookie_id(0));
+    let registration_owner = |zk: String, path: String| async move {
+        let client = zookeeper_client::Client::connect(&zk)
+            .await
+            .expect("connect to zookeeper");
+        client
+            .check_stat(&path)
+            .await
+            .expect("stat registration")
+            .map(|stat| stat.ephemeral_owner)
+    };
+    let old_owner = registration_owner(cluster.zk_connect_string(), path.clone())
+        .await
+        .expect("registered after start");
     let old_pid = cluster.bookie_pid(0).expect("running");
+
     cluster.restart_bookie(0).await.expect("restart bookie 0");
     assert!(common::process_is_gone(old_pid));
     let new_pid = cluster.bookie_pid(0).expect("running again");
     assert_ne!(new_pid, old_pid);
-    assert_eq!(
-        cluster.registered_bookies().await.expect("list"),
-        vec![cluster.bookie_id(0)]
+    let new_owner = registration_owner(cluster.zk_connect_string(), path)
+        .await
+        .expect("registered after restart");
+    assert_ne!(
+        new_owner, old_owner,
+        "registration still owned by the old session"
     );
+    assert!(common::accepts_tcp(cluster.bookie_addr(0)).await);
 }
 
 #[tokio::test]
