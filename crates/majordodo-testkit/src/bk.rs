@@ -451,8 +451,18 @@ impl BkCluster {
     /// If `i >= bookie_count()`.
     pub async fn restart_bookie(&mut self, i: usize) -> Result<(), TestkitError> {
         self.kill_bookie(i).await;
-        self.spawn_bookie(i)?;
         let client = self.zk_client().await?;
+        // with the process gone, any registration left is stale (perhaps from a session the
+        // bookie opened after a pause): the new process must register under another one
+        let path = self.registration_path(i);
+        if let Some(stat) = client
+            .check_stat(&path)
+            .await
+            .map_err(|e| TestkitError::zk(format!("stat {path}"), e))?
+        {
+            self.bookies[i].registered_session = Some(stat.ephemeral_owner);
+        }
+        self.spawn_bookie(i)?;
         let deadline = Instant::now() + self.options.start_timeout + self.options.bookie_zk_timeout;
         self.await_ready(i, &client, deadline).await
     }
@@ -636,6 +646,11 @@ impl BkCluster {
         self.run_java_tool(BOOKIE_SHELL, &all, timeout).await
     }
 
+    /// The ephemeral znode of bookie `i` while it is registered as writable.
+    fn registration_path(&self, i: usize) -> String {
+        format!("{LEDGERS_ROOT}/available/{}", self.bookies[i].id())
+    }
+
     async fn zk_client(&self) -> Result<zkc::Client, TestkitError> {
         let connect = self.zk.connect_string();
         zkc::Client::connector()
@@ -736,7 +751,7 @@ impl BkCluster {
         client: &zkc::Client,
         deadline: Instant,
     ) -> Result<(), TestkitError> {
-        let path = format!("{LEDGERS_ROOT}/available/{}", self.bookies[i].id());
+        let path = self.registration_path(i);
         let addr = self.bookie_addr(i);
         loop {
             let bookie = &mut self.bookies[i];

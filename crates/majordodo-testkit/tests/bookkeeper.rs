@@ -139,17 +139,7 @@ async fn restarting_a_live_bookie_waits_for_its_new_registration() {
     // lingering node).
     let mut cluster = BkCluster::start(1).await.expect("start cluster");
     let path = format!("/ledgers/available/{}", cluster.bookie_id(0));
-    let registration_owner = |zk: String, path: String| async move {
-        let client = zookeeper_client::Client::connect(&zk)
-            .await
-            .expect("connect to zookeeper");
-        client
-            .check_stat(&path)
-            .await
-            .expect("stat registration")
-            .map(|stat| stat.ephemeral_owner)
-    };
-    let old_owner = registration_owner(cluster.zk_connect_string(), path.clone())
+    let old_owner = common::registration_owner(&cluster.zk_connect_string(), &path)
         .await
         .expect("registered after start");
     let old_pid = cluster.bookie_pid(0).expect("running");
@@ -158,7 +148,7 @@ async fn restarting_a_live_bookie_waits_for_its_new_registration() {
     assert!(common::process_is_gone(old_pid));
     let new_pid = cluster.bookie_pid(0).expect("running again");
     assert_ne!(new_pid, old_pid);
-    let new_owner = registration_owner(cluster.zk_connect_string(), path)
+    let new_owner = common::registration_owner(&cluster.zk_connect_string(), &path)
         .await
         .expect("registered after restart");
     assert_ne!(
@@ -171,7 +161,8 @@ async fn restarting_a_live_bookie_waits_for_its_new_registration() {
 #[tokio::test]
 async fn paused_bookie_expires_and_registers_again_after_resume() {
     // Goal: a SIGSTOPped bookie keeps its port but loses its registration after the session
-    // timeout; after SIGCONT it registers again.
+    // timeout; after SIGCONT it registers again, and a later restart still waits for the new
+    // process's registration.
     let options = BkClusterOptions::new(1).bookie_zk_timeout(Duration::from_secs(2));
     let mut cluster = BkCluster::start_with(options).await.expect("start cluster");
     let pid = cluster.bookie_pid(0).expect("running");
@@ -200,6 +191,18 @@ async fn paused_bookie_expires_and_registers_again_after_resume() {
         Some(pid),
         "same process after resume"
     );
+
+    // a restart now must wait for the new process's own registration, not accept the node the
+    // resumed process made under its second session
+    let path = format!("/ledgers/available/{}", cluster.bookie_id(0));
+    let resumed_owner = common::registration_owner(&cluster.zk_connect_string(), &path)
+        .await
+        .expect("registered after resume");
+    cluster.restart_bookie(0).await.expect("restart bookie 0");
+    let restarted_owner = common::registration_owner(&cluster.zk_connect_string(), &path)
+        .await
+        .expect("registered after restart");
+    assert_ne!(restarted_owner, resumed_owner);
 }
 
 #[tokio::test]

@@ -95,3 +95,15 @@ pub fn is_loopback(addr: &std::net::SocketAddr) -> bool {
         }
     }
 }
+
+/// The session owning the ephemeral znode at `path`, `None` if it does not exist.
+pub async fn registration_owner(zk: &str, path: &str) -> Option<i64> {
+    let client = zookeeper_client::Client::connect(zk)
+        .await
+        .expect("connect to zookeeper");
+    client
+        .check_stat(path)
+        .await
+        .expect("stat registration")
+        .map(|stat| stat.ephemeral_owner)
+}
