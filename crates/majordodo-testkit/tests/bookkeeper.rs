@@ -374,7 +374,13 @@ async fn java_tool_reports_errors_as_json_and_exit_status() {
         .expect("run BkRead");
     assert_eq!(missing.status.code(), Some(1));
     let lines = tools::json_lines(&missing.stdout).expect("json");
-    assert!(tools::events(&lines, "error").next().is_some());
+    let error = tools::events(&lines, "error").next().expect("error line");
+    let kind = field(error, "kind").as_str().expect("kind");
+    assert!(
+        kind.contains("NoSuchLedger"),
+        "unexpected error kind {kind}"
+    );
+    assert!(field(error, "code").as_i64().is_some_and(|code| code < 0));
 }
 
 #[tokio::test]

@@ -6,7 +6,10 @@ import java.util.HashSet;
 import java.util.List;
 import java.util.Locale;
 import java.util.Set;
+import java.util.concurrent.CompletionException;
+import java.util.concurrent.ExecutionException;
 import java.util.zip.CRC32;
+import org.apache.bookkeeper.client.api.BKException;
 import org.apache.bookkeeper.client.api.BookKeeper;
 import org.apache.bookkeeper.client.api.DigestType;
 import org.apache.bookkeeper.client.api.LedgerMetadata;
@@ -58,8 +61,18 @@ final class Tools {
             Json.event("error").put("tool", tool).put("kind", "usage").put("message", e.getMessage()).print();
             status = EXIT_USAGE;
         } catch (Throwable e) {
-            Json.event("error").put("tool", tool).put("kind", e.getClass().getName())
-                    .put("message", String.valueOf(e.getMessage())).print();
+            Throwable cause = e;
+            // futures wrap the BookKeeper error; report the error itself
+            while ((cause instanceof ExecutionException || cause instanceof CompletionException)
+                    && cause.getCause() != null) {
+                cause = cause.getCause();
+            }
+            Json error = Json.event("error").put("tool", tool).put("kind", cause.getClass().getName())
+                    .put("message", String.valueOf(cause.getMessage()));
+            if (cause instanceof BKException bk) {
+                error.put("code", bk.getCode());
+            }
+            error.print();
             e.printStackTrace();
             status = EXIT_FAILURE;
         }
