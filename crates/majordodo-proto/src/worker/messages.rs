@@ -209,13 +209,27 @@ pub struct Capacity {
 impl Capacity {
     /// The key of [`Capacity::max_threads_by_task_type`] that a task of type `task_type` counts
     /// against, with its limit; `None` when this capacity accepts no task of that type.
+    ///
+    /// The same rule as the broker's scheduler: entries of 0 are ignored; a type without its own
+    /// entry counts against [`ANY_TASK_TYPE`]; a map without any positive entry accepts every
+    /// type, up to `max_threads` (counted under [`ANY_TASK_TYPE`]).
     pub fn type_limit<'a>(&'a self, task_type: &'a str) -> Option<(&'a str, u32)> {
-        if let Some(limit) = self.max_threads_by_task_type.get(task_type) {
-            return Some((task_type, *limit));
+        let limits = &self.max_threads_by_task_type;
+        if let Some(&limit) = limits.get(task_type)
+            && limit > 0
+            && task_type != ANY_TASK_TYPE
+        {
+            return Some((task_type, limit));
         }
-        self.max_threads_by_task_type
-            .get(ANY_TASK_TYPE)
-            .map(|limit| (ANY_TASK_TYPE, *limit))
+        if let Some(&limit) = limits.get(ANY_TASK_TYPE)
+            && limit > 0
+        {
+            return Some((ANY_TASK_TYPE, limit));
+        }
+        if limits.values().all(|limit| *limit == 0) {
+            return Some((ANY_TASK_TYPE, self.max_threads));
+        }
+        None
     }
 }
 

@@ -432,3 +432,26 @@ fn type_limit_falls_back_to_any() {
         .insert(ANY_TASK_TYPE.into(), 5);
     assert_eq!(capacity.type_limit("b"), Some((ANY_TASK_TYPE, 5)));
 }
+
+#[test]
+fn type_limit_follows_the_broker_rule_for_empty_and_zero_entries() {
+    // Goal: the worker's check agrees with the broker's scheduler: no positive entry means any
+    // type up to max_threads, and a 0 entry does not forbid its type.
+    let mut capacity = Capacity {
+        max_threads: 7,
+        ..Capacity::default()
+    };
+    assert_eq!(capacity.type_limit("x"), Some((ANY_TASK_TYPE, 7)));
+    capacity.max_threads_by_task_type.insert("x".into(), 0);
+    assert_eq!(capacity.type_limit("x"), Some((ANY_TASK_TYPE, 7)));
+    capacity.max_threads_by_task_type.insert("y".into(), 3);
+    assert_eq!(
+        capacity.type_limit("x"),
+        None,
+        "y is limited and x has no any to fall back on"
+    );
+    capacity
+        .max_threads_by_task_type
+        .insert(ANY_TASK_TYPE.into(), 2);
+    assert_eq!(capacity.type_limit("x"), Some((ANY_TASK_TYPE, 2)));
+}
