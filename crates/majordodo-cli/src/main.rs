@@ -1,1 +1,67 @@
-fn main() {}
+//! `majordodo`: the command line of Majordodo.
+//!
+//! - `standalone`, `broker`, `worker`: the servers ([`standalone`], [`server`], [`worker`]).
+//! - `submit`, `task`, `tasks`, `status`, `workers`: clients of the HTTP API ([`client`]).
+//! - `auth`: credentials for the broker's configuration ([`auth`]).
+//!
+//! Exit status: 0 when the command did what was asked, 1 when it failed at run time, 2 for a
+//! usage or configuration error (errors print as `error: ...` plus `caused by: ...` lines).
+
+mod auth;
+mod builtin;
+mod cli;
+// TEMP mod client;
+mod config;
+mod error;
+mod http_config;
+mod logging;
+mod output;
+mod server;
+mod signal;
+mod standalone;
+mod units;
+mod worker;
+
+use std::process::ExitCode;
+
+use clap::Parser;
+
+use crate::cli::{Cli, Command};
+use crate::error::report;
+
+fn main() -> ExitCode {
+    let cli = Cli::parse();
+    let server = matches!(
+        cli.command,
+        Command::Standalone(_) | Command::Broker(_) | Command::Worker(_)
+    );
+    if let Err(error) = logging::init(cli.log_level.as_deref(), server) {
+        return report(&error);
+    }
+    let runtime = match tokio::runtime::Builder::new_multi_thread()
+        .enable_all()
+        .thread_name("majordodo")
+        .build()
+    {
+        Ok(runtime) => runtime,
+        Err(e) => return report(&anyhow::Error::new(e).context("start the async runtime")),
+    };
+    let result = runtime.block_on(run(cli.command));
+    // Tasks still running (a stuck connection) must not delay the exit past the bounded
+    // shutdown each command already performed.
+    runtime.shutdown_timeout(std::time::Duration::from_secs(1));
+    match result {
+        Ok(()) => ExitCode::SUCCESS,
+        Err(error) => report(&error),
+    }
+}
+
+async fn run(command: Command) -> anyhow::Result<()> {
+    match command {
+        Command::Standalone(args) => standalone::run(args).await,
+        Command::Broker(args) => server::run(args).await,
+        Command::Worker(args) => worker::run(args).await,
+        Command::Auth(command) => auth::run(command),
+        _ => todo!(),
+    }
+}

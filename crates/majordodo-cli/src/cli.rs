@@ -1,0 +1,314 @@
+//! The command tree: every command, flag and help text (`clap` derive).
+
+use std::path::PathBuf;
+
+use clap::{Args, Parser, Subcommand, ValueEnum};
+
+use crate::units::{When, parse_duration, parse_when};
+
+/// Default URL of the HTTP API, as the standalone broker serves it.
+pub(crate) const DEFAULT_URL: &str = "http://127.0.0.1:7364/majordodo";
+
+/// Default HTTP port of `standalone` (the original's).
+pub(crate) const DEFAULT_HTTP_PORT: u16 = 7364;
+
+/// Default worker port of `standalone` (the original's).
+pub(crate) const DEFAULT_WORKER_PORT: u16 = 7363;
+
+/// Majordodo: a distributed resource manager that runs tasks on workers.
+///
+/// Try it: `majordodo standalone` starts a broker and a worker in one process, then
+/// `majordodo submit --type echo --data hello` and `majordodo tasks` in another terminal.
+#[derive(Debug, Parser)]
+#[command(name = "majordodo", version, propagate_version = true, max_term_width = 100)]
+pub(crate) struct Cli {
+    /// Log filter: error, warn, info, debug, trace, or directives such as
+    /// `info,majordodo_broker=debug`. Overrides RUST_LOG. Default: info for servers
+    /// (standalone, broker, worker), warn for the other commands.
+    #[arg(long, value_name = "FILTER")]
+    pub(crate) log_level: Option<String>,
+
+    #[command(subcommand)]
+    pub(crate) command: Command,
+}
+
+/// The commands.
+#[derive(Debug, Subcommand)]
+pub(crate) enum Command {
+    /// Run a broker and one local worker in this process, on 127.0.0.1 only.
+    ///
+    /// Data (commit log, snapshots, the admin token, the worker's secret) goes to the data
+    /// directory, created if needed; a restart on the same directory recovers every task. The
+    /// local worker runs the built-in executors (echo, noop, sleep, fail) and any `process`
+    /// executors of --worker-config. Stop with Ctrl-C or SIGTERM.
+    Standalone(StandaloneArgs),
+    /// Run a broker (HTTP API and worker port) from a configuration file.
+    Broker(BrokerArgs),
+    /// Run a worker agent that connects to a broker and runs its tasks.
+    Worker(WorkerArgs),
+    /// Submit one task, or many from a JSON Lines file or stdin.
+    Submit(SubmitArgs),
+    /// Show one task.
+    Task(TaskArgs),
+    /// List tasks, with filters.
+    Tasks(TasksArgs),
+    /// Show the broker's status and task counts.
+    Status(SimpleViewArgs),
+    /// List the workers the broker knows.
+    Workers(SimpleViewArgs),
+    /// Make credentials for the broker's [[http.users]] entries.
+    #[command(subcommand)]
+    Auth(AuthCommand),
+}
+
+/// `majordodo standalone`.
+#[derive(Debug, Args)]
+pub(crate) struct StandaloneArgs {
+    /// Directory of the log, snapshots, admin.token and worker.secret.
+    #[arg(long, value_name = "DIR", default_value = "majordodo-data")]
+    pub(crate) data_dir: PathBuf,
+    /// Port of the HTTP API on 127.0.0.1; 0 picks a free port (printed at start).
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_HTTP_PORT)]
+    pub(crate) http_port: u16,
+    /// Port for workers on 127.0.0.1; 0 picks a free port (printed at start).
+    #[arg(long, value_name = "PORT", default_value_t = DEFAULT_WORKER_PORT)]
+    pub(crate) worker_port: u16,
+    /// Worker configuration (TOML) for the local worker: process executors, limits, groups.
+    /// Its broker address and secret are ignored. See `majordodo worker --print-default-config`.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) worker_config: Option<PathBuf>,
+    /// Do not start the local worker (only the broker; connect workers with `majordodo worker`
+    /// and the shared secret in <data-dir>/worker.secret).
+    #[arg(long)]
+    pub(crate) no_worker: bool,
+}
+
+/// `majordodo broker`.
+#[derive(Debug, Args)]
+pub(crate) struct BrokerArgs {
+    /// Configuration file (TOML); see --print-default-config for every key.
+    #[arg(long, short, value_name = "FILE", required_unless_present = "print_default_config")]
+    pub(crate) config: Option<PathBuf>,
+    /// Print a configuration file with every key, its default and its meaning, then exit.
+    #[arg(long)]
+    pub(crate) print_default_config: bool,
+    /// Data directory (overrides data_dir).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: Option<PathBuf>,
+    /// Address of the HTTP API (overrides http.listen).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) http_listen: Option<String>,
+    /// Address of the worker port (overrides workers.listen).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) worker_listen: Option<String>,
+    /// Name of this broker (overrides broker_id).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) broker_id: Option<String>,
+    /// File holding the workers' shared secret (overrides workers.shared_secret[_file]).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) shared_secret_file: Option<PathBuf>,
+}
+
+/// `majordodo worker`.
+#[derive(Debug, Args)]
+pub(crate) struct WorkerArgs {
+    /// Configuration file (TOML); see --print-default-config for every key.
+    #[arg(long, short, value_name = "FILE")]
+    pub(crate) config: Option<PathBuf>,
+    /// Print a configuration file with every key, its default and its meaning, then exit.
+    #[arg(long)]
+    pub(crate) print_default_config: bool,
+    /// The broker's worker port (overrides broker).
+    #[arg(long, value_name = "HOST:PORT")]
+    pub(crate) broker: Option<String>,
+    /// Name of this worker (overrides worker_id).
+    #[arg(long, value_name = "NAME")]
+    pub(crate) worker_id: Option<String>,
+    /// File holding the shared secret (overrides shared_secret[_file]).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) shared_secret_file: Option<PathBuf>,
+    /// Most tasks at once (overrides max_threads).
+    #[arg(long, value_name = "N")]
+    pub(crate) max_threads: Option<u32>,
+    /// Groups served, highest priority first, comma-separated (overrides groups).
+    #[arg(long, value_name = "G,...", value_delimiter = ',')]
+    pub(crate) groups: Option<Vec<u32>>,
+    /// Add a built-in executor: echo, noop, sleep or fail (repeatable; adds to
+    /// builtin_executors).
+    #[arg(long = "builtin", value_name = "NAME")]
+    pub(crate) builtins: Vec<String>,
+}
+
+/// How client commands reach and authenticate to the broker.
+#[derive(Debug, Clone, Args)]
+pub(crate) struct ClientArgs {
+    /// URL of the broker's HTTP API.
+    #[arg(long, env = "MAJORDODO_URL", default_value = DEFAULT_URL)]
+    pub(crate) url: String,
+    /// Bearer token. Default: $MAJORDODO_TOKEN, else <data-dir>/admin.token.
+    #[arg(long, env = "MAJORDODO_TOKEN", hide_env_values = true)]
+    pub(crate) token: Option<String>,
+    /// File holding the bearer token.
+    #[arg(long, value_name = "FILE", conflicts_with = "token")]
+    pub(crate) token_file: Option<PathBuf>,
+    /// User name for HTTP Basic authentication (with --password).
+    #[arg(long, env = "MAJORDODO_USERNAME", requires = "password")]
+    pub(crate) username: Option<String>,
+    /// Password for HTTP Basic authentication. Prefer $MAJORDODO_PASSWORD: flags are visible
+    /// to other users of the machine.
+    #[arg(
+        long,
+        env = "MAJORDODO_PASSWORD",
+        hide_env_values = true,
+        requires = "username"
+    )]
+    pub(crate) password: Option<String>,
+    /// Where `majordodo standalone` keeps admin.token (used when no other credential is given).
+    #[arg(
+        long,
+        value_name = "DIR",
+        default_value = "majordodo-data"
+    )]
+    pub(crate) data_dir: PathBuf,
+    /// Time limit of each HTTP request.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) timeout: std::time::Duration,
+}
+
+/// `majordodo submit`.
+#[derive(Debug, Args)]
+#[command(group(clap::ArgGroup::new("source").args(["data", "data_file", "jsonl"])))]
+pub(crate) struct SubmitArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// Task type (chooses the worker's executor). Required for one task; a default for
+    /// --jsonl lines without `tasktype`.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub(crate) task_type: Option<String>,
+    /// Owner of the task (its userid). Default: --username if given, else "admin". A default
+    /// for --jsonl lines without `userid`.
+    #[arg(long, value_name = "USER")]
+    pub(crate) user: Option<String>,
+    /// The task's data (payload).
+    #[arg(long, value_name = "TEXT")]
+    pub(crate) data: Option<String>,
+    /// Read the task's data from a file ('-' for stdin).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) data_file: Option<PathBuf>,
+    /// Most executions: 1 runs it at most once, 0 retries without limit.
+    #[arg(long, value_name = "N")]
+    pub(crate) max_attempts: Option<u32>,
+    /// Fail the task if it has not finished by then: RFC 3339, epoch milliseconds, or a
+    /// duration from now (10m).
+    #[arg(long, value_name = "WHEN", value_parser = parse_when)]
+    pub(crate) deadline: Option<When>,
+    /// Do not start before this time: RFC 3339, epoch milliseconds, or a duration from now.
+    #[arg(long, value_name = "WHEN", value_parser = parse_when, conflicts_with = "delay")]
+    pub(crate) start_at: Option<When>,
+    /// Do not start before this delay has passed (e.g. 30s).
+    #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+    pub(crate) delay: Option<std::time::Duration>,
+    /// Slot: at most one task holding a slot exists at a time; a second one is not created.
+    #[arg(long, value_name = "NAME")]
+    pub(crate) slot: Option<String>,
+    /// Submit many tasks from a JSON Lines file ('-' for stdin): one task object per line
+    /// with the HTTP API's field names (tasktype, userid, data, maxattempts,
+    /// requestedStartTime, deadline, slot, codePoolId, mode). Flags give defaults for missing
+    /// fields. Every line is checked before anything is sent.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) jsonl: Option<PathBuf>,
+    /// Tasks per request with --jsonl.
+    #[arg(long, value_name = "N", default_value_t = 500, value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub(crate) batch_size: u32,
+    /// Print the broker's answer as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `majordodo task`.
+#[derive(Debug, Args)]
+pub(crate) struct TaskArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// The task id.
+    #[arg(value_name = "ID")]
+    pub(crate) id: u64,
+    /// Print the task as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// A task status, for filters.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, ValueEnum)]
+pub(crate) enum StatusArg {
+    /// Every status.
+    All,
+    /// Waiting for a worker.
+    Waiting,
+    /// Waiting for its start time.
+    Delayed,
+    /// Running on a worker.
+    Running,
+    /// Finished successfully.
+    Finished,
+    /// Failed for good.
+    Error,
+}
+
+/// `majordodo tasks`.
+#[derive(Debug, Args)]
+pub(crate) struct TasksArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// Only tasks in this status.
+    #[arg(long, value_enum, default_value_t = StatusArg::All)]
+    pub(crate) status: StatusArg,
+    /// Only tasks of this type.
+    #[arg(long = "type", value_name = "TYPE")]
+    pub(crate) task_type: Option<String>,
+    /// Only tasks of this user.
+    #[arg(long, value_name = "USER")]
+    pub(crate) user: Option<String>,
+    /// Only tasks assigned to this worker.
+    #[arg(long, value_name = "WORKER")]
+    pub(crate) worker: Option<String>,
+    /// Only tasks holding this slot.
+    #[arg(long, value_name = "SLOT")]
+    pub(crate) slot: Option<String>,
+    /// Most tasks listed.
+    #[arg(long, value_name = "N", default_value_t = 100)]
+    pub(crate) max: u32,
+    /// Print the tasks as JSON (an array of task objects).
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `majordodo status` and `majordodo workers`.
+#[derive(Debug, Args)]
+pub(crate) struct SimpleViewArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// Print as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `majordodo auth ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum AuthCommand {
+    /// Generate a bearer token, write it to a file (mode 0600) and print the [[http.users]]
+    /// entry to add to the broker's file (it holds only the token's SHA-256).
+    NewToken {
+        /// File to write the token to.
+        #[arg(long, value_name = "FILE")]
+        out: PathBuf,
+        /// The user's name.
+        #[arg(long, default_value = "admin")]
+        name: String,
+        /// The user's role: admin or user.
+        #[arg(long, default_value = "admin", value_parser = ["admin", "user"])]
+        role: String,
+    },
+    /// Hash a password read from stdin (one line) and print the password_hash to configure.
+    HashPassword,
+}

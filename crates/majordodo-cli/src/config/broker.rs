@@ -1,0 +1,471 @@
+//! The broker's configuration file (`majordodo broker --config broker.toml`): its keys and
+//! defaults ([`BrokerFile`]), the commented default file ([`default_file`]), and validation into
+//! [`BrokerSettings`].
+
+use std::path::{Path, PathBuf};
+use std::time::Duration;
+
+use majordodo_broker::worker_listener::{
+    DEFAULT_ADMISSION_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WORKER_IDLE_TIME, DEFAULT_OUTBOUND_QUEUE, ListenerConfig,
+};
+use majordodo_broker::{BrokerConfig, DispatcherConfig};
+use majordodo_core::LeaderConfig;
+use majordodo_log::{
+    DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_RECORD_SIZE, DEFAULT_SEGMENT_SIZE, FileLogConfig,
+};
+use majordodo_proto::worker::{DEFAULT_MAX_FRAME_SIZE, SharedSecret};
+use serde::Deserialize;
+
+use super::{ByteSize, ConfigError, HumanDuration, Origin, SecretSource, resolve_path};
+use crate::http_config::{HttpFile, HttpSettings};
+
+/// Default address of the HTTP API: loopback only, so a broker started without thinking is not
+/// exposed; set `http.listen = "0.0.0.0:7364"` to serve other hosts. Port 7364 as the original.
+pub(crate) const DEFAULT_HTTP_LISTEN: &str = "127.0.0.1:7364";
+
+/// Default address of the worker port: loopback only, as the HTTP API. Port 7363 as the original.
+pub(crate) const DEFAULT_WORKER_LISTEN: &str = "127.0.0.1:7363";
+
+/// Default data directory, relative to the configuration file (or the working directory).
+pub(crate) const DEFAULT_DATA_DIR: &str = "majordodo-data";
+
+/// The broker's TOML file. Every key is optional; see [`default_file`] for the meaning of each.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct BrokerFile {
+    /// Name of this broker; default: the host name.
+    pub(crate) broker_id: Option<String>,
+    /// Directory of the commit log and the snapshots.
+    pub(crate) data_dir: Option<PathBuf>,
+    /// `[http]`.
+    pub(crate) http: HttpFile,
+    /// `[workers]`.
+    pub(crate) workers: WorkersFile,
+    /// `[log]`.
+    pub(crate) log: LogFile,
+    /// `[snapshots]`.
+    pub(crate) snapshots: SnapshotsFile,
+    /// `[tasks]`.
+    pub(crate) tasks: TasksFile,
+    /// `[tuning]`.
+    pub(crate) tuning: TuningFile,
+}
+
+/// `[workers]`: the port workers connect to, and how they are watched.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct WorkersFile {
+    pub(crate) listen: String,
+    pub(crate) shared_secret: Option<String>,
+    pub(crate) shared_secret_file: Option<PathBuf>,
+    pub(crate) max_connections: usize,
+    pub(crate) handshake_timeout: HumanDuration,
+    pub(crate) admission_timeout: HumanDuration,
+    pub(crate) keepalive_interval: HumanDuration,
+    pub(crate) max_idle_time: HumanDuration,
+    pub(crate) dead_after: HumanDuration,
+    pub(crate) max_frame_size: ByteSize,
+    pub(crate) outbound_queue: usize,
+}
+
+impl Default for WorkersFile {
+    fn default() -> Self {
+        WorkersFile {
+            listen: DEFAULT_WORKER_LISTEN.into(),
+            shared_secret: None,
+            shared_secret_file: None,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            handshake_timeout: HumanDuration(DEFAULT_HANDSHAKE_TIMEOUT),
+            admission_timeout: HumanDuration(DEFAULT_ADMISSION_TIMEOUT),
+            keepalive_interval: HumanDuration(DEFAULT_KEEPALIVE_INTERVAL),
+            max_idle_time: HumanDuration(DEFAULT_MAX_WORKER_IDLE_TIME),
+            dead_after: HumanDuration(Duration::from_millis(
+                LeaderConfig::default().max_worker_idle.unsigned_abs(),
+            )),
+            max_frame_size: ByteSize(DEFAULT_MAX_FRAME_SIZE as u64),
+            outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+        }
+    }
+}
+
+/// `[log]`: the commit log in `<data_dir>/log`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct LogFile {
+    pub(crate) segment_size: ByteSize,
+    pub(crate) max_record_size: ByteSize,
+    pub(crate) max_queued_bytes: ByteSize,
+    pub(crate) fsync: bool,
+}
+
+impl Default for LogFile {
+    fn default() -> Self {
+        LogFile {
+            segment_size: ByteSize(DEFAULT_SEGMENT_SIZE),
+            max_record_size: ByteSize(DEFAULT_MAX_RECORD_SIZE as u64),
+            max_queued_bytes: ByteSize(DEFAULT_MAX_QUEUED_BYTES),
+            fsync: true,
+        }
+    }
+}
+
+/// `[snapshots]`: snapshots in `<data_dir>/snapshots`.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct SnapshotsFile {
+    pub(crate) interval: HumanDuration,
+}
+
+impl Default for SnapshotsFile {
+    fn default() -> Self {
+        SnapshotsFile {
+            interval: HumanDuration(
+                DispatcherConfig::default()
+                    .checkpoint_interval
+                    .unwrap_or(Duration::ZERO),
+            ),
+        }
+    }
+}
+
+/// `[tasks]`: what happens to tasks over time.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct TasksFile {
+    pub(crate) finished_task_retention: HumanDuration,
+}
+
+impl Default for TasksFile {
+    fn default() -> Self {
+        TasksFile {
+            finished_task_retention: HumanDuration(Duration::from_millis(
+                LeaderConfig::default()
+                    .finished_task_retention
+                    .unsigned_abs(),
+            )),
+        }
+    }
+}
+
+/// `[tuning]`: internal queues and round sizes.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct TuningFile {
+    pub(crate) command_queue: usize,
+    pub(crate) event_queue: usize,
+    pub(crate) max_inputs_per_round: usize,
+    pub(crate) max_rounds_in_flight: usize,
+    pub(crate) max_assignments_per_round: usize,
+    pub(crate) max_timer_changes_per_round: usize,
+    pub(crate) noop_interval: HumanDuration,
+}
+
+impl Default for TuningFile {
+    fn default() -> Self {
+        let broker = BrokerConfig::default();
+        TuningFile {
+            command_queue: broker.command_queue,
+            event_queue: broker.event_queue,
+            max_inputs_per_round: broker.dispatcher.max_inputs_per_round,
+            max_rounds_in_flight: broker.dispatcher.max_rounds_in_flight,
+            max_assignments_per_round: broker.leader.max_assignments_per_round,
+            max_timer_changes_per_round: broker.leader.max_timer_changes_per_round,
+            noop_interval: HumanDuration(broker.dispatcher.noop_interval),
+        }
+    }
+}
+
+/// Everything `majordodo broker` needs, validated.
+#[derive(Debug, Clone)]
+pub(crate) struct BrokerSettings {
+    /// Where the commit log (`log/`) and snapshots (`snapshots/`) live.
+    pub(crate) data_dir: PathBuf,
+    /// Address of the HTTP API.
+    pub(crate) http_listen: String,
+    /// Address of the worker port.
+    pub(crate) worker_listen: String,
+    /// The HTTP API's settings (users included).
+    pub(crate) http: HttpSettings,
+    /// The worker listener's settings (the shared secret included).
+    pub(crate) listener: ListenerConfig,
+    /// The broker runtime's settings.
+    pub(crate) broker: BrokerConfig,
+    /// The commit log's settings.
+    pub(crate) log: FileLogConfig,
+}
+
+impl BrokerFile {
+    /// Reads `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key and the file.
+    pub(crate) fn load(path: &Path) -> Result<BrokerFile, ConfigError> {
+        super::load_toml(path)
+    }
+
+    /// Validates into settings. `origin` is where the file came from (relative paths are
+    /// resolved against its directory).
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first key that is wrong.
+    pub(crate) fn validate(&self, origin: &Origin) -> Result<BrokerSettings, ConfigError> {
+        let invalid = |key: &str, problem: String| ConfigError::invalid(origin, key, problem);
+        let broker_id = match &self.broker_id {
+            Some(id) if id.trim().is_empty() => {
+                return Err(invalid("broker_id", "must not be empty".into()));
+            }
+            Some(id) => id.clone(),
+            None => majordodo_worker::hostname(),
+        };
+        let data_dir = resolve_path(
+            origin,
+            self.data_dir
+                .as_deref()
+                .unwrap_or(Path::new(DEFAULT_DATA_DIR)),
+        );
+        check_listen(&self.http.listen).map_err(|p| invalid("http.listen", p))?;
+        check_listen(&self.workers.listen).map_err(|p| invalid("workers.listen", p))?;
+        let http = self.http.validate(origin)?;
+
+        let w = &self.workers;
+        let secret = SecretSource {
+            inline: w.shared_secret.clone(),
+            file: w.shared_secret_file.clone(),
+        }
+        .load(origin, "workers.")?;
+        let max_frame_size = usize::try_from(w.max_frame_size.0)
+            .map_err(|_| invalid("workers.max_frame_size", "too large".into()))?;
+        let listener = ListenerConfig {
+            broker_id: broker_id.clone(),
+            shared_secret: SharedSecret::new(secret),
+            max_connections: w.max_connections,
+            handshake_timeout: w.handshake_timeout.0,
+            admission_timeout: w.admission_timeout.0,
+            keepalive_interval: w.keepalive_interval.0,
+            max_worker_idle_time: w.max_idle_time.0,
+            max_frame_size,
+            outbound_queue: w.outbound_queue,
+        };
+        listener.validate().map_err(|e| {
+            // The listener names its settings as this table does, minus two renames.
+            let key = e
+                .0
+                .split_whitespace()
+                .next()
+                .unwrap_or("workers")
+                .replace("max_worker_idle_time", "max_idle_time");
+            invalid(&format!("workers.{key}"), e.0.replace("max_worker_idle_time", "max_idle_time"))
+        })?;
+        if w.dead_after.0 < w.max_idle_time.0 {
+            return Err(invalid(
+                "workers.dead_after",
+                format!(
+                    "must be at least workers.max_idle_time ({}): a worker must be disconnected \
+                     before it can be declared dead",
+                    w.max_idle_time
+                ),
+            ));
+        }
+
+        let l = &self.log;
+        let log = FileLogConfig {
+            segment_size: l.segment_size.0,
+            max_record_size: usize::try_from(l.max_record_size.0)
+                .map_err(|_| invalid("log.max_record_size", "too large".into()))?,
+            max_queued_bytes: l.max_queued_bytes.0,
+            fsync: l.fsync,
+        };
+        if log.segment_size < 4096 {
+            return Err(invalid("log.segment_size", "must be at least 4KiB".into()));
+        }
+        if log.max_record_size == 0 || log.max_record_size > majordodo_log::MAX_RECORD_SIZE_LIMIT
+        {
+            return Err(invalid(
+                "log.max_record_size",
+                format!(
+                    "must be between 1 and {}",
+                    crate::units::format_bytes(majordodo_log::MAX_RECORD_SIZE_LIMIT as u64)
+                ),
+            ));
+        }
+        if log.max_queued_bytes == 0 {
+            return Err(invalid("log.max_queued_bytes", "must be positive".into()));
+        }
+
+        let t = &self.tuning;
+        for (key, value) in [
+            ("tuning.command_queue", t.command_queue),
+            ("tuning.event_queue", t.event_queue),
+            ("tuning.max_inputs_per_round", t.max_inputs_per_round),
+            ("tuning.max_rounds_in_flight", t.max_rounds_in_flight),
+            ("tuning.max_assignments_per_round", t.max_assignments_per_round),
+            (
+                "tuning.max_timer_changes_per_round",
+                t.max_timer_changes_per_round,
+            ),
+        ] {
+            if value == 0 {
+                return Err(invalid(key, "must be at least 1".into()));
+            }
+        }
+        if t.noop_interval.0.is_zero() {
+            return Err(invalid("tuning.noop_interval", "must be positive".into()));
+        }
+        let millis = |key: &str, d: Duration| {
+            i64::try_from(d.as_millis()).map_err(|_| invalid(key, "too large".into()))
+        };
+        let broker = BrokerConfig {
+            broker_id,
+            leader: LeaderConfig {
+                max_worker_idle: millis("workers.dead_after", w.dead_after.0)?,
+                finished_task_retention: millis(
+                    "tasks.finished_task_retention",
+                    self.tasks.finished_task_retention.0,
+                )?,
+                max_assignments_per_round: t.max_assignments_per_round,
+                max_timer_changes_per_round: t.max_timer_changes_per_round,
+            },
+            dispatcher: DispatcherConfig {
+                max_inputs_per_round: t.max_inputs_per_round,
+                max_rounds_in_flight: t.max_rounds_in_flight,
+                checkpoint_interval: Some(self.snapshots.interval.0).filter(|d| !d.is_zero()),
+                noop_interval: t.noop_interval.0,
+            },
+            command_queue: t.command_queue,
+            event_queue: t.event_queue,
+        };
+        Ok(BrokerSettings {
+            data_dir,
+            http_listen: self.http.listen.clone(),
+            worker_listen: self.workers.listen.clone(),
+            http,
+            listener,
+            broker,
+            log,
+        })
+    }
+}
+
+/// Checks that `addr` looks like `host:port` (the host is resolved when binding).
+pub(crate) fn check_listen(addr: &str) -> Result<(), String> {
+    let Some((host, port)) = addr.rsplit_once(':') else {
+        return Err(format!("{addr:?} is not host:port"));
+    };
+    if host.is_empty() {
+        return Err(format!(
+            "{addr:?} has no host; use 0.0.0.0:{port} for every interface"
+        ));
+    }
+    port.parse::<u16>()
+        .map(|_| ())
+        .map_err(|_| format!("{addr:?} has no valid port"))
+}
+
+/// The default configuration file, every key commented with its meaning and default. Parsing
+/// it gives [`BrokerFile::default`] plus the placeholders it asks to fill (secret, users).
+pub(crate) fn default_file() -> String {
+    let w = WorkersFile::default();
+    let l = LogFile::default();
+    let s = SnapshotsFile::default();
+    let t = TasksFile::default();
+    let u = TuningFile::default();
+    let http = crate::http_config::default_section();
+    format!(
+        r#"# Configuration of `majordodo broker`. Every key is optional unless marked REQUIRED; the
+# values shown are the defaults. Durations are strings with units (ms, s, m, h, d: "1h30m");
+# sizes are numbers of bytes or strings with units (B, KiB, MiB, GiB, KB, MB, GB).
+# Relative paths are relative to the directory of this file.
+
+# Name of this broker, in logs and in the worker handshake. Default: the host name.
+# broker_id = "broker-1"
+
+# Directory of the commit log (<data_dir>/log) and the snapshots (<data_dir>/snapshots).
+data_dir = "{data_dir}"
+
+{http}
+[workers]
+# Address of the port workers connect to.
+listen = "{worker_listen}"
+# REQUIRED: the secret workers must prove they know (the same in every worker's file). Put it in
+# a file readable only by the broker's user (mode 0600), or inline with `shared_secret = "..."`.
+shared_secret_file = "worker.secret"
+# Most worker connections served at once.
+max_connections = {max_connections}
+# Time a worker has to complete the handshake.
+handshake_timeout = "{handshake_timeout}"
+# Time the broker takes at most to admit a worker (the connection is logged first).
+admission_timeout = "{admission_timeout}"
+# Ping interval asked of workers; must be below max_idle_time.
+keepalive_interval = "{keepalive_interval}"
+# A connection silent this long (no frame, not even a ping) is closed.
+max_idle_time = "{max_idle_time}"
+# A worker disconnected this long is declared dead, and its running tasks fail (and are retried
+# within their maxattempts). At least max_idle_time.
+dead_after = "{dead_after}"
+# Largest frame exchanged with workers; must be the same in the workers' files.
+max_frame_size = "{max_frame_size}"
+# Pushes queued per connection before a slow worker is reported as falling behind.
+outbound_queue = {outbound_queue}
+
+[log]
+# Size at which a commit-log segment file is closed and a new one started (at least 4KiB).
+segment_size = "{segment_size}"
+# Largest log record: bounds one task's payload or result.
+max_record_size = "{max_record_size}"
+# Bytes waiting for the log writer before new writes wait (backpressure).
+max_queued_bytes = "{max_queued_bytes}"
+# fsync every write before acknowledging it. Setting false may LOSE acknowledged tasks on a
+# power failure or kernel crash; for benchmarks only.
+fsync = {fsync}
+
+[snapshots]
+# Period of the snapshot of the whole state, after which older log segments are deleted.
+# "0" disables periodic snapshots (the log then grows forever).
+interval = "{snapshot_interval}"
+
+[tasks]
+# Finished and failed tasks are forgotten this long after their creation. "0" keeps them forever.
+finished_task_retention = "{retention}"
+
+[tuning]
+# Requests (submissions, reads) queued for the dispatcher before callers wait.
+command_queue = {command_queue}
+# Worker events queued for the dispatcher before connections wait.
+event_queue = {event_queue}
+# Most requests and events taken into one round of log writes.
+max_inputs_per_round = {max_inputs_per_round}
+# Most rounds being written at once before the dispatcher stops taking input.
+max_rounds_in_flight = {max_rounds_in_flight}
+# Most task assignments decided in one round.
+max_assignments_per_round = {max_assignments_per_round}
+# Most timer-driven changes (delayed tasks starting, deadlines, purges) in one round.
+max_timer_changes_per_round = {max_timer_changes_per_round}
+# Period of the empty log entry proving the log is writable when nothing else happens.
+noop_interval = "{noop_interval}"
+"#,
+        data_dir = DEFAULT_DATA_DIR,
+        worker_listen = w.listen,
+        max_connections = w.max_connections,
+        handshake_timeout = w.handshake_timeout,
+        admission_timeout = w.admission_timeout,
+        keepalive_interval = w.keepalive_interval,
+        max_idle_time = w.max_idle_time,
+        dead_after = w.dead_after,
+        max_frame_size = w.max_frame_size,
+        outbound_queue = w.outbound_queue,
+        segment_size = l.segment_size,
+        max_record_size = l.max_record_size,
+        max_queued_bytes = l.max_queued_bytes,
+        fsync = l.fsync,
+        snapshot_interval = s.interval,
+        retention = t.finished_task_retention,
+        command_queue = u.command_queue,
+        event_queue = u.event_queue,
+        max_inputs_per_round = u.max_inputs_per_round,
+        max_rounds_in_flight = u.max_rounds_in_flight,
+        max_assignments_per_round = u.max_assignments_per_round,
+        max_timer_changes_per_round = u.max_timer_changes_per_round,
+        noop_interval = u.noop_interval,
+    )
+}

@@ -1,0 +1,400 @@
+//! The worker's configuration file (`majordodo worker --config worker.toml`, and the optional
+//! `--worker-config` of `majordodo standalone`): its keys and defaults ([`WorkerFile`]), the
+//! commented default file ([`default_file`]), and validation into [`WorkerSettings`].
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+
+use majordodo_proto::worker::{ANY_TASK_TYPE, Capacity, DEFAULT_MAX_FRAME_SIZE, SharedSecret};
+use majordodo_worker::{
+    Backoff, DEFAULT_ACK_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
+    DEFAULT_MAX_REPORT_DELAY, DEFAULT_MAX_REPORTS_PER_BATCH, DEFAULT_MAX_THREADS,
+    DEFAULT_RECONNECT_INITIAL, DEFAULT_RECONNECT_MAX, DEFAULT_SHUTDOWN_GRACE, Executors,
+    ProcessExecutor, ProcessExecutorConfig, ReportBatching, WorkerConfig,
+};
+use serde::Deserialize;
+
+use super::broker::{DEFAULT_WORKER_LISTEN, check_listen};
+use super::{ByteSize, ConfigError, HumanDuration, Origin, SecretSource};
+use crate::builtin::{self, Builtin};
+
+/// The worker's TOML file. Every key is optional except the secret (for `majordodo worker`).
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct WorkerFile {
+    pub(crate) broker: String,
+    pub(crate) worker_id: Option<String>,
+    pub(crate) location: Option<String>,
+    pub(crate) shared_secret: Option<String>,
+    pub(crate) shared_secret_file: Option<PathBuf>,
+    pub(crate) groups: Vec<u32>,
+    pub(crate) excluded_groups: Vec<u32>,
+    pub(crate) max_threads: u32,
+    pub(crate) builtin_executors: Option<Vec<String>>,
+    pub(crate) shutdown_grace: HumanDuration,
+    pub(crate) task_type_limits: Option<BTreeMap<String, u32>>,
+    pub(crate) connection: ConnectionFile,
+    pub(crate) reports: ReportsFile,
+    pub(crate) executors: BTreeMap<String, ProcessExecutorConfig>,
+}
+
+impl Default for WorkerFile {
+    fn default() -> Self {
+        WorkerFile {
+            broker: DEFAULT_WORKER_LISTEN.into(),
+            worker_id: None,
+            location: None,
+            shared_secret: None,
+            shared_secret_file: None,
+            groups: vec![0],
+            excluded_groups: Vec::new(),
+            max_threads: DEFAULT_MAX_THREADS,
+            builtin_executors: None,
+            shutdown_grace: HumanDuration(DEFAULT_SHUTDOWN_GRACE),
+            task_type_limits: None,
+            connection: ConnectionFile::default(),
+            reports: ReportsFile::default(),
+            executors: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[connection]`: talking to the broker.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ConnectionFile {
+    pub(crate) keepalive_interval: HumanDuration,
+    pub(crate) connect_timeout: HumanDuration,
+    pub(crate) ack_timeout: HumanDuration,
+    pub(crate) reconnect_initial: HumanDuration,
+    pub(crate) reconnect_max: HumanDuration,
+    pub(crate) max_frame_size: ByteSize,
+}
+
+impl Default for ConnectionFile {
+    fn default() -> Self {
+        ConnectionFile {
+            keepalive_interval: HumanDuration(DEFAULT_KEEPALIVE_INTERVAL),
+            connect_timeout: HumanDuration(DEFAULT_CONNECT_TIMEOUT),
+            ack_timeout: HumanDuration(DEFAULT_ACK_TIMEOUT),
+            reconnect_initial: HumanDuration(DEFAULT_RECONNECT_INITIAL),
+            reconnect_max: HumanDuration(DEFAULT_RECONNECT_MAX),
+            max_frame_size: ByteSize(DEFAULT_MAX_FRAME_SIZE as u64),
+        }
+    }
+}
+
+/// `[reports]`: batching of finish reports.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ReportsFile {
+    pub(crate) max_batch: usize,
+    pub(crate) max_delay: HumanDuration,
+}
+
+impl Default for ReportsFile {
+    fn default() -> Self {
+        ReportsFile {
+            max_batch: DEFAULT_MAX_REPORTS_PER_BATCH,
+            max_delay: HumanDuration(DEFAULT_MAX_REPORT_DELAY),
+        }
+    }
+}
+
+/// Where the worker's broker and secret come from.
+pub(crate) enum Target {
+    /// `majordodo worker`: from the file (and flags).
+    FromFile,
+    /// `majordodo standalone`: the in-process broker's address and secret; the file's `broker`
+    /// and secret keys are ignored, and `builtin_executors` defaults to every built-in.
+    Standalone {
+        /// The local broker's worker port.
+        broker: String,
+        /// The standalone's secret.
+        secret: SharedSecret,
+    },
+}
+
+/// One executor of a worker, for the start-up summary.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub(crate) struct ExecutorSummary {
+    /// The task type.
+    pub(crate) task_type: String,
+    /// `builtin` or the program.
+    pub(crate) runs: String,
+}
+
+/// Everything a worker agent needs, validated.
+#[derive(Debug)]
+pub(crate) struct WorkerSettings {
+    /// The agent's settings.
+    pub(crate) config: WorkerConfig,
+    /// Executors by task type.
+    pub(crate) executors: Executors,
+    /// What runs each type, for printing.
+    pub(crate) summary: Vec<ExecutorSummary>,
+}
+
+impl WorkerFile {
+    /// Reads `path`.
+    ///
+    /// # Errors
+    /// [`ConfigError`] naming the key and the file.
+    pub(crate) fn load(path: &Path) -> Result<WorkerFile, ConfigError> {
+        super::load_toml(path)
+    }
+
+    /// Validates into settings.
+    ///
+    /// # Errors
+    /// [`ConfigError::Invalid`] naming the first key that is wrong.
+    pub(crate) fn validate(
+        &self,
+        origin: &Origin,
+        target: Target,
+    ) -> Result<WorkerSettings, ConfigError> {
+        let invalid = |key: &str, problem: String| ConfigError::invalid(origin, key, problem);
+        let target_builtins = match &target {
+            Target::FromFile => None,
+            Target::Standalone { .. } => Some(builtin::NAMES.map(str::to_owned).to_vec()),
+        };
+        let (broker, secret) = match target {
+            Target::FromFile => {
+                check_listen(&self.broker).map_err(|p| invalid("broker", p))?;
+                let secret = SecretSource {
+                    inline: self.shared_secret.clone(),
+                    file: self.shared_secret_file.clone(),
+                }
+                .load(origin, "")?;
+                (self.broker.clone(), SharedSecret::new(secret))
+            }
+            Target::Standalone { broker, secret } => (broker, secret),
+        };
+        let mut config = WorkerConfig::new(broker, secret);
+        if let Some(id) = &self.worker_id {
+            if id.trim().is_empty() {
+                return Err(invalid("worker_id", "must not be empty".into()));
+            }
+            config.worker_id = id.clone();
+        }
+        if let Some(location) = &self.location {
+            config.location = location.clone();
+        }
+        if self.max_threads == 0 {
+            return Err(invalid("max_threads", "must be at least 1".into()));
+        }
+        if self.groups.is_empty() {
+            return Err(invalid(
+                "groups",
+                "must list at least one group (0 stands for every group)".into(),
+            ));
+        }
+
+        let mut executors = Executors::new();
+        let mut summary = Vec::new();
+        let builtins: Vec<String> = match (&self.builtin_executors, &target_builtins) {
+            (Some(list), _) => list.clone(),
+            (None, Some(default)) => default.clone(),
+            (None, None) => Vec::new(),
+        };
+        for name in &builtins {
+            let Some(kind) = Builtin::parse(name) else {
+                return Err(invalid(
+                    "builtin_executors",
+                    format!(
+                        "unknown built-in executor {name:?}; available: {}",
+                        builtin::NAMES.join(", ")
+                    ),
+                ));
+            };
+            executors.register(name.clone(), kind.executor());
+            summary.push(ExecutorSummary {
+                task_type: name.clone(),
+                runs: format!("built-in ({})", kind.describe()),
+            });
+        }
+        for (task_type, process) in &self.executors {
+            let key = format!("executors.{task_type}");
+            if task_type == ANY_TASK_TYPE {
+                return Err(invalid(
+                    &key,
+                    format!("{ANY_TASK_TYPE:?} is reserved for the limit of every other type"),
+                ));
+            }
+            if builtins.contains(task_type) {
+                return Err(invalid(
+                    &key,
+                    format!("task type {task_type:?} also has a built-in executor"),
+                ));
+            }
+            let executor = ProcessExecutor::new(process.clone())
+                .map_err(|e| invalid(&key, e.0.to_owned()))?;
+            executors.register(task_type.clone(), std::sync::Arc::new(executor));
+            summary.push(ExecutorSummary {
+                task_type: task_type.clone(),
+                runs: format!("process {:?}", process.argv),
+            });
+        }
+        if summary.is_empty() {
+            return Err(invalid(
+                "executors",
+                "no executor configured: add an [executors.<task type>] table or builtin_executors"
+                    .into(),
+            ));
+        }
+        let limits = match &self.task_type_limits {
+            Some(limits) => {
+                for (task_type, limit) in limits {
+                    if *limit == 0 {
+                        return Err(invalid(
+                            &format!("task_type_limits.{task_type}"),
+                            "must be at least 1 (leave the type out to refuse it)".into(),
+                        ));
+                    }
+                }
+                if limits.is_empty() {
+                    return Err(invalid(
+                        "task_type_limits",
+                        "is empty: the worker would accept no task".into(),
+                    ));
+                }
+                limits.clone()
+            }
+            // By default the worker takes exactly the types it can run.
+            None => summary
+                .iter()
+                .map(|s| (s.task_type.clone(), self.max_threads))
+                .collect(),
+        };
+        config.capacity = Capacity {
+            max_threads: self.max_threads,
+            max_threads_by_task_type: limits,
+            groups: self.groups.clone(),
+            excluded_groups: self.excluded_groups.clone(),
+        };
+
+        let c = &self.connection;
+        config.keepalive_interval = c.keepalive_interval.0;
+        config.connect_timeout = c.connect_timeout.0;
+        config.ack_timeout = c.ack_timeout.0;
+        config.reconnect_backoff = Backoff {
+            initial: c.reconnect_initial.0,
+            max: c.reconnect_max.0,
+        };
+        config.max_frame_size = usize::try_from(c.max_frame_size.0)
+            .map_err(|_| invalid("connection.max_frame_size", "too large".into()))?;
+        config.report_batching = ReportBatching {
+            max_reports: self.reports.max_batch,
+            max_delay: self.reports.max_delay.0,
+        };
+        config.shutdown_grace = self.shutdown_grace.0;
+        config.validate().map_err(|problem| {
+            let key = match problem.split_whitespace().next().unwrap_or("") {
+                "keepalive_interval" => "connection.keepalive_interval",
+                "report_batching.max_reports" => "reports.max_batch",
+                "ack_timeout" => "connection.ack_timeout",
+                "reconnect_backoff" => "connection.reconnect_initial",
+                "max_frame_size" => "connection.max_frame_size",
+                "worker_id" => "worker_id",
+                "broker_addr" => "broker",
+                _ => "shared_secret",
+            };
+            invalid(key, problem)
+        })?;
+        Ok(WorkerSettings {
+            config,
+            executors,
+            summary,
+        })
+    }
+}
+
+/// The default worker file, every key commented with its meaning and default.
+pub(crate) fn default_file() -> String {
+    let c = ConnectionFile::default();
+    let r = ReportsFile::default();
+    format!(
+        r#"# Configuration of `majordodo worker`. Every key is optional unless marked REQUIRED; the
+# values shown are the defaults. Durations are strings with units (ms, s, m, h, d: "1h30m");
+# sizes are numbers of bytes or strings with units (B, KiB, MiB, GiB, KB, MB, GB).
+# Relative paths are relative to the directory of this file.
+
+# The broker's worker port (its [workers] listen address), as host:port.
+broker = "{broker}"
+# REQUIRED: the secret shared with the broker (its workers.shared_secret_file). Put it in a file
+# readable only by the worker's user (mode 0600), or inline with `shared_secret = "..."`.
+shared_secret_file = "worker.secret"
+# Stable name of this worker; the broker fails its running tasks if it stays away. Default: the
+# host name.
+# worker_id = "worker-1"
+# Where the worker runs, shown to operators. Default: the host name.
+# location = "rack-3"
+# Groups served, highest priority first; 0 stands for every group not excluded.
+groups = [0]
+# Groups never served, even through 0.
+excluded_groups = []
+# Most tasks running at once, all types together.
+max_threads = {max_threads}
+# Executors built into the binary, for trying things out: "echo" (the result is the data),
+# "noop" (empty result), "sleep" (sleeps for the duration in the data, e.g. "2s"), "fail" (fails
+# with the data as the error). Default: none for `majordodo worker`, all four for the local
+# worker of `majordodo standalone`.
+# builtin_executors = ["echo", "noop", "sleep", "fail"]
+# Time a graceful stop (SIGTERM, Ctrl-C) waits for running tasks before aborting them.
+shutdown_grace = "{shutdown_grace}"
+
+# Most tasks of one type running at once. The key "any" is one limit shared by every type without
+# its own entry. A type that has no entry (and no "any") is not accepted. Default: every type
+# that has an executor, each up to max_threads.
+# [task_type_limits]
+# render = 4
+# any = 10
+
+[connection]
+# Ping interval (the broker may ask for a shorter one).
+keepalive_interval = "{keepalive_interval}"
+# Time to connect and complete the handshake.
+connect_timeout = "{connect_timeout}"
+# Time to wait for the broker to acknowledge a batch of reports before sending it again.
+ack_timeout = "{ack_timeout}"
+# First and largest delay between connection attempts (exponential, with jitter).
+reconnect_initial = "{reconnect_initial}"
+reconnect_max = "{reconnect_max}"
+# Largest frame exchanged with the broker; must be the same as the broker's.
+max_frame_size = "{max_frame_size}"
+
+[reports]
+# Most finish reports in one message to the broker.
+max_batch = {max_batch}
+# Longest a finished task's report waits for others before it is sent.
+max_delay = "{max_delay}"
+
+# One table per task type run as a program. The program gets the task's data on stdin and its
+# stdout (without one trailing newline) becomes the result; exit status 0 finishes the task,
+# anything else fails the attempt with the end of stderr as the error. No shell is involved:
+# write ["sh", "-c", "..."] to use one. Environment: the worker's, plus `env`, plus
+# MAJORDODO_TASK_ID, MAJORDODO_TASK_TYPE, MAJORDODO_USER_ID, MAJORDODO_ATTEMPT.
+# [executors.render]
+# argv = ["/usr/local/bin/render", "--fast"]    # REQUIRED in each table
+# env = {{ RENDER_CACHE = "/var/cache/render" }} # default: nothing added
+# working_dir = "/srv/render"                   # default: the worker's
+# timeout_ms = {timeout_ms}                          # default: one hour, then the process group is killed
+# max_stdout_bytes = {max_stdout}                     # larger output fails the attempt
+# stderr_tail_bytes = {stderr_tail}                       # end of stderr quoted in error texts
+"#,
+        broker = DEFAULT_WORKER_LISTEN,
+        max_threads = DEFAULT_MAX_THREADS,
+        shutdown_grace = HumanDuration(DEFAULT_SHUTDOWN_GRACE),
+        keepalive_interval = c.keepalive_interval,
+        connect_timeout = c.connect_timeout,
+        ack_timeout = c.ack_timeout,
+        reconnect_initial = c.reconnect_initial,
+        reconnect_max = c.reconnect_max,
+        max_frame_size = c.max_frame_size,
+        max_batch = r.max_batch,
+        max_delay = r.max_delay,
+        timeout_ms = majordodo_worker::DEFAULT_TIMEOUT_MS,
+        max_stdout = majordodo_worker::DEFAULT_MAX_STDOUT_BYTES,
+        stderr_tail = majordodo_worker::DEFAULT_STDERR_TAIL_BYTES,
+    )
+}

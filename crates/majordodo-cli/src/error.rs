@@ -1,0 +1,73 @@
+//! How failures end the process: the exit status and the `error:` / `caused by:` lines.
+
+use std::fmt;
+use std::process::ExitCode;
+
+use crate::config::ConfigError;
+
+/// Exit status of a run-time failure.
+pub(crate) const EXIT_FAILURE: u8 = 1;
+
+/// Exit status of a usage or configuration error (the same as clap's for bad flags).
+pub(crate) const EXIT_USAGE: u8 = 2;
+
+/// Bad input from the command line found after parsing (a file that is not JSON Lines, a
+/// missing `--type`). Exits with [`EXIT_USAGE`].
+#[derive(Debug)]
+pub(crate) struct UsageError(pub(crate) String);
+
+impl fmt::Display for UsageError {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.write_str(&self.0)
+    }
+}
+
+impl std::error::Error for UsageError {}
+
+/// A usage error as an `anyhow::Error`.
+pub(crate) fn usage(message: impl Into<String>) -> anyhow::Error {
+    anyhow::Error::new(UsageError(message.into()))
+}
+
+/// The exit status for `error`: [`EXIT_USAGE`] if anything in its chain is a usage or
+/// configuration error, else [`EXIT_FAILURE`].
+pub(crate) fn exit_status(error: &anyhow::Error) -> u8 {
+    let usage = error
+        .chain()
+        .any(|e| e.is::<UsageError>() || e.is::<ConfigError>());
+    if usage { EXIT_USAGE } else { EXIT_FAILURE }
+}
+
+/// Prints `error` on stderr and returns the exit status for it.
+pub(crate) fn report(error: &anyhow::Error) -> ExitCode {
+    eprintln!("error: {error}");
+    for cause in error.chain().skip(1) {
+        eprintln!("caused by: {cause}");
+    }
+    ExitCode::from(exit_status(error))
+}
+
+#[cfg(test)]
+mod tests {
+    use std::path::PathBuf;
+
+    use super::*;
+    use crate::config::Origin;
+
+    #[test]
+    fn usage_and_config_errors_exit_2_anywhere_in_the_chain() {
+        // Goal: the exit status looks through added context; other errors exit 1.
+        let config = anyhow::Error::new(ConfigError::invalid(
+            &Origin::File(PathBuf::from("b.toml")),
+            "x",
+            "bad",
+        ))
+        .context("load the broker configuration");
+        assert_eq!(exit_status(&config), EXIT_USAGE);
+        assert_eq!(exit_status(&usage("no").context("submit")), EXIT_USAGE);
+        assert_eq!(
+            exit_status(&anyhow::anyhow!("connection refused").context("submit")),
+            EXIT_FAILURE
+        );
+    }
+}

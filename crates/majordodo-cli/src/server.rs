@@ -1,0 +1,314 @@
+//! `majordodo broker`, and the broker runtime it shares with `standalone`: the file commit log
+//! and snapshots in the data directory, the dispatcher, the worker port and the HTTP API, started
+//! in that order and stopped in the reverse one.
+
+use std::net::SocketAddr;
+use std::path::Path;
+use std::sync::Arc;
+use std::time::Duration;
+
+use anyhow::{Context, anyhow};
+use majordodo_broker::worker_listener::{self, ListenerConfig};
+use majordodo_broker::{Broker, BrokerConfig, DispatcherError, SystemClock};
+use majordodo_core::DefaultGroupMapper;
+use majordodo_log::{CommitLog, FileLog, FileLogConfig, SnapshotStore};
+use tokio::net::TcpListener;
+use tokio::task::JoinHandle;
+use tokio_util::sync::CancellationToken;
+use tracing::{info, warn};
+
+use crate::cli::BrokerArgs;
+use crate::config::Origin;
+use crate::config::broker::{BrokerFile, BrokerSettings, default_file};
+use crate::http_config::HttpSettings;
+use crate::worker::absolute;
+
+/// Longest the network side (HTTP connections, worker connections) may take to close after a
+/// stop: in-flight requests get this long to be answered.
+const NETWORK_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Longest the dispatcher and the log may take to finish after the network side stopped: the
+/// last rounds are already being written, so this is a handful of fsyncs.
+const CORE_STOP_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Name of the commit log's directory inside the data directory.
+pub(crate) const LOG_DIR: &str = "log";
+
+/// Name of the snapshots' directory inside the data directory.
+pub(crate) const SNAPSHOTS_DIR: &str = "snapshots";
+
+/// Runs `majordodo broker`.
+pub(crate) async fn run(args: BrokerArgs) -> anyhow::Result<()> {
+    if args.print_default_config {
+        print!("{}", default_file());
+        return Ok(());
+    }
+    let settings = load(&args)?;
+    let stop = crate::signal::stop_token()?;
+    let http = bind(&settings.http_listen, "HTTP API").await?;
+    let workers = bind(&settings.worker_listen, "worker port").await?;
+    let broker = RunningBroker::start(
+        Parts {
+            data_dir: &settings.data_dir,
+            broker: settings.broker.clone(),
+            log: settings.log.clone(),
+            listener: settings.listener.clone(),
+            http: settings.http.clone(),
+        },
+        http,
+        workers,
+    )
+    .await?;
+    println!(
+        "majordodo broker {} is running\n  HTTP API:    {}\n  worker port: {}\n  data dir:    {}",
+        settings.broker.broker_id,
+        broker.url(),
+        broker.worker_addr,
+        settings.data_dir.display()
+    );
+    broker.run_until(stop).await
+}
+
+/// Reads the file, applies the flags and validates.
+fn load(args: &BrokerArgs) -> anyhow::Result<BrokerSettings> {
+    let (mut file, origin) = match &args.config {
+        Some(path) => (BrokerFile::load(path)?, Origin::File(absolute(path)?)),
+        None => (BrokerFile::default(), Origin::CommandLine),
+    };
+    if let Some(dir) = &args.data_dir {
+        file.data_dir = Some(absolute(dir)?);
+    }
+    if let Some(listen) = &args.http_listen {
+        file.http.listen = listen.clone();
+    }
+    if let Some(listen) = &args.worker_listen {
+        file.workers.listen = listen.clone();
+    }
+    if let Some(id) = &args.broker_id {
+        file.broker_id = Some(id.clone());
+    }
+    if let Some(path) = &args.shared_secret_file {
+        file.workers.shared_secret = None;
+        file.workers.shared_secret_file = Some(absolute(path)?);
+    }
+    Ok(file.validate(&origin)?)
+}
+
+/// Binds `addr` for `what`.
+pub(crate) async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr)
+        .await
+        .with_context(|| format!("listen for the {what} on {addr}"))
+}
+
+/// What [`RunningBroker::start`] needs besides the sockets.
+pub(crate) struct Parts<'a> {
+    /// Where the log and snapshots live (created if missing).
+    pub(crate) data_dir: &'a Path,
+    /// The runtime's settings.
+    pub(crate) broker: BrokerConfig,
+    /// The commit log's settings.
+    pub(crate) log: FileLogConfig,
+    /// The worker port's settings.
+    pub(crate) listener: ListenerConfig,
+    /// The HTTP API's settings.
+    pub(crate) http: HttpSettings,
+}
+
+/// A broker serving its two ports.
+pub(crate) struct RunningBroker {
+    /// Address the HTTP API is bound to.
+    pub(crate) http_addr: SocketAddr,
+    /// Address the worker port is bound to.
+    pub(crate) worker_addr: SocketAddr,
+    /// Stops the listeners and the dispatcher.
+    stop: CancellationToken,
+    /// The dispatcher; ends on stop, or on its own when the log fails. `None` once awaited.
+    dispatcher: Option<JoinHandle<Result<(), DispatcherError>>>,
+    /// The worker port.
+    listener: JoinHandle<()>,
+    /// The HTTP API.
+    http: JoinHandle<()>,
+    /// The commit log, closed last.
+    log: Arc<FileLog>,
+}
+
+impl RunningBroker {
+    /// Opens the log and snapshots, recovers the state, and serves both sockets.
+    ///
+    /// # Errors
+    /// When the data directory, the log or the snapshots cannot be opened, or recovery fails.
+    pub(crate) async fn start(
+        parts: Parts<'_>,
+        http: TcpListener,
+        workers: TcpListener,
+    ) -> anyhow::Result<RunningBroker> {
+        let http_addr = http.local_addr().context("read the HTTP API's address")?;
+        let worker_addr = workers
+            .local_addr()
+            .context("read the worker port's address")?;
+        std::fs::create_dir_all(parts.data_dir)
+            .with_context(|| format!("create the data directory {}", parts.data_dir.display()))?;
+        let log_dir = parts.data_dir.join(LOG_DIR);
+        let log_config = parts.log.clone();
+        if !log_config.fsync {
+            warn!("log.fsync is false: acknowledged tasks can be lost on a power failure");
+        }
+        let (log, report) = tokio::task::spawn_blocking({
+            let log_dir = log_dir.clone();
+            move || FileLog::open(&log_dir, log_config)
+        })
+        .await
+        .context("open the commit log")?
+        .with_context(|| format!("open the commit log in {}", log_dir.display()))?;
+        if let Some(torn) = &report.torn_tail {
+            warn!(
+                file = %torn.file.display(),
+                offset = torn.offset,
+                bytes = torn.bytes_dropped,
+                "the log ended with an unfinished write (a crash); it was cut there"
+            );
+        }
+        let log = Arc::new(log);
+        let snapshots_dir = parts.data_dir.join(SNAPSHOTS_DIR);
+        let snapshots = tokio::task::spawn_blocking({
+            let dir = snapshots_dir.clone();
+            move || SnapshotStore::open(&dir)
+        })
+        .await
+        .context("open the snapshots")?
+        .with_context(|| format!("open the snapshots in {}", snapshots_dir.display()))?;
+        let stop = CancellationToken::new();
+        let broker = Broker::start(
+            parts.broker,
+            log.clone() as Arc<dyn CommitLog>,
+            Some(Arc::new(snapshots)),
+            Arc::new(DefaultGroupMapper),
+            Arc::new(SystemClock),
+            stop.clone().cancelled_owned(),
+        )
+        .await
+        .context("recover the broker state")?;
+        let handle = broker.handle();
+        let events = broker.worker_events();
+        let dispatcher = tokio::spawn(broker.wait());
+        let listener = tokio::spawn({
+            let stop = stop.clone();
+            let config = parts.listener;
+            async move {
+                if let Err(error) =
+                    worker_listener::run(workers, config, events, stop.cancelled_owned()).await
+                {
+                    tracing::error!(%error, "the worker port stopped");
+                }
+            }
+        });
+        let http = tokio::spawn({
+            let stop = stop.clone();
+            let settings = parts.http;
+            async move {
+                if let Err(error) =
+                    majordodo_broker::http::serve(http, handle, settings, stop.cancelled_owned()).await
+                {
+                    tracing::error!(%error, "the HTTP API stopped");
+                }
+            }
+        });
+        Ok(RunningBroker {
+            http_addr,
+            worker_addr,
+            stop,
+            dispatcher: Some(dispatcher),
+            listener,
+            http,
+            log,
+        })
+    }
+
+    /// The API's URL.
+    pub(crate) fn url(&self) -> String {
+        format!(
+            "http://{}{}",
+            self.http_addr,
+            majordodo_proto::http::API_PATH
+        )
+    }
+
+    /// Serves until `stop` is cancelled (then stops gracefully) or the dispatcher fails.
+    ///
+    /// # Errors
+    /// When the dispatcher failed (the log failed), or a step of the stop timed out.
+    pub(crate) async fn run_until(mut self, stop: CancellationToken) -> anyhow::Result<()> {
+        tokio::select! {
+            () = stop.cancelled() => self.stop().await,
+            error = self.failure() => {
+                self.stop_network().await;
+                Err(error)
+            }
+        }
+    }
+
+    /// Waits until the dispatcher stops on its own (the log failed) and says why. Cancel-safe.
+    pub(crate) async fn failure(&mut self) -> anyhow::Error {
+        let Some(dispatcher) = self.dispatcher.as_mut() else {
+            return std::future::pending().await;
+        };
+        let result = dispatcher.await;
+        self.dispatcher = None;
+        match result {
+            Ok(Ok(())) => anyhow!("the broker stopped unexpectedly"),
+            Ok(Err(error)) => anyhow::Error::new(error).context("the broker stopped"),
+            Err(join) => anyhow!("the broker crashed: {join}"),
+        }
+    }
+
+    /// Stops the listeners and waits (bounded) for their connections to close.
+    async fn stop_network(&mut self) {
+        self.stop.cancel();
+        let closed = tokio::time::timeout(NETWORK_STOP_TIMEOUT, async {
+            let _ = (&mut self.http).await;
+            let _ = (&mut self.listener).await;
+        })
+        .await;
+        if closed.is_err() {
+            warn!(
+                timeout_s = NETWORK_STOP_TIMEOUT.as_secs(),
+                "connections did not close in time; dropping them"
+            );
+            self.http.abort();
+            self.listener.abort();
+        }
+    }
+
+    /// Stops the network side, then the dispatcher, then closes the log; each step bounded.
+    ///
+    /// # Errors
+    /// When a step times out or the dispatcher reports a log failure.
+    pub(crate) async fn stop(mut self) -> anyhow::Result<()> {
+        info!("stopping the broker");
+        self.stop_network().await;
+        if let Some(dispatcher) = self.dispatcher.take() {
+            let ended = tokio::time::timeout(CORE_STOP_TIMEOUT, dispatcher)
+                .await
+                .map_err(|_| {
+                    anyhow!(
+                        "the dispatcher did not stop within {}s",
+                        CORE_STOP_TIMEOUT.as_secs()
+                    )
+                })?;
+            match ended {
+                Ok(Ok(())) => {}
+                Ok(Err(error)) => {
+                    return Err(anyhow::Error::new(error).context("the broker failed"));
+                }
+                Err(join) => return Err(anyhow!("the broker crashed: {join}")),
+            }
+        }
+        tokio::time::timeout(CORE_STOP_TIMEOUT, self.log.close())
+            .await
+            .map_err(|_| anyhow!("the commit log did not close in time"))?
+            .context("close the commit log")?;
+        info!("broker stopped");
+        Ok(())
+    }
+}
