@@ -16,6 +16,7 @@ mod checkpoint;
 pub mod clock;
 pub mod dispatcher;
 pub mod handle;
+pub mod http;
 pub mod worker_listener;
 
 use std::sync::Arc;

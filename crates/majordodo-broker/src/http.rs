@@ -1,0 +1,442 @@
+//! The client HTTP API at `/majordodo`, compatible with the original Majordodo's.
+//!
+//! - `GET /majordodo?view=...`: read-only views (`overview`, `status`, `task`, `tasks`,
+//!   `tasksoverview`, `workers`), answered from the broker state through
+//!   [`BrokerHandle::query`] with bounded work ([`select`]).
+//! - `POST /majordodo` with a JSON body `{"action": ...}`: `submitTask` and `submitTasks`,
+//!   answered once the tasks are durable ([`BrokerHandle::submit`]).
+//!
+//! Every request is authenticated first ([`auth`]: Basic or bearer), reads included; a user with
+//! role `user` submits and sees only tasks whose `userid` is its name. Every failure is an
+//! [`ApiError`] with a JSON body. Request and answer shapes, limits and every difference from
+//! the original are documented in `docs/http-api.md`.
+//!
+//! [`router`] builds the service (tests drive it with `oneshot`); [`serve`] runs it on a bound
+//! socket until a shutdown signal, at most `max_connections` connections at a time.
+
+pub mod auth;
+pub mod config;
+mod error;
+mod listener;
+mod select;
+
+use std::future::Future;
+use std::io;
+use std::sync::Arc;
+use std::time::Duration;
+
+use axum::Router;
+use axum::body::Body;
+use axum::extract::{Query, Request, State};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::{HeaderName, HeaderValue, StatusCode};
+use axum::middleware::{self, Next};
+use axum::response::{IntoResponse, Response};
+use axum::routing::get;
+use futures_util::StreamExt;
+use majordodo_core::TaskId;
+use majordodo_core::leader::{SubmitOutcome, SubmitRequest};
+use majordodo_proto::http::{
+    API_PATH, API_VERSION, API_VERSION_HEADER, ActionRequest, BODY_FIELD, DEFAULT_TASKS_MAX,
+    FieldError, OverviewView, StatusView, SubmitResult, SubmitTaskResponse, SubmitTasksResponse,
+    TaskSubmission, TaskView, TasksOverviewView, TasksView, ViewRequest, WorkersView, parse_action,
+    parse_view,
+};
+use serde::Serialize;
+use tokio::net::TcpListener;
+use tokio::sync::Semaphore;
+use tower_http::compression::CompressionLayer;
+use tracing::debug;
+
+pub use auth::Principal;
+pub use config::{HttpConfig, HttpConfigError, HttpSettings, UserConfig, UserRole};
+pub use error::ApiError;
+
+use crate::BrokerHandle;
+use auth::Authenticator;
+use select::Budget;
+
+/// Most workers listed by the `overview` and `workers` views. Far above a real cluster's
+/// thousands of hosts; bounds the answer if worker ids were ever abused.
+pub const MAX_WORKERS_LISTED: usize = 100_000;
+
+/// Version of this broker, sent in the `status` view.
+pub const BROKER_VERSION: &str = env!("CARGO_PKG_VERSION");
+
+/// What every handler shares.
+struct Api {
+    /// Where submissions and reads go.
+    broker: BrokerHandle,
+    /// Checks credentials.
+    auth: Authenticator,
+    /// Validated limits.
+    settings: HttpSettings,
+}
+
+/// Builds the API's service for `broker`. The caller serves it ([`serve`]) or drives it directly
+/// (tests, with `tower::ServiceExt::oneshot`).
+pub fn router(broker: BrokerHandle, settings: HttpSettings) -> Router {
+    let api = Arc::new(Api {
+        auth: Authenticator::new(settings.users.clone(), settings.max_concurrent_hashes),
+        broker,
+        settings: settings.clone(),
+    });
+    let requests = Arc::new(Semaphore::new(settings.max_concurrent_requests));
+    let cors = settings.cors_allow_origin.clone();
+    let mut router = Router::new()
+        .route(
+            API_PATH,
+            get(get_view)
+                .post(post_action)
+                .options(preflight)
+                .fallback(|| async { ApiError::MethodNotAllowed }),
+        )
+        .fallback(|| async { ApiError::NotFound })
+        .with_state(api)
+        .layer(middleware::from_fn(move |req: Request, next: Next| {
+            let requests = requests.clone();
+            async move {
+                // Bounds the requests in progress (and the bodies they buffer); others wait.
+                let Ok(_permit) = requests.acquire_owned().await else {
+                    return ApiError::Internal("request limiter closed").into_response();
+                };
+                next.run(req).await
+            }
+        }))
+        .layer(middleware::map_response(move |mut res: Response| {
+            let cors = cors.clone();
+            async move {
+                let h = res.headers_mut();
+                h.insert(
+                    HeaderName::from_static(API_VERSION_HEADER),
+                    HeaderValue::from(API_VERSION),
+                );
+                if let Some(origin) = cors {
+                    h.insert(axum::http::header::ACCESS_CONTROL_ALLOW_ORIGIN, origin);
+                }
+                res
+            }
+        }));
+    if settings.gzip {
+        router = router.layer(CompressionLayer::new());
+    }
+    router
+}
+
+/// Serves the API on `listener` until `shutdown` completes, then stops accepting, lets the
+/// requests in progress finish, and returns. At most `max_connections` connections are open at
+/// once; more wait in the kernel's accept queue.
+///
+/// # Errors
+/// The I/O error that stopped the server.
+pub async fn serve(
+    listener: TcpListener,
+    broker: BrokerHandle,
+    settings: HttpSettings,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+) -> io::Result<()> {
+    let listener = listener::LimitedListener::new(listener, settings.max_connections);
+    tracing::info!(addr = ?axum::serve::Listener::local_addr(&listener).ok(), "http api started");
+    let result = axum::serve(listener, router(broker, settings))
+        .with_graceful_shutdown(shutdown)
+        .await;
+    tracing::info!("http api stopped");
+    result
+}
+
+/// A successful answer; built inside the dispatcher (for views), serialized outside it.
+#[derive(Serialize)]
+// Built once per request and moved once: boxing the large variants would only add allocations.
+#[allow(clippy::large_enum_variant)]
+#[serde(untagged)]
+enum Answer {
+    OverviewView(OverviewView),
+    WorkersView(WorkersView),
+    StatusView(StatusView),
+    TaskView(TaskView),
+    TasksView(TasksView),
+    TasksOverviewView(TasksOverviewView),
+    SubmitTaskResponse(SubmitTaskResponse),
+    SubmitTasksResponse(SubmitTasksResponse),
+}
+
+impl IntoResponse for Answer {
+    fn into_response(self) -> Response {
+        json_response(StatusCode::OK, &self)
+    }
+}
+
+/// A JSON answer with the original's content type.
+pub(crate) fn json_response<T: Serialize>(status: StatusCode, body: &T) -> Response {
+    match serde_json::to_vec(body) {
+        Ok(bytes) => (
+            status,
+            [(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/json;charset=utf-8"),
+            )],
+            bytes,
+        )
+            .into_response(),
+        // Our own types always serialize; should one not, say nothing internal.
+        Err(_) => (
+            StatusCode::INTERNAL_SERVER_ERROR,
+            [(
+                CONTENT_TYPE,
+                HeaderValue::from_static("application/json;charset=utf-8"),
+            )],
+            r#"{"ok":false,"error":"internal error"}"#,
+        )
+            .into_response(),
+    }
+}
+
+/// CORS preflight: browsers send it without credentials before an authenticated request.
+async fn preflight(State(api): State<Arc<Api>>) -> Response {
+    let mut res = StatusCode::NO_CONTENT.into_response();
+    if api.settings.cors_allow_origin.is_some() {
+        let h = res.headers_mut();
+        h.insert(
+            axum::http::header::ACCESS_CONTROL_ALLOW_METHODS,
+            HeaderValue::from_static("GET, POST, OPTIONS"),
+        );
+        h.insert(
+            axum::http::header::ACCESS_CONTROL_ALLOW_HEADERS,
+            HeaderValue::from_static("authorization, content-type"),
+        );
+    }
+    res
+}
+
+async fn get_view(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, ApiError> {
+    let principal = api.auth.authenticate(req.headers()).await?;
+    let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(req.uri())
+        .map_err(|_| FieldError::new("query", "is not a valid query string"))?;
+    let view = parse_view(&pairs)?;
+    debug!(user = %principal.name, view = view.name(), "http view");
+    let owner = principal.owner_filter();
+    let s = &api.settings;
+    let budget = Budget {
+        max: 0,
+        scan: s.scan_budget,
+        bytes: s.max_response_bytes,
+    };
+    let tasks_max_limit = s.tasks_max_limit;
+    let answer = api
+        .broker
+        .query(move |v| {
+            let status = select::status_info(v);
+            match view {
+                ViewRequest::Overview => Answer::OverviewView(OverviewView {
+                    ok: true,
+                    workers: select::workers(v.state, MAX_WORKERS_LISTED),
+                    status,
+                }),
+                ViewRequest::Workers => Answer::WorkersView(WorkersView {
+                    ok: true,
+                    workers: select::workers(v.state, MAX_WORKERS_LISTED),
+                    status,
+                }),
+                ViewRequest::Status => Answer::StatusView(StatusView {
+                    ok: true,
+                    status: status.cluster_mode.clone(),
+                    current_ledger_id: status.current_ledger_id.to_string(),
+                    current_sequence_number: status.current_sequence_number.to_string(),
+                    version: BROKER_VERSION.to_owned(),
+                    tasks: status.tasks,
+                    pendingtasks: status.pending_tasks,
+                    runningtasks: status.running_tasks,
+                    errortasks: status.error_tasks,
+                    waitingtasks: status.waiting_tasks,
+                    finishedtasks: status.finished_tasks,
+                    delayedtasks: status.delayed_tasks,
+                }),
+                ViewRequest::Task { id } => {
+                    // Another user's task answers as an unknown one.
+                    let task = v
+                        .state
+                        .task(TaskId(id))
+                        .filter(|t| owner.as_deref().is_none_or(|o| *t.user_id == *o))
+                        .map(select::task_info);
+                    Answer::TaskView(TaskView {
+                        ok: true,
+                        task,
+                        status,
+                    })
+                }
+                ViewRequest::Tasks(q) => {
+                    let max = q.max.unwrap_or(DEFAULT_TASKS_MAX).min(tasks_max_limit);
+                    let listing = select::list_tasks(
+                        v.state,
+                        &q,
+                        owner.as_deref(),
+                        Budget {
+                            max: max as usize,
+                            ..budget
+                        },
+                    );
+                    Answer::TasksView(TasksView {
+                        ok: true,
+                        count: listing.tasks.len() as u64,
+                        tasks: listing.tasks,
+                        max,
+                        scanned: listing.scanned,
+                        truncated: listing.truncated,
+                        next_task_id: listing.next_task_id,
+                        status,
+                    })
+                }
+                ViewRequest::TasksOverview(q) => {
+                    let (tasks, scanned, truncated) =
+                        select::count_by_type(v.state, &q, owner.as_deref(), budget.scan);
+                    Answer::TasksOverviewView(TasksOverviewView {
+                        ok: true,
+                        count: tasks.values().sum(),
+                        tasks,
+                        scanned,
+                        truncated,
+                        status,
+                    })
+                }
+            }
+        })
+        .await?;
+    Ok(answer)
+}
+
+async fn post_action(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, ApiError> {
+    let principal = api.auth.authenticate(req.headers()).await?;
+    let body = read_body(req, api.settings.max_body_bytes, api.settings.body_timeout).await?;
+    let action = parse_action(&body)?;
+    drop(body);
+    match action {
+        ActionRequest::SubmitTask(task) => {
+            if !principal.may_use(&task.user_id) {
+                return Err(forbidden_user("userid", &principal));
+            }
+            debug!(user = %principal.name, "http submitTask");
+            let outcome = submit(&api, vec![task], "data").await?.pop();
+            let (task_id, result) = outcome_parts(outcome);
+            Ok(Answer::SubmitTaskResponse(SubmitTaskResponse {
+                action: "submitTask".into(),
+                task_id,
+                outcome: result.clone(),
+                result,
+                error: String::new(),
+                ok: true,
+            }))
+        }
+        ActionRequest::SubmitTasks(tasks) => {
+            if let Some(i) = tasks.iter().position(|t| !principal.may_use(&t.user_id)) {
+                return Err(forbidden_user(&format!("tasks[{i}].userid"), &principal));
+            }
+            debug!(user = %principal.name, tasks = tasks.len(), "http submitTasks");
+            let outcomes = if tasks.is_empty() {
+                Vec::new()
+            } else {
+                submit(&api, tasks, "tasks").await?
+            };
+            let results = outcomes
+                .into_iter()
+                .map(|o| {
+                    let (task_id, result) = outcome_parts(Some(o));
+                    SubmitResult {
+                        task_id,
+                        outcome: result.clone(),
+                        result,
+                    }
+                })
+                .collect();
+            Ok(Answer::SubmitTasksResponse(SubmitTasksResponse {
+                action: "submitTasks".into(),
+                results,
+                error: String::new(),
+                ok: true,
+            }))
+        }
+    }
+}
+
+fn forbidden_user(field: &str, principal: &Principal) -> ApiError {
+    ApiError::Forbidden(FieldError::new(
+        field,
+        format!(
+            "user {} may only submit tasks with userid {}",
+            principal.name, principal.name
+        ),
+    ))
+}
+
+async fn submit(
+    api: &Api,
+    tasks: Vec<TaskSubmission>,
+    too_large_field: &str,
+) -> Result<Vec<SubmitOutcome>, ApiError> {
+    let requests = tasks.into_iter().map(submit_request).collect();
+    api.broker.submit(requests).await.map_err(|e| match e {
+        crate::BrokerError::TooLarge(detail) => {
+            ApiError::TooLarge(FieldError::new(too_large_field, detail))
+        }
+        other => ApiError::Broker(other),
+    })
+}
+
+fn submit_request(t: TaskSubmission) -> SubmitRequest {
+    SubmitRequest {
+        task_type: t.task_type,
+        user_id: t.user_id,
+        data: t.data,
+        max_attempts: t.max_attempts,
+        attempts: t.attempt,
+        requested_start_time: t.requested_start_time,
+        deadline: t.deadline,
+        slot: t.slot,
+        codepool: t.codepool,
+        mode: t.mode,
+    }
+}
+
+/// The id (0 when not created) and the outcome text of a submission.
+fn outcome_parts(o: Option<SubmitOutcome>) -> (u64, Option<String>) {
+    match o {
+        Some(SubmitOutcome::Accepted(id)) => (id.0, None),
+        Some(SubmitOutcome::NotCreated(why)) => (0, Some(why)),
+        None => (0, Some("no outcome".into())),
+    }
+}
+
+/// Reads the whole body, refusing more than `limit` bytes and bodies slower than `timeout`.
+async fn read_body(req: Request, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
+    let too_large = || {
+        ApiError::TooLarge(FieldError::new(
+            BODY_FIELD,
+            format!("is larger than the limit of {limit} bytes"),
+        ))
+    };
+    let declared = req
+        .headers()
+        .get(CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    if declared.is_some_and(|n| n > limit as u64) {
+        return Err(too_large());
+    }
+    let mut stream = Body::into_data_stream(req.into_body());
+    let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
+    let read = async {
+        while let Some(chunk) = stream.next().await {
+            let chunk = chunk.map_err(|_| {
+                ApiError::BadRequest(FieldError::new(BODY_FIELD, "could not be read"))
+            })?;
+            if buf.len() + chunk.len() > limit {
+                return Err(too_large());
+            }
+            buf.extend_from_slice(&chunk);
+        }
+        Ok(())
+    };
+    tokio::time::timeout(timeout, read)
+        .await
+        .map_err(|_| ApiError::BodyTimeout)??;
+    Ok(buf)
+}

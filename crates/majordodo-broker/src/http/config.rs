@@ -1,0 +1,326 @@
+//! Settings of the HTTP API as they appear in the broker's TOML file (`[http]`), and their
+//! validation into [`HttpSettings`].
+//!
+//! ```toml
+//! [http]
+//! max_body_bytes = 16777216       # default 16 MiB
+//! cors_allow_origin = "*"         # "" sends no CORS header
+//!
+//! [[http.users]]
+//! name = "admin"
+//! role = "admin"                  # or "user": submits and reads only tasks of userid = name
+//! password_hash = "$pbkdf2-sha256$i=600000$...$..."   # see auth::hash_password
+//! token_sha256 = "9f86d081..."    # hex SHA-256 of a token; see auth::generate_token
+//! ```
+//!
+//! There is no default user and no default password: a broker without users refuses to start its
+//! HTTP API ([`HttpConfigError::NoUsers`]).
+
+use std::collections::HashSet;
+use std::fmt;
+use std::time::Duration;
+
+use axum::http::HeaderValue;
+use serde::Deserialize;
+
+use super::auth::{PasswordHash, TokenDigest, User};
+
+/// Default largest request body. The biggest legitimate body is a `submitTasks` batch: at most
+/// [`majordodo_proto::http::MAX_BATCH_TASKS`] tasks of about a kilobyte each fit in 16 MiB.
+pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
+
+/// Default most open HTTP connections. Clients keep connections alive (the Java client pools 10
+/// per process); a thousand serves about a hundred client processes, and each idle connection
+/// costs only a socket and a few kilobytes.
+pub const DEFAULT_MAX_CONNECTIONS: usize = 1_024;
+
+/// Default most requests handled at once; more wait for a turn. Each may buffer a body of up to
+/// `max_body_bytes`, so this bounds that memory (64 × 16 MiB = 1 GiB at worst); the broker's
+/// dispatcher serializes the work anyway, so more concurrency would not add throughput.
+pub const DEFAULT_MAX_CONCURRENT_REQUESTS: usize = 64;
+
+/// Default time a client has to send a whole request body once it started; slow or stalled
+/// senders are answered 408 instead of holding a request slot forever.
+pub const DEFAULT_BODY_TIMEOUT: Duration = Duration::from_secs(30);
+
+/// Default hard cap on the `max` parameter of the `tasks` view: ten thousand task objects are a
+/// few megabytes of JSON, a page a UI or a script can handle.
+pub const DEFAULT_TASKS_MAX_LIMIT: u32 = 10_000;
+
+/// Default most candidate tasks one view query examines. A view runs inside the dispatcher,
+/// between two rounds of writes: a hundred thousand map entries take a few milliseconds, the
+/// most a read may delay the writes behind it.
+pub const DEFAULT_SCAN_BUDGET: usize = 100_000;
+
+/// Default most bytes of task objects (payloads and results included) one view answer carries;
+/// bounds the memory and time of one answer when tasks carry large payloads.
+pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
+
+/// Default most password hashes computed at once. Each takes a core for tens of milliseconds;
+/// a flood of wrong passwords must not take every core from the broker.
+pub const DEFAULT_MAX_CONCURRENT_HASHES: usize = 1;
+
+/// The `[http]` table of the broker's configuration file. Every key is optional except `users`
+/// (at least one is needed to validate).
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub struct HttpConfig {
+    /// Largest request body in bytes; larger bodies are answered 413. Default 16 MiB.
+    pub max_body_bytes: usize,
+    /// Most open connections; more wait in the kernel's accept queue. Default 1024.
+    pub max_connections: usize,
+    /// Most requests handled at once; more wait. Default 64.
+    pub max_concurrent_requests: usize,
+    /// Seconds a client has to send a request body. Default 30.
+    pub body_timeout_secs: u64,
+    /// Value of the `Access-Control-Allow-Origin` header on every answer; empty sends none.
+    /// Default `*`, as the original's `apiCorsEnabled=true`.
+    pub cors_allow_origin: String,
+    /// Compress answers with gzip when the client accepts it. Default true.
+    pub gzip: bool,
+    /// Hard cap on the `tasks` view's `max`. Default 10 000.
+    pub tasks_max_limit: u32,
+    /// Most candidate tasks one view query examines. Default 100 000.
+    pub scan_budget: usize,
+    /// Most bytes of task objects in one view answer. Default 32 MiB.
+    pub max_response_bytes: usize,
+    /// Most password hashes verified at once. Default 1.
+    pub max_concurrent_hashes: usize,
+    /// Who may call the API.
+    pub users: Vec<UserConfig>,
+}
+
+impl Default for HttpConfig {
+    fn default() -> Self {
+        HttpConfig {
+            max_body_bytes: DEFAULT_MAX_BODY_BYTES,
+            max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            body_timeout_secs: DEFAULT_BODY_TIMEOUT.as_secs(),
+            cors_allow_origin: "*".into(),
+            gzip: true,
+            tasks_max_limit: DEFAULT_TASKS_MAX_LIMIT,
+            scan_budget: DEFAULT_SCAN_BUDGET,
+            max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
+            max_concurrent_hashes: DEFAULT_MAX_CONCURRENT_HASHES,
+            users: Vec::new(),
+        }
+    }
+}
+
+impl fmt::Debug for HttpConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpConfig")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_connections", &self.max_connections)
+            .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("body_timeout_secs", &self.body_timeout_secs)
+            .field("cors_allow_origin", &self.cors_allow_origin)
+            .field("gzip", &self.gzip)
+            .field("tasks_max_limit", &self.tasks_max_limit)
+            .field("scan_budget", &self.scan_budget)
+            .field("max_response_bytes", &self.max_response_bytes)
+            .field("max_concurrent_hashes", &self.max_concurrent_hashes)
+            .field("users", &self.users)
+            .finish()
+    }
+}
+
+/// What a user may do.
+#[derive(Copy, Clone, Debug, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum UserRole {
+    /// Submits tasks for any `userid` and reads every task.
+    Admin,
+    /// Submits and reads only tasks whose `userid` is the user's name.
+    User,
+}
+
+/// One `[[http.users]]` entry. At least one of `password_hash` and `token_sha256` is needed.
+#[derive(Clone, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct UserConfig {
+    /// Login name, and for role `user` the only `userid` it may submit and read.
+    pub name: String,
+    /// `admin` or `user`.
+    pub role: UserRole,
+    /// PBKDF2-HMAC-SHA256 hash of the password (`$pbkdf2-sha256$i=<iterations>$<salt>$<hash>`,
+    /// base64 without padding), as made by [`super::auth::hash_password`].
+    #[serde(default)]
+    pub password_hash: Option<String>,
+    /// Hex SHA-256 digest of a bearer token, as made by [`super::auth::token_digest`].
+    #[serde(default)]
+    pub token_sha256: Option<String>,
+}
+
+impl fmt::Debug for UserConfig {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        // Hashes are not secrets, but they need not end up in logs either.
+        f.debug_struct("UserConfig")
+            .field("name", &self.name)
+            .field("role", &self.role)
+            .field(
+                "password_hash",
+                &self.password_hash.as_ref().map(|_| "<set>"),
+            )
+            .field("token_sha256", &self.token_sha256.as_ref().map(|_| "<set>"))
+            .finish()
+    }
+}
+
+/// Why an HTTP configuration is unusable. Not retryable: fix the configuration.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum HttpConfigError {
+    /// No user is configured: every request would be refused, and there is no default user.
+    #[error("http: no users configured; add at least one [[http.users]] entry")]
+    NoUsers,
+    /// A user has an empty name.
+    #[error("http: a user has an empty name")]
+    EmptyUserName,
+    /// Two users share a name.
+    #[error("http: user {0} is configured twice")]
+    DuplicateUser(String),
+    /// A user has neither a password hash nor a token digest.
+    #[error("http: user {0} has neither password_hash nor token_sha256")]
+    NoCredential(String),
+    /// A password hash cannot be read.
+    #[error("http: user {user}: bad password_hash: {reason}")]
+    BadPasswordHash {
+        /// The user.
+        user: String,
+        /// What is wrong.
+        reason: &'static str,
+    },
+    /// A token digest is not 64 hex digits.
+    #[error("http: user {0}: token_sha256 must be 64 hexadecimal digits")]
+    BadTokenDigest(String),
+    /// A limit is zero or out of range.
+    #[error("http: {0}")]
+    BadLimit(&'static str),
+    /// The CORS origin cannot be a header value.
+    #[error("http: cors_allow_origin is not a valid header value")]
+    BadCorsOrigin,
+}
+
+/// Validated HTTP settings, ready for [`super::router`].
+#[derive(Clone)]
+pub struct HttpSettings {
+    pub(crate) max_body_bytes: usize,
+    pub(crate) max_connections: usize,
+    pub(crate) max_concurrent_requests: usize,
+    pub(crate) body_timeout: Duration,
+    pub(crate) cors_allow_origin: Option<HeaderValue>,
+    pub(crate) gzip: bool,
+    pub(crate) tasks_max_limit: u32,
+    pub(crate) scan_budget: usize,
+    pub(crate) max_response_bytes: usize,
+    pub(crate) max_concurrent_hashes: usize,
+    pub(crate) users: Vec<User>,
+}
+
+impl fmt::Debug for HttpSettings {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("HttpSettings")
+            .field("max_body_bytes", &self.max_body_bytes)
+            .field("max_connections", &self.max_connections)
+            .field("users", &self.users.len())
+            .finish_non_exhaustive()
+    }
+}
+
+impl HttpConfig {
+    /// Checks the settings and reads the users' hashes.
+    ///
+    /// # Errors
+    /// [`HttpConfigError`] naming the first problem.
+    pub fn validate(&self) -> Result<HttpSettings, HttpConfigError> {
+        let limits: [(bool, &'static str); 7] = [
+            (
+                self.max_body_bytes == 0,
+                "max_body_bytes must be at least 1",
+            ),
+            (
+                self.max_connections == 0,
+                "max_connections must be at least 1",
+            ),
+            (
+                self.max_concurrent_requests == 0,
+                "max_concurrent_requests must be at least 1",
+            ),
+            (
+                self.body_timeout_secs == 0,
+                "body_timeout_secs must be at least 1",
+            ),
+            (self.scan_budget == 0, "scan_budget must be at least 1"),
+            (
+                self.max_response_bytes == 0,
+                "max_response_bytes must be at least 1",
+            ),
+            (
+                self.max_concurrent_hashes == 0,
+                "max_concurrent_hashes must be at least 1",
+            ),
+        ];
+        if let Some((_, problem)) = limits.iter().find(|(bad, _)| *bad) {
+            return Err(HttpConfigError::BadLimit(problem));
+        }
+        let cors_allow_origin = if self.cors_allow_origin.is_empty() {
+            None
+        } else {
+            Some(
+                HeaderValue::from_str(&self.cors_allow_origin)
+                    .map_err(|_| HttpConfigError::BadCorsOrigin)?,
+            )
+        };
+        if self.users.is_empty() {
+            return Err(HttpConfigError::NoUsers);
+        }
+        let mut names = HashSet::new();
+        let mut users = Vec::with_capacity(self.users.len());
+        for u in &self.users {
+            if u.name.is_empty() {
+                return Err(HttpConfigError::EmptyUserName);
+            }
+            if !names.insert(u.name.as_str()) {
+                return Err(HttpConfigError::DuplicateUser(u.name.clone()));
+            }
+            if u.password_hash.is_none() && u.token_sha256.is_none() {
+                return Err(HttpConfigError::NoCredential(u.name.clone()));
+            }
+            let password = u
+                .password_hash
+                .as_deref()
+                .map(PasswordHash::parse)
+                .transpose()
+                .map_err(|reason| HttpConfigError::BadPasswordHash {
+                    user: u.name.clone(),
+                    reason,
+                })?;
+            let token = u
+                .token_sha256
+                .as_deref()
+                .map(TokenDigest::from_hex)
+                .transpose()
+                .map_err(|_| HttpConfigError::BadTokenDigest(u.name.clone()))?;
+            users.push(User {
+                name: u.name.as_str().into(),
+                role: u.role,
+                password,
+                token,
+            });
+        }
+        Ok(HttpSettings {
+            max_body_bytes: self.max_body_bytes,
+            max_connections: self.max_connections,
+            max_concurrent_requests: self.max_concurrent_requests,
+            body_timeout: Duration::from_secs(self.body_timeout_secs),
+            cors_allow_origin,
+            gzip: self.gzip,
+            tasks_max_limit: self.tasks_max_limit,
+            scan_budget: self.scan_budget,
+            max_response_bytes: self.max_response_bytes,
+            max_concurrent_hashes: self.max_concurrent_hashes,
+            users,
+        })
+    }
+}

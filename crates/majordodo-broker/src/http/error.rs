@@ -1,0 +1,159 @@
+//! The one error type of the HTTP API: every failure maps to a status and a JSON body here.
+//!
+//! Bodies are `{"ok":false,"error":"<problem>","field":"<name>"}` (`field` when a request field
+//! is at fault). 4xx answers say what the caller must change; 5xx answers say nothing about the
+//! broker's internals (the cause is logged where it is handled).
+
+use axum::http::header::{ALLOW, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::{HeaderValue, StatusCode};
+use axum::response::{IntoResponse, Response};
+use majordodo_proto::http::{BODY_FIELD, ErrorBody, FieldError};
+
+use super::json_response;
+use crate::BrokerError;
+
+/// `WWW-Authenticate` challenges sent with every 401: both schemes are accepted.
+const CHALLENGES: [&str; 2] = [
+    "Basic realm=\"majordodo\", charset=\"UTF-8\"",
+    "Bearer realm=\"majordodo\"",
+];
+
+/// Seconds a client should wait before retrying an overloaded broker.
+const RETRY_AFTER_SECS: &str = "1";
+
+/// Why a request failed.
+#[derive(Debug, thiserror::Error)]
+pub enum ApiError {
+    /// A field of the request is missing, malformed or out of range (400). Fix the request.
+    #[error("bad request: {0}")]
+    BadRequest(FieldError),
+    /// No valid credentials (401). Send Basic or bearer credentials of a configured user.
+    #[error("unauthorized: {0}")]
+    Unauthorized(&'static str),
+    /// Authenticated, but not allowed to do this (403).
+    #[error("forbidden: {0}")]
+    Forbidden(FieldError),
+    /// No such path (404).
+    #[error("not found")]
+    NotFound,
+    /// The path exists but not with this method (405).
+    #[error("method not allowed")]
+    MethodNotAllowed,
+    /// The body did not arrive in time (408). Retryable.
+    #[error("request body not received in time")]
+    BodyTimeout,
+    /// The body, or a task in it, is too large (413). Not retryable as is.
+    #[error("payload too large: {0}")]
+    TooLarge(FieldError),
+    /// The broker could not serve the request (503, or 413 for a task over the log's limit).
+    #[error("broker: {0}")]
+    Broker(#[from] BrokerError),
+    /// A failure of this process (500); the detail is logged, not sent.
+    #[error("internal error: {0}")]
+    Internal(&'static str),
+}
+
+impl From<FieldError> for ApiError {
+    fn from(e: FieldError) -> Self {
+        ApiError::BadRequest(e)
+    }
+}
+
+impl ApiError {
+    /// The status this error is answered with.
+    pub fn status(&self) -> StatusCode {
+        match self {
+            ApiError::BadRequest(_) => StatusCode::BAD_REQUEST,
+            ApiError::Unauthorized(_) => StatusCode::UNAUTHORIZED,
+            ApiError::Forbidden(_) => StatusCode::FORBIDDEN,
+            ApiError::NotFound => StatusCode::NOT_FOUND,
+            ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
+            ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::TooLarge(_) | ApiError::Broker(BrokerError::TooLarge(_)) => {
+                StatusCode::PAYLOAD_TOO_LARGE
+            }
+            ApiError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
+            ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+        }
+    }
+
+    fn body(&self) -> ErrorBody {
+        let (error, field, retryable) = match self {
+            ApiError::BadRequest(e) | ApiError::Forbidden(e) | ApiError::TooLarge(e) => {
+                (e.problem.clone(), Some(e.field.clone()), false)
+            }
+            ApiError::Unauthorized(why) => ((*why).to_owned(), None, false),
+            ApiError::NotFound => (
+                "no such path; the API is at /majordodo".to_owned(),
+                None,
+                false,
+            ),
+            ApiError::MethodNotAllowed => (
+                "method not allowed; use GET for views and POST for actions".to_owned(),
+                None,
+                false,
+            ),
+            ApiError::BodyTimeout => (
+                "request body not received in time".to_owned(),
+                Some(BODY_FIELD.to_owned()),
+                true,
+            ),
+            ApiError::Broker(e) => broker_error_body(e),
+            ApiError::Internal(_) => ("internal error".to_owned(), None, false),
+        };
+        ErrorBody {
+            ok: false,
+            error,
+            field,
+            retryable,
+        }
+    }
+}
+
+/// The words clients see for a broker condition: the retryable ones start with the original's
+/// strings, which clients of the original match on.
+fn broker_error_body(e: &BrokerError) -> (String, Option<String>, bool) {
+    let (text, retryable) = match e {
+        BrokerError::NotLeader => ("broker_not_leader: this broker is not the leader", true),
+        BrokerError::Recovering => ("recovery_in_progress: the broker is recovering", true),
+        BrokerError::Stopped => ("broker_not_started: the broker is not running", true),
+        BrokerError::Log(_) => (
+            "broker_not_started: the broker cannot write its log; retry later",
+            true,
+        ),
+        BrokerError::Overloaded(_) => ("broker_overloaded: too many requests; retry later", true),
+        BrokerError::TooLarge(detail) => {
+            return (detail.clone(), Some("data".to_owned()), false);
+        }
+    };
+    (text.to_owned(), None, retryable)
+}
+
+impl IntoResponse for ApiError {
+    fn into_response(self) -> Response {
+        match &self {
+            ApiError::Internal(what) => tracing::error!(what, "http request failed"),
+            ApiError::Broker(e @ (BrokerError::Log(_) | BrokerError::Stopped)) => {
+                tracing::warn!(error = %e, "http request refused: broker unavailable");
+            }
+            _ => tracing::debug!(error = %self, "http request refused"),
+        }
+        let mut response = json_response(self.status(), &self.body());
+        let headers = response.headers_mut();
+        match self {
+            ApiError::Unauthorized(_) => {
+                for c in CHALLENGES {
+                    headers.append(WWW_AUTHENTICATE, HeaderValue::from_static(c));
+                }
+            }
+            ApiError::MethodNotAllowed => {
+                headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD, POST, OPTIONS"));
+            }
+            ApiError::Broker(BrokerError::Overloaded(_)) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
+            }
+            _ => {}
+        }
+        response
+    }
+}

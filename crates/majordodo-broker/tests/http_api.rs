@@ -1,0 +1,1246 @@
+//! The HTTP API against a real broker (memory log): requests shaped exactly as the original's
+//! Java client sends them, every view and filter, the bad-input battery (each case leaves the
+//! state unchanged), authentication and authorization, broker failures, and the API over a real
+//! socket. Running and ended tasks come from a worker speaking raw frames to the real worker
+//! listener.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+use std::time::{Duration, SystemTime, UNIX_EPOCH};
+
+use axum::Router;
+use axum::body::Body;
+use axum::http::{HeaderMap, Method, Request, StatusCode, header};
+use base64::Engine;
+use base64::engine::general_purpose::STANDARD;
+use futures_util::{SinkExt, StreamExt};
+use majordodo_broker::http::auth::{hash_password_with, token_digest};
+use majordodo_broker::http::{self, HttpConfig, HttpSettings, UserConfig, UserRole};
+use majordodo_broker::worker_listener::{self, ListenerConfig};
+use majordodo_broker::{Broker, BrokerConfig, SystemClock};
+use majordodo_core::{DefaultGroupMapper, TaskStatus};
+use majordodo_log::{CommitLog, FaultSchedule, FaultyLog, MemoryLog, MemoryStore};
+use majordodo_proto::worker::{
+    Capacity, Connect, FinishReport, Finished, Hello, Message, Outcome, SharedSecret, WorkerCodec,
+    random_nonce, worker_proof,
+};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use serde_json::{Value, json};
+use tokio::io::{AsyncReadExt, AsyncWriteExt};
+use tokio::net::{TcpListener, TcpStream};
+use tokio_util::codec::Framed;
+use tokio_util::sync::CancellationToken;
+use tower::ServiceExt;
+
+/// Bound on every wait, so a bug fails a test instead of hanging it.
+const WAIT: Duration = Duration::from_secs(10);
+const SECRET: &[u8] = b"worker secret";
+const ADMIN_PASSWORD: &str = "admin password";
+const ADMIN_TOKEN: &str = "mdt_admin-token-for-tests";
+const ALICE_PASSWORD: &str = "alice password";
+const BOB_TOKEN: &str = "mdt_bob-token-for-tests";
+
+fn now_ms() -> i64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .unwrap()
+        .as_millis() as i64
+}
+
+fn basic(user: &str, password: &str) -> String {
+    format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
+}
+
+fn admin() -> String {
+    basic("admin", ADMIN_PASSWORD)
+}
+
+fn alice() -> String {
+    basic("alice", ALICE_PASSWORD)
+}
+
+fn bob() -> String {
+    format!("Bearer {BOB_TOKEN}")
+}
+
+/// Users: `admin` (password and token), `alice` (user, password), `bob` (user, token).
+fn config() -> HttpConfig {
+    let mut rng = StdRng::seed_from_u64(42);
+    HttpConfig {
+        users: vec![
+            UserConfig {
+                name: "admin".into(),
+                role: UserRole::Admin,
+                password_hash: Some(hash_password_with(ADMIN_PASSWORD, 1_000, &mut rng)),
+                token_sha256: Some(token_digest(ADMIN_TOKEN)),
+            },
+            UserConfig {
+                name: "alice".into(),
+                role: UserRole::User,
+                password_hash: Some(hash_password_with(ALICE_PASSWORD, 1_000, &mut rng)),
+                token_sha256: None,
+            },
+            UserConfig {
+                name: "bob".into(),
+                role: UserRole::User,
+                password_hash: None,
+                token_sha256: Some(token_digest(BOB_TOKEN)),
+            },
+        ],
+        ..HttpConfig::default()
+    }
+}
+
+struct Harness {
+    broker: Option<Broker>,
+    handle: majordodo_broker::BrokerHandle,
+    stop: CancellationToken,
+    app: Router,
+    settings: HttpSettings,
+    log: Arc<FaultyLog<MemoryLog>>,
+}
+
+impl Harness {
+    async fn start() -> Harness {
+        Self::with_config(config()).await
+    }
+
+    async fn with_config(config: HttpConfig) -> Harness {
+        let store = MemoryStore::new();
+        let log = Arc::new(FaultyLog::new(
+            MemoryLog::open(&store),
+            FaultSchedule::none(),
+        ));
+        let stop = CancellationToken::new();
+        let broker = Broker::start(
+            BrokerConfig {
+                broker_id: "broker-1".into(),
+                ..BrokerConfig::default()
+            },
+            log.clone() as Arc<dyn CommitLog>,
+            None,
+            Arc::new(DefaultGroupMapper),
+            Arc::new(SystemClock),
+            stop.clone().cancelled_owned(),
+        )
+        .await
+        .expect("broker starts");
+        let settings = config.validate().expect("valid config");
+        let handle = broker.handle();
+        let app = http::router(handle.clone(), settings.clone());
+        Harness {
+            broker: Some(broker),
+            handle,
+            stop,
+            app,
+            settings,
+            log,
+        }
+    }
+
+    async fn call(&self, req: Request<Body>) -> (StatusCode, HeaderMap, Value) {
+        let res = tokio::time::timeout(WAIT, self.app.clone().oneshot(req))
+            .await
+            .expect("answered in time")
+            .expect("infallible");
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = axum::body::to_bytes(res.into_body(), 64 << 20)
+            .await
+            .unwrap();
+        let body = if bytes.is_empty() {
+            Value::Null
+        } else {
+            serde_json::from_slice(&bytes).unwrap_or_else(|e| {
+                panic!(
+                    "answer is not JSON ({e}): {}",
+                    String::from_utf8_lossy(&bytes)
+                )
+            })
+        };
+        (status, headers, body)
+    }
+
+    /// A GET as the Java client sends it (`?k=v&...`, credentials preemptively).
+    async fn get(&self, query: &str, auth: &str) -> (StatusCode, Value) {
+        let req = Request::get(format!("/majordodo?{query}"))
+            .header(header::AUTHORIZATION, auth)
+            .body(Body::empty())
+            .unwrap();
+        let (s, _, b) = self.call(req).await;
+        (s, b)
+    }
+
+    /// A POST as the Java client sends it (JSON, `application/json;charset=utf-8`).
+    async fn post(&self, body: impl Into<Body>, auth: &str) -> (StatusCode, Value) {
+        let req = Request::post("/majordodo")
+            .header(header::AUTHORIZATION, auth)
+            .header(header::CONTENT_TYPE, "application/json;charset=utf-8")
+            .body(body.into())
+            .unwrap();
+        let (s, _, b) = self.call(req).await;
+        (s, b)
+    }
+
+    async fn post_json(&self, body: Value, auth: &str) -> (StatusCode, Value) {
+        self.post(serde_json::to_vec(&body).unwrap(), auth).await
+    }
+
+    /// (task count, highest task id): what a refused request must leave unchanged.
+    async fn state_mark(&self) -> (usize, u64) {
+        self.handle
+            .query(|v| (v.state.task_count(), v.state.max_task_id()))
+            .await
+            .unwrap()
+    }
+
+    /// Polls the broker until `f` holds, within [`WAIT`].
+    async fn wait_until(
+        &self,
+        what: &str,
+        f: impl Fn(&majordodo_core::BrokerState) -> bool + Clone + Send + 'static,
+    ) {
+        let deadline = tokio::time::Instant::now() + WAIT;
+        loop {
+            let f = f.clone();
+            if self.handle.query(move |v| f(v.state)).await.unwrap() {
+                return;
+            }
+            assert!(
+                tokio::time::Instant::now() < deadline,
+                "timed out waiting for {what}"
+            );
+            tokio::time::sleep(Duration::from_millis(10)).await;
+        }
+    }
+
+    async fn stop(mut self) {
+        self.stop.cancel();
+        if let Some(b) = self.broker.take() {
+            let _ = b.wait().await;
+        }
+    }
+}
+
+/// The Java client's `Long.parseLong(map.get(k) + "")`: works for numbers and numeric strings.
+fn java_long(v: &Value) -> i64 {
+    let text = match v {
+        Value::String(s) => s.clone(),
+        other => other.to_string(),
+    };
+    text.parse()
+        .unwrap_or_else(|_| panic!("the Java client cannot parse {v} as a long"))
+}
+
+/// The body of the Java client's submitTask, keyed as its HashMap.
+fn java_submit(user: &str, task_type: &str, data: &str) -> Value {
+    json!({
+        "action": "submitTask", "userid": user, "tasktype": task_type, "data": data,
+        "maxattempts": "1"
+    })
+}
+
+fn assert_error(status: StatusCode, body: &Value, want: StatusCode, field: Option<&str>) {
+    assert_eq!(status, want, "{body}");
+    assert_eq!(body["ok"], json!(false), "{body}");
+    assert!(
+        body["error"].as_str().is_some_and(|e| !e.is_empty()),
+        "{body}"
+    );
+    if let Some(f) = field {
+        assert_eq!(body["field"], json!(f), "{body}");
+    }
+}
+
+// ----- Java-client-shaped requests -----
+
+#[tokio::test]
+async fn java_shaped_submit_task_is_created_with_the_original_defaults() {
+    // Goal: a submitTask with numbers as strings (and requestedStartTime as a number, as the Java
+    // client sends it) creates the task; the answer carries taskId, result, outcome, error, ok,
+    // action, and the task view shows what was submitted in a shape the Java client parses.
+    let h = Harness::start().await;
+    let deadline = now_ms() + 3_600_000;
+    let start = now_ms() - 1_000;
+    let (s, b) = h
+        .post_json(
+            json!({"action": "submitTask", "userid": "u1", "tasktype": "mytype", "data": "payload",
+                   "maxattempts": "3", "attempt": "1", "deadline": deadline.to_string(),
+                   "requestedStartTime": start, "slot": "slot-a", "codePoolId": "pool",
+                   "mode": "object"}),
+            &admin(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["ok"], json!(true));
+    assert_eq!(b["error"], json!(""));
+    assert_eq!(b["action"], json!("submitTask"));
+    assert_eq!(b["result"], Value::Null);
+    assert_eq!(b["outcome"], Value::Null);
+    let id = java_long(&b["taskId"]);
+    assert!(id > 0);
+
+    let (s, v) = h.get(&format!("view=task&taskId={id}"), &admin()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(v["ok"], json!(true));
+    let t = &v["task"];
+    assert_eq!(java_long(&t["taskId"]), id);
+    assert_eq!(t["userId"], json!("u1"));
+    assert_eq!(t["tasktype"], json!("mytype"));
+    assert_eq!(t["data"], json!("payload"));
+    assert_eq!(t["status"], json!("waiting"));
+    assert_eq!(java_long(&t["maxattempts"]), 3);
+    assert_eq!(java_long(&t["attempts"]), 1);
+    assert_eq!(java_long(&t["deadline"]), deadline);
+    assert_eq!(java_long(&t["requestedStartTime"]), start);
+    assert!(java_long(&t["createdTimestamp"]) > 0);
+    assert_eq!(t["slot"], json!("slot-a"));
+    assert_eq!(t["codePoolId"], json!("pool"));
+    assert_eq!(t["mode"], json!("object"));
+    assert_eq!(t["workerId"], Value::Null);
+    assert_eq!(t["result"], Value::Null);
+
+    // Defaults: maxattempts 1, attempt 0, no deadline, no start time; numbers as numbers too.
+    let (_, b) = h
+        .post_json(
+            json!({"action": "submitTask", "userid": "u1", "tasktype": "t"}),
+            &admin(),
+        )
+        .await;
+    let (_, v) = h
+        .get(
+            &format!("view=task&taskId={}", java_long(&b["taskId"])),
+            &admin(),
+        )
+        .await;
+    assert_eq!(v["task"]["maxattempts"], json!(1));
+    assert_eq!(v["task"]["attempts"], json!(0));
+    assert_eq!(v["task"]["deadline"], json!(0));
+    assert_eq!(v["task"]["requestedStartTime"], json!(0));
+    assert_eq!(v["task"]["data"], json!(""));
+    assert!(v["task"].get("mode").is_none(), "mode only when set");
+    let (s, b) = h
+        .post_json(
+            json!({"action": "submitTask", "userid": "u1", "tasktype": "t", "maxattempts": 0,
+                   "attempt": 0, "deadline": 0, "requestedStartTime": 0}),
+            &admin(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn busy_slot_answers_task_id_zero_with_the_outcome_in_result_and_outcome() {
+    // Goal: the original's slot semantics: not an error, taskId 0, the reason in both fields.
+    let h = Harness::start().await;
+    let mut first = java_submit("u", "t", "x");
+    first["slot"] = json!("s1");
+    let (_, b) = h.post_json(first.clone(), &admin()).await;
+    assert!(java_long(&b["taskId"]) > 0);
+    let (s, b) = h.post_json(first, &admin()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["ok"], json!(true));
+    assert_eq!(java_long(&b["taskId"]), 0);
+    assert_eq!(b["result"], json!("slot s1 already assigned"));
+    assert_eq!(b["outcome"], json!("slot s1 already assigned"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn java_shaped_submit_tasks_reads_every_field_per_task() {
+    // Goal: a submitTasks batch as the Java client sends it is one request answered per task in
+    // order, and requestedStartTime, codePoolId and mode are read from each task (the original
+    // read them from the outer object).
+    let h = Harness::start().await;
+    let later = now_ms() + 3_600_000;
+    let body = json!({"action": "submitTasks", "tasks": [
+        {"userid": "u1", "tasktype": "a", "data": "d1", "maxattempts": "2"},
+        {"userid": "u2", "tasktype": "b", "data": "d2", "maxattempts": 0, "slot": "s",
+         "requestedStartTime": later, "codePoolId": "p2", "mode": "object"},
+        {"userid": "u3", "tasktype": "c", "data": "d3", "maxattempts": "1", "slot": "s"}
+    ]});
+    let (s, b) = h.post_json(body, &admin()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["ok"], json!(true));
+    assert_eq!(b["error"], json!(""));
+    assert_eq!(b["action"], json!("submitTasks"));
+    let results = b["results"].as_array().unwrap();
+    assert_eq!(results.len(), 3);
+    let ids: Vec<i64> = results.iter().map(|r| java_long(&r["taskId"])).collect();
+    assert!(ids[0] > 0 && ids[1] > ids[0]);
+    assert_eq!(ids[2], 0);
+    assert_eq!(results[2]["outcome"], json!("slot s already assigned"));
+    assert_eq!(results[0]["result"], Value::Null);
+
+    let (_, v) = h
+        .get(&format!("view=task&taskId={}", ids[1]), &admin())
+        .await;
+    let t = &v["task"];
+    assert_eq!(t["status"], json!("delayed"));
+    assert_eq!(java_long(&t["requestedStartTime"]), later);
+    assert_eq!(t["codePoolId"], json!("p2"));
+    assert_eq!(t["mode"], json!("object"));
+    assert_eq!(java_long(&t["maxattempts"]), 0);
+    let (_, v) = h
+        .get(&format!("view=task&taskId={}", ids[0]), &admin())
+        .await;
+    assert_eq!(v["task"]["maxattempts"], json!(2));
+    assert!(v["task"].get("codePoolId").is_none());
+
+    let (s, b) = h
+        .post_json(json!({"action": "submitTasks", "tasks": []}), &admin())
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(b["results"], json!([]));
+    h.stop().await;
+}
+
+/// A worker speaking raw frames to the real worker listener.
+struct RawWorker {
+    framed: Framed<TcpStream, WorkerCodec>,
+}
+
+impl RawWorker {
+    /// Connects and completes the handshake; serves only group 5 (users named "5").
+    async fn connect(addr: SocketAddr, worker_id: &str) -> RawWorker {
+        let socket = TcpStream::connect(addr).await.unwrap();
+        let mut framed = Framed::new(socket, WorkerCodec::default());
+        let nonce = random_nonce();
+        let process_id = format!("{worker_id}-process");
+        framed
+            .send(Message::Hello(Hello {
+                worker_id: worker_id.into(),
+                process_id: process_id.clone(),
+                location: "test-host".into(),
+                client_nonce: nonce.to_vec(),
+            }))
+            .await
+            .unwrap();
+        let mut w = RawWorker { framed };
+        let Message::Challenge(ch) = w.recv().await else {
+            panic!("challenge expected")
+        };
+        let proof = worker_proof(SECRET, &ch.broker_nonce, &nonce, worker_id, &process_id);
+        w.framed
+            .send(Message::Connect(Connect {
+                proof: proof.to_vec(),
+                capacity: Capacity {
+                    max_threads: 10,
+                    max_threads_by_task_type: Default::default(),
+                    groups: vec![5],
+                    excluded_groups: vec![],
+                },
+                running: vec![],
+            }))
+            .await
+            .unwrap();
+        let Message::Welcome(_) = w.recv().await else {
+            panic!("welcome expected")
+        };
+        w
+    }
+
+    async fn recv(&mut self) -> Message {
+        tokio::time::timeout(WAIT, self.framed.next())
+            .await
+            .expect("a frame in time")
+            .expect("connection open")
+            .expect("a valid frame")
+    }
+
+    /// Receives assignments until `n` arrived; returns (task id, attempt).
+    async fn assignments(&mut self, n: usize) -> Vec<(u64, u32)> {
+        let mut got = Vec::new();
+        while got.len() < n {
+            if let Message::Assign(a) = self.recv().await {
+                got.extend(a.assignments.iter().map(|a| (a.task_id, a.attempt)));
+            }
+        }
+        got
+    }
+
+    async fn finish(&mut self, seq: u64, task: (u64, u32), outcome: Outcome, result: &str) {
+        self.framed
+            .send(Message::Finished(Finished {
+                seq,
+                reports: vec![FinishReport {
+                    task_id: task.0,
+                    attempt: task.1,
+                    outcome: outcome as i32,
+                    result: result.into(),
+                }],
+            }))
+            .await
+            .unwrap();
+        loop {
+            if let Message::FinishedAck(ack) = self.recv().await {
+                assert_eq!(ack.seq, seq);
+                return;
+            }
+        }
+    }
+}
+
+/// Tasks in every status: finished, error, running on `w1` (all of user "5", type "run"),
+/// waiting (alice, types "wait" with slot S1 and "other"), delayed (alice, "wait").
+struct Scenario {
+    finished: u64,
+    error: u64,
+    running: u64,
+    waiting_slot: u64,
+    waiting_other: u64,
+    delayed: u64,
+}
+
+async fn scenario(h: &Harness) -> (Scenario, RawWorker, CancellationToken) {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(worker_listener::run(
+        socket,
+        ListenerConfig::new("broker-1", SharedSecret::new(SECRET)),
+        h.broker.as_ref().unwrap().worker_events(),
+        stop.clone().cancelled_owned(),
+    ));
+    let mut worker = RawWorker::connect(addr, "w1").await;
+    let (s, b) = h
+        .post_json(
+            json!({"action": "submitTasks", "tasks": [
+                {"userid": "5", "tasktype": "run", "data": "a", "maxattempts": "1"},
+                {"userid": "5", "tasktype": "run", "data": "b", "maxattempts": "1"},
+                {"userid": "5", "tasktype": "run", "data": "c", "maxattempts": "1"}]}),
+            &admin(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let mut assigned = worker.assignments(3).await;
+    assigned.sort_unstable();
+    worker
+        .finish(1, assigned[0], Outcome::Finished, "done")
+        .await;
+    worker.finish(2, assigned[1], Outcome::Error, "boom").await;
+    let (_, b) = h
+        .post_json(
+            json!({"action": "submitTasks", "tasks": [
+                {"userid": "alice", "tasktype": "wait", "data": "w", "slot": "S1"},
+                {"userid": "alice", "tasktype": "other", "data": "o"},
+                {"userid": "alice", "tasktype": "wait", "data": "d",
+                 "requestedStartTime": (now_ms() + 3_600_000).to_string()}]}),
+            &admin(),
+        )
+        .await;
+    let ids: Vec<u64> = b["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| java_long(&r["taskId"]) as u64)
+        .collect();
+    h.wait_until("statuses settle", |s| {
+        s.count(TaskStatus::Finished) == 1
+            && s.count(TaskStatus::Error) == 1
+            && s.count(TaskStatus::Running) == 1
+    })
+    .await;
+    let sc = Scenario {
+        finished: assigned[0].0,
+        error: assigned[1].0,
+        running: assigned[2].0,
+        waiting_slot: ids[0],
+        waiting_other: ids[1],
+        delayed: ids[2],
+    };
+    (sc, worker, stop)
+}
+
+fn ids_of(view: &Value) -> Vec<u64> {
+    let mut ids: Vec<u64> = view["tasks"]
+        .as_array()
+        .unwrap_or_else(|| panic!("tasks list in {view}"))
+        .iter()
+        .map(|t| java_long(&t["taskId"]) as u64)
+        .collect();
+    ids.sort_unstable();
+    ids
+}
+
+#[tokio::test]
+async fn every_view_and_filter_answers_in_the_original_shape() {
+    // Goal: status, overview, workers, task, tasks (each filter, max, paging) and tasksoverview
+    // answer what the state holds, with the original's field names, read as the Java client reads
+    // them.
+    let h = Harness::start().await;
+    let (sc, _worker, stop_listener) = scenario(&h).await;
+
+    let (s, st) = h.get("view=status", &admin()).await;
+    assert_eq!(s, StatusCode::OK);
+    assert_eq!(st["ok"], json!(true));
+    assert_eq!(st["status"], json!("LEADER"));
+    assert_eq!(java_long(&st["tasks"]), 6);
+    assert_eq!(java_long(&st["runningtasks"]), 1);
+    assert_eq!(java_long(&st["waitingtasks"]), 2);
+    assert_eq!(java_long(&st["errortasks"]), 1);
+    assert_eq!(java_long(&st["finishedtasks"]), 1);
+    assert_eq!(java_long(&st["delayedtasks"]), 1);
+    assert_eq!(java_long(&st["pendingtasks"]), 0);
+    assert!(st["currentLedgerId"].is_string() && st["currentSequenceNumber"].is_string());
+    assert!(java_long(&st["currentSequenceNumber"]) > 0);
+    assert!(st["version"].is_string());
+
+    for view in ["view=overview", "", "view=workers"] {
+        let (s, o) = h.get(view, &admin()).await;
+        assert_eq!(s, StatusCode::OK, "{view}");
+        let w = &o["workers"][0];
+        assert_eq!(w["id"], json!("w1"));
+        assert_eq!(w["processId"], json!("w1-process"));
+        assert_eq!(w["status"], json!("CONNECTED"));
+        assert_eq!(w["location"], json!("test-host"));
+        assert!(java_long(&w["lastConnectionTs"]) > 0);
+        assert_eq!(o["status"]["clusterMode"], json!("LEADER"));
+        assert_eq!(o["status"]["delayedTasks"], json!(1));
+        assert_eq!(o["status"]["pendingTasks"], json!(0));
+    }
+
+    let (_, t) = h
+        .get(&format!("view=task&taskId={}", sc.finished), &admin())
+        .await;
+    assert_eq!(t["task"]["status"], json!("finished"));
+    assert_eq!(t["task"]["result"], json!("done"));
+    assert_eq!(t["task"]["workerId"], json!("w1"));
+    assert_eq!(t["task"]["attempts"], json!(1));
+    let (_, t) = h
+        .get(&format!("view=task&taskId={}", sc.error), &admin())
+        .await;
+    assert_eq!(t["task"]["status"], json!("error"));
+    let (_, t) = h.get("view=task&taskId=999999", &admin()).await;
+    assert_eq!(t["ok"], json!(true));
+    assert_eq!(t["task"], json!({}));
+
+    let list = |q: String| {
+        let h = &h;
+        async move {
+            let (s, v) = h.get(&format!("view=tasks&{q}"), &admin()).await;
+            assert_eq!(s, StatusCode::OK, "{q}: {v}");
+            assert_eq!(
+                java_long(&v["count"]) as usize,
+                v["tasks"].as_array().unwrap().len()
+            );
+            v
+        }
+    };
+    let all = list(String::new()).await;
+    assert_eq!(ids_of(&all).len(), 6);
+    assert_eq!(all["max"], json!(100));
+    assert_eq!(all["truncated"], json!(false));
+    assert_eq!(ids_of(&list("status=all".into()).await).len(), 6);
+    assert_eq!(
+        ids_of(&list("status=running&workerId=W1".into()).await),
+        vec![sc.running]
+    );
+    assert_eq!(
+        ids_of(&list("status=running&workerId=nobody".into()).await),
+        Vec::<u64>::new()
+    );
+    assert_eq!(
+        ids_of(&list("status=finished".into()).await),
+        vec![sc.finished]
+    );
+    assert_eq!(ids_of(&list("status=error".into()).await), vec![sc.error]);
+    assert_eq!(
+        ids_of(&list("status=delayed".into()).await),
+        vec![sc.delayed]
+    );
+    let mut waiting = vec![sc.waiting_slot, sc.waiting_other];
+    waiting.sort_unstable();
+    assert_eq!(ids_of(&list("status=waiting".into()).await), waiting);
+    assert_eq!(
+        ids_of(&list("status=waiting&tasktype=WAIT".into()).await),
+        vec![sc.waiting_slot]
+    );
+    assert_eq!(ids_of(&list("tasktype=wait".into()).await).len(), 2);
+    assert_eq!(ids_of(&list("slot=s1".into()).await), vec![sc.waiting_slot]);
+    assert_eq!(ids_of(&list("userId=ALICE".into()).await).len(), 3);
+    assert_eq!(ids_of(&list("workerId=w1".into()).await).len(), 3);
+    assert_eq!(
+        ids_of(&list("workerId=w1&status=finished&tasktype=run&userId=5".into()).await),
+        vec![sc.finished]
+    );
+    assert_eq!(
+        ids_of(&list("workerId=&slot=&status=".into()).await).len(),
+        6,
+        "empty filters are no filters"
+    );
+
+    // max and paging in id order.
+    let page = list("max=4".into()).await;
+    assert_eq!(page["max"], json!(4));
+    assert_eq!(ids_of(&page).len(), 4);
+    let next = java_long(&page["nextTaskId"]);
+    let rest = list(format!("max=4&fromTaskId={next}")).await;
+    assert_eq!(ids_of(&rest).len(), 2);
+    assert!(rest.get("nextTaskId").is_none());
+    let mut both = ids_of(&page);
+    both.extend(ids_of(&rest));
+    assert_eq!(both, ids_of(&all));
+    assert_eq!(ids_of(&list("max=0".into()).await).len(), 0);
+    assert_eq!(
+        list("max=999999".into()).await["max"],
+        json!(10_000),
+        "max is capped"
+    );
+
+    let (_, o) = h.get("view=tasksoverview", &admin()).await;
+    assert_eq!(o["tasks"], json!({"run": 3, "wait": 2, "other": 1}));
+    assert_eq!(java_long(&o["count"]), 6);
+    let (_, o) = h.get("view=tasksoverview&filter=waiting", &admin()).await;
+    assert_eq!(o["tasks"], json!({"wait": 1, "other": 1}));
+    let (_, o) = h
+        .get("view=tasksoverview&filter=waiting&tasktype=Wait", &admin())
+        .await;
+    assert_eq!(o["tasks"], json!({"wait": 1}));
+    let (_, o) = h
+        .get("view=tasksoverview&workerId=w1&filter=running", &admin())
+        .await;
+    assert_eq!(o["tasks"], json!({"run": 1}));
+    assert_eq!(o["status"]["runningTasks"], json!(1));
+
+    stop_listener.cancel();
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn scan_budget_cuts_a_listing_and_says_so() {
+    // Goal: with a scan budget smaller than the task map, a listing stops, reports it was
+    // truncated, and gives the id to continue from; counts say they are partial.
+    let mut cfg = config();
+    cfg.scan_budget = 3;
+    let h = Harness::with_config(cfg).await;
+    let tasks: Vec<Value> = (0..5)
+        .map(|i| json!({"userid": "u", "tasktype": format!("t{i}")}))
+        .collect();
+    h.post_json(json!({"action": "submitTasks", "tasks": tasks}), &admin())
+        .await;
+    let (_, v) = h.get("view=tasks&tasktype=t4", &admin()).await;
+    assert_eq!(v["truncated"], json!(true));
+    assert_eq!(v["scanned"], json!(3));
+    assert_eq!(v["tasks"], json!([]));
+    let next = java_long(&v["nextTaskId"]);
+    let (_, v) = h
+        .get(
+            &format!("view=tasks&tasktype=t4&fromTaskId={next}"),
+            &admin(),
+        )
+        .await;
+    assert_eq!(v["tasks"].as_array().unwrap().len(), 1);
+    assert_eq!(v["truncated"], json!(false));
+    let (_, o) = h.get("view=tasksoverview", &admin()).await;
+    assert_eq!(o["truncated"], json!(true));
+    assert_eq!(o["count"], json!(3));
+    h.stop().await;
+}
+
+// ----- bad input -----
+
+#[tokio::test]
+async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
+    // Goal: every malformed request gets a 4xx JSON error naming the field and the problem, and
+    // the broker holds exactly what it held before.
+    let h = Harness::start().await;
+    h.post_json(java_submit("u", "t", "x"), &admin()).await;
+    let before = h.state_mark().await;
+    let ok = || json!({"action": "submitTask", "userid": "u", "tasktype": "t"});
+    let with = |k: &str, v: Value| {
+        let mut b = ok();
+        b[k] = v;
+        b
+    };
+    let cases: Vec<(&str, Body, &str)> = vec![
+        (
+            "malformed json",
+            Body::from("{\"action\": \"submitTask\","),
+            "body",
+        ),
+        (
+            "invalid utf-8",
+            Body::from(b"{\"action\":\"submitTask\",\"userid\":\"\xff\"}".to_vec()),
+            "body",
+        ),
+        ("not an object", Body::from("[1,2]"), "body"),
+        ("empty body", Body::empty(), "body"),
+        (
+            "missing action",
+            Body::from(r#"{"userid":"u","tasktype":"t"}"#),
+            "action",
+        ),
+        (
+            "action not a string",
+            Body::from(r#"{"action":5}"#),
+            "action",
+        ),
+        (
+            "unknown action",
+            Body::from(r#"{"action":"explode"}"#),
+            "action",
+        ),
+        (
+            "unsupported action",
+            Body::from(r#"{"action":"beginTransaction"}"#),
+            "action",
+        ),
+        (
+            "createCodePool",
+            Body::from(r#"{"action":"createCodePool","id":"p","data":""}"#),
+            "action",
+        ),
+        (
+            "missing tasktype",
+            Body::from(r#"{"action":"submitTask","userid":"u"}"#),
+            "tasktype",
+        ),
+        (
+            "missing userid",
+            Body::from(r#"{"action":"submitTask","tasktype":"t"}"#),
+            "userid",
+        ),
+        (
+            "empty userid",
+            json_body(with("userid", json!(""))),
+            "userid",
+        ),
+        (
+            "userid not a string",
+            json_body(with("userid", json!(12))),
+            "userid",
+        ),
+        (
+            "data not a string",
+            json_body(with("data", json!({"a": 1}))),
+            "data",
+        ),
+        (
+            "negative maxattempts",
+            json_body(with("maxattempts", json!("-1"))),
+            "maxattempts",
+        ),
+        (
+            "absurd maxattempts",
+            json_body(with("maxattempts", json!(1_000_000))),
+            "maxattempts",
+        ),
+        (
+            "fractional attempt",
+            json_body(with("attempt", json!(1.5))),
+            "attempt",
+        ),
+        (
+            "non-numeric deadline",
+            json_body(with("deadline", json!("tomorrow"))),
+            "deadline",
+        ),
+        (
+            "deadline after year 9999",
+            json_body(with("deadline", json!(253_402_300_800_000i64))),
+            "deadline",
+        ),
+        (
+            "negative start",
+            json_body(with("requestedStartTime", json!(-1))),
+            "requestedStartTime",
+        ),
+        (
+            "huge start",
+            json_body(with("requestedStartTime", json!("99999999999999999999999"))),
+            "requestedStartTime",
+        ),
+        (
+            "slot too long",
+            json_body(with("slot", json!("s".repeat(2_000)))),
+            "slot",
+        ),
+        (
+            "unknown field",
+            json_body(with("priority", json!(5))),
+            "priority",
+        ),
+        (
+            "transaction",
+            json_body(with("transaction", json!("17"))),
+            "transaction",
+        ),
+        (
+            "tasks missing",
+            Body::from(r#"{"action":"submitTasks"}"#),
+            "tasks",
+        ),
+        (
+            "tasks not an array",
+            Body::from(r#"{"action":"submitTasks","tasks":"x"}"#),
+            "tasks",
+        ),
+        (
+            "bad task in a batch",
+            json_body(json!({"action": "submitTasks", "tasks": [
+                {"userid": "u", "tasktype": "t"}, {"userid": "u", "tasktype": "t", "maxattempts": -3}]})),
+            "tasks[1].maxattempts",
+        ),
+        (
+            "batch element not an object",
+            json_body(
+                json!({"action": "submitTasks", "tasks": [{"userid": "u", "tasktype": "t"}, 7]}),
+            ),
+            "tasks[1]",
+        ),
+        (
+            "outer requestedStartTime",
+            json_body(
+                json!({"action": "submitTasks", "requestedStartTime": "5", "tasks": [{"userid": "u", "tasktype": "t"}]}),
+            ),
+            "requestedStartTime",
+        ),
+    ];
+    for (name, body, field) in cases {
+        let (s, b) = h.post(body, &admin()).await;
+        assert_error(s, &b, StatusCode::BAD_REQUEST, Some(field));
+        assert_eq!(h.state_mark().await, before, "{name} changed the state");
+    }
+
+    let gets = [
+        ("view=explode", "view"),
+        ("view=slots", "view"),
+        ("view=transactions", "view"),
+        ("view=codePool&codePoolId=x", "view"),
+        ("view=task", "taskId"),
+        ("view=task&taskId=0", "taskId"),
+        ("view=task&taskId=-5", "taskId"),
+        ("view=task&taskId=abc", "taskId"),
+        ("view=task&taskId=99999999999999999999", "taskId"),
+        ("view=tasks&max=-1", "max"),
+        ("view=tasks&max=x", "max"),
+        ("view=tasks&status=sleeping", "status"),
+        ("view=tasksoverview&filter=sleeping", "filter"),
+    ];
+    for (q, field) in gets {
+        let (s, b) = h.get(q, &admin()).await;
+        assert_error(s, &b, StatusCode::BAD_REQUEST, Some(field));
+        assert!(
+            !b["error"].as_str().unwrap().contains("internal"),
+            "{q}: {b}"
+        );
+    }
+    let (_, b) = h.get("view=slots", &admin()).await;
+    assert!(
+        b["error"]
+            .as_str()
+            .unwrap()
+            .contains("not supported by this broker yet")
+    );
+    assert_eq!(h.state_mark().await, before);
+    h.stop().await;
+}
+
+fn json_body(v: Value) -> Body {
+    Body::from(serde_json::to_vec(&v).unwrap())
+}
+
+#[tokio::test]
+async fn oversized_bodies_are_refused_with_413_whether_declared_or_streamed() {
+    // Goal: a body over the limit is refused (declared by Content-Length or arriving chunk by
+    // chunk, as the Java client sends it) and nothing is created.
+    let mut cfg = config();
+    cfg.max_body_bytes = 1_024;
+    let h = Harness::with_config(cfg).await;
+    let before = h.state_mark().await;
+    let mut big = java_submit("u", "t", "");
+    big["data"] = json!("x".repeat(2_000));
+    let bytes = serde_json::to_vec(&big).unwrap();
+    let (s, b) = h.post(bytes.clone(), &admin()).await;
+    assert_error(s, &b, StatusCode::PAYLOAD_TOO_LARGE, Some("body"));
+    let chunks: Vec<Result<Vec<u8>, std::io::Error>> =
+        bytes.chunks(100).map(|c| Ok(c.to_vec())).collect();
+    let streamed = Body::from_stream(futures_util::stream::iter(chunks));
+    let (s, b) = h.post(streamed, &admin()).await;
+    assert_error(s, &b, StatusCode::PAYLOAD_TOO_LARGE, Some("body"));
+    assert_eq!(h.state_mark().await, before);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn wrong_method_and_wrong_path_answer_json() {
+    // Goal: 405 (with Allow) and 404 are JSON errors too.
+    let h = Harness::start().await;
+    let req = Request::builder()
+        .method(Method::PUT)
+        .uri("/majordodo")
+        .header(header::AUTHORIZATION, admin())
+        .body(Body::empty())
+        .unwrap();
+    let (s, headers, b) = h.call(req).await;
+    assert_error(s, &b, StatusCode::METHOD_NOT_ALLOWED, None);
+    assert!(headers[header::ALLOW].to_str().unwrap().contains("POST"));
+    let req = Request::get("/elsewhere").body(Body::empty()).unwrap();
+    let (s, headers, b) = h.call(req).await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, None);
+    assert_eq!(
+        headers[header::CONTENT_TYPE],
+        "application/json;charset=utf-8"
+    );
+    h.stop().await;
+}
+
+// ----- authentication and authorization -----
+
+#[tokio::test]
+async fn every_request_needs_valid_credentials() {
+    // Goal: no credentials, a wrong password, an unknown user, a wrong token and a malformed
+    // header are all 401 with WWW-Authenticate, for reads as for writes; nothing is created.
+    let h = Harness::start().await;
+    let before = h.state_mark().await;
+    let bad = [
+        None,
+        Some(basic("admin", "wrong")),
+        Some(basic("nobody", ADMIN_PASSWORD)),
+        Some("Bearer mdt_not-a-token".to_owned()),
+        Some("Basic !!!".to_owned()),
+        Some("Digest username=admin".to_owned()),
+        Some(basic("bob", "")),
+    ];
+    for auth in bad {
+        for req in [
+            Request::get("/majordodo?view=status"),
+            Request::post("/majordodo"),
+        ] {
+            let req = match &auth {
+                Some(a) => req.header(header::AUTHORIZATION, a),
+                None => req,
+            };
+            let body = serde_json::to_vec(&java_submit("u", "t", "x")).unwrap();
+            let (s, headers, b) = h.call(req.body(Body::from(body)).unwrap()).await;
+            assert_error(s, &b, StatusCode::UNAUTHORIZED, None);
+            let challenges: Vec<_> = headers.get_all(header::WWW_AUTHENTICATE).iter().collect();
+            assert!(
+                challenges
+                    .iter()
+                    .any(|c| c.to_str().unwrap().starts_with("Basic")),
+                "{auth:?}"
+            );
+            assert!(
+                challenges
+                    .iter()
+                    .any(|c| c.to_str().unwrap().starts_with("Bearer"))
+            );
+        }
+    }
+    assert_eq!(h.state_mark().await, before);
+    // The right credentials, each way.
+    for auth in [
+        admin(),
+        format!("Bearer {ADMIN_TOKEN}"),
+        basic("admin", ADMIN_TOKEN),
+        alice(),
+        bob(),
+    ] {
+        let (s, b) = h.get("view=status", &auth).await;
+        assert_eq!(s, StatusCode::OK, "{auth}: {b}");
+    }
+    // A cached verification is not a bypass: the wrong password still fails afterwards.
+    let (s, _) = h.get("view=status", &basic("alice", "not alice")).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn users_submit_and_read_only_their_own_tasks() {
+    // Goal: a user submitting for another userid gets 403 naming the field (nothing created);
+    // reading another user's task answers as if it did not exist; listings and counts show only
+    // the caller's tasks; an admin sees everything.
+    let h = Harness::start().await;
+    let (s, b) = h
+        .post_json(java_submit("alice", "t", "mine"), &alice())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let alices = java_long(&b["taskId"]);
+    let (s, b) = h.post_json(java_submit("bob", "t", "his"), &bob()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let bobs = java_long(&b["taskId"]);
+    let (s, _) = h
+        .post_json(java_submit("carol", "t", "hers"), &admin())
+        .await;
+    assert_eq!(s, StatusCode::OK);
+    let before = h.state_mark().await;
+
+    let (s, b) = h
+        .post_json(java_submit("bob", "t", "forged"), &alice())
+        .await;
+    assert_error(s, &b, StatusCode::FORBIDDEN, Some("userid"));
+    let (s, b) = h
+        .post_json(
+            json!({"action": "submitTasks", "tasks": [
+                {"userid": "alice", "tasktype": "t"}, {"userid": "ALICE", "tasktype": "t"}]}),
+            &alice(),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::FORBIDDEN, Some("tasks[1].userid"));
+    assert_eq!(
+        h.state_mark().await,
+        before,
+        "a forbidden batch creates nothing"
+    );
+
+    let (_, v) = h.get(&format!("view=task&taskId={bobs}"), &alice()).await;
+    assert_eq!(v["task"], json!({}));
+    let (_, v) = h.get(&format!("view=task&taskId={alices}"), &alice()).await;
+    assert_eq!(java_long(&v["task"]["taskId"]), alices);
+    let (_, v) = h.get(&format!("view=task&taskId={alices}"), &bob()).await;
+    assert_eq!(v["task"], json!({}));
+    let (_, v) = h.get("view=tasks", &alice()).await;
+    assert_eq!(ids_of(&v), vec![alices as u64]);
+    let (_, v) = h.get("view=tasks&userId=bob", &alice()).await;
+    assert_eq!(ids_of(&v), Vec::<u64>::new());
+    let (_, v) = h.get("view=tasksoverview", &bob()).await;
+    assert_eq!(v["tasks"], json!({"t": 1}));
+    let (_, v) = h.get("view=tasks", &admin()).await;
+    assert_eq!(ids_of(&v).len(), 3);
+    h.stop().await;
+}
+
+// ----- broker failures -----
+
+#[tokio::test]
+async fn broker_failures_answer_503_with_the_original_retryable_words() {
+    // Goal: a log failure during a submit is a 503 saying broker_not_started, retryable, with
+    // nothing internal in the body; once the broker stopped, reads and writes are 503 too.
+    let h = Harness::start().await;
+    h.log.fail_next_append();
+    let (s, b) = h.post_json(java_submit("u", "t", "x"), &admin()).await;
+    assert_error(s, &b, StatusCode::SERVICE_UNAVAILABLE, None);
+    let error = b["error"].as_str().unwrap();
+    assert!(error.starts_with("broker_not_started"), "{error}");
+    assert!(
+        !error.contains("fault") && !error.contains("injected"),
+        "{error}"
+    );
+    assert_eq!(b["retryable"], json!(true));
+    let mut h = h;
+    let broker = h.broker.take().unwrap();
+    assert!(broker.wait().await.is_err());
+    let (s, b) = h.get("view=status", &admin()).await;
+    assert_error(s, &b, StatusCode::SERVICE_UNAVAILABLE, None);
+    assert!(b["error"].as_str().unwrap().contains("broker_not_started"));
+    let (s, b) = h.post_json(java_submit("u", "t", "x"), &admin()).await;
+    assert_error(s, &b, StatusCode::SERVICE_UNAVAILABLE, None);
+    h.stop().await;
+}
+
+// ----- over a real socket -----
+
+/// Sends one raw HTTP/1.1 request and reads the whole answer (the server closes after it).
+async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, socket.read_to_end(&mut answer))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    let text = String::from_utf8(answer).unwrap();
+    let (head, body) = text.split_once("\r\n\r\n").unwrap();
+    let status = head[9..12].parse().unwrap();
+    (status, head.to_owned(), body.to_owned())
+}
+
+/// Decodes a chunked body.
+fn unchunk(body: &str) -> String {
+    let mut out = String::new();
+    let mut rest = body;
+    loop {
+        let (size, after) = rest.split_once("\r\n").unwrap();
+        let size = usize::from_str_radix(size.trim(), 16).unwrap();
+        if size == 0 {
+            return out;
+        }
+        out.push_str(&after[..size]);
+        rest = &after[size + 2..];
+    }
+}
+
+#[tokio::test]
+async fn api_is_served_over_a_real_socket_with_chunked_java_style_requests() {
+    // Goal: `serve` on 127.0.0.1:0 answers a chunked POST (as the Java client sends it) and a
+    // GET, with the original's headers, and stops on its shutdown signal.
+    let h = Harness::start().await;
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    let server = tokio::spawn(http::serve(
+        socket,
+        h.handle.clone(),
+        h.settings.clone(),
+        stop.clone().cancelled_owned(),
+    ));
+    let json = serde_json::to_string(&java_submit("u", "t", "over tcp")).unwrap();
+    let (first, second) = json.split_at(json.len() / 2);
+    let request = format!(
+        "POST /majordodo HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\n\
+         Content-Type: application/json;charset=utf-8\r\nTransfer-Encoding: chunked\r\n\
+         Connection: close\r\n\r\n{:x}\r\n{first}\r\n{:x}\r\n{second}\r\n0\r\n\r\n",
+        admin(),
+        first.len(),
+        second.len()
+    );
+    let (status, head, body) = raw_http(addr, request.as_bytes()).await;
+    assert_eq!(status, 200, "{head}\n{body}");
+    let head_lower = head.to_ascii_lowercase();
+    assert!(
+        head_lower.contains("access-control-allow-origin: *"),
+        "{head}"
+    );
+    assert!(
+        head_lower.contains("content-type: application/json;charset=utf-8"),
+        "{head}"
+    );
+    assert!(head_lower.contains("majordodo-api-version: 1"), "{head}");
+    let body = if head_lower.contains("transfer-encoding: chunked") {
+        unchunk(&body)
+    } else {
+        body
+    };
+    let answer: Value = serde_json::from_str(&body).unwrap();
+    let id = java_long(&answer["taskId"]);
+    assert!(id > 0);
+
+    let request = format!(
+        "GET /majordodo?view=task&taskId={id} HTTP/1.1\r\nHost: 127.0.0.1\r\n\
+         Authorization: {}\r\nConnection: close\r\n\r\n",
+        admin()
+    );
+    let (status, head, body) = raw_http(addr, request.as_bytes()).await;
+    assert_eq!(status, 200);
+    let body = if head
+        .to_ascii_lowercase()
+        .contains("transfer-encoding: chunked")
+    {
+        unchunk(&body)
+    } else {
+        body
+    };
+    let view: Value = serde_json::from_str(&body).unwrap();
+    assert_eq!(view["task"]["data"], json!("over tcp"));
+
+    let request = b"GET /majordodo?view=status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
+    let (status, head, _) = raw_http(addr, request).await;
+    assert_eq!(status, 401);
+    assert!(
+        head.to_ascii_lowercase()
+            .contains("www-authenticate: basic"),
+        "{head}"
+    );
+
+    stop.cancel();
+    tokio::time::timeout(WAIT, server)
+        .await
+        .expect("server stops")
+        .unwrap()
+        .unwrap();
+    h.stop().await;
+}
