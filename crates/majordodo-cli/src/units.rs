@@ -51,7 +51,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
         let number: u64 = rest[..digits]
             .parse()
             .map_err(|_| format!("invalid duration {text:?}: number too large"))?;
-        rest = &rest[digits..];
+        rest = rest[digits..].trim_start();
         let unit_len = rest.bytes().take_while(u8::is_ascii_alphabetic).count();
         let unit = &rest[..unit_len];
         let Some((_, ms)) = DURATION_UNITS.iter().find(|(name, _)| *name == unit) else {
@@ -61,7 +61,7 @@ pub(crate) fn parse_duration(text: &str) -> Result<Duration, String> {
                 format!("invalid duration {text:?}: unknown unit {unit:?} (use ms, s, m, h or d)")
             });
         };
-        rest = &rest[unit_len..];
+        rest = rest[unit_len..].trim_start();
         total = number
             .checked_mul(*ms)
             .and_then(|v| total.checked_add(v))
@@ -305,6 +305,7 @@ mod tests {
         assert_eq!(parse_duration("500ms"), Ok(Duration::from_millis(500)));
         assert_eq!(parse_duration("1h30m"), Ok(Duration::from_secs(5_400)));
         assert_eq!(parse_duration("2d"), Ok(Duration::from_secs(172_800)));
+        assert_eq!(parse_duration("1m 30s"), Ok(Duration::from_secs(90)));
         assert_eq!(parse_duration("0"), Ok(Duration::ZERO));
         for ms in [0u64, 1, 999, 1_000, 61_500, 3_600_000, 90_061_001] {
             let d = Duration::from_millis(ms);

@@ -469,3 +469,104 @@ noop_interval = "{noop_interval}"
         noop_interval = u.noop_interval,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_toml;
+
+    const TOKEN_DIGEST: &str = "9f86d081884c7d659a2feaa0c55ad015a3bf4f1b2b0b822cd15d6c15b0f00a08";
+
+    fn with_users(extra: &str) -> String {
+        format!(
+            "{extra}\n[[http.users]]\nname = \"admin\"\nrole = \"admin\"\ntoken_sha256 = \"{TOKEN_DIGEST}\"\n"
+        )
+    }
+
+    fn validate(text: &str) -> Result<BrokerSettings, ConfigError> {
+        let path = Path::new("/etc/majordodo/broker.toml");
+        let file: BrokerFile = parse_toml(text, path)?;
+        file.validate(&Origin::File(path.to_path_buf()))
+    }
+
+    #[test]
+    fn the_default_file_documents_exactly_the_defaults() {
+        // Goal: parsing the printed default file gives the built-in defaults, so the file and
+        // the code cannot drift apart (the placeholders the user must fill aside).
+        let mut parsed: BrokerFile =
+            parse_toml(&default_file(), Path::new("broker.toml")).unwrap();
+        assert_eq!(parsed.http.users.len(), 1);
+        assert_eq!(parsed.workers.shared_secret_file, Some("worker.secret".into()));
+        parsed.http.users.clear();
+        parsed.workers.shared_secret_file = None;
+        let expected = BrokerFile {
+            data_dir: Some(DEFAULT_DATA_DIR.into()),
+            ..BrokerFile::default()
+        };
+        assert_eq!(format!("{parsed:?}"), format!("{expected:?}"));
+    }
+
+    #[test]
+    fn a_complete_file_becomes_the_runtime_settings() {
+        // Goal: values with units reach the typed configs, paths resolve against the file's
+        // directory, and a zero snapshot interval disables snapshots.
+        let text = with_users(
+            r#"
+broker_id = "b1"
+data_dir = "data"
+[workers]
+shared_secret = "s3cret"
+dead_after = "1m"
+max_frame_size = "1MiB"
+[log]
+segment_size = "8MiB"
+fsync = false
+[snapshots]
+interval = "0"
+[tasks]
+finished_task_retention = "2h"
+"#,
+        );
+        let s = validate(&text).unwrap();
+        assert_eq!(s.data_dir, Path::new("/etc/majordodo/data"));
+        assert_eq!(s.broker.broker_id, "b1");
+        assert_eq!(s.broker.leader.max_worker_idle, 60_000);
+        assert_eq!(s.broker.leader.finished_task_retention, 7_200_000);
+        assert_eq!(s.broker.dispatcher.checkpoint_interval, None);
+        assert_eq!(s.listener.max_frame_size, 1 << 20);
+        assert_eq!(s.listener.shared_secret.as_bytes(), b"s3cret");
+        assert_eq!(s.log.segment_size, 8 << 20);
+        assert!(!s.log.fsync);
+        assert_eq!(s.http_listen, DEFAULT_HTTP_LISTEN);
+    }
+
+    #[test]
+    fn invalid_files_name_the_key_at_fault() {
+        // Goal: each kind of mistake is reported against the key a user must change.
+        let cases = [
+            (with_users("[workers]\nshared_secret = \"s\"\nbogus = 1"), "workers.bogus"),
+            (with_users("[workers]\nshared_secret = \"s\"\nmax_connections = \"many\""), "workers.max_connections"),
+            (with_users("[workers]\nshared_secret = \"s\"\nkeepalive_interval = \"10 parsecs\""), "workers.keepalive_interval"),
+            (with_users(""), "workers.shared_secret"),
+            (with_users("[workers]\nshared_secret = \"s\"\ndead_after = \"1s\""), "workers.dead_after"),
+            (with_users("[workers]\nshared_secret = \"s\"\nkeepalive_interval = \"1m\""), "workers.keepalive_interval"),
+            (with_users("[workers]\nshared_secret = \"s\"\nlisten = \"nowhere\""), "workers.listen"),
+            (with_users("[workers]\nshared_secret = \"s\"\n[log]\nsegment_size = 10"), "log.segment_size"),
+            ("[workers]\nshared_secret = \"s\"\n".to_owned(), "http.users"),
+            (with_users("[workers]\nshared_secret = \"s\"\n[http]\nmax_body_size = 0"), "http.max_body_size"),
+        ];
+        for (text, key) in cases {
+            let error = validate(&text).unwrap_err().to_string();
+            assert!(error.contains(&format!("`{key}`")), "{key}: {error}");
+            assert!(error.contains("broker.toml"), "{error}");
+        }
+    }
+
+    #[test]
+    fn settings_never_show_the_secret() {
+        // Goal: the validated settings can be logged without leaking the shared secret.
+        let text = with_users("[workers]\nshared_secret = \"hunter2-secret\"");
+        let s = validate(&text).unwrap();
+        assert!(!format!("{s:?}").contains("hunter2-secret"));
+    }
+}

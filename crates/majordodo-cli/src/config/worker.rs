@@ -398,3 +398,102 @@ max_delay = "{max_delay}"
         stderr_tail = majordodo_worker::DEFAULT_STDERR_TAIL_BYTES,
     )
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::config::parse_toml;
+
+    fn validate(text: &str) -> Result<WorkerSettings, ConfigError> {
+        let path = Path::new("/etc/majordodo/worker.toml");
+        let file: WorkerFile = parse_toml(text, path)?;
+        file.validate(&Origin::File(path.to_path_buf()), Target::FromFile)
+    }
+
+    #[test]
+    fn the_default_file_documents_exactly_the_defaults() {
+        // Goal: parsing the printed default file gives the built-in defaults.
+        let mut parsed: WorkerFile = parse_toml(&default_file(), Path::new("w.toml")).unwrap();
+        assert_eq!(parsed.shared_secret_file, Some("worker.secret".into()));
+        parsed.shared_secret_file = None;
+        assert_eq!(
+            format!("{parsed:?}"),
+            format!("{:?}", WorkerFile::default())
+        );
+    }
+
+    #[test]
+    fn by_default_a_worker_takes_exactly_the_types_it_can_run() {
+        // Goal: without task_type_limits, each executor's type is accepted up to max_threads
+        // and nothing else; process and built-in executors are both registered.
+        let s = validate(
+            r#"
+shared_secret = "s"
+max_threads = 8
+builtin_executors = ["echo"]
+[executors.cat]
+argv = ["sh", "-c", "cat; echo"]
+"#,
+        )
+        .unwrap();
+        let limits = &s.config.capacity.max_threads_by_task_type;
+        assert_eq!(
+            limits,
+            &BTreeMap::from([("cat".to_owned(), 8), ("echo".to_owned(), 8)])
+        );
+        assert!(s.executors.get("cat").is_some());
+        assert!(s.executors.get("echo").is_some());
+        assert!(s.executors.get("other").is_none());
+    }
+
+    #[test]
+    fn explicit_limits_and_connection_settings_are_kept() {
+        // Goal: task_type_limits replaces the default, and [connection]/[reports] reach the
+        // agent's config.
+        let s = validate(
+            r#"
+shared_secret = "s"
+groups = [3, 0]
+builtin_executors = ["noop"]
+[task_type_limits]
+any = 5
+[connection]
+keepalive_interval = "2s"
+[reports]
+max_batch = 7
+max_delay = "5ms"
+"#,
+        )
+        .unwrap();
+        assert_eq!(
+            s.config.capacity.max_threads_by_task_type,
+            BTreeMap::from([("any".to_owned(), 5)])
+        );
+        assert_eq!(s.config.capacity.groups, vec![3, 0]);
+        assert_eq!(s.config.keepalive_interval, std::time::Duration::from_secs(2));
+        assert_eq!(s.config.report_batching.max_reports, 7);
+    }
+
+    #[test]
+    fn invalid_files_name_the_key_at_fault() {
+        // Goal: each kind of mistake is reported against the key a user must change.
+        let ok = "shared_secret = \"s\"\nbuiltin_executors = [\"echo\"]\n";
+        let cases = [
+            (format!("{ok}max_thread = 3"), "max_thread"),
+            (format!("{ok}max_threads = \"3\""), "max_threads"),
+            (format!("{ok}max_threads = 0"), "max_threads"),
+            ("builtin_executors = [\"echo\"]".to_owned(), "shared_secret"),
+            ("shared_secret = \"s\"".to_owned(), "executors"),
+            ("shared_secret = \"s\"\nbuiltin_executors = [\"bash\"]".to_owned(), "builtin_executors"),
+            (format!("{ok}[connection]\nack_timeout = \"soon\""), "connection.ack_timeout"),
+            (format!("{ok}[executors.x]\nargv = []"), "executors.x"),
+            (format!("{ok}[executors.x]\nargv = [\"a\"]\nshell = true"), "executors.x.shell"),
+            (format!("{ok}[task_type_limits]\necho = 0"), "task_type_limits.echo"),
+            (format!("{ok}broker = \"localhost\""), "broker"),
+        ];
+        for (text, key) in cases {
+            let error = validate(&text).unwrap_err().to_string();
+            assert!(error.contains(&format!("`{key}`")), "{key}: {error}");
+        }
+    }
+}
