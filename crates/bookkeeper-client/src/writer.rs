@@ -316,7 +316,15 @@ impl Core {
                 state.queued.push_back(Queued { data, done });
                 self.send_queued(&mut state);
             }
-            // The final outcome (closed at the LAC) is not known yet: these fail with it.
+            // The caller asked to close: nothing more is accepted.
+            Phase::Draining { cause: None, .. } | Phase::Closing { cause: None } => {
+                let error = BkError::WriterClosed {
+                    ledger_id: self.ledger_id,
+                    reason: "the ledger is being closed".to_string(),
+                };
+                drop(done.send(Err(error)));
+            }
+            // Closing after a failure: the final LAC is not known yet, these fail with it.
             Phase::Draining { .. } | Phase::Closing { .. } => {
                 state.queued.push_back(Queued { data, done })
             }

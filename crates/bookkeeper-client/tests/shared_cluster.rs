@@ -42,6 +42,11 @@ async fn client_behaviour_on_a_shared_cluster() -> anyhow::Result<()> {
         )
         .await,
         case(
+            "closed_writer_refuses_appends",
+            closed_writer_refuses_appends(&bk),
+        )
+        .await,
+        case(
             "ledgers_written_here_are_read_by_java",
             ledgers_written_here_are_read_by_java(&cluster, &bk),
         )
@@ -141,6 +146,34 @@ async fn appended_entries_read_back_in_order(bk: &BookKeeper) -> anyhow::Result<
         reader.read(299..=300).await,
         Err(BkError::NoSuchEntry { entry_id: 300, .. })
     ));
+    Ok(())
+}
+
+async fn closed_writer_refuses_appends(bk: &BookKeeper) -> anyhow::Result<()> {
+    // Goal: after close, appends fail with LedgerClosed at the final entry and close is idempotent.
+    let writer = bk.create_ledger(LedgerOptions::new(3, 3, 2)).await?;
+    let pending: Vec<_> = (0..5)
+        .map(|i| writer.append(payload("closed", i)))
+        .collect();
+    ensure!(
+        writer.close().await? == 4,
+        "close waits for appends made before it"
+    );
+    for (i, add) in pending.into_iter().enumerate() {
+        ensure!(add.await? == i as i64);
+    }
+    match writer.append(Bytes::from_static(b"late")).await {
+        Err(BkError::LedgerClosed {
+            last_add_confirmed: 4,
+            cause: None,
+            ..
+        }) => {}
+        other => bail!("append after close gave {other:?}"),
+    }
+    ensure!(
+        writer.close().await? == 4,
+        "a second close reports the same entry"
+    );
     Ok(())
 }
 
