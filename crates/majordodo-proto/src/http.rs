@@ -60,6 +60,10 @@ pub const MAX_BATCH_TASKS: usize = 10_000;
 /// Default `max` of the `tasks` view, as in the original.
 pub const DEFAULT_TASKS_MAX: u32 = 100;
 
+/// Name of the file, in a standalone broker's data directory, holding the bearer token of its
+/// administrator (one line, mode 0600). Clients on the same host read it to authenticate.
+pub const ADMIN_TOKEN_FILE: &str = "admin.token";
+
 /// Name given to the whole body in a [`FieldError`] about the body itself (not JSON, not UTF-8,
 /// not an object, too large).
 pub const BODY_FIELD: &str = "body";

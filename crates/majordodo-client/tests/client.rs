@@ -1,0 +1,293 @@
+//! The typed client against a real broker serving its HTTP API on 127.0.0.1: submissions one by
+//! one and in batches, every read, both kinds of credentials, and each kind of error with its
+//! retryability.
+
+use std::net::SocketAddr;
+use std::sync::Arc;
+
+use majordodo_broker::http::auth::{hash_password_with, token_digest, write_token_file};
+use majordodo_broker::http::{self, HttpConfig, UserConfig, UserRole};
+use majordodo_broker::{Broker, BrokerConfig, SystemClock};
+use majordodo_client::{
+    ADMIN_TOKEN_FILE, Auth, Client, ClientError, StatusFilter, Submitted, TaskSubmission,
+    TasksOverviewQuery, TasksQuery,
+};
+use majordodo_core::{DefaultGroupMapper, TaskStatus};
+use majordodo_log::{MemoryLog, MemoryStore};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
+use tokio::net::TcpListener;
+use tokio_util::sync::CancellationToken;
+
+const ADMIN_TOKEN: &str = "mdt_client-test-admin";
+const ALICE_PASSWORD: &str = "alice pw";
+
+struct Server {
+    addr: SocketAddr,
+    broker: Option<Broker>,
+    /// Stops the broker's dispatcher.
+    stop: CancellationToken,
+    /// Stops the HTTP server.
+    http_stop: CancellationToken,
+}
+
+impl Server {
+    async fn start() -> Server {
+        let stop = CancellationToken::new();
+        let broker = Broker::start(
+            BrokerConfig::default(),
+            Arc::new(MemoryLog::open(&MemoryStore::new())),
+            None,
+            Arc::new(DefaultGroupMapper),
+            Arc::new(SystemClock),
+            stop.clone().cancelled_owned(),
+        )
+        .await
+        .unwrap();
+        let settings = HttpConfig {
+            users: vec![
+                UserConfig {
+                    name: "admin".into(),
+                    role: UserRole::Admin,
+                    password_hash: None,
+                    token_sha256: Some(token_digest(ADMIN_TOKEN)),
+                },
+                UserConfig {
+                    name: "alice".into(),
+                    role: UserRole::User,
+                    password_hash: Some(hash_password_with(
+                        ALICE_PASSWORD,
+                        1_000,
+                        &mut StdRng::seed_from_u64(3),
+                    )),
+                    token_sha256: None,
+                },
+            ],
+            ..HttpConfig::default()
+        }
+        .validate()
+        .unwrap();
+        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+        let addr = socket.local_addr().unwrap();
+        let http_stop = CancellationToken::new();
+        tokio::spawn(http::serve(
+            socket,
+            broker.handle(),
+            settings,
+            http_stop.clone().cancelled_owned(),
+        ));
+        Server {
+            addr,
+            broker: Some(broker),
+            stop,
+            http_stop,
+        }
+    }
+
+    fn client(&self, auth: Auth) -> Client {
+        Client::new(&format!("http://{}", self.addr), auth).unwrap()
+    }
+
+    fn admin(&self) -> Client {
+        self.client(Auth::bearer(ADMIN_TOKEN))
+    }
+
+    async fn stop(mut self) {
+        self.http_stop.cancel();
+        self.stop.cancel();
+        if let Some(b) = self.broker.take() {
+            let _ = b.wait().await;
+        }
+    }
+}
+
+#[tokio::test]
+async fn submitted_tasks_are_read_back_through_every_view() {
+    // Goal: one task and a batch are created (a busy slot answers NotCreated), then task, tasks
+    // (filtered and paged), tasks_overview, status, workers and overview read them back.
+    let server = Server::start().await;
+    let c = server.admin();
+    let mut one = TaskSubmission::new("build", "alice", "payload");
+    one.slot = Some("s".into());
+    one.max_attempts = 3;
+    let Submitted::Created(id) = c.submit(&one).await.unwrap() else {
+        panic!("created")
+    };
+    let batch = vec![
+        TaskSubmission::new("build", "bob", "b1"),
+        one.clone(),
+        TaskSubmission::new("test", "bob", "b2"),
+    ];
+    let out = c.submit_many(&batch).await.unwrap();
+    assert!(out[0].task_id().is_some_and(|i| i > id));
+    assert_eq!(
+        out[1],
+        Submitted::NotCreated("slot s already assigned".into())
+    );
+    assert!(out[2].task_id() > out[0].task_id());
+
+    let t = c.task(id).await.unwrap().expect("known task");
+    assert_eq!(
+        (t.user_id.as_str(), t.task_type.as_str(), t.data.as_str()),
+        ("alice", "build", "payload")
+    );
+    assert_eq!(
+        (t.status.as_str(), t.maxattempts, t.slot.as_deref()),
+        ("waiting", 3, Some("s"))
+    );
+    assert_eq!(c.task(999_999).await.unwrap(), None);
+
+    let all = c.tasks(&TasksQuery::default()).await.unwrap();
+    assert_eq!(all.count, 3);
+    let bob = c
+        .tasks(&TasksQuery {
+            user_id: Some("bob".into()),
+            status: StatusFilter::Only(TaskStatus::Waiting),
+            task_type: Some("test".into()),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(bob.tasks.len(), 1);
+    assert_eq!(bob.tasks[0].data, "b2");
+    let page = c
+        .tasks(&TasksQuery {
+            max: Some(2),
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(page.tasks.len(), 2);
+    let rest = c
+        .tasks(&TasksQuery {
+            max: Some(2),
+            from_task_id: page.next_task_id,
+            ..Default::default()
+        })
+        .await
+        .unwrap();
+    assert_eq!(rest.tasks.len(), 1);
+    assert_eq!(rest.next_task_id, None);
+
+    let counts = c
+        .tasks_overview(&TasksOverviewQuery::default())
+        .await
+        .unwrap();
+    assert_eq!(counts.tasks.get("build"), Some(&2));
+    assert_eq!(counts.count, 3);
+    let status = c.status().await.unwrap();
+    assert_eq!(
+        (status.status.as_str(), status.tasks, status.waitingtasks),
+        ("LEADER", 3, 3)
+    );
+    assert_eq!(c.workers().await.unwrap(), vec![]);
+    assert_eq!(c.overview().await.unwrap().status.waiting_tasks, 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn credentials_are_checked_and_refusals_are_typed() {
+    // Goal: wrong credentials are Unauthorized, another user's userid is Forbidden naming the
+    // field, a bad field is BadRequest naming it; none is retryable.
+    let server = Server::start().await;
+    let alice = server.client(Auth::basic("alice", ALICE_PASSWORD));
+    assert!(
+        alice
+            .submit(&TaskSubmission::new("t", "alice", ""))
+            .await
+            .unwrap()
+            .task_id()
+            .is_some()
+    );
+
+    for auth in [
+        Auth::None,
+        Auth::basic("alice", "nope"),
+        Auth::bearer("mdt_wrong"),
+    ] {
+        let e = server.client(auth.clone()).status().await.unwrap_err();
+        assert!(matches!(e, ClientError::Unauthorized(_)), "{auth:?}: {e}");
+        assert!(!e.is_retryable());
+    }
+    let e = alice
+        .submit(&TaskSubmission::new("t", "bob", ""))
+        .await
+        .unwrap_err();
+    assert!(matches!(e, ClientError::Forbidden { .. }), "{e}");
+    assert_eq!(e.field(), Some("userid"));
+    let mut bad = TaskSubmission::new("t", "alice", "");
+    bad.max_attempts = 5_000;
+    let e = alice
+        .submit_many(&[TaskSubmission::new("t", "alice", ""), bad])
+        .await
+        .unwrap_err();
+    assert_eq!(e.field(), Some("tasks[1].maxattempts"), "{e}");
+    assert!(!e.is_retryable());
+    assert_eq!(
+        server.admin().status().await.unwrap().tasks,
+        1,
+        "refused batches create nothing"
+    );
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn token_file_authenticates_like_the_standalone_admin() {
+    // Goal: a token written by write_token_file (as standalone does) is read back by
+    // Auth::from_token_file and accepted; an empty file is refused with a clear error.
+    let server = Server::start().await;
+    let dir = tempfile::tempdir().unwrap();
+    let path = dir.path().join(ADMIN_TOKEN_FILE);
+    write_token_file(&path, ADMIN_TOKEN).unwrap();
+    let c = server.client(Auth::from_token_file(&path).unwrap());
+    assert_eq!(c.status().await.unwrap().status, "LEADER");
+    std::fs::write(&path, "\n").unwrap();
+    assert!(matches!(
+        Auth::from_token_file(&path),
+        Err(ClientError::TokenFile { .. })
+    ));
+    assert!(matches!(
+        Auth::from_token_file(&dir.path().join("missing")),
+        Err(ClientError::TokenFile { .. })
+    ));
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn unavailable_broker_errors_are_retryable() {
+    // Goal: a stopped broker answers Unavailable (retryable); a closed port is a retryable
+    // transport error.
+    let mut server = Server::start().await;
+    let c = server.admin();
+    // Stop the dispatcher only: the HTTP server keeps answering, without a broker behind it.
+    let broker = server.broker.take().unwrap();
+    server.stop.cancel();
+    broker.wait().await.unwrap();
+    let e = c.status().await.unwrap_err();
+    assert!(
+        matches!(e, ClientError::Unavailable(ref m) if m.contains("broker_not_started")),
+        "{e}"
+    );
+    assert!(e.is_retryable());
+    let e = c
+        .submit(&TaskSubmission::new("t", "u", ""))
+        .await
+        .unwrap_err();
+    assert!(e.is_retryable(), "{e}");
+
+    let closed = TcpListener::bind("127.0.0.1:0")
+        .await
+        .unwrap()
+        .local_addr()
+        .unwrap();
+    let e = Client::new(&format!("http://{closed}"), Auth::bearer("x"))
+        .unwrap()
+        .status()
+        .await
+        .unwrap_err();
+    assert!(
+        matches!(e, ClientError::Transport(_)) && e.is_retryable(),
+        "{e}"
+    );
+    server.stop().await;
+}
