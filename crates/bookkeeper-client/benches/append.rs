@@ -4,7 +4,8 @@
 //! (`BkBench` through the test harness): 1 KiB entries, ensemble 3, write quorum 2, ack quorum 2,
 //! a bounded number of outstanding appends. Latency is measured per append from submission
 //! (once the window has room) to acknowledgement; throughput from the first submission to the
-//! last acknowledgement. Each run uses a fresh ledger after a warm-up on it.
+//! last acknowledgement. Each run uses a fresh ledger after a warm-up on it. The Java client's
+//! default rate limit of 5000 adds/s is turned off for its runs.
 //!
 //! ```text
 //! cargo bench -p bookkeeper-client --bench append -- [--entries 20000] [--windows 100,1000]
@@ -22,6 +23,15 @@ use majordodo_testkit::tools::{BK_BENCH, events, json_lines, sized_payload};
 use majordodo_testkit::{BkCluster, BkClusterOptions};
 use tokio::sync::{Semaphore, mpsc};
 use tokio::time::Instant;
+
+/// JVM arguments of the Java runs: room for the latency samples, and the client's default add
+/// rate limit (`throttle`, 5000 adds/s) turned off through system properties, so both clients
+/// run unthrottled.
+const JAVA_JVM_ARGS: [&str; 3] = [
+    "-Xmx1g",
+    "-Dorg.apache.bookkeeper.conf.readsystemproperties=true",
+    "-Dthrottle=0",
+];
 
 /// Limit on one Java benchmark run, JVM start included.
 const JAVA_TIMEOUT: Duration = Duration::from_secs(600);
@@ -166,7 +176,7 @@ async fn java_run(cluster: &BkCluster, settings: &Settings, window: usize) -> an
         &warmup,
     ];
     let output = cluster
-        .run_java_tool_with_jvm_args(BK_BENCH, &["-Xmx1g"], &args, JAVA_TIMEOUT)
+        .run_java_tool_with_jvm_args(BK_BENCH, &JAVA_JVM_ARGS, &args, JAVA_TIMEOUT)
         .await?;
     if !output.status.success() {
         bail!(

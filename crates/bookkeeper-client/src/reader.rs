@@ -628,7 +628,6 @@ impl LedgerReader {
             reader: self.clone(),
             next: from.max(0),
             ready: Default::default(),
-            last_refresh: Instant::now(),
         }
     }
 }
@@ -639,7 +638,6 @@ pub struct Tailer {
     reader: LedgerReader,
     next: i64,
     ready: std::collections::VecDeque<LedgerEntry>,
-    last_refresh: Instant,
 }
 
 impl Tailer {
@@ -676,13 +674,11 @@ impl Tailer {
                         self.ready.push_back(entry);
                     } else if poll.last_add_confirmed < self.next {
                         self.reader.refresh_metadata().await?;
-                        self.last_refresh = Instant::now();
                     }
                 }
                 Err(error) if is_absent(&error) => {
                     // No bookie has the ledger yet, for a whole poll: maybe it was closed empty.
                     self.reader.refresh_metadata().await?;
-                    self.last_refresh = Instant::now();
                 }
                 Err(error) => return Err(error),
             }
