@@ -492,7 +492,7 @@ impl LedgerReader {
     /// first change of its LAC after the poll arrived, and drops the poll (until it times out)
     /// when that change does not exceed `previous`, which happens whenever that bookie was
     /// lagging. A bookie that does not know the ledger yet is asked again, backing off from
-    /// [`POLL_RETRY_MIN`] to [`POLL_RETRY_MAX`], until the deadline.
+    /// 4 ms to 32 ms, until the deadline.
     ///
     /// Errors: `NoSuchEntry` when no bookie knows the ledger (nothing written yet), bookie
     /// errors when every bookie failed, `Unauthorized`.
