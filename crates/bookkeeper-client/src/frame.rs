@@ -258,6 +258,39 @@ mod tests {
         }
 
         #[test]
+        fn responses_round_trip(
+            txn in any::<u64>(), status in any::<i32>(), sub_status in any::<i32>(),
+            ledger in any::<i64>(), entry in any::<i64>(), max_lac in proptest::option::of(any::<i64>()),
+            body in proptest::option::of(proptest::collection::vec(any::<u8>(), 0..64)),
+            kind in 0u8..3,
+        ) {
+            // Goal: every response shape this client reads survives framing and decoding.
+            let body = body.map(Bytes::from);
+            let mut response = Response {
+                header: header(proto::op::READ_ENTRY, txn, false),
+                status,
+                ..Default::default()
+            };
+            match kind {
+                0 => response.read_response = Some(proto::ReadResponse {
+                    status: sub_status, ledger_id: ledger, entry_id: entry, body: body.clone(),
+                    max_lac, lac_update_timestamp: max_lac,
+                }),
+                1 => response.add_response = Some(proto::AddResponse { status: sub_status, ledger_id: ledger, entry_id: entry }),
+                _ => response.read_lac_response = Some(proto::ReadLacResponse {
+                    status: sub_status, ledger_id: ledger, lac_body: body.clone(), last_entry_body: body,
+                }),
+            }
+            let mut wire = BytesMut::new();
+            wire.put_u32(response.encoded_len() as u32);
+            response.encode(&mut wire).expect("fits");
+            let frame = next_frame(&mut wire).expect("valid").expect("complete");
+            let decoded = Response::decode(frame).expect("decodes");
+            prop_assert_eq!(decoded.effective_status(), if status != 0 { status } else { sub_status });
+            prop_assert_eq!(decoded, response);
+        }
+
+        #[test]
         fn requests_round_trip(
             txn in any::<u64>(), ledger in any::<i64>(), entry in any::<i64>(),
             body in proptest::collection::vec(any::<u8>(), 0..64),
