@@ -10,7 +10,7 @@
 mod auth;
 mod builtin;
 mod cli;
-// TEMP mod client;
+mod client;
 mod config;
 mod error;
 mod http_config;
@@ -61,7 +61,11 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Standalone(args) => standalone::run(args).await,
         Command::Broker(args) => server::run(args).await,
         Command::Worker(args) => worker::run(args).await,
+        Command::Submit(args) => client::submit(args).await,
+        Command::Task(args) => client::task(args).await,
+        Command::Tasks(args) => client::tasks(args).await,
+        Command::Status(args) => client::status(args).await,
+        Command::Workers(args) => client::workers(args).await,
         Command::Auth(command) => auth::run(command),
-        _ => todo!(),
     }
 }

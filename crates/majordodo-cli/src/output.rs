@@ -181,17 +181,11 @@ pub(crate) fn status_details(url: &str, s: &BrokerStatusInfo, workers: Option<us
     if let Some(workers) = workers {
         let _ = writeln!(out, "workers:        {workers} connected");
     }
-    let _ = writeln!(out, "tasks:          {}", s.tasks);
-    let mut table = Table::new(vec!["", "waiting", "delayed", "running", "finished", "error"]);
-    table.row(vec![
-        "  by status:".into(),
-        s.waiting_tasks.to_string(),
-        s.delayed_tasks.to_string(),
-        s.running_tasks.to_string(),
-        s.finished_tasks.to_string(),
-        s.error_tasks.to_string(),
-    ]);
-    out.push_str(&table.render());
+    let _ = writeln!(
+        out,
+        "tasks:          {} (waiting {}, delayed {}, running {}, finished {}, error {})",
+        s.tasks, s.waiting_tasks, s.delayed_tasks, s.running_tasks, s.finished_tasks, s.error_tasks
+    );
     out
 }
 

@@ -28,8 +28,7 @@ use crate::config::{Origin, read_small_file};
 use crate::server::{Parts, RunningBroker, bind};
 use crate::worker::{absolute, run_agent};
 
-/// Name of the admin token file in the data directory.
-pub(crate) const ADMIN_TOKEN_FILE: &str = "admin.token";
+use majordodo_proto::http::ADMIN_TOKEN_FILE;
 
 /// Name of the workers' shared secret file in the data directory.
 pub(crate) const WORKER_SECRET_FILE: &str = "worker.secret";
