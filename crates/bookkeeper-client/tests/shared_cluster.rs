@@ -181,7 +181,9 @@ async fn ledgers_written_here_are_read_by_java(
     cluster: &BkCluster,
     bk: &BookKeeper,
 ) -> anyhow::Result<()> {
-    // Goal: for every digest type, the Java client reads our ledger entry by entry, byte for byte.
+    // Goal: for every digest type, the Java client reads our ledger entry by entry, byte for
+    // byte, and BookieShell reads our metadata.
+    let mut last_ledger = -1;
     for (digest, name) in DIGESTS {
         let options = LedgerOptions::new(3, 2, 2).with_digest(digest, b"secret".to_vec());
         let (ledger_id, data) = write_entries(bk, options, name, 40).await?;
@@ -207,7 +209,23 @@ async fn ledgers_written_here_are_read_by_java(
         for ((id, bytes), expected) in entries.iter().zip(&data) {
             ensure!(bytes[..] == expected[..], "{name}: entry {id} differs");
         }
+        last_ledger = ledger_id;
     }
+    // BookKeeper's own admin shell parses our metadata (as bookies' garbage collection does).
+    let id = last_ledger.to_string();
+    let output = cluster
+        .bookie_shell(&["ledgermetadata", "-ledgerid", &id], common::TOOL_TIMEOUT)
+        .await?;
+    let text = String::from_utf8_lossy(&output.stdout).to_string()
+        + &String::from_utf8_lossy(&output.stderr);
+    ensure!(
+        output.status.success(),
+        "BookieShell ledgermetadata failed: {text}"
+    );
+    ensure!(
+        text.contains("CLOSED") && text.contains("lastEntryId=39"),
+        "BookieShell shows the closed metadata: {text}"
+    );
     Ok(())
 }
 
