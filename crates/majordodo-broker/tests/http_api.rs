@@ -1149,6 +1149,24 @@ async fn raw_http(addr: SocketAddr, request: &[u8]) -> (u16, String, String) {
     (status, head.to_owned(), body.to_owned())
 }
 
+/// Like [`raw_http`] for answers whose body is not text (compressed); returns the head only.
+async fn raw_http_bytes(addr: SocketAddr, request: &[u8]) -> (u16, String, Vec<u8>) {
+    let mut socket = TcpStream::connect(addr).await.unwrap();
+    socket.write_all(request).await.unwrap();
+    let mut answer = Vec::new();
+    tokio::time::timeout(WAIT, socket.read_to_end(&mut answer))
+        .await
+        .expect("answer in time")
+        .unwrap();
+    let end = answer
+        .windows(4)
+        .position(|w| w == b"\r\n\r\n")
+        .expect("a head");
+    let head = String::from_utf8(answer[..end].to_vec()).unwrap();
+    let status = head[9..12].parse().unwrap();
+    (status, head, answer[end + 4..].to_vec())
+}
+
 /// Decodes a chunked body.
 fn unchunk(body: &str) -> String {
     let mut out = String::new();
@@ -1226,6 +1244,19 @@ async fn api_is_served_over_a_real_socket_with_chunked_java_style_requests() {
     };
     let view: Value = serde_json::from_str(&body).unwrap();
     assert_eq!(view["task"]["data"], json!("over tcp"));
+
+    // Answers are compressed for clients that accept gzip (the Java client does).
+    let request = format!(
+        "GET /majordodo?view=tasks HTTP/1.1\r\nHost: 127.0.0.1\r\nAuthorization: {}\r\n\
+         Accept-Encoding: gzip,deflate\r\nConnection: close\r\n\r\n",
+        admin()
+    );
+    let (status, head, _) = raw_http_bytes(addr, request.as_bytes()).await;
+    assert_eq!(status, 200);
+    assert!(
+        head.to_ascii_lowercase().contains("content-encoding: gzip"),
+        "{head}"
+    );
 
     let request = b"GET /majordodo?view=status HTTP/1.1\r\nHost: x\r\nConnection: close\r\n\r\n";
     let (status, head, _) = raw_http(addr, request).await;
