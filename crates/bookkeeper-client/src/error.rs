@@ -224,7 +224,7 @@ pub enum BkError {
 
     /// ZooKeeper failed. Retryable when the cause is a lost connection or a timeout.
     #[error("zookeeper: {0}")]
-    ZooKeeper(#[from] zookeeper_client::Error),
+    ZooKeeper(#[source] zookeeper_client::Error),
 
     /// The ZooKeeper session expired. This client can no longer touch metadata: build a new
     /// [`crate::BookKeeper`]. Not retryable on this client.

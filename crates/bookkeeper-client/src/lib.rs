@@ -27,6 +27,8 @@
 //! ledger at its last-add-confirmed and reports [`BkError::LedgerClosed`]; the caller rolls to
 //! a new ledger. Readers of multi-ensemble ledgers written by other clients are supported.
 
+#![warn(missing_docs)]
+
 mod bookie;
 mod client;
 pub mod digest;

@@ -47,6 +47,11 @@ async fn client_behaviour_on_a_shared_cluster() -> anyhow::Result<()> {
         )
         .await,
         case(
+            "append_queue_overflow_closes_the_ledger",
+            append_queue_overflow_closes_the_ledger(&cluster),
+        )
+        .await,
+        case(
             "ledgers_written_here_are_read_by_java",
             ledgers_written_here_are_read_by_java(&cluster, &bk),
         )
@@ -174,6 +179,40 @@ async fn closed_writer_refuses_appends(bk: &BookKeeper) -> anyhow::Result<()> {
         writer.close().await? == 4,
         "a second close reports the same entry"
     );
+    Ok(())
+}
+
+async fn append_queue_overflow_closes_the_ledger(cluster: &BkCluster) -> anyhow::Result<()> {
+    // Goal: appending far beyond the queue limit without awaiting closes the ledger after what
+    // was acknowledged, instead of growing memory without bound.
+    let mut settings = common::config(cluster);
+    settings.max_outstanding_adds = 1;
+    settings.max_queued_adds = 10;
+    let bk = BookKeeper::connect(settings).await?;
+    let writer = bk.create_ledger(LedgerOptions::new(3, 2, 2)).await?;
+    let pending: Vec<_> = (0..50)
+        .map(|i| writer.append(payload("overflow", i)))
+        .collect();
+    let mut outcomes = Vec::new();
+    for add in pending {
+        outcomes.push(add.await);
+    }
+    ensure!(
+        matches!(outcomes[0], Ok(0)),
+        "the entry on the wire is acknowledged"
+    );
+    for outcome in &outcomes[1..] {
+        match outcome {
+            Err(BkError::LedgerClosed {
+                last_add_confirmed: 0,
+                cause: Some(cause),
+                ..
+            }) if matches!(**cause, BkError::WriterClosed { .. }) => {}
+            other => bail!("queued append gave {other:?}"),
+        }
+    }
+    let metadata = bk.ledger_metadata(writer.ledger_id()).await?;
+    ensure!(metadata.state == LedgerState::Closed && metadata.last_entry_id == 0);
     Ok(())
 }
 
