@@ -103,8 +103,14 @@ mod tests {
     async fn builtins_do_what_their_names_say() {
         // Goal: echo returns the data, noop nothing, fail fails with the data, sleep refuses bad
         // or too long durations and finishes a short one.
-        assert_eq!(Builtin::Echo.executor().execute(task("hi")).await, Ok("hi".into()));
-        assert_eq!(Builtin::Noop.executor().execute(task("hi")).await, Ok(String::new()));
+        assert_eq!(
+            Builtin::Echo.executor().execute(task("hi")).await,
+            Ok("hi".into())
+        );
+        assert_eq!(
+            Builtin::Noop.executor().execute(task("hi")).await,
+            Ok(String::new())
+        );
         assert_eq!(
             Builtin::Fail.executor().execute(task("boom")).await,
             Err(TaskFailure::new("boom"))
@@ -113,7 +119,13 @@ mod tests {
             Builtin::Sleep.executor().execute(task("1ms")).await,
             Ok("slept 1ms".into())
         );
-        assert!(Builtin::Sleep.executor().execute(task("forever")).await.is_err());
+        assert!(
+            Builtin::Sleep
+                .executor()
+                .execute(task("forever"))
+                .await
+                .is_err()
+        );
         assert!(Builtin::Sleep.executor().execute(task("2h")).await.is_err());
         for name in NAMES {
             assert!(Builtin::parse(name).is_some(), "{name}");

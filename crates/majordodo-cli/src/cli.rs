@@ -20,7 +20,12 @@ pub(crate) const DEFAULT_WORKER_PORT: u16 = 7363;
 /// Try it: `majordodo standalone` starts a broker and a worker in one process, then
 /// `majordodo submit --type echo --data hello` and `majordodo tasks` in another terminal.
 #[derive(Debug, Parser)]
-#[command(name = "majordodo", version, propagate_version = true, max_term_width = 100)]
+#[command(
+    name = "majordodo",
+    version,
+    propagate_version = true,
+    max_term_width = 100
+)]
 pub(crate) struct Cli {
     /// Log filter: error, warn, info, debug, trace, or directives such as
     /// `info,majordodo_broker=debug`. Overrides RUST_LOG. Default: info for servers
@@ -87,7 +92,12 @@ pub(crate) struct StandaloneArgs {
 #[derive(Debug, Args)]
 pub(crate) struct BrokerArgs {
     /// Configuration file (TOML); see --print-default-config for every key.
-    #[arg(long, short, value_name = "FILE", required_unless_present = "print_default_config")]
+    #[arg(
+        long,
+        short,
+        value_name = "FILE",
+        required_unless_present = "print_default_config"
+    )]
     pub(crate) config: Option<PathBuf>,
     /// Print a configuration file with every key, its default and its meaning, then exit.
     #[arg(long)]
@@ -164,11 +174,7 @@ pub(crate) struct ClientArgs {
     )]
     pub(crate) password: Option<String>,
     /// Where `majordodo standalone` keeps admin.token (used when no other credential is given).
-    #[arg(
-        long,
-        value_name = "DIR",
-        default_value = "majordodo-data"
-    )]
+    #[arg(long, value_name = "DIR", default_value = "majordodo-data")]
     pub(crate) data_dir: PathBuf,
     /// Time limit of each HTTP request.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]

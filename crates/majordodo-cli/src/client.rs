@@ -70,7 +70,10 @@ pub(crate) async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
         return Ok(());
     }
     print!("{}", output::tasks_table(&view.tasks));
-    if view.truncated || view.next_task_id.is_some() || view.tasks.len() as u64 >= u64::from(args.max) {
+    if view.truncated
+        || view.next_task_id.is_some()
+        || view.tasks.len() as u64 >= u64::from(args.max)
+    {
         eprintln!(
             "showing {} tasks; there may be more (raise --max or narrow the filters)",
             view.tasks.len()

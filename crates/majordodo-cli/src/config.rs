@@ -492,10 +492,13 @@ mod tests {
             file: None,
         };
         assert!(empty.load(&origin, "").is_err());
-        let shown = format!("{:?}", SecretSource {
-            inline: Some("hunter2".into()),
-            file: None
-        });
+        let shown = format!(
+            "{:?}",
+            SecretSource {
+                inline: Some("hunter2".into()),
+                file: None
+            }
+        );
         assert!(!shown.contains("hunter2"));
     }
 }

@@ -60,9 +60,8 @@ impl HttpFile {
     /// [`ConfigError::Invalid`] naming the `http.` key.
     pub(crate) fn validate(&self, origin: &Origin) -> Result<HttpSettings, ConfigError> {
         let invalid = |key: &str, problem: String| ConfigError::invalid(origin, key, problem);
-        let to_usize = |key: &str, v: u64| {
-            usize::try_from(v).map_err(|_| invalid(key, "too large".into()))
-        };
+        let to_usize =
+            |key: &str, v: u64| usize::try_from(v).map_err(|_| invalid(key, "too large".into()));
         let body_timeout_secs = self.body_timeout.0.as_secs();
         if body_timeout_secs == 0 || self.body_timeout.0.subsec_millis() != 0 {
             return Err(invalid(
@@ -93,7 +92,10 @@ impl HttpFile {
                 _ => "http.users".into(),
             };
             let problem = e.to_string();
-            let problem = problem.strip_prefix("http: ").unwrap_or(&problem).to_owned();
+            let problem = problem
+                .strip_prefix("http: ")
+                .unwrap_or(&problem)
+                .to_owned();
             invalid(&key, problem)
         })
     }

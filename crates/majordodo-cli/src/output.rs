@@ -159,7 +159,13 @@ pub(crate) fn task_details(t: &TaskInfo) -> String {
 
 /// A table of workers.
 pub(crate) fn workers_table(workers: &[WorkerInfo]) -> String {
-    let mut table = Table::new(vec!["ID", "STATUS", "LOCATION", "PROCESS", "LAST CONNECTED"]);
+    let mut table = Table::new(vec![
+        "ID",
+        "STATUS",
+        "LOCATION",
+        "PROCESS",
+        "LAST CONNECTED",
+    ]);
     for w in workers {
         table.row(vec![
             clip(&w.id, MAX_TEXT_CELL),

@@ -208,7 +208,8 @@ impl RunningBroker {
             let settings = parts.http;
             async move {
                 if let Err(error) =
-                    majordodo_broker::http::serve(http, handle, settings, stop.cancelled_owned()).await
+                    majordodo_broker::http::serve(http, handle, settings, stop.cancelled_owned())
+                        .await
                 {
                     tracing::error!(%error, "the HTTP API stopped");
                 }

@@ -58,6 +58,9 @@ pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         Some(path) => Some((WorkerFile::load(path)?, Origin::File(absolute(path)?))),
         None => None,
     };
+    if !args.no_worker {
+        local_worker(worker_file.clone(), "a secret to check the file with")?;
+    }
 
     create_private_dir(&data_dir)?;
     let token_path = data_dir.join(ADMIN_TOKEN_FILE);
@@ -70,8 +73,10 @@ pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         Some(local_worker(worker_file, &secret)?)
     };
 
-    let mut file = BrokerFile::default();
-    file.data_dir = Some(data_dir.clone());
+    let mut file = BrokerFile {
+        data_dir: Some(data_dir.clone()),
+        ..BrokerFile::default()
+    };
     file.http.listen = format!("127.0.0.1:{}", args.http_port);
     file.workers.listen = format!("127.0.0.1:{}", args.worker_port);
     file.workers.shared_secret = Some(secret.clone());
@@ -93,18 +98,16 @@ pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     )
     .await?;
 
-    let worker_stop = stop.child_token();
+    // Not a child of `stop`: the worker is stopped explicitly, before the broker.
+    let worker_stop = tokio_util::sync::CancellationToken::new();
     let mut worker_task = None;
     let mut worker_bound = Duration::ZERO;
     let mut summary = Vec::new();
     if let Some(mut worker) = worker {
         worker.config.broker_addr = broker.worker_addr.to_string();
-        worker_bound = worker.config.shutdown_grace + worker.config.ack_timeout + WORKER_STOP_MARGIN;
-        summary = worker
-            .summary
-            .iter()
-            .map(|e| e.task_type.clone())
-            .collect();
+        worker_bound =
+            worker.config.shutdown_grace + worker.config.ack_timeout + WORKER_STOP_MARGIN;
+        summary = worker.summary.iter().map(|e| e.task_type.clone()).collect();
         worker_task = Some(tokio::spawn(run_agent(worker, worker_stop.clone())));
     }
 
@@ -129,6 +132,7 @@ pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         }
     };
     let outcome = tokio::select! {
+        biased;
         () = stop.cancelled() => Ok(()),
         error = broker.failure() => Err(error),
         ended = worker_ended => {
@@ -146,7 +150,9 @@ pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     if let Some(task) = worker_task {
         match tokio::time::timeout(worker_bound, task).await {
             Ok(Ok(Ok(()))) => {}
-            Ok(Ok(Err(error))) => warn!(error = %format!("{error:#}"), "local worker stopped with an error"),
+            Ok(Ok(Err(error))) => {
+                warn!(error = %format!("{error:#}"), "local worker stopped with an error")
+            }
             Ok(Err(join)) => warn!(%join, "local worker crashed"),
             Err(_) => warn!("local worker did not stop in time"),
         }
@@ -216,8 +222,7 @@ fn read_or_create_secret(path: &Path) -> anyhow::Result<String> {
                     "secret file is readable by other users; run chmod 600 on it"
                 );
             }
-            let text = read_small_file(path)
-                .with_context(|| format!("read {}", path.display()))?;
+            let text = read_small_file(path).with_context(|| format!("read {}", path.display()))?;
             let secret = text.trim().to_owned();
             if secret.is_empty() {
                 return Err(anyhow!(
@@ -229,8 +234,7 @@ fn read_or_create_secret(path: &Path) -> anyhow::Result<String> {
         }
         Err(e) if e.kind() == std::io::ErrorKind::NotFound => {
             let secret = generate_token();
-            write_token_file(path, &secret)
-                .with_context(|| format!("write {}", path.display()))?;
+            write_token_file(path, &secret).with_context(|| format!("write {}", path.display()))?;
             info!(file = %path.display(), "created a new secret");
             Ok(secret)
         }
@@ -251,7 +255,9 @@ struct Banner<'a> {
 
 /// Prints where everything is and commands that work as printed.
 fn print_banner(b: &Banner<'_>) {
-    let program = std::env::args().next().unwrap_or_else(|| "majordodo".into());
+    let program = std::env::args()
+        .next()
+        .unwrap_or_else(|| "majordodo".into());
     let mut client_flags = String::new();
     if b.http_port != DEFAULT_HTTP_PORT {
         client_flags.push_str(&format!(" --url {}", shell_quote(b.url)));
@@ -278,8 +284,12 @@ fn print_banner(b: &Banner<'_>) {
         println!("  local worker: none (--no-worker)");
     } else {
         println!("  local worker: runs task types {}", b.executors.join(", "));
-        println!("                (built-in: echo returns the data, noop does nothing, sleep waits for");
-        println!("                the duration in the data, fail fails with the data as the error)");
+        println!(
+            "                (built-in: echo returns the data, noop does nothing, sleep waits for"
+        );
+        println!(
+            "                the duration in the data, fail fails with the data as the error)"
+        );
     }
     println!("Try, in another terminal:");
     println!("  {program} submit --type echo --data 'hello world'{client_flags}");
@@ -290,8 +300,7 @@ fn print_banner(b: &Banner<'_>) {
 /// `s` quoted for a POSIX shell when it needs to be.
 fn shell_quote(s: &str) -> String {
     let plain = !s.is_empty()
-        && s
-            .chars()
+        && s.chars()
             .all(|c| c.is_ascii_alphanumeric() || "-_./:=@%+,".contains(c));
     if plain {
         s.to_owned()

@@ -120,7 +120,7 @@ pub(crate) fn parse_bytes(text: &str) -> Result<u64, String> {
 /// Writes a byte size with the largest binary unit that divides it (`67108864` → `64MiB`).
 pub(crate) fn format_bytes(bytes: u64) -> String {
     for (name, factor) in [("GiB", 1u64 << 30), ("MiB", 1 << 20), ("KiB", 1 << 10)] {
-        if bytes >= factor && bytes % factor == 0 {
+        if bytes >= factor && bytes.is_multiple_of(factor) {
             return format!("{}{name}", bytes / factor);
         }
     }
@@ -317,8 +317,16 @@ mod tests {
     fn bad_durations_say_what_is_wrong() {
         // Goal: missing or unknown units and garbage are refused with a message naming them.
         assert!(parse_duration("10").unwrap_err().contains("missing unit"));
-        assert!(parse_duration("10x").unwrap_err().contains("unknown unit \"x\""));
-        assert!(parse_duration("s").unwrap_err().contains("expected a number"));
+        assert!(
+            parse_duration("10x")
+                .unwrap_err()
+                .contains("unknown unit \"x\"")
+        );
+        assert!(
+            parse_duration("s")
+                .unwrap_err()
+                .contains("expected a number")
+        );
         assert!(parse_duration("").is_err());
         assert!(parse_duration("99999999999999999999d").is_err());
     }
@@ -346,10 +354,7 @@ mod tests {
             parse_when("2026-01-02T16:04:05.5+01:00"),
             Ok(When::At(1_767_366_245_500))
         );
-        assert_eq!(
-            parse_when("1767366245000"),
-            Ok(When::At(1_767_366_245_000))
-        );
+        assert_eq!(parse_when("1767366245000"), Ok(When::At(1_767_366_245_000)));
         assert_eq!(parse_when("10m").map(|w| w.resolve(1_000)), Ok(601_000));
         assert!(parse_when("2026-02-30T00:00:00Z").is_err());
         assert!(parse_when("tomorrow").is_err());

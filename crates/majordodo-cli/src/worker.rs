@@ -8,8 +8,8 @@ use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::cli::WorkerArgs;
-use crate::config::worker::{Target, WorkerFile, WorkerSettings, default_file};
 use crate::config::Origin;
+use crate::config::worker::{Target, WorkerFile, WorkerSettings, default_file};
 use crate::error::usage;
 
 /// Runs `majordodo worker`.
@@ -27,10 +27,7 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
 /// Reads the file (if any), applies the flags and validates.
 fn load(args: &WorkerArgs) -> anyhow::Result<WorkerSettings> {
     let (mut file, origin) = match &args.config {
-        Some(path) => (
-            WorkerFile::load(path)?,
-            Origin::File(absolute(path)?),
-        ),
+        Some(path) => (WorkerFile::load(path)?, Origin::File(absolute(path)?)),
         None => (WorkerFile::default(), Origin::CommandLine),
     };
     if let Some(broker) = &args.broker {
@@ -128,9 +125,7 @@ pub(crate) async fn run_agent(
 async fn announce_connections(mut status: StatusHandle) {
     let mut seen = 0;
     loop {
-        let now = status
-            .wait_for(|s| s.stopped || s.connections > seen)
-            .await;
+        let now = status.wait_for(|s| s.stopped || s.connections > seen).await;
         if now.stopped || now.connections <= seen {
             return;
         }

@@ -144,9 +144,7 @@ pub(crate) fn explain(error: ClientError, what: &str, url: &str) -> anyhow::Erro
         ClientError::Unauthorized(_) => {
             " (check the credentials: --token, --token-file, --username/--password)"
         }
-        ClientError::Transport(e) if e.is_connect() => {
-            " (is the broker running? check --url)"
-        }
+        ClientError::Transport(e) if e.is_connect() => " (is the broker running? check --url)",
         ClientError::Transport(e) if e.is_timeout() => " (timed out; see --timeout)",
         ClientError::Refused { status: 404, .. } => {
             " (check the path of --url: it ends with /majordodo)"

@@ -153,6 +153,7 @@ async fn submit_one(api: &Api, args: &SubmitArgs) -> anyhow::Result<()> {
 }
 
 /// One task of the input and where it came from.
+#[derive(Debug)]
 struct Line {
     number: usize,
     task: TaskSubmission,
@@ -233,10 +234,8 @@ async fn submit_many(api: &Api, args: &SubmitArgs, path: &Path) -> anyhow::Resul
         ProgressBar::hidden()
     };
     progress.set_style(
-        ProgressStyle::with_template(
-            "{bar:40} {pos}/{len} tasks ({per_sec}, {eta} left) {msg}",
-        )
-        .expect("the progress template is valid"),
+        ProgressStyle::with_template("{bar:40} {pos}/{len} tasks ({per_sec}, {eta} left) {msg}")
+            .expect("the progress template is valid"),
     );
 
     let mut outcomes: Vec<(usize, Outcome)> = Vec::with_capacity(lines.len());
@@ -358,8 +357,14 @@ mod tests {
         let text = "{\"tasktype\":\"a\",\"data\":\"x\"}\n\n{\"tasktype\":\"b\",\"userid\":\"bob\",\"maxattempts\":\"3\"}\n";
         let lines = parse_lines(text, &defaults()).unwrap();
         assert_eq!(lines.len(), 2);
-        assert_eq!((lines[0].number, lines[0].task.user_id.as_str()), (1, "admin"));
-        assert_eq!((lines[1].number, lines[1].task.user_id.as_str()), (3, "bob"));
+        assert_eq!(
+            (lines[0].number, lines[0].task.user_id.as_str()),
+            (1, "admin")
+        );
+        assert_eq!(
+            (lines[1].number, lines[1].task.user_id.as_str()),
+            (3, "bob")
+        );
         assert_eq!(lines[1].task.max_attempts, 3);
     }
 
@@ -372,7 +377,11 @@ mod tests {
         assert_eq!(errors.len(), 5, "{errors:?}");
         assert!(errors[0].starts_with("line 2: not valid JSON"));
         assert!(errors[1].starts_with("line 3: not a JSON object"));
-        assert!(errors[2].starts_with("line 4: maxattempts"), "{}", errors[2]);
+        assert!(
+            errors[2].starts_with("line 4: maxattempts"),
+            "{}",
+            errors[2]
+        );
         assert!(errors[3].starts_with("line 5: tasktype"), "{}", errors[3]);
         assert!(errors[4].starts_with("line 6: action"), "{}", errors[4]);
     }

@@ -249,13 +249,15 @@ impl BrokerFile {
         };
         listener.validate().map_err(|e| {
             // The listener names its settings as this table does, minus two renames.
-            let key = e
-                .0
-                .split_whitespace()
-                .next()
-                .unwrap_or("workers")
-                .replace("max_worker_idle_time", "max_idle_time");
-            invalid(&format!("workers.{key}"), e.0.replace("max_worker_idle_time", "max_idle_time"))
+            let key =
+                e.0.split_whitespace()
+                    .next()
+                    .unwrap_or("workers")
+                    .replace("max_worker_idle_time", "max_idle_time");
+            invalid(
+                &format!("workers.{key}"),
+                e.0.replace("max_worker_idle_time", "max_idle_time"),
+            )
         })?;
         if w.dead_after.0 < w.max_idle_time.0 {
             return Err(invalid(
@@ -279,8 +281,7 @@ impl BrokerFile {
         if log.segment_size < 4096 {
             return Err(invalid("log.segment_size", "must be at least 4KiB".into()));
         }
-        if log.max_record_size == 0 || log.max_record_size > majordodo_log::MAX_RECORD_SIZE_LIMIT
-        {
+        if log.max_record_size == 0 || log.max_record_size > majordodo_log::MAX_RECORD_SIZE_LIMIT {
             return Err(invalid(
                 "log.max_record_size",
                 format!(
@@ -299,7 +300,10 @@ impl BrokerFile {
             ("tuning.event_queue", t.event_queue),
             ("tuning.max_inputs_per_round", t.max_inputs_per_round),
             ("tuning.max_rounds_in_flight", t.max_rounds_in_flight),
-            ("tuning.max_assignments_per_round", t.max_assignments_per_round),
+            (
+                "tuning.max_assignments_per_round",
+                t.max_assignments_per_round,
+            ),
             (
                 "tuning.max_timer_changes_per_round",
                 t.max_timer_changes_per_round,
@@ -493,10 +497,12 @@ mod tests {
     fn the_default_file_documents_exactly_the_defaults() {
         // Goal: parsing the printed default file gives the built-in defaults, so the file and
         // the code cannot drift apart (the placeholders the user must fill aside).
-        let mut parsed: BrokerFile =
-            parse_toml(&default_file(), Path::new("broker.toml")).unwrap();
+        let mut parsed: BrokerFile = parse_toml(&default_file(), Path::new("broker.toml")).unwrap();
         assert_eq!(parsed.http.users.len(), 1);
-        assert_eq!(parsed.workers.shared_secret_file, Some("worker.secret".into()));
+        assert_eq!(
+            parsed.workers.shared_secret_file,
+            Some("worker.secret".into())
+        );
         parsed.http.users.clear();
         parsed.workers.shared_secret_file = None;
         let expected = BrokerFile {
@@ -544,16 +550,43 @@ finished_task_retention = "2h"
     fn invalid_files_name_the_key_at_fault() {
         // Goal: each kind of mistake is reported against the key a user must change.
         let cases = [
-            (with_users("[workers]\nshared_secret = \"s\"\nbogus = 1"), "workers.bogus"),
-            (with_users("[workers]\nshared_secret = \"s\"\nmax_connections = \"many\""), "workers.max_connections"),
-            (with_users("[workers]\nshared_secret = \"s\"\nkeepalive_interval = \"10 parsecs\""), "workers.keepalive_interval"),
+            (
+                with_users("[workers]\nshared_secret = \"s\"\nbogus = 1"),
+                "workers.bogus",
+            ),
+            (
+                with_users("[workers]\nshared_secret = \"s\"\nmax_connections = \"many\""),
+                "workers.max_connections",
+            ),
+            (
+                with_users("[workers]\nshared_secret = \"s\"\nkeepalive_interval = \"10 parsecs\""),
+                "workers.keepalive_interval",
+            ),
             (with_users(""), "workers.shared_secret"),
-            (with_users("[workers]\nshared_secret = \"s\"\ndead_after = \"1s\""), "workers.dead_after"),
-            (with_users("[workers]\nshared_secret = \"s\"\nkeepalive_interval = \"1m\""), "workers.keepalive_interval"),
-            (with_users("[workers]\nshared_secret = \"s\"\nlisten = \"nowhere\""), "workers.listen"),
-            (with_users("[workers]\nshared_secret = \"s\"\n[log]\nsegment_size = 10"), "log.segment_size"),
-            ("[workers]\nshared_secret = \"s\"\n".to_owned(), "http.users"),
-            (with_users("[workers]\nshared_secret = \"s\"\n[http]\nmax_body_size = 0"), "http.max_body_size"),
+            (
+                with_users("[workers]\nshared_secret = \"s\"\ndead_after = \"1s\""),
+                "workers.dead_after",
+            ),
+            (
+                with_users("[workers]\nshared_secret = \"s\"\nkeepalive_interval = \"1m\""),
+                "workers.keepalive_interval",
+            ),
+            (
+                with_users("[workers]\nshared_secret = \"s\"\nlisten = \"nowhere\""),
+                "workers.listen",
+            ),
+            (
+                with_users("[workers]\nshared_secret = \"s\"\n[log]\nsegment_size = 10"),
+                "log.segment_size",
+            ),
+            (
+                "[workers]\nshared_secret = \"s\"\n".to_owned(),
+                "http.users",
+            ),
+            (
+                with_users("[workers]\nshared_secret = \"s\"\n[http]\nmax_body_size = 0"),
+                "http.max_body_size",
+            ),
         ];
         for (text, key) in cases {
             let error = validate(&text).unwrap_err().to_string();

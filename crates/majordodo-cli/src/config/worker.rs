@@ -227,8 +227,8 @@ impl WorkerFile {
                     format!("task type {task_type:?} also has a built-in executor"),
                 ));
             }
-            let executor = ProcessExecutor::new(process.clone())
-                .map_err(|e| invalid(&key, e.0.to_owned()))?;
+            let executor =
+                ProcessExecutor::new(process.clone()).map_err(|e| invalid(&key, e.0.to_owned()))?;
             executors.register(task_type.clone(), std::sync::Arc::new(executor));
             summary.push(ExecutorSummary {
                 task_type: task_type.clone(),
@@ -470,7 +470,10 @@ max_delay = "5ms"
             BTreeMap::from([("any".to_owned(), 5)])
         );
         assert_eq!(s.config.capacity.groups, vec![3, 0]);
-        assert_eq!(s.config.keepalive_interval, std::time::Duration::from_secs(2));
+        assert_eq!(
+            s.config.keepalive_interval,
+            std::time::Duration::from_secs(2)
+        );
         assert_eq!(s.config.report_batching.max_reports, 7);
     }
 
@@ -484,11 +487,23 @@ max_delay = "5ms"
             (format!("{ok}max_threads = 0"), "max_threads"),
             ("builtin_executors = [\"echo\"]".to_owned(), "shared_secret"),
             ("shared_secret = \"s\"".to_owned(), "executors"),
-            ("shared_secret = \"s\"\nbuiltin_executors = [\"bash\"]".to_owned(), "builtin_executors"),
-            (format!("{ok}[connection]\nack_timeout = \"soon\""), "connection.ack_timeout"),
+            (
+                "shared_secret = \"s\"\nbuiltin_executors = [\"bash\"]".to_owned(),
+                "builtin_executors",
+            ),
+            (
+                format!("{ok}[connection]\nack_timeout = \"soon\""),
+                "connection.ack_timeout",
+            ),
             (format!("{ok}[executors.x]\nargv = []"), "executors.x"),
-            (format!("{ok}[executors.x]\nargv = [\"a\"]\nshell = true"), "executors.x.shell"),
-            (format!("{ok}[task_type_limits]\necho = 0"), "task_type_limits.echo"),
+            (
+                format!("{ok}[executors.x]\nargv = [\"a\"]\nshell = true"),
+                "executors.x.shell",
+            ),
+            (
+                format!("{ok}[task_type_limits]\necho = 0"),
+                "task_type_limits.echo",
+            ),
             (format!("{ok}broker = \"localhost\""), "broker"),
         ];
         for (text, key) in cases {

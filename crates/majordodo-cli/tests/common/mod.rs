@@ -1,0 +1,240 @@
+//! Running the real `majordodo` binary in tests: servers as child processes whose stdout is
+//! read line by line, client commands with a bounded wait, signals by pid. Every wait has a
+//! deadline; a server still running when its handle drops is killed.
+
+#![allow(dead_code)]
+
+use std::io::{BufRead, BufReader};
+use std::path::Path;
+use std::process::{Child, Command, ExitStatus, Output, Stdio};
+use std::sync::mpsc;
+use std::time::{Duration, Instant};
+
+/// Longest a server takes to print its start-up lines.
+pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Longest a client command may run.
+pub(crate) const COMMAND_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// Longest a server may take to stop after SIGTERM.
+pub(crate) const STOP_TIMEOUT: Duration = Duration::from_secs(20);
+
+/// The binary under test.
+pub(crate) fn majordodo() -> Command {
+    let mut cmd = Command::new(env!("CARGO_BIN_EXE_majordodo"));
+    // The tests' environment must not pick credentials or a URL up from the developer's.
+    for var in [
+        "MAJORDODO_URL",
+        "MAJORDODO_TOKEN",
+        "MAJORDODO_USERNAME",
+        "MAJORDODO_PASSWORD",
+        "RUST_LOG",
+    ] {
+        cmd.env_remove(var);
+    }
+    cmd
+}
+
+/// Runs `cmd` to completion with no stdin, killing it after [`COMMAND_TIMEOUT`].
+pub(crate) fn run(cmd: Command) -> Output {
+    run_with_stdin(cmd, Stdio::null())
+}
+
+/// Runs `cmd` to completion reading `stdin`, killing it after [`COMMAND_TIMEOUT`].
+pub(crate) fn run_with_stdin(mut cmd: Command, stdin: Stdio) -> Output {
+    cmd.stdin(stdin)
+        .stdout(Stdio::piped())
+        .stderr(Stdio::piped());
+    let child = cmd.spawn().expect("spawn majordodo");
+    let pid = child.id();
+    let (tx, rx) = mpsc::channel();
+    std::thread::spawn(move || {
+        let _ = tx.send(child.wait_with_output());
+    });
+    match rx.recv_timeout(COMMAND_TIMEOUT) {
+        Ok(output) => output.expect("wait for majordodo"),
+        Err(_) => {
+            signal(pid, "KILL");
+            panic!("command did not finish within {COMMAND_TIMEOUT:?}: {cmd:?}");
+        }
+    }
+}
+
+/// Runs `majordodo args...` in `dir`.
+pub(crate) fn run_in(dir: &Path, args: &[&str]) -> Output {
+    let mut cmd = majordodo();
+    cmd.current_dir(dir).args(args);
+    run(cmd)
+}
+
+/// Stdout as text.
+pub(crate) fn stdout(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stdout).into_owned()
+}
+
+/// Stderr as text.
+pub(crate) fn stderr(output: &Output) -> String {
+    String::from_utf8_lossy(&output.stderr).into_owned()
+}
+
+/// Asserts success and returns stdout.
+pub(crate) fn ok(output: &Output) -> String {
+    assert!(
+        output.status.success(),
+        "status {:?}\nstdout: {}\nstderr: {}",
+        output.status,
+        stdout(output),
+        stderr(output)
+    );
+    stdout(output)
+}
+
+/// Sends `SIG<name>` to `pid`.
+pub(crate) fn signal(pid: u32, name: &str) {
+    let _ = Command::new("kill")
+        .arg(format!("-{name}"))
+        .arg(pid.to_string())
+        .status();
+}
+
+/// A server process whose stdout lines are collected as they come.
+pub(crate) struct Server {
+    child: Child,
+    lines: mpsc::Receiver<String>,
+    /// Every stdout line seen so far.
+    pub(crate) seen: Vec<String>,
+}
+
+impl Server {
+    /// Starts `cmd` with stdout piped (stderr inherited, so its logs show in test output).
+    pub(crate) fn start(mut cmd: Command) -> Server {
+        cmd.stdin(Stdio::null()).stdout(Stdio::piped());
+        let mut child = cmd.spawn().expect("spawn majordodo server");
+        let out = child.stdout.take().expect("stdout is piped");
+        let (tx, lines) = mpsc::channel();
+        std::thread::spawn(move || {
+            for line in BufReader::new(out).lines() {
+                let Ok(line) = line else { return };
+                if tx.send(line).is_err() {
+                    return;
+                }
+            }
+        });
+        Server {
+            child,
+            lines,
+            seen: Vec::new(),
+        }
+    }
+
+    /// Waits for a stdout line containing `needle` and returns it.
+    pub(crate) fn wait_line(&mut self, needle: &str) -> String {
+        if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
+            return line.clone();
+        }
+        let deadline = Instant::now() + START_TIMEOUT;
+        loop {
+            let left = deadline.saturating_duration_since(Instant::now());
+            match self.lines.recv_timeout(left) {
+                Ok(line) => {
+                    self.seen.push(line.clone());
+                    if line.contains(needle) {
+                        return line;
+                    }
+                }
+                Err(_) => panic!(
+                    "no stdout line containing {needle:?} within {START_TIMEOUT:?}; seen: {:#?}; exited: {:?}",
+                    self.seen,
+                    self.child.try_wait()
+                ),
+            }
+        }
+    }
+
+    /// The value after `label` on the first line that has it (`"  HTTP API:  http://..."`).
+    pub(crate) fn value_of(&mut self, label: &str) -> String {
+        let line = self.wait_line(label);
+        line.split_once(label)
+            .map(|(_, v)| v.trim().to_owned())
+            .expect("the line has the label")
+    }
+
+    /// The process id.
+    pub(crate) fn pid(&self) -> u32 {
+        self.child.id()
+    }
+
+    /// Sends SIGTERM and waits (bounded) for the exit.
+    pub(crate) fn terminate(&mut self) -> (ExitStatus, Duration) {
+        let started = Instant::now();
+        signal(self.child.id(), "TERM");
+        let deadline = started + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the server") {
+                return (status, started.elapsed());
+            }
+            assert!(
+                Instant::now() < deadline,
+                "server did not stop within {STOP_TIMEOUT:?} of SIGTERM"
+            );
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
+    /// Waits (bounded) for the process to exit on its own.
+    pub(crate) fn wait_exit(&mut self) -> ExitStatus {
+        let deadline = Instant::now() + STOP_TIMEOUT;
+        loop {
+            if let Some(status) = self.child.try_wait().expect("poll the server") {
+                return status;
+            }
+            assert!(Instant::now() < deadline, "server did not exit");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+}
+
+impl Drop for Server {
+    fn drop(&mut self) {
+        if let Ok(None) = self.child.try_wait() {
+            let _ = self.child.kill();
+            let _ = self.child.wait();
+        }
+    }
+}
+
+/// Polls `f` every 50 ms until it returns `Some`, for at most `timeout`.
+pub(crate) fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
+    let deadline = Instant::now() + timeout;
+    loop {
+        if let Some(v) = f() {
+            return v;
+        }
+        assert!(Instant::now() < deadline, "timed out waiting for {what}");
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// The JSON of `task <id> --json`, once its status is `status`.
+pub(crate) fn wait_task_status(
+    dir: &Path,
+    client: &[&str],
+    id: u64,
+    status: &str,
+) -> serde_json::Value {
+    let id_text = id.to_string();
+    poll(
+        Duration::from_secs(15),
+        &format!("task {id} {status}"),
+        || {
+            let mut args = vec!["task", id_text.as_str(), "--json"];
+            args.extend_from_slice(client);
+            let out = run_in(dir, &args);
+            if !out.status.success() {
+                return None;
+            }
+            let task: serde_json::Value = serde_json::from_slice(&out.stdout).ok()?;
+            (task["status"] == status).then_some(task)
+        },
+    )
+}

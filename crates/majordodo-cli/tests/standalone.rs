@@ -1,0 +1,191 @@
+//! `majordodo standalone` end to end: start on free ports, the printed commands, the client
+//! commands against it, JSON Lines submission, graceful stop on SIGTERM, and recovery of the
+//! data directory on restart.
+
+mod common;
+
+use std::os::unix::fs::PermissionsExt;
+use std::path::Path;
+
+use common::*;
+use serde_json::Value;
+
+/// Starts a standalone in `dir` on free ports and returns it with its API URL.
+fn start_standalone(dir: &Path) -> (Server, String) {
+    let mut cmd = majordodo();
+    cmd.current_dir(dir)
+        .args(["standalone", "--http-port", "0", "--worker-port", "0"]);
+    let mut server = Server::start(cmd);
+    let url = server.value_of("HTTP API:");
+    assert!(url.starts_with("http://127.0.0.1:"), "{url}");
+    assert!(url.ends_with("/majordodo"), "{url}");
+    (server, url)
+}
+
+fn json_of(output: &std::process::Output) -> Value {
+    serde_json::from_str(&ok(output)).expect("the command prints JSON")
+}
+
+#[test]
+fn standalone_runs_a_submitted_task_and_stops_gracefully_on_sigterm() {
+    // Goal: on free ports in a fresh directory, standalone prints its URL and token path, the
+    // submit command it prints works as printed, the built-in executor finishes the task, the
+    // client commands show it, SIGTERM stops it with status 0, and a restart recovers the task.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = start_standalone(dir.path());
+    let token_path = server.value_of("admin token:");
+    assert_eq!(
+        Path::new(&token_path),
+        dir.path().join("majordodo-data/admin.token")
+    );
+    let mode = std::fs::metadata(&token_path).unwrap().permissions().mode();
+    assert_eq!(mode & 0o777, 0o600, "admin.token must be private");
+    let secret = dir.path().join("majordodo-data/worker.secret");
+    assert_eq!(
+        std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        0o600
+    );
+
+    // The printed command, run as printed by a shell in the same directory.
+    let printed = server.wait_line(" submit --type echo");
+    let out = run({
+        let mut sh = std::process::Command::new("sh");
+        sh.current_dir(dir.path()).arg("-c").arg(printed.trim());
+        sh
+    });
+    assert_eq!(ok(&out).trim(), "submitted task 1");
+
+    let client = ["--url", url.as_str()];
+    let task = wait_task_status(dir.path(), &client, 1, "finished");
+    assert_eq!(task["result"], "hello world");
+    assert_eq!(task["workerId"], "local");
+
+    let tasks = json_of(&run_in(
+        dir.path(),
+        &["tasks", "--json", "--status", "finished", "--url", &url],
+    ));
+    let tasks = tasks.as_array().expect("an array of tasks");
+    assert_eq!(tasks.len(), 1);
+    assert_eq!(tasks[0]["taskId"], 1);
+    assert_eq!(tasks[0]["tasktype"], "echo");
+
+    let table = ok(&run_in(dir.path(), &["tasks", "--url", &url]));
+    let lines: Vec<&str> = table.lines().collect();
+    assert!(lines[0].starts_with("ID  STATUS"), "{table}");
+    assert!(
+        lines[1].contains("finished") && lines[1].contains("hello world"),
+        "{table}"
+    );
+
+    let status = json_of(&run_in(dir.path(), &["status", "--json", "--url", &url]));
+    assert_eq!(status["clusterMode"], "LEADER");
+    assert_eq!(status["finishedTasks"], 1);
+    let readable = ok(&run_in(dir.path(), &["status", "--url", &url]));
+    assert!(readable.contains("1 connected"), "{readable}");
+
+    let workers = json_of(&run_in(dir.path(), &["workers", "--json", "--url", &url]));
+    assert_eq!(workers[0]["id"], "local");
+    assert_eq!(workers[0]["status"], "CONNECTED");
+    assert!(ok(&run_in(dir.path(), &["workers", "--url", &url])).contains("local"));
+
+    // A failing task is retried up to its attempts, then ends in error.
+    let out = run_in(
+        dir.path(),
+        &[
+            "submit",
+            "--type",
+            "fail",
+            "--data",
+            "boom",
+            "--max-attempts",
+            "2",
+            "--url",
+            &url,
+        ],
+    );
+    assert_eq!(ok(&out).trim(), "submitted task 2");
+    let failed = wait_task_status(dir.path(), &client, 2, "error");
+    assert_eq!(failed["attempts"], 2);
+    assert_eq!(failed["result"], "boom");
+
+    let (status, _elapsed) = server.terminate();
+    assert_eq!(
+        status.code(),
+        Some(0),
+        "SIGTERM must stop standalone cleanly"
+    );
+
+    // Restart on the same directory: the tasks and the token are still there.
+    let (mut again, url) = start_standalone(dir.path());
+    assert_eq!(again.value_of("admin token:"), token_path);
+    let task = wait_task_status(dir.path(), &["--url", &url], 1, "finished");
+    assert_eq!(task["result"], "hello world");
+    let (status, _) = again.terminate();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn jsonl_submission_checks_every_line_before_sending_anything() {
+    // Goal: a file with a bad line is refused with its line number and nothing is submitted;
+    // a good file is submitted in batches, with busy slots reported as not created.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = start_standalone(dir.path());
+
+    let bad = dir.path().join("bad.jsonl");
+    std::fs::write(
+        &bad,
+        "{\"tasktype\":\"echo\",\"data\":\"1\"}\n{\"tasktype\":\"echo\",\"data\":\"2\"}\n{\"tasktype\":\"echo\",\"maxattempts\":\"many\"}\n",
+    )
+    .unwrap();
+    let out = run_in(
+        dir.path(),
+        &["submit", "--jsonl", bad.to_str().unwrap(), "--url", &url],
+    );
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(err.contains("line 3: maxattempts"), "{err}");
+    assert!(err.contains("nothing was submitted"), "{err}");
+    let tasks = json_of(&run_in(dir.path(), &["tasks", "--json", "--url", &url]));
+    assert_eq!(
+        tasks.as_array().unwrap().len(),
+        0,
+        "nothing may be submitted"
+    );
+
+    // 25 tasks from stdin in batches of 10; two lines want the same slot.
+    let mut lines: Vec<String> = (0..23)
+        .map(|i| format!("{{\"tasktype\":\"echo\",\"data\":\"task {i}\"}}"))
+        .collect();
+    lines.push("{\"tasktype\":\"sleep\",\"data\":\"1s\",\"slot\":\"only-one\"}".into());
+    lines.push("{\"tasktype\":\"echo\",\"slot\":\"only-one\"}".into());
+    let good = dir.path().join("good.jsonl");
+    std::fs::write(&good, lines.join("\n") + "\n").unwrap();
+    let mut cmd = majordodo();
+    cmd.current_dir(dir.path()).args([
+        "submit",
+        "--jsonl",
+        "-",
+        "--batch-size",
+        "10",
+        "--url",
+        &url,
+    ]);
+    let out = run_with_stdin(cmd, std::fs::File::open(&good).unwrap().into());
+    let summary = ok(&out);
+    assert!(
+        summary.contains("25 tasks, submitted 24 (ids 1..24), not created 1, failed 0"),
+        "{summary}"
+    );
+    assert!(
+        summary.contains("slot only-one already assigned"),
+        "{summary}"
+    );
+    let waiting_or_done = json_of(&run_in(
+        dir.path(),
+        &["tasks", "--json", "--max", "100", "--url", &url],
+    ));
+    assert_eq!(waiting_or_done.as_array().unwrap().len(), 24);
+
+    let (status, _) = server.terminate();
+    assert_eq!(status.code(), Some(0));
+}
