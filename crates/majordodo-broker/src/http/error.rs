@@ -157,3 +157,59 @@ impl IntoResponse for ApiError {
         response
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    async fn answer(e: ApiError) -> (StatusCode, axum::http::HeaderMap, serde_json::Value) {
+        let res = e.into_response();
+        let status = res.status();
+        let headers = res.headers().clone();
+        let bytes = axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap();
+        (status, headers, serde_json::from_slice(&bytes).unwrap())
+    }
+
+    #[tokio::test]
+    async fn broker_conditions_map_to_503_with_the_original_words_and_nothing_internal() {
+        // Goal: each BrokerError has its status, its retryable word, and no internal detail.
+        let cases = [
+            (BrokerError::NotLeader, "broker_not_leader"),
+            (BrokerError::Recovering, "recovery_in_progress"),
+            (BrokerError::Stopped, "broker_not_started"),
+            (
+                BrokerError::Log("disk /dev/sda1 on fire".into()),
+                "broker_not_started",
+            ),
+            (BrokerError::Overloaded("queue full"), "broker_overloaded"),
+        ];
+        for (e, word) in cases {
+            let (status, headers, body) = answer(ApiError::Broker(e.clone())).await;
+            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{e:?}");
+            let text = body["error"].as_str().unwrap();
+            assert!(text.starts_with(word), "{e:?}: {text}");
+            assert!(
+                !text.contains("sda1") && !text.contains("queue full"),
+                "{text}"
+            );
+            assert_eq!(body["retryable"], serde_json::json!(true));
+            assert_eq!(body["ok"], serde_json::json!(false));
+            assert_eq!(
+                headers.contains_key(RETRY_AFTER),
+                matches!(e, BrokerError::Overloaded(_))
+            );
+        }
+        let (status, _, body) = answer(ApiError::Broker(BrokerError::TooLarge(
+            "a task of 9 bytes".into(),
+        )))
+        .await;
+        assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
+        assert_eq!(body["field"], serde_json::json!("data"));
+        assert!(body.get("retryable").is_none());
+        let (status, _, body) = answer(ApiError::Internal("secret detail")).await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        assert_eq!(body["error"], serde_json::json!("internal error"));
+    }
+}
