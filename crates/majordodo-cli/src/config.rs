@@ -370,13 +370,19 @@ impl SecretSource {
                 ));
             }
             (None, None) => {
+                let how = match origin {
+                    Origin::File(_) => {
+                        format!("set {file_key} to a file holding it (or {inline_key})")
+                    }
+                    Origin::CommandLine => {
+                        "pass --shared-secret-file FILE (or a configuration file with --config)"
+                            .to_owned()
+                    }
+                };
                 return Err(ConfigError::invalid(
                     origin,
                     inline_key.clone(),
-                    format!(
-                        "a shared secret is required: set {file_key} to a file holding it \
-                         (or {inline_key})"
-                    ),
+                    format!("a shared secret is required: {how}"),
                 ));
             }
             (Some(secret), None) => secret.clone().into_bytes(),

@@ -38,11 +38,25 @@ pub(crate) fn exit_status(error: &anyhow::Error) -> u8 {
     if usage { EXIT_USAGE } else { EXIT_FAILURE }
 }
 
+/// The lines printed for `error`: `error: ...`, then one `caused by: ...` per cause, leaving out
+/// causes whose text the line before already contains (errors that quote their source).
+pub(crate) fn lines(error: &anyhow::Error) -> Vec<String> {
+    let mut out = vec![format!("error: {error}")];
+    let mut previous = error.to_string();
+    for cause in error.chain().skip(1) {
+        let text = cause.to_string();
+        if !previous.contains(&text) {
+            out.push(format!("caused by: {text}"));
+        }
+        previous = text;
+    }
+    out
+}
+
 /// Prints `error` on stderr and returns the exit status for it.
 pub(crate) fn report(error: &anyhow::Error) -> ExitCode {
-    eprintln!("error: {error}");
-    for cause in error.chain().skip(1) {
-        eprintln!("caused by: {cause}");
+    for line in lines(error) {
+        eprintln!("{line}");
     }
     ExitCode::from(exit_status(error))
 }
@@ -53,6 +67,19 @@ mod tests {
 
     use super::*;
     use crate::config::Origin;
+
+    #[test]
+    fn causes_already_quoted_by_their_parent_are_not_repeated() {
+        // Goal: one line per distinct cause, in order.
+        let root = std::io::Error::new(std::io::ErrorKind::ConnectionRefused, "refused");
+        let error = anyhow::Error::new(root)
+            .context("connect: refused")
+            .context("read the status");
+        assert_eq!(
+            lines(&error),
+            vec!["error: read the status", "caused by: connect: refused"]
+        );
+    }
 
     #[test]
     fn usage_and_config_errors_exit_2_anywhere_in_the_chain() {
