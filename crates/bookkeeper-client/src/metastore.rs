@@ -261,6 +261,26 @@ impl MetaStore {
         }
     }
 
+    /// Reads a ledger's metadata and znode version and leaves a watch on it: the returned
+    /// future completes at the next change of the znode (or a session event).
+    pub(crate) async fn watch_ledger(
+        &self,
+        ledger_id: i64,
+    ) -> Result<(LedgerMetadata, i32, BoxFuture<'static, ()>), BkError> {
+        let path = ledger_path(&self.root, ledger_id)?;
+        match self.zk.get_and_watch_data(&path).await {
+            Ok((data, stat, watcher)) => {
+                let metadata = LedgerMetadata::deserialize(&path, &data)?;
+                let changed: BoxFuture<'static, ()> = Box::pin(async move {
+                    watcher.changed().await;
+                });
+                Ok((metadata, stat.version, changed))
+            }
+            Err(ZkError::NoNode) => Err(BkError::NoSuchLedger { ledger_id }),
+            Err(e) => Err(BkError::zk(e)),
+        }
+    }
+
     /// Writes a ledger's metadata if its znode is still at `expected_version`.
     pub(crate) async fn write_ledger(
         &self,

@@ -10,6 +10,7 @@ use std::sync::{Arc, Mutex, MutexGuard};
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::future::BoxFuture;
 use futures_util::stream::{self, FuturesUnordered, Stream, StreamExt, TryStreamExt};
 use tokio::time::Instant;
 use tracing::{debug, instrument};
@@ -221,6 +222,24 @@ impl LedgerReader {
             .meta
             .read_ledger(self.core.ledger_id)
             .await?;
+        Ok(self.apply_metadata(metadata, version))
+    }
+
+    /// Re-reads the metadata and returns a future that completes when it changes next.
+    async fn refresh_and_watch(&self) -> Result<BoxFuture<'static, ()>, BkError> {
+        let (metadata, version, changed) = self
+            .core
+            .client
+            .meta
+            .watch_ledger(self.core.ledger_id)
+            .await?;
+        self.apply_metadata(metadata, version);
+        Ok(changed)
+    }
+
+    /// Adopts metadata read at `version` unless newer metadata is already known; returns
+    /// whether the ledger is closed.
+    fn apply_metadata(&self, metadata: LedgerMetadata, version: i32) -> bool {
         let mut state = self.lock();
         if version >= state.version {
             if metadata.segments != state.metadata.segments {
@@ -236,7 +255,7 @@ impl LedgerReader {
             state.metadata = metadata;
             state.version = version;
         }
-        Ok(state.metadata.is_closed())
+        state.metadata.is_closed()
     }
 
     fn schedule(metadata: &LedgerMetadata) -> Schedule {
@@ -628,16 +647,30 @@ impl LedgerReader {
             reader: self.clone(),
             next: from.max(0),
             ready: Default::default(),
+            metadata_changed: None,
         }
     }
 }
 
 /// Follows a ledger: see [`LedgerReader::tail`].
-#[derive(Debug)]
+///
+/// It long-polls the bookies for new entries and keeps a ZooKeeper watch on the ledger's
+/// metadata, so it sees the ledger closed as soon as that happens.
 pub struct Tailer {
     reader: LedgerReader,
     next: i64,
     ready: std::collections::VecDeque<LedgerEntry>,
+    /// Completes when the ledger's metadata changes; `None` until armed (or after it fired).
+    metadata_changed: Option<BoxFuture<'static, ()>>,
+}
+
+impl std::fmt::Debug for Tailer {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Tailer")
+            .field("ledger_id", &self.reader.ledger_id())
+            .field("next", &self.next)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Tailer {
@@ -664,23 +697,19 @@ impl Tailer {
             if self.reader.is_closed() {
                 return Ok(None);
             }
-            match self
-                .reader
-                .read_lac_long_poll(self.next - 1, poll_timeout)
-                .await
-            {
-                Ok(poll) => {
-                    if let Some(entry) = poll.entry {
-                        self.ready.push_back(entry);
-                    } else if poll.last_add_confirmed < self.next {
-                        self.reader.refresh_metadata().await?;
-                    }
-                }
-                Err(error) if is_absent(&error) => {
-                    // No bookie has the ledger yet, for a whole poll: maybe it was closed empty.
-                    self.reader.refresh_metadata().await?;
-                }
-                Err(error) => return Err(error),
+            let Some(metadata_changed) = self.metadata_changed.as_mut() else {
+                // (Re-)read the metadata with a watch: it may be closed by now.
+                self.metadata_changed = Some(self.reader.refresh_and_watch().await?);
+                continue;
+            };
+            tokio::select! {
+                outcome = self.reader.read_lac_long_poll(self.next - 1, poll_timeout) => match outcome {
+                    Ok(poll) => self.ready.extend(poll.entry),
+                    // Nothing written yet: poll again (each poll lasts up to its timeout).
+                    Err(error) if is_absent(&error) => {}
+                    Err(error) => return Err(error),
+                },
+                _ = metadata_changed => self.metadata_changed = None,
             }
         }
     }

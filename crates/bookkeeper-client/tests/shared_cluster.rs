@@ -374,7 +374,7 @@ async fn tailing_reader_sees_each_entry_quickly(
         while let Some(entry) = tailer.next().await? {
             seen.push((entry.entry_id, entry.data, Instant::now()));
         }
-        Ok::<_, BkError>(seen)
+        Ok::<_, BkError>((seen, Instant::now()))
     });
     let mut acked = Vec::new();
     for i in 0..ENTRIES {
@@ -386,9 +386,14 @@ async fn tailing_reader_sees_each_entry_quickly(
         tokio::time::sleep(Duration::from_millis(10 + i % 3 * 10)).await;
     }
     let closed_at = writer.close().await?;
-    let seen = tokio::time::timeout(Duration::from_secs(30), tail)
+    let closed_instant = Instant::now();
+    let (seen, end_seen) = tokio::time::timeout(Duration::from_secs(30), tail)
         .await
         .context("tailer sees the end")???;
+    eprintln!(
+        "tailing: end seen {:?} after the close",
+        end_seen.saturating_duration_since(closed_instant)
+    );
     ensure!(closed_at == ENTRIES as i64 - 1);
     ensure!(
         seen.len() == acked.len(),
