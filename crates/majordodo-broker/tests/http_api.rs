@@ -768,6 +768,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         ),
         ("not an object", Body::from("[1,2]"), "body"),
         ("empty body", Body::empty(), "body"),
+        ("nesting too deep", Body::from("[".repeat(100_000)), "body"),
         (
             "missing action",
             Body::from(r#"{"userid":"u","tasktype":"t"}"#),
@@ -919,8 +920,14 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         ("view=tasks&max=x", "max"),
         ("view=tasks&status=sleeping", "status"),
         ("view=tasksoverview&filter=sleeping", "filter"),
+        ("view=task&taskId=%FF%FE", "taskId"),
+        (
+            format!("view=tasks&slot={}", "s".repeat(2_000)).leak(),
+            "slot",
+        ),
     ];
     for (q, field) in gets {
+        let q: &str = q;
         let (s, b) = h.get(q, &admin()).await;
         assert_error(s, &b, StatusCode::BAD_REQUEST, Some(field));
         assert!(
@@ -961,6 +968,32 @@ async fn oversized_bodies_are_refused_with_413_whether_declared_or_streamed() {
     let streamed = Body::from_stream(futures_util::stream::iter(chunks));
     let (s, b) = h.post(streamed, &admin()).await;
     assert_error(s, &b, StatusCode::PAYLOAD_TOO_LARGE, Some("body"));
+    assert_eq!(h.state_mark().await, before);
+    h.stop().await;
+}
+
+#[tokio::test(start_paused = true)]
+async fn a_body_that_never_finishes_is_answered_408() {
+    // Goal: a client that stops sending its body mid-way gets 408 after the body timeout (paused
+    // time: no real waiting), and nothing is created.
+    let h = Harness::start().await;
+    let before = h.state_mark().await;
+    let first: Result<Vec<u8>, std::io::Error> = Ok(br#"{"action":"submitTask","#.to_vec());
+    let stalled = futures_util::stream::iter([first]).chain(futures_util::stream::pending());
+    let req = Request::post("/majordodo")
+        .header(header::AUTHORIZATION, admin())
+        .body(Body::from_stream(stalled))
+        .unwrap();
+    let res = h.app.clone().oneshot(req).await.unwrap();
+    assert_eq!(res.status(), StatusCode::REQUEST_TIMEOUT);
+    let body: Value = serde_json::from_slice(
+        &axum::body::to_bytes(res.into_body(), 1 << 20)
+            .await
+            .unwrap(),
+    )
+    .unwrap();
+    assert_eq!(body["field"], json!("body"));
+    assert_eq!(body["retryable"], json!(true));
     assert_eq!(h.state_mark().await, before);
     h.stop().await;
 }
