@@ -356,6 +356,8 @@ impl Authenticator {
             return Ok(Some(index));
         }
         let Some(hash) = user.password.clone() else {
+            // A token-only user: refuse after the same work as a wrong password.
+            self.hash(self.decoy.clone(), password).await?;
             return Ok(None);
         };
         let key = self.cache_key_of(&name, &password);
