@@ -456,7 +456,7 @@ impl Drop for BookiePool {
     }
 }
 
-/// Extracts the entry body of a read response, or maps its status to an error.
+/// The entry body of a read response, if it carries one.
 pub(crate) fn read_body(response: &Response) -> Option<Bytes> {
     response.read_response.as_ref().and_then(|r| r.body.clone())
 }

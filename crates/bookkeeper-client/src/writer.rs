@@ -314,7 +314,7 @@ impl Core {
                     return;
                 }
                 state.queued.push_back(Queued { data, done });
-                self.send_queued(&mut state);
+                self.advance(&mut state);
             }
             // The caller asked to close: nothing more is accepted.
             Phase::Draining { cause: None, .. } | Phase::Closing { cause: None } => {
@@ -495,9 +495,11 @@ impl Core {
                 drop(done.send(Ok(add.entry_id)));
             }
         }
-        match state.phase {
+        // Sending may fail at once (a refused request) and start draining: decide after it.
+        self.send_queued(state);
+        let max_failures = (self.schedule.write_quorum - self.schedule.ack_quorum) as u32;
+        let close_cause = match &state.phase {
             Phase::Open => {
-                self.send_queued(state);
                 if self.client.config.explicit_lac
                     && state.outstanding.is_empty()
                     && state.queued.is_empty()
@@ -505,27 +507,20 @@ impl Core {
                 {
                     self.send_explicit_lac(state);
                 }
+                None
             }
-            Phase::Draining { .. } => {
-                self.send_queued(state);
-                let max_failures = (self.schedule.write_quorum - self.schedule.ack_quorum) as u32;
+            Phase::Draining { cause, flush } => {
                 let decided = match state.outstanding.front() {
-                    None => {
-                        state.queued.is_empty()
-                            || !matches!(state.phase, Phase::Draining { flush: true, .. })
-                    }
+                    None => state.queued.is_empty() || !*flush,
                     Some(front) => (front.failed & front.write_set).count_ones() > max_failures,
                 };
-                if decided {
-                    let Phase::Draining { cause, .. } = &state.phase else {
-                        unreachable!("matched above")
-                    };
-                    let cause = cause.clone();
-                    state.phase = Phase::Closing { cause };
-                    self.spawn_close(state);
-                }
+                decided.then(|| cause.clone())
             }
-            _ => {}
+            _ => None,
+        };
+        if let Some(cause) = close_cause {
+            state.phase = Phase::Closing { cause };
+            self.spawn_close(state);
         }
     }
 
