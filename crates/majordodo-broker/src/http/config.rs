@@ -326,3 +326,109 @@ impl HttpConfig {
         })
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::http::auth::{hash_password_with, token_digest};
+    use rand::TryRngCore;
+
+    fn parse(text: &str) -> Result<HttpConfig, toml::de::Error> {
+        toml::from_str(text)
+    }
+
+    fn user(extra: &str) -> String {
+        format!("[[users]]\nname = \"admin\"\nrole = \"admin\"\n{extra}\n")
+    }
+
+    #[test]
+    fn a_file_with_one_user_gets_the_documented_defaults() {
+        // Goal: every key but users is optional, with the defaults the constants document.
+        let digest = token_digest("mdt_x");
+        let c = parse(&user(&format!("token_sha256 = \"{digest}\""))).unwrap();
+        let s = c.validate().unwrap();
+        assert_eq!(s.max_body_bytes, DEFAULT_MAX_BODY_BYTES);
+        assert_eq!(s.max_connections, DEFAULT_MAX_CONNECTIONS);
+        assert_eq!(s.max_concurrent_requests, DEFAULT_MAX_CONCURRENT_REQUESTS);
+        assert_eq!(s.body_timeout, DEFAULT_BODY_TIMEOUT);
+        assert_eq!(s.cors_allow_origin, Some(HeaderValue::from_static("*")));
+        assert!(s.gzip);
+        assert_eq!(s.tasks_max_limit, DEFAULT_TASKS_MAX_LIMIT);
+        assert_eq!(s.scan_budget, DEFAULT_SCAN_BUDGET);
+        assert_eq!(s.max_response_bytes, DEFAULT_MAX_RESPONSE_BYTES);
+        assert_eq!(s.users.len(), 1);
+        let c = parse(&format!(
+            "cors_allow_origin = \"\"\ngzip = false\n{}",
+            user(&format!("token_sha256 = \"{digest}\""))
+        ))
+        .unwrap();
+        let s = c.validate().unwrap();
+        assert_eq!(s.cors_allow_origin, None);
+        assert!(!s.gzip);
+    }
+
+    #[test]
+    fn unknown_keys_are_refused() {
+        // Goal: a misspelled key is an error, not a silently ignored setting.
+        assert!(parse("max_body = 5\n").is_err());
+        assert!(parse(&user("password = \"plaintext\"")).is_err());
+        assert!(parse("[[users]]\nname = \"a\"\nrole = \"root\"\ntoken_sha256 = \"x\"\n").is_err());
+    }
+
+    #[test]
+    fn unusable_configurations_name_their_problem() {
+        // Goal: no users, duplicate or nameless users, missing or malformed credentials and zero
+        // limits are refused with the matching error.
+        let digest = token_digest("mdt_x");
+        let ok = user(&format!("token_sha256 = \"{digest}\""));
+        let err = |text: &str| parse(text).unwrap().validate().unwrap_err();
+        assert_eq!(err(""), HttpConfigError::NoUsers);
+        assert_eq!(
+            err(&format!("{ok}{ok}")),
+            HttpConfigError::DuplicateUser("admin".into())
+        );
+        assert_eq!(
+            err(&user("")),
+            HttpConfigError::NoCredential("admin".into())
+        );
+        assert_eq!(
+            err("[[users]]\nname = \"\"\nrole = \"user\"\ntoken_sha256 = \"00\"\n"),
+            HttpConfigError::EmptyUserName
+        );
+        assert_eq!(
+            err(&user("token_sha256 = \"abc\"")),
+            HttpConfigError::BadTokenDigest("admin".into())
+        );
+        assert!(matches!(
+            err(&user("password_hash = \"secret\"")),
+            HttpConfigError::BadPasswordHash { .. }
+        ));
+        assert!(matches!(
+            err(&format!("max_body_bytes = 0\n{ok}")),
+            HttpConfigError::BadLimit(_)
+        ));
+        assert!(matches!(
+            err(&format!("scan_budget = 0\n{ok}")),
+            HttpConfigError::BadLimit(_)
+        ));
+        assert_eq!(
+            err(&format!("cors_allow_origin = \"a\\nb\"\n{ok}")),
+            HttpConfigError::BadCorsOrigin
+        );
+        let hash = hash_password_with("pw", 1_000, &mut rand::rngs::OsRng.unwrap_err());
+        assert!(
+            parse(&user(&format!("password_hash = \"{hash}\"")))
+                .unwrap()
+                .validate()
+                .is_ok()
+        );
+    }
+
+    #[test]
+    fn debug_output_hides_credentials() {
+        // Goal: hashes never reach logs through Debug.
+        let digest = token_digest("mdt_x");
+        let c = parse(&user(&format!("token_sha256 = \"{digest}\""))).unwrap();
+        assert!(!format!("{c:?}").contains(&digest));
+    }
+}

@@ -301,3 +301,265 @@ pub(crate) fn workers(state: &BrokerState, max: usize) -> Vec<WorkerInfo> {
         })
         .collect()
 }
+
+#[cfg(test)]
+mod tests {
+    //! The indexed sources must find exactly what a scan of every task finds.
+
+    use std::collections::BTreeSet;
+
+    use majordodo_core::{LogEntry, NewTask};
+    use proptest::prelude::*;
+
+    use super::*;
+
+    const NOW: i64 = 1_000_000;
+    const TYPES: [&str; 3] = ["a", "B", "c"];
+    const USERS: [&str; 3] = ["u1", "U1", "u2"];
+    const WORKERS: [&str; 2] = ["w1", "W2"];
+    const SLOTS: [Option<&str>; 3] = [None, Some("s1"), Some("S2")];
+    const STATUSES: [&str; 6] = ["all", "waiting", "delayed", "running", "finished", "error"];
+
+    /// What becomes of a generated task.
+    #[derive(Clone, Copy, Debug)]
+    enum Fate {
+        Wait,
+        Delay,
+        Run(usize),
+        Finish(usize),
+        Fail(usize),
+    }
+
+    fn arb_fate() -> impl Strategy<Value = Fate> {
+        prop_oneof![
+            Just(Fate::Wait),
+            Just(Fate::Delay),
+            (0usize..2).prop_map(Fate::Run),
+            (0usize..2).prop_map(Fate::Finish),
+            (0usize..2).prop_map(Fate::Fail),
+        ]
+    }
+
+    /// (type, user, slot, fate) indexes of one task.
+    type Spec = (usize, usize, usize, Fate);
+
+    fn arb_tasks() -> impl Strategy<Value = Vec<Spec>> {
+        proptest::collection::vec((0usize..3, 0usize..3, 0usize..3, arb_fate()), 0..40)
+    }
+
+    fn build(tasks: &[Spec]) -> BrokerState {
+        let mut s = BrokerState::default();
+        let mut lsn = 0;
+        let mut apply = |s: &mut BrokerState, e: LogEntry| {
+            lsn += 1;
+            s.apply(lsn, e).expect("generated entries apply");
+        };
+        for w in WORKERS {
+            apply(
+                &mut s,
+                LogEntry::WorkerConnected {
+                    worker_id: w.into(),
+                    location: "here".into(),
+                    process_id: "p".into(),
+                    timestamp: NOW,
+                },
+            );
+        }
+        for (i, &(ty, user, slot, fate)) in tasks.iter().enumerate() {
+            let id = TaskId(i as u64 + 1);
+            // A slot is held by one live task at a time: later claimants go without.
+            let slot = SLOTS[slot]
+                .filter(|x| s.slot_holder(x).is_none())
+                .map(str::to_owned);
+            apply(
+                &mut s,
+                LogEntry::AddTask(NewTask {
+                    id,
+                    task_type: TYPES[ty].into(),
+                    user_id: USERS[user].into(),
+                    data: format!("data {i}"),
+                    max_attempts: 1,
+                    attempts: 0,
+                    requested_start_time: if matches!(fate, Fate::Delay) {
+                        NOW + 10
+                    } else {
+                        0
+                    },
+                    deadline: 0,
+                    slot,
+                    codepool: None,
+                    mode: None,
+                    created: NOW - i as i64,
+                }),
+            );
+            let (worker, end) = match fate {
+                Fate::Wait | Fate::Delay => continue,
+                Fate::Run(w) => (w, None),
+                Fate::Finish(w) => (w, Some(TaskStatus::Finished)),
+                Fate::Fail(w) => (w, Some(TaskStatus::Error)),
+            };
+            apply(
+                &mut s,
+                LogEntry::AssignTask {
+                    task_id: id,
+                    worker_id: WORKERS[worker].into(),
+                    attempt: 1,
+                    resources: vec![],
+                    timestamp: NOW,
+                },
+            );
+            if let Some(status) = end {
+                apply(
+                    &mut s,
+                    LogEntry::TaskStatusChange {
+                        task_id: id,
+                        status,
+                        attempt: 1,
+                        worker_id: Some(WORKERS[worker].into()),
+                        result: Some("r".into()),
+                        timestamp: NOW,
+                    },
+                );
+            }
+        }
+        s
+    }
+
+    fn pick<'a>(names: &[&'a str], i: usize) -> Option<&'a str> {
+        names.get(i).copied()
+    }
+
+    fn arb_query() -> impl Strategy<Value = (TasksQuery, Option<usize>)> {
+        (
+            0usize..6,
+            0usize..4,
+            0usize..5,
+            0usize..4,
+            0usize..5,
+            proptest::option::of(1u64..45),
+            proptest::option::of(0usize..3),
+        )
+            .prop_map(|(st, w, ty, sl, u, from, owner)| {
+                let status = match STATUSES[st] {
+                    "all" => StatusFilter::All,
+                    s => StatusFilter::Only(TaskStatus::parse(s).expect("a status")),
+                };
+                let lower = |s: &str| s.to_ascii_lowercase();
+                let q = TasksQuery {
+                    max: None,
+                    status,
+                    worker_id: pick(&WORKERS, w).map(lower),
+                    task_type: pick(&["a", "b", "C", "zz"], ty).map(str::to_owned),
+                    slot: pick(&["S1", "s2", "nope"], sl).map(str::to_owned),
+                    user_id: pick(&["u1", "U2", "x", "U1"], u).map(str::to_owned),
+                    from_task_id: from,
+                };
+                (q, owner)
+            })
+    }
+
+    /// What a scan of every task keeps.
+    fn naive(state: &BrokerState, q: &TasksQuery, owner: Option<&str>) -> BTreeSet<u64> {
+        let f = Filter {
+            status: q.status,
+            worker_id: q.worker_id.as_deref(),
+            task_type: q.task_type.as_deref(),
+            slot: q.slot.as_deref(),
+            user_id: q.user_id.as_deref(),
+            from: q.from_task_id.unwrap_or(0),
+            owner,
+        };
+        state
+            .tasks()
+            .filter(|t| f.accepts(t))
+            .map(|t| t.id.0)
+            .collect()
+    }
+
+    const UNBOUNDED: Budget = Budget {
+        max: usize::MAX,
+        scan: usize::MAX,
+        bytes: usize::MAX,
+    };
+
+    proptest! {
+        #[test]
+        fn indexed_listing_finds_what_a_full_scan_finds(tasks in arb_tasks(), (q, owner) in arb_query()) {
+            // Goal: whichever index answers, an unbounded listing equals the naive filter.
+            let state = build(&tasks);
+            let owner = owner.map(|i| USERS[i]);
+            let got: BTreeSet<u64> =
+                list_tasks(&state, &q, owner, UNBOUNDED).tasks.iter().map(|t| t.task_id).collect();
+            prop_assert_eq!(got, naive(&state, &q, owner));
+        }
+
+        #[test]
+        fn bounded_listing_is_a_correct_prefix(tasks in arb_tasks(), (q, owner) in arb_query(),
+                                               max in 0usize..6, scan in 1usize..30) {
+            // Goal: with small budgets the answer holds only matching tasks, at most max; it is
+            // complete when it says it was not cut and did not reach max; nextTaskId continues
+            // an id-ordered listing without losing a task.
+            let state = build(&tasks);
+            let owner = owner.map(|i| USERS[i]);
+            let all = naive(&state, &q, owner);
+            let budget = Budget { max, scan, bytes: usize::MAX };
+            let l = list_tasks(&state, &q, owner, budget);
+            let got: BTreeSet<u64> = l.tasks.iter().map(|t| t.task_id).collect();
+            prop_assert!(got.len() <= max);
+            prop_assert!(got.is_subset(&all));
+            prop_assert!(l.scanned as usize <= scan);
+            if !l.truncated && got.len() < max {
+                prop_assert_eq!(&got, &all);
+            }
+            if q.status == StatusFilter::All {
+                // Page through with nextTaskId: the pages together are the whole answer.
+                let mut seen = got.clone();
+                let mut next = l.next_task_id;
+                let mut pages = 0;
+                while let Some(from) = next {
+                    pages += 1;
+                    prop_assert!(pages < 200, "paging must end");
+                    let page = list_tasks(
+                        &state,
+                        &TasksQuery { from_task_id: Some(from), ..q.clone() },
+                        owner,
+                        Budget { max: max.max(1), ..budget },
+                    );
+                    seen.extend(page.tasks.iter().map(|t| t.task_id));
+                    next = page.next_task_id;
+                }
+                prop_assert_eq!(seen, all);
+            }
+        }
+
+        #[test]
+        fn counts_by_type_match_a_full_scan(tasks in arb_tasks(), st in 0usize..6,
+                                            w in 0usize..3, ty in 0usize..4, owner in proptest::option::of(0usize..3)) {
+            // Goal: tasksoverview counts (from the queues when possible) equal a naive count.
+            let state = build(&tasks);
+            let owner = owner.map(|i| USERS[i]);
+            let q = TasksOverviewQuery {
+                status: match STATUSES[st] {
+                    "all" => StatusFilter::All,
+                    s => StatusFilter::Only(TaskStatus::parse(s).expect("a status")),
+                },
+                worker_id: pick(&WORKERS, w).map(str::to_owned),
+                task_type: pick(&["A", "b", "c"], ty).map(str::to_owned),
+            };
+            let (counts, _, truncated) = count_by_type(&state, &q, owner, usize::MAX);
+            prop_assert!(!truncated);
+            let tq = TasksQuery {
+                status: q.status,
+                worker_id: q.worker_id.clone(),
+                task_type: q.task_type.clone(),
+                ..TasksQuery::default()
+            };
+            let mut want: BTreeMap<String, u64> = BTreeMap::new();
+            for id in naive(&state, &tq, owner) {
+                let t = state.task(TaskId(id)).expect("listed");
+                *want.entry(t.task_type.to_string()).or_default() += 1;
+            }
+            prop_assert_eq!(counts, want);
+        }
+    }
+}
