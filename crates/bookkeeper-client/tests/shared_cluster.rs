@@ -52,6 +52,16 @@ async fn client_behaviour_on_a_shared_cluster() -> anyhow::Result<()> {
         )
         .await,
         case(
+            "refused_sends_close_the_ledger",
+            refused_sends_close_the_ledger(&cluster),
+        )
+        .await,
+        case(
+            "refused_send_with_nothing_outstanding_closes_the_ledger",
+            refused_send_with_nothing_outstanding_closes_the_ledger(&cluster),
+        )
+        .await,
+        case(
             "ledgers_written_here_are_read_by_java",
             ledgers_written_here_are_read_by_java(&cluster, &bk),
         )
@@ -213,6 +223,101 @@ async fn append_queue_overflow_closes_the_ledger(cluster: &BkCluster) -> anyhow:
     }
     let metadata = bk.ledger_metadata(writer.ledger_id()).await?;
     ensure!(metadata.state == LedgerState::Closed && metadata.last_entry_id == 0);
+    Ok(())
+}
+
+async fn refused_sends_close_the_ledger(cluster: &BkCluster) -> anyhow::Result<()> {
+    // Goal: adds the client refuses to put on the wire (per-bookie in-flight limit) close the
+    // ledger after the acknowledged entries, like a bookie failure does.
+    let mut settings = common::config(cluster);
+    settings.max_in_flight_per_bookie = 2;
+    let bk = BookKeeper::connect(settings).await?;
+    let writer = bk.create_ledger(LedgerOptions::new(3, 3, 3)).await?;
+    let pending: Vec<_> = (0..50)
+        .map(|i| writer.append(payload("refused", i)))
+        .collect();
+    let mut acked = Vec::new();
+    let mut failures = Vec::new();
+    for add in pending {
+        match add.await {
+            Ok(id) => acked.push(id),
+            Err(e) => failures.push(e),
+        }
+    }
+    let lac = acked.len() as i64 - 1;
+    ensure!(
+        acked.iter().copied().eq(0..=lac),
+        "acknowledged entries are a prefix"
+    );
+    ensure!(!failures.is_empty(), "no append was refused");
+    for failure in &failures {
+        match failure {
+            BkError::LedgerClosed {
+                last_add_confirmed,
+                cause: Some(cause),
+                ..
+            } if *last_add_confirmed == lac && cause.is_retryable() => {}
+            other => bail!("refused append gave {other:?}"),
+        }
+    }
+    let metadata = bk.ledger_metadata(writer.ledger_id()).await?;
+    ensure!(metadata.state == LedgerState::Closed && metadata.last_entry_id == lac);
+    Ok(())
+}
+
+async fn refused_send_with_nothing_outstanding_closes_the_ledger(
+    cluster: &BkCluster,
+) -> anyhow::Result<()> {
+    // Goal: an append refused on every bookie while nothing else is outstanding (no reply will
+    // come to wake the writer) still closes the ledger instead of hanging.
+    let mut settings = common::config(cluster);
+    settings.max_in_flight_per_bookie = 1;
+    let bk = BookKeeper::connect(settings).await?;
+    let writer = bk.create_ledger(LedgerOptions::new(3, 3, 3)).await?;
+    ensure!(writer.append(payload("refused-first", 0)).await? == 0);
+    // With one slot per bookie, requests still finishing (explicit LAC, LAC reads) may refuse
+    // these: retry until the reader knows entry 0.
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let reader = loop {
+        match bk
+            .open_ledger(writer.ledger_id(), b"", OpenMode::NoRecovery)
+            .await
+        {
+            Ok(opened) if opened.last_add_confirmed() == 0 => break opened,
+            _ if Instant::now() < deadline => tokio::time::sleep(Duration::from_millis(20)).await,
+            other => bail!("no reader that knows entry 0: {other:?}"),
+        }
+    };
+    // A long poll that waits on every bookie takes each connection's only slot.
+    let mut attempts = 0;
+    let poll = loop {
+        let mut poll = Box::pin(reader.read_lac_long_poll(0, Duration::from_secs(20)));
+        if futures_util::future::poll_immediate(&mut poll)
+            .await
+            .is_none()
+        {
+            break poll;
+        }
+        attempts += 1;
+        ensure!(attempts < 50, "the long poll never got every slot");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    };
+    let refused = tokio::time::timeout(
+        Duration::from_secs(10),
+        writer.append(payload("refused-first", 1)),
+    )
+    .await
+    .context("the refused append hangs")?;
+    match refused {
+        Err(BkError::LedgerClosed {
+            last_add_confirmed: 0,
+            cause: Some(_),
+            ..
+        }) => {}
+        other => bail!("refused append gave {other:?}"),
+    }
+    drop(poll);
+    ensure!(bk.ledger_metadata(writer.ledger_id()).await?.last_entry_id == 0);
     Ok(())
 }
 
