@@ -15,7 +15,7 @@ use std::collections::{BTreeMap, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::entry::{LogEntry, NewTask};
-use crate::model::{Millis, TaskId, TaskStatus, WorkerStatus};
+use crate::model::{GroupId, Millis, TaskId, TaskStatus, WorkerStatus};
 use crate::scheduler::{RunningSet, WorkerCapacity};
 use crate::state::{ApplyError, BrokerState};
 
@@ -178,6 +178,18 @@ struct LiveWorker {
     dead: bool,
 }
 
+/// A submission in flight: what the leader needs to know about its task before it is applied.
+#[derive(Clone, Debug)]
+struct PendingNew {
+    task_type: Arc<str>,
+    group: GroupId,
+    attempts: u32,
+    max_attempts: u32,
+    deadline: Millis,
+    /// Will wait in the queues once applied (was not placed directly on a worker).
+    queued: bool,
+}
+
 /// The leader: the state plus everything decided but not yet durable.
 #[derive(Debug)]
 pub struct Leader {
@@ -186,6 +198,16 @@ pub struct Leader {
     next_task_id: u64,
     /// Slots of submissions in flight.
     pending_slots: HashSet<Box<str>>,
+    /// Submissions in flight (their task is not in the state yet).
+    pending_new: HashMap<TaskId, PendingNew>,
+    /// Submissions decided since the last assignment, in order, not yet placed or queued.
+    fresh: Vec<TaskId>,
+    /// Submissions placed directly on a worker whose creation is not applied yet: when it is,
+    /// the task leaves the queues at once (its assignment is decided).
+    placed_in_flight: HashSet<TaskId>,
+    /// Submissions in flight that will wait in the queues once applied. While there are any,
+    /// fresh submissions are not placed directly (they would overtake older tasks).
+    queued_in_flight: usize,
     /// Assignments in flight, per worker.
     pending_assign: HashMap<Arc<str>, RunningSet>,
     /// Tasks with a status change in flight (finish, failure, expiry, resume); they are not
@@ -239,6 +261,10 @@ impl Leader {
             state,
             config,
             pending_slots: HashSet::new(),
+            pending_new: HashMap::new(),
+            fresh: Vec::new(),
+            placed_in_flight: HashSet::new(),
+            queued_in_flight: 0,
             pending_assign: HashMap::new(),
             pending_changes: HashSet::new(),
             pending_purge: HashSet::new(),
@@ -265,6 +291,9 @@ impl Leader {
     /// Whether any decision is still waiting for its entries to be applied.
     pub fn has_pending(&self) -> bool {
         !self.pending_slots.is_empty()
+            || !self.pending_new.is_empty()
+            || !self.placed_in_flight.is_empty()
+            || self.queued_in_flight > 0
             || self.pending_assign.values().any(|s| !s.is_empty())
             || !self.pending_changes.is_empty()
             || !self.pending_purge.is_empty()
@@ -287,6 +316,24 @@ impl Leader {
         self.next_task_id += 1;
         if let Some(slot) = &req.slot {
             self.pending_slots.insert(slot.as_str().into());
+        }
+        let task_type = self.state.intern(&req.task_type);
+        let group = self.state.mapper().group_of(&req.user_id, &task_type);
+        let delayed = req.requested_start_time > now;
+        self.pending_new.insert(
+            id,
+            PendingNew {
+                task_type,
+                group,
+                attempts: req.attempts,
+                max_attempts: req.max_attempts,
+                deadline: req.deadline,
+                // Delayed tasks wait in the delayed queue, not ahead of anybody.
+                queued: false,
+            },
+        );
+        if !delayed {
+            self.fresh.push(id);
         }
         let entry = LogEntry::AddTask(NewTask {
             id,
@@ -616,14 +663,24 @@ impl Leader {
     /// Like [`Leader::fail_running`], for a task that may still be waiting in the applied state
     /// because its assignment is in flight: the failure concerns the attempt being assigned.
     fn fail_running_or_assigned(&mut self, id: TaskId, worker: &str, now: Millis) -> LogEntry {
-        let task = self.state.task(id).expect("assigned tasks exist");
-        if task.status == TaskStatus::Running {
-            return self.fail_running(id, Some(worker), worker_died_result(worker), now);
-        }
+        let (attempts, max_attempts, deadline) = match self.state.task(id) {
+            Some(task) if task.status == TaskStatus::Running => {
+                return self.fail_running(id, Some(worker), worker_died_result(worker), now);
+            }
+            Some(task) => (task.attempts, task.max_attempts, task.deadline),
+            None => {
+                // Placed directly at submission: even the task's creation is in flight.
+                let p = self
+                    .pending_new
+                    .get(&id)
+                    .expect("an assignment in flight has a task");
+                (p.attempts, p.max_attempts, p.deadline)
+            }
+        };
         // In flight: once applied, the task will be running at attempts + 1.
-        let attempt = task.attempts + 1;
-        let attempts_used = task.max_attempts > 0 && attempt >= task.max_attempts;
-        let deadline_passed = task.deadline > 0 && task.deadline <= now;
+        let attempt = attempts + 1;
+        let attempts_used = max_attempts > 0 && attempt >= max_attempts;
+        let deadline_passed = deadline > 0 && deadline <= now;
         self.pending_changes.insert(id);
         LogEntry::TaskStatusChange {
             task_id: id,
@@ -668,6 +725,7 @@ impl Leader {
     pub fn assign(&mut self, now: Millis) -> (Vec<LogEntry>, Vec<WorkerAssignments>) {
         let mut entries = Vec::new();
         let mut out = Vec::new();
+        self.place_fresh(now, &mut entries, &mut out);
         if self.state.waiting.is_empty() {
             return (entries, out);
         }
@@ -729,6 +787,84 @@ impl Leader {
         (entries, out)
     }
 
+    /// Places submissions decided since the last call directly on workers with room, so a task
+    /// submitted to an idle cluster is created and assigned in the same log write (one fsync on
+    /// the way from submission to execution). Only while nothing waits ahead of it: as soon as a
+    /// task cannot be placed, it and every later one go through the queues (age order).
+    fn place_fresh(
+        &mut self,
+        now: Millis,
+        entries: &mut Vec<LogEntry>,
+        out: &mut Vec<WorkerAssignments>,
+    ) {
+        if self.fresh.is_empty() {
+            return;
+        }
+        let fresh = std::mem::take(&mut self.fresh);
+        let connected: Vec<Arc<str>> = self
+            .live
+            .iter()
+            .filter(|(_, l)| l.conn.is_some() && !l.dead)
+            .map(|(id, _)| id.clone())
+            .collect();
+        let mut budget = self.config.max_assignments_per_round;
+        let empty = RunningSet::default();
+        let mut next_worker = 0usize;
+        for id in fresh {
+            let Some(p) = self.pending_new.get(&id) else {
+                continue;
+            };
+            let mut placed = None;
+            if self.queued_in_flight == 0 && self.state.waiting.is_empty() && budget > 0 {
+                for i in 0..connected.len() {
+                    let worker = &connected[(self.rotation + next_worker + i) % connected.len()];
+                    let live = &self.live[worker];
+                    let running = self.state.running.get(worker).unwrap_or(&empty);
+                    let pending = self.pending_assign.get(worker).unwrap_or(&empty);
+                    if live
+                        .capacity
+                        .admits(&[running, pending], &p.task_type, p.group)
+                    {
+                        placed = Some((worker.clone(), live.conn.expect("filtered on connected")));
+                        next_worker += i + 1;
+                        break;
+                    }
+                }
+            }
+            let p = self.pending_new.get_mut(&id).expect("checked above");
+            match placed {
+                Some((worker, conn)) => {
+                    budget -= 1;
+                    self.placed_in_flight.insert(id);
+                    let attempt = p.attempts + 1;
+                    self.pending_assign
+                        .entry(worker.clone())
+                        .or_default()
+                        .insert(id, &p.task_type);
+                    entries.push(LogEntry::AssignTask {
+                        task_id: id,
+                        worker_id: worker.to_string(),
+                        attempt,
+                        resources: Vec::new(),
+                        timestamp: now,
+                    });
+                    match out.iter_mut().find(|a| a.worker_id == worker) {
+                        Some(a) => a.tasks.push((id, attempt)),
+                        None => out.push(WorkerAssignments {
+                            worker_id: worker,
+                            conn,
+                            tasks: vec![(id, attempt)],
+                        }),
+                    }
+                }
+                None => {
+                    p.queued = true;
+                    self.queued_in_flight += 1;
+                }
+            }
+        }
+    }
+
     /// Whether an applied assignment should still be pushed to the worker: the task runs on it at
     /// that attempt and nothing in flight takes it away.
     pub fn deliverable(&self, task_id: TaskId, worker_id: &str, attempt: u32) -> bool {
@@ -749,8 +885,20 @@ impl Leader {
         let release = Release::of(&entry, &self.state);
         self.state.apply(lsn, entry)?;
         match release {
-            Release::Slot(slot) => {
-                self.pending_slots.remove(slot.as_str());
+            Release::New(id, slot) => {
+                if let Some(slot) = slot {
+                    self.pending_slots.remove(slot.as_str());
+                }
+                if let Some(p) = self.pending_new.remove(&id)
+                    && p.queued
+                {
+                    self.queued_in_flight -= 1;
+                }
+                if self.placed_in_flight.remove(&id) {
+                    self.state.unqueue(id);
+                }
+                // If it is still in `fresh` (no assignment ran since its submission), it is in
+                // the queues now and `place_fresh` skips it: it is no longer in `pending_new`.
             }
             Release::Assign(worker, id, task_type) => {
                 if let Some(set) = self.pending_assign.get_mut(worker.as_str()) {
@@ -791,7 +939,7 @@ impl Leader {
 
 /// The reservation an entry releases once applied.
 enum Release {
-    Slot(String),
+    New(TaskId, Option<String>),
     Assign(String, TaskId, Arc<str>),
     Change(TaskId),
     Purge(Vec<TaskId>),
@@ -802,10 +950,7 @@ enum Release {
 impl Release {
     fn of(entry: &LogEntry, state: &BrokerState) -> Release {
         match entry {
-            LogEntry::AddTask(t) => match &t.slot {
-                Some(slot) => Release::Slot(slot.clone()),
-                None => Release::Nothing,
-            },
+            LogEntry::AddTask(t) => Release::New(t.id, t.slot.clone()),
             LogEntry::AssignTask {
                 task_id, worker_id, ..
             } => match state.task(*task_id) {

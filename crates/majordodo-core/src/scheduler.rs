@@ -40,6 +40,21 @@ impl WorkerCapacity {
     }
 }
 
+impl WorkerCapacity {
+    /// Whether one more task of `task_type` in `group` fits, given what already runs on the
+    /// worker (`running`, all sets counted together). The same rules as [`WaitingIndex::choose`].
+    pub fn admits(&self, running: &[&RunningSet], task_type: &str, group: GroupId) -> bool {
+        let busy: usize = running.iter().map(|r| r.len()).sum();
+        if busy >= self.max_threads as usize {
+            return false;
+        }
+        let listed = group != ANY_GROUP && self.groups.contains(&group);
+        let through_any =
+            self.groups.contains(&ANY_GROUP) && !self.excluded_groups.contains(&group);
+        (listed || through_any) && TypeLimits::new(self, running).available(task_type)
+    }
+}
+
 /// Tasks running (or being assigned) on one worker, counted by type.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunningSet {
@@ -475,6 +490,34 @@ mod tests {
         assert!(!idx.remove(1, "a", TaskId(1)));
         assert!(idx.groups.is_empty());
         assert_eq!(idx.len(), 0);
+    }
+
+    #[test]
+    fn admits_agrees_with_choose() {
+        // Goal: `admits` says yes exactly when `choose` would pick a lone task.
+        let mut running = RunningSet::default();
+        running.insert(TaskId(100), &t("a"));
+        let caps = [
+            cap(1, &[], &[0]),
+            cap(2, &[], &[0]),
+            cap(2, &[("a", 1)], &[0]),
+            cap(2, &[("a", 2)], &[0]),
+            cap(3, &[("a", 1), ("any", 1)], &[0]),
+            cap(3, &[], &[2]),
+            cap(3, &[], &[1]),
+        ];
+        for c in caps {
+            for (task_type, group) in [("a", 1), ("b", 1), ("a", 2), ("b", 3)] {
+                let mut idx = WaitingIndex::default();
+                idx.insert(group, &t(task_type), TaskId(1));
+                let chosen = !idx.choose(&c, &[&running], 10).is_empty();
+                assert_eq!(
+                    c.admits(&[&running], task_type, group),
+                    chosen,
+                    "{c:?} {task_type} {group}"
+                );
+            }
+        }
     }
 
     #[test]

@@ -98,18 +98,31 @@ fn check_capacity(sim: &Sim) {
             .or_default()
             .push(task.task_type.to_string());
     }
+    // Types of tasks whose creation is still in flight (placed directly at submission).
+    let mut new_types = BTreeMap::new();
+    for (entries, _) in &sim.inflight {
+        for e in entries {
+            if let majordodo_core::LogEntry::AddTask(t) = e {
+                new_types.insert(t.id, t.task_type.clone());
+            }
+        }
+    }
     for (entries, _) in &sim.inflight {
         for e in entries {
             if let majordodo_core::LogEntry::AssignTask {
                 task_id, worker_id, ..
             } = e
             {
-                let t = sim.state().task(*task_id).unwrap();
-                if t.status == TaskStatus::Waiting {
+                let task_type = match sim.state().task(*task_id) {
+                    Some(t) if t.status == TaskStatus::Waiting => Some(t.task_type.to_string()),
+                    Some(_) => None,
+                    None => Some(new_types[task_id].clone()),
+                };
+                if let Some(task_type) = task_type {
                     per_worker
                         .entry(worker_id.clone())
                         .or_default()
-                        .push(t.task_type.to_string());
+                        .push(task_type);
                 }
             }
         }

@@ -52,6 +52,55 @@ fn submitted_task_waits_then_runs_then_finishes_with_its_result() {
 }
 
 #[test]
+fn task_submitted_to_an_idle_worker_is_created_and_assigned_in_one_write() {
+    // Goal: with nothing waiting, a submission is placed directly: its creation and its
+    // assignment travel in the same batch (one fsync from submission to execution).
+    let mut sim = Sim::new(config());
+    sim.connect("w1", WorkerCapacity::any(1)).unwrap();
+    sim.flush();
+    let req = || SubmitRequest {
+        task_type: "t".into(),
+        user_id: "u".into(),
+        max_attempts: 1,
+        ..Default::default()
+    };
+    let (first, batch) = sim.submit_in_round(req());
+    let SubmitOutcome::Accepted(first) = first else {
+        panic!("accepted")
+    };
+    assert!(matches!(batch[0], LogEntry::AddTask(_)));
+    assert!(
+        matches!(&batch[1], LogEntry::AssignTask { task_id, attempt: 1, .. } if *task_id == first),
+        "{batch:?}"
+    );
+    // The worker is full: the next one waits in the queue, and so does a third one submitted
+    // while the second is still in flight, behind it.
+    let (_, batch) = sim.submit_in_round(req());
+    assert_eq!(batch.len(), 1, "queued, not placed");
+    sim.flush();
+    assert_eq!(sim.running_of("w1"), vec![(first, 1)]);
+    assert_eq!(sim.state().waiting_index().len(), 1);
+    sim.report("w1", first, 1, Outcome::Finished, "ok");
+    let (third, batch) = sim.submit_in_round(req());
+    assert_eq!(
+        batch.len(),
+        1,
+        "an older task waits: the new one queues behind it"
+    );
+    let SubmitOutcome::Accepted(third) = third else {
+        panic!("accepted")
+    };
+    sim.settle();
+    let second = TaskId(first.0 + 1);
+    assert_eq!(
+        sim.running_of("w1"),
+        vec![(second, 1)],
+        "the older task runs first"
+    );
+    assert_eq!(status(&sim, third), TaskStatus::Waiting);
+}
+
+#[test]
 fn failed_attempt_is_retried_while_attempts_remain() {
     // Goal: an error with attempts left puts the task back to waiting (result kept), it runs again
     // as attempt 2 and can finish.

@@ -87,6 +87,19 @@ impl Sim {
         outcome
     }
 
+    /// Submits and assigns in one batch, as the dispatcher does within one round.
+    pub fn submit_in_round(&mut self, req: SubmitRequest) -> (SubmitOutcome, Vec<LogEntry>) {
+        let (outcome, entry) = self.leader.submit(self.now, req);
+        let mut entries: Vec<LogEntry> = entry.into_iter().collect();
+        let (assigned, pushes) = self.leader.assign(self.now);
+        entries.extend(assigned);
+        let batch = entries.clone();
+        if !entries.is_empty() {
+            self.inflight.push_back((entries, pushes));
+        }
+        (outcome, batch)
+    }
+
     pub fn submit_simple(&mut self, user: &str, task_type: &str, max_attempts: u32) -> TaskId {
         match self.submit(SubmitRequest {
             task_type: task_type.into(),
