@@ -1,10 +1,21 @@
-//! `majordodo-bench`: measures the broker and prints tables.
+//! `majordodo-bench`: measures Majordodo and prints tables.
 //!
-//! Scenarios:
-//! - `core`: the state machine alone (no I/O): memory held per waiting task and assignment
-//!   throughput with many waiting tasks versus few.
+//! Scenarios (each prints its own table; `all` runs them in one go so ratios compare runs made
+//! side by side on the same machine at the same time):
+//! - `core`: the state machine alone (no I/O): memory per waiting task and assignment throughput
+//!   with many waiting tasks versus few.
+//! - `burn-down`: submit no-op tasks over HTTP in batches, then run them all with workers.
+//! - `latency`: submit → executor start, one task per request at a fixed rate.
+//! - `scale`: broker RSS with a million waiting tasks, and throughput with a million waiting
+//!   versus a thousand.
+//! - `fsync`: the disk's own small-write + fdatasync speed, for context.
+//!
+//! The end-to-end scenarios start the `majordodo` binary found next to this one (build both
+//! with `cargo build --release -p majordodo-cli -p majordodo-bench`), or `$MAJORDODO_BIN`.
 
+mod cluster;
 mod core_bench;
+mod e2e;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -24,10 +35,50 @@ enum Scenario {
     /// The state machine alone: memory per waiting task and assignment throughput versus the
     /// number of waiting tasks.
     Core(core_bench::Args),
+    /// Submit no-op tasks in batches over HTTP, then run them with workers; tasks/s.
+    BurnDown(e2e::BurnDownArgs),
+    /// Submit → start latency at a fixed submission rate.
+    Latency(e2e::LatencyArgs),
+    /// Broker memory with many waiting tasks; throughput with many versus few waiting.
+    Scale(e2e::ScaleArgs),
+    /// The disk's small-write + fdatasync speed.
+    Fsync(e2e::FsyncArgs),
+    /// Every scenario with its defaults, one after the other.
+    All {
+        /// Directory for the brokers' data.
+        #[arg(long, default_value = "bench-data")]
+        dir: std::path::PathBuf,
+    },
 }
 
-fn main() -> anyhow::Result<()> {
+#[tokio::main]
+async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {
         Scenario::Core(args) => core_bench::run(&args),
+        Scenario::BurnDown(args) => e2e::burn_down(&args).await,
+        Scenario::Latency(args) => e2e::latency(&args).await,
+        Scenario::Scale(args) => e2e::scale(&args).await,
+        Scenario::Fsync(args) => e2e::fsync(&args),
+        Scenario::All { dir } => {
+            let d = dir.display().to_string();
+            let parse = |args: &[&str]| Cli::parse_from(args.iter().copied());
+            for argv in [
+                vec!["bench", "fsync", "--dir", &d],
+                vec!["bench", "core"],
+                vec!["bench", "burn-down", "--dir", &d],
+                vec!["bench", "latency", "--dir", &d],
+                vec!["bench", "scale", "--dir", &d],
+            ] {
+                match parse(&argv).scenario {
+                    Scenario::Core(a) => core_bench::run(&a)?,
+                    Scenario::BurnDown(a) => e2e::burn_down(&a).await?,
+                    Scenario::Latency(a) => e2e::latency(&a).await?,
+                    Scenario::Scale(a) => e2e::scale(&a).await?,
+                    Scenario::Fsync(a) => e2e::fsync(&a)?,
+                    Scenario::All { .. } => unreachable!("not in the list"),
+                }
+            }
+            Ok(())
+        }
     }
 }

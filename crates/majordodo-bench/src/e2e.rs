@@ -1,0 +1,382 @@
+//! End-to-end scenarios against a real broker process (file log, fsync on), everything on this
+//! machine: HTTP submitters and worker agents in this process, the broker in its own.
+
+use std::path::PathBuf;
+use std::sync::Arc;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::{Duration, Instant, SystemTime, UNIX_EPOCH};
+
+use anyhow::Context;
+use hdrhistogram::Histogram;
+use majordodo_proto::http::TaskSubmission;
+use majordodo_worker::{TaskFailure, executor_fn};
+use tokio::sync::Mutex;
+
+use crate::cluster::{BrokerProcess, Workers, noop, submit_all, wait_finished};
+use crate::report::{Table, group, mib, per_sec, rss_bytes};
+
+/// Options shared by the end-to-end scenarios.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct Common {
+    /// Directory for the brokers' data (one subdirectory per run, removed afterwards). Put it on
+    /// the disk you want to measure.
+    #[arg(long, default_value = "bench-data")]
+    dir: PathBuf,
+    /// Keep the brokers' data and logs after the run.
+    #[arg(long)]
+    keep: bool,
+}
+
+impl Common {
+    fn run_dir(&self, name: &str) -> PathBuf {
+        self.dir.join(format!("{name}-{}", std::process::id()))
+    }
+
+    fn cleanup(&self, dir: &PathBuf) {
+        if !self.keep {
+            let _ = std::fs::remove_dir_all(dir);
+        }
+    }
+}
+
+/// Options of the `burn-down` scenario.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct BurnDownArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Tasks to submit and run.
+    #[arg(long, default_value_t = 200_000)]
+    tasks: u64,
+    /// Tasks per `submitTasks` request.
+    #[arg(long, default_value_t = 1_000)]
+    batch: u64,
+    /// Concurrent HTTP submitters.
+    #[arg(long, default_value_t = 4)]
+    clients: u64,
+    /// Worker agents.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Capacity of each worker.
+    #[arg(long, default_value_t = 256)]
+    threads: u32,
+}
+
+/// Submit everything with no worker connected, then connect the workers and time until every
+/// task is finished (as the broker reports it: durable).
+pub(crate) async fn burn_down(args: &BurnDownArgs) -> anyhow::Result<()> {
+    let dir = args.common.run_dir("burn-down");
+    let broker = BrokerProcess::start(&dir, "").await?;
+    let client = broker.client()?;
+    let submit = submit_all(&broker, args.tasks, args.batch, args.clients).await?;
+    let started = Instant::now();
+    let workers = Workers::start(
+        &broker,
+        args.workers,
+        args.threads,
+        executor_fn(|_| async { Ok::<_, TaskFailure>(String::new()) }),
+    );
+    let done = wait_finished(&client, args.tasks, Duration::from_secs(600)).await?;
+    let burn = done - started;
+    workers.stop().await;
+    let rss = rss_bytes(&broker.pid().to_string()).unwrap_or(0);
+    broker.stop();
+    args.common.cleanup(&dir);
+
+    let mut t = Table::new(
+        "burn-down: no-op tasks through a broker process (file log, fsync on), HTTP submit in batches, workers over TCP",
+        &[
+            "tasks",
+            "batch x clients",
+            "workers x threads",
+            "submit s",
+            "submit tasks/s",
+            "burn-down s",
+            "burn-down tasks/s",
+            "broker RSS after",
+        ],
+    );
+    t.row(vec![
+        group(args.tasks),
+        format!("{} x {}", args.batch, args.clients),
+        format!("{} x {}", args.workers, args.threads),
+        format!("{:.2}", submit.as_secs_f64()),
+        per_sec(args.tasks as f64 / submit.as_secs_f64()),
+        format!("{:.2}", burn.as_secs_f64()),
+        per_sec(args.tasks as f64 / burn.as_secs_f64()),
+        mib(rss),
+    ]);
+    t.print();
+    Ok(())
+}
+
+/// Options of the `latency` scenario.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct LatencyArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Submissions per second (one task per `submitTask` request, open loop).
+    #[arg(long, default_value_t = 1_000)]
+    rate: u64,
+    /// Measured seconds (after one second of warm-up).
+    #[arg(long, default_value_t = 10)]
+    seconds: u64,
+    /// Worker agents.
+    #[arg(long, default_value_t = 2)]
+    workers: usize,
+    /// Capacity of each worker.
+    #[arg(long, default_value_t = 64)]
+    threads: u32,
+}
+
+fn now_micros() -> u64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_micros() as u64)
+        .unwrap_or(0)
+}
+
+/// Open-loop single submissions at a fixed rate; each task carries the time its request was sent,
+/// and the executor records the delay when it starts.
+pub(crate) async fn latency(args: &LatencyArgs) -> anyhow::Result<()> {
+    let dir = args.common.run_dir("latency");
+    let broker = BrokerProcess::start(&dir, "").await?;
+    let histogram = Arc::new(Mutex::new(
+        Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram bounds")?,
+    ));
+    let measuring_from = Arc::new(AtomicU64::new(u64::MAX));
+    let executor = {
+        let histogram = histogram.clone();
+        let measuring_from = measuring_from.clone();
+        executor_fn(move |task| {
+            let histogram = histogram.clone();
+            let measuring_from = measuring_from.clone();
+            async move {
+                let started = now_micros();
+                if let Ok(sent) = task.data.parse::<u64>()
+                    && sent >= measuring_from.load(Ordering::Relaxed)
+                {
+                    let _ = histogram
+                        .lock()
+                        .await
+                        .record(started.saturating_sub(sent).max(1));
+                }
+                Ok::<_, TaskFailure>(String::new())
+            }
+        })
+    };
+    let workers = Workers::start(&broker, args.workers, args.threads, executor);
+    // Let the workers connect.
+    tokio::time::sleep(Duration::from_millis(500)).await;
+    let client = Arc::new(broker.client()?);
+    let interval = Duration::from_nanos(1_000_000_000 / args.rate.max(1));
+    let warmup = args.rate;
+    let total = args.rate * (args.seconds + 1);
+    let mut ticker = tokio::time::interval(interval);
+    ticker.set_missed_tick_behavior(tokio::time::MissedTickBehavior::Burst);
+    let mut inflight = tokio::task::JoinSet::new();
+    let started = Instant::now();
+    for i in 0..total {
+        ticker.tick().await;
+        if i == warmup {
+            measuring_from.store(now_micros(), Ordering::Relaxed);
+        }
+        let client = client.clone();
+        inflight.spawn(async move {
+            let task: TaskSubmission = noop(now_micros().to_string());
+            client.submit(&task).await
+        });
+        while let Some(done) = inflight.try_join_next() {
+            done.context("submitter panicked")?.context("submit")?;
+        }
+    }
+    while let Some(done) = inflight.join_next().await {
+        done.context("submitter panicked")?.context("submit")?;
+    }
+    let offered = started.elapsed();
+    wait_finished(&broker.client()?, total, Duration::from_secs(60)).await?;
+    workers.stop().await;
+    broker.stop();
+    args.common.cleanup(&dir);
+
+    let h = histogram.lock().await;
+    let ms = |q: f64| format!("{:.3}", h.value_at_quantile(q) as f64 / 1000.0);
+    let mut t = Table::new(
+        "latency: submit (HTTP request sent) -> executor start, open loop, broker process with file log (fsync on)",
+        &[
+            "rate/s offered",
+            "achieved/s",
+            "samples",
+            "p50 ms",
+            "p90 ms",
+            "p99 ms",
+            "p99.9 ms",
+            "max ms",
+        ],
+    );
+    t.row(vec![
+        group(args.rate),
+        per_sec(total as f64 / offered.as_secs_f64()),
+        group(h.len()),
+        ms(0.5),
+        ms(0.9),
+        ms(0.99),
+        ms(0.999),
+        format!("{:.3}", h.max() as f64 / 1000.0),
+    ]);
+    t.print();
+    Ok(())
+}
+
+/// Options of the `scale` scenario.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct ScaleArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Waiting tasks of the "many" run (and of the memory measurement).
+    #[arg(long, default_value_t = 1_000_000)]
+    many: u64,
+    /// Waiting tasks of the "few" run.
+    #[arg(long, default_value_t = 1_000)]
+    few: u64,
+    /// Tasks run (and refilled) in each measured window.
+    #[arg(long, default_value_t = 200_000)]
+    measure: u64,
+    /// Worker agents.
+    #[arg(long, default_value_t = 4)]
+    workers: usize,
+    /// Capacity of each worker.
+    #[arg(long, default_value_t = 256)]
+    threads: u32,
+}
+
+/// Memory of a broker holding many waiting tasks, then steady-state throughput with many versus
+/// few waiting: workers run tasks, and every finished task is replaced by a new submission, so
+/// the backlog stays constant and both runs do exactly the same work.
+pub(crate) async fn scale(args: &ScaleArgs) -> anyhow::Result<()> {
+    let mut memory = Table::new(
+        "scale: broker process RSS holding waiting tasks (file log, fsync on)",
+        &["waiting tasks", "submit s", "RSS", "RSS bytes/task"],
+    );
+    let mut rates = Table::new(
+        "scale: steady-state throughput with a constant backlog (each finished task is replaced)",
+        &["waiting", "tasks measured", "seconds", "tasks/s"],
+    );
+    let mut measured = Vec::new();
+    for (label, backlog) in [("many", args.many), ("few", args.few)] {
+        let dir = args.common.run_dir(&format!("scale-{label}"));
+        let broker = BrokerProcess::start(&dir, "").await?;
+        let idle_rss = rss_bytes(&broker.pid().to_string()).unwrap_or(0);
+        let submit = submit_all(&broker, backlog, 1_000, 4).await?;
+        if label == "many" {
+            // Let allocator activity settle before reading RSS.
+            tokio::time::sleep(Duration::from_millis(500)).await;
+            let rss = rss_bytes(&broker.pid().to_string()).unwrap_or(0);
+            memory.row(vec![
+                group(backlog),
+                format!("{:.2}", submit.as_secs_f64()),
+                mib(rss),
+                group(rss.saturating_sub(idle_rss) / backlog.max(1)),
+            ]);
+        }
+        let finished = Arc::new(AtomicU64::new(0));
+        let counter = finished.clone();
+        let workers = Workers::start(
+            &broker,
+            args.workers,
+            args.threads,
+            executor_fn(move |_| {
+                counter.fetch_add(1, Ordering::Relaxed);
+                async { Ok::<_, TaskFailure>(String::new()) }
+            }),
+        );
+        // Refill: replace every started task, in batches, until `warm + measure` were started.
+        let warm = u64::from(args.threads) * args.workers as u64;
+        let target = warm + args.measure;
+        let client = broker.client()?;
+        let mut refilled = 0u64;
+        let mut window_start = None;
+        loop {
+            let started = finished.load(Ordering::Relaxed);
+            if window_start.is_none() && started >= warm {
+                window_start = Some((Instant::now(), started));
+            }
+            if started >= target {
+                break;
+            }
+            let owed = started.saturating_sub(refilled);
+            // The same policy in both runs: replace in batches of 100 to 1 000.
+            if owed >= 100 {
+                let n = owed.min(1_000);
+                let tasks: Vec<TaskSubmission> = (0..n).map(|_| noop(String::new())).collect();
+                client.submit_many(&tasks).await.context("refill")?;
+                refilled += n;
+            } else {
+                tokio::time::sleep(Duration::from_millis(1)).await;
+            }
+        }
+        let (t0, s0) = window_start.context("the warm-up never ended")?;
+        let secs = t0.elapsed().as_secs_f64();
+        let n = finished.load(Ordering::Relaxed) - s0;
+        let waiting = client.status().await.map(|s| s.waitingtasks).unwrap_or(0);
+        workers.stop().await;
+        broker.stop();
+        args.common.cleanup(&dir);
+        let rate = n as f64 / secs;
+        measured.push(rate);
+        rates.row(vec![
+            format!("{} (now {})", group(backlog), group(waiting)),
+            group(n),
+            format!("{secs:.2}"),
+            per_sec(rate),
+        ]);
+    }
+    memory.print();
+    rates.print();
+    if let [many, few] = measured[..] {
+        println!("ratio many/few: {:.2}", many / few);
+    }
+    Ok(())
+}
+
+/// Options of the `fsync` scenario.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct FsyncArgs {
+    #[command(flatten)]
+    common: Common,
+    /// Writes of 4 KiB, each followed by fdatasync.
+    #[arg(long, default_value_t = 2_000)]
+    writes: u64,
+}
+
+/// The disk's own speed, for context: how long one small write plus `fdatasync` takes here.
+pub(crate) fn fsync(args: &FsyncArgs) -> anyhow::Result<()> {
+    use std::io::Write;
+    let dir = args.common.run_dir("fsync");
+    std::fs::create_dir_all(&dir)?;
+    let path = dir.join("probe");
+    let mut file = std::fs::File::create(&path)?;
+    let block = vec![7u8; 4096];
+    let mut h = Histogram::<u64>::new_with_bounds(1, 60_000_000, 3).context("histogram")?;
+    let started = Instant::now();
+    for _ in 0..args.writes {
+        let t = Instant::now();
+        file.write_all(&block)?;
+        file.sync_data()?;
+        h.record((t.elapsed().as_micros() as u64).max(1))?;
+    }
+    let secs = started.elapsed().as_secs_f64();
+    drop(file);
+    args.common.cleanup(&dir);
+    let mut t = Table::new(
+        "disk: 4 KiB append + fdatasync, one at a time (the ceiling without group commit)",
+        &["writes", "syncs/s", "p50 ms", "p99 ms"],
+    );
+    t.row(vec![
+        group(args.writes),
+        per_sec(args.writes as f64 / secs),
+        format!("{:.3}", h.value_at_quantile(0.5) as f64 / 1000.0),
+        format!("{:.3}", h.value_at_quantile(0.99) as f64 / 1000.0),
+    ]);
+    t.print();
+    Ok(())
+}
