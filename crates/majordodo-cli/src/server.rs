@@ -45,20 +45,7 @@ pub(crate) async fn run(args: BrokerArgs) -> anyhow::Result<()> {
     }
     let settings = load(&args)?;
     let stop = crate::signal::stop_token()?;
-    let http = bind(&settings.http_listen, "HTTP API").await?;
-    let workers = bind(&settings.worker_listen, "worker port").await?;
-    let broker = RunningBroker::start(
-        Parts {
-            data_dir: &settings.data_dir,
-            broker: settings.broker.clone(),
-            log: settings.log.clone(),
-            listener: settings.listener.clone(),
-            http: settings.http.clone(),
-        },
-        http,
-        workers,
-    )
-    .await?;
+    let broker = RunningBroker::serve(&settings).await?;
     println!(
         "majordodo broker {} is running\n  HTTP API:    {}\n  worker port: {}\n  data dir:    {}",
         settings.broker.broker_id,
@@ -134,6 +121,28 @@ pub(crate) struct RunningBroker {
 }
 
 impl RunningBroker {
+    /// Binds both addresses of `settings` and starts the broker on them (see
+    /// [`RunningBroker::start`]).
+    ///
+    /// # Errors
+    /// When an address cannot be bound, or as [`RunningBroker::start`].
+    pub(crate) async fn serve(settings: &BrokerSettings) -> anyhow::Result<RunningBroker> {
+        let http = bind(&settings.http_listen, "HTTP API").await?;
+        let workers = bind(&settings.worker_listen, "worker port").await?;
+        RunningBroker::start(
+            Parts {
+                data_dir: &settings.data_dir,
+                broker: settings.broker.clone(),
+                log: settings.log.clone(),
+                listener: settings.listener.clone(),
+                http: settings.http.clone(),
+            },
+            http,
+            workers,
+        )
+        .await
+    }
+
     /// Opens the log and snapshots, recovers the state, and serves both sockets.
     ///
     /// # Errors

@@ -25,7 +25,7 @@ use crate::cli::{DEFAULT_HTTP_PORT, StandaloneArgs};
 use crate::config::broker::BrokerFile;
 use crate::config::worker::{Target, WorkerFile, WorkerSettings};
 use crate::config::{Origin, read_small_file};
-use crate::server::{Parts, RunningBroker, bind};
+use crate::server::RunningBroker;
 use crate::worker::{absolute, run_agent};
 
 use majordodo_proto::http::ADMIN_TOKEN_FILE;
@@ -83,20 +83,7 @@ pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     file.http.users = vec![admin_user(&token)];
     let settings = file.validate(&Origin::CommandLine)?;
 
-    let http = bind(&settings.http_listen, "HTTP API").await?;
-    let workers = bind(&settings.worker_listen, "worker port").await?;
-    let mut broker = RunningBroker::start(
-        Parts {
-            data_dir: &settings.data_dir,
-            broker: settings.broker.clone(),
-            log: settings.log.clone(),
-            listener: settings.listener.clone(),
-            http: settings.http.clone(),
-        },
-        http,
-        workers,
-    )
-    .await?;
+    let mut broker = RunningBroker::serve(&settings).await?;
 
     // Not a child of `stop`: the worker is stopped explicitly, before the broker.
     let worker_stop = tokio_util::sync::CancellationToken::new();

@@ -11,7 +11,7 @@
 //!
 //! Nothing here reads a clock: every call takes `now`.
 
-use std::collections::{BTreeMap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::entry::{LogEntry, NewTask};
@@ -547,61 +547,16 @@ impl Leader {
 
         // Deadlines first, so that an expired delayed task is not resumed (the original resumed
         // expired delayed tasks, survey §2.6).
-        let mut expired = Vec::new();
-        for &(deadline, id) in self.state.deadlines.iter() {
-            if deadline > now || expired.len() >= budget {
-                break;
-            }
-            expired.push(id);
-        }
-        for id in expired {
-            if self.pending_changes.contains(&id) {
-                continue;
-            }
-            let task = self
-                .state
-                .task(id)
-                .expect("deadline index holds existing tasks");
-            let attempt = task.attempts;
-            self.state.unqueue(id);
-            self.pending_changes.insert(id);
-            entries.push(LogEntry::TaskStatusChange {
-                task_id: id,
-                status: TaskStatus::Error,
-                attempt,
-                worker_id: None,
-                result: Some(DEADLINE_EXPIRED.to_string()),
-                timestamp: now,
-            });
-        }
-
-        let mut due = Vec::new();
-        for &(start, id) in self.state.delayed.iter() {
-            if start > now || due.len() >= budget {
-                break;
-            }
-            due.push(id);
-        }
-        for id in due {
-            if self.pending_changes.contains(&id) {
-                continue;
-            }
-            let attempt = self
-                .state
-                .task(id)
-                .expect("delayed index holds existing tasks")
-                .attempts;
-            self.state.unqueue(id);
-            self.pending_changes.insert(id);
-            entries.push(LogEntry::TaskStatusChange {
-                task_id: id,
-                status: TaskStatus::Waiting,
-                attempt,
-                worker_id: None,
-                result: None,
-                timestamp: now,
-            });
-        }
+        let expired = Self::due(&self.state.deadlines, now, budget);
+        self.timer_changes(
+            expired,
+            TaskStatus::Error,
+            Some(DEADLINE_EXPIRED),
+            now,
+            &mut entries,
+        );
+        let resumed = Self::due(&self.state.delayed, now, budget);
+        self.timer_changes(resumed, TaskStatus::Waiting, None, now, &mut entries);
 
         if self.config.finished_task_retention > 0 {
             let horizon = now - self.config.finished_task_retention;
@@ -622,6 +577,46 @@ impl Leader {
             }
         }
         entries
+    }
+
+    /// Up to `budget` tasks of a time-ordered index whose time has come.
+    fn due(index: &BTreeSet<(Millis, TaskId)>, now: Millis, budget: usize) -> Vec<TaskId> {
+        index
+            .iter()
+            .take_while(|(at, _)| *at <= now)
+            .take(budget)
+            .map(|(_, id)| *id)
+            .collect()
+    }
+
+    /// Moves waiting or delayed tasks to `status` because their time came (deadline, start).
+    fn timer_changes(
+        &mut self,
+        tasks: Vec<TaskId>,
+        status: TaskStatus,
+        result: Option<&str>,
+        now: Millis,
+        entries: &mut Vec<LogEntry>,
+    ) {
+        for id in tasks {
+            if !self.pending_changes.insert(id) {
+                continue; // already decided, in flight
+            }
+            let attempt = self
+                .state
+                .task(id)
+                .expect("time indexes hold existing tasks")
+                .attempts;
+            self.state.unqueue(id);
+            entries.push(LogEntry::TaskStatusChange {
+                task_id: id,
+                status,
+                attempt,
+                worker_id: None,
+                result: result.map(str::to_string),
+                timestamp: now,
+            });
+        }
     }
 
     fn declare_dead_workers(&mut self, now: Millis, entries: &mut Vec<LogEntry>) {

@@ -60,6 +60,21 @@ struct Filter<'a> {
     owner: Option<&'a str>,
 }
 
+impl<'a> Filter<'a> {
+    /// The filter of a `tasks` query, seen by a caller restricted to `owner`'s tasks (if any).
+    fn of(q: &'a TasksQuery, owner: Option<&'a str>) -> Filter<'a> {
+        Filter {
+            status: q.status,
+            worker_id: q.worker_id.as_deref(),
+            task_type: q.task_type.as_deref(),
+            slot: q.slot.as_deref(),
+            user_id: q.user_id.as_deref(),
+            from: q.from_task_id.unwrap_or(0),
+            owner,
+        }
+    }
+}
+
 impl Filter<'_> {
     fn accepts(&self, t: &Task) -> bool {
         self.owner.is_none_or(|o| *t.user_id == *o)
@@ -138,15 +153,7 @@ pub(crate) fn list_tasks(
     owner: Option<&str>,
     budget: Budget,
 ) -> Listing {
-    let f = Filter {
-        status: q.status,
-        worker_id: q.worker_id.as_deref(),
-        task_type: q.task_type.as_deref(),
-        slot: q.slot.as_deref(),
-        user_id: q.user_id.as_deref(),
-        from: q.from_task_id.unwrap_or(0),
-        owner,
-    };
+    let f = Filter::of(q, owner);
     let (source, id_ordered) = candidates(state, &f);
     let mut out = Listing::default();
     let mut bytes = 0usize;
@@ -460,15 +467,7 @@ mod tests {
 
     /// What a scan of every task keeps.
     fn naive(state: &BrokerState, q: &TasksQuery, owner: Option<&str>) -> BTreeSet<u64> {
-        let f = Filter {
-            status: q.status,
-            worker_id: q.worker_id.as_deref(),
-            task_type: q.task_type.as_deref(),
-            slot: q.slot.as_deref(),
-            user_id: q.user_id.as_deref(),
-            from: q.from_task_id.unwrap_or(0),
-            owner,
-        };
+        let f = Filter::of(q, owner);
         state
             .tasks()
             .filter(|t| f.accepts(t))
