@@ -1,6 +1,6 @@
 //! The log-entry vocabulary: every change of the broker state is one of these.
 //!
-//! It follows the original's `StatusEdit` types (survey §1.5) with one difference: every entry is
+//! It follows the original's `StatusEdit` types with one difference: every entry is
 //! self-contained. Timestamps that decide an entry's effect travel inside it (the original read the
 //! wall clock when applying `ADD_TASK`, so replicas and replays could disagree), and outcomes the
 //! leader decided (retry or give up) are written as explicit status changes. Applying the same

@@ -2,9 +2,9 @@
 //!
 //! The leader validates against the applied state **plus the reservations of entries still in
 //! flight** (task ids handed out, slots taken, assignments made, status changes decided), so it can
-//! prepare the next batch while the previous one is being made durable (DESIGN-NOTES, "pipelined
-//! group commit"). Entries change the state only through [`Leader::apply`], called in log order
-//! once they are durable; that also releases their reservations.
+//! prepare the next batch while the previous one is being made durable (pipelined group commit,
+//! see ARCHITECTURE.md). Entries change the state only through [`Leader::apply`], called in log
+//! order once they are durable; that also releases their reservations.
 //!
 //! When the leader decides that a task leaves the waiting (or delayed) queues, it takes it out of
 //! the queues at once, so it is not chosen twice; the `apply` that follows finds it already gone.
@@ -19,12 +19,12 @@ use crate::model::{GroupId, Millis, TaskId, TaskStatus, WorkerStatus};
 use crate::scheduler::{RunningSet, WorkerCapacity};
 use crate::state::{ApplyError, BrokerState};
 
-/// Result text of a task whose worker died (survey §2.5).
+/// Result text of a task whose worker died.
 pub fn worker_died_result(worker_id: &str) -> String {
     format!("worker {worker_id} died")
 }
 
-/// Result text of a task whose deadline passed before it could run (survey §2.6).
+/// Result text of a task whose deadline passed before it could run.
 pub const DEADLINE_EXPIRED: &str = "deadline_expired";
 
 /// Tunables of the leader.
@@ -82,7 +82,7 @@ pub struct SubmitRequest {
 pub enum SubmitOutcome {
     /// Accepted: the entry must be logged; the task exists once it is durable.
     Accepted(TaskId),
-    /// Not created, for a reason that is not an error of the request (survey §2.8: a busy slot
+    /// Not created, for a reason that is not an error of the request (as in the original Majordodo, a busy slot
     /// answers task id 0 with this text).
     NotCreated(String),
 }
@@ -386,7 +386,7 @@ impl Leader {
             process_id: hello.process_id.clone(),
             timestamp: now,
         }];
-        // Reconciliation (survey §2.5): what the state has running on this worker but the worker
+        // Reconciliation, as in the original Majordodo: what the state has running on this worker but the worker
         // does not list is lost. Assignments still in flight are not: they will be pushed to this
         // new connection once durable.
         let listed: HashSet<(TaskId, u32)> = hello.running.iter().copied().collect();
@@ -508,7 +508,7 @@ impl Leader {
     }
 
     /// The entry failing a running task: back to waiting if attempts and deadline allow, else
-    /// error (survey §2.3–2.4).
+    /// error.
     fn fail_running(
         &mut self,
         id: TaskId,
@@ -546,7 +546,7 @@ impl Leader {
         let budget = self.config.max_timer_changes_per_round;
 
         // Deadlines first, so that an expired delayed task is not resumed (the original resumed
-        // expired delayed tasks, survey §2.6).
+        // expired delayed tasks).
         let expired = Self::due(&self.state.deadlines, now, budget);
         self.timer_changes(
             expired,

@@ -30,13 +30,13 @@ impl fmt::Display for TransactionId {
 /// Group a task belongs to, computed from its user by a [`crate::GroupMapper`].
 pub type GroupId = u32;
 
-/// The worker capacity group meaning "any group" (survey §4.1).
+/// The worker capacity group meaning "any group".
 pub const ANY_GROUP: GroupId = 0;
 
 /// The task type key of `max_threads_by_task_type` meaning "every type without its own entry".
 pub const ANY_TASK_TYPE: &str = "any";
 
-/// Status of a task (survey §2.2). The numeric codes are those of the original's log and snapshot
+/// Status of a task. The numeric codes are those of the original's log and snapshot
 /// formats.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum TaskStatus {
@@ -125,7 +125,7 @@ impl fmt::Display for TaskStatus {
     }
 }
 
-/// Status of a worker as the broker sees it (survey §2.2).
+/// Status of a worker as the broker sees it.
 #[derive(Copy, Clone, Debug, PartialEq, Eq, Hash)]
 pub enum WorkerStatus {
     /// Holds a live connection to the leader.

@@ -2,7 +2,7 @@
 //! so choosing tasks for a worker costs about O(queues + chosen × log) and does not grow with the
 //! number of waiting tasks.
 //!
-//! Ordering (survey §4.3–4.4): the worker's groups in its priority order, groups matched only through
+//! Ordering, as in the original Majordodo: the worker's groups in its priority order, groups matched only through
 //! group 0 ("any group") last; inside one tier the oldest task first (task ids grow with age, and a
 //! retried task keeps its id, so it goes back to its place at the front).
 
@@ -12,7 +12,7 @@ use std::sync::Arc;
 
 use crate::model::{ANY_GROUP, ANY_TASK_TYPE, GroupId, TaskId};
 
-/// What a worker can run at once, as it declared it (survey §4.1).
+/// What a worker can run at once, as it declared it.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerCapacity {
     /// Total concurrent tasks.

@@ -1,4 +1,4 @@
-//! Every task transition of the state machine (survey §2.3), driven through the leader as the broker
+//! Every task transition of the state machine, as in the original Majordodo, driven through the leader as the broker
 //! drives it, plus the entries' own validation.
 
 mod support;
@@ -137,7 +137,7 @@ fn at_most_once_task_ends_in_error_on_first_failure() {
 
 #[test]
 fn task_with_five_attempts_errors_after_the_fifth_failure() {
-    // Goal: maxattempts N allows exactly N executions (survey TaskExecutionRecoveryTooManyErrorsTest).
+    // Goal: maxattempts N allows exactly N executions (as the original's TaskExecutionRecoveryTooManyErrorsTest).
     let mut sim = Sim::new(config());
     let id = sim.submit_simple("u", "t", 5);
     sim.connect("w1", WorkerCapacity::any(1)).unwrap();
@@ -240,7 +240,7 @@ fn delayed_task_becomes_waiting_at_its_start_time_and_keeps_its_slot() {
 
 #[test]
 fn delayed_task_whose_deadline_passes_first_is_not_resumed() {
-    // Goal: fixes the original's resurrection of expired delayed tasks (survey §2.6).
+    // Goal: fixes the original's resurrection of expired delayed tasks.
     let mut sim = Sim::new(config());
     let SubmitOutcome::Accepted(id) = sim.submit(SubmitRequest {
         task_type: "t".into(),

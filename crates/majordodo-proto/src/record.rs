@@ -2,7 +2,7 @@
 //!
 //! A record is a protobuf message carrying the format version and one entry. The commit log adds
 //! framing and a checksum around it; this module only turns entries into bytes and back. Field
-//! tags of the entry kinds are 10 + the original Majordodo edit code (survey §1.5), so a reader of
+//! tags of the entry kinds are 10 + the original Majordodo edit code, so a reader of
 //! both formats can map one to the other; kinds the original did not have start at 30.
 
 use majordodo_core::entry::{LogEntry, NewTask};

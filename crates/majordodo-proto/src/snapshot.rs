@@ -6,7 +6,7 @@
 //! [`StateBuilder`], so a large snapshot is never held twice in memory as records. Compression and
 //! the checksummed file envelope are the snapshot store's job (`majordodo-log`).
 //!
-//! Unlike the original's snapshots (survey §1.7), code pools and each task's code pool and mode are
+//! Unlike the original's snapshots, code pools and each task's code pool and mode are
 //! kept.
 
 use std::sync::Arc;
