@@ -218,7 +218,7 @@ impl Dispatcher {
                 Wake::Durable(result) => {
                     let round = rounds.pop_front().expect("a round was awaited");
                     match result {
-                        Ok(appended) => self.complete(round, appended).await?,
+                        Ok(appended) => self.complete(round, appended)?,
                         Err(e) => return Err(self.fail(e, round, rounds, building)),
                     }
                 }
@@ -250,7 +250,7 @@ impl Dispatcher {
                     while let Some(round) = rounds.pop_front() {
                         let mut round = round;
                         match round.durable.as_mut().await {
-                            Ok(appended) => self.complete(round, appended).await?,
+                            Ok(appended) => self.complete(round, appended)?,
                             Err(e) => return Err(self.fail(e, round, rounds, Building::default())),
                         }
                     }
@@ -525,7 +525,7 @@ impl Dispatcher {
     }
 
     /// Applies a durable round and fulfils its obligations.
-    async fn complete(&mut self, round: Round, appended: Appended) -> Result<(), DispatcherError> {
+    fn complete(&mut self, round: Round, appended: Appended) -> Result<(), DispatcherError> {
         let Round {
             entries,
             obligations,

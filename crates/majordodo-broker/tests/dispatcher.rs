@@ -4,7 +4,9 @@
 
 use std::sync::Arc;
 
-use majordodo_broker::{Broker, BrokerConfig, BrokerError, SystemClock};
+use std::time::{Duration, Instant};
+
+use majordodo_broker::{Broker, BrokerConfig, BrokerError, DispatcherConfig, SystemClock};
 use majordodo_core::leader::{SubmitOutcome, SubmitRequest};
 use majordodo_core::{DefaultGroupMapper, TaskStatus};
 use majordodo_log::{
@@ -176,6 +178,44 @@ async fn a_failing_log_fails_requests_in_flight_and_stops_the_broker() {
         .await
         .unwrap();
     assert_eq!(users, vec!["ok".to_string()]);
+    stop.cancel();
+    broker.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn idle_broker_writes_noops_and_takes_periodic_snapshots() {
+    // Goal: with nothing to do, the dispatcher still proves the log writable (NOOP entries) and
+    // takes snapshots on its interval, without any request.
+    let dir = tempfile::tempdir().unwrap();
+    let snapshots = Arc::new(SnapshotStore::open(dir.path().join("snapshots")).unwrap());
+    let log: Arc<dyn CommitLog> = Arc::new(MemoryLog::new());
+    let stop = CancellationToken::new();
+    let config = BrokerConfig {
+        dispatcher: DispatcherConfig {
+            checkpoint_interval: Some(Duration::from_millis(100)),
+            noop_interval: Duration::from_millis(50),
+            ..DispatcherConfig::default()
+        },
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::start(
+        config,
+        log.clone(),
+        Some(snapshots.clone()),
+        Arc::new(DefaultGroupMapper),
+        Arc::new(SystemClock),
+        stop.clone().cancelled_owned(),
+    )
+    .await
+    .unwrap();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    while snapshots.list().unwrap().len() < 2 || log.last_lsn().0 < 3 {
+        assert!(
+            Instant::now() < deadline,
+            "no noops or snapshots within 10 s"
+        );
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
     stop.cancel();
     broker.wait().await.unwrap();
 }
