@@ -252,6 +252,28 @@ impl NewTaskPb {
     }
 }
 
+/// Most bytes a record spends besides the content of its string and bytes fields, for an entry
+/// with at most 12 numeric fields (every kind but `PurgeTasks`): the version (a 1-byte tag and a
+/// varint of at most 5), the entry kind (a tag of at most 2 and a length of at most 5), one nested
+/// message (a task inside `PrepareAddTask`: tag and length, 6), and 12 numeric fields (a 1-byte tag
+/// and a varint of at most 10 each).
+pub const RECORD_FIXED_OVERHEAD: usize = 6 + 7 + 6 + 12 * 11;
+
+/// Most bytes a string or bytes field spends besides its content: a 1-byte tag and a length of at
+/// most 5 bytes.
+pub const FIELD_OVERHEAD: usize = 6;
+
+/// An upper bound of the size of the record of an entry whose string and bytes fields have these
+/// lengths (every field counted, present or not; `PurgeTasks` excepted). Lets a caller refuse a
+/// request whose entry would exceed the log's record limit before anything is decided.
+pub fn record_len_bound(field_lens: impl IntoIterator<Item = usize>) -> usize {
+    field_lens
+        .into_iter()
+        .fold(RECORD_FIXED_OVERHEAD, |total, len| {
+            total.saturating_add(len.saturating_add(FIELD_OVERHEAD))
+        })
+}
+
 /// Encodes an entry as a record.
 pub fn encode_entry(entry: &LogEntry) -> Vec<u8> {
     let entry = match entry {
@@ -609,6 +631,70 @@ pub(crate) mod tests {
         fn arbitrary_bytes_never_panic(bytes in proptest::collection::vec(any::<u8>(), 0..256)) {
             // Goal: outside data yields a value or an error, never a panic.
             let _ = decode_entry(&bytes);
+        }
+    }
+
+    /// Lengths of the string and bytes fields of an entry, as [`record_len_bound`] takes them.
+    fn field_lens(e: &LogEntry) -> Option<Vec<usize>> {
+        let task = |t: &NewTask| {
+            vec![
+                t.task_type.len(),
+                t.user_id.len(),
+                t.data.len(),
+                t.slot.as_ref().map_or(0, String::len),
+                t.codepool.as_ref().map_or(0, String::len),
+                t.mode.as_ref().map_or(0, String::len),
+            ]
+        };
+        Some(match e {
+            LogEntry::AddTask(t) | LogEntry::PrepareAddTask { task: t, .. } => task(t),
+            LogEntry::WorkerConnected {
+                worker_id,
+                location,
+                process_id,
+                ..
+            } => vec![worker_id.len(), location.len(), process_id.len()],
+            LogEntry::AssignTask {
+                worker_id,
+                resources,
+                ..
+            } => std::iter::once(worker_id.len())
+                .chain(resources.iter().map(String::len))
+                .collect(),
+            LogEntry::TaskStatusChange {
+                worker_id, result, ..
+            } => vec![
+                worker_id.as_ref().map_or(0, String::len),
+                result.as_ref().map_or(0, String::len),
+            ],
+            LogEntry::WorkerDisconnected { worker_id, .. }
+            | LogEntry::WorkerDied { worker_id, .. } => vec![worker_id.len()],
+            LogEntry::DeleteCodePool { id, .. } => vec![id.len()],
+            LogEntry::CreateCodePool { id, data, .. } => vec![id.len(), data.len()],
+            LogEntry::BeginTransaction { .. }
+            | LogEntry::CommitTransaction { .. }
+            | LogEntry::RollbackTransaction { .. }
+            | LogEntry::Noop { .. } => Vec::new(),
+            LogEntry::PurgeTasks { .. } => return None,
+        })
+    }
+
+    proptest! {
+        #[test]
+        fn record_len_bound_is_an_upper_bound(e in entry(), big in 0usize..70_000) {
+            // Goal: no record is longer than the bound computed from its fields, also with a
+            // field long enough to need a multi-byte length.
+            let e = match e {
+                LogEntry::AddTask(mut t) => {
+                    t.data = "x".repeat(big);
+                    LogEntry::AddTask(t)
+                }
+                other => other,
+            };
+            if let Some(lens) = field_lens(&e) {
+                let len = encode_entry(&e).len();
+                prop_assert!(len <= record_len_bound(lens.clone()), "{} > bound of {:?}", len, lens);
+            }
         }
     }
 

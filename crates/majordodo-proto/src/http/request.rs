@@ -142,6 +142,15 @@ impl TaskSubmission {
             codepool: f.optional_name("codePoolId")?,
             mode: f.optional_name("mode")?,
         };
+        if task.max_attempts > 0 && task.attempt >= task.max_attempts {
+            return Err(f.error(
+                "attempt",
+                format!(
+                    "must be below maxattempts ({}): the task could never run",
+                    task.max_attempts
+                ),
+            ));
+        }
         Ok(task)
     }
 }

@@ -35,7 +35,12 @@ fn arb_submission() -> impl Strategy<Value = TaskSubmission> {
                     user_id,
                     data,
                     max_attempts,
-                    attempt,
+                    // Valid submissions only: a preset attempt stays below maxattempts.
+                    attempt: if max_attempts == 0 {
+                        attempt
+                    } else {
+                        attempt % max_attempts
+                    },
                     requested_start_time: start,
                     deadline,
                     slot,
