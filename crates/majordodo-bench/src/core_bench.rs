@@ -130,6 +130,10 @@ impl Sim {
                 )
                 .expect("workers are admitted");
             self.apply(admission.entries);
+            let opened = self
+                .leader
+                .session_opened(&format!("worker-{w}"), u64::from(w));
+            assert!(opened, "a worker's session opens once it is admitted");
         }
     }
 
@@ -139,12 +143,12 @@ impl Sim {
         let mut assigned = 0u64;
         while assigned < target {
             self.now += 1;
-            let (entries, pushes) = self.leader.assign(self.now);
+            let entries = self.leader.assign(self.now);
             let n = entries.len() as u64;
             assert!(n > 0, "workers have room and tasks wait");
             assigned += n;
             self.apply(entries);
-            for push in pushes {
+            for push in self.leader.take_pushes() {
                 let reports: Vec<FinishReport> = push
                     .tasks
                     .iter()

@@ -42,6 +42,12 @@ pub enum BootError {
     /// Replaying the log failed (corrupt record, unknown entry, entry that does not apply).
     #[error("replay log: {0}")]
     Log(#[from] LogError),
+    /// The broker was stopped before its state was recovered.
+    #[error("stopped before the state was recovered")]
+    Stopped,
+    /// The broker task ended abnormally while recovering.
+    #[error("broker task failed: {0}")]
+    Dispatcher(String),
     /// The log ends before the snapshot: the log does not belong to this snapshot.
     #[error(
         "the log ends at lsn {log_end} but the snapshot covers up to lsn {snapshot}: wrong or truncated log directory"
@@ -54,23 +60,30 @@ pub enum BootError {
     },
 }
 
-/// Rebuilds the state from `store`'s newest valid snapshot and the log after it.
+/// Rebuilds the state from `store`'s newest valid snapshot and the log after it. Reading and
+/// decoding the snapshot runs on a blocking thread; the replay yields between chunks, so the
+/// task running this stays responsive.
 ///
 /// # Errors
 /// [`BootError`].
 pub async fn recover(
-    log: &dyn CommitLog,
-    store: Option<&SnapshotStore>,
+    log: Arc<dyn CommitLog>,
+    store: Option<Arc<SnapshotStore>>,
     mapper: Arc<dyn GroupMapper>,
 ) -> Result<(BrokerState, BootReport), BootError> {
     let started = Instant::now();
     let mut report = BootReport::default();
-    let mut state = match store.map(SnapshotStore::load_latest).transpose()?.flatten() {
-        Some(snapshot) => {
-            let lsn = snapshot.lsn.0;
-            let state = decode_snapshot(&snapshot.data, mapper.clone())
-                .map_err(|source| BootError::Snapshot { lsn, source })?;
-            info!(lsn, tasks = state.task_count(), "snapshot loaded");
+    let loaded = match store {
+        Some(store) => {
+            let mapper = mapper.clone();
+            tokio::task::spawn_blocking(move || load_snapshot(&store, mapper))
+                .await
+                .map_err(|e| BootError::Dispatcher(format!("snapshot loader failed: {e}")))??
+        }
+        None => None,
+    };
+    let mut state = match loaded {
+        Some((lsn, state)) => {
             report.snapshot_lsn = Some(lsn);
             state
         }
@@ -101,4 +114,19 @@ pub async fn recover(
         "state recovered"
     );
     Ok((state, report))
+}
+
+/// Reads and decodes the newest valid snapshot of `store`, if any: (its position, the state).
+fn load_snapshot(
+    store: &SnapshotStore,
+    mapper: Arc<dyn GroupMapper>,
+) -> Result<Option<(u64, BrokerState)>, BootError> {
+    let Some(snapshot) = store.load_latest()? else {
+        return Ok(None);
+    };
+    let lsn = snapshot.lsn.0;
+    let state = decode_snapshot(&snapshot.data, mapper)
+        .map_err(|source| BootError::Snapshot { lsn, source })?;
+    info!(lsn, tasks = state.task_count(), "snapshot loaded");
+    Ok(Some((lsn, state)))
 }

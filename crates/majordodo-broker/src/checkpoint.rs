@@ -6,7 +6,7 @@
 //! directory fsync) and lets the log drop what the older retained snapshot no longer needs.
 
 use std::sync::Arc;
-use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::atomic::{AtomicBool, AtomicU64, Ordering};
 use std::time::Instant;
 
 use majordodo_core::BrokerState;
@@ -21,14 +21,23 @@ use crate::handle::BrokerError;
 pub(crate) struct Checkpointer {
     store: Arc<SnapshotStore>,
     busy: Arc<AtomicBool>,
+    /// Log position of the last snapshot written (or found at boot), 0 for none.
+    last: Arc<AtomicU64>,
 }
 
 impl Checkpointer {
-    pub(crate) fn new(store: Arc<SnapshotStore>) -> Checkpointer {
+    /// `last`: position of the newest snapshot the broker booted from, if any.
+    pub(crate) fn new(store: Arc<SnapshotStore>, last: Option<u64>) -> Checkpointer {
         Checkpointer {
             store,
             busy: Arc::new(AtomicBool::new(false)),
+            last: Arc::new(AtomicU64::new(last.unwrap_or(0))),
         }
+    }
+
+    /// Log position of the newest snapshot written or loaded (0 for none).
+    pub(crate) fn last(&self) -> u64 {
+        self.last.load(Ordering::Acquire)
     }
 
     /// Whether a snapshot is being written.
@@ -55,6 +64,7 @@ impl Checkpointer {
         let cloned_in = started.elapsed();
         let store = self.store.clone();
         let busy = self.busy.clone();
+        let last = self.last.clone();
         Ok(async move {
             let lsn = copy.header.lsn;
             let tasks = copy.tasks.len();
@@ -76,6 +86,7 @@ impl Checkpointer {
                         total_ms = started.elapsed().as_millis() as u64,
                         "snapshot written"
                     );
+                    last.fetch_max(lsn, Ordering::AcqRel);
                     match release {
                         Ok(Some(point)) => {
                             if let Err(e) = log.release_before(point).await {
@@ -89,9 +100,9 @@ impl Checkpointer {
                 }
                 Ok(Err(e)) => {
                     warn!(error = %e, "snapshot failed");
-                    Err(BrokerError::Log(format!("snapshot failed: {e}")))
+                    Err(BrokerError::Snapshot(e.to_string()))
                 }
-                Err(e) => Err(BrokerError::Log(format!("snapshot task failed: {e}"))),
+                Err(e) => Err(BrokerError::Snapshot(format!("snapshot task failed: {e}"))),
             };
             busy.store(false, Ordering::Release);
             result

@@ -19,14 +19,17 @@ use std::time::Duration;
 use bytes::Bytes;
 use majordodo_core::leader::{
     ConnectRejection, FinishReport as CoreReport, Outcome as CoreOutcome, SubmitOutcome,
-    WorkerAssignments, WorkerHello as CoreHello,
+    SubmitRequest, WorkerAssignments, WorkerHello as CoreHello,
 };
 use majordodo_core::{Leader, LogEntry, Millis, TaskId, WorkerCapacity};
 use majordodo_log::{AppendFuture, Appended, CommitLog, LogError};
-use majordodo_proto::record::encode_entry;
+use majordodo_proto::record::{encode_entry, record_len_bound};
 use majordodo_proto::worker::{Assignment, Capacity, Outcome};
 use tokio::sync::{mpsc, oneshot};
 use tracing::{debug, error, info, warn};
+
+#[cfg(test)]
+mod tests;
 
 use crate::checkpoint::Checkpointer;
 use crate::clock::Clock;
@@ -70,6 +73,20 @@ pub enum DispatcherError {
     /// A durable entry did not apply: the log and the state disagree (a bug).
     #[error("durable entry does not apply: {0}")]
     Apply(#[from] majordodo_core::ApplyError),
+    /// The state could not be recovered at boot (the message says why).
+    #[error("recovery failed: {0}")]
+    Boot(String),
+}
+
+/// Refuses a worker event while the broker cannot take workers: a connecting worker is told
+/// why (retryable); other events concern connections that were never admitted.
+pub(crate) fn refuse_event(event: WorkerEvent, why: &BrokerError) {
+    if let WorkerEvent::Connected { reply, .. } = event {
+        reply.reject(Rejection {
+            reason: why.to_string(),
+            retryable: true,
+        });
+    }
 }
 
 /// Something to do once a round is durable.
@@ -88,8 +105,6 @@ enum Obligation {
     },
     /// Acknowledge a batch of finish reports.
     Ack { conn: ConnId, seq: u64 },
-    /// Push assignments.
-    Deliver(Vec<WorkerAssignments>),
     /// Answer a checkpoint request once everything before it is applied.
     Checkpoint(oneshot::Sender<Result<u64, BrokerError>>),
 }
@@ -108,7 +123,7 @@ impl Obligation {
             Obligation::Checkpoint(reply) => {
                 let _ = reply.send(Err(error.clone()));
             }
-            Obligation::Ack { .. } | Obligation::Deliver(_) => {}
+            Obligation::Ack { .. } => {}
         }
     }
 }
@@ -148,6 +163,9 @@ pub(crate) struct Dispatcher {
     checkpointer: Option<Checkpointer>,
     next_checkpoint: Option<Millis>,
     last_write: Millis,
+    /// Position of the last applied entry other than a NOOP: a periodic snapshot is skipped
+    /// when the newest one already covers it.
+    last_change: u64,
 }
 
 /// What woke the loop.
@@ -174,7 +192,6 @@ impl Dispatcher {
             .filter(|_| checkpointer.is_some())
             .map(|i| now + i.as_millis() as Millis);
         Dispatcher {
-            leader,
             log,
             clock,
             config,
@@ -182,6 +199,8 @@ impl Dispatcher {
             role: Role::Leader,
             sessions: HashMap::new(),
             dirty: true,
+            last_change: leader.state().last_lsn(),
+            leader,
             checkpointer,
             next_checkpoint,
             last_write: now,
@@ -219,7 +238,7 @@ impl Dispatcher {
                     let round = rounds.pop_front().expect("a round was awaited");
                     match result {
                         Ok(appended) => self.complete(round, appended)?,
-                        Err(e) => return Err(self.fail(e, round, rounds, building)),
+                        Err(e) => return Err(self.fail(e, round, rounds, building).await),
                     }
                 }
                 Wake::Command(Some(cmd)) => {
@@ -251,7 +270,9 @@ impl Dispatcher {
                         let mut round = round;
                         match round.durable.as_mut().await {
                             Ok(appended) => self.complete(round, appended)?,
-                            Err(e) => return Err(self.fail(e, round, rounds, Building::default())),
+                            Err(e) => {
+                                return Err(self.fail(e, round, rounds, Building::default()).await);
+                            }
                         }
                     }
                     for (_, s) in self.sessions.drain() {
@@ -300,11 +321,7 @@ impl Dispatcher {
         }
         if self.dirty {
             self.dirty = false;
-            let (entries, assignments) = self.leader.assign(now);
-            if !entries.is_empty() {
-                building.entries.extend(entries);
-                building.obligations.push(Obligation::Deliver(assignments));
-            }
+            building.entries.extend(self.leader.assign(now));
         }
         if building.entries.is_empty()
             && now >= self.last_write + self.config.noop_interval.as_millis() as Millis
@@ -316,9 +333,16 @@ impl Dispatcher {
             && let Some(cp) = &self.checkpointer
             && !cp.busy()
         {
-            building
-                .obligations
-                .push(Obligation::Checkpoint(noop_reply()));
+            if self.last_change > cp.last() {
+                building
+                    .obligations
+                    .push(Obligation::Checkpoint(noop_reply()));
+            } else {
+                debug!(
+                    snapshot_lsn = cp.last(),
+                    "periodic snapshot skipped: nothing changed since the last one"
+                );
+            }
             self.next_checkpoint = self
                 .config
                 .checkpoint_interval
@@ -359,6 +383,16 @@ impl Dispatcher {
         });
     }
 
+    /// Why this broker refuses writes now, if it does.
+    fn refusal(&self) -> Option<BrokerError> {
+        match self.role {
+            Role::Leader => None,
+            Role::Follower => Some(BrokerError::NotLeader),
+            Role::Recovering => Some(BrokerError::Recovering),
+            Role::Closed => Some(BrokerError::Stopped),
+        }
+    }
+
     fn view(&self) -> View<'_> {
         View {
             state: self.leader.state(),
@@ -369,26 +403,25 @@ impl Dispatcher {
 
     fn take_command(&mut self, cmd: Command, building: &mut Building) {
         match cmd {
-            Command::Query(query) => query(&self.view()),
+            Command::Query(query) => query(Ok(&self.view())),
             Command::Submit { tasks, reply } => {
-                if self.role != Role::Leader {
-                    let _ = reply.send(Err(BrokerError::NotLeader));
+                if let Some(refusal) = self.refusal() {
+                    let _ = reply.send(Err(refusal));
                     return;
                 }
                 let now = self.clock.now();
-                let max = self.log.max_record_size();
                 let mut outcomes = Vec::with_capacity(tasks.len());
                 let mut entries = Vec::with_capacity(tasks.len());
                 // A task too large for one record fails the whole request before anything is
-                // decided, so no id or slot is reserved for it.
-                for t in &tasks {
-                    let size = t.data.len() + t.task_type.len() + t.user_id.len() + 128;
-                    if size > max {
-                        let _ = reply.send(Err(BrokerError::TooLarge(format!(
-                            "a task of about {size} bytes exceeds the log record limit of {max} bytes"
-                        ))));
-                        return;
-                    }
+                // decided, so no id or slot is reserved for it and nothing else is affected.
+                let max = self.log.max_record_size();
+                if let Some(error) = tasks
+                    .iter()
+                    .enumerate()
+                    .find_map(|(i, t)| too_large(i, t, max))
+                {
+                    let _ = reply.send(Err(error));
+                    return;
                 }
                 for t in tasks {
                     let (outcome, entry) = self.leader.submit(now, t);
@@ -405,7 +438,7 @@ impl Dispatcher {
             }
             Command::Checkpoint { reply } => {
                 if self.checkpointer.is_none() {
-                    let _ = reply.send(Err(BrokerError::Log(
+                    let _ = reply.send(Err(BrokerError::Snapshot(
                         "this broker has no snapshot store".into(),
                     )));
                     return;
@@ -419,9 +452,9 @@ impl Dispatcher {
         let now = self.clock.now();
         match ev {
             WorkerEvent::Connected { conn, hello, reply } => {
-                if self.role != Role::Leader {
+                if let Some(refusal) = self.refusal() {
                     reply.reject(Rejection {
-                        reason: "broker_not_leader".into(),
+                        reason: refusal.to_string(),
                         retryable: true,
                     });
                     return;
@@ -470,6 +503,7 @@ impl Dispatcher {
                 reports,
             } => {
                 self.leader.worker_seen(now, &worker_id, conn.0, None);
+                let max = self.log.max_record_size();
                 let reports: Vec<CoreReport> = reports
                     .into_iter()
                     .filter_map(|r| {
@@ -485,12 +519,16 @@ impl Dispatcher {
                                 return None;
                             }
                         };
-                        Some(CoreReport {
-                            task_id: TaskId(r.task_id),
-                            attempt: r.attempt,
-                            outcome,
-                            result: r.result,
-                        })
+                        Some(fit_result(
+                            CoreReport {
+                                task_id: TaskId(r.task_id),
+                                attempt: r.attempt,
+                                outcome,
+                                result: r.result,
+                            },
+                            &worker_id,
+                            max,
+                        ))
                     })
                     .collect();
                 let entries = self.leader.finish_reports(now, &worker_id, &reports);
@@ -544,7 +582,11 @@ impl Dispatcher {
                         | LogEntry::AddTask(_)
                         | LogEntry::WorkerDied { .. }
                 );
-                if let Err(e) = self.leader.apply(appended.first.0 + i as u64, entry) {
+                let lsn = appended.first.0 + i as u64;
+                if !matches!(entry, LogEntry::Noop { .. }) {
+                    self.last_change = lsn;
+                }
+                if let Err(e) = self.leader.apply(lsn, entry) {
                     error!(error = %e, "durable entry does not apply; stopping");
                     self.role = Role::Closed;
                     return Err(e.into());
@@ -568,7 +610,7 @@ impl Dispatcher {
                     {
                         s.session.close(CloseReason::Replaced);
                     }
-                    if self.leader.connection_of(&worker_id) == Some(conn.0) {
+                    if self.leader.session_opened(&worker_id, conn.0) {
                         let session = admission.accept();
                         info!(worker_id, %conn, "worker connected");
                         self.sessions.insert(
@@ -592,11 +634,12 @@ impl Dispatcher {
                         debug!(%conn, seq, error = %e, "finish ack not sent; the worker will resend");
                     }
                 }
-                Obligation::Deliver(assignments) => self.deliver(assignments),
                 Obligation::Checkpoint(reply) => {
                     let result = match &mut self.checkpointer {
                         Some(cp) => cp.start(self.leader.state(), self.log.clone()),
-                        None => Err(BrokerError::Log("this broker has no snapshot store".into())),
+                        None => Err(BrokerError::Snapshot(
+                            "this broker has no snapshot store".into(),
+                        )),
                     };
                     match result {
                         Ok(pending) => {
@@ -611,19 +654,16 @@ impl Dispatcher {
                 }
             }
         }
+        self.push_assignments();
         Ok(())
     }
 
-    /// Pushes applied assignments to the workers' current connections.
-    fn deliver(&mut self, assignments: Vec<WorkerAssignments>) {
-        for wa in assignments {
-            let Some(conn) = self.leader.connection_of(&wa.worker_id) else {
-                continue; // reconciliation or death will fail these tasks
-            };
+    /// Pushes the applied assignments the leader hands out to the workers' open sessions.
+    fn push_assignments(&mut self) {
+        for wa in self.leader.take_pushes() {
             let batch: Vec<Assignment> = wa
                 .tasks
                 .iter()
-                .filter(|(id, attempt)| self.leader.deliverable(*id, &wa.worker_id, *attempt))
                 .filter_map(|(id, attempt)| {
                     let task = self.leader.state().task(*id)?;
                     Some(Assignment {
@@ -638,30 +678,39 @@ impl Dispatcher {
                     })
                 })
                 .collect();
-            if batch.is_empty() {
-                continue;
-            }
-            let Some(session) = self.sessions.get_mut(&ConnId(conn)) else {
-                continue;
-            };
-            if !session.backlog.is_empty() {
-                session.backlog.extend(batch);
-                continue;
-            }
-            if let Err(e) = session.session.assign(batch) {
-                match e.error {
-                    SessionError::QueueFull { .. } => session.backlog = e.assignments,
-                    SessionError::Closed { .. } => {}
-                    SessionError::AssignmentTooLarge { task_id, .. } => {
-                        // Cannot happen: records are smaller than frames. Keep the rest moving.
-                        error!(
-                            task_id,
-                            "assignment larger than a frame; the worker will report it lost on reconnect"
-                        );
-                        session.session.close(CloseReason::Other(format!(
-                            "assignment of task {task_id} does not fit a frame"
-                        )));
-                    }
+            self.push(&wa, batch);
+        }
+    }
+
+    /// Queues `batch` on the session of `wa.conn`, behind its backlog.
+    fn push(&mut self, wa: &WorkerAssignments, batch: Vec<Assignment>) {
+        if batch.is_empty() {
+            return;
+        }
+        let Some(session) = self.sessions.get_mut(&ConnId(wa.conn)) else {
+            // The leader hands out only open sessions, and a session leaves this map only on
+            // its Disconnected event, which the leader sees too. A closed connection's tasks are
+            // failed by the next connection's reconciliation or by the worker's death.
+            warn!(worker_id = %wa.worker_id, conn = wa.conn, "no session for an open connection");
+            return;
+        };
+        if !session.backlog.is_empty() {
+            session.backlog.extend(batch);
+            return;
+        }
+        if let Err(e) = session.session.assign(batch) {
+            match e.error {
+                SessionError::QueueFull { .. } => session.backlog = e.assignments,
+                SessionError::Closed { .. } => {}
+                SessionError::AssignmentTooLarge { task_id, .. } => {
+                    // Cannot happen: records are smaller than frames. Keep the rest moving.
+                    error!(
+                        task_id,
+                        "assignment larger than a frame; the worker will report it lost on reconnect"
+                    );
+                    session.session.close(CloseReason::Other(format!(
+                        "assignment of task {task_id} does not fit a frame"
+                    )));
                 }
             }
         }
@@ -682,7 +731,12 @@ impl Dispatcher {
     }
 
     /// The log failed: answer everyone in flight with an error, close every worker session.
-    fn fail(
+    ///
+    /// Callers learn whether their request may have been written: a round the log refused
+    /// without writing ([`LogError::Closed`], and the round not yet handed to the log) gets
+    /// [`BrokerError::Unavailable`] (nothing happened, retry is safe); a round the log had taken
+    /// gets [`BrokerError::OutcomeUnknown`]: its records may be durable and replayed at restart.
+    async fn fail(
         &mut self,
         e: LogError,
         failed: Round,
@@ -691,20 +745,95 @@ impl Dispatcher {
     ) -> DispatcherError {
         error!(error = %e, "commit log append failed; broker stops writing");
         self.role = Role::Closed;
-        let error = BrokerError::Log(e.to_string());
-        for o in failed
-            .obligations
-            .into_iter()
-            .chain(rest.into_iter().flat_map(|r| r.obligations))
-            .chain(building.obligations)
-        {
-            o.fail(&error);
+        let unknown = BrokerError::OutcomeUnknown(format!("the commit log failed: {e}"));
+        let unwritten = BrokerError::Unavailable(format!("the commit log failed: {e}"));
+        let verdict = |e: &LogError| match e {
+            LogError::Closed => &unwritten,
+            _ => &unknown,
+        };
+        for o in failed.obligations {
+            o.fail(verdict(&e));
+        }
+        for mut round in rest {
+            // A failed log resolves every later append at once; the bound only guards a log
+            // that breaks that rule, whose rounds then count as possibly written.
+            let later = tokio::time::timeout(FAILED_APPEND_WAIT, round.durable.as_mut()).await;
+            let error = match &later {
+                Ok(Err(later)) => verdict(later),
+                Ok(Ok(_)) | Err(_) => &unknown,
+            };
+            for o in round.obligations {
+                o.fail(error);
+            }
+        }
+        for o in building.obligations {
+            o.fail(&unwritten);
         }
         for (_, s) in self.sessions.drain() {
             s.session
                 .close(CloseReason::Other("broker log failed".into()));
         }
         DispatcherError::Log(e)
+    }
+}
+
+/// Longest the dispatcher waits, after the log failed, for each later append to report whether
+/// it was written.
+const FAILED_APPEND_WAIT: Duration = Duration::from_secs(5);
+
+/// The error for a submission whose `AddTask` record could exceed `max` bytes, naming its largest
+/// field. Every field counts, so a task that passes always fits one record.
+fn too_large(index: usize, t: &SubmitRequest, max: usize) -> Option<BrokerError> {
+    let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
+    let fields = [
+        ("data", t.data.len()),
+        ("tasktype", t.task_type.len()),
+        ("userid", t.user_id.len()),
+        ("slot", opt(&t.slot)),
+        ("codePoolId", opt(&t.codepool)),
+        ("mode", opt(&t.mode)),
+    ];
+    let bound = record_len_bound(fields.iter().map(|(_, len)| *len));
+    if bound <= max {
+        return None;
+    }
+    let (field, len) = fields
+        .iter()
+        .copied()
+        .max_by_key(|(_, len)| *len)
+        .expect("fields is not empty");
+    Some(BrokerError::TooLarge {
+        task: index,
+        field,
+        detail: format!(
+            "is {len} bytes: the task would need a log record of up to {bound} bytes, over the limit of {max} bytes"
+        ),
+    })
+}
+
+/// Turns a report whose result cannot fit one log record into a failed attempt saying so, so a
+/// too-large result never reaches the log (which would stop the broker, and again after every
+/// restart as the worker re-sends the report).
+fn fit_result(report: CoreReport, worker_id: &str, max: usize) -> CoreReport {
+    let fixed = record_len_bound([worker_id.len(), 0]);
+    let limit = max.saturating_sub(fixed);
+    if report.result.len() <= limit {
+        return report;
+    }
+    warn!(
+        task_id = report.task_id.0,
+        worker_id,
+        bytes = report.result.len(),
+        limit,
+        "task result too large for the log; the attempt fails"
+    );
+    CoreReport {
+        outcome: CoreOutcome::Error,
+        result: format!(
+            "result too large ({} bytes, limit {limit})",
+            report.result.len()
+        ),
+        ..report
     }
 }
 

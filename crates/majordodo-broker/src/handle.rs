@@ -55,6 +55,9 @@ impl fmt::Debug for View<'_> {
 }
 
 /// Why a request to the broker failed.
+///
+/// Every variant but [`BrokerError::OutcomeUnknown`] means that nothing of the request was done,
+/// so retrying it cannot create anything twice.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerError {
     /// This broker is not the leader. Retryable against the leader (the original's
@@ -64,31 +67,49 @@ pub enum BrokerError {
     /// The broker is replaying its log. Retryable shortly (`recovery_in_progress`).
     #[error("recovery_in_progress")]
     Recovering,
-    /// The broker stopped or failed (`broker_not_started`). Retryable against another broker or
-    /// after a restart.
+    /// The broker is stopping or stopped (`broker_not_started`). Retryable against another
+    /// broker or after a restart.
     #[error("broker_not_started")]
     Stopped,
-    /// The commit log failed while this request was in flight; nothing of it was acknowledged.
-    /// Retryable after the broker recovered.
-    #[error("commit log failure: {0}")]
-    Log(String),
-    /// Too many requests are queued. Retryable after a short wait.
+    /// The commit log failed before this request was handed to it: nothing of it was written.
+    /// Retryable once the broker has been restarted (`broker_not_started`).
+    #[error("commit log unavailable: {0}")]
+    Unavailable(String),
+    /// The commit log failed after this request's entries were handed to it: they may or may
+    /// not be durable, and the restarted broker may have them. **Not retryable blindly**: look
+    /// the tasks up first, or resubmit with the same idempotency key (`outcome_unknown`).
+    #[error("outcome unknown: {0}")]
+    OutcomeUnknown(String),
+    /// Too many requests are queued. Retryable after a short wait (`broker_overloaded`).
     #[error("broker overloaded: {0}")]
     Overloaded(&'static str),
-    /// The request is too large for the log (a task or result over the record limit).
-    #[error("request too large: {0}")]
-    TooLarge(String),
+    /// A task of the request is too large for one log record; nothing of the request was done.
+    #[error("request too large: task {task}: {field} {detail}")]
+    TooLarge {
+        /// Position of the task in the request.
+        task: usize,
+        /// The request field that makes it too large (its largest field).
+        field: &'static str,
+        /// What is wrong, naming the sizes.
+        detail: String,
+    },
+    /// Taking a snapshot failed; the broker goes on. Retryable.
+    #[error("snapshot failed: {0}")]
+    Snapshot(String),
 }
 
 impl BrokerError {
-    /// Whether retrying later (possibly elsewhere) may succeed.
+    /// Whether retrying later (possibly elsewhere) may succeed and cannot create anything twice.
     pub fn is_retryable(&self) -> bool {
-        !matches!(self, BrokerError::TooLarge(_))
+        !matches!(
+            self,
+            BrokerError::TooLarge { .. } | BrokerError::OutcomeUnknown(_)
+        )
     }
 }
 
-/// A read, run inside the dispatcher.
-pub(crate) type Query = Box<dyn FnOnce(&View<'_>) + Send>;
+/// A read, run inside the dispatcher: given the view, or the reason there is none yet.
+pub(crate) type Query = Box<dyn FnOnce(Result<&View<'_>, BrokerError>) + Send>;
 
 /// Requests to the dispatcher.
 pub(crate) enum Command {
@@ -103,6 +124,21 @@ pub(crate) enum Command {
     Checkpoint {
         reply: oneshot::Sender<Result<u64, BrokerError>>,
     },
+}
+
+impl Command {
+    /// Answers the command with `error` without doing anything.
+    pub(crate) fn refuse(self, error: BrokerError) {
+        match self {
+            Command::Submit { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::Query(query) => query(Err(error)),
+            Command::Checkpoint { reply } => {
+                let _ = reply.send(Err(error));
+            }
+        }
+    }
 }
 
 /// A cloneable handle to a running broker.
@@ -128,17 +164,24 @@ impl BrokerHandle {
 
     /// Submits tasks (one log write for the whole batch). Outcomes come in request order.
     ///
+    /// Never waits for room: when the broker's queue is full it answers
+    /// [`BrokerError::Overloaded`] at once.
+    ///
     /// # Errors
-    /// [`BrokerError`]: not leader, recovering, stopped, log failure, overload.
+    /// [`BrokerError`]: not leader, recovering, stopped, log failure, overload, too large.
     pub async fn submit(
         &self,
         tasks: Vec<SubmitRequest>,
     ) -> Result<Vec<SubmitOutcome>, BrokerError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .send(Command::Submit { tasks, reply })
-            .await
-            .map_err(|_| BrokerError::Stopped)?;
+            .try_send(Command::Submit { tasks, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    BrokerError::Overloaded("the broker's submission queue is full")
+                }
+                mpsc::error::TrySendError::Closed(_) => BrokerError::Stopped,
+            })?;
         rx.await.map_err(|_| BrokerError::Stopped)?
     }
 
@@ -146,7 +189,8 @@ impl BrokerHandle {
     /// dispatcher: keep it short (bounded work, paged listings).
     ///
     /// # Errors
-    /// [`BrokerError::Stopped`] when the broker is gone.
+    /// [`BrokerError::Stopped`] when the broker is gone, [`BrokerError::Recovering`] while it
+    /// replays its log.
     pub async fn query<R, F>(&self, f: F) -> Result<R, BrokerError>
     where
         R: Send + 'static,
@@ -154,13 +198,13 @@ impl BrokerHandle {
     {
         let (reply, rx) = oneshot::channel();
         let query: Query = Box::new(move |view| {
-            let _ = reply.send(f(view));
+            let _ = reply.send(view.map(f));
         });
         self.tx
             .send(Command::Query(query))
             .await
             .map_err(|_| BrokerError::Stopped)?;
-        rx.await.map_err(|_| BrokerError::Stopped)
+        rx.await.map_err(|_| BrokerError::Stopped)?
     }
 
     /// Takes a snapshot now and returns the log position it covers.

@@ -50,7 +50,7 @@ use tracing::debug;
 
 pub use auth::Principal;
 pub use config::{HttpConfig, HttpConfigError, HttpSettings, UserConfig, UserRole};
-pub use error::ApiError;
+pub use error::{ApiError, ERROR_CODES};
 
 use crate::BrokerHandle;
 use auth::Authenticator;
@@ -315,7 +315,7 @@ async fn post_action(State(api): State<Arc<Api>>, req: Request) -> Result<Answer
                 return Err(forbidden_user("userid", &principal));
             }
             debug!(user = %principal.name, "http submitTask");
-            let outcome = submit(&api, vec![task], "data").await?.pop();
+            let outcome = submit(&api, vec![task], false).await?.pop();
             let (task_id, result) = outcome_parts(outcome);
             Ok(Answer::SubmitTaskResponse(SubmitTaskResponse {
                 action: "submitTask".into(),
@@ -334,7 +334,7 @@ async fn post_action(State(api): State<Arc<Api>>, req: Request) -> Result<Answer
             let outcomes = if tasks.is_empty() {
                 Vec::new()
             } else {
-                submit(&api, tasks, "tasks").await?
+                submit(&api, tasks, true).await?
             };
             let results = outcomes
                 .into_iter()
@@ -367,15 +367,26 @@ fn forbidden_user(field: &str, principal: &Principal) -> ApiError {
     ))
 }
 
+/// Submits; `batch` tells whether the request was `submitTasks`, so a field at fault is named
+/// `tasks[i].<field>` rather than `<field>`.
 async fn submit(
     api: &Api,
     tasks: Vec<TaskSubmission>,
-    too_large_field: &str,
+    batch: bool,
 ) -> Result<Vec<SubmitOutcome>, ApiError> {
     let requests = tasks.into_iter().map(submit_request).collect();
     api.broker.submit(requests).await.map_err(|e| match e {
-        crate::BrokerError::TooLarge(detail) => {
-            ApiError::TooLarge(FieldError::new(too_large_field, detail))
+        crate::BrokerError::TooLarge {
+            task,
+            field,
+            detail,
+        } => {
+            let field = if batch {
+                format!("tasks[{task}].{field}")
+            } else {
+                field.to_owned()
+            };
+            ApiError::TooLarge(FieldError::new(&field, detail))
         }
         other => ApiError::Broker(other),
     })

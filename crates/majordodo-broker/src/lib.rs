@@ -23,13 +23,15 @@ use std::sync::Arc;
 
 use majordodo_core::{GroupMapper, Leader, LeaderConfig};
 use majordodo_log::{CommitLog, SnapshotStore};
-use tokio::sync::mpsc;
+use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
 pub use boot::{BootError, BootReport};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dispatcher::{DispatcherConfig, DispatcherError};
 pub use handle::{BrokerError, BrokerHandle, Role, View};
+
+use crate::handle::Command;
 
 use crate::checkpoint::Checkpointer;
 use crate::worker_listener::WorkerEvent;
@@ -71,9 +73,57 @@ pub struct Broker {
     report: BootReport,
 }
 
+/// A broker recovering its state (see [`Broker::launch`]): its handle already answers, writes
+/// with [`BrokerError::Recovering`] and reads with the same error, so a client can tell "starting"
+/// from "down".
+#[derive(Debug)]
+pub struct BootingBroker {
+    handle: BrokerHandle,
+    events: mpsc::Sender<WorkerEvent>,
+    join: JoinHandle<Result<(), DispatcherError>>,
+    recovered: oneshot::Receiver<Result<BootReport, BootError>>,
+}
+
 impl Broker {
-    /// Recovers the state (newest valid snapshot in `snapshots`, then the log after it) and
-    /// starts the dispatcher as leader. It runs until `shutdown` completes or the log fails.
+    /// Starts a broker in the background and returns at once: it recovers its state (newest
+    /// valid snapshot in `snapshots`, then the log after it), then runs the dispatcher as leader
+    /// until `shutdown` completes or the log fails. While it recovers, requests are answered
+    /// with [`BrokerError::Recovering`] and workers are refused (retryable).
+    pub fn launch(
+        config: BrokerConfig,
+        log: Arc<dyn CommitLog>,
+        snapshots: Option<Arc<SnapshotStore>>,
+        mapper: Arc<dyn GroupMapper>,
+        clock: Arc<dyn Clock>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> BootingBroker {
+        let broker_id: Arc<str> = Arc::from(config.broker_id.as_str());
+        let (tx, commands) = mpsc::channel(config.command_queue);
+        let (events, events_rx) = mpsc::channel(config.event_queue);
+        let (recovered_tx, recovered) = oneshot::channel();
+        let join = tokio::spawn(serve(
+            Parts {
+                config,
+                log,
+                snapshots,
+                mapper,
+                clock,
+                broker_id: broker_id.clone(),
+            },
+            commands,
+            events_rx,
+            shutdown,
+            recovered_tx,
+        ));
+        BootingBroker {
+            handle: BrokerHandle { tx, broker_id },
+            events,
+            join,
+            recovered,
+        }
+    }
+
+    /// [`Broker::launch`], then waits until the state is recovered.
     ///
     /// # Errors
     /// [`BootError`] when the state cannot be recovered.
@@ -85,26 +135,9 @@ impl Broker {
         clock: Arc<dyn Clock>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> Result<Broker, BootError> {
-        let (state, report) = boot::recover(log.as_ref(), snapshots.as_deref(), mapper).await?;
-        let leader = Leader::new(state, config.leader.clone(), clock.now());
-        let broker_id: Arc<str> = Arc::from(config.broker_id.as_str());
-        let (tx, commands) = mpsc::channel(config.command_queue);
-        let (events, events_rx) = mpsc::channel(config.event_queue);
-        let dispatcher = dispatcher::Dispatcher::new(
-            leader,
-            log,
-            clock,
-            config.dispatcher.clone(),
-            broker_id.clone(),
-            snapshots.map(Checkpointer::new),
-        );
-        let join = tokio::spawn(dispatcher.run(commands, events_rx, shutdown));
-        Ok(Broker {
-            handle: BrokerHandle { tx, broker_id },
-            events,
-            join,
-            report,
-        })
+        Broker::launch(config, log, snapshots, mapper, clock, shutdown)
+            .recovered()
+            .await
     }
 
     /// The handle for submissions and reads.
@@ -129,9 +162,109 @@ impl Broker {
     pub async fn wait(self) -> Result<(), DispatcherError> {
         drop(self.events);
         drop(self.handle);
-        match self.join.await {
-            Ok(result) => result,
-            Err(e) => std::panic::resume_unwind(e.into_panic()),
+        join(self.join).await
+    }
+}
+
+impl BootingBroker {
+    /// The handle for submissions and reads (answered with [`BrokerError::Recovering`] until
+    /// the state is recovered).
+    pub fn handle(&self) -> BrokerHandle {
+        self.handle.clone()
+    }
+
+    /// Where the worker listener sends its events.
+    pub fn worker_events(&self) -> mpsc::Sender<WorkerEvent> {
+        self.events.clone()
+    }
+
+    /// Waits until the state is recovered and the broker serves as leader.
+    ///
+    /// # Errors
+    /// [`BootError`] when the state cannot be recovered (the broker has stopped), or
+    /// [`BootError::Stopped`] when it was shut down first.
+    pub async fn recovered(self) -> Result<Broker, BootError> {
+        match self.recovered.await {
+            Ok(Ok(report)) => Ok(Broker {
+                handle: self.handle,
+                events: self.events,
+                join: self.join,
+                report,
+            }),
+            Ok(Err(e)) => {
+                let _ = join(self.join).await;
+                Err(e)
+            }
+            Err(_) => match join(self.join).await {
+                Ok(()) => Err(BootError::Stopped),
+                Err(e) => Err(BootError::Dispatcher(e.to_string())),
+            },
         }
     }
+}
+
+/// Waits for the dispatcher task, passing a panic on.
+async fn join(join: JoinHandle<Result<(), DispatcherError>>) -> Result<(), DispatcherError> {
+    match join.await {
+        Ok(result) => result,
+        Err(e) => std::panic::resume_unwind(e.into_panic()),
+    }
+}
+
+/// What the broker task owns.
+struct Parts {
+    config: BrokerConfig,
+    log: Arc<dyn CommitLog>,
+    snapshots: Option<Arc<SnapshotStore>>,
+    mapper: Arc<dyn GroupMapper>,
+    clock: Arc<dyn Clock>,
+    broker_id: Arc<str>,
+}
+
+/// The broker task: recovers, answering requests with "recovering" meanwhile, then dispatches.
+async fn serve(
+    parts: Parts,
+    mut commands: mpsc::Receiver<Command>,
+    mut events: mpsc::Receiver<WorkerEvent>,
+    shutdown: impl Future<Output = ()> + Send + 'static,
+    recovered: oneshot::Sender<Result<BootReport, BootError>>,
+) -> Result<(), DispatcherError> {
+    tokio::pin!(shutdown);
+    let recovery = boot::recover(
+        parts.log.clone(),
+        parts.snapshots.clone(),
+        parts.mapper.clone(),
+    );
+    tokio::pin!(recovery);
+    let outcome = loop {
+        tokio::select! {
+            biased;
+            outcome = &mut recovery => break outcome,
+            () = &mut shutdown => return Ok(()),
+            Some(command) = commands.recv() => command.refuse(BrokerError::Recovering),
+            Some(event) = events.recv() => dispatcher::refuse_event(event, &BrokerError::Recovering),
+        }
+    };
+    let (state, report) = match outcome {
+        Ok(recovered_state) => recovered_state,
+        Err(e) => {
+            let message = e.to_string();
+            let _ = recovered.send(Err(e));
+            return Err(DispatcherError::Boot(message));
+        }
+    };
+    let leader = Leader::new(state, parts.config.leader.clone(), parts.clock.now());
+    let checkpointer = parts
+        .snapshots
+        .map(|store| Checkpointer::new(store, report.snapshot_lsn));
+    let dispatcher = dispatcher::Dispatcher::new(
+        leader,
+        parts.log,
+        parts.clock,
+        parts.config.dispatcher.clone(),
+        parts.broker_id,
+        checkpointer,
+    );
+    let _ = recovered.send(Ok(report));
+    dispatcher.run(commands, events, shutdown).await
 }

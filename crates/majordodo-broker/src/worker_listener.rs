@@ -22,6 +22,9 @@ mod session;
 #[cfg(test)]
 mod tests;
 
+#[cfg(test)]
+pub(crate) mod testing;
+
 use std::future::Future;
 use std::sync::Arc;
 use std::time::Duration;

@@ -8,7 +8,7 @@ use std::time::{Duration, Instant};
 
 use majordodo_broker::{Broker, BrokerConfig, BrokerError, DispatcherConfig, SystemClock};
 use majordodo_core::leader::{SubmitOutcome, SubmitRequest};
-use majordodo_core::{DefaultGroupMapper, TaskStatus};
+use majordodo_core::{DefaultGroupMapper, TaskId, TaskStatus};
 use majordodo_log::{
     CommitLog, FaultSchedule, FaultyLog, FileLog, FileLogConfig, MemoryLog, MemoryStore,
     SnapshotStore,
@@ -155,7 +155,7 @@ async fn a_failing_log_fails_requests_in_flight_and_stops_the_broker() {
     h.submit(vec![task("ok", None)]).await.unwrap();
     log.fail_next_append();
     let err = h.submit(vec![task("lost", None)]).await.unwrap_err();
-    assert!(matches!(err, BrokerError::Log(_)), "{err:?}");
+    assert!(matches!(err, BrokerError::OutcomeUnknown(_)), "{err:?}");
     assert!(
         broker.wait().await.is_err(),
         "the broker stops with the log error"
@@ -183,9 +183,10 @@ async fn a_failing_log_fails_requests_in_flight_and_stops_the_broker() {
 }
 
 #[tokio::test]
-async fn idle_broker_writes_noops_and_takes_periodic_snapshots() {
-    // Goal: with nothing to do, the dispatcher still proves the log writable (NOOP entries) and
-    // takes snapshots on its interval, without any request.
+async fn idle_broker_writes_noops_and_takes_periodic_snapshots_only_after_changes() {
+    // Goal: with nothing to do, the dispatcher still proves the log writable (NOOP entries);
+    // it takes a snapshot on its interval once something changed, and none again while only
+    // NOOPs follow.
     let dir = tempfile::tempdir().unwrap();
     let snapshots = Arc::new(SnapshotStore::open(dir.path().join("snapshots")).unwrap());
     let log: Arc<dyn CommitLog> = Arc::new(MemoryLog::new());
@@ -209,13 +210,224 @@ async fn idle_broker_writes_noops_and_takes_periodic_snapshots() {
     .await
     .unwrap();
     let deadline = Instant::now() + Duration::from_secs(10);
-    while snapshots.list().unwrap().len() < 2 || log.last_lsn().0 < 3 {
-        assert!(
-            Instant::now() < deadline,
-            "no noops or snapshots within 10 s"
-        );
+    while log.last_lsn().0 < 3 {
+        assert!(Instant::now() < deadline, "no noops within 10 s");
         tokio::time::sleep(Duration::from_millis(20)).await;
     }
+    assert!(
+        snapshots.list().unwrap().is_empty(),
+        "no snapshot of a state with nothing but NOOPs"
+    );
+    broker.handle().submit(vec![task("a", None)]).await.unwrap();
+    while snapshots.list().unwrap().is_empty() {
+        assert!(Instant::now() < deadline, "no snapshot within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    let first = snapshots.list().unwrap();
+    // Several intervals with only NOOPs: the snapshot is not written again.
+    let noops_from = log.last_lsn().0;
+    while log.last_lsn().0 < noops_from + 4 {
+        assert!(Instant::now() < deadline, "no noops within 10 s");
+        tokio::time::sleep(Duration::from_millis(20)).await;
+    }
+    assert_eq!(
+        snapshots.list().unwrap(),
+        first,
+        "an unchanged state is not snapshotted again"
+    );
     stop.cancel();
     broker.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_task_too_large_for_a_record_is_refused_naming_its_field_and_others_go_on() {
+    // Goal: every field counts toward the record size (a long slot too); the offending request
+    // is refused with its field named, reserves nothing, and a request in the same round is
+    // created.
+    let log = Arc::new(MemoryLog::new().with_max_record_size(4096));
+    let stop = CancellationToken::new();
+    let broker = start(log.clone(), None, &stop).await;
+    let h = broker.handle();
+    let big_slot = "s".repeat(4000);
+    let small = h.submit(vec![task("small", None)]);
+    let big = h.submit(vec![task("ok", None), task("big", Some(&big_slot))]);
+    let (small, big) = tokio::join!(small, big);
+    assert_eq!(small.unwrap(), vec![SubmitOutcome::Accepted(TaskId(1))]);
+    match big.unwrap_err() {
+        BrokerError::TooLarge {
+            task,
+            field,
+            detail,
+        } => {
+            assert_eq!((task, field), (1, "slot"));
+            assert!(
+                detail.contains("4000 bytes") && detail.contains("4096"),
+                "{detail}"
+            );
+        }
+        other => panic!("{other:?}"),
+    }
+    // Nothing of the refused request exists; the next id follows the created task.
+    let out = h
+        .submit(vec![task("next", Some(&big_slot[..100]))])
+        .await
+        .unwrap();
+    assert_eq!(out, vec![SubmitOutcome::Accepted(TaskId(2))]);
+    stop.cancel();
+    broker.wait().await.unwrap();
+}
+
+/// A memory log whose replay and append completions wait for a gate, to hold a broker in
+/// recovery or with rounds in flight.
+struct GatedLog {
+    inner: MemoryLog,
+    gate: Arc<tokio::sync::Semaphore>,
+}
+
+impl GatedLog {
+    fn new(inner: MemoryLog) -> GatedLog {
+        GatedLog {
+            inner,
+            gate: Arc::new(tokio::sync::Semaphore::new(0)),
+        }
+    }
+
+    fn open(&self) {
+        self.gate
+            .add_permits(tokio::sync::Semaphore::MAX_PERMITS / 2);
+    }
+}
+
+impl CommitLog for GatedLog {
+    fn append(&self, records: Vec<bytes::Bytes>) -> majordodo_log::AppendFuture {
+        let durable = self.inner.append(records);
+        let gate = self.gate.clone();
+        Box::pin(async move {
+            let _ = gate.acquire().await;
+            durable.await
+        })
+    }
+
+    fn replay<'a>(
+        &'a self,
+        after: majordodo_log::Lsn,
+        f: &'a mut majordodo_log::ReplayFn<'a>,
+    ) -> majordodo_log::BoxFuture<'a, Result<majordodo_log::ReplayReport, majordodo_log::LogError>>
+    {
+        Box::pin(async move {
+            // The replay uses its permit up, so one permit lets exactly the replay through.
+            if let Ok(permit) = self.gate.acquire().await {
+                permit.forget();
+            }
+            self.inner.replay(after, f).await
+        })
+    }
+
+    fn last_lsn(&self) -> majordodo_log::Lsn {
+        self.inner.last_lsn()
+    }
+
+    fn release_before(
+        &self,
+        lsn: majordodo_log::Lsn,
+    ) -> majordodo_log::BoxFuture<'_, Result<(), majordodo_log::LogError>> {
+        self.inner.release_before(lsn)
+    }
+
+    fn max_record_size(&self) -> usize {
+        self.inner.max_record_size()
+    }
+
+    fn close(&self) -> majordodo_log::BoxFuture<'_, Result<(), majordodo_log::LogError>> {
+        self.inner.close()
+    }
+}
+
+#[tokio::test]
+async fn a_recovering_broker_answers_recovery_in_progress_then_serves() {
+    // Goal: while the log is replayed, writes and reads get `Recovering` (not a hang, not
+    // "stopped"); once recovered, the same handle serves.
+    let log = Arc::new(GatedLog::new(MemoryLog::new()));
+    let stop = CancellationToken::new();
+    let booting = Broker::launch(
+        BrokerConfig::default(),
+        log.clone(),
+        None,
+        Arc::new(DefaultGroupMapper),
+        Arc::new(SystemClock),
+        stop.clone().cancelled_owned(),
+    );
+    let h = booting.handle();
+    assert_eq!(
+        h.submit(vec![task("a", None)]).await.unwrap_err(),
+        BrokerError::Recovering
+    );
+    assert_eq!(
+        h.query(|v| v.state.task_count()).await.unwrap_err(),
+        BrokerError::Recovering
+    );
+    log.open();
+    let broker = booting.recovered().await.unwrap();
+    assert_eq!(
+        h.submit(vec![task("a", None)]).await.unwrap(),
+        vec![SubmitOutcome::Accepted(TaskId(1))]
+    );
+    stop.cancel();
+    broker.wait().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_full_submission_queue_answers_overloaded_at_once_and_a_stopping_broker_says_stopped() {
+    // Goal: when the dispatcher cannot take more (rounds in flight at their bound, its queue
+    // full), a submit is answered `Overloaded` at once instead of waiting; during a stop,
+    // submissions are answered `Stopped`, never `NotLeader`.
+    let log = Arc::new(GatedLog::new(MemoryLog::new()));
+    log.gate.add_permits(1); // the replay
+    let stop = CancellationToken::new();
+    let config = BrokerConfig {
+        command_queue: 2,
+        dispatcher: DispatcherConfig {
+            max_rounds_in_flight: 1,
+            ..DispatcherConfig::default()
+        },
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::start(
+        config,
+        log.clone(),
+        None,
+        Arc::new(DefaultGroupMapper),
+        Arc::new(SystemClock),
+        stop.clone().cancelled_owned(),
+    )
+    .await
+    .unwrap();
+    let h = broker.handle();
+    // One round in flight (held by the gate), then the queue fills.
+    let mut waiting = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    let overloaded = loop {
+        assert!(Instant::now() < deadline, "never overloaded");
+        let h = h.clone();
+        let pending = tokio::spawn(async move { h.submit(vec![task("x", None)]).await });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if pending.is_finished() {
+            break pending.await.unwrap();
+        }
+        waiting.push(pending);
+    };
+    assert!(
+        matches!(overloaded, Err(BrokerError::Overloaded(_))),
+        "{overloaded:?}"
+    );
+    stop.cancel();
+    tokio::time::sleep(Duration::from_millis(20)).await;
+    log.open();
+    broker.wait().await.unwrap();
+    for pending in waiting {
+        match pending.await.unwrap() {
+            Ok(_) | Err(BrokerError::Stopped) => {}
+            other => panic!("a submission during the stop got {other:?}"),
+        }
+    }
 }

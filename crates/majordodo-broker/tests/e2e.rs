@@ -29,7 +29,16 @@ struct Running {
 }
 
 async fn start_broker(dir: &std::path::Path, port: u16, idle: Duration) -> Running {
-    let (log, _) = FileLog::open(dir.join("log"), FileLogConfig::default()).expect("open log");
+    start_broker_with(dir, port, idle, FileLogConfig::default()).await
+}
+
+async fn start_broker_with(
+    dir: &std::path::Path,
+    port: u16,
+    idle: Duration,
+    log_config: FileLogConfig,
+) -> Running {
+    let (log, _) = FileLog::open(dir.join("log"), log_config).expect("open log");
     let log: Arc<dyn CommitLog> = Arc::new(log);
     let snapshots = Arc::new(SnapshotStore::open(dir.join("snapshots")).expect("open snapshots"));
     let stop = CancellationToken::new();
@@ -215,6 +224,82 @@ async fn ten_thousand_tasks_run_to_completion_with_their_results() {
         stop.cancel();
         join.await.unwrap();
     }
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn result_too_large_for_the_log_fails_that_attempt_and_nothing_else() {
+    // Goal: a worker's result too large for one log record becomes a task error naming the
+    // sizes, the other tasks finish, the broker keeps running, and a
+    // restart on the same directory boots (no crash loop from a re-sent report).
+    let dir = tempfile::tempdir().unwrap();
+    let idle = Duration::from_secs(10);
+    let config = FileLogConfig {
+        max_record_size: 64 * 1024,
+        ..FileLogConfig::default()
+    };
+    let broker = start_broker_with(dir.path(), 0, idle, config.clone()).await;
+    let executors = Executors::new().with(
+        "size",
+        executor_fn(|t| async move {
+            let n: usize = t.data.parse().expect("a size");
+            Ok::<_, TaskFailure>("r".repeat(n))
+        }),
+    );
+    let (join, stop) = spawn_worker(worker_config(broker.addr, "w1", 8, idle), executors);
+    let sizes = [10usize, 200_000, 20];
+    let ids = submit(
+        &broker.handle,
+        sizes
+            .iter()
+            .map(|n| SubmitRequest {
+                task_type: "size".into(),
+                user_id: "u".into(),
+                data: n.to_string(),
+                max_attempts: 1,
+                ..Default::default()
+            })
+            .collect(),
+    )
+    .await;
+    wait_until(Duration::from_secs(30), "three tasks ended", || {
+        let h = broker.handle.clone();
+        async move {
+            count(&h, TaskStatus::Finished).await + count(&h, TaskStatus::Error).await == 3
+        }
+    })
+    .await;
+    let ended = broker
+        .handle
+        .query(move |v| {
+            ids.iter()
+                .map(|id| {
+                    let t = v.state.task(*id).unwrap();
+                    (
+                        t.status,
+                        t.result.as_deref().unwrap_or("").len().min(200),
+                        t.result
+                            .as_deref()
+                            .map(|r| r.chars().take(200).collect::<String>()),
+                    )
+                })
+                .collect::<Vec<_>>()
+        })
+        .await
+        .unwrap();
+    assert_eq!(ended[0].0, TaskStatus::Finished);
+    assert_eq!(ended[2].0, TaskStatus::Finished);
+    assert_eq!(ended[1].0, TaskStatus::Error);
+    let text = ended[1].2.clone().unwrap();
+    assert!(
+        text.starts_with("result too large (200000 bytes, limit ") && text.ends_with(')'),
+        "{text}"
+    );
+    stop.cancel();
+    join.await.unwrap();
+    broker.stop().await;
+    let broker = start_broker_with(dir.path(), 0, idle, config).await;
+    assert_eq!(count(&broker.handle, TaskStatus::Error).await, 1);
     broker.stop().await;
 }
 

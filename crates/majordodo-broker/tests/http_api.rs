@@ -27,6 +27,7 @@ use majordodo_proto::worker::{
 use rand::SeedableRng;
 use rand::rngs::StdRng;
 use serde_json::{Value, json};
+use sha2::Digest as _;
 use tokio::io::{AsyncReadExt, AsyncWriteExt};
 use tokio::net::{TcpListener, TcpStream};
 use tokio_util::codec::Framed;
@@ -187,12 +188,23 @@ impl Harness {
         self.post(serde_json::to_vec(&body).unwrap(), auth).await
     }
 
-    /// (task count, highest task id): what a refused request must leave unchanged.
-    async fn state_mark(&self) -> (usize, u64) {
-        self.handle
-            .query(|v| (v.state.task_count(), v.state.max_task_id()))
+    /// What a refused request must leave unchanged: a digest of the whole state's snapshot
+    /// encoding (tasks, workers, slots, counters), and the log's last position (nothing was
+    /// written, not even an entry that changes nothing).
+    async fn state_mark(&self) -> (String, u64) {
+        let digest = self
+            .handle
+            .query(|v| {
+                let bytes = majordodo_proto::snapshot::encode_snapshot(&v.state.snapshot_source());
+                let digest = sha2::Sha256::digest(&bytes);
+                digest
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            })
             .await
-            .unwrap()
+            .unwrap();
+        (digest, self.log.last_lsn().0)
     }
 
     /// Polls the broker until `f` holds, within [`WAIT`].
@@ -835,6 +847,14 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
             "attempt",
         ),
         (
+            "attempt not below maxattempts",
+            json_body(
+                json!({"action": "submitTask", "userid": "u", "tasktype": "t",
+                             "maxattempts": 2, "attempt": 2}),
+            ),
+            "attempt",
+        ),
+        (
             "non-numeric deadline",
             json_body(with("deadline", json!("tomorrow"))),
             "deadline",
@@ -1141,19 +1161,20 @@ async fn users_submit_and_read_only_their_own_tasks() {
 
 #[tokio::test]
 async fn broker_failures_answer_503_with_the_original_retryable_words() {
-    // Goal: a log failure during a submit is a 503 saying broker_not_started, retryable, with
-    // nothing internal in the body; once the broker stopped, reads and writes are 503 too.
+    // Goal: a log failure while a submit is being written is a 500 `outcome_unknown`, not
+    // retryable (the task may exist after a restart), with nothing internal in the body; once
+    // the broker stopped, reads and writes are 503 broker_not_started, retryable.
     let h = Harness::start().await;
     h.log.fail_next_append();
     let (s, b) = h.post_json(java_submit("u", "t", "x"), &admin()).await;
-    assert_error(s, &b, StatusCode::SERVICE_UNAVAILABLE, None);
+    assert_error(s, &b, StatusCode::INTERNAL_SERVER_ERROR, None);
     let error = b["error"].as_str().unwrap();
-    assert!(error.starts_with("broker_not_started"), "{error}");
+    assert!(error.starts_with("outcome_unknown"), "{error}");
     assert!(
         !error.contains("fault") && !error.contains("injected"),
         "{error}"
     );
-    assert_eq!(b["retryable"], json!(true));
+    assert!(b.get("retryable").is_none(), "{b}");
     let mut h = h;
     let broker = h.broker.take().unwrap();
     assert!(broker.wait().await.is_err());
@@ -1162,6 +1183,7 @@ async fn broker_failures_answer_503_with_the_original_retryable_words() {
     assert!(b["error"].as_str().unwrap().contains("broker_not_started"));
     let (s, b) = h.post_json(java_submit("u", "t", "x"), &admin()).await;
     assert_error(s, &b, StatusCode::SERVICE_UNAVAILABLE, None);
+    assert_eq!(b["retryable"], json!(true));
     h.stop().await;
 }
 

@@ -155,12 +155,12 @@ pub struct Admission {
     pub replaced: Option<ConnId>,
 }
 
-/// Assignments for one worker, to push to it once the entries are durable.
+/// Applied assignments to push to one worker connection now (see [`Leader::take_pushes`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct WorkerAssignments {
     /// The worker.
     pub worker_id: Arc<str>,
-    /// Its connection when the assignments were decided.
+    /// The connection to push them to: the worker's current one, whose session is open.
     pub conn: ConnId,
     /// (task, attempt) in assignment order.
     pub tasks: Vec<(TaskId, u32)>,
@@ -170,12 +170,39 @@ pub struct WorkerAssignments {
 #[derive(Clone, Debug)]
 struct LiveWorker {
     conn: Option<ConnId>,
+    /// The session of `conn` is open: its admission is durable and the worker was welcomed, so
+    /// pushes reach it. Until then applied assignments wait in `outbox`.
+    open: bool,
     process_id: String,
     capacity: WorkerCapacity,
     /// Last message (or connection loss, or promotion) time.
     last_seen: Millis,
     /// Declared dead (the entries may still be in flight).
     dead: bool,
+    /// Applied assignments not yet handed out for pushing, in log order. Every assignment is
+    /// pushed from here, once, to the connection that is current and open when it is taken:
+    /// an assignment applied while the worker reconnects waits here for the new session
+    /// instead of being sent to a connection that cannot take it.
+    outbox: Vec<(TaskId, u32)>,
+}
+
+impl LiveWorker {
+    fn new(
+        conn: Option<ConnId>,
+        process_id: String,
+        capacity: WorkerCapacity,
+        now: Millis,
+    ) -> Self {
+        LiveWorker {
+            conn,
+            open: false,
+            process_id,
+            capacity,
+            last_seen: now,
+            dead: false,
+            outbox: Vec::new(),
+        }
+    }
 }
 
 /// A submission in flight: what the leader needs to know about its task before it is applied.
@@ -216,6 +243,8 @@ pub struct Leader {
     /// Purges in flight.
     pending_purge: HashSet<TaskId>,
     live: BTreeMap<Arc<str>, LiveWorker>,
+    /// Workers whose outbox may hold assignments to push (see [`Leader::take_pushes`]).
+    outbox_ready: BTreeSet<Arc<str>>,
     /// Rotates the first worker served by each assignment round, so no worker is favoured.
     rotation: usize,
 }
@@ -230,13 +259,7 @@ impl Leader {
             if w.status != WorkerStatus::Dead {
                 live.insert(
                     w.id.clone(),
-                    LiveWorker {
-                        conn: None,
-                        process_id: w.process_id.clone(),
-                        capacity: WorkerCapacity::any(0),
-                        last_seen: now,
-                        dead: false,
-                    },
+                    LiveWorker::new(None, w.process_id.clone(), WorkerCapacity::any(0), now),
                 );
             }
         }
@@ -246,13 +269,12 @@ impl Leader {
             if w.status == WorkerStatus::Dead && state.running_on(&w.id).is_some() {
                 live.insert(
                     w.id.clone(),
-                    LiveWorker {
-                        conn: None,
-                        process_id: w.process_id.clone(),
-                        capacity: WorkerCapacity::any(0),
-                        last_seen: now - config.max_worker_idle,
-                        dead: false,
-                    },
+                    LiveWorker::new(
+                        None,
+                        w.process_id.clone(),
+                        WorkerCapacity::any(0),
+                        now - config.max_worker_idle,
+                    ),
                 );
             }
         }
@@ -269,6 +291,7 @@ impl Leader {
             pending_changes: HashSet::new(),
             pending_purge: HashSet::new(),
             live,
+            outbox_ready: BTreeSet::new(),
             rotation: 0,
         }
     }
@@ -303,6 +326,16 @@ impl Leader {
 
     /// Decides a submission. When accepted, the returned entry must be logged.
     pub fn submit(&mut self, now: Millis, req: SubmitRequest) -> (SubmitOutcome, Option<LogEntry>) {
+        if req.max_attempts > 0 && req.attempts >= req.max_attempts {
+            // Its first execution would be beyond maxattempts (the API refuses this too).
+            return (
+                SubmitOutcome::NotCreated(format!(
+                    "attempt {} is not below maxattempts {}",
+                    req.attempts, req.max_attempts
+                )),
+                None,
+            );
+        }
         if let Some(slot) = &req.slot
             && (self.state.slot_holder(slot).is_some()
                 || self.pending_slots.contains(slot.as_str()))
@@ -386,9 +419,11 @@ impl Leader {
             process_id: hello.process_id.clone(),
             timestamp: now,
         }];
-        // Reconciliation, as in the original Majordodo: what the state has running on this worker but the worker
-        // does not list is lost. Assignments still in flight are not: they will be pushed to this
-        // new connection once durable.
+        // Reconciliation, as in the original Majordodo: what the state has running on this worker
+        // but the worker does not list is lost. That includes applied assignments still in the
+        // outbox (never pushed, so the worker cannot list them). Assignments still in flight are
+        // not lost: once applied they enter the outbox and are pushed to this new connection as
+        // soon as its session is open.
         let listed: HashSet<(TaskId, u32)> = hello.running.iter().copied().collect();
         let mut lost: Vec<TaskId> = self
             .state
@@ -407,15 +442,10 @@ impl Leader {
             }
         }
         self.live.insert(
-            worker,
-            LiveWorker {
-                conn: Some(hello.conn),
-                process_id: hello.process_id,
-                capacity: hello.capacity,
-                last_seen: now,
-                dead: false,
-            },
+            worker.clone(),
+            LiveWorker::new(Some(hello.conn), hello.process_id, hello.capacity, now),
         );
+        self.outbox_ready.remove(&worker);
         Ok(Admission { entries, replaced })
     }
 
@@ -453,8 +483,10 @@ impl Leader {
             return Vec::new();
         }
         live.conn = None;
-        // Keep `last_seen`: the idle time counts from the last message, not from the loss.
-        let _ = now;
+        live.open = false;
+        // Keep `last_seen`: the idle time counts from the last message, not from the loss. The
+        // outbox stays: its tasks are failed by the reconciliation of the next connection, or
+        // when the worker is declared dead.
         vec![LogEntry::WorkerDisconnected {
             worker_id: worker_id.to_string(),
             timestamp: now,
@@ -464,6 +496,69 @@ impl Leader {
     /// The connection a worker is reachable on, if connected.
     pub fn connection_of(&self, worker_id: &str) -> Option<ConnId> {
         self.live.get(worker_id).and_then(|l| l.conn)
+    }
+
+    /// The session of `conn` was opened (the worker was welcomed once its admission was
+    /// durable): from now on [`Leader::take_pushes`] hands out its assignments, including those
+    /// applied while it was being admitted. Returns false, and changes nothing, if `conn` is no
+    /// longer the worker's current connection.
+    pub fn session_opened(&mut self, worker_id: &str, conn: ConnId) -> bool {
+        let Some((worker, live)) = self.live.get_key_value(worker_id) else {
+            return false;
+        };
+        if live.conn != Some(conn) || live.dead {
+            return false;
+        }
+        let worker = worker.clone();
+        let live = self.live.get_mut(&worker).expect("looked up above");
+        live.open = true;
+        if !live.outbox.is_empty() {
+            self.outbox_ready.insert(worker);
+        }
+        true
+    }
+
+    /// Takes the applied assignments to push now: for every worker whose current session is
+    /// open, what its outbox holds that is still current (running on it at that attempt, with no
+    /// change in flight). Call it after applying durable entries; push the result to the named
+    /// connections. Assignments of workers without an open session stay in their outbox.
+    pub fn take_pushes(&mut self) -> Vec<WorkerAssignments> {
+        let mut out = Vec::new();
+        for worker in std::mem::take(&mut self.outbox_ready) {
+            let Some(live) = self.live.get_mut(&worker) else {
+                continue;
+            };
+            let Some(conn) = live.conn.filter(|_| live.open) else {
+                continue; // re-armed by `session_opened`
+            };
+            let outbox = std::mem::take(&mut live.outbox);
+            let tasks: Vec<(TaskId, u32)> = outbox
+                .into_iter()
+                .filter(|&(id, attempt)| self.deliverable(id, &worker, attempt))
+                .collect();
+            if !tasks.is_empty() {
+                out.push(WorkerAssignments {
+                    worker_id: worker,
+                    conn,
+                    tasks,
+                });
+            }
+        }
+        out
+    }
+
+    /// Whether a status change of the task is decided and in flight (it is not touched again
+    /// until that change is applied).
+    pub fn change_in_flight(&self, id: TaskId) -> bool {
+        self.pending_changes.contains(&id)
+    }
+
+    /// Applied assignments of a worker not yet handed out by [`Leader::take_pushes`] (waiting
+    /// for its session to open), in log order.
+    pub fn unpushed(&self, worker_id: &str) -> &[(TaskId, u32)] {
+        self.live
+            .get(worker_id)
+            .map_or(&[], |l| l.outbox.as_slice())
     }
 
     /// Processes a batch of finish reports from a worker. Reports for attempts that are not current
@@ -715,14 +810,14 @@ impl Leader {
 
     // ----- assignment -----
 
-    /// Chooses tasks for every connected worker with room, in a rotating order. Returns the
-    /// entries to log and, per worker, what to push once they are durable.
-    pub fn assign(&mut self, now: Millis) -> (Vec<LogEntry>, Vec<WorkerAssignments>) {
+    /// Chooses tasks for every connected worker with room, in a rotating order, and returns the
+    /// entries to log. Once they are applied, [`Leader::take_pushes`] hands the assignments out
+    /// for pushing.
+    pub fn assign(&mut self, now: Millis) -> Vec<LogEntry> {
         let mut entries = Vec::new();
-        let mut out = Vec::new();
-        self.place_fresh(now, &mut entries, &mut out);
+        self.place_fresh(now, &mut entries);
         if self.state.waiting.is_empty() {
-            return (entries, out);
+            return entries;
         }
         let connected: Vec<Arc<str>> = self
             .live
@@ -731,7 +826,7 @@ impl Leader {
             .map(|(id, _)| id.clone())
             .collect();
         if connected.is_empty() {
-            return (entries, out);
+            return entries;
         }
         self.rotation = (self.rotation + 1) % connected.len();
         let mut budget = self.config.max_assignments_per_round;
@@ -741,7 +836,6 @@ impl Leader {
             }
             let worker = &connected[(self.rotation + i) % connected.len()];
             let live = &self.live[worker];
-            let conn = live.conn.expect("filtered on connected");
             let empty = RunningSet::default();
             let running = self.state.running.get(worker).unwrap_or(&empty);
             let pending = self.pending_assign.get(worker).unwrap_or(&empty);
@@ -753,7 +847,6 @@ impl Leader {
                 continue;
             }
             budget -= chosen.len();
-            let mut tasks = Vec::with_capacity(chosen.len());
             for c in chosen {
                 // Deadlines are expired by `tick` before assignment; one passing in between is
                 // still caught when the attempt fails.
@@ -771,27 +864,16 @@ impl Leader {
                     resources: Vec::new(),
                     timestamp: now,
                 });
-                tasks.push((c.id, attempt));
             }
-            out.push(WorkerAssignments {
-                worker_id: worker.clone(),
-                conn,
-                tasks,
-            });
         }
-        (entries, out)
+        entries
     }
 
     /// Places submissions decided since the last call directly on workers with room, so a task
     /// submitted to an idle cluster is created and assigned in the same log write (one fsync on
     /// the way from submission to execution). Only while nothing waits ahead of it: as soon as a
     /// task cannot be placed, it and every later one go through the queues (age order).
-    fn place_fresh(
-        &mut self,
-        now: Millis,
-        entries: &mut Vec<LogEntry>,
-        out: &mut Vec<WorkerAssignments>,
-    ) {
+    fn place_fresh(&mut self, now: Millis, entries: &mut Vec<LogEntry>) {
         if self.fresh.is_empty() {
             return;
         }
@@ -820,7 +902,7 @@ impl Leader {
                         .capacity
                         .admits(&[running, pending], &p.task_type, p.group)
                     {
-                        placed = Some((worker.clone(), live.conn.expect("filtered on connected")));
+                        placed = Some(worker.clone());
                         next_worker += i + 1;
                         break;
                     }
@@ -828,7 +910,7 @@ impl Leader {
             }
             let p = self.pending_new.get_mut(&id).expect("checked above");
             match placed {
-                Some((worker, conn)) => {
+                Some(worker) => {
                     budget -= 1;
                     self.placed_in_flight.insert(id);
                     let attempt = p.attempts + 1;
@@ -843,14 +925,6 @@ impl Leader {
                         resources: Vec::new(),
                         timestamp: now,
                     });
-                    match out.iter_mut().find(|a| a.worker_id == worker) {
-                        Some(a) => a.tasks.push((id, attempt)),
-                        None => out.push(WorkerAssignments {
-                            worker_id: worker,
-                            conn,
-                            tasks: vec![(id, attempt)],
-                        }),
-                    }
                 }
                 None => {
                     p.queued = true;
@@ -895,11 +969,23 @@ impl Leader {
                 // If it is still in `fresh` (no assignment ran since its submission), it is in
                 // the queues now and `place_fresh` skips it: it is no longer in `pending_new`.
             }
-            Release::Assign(worker, id, task_type) => {
+            Release::Assign(worker, id, task_type, attempt) => {
                 if let Some(set) = self.pending_assign.get_mut(worker.as_str()) {
                     set.remove(id, &task_type);
                     if set.is_empty() {
                         self.pending_assign.remove(worker.as_str());
+                    }
+                }
+                if let Some((key, live)) = self.live.get_key_value(worker.as_str()) {
+                    let key = key.clone();
+                    let open = live.open;
+                    self.live
+                        .get_mut(&key)
+                        .expect("looked up above")
+                        .outbox
+                        .push((id, attempt));
+                    if open {
+                        self.outbox_ready.insert(key);
                     }
                 }
             }
@@ -935,7 +1021,7 @@ impl Leader {
 /// The reservation an entry releases once applied.
 enum Release {
     New(TaskId, Option<String>),
-    Assign(String, TaskId, Arc<str>),
+    Assign(String, TaskId, Arc<str>, u32),
     Change(TaskId),
     Purge(Vec<TaskId>),
     Worker(String),
@@ -947,9 +1033,17 @@ impl Release {
         match entry {
             LogEntry::AddTask(t) => Release::New(t.id, t.slot.clone()),
             LogEntry::AssignTask {
-                task_id, worker_id, ..
+                task_id,
+                worker_id,
+                attempt,
+                ..
             } => match state.task(*task_id) {
-                Some(task) => Release::Assign(worker_id.clone(), *task_id, task.task_type.clone()),
+                Some(task) => Release::Assign(
+                    worker_id.clone(),
+                    *task_id,
+                    task.task_type.clone(),
+                    *attempt,
+                ),
                 None => Release::Nothing,
             },
             LogEntry::TaskStatusChange { task_id, .. } => Release::Change(*task_id),

@@ -1,7 +1,10 @@
-//! Random schedules of submissions, worker connections, crashes, reports and timers, with batches
-//! left in flight (pipelined) for random stretches. After every step: no worker holds more than its
-//! capacity (applied plus in flight); at the end: the leader's state passes every invariant and
-//! equals a replay of its log, and a snapshot of it rebuilds it exactly.
+//! Random schedules of submissions, worker connections, reconnections with pushes in flight,
+//! crashes, reports and timers, with batches left in flight (pipelined) for random stretches.
+//! After every step: no worker holds more than its capacity (applied plus in flight, per type and
+//! for the `any` bucket), no task has an attempt beyond its maxattempts, and every task running on
+//! a connected worker is known to it (it runs it, or it is in transit on its connection) or is
+//! waiting in the leader's outbox for its session. At the end: the leader's state passes every
+//! invariant and equals a replay of its log, and a snapshot of it rebuilds it exactly.
 
 mod support;
 
@@ -11,7 +14,7 @@ use std::sync::Arc;
 use majordodo_core::leader::{Outcome, SubmitRequest};
 use majordodo_core::{BrokerState, DefaultGroupMapper, LeaderConfig, TaskStatus, WorkerCapacity};
 use proptest::prelude::*;
-use support::Sim;
+use support::{Batch, Sim};
 
 #[derive(Clone, Debug)]
 enum Op {
@@ -19,11 +22,21 @@ enum Op {
         user: u8,
         kind: u8,
         max_attempts: u8,
+        attempts: u8,
         slot: Option<u8>,
         delay: bool,
         deadline: bool,
     },
     Connect {
+        worker: u8,
+    },
+    /// The worker drops its connection and opens a new one at once: the broker sees the new
+    /// connection before the old one's loss, and what was in transit on the old one is lost.
+    Reconnect {
+        worker: u8,
+    },
+    /// The worker reads what is in transit on its connection.
+    Receive {
         worker: u8,
     },
     Disconnect {
@@ -47,11 +60,13 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0u8..4, 0u8..3, 0u8..4, proptest::option::of(0u8..3), any::<bool>(), any::<bool>())
-            .prop_map(|(user, kind, max_attempts, slot, delay, deadline)| Op::Submit {
-                user, kind, max_attempts, slot, delay, deadline
+        6 => (0u8..4, 0u8..4, (0u8..4, 0u8..3), proptest::option::of(0u8..3), any::<bool>(), any::<bool>())
+            .prop_map(|(user, kind, (max_attempts, attempts), slot, delay, deadline)| Op::Submit {
+                user, kind, max_attempts, attempts, slot, delay, deadline
             }),
         2 => (0u8..3).prop_map(|worker| Op::Connect { worker }),
+        2 => (0u8..3).prop_map(|worker| Op::Reconnect { worker }),
+        6 => (0u8..3).prop_map(|worker| Op::Receive { worker }),
         1 => (0u8..3).prop_map(|worker| Op::Disconnect { worker }),
         1 => (0u8..3).prop_map(|worker| Op::Crash { worker }),
         6 => (0u8..3, any::<u8>(), any::<bool>()).prop_map(|(worker, pick, ok)| Op::Report { worker, pick, ok }),
@@ -100,14 +115,14 @@ fn check_capacity(sim: &Sim) {
     }
     // Types of tasks whose creation is still in flight (placed directly at submission).
     let mut new_types = BTreeMap::new();
-    for (entries, _) in &sim.inflight {
+    for Batch { entries, .. } in &sim.inflight {
         for e in entries {
             if let majordodo_core::LogEntry::AddTask(t) = e {
                 new_types.insert(t.id, t.task_type.clone());
             }
         }
     }
-    for (entries, _) in &sim.inflight {
+    for Batch { entries, .. } in &sim.inflight {
         for e in entries {
             if let majordodo_core::LogEntry::AssignTask {
                 task_id, worker_id, ..
@@ -137,14 +152,89 @@ fn check_capacity(sim: &Sim) {
             "{worker} runs {types:?}"
         );
         for (t, limit) in &cap.max_threads_by_task_type {
-            if t != "any" {
-                let n = types.iter().filter(|x| *x == t).count();
-                assert!(
-                    n <= *limit as usize,
-                    "{worker} runs {n} of {t} (limit {limit})"
-                );
+            let n = if t == "any" {
+                // The `any` bucket: every type without an entry of its own, counted together.
+                types
+                    .iter()
+                    .filter(|x| !cap.max_threads_by_task_type.contains_key(*x))
+                    .count()
+            } else {
+                types.iter().filter(|x| *x == t).count()
+            };
+            assert!(
+                n <= *limit as usize,
+                "{worker} runs {n} counted against {t} (limit {limit}): {types:?}"
+            );
+        }
+    }
+}
+
+/// No task, applied or being assigned, is at an attempt beyond its maxattempts.
+fn check_attempts(sim: &Sim) {
+    for task in sim.state().tasks() {
+        assert!(
+            task.max_attempts == 0 || task.attempts <= task.max_attempts,
+            "task {} is at attempt {} of {}",
+            task.id,
+            task.attempts,
+            task.max_attempts
+        );
+    }
+    let mut max_of = BTreeMap::new();
+    for batch in &sim.inflight {
+        for e in &batch.entries {
+            match e {
+                majordodo_core::LogEntry::AddTask(t) => {
+                    max_of.insert(t.id, t.max_attempts);
+                }
+                majordodo_core::LogEntry::AssignTask {
+                    task_id, attempt, ..
+                } => {
+                    let max = sim
+                        .state()
+                        .task(*task_id)
+                        .map(|t| t.max_attempts)
+                        .or_else(|| max_of.get(task_id).copied())
+                        .expect("an assigned task exists or is being created");
+                    assert!(
+                        max == 0 || *attempt <= max,
+                        "task {task_id} assigned attempt {attempt} of {max}"
+                    );
+                }
+                _ => {}
             }
         }
+    }
+}
+
+/// Every task running on a connected worker is known to that connection (the worker runs it or
+/// it is in transit to it), is waiting in the leader's outbox for the session to open, or has a
+/// change in flight. Without this, a task could hold its slot and capacity forever.
+fn check_delivery(sim: &Sim) {
+    for task in sim.state().tasks() {
+        if task.status != TaskStatus::Running || sim.leader.change_in_flight(task.id) {
+            continue;
+        }
+        let worker = task
+            .worker_id
+            .as_deref()
+            .expect("a running task has a worker");
+        let Some(conn) = sim.conns.get(worker) else {
+            continue; // reconciled on reconnection, or failed when declared dead
+        };
+        let key = (task.id, task.attempts);
+        let runs = sim.workers.get(worker).is_some_and(|s| s.contains(&key));
+        let in_transit = conn.transit.contains(&key);
+        let queued = sim.leader.unpushed(worker).contains(&key);
+        assert!(
+            runs || in_transit || queued,
+            "task {} attempt {} runs on {worker} (connection {}, open: {}) but the worker does \
+             not know it and nothing will push it",
+            task.id,
+            task.attempts,
+            conn.id,
+            conn.open
+        );
     }
 }
 
@@ -155,12 +245,14 @@ fn run(ops: Vec<Op>) {
         max_assignments_per_round: 5,
         max_timer_changes_per_round: 3,
     });
+    sim.auto_receive = false;
     for op in ops {
         match op {
             Op::Submit {
                 user,
                 kind,
                 max_attempts,
+                attempts,
                 slot,
                 delay,
                 deadline,
@@ -170,6 +262,7 @@ fn run(ops: Vec<Op>) {
                     user_id: format!("{user}"),
                     data: "x".into(),
                     max_attempts: max_attempts.into(),
+                    attempts: attempts.into(),
                     slot: slot.map(|s| format!("s{s}")),
                     requested_start_time: if delay { sim.now + 2_000 } else { 0 },
                     deadline: if deadline { sim.now + 5_000 } else { 0 },
@@ -182,6 +275,19 @@ fn run(ops: Vec<Op>) {
                     let _ = sim.connect(&id, capacity(worker));
                 }
             }
+            Op::Reconnect { worker } => {
+                let id = format!("w{worker}");
+                if let Some(old) = sim.conns.remove(&id) {
+                    let _ = sim.connect(&id, capacity(worker));
+                    // The old connection's loss arrives after the new connection.
+                    let entries = sim.leader.worker_disconnected(sim.now, &id, old.id);
+                    assert!(
+                        entries.is_empty(),
+                        "a replaced connection's loss logs nothing"
+                    );
+                }
+            }
+            Op::Receive { worker } => sim.receive(&format!("w{worker}")),
             Op::Disconnect { worker } => sim.disconnect(&format!("w{worker}")),
             Op::Crash { worker } => sim.crash(&format!("w{worker}")),
             Op::Report { worker, pick, ok } => {
@@ -205,8 +311,11 @@ fn run(ops: Vec<Op>) {
             }
         }
         check_capacity(&sim);
+        check_attempts(&sim);
+        check_delivery(&sim);
     }
     sim.flush();
+    check_delivery(&sim);
     assert!(
         !sim.leader.has_pending(),
         "every reservation is released once applied"

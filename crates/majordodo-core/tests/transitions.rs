@@ -397,7 +397,7 @@ fn second_process_with_the_same_worker_id_is_refused_while_the_first_is_connecte
         .unwrap_err();
     assert!(err.to_string().contains("already connected"), "{err}");
     // The same process reconnecting replaces its old connection.
-    let old = *sim.conns.get("w1").unwrap();
+    let old = sim.conns.get("w1").unwrap().id;
     let admission = sim
         .leader
         .worker_connected(

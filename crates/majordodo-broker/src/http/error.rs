@@ -45,7 +45,9 @@ pub enum ApiError {
     /// The body, or a task in it, is too large (413). Not retryable as is.
     #[error("payload too large: {0}")]
     TooLarge(FieldError),
-    /// The broker could not serve the request (503, or 413 for a task over the log's limit).
+    /// The broker could not serve the request: 503 when nothing of it was done (retryable),
+    /// 500 `outcome_unknown` when its log failed while writing it, 413 for a task over the log's
+    /// record limit.
     #[error("broker: {0}")]
     Broker(#[from] BrokerError),
     /// A failure of this process (500); the detail is logged, not sent.
@@ -69,9 +71,10 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
-            ApiError::TooLarge(_) | ApiError::Broker(BrokerError::TooLarge(_)) => {
+            ApiError::TooLarge(_) | ApiError::Broker(BrokerError::TooLarge { .. }) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            ApiError::Broker(BrokerError::OutcomeUnknown(_)) => StatusCode::INTERNAL_SERVER_ERROR,
             ApiError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -110,30 +113,51 @@ impl ApiError {
     }
 }
 
-/// The words clients see for a broker condition: the retryable ones start with the original's
-/// strings, which clients of the original match on.
+/// The words clients see for a broker condition: each starts with its error code (the
+/// original's strings where it had one, which its clients match on). Only the conditions in which
+/// nothing of the request was done are retryable.
 fn broker_error_body(e: &BrokerError) -> (String, Option<String>, bool) {
     let (text, retryable) = match e {
         BrokerError::NotLeader => ("broker_not_leader: this broker is not the leader", true),
         BrokerError::Recovering => ("recovery_in_progress: the broker is recovering", true),
         BrokerError::Stopped => ("broker_not_started: the broker is not running", true),
-        BrokerError::Log(_) => (
-            "broker_not_started: the broker cannot write its log; retry later",
+        BrokerError::Unavailable(_) => (
+            "broker_not_started: the broker cannot write its log; nothing was done, retry later",
             true,
         ),
+        BrokerError::OutcomeUnknown(_) => (
+            "outcome_unknown: the broker's log failed while this request was being written; \
+             its tasks may or may not exist: look them up before submitting again",
+            false,
+        ),
         BrokerError::Overloaded(_) => ("broker_overloaded: too many requests; retry later", true),
-        BrokerError::TooLarge(detail) => {
-            return (detail.clone(), Some("data".to_owned()), false);
+        BrokerError::Snapshot(_) => ("snapshot_failed: the snapshot was not written", true),
+        BrokerError::TooLarge { field, detail, .. } => {
+            return (detail.clone(), Some((*field).to_owned()), false);
         }
     };
     (text.to_owned(), None, retryable)
 }
 
+/// Every error code an answer of this API can start with, for the documentation test.
+pub const ERROR_CODES: [&str; 6] = [
+    "broker_not_leader",
+    "recovery_in_progress",
+    "broker_not_started",
+    "outcome_unknown",
+    "broker_overloaded",
+    "snapshot_failed",
+];
+
 impl IntoResponse for ApiError {
     fn into_response(self) -> Response {
         match &self {
             ApiError::Internal(what) => tracing::error!(what, "http request failed"),
-            ApiError::Broker(e @ (BrokerError::Log(_) | BrokerError::Stopped)) => {
+            ApiError::Broker(
+                e @ (BrokerError::Unavailable(_)
+                | BrokerError::OutcomeUnknown(_)
+                | BrokerError::Stopped),
+            ) => {
                 tracing::warn!(error = %e, "http request refused: broker unavailable");
             }
             _ => tracing::debug!(error = %self, "http request refused"),
@@ -174,16 +198,22 @@ mod tests {
 
     #[tokio::test]
     async fn broker_conditions_map_to_503_with_the_original_words_and_nothing_internal() {
-        // Goal: each BrokerError has its status, its retryable word, and no internal detail.
+        // Goal: each BrokerError in which nothing happened is a retryable 503 with its word and
+        // no internal detail; a log failure during the write is a non-retryable
+        // `outcome_unknown`.
         let cases = [
             (BrokerError::NotLeader, "broker_not_leader"),
             (BrokerError::Recovering, "recovery_in_progress"),
             (BrokerError::Stopped, "broker_not_started"),
             (
-                BrokerError::Log("disk /dev/sda1 on fire".into()),
+                BrokerError::Unavailable("disk /dev/sda1 on fire".into()),
                 "broker_not_started",
             ),
             (BrokerError::Overloaded("queue full"), "broker_overloaded"),
+            (
+                BrokerError::Snapshot("disk /dev/sda1 full".into()),
+                "snapshot_failed",
+            ),
         ];
         for (e, word) in cases {
             let (status, headers, body) = answer(ApiError::Broker(e.clone())).await;
@@ -201,9 +231,20 @@ mod tests {
                 matches!(e, BrokerError::Overloaded(_))
             );
         }
-        let (status, _, body) = answer(ApiError::Broker(BrokerError::TooLarge(
-            "a task of 9 bytes".into(),
+        let (status, _, body) = answer(ApiError::Broker(BrokerError::OutcomeUnknown(
+            "write /dev/sda1".into(),
         )))
+        .await;
+        assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
+        let text = body["error"].as_str().unwrap();
+        assert!(text.starts_with("outcome_unknown"), "{text}");
+        assert!(!text.contains("sda1"), "{text}");
+        assert!(body.get("retryable").is_none(), "not retryable: {body}");
+        let (status, _, body) = answer(ApiError::Broker(BrokerError::TooLarge {
+            task: 0,
+            field: "data",
+            detail: "is 9 bytes".into(),
+        }))
         .await;
         assert_eq!(status, StatusCode::PAYLOAD_TOO_LARGE);
         assert_eq!(body["field"], serde_json::json!("data"));
@@ -211,5 +252,28 @@ mod tests {
         let (status, _, body) = answer(ApiError::Internal("secret detail")).await;
         assert_eq!(status, StatusCode::INTERNAL_SERVER_ERROR);
         assert_eq!(body["error"], serde_json::json!("internal error"));
+    }
+
+    #[tokio::test]
+    async fn every_error_code_is_produced_by_some_broker_error() {
+        // Goal: ERROR_CODES lists exactly the codes the broker errors produce.
+        let produced: std::collections::BTreeSet<String> = [
+            BrokerError::NotLeader,
+            BrokerError::Recovering,
+            BrokerError::Stopped,
+            BrokerError::Unavailable(String::new()),
+            BrokerError::OutcomeUnknown(String::new()),
+            BrokerError::Overloaded(""),
+            BrokerError::Snapshot(String::new()),
+        ]
+        .iter()
+        .map(|e| {
+            let (text, _, _) = broker_error_body(e);
+            text.split(':').next().unwrap().to_owned()
+        })
+        .collect();
+        let listed: std::collections::BTreeSet<String> =
+            ERROR_CODES.iter().map(|c| (*c).to_owned()).collect();
+        assert_eq!(produced, listed);
     }
 }

@@ -1,29 +1,52 @@
 //! A small driver that plays the broker runtime around a `Leader`: entries are "logged" into a
-//! vector, applied in order when a batch is made durable, and assignments are delivered to
-//! simulated workers.
+//! vector and applied in order when a batch is made durable; a worker's session opens when the
+//! batch admitting it is applied (as the dispatcher welcomes it); the assignments the leader
+//! then hands out travel on the worker's connection and reach the worker process when it
+//! receives them, or are lost with the connection.
 
 #![allow(dead_code, unreachable_pub)]
 
 use std::collections::{BTreeMap, BTreeSet, VecDeque};
 use std::sync::Arc;
 
-use majordodo_core::leader::{
-    FinishReport, Outcome, SubmitOutcome, SubmitRequest, WorkerAssignments, WorkerHello,
-};
+use majordodo_core::leader::{FinishReport, Outcome, SubmitOutcome, SubmitRequest, WorkerHello};
 use majordodo_core::{
     BrokerState, DefaultGroupMapper, Leader, LeaderConfig, LogEntry, Millis, TaskId, WorkerCapacity,
 };
+
+/// One worker connection as the network sees it.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct SimConn {
+    /// Its id.
+    pub id: u64,
+    /// The broker welcomed it (its admission batch was applied).
+    pub open: bool,
+    /// Assignments pushed on it that the worker has not read yet; lost if it drops.
+    pub transit: Vec<(TaskId, u32)>,
+}
+
+/// A batch "being written".
+#[derive(Clone, Debug)]
+pub struct Batch {
+    pub entries: Vec<LogEntry>,
+    /// The connection this batch admits: welcomed once the batch is applied.
+    pub welcome: Option<(String, u64)>,
+}
 
 pub struct Sim {
     pub leader: Leader,
     /// Every durable entry, in log order (index + 1 = lsn).
     pub log: Vec<LogEntry>,
-    /// Batches "being written": entries plus the assignments to deliver once durable.
-    pub inflight: VecDeque<(Vec<LogEntry>, Vec<WorkerAssignments>)>,
+    /// Batches "being written", oldest first.
+    pub inflight: VecDeque<Batch>,
     pub now: Millis,
     /// What each simulated worker process runs: worker id -> (task, attempt).
     pub workers: BTreeMap<String, BTreeSet<(TaskId, u32)>>,
-    pub conns: BTreeMap<String, u64>,
+    /// Each worker's current connection.
+    pub conns: BTreeMap<String, SimConn>,
+    /// Whether pushes reach the worker process at once (true) or wait in transit until
+    /// [`Sim::receive`] (false, for schedules that drop connections with pushes in flight).
+    pub auto_receive: bool,
     next_conn: u64,
 }
 
@@ -36,45 +59,80 @@ impl Sim {
             now: 1_000,
             workers: BTreeMap::new(),
             conns: BTreeMap::new(),
+            auto_receive: true,
             next_conn: 1,
         }
     }
 
     pub fn push(&mut self, entries: Vec<LogEntry>) {
         if !entries.is_empty() {
-            self.inflight.push_back((entries, Vec::new()));
+            self.inflight.push_back(Batch {
+                entries,
+                welcome: None,
+            });
         }
     }
 
-    /// Makes the oldest batch durable: applies it and delivers its assignments.
+    /// Makes the oldest batch durable: applies it, welcomes the connection it admits, and
+    /// pushes what the leader hands out.
     pub fn flush_one(&mut self) -> bool {
-        let Some((entries, assignments)) = self.inflight.pop_front() else {
+        let Some(batch) = self.inflight.pop_front() else {
             return false;
         };
-        for e in entries {
+        for e in batch.entries {
             self.log.push(e.clone());
             let lsn = self.log.len() as u64;
             self.leader
                 .apply(lsn, e)
                 .unwrap_or_else(|err| panic!("leader entry refused at lsn {lsn}: {err}"));
         }
-        for a in assignments {
-            let Some(conn) = self.conns.get(&*a.worker_id) else {
-                continue;
-            };
-            if *conn != a.conn {
-                continue;
-            }
-            for (task, attempt) in a.tasks {
-                if self.leader.deliverable(task, &a.worker_id, attempt) {
-                    self.workers
-                        .entry(a.worker_id.to_string())
-                        .or_default()
-                        .insert((task, attempt));
-                }
+        if let Some((worker, conn)) = batch.welcome
+            && self.leader.session_opened(&worker, conn)
+        {
+            let current = self
+                .conns
+                .get_mut(&worker)
+                .expect("the leader's current connection is the network's");
+            assert_eq!(
+                current.id, conn,
+                "{worker}: the leader opened a stale connection"
+            );
+            current.open = true;
+        }
+        self.deliver();
+        true
+    }
+
+    /// Takes the leader's pushes and puts them on the connections.
+    pub fn deliver(&mut self) {
+        for wa in self.leader.take_pushes() {
+            let conn = self
+                .conns
+                .get_mut(&*wa.worker_id)
+                .unwrap_or_else(|| panic!("push to {} which has no connection", wa.worker_id));
+            assert_eq!(
+                conn.id, wa.conn,
+                "push to a stale connection of {}",
+                wa.worker_id
+            );
+            assert!(conn.open, "push to {} before its welcome", wa.worker_id);
+            conn.transit.extend(wa.tasks);
+        }
+        if self.auto_receive {
+            let workers: Vec<String> = self.conns.keys().cloned().collect();
+            for w in workers {
+                self.receive(&w);
             }
         }
-        true
+    }
+
+    /// The worker process reads what is in transit on its connection.
+    pub fn receive(&mut self, worker: &str) {
+        let Some(conn) = self.conns.get_mut(worker) else {
+            return;
+        };
+        let got = std::mem::take(&mut conn.transit);
+        self.workers.entry(worker.into()).or_default().extend(got);
     }
 
     pub fn flush(&mut self) {
@@ -91,12 +149,9 @@ impl Sim {
     pub fn submit_in_round(&mut self, req: SubmitRequest) -> (SubmitOutcome, Vec<LogEntry>) {
         let (outcome, entry) = self.leader.submit(self.now, req);
         let mut entries: Vec<LogEntry> = entry.into_iter().collect();
-        let (assigned, pushes) = self.leader.assign(self.now);
-        entries.extend(assigned);
+        entries.extend(self.leader.assign(self.now));
         let batch = entries.clone();
-        if !entries.is_empty() {
-            self.inflight.push_back((entries, pushes));
-        }
+        self.push(entries);
         (outcome, batch)
     }
 
@@ -113,6 +168,8 @@ impl Sim {
         }
     }
 
+    /// The worker process opens a new connection, listing what it runs. An older connection of
+    /// the same process is replaced: the worker dropped it, and what was in transit on it is lost.
     pub fn connect(&mut self, worker: &str, capacity: WorkerCapacity) -> Result<(), String> {
         let conn = self.next_conn;
         self.next_conn += 1;
@@ -135,16 +192,27 @@ impl Sim {
                 },
             )
             .map_err(|e| e.to_string())?;
-        self.conns.insert(worker.into(), conn);
+        self.conns.insert(
+            worker.into(),
+            SimConn {
+                id: conn,
+                open: false,
+                transit: Vec::new(),
+            },
+        );
         self.workers.entry(worker.into()).or_default();
-        self.push(admission.entries);
+        self.inflight.push_back(Batch {
+            entries: admission.entries,
+            welcome: Some((worker.into(), conn)),
+        });
         Ok(())
     }
 
-    /// The worker's connection drops; the process keeps what it runs.
+    /// The worker's connection drops (with what was in transit on it); the process keeps what
+    /// it runs.
     pub fn disconnect(&mut self, worker: &str) {
         if let Some(conn) = self.conns.remove(worker) {
-            let entries = self.leader.worker_disconnected(self.now, worker, conn);
+            let entries = self.leader.worker_disconnected(self.now, worker, conn.id);
             self.push(entries);
         }
     }
@@ -180,10 +248,8 @@ impl Sim {
     }
 
     pub fn assign(&mut self) {
-        let (entries, assignments) = self.leader.assign(self.now);
-        if !entries.is_empty() {
-            self.inflight.push_back((entries, assignments));
-        }
+        let entries = self.leader.assign(self.now);
+        self.push(entries);
     }
 
     pub fn tick(&mut self) {
