@@ -1330,3 +1330,22 @@ async fn api_is_served_over_a_real_socket_with_chunked_java_style_requests() {
         .unwrap();
     h.stop().await;
 }
+
+#[test]
+fn the_documented_error_codes_are_exactly_those_the_broker_produces() {
+    // Goal: docs/http-api.md's table of error codes lists every code the broker answers with,
+    // and no other.
+    let doc = include_str!("../../../docs/http-api.md");
+    let table = doc
+        .split("Broker conditions start the `error` text with a code:")
+        .nth(1)
+        .expect("the error code table is in docs/http-api.md");
+    let documented: std::collections::BTreeSet<&str> = table
+        .lines()
+        .skip_while(|l| !l.starts_with('|'))
+        .take_while(|l| l.starts_with('|'))
+        .filter_map(|l| l.split('`').nth(1))
+        .collect();
+    let produced: std::collections::BTreeSet<&str> = http::ERROR_CODES.iter().copied().collect();
+    assert_eq!(documented, produced);
+}
