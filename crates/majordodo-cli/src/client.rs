@@ -4,7 +4,7 @@ mod api;
 mod submit;
 
 use anyhow::anyhow;
-use majordodo_client::{StatusFilter, TasksQuery};
+use majordodo_client::{DEFAULT_LIST_MAX_REQUESTS, ListEnd, ListLimits, StatusFilter, TasksQuery};
 
 pub(crate) use api::Api;
 use api::explain;
@@ -12,6 +12,7 @@ pub(crate) use submit::submit;
 
 use crate::cli::{SimpleViewArgs, StatusArg, TaskArgs, TasksArgs};
 use crate::output;
+use crate::units::format_duration;
 
 /// Prints `value` as pretty JSON on stdout.
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
@@ -38,7 +39,8 @@ pub(crate) async fn task(args: TaskArgs) -> anyhow::Result<()> {
     }
 }
 
-/// `majordodo tasks`.
+/// `majordodo tasks`: pages through the broker's answers until `--max` tasks are found or every
+/// task was examined; says on stderr when more may match and how to continue.
 pub(crate) async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
     let api = Api::new(&args.client)?;
     let status = match args.status {
@@ -49,35 +51,56 @@ pub(crate) async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
         ),
     };
     let query = TasksQuery {
-        max: Some(args.max),
+        max: None,
         status,
         worker_id: args.worker,
         task_type: args.task_type,
         slot: args.slot,
         user_id: args.user,
-        from_task_id: None,
+        from_task_id: args.from_task_id,
     };
-    let view = api
+    let limits = ListLimits {
+        max_tasks: args.max,
+        max_requests: DEFAULT_LIST_MAX_REQUESTS,
+        max_time: args.max_time,
+    };
+    let list = api
         .client
-        .tasks(&query)
+        .list_tasks(&query, limits)
         .await
         .map_err(|e| explain(e, "list the tasks", api.url()))?;
     if args.json {
-        return print_json(&view.tasks);
+        print_json(&list.tasks)?;
+    } else if !list.tasks.is_empty() {
+        print!("{}", output::tasks_table(&list.tasks));
     }
-    if view.tasks.is_empty() {
-        eprintln!("no tasks match");
-        return Ok(());
-    }
-    print!("{}", output::tasks_table(&view.tasks));
-    if view.truncated
-        || view.next_task_id.is_some()
-        || view.tasks.len() as u64 >= u64::from(args.max)
-    {
-        eprintln!(
-            "showing {} tasks; there may be more (raise --max or narrow the filters)",
-            view.tasks.len()
-        );
+    let shown = list.tasks.len();
+    match list.end {
+        ListEnd::Complete if shown == 0 => eprintln!("no tasks match"),
+        ListEnd::Complete => {}
+        ListEnd::MaxTasks { next_task_id } => {
+            let go_on = match next_task_id {
+                Some(id) => format!("raise --max, or continue with --from-task-id {id}"),
+                None => "raise --max or narrow the filters".to_owned(),
+            };
+            eprintln!("showing the first {shown} matching tasks (--max); more may match: {go_on}");
+        }
+        ListEnd::MaxRequests { next_task_id } | ListEnd::MaxTime { next_task_id } => {
+            let bound = match list.end {
+                ListEnd::MaxTime { .. } => format!(
+                    "{} (--max-time; raise it or narrow the filters)",
+                    format_duration(args.max_time)
+                ),
+                _ => format!("{} requests (the most one listing sends)", list.requests),
+            };
+            return Err(anyhow!(
+                "the listing is incomplete: it stopped after {bound}, with {shown} matching \
+                 tasks among the {} examined in {} requests; more may match: continue with \
+                 --from-task-id {next_task_id}",
+                list.scanned,
+                list.requests
+            ));
+        }
     }
     Ok(())
 }
