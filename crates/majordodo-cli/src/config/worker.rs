@@ -374,13 +374,14 @@ max_delay = "{max_delay}"
 # anything else fails the attempt with the end of stderr as the error. No shell is involved:
 # write ["sh", "-c", "..."] to use one. Environment: the worker's, plus `env`, plus
 # MAJORDODO_TASK_ID, MAJORDODO_TASK_TYPE, MAJORDODO_USER_ID, MAJORDODO_ATTEMPT.
+# Every key but argv is shown with its default.
 # [executors.render]
-# argv = ["/usr/local/bin/render", "--fast"]    # REQUIRED in each table
-# env = {{ RENDER_CACHE = "/var/cache/render" }} # default: nothing added
-# working_dir = "/srv/render"                   # default: the worker's
-# timeout_ms = {timeout_ms}                          # default: one hour, then the process group is killed
-# max_stdout_bytes = {max_stdout}                     # larger output fails the attempt
-# stderr_tail_bytes = {stderr_tail}                       # end of stderr quoted in error texts
+# argv = ["/usr/local/bin/render", "--fast"]  # REQUIRED in each table
+# env = {{}}                  # variables added, e.g. {{ RENDER_CACHE = "/var/cache/render" }}
+# working_dir: the worker's, unless set (working_dir = "/srv/render")
+# timeout_ms = {timeout_ms}        # one hour, then the process group is killed
+# max_stdout_bytes = {max_stdout}  # larger output fails the attempt
+# stderr_tail_bytes = {stderr_tail}     # end of stderr quoted in error texts
 "#,
         broker = DEFAULT_WORKER_LISTEN,
         max_threads = DEFAULT_MAX_THREADS,
