@@ -267,8 +267,19 @@ fn print_banner(b: &Banner<'_>) {
     println!("  worker port:  {}", b.worker_addr);
     println!("  data dir:     {}", b.data_dir.display());
     println!("  admin token:  {}", b.token_path.display());
-    if b.executors.is_empty() {
+    // A task type some worker will run: the local worker's echo (or its first type), else the
+    // echo of the worker the banner asks to start.
+    let sample = if b.executors.is_empty() {
         println!("  local worker: none (--no-worker)");
+        let secret = shell_quote(&b.data_dir.join(WORKER_SECRET_FILE).display().to_string());
+        println!("Tasks wait until a worker that runs their type connects. Start one, in another");
+        println!("terminal (it runs the built-in echo):");
+        println!(
+            "  {program} worker --broker {} --shared-secret-file {secret} --builtin echo",
+            b.worker_addr
+        );
+        println!("Then try, in a third terminal:");
+        "echo"
     } else {
         println!("  local worker: runs task types {}", b.executors.join(", "));
         println!(
@@ -277,9 +288,14 @@ fn print_banner(b: &Banner<'_>) {
         println!(
             "                the duration in the data, fail fails with the data as the error)"
         );
-    }
-    println!("Try, in another terminal:");
-    println!("  {program} submit --type echo --data 'hello world'{client_flags}");
+        println!("Try, in another terminal:");
+        b.executors
+            .iter()
+            .find(|t| *t == "echo")
+            .unwrap_or(&b.executors[0])
+    };
+    let sample = shell_quote(sample);
+    println!("  {program} submit --type {sample} --data 'hello world'{client_flags}");
     println!("  {program} tasks{client_flags}");
     println!("Stop with Ctrl-C.");
 }

@@ -189,3 +189,47 @@ fn jsonl_submission_checks_every_line_before_sending_anything() {
     let (status, _) = server.terminate();
     assert_eq!(status.code(), Some(0));
 }
+
+/// Runs `line` as a shell would, in `dir`.
+fn shell(dir: &Path, line: &str) -> std::process::Command {
+    let mut sh = std::process::Command::new("sh");
+    sh.current_dir(dir).arg("-c").arg(line);
+    sh
+}
+
+#[test]
+fn standalone_without_a_worker_prints_a_worker_command_that_runs_its_tasks() {
+    // Goal: with --no-worker the banner does not offer a task nobody will run: it prints a
+    // worker command first, and that command and the submit command after it, run as printed,
+    // get the echo task finished.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = majordodo();
+    cmd.current_dir(dir.path()).args([
+        "standalone",
+        "--no-worker",
+        "--http-port",
+        "0",
+        "--worker-port",
+        "0",
+    ]);
+    let mut server = Server::start(cmd);
+    let url = server.value_of("HTTP API:");
+    assert_eq!(server.value_of("local worker:"), "none (--no-worker)");
+    let worker_line = server.wait_line(" worker --broker ");
+    let submit_line = server.wait_line(" submit --type echo");
+    let worker_at = server.seen.iter().position(|l| *l == worker_line);
+    let submit_at = server.seen.iter().position(|l| *l == submit_line);
+    assert!(worker_at < submit_at, "{:#?}", server.seen);
+
+    let mut worker = Server::start(shell(dir.path(), &format!("exec {}", worker_line.trim())));
+    worker.wait_line("connecting to broker");
+    let out = run(shell(dir.path(), submit_line.trim()));
+    assert_eq!(ok(&out).trim(), "submitted task 1");
+    let task = wait_task_status(dir.path(), &["--url", &url], 1, "finished");
+    assert_eq!(task["result"], "hello world");
+
+    let (status, _) = worker.terminate();
+    assert_eq!(status.code(), Some(0));
+    let (status, _) = server.terminate();
+    assert_eq!(status.code(), Some(0));
+}
