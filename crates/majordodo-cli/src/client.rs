@@ -4,7 +4,11 @@ mod api;
 mod submit;
 
 use anyhow::anyhow;
-use majordodo_client::{DEFAULT_LIST_MAX_REQUESTS, ListEnd, ListLimits, StatusFilter, TasksQuery};
+use majordodo_client::{
+    DEFAULT_LIST_MAX_REQUESTS, ListEnd, ListLimits, StatusFilter, TaskInfo, TasksQuery,
+};
+use majordodo_core::TaskStatus;
+use tracing::debug;
 
 pub(crate) use api::Api;
 use api::explain;
@@ -32,11 +36,75 @@ pub(crate) async fn task(args: TaskArgs) -> anyhow::Result<()> {
         return Err(anyhow!("task {} not found (or already purged)", args.id));
     };
     if args.json {
-        print_json(&task)
+        print_json(&task)?;
     } else {
         print!("{}", output::task_details(&task));
-        Ok(())
     }
+    if let Some(note) = waiting_note(&api, &task).await {
+        eprintln!("note: {note}");
+    }
+    Ok(())
+}
+
+/// Why `task`, if it is waiting, may wait for long: no worker is connected, or no connected
+/// worker serves its type. Best effort: `None` when the task is not waiting, when a worker runs
+/// tasks of its type (it waits its turn), or when the broker's views do not tell.
+///
+/// The `workers` view does not list the types a worker serves, so this reads what follows from
+/// assignment: a task is assigned as soon as it is created when a connected worker serving its
+/// type has room, so a waiting task with no task of its type running means that no connected
+/// worker serves the type (or those that do are full with other types).
+pub(crate) async fn waiting_note(api: &Api, task: &TaskInfo) -> Option<String> {
+    if task.status != TaskStatus::Waiting.as_str() {
+        return None;
+    }
+    let (id, task_type) = (task.task_id, output::escape(&task.task_type));
+    let overview = api
+        .client
+        .overview()
+        .await
+        .inspect_err(|error| debug!(%error, "read the workers for a note"))
+        .ok()?;
+    let connected = overview
+        .workers
+        .iter()
+        .filter(|w| w.status == "CONNECTED")
+        .count();
+    if connected == 0 {
+        return Some(format!(
+            "no worker is connected: task {id} waits until a worker serving type {task_type} \
+             connects (see `majordodo workers`)"
+        ));
+    }
+    let running = api
+        .client
+        .tasks(&TasksQuery {
+            max: Some(1),
+            status: StatusFilter::Only(TaskStatus::Running),
+            task_type: Some(task.task_type.clone()),
+            ..TasksQuery::default()
+        })
+        .await
+        .inspect_err(|error| debug!(%error, "read the running tasks for a note"))
+        .ok()?;
+    if !running.tasks.is_empty() || running.truncated {
+        return None;
+    }
+    let workers = match connected {
+        1 => "1 worker connected".to_owned(),
+        n => format!("{n} workers connected"),
+    };
+    Some(if overview.status.running_tasks == 0 {
+        format!(
+            "no connected worker serves type {task_type} ({workers}, running nothing): task {id} \
+             waits until one that does connects (see `majordodo workers`)"
+        )
+    } else {
+        format!(
+            "no connected worker is running type {task_type} ({workers}): none serves it, or \
+             those that do are full; task {id} waits (see `majordodo workers`)"
+        )
+    })
 }
 
 /// `majordodo tasks`: pages through the broker's answers until `--max` tasks are found or every
@@ -46,7 +114,7 @@ pub(crate) async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
     let status = match args.status {
         StatusArg::All => StatusFilter::All,
         other => StatusFilter::Only(
-            majordodo_core::TaskStatus::parse(status_name(other))
+            TaskStatus::parse(status_name(other))
                 .expect("every StatusArg but All names a task status"),
         ),
     };

@@ -233,3 +233,59 @@ fn standalone_without_a_worker_prints_a_worker_command_that_runs_its_tasks() {
     let (status, _) = server.terminate();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn submit_and_task_say_when_no_connected_worker_serves_the_type() {
+    // Goal: a task of a type nobody serves does not wait silently: submit and task say that no
+    // connected worker serves it, or that no worker is connected at all; a task a worker runs
+    // gets no note.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = start_standalone(dir.path());
+    let client = ["--url", url.as_str()];
+    let run_client = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&client);
+        run_in(dir.path(), &all)
+    };
+    let out = run_client(&["submit", "--type", "nosuch", "--data", "x"]);
+    assert_eq!(ok(&out).trim(), "submitted task 1");
+    let expected = "no connected worker serves type nosuch (1 worker connected, running nothing)";
+    assert!(stderr(&out).contains(expected), "{}", stderr(&out));
+    let out = run_client(&["task", "1"]);
+    assert!(ok(&out).contains("waiting"));
+    assert!(stderr(&out).contains(expected), "{}", stderr(&out));
+    let out = run_client(&["submit", "--type", "echo", "--data", "x"]);
+    assert_eq!(ok(&out).trim(), "submitted task 2");
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    let (status, _) = server.terminate();
+    assert_eq!(status.code(), Some(0));
+
+    // A fresh directory: a broker restarted on the first one counts the local worker as
+    // connected until that worker reconnects or is declared dead.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = majordodo();
+    cmd.current_dir(dir.path()).args([
+        "standalone",
+        "--no-worker",
+        "--http-port",
+        "0",
+        "--worker-port",
+        "0",
+    ]);
+    let mut server = Server::start(cmd);
+    let url = server.value_of("HTTP API:");
+    let out = run_in(
+        dir.path(),
+        &["submit", "--type", "echo", "--url", &url, "--json"],
+    );
+    assert_eq!(ok(&out).trim(), "{\"taskId\":1}");
+    assert!(
+        stderr(&out).contains(
+            "no worker is connected: task 1 waits until a worker serving type echo connects"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let (status, _) = server.terminate();
+    assert_eq!(status.code(), Some(0));
+}

@@ -14,8 +14,8 @@ use majordodo_client::{Submitted, TaskSubmission};
 use majordodo_proto::http::{ActionRequest, parse_action};
 use serde_json::{Map, Value, json};
 
-use super::Api;
 use super::api::explain;
+use super::{Api, waiting_note};
 use crate::cli::SubmitArgs;
 use crate::error::usage;
 use crate::output::escape;
@@ -140,6 +140,12 @@ async fn submit_one(api: &Api, args: &SubmitArgs) -> anyhow::Result<()> {
                 println!("{}", json!({ "taskId": id }));
             } else {
                 println!("submitted task {id}");
+            }
+            // Read back at once: a task that a connected worker can run is already assigned.
+            if let Ok(Some(task)) = api.client.task(id).await
+                && let Some(note) = waiting_note(api, &task).await
+            {
+                eprintln!("note: {note}");
             }
             Ok(())
         }
