@@ -25,7 +25,7 @@ use crate::cli::{DEFAULT_HTTP_PORT, StandaloneArgs};
 use crate::config::broker::BrokerFile;
 use crate::config::worker::{Target, WorkerFile, WorkerSettings};
 use crate::config::{Origin, read_small_file};
-use crate::server::RunningBroker;
+use crate::server::{InUseHints, RunningBroker};
 use crate::worker::{absolute, run_agent};
 
 use majordodo_proto::http::ADMIN_TOKEN_FILE;
@@ -46,6 +46,13 @@ const LOCAL_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Extra time, beyond its own grace and acknowledgement timeout, that the local worker gets to
 /// stop before it is abandoned.
 const WORKER_STOP_MARGIN: Duration = Duration::from_secs(5);
+
+/// What to do when a port is taken, most often by another standalone.
+const IN_USE_HINTS: InUseHints = InUseHints {
+    http: "is another majordodo running? stop it, or pass --http-port 0 to pick a free port \
+           (then give the client commands the URL printed at start with --url or MAJORDODO_URL)",
+    workers: "is another majordodo running? stop it, or pass --worker-port 0 to pick a free port",
+};
 
 /// Runs `majordodo standalone`.
 pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
@@ -83,7 +90,7 @@ pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     file.http.users = vec![admin_user(&token)];
     let settings = file.validate(&Origin::CommandLine)?;
 
-    let mut broker = RunningBroker::serve(&settings).await?;
+    let mut broker = RunningBroker::serve(&settings, IN_USE_HINTS).await?;
 
     // Not a child of `stop`: the worker is stopped explicitly, before the broker.
     let worker_stop = tokio_util::sync::CancellationToken::new();

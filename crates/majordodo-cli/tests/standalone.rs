@@ -289,3 +289,42 @@ fn submit_and_task_say_when_no_connected_worker_serves_the_type() {
     let (status, _) = server.terminate();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn a_port_in_use_is_reported_with_the_flag_that_picks_a_free_one() {
+    // Goal: when the HTTP or the worker port is taken, standalone exits 1 suggesting
+    // --http-port 0 or --worker-port 0, and the broker names --http-listen / --worker-listen.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    for (flags, hint) in [
+        (
+            ["--http-port", &port, "--worker-port", "0"],
+            "--http-port 0",
+        ),
+        (
+            ["--http-port", "0", "--worker-port", &port],
+            "--worker-port 0",
+        ),
+    ] {
+        let mut args = vec!["standalone"];
+        args.extend_from_slice(&flags);
+        let out = run_in(d, &args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("127.0.0.1:{port}: the address is in use")) && err.contains(hint),
+            "{hint:?} not in: {err}"
+        );
+    }
+    std::fs::write(d.join("secret"), "s").unwrap();
+    let config = format!(
+        "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[[http.users]]\nname = \"admin\"\nrole = \"admin\"\ntoken_sha256 = \"{}\"\n[workers]\nlisten = \"127.0.0.1:0\"\nshared_secret_file = \"secret\"\n",
+        "0".repeat(64)
+    );
+    std::fs::write(d.join("broker.toml"), config).unwrap();
+    let out = run_in(d, &["broker", "-c", "broker.toml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--http-listen"), "{}", stderr(&out));
+}
