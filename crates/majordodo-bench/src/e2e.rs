@@ -251,7 +251,8 @@ pub(crate) struct ScaleArgs {
 
 /// Memory of a broker holding many waiting tasks, then steady-state throughput with many versus
 /// few waiting: workers run tasks, and every finished task is replaced by a new submission, so
-/// the backlog stays constant and both runs do exactly the same work.
+/// the backlog stays constant and both runs do exactly the same work. Throughput counts tasks
+/// whose finish the broker made durable, read from its status view.
 pub(crate) async fn scale(args: &ScaleArgs) -> anyhow::Result<()> {
     let mut memory = Table::new(
         "scale: broker process RSS holding waiting tasks (file log, fsync on)",
@@ -278,32 +279,35 @@ pub(crate) async fn scale(args: &ScaleArgs) -> anyhow::Result<()> {
                 group(rss.saturating_sub(idle_rss) / backlog.max(1)),
             ]);
         }
-        let finished = Arc::new(AtomicU64::new(0));
-        let counter = finished.clone();
         let workers = Workers::start(
             &broker,
             args.workers,
             args.threads,
-            executor_fn(move |_| {
-                counter.fetch_add(1, Ordering::Relaxed);
-                async { Ok::<_, TaskFailure>(String::new()) }
-            }),
+            executor_fn(|_| async { Ok::<_, TaskFailure>(String::new()) }),
         );
-        // Refill: replace every started task, in batches, until `warm + measure` were started.
+        // Refill: replace every finished task, in batches, until `warm + measure` finished.
+        // Finished means made durable by the broker: its status view counts the applied state,
+        // in which a finish exists only once its log entry is durable (a task an executor
+        // started, or reported but not yet written to the log, does not count).
         let warm = u64::from(args.threads) * args.workers as u64;
         let target = warm + args.measure;
         let client = broker.client()?;
         let mut refilled = 0u64;
         let mut window_start = None;
+        let mut finished;
         loop {
-            let started = finished.load(Ordering::Relaxed);
-            if window_start.is_none() && started >= warm {
-                window_start = Some((Instant::now(), started));
+            finished = client
+                .status()
+                .await
+                .context("read the finished count")?
+                .finishedtasks;
+            if window_start.is_none() && finished >= warm {
+                window_start = Some((Instant::now(), finished));
             }
-            if started >= target {
+            if finished >= target {
                 break;
             }
-            let owed = started.saturating_sub(refilled);
+            let owed = finished.saturating_sub(refilled);
             // The same policy in both runs: replace in batches of 100 to 1 000.
             if owed >= 100 {
                 let n = owed.min(1_000);
@@ -314,9 +318,9 @@ pub(crate) async fn scale(args: &ScaleArgs) -> anyhow::Result<()> {
                 tokio::time::sleep(Duration::from_millis(1)).await;
             }
         }
-        let (t0, s0) = window_start.context("the warm-up never ended")?;
+        let (t0, f0) = window_start.context("the warm-up never ended")?;
         let secs = t0.elapsed().as_secs_f64();
-        let n = finished.load(Ordering::Relaxed) - s0;
+        let n = finished - f0;
         let waiting = client.status().await.map(|s| s.waitingtasks).unwrap_or(0);
         workers.stop().await;
         broker.stop();

@@ -282,8 +282,16 @@ pub(crate) struct TasksArgs {
     #[arg(long, value_name = "SLOT")]
     pub(crate) slot: Option<String>,
     /// Most tasks listed.
-    #[arg(long, value_name = "N", default_value_t = 100)]
+    #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
     pub(crate) max: u32,
+    /// Start at this task id (listings in id order continue where an earlier one stopped).
+    #[arg(long, value_name = "ID", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) from_task_id: Option<u64>,
+    /// Longest time spent asking the broker for more: it examines a bounded number of tasks per
+    /// request (its scan budget), so a listing with narrow filters over many tasks takes
+    /// several requests.
+    #[arg(long, value_name = "DURATION", default_value = "60s", value_parser = parse_duration)]
+    pub(crate) max_time: std::time::Duration,
     /// Print the tasks as JSON (an array of task objects).
     #[arg(long)]
     pub(crate) json: bool,

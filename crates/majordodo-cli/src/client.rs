@@ -4,7 +4,11 @@ mod api;
 mod submit;
 
 use anyhow::anyhow;
-use majordodo_client::{StatusFilter, TasksQuery};
+use majordodo_client::{
+    DEFAULT_LIST_MAX_REQUESTS, ListEnd, ListLimits, StatusFilter, TaskInfo, TasksQuery,
+};
+use majordodo_core::TaskStatus;
+use tracing::debug;
 
 pub(crate) use api::Api;
 use api::explain;
@@ -12,6 +16,7 @@ pub(crate) use submit::submit;
 
 use crate::cli::{SimpleViewArgs, StatusArg, TaskArgs, TasksArgs};
 use crate::output;
+use crate::units::format_duration;
 
 /// Prints `value` as pretty JSON on stdout.
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
@@ -31,53 +36,139 @@ pub(crate) async fn task(args: TaskArgs) -> anyhow::Result<()> {
         return Err(anyhow!("task {} not found (or already purged)", args.id));
     };
     if args.json {
-        print_json(&task)
+        print_json(&task)?;
     } else {
         print!("{}", output::task_details(&task));
-        Ok(())
     }
+    if let Some(note) = waiting_note(&api, &task).await {
+        eprintln!("note: {note}");
+    }
+    Ok(())
 }
 
-/// `majordodo tasks`.
+/// Why `task`, if it is waiting, may wait for long: no worker is connected, or no connected
+/// worker serves its type. Best effort: `None` when the task is not waiting, when a worker runs
+/// tasks of its type (it waits its turn), or when the broker's views do not tell.
+///
+/// The `workers` view does not list the types a worker serves, so this reads what follows from
+/// assignment: a task is assigned as soon as it is created when a connected worker serving its
+/// type has room, so a waiting task with no task of its type running means that no connected
+/// worker serves the type (or those that do are full with other types).
+pub(crate) async fn waiting_note(api: &Api, task: &TaskInfo) -> Option<String> {
+    if task.status != TaskStatus::Waiting.as_str() {
+        return None;
+    }
+    let (id, task_type) = (task.task_id, output::escape(&task.task_type));
+    let overview = api
+        .client
+        .overview()
+        .await
+        .inspect_err(|error| debug!(%error, "read the workers for a note"))
+        .ok()?;
+    let connected = overview
+        .workers
+        .iter()
+        .filter(|w| w.status == "CONNECTED")
+        .count();
+    if connected == 0 {
+        return Some(format!(
+            "no worker is connected: task {id} waits until a worker serving type {task_type} \
+             connects (see `majordodo workers`)"
+        ));
+    }
+    let running = api
+        .client
+        .tasks(&TasksQuery {
+            max: Some(1),
+            status: StatusFilter::Only(TaskStatus::Running),
+            task_type: Some(task.task_type.clone()),
+            ..TasksQuery::default()
+        })
+        .await
+        .inspect_err(|error| debug!(%error, "read the running tasks for a note"))
+        .ok()?;
+    if !running.tasks.is_empty() || running.truncated {
+        return None;
+    }
+    let workers = match connected {
+        1 => "1 worker connected".to_owned(),
+        n => format!("{n} workers connected"),
+    };
+    Some(if overview.status.running_tasks == 0 {
+        format!(
+            "no connected worker serves type {task_type} ({workers}, running nothing): task {id} \
+             waits until one that does connects (see `majordodo workers`)"
+        )
+    } else {
+        format!(
+            "no connected worker is running type {task_type} ({workers}): none serves it, or \
+             those that do are full; task {id} waits (see `majordodo workers`)"
+        )
+    })
+}
+
+/// `majordodo tasks`: pages through the broker's answers until `--max` tasks are found or every
+/// task was examined; says on stderr when more may match and how to continue.
 pub(crate) async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
     let api = Api::new(&args.client)?;
     let status = match args.status {
         StatusArg::All => StatusFilter::All,
         other => StatusFilter::Only(
-            majordodo_core::TaskStatus::parse(status_name(other))
+            TaskStatus::parse(status_name(other))
                 .expect("every StatusArg but All names a task status"),
         ),
     };
     let query = TasksQuery {
-        max: Some(args.max),
+        max: None,
         status,
         worker_id: args.worker,
         task_type: args.task_type,
         slot: args.slot,
         user_id: args.user,
-        from_task_id: None,
+        from_task_id: args.from_task_id,
     };
-    let view = api
+    let limits = ListLimits {
+        max_tasks: args.max,
+        max_requests: DEFAULT_LIST_MAX_REQUESTS,
+        max_time: args.max_time,
+    };
+    let list = api
         .client
-        .tasks(&query)
+        .list_tasks(&query, limits)
         .await
         .map_err(|e| explain(e, "list the tasks", api.url()))?;
     if args.json {
-        return print_json(&view.tasks);
+        print_json(&list.tasks)?;
+    } else if !list.tasks.is_empty() {
+        print!("{}", output::tasks_table(&list.tasks));
     }
-    if view.tasks.is_empty() {
-        eprintln!("no tasks match");
-        return Ok(());
-    }
-    print!("{}", output::tasks_table(&view.tasks));
-    if view.truncated
-        || view.next_task_id.is_some()
-        || view.tasks.len() as u64 >= u64::from(args.max)
-    {
-        eprintln!(
-            "showing {} tasks; there may be more (raise --max or narrow the filters)",
-            view.tasks.len()
-        );
+    let shown = list.tasks.len();
+    match list.end {
+        ListEnd::Complete if shown == 0 => eprintln!("no tasks match"),
+        ListEnd::Complete => {}
+        ListEnd::MaxTasks { next_task_id } => {
+            let go_on = match next_task_id {
+                Some(id) => format!("raise --max, or continue with --from-task-id {id}"),
+                None => "raise --max or narrow the filters".to_owned(),
+            };
+            eprintln!("showing the first {shown} matching tasks (--max); more may match: {go_on}");
+        }
+        ListEnd::MaxRequests { next_task_id } | ListEnd::MaxTime { next_task_id } => {
+            let bound = match list.end {
+                ListEnd::MaxTime { .. } => format!(
+                    "{} (--max-time; raise it or narrow the filters)",
+                    format_duration(args.max_time)
+                ),
+                _ => format!("{} requests (the most one listing sends)", list.requests),
+            };
+            return Err(anyhow!(
+                "the listing is incomplete: it stopped after {bound}, with {shown} matching \
+                 tasks among the {} examined in {} requests; more may match: continue with \
+                 --from-task-id {next_task_id}",
+                list.scanned,
+                list.requests
+            ));
+        }
     }
     Ok(())
 }

@@ -45,7 +45,7 @@ pub(crate) async fn run(args: BrokerArgs) -> anyhow::Result<()> {
     }
     let settings = load(&args)?;
     let stop = crate::signal::stop_token()?;
-    let broker = RunningBroker::serve(&settings).await?;
+    let broker = RunningBroker::serve(&settings, InUseHints::BROKER).await?;
     println!(
         "majordodo broker {} is running\n  HTTP API:    {}\n  worker port: {}\n  data dir:    {}",
         settings.broker.broker_id,
@@ -81,11 +81,33 @@ fn load(args: &BrokerArgs) -> anyhow::Result<BrokerSettings> {
     Ok(file.validate(&origin)?)
 }
 
-/// Binds `addr` for `what`.
-pub(crate) async fn bind(addr: &str, what: &str) -> anyhow::Result<TcpListener> {
-    TcpListener::bind(addr)
-        .await
-        .with_context(|| format!("listen for the {what} on {addr}"))
+/// What to tell a user whose address is taken, per port: the flag (or key) that moves it.
+#[derive(Copy, Clone, Debug)]
+pub(crate) struct InUseHints {
+    /// For the HTTP API.
+    pub(crate) http: &'static str,
+    /// For the worker port.
+    pub(crate) workers: &'static str,
+}
+
+impl InUseHints {
+    /// `majordodo broker`: the flags and keys of the two addresses.
+    pub(crate) const BROKER: InUseHints = InUseHints {
+        http: "choose another with --http-listen or http.listen (port 0 picks a free one)",
+        workers: "choose another with --worker-listen or workers.listen (port 0 picks a free one)",
+    };
+}
+
+/// Binds `addr` for `what`; an address in use gets `in_use_hint`.
+pub(crate) async fn bind(addr: &str, what: &str, in_use_hint: &str) -> anyhow::Result<TcpListener> {
+    TcpListener::bind(addr).await.map_err(|error| {
+        let context = if error.kind() == std::io::ErrorKind::AddrInUse {
+            format!("listen for the {what} on {addr}: the address is in use; {in_use_hint}")
+        } else {
+            format!("listen for the {what} on {addr}")
+        };
+        anyhow::Error::new(error).context(context)
+    })
 }
 
 /// What [`RunningBroker::start`] needs besides the sockets.
@@ -122,13 +144,16 @@ pub(crate) struct RunningBroker {
 
 impl RunningBroker {
     /// Binds both addresses of `settings` and starts the broker on them (see
-    /// [`RunningBroker::start`]).
+    /// [`RunningBroker::start`]). An address in use is reported with the hint of `hints`.
     ///
     /// # Errors
     /// When an address cannot be bound, or as [`RunningBroker::start`].
-    pub(crate) async fn serve(settings: &BrokerSettings) -> anyhow::Result<RunningBroker> {
-        let http = bind(&settings.http_listen, "HTTP API").await?;
-        let workers = bind(&settings.worker_listen, "worker port").await?;
+    pub(crate) async fn serve(
+        settings: &BrokerSettings,
+        hints: InUseHints,
+    ) -> anyhow::Result<RunningBroker> {
+        let http = bind(&settings.http_listen, "HTTP API", hints.http).await?;
+        let workers = bind(&settings.worker_listen, "worker port", hints.workers).await?;
         RunningBroker::start(
             Parts {
                 data_dir: &settings.data_dir,

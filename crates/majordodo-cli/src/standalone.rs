@@ -25,7 +25,7 @@ use crate::cli::{DEFAULT_HTTP_PORT, StandaloneArgs};
 use crate::config::broker::BrokerFile;
 use crate::config::worker::{Target, WorkerFile, WorkerSettings};
 use crate::config::{Origin, read_small_file};
-use crate::server::RunningBroker;
+use crate::server::{InUseHints, RunningBroker};
 use crate::worker::{absolute, run_agent};
 
 use majordodo_proto::http::ADMIN_TOKEN_FILE;
@@ -46,6 +46,13 @@ const LOCAL_SHUTDOWN_GRACE: Duration = Duration::from_secs(10);
 /// Extra time, beyond its own grace and acknowledgement timeout, that the local worker gets to
 /// stop before it is abandoned.
 const WORKER_STOP_MARGIN: Duration = Duration::from_secs(5);
+
+/// What to do when a port is taken, most often by another standalone.
+const IN_USE_HINTS: InUseHints = InUseHints {
+    http: "is another majordodo running? stop it, or pass --http-port 0 to pick a free port \
+           (then give the client commands the URL printed at start with --url or MAJORDODO_URL)",
+    workers: "is another majordodo running? stop it, or pass --worker-port 0 to pick a free port",
+};
 
 /// Runs `majordodo standalone`.
 pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
@@ -83,7 +90,7 @@ pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     file.http.users = vec![admin_user(&token)];
     let settings = file.validate(&Origin::CommandLine)?;
 
-    let mut broker = RunningBroker::serve(&settings).await?;
+    let mut broker = RunningBroker::serve(&settings, IN_USE_HINTS).await?;
 
     // Not a child of `stop`: the worker is stopped explicitly, before the broker.
     let worker_stop = tokio_util::sync::CancellationToken::new();
@@ -267,8 +274,19 @@ fn print_banner(b: &Banner<'_>) {
     println!("  worker port:  {}", b.worker_addr);
     println!("  data dir:     {}", b.data_dir.display());
     println!("  admin token:  {}", b.token_path.display());
-    if b.executors.is_empty() {
+    // A task type some worker will run: the local worker's echo (or its first type), else the
+    // echo of the worker the banner asks to start.
+    let sample = if b.executors.is_empty() {
         println!("  local worker: none (--no-worker)");
+        let secret = shell_quote(&b.data_dir.join(WORKER_SECRET_FILE).display().to_string());
+        println!("Tasks wait until a worker that runs their type connects. Start one, in another");
+        println!("terminal (it runs the built-in echo):");
+        println!(
+            "  {program} worker --broker {} --shared-secret-file {secret} --builtin echo",
+            b.worker_addr
+        );
+        println!("Then try, in a third terminal:");
+        "echo"
     } else {
         println!("  local worker: runs task types {}", b.executors.join(", "));
         println!(
@@ -277,9 +295,14 @@ fn print_banner(b: &Banner<'_>) {
         println!(
             "                the duration in the data, fail fails with the data as the error)"
         );
-    }
-    println!("Try, in another terminal:");
-    println!("  {program} submit --type echo --data 'hello world'{client_flags}");
+        println!("Try, in another terminal:");
+        b.executors
+            .iter()
+            .find(|t| *t == "echo")
+            .unwrap_or(&b.executors[0])
+    };
+    let sample = shell_quote(sample);
+    println!("  {program} submit --type {sample} --data 'hello world'{client_flags}");
     println!("  {program} tasks{client_flags}");
     println!("Stop with Ctrl-C.");
 }

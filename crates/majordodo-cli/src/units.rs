@@ -287,6 +287,29 @@ impl fmt::Display for Timestamp {
     }
 }
 
+/// A rate per second as a person reads it: whole numbers with thousands separated by commas from
+/// 10/s up (`215,923/s`), one decimal below (`3.5/s`), `-/s` before there is a rate to show.
+pub(crate) fn format_rate(per_sec: f64) -> String {
+    if !per_sec.is_finite() || per_sec < 0.0 {
+        return "-/s".into();
+    }
+    if per_sec < 10.0 {
+        return format!("{per_sec:.1}/s");
+    }
+    // Rates beyond u64 are not rates.
+    let whole = per_sec.round() as u64;
+    let digits = whole.to_string();
+    let mut out = String::with_capacity(digits.len() + digits.len() / 3 + 2);
+    for (i, digit) in digits.chars().enumerate() {
+        if i > 0 && (digits.len() - i).is_multiple_of(3) {
+            out.push(',');
+        }
+        out.push(digit);
+    }
+    out.push_str("/s");
+    out
+}
+
 /// The current time in milliseconds since the epoch.
 pub(crate) fn now_ms() -> i64 {
     std::time::SystemTime::now()
@@ -358,6 +381,20 @@ mod tests {
         assert_eq!(parse_when("10m").map(|w| w.resolve(1_000)), Ok(601_000));
         assert!(parse_when("2026-02-30T00:00:00Z").is_err());
         assert!(parse_when("tomorrow").is_err());
+    }
+
+    #[test]
+    fn rates_are_rounded_to_what_a_person_reads() {
+        // Goal: no run of decimals (the progress bar showed `215,922.9235/s`): whole numbers
+        // grouped by thousands from 10/s, one decimal below, a dash before any rate exists.
+        assert_eq!(format_rate(215_922.923_5), "215,923/s");
+        assert_eq!(format_rate(1_234_567.4), "1,234,567/s");
+        assert_eq!(format_rate(999.5), "1,000/s");
+        assert_eq!(format_rate(42.49), "42/s");
+        assert_eq!(format_rate(3.46), "3.5/s");
+        assert_eq!(format_rate(0.0), "0.0/s");
+        assert_eq!(format_rate(f64::INFINITY), "-/s");
+        assert_eq!(format_rate(f64::NAN), "-/s");
     }
 
     #[test]

@@ -104,6 +104,7 @@ pub(crate) async fn run_agent(
     settings: WorkerSettings,
     stop: CancellationToken,
 ) -> anyhow::Result<()> {
+    let worker_id = settings.config.worker_id.clone();
     let worker = Worker::new(settings.config, settings.executors).map_err(|e| match e {
         WorkerError::InvalidConfig(problem) => usage(format!("invalid worker settings: {problem}")),
         other => anyhow::Error::new(other),
@@ -116,6 +117,12 @@ pub(crate) async fn run_agent(
         Ok(()) => {
             info!("worker stopped");
             Ok(())
+        }
+        Err(error @ WorkerError::StillRefused { .. }) => {
+            Err(anyhow::Error::new(error).context(format!(
+                "worker {worker_id} stopped: the broker kept refusing it; each worker process \
+                 needs its own worker id (set --worker-id, or worker_id in its file)"
+            )))
         }
         Err(error) => Err(anyhow::Error::new(error).context("worker stopped")),
     }

@@ -179,3 +179,69 @@ fn a_worker_with_the_wrong_secret_is_refused_and_says_so() {
     let (status, _) = broker.terminate();
     assert_eq!(status.code(), Some(0));
 }
+
+#[test]
+fn a_second_worker_with_the_same_id_stops_with_a_clear_message() {
+    // Goal: a second worker process under an id already connected is not retried forever: it
+    // exits 1 after connection.max_refused_time, saying why and to set --worker-id, while the
+    // first worker stays connected.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let (mut broker, url, worker_port) = start_broker(d, "");
+    let worker_args = [
+        "worker",
+        "--broker",
+        worker_port.as_str(),
+        "--shared-secret-file",
+        "worker.secret",
+        "--worker-id",
+        "same",
+        "--builtin",
+        "echo",
+    ];
+    let mut first = Server::start({
+        let mut cmd = majordodo();
+        cmd.current_dir(d).args(worker_args);
+        cmd
+    });
+    first.wait_line("connecting to broker");
+    let client = ["--url", url.as_str(), "--token-file", "admin.token"];
+    let connected = || {
+        let mut args = vec!["workers", "--json"];
+        args.extend_from_slice(&client);
+        let workers: serde_json::Value = serde_json::from_str(&ok(&run_in(d, &args))).ok()?;
+        (workers[0]["id"] == "same" && workers[0]["status"] == "CONNECTED").then_some(workers)
+    };
+    let before = poll(
+        std::time::Duration::from_secs(15),
+        "worker same connected",
+        connected,
+    );
+
+    let config = write_file(
+        d,
+        "second.toml",
+        "[connection]\nmax_refused_time = \"1s\"\n",
+    );
+    let mut second = worker_args.to_vec();
+    second.extend_from_slice(&["--config", &config]);
+    let out = run_in(d, &second);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    let err = stderr(&out);
+    assert!(
+        err.contains("error: worker same stopped: the broker kept refusing it")
+            && err.contains("--worker-id")
+            && err.contains("already connected"),
+        "{err}"
+    );
+    let after = connected().expect("the first worker is still connected");
+    assert_eq!(
+        after[0]["processId"], before[0]["processId"],
+        "the first worker kept its connection"
+    );
+
+    let (status, _) = first.terminate();
+    assert_eq!(status.code(), Some(0));
+    let (status, _) = broker.terminate();
+    assert_eq!(status.code(), Some(0));
+}

@@ -189,3 +189,142 @@ fn jsonl_submission_checks_every_line_before_sending_anything() {
     let (status, _) = server.terminate();
     assert_eq!(status.code(), Some(0));
 }
+
+/// Runs `line` as a shell would, in `dir`.
+fn shell(dir: &Path, line: &str) -> std::process::Command {
+    let mut sh = std::process::Command::new("sh");
+    sh.current_dir(dir).arg("-c").arg(line);
+    sh
+}
+
+#[test]
+fn standalone_without_a_worker_prints_a_worker_command_that_runs_its_tasks() {
+    // Goal: with --no-worker the banner does not offer a task nobody will run: it prints a
+    // worker command first, and that command and the submit command after it, run as printed,
+    // get the echo task finished.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = majordodo();
+    cmd.current_dir(dir.path()).args([
+        "standalone",
+        "--no-worker",
+        "--http-port",
+        "0",
+        "--worker-port",
+        "0",
+    ]);
+    let mut server = Server::start(cmd);
+    let url = server.value_of("HTTP API:");
+    assert_eq!(server.value_of("local worker:"), "none (--no-worker)");
+    let worker_line = server.wait_line(" worker --broker ");
+    let submit_line = server.wait_line(" submit --type echo");
+    let worker_at = server.seen.iter().position(|l| *l == worker_line);
+    let submit_at = server.seen.iter().position(|l| *l == submit_line);
+    assert!(worker_at < submit_at, "{:#?}", server.seen);
+
+    let mut worker = Server::start(shell(dir.path(), &format!("exec {}", worker_line.trim())));
+    worker.wait_line("connecting to broker");
+    let out = run(shell(dir.path(), submit_line.trim()));
+    assert_eq!(ok(&out).trim(), "submitted task 1");
+    let task = wait_task_status(dir.path(), &["--url", &url], 1, "finished");
+    assert_eq!(task["result"], "hello world");
+
+    let (status, _) = worker.terminate();
+    assert_eq!(status.code(), Some(0));
+    let (status, _) = server.terminate();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn submit_and_task_say_when_no_connected_worker_serves_the_type() {
+    // Goal: a task of a type nobody serves does not wait silently: submit and task say that no
+    // connected worker serves it, or that no worker is connected at all; a task a worker runs
+    // gets no note.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = start_standalone(dir.path());
+    let client = ["--url", url.as_str()];
+    let run_client = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend_from_slice(&client);
+        run_in(dir.path(), &all)
+    };
+    let out = run_client(&["submit", "--type", "nosuch", "--data", "x"]);
+    assert_eq!(ok(&out).trim(), "submitted task 1");
+    let expected = "no connected worker serves type nosuch (1 worker connected, running nothing)";
+    assert!(stderr(&out).contains(expected), "{}", stderr(&out));
+    let out = run_client(&["task", "1"]);
+    assert!(ok(&out).contains("waiting"));
+    assert!(stderr(&out).contains(expected), "{}", stderr(&out));
+    let out = run_client(&["submit", "--type", "echo", "--data", "x"]);
+    assert_eq!(ok(&out).trim(), "submitted task 2");
+    assert!(stderr(&out).is_empty(), "{}", stderr(&out));
+    let (status, _) = server.terminate();
+    assert_eq!(status.code(), Some(0));
+
+    // A fresh directory: a broker restarted on the first one counts the local worker as
+    // connected until that worker reconnects or is declared dead.
+    let dir = tempfile::tempdir().unwrap();
+    let mut cmd = majordodo();
+    cmd.current_dir(dir.path()).args([
+        "standalone",
+        "--no-worker",
+        "--http-port",
+        "0",
+        "--worker-port",
+        "0",
+    ]);
+    let mut server = Server::start(cmd);
+    let url = server.value_of("HTTP API:");
+    let out = run_in(
+        dir.path(),
+        &["submit", "--type", "echo", "--url", &url, "--json"],
+    );
+    assert_eq!(ok(&out).trim(), "{\"taskId\":1}");
+    assert!(
+        stderr(&out).contains(
+            "no worker is connected: task 1 waits until a worker serving type echo connects"
+        ),
+        "{}",
+        stderr(&out)
+    );
+    let (status, _) = server.terminate();
+    assert_eq!(status.code(), Some(0));
+}
+
+#[test]
+fn a_port_in_use_is_reported_with_the_flag_that_picks_a_free_one() {
+    // Goal: when the HTTP or the worker port is taken, standalone exits 1 suggesting
+    // --http-port 0 or --worker-port 0, and the broker names --http-listen / --worker-listen.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let taken = std::net::TcpListener::bind("127.0.0.1:0").unwrap();
+    let port = taken.local_addr().unwrap().port().to_string();
+    for (flags, hint) in [
+        (
+            ["--http-port", &port, "--worker-port", "0"],
+            "--http-port 0",
+        ),
+        (
+            ["--http-port", "0", "--worker-port", &port],
+            "--worker-port 0",
+        ),
+    ] {
+        let mut args = vec!["standalone"];
+        args.extend_from_slice(&flags);
+        let out = run_in(d, &args);
+        let err = stderr(&out);
+        assert_eq!(out.status.code(), Some(1), "{err}");
+        assert!(
+            err.contains(&format!("127.0.0.1:{port}: the address is in use")) && err.contains(hint),
+            "{hint:?} not in: {err}"
+        );
+    }
+    std::fs::write(d.join("secret"), "s").unwrap();
+    let config = format!(
+        "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[[http.users]]\nname = \"admin\"\nrole = \"admin\"\ntoken_sha256 = \"{}\"\n[workers]\nlisten = \"127.0.0.1:0\"\nshared_secret_file = \"secret\"\n",
+        "0".repeat(64)
+    );
+    std::fs::write(d.join("broker.toml"), config).unwrap();
+    let out = run_in(d, &["broker", "-c", "broker.toml"]);
+    assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--http-listen"), "{}", stderr(&out));
+}

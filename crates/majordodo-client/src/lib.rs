@@ -17,6 +17,12 @@
 //! may succeed later (the broker is unavailable, not the request wrong). The client does not
 //! retry on its own: a submission whose answer was lost may have been carried out, and only the
 //! caller knows whether submitting again is harmless.
+//!
+//! [`Client::tasks`] reads one answer of the `tasks` view, which the broker bounds by its scan
+//! budget; [`Client::list_tasks`] follows its paging until it has the tasks asked for, and says
+//! how the listing ended ([`ListEnd`]).
+
+mod list;
 
 use std::fmt;
 use std::path::Path;
@@ -29,6 +35,7 @@ use majordodo_proto::http::{
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 
+pub use list::{DEFAULT_LIST_MAX_REQUESTS, DEFAULT_LIST_MAX_TIME, ListEnd, ListLimits, TaskList};
 pub use majordodo_proto::http::{
     ADMIN_TOKEN_FILE, API_PATH, BrokerStatusInfo, StatusFilter, TaskInfo, TaskSubmission,
     TasksOverviewQuery, TasksQuery, WorkerInfo,
@@ -385,8 +392,9 @@ impl Client {
         Ok(v.task)
     }
 
-    /// A filtered, bounded listing of tasks. When `next_task_id` is set in the answer, asking
-    /// again with `from_task_id` set to it continues the listing.
+    /// One answer of the `tasks` view: a filtered listing bounded by the broker's budgets. When
+    /// `next_task_id` is set in the answer, asking again with `from_task_id` set to it continues
+    /// the listing; [`Client::list_tasks`] does that until it has what was asked for.
     ///
     /// # Errors
     /// [`ClientError`].

@@ -9,8 +9,8 @@ use majordodo_broker::http::auth::{hash_password_with, token_digest, write_token
 use majordodo_broker::http::{self, HttpConfig, UserConfig, UserRole};
 use majordodo_broker::{Broker, BrokerConfig, SystemClock};
 use majordodo_client::{
-    ADMIN_TOKEN_FILE, Auth, Client, ClientError, StatusFilter, Submitted, TaskSubmission,
-    TasksOverviewQuery, TasksQuery,
+    ADMIN_TOKEN_FILE, Auth, Client, ClientError, ListEnd, ListLimits, StatusFilter, Submitted,
+    TaskSubmission, TasksOverviewQuery, TasksQuery,
 };
 use majordodo_core::{DefaultGroupMapper, TaskStatus};
 use majordodo_log::{MemoryLog, MemoryStore};
@@ -33,6 +33,11 @@ struct Server {
 
 impl Server {
     async fn start() -> Server {
+        Server::start_with(HttpConfig::default()).await
+    }
+
+    /// A broker whose HTTP API has `http`'s limits (its users are replaced by the test users).
+    async fn start_with(http: HttpConfig) -> Server {
         let stop = CancellationToken::new();
         let broker = Broker::start(
             BrokerConfig::default(),
@@ -63,7 +68,7 @@ impl Server {
                     token_sha256: None,
                 },
             ],
-            ..HttpConfig::default()
+            ..http
         }
         .validate()
         .unwrap();
@@ -182,6 +187,117 @@ async fn submitted_tasks_are_read_back_through_every_view() {
     );
     assert_eq!(c.workers().await.unwrap(), vec![]);
     assert_eq!(c.overview().await.unwrap().status.waiting_tasks, 3);
+    server.stop().await;
+}
+
+#[tokio::test]
+async fn listings_page_past_the_scan_budget_until_max_or_the_end() {
+    // Goal: with more tasks than one scan budget, list_tasks follows nextTaskId to the matches
+    // behind the budget, stops at max_tasks with where to continue, restarts a status listing
+    // whose index was cut in id order, and reports the request and time bounds.
+    let server = Server::start_with(HttpConfig {
+        scan_budget: 5,
+        ..HttpConfig::default()
+    })
+    .await;
+    let c = server.admin();
+    let mut batch: Vec<TaskSubmission> = (0..12)
+        .map(|i| TaskSubmission::new("filler", "bob", i.to_string()))
+        .collect();
+    batch.push(TaskSubmission::new("rare", "bob", "13"));
+    batch.push(TaskSubmission::new("rare", "bob", "14"));
+    c.submit_many(&batch).await.unwrap();
+    let rare = TasksQuery {
+        task_type: Some("rare".into()),
+        ..Default::default()
+    };
+    let one = c.tasks(&rare).await.unwrap();
+    assert!(
+        one.tasks.is_empty() && one.truncated,
+        "one answer stops at the budget"
+    );
+
+    let ids = |tasks: &[majordodo_client::TaskInfo]| -> Vec<u64> {
+        tasks.iter().map(|t| t.task_id).collect()
+    };
+    let all = c.list_tasks(&rare, ListLimits::default()).await.unwrap();
+    assert_eq!(ids(&all.tasks), vec![13, 14]);
+    assert_eq!(
+        (all.end, all.requests, all.scanned),
+        (ListEnd::Complete, 3, 14)
+    );
+    assert!(all.in_id_order);
+
+    let filler = TasksQuery {
+        task_type: Some("filler".into()),
+        ..Default::default()
+    };
+    let first = ListLimits {
+        max_tasks: 4,
+        ..ListLimits::default()
+    };
+    let page = c.list_tasks(&filler, first).await.unwrap();
+    assert_eq!(ids(&page.tasks), vec![1, 2, 3, 4]);
+    assert_eq!(
+        page.end,
+        ListEnd::MaxTasks {
+            next_task_id: Some(5)
+        }
+    );
+    let rest = c
+        .list_tasks(
+            &TasksQuery {
+                from_task_id: Some(11),
+                ..filler.clone()
+            },
+            ListLimits::default(),
+        )
+        .await
+        .unwrap();
+    assert_eq!(ids(&rest.tasks), vec![11, 12]);
+    assert_eq!(rest.end, ListEnd::Complete);
+
+    // The waiting index holds 14 tasks: more than the budget, so it is cut and the listing goes
+    // over the tasks in id order instead.
+    let waiting = TasksQuery {
+        status: StatusFilter::Only(TaskStatus::Waiting),
+        ..rare.clone()
+    };
+    let found = c.list_tasks(&waiting, ListLimits::default()).await.unwrap();
+    assert_eq!(ids(&found.tasks), vec![13, 14]);
+    assert_eq!(found.end, ListEnd::Complete);
+    assert!(found.in_id_order);
+    let few = c
+        .list_tasks(
+            &TasksQuery {
+                status: StatusFilter::Only(TaskStatus::Waiting),
+                ..Default::default()
+            },
+            first,
+        )
+        .await
+        .unwrap();
+    assert_eq!(few.tasks.len(), 4);
+    assert_eq!(few.end, ListEnd::MaxTasks { next_task_id: None });
+    assert!(!few.in_id_order);
+
+    let one_request = ListLimits {
+        max_requests: 1,
+        ..ListLimits::default()
+    };
+    let cut = c.list_tasks(&rare, one_request).await.unwrap();
+    assert!(cut.tasks.is_empty());
+    assert_eq!(cut.end, ListEnd::MaxRequests { next_task_id: 6 });
+    assert!(cut.end.stopped_early());
+    let no_time = ListLimits {
+        max_time: std::time::Duration::ZERO,
+        ..ListLimits::default()
+    };
+    let cut = c.list_tasks(&rare, no_time).await.unwrap();
+    assert_eq!(
+        (cut.end, cut.requests),
+        (ListEnd::MaxTime { next_task_id: 6 }, 1)
+    );
     server.stop().await;
 }
 

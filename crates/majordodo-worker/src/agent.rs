@@ -166,6 +166,9 @@ enum SessionEnd {
 enum ConnectError {
     /// Try again after a backoff.
     Retry(String),
+    /// The broker refused this worker for a reason that may pass; try again after a backoff,
+    /// for at most `max_refused_time`.
+    Refused(String),
     /// Stop the agent.
     Fatal(WorkerError),
 }
@@ -211,6 +214,8 @@ impl Agent {
         mut shutdown: Pin<&mut impl Future<Output = ()>>,
     ) -> Result<(), WorkerError> {
         let mut failures: u32 = 0;
+        // When the broker's refusals began, since the last successful connection.
+        let mut refused_since: Option<Instant> = None;
         loop {
             if self.stopping.is_some() && self.settled() {
                 return Ok(());
@@ -225,6 +230,7 @@ impl Agent {
             let problem = match attempt {
                 Ok(Ok(session)) => {
                     failures = 0;
+                    refused_since = None;
                     match self.serve(session, shutdown.as_mut()).await {
                         SessionEnd::Done => return Ok(()),
                         SessionEnd::Killed(reason) => {
@@ -246,6 +252,27 @@ impl Agent {
                     return Err(error);
                 }
                 Ok(Err(ConnectError::Retry(reason))) => reason,
+                Ok(Err(ConnectError::Refused(reason))) => {
+                    let since = *refused_since.get_or_insert_with(|| {
+                        warn!(
+                            %reason,
+                            worker_id = %self.config.worker_id,
+                            give_up_after_s = self.config.max_refused_time.as_secs(),
+                            "the broker refuses this worker for now; retrying until it accepts \
+                             or the time is up (another process uses this worker id?)"
+                        );
+                        Instant::now()
+                    });
+                    let waited = since.elapsed();
+                    if waited >= self.config.max_refused_time {
+                        let error = WorkerError::StillRefused { reason, waited };
+                        error!(%error, "giving up on the broker");
+                        self.status
+                            .send_modify(|status| status.last_error = Some(error.to_string()));
+                        return Err(error);
+                    }
+                    format!("refused: {reason}")
+                }
                 Err(_elapsed) => "connect timed out".to_owned(),
             };
             failures = failures.saturating_add(1);
@@ -857,7 +884,7 @@ async fn read_handshake(
         Some(Ok(Message::Reject(reject))) => {
             warn!(reason = %reject.reason, retryable = reject.retryable, "broker rejected the worker");
             if reject.retryable {
-                Err(ConnectError::Retry(format!("rejected: {}", reject.reason)))
+                Err(ConnectError::Refused(reject.reason))
             } else {
                 Err(ConnectError::Fatal(WorkerError::Rejected {
                     reason: reject.reason,

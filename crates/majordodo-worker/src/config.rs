@@ -33,6 +33,12 @@ pub const DEFAULT_RECONNECT_MAX: Duration = Duration::from_secs(10);
 /// Default time to connect and complete the handshake.
 pub const DEFAULT_CONNECT_TIMEOUT: Duration = Duration::from_secs(10);
 
+/// Default longest the worker keeps reconnecting while the broker refuses it for a reason that
+/// may pass: another live connection holds its worker id. A broker closes a connection that
+/// stays silent for its idle time (30 s by default), so a worker replacing a crashed process of
+/// its own gets in well within a minute; refused for longer, another live process uses the id.
+pub const DEFAULT_MAX_REFUSED_TIME: Duration = Duration::from_secs(60);
+
 /// Default time a graceful shutdown waits for running tasks before aborting them.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
@@ -100,6 +106,10 @@ pub struct WorkerConfig {
     pub reconnect_backoff: Backoff,
     /// Time to connect and complete the handshake.
     pub connect_timeout: Duration,
+    /// Longest the worker keeps trying while the broker refuses it for a reason that may pass
+    /// (its worker id held by another live connection); then [`crate::WorkerError::StillRefused`].
+    /// Zero gives up at the first refusal.
+    pub max_refused_time: Duration,
     /// Largest frame body read or written; must match the broker's.
     pub max_frame_size: usize,
     /// Time a graceful shutdown waits for running tasks before aborting them.
@@ -139,6 +149,7 @@ impl WorkerConfig {
                 max: DEFAULT_RECONNECT_MAX,
             },
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            max_refused_time: DEFAULT_MAX_REFUSED_TIME,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             rng_seed: None,

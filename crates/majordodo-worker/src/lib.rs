@@ -28,7 +28,9 @@
 //! - **Keepalive.** The worker pings every keepalive interval with its live capacity, and
 //!   drops a connection on which the broker sent nothing (not even a pong) for the idle
 //!   timeout the broker announced. It reconnects with jittered, bounded exponential backoff,
-//!   listing the tasks it still runs and those with unacknowledged reports.
+//!   listing the tasks it still runs and those with unacknowledged reports. A broker that keeps
+//!   refusing it for a reason that may pass (its worker id held by another live connection) is
+//!   retried for `max_refused_time`, then `run` returns [`WorkerError::StillRefused`].
 //! - **Kill.** A `Kill` from the broker aborts every task and makes `run` return
 //!   [`WorkerError::Killed`].
 //! - **Graceful stop.** When the shutdown future completes the worker announces zero
@@ -45,9 +47,9 @@ mod status;
 pub use agent::{Worker, run};
 pub use config::{
     Backoff, DEFAULT_ACK_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
-    DEFAULT_MAX_REPORT_DELAY, DEFAULT_MAX_REPORTS_PER_BATCH, DEFAULT_MAX_THREADS,
-    DEFAULT_RECONNECT_INITIAL, DEFAULT_RECONNECT_MAX, DEFAULT_SHUTDOWN_GRACE, MIN_MAX_FRAME_SIZE,
-    ReportBatching, WorkerConfig, hostname, new_process_id,
+    DEFAULT_MAX_REFUSED_TIME, DEFAULT_MAX_REPORT_DELAY, DEFAULT_MAX_REPORTS_PER_BATCH,
+    DEFAULT_MAX_THREADS, DEFAULT_RECONNECT_INITIAL, DEFAULT_RECONNECT_MAX, DEFAULT_SHUTDOWN_GRACE,
+    MIN_MAX_FRAME_SIZE, ReportBatching, WorkerConfig, hostname, new_process_id,
 };
 pub use executor::{Executors, Task, TaskExecutor, TaskFailure, executor_fn};
 pub use process::{
@@ -68,6 +70,16 @@ pub enum WorkerError {
     Rejected {
         /// The broker's reason.
         reason: String,
+    },
+    /// The broker kept refusing this worker, for a reason that may pass, for longer than
+    /// `max_refused_time`: another live process is connected under the same worker id. Give
+    /// each worker process its own worker id, or stop the other process.
+    #[error("refused by the broker for {}s: {reason}", .waited.as_secs())]
+    StillRefused {
+        /// The broker's last reason.
+        reason: String,
+        /// How long the refusals lasted.
+        waited: std::time::Duration,
     },
     /// The broker could not prove it knows the shared secret: a wrong address or a secret that
     /// differs between broker and worker. Not retryable as is.

@@ -10,7 +10,7 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use majordodo_broker::worker_listener::{
-    self, DisconnectReason, ListenerConfig, WorkerEvent, WorkerHello, WorkerSession,
+    self, DisconnectReason, ListenerConfig, Rejection, WorkerEvent, WorkerHello, WorkerSession,
 };
 use majordodo_proto::worker::{
     ANY_TASK_TYPE, Assignment, Capacity, Challenge, FinishReport, Message, Outcome, RunningTask,
@@ -263,6 +263,81 @@ async fn wrong_secret_is_rejected_and_run_returns_the_reason() {
         broker.events.try_recv().is_err(),
         "the dispatcher never heard of it"
     );
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_worker_refused_for_longer_than_max_refused_time_stops_with_the_reason() {
+    // Goal: a retryable refusal (the worker id held by another live process) is retried, but
+    // not forever: after max_refused_time, run returns StillRefused with the broker's reason.
+    let mut broker = Broker::start("127.0.0.1:0").await;
+    let mut config = worker_config(broker.addr);
+    config.max_refused_time = Duration::from_millis(300);
+    let agent = Agent::start(config, Executors::new());
+    let reason = "worker worker-1 is already connected from process other-1";
+    let refuse = async {
+        let mut refusals = 0;
+        loop {
+            match broker.events.recv().await {
+                Some(WorkerEvent::Connected { reply, .. }) => {
+                    refusals += 1;
+                    reply.reject(Rejection {
+                        reason: reason.into(),
+                        retryable: true,
+                    });
+                }
+                Some(_) => {}
+                None => return refusals,
+            }
+        }
+    };
+    let result = tokio::select! {
+        result = agent.result() => result,
+        _ = refuse => panic!("the listener stopped"),
+    };
+    match result {
+        Err(WorkerError::StillRefused {
+            reason: got,
+            waited,
+        }) => {
+            assert_eq!(got, reason);
+            assert!(waited >= Duration::from_millis(300), "{waited:?}");
+        }
+        other => panic!("expected StillRefused, got {other:?}"),
+    }
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn a_refusal_that_passes_lets_the_worker_in() {
+    // Goal: refusals shorter than max_refused_time only delay the connection.
+    let mut broker = Broker::start("127.0.0.1:0").await;
+    let mut config = worker_config(broker.addr);
+    config.max_refused_time = Duration::from_secs(30);
+    let mut agent = Agent::start(config, Executors::new());
+    let mut refusals = 0;
+    while refusals < 2 {
+        match broker.next().await {
+            WorkerEvent::Connected { reply, .. } => {
+                refusals += 1;
+                reply.reject(Rejection {
+                    reason: "worker worker-1 is already connected from process other-1".into(),
+                    retryable: true,
+                });
+            }
+            WorkerEvent::Disconnected { .. } => {}
+            other => panic!("expected Connected, got {other:?}"),
+        }
+    }
+    let (_hello, _session) = loop {
+        match broker.next().await {
+            WorkerEvent::Connected { hello, reply, .. } => break (*hello, reply.accept()),
+            WorkerEvent::Disconnected { .. } => {}
+            other => panic!("expected Connected, got {other:?}"),
+        }
+    };
+    agent.wait_for("connected", |s| s.connected).await;
+    assert_eq!(agent.shutdown().await, Ok(()));
     broker.stop().await;
 }
 

@@ -9,17 +9,17 @@ use std::io::{IsTerminal, Read};
 use std::path::Path;
 
 use anyhow::{Context, anyhow};
-use indicatif::{ProgressBar, ProgressDrawTarget, ProgressStyle};
+use indicatif::{ProgressBar, ProgressDrawTarget, ProgressState, ProgressStyle};
 use majordodo_client::{Submitted, TaskSubmission};
 use majordodo_proto::http::{ActionRequest, parse_action};
 use serde_json::{Map, Value, json};
 
-use super::Api;
 use super::api::explain;
+use super::{Api, waiting_note};
 use crate::cli::SubmitArgs;
 use crate::error::usage;
 use crate::output::escape;
-use crate::units::now_ms;
+use crate::units::{format_rate, now_ms};
 
 /// Owner of tasks submitted without `--user` by a token (the standalone's admin user).
 const DEFAULT_USER: &str = "admin";
@@ -141,6 +141,12 @@ async fn submit_one(api: &Api, args: &SubmitArgs) -> anyhow::Result<()> {
             } else {
                 println!("submitted task {id}");
             }
+            // Read back at once: a task that a connected worker can run is already assigned.
+            if let Ok(Some(task)) = api.client.task(id).await
+                && let Some(note) = waiting_note(api, &task).await
+            {
+                eprintln!("note: {note}");
+            }
             Ok(())
         }
         Submitted::NotCreated(reason) => {
@@ -150,6 +156,19 @@ async fn submit_one(api: &Api, args: &SubmitArgs) -> anyhow::Result<()> {
             Err(anyhow!("task not created: {}", escape(&reason)))
         }
     }
+}
+
+/// The progress bar of `--jsonl`: tasks sent, the rate rounded by [`format_rate`] (indicatif's
+/// own `{per_sec}` prints four decimals), and the time left.
+fn progress_style() -> ProgressStyle {
+    ProgressStyle::with_template("{bar:40} {pos}/{len} tasks ({rate}, {eta} left) {msg}")
+        .expect("the progress template is valid")
+        .with_key(
+            "rate",
+            |state: &ProgressState, out: &mut dyn std::fmt::Write| {
+                let _ = out.write_str(&format_rate(state.per_sec()));
+            },
+        )
 }
 
 /// One task of the input and where it came from.
@@ -233,10 +252,7 @@ async fn submit_many(api: &Api, args: &SubmitArgs, path: &Path) -> anyhow::Resul
     } else {
         ProgressBar::hidden()
     };
-    progress.set_style(
-        ProgressStyle::with_template("{bar:40} {pos}/{len} tasks ({per_sec}, {eta} left) {msg}")
-            .expect("the progress template is valid"),
-    );
+    progress.set_style(progress_style());
 
     let mut outcomes: Vec<(usize, Outcome)> = Vec::with_capacity(lines.len());
     let mut consecutive_failures = 0;
@@ -342,7 +358,71 @@ fn report(path: &Path, outcomes: &[(usize, Outcome)], json_out: bool) -> anyhow:
 
 #[cfg(test)]
 mod tests {
+    use std::sync::{Arc, Mutex};
+
     use super::*;
+
+    /// A terminal that keeps what the progress bar draws.
+    #[derive(Debug, Clone, Default)]
+    struct Screen(Arc<Mutex<String>>);
+
+    impl indicatif::TermLike for Screen {
+        fn width(&self) -> u16 {
+            200
+        }
+        fn move_cursor_up(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_down(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_right(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn move_cursor_left(&self, _: usize) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn write_line(&self, s: &str) -> std::io::Result<()> {
+            self.write_str(&format!("{s}\n"))
+        }
+        fn write_str(&self, s: &str) -> std::io::Result<()> {
+            self.0.lock().expect("not poisoned").push_str(s);
+            Ok(())
+        }
+        fn clear_line(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+        fn flush(&self) -> std::io::Result<()> {
+            Ok(())
+        }
+    }
+
+    #[test]
+    fn the_progress_bar_shows_a_rounded_rate() {
+        // Goal: the drawn bar shows the rate as format_rate writes it, not with four decimals.
+        let screen = Screen::default();
+        let bar = ProgressBar::with_draw_target(
+            Some(1_000),
+            ProgressDrawTarget::term_like(Box::new(screen.clone())),
+        );
+        bar.set_style(progress_style());
+        bar.inc(500);
+        bar.finish();
+        let drawn = screen.0.lock().unwrap().clone();
+        let rate = drawn
+            .split("500/1000 tasks (")
+            .nth(1)
+            .and_then(|rest| rest.split("/s,").next())
+            .unwrap_or_else(|| panic!("no rate in {drawn:?}"));
+        let decimals = rate.split_once('.').map_or(0, |(_, d)| d.len());
+        assert!(decimals <= 1, "{rate:?} in {drawn:?}");
+        assert!(
+            !rate.is_empty()
+                && rate
+                    .chars()
+                    .all(|c| c.is_ascii_digit() || ",.-".contains(c))
+        );
+    }
 
     fn defaults() -> Map<String, Value> {
         let mut m = Map::new();

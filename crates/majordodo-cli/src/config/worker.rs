@@ -8,9 +8,9 @@ use std::path::{Path, PathBuf};
 use majordodo_proto::worker::{ANY_TASK_TYPE, Capacity, DEFAULT_MAX_FRAME_SIZE, SharedSecret};
 use majordodo_worker::{
     Backoff, DEFAULT_ACK_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
-    DEFAULT_MAX_REPORT_DELAY, DEFAULT_MAX_REPORTS_PER_BATCH, DEFAULT_MAX_THREADS,
-    DEFAULT_RECONNECT_INITIAL, DEFAULT_RECONNECT_MAX, DEFAULT_SHUTDOWN_GRACE, Executors,
-    ProcessExecutor, ProcessExecutorConfig, ReportBatching, WorkerConfig,
+    DEFAULT_MAX_REFUSED_TIME, DEFAULT_MAX_REPORT_DELAY, DEFAULT_MAX_REPORTS_PER_BATCH,
+    DEFAULT_MAX_THREADS, DEFAULT_RECONNECT_INITIAL, DEFAULT_RECONNECT_MAX, DEFAULT_SHUTDOWN_GRACE,
+    Executors, ProcessExecutor, ProcessExecutorConfig, ReportBatching, WorkerConfig,
 };
 use serde::Deserialize;
 
@@ -68,6 +68,7 @@ pub(crate) struct ConnectionFile {
     pub(crate) ack_timeout: HumanDuration,
     pub(crate) reconnect_initial: HumanDuration,
     pub(crate) reconnect_max: HumanDuration,
+    pub(crate) max_refused_time: HumanDuration,
     pub(crate) max_frame_size: ByteSize,
 }
 
@@ -79,6 +80,7 @@ impl Default for ConnectionFile {
             ack_timeout: HumanDuration(DEFAULT_ACK_TIMEOUT),
             reconnect_initial: HumanDuration(DEFAULT_RECONNECT_INITIAL),
             reconnect_max: HumanDuration(DEFAULT_RECONNECT_MAX),
+            max_refused_time: HumanDuration(DEFAULT_MAX_REFUSED_TIME),
             max_frame_size: ByteSize(DEFAULT_MAX_FRAME_SIZE as u64),
         }
     }
@@ -276,6 +278,7 @@ impl WorkerFile {
         let c = &self.connection;
         config.keepalive_interval = c.keepalive_interval.0;
         config.connect_timeout = c.connect_timeout.0;
+        config.max_refused_time = c.max_refused_time.0;
         config.ack_timeout = c.ack_timeout.0;
         config.reconnect_backoff = Backoff {
             initial: c.reconnect_initial.0,
@@ -360,6 +363,9 @@ ack_timeout = "{ack_timeout}"
 # First and largest delay between connection attempts (exponential, with jitter).
 reconnect_initial = "{reconnect_initial}"
 reconnect_max = "{reconnect_max}"
+# Longest the worker keeps trying while the broker refuses it because another live process is
+# connected with the same worker_id; then it stops with an error (exit status 1).
+max_refused_time = "{max_refused_time}"
 # Largest frame exchanged with the broker; must be the same as the broker's.
 max_frame_size = "{max_frame_size}"
 
@@ -374,13 +380,14 @@ max_delay = "{max_delay}"
 # anything else fails the attempt with the end of stderr as the error. No shell is involved:
 # write ["sh", "-c", "..."] to use one. Environment: the worker's, plus `env`, plus
 # MAJORDODO_TASK_ID, MAJORDODO_TASK_TYPE, MAJORDODO_USER_ID, MAJORDODO_ATTEMPT.
+# Every key but argv is shown with its default.
 # [executors.render]
-# argv = ["/usr/local/bin/render", "--fast"]    # REQUIRED in each table
-# env = {{ RENDER_CACHE = "/var/cache/render" }} # default: nothing added
-# working_dir = "/srv/render"                   # default: the worker's
-# timeout_ms = {timeout_ms}                          # default: one hour, then the process group is killed
-# max_stdout_bytes = {max_stdout}                     # larger output fails the attempt
-# stderr_tail_bytes = {stderr_tail}                       # end of stderr quoted in error texts
+# argv = ["/usr/local/bin/render", "--fast"]  # REQUIRED in each table
+# env = {{}}                  # variables added, e.g. {{ RENDER_CACHE = "/var/cache/render" }}
+# working_dir: the worker's, unless set (working_dir = "/srv/render")
+# timeout_ms = {timeout_ms}        # one hour, then the process group is killed
+# max_stdout_bytes = {max_stdout}  # larger output fails the attempt
+# stderr_tail_bytes = {stderr_tail}     # end of stderr quoted in error texts
 "#,
         broker = DEFAULT_WORKER_LISTEN,
         max_threads = DEFAULT_MAX_THREADS,
@@ -390,6 +397,7 @@ max_delay = "{max_delay}"
         ack_timeout = c.ack_timeout,
         reconnect_initial = c.reconnect_initial,
         reconnect_max = c.reconnect_max,
+        max_refused_time = c.max_refused_time,
         max_frame_size = c.max_frame_size,
         max_batch = r.max_batch,
         max_delay = r.max_delay,

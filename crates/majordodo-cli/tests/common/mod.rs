@@ -238,3 +238,34 @@ pub(crate) fn wait_task_status(
         },
     )
 }
+
+/// Writes `text` to `dir/name` and returns the path as a string.
+pub(crate) fn write_file(dir: &Path, name: &str, text: &str) -> String {
+    let path = dir.join(name);
+    std::fs::write(&path, text).expect("write a test file");
+    path.to_str().expect("a UTF-8 path").to_owned()
+}
+
+/// A `majordodo broker` in `dir` on free ports, with an admin token in `dir/admin.token`, the
+/// workers' secret in `dir/worker.secret`, and `http_extra` added to its `[http]` table.
+/// Returns the server, its API URL and its worker port.
+pub(crate) fn start_broker(dir: &Path, http_extra: &str) -> (Server, String, String) {
+    write_file(dir, "worker.secret", "a-shared-secret-for-tests\n");
+    let user_entry = ok(&run_in(dir, &["auth", "new-token", "--out", "admin.token"]));
+    let config = write_file(
+        dir,
+        "broker.toml",
+        &format!(
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n{http_extra}\n{user_entry}\n\
+             [workers]\nlisten = \"127.0.0.1:0\"\nshared_secret_file = \"worker.secret\"\n"
+        ),
+    );
+    let mut broker = Server::start({
+        let mut cmd = majordodo();
+        cmd.current_dir(dir).args(["broker", "--config", &config]);
+        cmd
+    });
+    let url = broker.value_of("HTTP API:");
+    let worker_port = broker.value_of("worker port:");
+    (broker, url, worker_port)
+}
