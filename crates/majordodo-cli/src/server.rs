@@ -213,19 +213,18 @@ impl RunningBroker {
         .context("open the snapshots")?
         .with_context(|| format!("open the snapshots in {}", snapshots_dir.display()))?;
         let stop = CancellationToken::new();
-        let broker = Broker::start(
+        // The network side serves while the state is recovered: clients are told
+        // `recovery_in_progress` and workers are refused (retryably) until then.
+        let booting = Broker::launch(
             parts.broker,
             log.clone() as Arc<dyn CommitLog>,
             Some(Arc::new(snapshots)),
             Arc::new(DefaultGroupMapper),
             Arc::new(SystemClock),
             stop.clone().cancelled_owned(),
-        )
-        .await
-        .context("recover the broker state")?;
-        let handle = broker.handle();
-        let events = broker.worker_events();
-        let dispatcher = tokio::spawn(broker.wait());
+        );
+        let handle = booting.handle();
+        let events = booting.worker_events();
         let listener = tokio::spawn({
             let stop = stop.clone();
             let config = parts.listener;
@@ -249,6 +248,19 @@ impl RunningBroker {
                 }
             }
         });
+        let broker = match booting.recovered().await {
+            Ok(broker) => broker,
+            Err(error) => {
+                stop.cancel();
+                let _ = tokio::time::timeout(NETWORK_STOP_TIMEOUT, async {
+                    let _ = http.await;
+                    let _ = listener.await;
+                })
+                .await;
+                return Err(anyhow::Error::new(error).context("recover the broker state"));
+            }
+        };
+        let dispatcher = tokio::spawn(broker.wait());
         Ok(RunningBroker {
             http_addr,
             worker_addr,

@@ -245,6 +245,10 @@ pub struct Leader {
     live: BTreeMap<Arc<str>, LiveWorker>,
     /// Workers whose outbox may hold assignments to push (see [`Leader::take_pushes`]).
     outbox_ready: BTreeSet<Arc<str>>,
+    /// Workers the state still shows connected from before this leader took over: none can
+    /// be connected to it yet, so the first tick logs their disconnection (unless they
+    /// reconnected first). Taken over at this time.
+    stale_connected: (Millis, Vec<Arc<str>>),
     /// Rotates the first worker served by each assignment round, so no worker is favoured.
     rotation: usize,
 }
@@ -278,7 +282,13 @@ impl Leader {
                 );
             }
         }
+        let stale: Vec<Arc<str>> = state
+            .workers()
+            .filter(|w| w.status == WorkerStatus::Connected)
+            .map(|w| w.id.clone())
+            .collect();
         Leader {
+            stale_connected: (now, stale),
             next_task_id: state.max_task_id() + 1,
             state,
             config,
@@ -637,6 +647,14 @@ impl Leader {
     /// is harmless).
     pub fn tick(&mut self, now: Millis) -> Vec<LogEntry> {
         let mut entries = Vec::new();
+        for worker in std::mem::take(&mut self.stale_connected.1) {
+            if self.live.get(&worker).is_some_and(|l| l.conn.is_none()) {
+                entries.push(LogEntry::WorkerDisconnected {
+                    worker_id: worker.to_string(),
+                    timestamp: now,
+                });
+            }
+        }
         self.declare_dead_workers(now, &mut entries);
         let budget = self.config.max_timer_changes_per_round;
 
@@ -805,7 +823,13 @@ impl Leader {
         } else {
             None
         };
-        deaths.chain(delayed).chain(deadline).chain(purge).min()
+        let stale = (!self.stale_connected.1.is_empty()).then_some(self.stale_connected.0);
+        deaths
+            .chain(delayed)
+            .chain(deadline)
+            .chain(purge)
+            .chain(stale)
+            .min()
     }
 
     // ----- assignment -----

@@ -656,3 +656,46 @@ fn snapshot_round_trip_rebuilds_every_index() {
     assert_eq!(rebuilt, *sim.state());
     assert_eq!(rebuilt.to_snapshot(), snap);
 }
+
+#[test]
+fn workers_shown_connected_when_a_leader_takes_over_are_logged_disconnected() {
+    // Goal: no worker can be connected to a leader that just started, so the first tick logs
+    // the disconnection of workers the state still shows connected (the previous broker
+    // stopped before logging it), except those that reconnected first.
+    let mut sim = Sim::new(config());
+    sim.connect("w1", WorkerCapacity::any(1)).unwrap();
+    sim.connect("w2", WorkerCapacity::any(1)).unwrap();
+    sim.flush();
+    let state = sim.state().clone();
+    let mut leader = majordodo_core::Leader::new(state, config(), sim.now);
+    assert_eq!(
+        leader.next_timer(),
+        Some(sim.now),
+        "the first tick is due at once"
+    );
+    leader
+        .worker_connected(
+            sim.now,
+            majordodo_core::leader::WorkerHello {
+                conn: 50,
+                worker_id: "w2".into(),
+                process_id: "w2-process".into(),
+                location: String::new(),
+                capacity: WorkerCapacity::any(1),
+                running: vec![],
+            },
+        )
+        .unwrap();
+    let entries = leader.tick(sim.now);
+    let disconnected: Vec<&str> = entries
+        .iter()
+        .filter_map(|e| match e {
+            majordodo_core::LogEntry::WorkerDisconnected { worker_id, .. } => {
+                Some(worker_id.as_str())
+            }
+            _ => None,
+        })
+        .collect();
+    assert_eq!(disconnected, vec!["w1"]);
+    assert!(leader.tick(sim.now).is_empty(), "logged once");
+}

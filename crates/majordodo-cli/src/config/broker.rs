@@ -30,6 +30,24 @@ pub(crate) const DEFAULT_WORKER_LISTEN: &str = "127.0.0.1:7363";
 /// Default data directory, relative to the configuration file (or the working directory).
 pub(crate) const DEFAULT_DATA_DIR: &str = "majordodo-data";
 
+/// Default `log.max_record_size`: the file log's default record limit plus room for the
+/// framing of a request or a frame at their 16 MiB defaults, so the defaults pass the check
+/// in [`least_record_size`].
+pub(crate) const DEFAULT_LOG_MAX_RECORD_SIZE: u64 = DEFAULT_MAX_RECORD_SIZE as u64 + 1024 * 1024;
+
+/// The smallest record limit that holds every record a request body of `max_body` bytes or a
+/// worker frame of `max_frame` bytes can lead to: a task whose fields fill the whole body, or a
+/// result that fills the whole frame, plus their fields' framing.
+pub(crate) fn least_record_size(max_body: usize, max_frame: usize) -> usize {
+    use majordodo_proto::record::record_len_bound;
+    let task = record_len_bound([max_body, 0, 0, 0, 0, 0]);
+    let result = record_len_bound([
+        max_frame,
+        majordodo_broker::worker_listener::MAX_IDENTITY_FIELD_LEN,
+    ]);
+    task.max(result)
+}
+
 /// The broker's TOML file. Every key is optional; see [`default_file`] for the meaning of each.
 #[derive(Debug, Clone, Default, Deserialize)]
 #[serde(deny_unknown_fields, default)]
@@ -103,7 +121,7 @@ impl Default for LogFile {
     fn default() -> Self {
         LogFile {
             segment_size: ByteSize(DEFAULT_SEGMENT_SIZE),
-            max_record_size: ByteSize(DEFAULT_MAX_RECORD_SIZE as u64),
+            max_record_size: ByteSize(DEFAULT_LOG_MAX_RECORD_SIZE),
             max_queued_bytes: ByteSize(DEFAULT_MAX_QUEUED_BYTES),
             fsync: true,
         }
@@ -292,6 +310,22 @@ impl BrokerFile {
         }
         if log.max_queued_bytes == 0 {
             return Err(invalid("log.max_queued_bytes", "must be positive".into()));
+        }
+        // Every record a request or a worker frame can produce must fit, or the broker could
+        // only refuse it after accepting it.
+        let max_body = usize::try_from(self.http.max_body_size.0).unwrap_or(usize::MAX);
+        let need = least_record_size(max_body, max_frame_size);
+        if log.max_record_size < need {
+            return Err(invalid(
+                "log.max_record_size",
+                format!(
+                    "must be at least {need} bytes: a request of http.max_body_size ({}) or a \
+                     worker frame of workers.max_frame_size ({}) can carry a task or a result \
+                     that needs a record that large; raise it, or lower those two",
+                    crate::units::format_bytes(self.http.max_body_size.0),
+                    crate::units::format_bytes(max_frame_size as u64),
+                ),
+            ));
         }
 
         let t = &self.tuning;
@@ -587,12 +621,37 @@ finished_task_retention = "2h"
                 with_users("[workers]\nshared_secret = \"s\"\n[http]\nmax_body_size = 0"),
                 "http.max_body_size",
             ),
+            (
+                with_users("[workers]\nshared_secret = \"s\"\n[log]\nmax_record_size = \"16MiB\""),
+                "log.max_record_size",
+            ),
+            (
+                with_users("[workers]\nshared_secret = \"s\"\nmax_frame_size = \"32MiB\""),
+                "log.max_record_size",
+            ),
         ];
         for (text, key) in cases {
             let error = validate(&text).unwrap_err().to_string();
             assert!(error.contains(&format!("`{key}`")), "{key}: {error}");
             assert!(error.contains("broker.toml"), "{error}");
         }
+    }
+
+    #[test]
+    fn record_limit_must_hold_what_requests_and_frames_let_in() {
+        // Goal: a record limit below a full request or a full frame is refused, one that holds
+        // both is accepted, and the defaults pass.
+        let base = "[workers]\nshared_secret = \"s\"\nmax_frame_size = \"1MiB\"\n[http]\nmax_body_size = \"1MiB\"\n";
+        let need = least_record_size(1 << 20, 1 << 20);
+        assert!(need > 1 << 20 && need < (1 << 20) + 4096, "{need}");
+        let at = |limit: usize| with_users(&format!("{base}[log]\nmax_record_size = {limit}"));
+        assert!(validate(&at(need)).is_ok());
+        let error = validate(&at(need - 1)).unwrap_err().to_string();
+        assert!(
+            error.contains("`log.max_record_size`") && error.contains(&need.to_string()),
+            "{error}"
+        );
+        assert!(validate(&with_users("[workers]\nshared_secret = \"s\"")).is_ok());
     }
 
     #[test]
