@@ -18,6 +18,7 @@ mod faulty;
 mod file;
 mod memory;
 mod snapshot;
+pub mod vfs;
 
 pub use faulty::{FAULT_SEED_ENV, FaultMode, FaultSchedule, FaultyLog};
 pub use file::{

@@ -15,9 +15,7 @@ mod segment;
 mod writer;
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -27,9 +25,9 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
-pub(crate) use self::segment::{DIR_MODE, FILE_MODE};
 use self::segment::{Next, SegmentMeta, SegmentReader, io_err};
 use self::writer::{Active, Counters, ExitStatus, Pending, Queue, Shared, State, lock};
+use crate::vfs::{self, Fs, FsFile, FsLock, RealFs};
 use crate::{AppendFuture, Appended, BoxFuture, CommitLog, LogError, Lsn, ReplayFn, ReplayReport};
 
 /// Default size at which a segment is closed and a new one started: large enough that rolling
@@ -174,32 +172,43 @@ impl FileLog {
         dir: impl AsRef<Path>,
         config: FileLogConfig,
     ) -> Result<(FileLog, OpenReport), LogError> {
+        FileLog::open_with(Arc::new(RealFs), dir, config)
+    }
+
+    /// [`FileLog::open`] on the file system `fs`: [`vfs::RealFs`] is what `open` uses;
+    /// [`vfs::SimFs`] simulates power failures in tests.
+    ///
+    /// # Errors
+    /// As [`FileLog::open`].
+    pub fn open_with(
+        fs: Arc<dyn Fs>,
+        dir: impl AsRef<Path>,
+        config: FileLogConfig,
+    ) -> Result<(FileLog, OpenReport), LogError> {
         let dir = dir.as_ref().to_path_buf();
         validate(&config)?;
-        segment::create_dir(&dir)?;
-        let dir_lock = lock_dir(&dir)?;
-        let recovered = recovery::recover(&dir)?;
+        create_dir(&*fs, &dir)?;
+        let dir_lock = lock_dir(&*fs, &dir)?;
+        let recovered = recovery::recover(&*fs, &dir)?;
         let active_segment = recovered
             .segments
             .last()
             .expect("recovery returns at least one segment");
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&active_segment.path)
-            .map_err(io_err(format!(
-                "open segment {}",
-                active_segment.path.display()
-            )))?;
-        FileLog::start(dir, &config, dir_lock, recovered, file)
+        let file = fs.open_write(&active_segment.path).map_err(io_err(format!(
+            "open segment {}",
+            active_segment.path.display()
+        )))?;
+        FileLog::start(fs, dir, &config, dir_lock, recovered, file)
     }
 
     /// Starts the writer on a recovered directory, appending to `file` (the active segment).
     fn start(
+        fs: Arc<dyn Fs>,
         dir: PathBuf,
         config: &FileLogConfig,
-        dir_lock: File,
+        dir_lock: Box<dyn FsLock>,
         recovered: recovery::Recovered,
-        file: File,
+        file: Box<dyn FsFile>,
     ) -> Result<(FileLog, OpenReport), LogError> {
         let active_first = recovered
             .segments
@@ -225,6 +234,7 @@ impl FileLog {
             "opened commit log"
         );
         let shared = Arc::new(Shared {
+            fs,
             dir,
             segment_size: config.segment_size,
             fsync: config.fsync,
@@ -311,28 +321,26 @@ fn validate(config: &FileLogConfig) -> Result<(), LogError> {
     Ok(())
 }
 
+/// Creates the log directory and its missing parents.
+fn create_dir(fs: &dyn Fs, dir: &Path) -> Result<(), LogError> {
+    vfs::create_dir_all_plain(fs, dir)
+        .map_err(io_err(format!("create log directory {}", dir.display())))
+}
+
 /// Takes the lock on `dir` (an `flock` on `dir/LOCK`), so that two processes, or two
 /// `FileLog`s of one process, never write the same directory.
-fn lock_dir(dir: &Path) -> Result<File, LogError> {
+fn lock_dir(fs: &dyn Fs, dir: &Path) -> Result<Box<dyn FsLock>, LogError> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(FILE_MODE)
-        .open(&path)
-        .map_err(io_err(format!("open lock file {}", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::Io {
+    match fs.lock(&path) {
+        Ok(lock) => Ok(lock),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(LogError::Io {
             context: format!(
                 "lock log directory {}: it is already open in another log",
                 dir.display()
             ),
-            source: io::Error::from(io::ErrorKind::WouldBlock),
+            source: e,
         }),
-        Err(std::fs::TryLockError::Error(e)) => Err(LogError::Io {
+        Err(e) => Err(LogError::Io {
             context: format!("lock log directory {}", dir.display()),
             source: e,
         }),
@@ -437,9 +445,10 @@ impl CommitLog for FileLog {
                 .unwrap_or(0);
             let plan = segments[start..].to_vec();
             let (tx, mut rx) = mpsc::channel(REPLAY_CHANNEL_BOUND);
+            let fs = Arc::clone(&self.shared.fs);
             std::thread::Builder::new()
                 .name("majordodo-log-replay".to_string())
-                .spawn(move || read_range(plan, after, last, tx))
+                .spawn(move || read_range(&*fs, plan, after, last, tx))
                 .map_err(io_err("start a log replay thread"))?;
             let mut records = 0u64;
             while let Some(chunk) = rx.recv().await {
@@ -483,7 +492,7 @@ impl CommitLog for FileLog {
                 return Ok(());
             }
             for segment in &doomed {
-                match std::fs::remove_file(&segment.path) {
+                match self.shared.fs.remove_file(&segment.path) {
                     Ok(()) => {}
                     Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                     Err(e) => {
@@ -494,7 +503,7 @@ impl CommitLog for FileLog {
                     }
                 }
             }
-            segment::sync_dir(&self.shared.dir)?;
+            segment::sync_dir(&*self.shared.fs, &self.shared.dir)?;
             info!(
                 dir = %self.shared.dir.display(),
                 released_before = lsn.0,
@@ -534,7 +543,7 @@ type Chunk = Result<Vec<(Lsn, Bytes)>, LogError>;
 /// Body of the replay reader thread: sends the records with LSN in `(after, last]` from the
 /// segments of `plan` (in order, the first holding `after + 1`), then ends. Stops early when
 /// the receiver is gone.
-fn read_range(plan: Vec<SegmentMeta>, after: Lsn, last: Lsn, tx: mpsc::Sender<Chunk>) {
+fn read_range(fs: &dyn Fs, plan: Vec<SegmentMeta>, after: Lsn, last: Lsn, tx: mpsc::Sender<Chunk>) {
     let mut chunk = Vec::new();
     let mut chunk_bytes = 0usize;
     let send = |chunk: &mut Vec<(Lsn, Bytes)>, bytes: &mut usize| -> bool {
@@ -545,7 +554,7 @@ fn read_range(plan: Vec<SegmentMeta>, after: Lsn, last: Lsn, tx: mpsc::Sender<Ch
         let mut expected: Option<Lsn> = None;
         let mut end = (String::new(), 0);
         for segment in &plan {
-            let mut reader = SegmentReader::open(&segment.path)?;
+            let mut reader = SegmentReader::open(fs, &segment.path)?;
             let file = segment.path.display().to_string();
             let corrupt = |offset, reason| LogError::Corrupt {
                 file: file.clone(),
@@ -615,11 +624,12 @@ mod tests {
         let (log, _) = FileLog::open(&dir, FileLogConfig::default()).expect("open");
         log.close().await.expect("close");
         // Reopen by hand with the active segment opened read-only, so that writing fails.
-        let dir_lock = lock_dir(&dir).expect("lock");
-        let recovered = recovery::recover(&dir).expect("recover");
+        let dir_lock = lock_dir(&RealFs, &dir).expect("lock");
+        let recovered = recovery::recover(&RealFs, &dir).expect("recover");
         let path = recovered.segments[0].path.clone();
-        let file = File::open(&path).expect("open segment read-only");
+        let file = RealFs.open_read(&path).expect("open segment read-only");
         let (log, _) = FileLog::start(
+            Arc::new(RealFs),
             dir.clone(),
             &FileLogConfig::default(),
             dir_lock,

@@ -20,8 +20,6 @@
 //! Limit: damage confined to the last fsynced write, with nothing written after it, looks exactly
 //! like a torn write and is truncated; no format can tell them apart without a later write.
 
-use std::fs::{File, OpenOptions};
-use std::os::unix::fs::FileExt;
 use std::path::Path;
 
 use tracing::{info, warn};
@@ -31,6 +29,7 @@ use super::format::{RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN};
 use super::segment::{
     Next, SegmentMeta, SegmentReader, create_segment, io_err, list_segments, sync_dir,
 };
+use crate::vfs::Fs;
 use crate::{LogError, Lsn};
 
 /// Size of the window read at once while looking for records after a bad frame.
@@ -54,18 +53,19 @@ pub(crate) struct Recovered {
 ///
 /// # Errors
 /// [`LogError::Corrupt`] naming the file and offset of damaged data; [`LogError::Io`].
-pub(crate) fn recover(dir: &Path) -> Result<Recovered, LogError> {
-    let listing = list_segments(dir)?;
+pub(crate) fn recover(fs: &dyn Fs, dir: &Path) -> Result<Recovered, LogError> {
+    let listing = list_segments(fs, dir)?;
     if !listing.temporaries.is_empty() {
         for tmp in &listing.temporaries {
             info!(file = %tmp.display(), "removing unfinished segment creation");
-            std::fs::remove_file(tmp).map_err(io_err(format!("remove {}", tmp.display())))?;
+            fs.remove_file(tmp)
+                .map_err(io_err(format!("remove {}", tmp.display())))?;
         }
-        sync_dir(dir)?;
+        sync_dir(fs, dir)?;
     }
     if listing.segments.is_empty() {
         let first = Lsn(1);
-        create_segment(dir, first)?;
+        create_segment(fs, dir, first)?;
         let path = dir.join(super::segment::segment_file_name(first));
         return Ok(Recovered {
             segments: vec![SegmentMeta { first, path }],
@@ -87,7 +87,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, LogError> {
             offset,
             reason,
         };
-        let mut reader = SegmentReader::open(&segment.path)?;
+        let mut reader = SegmentReader::open(fs, &segment.path)?;
         let first = reader.header().first_lsn;
         if first != segment.first {
             return Err(corrupt(
@@ -143,11 +143,9 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, LogError> {
         if !is_last {
             return Err(corrupt(offset, reason));
         }
-        let file_len = std::fs::metadata(&segment.path)
-            .map_err(io_err(format!("stat segment {file}")))?
-            .len();
+        let file_len = reader.len();
         if let Some((later_offset, later)) =
-            find_later_write(&segment.path, offset, expected, file_len)?
+            find_later_write(fs, &segment.path, offset, expected, file_len)?
         {
             return Err(corrupt(
                 offset,
@@ -165,7 +163,7 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, LogError> {
             reason = %reason,
             "truncating torn tail of the log"
         );
-        truncate(&segment.path, offset)?;
+        truncate(fs, &segment.path, offset)?;
         active_len = offset;
         torn_tail = Some(TornTail {
             file: segment.path.clone(),
@@ -189,13 +187,14 @@ pub(crate) fn recover(dir: &Path) -> Result<Recovered, LogError> {
 /// frame is bounded (the records from `expected` on take at least a frame header each between
 /// `from` and the frame), so a checksum is only computed for plausible headers.
 fn find_later_write(
+    fs: &dyn Fs,
     path: &Path,
     from: u64,
     expected: Lsn,
     file_len: u64,
 ) -> Result<Option<(u64, RecordHeader)>, LogError> {
     let context = || format!("read segment {}", path.display());
-    let file = File::open(path).map_err(io_err(context()))?;
+    let file = fs.open_read(path).map_err(io_err(context()))?;
     let header_len = RECORD_HEADER_LEN as u64;
     let mut window = vec![0u8; SCAN_WINDOW];
     let mut payload = Vec::new();
@@ -235,12 +234,9 @@ fn find_later_write(
 }
 
 /// Cuts `path` at `len` and makes the new length durable.
-fn truncate(path: &Path, len: u64) -> Result<(), LogError> {
+fn truncate(fs: &dyn Fs, path: &Path, len: u64) -> Result<(), LogError> {
     let context = || format!("truncate segment {} at {len}", path.display());
-    let file = OpenOptions::new()
-        .write(true)
-        .open(path)
-        .map_err(io_err(context()))?;
+    let file = fs.open_write(path).map_err(io_err(context()))?;
     file.set_len(len).map_err(io_err(context()))?;
     file.sync_all().map_err(io_err(context()))
 }

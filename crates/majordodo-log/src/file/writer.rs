@@ -14,8 +14,6 @@
 //! may already have dropped the dirty pages it could not write.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
@@ -26,6 +24,7 @@ use tracing::error;
 
 use super::format::{encode_record, frame_len};
 use super::segment::{SegmentMeta, create_segment, segment_file_name};
+use crate::vfs::{Fs, FsFile, FsLock};
 use crate::{Appended, LogError, Lsn};
 
 /// Most appends that may wait in the queue; appenders block beyond it. Bounds the completion
@@ -130,6 +129,8 @@ pub(crate) type ExitStatus = Option<Result<(), WriteError>>;
 
 /// State shared by the log handle and its writer thread.
 pub(crate) struct Shared {
+    /// The file system holding the log.
+    pub(crate) fs: Arc<dyn Fs>,
     /// The log directory.
     pub(crate) dir: PathBuf,
     /// Segment size at which the writer rolls.
@@ -151,7 +152,7 @@ pub(crate) struct Shared {
     /// Writer counters.
     pub(crate) counters: Counters,
     /// The directory lock; dropping the file releases it.
-    pub(crate) dir_lock: Mutex<Option<File>>,
+    pub(crate) dir_lock: Mutex<Option<Box<dyn FsLock>>>,
 }
 
 impl Shared {
@@ -169,8 +170,8 @@ impl Shared {
 
 /// The segment being written.
 pub(crate) struct Active {
-    /// The file, opened for appending.
-    pub(crate) file: File,
+    /// The file, opened for writing; records go at `len`.
+    pub(crate) file: Box<dyn FsFile>,
     /// Its length (the valid part).
     pub(crate) len: u64,
     /// Whether it holds at least one record.
@@ -303,7 +304,7 @@ fn flush(shared: &Shared, active: &mut Active, buf: &mut Vec<u8>) -> Result<(), 
     let name = || active_name(shared);
     active
         .file
-        .write_all(buf)
+        .write_all_at(buf, active.len)
         .map_err(|e| WriteError::new(format!("write segment {}", name()), &e))?;
     shared.counters.writes.fetch_add(1, Ordering::Relaxed);
     shared
@@ -325,7 +326,7 @@ fn flush(shared: &Shared, active: &mut Active, buf: &mut Vec<u8>) -> Result<(), 
 
 /// Starts a new segment whose first record is `first`. The previous one was fsynced by `flush`.
 fn roll(shared: &Shared, active: &mut Active, first: Lsn) -> Result<(), WriteError> {
-    let file = create_segment(&shared.dir, first)?;
+    let file = create_segment(&*shared.fs, &shared.dir, first)?;
     lock(&shared.segments).push(SegmentMeta {
         first,
         path: shared.dir.join(segment_file_name(first)),
@@ -350,10 +351,12 @@ mod tests {
     use super::*;
     use crate::file::format::SEGMENT_HEADER_LEN;
     use crate::file::recovery::recover;
+    use crate::vfs::RealFs;
 
     fn shared_for(dir: &std::path::Path, segment_size: u64) -> (Shared, Active) {
-        let file = create_segment(dir, Lsn(1)).expect("create segment");
+        let file = create_segment(&RealFs, dir, Lsn(1)).expect("create segment");
         let shared = Shared {
+            fs: Arc::new(RealFs),
             dir: dir.to_path_buf(),
             segment_size,
             fsync: true,
@@ -412,7 +415,7 @@ mod tests {
         assert_eq!(shared.counters.writes.load(Ordering::Relaxed), 1);
         assert_eq!(shared.counters.fsyncs.load(Ordering::Relaxed), 1);
         drop(active);
-        let recovered = recover(dir.path()).expect("recover");
+        let recovered = recover(&RealFs, dir.path()).expect("recover");
         assert_eq!(recovered.last_lsn, Lsn(200));
         assert!(recovered.torn_tail.is_none());
     }
@@ -432,7 +435,7 @@ mod tests {
         assert_eq!(shared.counters.writes.load(Ordering::Relaxed), 3);
         assert_eq!(shared.counters.fsyncs.load(Ordering::Relaxed), 3);
         drop(active);
-        let recovered = recover(dir.path()).expect("recover");
+        let recovered = recover(&RealFs, dir.path()).expect("recover");
         assert_eq!(recovered.last_lsn, Lsn(10));
         assert_eq!(recovered.segments.len(), 3);
     }
