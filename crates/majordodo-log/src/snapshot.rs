@@ -622,7 +622,7 @@ impl SnapshotStore {
         dir: impl AsRef<Path>,
     ) -> Result<SnapshotStore, SnapshotError> {
         let dir = dir.as_ref().to_path_buf();
-        vfs::create_dir_all_plain(&*fs, &dir).map_err(io_err(format!(
+        vfs::create_dir_all_durable(&*fs, &dir).map_err(io_err(format!(
             "create snapshot directory {}",
             dir.display()
         )))?;

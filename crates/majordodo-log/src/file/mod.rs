@@ -321,9 +321,10 @@ fn validate(config: &FileLogConfig) -> Result<(), LogError> {
     Ok(())
 }
 
-/// Creates the log directory and its missing parents.
+/// Creates the log directory and its missing parents, durably: the parent of every directory
+/// created is fsynced, or a power failure could lose the whole log with its entry.
 fn create_dir(fs: &dyn Fs, dir: &Path) -> Result<(), LogError> {
-    vfs::create_dir_all_plain(fs, dir)
+    vfs::create_dir_all_durable(fs, dir)
         .map_err(io_err(format!("create log directory {}", dir.display())))
 }
 
