@@ -204,7 +204,9 @@ pub trait CommitLog: Send + Sync + 'static {
     /// The LSN of the last durable record (`Lsn::ZERO` when the log is empty).
     fn last_lsn(&self) -> Lsn;
 
-    /// Allows the log to drop records with LSN ≤ `lsn`; see the contract above.
+    /// Allows the log to drop records with LSN ≤ `lsn`; see the contract above. The deletion
+    /// does no blocking I/O on the calling thread; a crash during it leaves the log starting
+    /// somewhere between its old start and `lsn + 1`, never with a hole.
     ///
     /// # Errors
     /// [`LogError::Io`] if deleting old segments fails (the log stays usable).

@@ -144,6 +144,31 @@ async fn missing_middle_segment_is_reported_as_a_gap() {
     }
 }
 
+// Goal: missing segments at the front (a release whose deletions were cut short by a crash
+// keeps a suffix) are no error: the first segment found is where the log starts.
+#[tokio::test]
+async fn missing_front_segments_start_the_log_at_the_first_one_found() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (log, _) = open(dir.path(), 4096).expect("open");
+    fill(&log, 0, 40, 300).await;
+    log.close().await.expect("close");
+    let files = segments(dir.path());
+    fs::remove_file(&files[0]).expect("remove first segment");
+    fs::remove_file(&files[1]).expect("remove second segment");
+    let first = frames(&files[2])[0].1;
+    let (log, report) = open(dir.path(), 4096).expect("a gap at the front opens");
+    assert_eq!(report.first_lsn, Lsn(first));
+    assert_eq!(report.last_lsn, Lsn(40));
+    let mut count = 0;
+    let mut f = |_, _| {
+        count += 1;
+        Ok(())
+    };
+    log.replay(Lsn(first - 1), &mut f).await.expect("replay");
+    assert_eq!(count, 40 - (first - 1));
+    log.close().await.expect("close");
+}
+
 // Goal: cutting the last segment anywhere inside its last record is a torn tail: reported,
 // truncated to the previous record, and appends continue from there.
 #[tokio::test]

@@ -249,6 +249,7 @@ impl FileLog {
             space: Condvar::new(),
             durable: AtomicU64::new(recovered.last_lsn.0),
             segments: Mutex::new(recovered.segments),
+            release: Mutex::new(()),
             counters: Counters::default(),
             dir_lock: Mutex::new(Some(dir_lock)),
         });
@@ -474,46 +475,26 @@ impl CommitLog for FileLog {
     }
 
     /// Deletes the segments whose records all have LSN ≤ `lsn`, except the one being written,
-    /// then fsyncs the directory. Blocking file I/O on the calling thread (a few unlinks and
-    /// one fsync). A replay under way that still needs a deleted segment fails.
+    /// oldest first, fsyncing the directory after each deletion (see [`release_segments`]).
+    /// The file operations run on a thread of their own, never on the caller's. A replay under
+    /// way that still needs a deleted segment fails.
     fn release_before(&self, lsn: Lsn) -> BoxFuture<'_, Result<(), LogError>> {
-        let result = (|| {
-            if lock(&self.shared.queue).state == State::Stopped {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move {
+            if lock(&shared.queue).state == State::Stopped {
                 return Err(LogError::Closed);
             }
-            let doomed: Vec<SegmentMeta> = {
-                let mut segments = lock(&self.shared.segments);
-                let count = segments
-                    .windows(2)
-                    .take_while(|pair| pair[1].first.0 - 1 <= lsn.0)
-                    .count();
-                segments.drain(..count).collect()
-            };
-            if doomed.is_empty() {
-                return Ok(());
-            }
-            for segment in &doomed {
-                match self.shared.fs.remove_file(&segment.path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(LogError::Io {
-                            context: format!("delete segment {}", segment.path.display()),
-                            source: e,
-                        });
-                    }
-                }
-            }
-            segment::sync_dir(&*self.shared.fs, &self.shared.dir)?;
-            info!(
-                dir = %self.shared.dir.display(),
-                released_before = lsn.0,
-                segments = doomed.len(),
-                "deleted released log segments"
-            );
-            Ok(())
-        })();
-        std::future::ready(result).boxed()
+            let (done, result) = oneshot::channel();
+            std::thread::Builder::new()
+                .name("majordodo-log-release".to_string())
+                .spawn(move || {
+                    // The receiver may be gone (the caller dropped the future): nothing to do.
+                    let _ = done.send(release_segments(&shared, lsn));
+                })
+                .map_err(io_err("start a log release thread"))?;
+            // A dropped sender means the thread died without answering.
+            result.await.unwrap_or(Err(LogError::Closed))
+        })
     }
 
     fn max_record_size(&self) -> usize {
@@ -536,6 +517,52 @@ impl CommitLog for FileLog {
             result
         })
     }
+}
+
+/// Deletes the segments whose records all have LSN ≤ `lsn`, except the last one.
+///
+/// Crash safety: recovery takes the first segment it finds as the start of the log, and any
+/// other missing LSN as corruption. Deleting oldest first, and fsyncing the directory after each
+/// deletion before starting the next, means a power failure at any point leaves a suffix of the
+/// segments: the log then starts a little earlier than asked, never with a hole. (Deleting all
+/// of them before one fsync would let a crash keep a later deletion and lose an earlier one.)
+/// Releases are serialised by `Shared::release` so that overlapping calls keep that order too.
+/// Each segment leaves the in-memory list before its file goes, so a replay planned later asks
+/// for it as released rather than finding it missing.
+fn release_segments(shared: &Shared, lsn: Lsn) -> Result<(), LogError> {
+    let _one_at_a_time = lock(&shared.release);
+    let mut deleted = 0usize;
+    loop {
+        let doomed = {
+            let mut segments = lock(&shared.segments);
+            // The first segment holds only records ≤ `lsn` when the next starts at ≤ `lsn` + 1.
+            match segments.get(1) {
+                Some(next) if next.first.0 - 1 <= lsn.0 => segments.remove(0),
+                _ => break,
+            }
+        };
+        match shared.fs.remove_file(&doomed.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(LogError::Io {
+                    context: format!("delete segment {}", doomed.path.display()),
+                    source: e,
+                });
+            }
+        }
+        segment::sync_dir(&*shared.fs, &shared.dir)?;
+        deleted += 1;
+    }
+    if deleted > 0 {
+        info!(
+            dir = %shared.dir.display(),
+            released_before = lsn.0,
+            segments = deleted,
+            "deleted released log segments"
+        );
+    }
+    Ok(())
 }
 
 /// A chunk of records sent by the replay reader thread.

@@ -149,6 +149,9 @@ pub(crate) struct Shared {
     pub(crate) durable: AtomicU64,
     /// Segments in LSN order; the last one is being written. Shared with replay and release.
     pub(crate) segments: Mutex<Vec<SegmentMeta>>,
+    /// Held by a release while it deletes segments, so that releases run one at a time and
+    /// segments are always deleted oldest first.
+    pub(crate) release: Mutex<()>,
     /// Writer counters.
     pub(crate) counters: Counters,
     /// The directory lock; dropping the file releases it.
@@ -374,6 +377,7 @@ mod tests {
                 first: Lsn(1),
                 path: dir.join(segment_file_name(Lsn(1))),
             }]),
+            release: Mutex::new(()),
             counters: Counters::default(),
             dir_lock: Mutex::new(None),
         };
