@@ -11,12 +11,15 @@
 //!
 //! Every implementation must pass the conformance suite in [`conformance`]; [`FaultyLog`] wraps
 //! any of them to make it fail on purpose. Snapshots of the broker state, which let a log drop
-//! old records, are kept by [`SnapshotStore`].
+//! old records, are kept by [`SnapshotStore`]. [`repair`] cuts a damaged file log for an
+//! operator; [`vfs`] puts the file operations of the file log and the snapshot store behind a
+//! trait, with [`vfs::SimFs`] simulating power failures for tests.
 
 pub mod conformance;
 mod faulty;
 mod file;
 mod memory;
+pub mod repair;
 mod snapshot;
 pub mod vfs;
 
@@ -97,8 +100,10 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
-    /// Stored data failed validation (bad checksum, bad framing, LSN out of order) somewhere
-    /// other than the torn tail of the newest segment. Not retryable: an operator must look.
+    /// Stored data failed validation (bad checksum, bad framing, LSN out of order) and is not
+    /// provably the unfinished last write of a crash. Not retryable: an operator must look; the
+    /// reason of the file log says what can be done (restore from a replica or a backup, or cut
+    /// the log with `majordodo log repair`, see [`crate::repair`]).
     #[error("corrupt log: {file} at offset {offset}: {reason}")]
     Corrupt {
         /// The file (or ledger) holding the bad data.
@@ -106,6 +111,15 @@ pub enum LogError {
         /// Byte offset (or entry id) of the bad record.
         offset: u64,
         /// What was wrong.
+        reason: String,
+    },
+    /// The log was written in a format this release does not read (for the file log: a
+    /// segment of another format version). Not retryable; the reason says what to do.
+    #[error("unsupported log format: {file}: {reason}")]
+    UnsupportedFormat {
+        /// The file (or ledger) in the other format.
+        file: String,
+        /// Which format it is and what to do.
         reason: String,
     },
     /// Another writer took over the log (a newer leader fenced this one). Not retryable by this

@@ -50,8 +50,9 @@ impl LogBuilder for FileBuilder {
         Ok(log)
     }
 
-    /// Stops the writer as a crash would, then leaves garbage after the last record, as a
-    /// torn write does.
+    /// Stops the writer as a crash would, then leaves after the last record what an unfinished
+    /// write can leave: zeros (sectors that did not land), or the start of the next record's
+    /// frame cut by the end of the file.
     async fn crash(&self, dir: &PathBuf, log: FileLog) {
         log.crash().await;
         let seed = self.next.fetch_add(1, Ordering::Relaxed);
@@ -63,16 +64,51 @@ impl LogBuilder for FileBuilder {
             .collect();
         segments.sort();
         let last = segments.last().expect("a log has a segment");
-        let garbage: Vec<u8> = (0..rng.random_range(1..200))
-            .map(|_| rng.random())
-            .collect();
+        let tail: Vec<u8> = if rng.random_bool(0.5) {
+            vec![0; rng.random_range(1..2000)]
+        } else {
+            let payload: Vec<u8> = (0..rng.random_range(1..600))
+                .map(|_| rng.random())
+                .collect();
+            let frame = frame(next_lsn(last), &payload);
+            frame[..rng.random_range(1..frame.len())].to_vec()
+        };
         std::fs::OpenOptions::new()
             .append(true)
             .open(last)
             .expect("open last segment")
-            .write_all(&garbage)
-            .expect("append garbage");
+            .write_all(&tail)
+            .expect("append the torn tail");
     }
+}
+
+/// Segment header and frame header lengths, as documented in the file format (version 2).
+const SEGMENT_HEADER: usize = 32;
+const FRAME_HEADER: usize = 24;
+
+/// A record frame as the file format documents it.
+fn frame(lsn: u64, payload: &[u8]) -> Vec<u8> {
+    let mut head = vec![0u8; FRAME_HEADER];
+    head[4..8].copy_from_slice(&(payload.len() as u32).to_le_bytes());
+    head[12..20].copy_from_slice(&lsn.to_le_bytes());
+    head[20..24].copy_from_slice(&crc32c::crc32c(payload).to_le_bytes());
+    let crc = crc32c::crc32c(&head[4..24]);
+    head[0..4].copy_from_slice(&crc.to_le_bytes());
+    head.extend_from_slice(payload);
+    head
+}
+
+/// The LSN after the last record of a segment file (read with the documented layout).
+fn next_lsn(path: &std::path::Path) -> u64 {
+    let bytes = std::fs::read(path).expect("read segment");
+    let mut next = u64::from_le_bytes(bytes[12..20].try_into().expect("8 bytes"));
+    let mut at = SEGMENT_HEADER;
+    while at + FRAME_HEADER <= bytes.len() {
+        let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes")) as usize;
+        next = u64::from_le_bytes(bytes[at + 12..at + 20].try_into().expect("8 bytes")) + 1;
+        at += FRAME_HEADER + len;
+    }
+    next
 }
 
 // Goal: the in-memory log honours the whole CommitLog contract.

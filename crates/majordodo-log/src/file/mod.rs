@@ -4,14 +4,18 @@
 //!   (`00000000000000000001.log`, ...) and a `LOCK` file. Byte layout in `format`.
 //! - Writes: one writer thread with group commit (see `writer`): concurrent appends share one
 //!   `write_all` and one `fdatasync`; an append is acknowledged only after its fsync.
-//! - Open: every segment is validated; a torn tail of the last segment is truncated, any other
-//!   damage is a hard error (see `recovery`).
+//! - Open: every segment is validated; a damaged tail of the last segment is truncated only
+//!   when it is proven to be an unfinished write, any other damage is a hard error naming the
+//!   file and offset (see `recovery`; [`crate::repair`] is the operator's way out).
 //! - Replay streams records from disk through a reader thread and a bounded channel.
-//! - `release_before` deletes whole segments, never the one being written.
+//! - `release_before` deletes whole segments, never the one being written, oldest first, each
+//!   deletion durable before the next, on a thread of its own.
+//! - File operations go through [`crate::vfs::Fs`], so tests can run the log on a disk that
+//!   loses power.
 
-mod format;
-mod recovery;
-mod segment;
+pub(crate) mod format;
+pub(crate) mod recovery;
+pub(crate) mod segment;
 mod writer;
 
 use std::collections::VecDeque;
@@ -87,7 +91,7 @@ impl Default for FileLogConfig {
     }
 }
 
-/// The torn tail found and truncated by [`FileLog::open`].
+/// The unfinished last write found and truncated by [`FileLog::open`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TornTail {
     /// The segment file.
@@ -96,7 +100,7 @@ pub struct TornTail {
     pub offset: u64,
     /// Bytes removed.
     pub bytes_dropped: u64,
-    /// What was found at `offset`.
+    /// What was found at `offset`, and why it is an unfinished write.
     pub reason: String,
 }
 
@@ -110,7 +114,7 @@ pub struct OpenReport {
     pub last_lsn: Lsn,
     /// Number of segment files.
     pub segments: usize,
-    /// The torn tail that was truncated, if any (also logged at WARN).
+    /// The unfinished write that was truncated, if any (also logged at WARN).
     pub torn_tail: Option<TornTail>,
 }
 
@@ -149,24 +153,29 @@ impl std::fmt::Debug for FileLog {
 
 impl FileLog {
     /// Opens (or creates) the log in `dir`: locks the directory, validates every segment,
-    /// truncates a torn tail, and starts the writer thread. Blocking.
+    /// truncates an unfinished last write, and starts the writer thread. Blocking.
     ///
     /// # Recovery
-    /// Every segment header and record checksum is verified, and LSNs must follow each other
-    /// across segments. The only damage tolerated is a torn tail: bytes at the end of the last
-    /// segment that belong to the last write, which was never acknowledged. Each record stores
-    /// its position inside the write that stored it, and a write is issued only after the
-    /// previous one was fsynced; so if any valid record of a *later* write follows the damage,
-    /// the damaged data had been acknowledged and open fails with [`LogError::Corrupt`]. A torn
-    /// tail is truncated (then fsynced), logged at WARN and returned in
-    /// [`OpenReport::torn_tail`]. Damage confined to the very last fsynced write cannot be told
-    /// from a torn write and is truncated too.
+    /// Every segment header and record checksum (of the frame header, and of the payload) is
+    /// verified, and LSNs must follow each other across segments; the first segment found is
+    /// the start of the log. The only damage tolerated is the unfinished write of a crash at
+    /// the end of the last segment, and only when that is proven: the file ends inside the
+    /// first bad record, or a 512-byte sector of it reads as zeros (never written, which cannot
+    /// be after its fsync), and no record of a later write follows. Such a tail was never
+    /// acknowledged: it is truncated (then fsynced), logged at WARN and returned in
+    /// [`OpenReport::torn_tail`]. Damage in written data, even in the last record, is refused:
+    /// acknowledged records are never dropped silently. The rule and its reasoning are in the
+    /// documentation of the `recovery` module.
     ///
     /// # Errors
     /// - [`LogError::Io`] if the directory cannot be created or read, or is locked by another
     ///   open log (the message names the directory); retry once the other process is gone.
-    /// - [`LogError::Corrupt`] naming the file and offset of damaged data other than a torn
-    ///   tail: an operator must look.
+    /// - [`LogError::Corrupt`] naming the file and offset of damaged data that is not a proven
+    ///   unfinished write. The message says what to do: restore the log from a replica or a
+    ///   backup, or cut it at that offset with `majordodo log repair --dir <dir>`
+    ///   ([`crate::repair::truncate_log`]), losing the records from there on.
+    /// - [`LogError::UnsupportedFormat`] for a segment of another format version (version 1
+    ///   was written by earlier pre-1.0 releases and is not migrated).
     /// - [`LogError::Io`] of kind `InvalidInput` for an invalid `config`.
     pub fn open(
         dir: impl AsRef<Path>,
@@ -331,7 +340,7 @@ fn create_dir(fs: &dyn Fs, dir: &Path) -> Result<(), LogError> {
 
 /// Takes the lock on `dir` (an `flock` on `dir/LOCK`), so that two processes, or two
 /// `FileLog`s of one process, never write the same directory.
-fn lock_dir(fs: &dyn Fs, dir: &Path) -> Result<Box<dyn FsLock>, LogError> {
+pub(crate) fn lock_dir(fs: &dyn Fs, dir: &Path) -> Result<Box<dyn FsLock>, LogError> {
     let path = dir.join(LOCK_FILE);
     match fs.lock(&path) {
         Ok(lock) => Ok(lock),
@@ -475,7 +484,8 @@ impl CommitLog for FileLog {
     }
 
     /// Deletes the segments whose records all have LSN ≤ `lsn`, except the one being written,
-    /// oldest first, fsyncing the directory after each deletion (see [`release_segments`]).
+    /// oldest first, fsyncing the directory after each deletion, so that a crash leaves a
+    /// suffix of the segments, never a hole.
     /// The file operations run on a thread of their own, never on the caller's. A replay under
     /// way that still needs a deleted segment fails.
     fn release_before(&self, lsn: Lsn) -> BoxFuture<'_, Result<(), LogError>> {
@@ -596,7 +606,9 @@ fn read_range(fs: &dyn Fs, plan: Vec<SegmentMeta>, after: Lsn, last: Lsn, tx: mp
             loop {
                 match reader.next()? {
                     Next::End => break,
-                    Next::Bad { offset, reason } => return Err(corrupt(offset, reason)),
+                    Next::Bad { offset, damage } => {
+                        return Err(corrupt(offset, damage.describe().to_string()));
+                    }
                     Next::Record {
                         header,
                         offset,

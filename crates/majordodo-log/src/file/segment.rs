@@ -5,7 +5,9 @@ use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
 
-use super::format::{RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, SegmentHeader};
+use super::format::{
+    HeaderError, RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, SegmentHeader,
+};
 use crate::vfs::{FileReader, Fs, FsFile};
 use crate::{LogError, Lsn};
 
@@ -122,10 +124,35 @@ pub(crate) fn create_segment(
     Ok(file)
 }
 
+/// What is wrong with a frame that is not a valid record.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Damage {
+    /// The file ends before a whole frame header.
+    HeaderCut,
+    /// The header checksum does not match.
+    HeaderInvalid,
+    /// The header is valid and its payload extends past the end of the file.
+    PayloadCut(RecordHeader),
+    /// The header is valid and the payload checksum does not match.
+    PayloadInvalid(RecordHeader),
+}
+
+impl Damage {
+    /// What is wrong, as a phrase.
+    pub(crate) fn describe(&self) -> &'static str {
+        match self {
+            Damage::HeaderCut => "record header cut by the end of the file",
+            Damage::HeaderInvalid => "record header checksum mismatch",
+            Damage::PayloadCut(_) => "record extends past the end of the file",
+            Damage::PayloadInvalid(_) => "record payload checksum mismatch",
+        }
+    }
+}
+
 /// What [`SegmentReader::next`] found.
 #[derive(Debug)]
 pub(crate) enum Next {
-    /// A record whose checksum is valid. Its LSN and batch index are not checked here.
+    /// A record whose checksums are valid. Its LSN and batch index are not checked here.
     Record {
         /// Its header.
         header: RecordHeader,
@@ -141,7 +168,7 @@ pub(crate) enum Next {
         /// Offset of the bad frame.
         offset: u64,
         /// What is wrong.
-        reason: String,
+        damage: Damage,
     },
 }
 
@@ -160,7 +187,9 @@ impl SegmentReader {
     /// Opens a segment and validates its header.
     ///
     /// # Errors
-    /// [`LogError::Corrupt`] at offset 0 if the header is invalid; [`LogError::Io`].
+    /// [`LogError::Corrupt`] at offset 0 if the header is invalid;
+    /// [`LogError::UnsupportedFormat`] for a valid header of another format version;
+    /// [`LogError::Io`].
     pub(crate) fn open(fs: &dyn Fs, path: &Path) -> Result<SegmentReader, LogError> {
         let context = || format!("open segment {}", path.display());
         let file = fs.open_read(path).map_err(io_err(context()))?;
@@ -169,10 +198,13 @@ impl SegmentReader {
         let mut head = [0u8; SEGMENT_HEADER_LEN];
         let got = read_up_to(&mut reader, &mut head)
             .map_err(io_err(format!("read segment {}", path.display())))?;
-        let header = SegmentHeader::decode(&head[..got]).map_err(|reason| LogError::Corrupt {
-            file: path.display().to_string(),
-            offset: 0,
-            reason,
+        let header = SegmentHeader::decode(&head[..got]).map_err(|e| match e {
+            HeaderError::Invalid(reason) => LogError::Corrupt {
+                file: path.display().to_string(),
+                offset: 0,
+                reason,
+            },
+            HeaderError::Version(version) => unsupported_version(path, version),
         })?;
         Ok(SegmentReader {
             reader,
@@ -207,21 +239,20 @@ impl SegmentReader {
         if remaining == 0 {
             return Ok(Next::End);
         }
-        let bad = |offset, reason: &str| Next::Bad {
-            offset,
-            reason: reason.to_string(),
-        };
+        let bad = |offset, damage| Next::Bad { offset, damage };
         if remaining < RECORD_HEADER_LEN as u64 {
-            return Ok(bad(self.offset, "incomplete record header"));
+            return Ok(bad(self.offset, Damage::HeaderCut));
         }
         let context = || format!("read segment {}", self.path.display());
         let mut head = [0u8; RECORD_HEADER_LEN];
         self.reader
             .read_exact(&mut head)
             .map_err(io_err(context()))?;
-        let header = RecordHeader::decode(&head);
+        let Some(header) = RecordHeader::decode(&head) else {
+            return Ok(bad(self.offset, Damage::HeaderInvalid));
+        };
         if header.frame_len() > remaining {
-            return Ok(bad(self.offset, "record extends past the end of the file"));
+            return Ok(bad(self.offset, Damage::PayloadCut(header)));
         }
         // The length was just checked against the file size, so this allocation is bounded by
         // what is really on disk.
@@ -230,7 +261,7 @@ impl SegmentReader {
             .read_exact(&mut payload)
             .map_err(io_err(context()))?;
         if !header.verify(&payload) {
-            return Ok(bad(self.offset, "record checksum mismatch"));
+            return Ok(bad(self.offset, Damage::PayloadInvalid(header)));
         }
         let offset = self.offset;
         self.offset += header.frame_len();
@@ -239,6 +270,29 @@ impl SegmentReader {
             offset,
             payload: payload.freeze(),
         })
+    }
+}
+
+/// The error for a segment of format `version`, which this code does not read.
+fn unsupported_version(path: &Path, version: u16) -> LogError {
+    let reason = if version < super::format::SEGMENT_VERSION {
+        format!(
+            "segment format version {version} was written by an earlier release; this release \
+             reads only version {}, and pre-1.0 releases change formats without migrating them: \
+             run the release that wrote this log, or move the log directory aside and start a \
+             new one",
+            super::format::SEGMENT_VERSION
+        )
+    } else {
+        format!(
+            "segment format version {version} was written by a later release; this release \
+             reads only version {}",
+            super::format::SEGMENT_VERSION
+        )
+    };
+    LogError::UnsupportedFormat {
+        file: path.display().to_string(),
+        reason,
     }
 }
 
