@@ -195,8 +195,11 @@ pub type ReplayFn<'a> = dyn FnMut(Lsn, Bytes) -> Result<(), String> + Send + 'a;
 ///    LSNs keep counting from where they were, also across a reopen.
 /// 6. A record of `max_record_size()` bytes or less is accepted; a larger one fails its append
 ///    with [`LogError::RecordTooLarge`] without failing the log.
+/// 7. `append` never blocks its caller (it runs on async threads). Back-pressure is
+///    [`CommitLog::ready`], a future that producers await before producing more; appends made
+///    while it is pending still queue at once, in call order.
 pub trait CommitLog: Send + Sync + 'static {
-    /// Queues `records` for appending; see the contract above.
+    /// Queues `records` for appending, at once and without blocking; see the contract above.
     ///
     /// An empty batch writes nothing and acts as a barrier: it resolves, in call order like any
     /// other append, once everything queued before it is durable, with `first == last ==` the
@@ -228,6 +231,15 @@ pub trait CommitLog: Send + Sync + 'static {
 
     /// The largest record this log accepts, in bytes.
     fn max_record_size(&self) -> usize;
+
+    /// Resolves once the log has room for more appends: producers await it before producing
+    /// more, so that a producer faster than the storage is held back before it fills memory.
+    /// Appends made while it is pending still queue (contract 1). It also resolves once the
+    /// log is closed or failed (the next append then fails). The default resolves at once, for
+    /// logs that hold nothing in memory on behalf of an append.
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 
     /// Flushes what is queued, stops the writer and releases files. Later appends fail with
     /// [`LogError::Closed`].

@@ -366,6 +366,8 @@ struct SimState {
     power_off_at: Option<u64>,
     powered_off: bool,
     paused: bool,
+    /// Operations waiting for [`SimFs::resume`].
+    waiting: usize,
     next_id: u64,
     files: BTreeMap<u64, SimFile>,
     dirs: BTreeMap<u64, SimDir>,
@@ -441,6 +443,7 @@ impl SimState {
             power_off_at: None,
             powered_off: false,
             paused: false,
+            waiting: 0,
             next_id: ROOT + 1,
             files: BTreeMap::new(),
             dirs,
@@ -633,11 +636,13 @@ impl SimFs {
     fn begin(&self) -> io::Result<MutexGuard<'_, SimState>> {
         let mut state = self.state();
         while state.paused {
+            state.waiting += 1;
             state = self
                 .inner
                 .resumed
                 .wait(state)
                 .unwrap_or_else(PoisonError::into_inner);
+            state.waiting -= 1;
         }
         if state.powered_off || state.power_off_at.is_some_and(|at| state.ops >= at) {
             state.powered_off = true;
@@ -689,6 +694,12 @@ impl SimFs {
     /// work. The thread that resumes must not use the file system while it is paused.
     pub fn pause(&self) {
         self.state().paused = true;
+    }
+
+    /// How many operations are waiting for [`SimFs::resume`] (so a test knows a writer is
+    /// held).
+    pub fn waiting(&self) -> usize {
+        self.state().waiting
     }
 
     /// Lets paused operations go on.
@@ -1120,8 +1131,11 @@ mod tests {
             let fs = fs.clone();
             std::thread::spawn(move || fs.create_dir(Path::new("/d")))
         };
-        std::thread::sleep(std::time::Duration::from_millis(20));
+        while fs.waiting() == 0 {
+            std::thread::yield_now();
+        }
         assert!(!worker.is_finished(), "a paused operation waits");
+        assert_eq!(fs.operations(), 0);
         fs.resume();
         worker.join().expect("join").expect("mkdir after resume");
         assert_eq!(fs.operations(), 1);

@@ -43,8 +43,8 @@ pub const DEFAULT_MAX_RECORD_SIZE: usize = 16 * 1024 * 1024;
 /// Upper bound of `max_record_size`: keeps frame lengths in 32 bits and one record readable
 /// into memory.
 pub const MAX_RECORD_SIZE_LIMIT: usize = 1024 * 1024 * 1024;
-/// Default bound on the bytes queued for the writer: about a second of a slow disk, so a
-/// producer faster than the disk is held back before it fills memory.
+/// Default bound on the bytes queued for the writer (see [`CommitLog::ready`]): about a second
+/// of a slow disk, so a producer faster than the disk is held back before it fills memory.
 pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 64 * 1024 * 1024;
 /// Smallest segment size accepted: a header and a few small records.
 const MIN_SEGMENT_SIZE: u64 = 4096;
@@ -68,9 +68,10 @@ pub struct FileLogConfig {
     /// Largest record accepted, in bytes. Default [`DEFAULT_MAX_RECORD_SIZE`]; at most
     /// [`MAX_RECORD_SIZE_LIMIT`].
     pub max_record_size: usize,
-    /// Bytes of records that may wait for the writer before `append` blocks its caller.
-    /// Default [`DEFAULT_MAX_QUEUED_BYTES`]. An append larger than this waits for an empty
-    /// queue and is then admitted alone.
+    /// Bytes of records waiting for the writer above which [`CommitLog::ready`] is pending,
+    /// holding producers back until the writer takes the queue. Default
+    /// [`DEFAULT_MAX_QUEUED_BYTES`]. `append` itself never waits: a producer that does not
+    /// await `ready` can queue more.
     pub max_queued_bytes: u64,
     /// Whether each batch is fsynced before it is acknowledged. Default `true`.
     ///
@@ -255,7 +256,7 @@ impl FileLog {
                 state: State::Open,
             }),
             queued: Condvar::new(),
-            space: Condvar::new(),
+            room: tokio::sync::Notify::new(),
             durable: AtomicU64::new(recovered.last_lsn.0),
             segments: Mutex::new(recovered.segments),
             release: Mutex::new(()),
@@ -374,11 +375,8 @@ async fn wait_exit(mut exit: watch::Receiver<ExitStatus>) -> Result<(), LogError
 }
 
 impl CommitLog for FileLog {
-    /// Queues `records` (see the trait's contract).
-    ///
-    /// Blocks the calling thread while the queue is full ([`FileLogConfig::max_queued_bytes`]
-    /// or 65 536 appends), which only happens when producers outrun the disk; the wait ends
-    /// with the writer's next batch.
+    /// Queues `records` (see the trait's contract): takes the queue lock, assigns LSNs, pushes
+    /// and wakes the writer. Never waits for room; see [`FileLog::ready`](CommitLog::ready).
     fn append(&self, records: Vec<Bytes>) -> AppendFuture {
         if let Some(big) = records.iter().find(|r| r.len() > self.max_record_size) {
             return std::future::ready(Err(LogError::RecordTooLarge {
@@ -391,19 +389,8 @@ impl CommitLog for FileLog {
         let count = records.len() as u64;
         let shared = &self.shared;
         let mut queue = lock(&shared.queue);
-        loop {
-            if queue.state != State::Open {
-                return std::future::ready(Err(LogError::Closed)).boxed();
-            }
-            let fits =
-                queue.queued_bytes == 0 || queue.queued_bytes + bytes <= shared.max_queued_bytes;
-            if fits && queue.pending.len() < writer::MAX_QUEUED_APPENDS {
-                break;
-            }
-            queue = shared
-                .space
-                .wait(queue)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if queue.state != State::Open {
+            return std::future::ready(Err(LogError::Closed)).boxed();
         }
         let appended = if count == 0 {
             Appended {
@@ -509,6 +496,24 @@ impl CommitLog for FileLog {
 
     fn max_record_size(&self) -> usize {
         self.max_record_size
+    }
+
+    /// Pending while more than [`FileLogConfig::max_queued_bytes`] (or 65 536 appends) wait
+    /// for the writer; resolves when the writer takes the queue into its next write, or when
+    /// the log stops.
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            loop {
+                // Registered before the check, so a wake-up between the two is not missed.
+                let notified = self.shared.room.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                if self.shared.has_room() {
+                    return;
+                }
+                notified.await;
+            }
+        })
     }
 
     /// Writes and fsyncs what is queued, stops the writer and releases the directory lock.

@@ -1,7 +1,10 @@
 //! The append queue and the single writer thread of the file log (group commit).
 //!
-//! `append` assigns LSNs and pushes its records onto a bounded queue under one lock, so call
-//! order is log order. One writer thread (blocking I/O is right here) loops:
+//! `append` assigns LSNs and pushes its records onto the queue under one lock, so call order is
+//! log order; it never waits. The queue's bounds (bytes and appends) are enforced by
+//! `CommitLog::ready`, which producers await: it is pending while the queue is over a bound and
+//! resolves when the writer takes the queue. One writer thread (blocking I/O is right here)
+//! loops:
 //! 1. take everything queued;
 //! 2. frame all of it into one buffer and `write_all` it to the active segment; when the segment
 //!    is full, first write and fsync what goes into it, then roll to a new segment (see
@@ -19,7 +22,7 @@ use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tracing::error;
 
 use super::format::{encode_record, frame_len};
@@ -27,8 +30,9 @@ use super::segment::{SegmentMeta, create_segment, segment_file_name};
 use crate::vfs::{Fs, FsFile, FsLock};
 use crate::{Appended, LogError, Lsn};
 
-/// Most appends that may wait in the queue; appenders block beyond it. Bounds the completion
-/// handles held; far above what one fsync interval collects from a broker.
+/// Appends in the queue above which `ready` makes producers wait (with the bytes bound of the
+/// config). Bounds the completion handles held; far above what one fsync interval collects
+/// from a broker.
 pub(crate) const MAX_QUEUED_APPENDS: usize = 65_536;
 /// Above this buffer capacity the writer gives memory back after a batch, so one burst does not
 /// pin a large buffer for the life of the log.
@@ -137,14 +141,14 @@ pub(crate) struct Shared {
     pub(crate) segment_size: u64,
     /// Whether batches are fsynced (false only for benchmarks).
     pub(crate) fsync: bool,
-    /// Bound on `Queue::queued_bytes`.
+    /// Bound on `Queue::queued_bytes` above which `ready` is pending.
     pub(crate) max_queued_bytes: u64,
     /// The append queue.
     pub(crate) queue: Mutex<Queue>,
     /// Wakes the writer: an append was queued or the state changed.
     pub(crate) queued: Condvar,
-    /// Wakes appenders blocked on a full queue: the writer took the queue or the state changed.
-    pub(crate) space: Condvar,
+    /// Wakes `ready` futures: the writer took the queue or the state changed.
+    pub(crate) room: Notify,
     /// LSN of the last durable record, published after its fsync.
     pub(crate) durable: AtomicU64,
     /// Segments in LSN order; the last one is being written. Shared with replay and release.
@@ -167,7 +171,17 @@ impl Shared {
         }
         drop(queue);
         self.queued.notify_all();
-        self.space.notify_all();
+        self.room.notify_waiters();
+    }
+
+    /// Whether producers may append more: the queue is within its bounds, or the log no longer
+    /// accepts appends (they fail at once).
+    pub(crate) fn has_room(&self) -> bool {
+        let queue = lock(&self.queue);
+        queue.state != State::Open
+            || queue.pending.is_empty()
+            || (queue.queued_bytes < self.max_queued_bytes
+                && queue.pending.len() < MAX_QUEUED_APPENDS)
     }
 }
 
@@ -198,7 +212,7 @@ pub(crate) fn run(shared: Arc<Shared>, mut active: Active, exit: watch::Sender<E
                 queue.queued_bytes = 0;
                 queue.state = State::Stopped;
                 drop(queue);
-                shared.space.notify_all();
+                shared.room.notify_waiters();
                 for p in dropped {
                     let _ = p.done.send(Err(LogError::Closed));
                 }
@@ -207,12 +221,14 @@ pub(crate) fn run(shared: Arc<Shared>, mut active: Active, exit: watch::Sender<E
             if queue.pending.is_empty() {
                 // Closing, and everything queued has been written.
                 queue.state = State::Stopped;
+                drop(queue);
+                shared.room.notify_waiters();
                 break Ok(());
             }
             queue.queued_bytes = 0;
             let batch = queue.pending.drain(..).collect();
             drop(queue);
-            shared.space.notify_all();
+            shared.room.notify_waiters();
             batch
         };
         match write_batch(&shared, &mut active, &batch, &mut buf) {
@@ -240,7 +256,7 @@ pub(crate) fn run(shared: Arc<Shared>, mut active: Active, exit: watch::Sender<E
                     queue.queued_bytes = 0;
                     queue.pending.drain(..).collect()
                 };
-                shared.space.notify_all();
+                shared.room.notify_waiters();
                 for p in batch {
                     let _ = p.done.send(Err(failure.to_log_error()));
                 }
@@ -371,7 +387,7 @@ mod tests {
                 state: State::Open,
             }),
             queued: Condvar::new(),
-            space: Condvar::new(),
+            room: Notify::new(),
             durable: AtomicU64::new(0),
             segments: Mutex::new(vec![SegmentMeta {
                 first: Lsn(1),
