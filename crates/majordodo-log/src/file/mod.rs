@@ -3,7 +3,8 @@
 //! - Layout: one directory holding segment files named by their first LSN
 //!   (`00000000000000000001.log`, ...) and a `LOCK` file. Byte layout in `format`.
 //! - Writes: one writer thread with group commit (see `writer`): concurrent appends share one
-//!   `write_all` and one `fdatasync`; an append is acknowledged only after its fsync.
+//!   write and one `fdatasync`; an append is acknowledged only after its fsync. `append` never
+//!   blocks; `ready` is the back-pressure.
 //! - Open: every segment is validated; a damaged tail of the last segment is truncated only
 //!   when it is proven to be an unfinished write, any other damage is a hard error naming the
 //!   file and offset (see `recovery`; [`crate::repair`] is the operator's way out).

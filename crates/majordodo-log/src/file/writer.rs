@@ -6,9 +6,9 @@
 //! resolves when the writer takes the queue. One writer thread (blocking I/O is right here)
 //! loops:
 //! 1. take everything queued;
-//! 2. frame all of it into one buffer and `write_all` it to the active segment; when the segment
-//!    is full, first write and fsync what goes into it, then roll to a new segment (see
-//!    `segment::create_segment` for its own fsyncs);
+//! 2. frame all of it into one buffer and write it, with one positional write, at the end of the
+//!    active segment; when the segment is full, first write and fsync what goes into it, then
+//!    roll to a new segment (see `segment::create_segment` for its own fsyncs);
 //! 3. fsync the data (`sync_data`) once;
 //! 4. publish the new durable LSN and complete every append of the batch, in order.
 //!
