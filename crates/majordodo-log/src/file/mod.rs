@@ -69,7 +69,7 @@ pub struct FileLogConfig {
     /// Largest record accepted, in bytes. Default [`DEFAULT_MAX_RECORD_SIZE`]; at most
     /// [`MAX_RECORD_SIZE_LIMIT`].
     pub max_record_size: usize,
-    /// Bytes of records waiting for the writer above which [`CommitLog::ready`] is pending,
+    /// Bytes of records waiting for the writer from which on [`CommitLog::ready`] is pending,
     /// holding producers back until the writer takes the queue. Default
     /// [`DEFAULT_MAX_QUEUED_BYTES`]. `append` itself never waits: a producer that does not
     /// await `ready` can queue more.
@@ -499,9 +499,9 @@ impl CommitLog for FileLog {
         self.max_record_size
     }
 
-    /// Pending while more than [`FileLogConfig::max_queued_bytes`] (or 65 536 appends) wait
-    /// for the writer; resolves when the writer takes the queue into its next write, or when
-    /// the log stops.
+    /// Pending while [`FileLogConfig::max_queued_bytes`] or more (or 65 536 appends or more)
+    /// wait for the writer; resolves when the writer takes the queue into its next write, or
+    /// when the log stops.
     fn ready(&self) -> BoxFuture<'_, ()> {
         Box::pin(async move {
             loop {
