@@ -141,6 +141,11 @@ pub async fn run_all<B: LogBuilder>(builder: B) {
     )
     .await;
     check(
+        "ready_resolves_once_the_writer_drains",
+        ready_resolves_once_the_writer_drains(b),
+    )
+    .await;
+    check(
         "failed_append_fails_every_later_append",
         failed_append_fails_every_later_append(b, FaultMode::Lost),
     )
@@ -732,6 +737,49 @@ async fn release_before_then_replay_and_reopen<B: LogBuilder>(b: &B) {
     let (records, _) = replay_all(&log, Lsn(201)).await.expect("replay");
     assert_eq!(records.len(), 1);
     log.close().await.expect("close");
+}
+
+/// Longest wait for `ready` once nothing is queued any more: generous for a slow disk, and a
+/// failure instead of a hang when `ready` never resolves.
+const READY_DEADLINE: std::time::Duration = std::time::Duration::from_secs(10);
+
+/// Contract 7: `ready` resolves on an idle log; appends made while it may be pending still
+/// queue at once and in order; once they are durable it resolves; and it does not hang on a
+/// closed log.
+async fn ready_resolves_once_the_writer_drains<B: LogBuilder>(b: &B) {
+    // Enough queued bytes (8 MiB) to be over the bound of a log with a small one.
+    const APPENDS: u64 = 2048;
+    const RECORD: usize = 4096;
+    let (_store, log) = fresh(b).await;
+    let ready = |log| async move {
+        tokio::time::timeout(READY_DEADLINE, CommitLog::ready(log))
+            .await
+            .is_ok()
+    };
+    assert!(ready(&log).await, "an idle log is ready");
+    let record = |tag: u64| {
+        let mut bytes = tag.to_le_bytes().to_vec();
+        bytes.resize(RECORD, 0x5A);
+        Bytes::from(bytes)
+    };
+    let mut futures: Vec<_> = (0..APPENDS).map(|i| log.append(vec![record(i)])).collect();
+    let pending_ready = log.ready();
+    futures.push(log.append(vec![record(APPENDS)]));
+    for (i, future) in futures.into_iter().enumerate() {
+        let appended = future
+            .await
+            .unwrap_or_else(|e| panic!("append {i} while ready may be pending: {e}"));
+        assert_eq!(appended.first, Lsn(i as u64 + 1), "appends keep call order");
+    }
+    assert!(
+        tokio::time::timeout(READY_DEADLINE, pending_ready)
+            .await
+            .is_ok(),
+        "ready resolves once the queued appends are durable"
+    );
+    assert!(ready(&log).await, "the drained log is ready");
+    log.close().await.expect("close");
+    assert!(ready(&log).await, "ready does not hang on a closed log");
 }
 
 /// What the `release_before` check stored at `lsn`: two records per append, tags `i` and

@@ -296,6 +296,10 @@ impl<L: CommitLog> CommitLog for FaultyLog<L> {
         self.inner.max_record_size()
     }
 
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        self.inner.ready()
+    }
+
     fn close(&self) -> BoxFuture<'_, Result<(), LogError>> {
         self.inner.close()
     }

@@ -11,13 +11,17 @@
 //!
 //! Every implementation must pass the conformance suite in [`conformance`]; [`FaultyLog`] wraps
 //! any of them to make it fail on purpose. Snapshots of the broker state, which let a log drop
-//! old records, are kept by [`SnapshotStore`].
+//! old records, are kept by [`SnapshotStore`]. [`repair`] cuts a damaged file log for an
+//! operator; [`vfs`] puts the file operations of the file log and the snapshot store behind a
+//! trait, with [`vfs::SimFs`] simulating power failures for tests.
 
 pub mod conformance;
 mod faulty;
 mod file;
 mod memory;
+pub mod repair;
 mod snapshot;
+pub mod vfs;
 
 pub use faulty::{FAULT_SEED_ENV, FaultMode, FaultSchedule, FaultyLog};
 pub use file::{
@@ -96,8 +100,10 @@ pub enum LogError {
         #[source]
         source: std::io::Error,
     },
-    /// Stored data failed validation (bad checksum, bad framing, LSN out of order) somewhere
-    /// other than the torn tail of the newest segment. Not retryable: an operator must look.
+    /// Stored data failed validation (bad checksum, bad framing, LSN out of order) and is not
+    /// provably the unfinished last write of a crash. Not retryable: an operator must look; the
+    /// reason of the file log says what can be done (restore from a replica or a backup, or cut
+    /// the log with `majordodo log repair`, see [`crate::repair`]).
     #[error("corrupt log: {file} at offset {offset}: {reason}")]
     Corrupt {
         /// The file (or ledger) holding the bad data.
@@ -105,6 +111,15 @@ pub enum LogError {
         /// Byte offset (or entry id) of the bad record.
         offset: u64,
         /// What was wrong.
+        reason: String,
+    },
+    /// The log was written in a format this release does not read (for the file log: a
+    /// segment of another format version). Not retryable; the reason says what to do.
+    #[error("unsupported log format: {file}: {reason}")]
+    UnsupportedFormat {
+        /// The file (or ledger) in the other format.
+        file: String,
+        /// Which format it is and what to do.
         reason: String,
     },
     /// Another writer took over the log (a newer leader fenced this one). Not retryable by this
@@ -180,8 +195,11 @@ pub type ReplayFn<'a> = dyn FnMut(Lsn, Bytes) -> Result<(), String> + Send + 'a;
 ///    LSNs keep counting from where they were, also across a reopen.
 /// 6. A record of `max_record_size()` bytes or less is accepted; a larger one fails its append
 ///    with [`LogError::RecordTooLarge`] without failing the log.
+/// 7. `append` never blocks its caller (it runs on async threads). Back-pressure is
+///    [`CommitLog::ready`], a future that producers await before producing more; appends made
+///    while it is pending still queue at once, in call order.
 pub trait CommitLog: Send + Sync + 'static {
-    /// Queues `records` for appending; see the contract above.
+    /// Queues `records` for appending, at once and without blocking; see the contract above.
     ///
     /// An empty batch writes nothing and acts as a barrier: it resolves, in call order like any
     /// other append, once everything queued before it is durable, with `first == last ==` the
@@ -203,7 +221,9 @@ pub trait CommitLog: Send + Sync + 'static {
     /// The LSN of the last durable record (`Lsn::ZERO` when the log is empty).
     fn last_lsn(&self) -> Lsn;
 
-    /// Allows the log to drop records with LSN ≤ `lsn`; see the contract above.
+    /// Allows the log to drop records with LSN ≤ `lsn`; see the contract above. The deletion
+    /// does no blocking I/O on the calling thread; a crash during it leaves the log starting
+    /// somewhere between its old start and `lsn + 1`, never with a hole.
     ///
     /// # Errors
     /// [`LogError::Io`] if deleting old segments fails (the log stays usable).
@@ -211,6 +231,15 @@ pub trait CommitLog: Send + Sync + 'static {
 
     /// The largest record this log accepts, in bytes.
     fn max_record_size(&self) -> usize;
+
+    /// Resolves once the log has room for more appends: producers await it before producing
+    /// more, so that a producer faster than the storage is held back before it fills memory.
+    /// Appends made while it is pending still queue (contract 1). It also resolves once the
+    /// log is closed or failed (the next append then fails). The default resolves at once, for
+    /// logs that hold nothing in memory on behalf of an append.
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        Box::pin(std::future::ready(()))
+    }
 
     /// Flushes what is queued, stops the writer and releases files. Later appends fail with
     /// [`LogError::Closed`].

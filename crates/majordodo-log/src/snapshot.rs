@@ -42,17 +42,16 @@
 //! `log.release_before(store.release_point()?)`: the LSN of the **older** retained snapshot,
 //! never that of the newest.
 
-use std::fs::{self, File, OpenOptions};
 use std::io::{self, BufReader, BufWriter, Cursor, Read, Seek, SeekFrom, Write};
-use std::os::unix::fs::{DirBuilderExt, FileExt, OpenOptionsExt};
 use std::path::{Path, PathBuf};
+use std::sync::Arc;
 
 use flate2::read::GzDecoder;
 use flate2::write::GzEncoder;
 use tracing::{info, warn};
 
 use crate::Lsn;
-use crate::file::{DIR_MODE, FILE_MODE};
+use crate::vfs::{self, FileReader, FileWriter, Fs, RealFs};
 
 /// Number of snapshots kept: the newest, and one to fall back on if the newest is damaged.
 pub const SNAPSHOTS_RETAINED: usize = 2;
@@ -332,7 +331,7 @@ pub fn decode_snapshot(bytes: &[u8]) -> Result<Snapshot, SnapshotError> {
 /// Writes one snapshot file; see the module documentation for the steps. Dropping it without
 /// [`SnapshotWriter::finish`] removes the temporary file.
 pub struct SnapshotWriter {
-    body: Option<BodyWriter<BufWriter<File>>>,
+    body: Option<BodyWriter<BufWriter<FileWriter>>>,
     store: SnapshotStore,
     lsn: Lsn,
     tmp: PathBuf,
@@ -368,16 +367,20 @@ impl SnapshotWriter {
             .map_err(io_err(format!("write snapshot {tmp}")))?;
         let file = buffered
             .into_inner()
-            .map_err(|e| io_err(format!("write snapshot {tmp}"))(e.into_error()))?;
+            .map_err(|e| io_err(format!("write snapshot {tmp}"))(e.into_error()))?
+            .into_file();
         file.write_all_at(&header.encode(), 0)
             .map_err(io_err(format!("write snapshot header {tmp}")))?;
         file.sync_all()
             .map_err(io_err(format!("fsync snapshot {tmp}")))?;
         drop(file);
-        let path = self.store.dir.join(snapshot_file_name(self.lsn));
-        fs::rename(&self.tmp, &path)
+        let store = &self.store;
+        let path = store.dir.join(snapshot_file_name(self.lsn));
+        store
+            .fs
+            .rename(&self.tmp, &path)
             .map_err(io_err(format!("rename {tmp} to {}", path.display())))?;
-        sync_dir(&self.store.dir)?;
+        sync_dir(&*store.fs, &store.dir)?;
         info!(
             file = %path.display(),
             lsn = self.lsn.0,
@@ -403,7 +406,7 @@ impl Drop for SnapshotWriter {
     fn drop(&mut self) {
         if self.body.is_some() {
             // Abandoned before finish: the temporary file is of no use.
-            let _ = fs::remove_file(&self.tmp);
+            let _ = self.store.fs.remove_file(&self.tmp);
         }
     }
 }
@@ -594,6 +597,7 @@ impl Read for SnapshotReader<'_> {
 /// Snapshot files in one directory; see the module documentation.
 #[derive(Clone, Debug)]
 pub struct SnapshotStore {
+    fs: Arc<dyn Fs>,
     dir: PathBuf,
     compression: Compression,
 }
@@ -605,34 +609,42 @@ impl SnapshotStore {
     /// # Errors
     /// [`SnapshotError::Io`].
     pub fn open(dir: impl AsRef<Path>) -> Result<SnapshotStore, SnapshotError> {
+        SnapshotStore::open_with(Arc::new(RealFs), dir)
+    }
+
+    /// [`SnapshotStore::open`] on the file system `fs` ([`vfs::RealFs`] is what `open` uses;
+    /// [`vfs::SimFs`] simulates power failures in tests).
+    ///
+    /// # Errors
+    /// [`SnapshotError::Io`].
+    pub fn open_with(
+        fs: Arc<dyn Fs>,
+        dir: impl AsRef<Path>,
+    ) -> Result<SnapshotStore, SnapshotError> {
         let dir = dir.as_ref().to_path_buf();
-        fs::DirBuilder::new()
-            .recursive(true)
-            .mode(DIR_MODE)
-            .create(&dir)
-            .map_err(io_err(format!(
-                "create snapshot directory {}",
-                dir.display()
-            )))?;
+        vfs::create_dir_all_durable(&*fs, &dir).map_err(io_err(format!(
+            "create snapshot directory {}",
+            dir.display()
+        )))?;
         let context = || format!("list snapshot directory {}", dir.display());
         let mut removed = false;
-        for entry in fs::read_dir(&dir).map_err(io_err(context()))? {
-            let entry = entry.map_err(io_err(context()))?;
-            let name = entry.file_name();
+        for name in fs.read_dir(&dir).map_err(io_err(context()))? {
             let is_tmp = name
                 .to_str()
                 .is_some_and(|n| n.starts_with(NAME_PREFIX) && n.ends_with(TMP_SUFFIX));
             if is_tmp {
-                info!(file = %entry.path().display(), "removing unfinished snapshot");
-                fs::remove_file(entry.path())
-                    .map_err(io_err(format!("remove {}", entry.path().display())))?;
+                let path = dir.join(&name);
+                info!(file = %path.display(), "removing unfinished snapshot");
+                fs.remove_file(&path)
+                    .map_err(io_err(format!("remove {}", path.display())))?;
                 removed = true;
             }
         }
         if removed {
-            sync_dir(&dir)?;
+            sync_dir(&*fs, &dir)?;
         }
         Ok(SnapshotStore {
+            fs,
             dir,
             compression: Compression::default(),
         })
@@ -656,18 +668,16 @@ impl SnapshotStore {
     /// [`SnapshotError::Io`].
     pub fn writer(&self, lsn: Lsn) -> Result<SnapshotWriter, SnapshotError> {
         let tmp = self.dir.join(format!("{}.tmp", snapshot_file_name(lsn)));
-        let mut file = OpenOptions::new()
-            .write(true)
-            .create(true)
-            .truncate(true)
-            .mode(FILE_MODE)
-            .open(&tmp)
+        let file = self
+            .fs
+            .create_truncate(&tmp)
             .map_err(io_err(format!("create snapshot {}", tmp.display())))?;
-        file.write_all(&[0u8; HEADER_LEN])
+        file.write_all_at(&[0u8; HEADER_LEN], 0)
             .map_err(io_err(format!("write snapshot {}", tmp.display())))?;
+        let body = FileWriter::new(file, HEADER_LEN as u64);
         Ok(SnapshotWriter {
             body: Some(BodyWriter::new(
-                BufWriter::with_capacity(IO_BUFFER, file),
+                BufWriter::with_capacity(IO_BUFFER, body),
                 self.compression,
             )),
             store: self.clone(),
@@ -695,9 +705,8 @@ impl SnapshotStore {
     pub fn list(&self) -> Result<Vec<Lsn>, SnapshotError> {
         let context = || format!("list snapshot directory {}", self.dir.display());
         let mut lsns = Vec::new();
-        for entry in fs::read_dir(&self.dir).map_err(io_err(context()))? {
-            let entry = entry.map_err(io_err(context()))?;
-            if let Some(lsn) = entry.file_name().to_str().and_then(parse_snapshot_name) {
+        for name in self.fs.read_dir(&self.dir).map_err(io_err(context()))? {
+            if let Some(lsn) = name.to_str().and_then(parse_snapshot_name) {
                 lsns.push(lsn);
             }
         }
@@ -757,12 +766,14 @@ impl SnapshotStore {
     fn open_snapshot(&self, lsn: Lsn) -> Result<SnapshotReader<'static>, SnapshotError> {
         let path = self.dir.join(snapshot_file_name(lsn));
         let name = path.display().to_string();
-        let file = File::open(&path).map_err(io_err(format!("open snapshot {name}")))?;
+        let file = self
+            .fs
+            .open_read(&path)
+            .map_err(io_err(format!("open snapshot {name}")))?;
         let len = file
-            .metadata()
-            .map_err(io_err(format!("stat snapshot {name}")))?
-            .len();
-        SnapshotReader::new(file, len, &name)
+            .size()
+            .map_err(io_err(format!("stat snapshot {name}")))?;
+        SnapshotReader::new(FileReader::new(file, 0), len, &name)
     }
 
     /// Deletes all but the newest [`SNAPSHOTS_RETAINED`] snapshots.
@@ -774,13 +785,13 @@ impl SnapshotStore {
         }
         for lsn in old {
             let path = self.dir.join(snapshot_file_name(*lsn));
-            match fs::remove_file(&path) {
+            match self.fs.remove_file(&path) {
                 Ok(()) => info!(file = %path.display(), "deleted old snapshot"),
                 Err(e) if e.kind() == io::ErrorKind::NotFound => {}
                 Err(e) => return Err(io_err(format!("delete snapshot {}", path.display()))(e)),
             }
         }
-        sync_dir(&self.dir)
+        sync_dir(&*self.fs, &self.dir)
     }
 }
 
@@ -800,12 +811,9 @@ fn parse_snapshot_name(name: &str) -> Option<Lsn> {
     digits.parse().ok().map(Lsn)
 }
 
-fn sync_dir(dir: &Path) -> Result<(), SnapshotError> {
-    let context = || format!("fsync directory {}", dir.display());
-    File::open(dir)
-        .map_err(io_err(context()))?
-        .sync_all()
-        .map_err(io_err(context()))
+fn sync_dir(fs: &dyn Fs, dir: &Path) -> Result<(), SnapshotError> {
+    fs.sync_dir(dir)
+        .map_err(io_err(format!("fsync directory {}", dir.display())))
 }
 
 #[cfg(test)]

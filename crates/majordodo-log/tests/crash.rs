@@ -6,8 +6,9 @@
 //!
 //! A SIGKILL leaves the page cache intact, so what the child wrote reaches the disk whole
 //! unless the kill lands inside a `write` call. To also exercise what a power failure leaves, in
-//! some rounds the parent then cuts the last segment at a random point after the last
-//! acknowledged record and sometimes adds garbage: the unacknowledged tail of a lost write.
+//! some rounds the parent then tears the last write as a power failure could: cuts the file
+//! after the last acknowledged record and, when the last write had no acknowledged record,
+//! zeroes some of its sectors. (`tests/power_loss.rs` simulates power failures exhaustively.)
 //!
 //! The child is this same test executable, re-run with `MAJORDODO_LOG_CRASH_CHILD` set. The
 //! seed is printed; `MAJORDODO_CRASH_SEED=<seed>` replays the same kill delays and record
@@ -39,9 +40,11 @@ const APPENDERS: u64 = 6;
 const START_DEADLINE: Duration = Duration::from_secs(20);
 /// The child stops by itself after this, should the parent be gone.
 const CHILD_LIFETIME: Duration = Duration::from_secs(30);
-/// Segment header and frame header lengths, as documented in the file format.
+/// Segment header and frame header lengths, as documented in the file format (version 2).
 const SEGMENT_HEADER: u64 = 32;
-const FRAME_HEADER: u64 = 20;
+const FRAME_HEADER: u64 = 24;
+/// The sector size of the torn-write model.
+const SECTOR: u64 = 512;
 /// Small segments, so that rounds roll segments and kills land around rolls too.
 const SEGMENT_SIZE: u64 = 256 * 1024;
 
@@ -158,9 +161,12 @@ fn parse_ack(line: &str) -> Option<(u64, (usize, u32))> {
     Some((lsn, (len, crc)))
 }
 
-/// Damages the unacknowledged tail of the log as a power failure could: cuts the last segment
-/// at a random offset after the last acknowledged record, then maybe appends garbage. Returns
-/// a description of what it did.
+/// Damages the unacknowledged tail of the log as a power failure could (the model of
+/// `vfs::SimFs`): only the last write can be unfinished, and only if none of its records was
+/// acknowledged; an unfinished write leaves the file cut anywhere after its start, and each
+/// 512-byte sector it touched either written or reading as zeros from the write's start on.
+/// A cut after the last acknowledged record is also tried when the last write was acknowledged
+/// in part (the log cannot tell which of its records were reported). Returns a description.
 fn lose_unacknowledged_tail(dir: &Path, last_acked: u64, rng: &mut StdRng) -> String {
     let mut segments: Vec<_> = std::fs::read_dir(dir)
         .expect("list log dir")
@@ -170,11 +176,14 @@ fn lose_unacknowledged_tail(dir: &Path, last_acked: u64, rng: &mut StdRng) -> St
     segments.sort();
     let last = segments.last().expect("a log has a segment");
     let bytes = std::fs::read(last).expect("read last segment");
-    // The end of the last acknowledged record if it is in this segment, else its header.
+    // The end of the last acknowledged record if it is in this segment, else its header; and
+    // the start of the last write (its frame with batch index 0).
     let mut floor = SEGMENT_HEADER;
+    let mut write_start = SEGMENT_HEADER;
     let mut at = SEGMENT_HEADER as usize;
     while at + FRAME_HEADER as usize <= bytes.len() {
         let len = u32::from_le_bytes(bytes[at + 4..at + 8].try_into().expect("4 bytes")) as u64;
+        let index = u32::from_le_bytes(bytes[at + 8..at + 12].try_into().expect("4 bytes"));
         let lsn = u64::from_le_bytes(bytes[at + 12..at + 20].try_into().expect("8 bytes"));
         let end = at as u64 + FRAME_HEADER + len;
         if end > bytes.len() as u64 {
@@ -183,34 +192,41 @@ fn lose_unacknowledged_tail(dir: &Path, last_acked: u64, rng: &mut StdRng) -> St
         if lsn <= last_acked {
             floor = end;
         }
+        if index == 0 {
+            write_start = at as u64;
+        }
         at = end as usize;
     }
     let file_len = bytes.len() as u64;
-    let cut = if file_len > floor {
-        rng.random_range(floor..file_len)
+    let from = floor.max(write_start);
+    let cut = if file_len > from && rng.random_bool(0.7) {
+        rng.random_range(from..file_len)
     } else {
         file_len
-    };
-    let garbage: Vec<u8> = if rng.random_bool(0.5) {
-        let n = rng.random_range(1..4096);
-        if rng.random_bool(0.5) {
-            vec![0; n]
-        } else {
-            (0..n).map(|_| rng.random()).collect()
-        }
-    } else {
-        Vec::new()
     };
     let file = std::fs::OpenOptions::new()
         .write(true)
         .open(last)
         .expect("open last segment");
     file.set_len(cut).expect("cut last segment");
-    std::os::unix::fs::FileExt::write_all_at(&file, &garbage, cut).expect("write garbage");
+    let mut zeroed = 0;
+    if floor <= write_start {
+        // The last write was not acknowledged at all: it may not have landed sector by sector.
+        let first = write_start / SECTOR * SECTOR;
+        for sector in (first..cut).step_by(SECTOR as usize) {
+            if rng.random_bool(0.3) {
+                let start = sector.max(write_start);
+                let end = (sector + SECTOR).min(cut);
+                let zeros = vec![0u8; (end - start) as usize];
+                std::os::unix::fs::FileExt::write_all_at(&file, &zeros, start)
+                    .expect("zero a sector");
+                zeroed += 1;
+            }
+        }
+    }
     format!(
-        "cut {} at {cut} of {file_len} (acknowledged data ends at {floor}), {} garbage bytes",
+        "cut {} at {cut} of {file_len} (acknowledged data ends at {floor}, the last write starts at {write_start}), {zeroed} sectors zeroed",
         last.file_name().expect("name").to_string_lossy(),
-        garbage.len()
     )
 }
 

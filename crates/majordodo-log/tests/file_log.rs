@@ -9,9 +9,9 @@ use std::path::{Path, PathBuf};
 use bytes::Bytes;
 use majordodo_log::{CommitLog, FileLog, FileLogConfig, LogError, Lsn, OpenReport};
 
-/// Segment header length and record frame header length, as documented in the format.
+/// Segment header length and record frame header length, as documented in the format (v2).
 const SEGMENT_HEADER: u64 = 32;
-const FRAME_HEADER: u64 = 20;
+const FRAME_HEADER: u64 = 24;
 
 fn config(segment_size: u64) -> FileLogConfig {
     FileLogConfig {
@@ -69,6 +69,25 @@ async fn fill(log: &FileLog, from: u64, count: u64, len: usize) {
 
 fn open(dir: &Path, segment_size: u64) -> Result<(FileLog, OpenReport), LogError> {
     FileLog::open(dir, config(segment_size))
+}
+
+fn append_bytes(path: &Path, bytes: &[u8]) {
+    OpenOptions::new()
+        .append(true)
+        .open(path)
+        .expect("open")
+        .write_all(bytes)
+        .expect("append");
+}
+
+/// Zeroes the bytes from `offset` to the end of its 512-byte sector, as a sector of a write
+/// that did not land reads; returns where the sector ends.
+fn zero_sector_from(path: &Path, offset: u64) -> u64 {
+    let end = (offset / 512 + 1) * 512;
+    let file = OpenOptions::new().write(true).open(path).expect("open");
+    file.write_all_at(&vec![0u8; (end - offset) as usize], offset)
+        .expect("zero a sector");
+    end
 }
 
 fn flip_byte(path: &Path, offset: u64) {
@@ -144,6 +163,31 @@ async fn missing_middle_segment_is_reported_as_a_gap() {
     }
 }
 
+// Goal: missing segments at the front (a release whose deletions were cut short by a crash
+// keeps a suffix) are no error: the first segment found is where the log starts.
+#[tokio::test]
+async fn missing_front_segments_start_the_log_at_the_first_one_found() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (log, _) = open(dir.path(), 4096).expect("open");
+    fill(&log, 0, 40, 300).await;
+    log.close().await.expect("close");
+    let files = segments(dir.path());
+    fs::remove_file(&files[0]).expect("remove first segment");
+    fs::remove_file(&files[1]).expect("remove second segment");
+    let first = frames(&files[2])[0].1;
+    let (log, report) = open(dir.path(), 4096).expect("a gap at the front opens");
+    assert_eq!(report.first_lsn, Lsn(first));
+    assert_eq!(report.last_lsn, Lsn(40));
+    let mut count = 0;
+    let mut f = |_, _| {
+        count += 1;
+        Ok(())
+    };
+    log.replay(Lsn(first - 1), &mut f).await.expect("replay");
+    assert_eq!(count, 40 - (first - 1));
+    log.close().await.expect("close");
+}
+
 // Goal: cutting the last segment anywhere inside its last record is a torn tail: reported,
 // truncated to the previous record, and appends continue from there.
 #[tokio::test]
@@ -192,50 +236,114 @@ async fn torn_tail_at_every_offset_of_the_last_record_is_truncated() {
     log.close().await.expect("close");
 }
 
-// Goal: zeros or random garbage after the last record (what a crash during a write leaves)
-// are a torn tail.
+// Goal: zeros after the last record (sectors of a write that did not land, behind a file size
+// that did) are a torn tail, whether shorter than a header or several sectors long.
 #[tokio::test]
-async fn garbage_after_the_last_record_is_a_torn_tail() {
-    use rand::{Rng, SeedableRng};
-    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
-    for zeros in [true, false] {
+async fn zeros_after_the_last_record_are_a_torn_tail() {
+    for zeros in [5usize, 100, 5000] {
         let dir = tempfile::tempdir().expect("temp dir");
         let (log, _) = open(dir.path(), 1 << 20).expect("open");
         fill(&log, 0, 10, 100).await;
         log.close().await.expect("close");
         let last_segment = segments(dir.path()).pop().expect("a segment");
         let end = fs::metadata(&last_segment).expect("stat").len();
-        let garbage: Vec<u8> = (0..5000)
-            .map(|_| if zeros { 0 } else { rng.random() })
-            .collect();
-        OpenOptions::new()
-            .append(true)
-            .open(&last_segment)
-            .expect("open")
-            .write_all(&garbage)
-            .expect("append garbage");
-        let (log, report) = open(dir.path(), 1 << 20).expect("garbage tail is tolerated");
+        append_bytes(&last_segment, &vec![0u8; zeros]);
+        let (log, report) = open(dir.path(), 1 << 20).expect("a zero tail is torn");
         let torn = report.torn_tail.expect("reported");
-        assert_eq!((torn.offset, torn.bytes_dropped), (end, 5000));
+        assert_eq!((torn.offset, torn.bytes_dropped), (end, zeros as u64));
         assert_eq!(report.last_lsn, Lsn(10));
         assert_eq!(replay_all(&log).await.len(), 10);
         log.close().await.expect("close");
     }
 }
 
-// Goal: damage in the last segment followed by a record of a later write is corruption, not a
-// torn tail: the later write proves the damaged one had been fsynced.
+// Goal: bytes after the last record that no crash of the writer can leave (random bytes in
+// sectors that were written) are refused, not cut: they are not proven to be an unfinished
+// write.
+#[tokio::test]
+async fn random_bytes_after_the_last_record_are_refused() {
+    use rand::{Rng, SeedableRng};
+    let mut rng = rand::rngs::StdRng::seed_from_u64(7);
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (log, _) = open(dir.path(), 1 << 20).expect("open");
+    fill(&log, 0, 10, 100).await;
+    log.close().await.expect("close");
+    let last_segment = segments(dir.path()).pop().expect("a segment");
+    let end = fs::metadata(&last_segment).expect("stat").len();
+    let garbage: Vec<u8> = (0..5000).map(|_| rng.random()).collect();
+    append_bytes(&last_segment, &garbage);
+    match open(dir.path(), 1 << 20) {
+        Err(LogError::Corrupt { file, offset, .. }) => {
+            assert_eq!(file, last_segment.display().to_string());
+            assert_eq!(offset, end);
+        }
+        other => panic!(
+            "random bytes after the last record gave {:?}",
+            other.map(|r| r.1)
+        ),
+    }
+    assert_eq!(
+        fs::metadata(&last_segment).expect("stat").len(),
+        end + 5000,
+        "nothing was cut"
+    );
+}
+
+// Goal: bit rot in the last record of the log, which was fsynced and acknowledged, is refused
+// with an error naming the file, the offset and what the operator can do, and nothing is
+// truncated (regression: damage confined to the last write was cut away as a torn tail,
+// dropping acknowledged records).
+#[tokio::test]
+async fn bit_rot_in_the_acknowledged_last_record_is_refused_not_truncated() {
+    for (what, at) in [("payload", FRAME_HEADER + 17), ("header", 6)] {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let (log, _) = open(dir.path(), 1 << 20).expect("open");
+        fill(&log, 0, 5, 700).await;
+        log.close().await.expect("close");
+        let last_segment = segments(dir.path()).pop().expect("a segment");
+        let (offset, lsn, _) = *frames(&last_segment).last().expect("records");
+        let len = fs::metadata(&last_segment).expect("stat").len();
+        flip_byte(&last_segment, offset + at);
+        match open(dir.path(), 1 << 20) {
+            Err(
+                e @ LogError::Corrupt {
+                    offset: reported, ..
+                },
+            ) => {
+                assert_eq!(reported, offset, "{what}: the offset of record {lsn}");
+                let message = e.to_string();
+                for needle in [
+                    last_segment.display().to_string(),
+                    format!("majordodo log repair --dir {}", dir.path().display()),
+                    format!("lsn {lsn} on"),
+                    "replica or a backup".to_string(),
+                ] {
+                    assert!(message.contains(&needle), "{what}: {message}");
+                }
+            }
+            other => panic!(
+                "{what}: rot in the last record gave {:?}",
+                other.map(|r| r.1)
+            ),
+        }
+        assert_eq!(fs::metadata(&last_segment).expect("stat").len(), len);
+    }
+}
+
+// Goal: damage in the last segment that looks unfinished (a sector of zeros) but is followed
+// by a record of a later write is corruption, not a torn tail: the later write proves the
+// damaged one had been fsynced.
 #[tokio::test]
 async fn damage_followed_by_a_later_write_is_corruption() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (log, _) = open(dir.path(), 1 << 20).expect("open");
     // Separate awaited appends: each is its own write.
-    fill(&log, 0, 6, 64).await;
+    fill(&log, 0, 12, 64).await;
     log.close().await.expect("close");
     let last_segment = segments(dir.path()).pop().expect("a segment");
     let (offset, lsn, _) = frames(&last_segment)[2];
     assert_eq!(lsn, 3);
-    flip_byte(&last_segment, offset + FRAME_HEADER + 1);
+    zero_sector_from(&last_segment, offset);
     match open(dir.path(), 1 << 20) {
         Err(LogError::Corrupt {
             file,
@@ -250,36 +358,65 @@ async fn damage_followed_by_a_later_write_is_corruption() {
     }
 }
 
-// Goal: a hole inside the last write, even with complete records of that same write after
-// it (pages reaching the disk out of order), is a torn tail: none of it was acknowledged.
+// Goal: a sector of the last write that did not land, even with complete records of that same
+// write after it (sectors reaching the disk out of order), is a torn tail: none of it was
+// acknowledged.
 #[tokio::test]
-async fn hole_inside_the_last_write_is_a_torn_tail() {
+async fn unwritten_sector_inside_the_last_write_is_a_torn_tail() {
     let dir = tempfile::tempdir().expect("temp dir");
     let (log, _) = open(dir.path(), 1 << 20).expect("open");
     fill(&log, 0, 3, 64).await;
-    // One append of five records: one write.
-    log.append((3..8).map(|t| record(t, 64)).collect())
+    // One append of eight records: one write.
+    log.append((3..11).map(|t| record(t, 64)).collect())
         .await
         .expect("append batch");
     log.close().await.expect("close");
     let last_segment = segments(dir.path()).pop().expect("a segment");
     let all = frames(&last_segment);
-    let (hole, lsn, frame_len) = all[4];
+    let (hole, lsn, _) = all[4];
     assert_eq!(lsn, 5, "second record of the last write");
-    let file = OpenOptions::new()
-        .write(true)
-        .open(&last_segment)
-        .expect("open");
-    file.write_all_at(&vec![0u8; frame_len as usize], hole)
-        .expect("zero a record");
-    drop(file);
+    let sector_end = zero_sector_from(&last_segment, hole);
+    assert!(
+        all.iter().any(|(at, _, _)| *at >= sector_end),
+        "records of the last write follow the unwritten sector"
+    );
     let (log, report) = open(dir.path(), 1 << 20).expect("a hole in the last write is torn");
     let torn = report.torn_tail.expect("reported");
     assert_eq!(torn.offset, hole);
+    assert!(torn.reason.contains("never written"), "{}", torn.reason);
     assert_eq!(report.last_lsn, Lsn(4));
     let records = replay_all(&log).await;
     assert_eq!(records.len(), 4, "nothing after the hole is returned");
     log.close().await.expect("close");
+}
+
+// Goal: a segment of format version 1 is refused with an error that names the file and says
+// what to do, not reported as damage.
+#[tokio::test]
+async fn version_1_segment_is_refused_with_what_to_do() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (log, _) = open(dir.path(), 1 << 20).expect("open");
+    fill(&log, 0, 3, 64).await;
+    log.close().await.expect("close");
+    let segment = segments(dir.path()).pop().expect("a segment");
+    let mut bytes = fs::read(&segment).expect("read");
+    bytes[8..10].copy_from_slice(&1u16.to_le_bytes());
+    let crc = crc32c::crc32c(&bytes[0..28]);
+    bytes[28..32].copy_from_slice(&crc.to_le_bytes());
+    fs::write(&segment, &bytes).expect("write a version 1 header");
+    match open(dir.path(), 1 << 20) {
+        Err(e @ LogError::UnsupportedFormat { .. }) => {
+            let message = e.to_string();
+            assert!(
+                message.contains(&segment.display().to_string()),
+                "{message}"
+            );
+            assert!(message.contains("version 1"), "{message}");
+            assert!(message.contains("pre-1.0"), "{message}");
+            assert!(!e.is_retryable());
+        }
+        other => panic!("a version 1 segment gave {:?}", other.map(|r| r.1)),
+    }
 }
 
 // Goal: segments roll at the configured size, are named by their first LSN, and

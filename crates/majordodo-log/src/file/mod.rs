@@ -3,21 +3,24 @@
 //! - Layout: one directory holding segment files named by their first LSN
 //!   (`00000000000000000001.log`, ...) and a `LOCK` file. Byte layout in `format`.
 //! - Writes: one writer thread with group commit (see `writer`): concurrent appends share one
-//!   `write_all` and one `fdatasync`; an append is acknowledged only after its fsync.
-//! - Open: every segment is validated; a torn tail of the last segment is truncated, any other
-//!   damage is a hard error (see `recovery`).
+//!   write and one `fdatasync`; an append is acknowledged only after its fsync. `append` never
+//!   blocks; `ready` is the back-pressure.
+//! - Open: every segment is validated; a damaged tail of the last segment is truncated only
+//!   when it is proven to be an unfinished write, any other damage is a hard error naming the
+//!   file and offset (see `recovery`; [`crate::repair`] is the operator's way out).
 //! - Replay streams records from disk through a reader thread and a bounded channel.
-//! - `release_before` deletes whole segments, never the one being written.
+//! - `release_before` deletes whole segments, never the one being written, oldest first, each
+//!   deletion durable before the next, on a thread of its own.
+//! - File operations go through [`crate::vfs::Fs`], so tests can run the log on a disk that
+//!   loses power.
 
-mod format;
-mod recovery;
-mod segment;
+pub(crate) mod format;
+pub(crate) mod recovery;
+pub(crate) mod segment;
 mod writer;
 
 use std::collections::VecDeque;
-use std::fs::{File, OpenOptions};
 use std::io;
-use std::os::unix::fs::OpenOptionsExt;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex};
@@ -27,9 +30,9 @@ use futures_util::FutureExt;
 use tokio::sync::{mpsc, oneshot, watch};
 use tracing::info;
 
-pub(crate) use self::segment::{DIR_MODE, FILE_MODE};
 use self::segment::{Next, SegmentMeta, SegmentReader, io_err};
 use self::writer::{Active, Counters, ExitStatus, Pending, Queue, Shared, State, lock};
+use crate::vfs::{self, Fs, FsFile, FsLock, RealFs};
 use crate::{AppendFuture, Appended, BoxFuture, CommitLog, LogError, Lsn, ReplayFn, ReplayReport};
 
 /// Default size at which a segment is closed and a new one started: large enough that rolling
@@ -41,8 +44,8 @@ pub const DEFAULT_MAX_RECORD_SIZE: usize = 16 * 1024 * 1024;
 /// Upper bound of `max_record_size`: keeps frame lengths in 32 bits and one record readable
 /// into memory.
 pub const MAX_RECORD_SIZE_LIMIT: usize = 1024 * 1024 * 1024;
-/// Default bound on the bytes queued for the writer: about a second of a slow disk, so a
-/// producer faster than the disk is held back before it fills memory.
+/// Default bound on the bytes queued for the writer (see [`CommitLog::ready`]): about a second
+/// of a slow disk, so a producer faster than the disk is held back before it fills memory.
 pub const DEFAULT_MAX_QUEUED_BYTES: u64 = 64 * 1024 * 1024;
 /// Smallest segment size accepted: a header and a few small records.
 const MIN_SEGMENT_SIZE: u64 = 4096;
@@ -66,9 +69,10 @@ pub struct FileLogConfig {
     /// Largest record accepted, in bytes. Default [`DEFAULT_MAX_RECORD_SIZE`]; at most
     /// [`MAX_RECORD_SIZE_LIMIT`].
     pub max_record_size: usize,
-    /// Bytes of records that may wait for the writer before `append` blocks its caller.
-    /// Default [`DEFAULT_MAX_QUEUED_BYTES`]. An append larger than this waits for an empty
-    /// queue and is then admitted alone.
+    /// Bytes of records waiting for the writer from which on [`CommitLog::ready`] is pending,
+    /// holding producers back until the writer takes the queue. Default
+    /// [`DEFAULT_MAX_QUEUED_BYTES`]. `append` itself never waits: a producer that does not
+    /// await `ready` can queue more.
     pub max_queued_bytes: u64,
     /// Whether each batch is fsynced before it is acknowledged. Default `true`.
     ///
@@ -89,7 +93,7 @@ impl Default for FileLogConfig {
     }
 }
 
-/// The torn tail found and truncated by [`FileLog::open`].
+/// The unfinished last write found and truncated by [`FileLog::open`].
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct TornTail {
     /// The segment file.
@@ -98,7 +102,7 @@ pub struct TornTail {
     pub offset: u64,
     /// Bytes removed.
     pub bytes_dropped: u64,
-    /// What was found at `offset`.
+    /// What was found at `offset`, and why it is an unfinished write.
     pub reason: String,
 }
 
@@ -112,7 +116,7 @@ pub struct OpenReport {
     pub last_lsn: Lsn,
     /// Number of segment files.
     pub segments: usize,
-    /// The torn tail that was truncated, if any (also logged at WARN).
+    /// The unfinished write that was truncated, if any (also logged at WARN).
     pub torn_tail: Option<TornTail>,
 }
 
@@ -151,55 +155,71 @@ impl std::fmt::Debug for FileLog {
 
 impl FileLog {
     /// Opens (or creates) the log in `dir`: locks the directory, validates every segment,
-    /// truncates a torn tail, and starts the writer thread. Blocking.
+    /// truncates an unfinished last write, and starts the writer thread. Blocking.
     ///
     /// # Recovery
-    /// Every segment header and record checksum is verified, and LSNs must follow each other
-    /// across segments. The only damage tolerated is a torn tail: bytes at the end of the last
-    /// segment that belong to the last write, which was never acknowledged. Each record stores
-    /// its position inside the write that stored it, and a write is issued only after the
-    /// previous one was fsynced; so if any valid record of a *later* write follows the damage,
-    /// the damaged data had been acknowledged and open fails with [`LogError::Corrupt`]. A torn
-    /// tail is truncated (then fsynced), logged at WARN and returned in
-    /// [`OpenReport::torn_tail`]. Damage confined to the very last fsynced write cannot be told
-    /// from a torn write and is truncated too.
+    /// Every segment header and record checksum (of the frame header, and of the payload) is
+    /// verified, and LSNs must follow each other across segments; the first segment found is
+    /// the start of the log. The only damage tolerated is the unfinished write of a crash at
+    /// the end of the last segment, and only when that is proven: the file ends inside the
+    /// first bad record, or a 512-byte sector of it reads as zeros (never written, which cannot
+    /// be after its fsync), and no record of a later write follows. Such a tail was never
+    /// acknowledged: it is truncated (then fsynced), logged at WARN and returned in
+    /// [`OpenReport::torn_tail`]. Damage in written data, even in the last record, is refused:
+    /// acknowledged records are never dropped silently. The rule and its reasoning are in the
+    /// documentation of the `recovery` module.
     ///
     /// # Errors
     /// - [`LogError::Io`] if the directory cannot be created or read, or is locked by another
     ///   open log (the message names the directory); retry once the other process is gone.
-    /// - [`LogError::Corrupt`] naming the file and offset of damaged data other than a torn
-    ///   tail: an operator must look.
+    /// - [`LogError::Corrupt`] naming the file and offset of damaged data that is not a proven
+    ///   unfinished write. The message says what to do: restore the log from a replica or a
+    ///   backup, or cut it at that offset with `majordodo log repair --dir <dir>`
+    ///   ([`crate::repair::truncate_log`]), losing the records from there on.
+    /// - [`LogError::UnsupportedFormat`] for a segment of another format version (version 1
+    ///   was written by earlier pre-1.0 releases and is not migrated).
     /// - [`LogError::Io`] of kind `InvalidInput` for an invalid `config`.
     pub fn open(
         dir: impl AsRef<Path>,
         config: FileLogConfig,
     ) -> Result<(FileLog, OpenReport), LogError> {
+        FileLog::open_with(Arc::new(RealFs), dir, config)
+    }
+
+    /// [`FileLog::open`] on the file system `fs`: [`vfs::RealFs`] is what `open` uses;
+    /// [`vfs::SimFs`] simulates power failures in tests.
+    ///
+    /// # Errors
+    /// As [`FileLog::open`].
+    pub fn open_with(
+        fs: Arc<dyn Fs>,
+        dir: impl AsRef<Path>,
+        config: FileLogConfig,
+    ) -> Result<(FileLog, OpenReport), LogError> {
         let dir = dir.as_ref().to_path_buf();
         validate(&config)?;
-        segment::create_dir(&dir)?;
-        let dir_lock = lock_dir(&dir)?;
-        let recovered = recovery::recover(&dir)?;
+        create_dir(&*fs, &dir)?;
+        let dir_lock = lock_dir(&*fs, &dir)?;
+        let recovered = recovery::recover(&*fs, &dir)?;
         let active_segment = recovered
             .segments
             .last()
             .expect("recovery returns at least one segment");
-        let file = OpenOptions::new()
-            .append(true)
-            .open(&active_segment.path)
-            .map_err(io_err(format!(
-                "open segment {}",
-                active_segment.path.display()
-            )))?;
-        FileLog::start(dir, &config, dir_lock, recovered, file)
+        let file = fs.open_write(&active_segment.path).map_err(io_err(format!(
+            "open segment {}",
+            active_segment.path.display()
+        )))?;
+        FileLog::start(fs, dir, &config, dir_lock, recovered, file)
     }
 
     /// Starts the writer on a recovered directory, appending to `file` (the active segment).
     fn start(
+        fs: Arc<dyn Fs>,
         dir: PathBuf,
         config: &FileLogConfig,
-        dir_lock: File,
+        dir_lock: Box<dyn FsLock>,
         recovered: recovery::Recovered,
-        file: File,
+        file: Box<dyn FsFile>,
     ) -> Result<(FileLog, OpenReport), LogError> {
         let active_first = recovered
             .segments
@@ -225,6 +245,7 @@ impl FileLog {
             "opened commit log"
         );
         let shared = Arc::new(Shared {
+            fs,
             dir,
             segment_size: config.segment_size,
             fsync: config.fsync,
@@ -236,9 +257,10 @@ impl FileLog {
                 state: State::Open,
             }),
             queued: Condvar::new(),
-            space: Condvar::new(),
+            room: tokio::sync::Notify::new(),
             durable: AtomicU64::new(recovered.last_lsn.0),
             segments: Mutex::new(recovered.segments),
+            release: Mutex::new(()),
             counters: Counters::default(),
             dir_lock: Mutex::new(Some(dir_lock)),
         });
@@ -311,28 +333,27 @@ fn validate(config: &FileLogConfig) -> Result<(), LogError> {
     Ok(())
 }
 
+/// Creates the log directory and its missing parents, durably: the parent of every directory
+/// created is fsynced, or a power failure could lose the whole log with its entry.
+fn create_dir(fs: &dyn Fs, dir: &Path) -> Result<(), LogError> {
+    vfs::create_dir_all_durable(fs, dir)
+        .map_err(io_err(format!("create log directory {}", dir.display())))
+}
+
 /// Takes the lock on `dir` (an `flock` on `dir/LOCK`), so that two processes, or two
 /// `FileLog`s of one process, never write the same directory.
-fn lock_dir(dir: &Path) -> Result<File, LogError> {
+pub(crate) fn lock_dir(fs: &dyn Fs, dir: &Path) -> Result<Box<dyn FsLock>, LogError> {
     let path = dir.join(LOCK_FILE);
-    let file = OpenOptions::new()
-        .read(true)
-        .write(true)
-        .create(true)
-        .truncate(false)
-        .mode(FILE_MODE)
-        .open(&path)
-        .map_err(io_err(format!("open lock file {}", path.display())))?;
-    match file.try_lock() {
-        Ok(()) => Ok(file),
-        Err(std::fs::TryLockError::WouldBlock) => Err(LogError::Io {
+    match fs.lock(&path) {
+        Ok(lock) => Ok(lock),
+        Err(e) if e.kind() == io::ErrorKind::WouldBlock => Err(LogError::Io {
             context: format!(
                 "lock log directory {}: it is already open in another log",
                 dir.display()
             ),
-            source: io::Error::from(io::ErrorKind::WouldBlock),
+            source: e,
         }),
-        Err(std::fs::TryLockError::Error(e)) => Err(LogError::Io {
+        Err(e) => Err(LogError::Io {
             context: format!("lock log directory {}", dir.display()),
             source: e,
         }),
@@ -355,11 +376,8 @@ async fn wait_exit(mut exit: watch::Receiver<ExitStatus>) -> Result<(), LogError
 }
 
 impl CommitLog for FileLog {
-    /// Queues `records` (see the trait's contract).
-    ///
-    /// Blocks the calling thread while the queue is full ([`FileLogConfig::max_queued_bytes`]
-    /// or 65 536 appends), which only happens when producers outrun the disk; the wait ends
-    /// with the writer's next batch.
+    /// Queues `records` (see the trait's contract): takes the queue lock, assigns LSNs, pushes
+    /// and wakes the writer. Never waits for room; see [`FileLog::ready`](CommitLog::ready).
     fn append(&self, records: Vec<Bytes>) -> AppendFuture {
         if let Some(big) = records.iter().find(|r| r.len() > self.max_record_size) {
             return std::future::ready(Err(LogError::RecordTooLarge {
@@ -372,19 +390,8 @@ impl CommitLog for FileLog {
         let count = records.len() as u64;
         let shared = &self.shared;
         let mut queue = lock(&shared.queue);
-        loop {
-            if queue.state != State::Open {
-                return std::future::ready(Err(LogError::Closed)).boxed();
-            }
-            let fits =
-                queue.queued_bytes == 0 || queue.queued_bytes + bytes <= shared.max_queued_bytes;
-            if fits && queue.pending.len() < writer::MAX_QUEUED_APPENDS {
-                break;
-            }
-            queue = shared
-                .space
-                .wait(queue)
-                .unwrap_or_else(std::sync::PoisonError::into_inner);
+        if queue.state != State::Open {
+            return std::future::ready(Err(LogError::Closed)).boxed();
         }
         let appended = if count == 0 {
             Appended {
@@ -437,9 +444,10 @@ impl CommitLog for FileLog {
                 .unwrap_or(0);
             let plan = segments[start..].to_vec();
             let (tx, mut rx) = mpsc::channel(REPLAY_CHANNEL_BOUND);
+            let fs = Arc::clone(&self.shared.fs);
             std::thread::Builder::new()
                 .name("majordodo-log-replay".to_string())
-                .spawn(move || read_range(plan, after, last, tx))
+                .spawn(move || read_range(&*fs, plan, after, last, tx))
                 .map_err(io_err("start a log replay thread"))?;
             let mut records = 0u64;
             while let Some(chunk) = rx.recv().await {
@@ -464,50 +472,49 @@ impl CommitLog for FileLog {
     }
 
     /// Deletes the segments whose records all have LSN ≤ `lsn`, except the one being written,
-    /// then fsyncs the directory. Blocking file I/O on the calling thread (a few unlinks and
-    /// one fsync). A replay under way that still needs a deleted segment fails.
+    /// oldest first, fsyncing the directory after each deletion, so that a crash leaves a
+    /// suffix of the segments, never a hole.
+    /// The file operations run on a thread of their own, never on the caller's. A replay under
+    /// way that still needs a deleted segment fails.
     fn release_before(&self, lsn: Lsn) -> BoxFuture<'_, Result<(), LogError>> {
-        let result = (|| {
-            if lock(&self.shared.queue).state == State::Stopped {
+        let shared = Arc::clone(&self.shared);
+        Box::pin(async move {
+            if lock(&shared.queue).state == State::Stopped {
                 return Err(LogError::Closed);
             }
-            let doomed: Vec<SegmentMeta> = {
-                let mut segments = lock(&self.shared.segments);
-                let count = segments
-                    .windows(2)
-                    .take_while(|pair| pair[1].first.0 - 1 <= lsn.0)
-                    .count();
-                segments.drain(..count).collect()
-            };
-            if doomed.is_empty() {
-                return Ok(());
-            }
-            for segment in &doomed {
-                match std::fs::remove_file(&segment.path) {
-                    Ok(()) => {}
-                    Err(e) if e.kind() == io::ErrorKind::NotFound => {}
-                    Err(e) => {
-                        return Err(LogError::Io {
-                            context: format!("delete segment {}", segment.path.display()),
-                            source: e,
-                        });
-                    }
-                }
-            }
-            segment::sync_dir(&self.shared.dir)?;
-            info!(
-                dir = %self.shared.dir.display(),
-                released_before = lsn.0,
-                segments = doomed.len(),
-                "deleted released log segments"
-            );
-            Ok(())
-        })();
-        std::future::ready(result).boxed()
+            let (done, result) = oneshot::channel();
+            std::thread::Builder::new()
+                .name("majordodo-log-release".to_string())
+                .spawn(move || {
+                    // The receiver may be gone (the caller dropped the future): nothing to do.
+                    let _ = done.send(release_segments(&shared, lsn));
+                })
+                .map_err(io_err("start a log release thread"))?;
+            // A dropped sender means the thread died without answering.
+            result.await.unwrap_or(Err(LogError::Closed))
+        })
     }
 
     fn max_record_size(&self) -> usize {
         self.max_record_size
+    }
+
+    /// Pending while [`FileLogConfig::max_queued_bytes`] or more (or 65 536 appends or more)
+    /// wait for the writer; resolves when the writer takes the queue into its next write, or
+    /// when the log stops.
+    fn ready(&self) -> BoxFuture<'_, ()> {
+        Box::pin(async move {
+            loop {
+                // Registered before the check, so a wake-up between the two is not missed.
+                let notified = self.shared.room.notified();
+                let mut notified = std::pin::pin!(notified);
+                notified.as_mut().enable();
+                if self.shared.has_room() {
+                    return;
+                }
+                notified.await;
+            }
+        })
     }
 
     /// Writes and fsyncs what is queued, stops the writer and releases the directory lock.
@@ -528,13 +535,59 @@ impl CommitLog for FileLog {
     }
 }
 
+/// Deletes the segments whose records all have LSN ≤ `lsn`, except the last one.
+///
+/// Crash safety: recovery takes the first segment it finds as the start of the log, and any
+/// other missing LSN as corruption. Deleting oldest first, and fsyncing the directory after each
+/// deletion before starting the next, means a power failure at any point leaves a suffix of the
+/// segments: the log then starts a little earlier than asked, never with a hole. (Deleting all
+/// of them before one fsync would let a crash keep a later deletion and lose an earlier one.)
+/// Releases are serialised by `Shared::release` so that overlapping calls keep that order too.
+/// Each segment leaves the in-memory list before its file goes, so a replay planned later asks
+/// for it as released rather than finding it missing.
+fn release_segments(shared: &Shared, lsn: Lsn) -> Result<(), LogError> {
+    let _one_at_a_time = lock(&shared.release);
+    let mut deleted = 0usize;
+    loop {
+        let doomed = {
+            let mut segments = lock(&shared.segments);
+            // The first segment holds only records ≤ `lsn` when the next starts at ≤ `lsn` + 1.
+            match segments.get(1) {
+                Some(next) if next.first.0 - 1 <= lsn.0 => segments.remove(0),
+                _ => break,
+            }
+        };
+        match shared.fs.remove_file(&doomed.path) {
+            Ok(()) => {}
+            Err(e) if e.kind() == io::ErrorKind::NotFound => {}
+            Err(e) => {
+                return Err(LogError::Io {
+                    context: format!("delete segment {}", doomed.path.display()),
+                    source: e,
+                });
+            }
+        }
+        segment::sync_dir(&*shared.fs, &shared.dir)?;
+        deleted += 1;
+    }
+    if deleted > 0 {
+        info!(
+            dir = %shared.dir.display(),
+            released_before = lsn.0,
+            segments = deleted,
+            "deleted released log segments"
+        );
+    }
+    Ok(())
+}
+
 /// A chunk of records sent by the replay reader thread.
 type Chunk = Result<Vec<(Lsn, Bytes)>, LogError>;
 
 /// Body of the replay reader thread: sends the records with LSN in `(after, last]` from the
 /// segments of `plan` (in order, the first holding `after + 1`), then ends. Stops early when
 /// the receiver is gone.
-fn read_range(plan: Vec<SegmentMeta>, after: Lsn, last: Lsn, tx: mpsc::Sender<Chunk>) {
+fn read_range(fs: &dyn Fs, plan: Vec<SegmentMeta>, after: Lsn, last: Lsn, tx: mpsc::Sender<Chunk>) {
     let mut chunk = Vec::new();
     let mut chunk_bytes = 0usize;
     let send = |chunk: &mut Vec<(Lsn, Bytes)>, bytes: &mut usize| -> bool {
@@ -545,7 +598,7 @@ fn read_range(plan: Vec<SegmentMeta>, after: Lsn, last: Lsn, tx: mpsc::Sender<Ch
         let mut expected: Option<Lsn> = None;
         let mut end = (String::new(), 0);
         for segment in &plan {
-            let mut reader = SegmentReader::open(&segment.path)?;
+            let mut reader = SegmentReader::open(fs, &segment.path)?;
             let file = segment.path.display().to_string();
             let corrupt = |offset, reason| LogError::Corrupt {
                 file: file.clone(),
@@ -559,7 +612,9 @@ fn read_range(plan: Vec<SegmentMeta>, after: Lsn, last: Lsn, tx: mpsc::Sender<Ch
             loop {
                 match reader.next()? {
                     Next::End => break,
-                    Next::Bad { offset, reason } => return Err(corrupt(offset, reason)),
+                    Next::Bad { offset, damage } => {
+                        return Err(corrupt(offset, damage.describe().to_string()));
+                    }
                     Next::Record {
                         header,
                         offset,
@@ -615,11 +670,12 @@ mod tests {
         let (log, _) = FileLog::open(&dir, FileLogConfig::default()).expect("open");
         log.close().await.expect("close");
         // Reopen by hand with the active segment opened read-only, so that writing fails.
-        let dir_lock = lock_dir(&dir).expect("lock");
-        let recovered = recovery::recover(&dir).expect("recover");
+        let dir_lock = lock_dir(&RealFs, &dir).expect("lock");
+        let recovered = recovery::recover(&RealFs, &dir).expect("recover");
         let path = recovered.segments[0].path.clone();
-        let file = File::open(&path).expect("open segment read-only");
+        let file = RealFs.open_read(&path).expect("open segment read-only");
         let (log, _) = FileLog::start(
+            Arc::new(RealFs),
             dir.clone(),
             &FileLogConfig::default(),
             dir_lock,

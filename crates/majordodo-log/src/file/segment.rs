@@ -1,13 +1,14 @@
 //! Segment files on disk: naming, listing, creation, and reading records in order.
 
-use std::fs::{self, File, OpenOptions};
-use std::io::{self, BufReader, Read, Write};
-use std::os::unix::fs::{DirBuilderExt, OpenOptionsExt};
+use std::io::{self, BufReader, Read};
 use std::path::{Path, PathBuf};
 
 use bytes::BytesMut;
 
-use super::format::{RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, SegmentHeader};
+use super::format::{
+    HeaderError, RECORD_HEADER_LEN, RecordHeader, SEGMENT_HEADER_LEN, SegmentHeader,
+};
+use crate::vfs::{FileReader, Fs, FsFile};
 use crate::{LogError, Lsn};
 
 /// Suffix of a segment file; the name before it is the first LSN, zero padded to 20 digits
@@ -17,11 +18,6 @@ const SEGMENT_SUFFIX: &str = ".log";
 const TMP_SUFFIX: &str = ".log.tmp";
 /// Number of digits of the LSN in a segment file name.
 const NAME_DIGITS: usize = 20;
-/// Permissions of files we create: records hold task parameters and results, which are the
-/// users' data, so only the broker's own user may read them.
-pub(crate) const FILE_MODE: u32 = 0o600;
-/// Permissions of directories we create, for the same reason.
-pub(crate) const DIR_MODE: u32 = 0o700;
 /// Read buffer of a segment reader: large enough to read a segment in few system calls.
 const READ_BUFFER: usize = 256 * 1024;
 
@@ -63,25 +59,23 @@ pub(crate) struct Listing {
 }
 
 /// Lists the segments of `dir`. Other files are ignored.
-pub(crate) fn list_segments(dir: &Path) -> Result<Listing, LogError> {
+pub(crate) fn list_segments(fs: &dyn Fs, dir: &Path) -> Result<Listing, LogError> {
     let context = || format!("list log directory {}", dir.display());
     let mut segments = Vec::new();
     let mut temporaries = Vec::new();
-    for entry in fs::read_dir(dir).map_err(io_err(context()))? {
-        let entry = entry.map_err(io_err(context()))?;
-        let name = entry.file_name();
+    for name in fs.read_dir(dir).map_err(io_err(context()))? {
         let Some(name) = name.to_str() else { continue };
         if let Some(first) = parse_segment_name(name) {
             segments.push(SegmentMeta {
                 first,
-                path: entry.path(),
+                path: dir.join(name),
             });
         } else if name
             .strip_suffix(TMP_SUFFIX)
             .and_then(|stem| parse_segment_name(&format!("{stem}{SEGMENT_SUFFIX}")))
             .is_some()
         {
-            temporaries.push(entry.path());
+            temporaries.push(dir.join(name));
         }
     }
     segments.sort_by_key(|s| s.first);
@@ -91,60 +85,74 @@ pub(crate) fn list_segments(dir: &Path) -> Result<Listing, LogError> {
     })
 }
 
-/// Creates `dir` (and its parents) if missing.
-pub(crate) fn create_dir(dir: &Path) -> Result<(), LogError> {
-    fs::DirBuilder::new()
-        .recursive(true)
-        .mode(DIR_MODE)
-        .create(dir)
-        .map_err(io_err(format!("create log directory {}", dir.display())))
-}
-
 /// Makes the entries of `dir` (created, renamed or deleted files) durable.
-pub(crate) fn sync_dir(dir: &Path) -> Result<(), LogError> {
-    let context = || format!("fsync directory {}", dir.display());
-    File::open(dir)
-        .map_err(io_err(context()))?
-        .sync_all()
-        .map_err(io_err(context()))
+pub(crate) fn sync_dir(fs: &dyn Fs, dir: &Path) -> Result<(), LogError> {
+    fs.sync_dir(dir)
+        .map_err(io_err(format!("fsync directory {}", dir.display())))
 }
 
 /// Creates the segment whose first record will have LSN `first` and returns it opened for
-/// appending, positioned after its header.
+/// writing; its valid length is [`SEGMENT_HEADER_LEN`].
 ///
 /// Steps, so that a crash at any point leaves either no segment or a complete header:
 /// 1. create `<name>.tmp` (failing if it exists), write the header;
 /// 2. fsync the file;
 /// 3. rename it to `<name>`;
 /// 4. fsync the directory.
-pub(crate) fn create_segment(dir: &Path, first: Lsn) -> Result<File, LogError> {
+pub(crate) fn create_segment(
+    fs: &dyn Fs,
+    dir: &Path,
+    first: Lsn,
+) -> Result<Box<dyn FsFile>, LogError> {
     let name = segment_file_name(first);
     let path = dir.join(&name);
     let tmp = dir.join(format!("{name}.tmp"));
-    let mut file = OpenOptions::new()
-        .append(true)
-        .create_new(true)
-        .mode(FILE_MODE)
-        .open(&tmp)
+    let file = fs
+        .create_new(&tmp)
         .map_err(io_err(format!("create segment {}", tmp.display())))?;
     let header = SegmentHeader { first_lsn: first }.encode();
-    file.write_all(&header)
+    file.write_all_at(&header, 0)
         .map_err(io_err(format!("write header of segment {}", tmp.display())))?;
     file.sync_all()
         .map_err(io_err(format!("fsync segment {}", tmp.display())))?;
-    fs::rename(&tmp, &path).map_err(io_err(format!(
+    fs.rename(&tmp, &path).map_err(io_err(format!(
         "rename {} to {}",
         tmp.display(),
         path.display()
     )))?;
-    sync_dir(dir)?;
+    sync_dir(fs, dir)?;
     Ok(file)
+}
+
+/// What is wrong with a frame that is not a valid record.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Damage {
+    /// The file ends before a whole frame header.
+    HeaderCut,
+    /// The header checksum does not match.
+    HeaderInvalid,
+    /// The header is valid and its payload extends past the end of the file.
+    PayloadCut(RecordHeader),
+    /// The header is valid and the payload checksum does not match.
+    PayloadInvalid(RecordHeader),
+}
+
+impl Damage {
+    /// What is wrong, as a phrase.
+    pub(crate) fn describe(&self) -> &'static str {
+        match self {
+            Damage::HeaderCut => "record header cut by the end of the file",
+            Damage::HeaderInvalid => "record header checksum mismatch",
+            Damage::PayloadCut(_) => "record extends past the end of the file",
+            Damage::PayloadInvalid(_) => "record payload checksum mismatch",
+        }
+    }
 }
 
 /// What [`SegmentReader::next`] found.
 #[derive(Debug)]
 pub(crate) enum Next {
-    /// A record whose checksum is valid. Its LSN and batch index are not checked here.
+    /// A record whose checksums are valid. Its LSN and batch index are not checked here.
     Record {
         /// Its header.
         header: RecordHeader,
@@ -160,13 +168,13 @@ pub(crate) enum Next {
         /// Offset of the bad frame.
         offset: u64,
         /// What is wrong.
-        reason: String,
+        damage: Damage,
     },
 }
 
 /// Reads the records of one segment file in order, one at a time (never the whole file).
 pub(crate) struct SegmentReader {
-    reader: BufReader<File>,
+    reader: BufReader<FileReader>,
     path: PathBuf,
     /// Offset of the next frame.
     offset: u64,
@@ -179,19 +187,24 @@ impl SegmentReader {
     /// Opens a segment and validates its header.
     ///
     /// # Errors
-    /// [`LogError::Corrupt`] at offset 0 if the header is invalid; [`LogError::Io`].
-    pub(crate) fn open(path: &Path) -> Result<SegmentReader, LogError> {
+    /// [`LogError::Corrupt`] at offset 0 if the header is invalid;
+    /// [`LogError::UnsupportedFormat`] for a valid header of another format version;
+    /// [`LogError::Io`].
+    pub(crate) fn open(fs: &dyn Fs, path: &Path) -> Result<SegmentReader, LogError> {
         let context = || format!("open segment {}", path.display());
-        let file = File::open(path).map_err(io_err(context()))?;
-        let len = file.metadata().map_err(io_err(context()))?.len();
-        let mut reader = BufReader::with_capacity(READ_BUFFER, file);
+        let file = fs.open_read(path).map_err(io_err(context()))?;
+        let len = file.size().map_err(io_err(context()))?;
+        let mut reader = BufReader::with_capacity(READ_BUFFER, FileReader::new(file, 0));
         let mut head = [0u8; SEGMENT_HEADER_LEN];
         let got = read_up_to(&mut reader, &mut head)
             .map_err(io_err(format!("read segment {}", path.display())))?;
-        let header = SegmentHeader::decode(&head[..got]).map_err(|reason| LogError::Corrupt {
-            file: path.display().to_string(),
-            offset: 0,
-            reason,
+        let header = SegmentHeader::decode(&head[..got]).map_err(|e| match e {
+            HeaderError::Invalid(reason) => LogError::Corrupt {
+                file: path.display().to_string(),
+                offset: 0,
+                reason,
+            },
+            HeaderError::Version(version) => unsupported_version(path, version),
         })?;
         Ok(SegmentReader {
             reader,
@@ -205,6 +218,11 @@ impl SegmentReader {
     /// The validated header.
     pub(crate) fn header(&self) -> SegmentHeader {
         self.header
+    }
+
+    /// Length of the file when it was opened.
+    pub(crate) fn len(&self) -> u64 {
+        self.len
     }
 
     /// Offset of the next frame (after the last record read).
@@ -221,21 +239,20 @@ impl SegmentReader {
         if remaining == 0 {
             return Ok(Next::End);
         }
-        let bad = |offset, reason: &str| Next::Bad {
-            offset,
-            reason: reason.to_string(),
-        };
+        let bad = |offset, damage| Next::Bad { offset, damage };
         if remaining < RECORD_HEADER_LEN as u64 {
-            return Ok(bad(self.offset, "incomplete record header"));
+            return Ok(bad(self.offset, Damage::HeaderCut));
         }
         let context = || format!("read segment {}", self.path.display());
         let mut head = [0u8; RECORD_HEADER_LEN];
         self.reader
             .read_exact(&mut head)
             .map_err(io_err(context()))?;
-        let header = RecordHeader::decode(&head);
+        let Some(header) = RecordHeader::decode(&head) else {
+            return Ok(bad(self.offset, Damage::HeaderInvalid));
+        };
         if header.frame_len() > remaining {
-            return Ok(bad(self.offset, "record extends past the end of the file"));
+            return Ok(bad(self.offset, Damage::PayloadCut(header)));
         }
         // The length was just checked against the file size, so this allocation is bounded by
         // what is really on disk.
@@ -244,7 +261,7 @@ impl SegmentReader {
             .read_exact(&mut payload)
             .map_err(io_err(context()))?;
         if !header.verify(&payload) {
-            return Ok(bad(self.offset, "record checksum mismatch"));
+            return Ok(bad(self.offset, Damage::PayloadInvalid(header)));
         }
         let offset = self.offset;
         self.offset += header.frame_len();
@@ -253,6 +270,29 @@ impl SegmentReader {
             offset,
             payload: payload.freeze(),
         })
+    }
+}
+
+/// The error for a segment of format `version`, which this code does not read.
+fn unsupported_version(path: &Path, version: u16) -> LogError {
+    let reason = if version < super::format::SEGMENT_VERSION {
+        format!(
+            "segment format version {version} was written by an earlier release; this release \
+             reads only version {}, and pre-1.0 releases change formats without migrating them: \
+             run the release that wrote this log, or move the log directory aside and start a \
+             new one",
+            super::format::SEGMENT_VERSION
+        )
+    } else {
+        format!(
+            "segment format version {version} was written by a later release; this release \
+             reads only version {}",
+            super::format::SEGMENT_VERSION
+        )
+    };
+    LogError::UnsupportedFormat {
+        file: path.display().to_string(),
+        reason,
     }
 }
 

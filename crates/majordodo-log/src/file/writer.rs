@@ -1,11 +1,14 @@
 //! The append queue and the single writer thread of the file log (group commit).
 //!
-//! `append` assigns LSNs and pushes its records onto a bounded queue under one lock, so call
-//! order is log order. One writer thread (blocking I/O is right here) loops:
+//! `append` assigns LSNs and pushes its records onto the queue under one lock, so call order is
+//! log order; it never waits. The queue's bounds (bytes and appends) are enforced by
+//! `CommitLog::ready`, which producers await: it is pending while the queue is over a bound and
+//! resolves when the writer takes the queue. One writer thread (blocking I/O is right here)
+//! loops:
 //! 1. take everything queued;
-//! 2. frame all of it into one buffer and `write_all` it to the active segment; when the segment
-//!    is full, first write and fsync what goes into it, then roll to a new segment (see
-//!    `segment::create_segment` for its own fsyncs);
+//! 2. frame all of it into one buffer and write it, with one positional write, at the end of the
+//!    active segment; when the segment is full, first write and fsync what goes into it, then
+//!    roll to a new segment (see `segment::create_segment` for its own fsyncs);
 //! 3. fsync the data (`sync_data`) once;
 //! 4. publish the new durable LSN and complete every append of the batch, in order.
 //!
@@ -14,22 +17,22 @@
 //! may already have dropped the dirty pages it could not write.
 
 use std::collections::VecDeque;
-use std::fs::File;
-use std::io::Write;
 use std::path::PathBuf;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::sync::{Arc, Condvar, Mutex, MutexGuard, PoisonError};
 
 use bytes::Bytes;
-use tokio::sync::{oneshot, watch};
+use tokio::sync::{Notify, oneshot, watch};
 use tracing::error;
 
 use super::format::{encode_record, frame_len};
 use super::segment::{SegmentMeta, create_segment, segment_file_name};
+use crate::vfs::{Fs, FsFile, FsLock};
 use crate::{Appended, LogError, Lsn};
 
-/// Most appends that may wait in the queue; appenders block beyond it. Bounds the completion
-/// handles held; far above what one fsync interval collects from a broker.
+/// Appends in the queue above which `ready` makes producers wait (with the bytes bound of the
+/// config). Bounds the completion handles held; far above what one fsync interval collects
+/// from a broker.
 pub(crate) const MAX_QUEUED_APPENDS: usize = 65_536;
 /// Above this buffer capacity the writer gives memory back after a batch, so one burst does not
 /// pin a large buffer for the life of the log.
@@ -130,28 +133,33 @@ pub(crate) type ExitStatus = Option<Result<(), WriteError>>;
 
 /// State shared by the log handle and its writer thread.
 pub(crate) struct Shared {
+    /// The file system holding the log.
+    pub(crate) fs: Arc<dyn Fs>,
     /// The log directory.
     pub(crate) dir: PathBuf,
     /// Segment size at which the writer rolls.
     pub(crate) segment_size: u64,
     /// Whether batches are fsynced (false only for benchmarks).
     pub(crate) fsync: bool,
-    /// Bound on `Queue::queued_bytes`.
+    /// Bound on `Queue::queued_bytes` above which `ready` is pending.
     pub(crate) max_queued_bytes: u64,
     /// The append queue.
     pub(crate) queue: Mutex<Queue>,
     /// Wakes the writer: an append was queued or the state changed.
     pub(crate) queued: Condvar,
-    /// Wakes appenders blocked on a full queue: the writer took the queue or the state changed.
-    pub(crate) space: Condvar,
+    /// Wakes `ready` futures: the writer took the queue or the state changed.
+    pub(crate) room: Notify,
     /// LSN of the last durable record, published after its fsync.
     pub(crate) durable: AtomicU64,
     /// Segments in LSN order; the last one is being written. Shared with replay and release.
     pub(crate) segments: Mutex<Vec<SegmentMeta>>,
+    /// Held by a release while it deletes segments, so that releases run one at a time and
+    /// segments are always deleted oldest first.
+    pub(crate) release: Mutex<()>,
     /// Writer counters.
     pub(crate) counters: Counters,
     /// The directory lock; dropping the file releases it.
-    pub(crate) dir_lock: Mutex<Option<File>>,
+    pub(crate) dir_lock: Mutex<Option<Box<dyn FsLock>>>,
 }
 
 impl Shared {
@@ -163,14 +171,24 @@ impl Shared {
         }
         drop(queue);
         self.queued.notify_all();
-        self.space.notify_all();
+        self.room.notify_waiters();
+    }
+
+    /// Whether producers may append more: the queue is within its bounds, or the log no longer
+    /// accepts appends (they fail at once).
+    pub(crate) fn has_room(&self) -> bool {
+        let queue = lock(&self.queue);
+        queue.state != State::Open
+            || queue.pending.is_empty()
+            || (queue.queued_bytes < self.max_queued_bytes
+                && queue.pending.len() < MAX_QUEUED_APPENDS)
     }
 }
 
 /// The segment being written.
 pub(crate) struct Active {
-    /// The file, opened for appending.
-    pub(crate) file: File,
+    /// The file, opened for writing; records go at `len`.
+    pub(crate) file: Box<dyn FsFile>,
     /// Its length (the valid part).
     pub(crate) len: u64,
     /// Whether it holds at least one record.
@@ -194,7 +212,7 @@ pub(crate) fn run(shared: Arc<Shared>, mut active: Active, exit: watch::Sender<E
                 queue.queued_bytes = 0;
                 queue.state = State::Stopped;
                 drop(queue);
-                shared.space.notify_all();
+                shared.room.notify_waiters();
                 for p in dropped {
                     let _ = p.done.send(Err(LogError::Closed));
                 }
@@ -203,12 +221,14 @@ pub(crate) fn run(shared: Arc<Shared>, mut active: Active, exit: watch::Sender<E
             if queue.pending.is_empty() {
                 // Closing, and everything queued has been written.
                 queue.state = State::Stopped;
+                drop(queue);
+                shared.room.notify_waiters();
                 break Ok(());
             }
             queue.queued_bytes = 0;
             let batch = queue.pending.drain(..).collect();
             drop(queue);
-            shared.space.notify_all();
+            shared.room.notify_waiters();
             batch
         };
         match write_batch(&shared, &mut active, &batch, &mut buf) {
@@ -236,7 +256,7 @@ pub(crate) fn run(shared: Arc<Shared>, mut active: Active, exit: watch::Sender<E
                     queue.queued_bytes = 0;
                     queue.pending.drain(..).collect()
                 };
-                shared.space.notify_all();
+                shared.room.notify_waiters();
                 for p in batch {
                     let _ = p.done.send(Err(failure.to_log_error()));
                 }
@@ -303,7 +323,7 @@ fn flush(shared: &Shared, active: &mut Active, buf: &mut Vec<u8>) -> Result<(), 
     let name = || active_name(shared);
     active
         .file
-        .write_all(buf)
+        .write_all_at(buf, active.len)
         .map_err(|e| WriteError::new(format!("write segment {}", name()), &e))?;
     shared.counters.writes.fetch_add(1, Ordering::Relaxed);
     shared
@@ -325,7 +345,7 @@ fn flush(shared: &Shared, active: &mut Active, buf: &mut Vec<u8>) -> Result<(), 
 
 /// Starts a new segment whose first record is `first`. The previous one was fsynced by `flush`.
 fn roll(shared: &Shared, active: &mut Active, first: Lsn) -> Result<(), WriteError> {
-    let file = create_segment(&shared.dir, first)?;
+    let file = create_segment(&*shared.fs, &shared.dir, first)?;
     lock(&shared.segments).push(SegmentMeta {
         first,
         path: shared.dir.join(segment_file_name(first)),
@@ -350,10 +370,12 @@ mod tests {
     use super::*;
     use crate::file::format::SEGMENT_HEADER_LEN;
     use crate::file::recovery::recover;
+    use crate::vfs::RealFs;
 
     fn shared_for(dir: &std::path::Path, segment_size: u64) -> (Shared, Active) {
-        let file = create_segment(dir, Lsn(1)).expect("create segment");
+        let file = create_segment(&RealFs, dir, Lsn(1)).expect("create segment");
         let shared = Shared {
+            fs: Arc::new(RealFs),
             dir: dir.to_path_buf(),
             segment_size,
             fsync: true,
@@ -365,12 +387,13 @@ mod tests {
                 state: State::Open,
             }),
             queued: Condvar::new(),
-            space: Condvar::new(),
+            room: Notify::new(),
             durable: AtomicU64::new(0),
             segments: Mutex::new(vec![SegmentMeta {
                 first: Lsn(1),
                 path: dir.join(segment_file_name(Lsn(1))),
             }]),
+            release: Mutex::new(()),
             counters: Counters::default(),
             dir_lock: Mutex::new(None),
         };
@@ -412,7 +435,7 @@ mod tests {
         assert_eq!(shared.counters.writes.load(Ordering::Relaxed), 1);
         assert_eq!(shared.counters.fsyncs.load(Ordering::Relaxed), 1);
         drop(active);
-        let recovered = recover(dir.path()).expect("recover");
+        let recovered = recover(&RealFs, dir.path()).expect("recover");
         assert_eq!(recovered.last_lsn, Lsn(200));
         assert!(recovered.torn_tail.is_none());
     }
@@ -432,7 +455,7 @@ mod tests {
         assert_eq!(shared.counters.writes.load(Ordering::Relaxed), 3);
         assert_eq!(shared.counters.fsyncs.load(Ordering::Relaxed), 3);
         drop(active);
-        let recovered = recover(dir.path()).expect("recover");
+        let recovered = recover(&RealFs, dir.path()).expect("recover");
         assert_eq!(recovered.last_lsn, Lsn(10));
         assert_eq!(recovered.segments.len(), 3);
     }
