@@ -17,6 +17,7 @@ use std::sync::Arc;
 use std::time::Duration;
 
 use bytes::Bytes;
+use futures_util::FutureExt;
 use majordodo_core::leader::{
     ConnectRejection, FinishReport as CoreReport, Outcome as CoreOutcome, SubmitOutcome,
     SubmitRequest, WorkerAssignments, WorkerHello as CoreHello,
@@ -166,6 +167,8 @@ pub(crate) struct Dispatcher {
     /// Position of the last applied entry other than a NOOP: a periodic snapshot is skipped
     /// when the newest one already covers it.
     last_change: u64,
+    /// The log had room after the last append; while false, no input is taken.
+    log_ready: bool,
 }
 
 /// What woke the loop.
@@ -174,6 +177,8 @@ enum Wake {
     Command(Option<Command>),
     Event(Option<WorkerEvent>),
     Timer,
+    /// The log has room again (see [`CommitLog::ready`]).
+    LogReady,
     Shutdown,
 }
 
@@ -200,6 +205,7 @@ impl Dispatcher {
             sessions: HashMap::new(),
             dirty: true,
             last_change: leader.state().last_lsn(),
+            log_ready: true,
             leader,
             checkpointer,
             next_checkpoint,
@@ -224,13 +230,17 @@ impl Dispatcher {
         loop {
             let now = self.clock.now();
             let wait = self.next_wake(now);
-            let can_take = rounds.len() < self.config.max_rounds_in_flight;
+            // Input waits while too many rounds are in flight or the log's queue is full: the
+            // bounded queues then push back on clients.
+            let can_take = rounds.len() < self.config.max_rounds_in_flight && self.log_ready;
+            let log = self.log.clone();
             let wake = tokio::select! {
                 biased;
                 result = async { rounds.front_mut().expect("guarded").durable.as_mut().await }, if !rounds.is_empty() => Wake::Durable(result),
                 () = &mut shutdown => Wake::Shutdown,
                 cmd = commands.recv(), if can_take && commands_open => Wake::Command(cmd),
                 ev = events.recv(), if can_take && events_open => Wake::Event(ev),
+                () = log.ready(), if !self.log_ready => Wake::LogReady,
                 () = tokio::time::sleep(wait) => Wake::Timer,
             };
             match wake {
@@ -262,6 +272,7 @@ impl Dispatcher {
                 }
                 Wake::Event(None) => events_open = false,
                 Wake::Timer => {}
+                Wake::LogReady => self.log_ready = true,
                 Wake::Shutdown => {
                     info!(rounds_in_flight = rounds.len(), "dispatcher stopping");
                     self.role = Role::Closed;
@@ -374,7 +385,9 @@ impl Dispatcher {
                 .iter()
                 .map(|e| Bytes::from(encode_entry(e)))
                 .collect();
-            self.log.append(records)
+            let durable = self.log.append(records);
+            self.log_ready = self.log.ready().now_or_never().is_some();
+            durable
         };
         rounds.push_back(Round {
             durable,

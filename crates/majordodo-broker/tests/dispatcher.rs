@@ -431,3 +431,102 @@ async fn a_full_submission_queue_answers_overloaded_at_once_and_a_stopping_broke
         }
     }
 }
+
+/// A memory log that reports itself full (its `ready` pending) until told otherwise.
+struct FullLog {
+    inner: MemoryLog,
+    room: tokio::sync::watch::Sender<bool>,
+}
+
+impl CommitLog for FullLog {
+    fn append(&self, records: Vec<bytes::Bytes>) -> majordodo_log::AppendFuture {
+        self.inner.append(records)
+    }
+
+    fn replay<'a>(
+        &'a self,
+        after: majordodo_log::Lsn,
+        f: &'a mut majordodo_log::ReplayFn<'a>,
+    ) -> majordodo_log::BoxFuture<'a, Result<majordodo_log::ReplayReport, majordodo_log::LogError>>
+    {
+        self.inner.replay(after, f)
+    }
+
+    fn last_lsn(&self) -> majordodo_log::Lsn {
+        self.inner.last_lsn()
+    }
+
+    fn release_before(
+        &self,
+        lsn: majordodo_log::Lsn,
+    ) -> majordodo_log::BoxFuture<'_, Result<(), majordodo_log::LogError>> {
+        self.inner.release_before(lsn)
+    }
+
+    fn max_record_size(&self) -> usize {
+        self.inner.max_record_size()
+    }
+
+    fn ready(&self) -> majordodo_log::BoxFuture<'_, ()> {
+        let mut room = self.room.subscribe();
+        Box::pin(async move {
+            let _ = room.wait_for(|r| *r).await;
+        })
+    }
+
+    fn close(&self) -> majordodo_log::BoxFuture<'_, Result<(), majordodo_log::LogError>> {
+        self.inner.close()
+    }
+}
+
+#[tokio::test]
+async fn a_full_log_holds_new_input_back_until_it_has_room() {
+    // Goal: after an append, while the log says it has no room (`ready` pending), the
+    // dispatcher takes no more submissions (the queue fills and answers Overloaded); once it
+    // has room, what waited is served.
+    let (room, _) = tokio::sync::watch::channel(false);
+    let log = Arc::new(FullLog {
+        inner: MemoryLog::new(),
+        room,
+    });
+    let stop = CancellationToken::new();
+    let config = BrokerConfig {
+        command_queue: 2,
+        ..BrokerConfig::default()
+    };
+    let broker = Broker::start(
+        config,
+        log.clone(),
+        None,
+        Arc::new(DefaultGroupMapper),
+        Arc::new(SystemClock),
+        stop.clone().cancelled_owned(),
+    )
+    .await
+    .unwrap();
+    let h = broker.handle();
+    assert!(h.submit(vec![task("first", None)]).await.is_ok());
+    let mut waiting = Vec::new();
+    let deadline = Instant::now() + Duration::from_secs(10);
+    loop {
+        assert!(Instant::now() < deadline, "input was never held back");
+        let h = h.clone();
+        let pending = tokio::spawn(async move { h.submit(vec![task("more", None)]).await });
+        tokio::time::sleep(Duration::from_millis(5)).await;
+        if pending.is_finished() {
+            let answer = pending.await.unwrap();
+            assert!(
+                matches!(answer, Err(BrokerError::Overloaded(_))),
+                "{answer:?}"
+            );
+            break;
+        }
+        waiting.push(pending);
+    }
+    log.room.send_replace(true);
+    for pending in waiting {
+        assert!(pending.await.unwrap().is_ok());
+    }
+    stop.cancel();
+    broker.wait().await.unwrap();
+}

@@ -64,6 +64,27 @@ pub(crate) enum Command {
     /// Make credentials for the broker's [[http.users]] entries.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Inspect or repair a broker's commit log directory (with the broker stopped).
+    #[command(subcommand)]
+    Log(LogCommand),
+}
+
+/// `majordodo log ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum LogCommand {
+    /// Find the first damaged record of a log that the broker refuses to open, and show what
+    /// cutting the log there loses. With --cut-at (the first lost LSN the report names, as
+    /// confirmation), cut it: every record from that LSN on is lost, some possibly
+    /// acknowledged; restoring the log from a replica or a backup is the alternative.
+    Repair {
+        /// The commit log directory (`<data dir>/log`).
+        #[arg(long, value_name = "DIR")]
+        dir: PathBuf,
+        /// Cut the log so that it ends just before this LSN (must be the report's first lost
+        /// LSN).
+        #[arg(long, value_name = "LSN")]
+        cut_at: Option<u64>,
+    },
 }
 
 /// `majordodo standalone`.

@@ -3,6 +3,7 @@
 //! - `standalone`, `broker`, `worker`: the servers ([`standalone`], [`server`], [`worker`]).
 //! - `submit`, `task`, `tasks`, `status`, `workers`: clients of the HTTP API ([`client`]).
 //! - `auth`: credentials for the broker's configuration ([`auth`]).
+//! - `log repair`: the way out when a damaged commit log refuses to open ([`log_repair`]).
 //!
 //! Exit status: 0 when the command did what was asked, 1 when it failed at run time, 2 for a
 //! usage or configuration error (errors print as `error: ...` plus `caused by: ...` lines).
@@ -14,6 +15,7 @@ mod client;
 mod config;
 mod error;
 mod http_config;
+mod log_repair;
 mod logging;
 mod output;
 mod server;
@@ -67,5 +69,6 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Status(args) => client::status(args).await,
         Command::Workers(args) => client::workers(args).await,
         Command::Auth(command) => auth::run(command),
+        Command::Log(command) => log_repair::run(command),
     }
 }

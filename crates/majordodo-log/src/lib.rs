@@ -184,7 +184,9 @@ pub type ReplayFn<'a> = dyn FnMut(Lsn, Bytes) -> Result<(), String> + Send + 'a;
 ///    once, without waiting for earlier appends.
 /// 3. After an append fails, the log is failed: that append and every later one resolve with an
 ///    error. Records of a failed batch were never acknowledged: a later replay may or may not
-///    return them, but never a part of a record, and never a record after a missing one.
+///    return them, but never a part of a record, and never a record after a missing one. An
+///    append that fails with [`LogError::Closed`] wrote nothing: no replay returns its records
+///    (callers may tell their clients that nothing happened).
 /// 4. `replay(after)` hands every durable record with LSN > `after` to the callback, in order,
 ///    exactly once. It is used at boot before any append, and by followers. A replay running
 ///    while appends go on hands over at least the records durable when it started.
