@@ -699,3 +699,41 @@ fn workers_shown_connected_when_a_leader_takes_over_are_logged_disconnected() {
     assert_eq!(disconnected, vec!["w1"]);
     assert!(leader.tick(sim.now).is_empty(), "logged once");
 }
+
+#[test]
+fn task_ids_are_never_reused_after_the_highest_task_is_purged() {
+    // Goal: a new leader (after a replay, or from a snapshot) allocates above every id ever
+    // handed out, even when the task with the highest id is gone.
+    let mut sim = Sim::new(config());
+    sim.submit_simple("u", "t", 1);
+    let last = sim.submit_simple("u", "t", 1);
+    sim.connect("w1", WorkerCapacity::any(2)).unwrap();
+    sim.settle();
+    for (task, attempt) in sim.running_of("w1") {
+        sim.report("w1", task, attempt, Outcome::Finished, "ok");
+    }
+    sim.flush();
+    sim.advance(60_000);
+    sim.settle();
+    assert!(
+        sim.state().task(last).is_none(),
+        "the highest task was purged"
+    );
+    for state in [
+        sim.replay(),
+        BrokerState::from_snapshot(sim.state().to_snapshot(), Arc::new(DefaultGroupMapper))
+            .unwrap(),
+    ] {
+        let mut leader = majordodo_core::Leader::new(state, config(), sim.now);
+        let (outcome, _) = leader.submit(
+            sim.now,
+            SubmitRequest {
+                task_type: "t".into(),
+                user_id: "u".into(),
+                max_attempts: 1,
+                ..Default::default()
+            },
+        );
+        assert_eq!(outcome, SubmitOutcome::Accepted(TaskId(last.0 + 1)));
+    }
+}
