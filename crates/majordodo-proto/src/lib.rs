@@ -4,9 +4,11 @@
 //! - [`snapshot`]: snapshot content (a whole state as a stream of items).
 //! - [`worker`]: the broker↔worker TCP protocol (frames, codec, handshake).
 //! - [`http`]: the client HTTP API's JSON (requests, views, answers), Majordodo-compatible.
+//! - [`cluster`]: what replicated brokers share: znodes in ZooKeeper, entries of the ledgers.
 //!
 //! Each format is versioned; decoders never panic on outside data.
 
+pub mod cluster;
 pub mod http;
 pub mod record;
 pub mod snapshot;
