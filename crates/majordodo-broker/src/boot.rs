@@ -42,6 +42,38 @@ pub enum BootError {
     /// Replaying the log failed (corrupt record, unknown entry, entry that does not apply).
     #[error("replay log: {0}")]
     Log(#[from] LogError),
+    /// ZooKeeper or BookKeeper failed, or a snapshot could not be downloaded.
+    #[error("cluster: {0}")]
+    Cluster(String),
+    /// No state can be built: local snapshots (if any) are older than the first listed ledger,
+    /// no snapshot could be downloaded, and old ledgers were dropped.
+    #[error(
+        "cannot boot: the ledgers start at lsn {first_lsn} and the history before it was \
+         dropped; {}{}; copy a recent snapshot file from a running broker's snapshots \
+         directory into this broker's, or start a leader first",
+        match local {
+            Some(lsn) => format!("the newest local snapshot covers only up to lsn {lsn}"),
+            None => "there is no local snapshot".to_owned(),
+        },
+        match (leader, peer_token) {
+            (None, _) => "; no leader runs to download a snapshot from".to_owned(),
+            (Some(url), false) => format!(
+                "; a leader runs at {url} but cluster.peer_token_file is not set, so its \
+                 snapshot cannot be downloaded"
+            ),
+            (Some(url), true) => format!("; downloading from the leader at {url} was not possible"),
+        }
+    )]
+    NoUsableSnapshot {
+        /// First position the listed ledgers hold.
+        first_lsn: u64,
+        /// Position of the newest local snapshot.
+        local: Option<u64>,
+        /// The leader's API URL, if one runs.
+        leader: Option<String>,
+        /// Whether a token to download from the leader is configured.
+        peer_token: bool,
+    },
     /// The broker was stopped before its state was recovered.
     #[error("stopped before the state was recovered")]
     Stopped,
@@ -117,7 +149,7 @@ pub async fn recover(
 }
 
 /// Reads and decodes the newest valid snapshot of `store`, if any: (its position, the state).
-fn load_snapshot(
+pub(crate) fn load_snapshot(
     store: &SnapshotStore,
     mapper: Arc<dyn GroupMapper>,
 ) -> Result<Option<(u64, BrokerState)>, BootError> {

@@ -52,7 +52,7 @@ impl Checkpointer {
     pub(crate) fn start(
         &mut self,
         state: &BrokerState,
-        log: Arc<dyn CommitLog>,
+        log: Option<Arc<dyn CommitLog>>,
     ) -> Result<impl Future<Output = Result<u64, BrokerError>> + Send + 'static, BrokerError> {
         if self.busy.swap(true, Ordering::AcqRel) {
             return Err(BrokerError::Overloaded(
@@ -87,14 +87,14 @@ impl Checkpointer {
                         "snapshot written"
                     );
                     last.fetch_max(lsn, Ordering::AcqRel);
-                    match release {
-                        Ok(Some(point)) => {
+                    match (release, log) {
+                        (Ok(Some(point)), Some(log)) => {
                             if let Err(e) = log.release_before(point).await {
                                 warn!(error = %e, "could not release old log segments");
                             }
                         }
-                        Ok(None) => {}
-                        Err(e) => warn!(error = %e, "could not list snapshots"),
+                        (Ok(_), _) => {}
+                        (Err(e), _) => warn!(error = %e, "could not list snapshots"),
                     }
                     Ok(lsn)
                 }

@@ -169,6 +169,28 @@ pub(crate) struct Dispatcher {
     last_change: u64,
     /// The log had room after the last append; while false, no input is taken.
     log_ready: bool,
+    /// In a replicated cluster, what the status views show of it.
+    pub(crate) cluster: Option<tokio::sync::watch::Receiver<crate::handle::ClusterView>>,
+}
+
+/// Why [`Dispatcher::run`] should stop.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Stop {
+    /// The broker is stopping: finish the rounds in flight.
+    Shutdown,
+    /// Another broker leads now (the text says how that was seen): stop at once.
+    LostLeadership(String),
+}
+
+/// How [`Dispatcher::run`] ended without an error.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) enum Ended {
+    /// After [`Stop::Shutdown`].
+    Shutdown,
+    /// Every handle and the worker listener are gone.
+    InputsClosed,
+    /// After [`Stop::LostLeadership`].
+    LostLeadership(String),
 }
 
 /// What woke the loop.
@@ -179,6 +201,7 @@ enum Wake {
     Timer,
     /// The log has room again (see [`CommitLog::ready`]).
     LogReady,
+    LostLeadership(String),
     Shutdown,
 }
 
@@ -206,6 +229,7 @@ impl Dispatcher {
             dirty: true,
             last_change: leader.state().last_lsn(),
             log_ready: true,
+            cluster: None,
             leader,
             checkpointer,
             next_checkpoint,
@@ -213,17 +237,30 @@ impl Dispatcher {
         }
     }
 
-    /// Runs until `shutdown` or a failure. On shutdown, rounds in flight are completed first.
+    /// Runs as leader until `stop` resolves or the log fails.
+    ///
+    /// - [`Stop::Shutdown`]: rounds in flight are completed first, then it returns
+    ///   [`Ended::Shutdown`].
+    /// - [`Stop::LostLeadership`]: it stops acting as leader at once: nothing more is applied,
+    ///   answered or pushed; callers in flight are told (`outcome_unknown` for rounds the log
+    ///   had taken, `broker_not_leader` for the round being built); worker connections are
+    ///   closed. Returns [`Ended::LostLeadership`]; the leader's state is then behind the log
+    ///   and its queues ahead of its state (see [`Dispatcher::into_leader`]).
+    ///
+    /// # Errors
+    /// [`DispatcherError`] when the log failed (a fenced log means another broker took over)
+    /// or an entry did not apply.
     pub(crate) async fn run(
-        mut self,
-        mut commands: mpsc::Receiver<Command>,
-        mut events: mpsc::Receiver<WorkerEvent>,
-        shutdown: impl Future<Output = ()>,
-    ) -> Result<(), DispatcherError> {
+        &mut self,
+        commands: &mut mpsc::Receiver<Command>,
+        events: &mut mpsc::Receiver<WorkerEvent>,
+        stop: impl Future<Output = Stop>,
+    ) -> Result<Ended, DispatcherError> {
         let mut rounds: VecDeque<Round> = VecDeque::new();
         let mut building = Building::default();
         let mut commands_open = true;
         let mut events_open = true;
+        let shutdown = stop;
         tokio::pin!(shutdown);
         info!(broker_id = %self.broker_id, lsn = self.leader.state().last_lsn(), "dispatcher started as leader");
 
@@ -237,7 +274,10 @@ impl Dispatcher {
             let wake = tokio::select! {
                 biased;
                 result = async { rounds.front_mut().expect("guarded").durable.as_mut().await }, if !rounds.is_empty() => Wake::Durable(result),
-                () = &mut shutdown => Wake::Shutdown,
+                stop = &mut shutdown => match stop {
+                    Stop::Shutdown => Wake::Shutdown,
+                    Stop::LostLeadership(why) => Wake::LostLeadership(why),
+                },
                 cmd = commands.recv(), if can_take && commands_open => Wake::Command(cmd),
                 ev = events.recv(), if can_take && events_open => Wake::Event(ev),
                 () = log.ready(), if !self.log_ready => Wake::LogReady,
@@ -273,6 +313,10 @@ impl Dispatcher {
                 Wake::Event(None) => events_open = false,
                 Wake::Timer => {}
                 Wake::LogReady => self.log_ready = true,
+                Wake::LostLeadership(why) => {
+                    self.step_down(&why, rounds, building);
+                    return Ok(Ended::LostLeadership(why));
+                }
                 Wake::Shutdown => {
                     info!(rounds_in_flight = rounds.len(), "dispatcher stopping");
                     self.role = Role::Closed;
@@ -290,13 +334,13 @@ impl Dispatcher {
                         s.session
                             .close(CloseReason::Other("broker stopping".into()));
                     }
-                    return Ok(());
+                    return Ok(Ended::Shutdown);
                 }
             }
             if !commands_open && !events_open && rounds.is_empty() {
                 // Every handle and the listener are gone: nothing can reach us any more.
                 info!("dispatcher inputs closed, stopping");
-                return Ok(());
+                return Ok(Ended::InputsClosed);
             }
             self.retry_backlogs();
             if rounds.len() < self.config.max_rounds_in_flight {
@@ -400,23 +444,27 @@ impl Dispatcher {
     fn refusal(&self) -> Option<BrokerError> {
         match self.role {
             Role::Leader => None,
-            Role::Follower => Some(BrokerError::NotLeader),
+            Role::Follower => Some(BrokerError::NotLeader(None)),
             Role::Recovering => Some(BrokerError::Recovering),
             Role::Closed => Some(BrokerError::Stopped),
         }
     }
 
-    fn view(&self) -> View<'_> {
-        View {
+    /// Runs `query` against the state.
+    fn answer(&self, query: crate::handle::Query) {
+        let cluster = self.cluster.as_ref().map(|c| c.borrow().clone());
+        query(Ok(&View {
             state: self.leader.state(),
             role: self.role,
             broker_id: &self.broker_id,
-        }
+            leader: None,
+            cluster: cluster.as_ref(),
+        }));
     }
 
     fn take_command(&mut self, cmd: Command, building: &mut Building) {
         match cmd {
-            Command::Query(query) => query(Ok(&self.view())),
+            Command::Query(query) => self.answer(query),
             Command::Submit { tasks, reply } => {
                 if let Some(refusal) = self.refusal() {
                     let _ = reply.send(Err(refusal));
@@ -649,7 +697,7 @@ impl Dispatcher {
                 }
                 Obligation::Checkpoint(reply) => {
                     let result = match &mut self.checkpointer {
-                        Some(cp) => cp.start(self.leader.state(), self.log.clone()),
+                        Some(cp) => cp.start(self.leader.state(), Some(self.log.clone())),
                         None => Err(BrokerError::Snapshot(
                             "this broker has no snapshot store".into(),
                         )),
@@ -741,6 +789,33 @@ impl Dispatcher {
                 s.backlog = e.assignments;
             }
         }
+    }
+
+    /// Stops acting as leader at once: answers everyone in flight, closes every worker session.
+    fn step_down(&mut self, why: &str, rounds: VecDeque<Round>, building: Building) {
+        warn!(
+            reason = why,
+            rounds_in_flight = rounds.len(),
+            "no longer the leader; stepping down"
+        );
+        self.role = Role::Follower;
+        let unknown = BrokerError::OutcomeUnknown(format!("this broker stopped leading: {why}"));
+        for o in rounds.into_iter().flat_map(|r| r.obligations) {
+            o.fail(&unknown);
+        }
+        let not_leader = BrokerError::NotLeader(None);
+        for o in building.obligations {
+            o.fail(&not_leader);
+        }
+        for (_, s) in self.sessions.drain() {
+            s.session
+                .close(CloseReason::Other("broker no longer leads".into()));
+        }
+    }
+
+    /// The leader and the checkpointer, once [`Dispatcher::run`] returned.
+    pub(crate) fn into_parts(self) -> (Leader, Option<Checkpointer>) {
+        (self.leader, self.checkpointer)
     }
 
     /// The log failed: answer everyone in flight with an error, close every worker session.

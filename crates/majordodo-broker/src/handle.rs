@@ -43,6 +43,21 @@ pub struct View<'a> {
     pub role: Role,
     /// This broker's id.
     pub broker_id: &'a str,
+    /// On a follower, the leader's HTTP API URL when known.
+    pub leader: Option<&'a str>,
+    /// In a replicated cluster, what this broker knows of it.
+    pub cluster: Option<&'a ClusterView>,
+}
+
+/// What a broker of a replicated cluster knows of it, for the status views.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ClusterView {
+    /// The ledger being written (leader) or tailed (follower), if any.
+    pub current_ledger: Option<i64>,
+    /// Every live broker as it last published itself: (id, API URL, applied position).
+    pub brokers: Vec<(String, String, Option<u64>)>,
+    /// The leader's broker id, when known.
+    pub leader_id: Option<String>,
 }
 
 impl fmt::Debug for View<'_> {
@@ -60,10 +75,10 @@ impl fmt::Debug for View<'_> {
 /// so retrying it cannot create anything twice.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum BrokerError {
-    /// This broker is not the leader. Retryable against the leader (the original's
-    /// `broker_not_leader`).
+    /// This broker is not the leader; the leader's HTTP API URL when known. Retryable against
+    /// the leader (the original's `broker_not_leader`).
     #[error("broker_not_leader")]
-    NotLeader,
+    NotLeader(Option<String>),
     /// The broker is replaying its log. Retryable shortly (`recovery_in_progress`).
     #[error("recovery_in_progress")]
     Recovering,
@@ -146,6 +161,8 @@ impl Command {
 pub struct BrokerHandle {
     pub(crate) tx: mpsc::Sender<Command>,
     pub(crate) broker_id: Arc<str>,
+    /// Where the broker's snapshots are, for serving them to other brokers.
+    pub(crate) snapshots: Option<Arc<majordodo_log::SnapshotStore>>,
 }
 
 impl fmt::Debug for BrokerHandle {
@@ -205,6 +222,33 @@ impl BrokerHandle {
             .await
             .map_err(|_| BrokerError::Stopped)?;
         rx.await.map_err(|_| BrokerError::Stopped)?
+    }
+
+    /// Takes a fresh snapshot on the leader and returns its file, for another broker to boot
+    /// from.
+    ///
+    /// # Errors
+    /// [`BrokerError::NotLeader`] on a follower (with the leader's URL when known), and as
+    /// [`BrokerHandle::checkpoint`].
+    pub async fn snapshot_for_download(&self) -> Result<(u64, std::path::PathBuf), BrokerError> {
+        let Some(store) = self.snapshots.clone() else {
+            return Err(BrokerError::Snapshot(
+                "this broker has no snapshot store".into(),
+            ));
+        };
+        let refusal = self
+            .query(|v| match v.role {
+                Role::Leader => None,
+                Role::Follower => Some(BrokerError::NotLeader(v.leader.map(str::to_owned))),
+                Role::Recovering => Some(BrokerError::Recovering),
+                Role::Closed => Some(BrokerError::Stopped),
+            })
+            .await?;
+        if let Some(refusal) = refusal {
+            return Err(refusal);
+        }
+        let lsn = self.checkpoint().await?;
+        Ok((lsn, store.path_of(majordodo_log::Lsn(lsn))))
     }
 
     /// Takes a snapshot now and returns the log position it covers.

@@ -60,6 +60,12 @@ use select::Budget;
 /// thousands of hosts; bounds the answer if worker ids were ever abused.
 pub const MAX_WORKERS_LISTED: usize = 100_000;
 
+/// Where the leader serves a fresh snapshot to brokers that boot (admin only).
+pub const SNAPSHOT_PATH: &str = "/majordodo/snapshot";
+
+/// Header naming the log position of a downloaded snapshot.
+pub const SNAPSHOT_LSN_HEADER: &str = "majordodo-snapshot-lsn";
+
 /// Version of this broker, sent in the `status` view.
 pub const BROKER_VERSION: &str = env!("CARGO_PKG_VERSION");
 
@@ -90,6 +96,10 @@ pub fn router(broker: BrokerHandle, settings: HttpSettings) -> Router {
                 .post(post_action)
                 .options(preflight)
                 .fallback(|| async { ApiError::MethodNotAllowed }),
+        )
+        .route(
+            SNAPSHOT_PATH,
+            get(get_snapshot).fallback(|| async { ApiError::MethodNotAllowed }),
         )
         .fallback(|| async { ApiError::NotFound })
         .with_state(api)
@@ -208,6 +218,44 @@ async fn preflight(State(api): State<Arc<Api>>) -> Response {
     res
 }
 
+/// `GET /majordodo/snapshot`: the leader takes a snapshot and streams its file (the format of
+/// `majordodo_log::SnapshotStore`, checksummed; the receiver validates it before use).
+async fn get_snapshot(State(api): State<Arc<Api>>, req: Request) -> Result<Response, ApiError> {
+    let principal = api.auth.authenticate(req.headers()).await?;
+    if !principal.is_admin() {
+        return Err(ApiError::Forbidden(FieldError::new(
+            "user",
+            format!(
+                "user {} is not an admin: only admins download snapshots",
+                principal.name
+            ),
+        )));
+    }
+    let (lsn, path) = api.broker.snapshot_for_download().await?;
+    let file = tokio::fs::File::open(&path)
+        .await
+        .map_err(|_| ApiError::Internal("open the snapshot file"))?;
+    let len = file
+        .metadata()
+        .await
+        .map_err(|_| ApiError::Internal("stat the snapshot file"))?
+        .len();
+    debug!(user = %principal.name, lsn, bytes = len, "serving a snapshot");
+    let body = Body::from_stream(tokio_util::io::ReaderStream::new(file));
+    let mut response = Response::new(body);
+    let h = response.headers_mut();
+    h.insert(
+        CONTENT_TYPE,
+        HeaderValue::from_static("application/octet-stream"),
+    );
+    h.insert(CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(
+        HeaderName::from_static(SNAPSHOT_LSN_HEADER),
+        HeaderValue::from(lsn),
+    );
+    Ok(response)
+}
+
 async fn get_view(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, ApiError> {
     let principal = api.auth.authenticate(req.headers()).await?;
     let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(req.uri())
@@ -250,6 +298,7 @@ async fn get_view(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, A
                     waitingtasks: status.waiting_tasks,
                     finishedtasks: status.finished_tasks,
                     delayedtasks: status.delayed_tasks,
+                    cluster: v.cluster.map(select::cluster_status),
                 }),
                 ViewRequest::Task { id } => {
                     // Another user's task answers as an unknown one.

@@ -17,6 +17,7 @@ pub mod clock;
 pub mod dispatcher;
 pub mod handle;
 pub mod http;
+pub mod replica;
 pub mod worker_listener;
 
 use std::sync::Arc;
@@ -97,30 +98,38 @@ impl Broker {
         clock: Arc<dyn Clock>,
         shutdown: impl Future<Output = ()> + Send + 'static,
     ) -> BootingBroker {
-        let broker_id: Arc<str> = Arc::from(config.broker_id.as_str());
-        let (tx, commands) = mpsc::channel(config.command_queue);
-        let (events, events_rx) = mpsc::channel(config.event_queue);
-        let (recovered_tx, recovered) = oneshot::channel();
-        let join = tokio::spawn(serve(
-            Parts {
-                config,
-                log,
-                snapshots,
-                mapper,
-                clock,
-                broker_id: broker_id.clone(),
+        spawn_broker(
+            config,
+            snapshots,
+            mapper,
+            clock,
+            move |parts, commands, events, recovered| {
+                serve(parts, log, commands, events, shutdown, recovered)
             },
-            commands,
-            events_rx,
-            shutdown,
-            recovered_tx,
-        ));
-        BootingBroker {
-            handle: BrokerHandle { tx, broker_id },
-            events,
-            join,
-            recovered,
-        }
+        )
+    }
+
+    /// Like [`Broker::launch`] for a broker of a replicated cluster: it boots from a local
+    /// snapshot, a snapshot downloaded from the leader or the ledgers, follows the leader,
+    /// stands for election and leads when elected (see [`replica`]). Reads are answered from
+    /// its copy in both roles; writes only while it leads.
+    pub fn launch_replicated(
+        config: BrokerConfig,
+        cluster: replica::ClusterSettings,
+        snapshots: Option<Arc<SnapshotStore>>,
+        mapper: Arc<dyn GroupMapper>,
+        clock: Arc<dyn Clock>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> BootingBroker {
+        spawn_broker(
+            config,
+            snapshots,
+            mapper,
+            clock,
+            move |parts, commands, events, recovered| {
+                replica::serve_replicated(parts, cluster, commands, events, shutdown, recovered)
+            },
+        )
     }
 
     /// [`Broker::launch`], then waits until the state is recovered.
@@ -212,29 +221,67 @@ async fn join(join: JoinHandle<Result<(), DispatcherError>>) -> Result<(), Dispa
 }
 
 /// What the broker task owns.
-struct Parts {
+pub(crate) struct Parts {
+    pub(crate) config: BrokerConfig,
+    pub(crate) snapshots: Option<Arc<SnapshotStore>>,
+    pub(crate) mapper: Arc<dyn GroupMapper>,
+    pub(crate) clock: Arc<dyn Clock>,
+    pub(crate) broker_id: Arc<str>,
+}
+
+/// Makes the channels and the handle, and spawns the broker task `run` builds.
+fn spawn_broker<F, Fut>(
     config: BrokerConfig,
-    log: Arc<dyn CommitLog>,
     snapshots: Option<Arc<SnapshotStore>>,
     mapper: Arc<dyn GroupMapper>,
     clock: Arc<dyn Clock>,
-    broker_id: Arc<str>,
+    run: F,
+) -> BootingBroker
+where
+    F: FnOnce(
+        Parts,
+        mpsc::Receiver<Command>,
+        mpsc::Receiver<WorkerEvent>,
+        oneshot::Sender<Result<BootReport, BootError>>,
+    ) -> Fut,
+    Fut: Future<Output = Result<(), DispatcherError>> + Send + 'static,
+{
+    let broker_id: Arc<str> = Arc::from(config.broker_id.as_str());
+    let (tx, commands) = mpsc::channel(config.command_queue);
+    let (events, events_rx) = mpsc::channel(config.event_queue);
+    let (recovered_tx, recovered) = oneshot::channel();
+    let handle = BrokerHandle {
+        tx,
+        broker_id: broker_id.clone(),
+        snapshots: snapshots.clone(),
+    };
+    let parts = Parts {
+        config,
+        snapshots,
+        mapper,
+        clock,
+        broker_id,
+    };
+    let join = tokio::spawn(run(parts, commands, events_rx, recovered_tx));
+    BootingBroker {
+        handle,
+        events,
+        join,
+        recovered,
+    }
 }
 
 /// The broker task: recovers, answering requests with "recovering" meanwhile, then dispatches.
 async fn serve(
     parts: Parts,
+    log: Arc<dyn CommitLog>,
     mut commands: mpsc::Receiver<Command>,
     mut events: mpsc::Receiver<WorkerEvent>,
     shutdown: impl Future<Output = ()> + Send + 'static,
     recovered: oneshot::Sender<Result<BootReport, BootError>>,
 ) -> Result<(), DispatcherError> {
     tokio::pin!(shutdown);
-    let recovery = boot::recover(
-        parts.log.clone(),
-        parts.snapshots.clone(),
-        parts.mapper.clone(),
-    );
+    let recovery = boot::recover(log.clone(), parts.snapshots.clone(), parts.mapper.clone());
     tokio::pin!(recovery);
     let outcome = loop {
         tokio::select! {
@@ -259,12 +306,20 @@ async fn serve(
         .map(|store| Checkpointer::new(store, report.snapshot_lsn));
     let dispatcher = dispatcher::Dispatcher::new(
         leader,
-        parts.log,
+        log,
         parts.clock,
         parts.config.dispatcher.clone(),
         parts.broker_id,
         checkpointer,
     );
     let _ = recovered.send(Ok(report));
-    dispatcher.run(commands, events, shutdown).await
+    let mut dispatcher = dispatcher;
+    let stop = async {
+        shutdown.await;
+        dispatcher::Stop::Shutdown
+    };
+    dispatcher
+        .run(&mut commands, &mut events, stop)
+        .await
+        .map(|_| ())
 }

@@ -138,6 +138,48 @@ pub(crate) struct BrokerArgs {
     /// File holding the workers' shared secret (overrides workers.shared_secret[_file]).
     #[arg(long, value_name = "FILE")]
     pub(crate) shared_secret_file: Option<PathBuf>,
+    /// ZooKeeper servers: replicate this broker with the others of the cluster (overrides
+    /// cluster.zk).
+    #[arg(long, value_name = "HOST:PORT[,...]")]
+    pub(crate) zk: Option<String>,
+    /// Base path of the cluster's znodes (overrides cluster.zk_path).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) zk_path: Option<String>,
+    /// ZooKeeper session timeout (overrides cluster.session_timeout).
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) zk_session_timeout: Option<String>,
+    /// Bookies per ledger (overrides cluster.ensemble).
+    #[arg(long, value_name = "N")]
+    pub(crate) ensemble: Option<usize>,
+    /// Bookies each entry is written to (overrides cluster.write_quorum).
+    #[arg(long, value_name = "N")]
+    pub(crate) write_quorum: Option<usize>,
+    /// Acknowledgements that make an entry durable (overrides cluster.ack_quorum).
+    #[arg(long, value_name = "N")]
+    pub(crate) ack_quorum: Option<usize>,
+    /// Entry checksum: crc32c, crc32, hmac-sha1, dummy (overrides cluster.digest).
+    #[arg(long, value_name = "DIGEST")]
+    pub(crate) digest: Option<String>,
+    /// File holding the ledgers' password (overrides cluster.ledger_password_file).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ledger_password_file: Option<PathBuf>,
+    /// Roll ledgers after this many bytes (overrides cluster.ledger_roll_size).
+    #[arg(long, value_name = "SIZE")]
+    pub(crate) ledger_roll_size: Option<String>,
+    /// Roll ledgers after this long (overrides cluster.ledger_roll_age).
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) ledger_roll_age: Option<String>,
+    /// Drop covered ledgers this long after their creation (overrides
+    /// cluster.ledger_retention).
+    #[arg(long, value_name = "DURATION")]
+    pub(crate) ledger_retention: Option<String>,
+    /// Host others reach this broker on (overrides cluster.advertise_host).
+    #[arg(long, value_name = "HOST")]
+    pub(crate) advertise_host: Option<String>,
+    /// File holding an admin token of the other brokers, to download a snapshot at boot
+    /// (overrides cluster.peer_token_file).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) peer_token_file: Option<PathBuf>,
 }
 
 /// `majordodo worker`.

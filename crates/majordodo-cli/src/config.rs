@@ -7,6 +7,7 @@
 //! to the directory of that file.
 
 pub(crate) mod broker;
+pub(crate) mod cluster;
 pub(crate) mod worker;
 
 use std::fmt;

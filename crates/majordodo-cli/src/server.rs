@@ -20,8 +20,11 @@ use tracing::{info, warn};
 use crate::cli::BrokerArgs;
 use crate::config::Origin;
 use crate::config::broker::{BrokerFile, BrokerSettings, default_file};
+use crate::config::cluster::ClusterConfig;
 use crate::http_config::HttpSettings;
 use crate::worker::absolute;
+use majordodo_broker::replica::ClusterSettings;
+use majordodo_proto::cluster::BrokerInfo;
 
 /// Longest the network side (HTTP connections, worker connections) may take to close after a
 /// stop: in-flight requests get this long to be answered.
@@ -53,6 +56,16 @@ pub(crate) async fn run(args: BrokerArgs) -> anyhow::Result<()> {
         broker.worker_addr,
         settings.data_dir.display()
     );
+    if let Some(cluster) = &settings.cluster {
+        println!(
+            "  cluster:     ZooKeeper {} at {}, ledgers {}/{}/{} (leader or follower: see `majordodo status`)",
+            cluster.coord.zk_connect,
+            cluster.coord.base_path,
+            cluster.log.ensemble,
+            cluster.log.write_quorum,
+            cluster.log.ack_quorum
+        );
+    }
     broker.run_until(stop).await
 }
 
@@ -78,6 +91,7 @@ fn load(args: &BrokerArgs) -> anyhow::Result<BrokerSettings> {
         file.workers.shared_secret = None;
         file.workers.shared_secret_file = Some(absolute(path)?);
     }
+    apply_cluster_flags(args, &mut file.cluster)?;
     Ok(file.validate(&origin)?)
 }
 
@@ -96,6 +110,101 @@ impl InUseHints {
         http: "choose another with --http-listen or http.listen (port 0 picks a free one)",
         workers: "choose another with --worker-listen or workers.listen (port 0 picks a free one)",
     };
+}
+
+/// How often a replicated broker publishes the position it has applied.
+const PUBLISH_INTERVAL: Duration = Duration::from_secs(1);
+
+/// The host to publish for a bound address: the address itself, or the host name for the
+/// wildcard address.
+fn advertised_host(ip: std::net::IpAddr) -> String {
+    if ip.is_unspecified() {
+        majordodo_worker::hostname()
+    } else {
+        ip.to_string()
+    }
+}
+
+/// Opens the file commit log in `<data_dir>/log`.
+async fn open_file_log(data_dir: &Path, config: FileLogConfig) -> anyhow::Result<Arc<FileLog>> {
+    let log_dir = data_dir.join(LOG_DIR);
+    if !config.fsync {
+        warn!("log.fsync is false: acknowledged tasks can be lost on a power failure");
+    }
+    let (log, report) = tokio::task::spawn_blocking({
+        let log_dir = log_dir.clone();
+        move || FileLog::open(&log_dir, config)
+    })
+    .await
+    .context("open the commit log")?
+    .with_context(|| format!("open the commit log in {}", log_dir.display()))?;
+    if let Some(torn) = &report.torn_tail {
+        warn!(
+            file = %torn.file.display(),
+            offset = torn.offset,
+            bytes = torn.bytes_dropped,
+            "the log ended with an unfinished write (a crash); it was cut there"
+        );
+    }
+    Ok(Arc::new(log))
+}
+
+/// Applies the `--zk` and other cluster flags over the file's `[cluster]`.
+fn apply_cluster_flags(
+    args: &BrokerArgs,
+    c: &mut crate::config::cluster::ClusterFile,
+) -> anyhow::Result<()> {
+    use crate::config::{ByteSize, HumanDuration};
+    let duration = |flag: &str, v: &str| {
+        crate::units::parse_duration(v)
+            .map(HumanDuration)
+            .map_err(|e| crate::error::usage(format!("--{flag} {v:?}: {e}")))
+    };
+    let size = |flag: &str, v: &str| {
+        crate::units::parse_bytes(v)
+            .map(ByteSize)
+            .map_err(|e| crate::error::usage(format!("--{flag} {v:?}: {e}")))
+    };
+    if let Some(v) = &args.zk {
+        c.zk = Some(v.clone());
+    }
+    if let Some(v) = &args.zk_path {
+        c.zk_path = v.clone();
+    }
+    if let Some(v) = &args.zk_session_timeout {
+        c.session_timeout = duration("zk-session-timeout", v)?;
+    }
+    if let Some(v) = args.ensemble {
+        c.ensemble = v;
+    }
+    if let Some(v) = args.write_quorum {
+        c.write_quorum = v;
+    }
+    if let Some(v) = args.ack_quorum {
+        c.ack_quorum = v;
+    }
+    if let Some(v) = &args.digest {
+        c.digest = v.clone();
+    }
+    if let Some(v) = &args.ledger_password_file {
+        c.ledger_password_file = Some(absolute(v)?);
+    }
+    if let Some(v) = &args.ledger_roll_size {
+        c.ledger_roll_size = size("ledger-roll-size", v)?;
+    }
+    if let Some(v) = &args.ledger_roll_age {
+        c.ledger_roll_age = duration("ledger-roll-age", v)?;
+    }
+    if let Some(v) = &args.ledger_retention {
+        c.ledger_retention = duration("ledger-retention", v)?;
+    }
+    if let Some(v) = &args.advertise_host {
+        c.advertise_host = Some(v.clone());
+    }
+    if let Some(v) = &args.peer_token_file {
+        c.peer_token_file = Some(absolute(v)?);
+    }
+    Ok(())
 }
 
 /// Binds `addr` for `what`; an address in use gets `in_use_hint`.
@@ -122,6 +231,8 @@ pub(crate) struct Parts<'a> {
     pub(crate) listener: ListenerConfig,
     /// The HTTP API's settings.
     pub(crate) http: HttpSettings,
+    /// Replication, instead of the file log, when set.
+    pub(crate) cluster: Option<ClusterConfig>,
 }
 
 /// A broker serving its two ports.
@@ -138,8 +249,8 @@ pub(crate) struct RunningBroker {
     listener: JoinHandle<()>,
     /// The HTTP API.
     http: JoinHandle<()>,
-    /// The commit log, closed last.
-    log: Arc<FileLog>,
+    /// The file commit log, closed last (a replicated broker closes its ledger itself).
+    log: Option<Arc<FileLog>>,
 }
 
 impl RunningBroker {
@@ -161,6 +272,7 @@ impl RunningBroker {
                 log: settings.log.clone(),
                 listener: settings.listener.clone(),
                 http: settings.http.clone(),
+                cluster: settings.cluster.clone(),
             },
             http,
             workers,
@@ -183,27 +295,10 @@ impl RunningBroker {
             .context("read the worker port's address")?;
         std::fs::create_dir_all(parts.data_dir)
             .with_context(|| format!("create the data directory {}", parts.data_dir.display()))?;
-        let log_dir = parts.data_dir.join(LOG_DIR);
-        let log_config = parts.log.clone();
-        if !log_config.fsync {
-            warn!("log.fsync is false: acknowledged tasks can be lost on a power failure");
-        }
-        let (log, report) = tokio::task::spawn_blocking({
-            let log_dir = log_dir.clone();
-            move || FileLog::open(&log_dir, log_config)
-        })
-        .await
-        .context("open the commit log")?
-        .with_context(|| format!("open the commit log in {}", log_dir.display()))?;
-        if let Some(torn) = &report.torn_tail {
-            warn!(
-                file = %torn.file.display(),
-                offset = torn.offset,
-                bytes = torn.bytes_dropped,
-                "the log ended with an unfinished write (a crash); it was cut there"
-            );
-        }
-        let log = Arc::new(log);
+        let log = match &parts.cluster {
+            Some(_) => None,
+            None => Some(open_file_log(parts.data_dir, parts.log.clone()).await?),
+        };
         let snapshots_dir = parts.data_dir.join(SNAPSHOTS_DIR);
         let snapshots = tokio::task::spawn_blocking({
             let dir = snapshots_dir.clone();
@@ -215,14 +310,46 @@ impl RunningBroker {
         let stop = CancellationToken::new();
         // The network side serves while the state is recovered: clients are told
         // `recovery_in_progress` and workers are refused (retryably) until then.
-        let booting = Broker::launch(
-            parts.broker,
-            log.clone() as Arc<dyn CommitLog>,
-            Some(Arc::new(snapshots)),
-            Arc::new(DefaultGroupMapper),
-            Arc::new(SystemClock),
-            stop.clone().cancelled_owned(),
-        );
+        let booting = match (&log, parts.cluster) {
+            (Some(log), _) => Broker::launch(
+                parts.broker,
+                log.clone() as Arc<dyn CommitLog>,
+                Some(Arc::new(snapshots)),
+                Arc::new(DefaultGroupMapper),
+                Arc::new(SystemClock),
+                stop.clone().cancelled_owned(),
+            ),
+            (None, Some(cluster)) => {
+                let host = cluster
+                    .advertise_host
+                    .clone()
+                    .unwrap_or_else(|| advertised_host(http_addr.ip()));
+                let api_url = format!(
+                    "http://{}:{}{}",
+                    host,
+                    http_addr.port(),
+                    majordodo_proto::http::API_PATH
+                );
+                let me =
+                    BrokerInfo::new(&host, worker_addr.port(), &api_url, &parts.broker.broker_id);
+                Broker::launch_replicated(
+                    parts.broker,
+                    ClusterSettings {
+                        coord: cluster.coord,
+                        bookkeeper: cluster.bookkeeper,
+                        log: cluster.log,
+                        me,
+                        peer_token: cluster.peer_token,
+                        publish_interval: PUBLISH_INTERVAL,
+                    },
+                    Some(Arc::new(snapshots)),
+                    Arc::new(DefaultGroupMapper),
+                    Arc::new(SystemClock),
+                    stop.clone().cancelled_owned(),
+                )
+            }
+            (None, None) => unreachable!("a broker without a file log is replicated"),
+        };
         let handle = booting.handle();
         let events = booting.worker_events();
         let listener = tokio::spawn({
@@ -351,10 +478,12 @@ impl RunningBroker {
                 Err(join) => return Err(anyhow!("the broker crashed: {join}")),
             }
         }
-        tokio::time::timeout(CORE_STOP_TIMEOUT, self.log.close())
-            .await
-            .map_err(|_| anyhow!("the commit log did not close in time"))?
-            .context("close the commit log")?;
+        if let Some(log) = &self.log {
+            tokio::time::timeout(CORE_STOP_TIMEOUT, log.close())
+                .await
+                .map_err(|_| anyhow!("the commit log did not close in time"))?
+                .context("close the commit log")?;
+        }
         info!("broker stopped");
         Ok(())
     }

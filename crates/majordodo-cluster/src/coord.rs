@@ -383,6 +383,9 @@ impl Coordinator {
 pub struct Leadership {
     held: Arc<AtomicBool>,
     lost: watch::Receiver<Option<String>>,
+    coord: Coordinator,
+    path: Arc<str>,
+    watcher: Arc<tokio::task::AbortHandle>,
 }
 
 impl Leadership {
@@ -390,13 +393,37 @@ impl Leadership {
         let held = Arc::new(AtomicBool::new(true));
         let (tx, lost) = watch::channel(None);
         let flag = held.clone();
-        tokio::spawn(async move {
-            let reason = watch_leader_node(&coord, &path, &data).await;
+        let watched = coord.clone();
+        let node: Arc<str> = Arc::from(path.as_str());
+        let task = tokio::spawn(async move {
+            let reason = watch_leader_node(&watched, &path, &data).await;
             warn!(%reason, "leadership lost");
             flag.store(false, Ordering::SeqCst);
             let _ = tx.send(Some(reason));
         });
-        Leadership { held, lost }
+        Leadership {
+            held,
+            lost,
+            coord,
+            path: node,
+            watcher: Arc::new(task.abort_handle()),
+        }
+    }
+
+    /// Gives the leadership up: stops watching and deletes the leader znode if it is still
+    /// this session's, so another broker (or this one, standing again) is elected.
+    pub async fn resign(&self) {
+        self.watcher.abort();
+        self.held.store(false, Ordering::SeqCst);
+        let zk = self.coord.client();
+        if let Ok((_, stat)) = zk.get_data(&self.path).await
+            && stat.ephemeral_owner == zk.session_id().0
+        {
+            match zk.delete(&self.path, Some(stat.version)).await {
+                Ok(()) => info!(path = %self.path, "resigned the leadership"),
+                Err(e) => debug!(error = %e, "could not delete the leader znode"),
+            }
+        }
     }
 
     /// Whether this broker still leads, as far as it knows.

@@ -776,6 +776,55 @@ impl SnapshotStore {
         SnapshotReader::new(FileReader::new(file, 0), len, &name)
     }
 
+    /// The file of the snapshot taken at `lsn` (which may not exist).
+    pub fn path_of(&self, lsn: Lsn) -> PathBuf {
+        self.dir.join(snapshot_file_name(lsn))
+    }
+
+    /// Adopts a snapshot file received from elsewhere (another broker): `received` must be a
+    /// file in this store's directory, written through the same file system, whose name is not
+    /// a snapshot's. It is validated (header, length, body checksum), fsynced, renamed to its
+    /// snapshot name, and the directory is fsynced; older snapshots are then pruned.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Corrupt`] if it does not validate (it is left in place for the caller
+    /// to delete); [`SnapshotError::Io`].
+    pub fn import(&self, received: &Path) -> Result<SnapshotInfo, SnapshotError> {
+        let name = received.display().to_string();
+        let file = self
+            .fs
+            .open_read(received)
+            .map_err(io_err(format!("open snapshot {name}")))?;
+        let len = file
+            .size()
+            .map_err(io_err(format!("stat snapshot {name}")))?;
+        let reader = SnapshotReader::new(FileReader::new(file, 0), len, &name)?;
+        let (lsn, uncompressed_len) = (reader.lsn(), reader.len());
+        drop(reader);
+        let file = self
+            .fs
+            .open_write(received)
+            .map_err(io_err(format!("open snapshot {name}")))?;
+        file.sync_all()
+            .map_err(io_err(format!("fsync snapshot {name}")))?;
+        drop(file);
+        let path = self.path_of(lsn);
+        self.fs
+            .rename(received, &path)
+            .map_err(io_err(format!("rename {name} to {}", path.display())))?;
+        sync_dir(&*self.fs, &self.dir)?;
+        info!(file = %path.display(), lsn = lsn.0, "imported snapshot");
+        if let Err(e) = self.prune() {
+            warn!(error = %e, "could not delete old snapshots");
+        }
+        Ok(SnapshotInfo {
+            lsn,
+            path,
+            uncompressed_len,
+            file_len: len,
+        })
+    }
+
     /// Deletes all but the newest [`SNAPSHOTS_RETAINED`] snapshots.
     fn prune(&self) -> Result<(), SnapshotError> {
         let lsns = self.list()?;

@@ -190,3 +190,33 @@ proptest! {
         prop_assert_eq!(loaded.data, b"valid".to_vec());
     }
 }
+
+// Goal: a snapshot file received from another store is adopted under its own name once it
+// validates; a damaged one is refused and nothing is adopted.
+#[test]
+fn a_received_snapshot_is_validated_then_adopted() {
+    let from = tempfile::tempdir().expect("temp dir");
+    let source = SnapshotStore::open(from.path()).expect("open");
+    let bytes = data(9, 50_000);
+    let info = source.write(Lsn(77), &bytes).expect("write");
+    assert_eq!(source.path_of(Lsn(77)), info.path);
+    let to = tempfile::tempdir().expect("temp dir");
+    let store = SnapshotStore::open(to.path()).expect("open");
+
+    let damaged = to.path().join("received.tmp");
+    let mut raw = fs::read(&info.path).expect("read");
+    let last = raw.len() - 1;
+    raw[last] ^= 1;
+    fs::write(&damaged, &raw).expect("write");
+    assert!(store.import(&damaged).is_err(), "a damaged file is refused");
+    assert_eq!(store.load_latest().expect("load"), None);
+
+    let received = to.path().join("received2.tmp");
+    fs::copy(&info.path, &received).expect("copy");
+    let adopted = store.import(&received).expect("import");
+    assert_eq!(adopted.lsn, Lsn(77));
+    assert!(!received.exists(), "renamed into place");
+    let loaded = store.load_latest().expect("load").expect("a snapshot");
+    assert_eq!(loaded.lsn, Lsn(77));
+    assert!(loaded.data == bytes);
+}

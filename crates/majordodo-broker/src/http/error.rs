@@ -77,6 +77,14 @@ impl ApiError {
             ApiError::Broker(BrokerError::OutcomeUnknown(_) | BrokerError::Snapshot(_)) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
+            // The original answered these as 200 with `ok: false`, and its Java client retries
+            // (against the leader it discovers again) only that shape.
+            ApiError::Broker(
+                BrokerError::NotLeader(_)
+                | BrokerError::Recovering
+                | BrokerError::Stopped
+                | BrokerError::Unavailable(_),
+            ) => StatusCode::OK,
             ApiError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
         }
@@ -106,11 +114,16 @@ impl ApiError {
             ApiError::Broker(e) => broker_error_body(e),
             ApiError::Internal(_) => ("internal error".to_owned(), None, false),
         };
+        let leader = match self {
+            ApiError::Broker(BrokerError::NotLeader(leader)) => leader.clone(),
+            _ => None,
+        };
         ErrorBody {
             ok: false,
             error,
             field,
             retryable,
+            leader,
         }
     }
 }
@@ -120,7 +133,7 @@ impl ApiError {
 /// nothing of the request was done are retryable.
 fn broker_error_body(e: &BrokerError) -> (String, Option<String>, bool) {
     let (text, retryable) = match e {
-        BrokerError::NotLeader => ("broker_not_leader: this broker is not the leader", true),
+        BrokerError::NotLeader(_) => ("broker_not_leader: this broker is not the leader", true),
         BrokerError::Recovering => ("recovery_in_progress: the broker is recovering", true),
         BrokerError::Stopped => ("broker_not_started: the broker is not running", true),
         BrokerError::Unavailable(_) => (
@@ -199,23 +212,31 @@ mod tests {
     }
 
     #[tokio::test]
-    async fn broker_conditions_map_to_503_with_the_original_words_and_nothing_internal() {
-        // Goal: each BrokerError in which nothing happened is a retryable 503 with its word and
-        // no internal detail; a log failure during the write is a non-retryable
-        // `outcome_unknown`.
+    async fn broker_conditions_answer_the_original_retryable_shape_and_nothing_internal() {
+        // Goal: each BrokerError in which nothing happened is retryable with its word and no
+        // internal detail: the three the original's Java client retries are 200 with
+        // `ok: false` (the only shape it retries), overload is a 503 with Retry-After; a log
+        // failure during the write is a non-retryable `outcome_unknown`; not-leader names the
+        // leader.
+        let ok = StatusCode::OK;
         let cases = [
-            (BrokerError::NotLeader, "broker_not_leader"),
-            (BrokerError::Recovering, "recovery_in_progress"),
-            (BrokerError::Stopped, "broker_not_started"),
+            (BrokerError::NotLeader(None), "broker_not_leader", ok),
+            (BrokerError::Recovering, "recovery_in_progress", ok),
+            (BrokerError::Stopped, "broker_not_started", ok),
             (
                 BrokerError::Unavailable("disk /dev/sda1 on fire".into()),
                 "broker_not_started",
+                ok,
             ),
-            (BrokerError::Overloaded("queue full"), "broker_overloaded"),
+            (
+                BrokerError::Overloaded("queue full"),
+                "broker_overloaded",
+                StatusCode::SERVICE_UNAVAILABLE,
+            ),
         ];
-        for (e, word) in cases {
+        for (e, word, want) in cases {
             let (status, headers, body) = answer(ApiError::Broker(e.clone())).await;
-            assert_eq!(status, StatusCode::SERVICE_UNAVAILABLE, "{e:?}");
+            assert_eq!(status, want, "{e:?}");
             let text = body["error"].as_str().unwrap();
             assert!(text.starts_with(word), "{e:?}: {text}");
             assert!(
@@ -229,6 +250,11 @@ mod tests {
                 matches!(e, BrokerError::Overloaded(_))
             );
         }
+        let (_, _, body) = answer(ApiError::Broker(BrokerError::NotLeader(Some(
+            "http://b2:7364/majordodo".into(),
+        ))))
+        .await;
+        assert_eq!(body["leader"], serde_json::json!("http://b2:7364/majordodo"));
         let (status, _, body) = answer(ApiError::Broker(BrokerError::OutcomeUnknown(
             "write /dev/sda1".into(),
         )))
@@ -256,7 +282,7 @@ mod tests {
     async fn every_error_code_is_produced_by_some_broker_error() {
         // Goal: ERROR_CODES lists exactly the codes the broker errors produce.
         let produced: std::collections::BTreeSet<String> = [
-            BrokerError::NotLeader,
+            BrokerError::NotLeader(None),
             BrokerError::Recovering,
             BrokerError::Stopped,
             BrokerError::Unavailable(String::new()),

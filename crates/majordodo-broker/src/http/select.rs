@@ -281,8 +281,8 @@ pub(crate) fn status_info(v: &View<'_>) -> BrokerStatusInfo {
     let s = v.state;
     BrokerStatusInfo {
         cluster_mode: v.role.as_str().to_owned(),
-        // This log has no ledgers; the position is the sequence number.
-        current_ledger_id: 0,
+        // The newest listed ledger in a cluster; a file log has none.
+        current_ledger_id: v.cluster.and_then(|c| c.current_ledger).unwrap_or(0),
         current_sequence_number: i64::try_from(s.last_lsn()).unwrap_or(i64::MAX),
         tasks: s.task_count() as u64,
         pending_tasks: 0,
@@ -291,6 +291,32 @@ pub(crate) fn status_info(v: &View<'_>) -> BrokerStatusInfo {
         running_tasks: s.count(TaskStatus::Running),
         error_tasks: s.count(TaskStatus::Error),
         finished_tasks: s.count(TaskStatus::Finished),
+    }
+}
+
+/// The cluster as this broker knows it: each live broker's position and its lag behind the
+/// leader's published position.
+pub(crate) fn cluster_status(
+    c: &crate::handle::ClusterView,
+) -> majordodo_proto::http::ClusterStatus {
+    let leader_lsn = c
+        .brokers
+        .iter()
+        .find(|(id, _, _)| Some(id) == c.leader_id.as_ref())
+        .and_then(|(_, _, lsn)| *lsn);
+    majordodo_proto::http::ClusterStatus {
+        leader_id: c.leader_id.clone(),
+        brokers: c
+            .brokers
+            .iter()
+            .map(|(id, url, lsn)| majordodo_proto::http::ClusterBroker {
+                broker_id: id.clone(),
+                api_url: url.clone(),
+                leader: Some(id) == c.leader_id.as_ref(),
+                applied_lsn: *lsn,
+                lag: leader_lsn.zip(*lsn).map(|(l, f)| l.saturating_sub(f)),
+            })
+            .collect(),
     }
 }
 

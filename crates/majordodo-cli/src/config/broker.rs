@@ -30,6 +30,10 @@ pub(crate) const DEFAULT_WORKER_LISTEN: &str = "127.0.0.1:7363";
 /// Default data directory, relative to the configuration file (or the working directory).
 pub(crate) const DEFAULT_DATA_DIR: &str = "majordodo-data";
 
+/// In a replicated broker, the default of `http.max_body_size` and `workers.max_frame_size`: a
+/// task filling a request, or a result filling a frame, must fit one BookKeeper entry.
+pub(crate) const CLUSTER_MAX_MESSAGE_SIZE: u64 = 4 * 1024 * 1024;
+
 /// Default `log.max_record_size`: the file log's default record limit plus room for the
 /// framing of a request or a frame at their 16 MiB defaults, so the defaults pass the check
 /// in [`least_record_size`].
@@ -68,6 +72,8 @@ pub(crate) struct BrokerFile {
     pub(crate) tasks: TasksFile,
     /// `[tuning]`.
     pub(crate) tuning: TuningFile,
+    /// `[cluster]`.
+    pub(crate) cluster: super::cluster::ClusterFile,
 }
 
 /// `[workers]`: the port workers connect to, and how they are watched.
@@ -211,6 +217,8 @@ pub(crate) struct BrokerSettings {
     pub(crate) broker: BrokerConfig,
     /// The commit log's settings.
     pub(crate) log: FileLogConfig,
+    /// Replication through ZooKeeper and BookKeeper, when `[cluster] zk` is set.
+    pub(crate) cluster: Option<super::cluster::ClusterConfig>,
 }
 
 impl BrokerFile {
@@ -228,6 +236,35 @@ impl BrokerFile {
     /// # Errors
     /// [`ConfigError::Invalid`] naming the first key that is wrong.
     pub(crate) fn validate(&self, origin: &Origin) -> Result<BrokerSettings, ConfigError> {
+        let clustered = self
+            .cluster
+            .zk
+            .as_deref()
+            .is_some_and(|z| !z.trim().is_empty());
+        if clustered {
+            // A replicated log's records are BookKeeper entries (about 5 MiB): the defaults of
+            // what a request and a frame may carry shrink to fit, unless set by hand.
+            let mut file = self.clone();
+            let http_default = crate::http_config::HttpFile::default().max_body_size;
+            if file.http.max_body_size == http_default {
+                file.http.max_body_size = ByteSize(CLUSTER_MAX_MESSAGE_SIZE);
+            }
+            if file.workers.max_frame_size == WorkersFile::default().max_frame_size {
+                file.workers.max_frame_size = ByteSize(CLUSTER_MAX_MESSAGE_SIZE);
+            }
+            if file.log.max_record_size == LogFile::default().max_record_size {
+                file.log.max_record_size =
+                    ByteSize(majordodo_cluster::BkLogConfig::new(1, 1, 1).max_record_size() as u64);
+            }
+            file.cluster.zk = None;
+            let mut settings = file.validate(origin)?;
+            settings.cluster = self.cluster.validate(
+                origin,
+                &settings.broker.broker_id,
+                settings.log.max_record_size,
+            )?;
+            return Ok(settings);
+        }
         let invalid = |key: &str, problem: String| ConfigError::invalid(origin, key, problem);
         let broker_id = match &self.broker_id {
             Some(id) if id.trim().is_empty() => {
@@ -381,6 +418,7 @@ impl BrokerFile {
             listener,
             broker,
             log,
+            cluster: None,
         })
     }
 }
@@ -409,6 +447,7 @@ pub(crate) fn default_file() -> String {
     let t = TasksFile::default();
     let u = TuningFile::default();
     let http = crate::http_config::default_section();
+    let cluster = super::cluster::default_section();
     format!(
         r#"# Configuration of `majordodo broker`. Every key is optional unless marked REQUIRED; the
 # values shown are the defaults. Durations are strings with units (ms, s, m, h, d: "1h30m");
@@ -481,7 +520,8 @@ max_assignments_per_round = {max_assignments_per_round}
 max_timer_changes_per_round = {max_timer_changes_per_round}
 # Period of the empty log entry proving the log is writable when nothing else happens.
 noop_interval = "{noop_interval}"
-"#,
+
+{cluster}"#,
         data_dir = DEFAULT_DATA_DIR,
         worker_listen = w.listen,
         max_connections = w.max_connections,

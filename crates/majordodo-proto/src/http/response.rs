@@ -221,6 +221,40 @@ pub struct StatusView {
     /// Delayed tasks (missing in the original's answer).
     #[serde(default, deserialize_with = "lenient::u64")]
     pub delayedtasks: u64,
+    /// In a replicated cluster: the leader and every live broker with its position.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub cluster: Option<ClusterStatus>,
+}
+
+/// What a broker of a replicated cluster knows of it (in the `status` view).
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterStatus {
+    /// The leader's broker id, when known.
+    #[serde(default, rename = "leaderId")]
+    pub leader_id: Option<String>,
+    /// Every live broker, as it last published itself.
+    #[serde(default)]
+    pub brokers: Vec<ClusterBroker>,
+}
+
+/// One live broker of a cluster.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterBroker {
+    /// Its id.
+    #[serde(rename = "brokerId")]
+    pub broker_id: String,
+    /// Its HTTP API.
+    #[serde(default, rename = "apiUrl")]
+    pub api_url: String,
+    /// Whether it leads.
+    #[serde(default)]
+    pub leader: bool,
+    /// The last log position it applied (published about once a second).
+    #[serde(default, rename = "appliedLsn")]
+    pub applied_lsn: Option<u64>,
+    /// Positions it is behind the leader, as published.
+    #[serde(default)]
+    pub lag: Option<u64>,
 }
 
 /// The `overview` view.
@@ -338,6 +372,9 @@ pub struct ErrorBody {
         deserialize_with = "lenient::bool"
     )]
     pub retryable: bool,
+    /// With `broker_not_leader`: the leader's API URL, when this broker knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
 }
 
 fn task_or_empty<S: Serializer>(task: &Option<TaskInfo>, s: S) -> Result<S::Ok, S::Error> {
