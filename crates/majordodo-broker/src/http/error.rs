@@ -254,7 +254,10 @@ mod tests {
             "http://b2:7364/majordodo".into(),
         ))))
         .await;
-        assert_eq!(body["leader"], serde_json::json!("http://b2:7364/majordodo"));
+        assert_eq!(
+            body["leader"],
+            serde_json::json!("http://b2:7364/majordodo")
+        );
         let (status, _, body) = answer(ApiError::Broker(BrokerError::OutcomeUnknown(
             "write /dev/sda1".into(),
         )))
