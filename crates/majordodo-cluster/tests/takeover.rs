@@ -8,16 +8,27 @@ use majordodo_log::{CommitLog, LogError, Lsn};
 use majordodo_testkit::BkCluster;
 
 async fn open(cluster: &BkCluster) -> BookKeeperLog {
+    open_with(cluster, "/majordodo", |_| {}).await
+}
+
+async fn open_with(
+    cluster: &BkCluster,
+    base: &str,
+    tune: impl FnOnce(&mut BkLogConfig),
+) -> BookKeeperLog {
     let bk = BookKeeper::connect(
         ClientConfig::new(cluster.zk_connect_string()).with_ledgers_root(cluster.ledgers_root()),
     )
     .await
     .expect("connect to BookKeeper");
-    let coord = Coordinator::connect(&CoordConfig::new(cluster.zk_connect_string()))
+    let mut c = CoordConfig::new(cluster.zk_connect_string());
+    c.base_path = base.to_owned();
+    let coord = Coordinator::connect(&c)
         .await
         .expect("connect to ZooKeeper");
     let mut config = BkLogConfig::new(3, 2, 2);
     config.password = b"takeover".to_vec();
+    tune(&mut config);
     BookKeeperLog::open(bk, coord, config)
         .await
         .expect("take the log over")
@@ -54,4 +65,82 @@ async fn a_new_log_fences_the_old_writer_and_keeps_what_it_acknowledged() {
         .expect("the new log appends");
     assert_eq!(next.first, Lsn(51));
     new.close().await.expect("close");
+}
+
+async fn listed(cluster: &BkCluster, base: &str) -> Vec<i64> {
+    let mut c = CoordConfig::new(cluster.zk_connect_string());
+    c.base_path = base.to_owned();
+    Coordinator::connect(&c)
+        .await
+        .expect("connect to ZooKeeper")
+        .ledgers()
+        .await
+        .expect("read the ledger list")
+        .info
+        .active_ledgers
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn ledgers_are_dropped_only_when_covered_and_past_retention() {
+    // Goal: release_before drops no ledger younger than the retention period, and with no
+    // retention drops only ledgers whose every record is covered, never the one being written;
+    // a replay from before the dropped ledgers then fails with Released instead of skipping.
+    let cluster = BkCluster::start(3).await.expect("start a 3-bookie cluster");
+    let roll = |c: &mut BkLogConfig| c.roll_size = 256;
+    let kept = open_with(&cluster, "/retained", |c| {
+        roll(c);
+        c.retention = std::time::Duration::from_secs(3600);
+    })
+    .await;
+    for i in 0..30u32 {
+        kept.append(vec![Bytes::from(format!("record {i:04} padding padding"))])
+            .await
+            .expect("append");
+    }
+    let before = listed(&cluster, "/retained").await;
+    assert!(before.len() > 3, "small ledgers rolled: {before:?}");
+    kept.release_before(Lsn(30)).await.expect("release");
+    assert_eq!(
+        listed(&cluster, "/retained").await,
+        before,
+        "nothing younger than an hour goes"
+    );
+    kept.close().await.expect("close");
+
+    let dropped = open_with(&cluster, "/dropped", |c| {
+        roll(c);
+        c.retention = std::time::Duration::ZERO;
+    })
+    .await;
+    for i in 0..30u32 {
+        dropped
+            .append(vec![Bytes::from(format!("record {i:04} padding padding"))])
+            .await
+            .expect("append");
+    }
+    let before = listed(&cluster, "/dropped").await;
+    dropped.release_before(Lsn(15)).await.expect("release");
+    let after = listed(&cluster, "/dropped").await;
+    assert!(after.len() < before.len(), "covered ledgers were dropped");
+    assert_eq!(
+        after.last(),
+        before.last(),
+        "the ledger being written stays"
+    );
+    let mut seen = Vec::new();
+    let mut collect = |lsn: Lsn, _: Bytes| -> Result<(), String> {
+        seen.push(lsn.0);
+        Ok(())
+    };
+    dropped
+        .replay(Lsn(15), &mut collect)
+        .await
+        .expect("a replay after the released position works");
+    assert_eq!(seen, (16..=30).collect::<Vec<u64>>());
+    let mut ignore = |_: Lsn, _: Bytes| -> Result<(), String> { Ok(()) };
+    assert!(matches!(
+        dropped.replay(Lsn::ZERO, &mut ignore).await,
+        Err(LogError::Released { .. })
+    ));
+    dropped.close().await.expect("close");
 }
