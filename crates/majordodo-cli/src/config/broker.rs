@@ -363,6 +363,7 @@ impl BrokerFile {
                 )?,
                 max_assignments_per_round: t.max_assignments_per_round,
                 max_timer_changes_per_round: t.max_timer_changes_per_round,
+                ..LeaderConfig::default()
             },
             dispatcher: DispatcherConfig {
                 max_inputs_per_round: t.max_inputs_per_round,
