@@ -404,7 +404,7 @@ fn submit_request(t: TaskSubmission) -> SubmitRequest {
         slot: t.slot,
         codepool: t.codepool,
         mode: t.mode,
-        idempotency_key: None,
+        idempotency_key: t.idempotency_key,
     }
 }
 

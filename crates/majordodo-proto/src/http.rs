@@ -53,6 +53,10 @@ pub const MAX_TASK_ID: u64 = i64::MAX as u64;
 /// the log's record limit instead.
 pub const MAX_NAME_BYTES: usize = 1_024;
 
+/// Longest accepted `idempotencyKey`, in bytes (the log reserves room for it in every task's
+/// record).
+pub use crate::record::MAX_IDEMPOTENCY_KEY_BYTES;
+
 /// Most tasks in one `submitTasks` request. One request becomes one batch in the broker's log;
 /// ten thousand tasks keep that batch (and the answer) a few megabytes at most.
 pub const MAX_BATCH_TASKS: usize = 10_000;
