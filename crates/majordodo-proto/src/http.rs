@@ -19,8 +19,9 @@ mod tests;
 
 pub use request::{ActionRequest, TaskSubmission, parse_action};
 pub use response::{
-    BrokerStatusInfo, ErrorBody, OverviewView, StatusView, SubmitResult, SubmitTaskResponse,
-    SubmitTasksResponse, TaskInfo, TaskView, TasksOverviewView, TasksView, WorkerInfo, WorkersView,
+    BrokerStatusInfo, ErrorBody, LeaderHint, OverviewView, StatusView, SubmitResult,
+    SubmitTaskResponse, SubmitTasksResponse, TaskInfo, TaskView, TasksOverviewView, TasksView,
+    WorkerInfo, WorkersView,
 };
 pub use view::{StatusFilter, TasksOverviewQuery, TasksQuery, ViewRequest, parse_view};
 

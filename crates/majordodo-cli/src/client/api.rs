@@ -124,8 +124,8 @@ impl Api {
         })
     }
 
-    /// The API's URL.
-    pub(crate) fn url(&self) -> &str {
+    /// The API's URL (with ZooKeeper discovery: the leader's, once found).
+    pub(crate) fn url(&self) -> String {
         self.client.url()
     }
 

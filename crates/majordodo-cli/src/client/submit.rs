@@ -133,7 +133,7 @@ async fn submit_one(api: &Api, args: &SubmitArgs) -> anyhow::Result<()> {
         .client
         .submit(&task)
         .await
-        .map_err(|e| explain(e, "submit the task", api.url()))?;
+        .map_err(|e| explain(e, "submit the task", &api.url()))?;
     match answer {
         Submitted::Created(id) => {
             if args.json {

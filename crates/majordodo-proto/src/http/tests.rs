@@ -488,3 +488,22 @@ fn answers_read_leniently_like_the_original_s() {
     };
     assert_eq!(serde_json::to_value(&none).unwrap()["task"], json!({}));
 }
+
+#[test]
+fn a_leader_hint_is_read_from_any_error_body() {
+    // Goal: the `leader` URL is found in an error body that has it, and its absence, a wrong
+    // type or a body that is not JSON give none.
+    let body = br#"{"ok":false,"error":"broker_not_leader","retryable":true,"leader":"http://b:7364/majordodo"}"#;
+    assert_eq!(
+        LeaderHint::of_body(body).as_deref(),
+        Some("http://b:7364/majordodo")
+    );
+    for body in [
+        &br#"{"ok":false,"error":"broker_not_leader"}"#[..],
+        br#"{"ok":false,"leader":7}"#,
+        br#"{"leader":""}"#,
+        b"<html>",
+    ] {
+        assert_eq!(LeaderHint::of_body(body), None);
+    }
+}
