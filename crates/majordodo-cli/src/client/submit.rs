@@ -4,6 +4,10 @@
 //! (`majordodo_proto::http::parse_action`), so a bad field is reported with its name (and line)
 //! before anything is sent. With `--jsonl`, the whole input is checked first: one bad line and
 //! nothing is submitted.
+//!
+//! Every task carries an idempotency key (`--idempotency-key`, a line's `idempotencyKey`, else a
+//! fresh one from the client), and the client retries what the broker did not carry out for
+//! `--retry-for` with the same keys, so a retry never creates a task twice.
 
 use std::io::{IsTerminal, Read};
 use std::path::Path;
@@ -72,6 +76,9 @@ fn flag_fields(args: &SubmitArgs, api: &Api) -> Map<String, Value> {
     }
     if let Some(slot) = &args.slot {
         m.insert("slot".into(), slot.clone().into());
+    }
+    if let Some(key) = &args.idempotency_key {
+        m.insert("idempotencyKey".into(), key.clone().into());
     }
     m
 }
