@@ -453,6 +453,7 @@ fn submit_request(t: TaskSubmission) -> SubmitRequest {
         slot: t.slot,
         codepool: t.codepool,
         mode: t.mode,
+        idempotency_key: t.idempotency_key,
     }
 }
 

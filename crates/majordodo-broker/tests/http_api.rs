@@ -361,6 +361,53 @@ async fn busy_slot_answers_task_id_zero_with_the_outcome_in_result_and_outcome()
 }
 
 #[tokio::test]
+async fn a_resubmission_with_the_same_idempotency_key_answers_the_first_task() {
+    // Goal: submitTask and submitTasks with an idempotencyKey create one task per key and user:
+    // the same key again (alone, or twice in one batch) answers the first task's id and writes
+    // nothing, while another user's identical key is another task.
+    let h = Harness::start().await;
+    let keyed = |user: &str, key: &str| {
+        let mut b = java_submit(user, "t", "x");
+        b["idempotencyKey"] = json!(key);
+        b
+    };
+    let (s, b) = h.post_json(keyed("alice", "order-7"), &alice()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let first = java_long(&b["taskId"]);
+    assert!(first > 0);
+    let mark = h.state_mark().await;
+    let (s, b) = h.post_json(keyed("alice", "order-7"), &alice()).await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(java_long(&b["taskId"]), first);
+    assert_eq!(b["result"], Value::Null);
+    assert_eq!(h.state_mark().await, mark, "a known key writes nothing");
+    let (_, b) = h.post_json(keyed("bob", "order-7"), &bob()).await;
+    assert_ne!(java_long(&b["taskId"]), first, "keys are per user");
+
+    let task = |key: &str| json!({"userid": "alice", "tasktype": "t", "idempotencyKey": key});
+    let (s, b) = h
+        .post_json(
+            json!({"action": "submitTasks", "tasks": [
+                task("order-7"), task("order-8"), task("order-8"),
+                {"userid": "alice", "tasktype": "t"}]}),
+            &alice(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let ids: Vec<i64> = b["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| java_long(&r["taskId"]))
+        .collect();
+    assert_eq!(ids[0], first, "known key in a batch");
+    assert_eq!(ids[1], ids[2], "one key twice in one batch is one task");
+    assert!(ids[1] > first && ids[3] > ids[1]);
+    h.wait_until("four tasks", |s| s.task_count() == 4).await;
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn java_shaped_submit_tasks_reads_every_field_per_task() {
     // Goal: a submitTasks batch as the Java client sends it is one request answered per task in
     // order, and requestedStartTime, codePoolId and mode are read from each task (the original
@@ -878,6 +925,21 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
             "slot too long",
             json_body(with("slot", json!("s".repeat(2_000)))),
             "slot",
+        ),
+        (
+            "empty idempotency key",
+            json_body(with("idempotencyKey", json!(""))),
+            "idempotencyKey",
+        ),
+        (
+            "idempotency key too long",
+            json_body(with("idempotencyKey", json!("k".repeat(1_025)))),
+            "idempotencyKey",
+        ),
+        (
+            "idempotency key not a string",
+            json_body(with("idempotencyKey", json!(["k"]))),
+            "idempotencyKey",
         ),
         (
             "unknown field",

@@ -15,6 +15,9 @@ pub(crate) const DEFAULT_HTTP_PORT: u16 = 7364;
 /// Default worker port of `standalone` (the original's).
 pub(crate) const DEFAULT_WORKER_PORT: u16 = 7363;
 
+/// Default base path of a cluster's znodes (the original's).
+pub(crate) const DEFAULT_ZK_PATH: &str = majordodo_client::DEFAULT_ZK_BASE_PATH;
+
 /// Majordodo: a distributed resource manager that runs tasks on workers.
 ///
 /// Try it: `majordodo standalone` starts a broker and a worker in one process, then
@@ -192,8 +195,15 @@ pub(crate) struct WorkerArgs {
     #[arg(long)]
     pub(crate) print_default_config: bool,
     /// The broker's worker port (overrides broker).
-    #[arg(long, value_name = "HOST:PORT")]
+    #[arg(long, value_name = "HOST:PORT", conflicts_with = "zk")]
     pub(crate) broker: Option<String>,
+    /// Find the leader through this ZooKeeper ensemble (host:port,...) instead of a fixed
+    /// broker, before every connection attempt (overrides zk).
+    #[arg(long, value_name = "CONNECT")]
+    pub(crate) zk: Option<String>,
+    /// Base path of the cluster's znodes in ZooKeeper (overrides zk_path).
+    #[arg(long, value_name = "PATH")]
+    pub(crate) zk_path: Option<String>,
     /// Name of this worker (overrides worker_id).
     #[arg(long, value_name = "NAME")]
     pub(crate) worker_id: Option<String>,
@@ -215,9 +225,22 @@ pub(crate) struct WorkerArgs {
 /// How client commands reach and authenticate to the broker.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ClientArgs {
-    /// URL of the broker's HTTP API.
-    #[arg(long, env = "MAJORDODO_URL", default_value = DEFAULT_URL)]
-    pub(crate) url: String,
+    /// URL of the broker's HTTP API. Default: http://127.0.0.1:7364/majordodo, unless --zk is
+    /// given.
+    #[arg(long, env = "MAJORDODO_URL")]
+    pub(crate) url: Option<String>,
+    /// Find the leader's API through this ZooKeeper ensemble (host:port,...) instead of --url:
+    /// the URL the leader publishes in <zk-path>/leader, read again after a failure.
+    #[arg(long, value_name = "CONNECT", env = "MAJORDODO_ZK")]
+    pub(crate) zk: Option<String>,
+    /// Base path of the cluster's znodes in ZooKeeper, with --zk.
+    #[arg(long, value_name = "PATH", env = "MAJORDODO_ZK_PATH", default_value = DEFAULT_ZK_PATH)]
+    pub(crate) zk_path: String,
+    /// How long to keep retrying a request the broker could not serve (not the leader,
+    /// recovering, stopping, overloaded, unreachable); 0 never retries. Submissions carry
+    /// idempotency keys, so a retry never creates a task twice.
+    #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
+    pub(crate) retry_for: std::time::Duration,
     /// Bearer token. Default: $MAJORDODO_TOKEN, else <data-dir>/admin.token.
     #[arg(long, env = "MAJORDODO_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,
@@ -280,10 +303,16 @@ pub(crate) struct SubmitArgs {
     /// Slot: at most one task holding a slot exists at a time; a second one is not created.
     #[arg(long, value_name = "NAME")]
     pub(crate) slot: Option<String>,
+    /// Idempotency key of this task. Default: a fresh random one. Running the command again
+    /// with the same key (within the broker's tasks.idempotency_window) answers the task the
+    /// first run created instead of creating another.
+    #[arg(long, value_name = "KEY", conflicts_with = "jsonl")]
+    pub(crate) idempotency_key: Option<String>,
     /// Submit many tasks from a JSON Lines file ('-' for stdin): one task object per line
     /// with the HTTP API's field names (tasktype, userid, data, maxattempts,
-    /// requestedStartTime, deadline, slot, codePoolId, mode). Flags give defaults for missing
-    /// fields. Every line is checked before anything is sent.
+    /// requestedStartTime, deadline, slot, codePoolId, mode, idempotencyKey). Flags give
+    /// defaults for missing fields. Every line is checked before anything is sent; a line
+    /// without idempotencyKey gets a fresh one.
     #[arg(long, value_name = "FILE")]
     pub(crate) jsonl: Option<PathBuf>,
     /// Tasks per request with --jsonl.

@@ -31,7 +31,7 @@ pub(crate) async fn task(args: TaskArgs) -> anyhow::Result<()> {
         .client
         .task(args.id)
         .await
-        .map_err(|e| explain(e, "read the task", api.url()))?;
+        .map_err(|e| explain(e, "read the task", &api.url()))?;
     let Some(task) = task else {
         return Err(anyhow!("task {} not found (or already purged)", args.id));
     };
@@ -136,7 +136,7 @@ pub(crate) async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
         .client
         .list_tasks(&query, limits)
         .await
-        .map_err(|e| explain(e, "list the tasks", api.url()))?;
+        .map_err(|e| explain(e, "list the tasks", &api.url()))?;
     if args.json {
         print_json(&list.tasks)?;
     } else if !list.tasks.is_empty() {
@@ -192,7 +192,7 @@ pub(crate) async fn status(args: SimpleViewArgs) -> anyhow::Result<()> {
         .client
         .overview()
         .await
-        .map_err(|e| explain(e, "read the status", api.url()))?;
+        .map_err(|e| explain(e, "read the status", &api.url()))?;
     if args.json {
         return print_json(&view.status);
     }
@@ -203,7 +203,7 @@ pub(crate) async fn status(args: SimpleViewArgs) -> anyhow::Result<()> {
         .count();
     print!(
         "{}",
-        output::status_details(api.url(), &view.status, Some(connected))
+        output::status_details(&api.url(), &view.status, Some(connected))
     );
     Ok(())
 }
@@ -215,7 +215,7 @@ pub(crate) async fn workers(args: SimpleViewArgs) -> anyhow::Result<()> {
         .client
         .workers()
         .await
-        .map_err(|e| explain(e, "list the workers", api.url()))?;
+        .map_err(|e| explain(e, "list the workers", &api.url()))?;
     if args.json {
         return print_json(&workers);
     }

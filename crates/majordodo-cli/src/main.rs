@@ -23,6 +23,7 @@ mod signal;
 mod standalone;
 mod units;
 mod worker;
+mod zk;
 
 use std::process::ExitCode;
 

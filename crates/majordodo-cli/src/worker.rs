@@ -32,6 +32,13 @@ fn load(args: &WorkerArgs) -> anyhow::Result<WorkerSettings> {
     };
     if let Some(broker) = &args.broker {
         file.broker = broker.clone();
+        file.zk = None;
+    }
+    if let Some(zk) = &args.zk {
+        file.zk = Some(zk.clone());
+    }
+    if let Some(path) = &args.zk_path {
+        file.zk_path = path.clone();
     }
     if let Some(id) = &args.worker_id {
         file.worker_id = Some(id.clone());
@@ -70,8 +77,12 @@ pub(crate) fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
 fn print_start(settings: &WorkerSettings) {
     let c = &settings.config;
     println!(
-        "majordodo worker {} connecting to broker at {}",
-        c.worker_id, c.broker_addr
+        "majordodo worker {} connecting to {}",
+        c.worker_id,
+        match &c.broker_locator {
+            Some(_) => c.broker_description(),
+            None => format!("broker at {}", c.broker_addr),
+        }
     );
     let limits: Vec<String> = c
         .capacity

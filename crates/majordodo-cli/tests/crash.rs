@@ -173,6 +173,10 @@ fn broker_killed_mid_run_keeps_every_acknowledged_task_and_reconciles_running_on
                 "admin.token",
                 "--timeout",
                 "2s",
+                // One attempt each: this client records what was acknowledged, it does not
+                // wait for the broker to come back.
+                "--retry-for",
+                "0",
             ];
             for i in 0..2_000 {
                 if stop.load(Ordering::SeqCst) {

@@ -89,6 +89,10 @@ fn bad_worker_files_exit_2_naming_the_file_and_the_key() {
             format!("{ok_part}[executors.x]\nargv = \"sh\""),
             "`executors.x.argv`",
         ),
+        (
+            format!("{ok_part}zk = \"h:2181\"\nzk_path = \"rel\""),
+            "`zk_path`",
+        ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = write(d, &format!("worker{i}.toml"), text);
@@ -119,7 +123,7 @@ fn bad_command_line_input_exits_2_with_a_clear_message() {
     let d = dir.path();
     // Credentials and an address where nothing listens: nothing may be sent anyway.
     let client = "--token mdt_x --url http://127.0.0.1:9/majordodo";
-    let cases: [(String, &str); 9] = [
+    let cases: [(String, &str); 12] = [
         (format!("submit --data x {client}"), "--type is required"),
         (
             format!("submit --type t --deadline tomorrow {client}"),
@@ -147,6 +151,12 @@ fn bad_command_line_input_exits_2_with_a_clear_message() {
             "submit --type t --token mdt_x --url ftp://x".to_owned(),
             "only http://",
         ),
+        (
+            "status --token mdt_x --zk 127.0.0.1:9 --zk-path relative".to_owned(),
+            "--zk-path",
+        ),
+        (format!("status --zk 127.0.0.1:9 {client}"), "not both"),
+        (format!("status --retry-for soon {client}"), "--retry-for"),
     ];
     for (args, needle) in &cases {
         let args: Vec<&str> = args.split_whitespace().collect();

@@ -14,32 +14,52 @@
 //! ```
 //!
 //! Errors are a [`ClientError`]; [`ClientError::is_retryable`] tells whether the same request
-//! may succeed later (the broker is unavailable, not the request wrong). The client does not
-//! retry on its own: a submission whose answer was lost may have been carried out, and only the
-//! caller knows whether submitting again is harmless.
+//! may succeed later (the broker is unavailable, not the request wrong).
+//!
+//! **Retries.** The client retries on its own what cannot have happened twice ([`retry`]):
+//! `broker_not_leader`, `recovery_in_progress`, `broker_not_started`, `broker_overloaded`, and
+//! connection failures, with bounded exponential backoff ([`RetryPolicy`]), never
+//! `outcome_unknown` nor a 4xx. Every submitted task gets a fresh random idempotency key unless
+//! the caller set one ([`new_idempotency_key`]); a retried submission reuses the same keys, so
+//! a submission whose answer was lost, or that crossed a leader change, creates its tasks
+//! exactly once (within the broker's `tasks.idempotency_window`). After `outcome_unknown`, the
+//! caller may submit again with the same keys, safely.
+//!
+//! **Finding the leader.** A client of a fixed URL ([`Client::new`]) follows the `leader` URL a
+//! `broker_not_leader` answer may carry. A client built with [`Client::discover`] reads the
+//! leader's URL from ZooKeeper ([`ZkDiscovery`]) and reads it again after every failure.
 //!
 //! [`Client::tasks`] reads one answer of the `tasks` view, which the broker bounds by its scan
 //! budget; [`Client::list_tasks`] follows its paging until it has the tasks asked for, and says
 //! how the listing ended ([`ListEnd`]).
 
+pub mod discovery;
 mod list;
+pub mod retry;
 
 use std::fmt;
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use majordodo_proto::http::{
-    ActionRequest, ErrorBody, OverviewView, StatusView, SubmitResult, SubmitTaskResponse,
-    SubmitTasksResponse, TaskView, TasksOverviewView, TasksView, ViewRequest, WorkersView,
+    ActionRequest, ErrorBody, LeaderHint, OverviewView, StatusView, SubmitResult,
+    SubmitTaskResponse, SubmitTasksResponse, TaskView, TasksOverviewView, TasksView, ViewRequest,
+    WorkersView,
 };
+use rand::Rng;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
+use tokio::time::Instant;
+use tracing::{debug, warn};
 
+pub use discovery::{DEFAULT_ZK_BASE_PATH, DiscoveryError, ZkDiscovery};
 pub use list::{DEFAULT_LIST_MAX_REQUESTS, DEFAULT_LIST_MAX_TIME, ListEnd, ListLimits, TaskList};
 pub use majordodo_proto::http::{
     ADMIN_TOKEN_FILE, API_PATH, BrokerStatusInfo, StatusFilter, TaskInfo, TaskSubmission,
     TasksOverviewQuery, TasksQuery, WorkerInfo,
 };
+pub use retry::RetryPolicy;
 
 /// Default time for a whole request (connect, send, wait, read). Submissions are answered once
 /// durable, which takes milliseconds; a minute leaves room for a broker under heavy load.
@@ -176,6 +196,10 @@ pub enum ClientError {
     /// The answer is not what the API promises (a different service, a proxy's page).
     #[error("unexpected answer from the broker: {0}")]
     Decode(String),
+    /// The leader could not be found through ZooKeeper. Retryable when
+    /// [`DiscoveryError::is_retryable`] says so.
+    #[error("cannot find the leader: {0}")]
+    Discovery(#[from] DiscoveryError),
 }
 
 fn field_prefix(field: &Option<String>) -> String {
@@ -185,10 +209,22 @@ fn field_prefix(field: &Option<String>) -> String {
 impl ClientError {
     /// Whether the same request may succeed later.
     pub fn is_retryable(&self) -> bool {
-        matches!(
-            self,
-            ClientError::Unavailable(_) | ClientError::Transport(_)
-        ) || matches!(self, ClientError::Refused { status, .. } if *status == 408)
+        match self {
+            ClientError::Unavailable(_) | ClientError::Transport(_) => true,
+            ClientError::Refused { status, .. } => *status == 408,
+            ClientError::Discovery(e) => e.is_retryable(),
+            _ => false,
+        }
+    }
+
+    /// Whether retrying cannot carry out the request twice: the broker said it did nothing,
+    /// or the connection failed before the request was sent. A transport failure after that
+    /// is retryable ([`ClientError::is_retryable`]) but may have been carried out.
+    pub fn is_retryable_without_key(&self) -> bool {
+        match self {
+            ClientError::Transport(e) => e.is_connect(),
+            other => other.is_retryable(),
+        }
     }
 
     /// The request field the broker named, if any.
@@ -229,13 +265,30 @@ impl Submitted {
     }
 }
 
+/// A fresh random idempotency key (128 random bits in hex), as the client gives every task
+/// submitted without one. Keep it with the submission to send it again safely later.
+pub fn new_idempotency_key() -> String {
+    format!("{:032x}", rand::rng().random::<u128>())
+}
+
+/// Where requests go.
+#[derive(Clone, Debug)]
+enum Source {
+    /// A fixed URL (the API URL, or `http://host:port`).
+    Url(String),
+    /// The leader named in ZooKeeper.
+    ZooKeeper(Arc<ZkDiscovery>),
+}
+
 /// Settings of a [`Client`].
 #[derive(Clone, Debug)]
 pub struct ClientBuilder {
-    url: String,
+    source: Source,
     auth: Auth,
     timeout: Duration,
     connect_timeout: Duration,
+    retry: RetryPolicy,
+    idempotency_keys: bool,
 }
 
 impl ClientBuilder {
@@ -257,25 +310,157 @@ impl ClientBuilder {
         self
     }
 
+    /// How requests the broker could not serve are retried; default [`RetryPolicy::default`]
+    /// (at most a minute), [`RetryPolicy::none`] to never retry.
+    pub fn retry(mut self, policy: RetryPolicy) -> Self {
+        self.retry = policy;
+        self
+    }
+
+    /// Whether tasks submitted without an idempotency key get a fresh one (default true).
+    /// Without keys, a submission is not retried after a connection that failed once the
+    /// request was sent (it may have been carried out); turn keys off only for a broker that
+    /// does not know `idempotencyKey`.
+    pub fn idempotency_keys(mut self, on: bool) -> Self {
+        self.idempotency_keys = on;
+        self
+    }
+
     /// Builds the client.
     ///
     /// # Errors
     /// [`ClientError::InvalidUrl`] when the URL is not `http://host[:port][/majordodo]`.
     pub fn build(self) -> Result<Client, ClientError> {
-        let url = api_url(&self.url)?;
+        let fixed = match &self.source {
+            Source::Url(url) => Some(api_url(url)?),
+            Source::ZooKeeper(_) => None,
+        };
         let http = reqwest::Client::builder()
             .timeout(self.timeout)
             .connect_timeout(self.connect_timeout)
             .build()
             .map_err(|e| ClientError::InvalidUrl {
-                url: self.url.clone(),
+                url: self.describe(),
                 problem: format!("cannot build an http client: {e}"),
             })?;
         Ok(Client {
             http,
-            url,
+            endpoint: Arc::new(Endpoint {
+                discovery: match self.source {
+                    Source::ZooKeeper(d) => Some(d),
+                    Source::Url(_) => None,
+                },
+                fixed,
+                current: Mutex::new(None),
+            }),
             auth: self.auth,
+            retry: self.retry,
+            idempotency_keys: self.idempotency_keys,
         })
+    }
+
+    fn describe(&self) -> String {
+        match &self.source {
+            Source::Url(url) => url.clone(),
+            Source::ZooKeeper(d) => zk_description(d),
+        }
+    }
+}
+
+fn zk_description(d: &ZkDiscovery) -> String {
+    format!("zookeeper {} {}", d.connect_string(), d.leader_path())
+}
+
+/// Where the next request goes, and what is learnt from failures.
+#[derive(Debug)]
+struct Endpoint {
+    /// Where the leader is published, for a discovering client.
+    discovery: Option<Arc<ZkDiscovery>>,
+    /// The configured URL, for a client of a fixed URL.
+    fixed: Option<reqwest::Url>,
+    /// The URL in use, when it is not `fixed`: the leader found in ZooKeeper, or the leader
+    /// a `broker_not_leader` answer named. Cleared after a failure.
+    current: Mutex<Option<reqwest::Url>>,
+}
+
+impl Endpoint {
+    fn current(&self) -> Option<reqwest::Url> {
+        self.current
+            .lock()
+            .expect("the endpoint lock is never held across a panic")
+            .clone()
+    }
+
+    fn set_current(&self, url: Option<reqwest::Url>) {
+        *self
+            .current
+            .lock()
+            .expect("the endpoint lock is never held across a panic") = url;
+    }
+
+    /// The URL of the next attempt: the current one, else the fixed one, else the leader read
+    /// from ZooKeeper now.
+    async fn resolve(&self) -> Result<reqwest::Url, ClientError> {
+        if let Some(url) = self.current() {
+            return Ok(url);
+        }
+        if let Some(url) = &self.fixed {
+            return Ok(url.clone());
+        }
+        let discovery = self
+            .discovery
+            .as_ref()
+            .expect("a client has a fixed url or discovery");
+        let published = discovery.leader_api_url().await?;
+        let url = api_url(&published).map_err(|e| {
+            ClientError::Discovery(DiscoveryError::Malformed {
+                path: discovery.leader_path().to_owned(),
+                problem: format!("client.api.url: {e}"),
+            })
+        })?;
+        debug!(url = %url, "leader found in zookeeper");
+        self.set_current(Some(url.clone()));
+        Ok(url)
+    }
+
+    /// An attempt failed: go to the leader the broker named, if it named a usable one, else
+    /// back to the fixed URL or to ZooKeeper.
+    fn failed(&self, leader: Option<&str>) {
+        let next = leader.and_then(|url| api_url(url).ok());
+        if let Some(url) = &next {
+            debug!(url = %url, "following the leader the broker named");
+        }
+        self.set_current(next);
+    }
+
+    fn describe(&self) -> String {
+        match (self.current(), &self.fixed, &self.discovery) {
+            (Some(url), _, _) => url.to_string(),
+            (None, Some(url), _) => url.to_string(),
+            (None, None, Some(d)) => zk_description(d),
+            (None, None, None) => String::new(),
+        }
+    }
+}
+
+/// One request, sent again on each attempt.
+enum Call<'a> {
+    Get(&'a [(&'static str, String)]),
+    Post(&'a [u8]),
+}
+
+/// A failed attempt: the error, and the leader URL the broker named, if any.
+struct Failure {
+    error: ClientError,
+    leader: Option<String>,
+}
+
+impl From<ClientError> for Failure {
+    fn from(error: ClientError) -> Failure {
+        Failure {
+            error,
+            leader: None,
+        }
     }
 }
 
@@ -302,19 +487,23 @@ fn api_url(url: &str) -> Result<reqwest::Url, ClientError> {
     Ok(parsed)
 }
 
-/// A client of one broker. Cheap to clone (connections are pooled and shared).
+/// A client of a broker, or of whichever broker leads. Cheap to clone (connections are pooled,
+/// and the leader found is shared).
 #[derive(Clone)]
 pub struct Client {
     http: reqwest::Client,
-    url: reqwest::Url,
+    endpoint: Arc<Endpoint>,
     auth: Auth,
+    retry: RetryPolicy,
+    idempotency_keys: bool,
 }
 
 impl fmt::Debug for Client {
     fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
         f.debug_struct("Client")
-            .field("url", &self.url.as_str())
+            .field("url", &self.endpoint.describe())
             .field("auth", &self.auth)
+            .field("retry", &self.retry)
             .finish()
     }
 }
@@ -330,27 +519,41 @@ impl Client {
 
     /// Settings for a client of the broker at `url`.
     pub fn builder(url: &str) -> ClientBuilder {
-        ClientBuilder {
-            url: url.to_owned(),
-            auth: Auth::None,
-            timeout: DEFAULT_TIMEOUT,
-            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
-        }
+        ClientBuilder::with_source(Source::Url(url.to_owned()))
     }
 
-    /// The API URL requests go to.
-    pub fn url(&self) -> &str {
-        self.url.as_str()
+    /// Settings for a client of the leader that `discovery` finds in ZooKeeper (read on the
+    /// first request and again after each failure).
+    pub fn discover(discovery: ZkDiscovery) -> ClientBuilder {
+        ClientBuilder::with_source(Source::ZooKeeper(Arc::new(discovery)))
     }
 
-    /// Submits one task; answered once it is durable.
+    /// The API URL requests go to now (for a discovering client before it found the leader:
+    /// where it looks for it).
+    pub fn url(&self) -> String {
+        self.endpoint.describe()
+    }
+
+    /// Submits one task; answered once it is durable. Without an idempotency key the task gets
+    /// a fresh one (unless turned off, [`ClientBuilder::idempotency_keys`]); retries reuse it.
     ///
     /// # Errors
-    /// [`ClientError`]: bad field (400), other user's `userid` (403), broker unavailable, ...
+    /// [`ClientError`]: bad field (400), other user's `userid` (403), broker unavailable once
+    /// the retries are spent, `outcome_unknown` (500), ...
     pub async fn submit(&self, task: &TaskSubmission) -> Result<Submitted, ClientError> {
-        let body = ActionRequest::SubmitTask(task.clone()).to_json();
-        let r: SubmitTaskResponse = self.post(&body).await?;
+        let task = self.keyed(task.clone());
+        let keyed = task.idempotency_key.is_some();
+        let body = ActionRequest::SubmitTask(task).to_json();
+        let r: SubmitTaskResponse = self.post(&body, keyed).await?;
         Ok(Submitted::from_parts(r.task_id, r.result.or(r.outcome)))
+    }
+
+    /// `task` with a fresh idempotency key if it has none and keys are on.
+    fn keyed(&self, mut task: TaskSubmission) -> TaskSubmission {
+        if self.idempotency_keys && task.idempotency_key.is_none() {
+            task.idempotency_key = Some(new_idempotency_key());
+        }
+        task
     }
 
     /// Submits a batch as one request (one log write); results come in request order.
@@ -362,13 +565,15 @@ impl Client {
         &self,
         tasks: &[TaskSubmission],
     ) -> Result<Vec<Submitted>, ClientError> {
-        let body = ActionRequest::SubmitTasks(tasks.to_vec()).to_json();
-        let r: SubmitTasksResponse = self.post(&body).await?;
-        if r.results.len() != tasks.len() {
+        let tasks: Vec<TaskSubmission> = tasks.iter().map(|t| self.keyed(t.clone())).collect();
+        let keyed = tasks.iter().all(|t| t.idempotency_key.is_some());
+        let n = tasks.len();
+        let body = ActionRequest::SubmitTasks(tasks).to_json();
+        let r: SubmitTasksResponse = self.post(&body, keyed).await?;
+        if r.results.len() != n {
             return Err(ClientError::Decode(format!(
-                "{} results for {} tasks",
+                "{} results for {n} tasks",
                 r.results.len(),
-                tasks.len()
             )));
         }
         Ok(r.results
@@ -439,27 +644,72 @@ impl Client {
     }
 
     async fn view<T: DeserializeOwned>(&self, view: &ViewRequest) -> Result<T, ClientError> {
-        let req = self.http.get(self.url.clone()).query(&view.to_pairs());
-        self.send(req).await
+        let pairs = view.to_pairs();
+        // Reads change nothing: any retryable failure may be retried.
+        self.request(Call::Get(&pairs), true).await
     }
 
-    async fn post<T: DeserializeOwned>(&self, body: &serde_json::Value) -> Result<T, ClientError> {
-        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
-        let req = self
-            .http
-            .post(self.url.clone())
-            .header(
-                reqwest::header::CONTENT_TYPE,
-                "application/json;charset=utf-8",
-            )
-            .body(bytes);
-        self.send(req).await
-    }
-
-    async fn send<T: DeserializeOwned>(
+    /// Posts an action; `repeatable` when carrying it out twice is harmless (every task has an
+    /// idempotency key), so it may be retried after any retryable failure.
+    async fn post<T: DeserializeOwned>(
         &self,
-        req: reqwest::RequestBuilder,
+        body: &serde_json::Value,
+        repeatable: bool,
     ) -> Result<T, ClientError> {
+        let bytes = serde_json::to_vec(body).map_err(|e| ClientError::Decode(e.to_string()))?;
+        self.request(Call::Post(&bytes), repeatable).await
+    }
+
+    /// Sends `call`, retrying per the policy what the broker did not carry out (or, when
+    /// `repeatable`, any retryable failure).
+    async fn request<T: DeserializeOwned>(
+        &self,
+        call: Call<'_>,
+        repeatable: bool,
+    ) -> Result<T, ClientError> {
+        let started = Instant::now();
+        let mut failures: u32 = 0;
+        loop {
+            let Failure { error, leader } = match self.attempt(&call).await {
+                Ok(value) => return Ok(value),
+                Err(failure) => failure,
+            };
+            let retryable = if repeatable {
+                error.is_retryable()
+            } else {
+                error.is_retryable_without_key()
+            };
+            if !retryable {
+                return Err(error);
+            }
+            self.endpoint.failed(leader.as_deref());
+            failures = failures.saturating_add(1);
+            let delay = self.retry.delay(failures, &mut rand::rng());
+            if started.elapsed() + delay > self.retry.max_elapsed {
+                return Err(error);
+            }
+            if failures == 1 {
+                warn!(%error, retry_for_s = self.retry.max_elapsed.as_secs(), "broker unavailable; retrying");
+            } else {
+                debug!(%error, failures, delay_ms = delay.as_millis() as u64, "retrying");
+            }
+            tokio::time::sleep(delay).await;
+        }
+    }
+
+    async fn attempt<T: DeserializeOwned>(&self, call: &Call<'_>) -> Result<T, Failure> {
+        let url = self.endpoint.resolve().await?;
+        let req = match call {
+            Call::Get(pairs) => self.http.get(url).query(pairs),
+            Call::Post(bytes) => self
+                .http
+                .post(url)
+                .header(
+                    reqwest::header::CONTENT_TYPE,
+                    "application/json;charset=utf-8",
+                )
+                .body(bytes.to_vec()),
+        };
         let req = match &self.auth {
             Auth::None => req,
             Auth::Basic { user, password } => req.basic_auth(user, Some(password)),
@@ -468,7 +718,23 @@ impl Client {
         let res = req.send().await.map_err(ClientError::Transport)?;
         let status = res.status();
         let bytes = res.bytes().await.map_err(ClientError::Transport)?;
-        decode(status, &bytes)
+        decode(status, &bytes).map_err(|error| Failure {
+            error,
+            leader: LeaderHint::of_body(&bytes),
+        })
+    }
+}
+
+impl ClientBuilder {
+    fn with_source(source: Source) -> ClientBuilder {
+        ClientBuilder {
+            source,
+            auth: Auth::None,
+            timeout: DEFAULT_TIMEOUT,
+            connect_timeout: DEFAULT_CONNECT_TIMEOUT,
+            retry: RetryPolicy::default(),
+            idempotency_keys: true,
+        }
     }
 }
 

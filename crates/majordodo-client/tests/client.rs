@@ -2,109 +2,17 @@
 //! one and in batches, every read, both kinds of credentials, and each kind of error with its
 //! retryability.
 
-use std::net::SocketAddr;
-use std::sync::Arc;
+mod common;
 
-use majordodo_broker::http::auth::{hash_password_with, token_digest, write_token_file};
-use majordodo_broker::http::{self, HttpConfig, UserConfig, UserRole};
-use majordodo_broker::{Broker, BrokerConfig, SystemClock};
+use common::{ADMIN_TOKEN, ALICE_PASSWORD, Server};
+use majordodo_broker::http::HttpConfig;
+use majordodo_broker::http::auth::write_token_file;
 use majordodo_client::{
-    ADMIN_TOKEN_FILE, Auth, Client, ClientError, ListEnd, ListLimits, StatusFilter, Submitted,
-    TaskSubmission, TasksOverviewQuery, TasksQuery,
+    ADMIN_TOKEN_FILE, Auth, Client, ClientError, ListEnd, ListLimits, RetryPolicy, StatusFilter,
+    Submitted, TaskSubmission, TasksOverviewQuery, TasksQuery,
 };
-use majordodo_core::{DefaultGroupMapper, TaskStatus};
-use majordodo_log::{MemoryLog, MemoryStore};
-use rand::SeedableRng;
-use rand::rngs::StdRng;
+use majordodo_core::TaskStatus;
 use tokio::net::TcpListener;
-use tokio_util::sync::CancellationToken;
-
-const ADMIN_TOKEN: &str = "mdt_client-test-admin";
-const ALICE_PASSWORD: &str = "alice pw";
-
-struct Server {
-    addr: SocketAddr,
-    broker: Option<Broker>,
-    /// Stops the broker's dispatcher.
-    stop: CancellationToken,
-    /// Stops the HTTP server.
-    http_stop: CancellationToken,
-}
-
-impl Server {
-    async fn start() -> Server {
-        Server::start_with(HttpConfig::default()).await
-    }
-
-    /// A broker whose HTTP API has `http`'s limits (its users are replaced by the test users).
-    async fn start_with(http: HttpConfig) -> Server {
-        let stop = CancellationToken::new();
-        let broker = Broker::start(
-            BrokerConfig::default(),
-            Arc::new(MemoryLog::open(&MemoryStore::new())),
-            None,
-            Arc::new(DefaultGroupMapper),
-            Arc::new(SystemClock),
-            stop.clone().cancelled_owned(),
-        )
-        .await
-        .unwrap();
-        let settings = HttpConfig {
-            users: vec![
-                UserConfig {
-                    name: "admin".into(),
-                    role: UserRole::Admin,
-                    password_hash: None,
-                    token_sha256: Some(token_digest(ADMIN_TOKEN)),
-                },
-                UserConfig {
-                    name: "alice".into(),
-                    role: UserRole::User,
-                    password_hash: Some(hash_password_with(
-                        ALICE_PASSWORD,
-                        1_000,
-                        &mut StdRng::seed_from_u64(3),
-                    )),
-                    token_sha256: None,
-                },
-            ],
-            ..http
-        }
-        .validate()
-        .unwrap();
-        let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
-        let addr = socket.local_addr().unwrap();
-        let http_stop = CancellationToken::new();
-        tokio::spawn(http::serve(
-            socket,
-            broker.handle(),
-            settings,
-            http_stop.clone().cancelled_owned(),
-        ));
-        Server {
-            addr,
-            broker: Some(broker),
-            stop,
-            http_stop,
-        }
-    }
-
-    fn client(&self, auth: Auth) -> Client {
-        Client::new(&format!("http://{}", self.addr), auth).unwrap()
-    }
-
-    fn admin(&self) -> Client {
-        self.client(Auth::bearer(ADMIN_TOKEN))
-    }
-
-    async fn stop(mut self) {
-        self.http_stop.cancel();
-        self.stop.cancel();
-        if let Some(b) = self.broker.take() {
-            let _ = b.wait().await;
-        }
-    }
-}
 
 #[tokio::test]
 async fn submitted_tasks_are_read_back_through_every_view() {
@@ -372,9 +280,13 @@ async fn token_file_authenticates_like_the_standalone_admin() {
 #[tokio::test]
 async fn unavailable_broker_errors_are_retryable() {
     // Goal: a stopped broker answers Unavailable (retryable); a closed port is a retryable
-    // transport error.
+    // transport error. (Retries are off, to see the errors themselves.)
     let mut server = Server::start().await;
-    let c = server.admin();
+    let c = Client::builder(&server.api_url())
+        .auth(Auth::bearer(ADMIN_TOKEN))
+        .retry(RetryPolicy::none())
+        .build()
+        .unwrap();
     // Stop the dispatcher only: the HTTP server keeps answering, without a broker behind it.
     let broker = server.broker.take().unwrap();
     server.stop.cancel();
@@ -396,7 +308,9 @@ async fn unavailable_broker_errors_are_retryable() {
         .unwrap()
         .local_addr()
         .unwrap();
-    let e = Client::new(&format!("http://{closed}"), Auth::bearer("x"))
+    let e = Client::builder(&format!("http://{closed}"))
+        .retry(RetryPolicy::none())
+        .build()
         .unwrap()
         .status()
         .await

@@ -5,6 +5,9 @@
 //! wall clock when applying `ADD_TASK`, so replicas and replays could disagree), and outcomes the
 //! leader decided (retry or give up) are written as explicit status changes. Applying the same
 //! entries to the same state therefore always gives the same state.
+//!
+//! Kinds the original did not have: [`LogEntry::PurgeTasks`] and
+//! [`LogEntry::ForgetIdempotencyKeys`].
 
 use crate::model::{Millis, TaskId, TaskStatus, TransactionId};
 
@@ -35,6 +38,10 @@ pub struct NewTask {
     pub mode: Option<String>,
     /// Submission time, set by the leader.
     pub created: Millis,
+    /// The client's idempotency key, if it set one: kept (scoped by `user_id`) until a
+    /// [`LogEntry::ForgetIdempotencyKeys`] forgets it, so a submission sent again with the same
+    /// key is answered with this task instead of creating another.
+    pub idempotency_key: Option<String>,
 }
 
 impl NewTask {
@@ -168,6 +175,15 @@ pub enum LogEntry {
         /// When.
         timestamp: Millis,
     },
+    /// The idempotency keys of every task created before `created_before` are forgotten (their
+    /// window passed). Logged, rather than decided by each replica from its clock, so replay
+    /// and followers forget exactly what the leader forgot.
+    ForgetIdempotencyKeys {
+        /// Keys of tasks created strictly before this time are forgotten.
+        created_before: Millis,
+        /// When.
+        timestamp: Millis,
+    },
 }
 
 impl LogEntry {
@@ -188,6 +204,7 @@ impl LogEntry {
             LogEntry::DeleteCodePool { .. } => "delete_code_pool",
             LogEntry::CreateCodePool { .. } => "create_code_pool",
             LogEntry::PurgeTasks { .. } => "purge_tasks",
+            LogEntry::ForgetIdempotencyKeys { .. } => "forget_idempotency_keys",
         }
     }
 }

@@ -36,8 +36,12 @@ pub struct LeaderConfig {
     pub finished_task_retention: Millis,
     /// Most assignments decided in one round, so one round stays short.
     pub max_assignments_per_round: usize,
-    /// Most timer-driven changes (resume, expiry, purge) decided in one round.
+    /// Most timer-driven changes (resume, expiry, purge, forgotten idempotency keys) decided
+    /// in one round.
     pub max_timer_changes_per_round: usize,
+    /// Idempotency keys are kept at least this long after their task's creation (then
+    /// forgotten through the log); 0 keeps them forever.
+    pub idempotency_window: Millis,
 }
 
 impl Default for LeaderConfig {
@@ -48,6 +52,9 @@ impl Default for LeaderConfig {
             // 10 000 keeps a round near a millisecond of work while filling many workers.
             max_assignments_per_round: 10_000,
             max_timer_changes_per_round: 10_000,
+            // An hour covers a client's retries across a leader change many times over, and
+            // bounds the keys kept to an hour of submissions.
+            idempotency_window: 3_600_000,
         }
     }
 }
@@ -75,12 +82,18 @@ pub struct SubmitRequest {
     pub codepool: Option<String>,
     /// Mode.
     pub mode: Option<String>,
+    /// Client-chosen key: while the key is kept, a submission of the same user with the same
+    /// key is answered with the task the first one created, and creates nothing.
+    pub idempotency_key: Option<String>,
 }
 
 /// What the leader decided about one submission.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum SubmitOutcome {
-    /// Accepted: the entry must be logged; the task exists once it is durable.
+    /// Accepted: the entry must be logged; the task exists once it is durable. Also the answer
+    /// to a submission whose idempotency key is known (applied or in flight): the id is then
+    /// the existing task's and there is no entry; answer it once the entries decided before it
+    /// are durable.
     Accepted(TaskId),
     /// Not created, for a reason that is not an error of the request (as in the original Majordodo, a busy slot
     /// answers task id 0 with this text).
@@ -242,6 +255,11 @@ pub struct Leader {
     pending_changes: HashSet<TaskId>,
     /// Purges in flight.
     pending_purge: HashSet<TaskId>,
+    /// Idempotency keys of submissions in flight: owner → key → task.
+    pending_keys: HashMap<Arc<str>, HashMap<Box<str>, TaskId>>,
+    /// `created_before` of the newest `ForgetIdempotencyKeys` in flight: keys created before
+    /// it are being forgotten already.
+    forget_in_flight: Option<Millis>,
     live: BTreeMap<Arc<str>, LiveWorker>,
     /// Workers whose outbox may hold assignments to push (see [`Leader::take_pushes`]).
     outbox_ready: BTreeSet<Arc<str>>,
@@ -300,6 +318,8 @@ impl Leader {
             pending_assign: HashMap::new(),
             pending_changes: HashSet::new(),
             pending_purge: HashSet::new(),
+            pending_keys: HashMap::new(),
+            forget_in_flight: None,
             live,
             outbox_ready: BTreeSet::new(),
             rotation: 0,
@@ -330,12 +350,21 @@ impl Leader {
             || self.pending_assign.values().any(|s| !s.is_empty())
             || !self.pending_changes.is_empty()
             || !self.pending_purge.is_empty()
+            || !self.pending_keys.is_empty()
+            || self.forget_in_flight.is_some()
     }
 
     // ----- requests -----
 
-    /// Decides a submission. When accepted, the returned entry must be logged.
+    /// Decides a submission. When accepted, the returned entry must be logged. A submission
+    /// whose idempotency key is known for its user, in the state or in a submission still in
+    /// flight, is accepted as that task and logs nothing.
     pub fn submit(&mut self, now: Millis, req: SubmitRequest) -> (SubmitOutcome, Option<LogEntry>) {
+        if let Some(key) = &req.idempotency_key
+            && let Some(id) = self.known_key(&req.user_id, key)
+        {
+            return (SubmitOutcome::Accepted(id), None);
+        }
         if req.max_attempts > 0 && req.attempts >= req.max_attempts {
             // Its first execution would be beyond maxattempts (the API refuses this too).
             return (
@@ -359,6 +388,13 @@ impl Leader {
         self.next_task_id += 1;
         if let Some(slot) = &req.slot {
             self.pending_slots.insert(slot.as_str().into());
+        }
+        if let Some(key) = &req.idempotency_key {
+            let user = self.state.intern(&req.user_id);
+            self.pending_keys
+                .entry(user)
+                .or_default()
+                .insert(key.as_str().into(), id);
         }
         let task_type = self.state.intern(&req.task_type);
         let group = self.state.mapper().group_of(&req.user_id, &task_type);
@@ -391,8 +427,17 @@ impl Leader {
             codepool: req.codepool,
             mode: req.mode,
             created: now,
+            idempotency_key: req.idempotency_key,
         });
         (SubmitOutcome::Accepted(id), Some(entry))
+    }
+
+    /// The task of a user's idempotency key: applied, or decided and in flight.
+    fn known_key(&self, user_id: &str, key: &str) -> Option<TaskId> {
+        self.state
+            .idempotency_key(user_id, key)
+            .map(|(id, _)| id)
+            .or_else(|| self.pending_keys.get(user_id)?.get(key).copied())
     }
 
     // ----- workers -----
@@ -643,7 +688,7 @@ impl Leader {
     // ----- timers -----
 
     /// Decisions that time makes: dead workers, delayed tasks becoming due, deadlines passing,
-    /// ended tasks to purge. Call it when [`Leader::next_timer`] is reached (calling it more often
+    /// ended tasks to purge, idempotency keys to forget. Call it when [`Leader::next_timer`] is reached (calling it more often
     /// is harmless).
     pub fn tick(&mut self, now: Millis) -> Vec<LogEntry> {
         let mut entries = Vec::new();
@@ -689,7 +734,41 @@ impl Leader {
                 });
             }
         }
+        if let Some(created_before) = self.keys_to_forget(now, budget) {
+            self.forget_in_flight = Some(created_before);
+            entries.push(LogEntry::ForgetIdempotencyKeys {
+                created_before,
+                timestamp: now,
+            });
+        }
         entries
+    }
+
+    /// The `created_before` of the next `ForgetIdempotencyKeys` due at `now`, if any: it
+    /// forgets at most `budget` keys whose window has passed and that no entry in flight
+    /// forgets already, oldest first. The bound is a time, so keys created in the same
+    /// millisecond go together: when more than `budget` share the oldest millisecond, that
+    /// whole millisecond goes (the entry always forgets something).
+    fn keys_to_forget(&self, now: Millis, budget: usize) -> Option<Millis> {
+        let window = self.config.idempotency_window;
+        if window <= 0 || budget == 0 {
+            return None;
+        }
+        // A key created at `c` is due once `now >= c + window`.
+        let due_before = now.saturating_sub(window).saturating_add(1);
+        let from = self.forget_in_flight.unwrap_or(Millis::MIN);
+        let mut due = self
+            .state
+            .idempotency
+            .created_from(from)
+            .take_while(|created| *created < due_before);
+        let oldest = due.next()?;
+        match due.nth(budget.saturating_sub(1)) {
+            // More than `budget` are due: stop before the first one beyond the budget.
+            Some(beyond) if beyond > oldest => Some(beyond),
+            Some(_) => Some(oldest.saturating_add(1)),
+            None => Some(due_before),
+        }
     }
 
     /// Up to `budget` tasks of a time-ordered index whose time has come.
@@ -824,11 +903,22 @@ impl Leader {
             None
         };
         let stale = (!self.stale_connected.1.is_empty()).then_some(self.stale_connected.0);
+        let window = self.config.idempotency_window;
+        let forget = if window > 0 {
+            self.state
+                .idempotency
+                .created_from(self.forget_in_flight.unwrap_or(Millis::MIN))
+                .next()
+                .map(|created| created.saturating_add(window))
+        } else {
+            None
+        };
         deaths
             .chain(delayed)
             .chain(deadline)
             .chain(purge)
             .chain(stale)
+            .chain(forget)
             .min()
     }
 
@@ -978,9 +1068,17 @@ impl Leader {
         let release = Release::of(&entry, &self.state);
         self.state.apply(lsn, entry)?;
         match release {
-            Release::New(id, slot) => {
+            Release::New(id, slot, key) => {
                 if let Some(slot) = slot {
                     self.pending_slots.remove(slot.as_str());
+                }
+                if let Some((user, key)) = key
+                    && let Some(keys) = self.pending_keys.get_mut(user.as_str())
+                {
+                    keys.remove(key.as_str());
+                    if keys.is_empty() {
+                        self.pending_keys.remove(user.as_str());
+                    }
                 }
                 if let Some(p) = self.pending_new.remove(&id)
                     && p.queued
@@ -1021,6 +1119,11 @@ impl Leader {
                     self.pending_purge.remove(&id);
                 }
             }
+            Release::Forget(created_before) => {
+                if self.forget_in_flight == Some(created_before) {
+                    self.forget_in_flight = None;
+                }
+            }
             Release::Worker(worker) => {
                 if let Some(live) = self.live.get(worker.as_str())
                     && live.dead
@@ -1044,10 +1147,12 @@ impl Leader {
 
 /// The reservation an entry releases once applied.
 enum Release {
-    New(TaskId, Option<String>),
+    /// A creation: its task, slot, and (owner, idempotency key).
+    New(TaskId, Option<String>, Option<(String, String)>),
     Assign(String, TaskId, Arc<str>, u32),
     Change(TaskId),
     Purge(Vec<TaskId>),
+    Forget(Millis),
     Worker(String),
     Nothing,
 }
@@ -1055,7 +1160,13 @@ enum Release {
 impl Release {
     fn of(entry: &LogEntry, state: &BrokerState) -> Release {
         match entry {
-            LogEntry::AddTask(t) => Release::New(t.id, t.slot.clone()),
+            LogEntry::AddTask(t) => Release::New(
+                t.id,
+                t.slot.clone(),
+                t.idempotency_key
+                    .clone()
+                    .map(|key| (t.user_id.clone(), key)),
+            ),
             LogEntry::AssignTask {
                 task_id,
                 worker_id,
@@ -1072,6 +1183,9 @@ impl Release {
             },
             LogEntry::TaskStatusChange { task_id, .. } => Release::Change(*task_id),
             LogEntry::PurgeTasks { task_ids, .. } => Release::Purge(task_ids.clone()),
+            LogEntry::ForgetIdempotencyKeys { created_before, .. } => {
+                Release::Forget(*created_before)
+            }
             LogEntry::WorkerDied { worker_id, .. } => Release::Worker(worker_id.clone()),
             _ => Release::Nothing,
         }

@@ -5,6 +5,7 @@
 //! - [`state`]: [`BrokerState`] and its single [`BrokerState::apply`], used identically by the
 //!   leader, by replay at boot and by followers.
 //! - [`scheduler`]: the waiting-task index and the capacity-aware choice of tasks for a worker.
+//! - [`idempotency`]: client-chosen keys that make a submission sent twice create one task.
 //! - [`leader`]: [`Leader`], which turns requests and events into entries, with reservations for
 //!   entries still in flight so batches can be pipelined.
 //! - [`snapshot`]: owned records of a whole state, and rebuilding a state from them.
@@ -12,6 +13,7 @@
 //! No I/O, no clock, no randomness: time is an argument of every call that needs it.
 
 pub mod entry;
+pub mod idempotency;
 pub mod leader;
 pub mod model;
 pub mod scheduler;
@@ -19,6 +21,7 @@ pub mod snapshot;
 pub mod state;
 
 pub use entry::{LogEntry, NewTask};
+pub use idempotency::IdempotencyKey;
 pub use leader::{Leader, LeaderConfig};
 pub use model::{Millis, Task, TaskId, TaskStatus, TransactionId, WorkerStatus};
 pub use scheduler::WorkerCapacity;

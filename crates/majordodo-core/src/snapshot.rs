@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::idempotency::IdempotencyKey;
 use crate::model::{
     CodePool, Millis, Task, TaskExtra, TaskId, TaskStatus, Transaction, WorkerRecord, WorkerStatus,
 };
@@ -122,6 +123,8 @@ pub struct Snapshot {
     pub transactions: Vec<Transaction>,
     /// Code pools.
     pub codepools: Vec<CodePool>,
+    /// Idempotency keys kept, oldest first.
+    pub idempotency_keys: Vec<IdempotencyKey>,
 }
 
 /// A consistent copy of everything a snapshot holds, cheap to take between two rounds: tasks are
@@ -139,6 +142,8 @@ pub struct SnapshotSource {
     pub transactions: Vec<Transaction>,
     /// Code pools.
     pub codepools: Vec<CodePool>,
+    /// Idempotency keys kept, oldest first (shared strings: copying one is a pointer).
+    pub idempotency_keys: Vec<IdempotencyKey>,
 }
 
 /// Why a snapshot cannot be turned back into a state.
@@ -179,6 +184,7 @@ impl BrokerState {
             workers: self.workers().cloned().collect(),
             transactions: self.transactions().cloned().collect(),
             codepools: self.codepools().cloned().collect(),
+            idempotency_keys: self.idempotency_keys().collect(),
         }
     }
 
@@ -190,6 +196,7 @@ impl BrokerState {
             workers: self.workers().map(WorkerSnapshot::from).collect(),
             transactions: self.transactions().cloned().collect(),
             codepools: self.codepools().cloned().collect(),
+            idempotency_keys: self.idempotency_keys().collect(),
         }
     }
 
@@ -213,6 +220,9 @@ impl BrokerState {
         }
         for c in snapshot.codepools {
             b.add_codepool(c)?;
+        }
+        for k in snapshot.idempotency_keys {
+            b.add_idempotency_key(k)?;
         }
         b.finish()
     }
@@ -380,6 +390,32 @@ impl StateBuilder {
             return Err(invalid(format!("code pool {}", c.id), "duplicate id"));
         }
         self.state.codepools.insert(c.id.clone(), c);
+        Ok(())
+    }
+
+    /// Adds an idempotency key (its task may have been purged since).
+    ///
+    /// # Errors
+    /// Task id 0, or a key (of the same owner) or a task that already has one.
+    pub fn add_idempotency_key(&mut self, k: IdempotencyKey) -> Result<(), RestoreError> {
+        let what = || format!("idempotency key of task {}", k.task_id);
+        if k.task_id.0 == 0 {
+            return Err(invalid(what(), "task id 0"));
+        }
+        let user_id = self.state.intern(&k.user_id);
+        if !self
+            .state
+            .idempotency
+            .insert(user_id, k.key.clone(), k.task_id, k.created)
+        {
+            return Err(invalid(
+                what(),
+                format!(
+                    "the key {:?} of user {} or the task has another key already",
+                    &*k.key, &*k.user_id
+                ),
+            ));
+        }
         Ok(())
     }
 

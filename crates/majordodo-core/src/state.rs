@@ -9,6 +9,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use crate::entry::{LogEntry, NewTask};
+use crate::idempotency::{IdempotencyKey, IdempotencyKeys};
 use crate::model::{
     CodePool, GroupId, Millis, Task, TaskExtra, TaskId, TaskStatus, Transaction, TransactionId,
     WorkerRecord, WorkerStatus,
@@ -81,6 +82,18 @@ pub enum ApplyError {
         /// The attempt the entry had to carry.
         expected: u32,
     },
+    /// An idempotency key is already known for the task's owner.
+    #[error("{entry}: idempotency key {key:?} of user {user_id} is already held by task {holder}")]
+    IdempotencyKeyInUse {
+        /// Entry kind.
+        entry: &'static str,
+        /// The owner.
+        user_id: String,
+        /// The key.
+        key: String,
+        /// The task that holds it.
+        holder: TaskId,
+    },
     /// A slot is taken by another task.
     #[error("slot {slot} is held by task {holder}")]
     SlotBusy {
@@ -128,6 +141,9 @@ pub struct BrokerState {
     pub(crate) running: HashMap<Arc<str>, RunningSet>,
     /// Busy slots and their holders (waiting, delayed, running or prepared tasks).
     pub(crate) slots: HashMap<Box<str>, TaskId>,
+    /// Idempotency keys of tasks created within the window, with their expiry index. Kept
+    /// apart from the tasks: a purged task's key stays until its window ends.
+    pub(crate) idempotency: IdempotencyKeys,
     pub(crate) workers: BTreeMap<Arc<str>, WorkerRecord>,
     pub(crate) transactions: BTreeMap<TransactionId, Transaction>,
     pub(crate) codepools: BTreeMap<String, CodePool>,
@@ -161,6 +177,7 @@ impl PartialEq for BrokerState {
             && self.ended == other.ended
             && self.running == other.running
             && self.slots == other.slots
+            && self.idempotency == other.idempotency
             && self.workers == other.workers
             && self.transactions == other.transactions
             && self.codepools == other.codepools
@@ -188,6 +205,7 @@ impl BrokerState {
             ended: BTreeSet::new(),
             running: HashMap::new(),
             slots: HashMap::new(),
+            idempotency: IdempotencyKeys::default(),
             workers: BTreeMap::new(),
             transactions: BTreeMap::new(),
             codepools: BTreeMap::new(),
@@ -255,6 +273,22 @@ impl BrokerState {
     /// The holder of a slot, if busy.
     pub fn slot_holder(&self, slot: &str) -> Option<TaskId> {
         self.slots.get(slot).copied()
+    }
+
+    /// The task created by the first submission of `user_id` with idempotency key `key`, and
+    /// its creation time, while the key is kept.
+    pub fn idempotency_key(&self, user_id: &str, key: &str) -> Option<(TaskId, Millis)> {
+        self.idempotency.get(user_id, key)
+    }
+
+    /// Every idempotency key kept, oldest first.
+    pub fn idempotency_keys(&self) -> impl Iterator<Item = IdempotencyKey> + '_ {
+        self.idempotency.iter()
+    }
+
+    /// Number of idempotency keys kept.
+    pub fn idempotency_key_count(&self) -> usize {
+        self.idempotency.len()
     }
 
     /// Open transactions.
@@ -461,8 +495,20 @@ impl BrokerState {
                     .transactions
                     .get(&transaction_id)
                     .ok_or(ApplyError::NoSuchTransaction(transaction_id))?;
-                for task in &tx.prepared {
+                for (i, task) in tx.prepared.iter().enumerate() {
                     self.check_new_task("commit_transaction", task, Some(task.id))?;
+                    if let Some(key) = &task.idempotency_key
+                        && let Some(other) = tx.prepared[..i].iter().find(|t| {
+                            t.user_id == task.user_id && t.idempotency_key.as_ref() == Some(key)
+                        })
+                    {
+                        return Err(ApplyError::IdempotencyKeyInUse {
+                            entry: "commit_transaction",
+                            user_id: task.user_id.clone(),
+                            key: key.clone(),
+                            holder: other.id,
+                        });
+                    }
                 }
                 let tx = self
                     .transactions
@@ -541,11 +587,18 @@ impl BrokerState {
                     }
                 }
             }
+            LogEntry::ForgetIdempotencyKeys {
+                created_before,
+                timestamp: _,
+            } => {
+                self.idempotency.forget_before(created_before);
+            }
         }
         Ok(())
     }
 
-    /// Checks that a new task can enter: unused id, free slot (or held by `slot_owner`).
+    /// Checks that a new task can enter: unused id, unknown idempotency key, free slot (or held
+    /// by `slot_owner`).
     fn check_new_task(
         &self,
         entry: &'static str,
@@ -561,6 +614,16 @@ impl BrokerState {
             return Err(ApplyError::DuplicateTask {
                 entry,
                 task: task.id,
+            });
+        }
+        if let Some(key) = &task.idempotency_key
+            && let Some((holder, _)) = self.idempotency.get(&task.user_id, key)
+        {
+            return Err(ApplyError::IdempotencyKeyInUse {
+                entry,
+                user_id: task.user_id.clone(),
+                key: key.clone(),
+                holder,
             });
         }
         if let Some(slot) = &task.slot
@@ -609,6 +672,12 @@ impl BrokerState {
         };
         if let Some(slot) = task.slot() {
             self.slots.insert(slot.into(), task.id);
+        }
+        if let Some(key) = t.idempotency_key {
+            let inserted =
+                self.idempotency
+                    .insert(task.user_id.clone(), key.into(), task.id, task.created);
+            assert!(inserted, "check_new_task refused known keys");
         }
         self.index_pending(&task);
         self.counts[status.index()] += 1;
@@ -817,6 +886,7 @@ impl BrokerState {
         if running as u64 != counts[TaskStatus::Running.index()] {
             return Err("running sets disagree with running tasks".into());
         }
+        self.idempotency.check()?;
         Ok(())
     }
 }

@@ -3,16 +3,23 @@
 //! After every step: no worker holds more than its capacity (applied plus in flight, per type and
 //! for the `any` bucket), no task has an attempt beyond its maxattempts, and every task running on
 //! a connected worker is known to it (it runs it, or it is in transit on its connection) or is
-//! waiting in the leader's outbox for its session. At the end: the leader's state passes every
-//! invariant and equals a replay of its log, and a snapshot of it rebuilds it exactly.
+//! waiting in the leader's outbox for its session. Submissions reuse a few idempotency keys
+//! (also while the first submission with a key is in flight, and after the key's window):
+//! a submission with a key the leader knows is answered with that key's task and logs nothing,
+//! one with an unknown key creates a task, and at every point a key names exactly one task.
+//! At the end: the leader's state passes every invariant and equals a replay of its log, and a
+//! snapshot of it rebuilds it exactly.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use majordodo_core::leader::{Outcome, SubmitRequest};
-use majordodo_core::{BrokerState, DefaultGroupMapper, LeaderConfig, TaskStatus, WorkerCapacity};
+use majordodo_core::leader::{Outcome, SubmitOutcome, SubmitRequest};
+use majordodo_core::{
+    BrokerState, DefaultGroupMapper, LeaderConfig, LogEntry, Millis, TaskId, TaskStatus,
+    WorkerCapacity,
+};
 use proptest::prelude::*;
 use support::{Batch, Sim};
 
@@ -26,6 +33,8 @@ enum Op {
         slot: Option<u8>,
         delay: bool,
         deadline: bool,
+        /// One of a few idempotency keys, reused across submissions.
+        key: Option<u8>,
     },
     Connect {
         worker: u8,
@@ -60,9 +69,9 @@ enum Op {
 
 fn op() -> impl Strategy<Value = Op> {
     prop_oneof![
-        6 => (0u8..4, 0u8..4, (0u8..4, 0u8..3), proptest::option::of(0u8..3), any::<bool>(), any::<bool>())
-            .prop_map(|(user, kind, (max_attempts, attempts), slot, delay, deadline)| Op::Submit {
-                user, kind, max_attempts, attempts, slot, delay, deadline
+        6 => (0u8..4, 0u8..4, (0u8..4, 0u8..3), proptest::option::of(0u8..3), (any::<bool>(), any::<bool>()), proptest::option::weighted(0.6, 0u8..4))
+            .prop_map(|(user, kind, (max_attempts, attempts), slot, (delay, deadline), key)| Op::Submit {
+                user, kind, max_attempts, attempts, slot, delay, deadline, key
             }),
         2 => (0u8..3).prop_map(|worker| Op::Connect { worker }),
         2 => (0u8..3).prop_map(|worker| Op::Reconnect { worker }),
@@ -238,12 +247,108 @@ fn check_delivery(sim: &Sim) {
     }
 }
 
+/// The AddTask entries with an idempotency key, logged or in flight, in log order: (user, key,
+/// task).
+fn keyed_adds(sim: &Sim) -> Vec<(String, String, TaskId)> {
+    sim.log
+        .iter()
+        .chain(sim.inflight.iter().flat_map(|b| &b.entries))
+        .filter_map(|e| match e {
+            LogEntry::AddTask(t) => t
+                .idempotency_key
+                .clone()
+                .map(|k| (t.user_id.clone(), k, t.id)),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Checks the leader's answer to a keyed submission against what is logged and in flight.
+fn check_keyed_submit(
+    sim: &Sim,
+    user: &str,
+    key: &str,
+    outcome: &SubmitOutcome,
+    entry: Option<&LogEntry>,
+) {
+    let adds = keyed_adds(sim);
+    let mut with_key = adds
+        .iter()
+        .filter(|(u, k, _)| u == user && k == key)
+        .map(|(_, _, id)| *id);
+    let in_flight = |id: TaskId| {
+        sim.inflight
+            .iter()
+            .flat_map(|b| &b.entries)
+            .any(|e| matches!(e, LogEntry::AddTask(t) if t.id == id))
+    };
+    match (outcome, entry) {
+        (SubmitOutcome::Accepted(id), None) => {
+            let last = with_key.next_back();
+            assert_eq!(
+                last,
+                Some(*id),
+                "key {user}/{key} answered with task {id}, which is not its latest task"
+            );
+            assert!(
+                sim.state().idempotency_key(user, key).map(|(t, _)| t) == Some(*id)
+                    || in_flight(*id),
+                "key {user}/{key} answered with task {id}, but the key is not known"
+            );
+        }
+        (SubmitOutcome::Accepted(id), Some(LogEntry::AddTask(t))) => {
+            assert_eq!(t.id, *id);
+            assert_eq!(t.idempotency_key.as_deref(), Some(key));
+            assert_eq!(
+                sim.state().idempotency_key(user, key),
+                None,
+                "key {user}/{key} is known but a new task {id} was created"
+            );
+            assert!(
+                with_key.all(|other| !in_flight(other)),
+                "key {user}/{key} has a creation in flight but a new task {id} was created"
+            );
+        }
+        (SubmitOutcome::NotCreated(_), None) => {}
+        other => panic!("unexpected submission result {other:?}"),
+    }
+}
+
+/// Replays the idempotency-key semantics over the durable log on its own: a key is live from
+/// its task's creation until a forget entry passes its creation time; no live key is created
+/// again. Returns the live keys, which must be the state's.
+fn keys_of_log(log: &[LogEntry]) -> BTreeMap<(String, String), (TaskId, Millis)> {
+    let mut live: BTreeMap<(String, String), (TaskId, Millis)> = BTreeMap::new();
+    for e in log {
+        match e {
+            LogEntry::AddTask(t) => {
+                if let Some(key) = &t.idempotency_key {
+                    let previous = live.insert((t.user_id.clone(), key.clone()), (t.id, t.created));
+                    assert!(
+                        previous.is_none(),
+                        "key {}/{key} names tasks {:?} and {}",
+                        t.user_id,
+                        previous,
+                        t.id
+                    );
+                }
+            }
+            LogEntry::ForgetIdempotencyKeys { created_before, .. } => {
+                live.retain(|_, (_, created)| *created >= *created_before);
+            }
+            _ => {}
+        }
+    }
+    live
+}
+
 fn run(ops: Vec<Op>) {
     let mut sim = Sim::new(LeaderConfig {
         max_worker_idle: 3_000,
         finished_task_retention: 20_000,
         max_assignments_per_round: 5,
         max_timer_changes_per_round: 3,
+        idempotency_window: 8_000,
     });
     sim.auto_receive = false;
     for op in ops {
@@ -256,18 +361,29 @@ fn run(ops: Vec<Op>) {
                 slot,
                 delay,
                 deadline,
+                key,
             } => {
-                sim.submit(SubmitRequest {
-                    task_type: format!("k{kind}"),
-                    user_id: format!("{user}"),
-                    data: "x".into(),
-                    max_attempts: max_attempts.into(),
-                    attempts: attempts.into(),
-                    slot: slot.map(|s| format!("s{s}")),
-                    requested_start_time: if delay { sim.now + 2_000 } else { 0 },
-                    deadline: if deadline { sim.now + 5_000 } else { 0 },
-                    ..Default::default()
-                });
+                let user = format!("{}", user % 2);
+                let key = key.map(|k| format!("key{k}"));
+                let (outcome, entry) = sim.leader.submit(
+                    sim.now,
+                    SubmitRequest {
+                        task_type: format!("k{kind}"),
+                        user_id: user.clone(),
+                        data: "x".into(),
+                        max_attempts: max_attempts.into(),
+                        attempts: attempts.into(),
+                        slot: slot.map(|s| format!("s{s}")),
+                        requested_start_time: if delay { sim.now + 2_000 } else { 0 },
+                        deadline: if deadline { sim.now + 5_000 } else { 0 },
+                        idempotency_key: key.clone(),
+                        ..Default::default()
+                    },
+                );
+                if let Some(key) = &key {
+                    check_keyed_submit(&sim, &user, key, &outcome, entry.as_ref());
+                }
+                sim.push(entry.into_iter().collect());
             }
             Op::Connect { worker } => {
                 let id = format!("w{worker}");
@@ -321,6 +437,21 @@ fn run(ops: Vec<Op>) {
         "every reservation is released once applied"
     );
     sim.state().check_invariants().unwrap();
+    let live = keys_of_log(&sim.log);
+    let kept: BTreeMap<(String, String), (TaskId, Millis)> = sim
+        .state()
+        .idempotency_keys()
+        .map(|k| {
+            (
+                (k.user_id.to_string(), k.key.to_string()),
+                (k.task_id, k.created),
+            )
+        })
+        .collect();
+    assert_eq!(
+        kept, live,
+        "the state keeps exactly the keys the log leaves live"
+    );
     let replayed = sim.replay();
     assert_eq!(replayed, *sim.state(), "replay gives the leader's state");
     // Replaying twice gives the same state again.

@@ -448,6 +448,7 @@ fn new_task(id: u64, slot: Option<&str>, created: i64, start: i64) -> NewTask {
         codepool: None,
         mode: None,
         created,
+        idempotency_key: None,
     }
 }
 
@@ -570,11 +571,21 @@ fn code_pools_are_created_once_and_deleted() {
 fn refused_entries_leave_the_state_unchanged() {
     // Goal: apply validates before it mutates, and positions only increase.
     let mut s = BrokerState::default();
-    s.apply(1, LogEntry::AddTask(new_task(1, None, 1, 0)))
-        .unwrap();
+    s.apply(
+        1,
+        LogEntry::AddTask(NewTask {
+            idempotency_key: Some("k".into()),
+            ..new_task(1, None, 1, 0)
+        }),
+    )
+    .unwrap();
     let before = s.clone();
     let bad = [
         LogEntry::AddTask(new_task(1, None, 1, 0)),
+        LogEntry::AddTask(NewTask {
+            idempotency_key: Some("k".into()),
+            ..new_task(2, None, 1, 0)
+        }),
         LogEntry::AssignTask {
             task_id: TaskId(1),
             worker_id: "w".into(),
@@ -631,6 +642,7 @@ fn snapshot_round_trip_rebuilds_every_index() {
         sim.submit(SubmitRequest {
             task_type: if i % 2 == 0 { "t".into() } else { "x".into() },
             user_id: format!("{}", i % 3),
+            idempotency_key: (i % 3 == 0).then(|| format!("key{i}")),
             slot: (i % 5 == 0).then(|| format!("slot{i}")),
             deadline: if i % 4 == 0 { sim.now + 100_000 } else { 0 },
             requested_start_time: if i % 7 == 0 { sim.now + 50_000 } else { 0 },
@@ -652,6 +664,7 @@ fn snapshot_round_trip_rebuilds_every_index() {
     sim.report("w1", running[0].0, running[0].1, Outcome::Finished, "r");
     sim.flush();
     let snap = sim.state().to_snapshot();
+    assert_eq!(snap.idempotency_keys.len(), 7);
     let rebuilt = BrokerState::from_snapshot(snap.clone(), Arc::new(DefaultGroupMapper)).unwrap();
     assert_eq!(rebuilt, *sim.state());
     assert_eq!(rebuilt.to_snapshot(), snap);
@@ -736,4 +749,211 @@ fn task_ids_are_never_reused_after_the_highest_task_is_purged() {
         );
         assert_eq!(outcome, SubmitOutcome::Accepted(TaskId(last.0 + 1)));
     }
+}
+
+fn keyed(user: &str, key: &str) -> SubmitRequest {
+    SubmitRequest {
+        task_type: "t".into(),
+        user_id: user.into(),
+        data: format!("{user}/{key}"),
+        max_attempts: 1,
+        idempotency_key: Some(key.into()),
+        ..Default::default()
+    }
+}
+
+fn accepted(outcome: SubmitOutcome) -> TaskId {
+    match outcome {
+        SubmitOutcome::Accepted(id) => id,
+        SubmitOutcome::NotCreated(why) => panic!("not created: {why}"),
+    }
+}
+
+#[test]
+fn a_submission_with_a_known_key_is_answered_with_the_first_task_and_logs_nothing() {
+    // Goal: once a keyed task is applied, the same key of the same user gets that task's id
+    // and no entry, whatever the rest of the request says.
+    let mut sim = Sim::new(config());
+    let first = accepted(sim.submit(keyed("alice", "k1")));
+    sim.flush();
+    let log_len = sim.log.len();
+    let (outcome, entry) = sim.leader.submit(
+        sim.now,
+        SubmitRequest {
+            data: "different payload".into(),
+            ..keyed("alice", "k1")
+        },
+    );
+    assert_eq!(outcome, SubmitOutcome::Accepted(first));
+    assert_eq!(entry, None, "nothing is logged for a known key");
+    assert_eq!(sim.log.len(), log_len);
+    assert_eq!(sim.state().task_count(), 1);
+    assert_eq!(
+        sim.state().idempotency_key("alice", "k1"),
+        Some((first, sim.now))
+    );
+    // A submission without a key is never deduplicated.
+    let other = sim.submit(SubmitRequest {
+        idempotency_key: None,
+        ..keyed("alice", "k1")
+    });
+    assert_ne!(other, SubmitOutcome::Accepted(first));
+}
+
+#[test]
+fn a_key_in_flight_is_answered_with_its_task_also_within_one_batch() {
+    // Goal: a key whose creation is not durable yet (same batch, or an earlier batch still in
+    // flight) is answered with the task being created; one task is created per key.
+    let mut sim = Sim::new(config());
+    let (a, entry_a) = sim.leader.submit(sim.now, keyed("u", "same"));
+    let (b, entry_b) = sim.leader.submit(sim.now, keyed("u", "same"));
+    assert_eq!(a, b, "the same key twice in one batch gives the same id");
+    assert!(entry_a.is_some() && entry_b.is_none());
+    sim.push(entry_a.into_iter().collect());
+    // The batch is still in flight: a retry is answered with the same task.
+    assert_eq!(sim.submit(keyed("u", "same")), a);
+    sim.flush();
+    assert_eq!(sim.submit(keyed("u", "same")), a);
+    sim.flush();
+    assert_eq!(sim.state().task_count(), 1);
+    assert!(!sim.leader.has_pending());
+}
+
+#[test]
+fn keys_are_scoped_by_user() {
+    // Goal: two users choosing the same key get two tasks; neither sees the other's.
+    let mut sim = Sim::new(config());
+    let alice = accepted(sim.submit(keyed("alice", "order-1")));
+    let bob = accepted(sim.submit(keyed("bob", "order-1")));
+    assert_ne!(alice, bob);
+    sim.flush();
+    assert_eq!(
+        sim.submit(keyed("bob", "order-1")),
+        SubmitOutcome::Accepted(bob)
+    );
+    assert_eq!(sim.state().idempotency_key_count(), 2);
+}
+
+#[test]
+fn keys_outlive_a_purge_and_are_forgotten_through_the_log_after_the_window() {
+    // Goal: a key is kept for the window from its task's creation even when the task is
+    // purged earlier; the leader's timer knows when the window ends, forgets the key with a
+    // logged entry, and only then does the same key create a new task. Replay agrees.
+    let config = LeaderConfig {
+        finished_task_retention: 10_000,
+        idempotency_window: 30_000,
+        ..config()
+    };
+    let mut sim = Sim::new(config);
+    let created = sim.now;
+    let first = accepted(sim.submit(keyed("u", "k")));
+    sim.connect("w1", WorkerCapacity::any(1)).unwrap();
+    sim.settle();
+    sim.report("w1", first, 1, Outcome::Finished, "done");
+    sim.flush();
+    sim.advance(10_000);
+    sim.settle();
+    assert!(sim.state().task(first).is_none(), "purged after retention");
+    assert_eq!(
+        sim.submit(keyed("u", "k")),
+        SubmitOutcome::Accepted(first),
+        "the key outlives its task"
+    );
+    assert_eq!(sim.leader.next_timer(), Some(created + 30_000));
+    sim.now = created + 30_000 - 1;
+    assert!(
+        !sim.leader
+            .tick(sim.now)
+            .iter()
+            .any(|e| matches!(e, LogEntry::ForgetIdempotencyKeys { .. })),
+        "not before the window ends"
+    );
+    sim.now = created + 30_000;
+    let entries = sim.leader.tick(sim.now);
+    assert_eq!(
+        entries,
+        vec![LogEntry::ForgetIdempotencyKeys {
+            created_before: created + 1,
+            timestamp: sim.now,
+        }]
+    );
+    assert_eq!(sim.leader.next_timer(), None, "nothing else to forget");
+    assert!(sim.leader.tick(sim.now).is_empty(), "decided once");
+    sim.push(entries);
+    sim.flush();
+    assert_eq!(sim.state().idempotency_key("u", "k"), None);
+    let second = accepted(sim.submit(keyed("u", "k")));
+    assert!(second > first);
+    sim.flush();
+    assert_eq!(sim.replay(), *sim.state());
+}
+
+#[test]
+fn forgetting_keys_is_bounded_per_round() {
+    // Goal: at most max_timer_changes_per_round keys are forgotten by one entry, the next
+    // tick goes on where the entry in flight stops, and a millisecond holding more keys than
+    // the budget is forgotten whole rather than never.
+    let config = LeaderConfig {
+        max_timer_changes_per_round: 3,
+        idempotency_window: 1_000,
+        ..config()
+    };
+    let mut sim = Sim::new(config);
+    let start = sim.now;
+    for i in 0..5 {
+        sim.submit(keyed("u", &format!("same-ms-{i}")));
+    }
+    for i in 0..4 {
+        sim.advance(1);
+        sim.submit(keyed("u", &format!("later-{i}")));
+    }
+    sim.flush();
+    assert_eq!(sim.state().idempotency_key_count(), 9);
+    sim.now = start + 10_000;
+    let first = sim.leader.tick(sim.now);
+    assert_eq!(
+        first,
+        vec![LogEntry::ForgetIdempotencyKeys {
+            created_before: start + 1,
+            timestamp: sim.now
+        }],
+        "the five keys of one millisecond go together"
+    );
+    let second = sim.leader.tick(sim.now);
+    assert_eq!(
+        second,
+        vec![LogEntry::ForgetIdempotencyKeys {
+            created_before: start + 4,
+            timestamp: sim.now
+        }],
+        "then three more, after the entry in flight"
+    );
+    sim.push(first);
+    sim.push(second);
+    sim.flush();
+    assert_eq!(sim.state().idempotency_key_count(), 1);
+    assert!(sim.state().idempotency_key("u", "later-3").is_some());
+    let third = sim.leader.tick(sim.now);
+    sim.push(third);
+    sim.flush();
+    assert_eq!(sim.state().idempotency_key_count(), 0);
+    assert!(!sim.leader.has_pending());
+    assert_eq!(sim.replay(), *sim.state());
+}
+
+#[test]
+fn a_zero_window_keeps_keys_forever() {
+    // Goal: with idempotency_window 0 no key is ever forgotten and no timer is set for keys.
+    let config = LeaderConfig {
+        idempotency_window: 0,
+        finished_task_retention: 0,
+        ..config()
+    };
+    let mut sim = Sim::new(config);
+    let first = accepted(sim.submit(keyed("u", "k")));
+    sim.flush();
+    assert_eq!(sim.leader.next_timer(), None);
+    sim.advance(1_000_000_000);
+    assert!(sim.leader.tick(sim.now).is_empty());
+    assert_eq!(sim.submit(keyed("u", "k")), SubmitOutcome::Accepted(first));
 }

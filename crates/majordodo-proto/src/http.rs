@@ -19,9 +19,9 @@ mod tests;
 
 pub use request::{ActionRequest, TaskSubmission, parse_action};
 pub use response::{
-    BrokerStatusInfo, ClusterBroker, ClusterStatus, ErrorBody, OverviewView, StatusView,
-    SubmitResult, SubmitTaskResponse, SubmitTasksResponse, TaskInfo, TaskView, TasksOverviewView,
-    TasksView, WorkerInfo, WorkersView,
+    BrokerStatusInfo, ClusterBroker, ClusterStatus, ErrorBody, LeaderHint, OverviewView,
+    StatusView, SubmitResult, SubmitTaskResponse, SubmitTasksResponse, TaskInfo, TaskView,
+    TasksOverviewView, TasksView, WorkerInfo, WorkersView,
 };
 pub use view::{StatusFilter, TasksOverviewQuery, TasksQuery, ViewRequest, parse_view};
 
@@ -53,6 +53,10 @@ pub const MAX_TASK_ID: u64 = i64::MAX as u64;
 /// real name and keeps indexes and logs small. Payloads (`data`) are bounded by the body limit and
 /// the log's record limit instead.
 pub const MAX_NAME_BYTES: usize = 1_024;
+
+/// Longest accepted `idempotencyKey`, in bytes (the log reserves room for it in every task's
+/// record).
+pub use crate::record::MAX_IDEMPOTENCY_KEY_BYTES;
 
 /// Most tasks in one `submitTasks` request. One request becomes one batch in the broker's log;
 /// ten thousand tasks keep that batch (and the answer) a few megabytes at most.

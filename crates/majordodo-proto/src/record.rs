@@ -4,13 +4,22 @@
 //! framing and a checksum around it; this module only turns entries into bytes and back. Field
 //! tags of the entry kinds are 10 + the original Majordodo edit code, so a reader of
 //! both formats can map one to the other; kinds the original did not have start at 30.
+//!
+//! Versions: 1, the first; 2 adds the task's idempotency key (field 13 of a new task) and the
+//! `ForgetIdempotencyKeys` kind (tag 31). Version 2 is written; both are read (a version 1
+//! record has neither). The version had to change because a reader of version 1 would skip the
+//! key without a word (protobuf ignores unknown fields) and hold a state that differs from the
+//! leader's.
 
 use majordodo_core::entry::{LogEntry, NewTask};
 use majordodo_core::{TaskId, TaskStatus, TransactionId};
 use prost::Message;
 
 /// Version of the record format written by this build. Readers refuse versions they do not know.
-pub const RECORD_FORMAT_VERSION: u32 = 1;
+pub const RECORD_FORMAT_VERSION: u32 = 2;
+
+/// Oldest record format version this build reads.
+pub const MIN_RECORD_FORMAT_VERSION: u32 = 1;
 
 /// Why bytes are not a record this build can read.
 #[derive(Debug, thiserror::Error)]
@@ -20,7 +29,7 @@ pub enum RecordError {
     Malformed(#[from] prost::DecodeError),
     /// Written by a newer (or unknown) format.
     #[error(
-        "record format version {0} is not supported (this build reads version {RECORD_FORMAT_VERSION})"
+        "record format version {0} is not supported (this build reads versions {MIN_RECORD_FORMAT_VERSION} to {RECORD_FORMAT_VERSION})"
     )]
     UnsupportedVersion(u32),
     /// The record carries no entry, or a kind this build does not know.
@@ -42,7 +51,7 @@ struct RecordPb {
     version: u32,
     #[prost(
         oneof = "EntryPb",
-        tags = "11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24, 30"
+        tags = "11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24, 30, 31"
     )]
     entry: Option<EntryPb>,
 }
@@ -77,6 +86,8 @@ enum EntryPb {
     CreateCodePool(CreateCodePoolPb),
     #[prost(message, tag = "30")]
     PurgeTasks(PurgeTasksPb),
+    #[prost(message, tag = "31")]
+    ForgetIdempotencyKeys(ForgetKeysPb),
 }
 
 /// A task at submission; shared with snapshots (prepared tasks of transactions).
@@ -106,6 +117,9 @@ pub(crate) struct NewTaskPb {
     mode: Option<String>,
     #[prost(int64, tag = "12")]
     created: i64,
+    /// Since version 2.
+    #[prost(string, optional, tag = "13")]
+    idempotency_key: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -208,6 +222,15 @@ struct PurgeTasksPb {
     timestamp: i64,
 }
 
+/// Since version 2.
+#[derive(Clone, PartialEq, Message)]
+struct ForgetKeysPb {
+    #[prost(int64, tag = "1")]
+    created_before: i64,
+    #[prost(int64, tag = "2")]
+    timestamp: i64,
+}
+
 impl From<&NewTask> for NewTaskPb {
     fn from(t: &NewTask) -> Self {
         NewTaskPb {
@@ -223,6 +246,7 @@ impl From<&NewTask> for NewTaskPb {
             codepool: t.codepool.clone(),
             mode: t.mode.clone(),
             created: t.created,
+            idempotency_key: t.idempotency_key.clone(),
         }
     }
 }
@@ -248,6 +272,7 @@ impl NewTaskPb {
             codepool: self.codepool,
             mode: self.mode,
             created: self.created,
+            idempotency_key: self.idempotency_key,
         })
     }
 }
@@ -255,17 +280,27 @@ impl NewTaskPb {
 /// Most bytes a record spends besides the content of its string and bytes fields, for an entry
 /// with at most 12 numeric fields (every kind but `PurgeTasks`): the version (a 1-byte tag and a
 /// varint of at most 5), the entry kind (a tag of at most 2 and a length of at most 5), one nested
-/// message (a task inside `PrepareAddTask`: tag and length, 6), and 12 numeric fields (a 1-byte tag
-/// and a varint of at most 10 each).
-pub const RECORD_FIXED_OVERHEAD: usize = 6 + 7 + 6 + 12 * 11;
+/// message (a task inside `PrepareAddTask`: tag and length, 6), 12 numeric fields (a 1-byte tag
+/// and a varint of at most 10 each), and a task's idempotency key of up to
+/// [`MAX_IDEMPOTENCY_KEY_BYTES`] with its framing, which callers of [`record_len_bound`] do not
+/// list (so a bound computed before keys existed stays a bound).
+pub const RECORD_FIXED_OVERHEAD: usize =
+    6 + 7 + 6 + 12 * 11 + MAX_IDEMPOTENCY_KEY_BYTES + FIELD_OVERHEAD;
+
+/// Longest idempotency key a task may carry, in bytes (the HTTP API refuses longer ones). Long
+/// enough for any identifier a client derives its key from; short enough that keeping every key
+/// for the window costs little next to the tasks.
+pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 1_024;
 
 /// Most bytes a string or bytes field spends besides its content: a 1-byte tag and a length of at
 /// most 5 bytes.
 pub const FIELD_OVERHEAD: usize = 6;
 
 /// An upper bound of the size of the record of an entry whose string and bytes fields have these
-/// lengths (every field counted, present or not; `PurgeTasks` excepted). Lets a caller refuse a
-/// request whose entry would exceed the log's record limit before anything is decided.
+/// lengths (every field counted, present or not; `PurgeTasks` excepted; a task's idempotency
+/// key, at most [`MAX_IDEMPOTENCY_KEY_BYTES`], is counted in [`RECORD_FIXED_OVERHEAD`]). Lets a
+/// caller refuse a request whose entry would exceed the log's record limit before anything is
+/// decided.
 pub fn record_len_bound(field_lens: impl IntoIterator<Item = usize>) -> usize {
     field_lens
         .into_iter()
@@ -384,6 +419,13 @@ pub fn encode_entry(entry: &LogEntry) -> Vec<u8> {
             task_ids: task_ids.iter().map(|t| t.0).collect(),
             timestamp: *timestamp,
         }),
+        LogEntry::ForgetIdempotencyKeys {
+            created_before,
+            timestamp,
+        } => EntryPb::ForgetIdempotencyKeys(ForgetKeysPb {
+            created_before: *created_before,
+            timestamp: *timestamp,
+        }),
     };
     RecordPb {
         version: RECORD_FORMAT_VERSION,
@@ -398,9 +440,10 @@ pub fn encode_entry(entry: &LogEntry) -> Vec<u8> {
 /// [`RecordError`] when the bytes are not a record of a version and kind this build knows.
 pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, RecordError> {
     let record = RecordPb::decode(bytes)?;
-    if record.version != RECORD_FORMAT_VERSION {
+    if !(MIN_RECORD_FORMAT_VERSION..=RECORD_FORMAT_VERSION).contains(&record.version) {
         return Err(RecordError::UnsupportedVersion(record.version));
     }
+    // Version 1 is version 2 without the key and the forget kind: one decoder reads both.
     let entry = record.entry.ok_or(RecordError::UnknownKind)?;
     Ok(match entry {
         EntryPb::AddTask(t) => LogEntry::AddTask(t.into_task()?),
@@ -472,6 +515,10 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, RecordError> {
             task_ids: p.task_ids.into_iter().map(TaskId).collect(),
             timestamp: p.timestamp,
         },
+        EntryPb::ForgetIdempotencyKeys(f) => LogEntry::ForgetIdempotencyKeys {
+            created_before: f.created_before,
+            timestamp: f.timestamp,
+        },
     })
 }
 
@@ -505,10 +552,15 @@ pub(crate) mod tests {
                 any::<i64>(),
                 any::<i64>(),
             ),
-            (opt_string(), opt_string(), opt_string()),
+            (opt_string(), opt_string(), opt_string(), opt_string()),
         )
             .prop_map(
-                |(id, (tt, user, data), (max, att, start, deadline, created), (slot, cp, mode))| {
+                |(
+                    id,
+                    (tt, user, data),
+                    (max, att, start, deadline, created),
+                    (slot, cp, mode, idempotency_key),
+                )| {
                     NewTask {
                         id: TaskId(id),
                         task_type: tt,
@@ -522,6 +574,7 @@ pub(crate) mod tests {
                         codepool: cp,
                         mode,
                         created,
+                        idempotency_key,
                     }
                 },
             )
@@ -617,7 +670,48 @@ pub(crate) mod tests {
                     timestamp: t,
                 }
             }),
+            (any::<i64>(), any::<i64>()).prop_map(|(created_before, timestamp)| {
+                LogEntry::ForgetIdempotencyKeys {
+                    created_before,
+                    timestamp,
+                }
+            }),
         ]
+    }
+
+    /// Encodes an entry as a version 1 writer did: same messages, version 1, and no field
+    /// that version lacked.
+    fn encode_v1(entry: &LogEntry) -> Option<Vec<u8>> {
+        let mut record = RecordPb::decode(encode_entry(entry).as_slice()).ok()?;
+        record.version = 1;
+        match &mut record.entry {
+            Some(EntryPb::AddTask(t)) => t.idempotency_key = None,
+            Some(EntryPb::PrepareAddTask(p)) => p.task.as_mut()?.idempotency_key = None,
+            Some(EntryPb::ForgetIdempotencyKeys(_)) => return None,
+            _ => {}
+        }
+        Some(record.encode_to_vec())
+    }
+
+    /// The entry a version 1 record of `entry` means: the same without idempotency key.
+    fn without_key(entry: LogEntry) -> LogEntry {
+        match entry {
+            LogEntry::AddTask(t) => LogEntry::AddTask(NewTask {
+                idempotency_key: None,
+                ..t
+            }),
+            LogEntry::PrepareAddTask {
+                transaction_id,
+                task,
+            } => LogEntry::PrepareAddTask {
+                transaction_id,
+                task: NewTask {
+                    idempotency_key: None,
+                    ..task
+                },
+            },
+            other => other,
+        }
     }
 
     proptest! {
@@ -625,6 +719,15 @@ pub(crate) mod tests {
         fn every_entry_round_trips(e in entry()) {
             // Goal: decode(encode(e)) == e for every entry kind and field value.
             prop_assert_eq!(decode_entry(&encode_entry(&e)).unwrap(), e);
+        }
+
+        #[test]
+        fn version_1_records_still_decode(e in entry()) {
+            // Goal: records written before idempotency keys existed (version 1) decode to the
+            // same entries, without key.
+            if let Some(bytes) = encode_v1(&e) {
+                prop_assert_eq!(decode_entry(&bytes).unwrap(), without_key(e));
+            }
         }
 
         #[test]
@@ -636,6 +739,7 @@ pub(crate) mod tests {
 
     /// Lengths of the string and bytes fields of an entry, as [`record_len_bound`] takes them.
     fn field_lens(e: &LogEntry) -> Option<Vec<usize>> {
+        // The idempotency key is not listed: the fixed overhead holds it.
         let task = |t: &NewTask| {
             vec![
                 t.task_type.len(),
@@ -674,19 +778,26 @@ pub(crate) mod tests {
             LogEntry::BeginTransaction { .. }
             | LogEntry::CommitTransaction { .. }
             | LogEntry::RollbackTransaction { .. }
-            | LogEntry::Noop { .. } => Vec::new(),
+            | LogEntry::Noop { .. }
+            | LogEntry::ForgetIdempotencyKeys { .. } => Vec::new(),
             LogEntry::PurgeTasks { .. } => return None,
         })
     }
 
     proptest! {
         #[test]
-        fn record_len_bound_is_an_upper_bound(e in entry(), big in 0usize..70_000) {
+        fn record_len_bound_is_an_upper_bound(
+            e in entry(),
+            big in 0usize..70_000,
+            key_len in proptest::option::of(0usize..=MAX_IDEMPOTENCY_KEY_BYTES),
+        ) {
             // Goal: no record is longer than the bound computed from its fields, also with a
-            // field long enough to need a multi-byte length.
+            // field long enough to need a multi-byte length and with an idempotency key of up
+            // to the longest accepted.
             let e = match e {
                 LogEntry::AddTask(mut t) => {
                     t.data = "x".repeat(big);
+                    t.idempotency_key = key_len.map(|n| "k".repeat(n));
                     LogEntry::AddTask(t)
                 }
                 other => other,
@@ -700,14 +811,15 @@ pub(crate) mod tests {
 
     #[test]
     fn unknown_version_and_empty_record_are_refused() {
-        // Goal: a newer format is refused with a message naming both versions.
+        // Goal: a newer format is refused with a message naming the versions.
         let bytes = RecordPb {
-            version: 2,
+            version: 3,
             entry: Some(EntryPb::Noop(NoopPb { timestamp: 1 })),
         }
         .encode_to_vec();
         let err = decode_entry(&bytes).unwrap_err();
-        assert!(err.to_string().contains("version 2"), "{err}");
+        assert!(err.to_string().contains("version 3"), "{err}");
+        assert!(err.to_string().contains("versions 1 to 2"), "{err}");
         let bytes = RecordPb {
             version: 1,
             entry: None,

@@ -1,13 +1,19 @@
 //! Snapshot content: a whole broker state as a stream of length-delimited protobuf items.
 //!
 //! Layout: a `Header` item (format version, log position, id counters), then one item per task,
-//! worker, transaction and code pool, then an `End` item carrying the counts, so a stream cut short
+//! worker, transaction, code pool and idempotency key, then an `End` item carrying the counts,
+//! so a stream cut short
 //! is detected even before the store's checksum. Items are decoded one at a time into a
 //! [`StateBuilder`], so a large snapshot is never held twice in memory as records. Compression and
 //! the checksummed file envelope are the snapshot store's job (`majordodo-log`).
 //!
 //! Unlike the original's snapshots, code pools and each task's code pool and mode are
 //! kept.
+//!
+//! Versions: 1, the first; 2 adds the `IdempotencyKey` item (tag 7) and its count in `End`
+//! (field 5). Version 2 is written; both are read (a version 1 snapshot has no keys). A reader
+//! of version 1 would refuse the new item, but only when a key is present; the version says it
+//! up front.
 
 use std::sync::Arc;
 
@@ -15,13 +21,16 @@ use majordodo_core::model::{CodePool, Transaction};
 use majordodo_core::snapshot::{
     SnapshotHeader, SnapshotSource, StateBuilder, TaskRecord, WorkerSnapshot,
 };
-use majordodo_core::{BrokerState, GroupMapper, TransactionId};
+use majordodo_core::{BrokerState, GroupMapper, IdempotencyKey, TaskId, TransactionId};
 use prost::Message;
 
 use crate::record::{NewTaskPb, RecordError};
 
 /// Version of the snapshot content format written by this build.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 1;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+
+/// Oldest snapshot content format version this build reads.
+pub const MIN_SNAPSHOT_FORMAT_VERSION: u32 = 1;
 
 /// Why bytes are not a snapshot this build can read.
 #[derive(Debug, thiserror::Error)]
@@ -37,7 +46,7 @@ pub enum SnapshotError {
     },
     /// The stream does not start with a header of a known version.
     #[error(
-        "snapshot format version {0} is not supported (this build reads version {SNAPSHOT_FORMAT_VERSION})"
+        "snapshot format version {0} is not supported (this build reads versions {MIN_SNAPSHOT_FORMAT_VERSION} to {SNAPSHOT_FORMAT_VERSION})"
     )]
     UnsupportedVersion(u32),
     /// The items are not in the expected order, or the stream ends early.
@@ -53,7 +62,7 @@ pub enum SnapshotError {
 
 #[derive(Clone, PartialEq, Message)]
 struct ItemPb {
-    #[prost(oneof = "ItemKind", tags = "1, 2, 3, 4, 5, 6")]
+    #[prost(oneof = "ItemKind", tags = "1, 2, 3, 4, 5, 6, 7")]
     item: Option<ItemKind>,
 }
 
@@ -71,6 +80,9 @@ enum ItemKind {
     CodePool(CodePoolPb),
     #[prost(message, tag = "6")]
     End(EndPb),
+    /// Since version 2.
+    #[prost(message, tag = "7")]
+    IdempotencyKey(IdempotencyKeyPb),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -158,6 +170,18 @@ struct CodePoolPb {
 }
 
 #[derive(Clone, PartialEq, Message)]
+struct IdempotencyKeyPb {
+    #[prost(string, tag = "1")]
+    user_id: String,
+    #[prost(string, tag = "2")]
+    key: String,
+    #[prost(uint64, tag = "3")]
+    task_id: u64,
+    #[prost(int64, tag = "4")]
+    created: i64,
+}
+
+#[derive(Clone, PartialEq, Message)]
 struct EndPb {
     #[prost(uint64, tag = "1")]
     tasks: u64,
@@ -167,6 +191,9 @@ struct EndPb {
     transactions: u64,
     #[prost(uint64, tag = "4")]
     codepools: u64,
+    /// Since version 2.
+    #[prost(uint64, tag = "5")]
+    idempotency_keys: u64,
 }
 
 fn put(out: &mut Vec<u8>, item: ItemKind) {
@@ -252,6 +279,18 @@ pub fn encode_snapshot(source: &SnapshotSource) -> Vec<u8> {
         );
         end.codepools += 1;
     }
+    for k in &source.idempotency_keys {
+        put(
+            &mut out,
+            ItemKind::IdempotencyKey(IdempotencyKeyPb {
+                user_id: k.user_id.to_string(),
+                key: k.key.to_string(),
+                task_id: k.task_id.0,
+                created: k.created,
+            }),
+        );
+        end.idempotency_keys += 1;
+    }
     put(&mut out, ItemKind::End(end));
     out
 }
@@ -274,7 +313,7 @@ pub fn snapshot_lsn(bytes: &[u8]) -> Result<u64, SnapshotError> {
 }
 
 fn check_version(version: u32) -> Result<(), SnapshotError> {
-    if version == SNAPSHOT_FORMAT_VERSION {
+    if (MIN_SNAPSHOT_FORMAT_VERSION..=SNAPSHOT_FORMAT_VERSION).contains(&version) {
         Ok(())
     } else {
         Err(SnapshotError::UnsupportedVersion(version))
@@ -305,14 +344,15 @@ pub fn decode_snapshot(
     mapper: Arc<dyn GroupMapper>,
 ) -> Result<BrokerState, SnapshotError> {
     let mut buf = bytes;
-    let header = match next_item(&mut buf, 0)? {
+    let (header, version) = match next_item(&mut buf, 0)? {
         Some(ItemKind::Header(h)) => {
             check_version(h.version)?;
-            SnapshotHeader {
+            let header = SnapshotHeader {
                 lsn: h.lsn,
                 max_task_id: h.max_task_id,
                 max_transaction_id: h.max_transaction_id,
-            }
+            };
+            (header, h.version)
         }
         _ => {
             return Err(SnapshotError::Structure(
@@ -392,6 +432,20 @@ pub fn decode_snapshot(
                 })?;
                 seen.codepools += 1;
             }
+            ItemKind::IdempotencyKey(k) => {
+                if version < 2 {
+                    return Err(SnapshotError::Structure(format!(
+                        "item {index}: idempotency key in a version {version} snapshot"
+                    )));
+                }
+                builder.add_idempotency_key(IdempotencyKey {
+                    user_id: k.user_id.into(),
+                    key: k.key.into(),
+                    task_id: TaskId(k.task_id),
+                    created: k.created,
+                })?;
+                seen.idempotency_keys += 1;
+            }
             ItemKind::End(end) => {
                 if end != seen {
                     return Err(SnapshotError::Structure(format!(
@@ -414,7 +468,7 @@ pub fn decode_snapshot(
 #[cfg(test)]
 mod tests {
     use super::*;
-    use majordodo_core::{DefaultGroupMapper, LogEntry, TaskId, TaskStatus};
+    use majordodo_core::{DefaultGroupMapper, LogEntry, TaskStatus};
     use proptest::prelude::*;
 
     fn sample_state() -> BrokerState {
@@ -439,7 +493,8 @@ mod tests {
                     slot: (i % 6 == 0).then(|| format!("s{i}")),
                     codepool: (i % 9 == 0).then(|| "pool".to_string()),
                     mode: (i % 9 == 0).then(|| "object".to_string()),
-                    created: 100,
+                    created: 100 + i as i64,
+                    idempotency_key: (i % 4 == 0).then(|| format!("key-{i}")),
                 }),
             );
         }
@@ -507,6 +562,7 @@ mod tests {
                     codepool: None,
                     mode: None,
                     created: 8,
+                    idempotency_key: Some("prepared".into()),
                 },
             },
         );
@@ -530,6 +586,8 @@ mod tests {
         assert_eq!(snapshot_lsn(&bytes).unwrap(), state.last_lsn());
         let back = decode_snapshot(&bytes, Arc::new(DefaultGroupMapper)).unwrap();
         assert_eq!(back, state);
+        assert_eq!(back.idempotency_key_count(), 7);
+        assert_eq!(back.idempotency_key("0", "key-4"), Some((TaskId(4), 104)));
         assert!(back.codepool("pool").is_some());
         assert_eq!(back.task(TaskId(9)).unwrap().mode(), Some("object"));
     }
@@ -553,16 +611,85 @@ mod tests {
         let mut bytes = encode_snapshot(&sample_state().snapshot_source());
         bytes.push(0);
         assert!(decode_snapshot(&bytes, Arc::new(DefaultGroupMapper)).is_err());
-        let mut v2 = Vec::new();
+        let mut v3 = Vec::new();
         put(
-            &mut v2,
+            &mut v3,
             ItemKind::Header(HeaderPb {
-                version: 2,
+                version: 3,
                 ..Default::default()
             }),
         );
-        let err = decode_snapshot(&v2, Arc::new(DefaultGroupMapper)).unwrap_err();
-        assert!(err.to_string().contains("version 2"), "{err}");
+        let err = decode_snapshot(&v3, Arc::new(DefaultGroupMapper)).unwrap_err();
+        assert!(err.to_string().contains("version 3"), "{err}");
+    }
+
+    /// The snapshot of `state` as a version 1 writer made it: no key items, version 1.
+    fn encode_v1(state: &BrokerState) -> Vec<u8> {
+        let mut source = state.snapshot_source();
+        source.idempotency_keys.clear();
+        let v2 = encode_snapshot(&source);
+        let mut buf = v2.as_slice();
+        let mut out = Vec::new();
+        while let Some(item) = next_item(&mut buf, 0).unwrap() {
+            let item = match item {
+                ItemKind::Header(h) => ItemKind::Header(HeaderPb { version: 1, ..h }),
+                other => other,
+            };
+            put(&mut out, item);
+        }
+        out
+    }
+
+    #[test]
+    fn version_1_snapshots_still_decode_without_keys() {
+        // Goal: a snapshot written before idempotency keys existed decodes to the same state
+        // with no key; a key item inside a version 1 snapshot is refused.
+        let state = sample_state();
+        let back = decode_snapshot(&encode_v1(&state), Arc::new(DefaultGroupMapper)).unwrap();
+        assert_eq!(back.idempotency_key_count(), 0);
+        assert_eq!(back.to_snapshot().tasks, state.to_snapshot().tasks);
+        assert_eq!(back.last_lsn(), state.last_lsn());
+        let mut bad = Vec::new();
+        put(
+            &mut bad,
+            ItemKind::Header(HeaderPb {
+                version: 1,
+                ..Default::default()
+            }),
+        );
+        put(
+            &mut bad,
+            ItemKind::IdempotencyKey(IdempotencyKeyPb {
+                user_id: "u".into(),
+                key: "k".into(),
+                task_id: 1,
+                created: 1,
+            }),
+        );
+        put(
+            &mut bad,
+            ItemKind::End(EndPb {
+                idempotency_keys: 1,
+                ..Default::default()
+            }),
+        );
+        let err = decode_snapshot(&bad, Arc::new(DefaultGroupMapper)).unwrap_err();
+        assert!(err.to_string().contains("version 1"), "{err}");
+    }
+
+    #[test]
+    fn duplicate_idempotency_keys_are_refused() {
+        // Goal: a snapshot naming one key of one user twice does not decode.
+        let mut source = sample_state().snapshot_source();
+        let first = source.idempotency_keys[0].clone();
+        let first_key = first.key.clone();
+        source.idempotency_keys.push(IdempotencyKey {
+            task_id: TaskId(999),
+            ..first
+        });
+        let err =
+            decode_snapshot(&encode_snapshot(&source), Arc::new(DefaultGroupMapper)).unwrap_err();
+        assert!(err.to_string().contains(&*first_key), "{err}");
     }
 
     proptest! {

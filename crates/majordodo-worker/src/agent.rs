@@ -401,9 +401,17 @@ impl Agent {
         let retry = |what: &str, error: &dyn std::fmt::Display| {
             ConnectError::Retry(format!("{what}: {error}"))
         };
-        let socket = TcpStream::connect(&self.config.broker_addr)
+        let addr = match &self.config.broker_locator {
+            Some(locator) => locator
+                .locate()
+                .await
+                .map_err(|e| ConnectError::Retry(format!("locate the broker: {e}")))?,
+            None => self.config.broker_addr.clone(),
+        };
+        debug!(%addr, "connecting to the broker");
+        let socket = TcpStream::connect(&addr)
             .await
-            .map_err(|e| retry("connect", &e))?;
+            .map_err(|e| retry(&format!("connect to {addr}"), &e))?;
         if let Err(error) = socket.set_nodelay(true) {
             debug!(%error, "could not set TCP_NODELAY");
         }
@@ -883,7 +891,14 @@ async fn read_handshake(
         Some(Err(error)) => Err(ConnectError::Retry(format!("read {expected}: {error}"))),
         Some(Ok(Message::Reject(reject))) => {
             warn!(reason = %reject.reason, retryable = reject.retryable, "broker rejected the worker");
-            if reject.retryable {
+            if reject.retryable && is_broker_condition(&reject.reason) {
+                // Not this worker's fault: another broker leads, or this one is not serving
+                // yet. Locate the broker again after the backoff, without a time limit.
+                Err(ConnectError::Retry(format!(
+                    "broker refused: {}",
+                    reject.reason
+                )))
+            } else if reject.retryable {
                 Err(ConnectError::Refused(reject.reason))
             } else {
                 Err(ConnectError::Fatal(WorkerError::Rejected {
@@ -893,6 +908,22 @@ async fn read_handshake(
         }
         Some(Ok(message)) => Ok(message),
     }
+}
+
+/// Codes a broker refuses with when it cannot serve any worker now (they start the refusal's
+/// reason, as the HTTP API's error texts do).
+const BROKER_CONDITIONS: [&str; 3] = [
+    "broker_not_leader",
+    "recovery_in_progress",
+    "broker_not_started",
+];
+
+/// Whether a refusal is about the broker (not the leader, recovering, stopping) rather than
+/// about this worker.
+fn is_broker_condition(reason: &str) -> bool {
+    BROKER_CONDITIONS
+        .iter()
+        .any(|code| reason.starts_with(code))
 }
 
 fn unexpected(message: &Message, expected: &'static str) -> ConnectError {

@@ -1,10 +1,13 @@
 //! The worker agent's settings, with their defaults and the checks that tie them together.
 
 use std::collections::BTreeMap;
+use std::sync::Arc;
 use std::time::Duration;
 
 use majordodo_proto::worker::{ANY_TASK_TYPE, Capacity, DEFAULT_MAX_FRAME_SIZE, SharedSecret};
 use rand::Rng;
+
+use crate::locator::BrokerLocator;
 
 /// Default ping interval; the broker's `Welcome` can only shorten it. The original system
 /// pinged every 10 s.
@@ -85,7 +88,11 @@ impl Backoff {
 #[derive(Debug, Clone)]
 pub struct WorkerConfig {
     /// The broker's worker port, as `host:port`; resolved again at every connection attempt.
+    /// Used when `broker_locator` is `None`.
     pub broker_addr: String,
+    /// Names the broker before every connection attempt (for example the leader published in
+    /// ZooKeeper); `None` connects to `broker_addr`.
+    pub broker_locator: Option<Arc<dyn BrokerLocator>>,
     /// Stable name of this worker; defaults to the host name.
     pub worker_id: String,
     /// This run of the process: the pid and a random suffix, so a restart is always told apart.
@@ -125,6 +132,7 @@ impl WorkerConfig {
         let host = hostname();
         WorkerConfig {
             broker_addr: broker_addr.into(),
+            broker_locator: None,
             worker_id: host.clone(),
             process_id: new_process_id(),
             location: host,
@@ -161,7 +169,7 @@ impl WorkerConfig {
     /// # Errors
     /// A message naming the first setting that is wrong.
     pub fn validate(&self) -> Result<(), String> {
-        let problem = if self.broker_addr.is_empty() {
+        let problem = if self.broker_addr.is_empty() && self.broker_locator.is_none() {
             "broker_addr must not be empty"
         } else if self.worker_id.is_empty() {
             "worker_id must not be empty"
@@ -185,6 +193,16 @@ impl WorkerConfig {
             return Ok(());
         };
         Err(problem.to_owned())
+    }
+}
+
+impl WorkerConfig {
+    /// Where the broker is found, for operators: the locator's description, or `broker_addr`.
+    pub fn broker_description(&self) -> String {
+        match &self.broker_locator {
+            Some(locator) => locator.describe(),
+            None => self.broker_addr.clone(),
+        }
     }
 }
 
@@ -252,5 +270,16 @@ mod tests {
         let mut bad = config.clone();
         bad.shared_secret = SharedSecret::new("");
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn a_locator_stands_in_for_the_broker_address() {
+        // Goal: without a locator the address is required; with one it may be empty, and the
+        // description names the locator.
+        let mut config = WorkerConfig::new("", SharedSecret::new("s"));
+        assert!(config.validate().unwrap_err().contains("broker_addr"));
+        config.broker_locator = Some(Arc::new(crate::StaticBroker("b:7363".into())));
+        assert_eq!(config.validate(), Ok(()));
+        assert_eq!(config.broker_description(), "b:7363");
     }
 }

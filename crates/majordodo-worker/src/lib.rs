@@ -31,6 +31,12 @@
 //!   listing the tasks it still runs and those with unacknowledged reports. A broker that keeps
 //!   refusing it for a reason that may pass (its worker id held by another live connection) is
 //!   retried for `max_refused_time`, then `run` returns [`WorkerError::StillRefused`].
+//! - **Finding the broker.** Before every connection attempt the worker asks its
+//!   [`BrokerLocator`] (default: the fixed `broker_addr`) which broker to connect to, so after a
+//!   lost connection it follows a new leader and re-sends its unacknowledged reports there. A
+//!   broker refusing it as `broker_not_leader`, `recovery_in_progress` or `broker_not_started`
+//!   is not a refusal of this worker: the worker locates the broker again after its backoff,
+//!   for as long as it runs.
 //! - **Kill.** A `Kill` from the broker aborts every task and makes `run` return
 //!   [`WorkerError::Killed`].
 //! - **Graceful stop.** When the shutdown future completes the worker announces zero
@@ -41,6 +47,7 @@
 mod agent;
 mod config;
 mod executor;
+mod locator;
 mod process;
 mod status;
 
@@ -52,6 +59,7 @@ pub use config::{
     MIN_MAX_FRAME_SIZE, ReportBatching, WorkerConfig, hostname, new_process_id,
 };
 pub use executor::{Executors, Task, TaskExecutor, TaskFailure, executor_fn};
+pub use locator::{BrokerLocator, LocateFuture, StaticBroker};
 pub use process::{
     DEFAULT_MAX_STDOUT_BYTES, DEFAULT_STDERR_TAIL_BYTES, DEFAULT_TIMEOUT_MS, ProcessConfigError,
     ProcessExecutor, ProcessExecutorConfig, process_executors,

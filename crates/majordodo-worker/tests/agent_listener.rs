@@ -4,8 +4,8 @@
 
 use std::collections::BTreeMap;
 use std::net::SocketAddr;
-use std::sync::Arc;
 use std::sync::atomic::{AtomicBool, Ordering};
+use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -17,7 +17,8 @@ use majordodo_proto::worker::{
     SharedSecret, Welcome, WorkerCodec, broker_proof, random_nonce,
 };
 use majordodo_worker::{
-    Backoff, Executors, StatusHandle, TaskFailure, Worker, WorkerConfig, WorkerError, executor_fn,
+    Backoff, BrokerLocator, Executors, LocateFuture, StatusHandle, TaskFailure, Worker,
+    WorkerConfig, WorkerError, executor_fn,
 };
 use tokio::io::AsyncWriteExt;
 use tokio::net::{TcpListener, TcpStream};
@@ -818,4 +819,112 @@ async fn silent_broker_is_dropped_and_the_worker_reconnects() {
     );
     let _ = agent.stop.take().unwrap().send(());
     assert_eq!(agent.result().await, Ok(()));
+}
+
+/// A locator the test points at one broker or another.
+#[derive(Debug, Clone)]
+struct Pointer(Arc<Mutex<SocketAddr>>);
+
+impl Pointer {
+    fn new(addr: SocketAddr) -> Pointer {
+        Pointer(Arc::new(Mutex::new(addr)))
+    }
+
+    fn point_at(&self, addr: SocketAddr) {
+        *self.0.lock().unwrap() = addr;
+    }
+}
+
+impl BrokerLocator for Pointer {
+    fn locate(&self) -> LocateFuture<'_> {
+        let addr = self.0.lock().unwrap().to_string();
+        Box::pin(async move { Ok(addr) })
+    }
+
+    fn describe(&self) -> String {
+        "the test's pointer".into()
+    }
+}
+
+#[tokio::test]
+async fn a_worker_whose_connection_drops_locates_the_broker_again_and_resends_its_reports() {
+    // Goal: the locator is asked again on reconnect: when the first broker goes away and the
+    // locator names another, the worker connects there, lists what it runs and holds, and
+    // sends its unacknowledged report again to the new broker.
+    let mut first = Broker::start("127.0.0.1:0").await;
+    let mut second = Broker::start("127.0.0.1:0").await;
+    let pointer = Pointer::new(first.addr);
+    let mut config = worker_config(first.addr);
+    config.broker_addr = String::new();
+    config.broker_locator = Some(Arc::new(pointer.clone()));
+    let gate = Arc::new(Semaphore::new(0));
+    let mut agent = Agent::start(config, executors(&gate));
+    let (_, session) = first.accept().await;
+    session
+        .assign(vec![
+            assignment(1, "gated", ""),
+            assignment(2, "echo", "two"),
+        ])
+        .unwrap();
+    let (_, reports) = first.finished().await;
+    assert_eq!(reports, vec![report(2, Outcome::Finished, "two")]);
+    pointer.point_at(second.addr);
+    first.stop().await;
+
+    let (hello, session) = second.accept().await;
+    assert_eq!(
+        hello.running,
+        vec![
+            RunningTask {
+                task_id: 1,
+                attempt: 1
+            },
+            RunningTask {
+                task_id: 2,
+                attempt: 1
+            },
+        ]
+    );
+    let (seq, reports) = second.finished().await;
+    assert_eq!(reports, vec![report(2, Outcome::Finished, "two")]);
+    session.ack_finished(seq).unwrap();
+    gate.add_permits(1);
+    let (seq, reports) = second.finished().await;
+    assert_eq!(reports, vec![report(1, Outcome::Finished, "released")]);
+    session.ack_finished(seq).unwrap();
+    agent
+        .wait_for("all acknowledged", |s| s.pending_reports == 0)
+        .await;
+    assert_eq!(agent.shutdown().await, Ok(()));
+    second.stop().await;
+}
+
+#[tokio::test]
+async fn a_broker_that_is_not_the_leader_makes_the_worker_locate_again_not_give_up() {
+    // Goal: a broker_not_leader refusal is not a refusal of this worker: even with
+    // max_refused_time 0 (give up at the first refusal of the worker), the worker asks its
+    // locator again and connects to the broker it names.
+    let mut follower = Broker::start("127.0.0.1:0").await;
+    let mut leader = Broker::start("127.0.0.1:0").await;
+    let pointer = Pointer::new(follower.addr);
+    let mut config = worker_config(follower.addr);
+    config.broker_locator = Some(Arc::new(pointer.clone()));
+    config.max_refused_time = Duration::ZERO;
+    let mut agent = Agent::start(config, Executors::new());
+    match follower.next().await {
+        WorkerEvent::Connected { reply, .. } => {
+            pointer.point_at(leader.addr);
+            reply.reject(Rejection {
+                reason: "broker_not_leader".into(),
+                retryable: true,
+            });
+        }
+        other => panic!("expected Connected, got {other:?}"),
+    }
+    let (hello, _session) = leader.accept().await;
+    assert_eq!(hello.worker_id, "worker-1");
+    agent.wait_for("connected", |s| s.connected).await;
+    assert_eq!(agent.shutdown().await, Ok(()));
+    follower.stop().await;
+    leader.stop().await;
 }

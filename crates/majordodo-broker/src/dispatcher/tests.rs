@@ -410,6 +410,7 @@ async fn start(log: Arc<dyn CommitLog>, clock: &ManualClock, stop: &Cancellation
             finished_task_retention: 0,
             max_assignments_per_round: 4,
             max_timer_changes_per_round: 4,
+            ..majordodo_core::LeaderConfig::default()
         },
         dispatcher: DispatcherConfig {
             checkpoint_interval: None,

@@ -423,6 +423,7 @@ mod tests {
                     codepool: None,
                     mode: None,
                     created: NOW - i as i64,
+                    idempotency_key: None,
                 }),
             );
             let (worker, end) = match fate {

@@ -6,9 +6,9 @@ use std::path::Path;
 use std::time::Duration;
 
 use anyhow::Context;
-use majordodo_client::{ADMIN_TOKEN_FILE, Auth, Client, ClientError};
+use majordodo_client::{ADMIN_TOKEN_FILE, Auth, Client, ClientError, RetryPolicy, ZkDiscovery};
 
-use crate::cli::ClientArgs;
+use crate::cli::{ClientArgs, DEFAULT_URL};
 use crate::config::read_small_file;
 use crate::error::usage;
 
@@ -112,20 +112,37 @@ impl Api {
     /// A usage error for a bad URL or missing credentials.
     pub(crate) fn new(args: &ClientArgs) -> anyhow::Result<Api> {
         let credentials = Credentials::from_args(args)?;
-        let client = Client::builder(&args.url)
+        let (builder, flag) = match (&args.url, &args.zk) {
+            (Some(_), Some(_)) => {
+                return Err(usage(
+                    "give either --url ($MAJORDODO_URL) or --zk ($MAJORDODO_ZK), not both",
+                ));
+            }
+            (_, Some(zk)) => {
+                let discovery = ZkDiscovery::new(zk.clone(), &args.zk_path)
+                    .map_err(|e| usage(format!("{e} (check --zk and --zk-path)")))?;
+                (Client::discover(discovery), "--zk")
+            }
+            (url, None) => (
+                Client::builder(url.as_deref().unwrap_or(DEFAULT_URL)),
+                "--url",
+            ),
+        };
+        let client = builder
             .auth(credentials.auth())
             .timeout(args.timeout)
             .connect_timeout(CONNECT_TIMEOUT.min(args.timeout))
+            .retry(RetryPolicy::for_at_most(args.retry_for))
             .build()
-            .map_err(|e| usage(format!("{e} (check --url)")))?;
+            .map_err(|e| usage(format!("{e} (check {flag})")))?;
         Ok(Api {
             client,
             credentials,
         })
     }
 
-    /// The API's URL.
-    pub(crate) fn url(&self) -> &str {
+    /// The API's URL (with ZooKeeper discovery: the leader's, once found).
+    pub(crate) fn url(&self) -> String {
         self.client.url()
     }
 
@@ -144,12 +161,17 @@ pub(crate) fn explain(error: ClientError, what: &str, url: &str) -> anyhow::Erro
         ClientError::Unauthorized(_) => {
             " (check the credentials: --token, --token-file, --username/--password)"
         }
-        ClientError::Transport(e) if e.is_connect() => " (is the broker running? check --url)",
+        ClientError::Transport(e) if e.is_connect() => {
+            " (is the broker running? check --url or --zk)"
+        }
+        ClientError::Discovery(_) => {
+            " (is a broker of the cluster running? check --zk and --zk-path)"
+        }
         ClientError::Transport(e) if e.is_timeout() => " (timed out; see --timeout)",
         ClientError::Refused { status: 404, .. } => {
             " (check the path of --url: it ends with /majordodo)"
         }
-        ClientError::Unavailable(_) => " (retry later)",
+        ClientError::Unavailable(_) => " (retry later, or allow more time with --retry-for)",
         _ => "",
     };
     anyhow::Error::new(error).context(format!("{what} at {url} failed{hint}"))

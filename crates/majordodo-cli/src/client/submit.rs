@@ -4,6 +4,10 @@
 //! (`majordodo_proto::http::parse_action`), so a bad field is reported with its name (and line)
 //! before anything is sent. With `--jsonl`, the whole input is checked first: one bad line and
 //! nothing is submitted.
+//!
+//! Every task carries an idempotency key (`--idempotency-key`, a line's `idempotencyKey`, else a
+//! fresh one from the client), and the client retries what the broker did not carry out for
+//! `--retry-for` with the same keys, so a retry never creates a task twice.
 
 use std::io::{IsTerminal, Read};
 use std::path::Path;
@@ -73,6 +77,9 @@ fn flag_fields(args: &SubmitArgs, api: &Api) -> Map<String, Value> {
     if let Some(slot) = &args.slot {
         m.insert("slot".into(), slot.clone().into());
     }
+    if let Some(key) = &args.idempotency_key {
+        m.insert("idempotencyKey".into(), key.clone().into());
+    }
     m
 }
 
@@ -133,7 +140,7 @@ async fn submit_one(api: &Api, args: &SubmitArgs) -> anyhow::Result<()> {
         .client
         .submit(&task)
         .await
-        .map_err(|e| explain(e, "submit the task", api.url()))?;
+        .map_err(|e| explain(e, "submit the task", &api.url()))?;
     match answer {
         Submitted::Created(id) => {
             if args.json {

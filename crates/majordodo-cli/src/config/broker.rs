@@ -158,6 +158,7 @@ impl Default for SnapshotsFile {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct TasksFile {
     pub(crate) finished_task_retention: HumanDuration,
+    pub(crate) idempotency_window: HumanDuration,
 }
 
 impl Default for TasksFile {
@@ -167,6 +168,9 @@ impl Default for TasksFile {
                 LeaderConfig::default()
                     .finished_task_retention
                     .unsigned_abs(),
+            )),
+            idempotency_window: HumanDuration(Duration::from_millis(
+                LeaderConfig::default().idempotency_window.unsigned_abs(),
             )),
         }
     }
@@ -400,6 +404,10 @@ impl BrokerFile {
                 )?,
                 max_assignments_per_round: t.max_assignments_per_round,
                 max_timer_changes_per_round: t.max_timer_changes_per_round,
+                idempotency_window: millis(
+                    "tasks.idempotency_window",
+                    self.tasks.idempotency_window.0,
+                )?,
             },
             dispatcher: DispatcherConfig {
                 max_inputs_per_round: t.max_inputs_per_round,
@@ -504,6 +512,10 @@ interval = "{snapshot_interval}"
 [tasks]
 # Finished and failed tasks are forgotten this long after their creation. "0" keeps them forever.
 finished_task_retention = "{retention}"
+# A submission's idempotency key is kept this long after its task's creation (even if the task
+# was purged sooner): a submission sent again with the same key and user within it creates
+# nothing and is answered with the first task. "0" keeps keys forever.
+idempotency_window = "{idempotency_window}"
 
 [tuning]
 # Requests (submissions, reads) queued for the dispatcher before callers wait.
@@ -516,7 +528,8 @@ max_inputs_per_round = {max_inputs_per_round}
 max_rounds_in_flight = {max_rounds_in_flight}
 # Most task assignments decided in one round.
 max_assignments_per_round = {max_assignments_per_round}
-# Most timer-driven changes (delayed tasks starting, deadlines, purges) in one round.
+# Most timer-driven changes (delayed tasks starting, deadlines, purges, idempotency keys
+# forgotten) in one round.
 max_timer_changes_per_round = {max_timer_changes_per_round}
 # Period of the empty log entry proving the log is writable when nothing else happens.
 noop_interval = "{noop_interval}"
@@ -538,6 +551,7 @@ noop_interval = "{noop_interval}"
         fsync = l.fsync,
         snapshot_interval = s.interval,
         retention = t.finished_task_retention,
+        idempotency_window = t.idempotency_window,
         command_queue = u.command_queue,
         event_queue = u.event_queue,
         max_inputs_per_round = u.max_inputs_per_round,
@@ -605,6 +619,7 @@ fsync = false
 interval = "0"
 [tasks]
 finished_task_retention = "2h"
+idempotency_window = "90m"
 "#,
         );
         let s = validate(&text).unwrap();
@@ -612,6 +627,7 @@ finished_task_retention = "2h"
         assert_eq!(s.broker.broker_id, "b1");
         assert_eq!(s.broker.leader.max_worker_idle, 60_000);
         assert_eq!(s.broker.leader.finished_task_retention, 7_200_000);
+        assert_eq!(s.broker.leader.idempotency_window, 5_400_000);
         assert_eq!(s.broker.dispatcher.checkpoint_interval, None);
         assert_eq!(s.listener.max_frame_size, 1 << 20);
         assert_eq!(s.listener.shared_secret.as_bytes(), b"s3cret");

@@ -5,7 +5,9 @@
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
+use majordodo_client::{DiscoveryError, ZkDiscovery};
 use majordodo_proto::worker::{ANY_TASK_TYPE, Capacity, DEFAULT_MAX_FRAME_SIZE, SharedSecret};
+use majordodo_worker::BrokerLocator;
 use majordodo_worker::{
     Backoff, DEFAULT_ACK_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_MAX_REFUSED_TIME, DEFAULT_MAX_REPORT_DELAY, DEFAULT_MAX_REPORTS_PER_BATCH,
@@ -13,16 +15,20 @@ use majordodo_worker::{
     Executors, ProcessExecutor, ProcessExecutorConfig, ReportBatching, WorkerConfig,
 };
 use serde::Deserialize;
+use std::sync::Arc;
 
 use super::broker::{DEFAULT_WORKER_LISTEN, check_listen};
 use super::{ByteSize, ConfigError, HumanDuration, Origin, SecretSource};
 use crate::builtin::{self, Builtin};
+use crate::zk::ZkBrokerLocator;
 
 /// The worker's TOML file. Every key is optional except the secret (for `majordodo worker`).
 #[derive(Debug, Clone, Deserialize)]
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct WorkerFile {
     pub(crate) broker: String,
+    pub(crate) zk: Option<String>,
+    pub(crate) zk_path: String,
     pub(crate) worker_id: Option<String>,
     pub(crate) location: Option<String>,
     pub(crate) shared_secret: Option<String>,
@@ -42,6 +48,8 @@ impl Default for WorkerFile {
     fn default() -> Self {
         WorkerFile {
             broker: DEFAULT_WORKER_LISTEN.into(),
+            zk: None,
+            zk_path: crate::cli::DEFAULT_ZK_PATH.into(),
             worker_id: None,
             location: None,
             shared_secret: None,
@@ -160,9 +168,24 @@ impl WorkerFile {
             Target::FromFile => None,
             Target::Standalone { .. } => Some(builtin::NAMES.map(str::to_owned).to_vec()),
         };
+        let mut locator = None;
         let (broker, secret) = match target {
             Target::FromFile => {
-                check_listen(&self.broker).map_err(|p| invalid("broker", p))?;
+                match &self.zk {
+                    Some(zk) => {
+                        let discovery =
+                            ZkDiscovery::new(zk.clone(), &self.zk_path).map_err(|e| match e {
+                                DiscoveryError::Invalid {
+                                    setting: "base path",
+                                    ..
+                                } => invalid("zk_path", e.to_string()),
+                                other => invalid("zk", other.to_string()),
+                            })?;
+                        let found: Arc<dyn BrokerLocator> = Arc::new(ZkBrokerLocator(discovery));
+                        locator = Some(found);
+                    }
+                    None => check_listen(&self.broker).map_err(|p| invalid("broker", p))?,
+                }
                 let secret = SecretSource {
                     inline: self.shared_secret.clone(),
                     file: self.shared_secret_file.clone(),
@@ -173,6 +196,7 @@ impl WorkerFile {
             Target::Standalone { broker, secret } => (broker, secret),
         };
         let mut config = WorkerConfig::new(broker, secret);
+        config.broker_locator = locator;
         if let Some(id) = &self.worker_id {
             if id.trim().is_empty() {
                 return Err(invalid("worker_id", "must not be empty".into()));
@@ -322,8 +346,14 @@ pub(crate) fn default_file() -> String {
 # sizes are numbers of bytes or strings with units (B, KiB, MiB, GiB, KB, MB, GB).
 # Relative paths are relative to the directory of this file.
 
-# The broker's worker port (its [workers] listen address), as host:port.
+# The broker's worker port (its [workers] listen address), as host:port. Ignored with `zk`.
 broker = "{broker}"
+# Find the broker through ZooKeeper instead: the leader published in <zk_path>/leader by a
+# replicated cluster, read again before every connection attempt (host:port,... of the
+# ensemble). Default: none, connect to `broker`.
+# zk = "zk1:2181,zk2:2181,zk3:2181"
+# Base path of the cluster's znodes in ZooKeeper, with `zk`.
+zk_path = "{zk_path}"
 # REQUIRED: the secret shared with the broker (its workers.shared_secret_file). Put it in a file
 # readable only by the worker's user (mode 0600), or inline with `shared_secret = "..."`.
 shared_secret_file = "worker.secret"
@@ -390,6 +420,7 @@ max_delay = "{max_delay}"
 # stderr_tail_bytes = {stderr_tail}     # end of stderr quoted in error texts
 "#,
         broker = DEFAULT_WORKER_LISTEN,
+        zk_path = crate::cli::DEFAULT_ZK_PATH,
         max_threads = DEFAULT_MAX_THREADS,
         shutdown_grace = HumanDuration(DEFAULT_SHUTDOWN_GRACE),
         keepalive_interval = c.keepalive_interval,
@@ -486,6 +517,23 @@ max_delay = "5ms"
     }
 
     #[test]
+    fn zk_makes_the_worker_follow_the_leader_instead_of_broker() {
+        // Goal: with `zk`, the agent gets a ZooKeeper locator (under `zk_path`) and the broker
+        // key is not used; without it, the fixed broker.
+        let s = validate(
+            "shared_secret = \"s\"\nbuiltin_executors = [\"echo\"]\nbroker = \"not checked\"\nzk = \"zk1:2181,zk2:2181\"\nzk_path = \"/cluster-a\"\n",
+        )
+        .unwrap();
+        assert_eq!(
+            s.config.broker_description(),
+            "the leader in zookeeper zk1:2181,zk2:2181 /cluster-a/leader"
+        );
+        let s = validate("shared_secret = \"s\"\nbuiltin_executors = [\"echo\"]\n").unwrap();
+        assert!(s.config.broker_locator.is_none());
+        assert_eq!(s.config.broker_description(), DEFAULT_WORKER_LISTEN);
+    }
+
+    #[test]
     fn invalid_files_name_the_key_at_fault() {
         // Goal: each kind of mistake is reported against the key a user must change.
         let ok = "shared_secret = \"s\"\nbuiltin_executors = [\"echo\"]\n";
@@ -513,6 +561,11 @@ max_delay = "5ms"
                 "task_type_limits.echo",
             ),
             (format!("{ok}broker = \"localhost\""), "broker"),
+            (format!("{ok}zk = \"\""), "zk"),
+            (
+                format!("{ok}zk = \"h:2181\"\nzk_path = \"majordodo\""),
+                "zk_path",
+            ),
         ];
         for (text, key) in cases {
             let error = validate(&text).unwrap_err().to_string();

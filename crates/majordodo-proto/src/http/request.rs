@@ -9,7 +9,8 @@ use serde_json::{Map, Value};
 
 use super::lenient::parse_int;
 use super::{
-    BODY_FIELD, FieldError, MAX_ATTEMPTS_LIMIT, MAX_BATCH_TASKS, MAX_NAME_BYTES, MAX_TIMESTAMP,
+    BODY_FIELD, FieldError, MAX_ATTEMPTS_LIMIT, MAX_BATCH_TASKS, MAX_IDEMPOTENCY_KEY_BYTES,
+    MAX_NAME_BYTES, MAX_TIMESTAMP,
 };
 
 /// Actions of the original API this broker implements.
@@ -26,7 +27,7 @@ pub const UNSUPPORTED_ACTIONS: [&str; 5] = [
 ];
 
 /// Fields of one task, in `submitTask` (beside `action`) and in each element of `submitTasks`.
-const TASK_FIELDS: [&str; 11] = [
+const TASK_FIELDS: [&str; 12] = [
     "tasktype",
     "userid",
     "data",
@@ -38,6 +39,7 @@ const TASK_FIELDS: [&str; 11] = [
     "codePoolId",
     "mode",
     "transaction",
+    "idempotencyKey",
 ];
 
 /// Fields the original read from the outer `submitTasks` object (a bug); here they belong to each
@@ -67,6 +69,12 @@ pub struct TaskSubmission {
     pub codepool: Option<String>,
     /// `mode`: execution mode (blank is none, which means `factory`).
     pub mode: Option<String>,
+    /// `idempotencyKey` (an extension of this API): a client-chosen key, not empty, at most
+    /// [`MAX_IDEMPOTENCY_KEY_BYTES`] bytes. While the broker keeps it (its
+    /// `tasks.idempotency_window` from the task's creation), a submission of the same user with
+    /// the same key creates nothing and is answered with the first one's task, so a submission
+    /// can be sent again safely when its answer was lost.
+    pub idempotency_key: Option<String>,
 }
 
 impl TaskSubmission {
@@ -87,7 +95,14 @@ impl TaskSubmission {
             slot: None,
             codepool: None,
             mode: None,
+            idempotency_key: None,
         }
+    }
+
+    /// The same task with `key` as its idempotency key.
+    pub fn with_idempotency_key(mut self, key: impl Into<String>) -> TaskSubmission {
+        self.idempotency_key = Some(key.into());
+        self
     }
 
     /// The task as a JSON object (numbers as JSON numbers, absent options left out), as a client
@@ -108,6 +123,7 @@ impl TaskSubmission {
             ("slot", &self.slot),
             ("codePoolId", &self.codepool),
             ("mode", &self.mode),
+            ("idempotencyKey", &self.idempotency_key),
         ] {
             if let Some(v) = value {
                 m.insert(name.into(), v.clone().into());
@@ -141,6 +157,7 @@ impl TaskSubmission {
             slot: f.optional_name("slot")?,
             codepool: f.optional_name("codePoolId")?,
             mode: f.optional_name("mode")?,
+            idempotency_key: f.idempotency_key("idempotencyKey")?,
         };
         if task.max_attempts > 0 && task.attempt >= task.max_attempts {
             return Err(f.error(
@@ -308,6 +325,24 @@ impl Fields<'_> {
         match self.string(name)? {
             Some(s) if !s.trim().is_empty() => self.bounded(name, s).map(Some),
             _ => Ok(None),
+        }
+    }
+
+    /// An idempotency key: absent or null is `None`; else a non-empty string of at most
+    /// [`MAX_IDEMPOTENCY_KEY_BYTES`] bytes, kept exactly as sent (not trimmed: the key is the
+    /// client's, compared byte for byte).
+    fn idempotency_key(&self, name: &str) -> Result<Option<String>, FieldError> {
+        match self.string(name)? {
+            None => Ok(None),
+            Some(s) if s.is_empty() => Err(self.error(name, "must not be empty")),
+            Some(s) if s.len() > MAX_IDEMPOTENCY_KEY_BYTES => Err(self.error(
+                name,
+                format!(
+                    "is {} bytes long; at most {MAX_IDEMPOTENCY_KEY_BYTES} are accepted",
+                    s.len()
+                ),
+            )),
+            Some(s) => Ok(Some(s)),
         }
     }
 

@@ -377,6 +377,26 @@ pub struct ErrorBody {
     pub leader: Option<String>,
 }
 
+/// The `leader` field a broker may add to a `broker_not_leader` error: the HTTP API URL of the
+/// broker it knows as leader, where a client should send the request instead. Read apart from
+/// [`ErrorBody`] so that any error body, with or without it, can be read for it.
+#[derive(Clone, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct LeaderHint {
+    /// The leader's API URL, when the broker knows it.
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub leader: Option<String>,
+}
+
+impl LeaderHint {
+    /// The leader URL of an error body, if it has a string `leader` field.
+    pub fn of_body(body: &[u8]) -> Option<String> {
+        serde_json::from_slice::<LeaderHint>(body)
+            .ok()
+            .and_then(|h| h.leader)
+            .filter(|url| !url.is_empty())
+    }
+}
+
 fn task_or_empty<S: Serializer>(task: &Option<TaskInfo>, s: S) -> Result<S::Ok, S::Error> {
     match task {
         Some(t) => t.serialize(s),

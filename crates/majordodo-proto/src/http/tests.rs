@@ -21,6 +21,7 @@ fn arb_submission() -> impl Strategy<Value = TaskSubmission> {
             proptest::option::of(arb_name()),
             proptest::option::of(arb_name()),
             proptest::option::of(arb_name()),
+            proptest::option::of(".{1,40}"),
         ),
     )
         .prop_map(
@@ -28,7 +29,7 @@ fn arb_submission() -> impl Strategy<Value = TaskSubmission> {
                 (task_type, user_id, data),
                 (max_attempts, attempt),
                 (start, deadline),
-                (slot, codepool, mode),
+                (slot, codepool, mode, idempotency_key),
             )| {
                 TaskSubmission {
                     task_type,
@@ -46,6 +47,7 @@ fn arb_submission() -> impl Strategy<Value = TaskSubmission> {
                     slot,
                     codepool,
                     mode,
+                    idempotency_key,
                 }
             },
         )
@@ -275,6 +277,53 @@ fn bad_fields_are_named_with_their_problem() {
 }
 
 #[test]
+fn idempotency_keys_are_read_per_task_and_bad_ones_are_named() {
+    // Goal: `idempotencyKey` is optional (the original's shape parses without it), kept exactly
+    // as sent, read from each task of a batch, and refused when empty, too long or not a
+    // string, naming the field (with its path in a batch).
+    let one = |v: Value| {
+        let mut b = json!({"action": "submitTask", "userid": "u", "tasktype": "t"});
+        if !v.is_null() {
+            b["idempotencyKey"] = v;
+        }
+        submit(b)
+    };
+    let key_of = |r: Result<ActionRequest, FieldError>| match r {
+        Ok(ActionRequest::SubmitTask(t)) => t.idempotency_key,
+        other => panic!("{other:?}"),
+    };
+    assert_eq!(key_of(one(Value::Null)), None);
+    assert_eq!(key_of(one(json!(" k 1 "))), Some(" k 1 ".into()));
+    let longest = "k".repeat(MAX_IDEMPOTENCY_KEY_BYTES);
+    assert_eq!(key_of(one(json!(longest.clone()))), Some(longest));
+    for (bad, problem) in [
+        (json!(""), "must not be empty"),
+        (
+            json!("k".repeat(MAX_IDEMPOTENCY_KEY_BYTES + 1)),
+            "at most 1024",
+        ),
+        (json!(12), "must be a string"),
+    ] {
+        let e = one(bad).unwrap_err();
+        assert_eq!(e.field, "idempotencyKey");
+        assert!(e.problem.contains(problem), "{e}");
+    }
+    let batch = submit(json!({"action": "submitTasks", "tasks": [
+        {"userid": "u", "tasktype": "t", "idempotencyKey": "a"},
+        {"userid": "u", "tasktype": "t"}]}))
+    .unwrap();
+    let ActionRequest::SubmitTasks(tasks) = batch else {
+        panic!("batch")
+    };
+    assert_eq!(tasks[0].idempotency_key.as_deref(), Some("a"));
+    assert_eq!(tasks[1].idempotency_key, None);
+    let (f, _) = field_of(json!({"action": "submitTasks", "tasks": [
+        {"userid": "u", "tasktype": "t", "idempotencyKey": "a"},
+        {"userid": "u", "tasktype": "t", "idempotencyKey": ""}]}));
+    assert_eq!(f, "tasks[1].idempotencyKey");
+}
+
+#[test]
 fn batch_errors_carry_the_task_index() {
     // Goal: in submitTasks, the field path says which task is wrong.
     let (f, _) = field_of(json!({"action": "submitTasks", "tasks": [
@@ -438,4 +487,23 @@ fn answers_read_leniently_like_the_original_s() {
         status: BrokerStatusInfo::default(),
     };
     assert_eq!(serde_json::to_value(&none).unwrap()["task"], json!({}));
+}
+
+#[test]
+fn a_leader_hint_is_read_from_any_error_body() {
+    // Goal: the `leader` URL is found in an error body that has it, and its absence, a wrong
+    // type or a body that is not JSON give none.
+    let body = br#"{"ok":false,"error":"broker_not_leader","retryable":true,"leader":"http://b:7364/majordodo"}"#;
+    assert_eq!(
+        LeaderHint::of_body(body).as_deref(),
+        Some("http://b:7364/majordodo")
+    );
+    for body in [
+        &br#"{"ok":false,"error":"broker_not_leader"}"#[..],
+        br#"{"ok":false,"leader":7}"#,
+        br#"{"leader":""}"#,
+        b"<html>",
+    ] {
+        assert_eq!(LeaderHint::of_body(body), None);
+    }
 }
