@@ -305,6 +305,7 @@ impl Agent {
             let (grace, flush) = self.stop_deadlines();
             tokio::select! {
                 () = sleep_until(until) => return false,
+                () = address_changed(&mut self.config.broker_addr_updates) => return false,
                 Some(joined) = self.tasks.join_next_with_id() => self.on_task_done(joined),
                 () = &mut shutdown, if self.stopping.is_none() => self.begin_stop(),
                 () = sleep_until(grace.unwrap_or(until)), if grace.is_some() => self.abort_for_stop(),
@@ -401,9 +402,14 @@ impl Agent {
         let retry = |what: &str, error: &dyn std::fmt::Display| {
             ConnectError::Retry(format!("{what}: {error}"))
         };
-        let socket = TcpStream::connect(&self.config.broker_addr)
+        let addr = match self.config.broker_addr_updates.as_mut() {
+            Some(updates) => Some(updates.borrow_and_update().clone()).filter(|a| !a.is_empty()),
+            None => None,
+        }
+        .unwrap_or_else(|| self.config.broker_addr.clone());
+        let socket = TcpStream::connect(&addr)
             .await
-            .map_err(|e| retry("connect", &e))?;
+            .map_err(|e| retry(&format!("connect to {addr}"), &e))?;
         if let Err(error) = socket.set_nodelay(true) {
             debug!(%error, "could not set TCP_NODELAY");
         }
@@ -868,6 +874,19 @@ async fn write_frames(
         Ok(Ok(())) => Ok(()),
         Ok(Err(error)) => Err(format!("write to the broker: {error}")),
         Err(_) => Err("write to the broker timed out".to_owned()),
+    }
+}
+
+/// Resolves when the broker's address changes (never without updates, or once their sender is
+/// gone).
+async fn address_changed(updates: &mut Option<watch::Receiver<String>>) {
+    match updates {
+        Some(rx) => {
+            if rx.changed().await.is_err() {
+                std::future::pending::<()>().await;
+            }
+        }
+        None => std::future::pending().await,
     }
 }
 

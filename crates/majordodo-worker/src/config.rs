@@ -5,6 +5,7 @@ use std::time::Duration;
 
 use majordodo_proto::worker::{ANY_TASK_TYPE, Capacity, DEFAULT_MAX_FRAME_SIZE, SharedSecret};
 use rand::Rng;
+use tokio::sync::watch;
 
 /// Default ping interval; the broker's `Welcome` can only shorten it. The original system
 /// pinged every 10 s.
@@ -86,6 +87,10 @@ impl Backoff {
 pub struct WorkerConfig {
     /// The broker's worker port, as `host:port`; resolved again at every connection attempt.
     pub broker_addr: String,
+    /// Where the broker is when it can move (the leader of a replicated cluster): when set,
+    /// every connection attempt goes to the address it holds (to `broker_addr` while it holds
+    /// an empty one), and a new address ends a pause between attempts at once.
+    pub broker_addr_updates: Option<watch::Receiver<String>>,
     /// Stable name of this worker; defaults to the host name.
     pub worker_id: String,
     /// This run of the process: the pid and a random suffix, so a restart is always told apart.
@@ -125,6 +130,7 @@ impl WorkerConfig {
         let host = hostname();
         WorkerConfig {
             broker_addr: broker_addr.into(),
+            broker_addr_updates: None,
             worker_id: host.clone(),
             process_id: new_process_id(),
             location: host,

@@ -481,6 +481,48 @@ async fn reconnect_to_a_restarted_listener_lists_running_tasks_and_unacked_repor
 }
 
 #[tokio::test]
+async fn a_new_broker_address_is_used_at_once_and_reports_follow_it() {
+    // Goal: a worker given address updates connects to the address they hold; when its broker
+    // goes and another address is published, it connects there without waiting out its
+    // backoff, and sends the report the first broker never acknowledged.
+    let mut first = Broker::start("127.0.0.1:0").await;
+    let (updates, rx) = tokio::sync::watch::channel(first.addr.to_string());
+    let mut config = worker_config("127.0.0.1:1".parse().unwrap());
+    config.broker_addr_updates = Some(rx);
+    config.reconnect_backoff = Backoff {
+        initial: Duration::from_secs(60),
+        max: Duration::from_secs(60),
+    };
+    let gate = Arc::new(Semaphore::new(0));
+    let mut agent = Agent::start(config, executors(&gate));
+    let (_, session) = first.accept().await;
+    session.assign(vec![assignment(1, "echo", "one")]).unwrap();
+    let (_, reports) = first.finished().await;
+    assert_eq!(reports, vec![report(1, Outcome::Finished, "one")]);
+    first.stop().await;
+    agent.wait_for("disconnected", |s| !s.connected).await;
+
+    let mut second = Broker::start("127.0.0.1:0").await;
+    updates.send_replace(second.addr.to_string());
+    let (hello, session) = second.accept().await;
+    assert_eq!(
+        hello.running,
+        vec![RunningTask {
+            task_id: 1,
+            attempt: 1
+        }]
+    );
+    let (seq, reports) = second.finished().await;
+    assert_eq!(reports, vec![report(1, Outcome::Finished, "one")]);
+    session.ack_finished(seq).unwrap();
+    agent
+        .wait_for("the report acknowledged", |s| s.pending_reports == 0)
+        .await;
+    assert_eq!(agent.shutdown().await, Ok(()));
+    second.stop().await;
+}
+
+#[tokio::test]
 async fn assignments_over_the_declared_capacity_are_refused_and_reported() {
     // Goal: beyond a type's limit, beyond max_threads, an undeclared type, or a type without
     // an executor: each is reported as a refused error and never executed.
