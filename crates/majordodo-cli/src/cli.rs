@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::config::cluster::DEFAULT_ZK_PATH;
 use crate::units::{When, parse_duration, parse_when};
 
 /// Default URL of the HTTP API, as the standalone broker serves it.
@@ -49,7 +50,8 @@ pub(crate) enum Command {
     Standalone(StandaloneArgs),
     /// Run a broker (HTTP API and worker port) from a configuration file.
     Broker(BrokerArgs),
-    /// Run a worker agent that connects to a broker and runs its tasks.
+    /// Run a worker agent that connects to a broker (with --zk, to the leader of a replicated
+    /// cluster, following it) and runs its tasks.
     Worker(WorkerArgs),
     /// Submit one task, or many from a JSON Lines file or stdin.
     Submit(SubmitArgs),
@@ -57,7 +59,8 @@ pub(crate) enum Command {
     Task(TaskArgs),
     /// List tasks, with filters.
     Tasks(TasksArgs),
-    /// Show the broker's status and task counts.
+    /// Show the broker's status and task counts; for a broker of a replicated cluster, also
+    /// the leader and each broker's applied position and lag.
     Status(SimpleViewArgs),
     /// List the workers the broker knows.
     Workers(SimpleViewArgs),
@@ -194,6 +197,13 @@ pub(crate) struct WorkerArgs {
     /// The broker's worker port (overrides broker).
     #[arg(long, value_name = "HOST:PORT")]
     pub(crate) broker: Option<String>,
+    /// ZooKeeper servers of a replicated cluster: connect to its leader, found there, and move
+    /// to the next leader after a failover (instead of broker; --broker wins).
+    #[arg(long, env = "MAJORDODO_ZK", value_name = "HOST:PORT[,...]")]
+    pub(crate) zk: Option<String>,
+    /// Base path of the cluster's znodes (with --zk).
+    #[arg(long, env = "MAJORDODO_ZK_PATH", value_name = "PATH", default_value = DEFAULT_ZK_PATH)]
+    pub(crate) zk_path: String,
     /// Name of this worker (overrides worker_id).
     #[arg(long, value_name = "NAME")]
     pub(crate) worker_id: Option<String>,
@@ -215,9 +225,17 @@ pub(crate) struct WorkerArgs {
 /// How client commands reach and authenticate to the broker.
 #[derive(Debug, Clone, Args)]
 pub(crate) struct ClientArgs {
-    /// URL of the broker's HTTP API.
-    #[arg(long, env = "MAJORDODO_URL", default_value = DEFAULT_URL)]
-    pub(crate) url: String,
+    /// URL of the broker's HTTP API. Default: the leader found with --zk, else
+    /// http://127.0.0.1:7364/majordodo.
+    #[arg(long, env = "MAJORDODO_URL")]
+    pub(crate) url: Option<String>,
+    /// ZooKeeper servers of a replicated cluster: talk to its leader, found there (waiting up
+    /// to --timeout for one during an election). --url, when given, wins.
+    #[arg(long, env = "MAJORDODO_ZK", value_name = "HOST:PORT[,...]")]
+    pub(crate) zk: Option<String>,
+    /// Base path of the cluster's znodes (with --zk).
+    #[arg(long, env = "MAJORDODO_ZK_PATH", value_name = "PATH", default_value = DEFAULT_ZK_PATH)]
+    pub(crate) zk_path: String,
     /// Bearer token. Default: $MAJORDODO_TOKEN, else <data-dir>/admin.token.
     #[arg(long, env = "MAJORDODO_TOKEN", hide_env_values = true)]
     pub(crate) token: Option<String>,

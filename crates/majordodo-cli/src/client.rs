@@ -26,7 +26,7 @@ fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
 
 /// `majordodo task <id>`.
 pub(crate) async fn task(args: TaskArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.client)?;
+    let api = Api::connect(&args.client).await?;
     let task = api
         .client
         .task(args.id)
@@ -110,7 +110,7 @@ pub(crate) async fn waiting_note(api: &Api, task: &TaskInfo) -> Option<String> {
 /// `majordodo tasks`: pages through the broker's answers until `--max` tasks are found or every
 /// task was examined; says on stderr when more may match and how to continue.
 pub(crate) async fn tasks(args: TasksArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.client)?;
+    let api = Api::connect(&args.client).await?;
     let status = match args.status {
         StatusArg::All => StatusFilter::All,
         other => StatusFilter::Only(
@@ -185,16 +185,27 @@ fn status_name(status: StatusArg) -> &'static str {
     }
 }
 
-/// `majordodo status`.
+/// `majordodo status`: the broker's counts and, for a broker of a replicated cluster, the
+/// leader and every live broker with its position and lag.
 pub(crate) async fn status(args: SimpleViewArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.client)?;
+    let api = Api::connect(&args.client).await?;
     let view = api
         .client
         .overview()
         .await
         .map_err(|e| explain(e, "read the status", api.url()))?;
+    let cluster = api
+        .client
+        .status()
+        .await
+        .map_err(|e| explain(e, "read the status", api.url()))?
+        .cluster;
     if args.json {
-        return print_json(&view.status);
+        let mut value = serde_json::to_value(&view.status)?;
+        if let (Some(cluster), Some(object)) = (&cluster, value.as_object_mut()) {
+            object.insert("cluster".to_owned(), serde_json::to_value(cluster)?);
+        }
+        return print_json(&value);
     }
     let connected = view
         .workers
@@ -205,12 +216,15 @@ pub(crate) async fn status(args: SimpleViewArgs) -> anyhow::Result<()> {
         "{}",
         output::status_details(api.url(), &view.status, Some(connected))
     );
+    if let Some(cluster) = &cluster {
+        print!("{}", output::cluster_details(cluster));
+    }
     Ok(())
 }
 
 /// `majordodo workers`.
 pub(crate) async fn workers(args: SimpleViewArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.client)?;
+    let api = Api::connect(&args.client).await?;
     let workers = api
         .client
         .workers()

@@ -13,6 +13,7 @@ mod builtin;
 mod cli;
 mod client;
 mod config;
+mod discovery;
 mod error;
 mod http_config;
 mod log_repair;

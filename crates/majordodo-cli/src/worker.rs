@@ -1,15 +1,19 @@
-//! `majordodo worker`: a worker agent configured by a TOML file and flags.
+//! `majordodo worker`: a worker agent configured by a TOML file and flags; with `--zk`, it
+//! follows the leader of a replicated cluster from one failover to the next.
 
 use std::path::{Path, PathBuf};
 
 use anyhow::Context;
+use majordodo_proto::cluster::BrokerInfo;
 use majordodo_worker::{StatusHandle, Worker, WorkerError};
+use tokio::sync::watch;
 use tokio_util::sync::CancellationToken;
 use tracing::info;
 
 use crate::cli::WorkerArgs;
 use crate::config::Origin;
 use crate::config::worker::{Target, WorkerFile, WorkerSettings, default_file};
+use crate::discovery::ClusterZk;
 use crate::error::usage;
 
 /// Runs `majordodo worker`.
@@ -18,10 +22,72 @@ pub(crate) async fn run(args: WorkerArgs) -> anyhow::Result<()> {
         print!("{}", default_file());
         return Ok(());
     }
-    let settings = load(&args)?;
+    let mut settings = load(&args)?;
     let stop = crate::signal::stop_token()?;
-    print_start(&settings);
+    let follow = match &args.broker {
+        Some(_) => None,
+        None => args.zk.as_deref(),
+    };
+    let Some(zk) = follow else {
+        print_start(&settings, None);
+        return run_agent(settings, stop).await;
+    };
+    let cluster = ClusterZk::connect(zk, &args.zk_path).await?;
+    print_start(&settings, Some(&cluster));
+    let Some((first, updates)) = follow_leader(&cluster, &stop).await else {
+        return Ok(());
+    };
+    settings.config.broker_addr = first;
+    settings.config.broker_addr_updates = Some(updates);
     run_agent(settings, stop).await
+}
+
+/// Waits for the cluster's first leader (`None` if stopped first), then keeps the returned
+/// receiver on the worker address of the current leader: while no broker leads, it keeps the
+/// last one, which the worker retries until the next leader is published.
+async fn follow_leader(
+    cluster: &ClusterZk,
+    stop: &CancellationToken,
+) -> Option<(String, watch::Receiver<String>)> {
+    let mut leaders = cluster.watch_leader();
+    let first = tokio::select! {
+        () = stop.cancelled() => return None,
+        found = leaders.wait_for(Option::is_some) => match found {
+            Ok(leader) => leader.clone().expect("waited for a leader"),
+            Err(_) => return None,
+        },
+    };
+    announce_leader(&first);
+    let (tx, rx) = watch::channel(first.worker_address());
+    tokio::spawn(async move {
+        loop {
+            tokio::select! {
+                () = tx.closed() => return,
+                changed = leaders.changed() => {
+                    if changed.is_err() {
+                        return;
+                    }
+                }
+            }
+            let leader = leaders.borrow_and_update().clone();
+            if let Some(leader) = leader {
+                let addr = leader.worker_address();
+                if *tx.borrow() != addr {
+                    announce_leader(&leader);
+                    tx.send_replace(addr);
+                }
+            }
+        }
+    });
+    Some((first.worker_address(), rx))
+}
+
+fn announce_leader(leader: &BrokerInfo) {
+    info!(
+        leader = leader.broker_id().unwrap_or("?"),
+        address = %leader.worker_address(),
+        "following the cluster's leader"
+    );
 }
 
 /// Reads the file (if any), applies the flags and validates.
@@ -67,12 +133,20 @@ pub(crate) fn absolute(path: &Path) -> anyhow::Result<PathBuf> {
     Ok(cwd.join(path))
 }
 
-fn print_start(settings: &WorkerSettings) {
+fn print_start(settings: &WorkerSettings, cluster: Option<&ClusterZk>) {
     let c = &settings.config;
-    println!(
-        "majordodo worker {} connecting to broker at {}",
-        c.worker_id, c.broker_addr
-    );
+    match cluster {
+        None => println!(
+            "majordodo worker {} connecting to broker at {}",
+            c.worker_id, c.broker_addr
+        ),
+        Some(cluster) => println!(
+            "majordodo worker {} following the cluster's leader (ZooKeeper {}, {})",
+            c.worker_id,
+            cluster.connect_string(),
+            cluster.base()
+        ),
+    }
     let limits: Vec<String> = c
         .capacity
         .max_threads_by_task_type

@@ -1,19 +1,26 @@
 //! How the client commands reach the broker: the credentials chosen from the flags, the
 //! environment or the standalone's data directory, and a `majordodo_client::Client` built with
-//! them. Failures get a hint a user can act on.
+//! them, and with `--zk` the leader found in ZooKeeper. Failures get a hint a user can act on.
 
+use std::io::IsTerminal;
 use std::path::Path;
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
-use anyhow::Context;
+use anyhow::{Context, anyhow};
 use majordodo_client::{ADMIN_TOKEN_FILE, Auth, Client, ClientError};
 
-use crate::cli::ClientArgs;
+use crate::cli::{ClientArgs, DEFAULT_URL};
 use crate::config::read_small_file;
+use crate::discovery::ClusterZk;
 use crate::error::usage;
+use crate::units::format_duration;
 
 /// Time to open a connection; short, since a broker that does not accept in 5 s is down.
 const CONNECT_TIMEOUT: Duration = Duration::from_secs(5);
+
+/// Pause between two looks for the leader during an election: short against the seconds an
+/// election takes, long enough not to load ZooKeeper.
+const LEADER_POLL_INTERVAL: Duration = Duration::from_millis(250);
 
 /// How requests are authenticated.
 #[derive(Clone)]
@@ -106,13 +113,23 @@ pub(crate) struct Api {
 }
 
 impl Api {
-    /// A client for `args`.
+    /// A client for `args`: of `--url`, else of the leader of the cluster of `--zk`, else of
+    /// the default URL.
     ///
     /// # Errors
-    /// A usage error for a bad URL or missing credentials.
-    pub(crate) fn new(args: &ClientArgs) -> anyhow::Result<Api> {
+    /// A usage error for a bad URL, bad `--zk` or missing credentials; with `--zk`, a failure
+    /// when no leader answers within `--timeout`.
+    pub(crate) async fn connect(args: &ClientArgs) -> anyhow::Result<Api> {
         let credentials = Credentials::from_args(args)?;
-        let client = Client::builder(&args.url)
+        match (&args.url, &args.zk) {
+            (Some(url), _) => Api::build(args, credentials, url),
+            (None, Some(zk)) => Api::find_leader(args, credentials, zk).await,
+            (None, None) => Api::build(args, credentials, DEFAULT_URL),
+        }
+    }
+
+    fn build(args: &ClientArgs, credentials: Credentials, url: &str) -> anyhow::Result<Api> {
+        let client = Client::builder(url)
             .auth(credentials.auth())
             .timeout(args.timeout)
             .connect_timeout(CONNECT_TIMEOUT.min(args.timeout))
@@ -122,6 +139,55 @@ impl Api {
             client,
             credentials,
         })
+    }
+
+    /// The client of the broker ZooKeeper names as the leader, once it answers as the leader.
+    /// During an election (the leader's znode gone, or still held by a broker that died until
+    /// its session expires) it asks again until `--timeout` has passed: nothing was sent to a
+    /// broker that does not answer or does not lead, so waiting is safe.
+    async fn find_leader(
+        args: &ClientArgs,
+        credentials: Credentials,
+        zk: &str,
+    ) -> anyhow::Result<Api> {
+        let deadline = Instant::now() + args.timeout;
+        let cluster = ClusterZk::connect(zk, &args.zk_path).await?;
+        let mut noted = false;
+        loop {
+            let problem = match cluster.leader().await? {
+                None => "no broker leads (an election is under way)".to_owned(),
+                Some(leader) => {
+                    let id = leader.broker_id().unwrap_or("?").to_owned();
+                    match leader.api_url() {
+                        None => format!("the leader {id} publishes no HTTP API URL"),
+                        Some(url) => {
+                            let api = Api::build(args, credentials.clone(), url)?;
+                            match api.client.status().await {
+                                Ok(view) if view.status == "LEADER" => return Ok(api),
+                                Ok(view) => format!("the leader {id} ({url}) is {}", view.status),
+                                Err(e @ ClientError::Unauthorized(_)) => {
+                                    return Err(explain(e, "reach the leader", url));
+                                }
+                                Err(e) => format!("the leader {id} ({url}) does not answer: {e}"),
+                            }
+                        }
+                    }
+                }
+            };
+            if Instant::now() >= deadline {
+                return Err(anyhow!(
+                    "no leader of the cluster at ZooKeeper {zk} ({}) answered within {} \
+                     (--timeout): {problem}",
+                    args.zk_path,
+                    format_duration(args.timeout)
+                ));
+            }
+            if !noted && std::io::stderr().is_terminal() {
+                eprintln!("waiting for the cluster's leader: {problem}");
+                noted = true;
+            }
+            tokio::time::sleep(LEADER_POLL_INTERVAL.min(deadline - Instant::now())).await;
+        }
     }
 
     /// The API's URL.

@@ -37,7 +37,7 @@ const MAX_CONSECUTIVE_FAILED_BATCHES: usize = 3;
 
 /// `majordodo submit`.
 pub(crate) async fn submit(args: SubmitArgs) -> anyhow::Result<()> {
-    let api = Api::new(&args.client)?;
+    let api = Api::connect(&args.client).await?;
     match &args.jsonl {
         Some(path) => submit_many(&api, &args, path).await,
         None => submit_one(&api, &args).await,

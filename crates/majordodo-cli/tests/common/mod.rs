@@ -28,6 +28,8 @@ pub(crate) fn majordodo() -> Command {
         "MAJORDODO_TOKEN",
         "MAJORDODO_USERNAME",
         "MAJORDODO_PASSWORD",
+        "MAJORDODO_ZK",
+        "MAJORDODO_ZK_PATH",
         "RUST_LOG",
     ] {
         cmd.env_remove(var);
