@@ -4,7 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
-use crate::config::cluster::DEFAULT_ZK_PATH;
+use crate::config::cluster::{DEFAULT_LEDGERS_ROOT, DEFAULT_ZK_PATH};
 use crate::units::{When, parse_duration, parse_when};
 
 /// Default URL of the HTTP API, as the standalone broker serves it.
@@ -70,6 +70,74 @@ pub(crate) enum Command {
     /// Inspect or repair a broker's commit log directory (with the broker stopped).
     #[command(subcommand)]
     Log(LogCommand),
+    /// Show the ledgers holding a replicated cluster's log (from ZooKeeper and BookKeeper),
+    /// and with --snapshots which ledgers a broker booting from that directory needs.
+    ///
+    /// Changes nothing: ledgers are opened without recovery, snapshot files only read.
+    Ledgers(LedgersArgs),
+    /// Print the records of a commit log, one line each (position, entry kind, key fields) or
+    /// as JSON Lines: a file log directory (--dir) or a ledger of a cluster (--zk, --ledger).
+    ///
+    /// Changes nothing, also while a broker writes the log: a file log is read without
+    /// opening it (an unfinished last write is shown as such, not cut), a ledger is opened
+    /// without recovery (its writer is not fenced).
+    DumpLog(DumpLogArgs),
+}
+
+/// `majordodo ledgers`.
+#[derive(Debug, Args)]
+pub(crate) struct LedgersArgs {
+    /// ZooKeeper servers of the cluster.
+    #[arg(long, env = "MAJORDODO_ZK", value_name = "HOST:PORT[,...]")]
+    pub(crate) zk: String,
+    /// Base path of the cluster's znodes (the brokers' cluster.zk_path).
+    #[arg(long, env = "MAJORDODO_ZK_PATH", value_name = "PATH", default_value = DEFAULT_ZK_PATH)]
+    pub(crate) zk_path: String,
+    /// BookKeeper's metadata root in ZooKeeper (the brokers' cluster.ledgers_root).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_LEDGERS_ROOT)]
+    pub(crate) ledgers_root: String,
+    /// File holding the ledgers' password (the brokers' cluster.ledger_password_file), needed
+    /// to read a ledger's last position. Unset: the empty password.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ledger_password_file: Option<PathBuf>,
+    /// A broker's snapshot directory (<data dir>/snapshots): show which positions each
+    /// snapshot covers and which ledgers a broker booting from it replays.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) snapshots: Option<PathBuf>,
+    /// Print as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `majordodo dump-log`.
+#[derive(Debug, Args)]
+pub(crate) struct DumpLogArgs {
+    /// A file commit log directory (<data dir>/log of a standalone or a broker without
+    /// [cluster]).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: Option<PathBuf>,
+    /// ZooKeeper servers of the cluster whose ledger --ledger names.
+    #[arg(long, env = "MAJORDODO_ZK", value_name = "HOST:PORT[,...]")]
+    pub(crate) zk: Option<String>,
+    /// The ledger to print (`majordodo ledgers` lists them).
+    #[arg(long, value_name = "ID")]
+    pub(crate) ledger: Option<i64>,
+    /// BookKeeper's metadata root in ZooKeeper (the brokers' cluster.ledgers_root).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_LEDGERS_ROOT)]
+    pub(crate) ledgers_root: String,
+    /// File holding the ledgers' password (the brokers' cluster.ledger_password_file). Unset:
+    /// the empty password.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ledger_password_file: Option<PathBuf>,
+    /// First position (LSN) to print. Default: the first the log holds.
+    #[arg(long, value_name = "LSN", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) from: Option<u64>,
+    /// Most records printed. Default: every one up to the end.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max: Option<u64>,
+    /// Print JSON Lines: one object per record with every field, times in ms since the epoch.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `majordodo log ...`.

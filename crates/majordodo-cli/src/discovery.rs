@@ -1,6 +1,7 @@
 //! A replicated cluster as ZooKeeper describes it, read without changing anything: the leader,
 //! the live brokers and the ledger list (layout in `majordodo_proto::cluster`). Client commands
-//! and workers find the leader here (`--zk`).
+//! and workers find the leader here (`--zk`); `majordodo ledgers` and `dump-log` read the ledger
+//! list.
 //!
 //! `majordodo_cluster::Coordinator` is not used: connecting it creates the cluster's znodes
 //! when they are missing, which a tool that only looks must not do.
@@ -8,8 +9,8 @@
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use majordodo_cluster::LEADER_NODE;
-use majordodo_proto::cluster::BrokerInfo;
+use majordodo_cluster::{LEADER_NODE, LEDGERS_NODE};
+use majordodo_proto::cluster::{BrokerInfo, LedgersInfo};
 use tokio::sync::watch;
 use tracing::debug;
 use zookeeper_client::{Client, Error as ZkError, EventType, SessionState};
@@ -126,6 +127,23 @@ impl ClusterZk {
             Ok((data, _)) => BrokerInfo::from_json(&data)
                 .map(Some)
                 .with_context(|| format!("read {path}")),
+            Err(ZkError::NoNode) => Ok(None),
+            Err(e) => Err(anyhow::Error::new(e).context(format!("read {path}"))),
+        }
+    }
+
+    /// The ledger list and its znode version; `None` when the cluster has no ledger list
+    /// (no broker of it ever started under this path).
+    ///
+    /// # Errors
+    /// When ZooKeeper fails or the list is malformed.
+    pub(crate) async fn ledgers(&self) -> anyhow::Result<Option<(LedgersInfo, i32)>> {
+        let path = self.path(LEDGERS_NODE);
+        match self.zk.get_data(&path).await {
+            Ok((data, stat)) => {
+                let info = LedgersInfo::from_json(&data).with_context(|| format!("read {path}"))?;
+                Ok(Some((info, stat.version)))
+            }
             Err(ZkError::NoNode) => Ok(None),
             Err(e) => Err(anyhow::Error::new(e).context(format!("read {path}"))),
         }
