@@ -82,6 +82,32 @@ pub(crate) enum Command {
     /// opening it (an unfinished last write is shown as such, not cut), a ledger is opened
     /// without recovery (its writer is not fenced).
     DumpLog(DumpLogArgs),
+    /// Run a replicated cluster on 127.0.0.1 to try failover: one ZooKeeper, bookies and
+    /// brokers (child processes of `majordodo broker`), with every address and the commands to
+    /// try it printed. Needs what `scripts/test-deps` installs (Java, ZooKeeper, the BookKeeper
+    /// jars). Every start is a new, empty cluster. Stop with Ctrl-C: every process ends.
+    LocalCluster(LocalClusterArgs),
+}
+
+/// Most brokers or bookies of a local cluster: each bookie is a JVM of up to 256 MiB of heap,
+/// and a handful of each already shows everything replication does.
+const LOCAL_CLUSTER_MAX_NODES: u64 = 9;
+
+/// `majordodo local-cluster`.
+#[derive(Debug, Args)]
+pub(crate) struct LocalClusterArgs {
+    /// Directory of the brokers' files, logs and snapshots, and of the secrets (created; a
+    /// directory made by an earlier local cluster is emptied, any other must be empty).
+    #[arg(long, value_name = "DIR", default_value = "majordodo-cluster")]
+    pub(crate) dir: PathBuf,
+    /// Number of brokers (b1 leads first).
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=LOCAL_CLUSTER_MAX_NODES))]
+    pub(crate) brokers: usize,
+    /// Number of bookies (ledgers use 3 of them, each entry 2, fewer with fewer bookies).
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=LOCAL_CLUSTER_MAX_NODES))]
+    pub(crate) bookies: usize,
 }
 
 /// `majordodo ledgers`.

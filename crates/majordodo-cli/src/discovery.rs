@@ -9,7 +9,7 @@
 use std::time::Duration;
 
 use anyhow::{Context, anyhow};
-use majordodo_cluster::{LEADER_NODE, LEDGERS_NODE};
+use majordodo_cluster::{DISCOVERY_DIR, LEADER_NODE, LEDGERS_NODE};
 use majordodo_proto::cluster::{BrokerInfo, LedgersInfo};
 use tokio::sync::watch;
 use tracing::debug;
@@ -130,6 +130,37 @@ impl ClusterZk {
             Err(ZkError::NoNode) => Ok(None),
             Err(e) => Err(anyhow::Error::new(e).context(format!("read {path}"))),
         }
+    }
+
+    /// Every live broker as it last published itself, in the order they registered. Empty
+    /// when the cluster's znodes do not exist.
+    ///
+    /// # Errors
+    /// When ZooKeeper fails.
+    pub(crate) async fn brokers(&self) -> anyhow::Result<Vec<BrokerInfo>> {
+        let dir = self.path(DISCOVERY_DIR);
+        let mut names = match self.zk.list_children(&dir).await {
+            Ok(names) => names,
+            Err(ZkError::NoNode) => return Ok(Vec::new()),
+            Err(e) => return Err(anyhow::Error::new(e).context(format!("list {dir}"))),
+        };
+        names.sort();
+        let mut out = Vec::with_capacity(names.len());
+        for name in names {
+            match self.zk.get_data(&format!("{dir}/{name}")).await {
+                Ok((data, _)) => match BrokerInfo::from_json(&data) {
+                    Ok(info) => out.push(info),
+                    Err(e) => {
+                        debug!(znode = %name, error = %e, "skipping a malformed broker znode")
+                    }
+                },
+                Err(ZkError::NoNode) => {} // gone meanwhile
+                Err(e) => {
+                    return Err(anyhow::Error::new(e).context(format!("read {dir}/{name}")));
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// The ledger list and its znode version; `None` when the cluster has no ledger list
