@@ -10,6 +10,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub(crate) mod readme;
+
 /// Longest a server takes to print its start-up lines.
 pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(20);
 
