@@ -4,6 +4,7 @@ use std::path::PathBuf;
 
 use clap::{Args, Parser, Subcommand, ValueEnum};
 
+use crate::config::cluster::DEFAULT_LEDGERS_ROOT;
 use crate::units::{When, parse_duration, parse_when};
 
 /// Default URL of the HTTP API, as the standalone broker serves it.
@@ -52,7 +53,8 @@ pub(crate) enum Command {
     Standalone(StandaloneArgs),
     /// Run a broker (HTTP API and worker port) from a configuration file.
     Broker(BrokerArgs),
-    /// Run a worker agent that connects to a broker and runs its tasks.
+    /// Run a worker agent that connects to a broker (with --zk, to the leader of a replicated
+    /// cluster, following it) and runs its tasks.
     Worker(WorkerArgs),
     /// Submit one task, or many from a JSON Lines file or stdin.
     Submit(SubmitArgs),
@@ -60,7 +62,8 @@ pub(crate) enum Command {
     Task(TaskArgs),
     /// List tasks, with filters.
     Tasks(TasksArgs),
-    /// Show the broker's status and task counts.
+    /// Show the broker's status and task counts; for a broker of a replicated cluster, also
+    /// the leader and each broker's applied position and lag.
     Status(SimpleViewArgs),
     /// List the workers the broker knows.
     Workers(SimpleViewArgs),
@@ -70,6 +73,100 @@ pub(crate) enum Command {
     /// Inspect or repair a broker's commit log directory (with the broker stopped).
     #[command(subcommand)]
     Log(LogCommand),
+    /// Show the ledgers holding a replicated cluster's log (from ZooKeeper and BookKeeper),
+    /// and with --snapshots which ledgers a broker booting from that directory needs.
+    ///
+    /// Changes nothing: ledgers are opened without recovery, snapshot files only read.
+    Ledgers(LedgersArgs),
+    /// Print the records of a commit log, one line each (position, entry kind, key fields) or
+    /// as JSON Lines: a file log directory (--dir) or a ledger of a cluster (--zk, --ledger).
+    ///
+    /// Changes nothing, also while a broker writes the log: a file log is read without
+    /// opening it (an unfinished last write is shown as such, not cut), a ledger is opened
+    /// without recovery (its writer is not fenced).
+    DumpLog(DumpLogArgs),
+    /// Run a replicated cluster on 127.0.0.1 to try failover: one ZooKeeper, bookies and
+    /// brokers (child processes of `majordodo broker`), with every address and the commands to
+    /// try it printed. Needs what `scripts/test-deps` installs (Java, ZooKeeper, the BookKeeper
+    /// jars). Every start is a new, empty cluster. Stop with Ctrl-C: every process ends.
+    LocalCluster(LocalClusterArgs),
+}
+
+/// Most brokers or bookies of a local cluster: each bookie is a JVM of up to 256 MiB of heap,
+/// and a handful of each already shows everything replication does.
+const LOCAL_CLUSTER_MAX_NODES: u64 = 9;
+
+/// `majordodo local-cluster`.
+#[derive(Debug, Args)]
+pub(crate) struct LocalClusterArgs {
+    /// Directory of the brokers' files, logs and snapshots, and of the secrets (created; a
+    /// directory made by an earlier local cluster is emptied, any other must be empty).
+    #[arg(long, value_name = "DIR", default_value = "majordodo-cluster")]
+    pub(crate) dir: PathBuf,
+    /// Number of brokers (b1 leads first).
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=LOCAL_CLUSTER_MAX_NODES))]
+    pub(crate) brokers: usize,
+    /// Number of bookies (ledgers use 3 of them, each entry 2, fewer with fewer bookies).
+    #[arg(long, value_name = "N", default_value_t = 3,
+          value_parser = clap::builder::RangedU64ValueParser::<usize>::new().range(1..=LOCAL_CLUSTER_MAX_NODES))]
+    pub(crate) bookies: usize,
+}
+
+/// `majordodo ledgers`.
+#[derive(Debug, Args)]
+pub(crate) struct LedgersArgs {
+    /// ZooKeeper servers of the cluster.
+    #[arg(long, env = "MAJORDODO_ZK", value_name = "HOST:PORT[,...]")]
+    pub(crate) zk: String,
+    /// Base path of the cluster's znodes (the brokers' cluster.zk_path).
+    #[arg(long, env = "MAJORDODO_ZK_PATH", value_name = "PATH", default_value = DEFAULT_ZK_PATH)]
+    pub(crate) zk_path: String,
+    /// BookKeeper's metadata root in ZooKeeper (the brokers' cluster.ledgers_root).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_LEDGERS_ROOT)]
+    pub(crate) ledgers_root: String,
+    /// File holding the ledgers' password (the brokers' cluster.ledger_password_file), needed
+    /// to read a ledger's last position. Unset: the empty password.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ledger_password_file: Option<PathBuf>,
+    /// A broker's snapshot directory (<data dir>/snapshots): show which positions each
+    /// snapshot covers and which ledgers a broker booting from it replays.
+    #[arg(long, value_name = "DIR")]
+    pub(crate) snapshots: Option<PathBuf>,
+    /// Print as JSON.
+    #[arg(long)]
+    pub(crate) json: bool,
+}
+
+/// `majordodo dump-log`.
+#[derive(Debug, Args)]
+pub(crate) struct DumpLogArgs {
+    /// A file commit log directory (<data dir>/log of a standalone or a broker without
+    /// [cluster]).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) dir: Option<PathBuf>,
+    /// ZooKeeper servers of the cluster whose ledger --ledger names.
+    #[arg(long, env = "MAJORDODO_ZK", value_name = "HOST:PORT[,...]")]
+    pub(crate) zk: Option<String>,
+    /// The ledger to print (`majordodo ledgers` lists them).
+    #[arg(long, value_name = "ID")]
+    pub(crate) ledger: Option<i64>,
+    /// BookKeeper's metadata root in ZooKeeper (the brokers' cluster.ledgers_root).
+    #[arg(long, value_name = "PATH", default_value = DEFAULT_LEDGERS_ROOT)]
+    pub(crate) ledgers_root: String,
+    /// File holding the ledgers' password (the brokers' cluster.ledger_password_file). Unset:
+    /// the empty password.
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ledger_password_file: Option<PathBuf>,
+    /// First position (LSN) to print. Default: the first the log holds.
+    #[arg(long, value_name = "LSN", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) from: Option<u64>,
+    /// Most records printed. Default: every one up to the end.
+    #[arg(long, value_name = "N", value_parser = clap::value_parser!(u64).range(1..))]
+    pub(crate) max: Option<u64>,
+    /// Print JSON Lines: one object per record with every field, times in ms since the epoch.
+    #[arg(long)]
+    pub(crate) json: bool,
 }
 
 /// `majordodo log ...`.
@@ -194,15 +291,16 @@ pub(crate) struct WorkerArgs {
     /// Print a configuration file with every key, its default and its meaning, then exit.
     #[arg(long)]
     pub(crate) print_default_config: bool,
-    /// The broker's worker port (overrides broker).
-    #[arg(long, value_name = "HOST:PORT", conflicts_with = "zk")]
+    /// The broker's worker port (overrides broker, and a file's or $MAJORDODO_ZK's zk).
+    #[arg(long, value_name = "HOST:PORT")]
     pub(crate) broker: Option<String>,
     /// Find the leader through this ZooKeeper ensemble (host:port,...) instead of a fixed
-    /// broker, before every connection attempt (overrides zk).
-    #[arg(long, value_name = "CONNECT")]
+    /// broker, before every connection attempt, so the worker follows it from one failover to
+    /// the next (overrides zk).
+    #[arg(long, value_name = "CONNECT", env = "MAJORDODO_ZK")]
     pub(crate) zk: Option<String>,
     /// Base path of the cluster's znodes in ZooKeeper (overrides zk_path).
-    #[arg(long, value_name = "PATH")]
+    #[arg(long, value_name = "PATH", env = "MAJORDODO_ZK_PATH")]
     pub(crate) zk_path: Option<String>,
     /// Name of this worker (overrides worker_id).
     #[arg(long, value_name = "NAME")]

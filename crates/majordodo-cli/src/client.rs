@@ -185,7 +185,8 @@ fn status_name(status: StatusArg) -> &'static str {
     }
 }
 
-/// `majordodo status`.
+/// `majordodo status`: the broker's counts and, for a broker of a replicated cluster, the
+/// leader and every live broker with its position and lag.
 pub(crate) async fn status(args: SimpleViewArgs) -> anyhow::Result<()> {
     let api = Api::new(&args.client)?;
     let view = api
@@ -193,8 +194,18 @@ pub(crate) async fn status(args: SimpleViewArgs) -> anyhow::Result<()> {
         .overview()
         .await
         .map_err(|e| explain(e, "read the status", &api.url()))?;
+    let cluster = api
+        .client
+        .status()
+        .await
+        .map_err(|e| explain(e, "read the status", &api.url()))?
+        .cluster;
     if args.json {
-        return print_json(&view.status);
+        let mut value = serde_json::to_value(&view.status)?;
+        if let (Some(cluster), Some(object)) = (&cluster, value.as_object_mut()) {
+            object.insert("cluster".to_owned(), serde_json::to_value(cluster)?);
+        }
+        return print_json(&value);
     }
     let connected = view
         .workers
@@ -205,6 +216,9 @@ pub(crate) async fn status(args: SimpleViewArgs) -> anyhow::Result<()> {
         "{}",
         output::status_details(&api.url(), &view.status, Some(connected))
     );
+    if let Some(cluster) = &cluster {
+        print!("{}", output::cluster_details(cluster));
+    }
     Ok(())
 }
 

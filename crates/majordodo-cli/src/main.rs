@@ -4,6 +4,9 @@
 //! - `submit`, `task`, `tasks`, `status`, `workers`: clients of the HTTP API ([`client`]).
 //! - `auth`: credentials for the broker's configuration ([`auth`]).
 //! - `log repair`: the way out when a damaged commit log refuses to open ([`log_repair`]).
+//! - `ledgers`, `dump-log`: what a cluster's ledgers and a commit log hold, read without
+//!   changing anything ([`ledgers`], [`dump_log`]).
+//! - `local-cluster`: a replicated cluster on 127.0.0.1 to try failover ([`local_cluster`]).
 //!
 //! Exit status: 0 when the command did what was asked, 1 when it failed at run time, 2 for a
 //! usage or configuration error (errors print as `error: ...` plus `caused by: ...` lines).
@@ -13,8 +16,12 @@ mod builtin;
 mod cli;
 mod client;
 mod config;
+mod discovery;
+mod dump_log;
 mod error;
 mod http_config;
+mod ledgers;
+mod local_cluster;
 mod log_repair;
 mod logging;
 mod output;
@@ -71,5 +78,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Workers(args) => client::workers(args).await,
         Command::Auth(command) => auth::run(command),
         Command::Log(command) => log_repair::run(command),
+        Command::Ledgers(args) => ledgers::run(args).await,
+        Command::DumpLog(args) => dump_log::run(args).await,
+        Command::LocalCluster(args) => local_cluster::run(args).await,
     }
 }

@@ -4,7 +4,7 @@
 
 use std::fmt::Write;
 
-use majordodo_proto::http::{BrokerStatusInfo, TaskInfo, WorkerInfo};
+use majordodo_proto::http::{BrokerStatusInfo, ClusterStatus, TaskInfo, WorkerInfo};
 
 use crate::units::Timestamp;
 
@@ -195,6 +195,34 @@ pub(crate) fn status_details(url: &str, s: &BrokerStatusInfo, workers: Option<us
     out
 }
 
+/// The cluster as a broker of it knows it: the leader, then a table of the live brokers with
+/// the position each applied and how far it is behind the leader (as published, about once a
+/// second).
+pub(crate) fn cluster_details(c: &ClusterStatus) -> String {
+    let brokers = match c.brokers.len() {
+        1 => "1 broker".to_owned(),
+        n => format!("{n} brokers"),
+    };
+    let leader = match &c.leader_id {
+        Some(id) => format!("leader {}", escape(id)),
+        None => "no leader (an election is under way)".to_owned(),
+    };
+    let mut out = format!("cluster:        {leader}, {brokers}\n");
+    let mut table = Table::new(vec!["BROKER", "ROLE", "APPLIED", "LAG", "API"]);
+    let or_dash = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
+    for b in &c.brokers {
+        table.row(vec![
+            clip(&b.broker_id, MAX_TEXT_CELL),
+            if b.leader { "leader" } else { "follower" }.to_owned(),
+            or_dash(b.applied_lsn),
+            or_dash(b.lag),
+            clip(&b.api_url, 2 * MAX_TEXT_CELL),
+        ]);
+    }
+    out.push_str(&table.render());
+    out
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -220,5 +248,39 @@ mod tests {
         assert_eq!(clipped.chars().count(), 10);
         assert!(clipped.ends_with('…'));
         assert_eq!(clip("short", 10), "short");
+    }
+
+    #[test]
+    fn the_cluster_shows_the_leader_and_each_brokers_lag() {
+        // Goal: one line naming the leader, then one row per live broker with its role,
+        // position and lag, `-` where a broker has not published one.
+        use majordodo_proto::http::ClusterBroker;
+        let broker = |id: &str, leader, applied, lag| ClusterBroker {
+            broker_id: id.into(),
+            api_url: format!("http://h/{id}"),
+            leader,
+            applied_lsn: applied,
+            lag,
+        };
+        let text = cluster_details(&ClusterStatus {
+            leader_id: Some("b1".into()),
+            brokers: vec![
+                broker("b1", true, Some(57), Some(0)),
+                broker("b2", false, Some(50), Some(7)),
+                broker("b3", false, None, None),
+            ],
+        });
+        assert_eq!(
+            text,
+            "cluster:        leader b1, 3 brokers\n\
+             BROKER  ROLE      APPLIED  LAG  API\n\
+             b1      leader    57       0    http://h/b1\n\
+             b2      follower  50       7    http://h/b2\n\
+             b3      follower  -        -    http://h/b3\n"
+        );
+        let none = cluster_details(&ClusterStatus::default());
+        assert!(
+            none.starts_with("cluster:        no leader (an election is under way), 0 brokers")
+        );
     }
 }

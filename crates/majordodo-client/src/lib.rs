@@ -51,7 +51,7 @@ use rand::Rng;
 use reqwest::StatusCode;
 use serde::de::DeserializeOwned;
 use tokio::time::Instant;
-use tracing::{debug, warn};
+use tracing::{debug, info};
 
 pub use discovery::{DEFAULT_ZK_BASE_PATH, DiscoveryError, ZkDiscovery};
 pub use list::{DEFAULT_LIST_MAX_REQUESTS, DEFAULT_LIST_MAX_TIME, ListEnd, ListLimits, TaskList};
@@ -689,7 +689,7 @@ impl Client {
                 return Err(error);
             }
             if failures == 1 {
-                warn!(%error, retry_for_s = self.retry.max_elapsed.as_secs(), "broker unavailable; retrying");
+                info!(%error, retry_for_s = self.retry.max_elapsed.as_secs(), "broker unavailable; retrying");
             } else {
                 debug!(%error, failures, delay_ms = delay.as_millis() as u64, "retrying");
             }

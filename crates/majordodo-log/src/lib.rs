@@ -12,13 +12,16 @@
 //! Every implementation must pass the conformance suite in [`conformance`]; [`FaultyLog`] wraps
 //! any of them to make it fail on purpose. Snapshots of the broker state, which let a log drop
 //! old records, are kept by [`SnapshotStore`]. [`repair`] cuts a damaged file log for an
-//! operator; [`vfs`] puts the file operations of the file log and the snapshot store behind a
-//! trait, with [`vfs::SimFs`] simulating power failures for tests.
+//! operator; [`read::FileLogReader`] reads a file log and [`inspect_snapshots`] checks
+//! snapshot files, both without changing anything (for tools); [`vfs`] puts the file
+//! operations of the file log and the snapshot store behind a trait, with [`vfs::SimFs`]
+//! simulating power failures for tests.
 
 pub mod conformance;
 mod faulty;
 mod file;
 mod memory;
+pub mod read;
 pub mod repair;
 mod snapshot;
 pub mod vfs;
@@ -30,8 +33,9 @@ pub use file::{
 };
 pub use memory::{MemoryLog, MemoryStore};
 pub use snapshot::{
-    Compression, SNAPSHOTS_RETAINED, Snapshot, SnapshotError, SnapshotInfo, SnapshotReader,
-    SnapshotStore, SnapshotWriter, decode_snapshot, encode_snapshot,
+    Compression, SNAPSHOTS_RETAINED, Snapshot, SnapshotCheck, SnapshotError, SnapshotInfo,
+    SnapshotReader, SnapshotStore, SnapshotWriter, decode_snapshot, encode_snapshot,
+    inspect_snapshots,
 };
 
 use std::fmt;

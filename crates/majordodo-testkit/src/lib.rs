@@ -11,6 +11,9 @@
 //! cache the BookKeeper jars. Processes die with the test process (see `process`), and
 //! directories are removed on drop (set `MAJORDODO_TESTKIT_KEEP=1` to keep them).
 //!
+//! [`spawn_tied_to_process`] and [`terminate`] give the same guarantee to the children of other
+//! programs (the brokers of `majordodo local-cluster`).
+//!
 //! This crate depends on no majordodo crate and not on `bookkeeper-client`, so that the
 //! BookKeeper client's own tests can use it.
 
@@ -29,6 +32,7 @@ use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 pub use bk::{BOOKIE_START_TIMEOUT, BkCluster, BkClusterOptions, DEFAULT_BOOKIE_ZK_TIMEOUT};
 pub use deps::{BOOKKEEPER_VERSION, CACHE_ENV, CDS_ENV, bookkeeper_dir, cache_root};
 pub use error::{RUN_TEST_DEPS, TestkitError};
+pub use process::{spawn_tied_to_process, terminate};
 pub use zk::{ZK_START_TIMEOUT, ZkServer};
 
 /// Environment variable: when set to `1`, cluster directories (data and logs) are kept after

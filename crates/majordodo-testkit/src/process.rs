@@ -51,8 +51,14 @@ fn spawner() -> &'static Mutex<mpsc::Sender<SpawnRequest>> {
     })
 }
 
-/// Spawns `command` so that the child gets SIGKILL when the test process dies.
-pub(crate) fn spawn_tied_to_process(mut command: Command) -> io::Result<Child> {
+/// Spawns `command` so that the child gets SIGKILL when this process dies, however it dies
+/// (the child is forked by the process-wide spawner thread; see the module documentation).
+/// For programs that run servers of their own next to the harness's (`majordodo
+/// local-cluster` runs its brokers so).
+///
+/// # Errors
+/// When the child cannot be spawned.
+pub fn spawn_tied_to_process(mut command: Command) -> io::Result<Child> {
     let parent = std::process::id();
     #[allow(unsafe_code)]
     // SAFETY: the hook runs in the forked child before exec, where only async-signal-safe calls
@@ -81,6 +87,23 @@ pub(crate) fn spawn_tied_to_process(mut command: Command) -> io::Result<Child> {
     reply_rx
         .recv()
         .map_err(|_| io::Error::other("spawner thread dropped the request"))?
+}
+
+/// Sends SIGTERM to `child` unless it has exited already (a reaped child's pid may belong to
+/// another process by now, so it is never signalled).
+///
+/// # Errors
+/// When asking whether the child exited fails.
+pub fn terminate(child: &mut Child) -> io::Result<()> {
+    if child.try_wait()?.is_none() {
+        #[allow(unsafe_code)]
+        // SAFETY: kill(2) has no memory-safety preconditions; the pid is our unreaped child,
+        // so it cannot have been reused by another process.
+        unsafe {
+            libc::kill(child.id() as libc::pid_t, libc::SIGTERM);
+        }
+    }
+    Ok(())
 }
 
 /// Starts every marker line written into a log by the harness.
@@ -277,6 +300,19 @@ mod tests {
         std::fs::write(&log, text).expect("write");
         assert_eq!(tail(&log, 2), "line 98\nline 99");
         assert!(tail(&dir.path().join("missing"), 2).contains("cannot read"));
+    }
+
+    #[test]
+    fn terminate_sends_sigterm_to_a_running_child_and_skips_a_reaped_one() {
+        // Goal: the child ends by SIGTERM; once reaped it is left alone.
+        use std::os::unix::process::ExitStatusExt;
+        let mut command = Command::new("sleep");
+        command.arg("30");
+        let mut child = spawn_tied_to_process(command).expect("spawn sleep");
+        terminate(&mut child).expect("terminate");
+        let status = child.wait().expect("wait");
+        assert_eq!(status.signal(), Some(libc::SIGTERM));
+        terminate(&mut child).expect("a reaped child is not signalled");
     }
 
     #[test]

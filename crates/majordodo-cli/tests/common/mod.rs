@@ -10,6 +10,8 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub(crate) mod readme;
+
 /// Longest a server takes to print its start-up lines.
 pub(crate) const START_TIMEOUT: Duration = Duration::from_secs(20);
 
@@ -131,10 +133,15 @@ impl Server {
 
     /// Waits for a stdout line containing `needle` and returns it.
     pub(crate) fn wait_line(&mut self, needle: &str) -> String {
+        self.wait_line_within(needle, START_TIMEOUT)
+    }
+
+    /// Waits up to `timeout` for a stdout line containing `needle` and returns it.
+    pub(crate) fn wait_line_within(&mut self, needle: &str, timeout: Duration) -> String {
         if let Some(line) = self.seen.iter().find(|l| l.contains(needle)) {
             return line.clone();
         }
-        let deadline = Instant::now() + START_TIMEOUT;
+        let deadline = Instant::now() + timeout;
         loop {
             let left = deadline.saturating_duration_since(Instant::now());
             match self.lines.recv_timeout(left) {
@@ -145,7 +152,7 @@ impl Server {
                     }
                 }
                 Err(_) => panic!(
-                    "no stdout line containing {needle:?} within {START_TIMEOUT:?}; seen: {:#?}; exited: {:?}",
+                    "no stdout line containing {needle:?} within {timeout:?}; seen: {:#?}; exited: {:?}",
                     self.seen,
                     self.child.try_wait()
                 ),
@@ -270,4 +277,54 @@ pub(crate) fn start_broker(dir: &Path, http_extra: &str) -> (Server, String, Str
     let url = broker.value_of("HTTP API:");
     let worker_port = broker.value_of("worker port:");
     (broker, url, worker_port)
+}
+
+/// The pids of every live descendant of `pid` (from the parent pids in `/proc/*/stat`).
+pub(crate) fn descendants(pid: u32) -> Vec<u32> {
+    let mut parents = Vec::new();
+    for entry in std::fs::read_dir("/proc").expect("read /proc").flatten() {
+        let Some(child) = entry
+            .file_name()
+            .to_str()
+            .and_then(|n| n.parse::<u32>().ok())
+        else {
+            continue;
+        };
+        let Ok(stat) = std::fs::read_to_string(entry.path().join("stat")) else {
+            continue;
+        };
+        // pid (comm) state ppid ...: comm may hold spaces, so read after its last ')'.
+        let Some(rest) = stat.rsplit_once(')').map(|(_, r)| r) else {
+            continue;
+        };
+        let fields: Vec<&str> = rest.split_whitespace().collect();
+        if let (Some(state), Some(ppid)) = (fields.first(), fields.get(1))
+            && *state != "Z"
+            && let Ok(ppid) = ppid.parse::<u32>()
+        {
+            parents.push((child, ppid));
+        }
+    }
+    let mut found = vec![pid];
+    let mut i = 0;
+    while i < found.len() {
+        let parent = found[i];
+        found.extend(
+            parents
+                .iter()
+                .filter(|(_, p)| *p == parent)
+                .map(|(c, _)| *c),
+        );
+        i += 1;
+    }
+    found.remove(0);
+    found
+}
+
+/// Whether process `pid` still runs (a zombie does not count).
+pub(crate) fn alive(pid: u32) -> bool {
+    std::fs::read_to_string(format!("/proc/{pid}/stat")).is_ok_and(|stat| {
+        stat.rsplit_once(')')
+            .is_some_and(|(_, rest)| !rest.trim_start().starts_with('Z'))
+    })
 }
