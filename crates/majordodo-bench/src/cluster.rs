@@ -60,22 +60,51 @@ pub(crate) struct BrokerProcess {
     pub(crate) secret: String,
 }
 
+/// Credentials shared by the brokers of one cluster.
+#[derive(Clone, Debug)]
+pub(crate) struct Credentials {
+    /// The bearer token of the admin user.
+    pub(crate) token: String,
+    /// The workers' shared secret.
+    pub(crate) secret: String,
+}
+
+impl Credentials {
+    /// Fresh random credentials.
+    pub(crate) fn random() -> Credentials {
+        Credentials {
+            token: random_hex(32),
+            secret: random_hex(32),
+        }
+    }
+}
+
 impl BrokerProcess {
     /// Starts `majordodo broker` with its data under `dir` (created), and waits until it answers.
     pub(crate) async fn start(dir: &Path, extra_toml: &str) -> anyhow::Result<BrokerProcess> {
+        BrokerProcess::start_as(dir, "bench", &Credentials::random(), extra_toml).await
+    }
+
+    /// Like [`BrokerProcess::start`] with a broker id and credentials shared with other brokers.
+    pub(crate) async fn start_as(
+        dir: &Path,
+        broker_id: &str,
+        credentials: &Credentials,
+        extra_toml: &str,
+    ) -> anyhow::Result<BrokerProcess> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let http_port = free_port()?;
         let worker_port = free_port()?;
-        let token = random_hex(32);
-        let secret = random_hex(32);
+        let token = credentials.token.clone();
+        let secret = credentials.secret.clone();
         let token_sha256 = format!("{:x}", Sha256::digest(token.as_bytes()));
         let config = format!(
-            r#"broker_id = "bench"
+            r#"broker_id = "{broker_id}"
 data_dir = "{data}"
 
 [http]
 listen = "127.0.0.1:{http_port}"
-max_body_size = "64MiB"
+{max_body}
 
 [[http.users]]
 name = "admin"
@@ -88,9 +117,22 @@ shared_secret = "{secret}"
 
 [log]
 fsync = true
+{max_record}
 {extra_toml}
 "#,
             data = dir.join("data").display(),
+            // A replicated broker's messages must fit one BookKeeper entry: keep its default.
+            max_body = if extra_toml.contains("[cluster]") {
+                ""
+            } else {
+                "max_body_size = \"64MiB\""
+            },
+            // A record holds a task that fills a whole request.
+            max_record = if extra_toml.contains("[cluster]") {
+                ""
+            } else {
+                "max_record_size = \"65MiB\""
+            },
         );
         let config_path = dir.join("broker.toml");
         std::fs::write(&config_path, config).context("write broker.toml")?;
@@ -114,9 +156,16 @@ fsync = true
         };
         let client = broker.client()?;
         let started = Instant::now();
+        let mut broker = broker;
         loop {
             if client.status().await.is_ok() {
                 return Ok(broker);
+            }
+            if let Ok(Some(status)) = broker.child.try_wait() {
+                bail!(
+                    "broker exited with {status}; see {}",
+                    dir.join("broker.log").display()
+                );
             }
             if started.elapsed() > START_TIMEOUT {
                 bail!(
@@ -140,6 +189,12 @@ fsync = true
     /// The broker's process id.
     pub(crate) fn pid(&self) -> u32 {
         self.child.id()
+    }
+
+    /// Kills it at once (SIGKILL), as a crash.
+    pub(crate) fn kill(mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
     }
 
     /// Stops it (SIGTERM, then SIGKILL after a grace period).

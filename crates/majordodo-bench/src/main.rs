@@ -9,6 +9,8 @@
 //! - `scale`: broker RSS with a million waiting tasks, and throughput with a million waiting
 //!   versus a thousand.
 //! - `fsync`: the disk's own small-write + fdatasync speed, for context.
+//! - `replicated`: the burn-down on the file log and on a cluster over three bookies (rounds
+//!   alternated), the followers' lag meanwhile, and the failover time.
 //!
 //! The end-to-end scenarios start the `majordodo` binary found next to this one (build both
 //! with `cargo build --release -p majordodo-cli -p majordodo-bench`), or `$MAJORDODO_BIN`.
@@ -16,6 +18,7 @@
 mod cluster;
 mod core_bench;
 mod e2e;
+mod replicated;
 mod report;
 
 use clap::{Parser, Subcommand};
@@ -43,6 +46,8 @@ enum Scenario {
     Scale(e2e::ScaleArgs),
     /// The disk's small-write + fdatasync speed.
     Fsync(e2e::FsyncArgs),
+    /// File log vs replicated burn-down, follower lag, failover time (needs scripts/test-deps).
+    Replicated(replicated::ReplicatedArgs),
     /// Every scenario with its defaults, one after the other.
     All {
         /// Directory for the brokers' data.
@@ -59,6 +64,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Latency(args) => e2e::latency(&args).await,
         Scenario::Scale(args) => e2e::scale(&args).await,
         Scenario::Fsync(args) => e2e::fsync(&args),
+        Scenario::Replicated(args) => replicated::run(&args).await,
         Scenario::All { dir } => {
             let d = dir.display().to_string();
             let parse = |args: &[&str]| Cli::parse_from(args.iter().copied());
@@ -68,6 +74,7 @@ async fn main() -> anyhow::Result<()> {
                 vec!["bench", "burn-down", "--dir", &d],
                 vec!["bench", "latency", "--dir", &d],
                 vec!["bench", "scale", "--dir", &d],
+                vec!["bench", "replicated", "--dir", &d],
             ] {
                 match parse(&argv).scenario {
                     Scenario::Core(a) => core_bench::run(&a)?,
@@ -75,6 +82,7 @@ async fn main() -> anyhow::Result<()> {
                     Scenario::Latency(a) => e2e::latency(&a).await?,
                     Scenario::Scale(a) => e2e::scale(&a).await?,
                     Scenario::Fsync(a) => e2e::fsync(&a)?,
+                    Scenario::Replicated(a) => replicated::run(&a).await?,
                     Scenario::All { .. } => unreachable!("not in the list"),
                 }
             }
