@@ -1,10 +1,14 @@
 //! [`BookKeeperLog`]: the replicated commit log, as a sequence of BookKeeper ledgers listed in
 //! ZooKeeper.
 //!
-//! - **One append is one ledger entry** (or a few, when its records exceed one entry), so every
-//!   record of a dispatcher round shares one add; an append resolves once its last entry is
-//!   acknowledged by the ack quorum (entries are acknowledged in order). Entries carry the log
-//!   position of their first record, so positions stay dense across ledgers and leaders.
+//! - **Group commit**: at most a few entries are in flight at once; appends that arrive
+//!   meanwhile are gathered and written together, as one entry (or a few, when their records
+//!   exceed one entry), when an acknowledgement frees room. So an idle log writes each append
+//!   at once, and a busy one writes fewer, larger entries instead of queueing many small ones:
+//!   the bookies and the tailing followers handle a request per entry, not per record. An
+//!   append resolves once the entry holding its last record is acknowledged by the ack quorum
+//!   (entries are acknowledged in order). Entries carry the log position of their first
+//!   record, so positions stay dense across ledgers and leaders.
 //! - **Opening takes the log over**: the last listed ledger is opened with recovery, which
 //!   fences its writer (a previous leader) and fixes its end; then a new ledger is created and
 //!   published by compare-and-set on the ledger list, **before** anything is written to it, so
@@ -52,6 +56,10 @@ pub const DEFAULT_RETENTION: Duration = Duration::from_secs(24 * 3600);
 /// Default bound on the bytes of entries written but not yet acknowledged before
 /// [`CommitLog::ready`] makes producers wait: a few hundred rounds of a busy broker.
 pub const DEFAULT_MAX_UNACKED_BYTES: u64 = 64 * 1024 * 1024;
+/// Default bound on the entries written and not yet acknowledged: two keep the bookies busy
+/// (one is being synced while the next travels) without splitting a busy broker's appends
+/// into many small entries.
+pub const DEFAULT_MAX_ENTRIES_IN_FLIGHT: usize = 2;
 /// Pause between attempts at creating a ledger when bookies are missing.
 const CREATE_RETRY_PAUSE: Duration = Duration::from_millis(500);
 /// Entries read per request while replaying a ledger.
@@ -78,8 +86,11 @@ pub struct BkLogConfig {
     pub retention: Duration,
     /// Largest ledger entry written, at most the BookKeeper client's limit.
     pub max_entry_size: usize,
-    /// Bytes written and not yet acknowledged beyond which [`CommitLog::ready`] waits.
+    /// Bytes appended and not yet acknowledged beyond which [`CommitLog::ready`] waits.
     pub max_unacked_bytes: u64,
+    /// Entries written and not yet acknowledged (at least 1); appends arriving meanwhile wait
+    /// and are written together.
+    pub max_entries_in_flight: usize,
     /// This broker's id, stored in the ledgers' custom metadata.
     pub broker_id: String,
 }
@@ -98,6 +109,7 @@ impl BkLogConfig {
             retention: DEFAULT_RETENTION,
             max_entry_size: bookkeeper_client::DEFAULT_MAX_ENTRY_SIZE,
             max_unacked_bytes: DEFAULT_MAX_UNACKED_BYTES,
+            max_entries_in_flight: DEFAULT_MAX_ENTRIES_IN_FLIGHT,
             broker_id: String::new(),
         }
     }
@@ -196,7 +208,7 @@ struct Shared {
     current_entry: AtomicI64,
     /// The ledger list as this log last wrote it.
     ledgers: tokio::sync::Mutex<VersionedLedgers>,
-    /// Bytes of entries submitted and not acknowledged.
+    /// Bytes of records appended and not acknowledged.
     unacked_bytes: AtomicU64,
     /// Signalled when acknowledgements free room.
     room: Notify,
@@ -315,6 +327,7 @@ impl BookKeeperLog {
             ledger_bytes: 0,
             ledger_started: Instant::now(),
             inflight: VecDeque::new(),
+            pending: VecDeque::new(),
         };
         let writer = tokio::spawn(task.run());
         Ok((
@@ -414,16 +427,28 @@ pub(crate) async fn entry_holding(
     Ok(lo)
 }
 
-/// An entry submitted to the current ledger.
+/// An append waiting for an acknowledgement.
+type Done = (oneshot::Sender<Result<Appended, LogError>>, Appended);
+
+/// An entry submitted to the current ledger (or a barrier, with no data).
 struct InFlight {
     /// The encoded entry, kept to re-submit it after a roll.
     data: Bytes,
+    /// Bytes of the records it holds, counted in `unacked_bytes`.
+    record_bytes: u64,
     /// Last position it holds.
     last_lsn: Lsn,
     /// Completes with its entry id.
     acked: FutBox<'static, Result<i64, BkError>>,
-    /// The append this entry completes, when it is the append's last entry.
-    done: Option<(oneshot::Sender<Result<Appended, LogError>>, Appended)>,
+    /// The appends whose last record it holds.
+    done: Vec<Done>,
+}
+
+/// An append received and not yet written.
+struct PendingAppend {
+    appended: Appended,
+    records: Vec<Bytes>,
+    done: oneshot::Sender<Result<Appended, LogError>>,
 }
 
 /// The writer task: owns the current ledger.
@@ -434,13 +459,15 @@ struct Writer {
     ledger_bytes: u64,
     ledger_started: Instant,
     inflight: VecDeque<InFlight>,
+    /// Appends waiting for room in the pipeline, in order.
+    pending: VecDeque<PendingAppend>,
 }
 
 impl Writer {
     async fn run(mut self) {
         let mut closing: Option<oneshot::Sender<Result<(), LogError>>> = None;
         let result: Result<(), LogError> = loop {
-            if closing.is_some() && self.inflight.is_empty() {
+            if closing.is_some() && self.inflight.is_empty() && self.pending.is_empty() {
                 break self
                     .ledger
                     .close()
@@ -457,6 +484,7 @@ impl Writer {
                             if let Err(e) = self.on_acked(entry_id).await {
                                 break Err(e);
                             }
+                            self.flush();
                         }
                         Err(BkError::LedgerClosed { last_add_confirmed, cause, .. }) => {
                             warn!(
@@ -468,12 +496,16 @@ impl Writer {
                             if let Err(e) = self.roll(true).await {
                                 break Err(e);
                             }
+                            self.flush();
                         }
                         Err(e) => break Err(bk_to_log(&format!("append to ledger {}", self.ledger.ledger_id()), e)),
                     }
                 }
                 cmd = self.rx.recv(), if closing.is_none() => match cmd {
-                    Some(Cmd::Append { appended, records, done }) => self.submit(appended, records, done),
+                    Some(Cmd::Append { appended, records, done }) => {
+                        self.pending.push_back(PendingAppend { appended, records, done });
+                        self.flush();
+                    }
                     Some(Cmd::Close(reply)) => closing = Some(reply),
                     None => {
                         // The handle is gone without a close: finish what is in flight.
@@ -485,65 +517,78 @@ impl Writer {
         self.finish(result, closing);
     }
 
-    /// Queues the records of one append as one or more entries of the current ledger.
-    fn submit(
-        &mut self,
-        appended: Appended,
-        records: Vec<Bytes>,
-        done: oneshot::Sender<Result<Appended, LogError>>,
-    ) {
-        if records.is_empty() {
-            // A barrier: resolves after everything before it, like an entry would.
-            let acked = futures_util::future::ready(Ok(-1)).boxed();
-            self.inflight.push_back(InFlight {
-                data: Bytes::new(),
-                last_lsn: appended.last,
-                acked,
-                done: Some((done, appended)),
-            });
+    /// Entries (not barriers) written and not yet acknowledged.
+    fn entries_in_flight(&self) -> usize {
+        self.inflight.iter().filter(|e| !e.data.is_empty()).count()
+    }
+
+    /// Writes every pending append, as few entries as the entry size allows, unless the
+    /// pipeline is full: then they wait for the next acknowledgement and more may join them.
+    fn flush(&mut self) {
+        if self.pending.is_empty()
+            || self.entries_in_flight() >= self.shared.config.max_entries_in_flight.max(1)
+        {
             return;
         }
         let max = self.shared.config.max_entry_size;
-        let mut start = 0usize;
-        let mut lsn = appended.first.0;
-        while start < records.len() {
-            let mut end = start;
-            let mut size = LEDGER_ENTRY_OVERHEAD;
-            while end < records.len() {
-                let add = records[end].len() + LEDGER_ENTRY_PER_RECORD;
-                if end > start && size + add > max {
-                    break;
+        let mut chunk: Vec<Bytes> = Vec::new();
+        let mut chunk_first = 0u64;
+        let mut size = LEDGER_ENTRY_OVERHEAD;
+        let mut done: Vec<Done> = Vec::new();
+        while let Some(append) = self.pending.pop_front() {
+            if append.records.is_empty() {
+                if chunk.is_empty() {
+                    // A barrier with nothing before it in this batch: resolves after what is
+                    // in flight, like an entry would.
+                    self.inflight.push_back(InFlight {
+                        data: Bytes::new(),
+                        record_bytes: 0,
+                        last_lsn: append.appended.last,
+                        acked: futures_util::future::ready(Ok(-1)).boxed(),
+                        done: vec![(append.done, append.appended)],
+                    });
+                } else {
+                    done.push((append.done, append.appended));
+                }
+                continue;
+            }
+            for (lsn, record) in (append.appended.first.0..).zip(append.records) {
+                let add = record.len() + LEDGER_ENTRY_PER_RECORD;
+                if !chunk.is_empty() && size + add > max {
+                    self.push_chunk(
+                        chunk_first,
+                        std::mem::take(&mut chunk),
+                        std::mem::take(&mut done),
+                    );
+                    size = LEDGER_ENTRY_OVERHEAD;
+                }
+                if chunk.is_empty() {
+                    chunk_first = lsn;
                 }
                 size += add;
-                end += 1;
+                chunk.push(record);
             }
-            let chunk = &records[start..end];
-            let data = Bytes::from(encode_ledger_entry(lsn, chunk));
-            let last_lsn = Lsn(lsn + chunk.len() as u64 - 1);
-            lsn = last_lsn.0 + 1;
-            start = end;
-            let last = start == records.len();
-            self.push_entry(data, last_lsn, None);
-            if last {
-                self.inflight.back_mut().expect("just pushed").done = Some((done, appended));
-                return;
-            }
+            done.push((append.done, append.appended));
+        }
+        if !chunk.is_empty() {
+            self.push_chunk(chunk_first, chunk, done);
         }
     }
 
-    fn push_entry(
-        &mut self,
-        data: Bytes,
-        last_lsn: Lsn,
-        done: Option<(oneshot::Sender<Result<Appended, LogError>>, Appended)>,
-    ) {
-        self.shared
-            .unacked_bytes
-            .fetch_add(data.len() as u64, Ordering::AcqRel);
+    /// Writes the records `chunk`, the first at position `first`, as one entry.
+    fn push_chunk(&mut self, first: u64, chunk: Vec<Bytes>, done: Vec<Done>) {
+        let record_bytes = chunk.iter().map(|r| r.len() as u64).sum();
+        let data = Bytes::from(encode_ledger_entry(first, &chunk));
+        let last_lsn = Lsn(first + chunk.len() as u64 - 1);
+        self.push_entry(data, record_bytes, last_lsn, done);
+    }
+
+    fn push_entry(&mut self, data: Bytes, record_bytes: u64, last_lsn: Lsn, done: Vec<Done>) {
         self.ledger_bytes += data.len() as u64;
         let acked = self.ledger.append(data.clone()).boxed();
         self.inflight.push_back(InFlight {
             data,
+            record_bytes,
             last_lsn,
             acked,
             done,
@@ -555,14 +600,14 @@ impl Writer {
         if !entry.data.is_empty() {
             self.shared
                 .unacked_bytes
-                .fetch_sub(entry.data.len() as u64, Ordering::AcqRel);
+                .fetch_sub(entry.record_bytes, Ordering::AcqRel);
             self.shared.current_entry.store(entry_id, Ordering::Release);
             self.shared
                 .durable
                 .store(entry.last_lsn.0, Ordering::Release);
             self.shared.room.notify_waiters();
         }
-        if let Some((done, appended)) = entry.done {
+        for (done, appended) in entry.done {
             let _ = done.send(Ok(appended));
         }
         let config = &self.shared.config;
@@ -616,14 +661,11 @@ impl Writer {
         if failed {
             let pending: Vec<InFlight> = self.inflight.drain(..).collect();
             for entry in pending {
-                self.shared
-                    .unacked_bytes
-                    .fetch_sub(entry.data.len() as u64, Ordering::AcqRel);
                 if entry.data.is_empty() {
                     let acked = futures_util::future::ready(Ok(-1)).boxed();
                     self.inflight.push_back(InFlight { acked, ..entry });
                 } else {
-                    self.push_entry(entry.data, entry.last_lsn, entry.done);
+                    self.push_entry(entry.data, entry.record_bytes, entry.last_lsn, entry.done);
                 }
             }
         }
@@ -649,9 +691,12 @@ impl Writer {
         }
         let error = failure.map_or(LogError::Closed, |f| f.to_error());
         for entry in self.inflight.drain(..) {
-            if let Some((done, _)) = entry.done {
+            for (done, _) in entry.done {
                 let _ = done.send(Err(error_clone(&error)));
             }
+        }
+        for append in self.pending.drain(..) {
+            let _ = append.done.send(Err(error_clone(&error)));
         }
         self.rx.close();
         while let Ok(cmd) = self.rx.try_recv() {
@@ -710,6 +755,7 @@ impl CommitLog for BookKeeperLog {
             }
         };
         let (done, rx) = oneshot::channel();
+        let bytes: u64 = records.iter().map(|r| r.len() as u64).sum();
         if self
             .tx
             .send(Cmd::Append {
@@ -721,6 +767,7 @@ impl CommitLog for BookKeeperLog {
         {
             return futures_util::future::ready(Err(LogError::Closed)).boxed();
         }
+        self.shared.unacked_bytes.fetch_add(bytes, Ordering::AcqRel);
         queue.last_assigned = appended.last;
         drop(queue);
         rx.map(|r| r.unwrap_or(Err(LogError::Closed))).boxed()

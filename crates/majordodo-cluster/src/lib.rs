@@ -15,8 +15,8 @@ mod error;
 mod tail;
 
 pub use bklog::{
-    BkLogConfig, BookKeeperLog, DEFAULT_MAX_UNACKED_BYTES, DEFAULT_RETENTION, DEFAULT_ROLL_AGE,
-    DEFAULT_ROLL_SIZE, TakeOver,
+    BkLogConfig, BookKeeperLog, DEFAULT_MAX_ENTRIES_IN_FLIGHT, DEFAULT_MAX_UNACKED_BYTES,
+    DEFAULT_RETENTION, DEFAULT_ROLL_AGE, DEFAULT_ROLL_SIZE, TakeOver,
 };
 pub use coord::{
     CoordConfig, Coordinator, DISCOVERY_DIR, DISCOVERY_PREFIX, LEADER_NODE, LEDGERS_NODE,

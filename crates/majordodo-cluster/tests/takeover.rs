@@ -1,5 +1,6 @@
-//! Taking the log over while the previous leader still writes: the new log fences the old
-//! one, which can append nothing more, and holds every record the old one acknowledged.
+//! The replicated log against real bookies: taking the log over while the previous leader
+//! still writes (the new log fences the old one, which can append nothing more, and holds
+//! every record the old one acknowledged), retention, and group commit.
 
 use bookkeeper_client::{BookKeeper, ClientConfig};
 use bytes::Bytes;
@@ -143,4 +144,85 @@ async fn ledgers_are_dropped_only_when_covered_and_past_retention() {
         Err(LogError::Released { .. })
     ));
     dropped.close().await.expect("close");
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn appends_made_while_the_pipeline_is_full_share_entries() {
+    // Goal: with one entry in flight, appends queued meanwhile are written together (fewer
+    // entries than appends), no entry exceeds the entry size (records split across entries),
+    // every append resolves with its own positions, in order, a barrier resolves with the
+    // position before it, and the ledger holds every record once, in order.
+    let cluster = BkCluster::start(3).await.expect("start a 3-bookie cluster");
+    let max_entry = 4096;
+    let log = open_with(&cluster, "/grouped", |c| {
+        c.max_entries_in_flight = 1;
+        c.max_entry_size = max_entry;
+    })
+    .await;
+    let mut futures = Vec::new();
+    let mut expected = Vec::new();
+    for i in 0..300u32 {
+        let records: Vec<Bytes> = if i % 50 == 7 {
+            Vec::new()
+        } else {
+            // every tenth append is large: a few of them overflow one entry
+            let size = if i % 10 == 3 { 3000 } else { 40 };
+            (0..(1 + i % 3))
+                .map(|j| Bytes::from(format!("{i}/{j}:{}", "x".repeat(size))))
+                .collect()
+        };
+        expected.extend(records.iter().cloned());
+        futures.push((records.len() as u64, log.append(records)));
+    }
+    let mut next = 1u64;
+    for (count, future) in futures {
+        let appended = future.await.expect("append");
+        if count == 0 {
+            assert_eq!(
+                (appended.first, appended.last),
+                (Lsn(next - 1), Lsn(next - 1))
+            );
+        } else {
+            assert_eq!(
+                (appended.first, appended.last),
+                (Lsn(next), Lsn(next + count - 1))
+            );
+            next += count;
+        }
+    }
+    let ledger = log.current_ledger();
+    log.close().await.expect("close");
+
+    let bk = BookKeeper::connect(
+        ClientConfig::new(cluster.zk_connect_string()).with_ledgers_root(cluster.ledgers_root()),
+    )
+    .await
+    .expect("connect to BookKeeper");
+    let reader = bk
+        .open_ledger(ledger, b"takeover", bookkeeper_client::OpenMode::NoRecovery)
+        .await
+        .expect("open the written ledger");
+    let entries = reader
+        .read(0..=reader.last_add_confirmed())
+        .await
+        .expect("read the ledger");
+    let appends = 300 - 6;
+    assert!(
+        entries.len() < appends / 2,
+        "{} entries for {appends} appends",
+        entries.len()
+    );
+    let mut records = Vec::new();
+    for entry in &entries {
+        assert!(
+            entry.data.len() <= max_entry,
+            "entry of {} bytes",
+            entry.data.len()
+        );
+        let decoded =
+            majordodo_proto::cluster::decode_ledger_entry(&entry.data).expect("decode an entry");
+        assert_eq!(decoded.first_lsn, records.len() as u64 + 1);
+        records.extend(decoded.records);
+    }
+    assert_eq!(records, expected);
 }
