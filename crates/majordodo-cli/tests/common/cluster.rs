@@ -102,8 +102,9 @@ pub(crate) struct TestCluster {
     pub(crate) token: String,
     /// The cluster's directory (see the module documentation).
     pub(crate) dir: PathBuf,
-    /// Owns `dir`.
-    _dir: tempfile::TempDir,
+    /// Removes `dir` on drop, unless the test fails or [`TestCluster::keep_dir`] was called.
+    dir_guard: Option<tempfile::TempDir>,
+    keep: bool,
 }
 
 impl Drop for TestCluster {
@@ -112,6 +113,14 @@ impl Drop for TestCluster {
         if let Some(bk) = self.bk.take() {
             // Stopping the JVMs blocks for a second or two.
             tokio::task::block_in_place(|| drop(bk));
+        }
+        if (self.keep || std::thread::panicking())
+            && let Some(guard) = self.dir_guard.take()
+        {
+            eprintln!(
+                "the cluster's files and logs are kept in {}",
+                guard.keep().display()
+            );
         }
     }
 }
@@ -143,7 +152,8 @@ impl TestCluster {
             bk: Some(bk),
             token,
             dir,
-            _dir: tmp,
+            dir_guard: Some(tmp),
+            keep: false,
         };
         for i in 1..=options.brokers {
             let id = format!("b{i}");
@@ -158,6 +168,11 @@ impl TestCluster {
         }
         cluster.wait_registered(BROKER_START_TIMEOUT).await;
         cluster
+    }
+
+    /// Keeps the cluster's directory (its brokers' files and logs) when it drops.
+    pub(crate) fn keep_dir(&mut self) {
+        self.keep = true;
     }
 
     pub(crate) fn bk(&self) -> &BkCluster {
