@@ -18,7 +18,7 @@
 //!   injected, the verdict, the time) and a summary.
 //!
 //! A failed seed keeps its cluster's directory (the brokers' and workers' files and logs) and
-//! prints where it is.
+//! prints where it is; `MAJORDODO_CHAOS_KEEP=1` keeps every seed's.
 
 #[path = "../common/mod.rs"]
 mod common;
@@ -46,6 +46,9 @@ const SEED_ENV: &str = "MAJORDODO_CHAOS_SEED";
 
 /// Runs this many fresh seeds.
 const SEEDS_ENV: &str = "MAJORDODO_CHAOS_SEEDS";
+
+/// When `1`, every seed keeps its cluster's files and logs, not only a failed one.
+const KEEP_ENV: &str = "MAJORDODO_CHAOS_KEEP";
 
 /// Seeds of the regular test: each takes a minute and a half on a 2-core machine.
 const CI_SEEDS: usize = 2;
@@ -289,6 +292,9 @@ async fn chaos(
         log: &log,
     }));
     let summary = summary(&submissions, &tasks, &executions, &log, &writers);
+    if std::env::var(KEEP_ENV).is_ok_and(|v| v == "1") {
+        cluster.keep_dir();
+    }
     if violations.is_empty() {
         return Ok(summary);
     }
