@@ -10,6 +10,7 @@ use std::process::{Child, Command, ExitStatus, Output, Stdio};
 use std::sync::mpsc;
 use std::time::{Duration, Instant};
 
+pub(crate) mod cluster;
 pub(crate) mod readme;
 
 /// Longest a server takes to print its start-up lines.
