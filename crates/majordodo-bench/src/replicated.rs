@@ -56,6 +56,20 @@ pub(crate) struct ReplicatedArgs {
     /// The brokers' ZooKeeper session timeout.
     #[arg(long, default_value = "2s", value_parser = parse_secs)]
     session_timeout: Duration,
+    /// A bookie setting, KEY=VALUE, over the bench's own (repeatable).
+    #[arg(long = "bookie-conf", value_parser = parse_setting)]
+    bookie_conf: Vec<(String, String)>,
+    /// A bookie JVM argument, after the bench's own (repeatable; start it with `=`, as in
+    /// `--bookie-jvm-arg=-Xmx1g`).
+    #[arg(long = "bookie-jvm-arg", allow_hyphen_values = true)]
+    bookie_jvm_args: Vec<String>,
+}
+
+fn parse_setting(s: &str) -> Result<(String, String), String> {
+    match s.split_once('=') {
+        Some((k, v)) if !k.is_empty() => Ok((k.to_owned(), v.to_owned())),
+        _ => Err(format!("{s:?} is not KEY=VALUE")),
+    }
 }
 
 fn parse_secs(s: &str) -> Result<Duration, String> {
@@ -235,11 +249,16 @@ pub(crate) async fn run(args: &ReplicatedArgs) -> anyhow::Result<()> {
     std::fs::create_dir_all(&dir)?;
     // Journals are fsynced before every acknowledgement; a journal whose queue empties is
     // flushed at once instead of waiting for more adds to group with.
-    let bk = BkCluster::start_with(
-        BkClusterOptions::new(3).bookie_conf("journalFlushWhenQueueEmpty", "true"),
-    )
-    .await
-    .context("start ZooKeeper and 3 bookies (run scripts/test-deps first)")?;
+    let mut options = BkClusterOptions::new(3).bookie_conf("journalFlushWhenQueueEmpty", "true");
+    for (key, value) in &args.bookie_conf {
+        options = options.bookie_conf(key, value);
+    }
+    for arg in &args.bookie_jvm_args {
+        options = options.bookie_jvm_arg(arg);
+    }
+    let bk = BkCluster::start_with(options)
+        .await
+        .context("start ZooKeeper and 3 bookies (run scripts/test-deps first)")?;
     let mut burn = Table::new(
         "burn-down, file log vs replicated (3 bookies, ensemble 3, write quorum 2, ack quorum 2, journals fsynced), no-op tasks, rounds alternated",
         &[
