@@ -28,7 +28,7 @@ use std::time::Duration;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{Query, Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE};
+use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -231,7 +231,22 @@ async fn get_snapshot(State(api): State<Arc<Api>>, req: Request) -> Result<Respo
             ),
         )));
     }
-    let (lsn, path) = api.broker.snapshot_for_download().await?;
+    let (lsn, path) = match api.broker.snapshot_for_download().await {
+        Ok(found) => found,
+        Err(e) => {
+            // No client of the original reads this endpoint, so its refusals need not keep the
+            // original's 200 `ok: false` shape: a broker that cannot serve a snapshot yet
+            // answers 503, and nothing that is not a snapshot is ever answered 200.
+            let mut refusal = ApiError::from(e).into_response();
+            if refusal.status() == StatusCode::OK {
+                *refusal.status_mut() = StatusCode::SERVICE_UNAVAILABLE;
+                refusal
+                    .headers_mut()
+                    .insert(RETRY_AFTER, HeaderValue::from_static("1"));
+            }
+            return Ok(refusal);
+        }
+    };
     let file = tokio::fs::File::open(&path)
         .await
         .map_err(|_| ApiError::Internal("open the snapshot file"))?;

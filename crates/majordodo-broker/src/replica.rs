@@ -48,6 +48,11 @@ const TAKE_OVER_ATTEMPTS: usize = 5;
 const TAIL_CHANNEL: usize = 64;
 /// Longest a snapshot download may take.
 const DOWNLOAD_TIMEOUT: Duration = Duration::from_secs(600);
+/// How long a booting broker keeps asking a leader that is not ready yet (still recovering,
+/// or just replaced) for a snapshot.
+const DOWNLOAD_PATIENCE: Duration = Duration::from_secs(60);
+/// Pause between those attempts.
+const DOWNLOAD_RETRY_PAUSE: Duration = Duration::from_millis(500);
 
 /// How a broker takes part in a replicated cluster.
 #[derive(Clone, Debug)]
@@ -392,11 +397,36 @@ async fn boot(
         .await
         .map_err(|e| BootError::Cluster(e.to_string()))?;
     let me = settings.me.broker_id();
-    if let (Some(leader), Some(store), Some(token)) = (&leader, &snapshots, &settings.peer_token)
-        && leader.broker_id() != me
-        && let Some(url) = leader.api_url()
+    let download_until = Instant::now() + DOWNLOAD_PATIENCE;
+    let mut leader = leader;
+    while let (Some(current), Some(store), Some(token)) =
+        (&leader, &snapshots, &settings.peer_token)
+        && current.broker_id() != me
+        && let Some(url) = current.api_url()
     {
-        let lsn = download_snapshot(url, token, store).await?;
+        let lsn = match download_snapshot(url, token, store).await {
+            Ok(lsn) => lsn,
+            Err(Download::Failed(e)) => return Err(e),
+            Err(Download::NotReady(why)) if Instant::now() < download_until => {
+                info!(
+                    from = url,
+                    why, "the leader cannot serve a snapshot yet; retrying"
+                );
+                tokio::time::sleep(DOWNLOAD_RETRY_PAUSE).await;
+                leader = links
+                    .coord
+                    .leader()
+                    .await
+                    .map_err(|e| BootError::Cluster(e.to_string()))?;
+                continue;
+            }
+            Err(Download::NotReady(why)) => {
+                return Err(BootError::Cluster(format!(
+                    "download a snapshot from {url}: the leader was still not ready after {}s: {why}",
+                    DOWNLOAD_PATIENCE.as_secs()
+                )));
+            }
+        };
         info!(lsn, from = url, "downloaded a snapshot from the leader");
         let (lsn, state) = load_snapshot(store.clone(), mapper.clone())
             .await?
@@ -433,15 +463,33 @@ async fn load_snapshot(
         .map_err(|e| BootError::Dispatcher(format!("snapshot loader failed: {e}")))?
 }
 
-/// Downloads the leader's snapshot into `store` (streamed to a temporary file, then validated
-/// and adopted); returns its position.
-async fn download_snapshot(
+/// Why [`download_snapshot`] did not bring a snapshot.
+#[derive(Debug)]
+pub enum Download {
+    /// The broker refused for now (it is recovering, or no longer the leader): ask again,
+    /// after finding the leader again.
+    NotReady(String),
+    /// Anything else (unreachable, refused credentials, a file that does not validate).
+    Failed(BootError),
+}
+
+/// Downloads the snapshot of the leader whose API is at `api_url` into `store` (streamed to a
+/// temporary file, then validated and adopted), with the bearer `token` of an admin user;
+/// returns its log position. This is how a broker boots when no local snapshot is usable.
+///
+/// # Errors
+/// [`Download::NotReady`] when the leader answered that it cannot serve one yet (503, or a
+/// retryable refusal); [`Download::Failed`] otherwise.
+pub async fn download_snapshot(
     api_url: &str,
     token: &str,
     store: &Arc<SnapshotStore>,
-) -> Result<u64, BootError> {
-    let failed =
-        |what: String| BootError::Cluster(format!("download a snapshot from {api_url}: {what}"));
+) -> Result<u64, Download> {
+    let failed = |what: String| {
+        Download::Failed(BootError::Cluster(format!(
+            "download a snapshot from {api_url}: {what}"
+        )))
+    };
     let client = reqwest::Client::builder()
         .timeout(DOWNLOAD_TIMEOUT)
         .build()
@@ -453,14 +501,26 @@ async fn download_snapshot(
         .send()
         .await
         .map_err(|e| failed(e.to_string()))?;
-    if !response.status().is_success() {
-        let status = response.status();
+    let status = response.status();
+    let announced = response
+        .headers()
+        .get(crate::http::SNAPSHOT_LSN_HEADER)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse::<u64>().ok());
+    let Some(announced) = announced.filter(|_| status.is_success()) else {
         let body = response.text().await.unwrap_or_default();
-        return Err(failed(format!(
-            "HTTP {status}: {}",
-            body.chars().take(300).collect::<String>()
-        )));
-    }
+        let refusal = serde_json::from_str::<majordodo_proto::http::ErrorBody>(&body).ok();
+        let why = match &refusal {
+            Some(r) => r.error.clone(),
+            None => body.chars().take(300).collect(),
+        };
+        if status == reqwest::StatusCode::SERVICE_UNAVAILABLE
+            || refusal.as_ref().is_some_and(|r| r.retryable)
+        {
+            return Err(Download::NotReady(why));
+        }
+        return Err(failed(format!("HTTP {status}: {why}")));
+    };
     let tmp: PathBuf = store
         .dir()
         .join(format!("download-{}.tmp", std::process::id()));
@@ -485,7 +545,11 @@ async fn download_snapshot(
         .await
         .map_err(|e| failed(e.to_string()))?;
     match imported {
-        Ok(info) => Ok(info.lsn.0),
+        Ok(info) if info.lsn.0 == announced => Ok(announced),
+        Ok(info) => Err(failed(format!(
+            "the leader announced a snapshot at lsn {announced} and sent one at lsn {}",
+            info.lsn.0
+        ))),
         Err(e) => {
             let _ = std::fs::remove_file(&tmp);
             Err(failed(e.to_string()))

@@ -377,6 +377,81 @@ async fn a_recovering_broker_answers_recovery_in_progress_then_serves() {
 }
 
 #[tokio::test]
+async fn a_recovering_broker_refuses_snapshot_downloads_with_503_then_serves_them() {
+    // Goal: while a broker recovers, `GET /snapshot` answers 503 with Retry-After (never a
+    // 200 that is not a snapshot) and the downloader reports "not ready" instead of failing;
+    // once recovered, the download brings a validated snapshot at the announced position;
+    // credentials that are not an admin's fail for good.
+    use majordodo_broker::http::{self, HttpConfig, UserConfig, UserRole};
+    use majordodo_broker::replica::{Download, download_snapshot};
+    const TOKEN: &str = "snapshot-admin-token";
+    let dir = tempfile::tempdir().unwrap();
+    let snapshots = Arc::new(SnapshotStore::open(dir.path().join("served")).unwrap());
+    let log = Arc::new(GatedLog::new(MemoryLog::new()));
+    let stop = CancellationToken::new();
+    let booting = Broker::launch(
+        BrokerConfig::default(),
+        log.clone(),
+        Some(snapshots),
+        Arc::new(DefaultGroupMapper),
+        Arc::new(SystemClock),
+        stop.clone().cancelled_owned(),
+    );
+    let settings = HttpConfig {
+        users: vec![UserConfig {
+            name: "admin".into(),
+            role: UserRole::Admin,
+            password_hash: None,
+            token_sha256: Some(http::auth::token_digest(TOKEN)),
+        }],
+        ..HttpConfig::default()
+    }
+    .validate()
+    .unwrap();
+    let socket = tokio::net::TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let url = format!("http://{}/majordodo", socket.local_addr().unwrap());
+    let server = tokio::spawn(http::serve(
+        socket,
+        booting.handle(),
+        settings,
+        stop.clone().cancelled_owned(),
+    ));
+    let received = Arc::new(SnapshotStore::open(dir.path().join("received")).unwrap());
+
+    let raw = reqwest::Client::new()
+        .get(format!("{url}/snapshot"))
+        .bearer_auth(TOKEN)
+        .send()
+        .await
+        .unwrap();
+    assert_eq!(raw.status(), reqwest::StatusCode::SERVICE_UNAVAILABLE);
+    assert!(raw.headers().contains_key("retry-after"));
+    let body: serde_json::Value = raw.json().await.unwrap();
+    assert_eq!(body["retryable"], true, "{body}");
+    match download_snapshot(&url, TOKEN, &received).await {
+        Err(Download::NotReady(why)) => assert!(why.contains("recovery_in_progress"), "{why}"),
+        other => panic!("a recovering broker's refusal must read as not ready: {other:?}"),
+    }
+    assert!(received.list().unwrap().is_empty());
+
+    log.open();
+    let broker = booting.recovered().await.unwrap();
+    broker.handle().submit(vec![task("a", None)]).await.unwrap();
+    let lsn = download_snapshot(&url, TOKEN, &received)
+        .await
+        .expect("a recovered broker serves its snapshot");
+    assert!(lsn > 0);
+    assert_eq!(received.list().unwrap(), vec![majordodo_log::Lsn(lsn)]);
+    match download_snapshot(&url, "not-the-token", &received).await {
+        Err(Download::Failed(e)) => assert!(e.to_string().contains("401"), "{e}"),
+        other => panic!("bad credentials must fail for good: {other:?}"),
+    }
+    stop.cancel();
+    broker.wait().await.unwrap();
+    server.await.unwrap().unwrap();
+}
+
+#[tokio::test]
 async fn a_full_submission_queue_answers_overloaded_at_once_and_a_stopping_broker_says_stopped() {
     // Goal: when the dispatcher cannot take more (rounds in flight at their bound, its queue
     // full), a submit is answered `Overloaded` at once instead of waiting; during a stop,

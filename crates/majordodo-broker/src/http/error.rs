@@ -146,7 +146,7 @@ fn broker_error_body(e: &BrokerError) -> (String, Option<String>, bool) {
             false,
         ),
         BrokerError::Overloaded(_) => ("broker_overloaded: too many requests; retry later", true),
-        // No HTTP request takes a snapshot; should one ever fail here, it is internal.
+        // Writing a snapshot for `GET /snapshot` failed: internal, the cause is logged.
         BrokerError::Snapshot(_) => ("internal error", false),
         BrokerError::TooLarge { field, detail, .. } => {
             return (detail.clone(), Some((*field).to_owned()), false);
