@@ -1,6 +1,7 @@
 //! The replicated log against real bookies: taking the log over while the previous leader
 //! still writes (the new log fences the old one, which can append nothing more, and holds
-//! every record the old one acknowledged), retention, and group commit.
+//! every record the old one acknowledged), compare-and-set on the ledger list, retention, and
+//! group commit.
 
 use bookkeeper_client::{BookKeeper, ClientConfig};
 use bytes::Bytes;
@@ -225,4 +226,38 @@ async fn appends_made_while_the_pipeline_is_full_share_entries() {
         records.extend(decoded.records);
     }
     assert_eq!(records, expected);
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_ledger_list_write_from_a_stale_view_is_refused_and_changes_nothing() {
+    // Goal: the ledger list changes only by compare-and-set. A broker still holding the list
+    // as it was before another broker took the log over (an old leader about to roll a
+    // ledger) is refused as superseded, and the list the new writer made stays as it was.
+    let cluster = BkCluster::start(3).await.expect("start a 3-bookie cluster");
+    let base = "/stale-list";
+    let old = open_with(&cluster, base, |_| {}).await;
+    old.append(vec![Bytes::from_static(b"before")])
+        .await
+        .expect("append before the takeover");
+    let mut c = CoordConfig::new(cluster.zk_connect_string());
+    c.base_path = base.to_owned();
+    let coord = Coordinator::connect(&c)
+        .await
+        .expect("connect to ZooKeeper");
+    let stale = coord.ledgers().await.expect("read the list");
+    let new = open_with(&cluster, base, |_| {}).await;
+    let current = listed(&cluster, base).await;
+    assert_eq!(current.len(), stale.info.active_ledgers.len() + 1);
+
+    let mut rolled = stale.info.clone();
+    rolled.push(999_999, 0, 2);
+    match coord.set_ledgers(&rolled, stale.version).await {
+        Err(majordodo_cluster::CoordError::Superseded(_)) => {}
+        other => panic!("a write from a stale view was not refused: {other:?}"),
+    }
+    assert_eq!(listed(&cluster, base).await, current);
+    new.append(vec![Bytes::from_static(b"after")])
+        .await
+        .expect("the new writer still appends");
+    new.close().await.expect("close");
 }
