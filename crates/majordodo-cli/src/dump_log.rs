@@ -407,6 +407,26 @@ fn fields(entry: &LogEntry) -> Vec<(&'static str, Value)> {
             f.push(("bytes", data.len().into()));
             f.push(("at", (*timestamp).into()));
         }
+        LogEntry::BeginCodePool {
+            id,
+            timestamp,
+            ttl,
+            size,
+            chunks,
+            sha256,
+        } => {
+            f.push(("pool", id.as_str().into()));
+            f.push(("ttl_ms", (*ttl).into()));
+            f.push(("bytes", (*size).into()));
+            f.push(("chunks", (*chunks).into()));
+            f.push(("sha256", majordodo_core::codepool::hex(sha256).into()));
+            f.push(("at", (*timestamp).into()));
+        }
+        LogEntry::CodePoolChunk { id, index, data } => {
+            f.push(("pool", id.as_str().into()));
+            f.push(("chunk", (*index).into()));
+            f.push(("bytes", data.len().into()));
+        }
         LogEntry::PurgeTasks {
             task_ids,
             timestamp,

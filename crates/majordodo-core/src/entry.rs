@@ -7,7 +7,8 @@
 //! entries to the same state therefore always gives the same state.
 //!
 //! Kinds the original did not have: [`LogEntry::PurgeTasks`] and
-//! [`LogEntry::ForgetIdempotencyKeys`].
+//! [`LogEntry::ForgetIdempotencyKeys`], and the chunked code pool ([`LogEntry::BeginCodePool`],
+//! [`LogEntry::CodePoolChunk`]) that replaces the original's one-entry `CREATECODEPOOL`.
 
 use crate::model::{Millis, TaskId, TaskStatus, TransactionId};
 
@@ -156,7 +157,9 @@ pub enum LogEntry {
         /// When.
         timestamp: Millis,
     },
-    /// A code pool is created (code 14).
+    /// A code pool is created with its whole archive in this one entry (code 14). Written by
+    /// record versions 1 and 2 only, still read and applied; the leader now writes
+    /// [`LogEntry::BeginCodePool`] and [`LogEntry::CodePoolChunk`] instead.
     CreateCodePool {
         /// Pool id.
         id: String,
@@ -184,6 +187,32 @@ pub enum LogEntry {
         /// When.
         timestamp: Millis,
     },
+    /// A code pool's creation begins: its id, TTL and what its archive is. The archive follows
+    /// in `chunks` [`LogEntry::CodePoolChunk`] entries; the pool exists (and can be used) once
+    /// the last one is applied and the checksum of the whole matched.
+    BeginCodePool {
+        /// Pool id.
+        id: String,
+        /// When (the pool's creation time, from which its TTL runs).
+        timestamp: Millis,
+        /// Time to live in ms; 0 = forever.
+        ttl: Millis,
+        /// Size of the whole archive, in bytes (at least 1).
+        size: u64,
+        /// Number of chunks that follow (at least 1).
+        chunks: u32,
+        /// SHA-256 of the whole archive.
+        sha256: [u8; 32],
+    },
+    /// One chunk of a code pool's archive, in order.
+    CodePoolChunk {
+        /// Pool id.
+        id: String,
+        /// Position of the chunk, from 0.
+        index: u32,
+        /// The bytes (never empty).
+        data: Vec<u8>,
+    },
 }
 
 impl LogEntry {
@@ -205,6 +234,8 @@ impl LogEntry {
             LogEntry::CreateCodePool { .. } => "create_code_pool",
             LogEntry::PurgeTasks { .. } => "purge_tasks",
             LogEntry::ForgetIdempotencyKeys { .. } => "forget_idempotency_keys",
+            LogEntry::BeginCodePool { .. } => "begin_code_pool",
+            LogEntry::CodePoolChunk { .. } => "code_pool_chunk",
         }
     }
 }

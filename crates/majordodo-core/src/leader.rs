@@ -14,6 +14,10 @@
 use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
+mod codepools;
+
+pub use codepools::CodePoolRefusal;
+
 use crate::entry::{LogEntry, NewTask};
 use crate::model::{GroupId, Millis, TaskId, TaskStatus, WorkerStatus};
 use crate::scheduler::{RunningSet, WorkerCapacity};
@@ -269,6 +273,8 @@ pub struct Leader {
     stale_connected: (Millis, Vec<Arc<str>>),
     /// Rotates the first worker served by each assignment round, so no worker is favoured.
     rotation: usize,
+    /// Code-pool creations, deletions and uses in flight.
+    pools: codepools::PoolReservations,
 }
 
 impl Leader {
@@ -305,6 +311,7 @@ impl Leader {
             .filter(|w| w.status == WorkerStatus::Connected)
             .map(|w| w.id.clone())
             .collect();
+        let pools = codepools::PoolReservations::new(&state, now);
         Leader {
             stale_connected: (now, stale),
             next_task_id: state.max_task_id() + 1,
@@ -323,6 +330,7 @@ impl Leader {
             live,
             outbox_ready: BTreeSet::new(),
             rotation: 0,
+            pools,
         }
     }
 
@@ -352,6 +360,7 @@ impl Leader {
             || !self.pending_purge.is_empty()
             || !self.pending_keys.is_empty()
             || self.forget_in_flight.is_some()
+            || !self.pools.is_empty()
     }
 
     // ----- requests -----
@@ -375,6 +384,11 @@ impl Leader {
                 None,
             );
         }
+        if let Some(pool) = &req.codepool
+            && let Err(refusal) = self.code_pool_usable(pool)
+        {
+            return (SubmitOutcome::NotCreated(refusal.to_string()), None);
+        }
         if let Some(slot) = &req.slot
             && (self.state.slot_holder(slot).is_some()
                 || self.pending_slots.contains(slot.as_str()))
@@ -386,6 +400,9 @@ impl Leader {
         }
         let id = TaskId(self.next_task_id);
         self.next_task_id += 1;
+        if let Some(pool) = &req.codepool {
+            self.reserve_pool_use(pool);
+        }
         if let Some(slot) = &req.slot {
             self.pending_slots.insert(slot.as_str().into());
         }
@@ -741,6 +758,7 @@ impl Leader {
                 timestamp: now,
             });
         }
+        self.expire_code_pools(now, budget, &mut entries);
         entries
     }
 
@@ -919,6 +937,7 @@ impl Leader {
             .chain(purge)
             .chain(stale)
             .chain(forget)
+            .chain(self.next_pool_timer())
             .min()
     }
 
@@ -1066,7 +1085,9 @@ impl Leader {
     /// [`ApplyError`] if the entry does not fit the state (a bug on the leader: stop).
     pub fn apply(&mut self, lsn: u64, entry: LogEntry) -> Result<(), ApplyError> {
         let release = Release::of(&entry, &self.state);
+        let pool_release = codepools::PoolRelease::of(&entry, self);
         self.state.apply(lsn, entry)?;
+        self.release_pool(pool_release);
         match release {
             Release::New(id, slot, key) => {
                 if let Some(slot) = slot {

@@ -8,10 +8,12 @@
 //! - [`idempotency`]: client-chosen keys that make a submission sent twice create one task.
 //! - [`leader`]: [`Leader`], which turns requests and events into entries, with reservations for
 //!   entries still in flight so batches can be pipelined.
+//! - [`codepool`]: code pools in the state: chunks, checksums, references, expiry.
 //! - [`snapshot`]: owned records of a whole state, and rebuilding a state from them.
 //!
 //! No I/O, no clock, no randomness: time is an argument of every call that needs it.
 
+pub mod codepool;
 pub mod entry;
 pub mod idempotency;
 pub mod leader;

@@ -269,7 +269,8 @@ pub struct Transaction {
     pub prepared: Vec<crate::entry::NewTask>,
 }
 
-/// An immutable named bundle of executor code.
+/// An immutable named bundle of executor code: an archive (zip or tar.gz) the workers unpack,
+/// kept as the chunks it was logged in (see [`crate::codepool`]).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct CodePool {
     /// Pool id.
@@ -278,6 +279,12 @@ pub struct CodePool {
     pub created: Millis,
     /// Time to live in milliseconds; 0 = forever.
     pub ttl: Millis,
-    /// The bundle.
-    pub data: Vec<u8>,
+    /// Size of the whole archive, in bytes.
+    pub size: u64,
+    /// SHA-256 of the whole archive.
+    pub sha256: [u8; 32],
+    /// Number of chunks the archive was logged in.
+    pub chunk_count: u32,
+    /// The chunks received so far, in order (shared: a snapshot copies pointers, not bytes).
+    pub chunks: Vec<std::sync::Arc<[u8]>>,
 }

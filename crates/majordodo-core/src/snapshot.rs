@@ -321,6 +321,9 @@ impl StateBuilder {
         if matches!(status, TaskStatus::Waiting | TaskStatus::Delayed) && task.deadline > 0 {
             s.deadlines.insert((task.deadline, id));
         }
+        if !status.is_final() {
+            s.pool_ref(task.codepool());
+        }
         s.counts[status.index()] += 1;
         s.max_task_id = s.max_task_id.max(r.id);
         s.tasks.insert(id, Arc::new(task));
@@ -381,15 +384,39 @@ impl StateBuilder {
         Ok(())
     }
 
-    /// Adds a code pool.
+    /// Adds a code pool, with the chunks it holds so far (more may follow through
+    /// [`StateBuilder::add_codepool_chunk`]).
     ///
     /// # Errors
-    /// Duplicate id.
+    /// Duplicate or empty id, more chunks or bytes than it declares.
     pub fn add_codepool(&mut self, c: CodePool) -> Result<(), RestoreError> {
-        if self.state.codepools.contains_key(&c.id) {
-            return Err(invalid(format!("code pool {}", c.id), "duplicate id"));
+        let what = format!("code pool {}", c.id);
+        if c.id.is_empty() || self.state.codepools.contains_key(&c.id) {
+            return Err(invalid(what, "duplicate or empty id"));
         }
-        self.state.codepools.insert(c.id.clone(), c);
+        if c.chunks.len() > c.chunk_count as usize || c.received() > c.size {
+            return Err(invalid(what, "holds more than it declares"));
+        }
+        self.state.insert_pool(c);
+        Ok(())
+    }
+
+    /// Adds the next chunk of a code pool added before.
+    ///
+    /// # Errors
+    /// Unknown pool, or more chunks or bytes than it declares.
+    pub fn add_codepool_chunk(&mut self, id: &str, data: Vec<u8>) -> Result<(), RestoreError> {
+        let what = || format!("code pool {id}");
+        let pool = self
+            .state
+            .codepools
+            .get_mut(id)
+            .ok_or_else(|| invalid(what(), "chunk before its pool"))?;
+        if pool.is_complete() || pool.received() + data.len() as u64 > pool.size || data.is_empty()
+        {
+            return Err(invalid(what(), "holds more than it declares"));
+        }
+        pool.chunks.push(Arc::from(data.into_boxed_slice()));
         Ok(())
     }
 

@@ -147,6 +147,10 @@ pub struct BrokerState {
     pub(crate) workers: BTreeMap<Arc<str>, WorkerRecord>,
     pub(crate) transactions: BTreeMap<TransactionId, Transaction>,
     pub(crate) codepools: BTreeMap<String, CodePool>,
+    /// Waiting, delayed and running tasks per code pool they name (derived).
+    pub(crate) pool_refs: HashMap<Box<str>, u32>,
+    /// Pools with a TTL by expiry time (derived).
+    pub(crate) pool_expiry: BTreeSet<(Millis, String)>,
     pub(crate) max_task_id: u64,
     pub(crate) max_transaction_id: u64,
     pub(crate) last_lsn: u64,
@@ -181,6 +185,8 @@ impl PartialEq for BrokerState {
             && self.workers == other.workers
             && self.transactions == other.transactions
             && self.codepools == other.codepools
+            && self.pool_refs == other.pool_refs
+            && self.pool_expiry == other.pool_expiry
             && self.max_task_id == other.max_task_id
             && self.max_transaction_id == other.max_transaction_id
             && self.last_lsn == other.last_lsn
@@ -209,6 +215,8 @@ impl BrokerState {
             workers: BTreeMap::new(),
             transactions: BTreeMap::new(),
             codepools: BTreeMap::new(),
+            pool_refs: HashMap::new(),
+            pool_expiry: BTreeSet::new(),
             max_task_id: 0,
             max_transaction_id: 0,
             last_lsn: 0,
@@ -533,36 +541,13 @@ impl BrokerState {
                 }
             }
             LogEntry::Noop { timestamp: _ } => {}
-            LogEntry::DeleteCodePool { id, timestamp: _ } => {
-                if self.codepools.remove(&id).is_none() {
-                    return Err(ApplyError::CodePool {
-                        id,
-                        reason: "does not exist",
-                    });
-                }
-            }
+            LogEntry::DeleteCodePool { id, timestamp: _ } => self.apply_delete_pool(&id)?,
             LogEntry::CreateCodePool {
                 id,
                 timestamp,
                 ttl,
                 data,
-            } => {
-                if self.codepools.contains_key(&id) {
-                    return Err(ApplyError::CodePool {
-                        id,
-                        reason: "already exists",
-                    });
-                }
-                self.codepools.insert(
-                    id.clone(),
-                    CodePool {
-                        id,
-                        created: timestamp,
-                        ttl,
-                        data,
-                    },
-                );
-            }
+            } => self.apply_create_whole_pool(id, timestamp, ttl, data)?,
             LogEntry::PurgeTasks {
                 task_ids,
                 timestamp: _,
@@ -592,6 +577,17 @@ impl BrokerState {
                 timestamp: _,
             } => {
                 self.idempotency.forget_before(created_before);
+            }
+            LogEntry::BeginCodePool {
+                id,
+                timestamp,
+                ttl,
+                size,
+                chunks,
+                sha256,
+            } => self.apply_begin_pool(id, timestamp, ttl, size, chunks, sha256)?,
+            LogEntry::CodePoolChunk { id, index, data } => {
+                self.apply_pool_chunk(id, index, data)?
             }
         }
         Ok(())
@@ -680,6 +676,7 @@ impl BrokerState {
             assert!(inserted, "check_new_task refused known keys");
         }
         self.index_pending(&task);
+        self.pool_ref(task.codepool());
         self.counts[status.index()] += 1;
         self.tasks.insert(task.id, Arc::new(task));
     }
@@ -770,6 +767,7 @@ impl BrokerState {
                 self.slots.remove(slot);
             }
             self.ended.insert((task.created, id));
+            Self::pool_unref(&mut self.pool_refs, task.codepool());
         } else {
             let task = self.tasks.get(&id).expect("checked above").clone();
             self.index_pending(&task);
@@ -887,6 +885,7 @@ impl BrokerState {
             return Err("running sets disagree with running tasks".into());
         }
         self.idempotency.check()?;
+        self.check_pools()?;
         Ok(())
     }
 }

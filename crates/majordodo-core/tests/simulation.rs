@@ -7,6 +7,8 @@
 //! (also while the first submission with a key is in flight, and after the key's window):
 //! a submission with a key the leader knows is answered with that key's task and logs nothing,
 //! one with an unknown key creates a task, and at every point a key names exactly one task.
+//! Code pools are created (in chunks), deleted and expire while tasks name them: a live task's
+//! pool always exists and is complete.
 //! At the end: the leader's state passes every invariant and equals a replay of its log, and a
 //! snapshot of it rebuilds it exactly.
 
@@ -65,6 +67,18 @@ enum Op {
         ms: u16,
     },
     FlushOne,
+    /// Creates code pool `p{pool}` (chunked), with a TTL or without.
+    CreatePool {
+        pool: u8,
+        ttl: bool,
+    },
+    DeletePool {
+        pool: u8,
+    },
+    SubmitWithPool {
+        pool: u8,
+        kind: u8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -83,6 +97,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => Just(Op::Tick),
         2 => (0u16..4000).prop_map(|ms| Op::Advance { ms }),
         4 => Just(Op::FlushOne),
+        1 => (0u8..3, any::<bool>()).prop_map(|(pool, ttl)| Op::CreatePool { pool, ttl }),
+        1 => (0u8..3).prop_map(|pool| Op::DeletePool { pool }),
+        2 => (0u8..3, 0u8..4).prop_map(|(pool, kind)| Op::SubmitWithPool { pool, kind }),
     ]
 }
 
@@ -342,6 +359,22 @@ fn keys_of_log(log: &[LogEntry]) -> BTreeMap<(String, String), (TaskId, Millis)>
     live
 }
 
+/// Every waiting, delayed or running task names a pool that exists and is complete: pools are
+/// deleted (explicitly or by expiry) only once no live task names them.
+fn check_pools(sim: &Sim) {
+    for task in sim.state().tasks() {
+        if !task.status.is_final()
+            && let Some(pool) = task.codepool()
+        {
+            assert!(
+                sim.state().codepool(pool).is_some_and(|p| p.is_complete()),
+                "task {} names pool {pool}, which is gone or incomplete",
+                task.id
+            );
+        }
+    }
+}
+
 fn run(ops: Vec<Op>) {
     let mut sim = Sim::new(LeaderConfig {
         max_worker_idle: 3_000,
@@ -425,7 +458,36 @@ fn run(ops: Vec<Op>) {
             Op::FlushOne => {
                 sim.flush_one();
             }
+            Op::CreatePool { pool, ttl } => {
+                let data: Vec<u8> = (0..(50 + pool as usize * 40)).map(|i| i as u8).collect();
+                let ttl = if ttl { 3_000 } else { 0 };
+                if let Ok(entries) =
+                    sim.leader
+                        .create_code_pool(sim.now, &format!("p{pool}"), ttl, &data, 32)
+                {
+                    sim.push(entries);
+                }
+            }
+            Op::DeletePool { pool } => {
+                if let Ok(entry) = sim.leader.delete_code_pool(sim.now, &format!("p{pool}")) {
+                    sim.push(vec![entry]);
+                }
+            }
+            Op::SubmitWithPool { pool, kind } => {
+                let (_, entry) = sim.leader.submit(
+                    sim.now,
+                    SubmitRequest {
+                        task_type: format!("k{kind}"),
+                        user_id: "1".into(),
+                        max_attempts: 2,
+                        codepool: Some(format!("p{pool}")),
+                        ..Default::default()
+                    },
+                );
+                sim.push(entry.into_iter().collect());
+            }
         }
+        check_pools(&sim);
         check_capacity(&sim);
         check_attempts(&sim);
         check_delivery(&sim);

@@ -9,14 +9,16 @@
 //! `ForgetIdempotencyKeys` kind (tag 31). Version 2 is written; both are read (a version 1
 //! record has neither). The version had to change because a reader of version 1 would skip the
 //! key without a word (protobuf ignores unknown fields) and hold a state that differs from the
-//! leader's.
+//! leader's. Version 3 adds the chunked code pool: `BeginCodePool` (tag 70) and
+//! `CodePoolChunk` (tag 71), which replace the one-record `CreateCodePool` (tag 24, still read:
+//! its archive had to fit one record). Versions 1 to 3 are read; 3 is written.
 
 use majordodo_core::entry::{LogEntry, NewTask};
 use majordodo_core::{TaskId, TaskStatus, TransactionId};
 use prost::Message;
 
 /// Version of the record format written by this build. Readers refuse versions they do not know.
-pub const RECORD_FORMAT_VERSION: u32 = 2;
+pub const RECORD_FORMAT_VERSION: u32 = 3;
 
 /// Oldest record format version this build reads.
 pub const MIN_RECORD_FORMAT_VERSION: u32 = 1;
@@ -51,7 +53,7 @@ struct RecordPb {
     version: u32,
     #[prost(
         oneof = "EntryPb",
-        tags = "11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24, 30, 31"
+        tags = "11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24, 30, 31, 70, 71"
     )]
     entry: Option<EntryPb>,
 }
@@ -88,6 +90,12 @@ enum EntryPb {
     PurgeTasks(PurgeTasksPb),
     #[prost(message, tag = "31")]
     ForgetIdempotencyKeys(ForgetKeysPb),
+    /// Since version 3.
+    #[prost(message, tag = "70")]
+    BeginCodePool(BeginCodePoolPb),
+    /// Since version 3.
+    #[prost(message, tag = "71")]
+    CodePoolChunk(CodePoolChunkPb),
 }
 
 /// A task at submission; shared with snapshots (prepared tasks of transactions).
@@ -211,6 +219,34 @@ struct CreateCodePoolPb {
     #[prost(int64, tag = "3")]
     ttl: i64,
     #[prost(bytes = "vec", tag = "4")]
+    data: Vec<u8>,
+}
+
+/// Since version 3.
+#[derive(Clone, PartialEq, Message)]
+struct BeginCodePoolPb {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(int64, tag = "2")]
+    timestamp: i64,
+    #[prost(int64, tag = "3")]
+    ttl: i64,
+    #[prost(uint64, tag = "4")]
+    size: u64,
+    #[prost(uint32, tag = "5")]
+    chunks: u32,
+    #[prost(bytes = "vec", tag = "6")]
+    sha256: Vec<u8>,
+}
+
+/// Since version 3.
+#[derive(Clone, PartialEq, Message)]
+struct CodePoolChunkPb {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(uint32, tag = "2")]
+    index: u32,
+    #[prost(bytes = "vec", tag = "3")]
     data: Vec<u8>,
 }
 
@@ -426,6 +462,26 @@ pub fn encode_entry(entry: &LogEntry) -> Vec<u8> {
             created_before: *created_before,
             timestamp: *timestamp,
         }),
+        LogEntry::BeginCodePool {
+            id,
+            timestamp,
+            ttl,
+            size,
+            chunks,
+            sha256,
+        } => EntryPb::BeginCodePool(BeginCodePoolPb {
+            id: id.clone(),
+            timestamp: *timestamp,
+            ttl: *ttl,
+            size: *size,
+            chunks: *chunks,
+            sha256: sha256.to_vec(),
+        }),
+        LogEntry::CodePoolChunk { id, index, data } => EntryPb::CodePoolChunk(CodePoolChunkPb {
+            id: id.clone(),
+            index: *index,
+            data: data.clone(),
+        }),
     };
     RecordPb {
         version: RECORD_FORMAT_VERSION,
@@ -443,8 +499,19 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, RecordError> {
     if !(MIN_RECORD_FORMAT_VERSION..=RECORD_FORMAT_VERSION).contains(&record.version) {
         return Err(RecordError::UnsupportedVersion(record.version));
     }
-    // Version 1 is version 2 without the key and the forget kind: one decoder reads both.
+    // Version 1 is version 2 without the key and the forget kind, and version 2 is version 3
+    // without the chunked code pool: one decoder reads them all.
     let entry = record.entry.ok_or(RecordError::UnknownKind)?;
+    if record.version < 3 && matches!(entry, EntryPb::BeginCodePool(_) | EntryPb::CodePoolChunk(_))
+    {
+        return Err(RecordError::InvalidField {
+            field: "entry",
+            reason: format!(
+                "chunked code pools need version 3, record is version {}",
+                record.version
+            ),
+        });
+    }
     Ok(match entry {
         EntryPb::AddTask(t) => LogEntry::AddTask(t.into_task()?),
         EntryPb::WorkerConnected(w) => LogEntry::WorkerConnected {
@@ -518,6 +585,26 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, RecordError> {
         EntryPb::ForgetIdempotencyKeys(f) => LogEntry::ForgetIdempotencyKeys {
             created_before: f.created_before,
             timestamp: f.timestamp,
+        },
+        EntryPb::BeginCodePool(b) => LogEntry::BeginCodePool {
+            sha256: b
+                .sha256
+                .as_slice()
+                .try_into()
+                .map_err(|_| RecordError::InvalidField {
+                    field: "begin_code_pool.sha256",
+                    reason: format!("expected 32 bytes, got {}", b.sha256.len()),
+                })?,
+            id: b.id,
+            timestamp: b.timestamp,
+            ttl: b.ttl,
+            size: b.size,
+            chunks: b.chunks,
+        },
+        EntryPb::CodePoolChunk(c) => LogEntry::CodePoolChunk {
+            id: c.id,
+            index: c.index,
+            data: c.data,
         },
     })
 }
@@ -676,6 +763,32 @@ pub(crate) mod tests {
                     timestamp,
                 }
             }),
+            (
+                ".{0,8}",
+                (any::<i64>(), any::<i64>()),
+                (any::<u64>(), any::<u32>()),
+                any::<[u8; 32]>()
+            )
+                .prop_map(|(id, (timestamp, ttl), (size, chunks), sha256)| {
+                    LogEntry::BeginCodePool {
+                        id,
+                        timestamp,
+                        ttl,
+                        size,
+                        chunks,
+                        sha256,
+                    }
+                }),
+            (
+                ".{0,8}",
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..64)
+            )
+                .prop_map(|(id, index, data)| LogEntry::CodePoolChunk {
+                    id,
+                    index,
+                    data
+                }),
         ]
     }
 
@@ -687,7 +800,11 @@ pub(crate) mod tests {
         match &mut record.entry {
             Some(EntryPb::AddTask(t)) => t.idempotency_key = None,
             Some(EntryPb::PrepareAddTask(p)) => p.task.as_mut()?.idempotency_key = None,
-            Some(EntryPb::ForgetIdempotencyKeys(_)) => return None,
+            Some(
+                EntryPb::ForgetIdempotencyKeys(_)
+                | EntryPb::BeginCodePool(_)
+                | EntryPb::CodePoolChunk(_),
+            ) => return None,
             _ => {}
         }
         Some(record.encode_to_vec())
@@ -775,6 +892,8 @@ pub(crate) mod tests {
             | LogEntry::WorkerDied { worker_id, .. } => vec![worker_id.len()],
             LogEntry::DeleteCodePool { id, .. } => vec![id.len()],
             LogEntry::CreateCodePool { id, data, .. } => vec![id.len(), data.len()],
+            LogEntry::BeginCodePool { id, .. } => vec![id.len(), 32],
+            LogEntry::CodePoolChunk { id, data, .. } => vec![id.len(), data.len()],
             LogEntry::BeginTransaction { .. }
             | LogEntry::CommitTransaction { .. }
             | LogEntry::RollbackTransaction { .. }
@@ -813,13 +932,13 @@ pub(crate) mod tests {
     fn unknown_version_and_empty_record_are_refused() {
         // Goal: a newer format is refused with a message naming the versions.
         let bytes = RecordPb {
-            version: 3,
+            version: 4,
             entry: Some(EntryPb::Noop(NoopPb { timestamp: 1 })),
         }
         .encode_to_vec();
         let err = decode_entry(&bytes).unwrap_err();
-        assert!(err.to_string().contains("version 3"), "{err}");
-        assert!(err.to_string().contains("versions 1 to 2"), "{err}");
+        assert!(err.to_string().contains("version 4"), "{err}");
+        assert!(err.to_string().contains("versions 1 to 3"), "{err}");
         let bytes = RecordPb {
             version: 1,
             entry: None,
@@ -829,6 +948,92 @@ pub(crate) mod tests {
             decode_entry(&bytes),
             Err(RecordError::UnknownKind)
         ));
+    }
+
+    fn chunk_entry() -> impl Strategy<Value = LogEntry> {
+        prop_oneof![
+            (
+                ".{0,8}",
+                any::<u32>(),
+                proptest::collection::vec(any::<u8>(), 0..512)
+            )
+                .prop_map(|(id, index, data)| LogEntry::CodePoolChunk {
+                    id,
+                    index,
+                    data
+                }),
+            (
+                ".{0,8}",
+                any::<i64>(),
+                any::<u64>(),
+                any::<u32>(),
+                any::<[u8; 32]>()
+            )
+                .prop_map(|(id, ttl, size, chunks, sha256)| LogEntry::BeginCodePool {
+                    id,
+                    timestamp: 1,
+                    ttl,
+                    size,
+                    chunks,
+                    sha256,
+                }),
+        ]
+    }
+
+    proptest! {
+        #[test]
+        fn damaged_code_pool_records_never_panic(
+            e in chunk_entry(),
+            flips in proptest::collection::vec((any::<usize>(), any::<u8>()), 0..6),
+            cut in any::<usize>(),
+        ) {
+            // Goal: a chunk or pool-header record with bytes changed or cut decodes to an
+            // entry or an error, never a panic; a header decoded always has a 32-byte checksum
+            // (the type says so) and a chunk keeps exactly the bytes it carried.
+            let mut bytes = encode_entry(&e);
+            for (at, x) in flips {
+                let i = at % bytes.len();
+                bytes[i] ^= x;
+            }
+            bytes.truncate(cut % (bytes.len() + 1));
+            let _ = decode_entry(&bytes);
+            prop_assert_eq!(decode_entry(&encode_entry(&e)).unwrap(), e);
+        }
+    }
+
+    #[test]
+    fn version_2_records_read_and_chunked_kinds_need_version_3() {
+        // Goal: a version 2 `CreateCodePool` (the whole archive in one record) still decodes;
+        // the chunked kinds in a record claiming version 2 are refused (no writer made them).
+        let whole = LogEntry::CreateCodePool {
+            id: "p".into(),
+            timestamp: 5,
+            ttl: 7,
+            data: vec![1, 2, 3],
+        };
+        let mut record = RecordPb::decode(encode_entry(&whole).as_slice()).unwrap();
+        record.version = 2;
+        assert_eq!(decode_entry(&record.encode_to_vec()).unwrap(), whole);
+        let chunk = LogEntry::CodePoolChunk {
+            id: "p".into(),
+            index: 0,
+            data: vec![1],
+        };
+        let mut record = RecordPb::decode(encode_entry(&chunk).as_slice()).unwrap();
+        record.version = 2;
+        let err = decode_entry(&record.encode_to_vec()).unwrap_err();
+        assert!(err.to_string().contains("need version 3"), "{err}");
+        // A header whose checksum is not 32 bytes is refused, naming the field.
+        let bad = RecordPb {
+            version: 3,
+            entry: Some(EntryPb::BeginCodePool(BeginCodePoolPb {
+                id: "p".into(),
+                sha256: vec![0; 31],
+                ..Default::default()
+            })),
+        };
+        let err = decode_entry(&bad.encode_to_vec()).unwrap_err();
+        assert!(err.to_string().contains("begin_code_pool.sha256"), "{err}");
     }
 
     #[test]

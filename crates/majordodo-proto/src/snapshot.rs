@@ -13,7 +13,10 @@
 //! Versions: 1, the first; 2 adds the `IdempotencyKey` item (tag 7) and its count in `End`
 //! (field 5). Version 2 is written; both are read (a version 1 snapshot has no keys). A reader
 //! of version 1 would refuse the new item, but only when a key is present; the version says it
-//! up front.
+//! up front. Version 3 stores a code pool as a `CodePool` item with its size, checksum and
+//! chunk count (fields 70 to 72) followed by one `CodePoolChunk` item (tag 70) per chunk, so no
+//! item is larger than a log record; a version 1 or 2 pool item carries its whole archive in
+//! `data` and is still read.
 
 use std::sync::Arc;
 
@@ -27,7 +30,7 @@ use prost::Message;
 use crate::record::{NewTaskPb, RecordError};
 
 /// Version of the snapshot content format written by this build.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
 
 /// Oldest snapshot content format version this build reads.
 pub const MIN_SNAPSHOT_FORMAT_VERSION: u32 = 1;
@@ -62,7 +65,7 @@ pub enum SnapshotError {
 
 #[derive(Clone, PartialEq, Message)]
 struct ItemPb {
-    #[prost(oneof = "ItemKind", tags = "1, 2, 3, 4, 5, 6, 7")]
+    #[prost(oneof = "ItemKind", tags = "1, 2, 3, 4, 5, 6, 7, 70")]
     item: Option<ItemKind>,
 }
 
@@ -83,6 +86,18 @@ enum ItemKind {
     /// Since version 2.
     #[prost(message, tag = "7")]
     IdempotencyKey(IdempotencyKeyPb),
+    /// Since version 3: the next chunk of the code pool item before it.
+    #[prost(message, tag = "70")]
+    CodePoolChunk(CodePoolChunkPb),
+}
+
+/// Since version 3.
+#[derive(Clone, PartialEq, Message)]
+struct CodePoolChunkPb {
+    #[prost(string, tag = "1")]
+    id: String,
+    #[prost(bytes = "vec", tag = "2")]
+    data: Vec<u8>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -165,8 +180,18 @@ struct CodePoolPb {
     created: i64,
     #[prost(int64, tag = "3")]
     ttl: i64,
+    /// Versions 1 and 2: the whole archive.
     #[prost(bytes = "vec", tag = "4")]
     data: Vec<u8>,
+    /// Since version 3.
+    #[prost(uint64, tag = "70")]
+    size: u64,
+    /// Since version 3.
+    #[prost(bytes = "vec", tag = "71")]
+    sha256: Vec<u8>,
+    /// Since version 3.
+    #[prost(uint32, tag = "72")]
+    chunk_count: u32,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -274,9 +299,21 @@ pub fn encode_snapshot(source: &SnapshotSource) -> Vec<u8> {
                 id: c.id.clone(),
                 created: c.created,
                 ttl: c.ttl,
-                data: c.data.clone(),
+                data: Vec::new(),
+                size: c.size,
+                sha256: c.sha256.to_vec(),
+                chunk_count: c.chunk_count,
             }),
         );
+        for chunk in &c.chunks {
+            put(
+                &mut out,
+                ItemKind::CodePoolChunk(CodePoolChunkPb {
+                    id: c.id.clone(),
+                    data: chunk.to_vec(),
+                }),
+            );
+        }
         end.codepools += 1;
     }
     for k in &source.idempotency_keys {
@@ -363,6 +400,8 @@ pub fn decode_snapshot(
     let mut builder = StateBuilder::new(header, mapper);
     let mut seen = EndPb::default();
     let mut index = 1u64;
+    // The pool the chunks that follow belong to.
+    let mut current_pool: Option<String> = None;
     loop {
         let item = next_item(&mut buf, index)?
             .ok_or_else(|| SnapshotError::Structure("ends before its end marker".into()))?;
@@ -424,13 +463,58 @@ pub fn decode_snapshot(
                 seen.transactions += 1;
             }
             ItemKind::CodePool(c) => {
-                builder.add_codepool(CodePool {
-                    id: c.id,
-                    created: c.created,
-                    ttl: c.ttl,
-                    data: c.data,
-                })?;
+                let pool = if version < 3 {
+                    // The whole archive in the item, as the one-record creation logged it.
+                    let sha256 = majordodo_core::codepool::sha256(&c.data);
+                    let chunks: Vec<Arc<[u8]>> = if c.data.is_empty() {
+                        Vec::new()
+                    } else {
+                        vec![Arc::from(c.data.into_boxed_slice())]
+                    };
+                    CodePool {
+                        id: c.id,
+                        created: c.created,
+                        ttl: c.ttl,
+                        size: chunks.iter().map(|c| c.len() as u64).sum(),
+                        sha256,
+                        chunk_count: chunks.len() as u32,
+                        chunks,
+                    }
+                } else {
+                    if !c.data.is_empty() {
+                        return Err(SnapshotError::Structure(format!(
+                            "item {index}: code pool {} carries inline data in a version {version} snapshot",
+                            c.id
+                        )));
+                    }
+                    let sha256 = c.sha256.as_slice().try_into().map_err(|_| {
+                        SnapshotError::Structure(format!(
+                            "item {index}: code pool {} checksum is not 32 bytes",
+                            c.id
+                        ))
+                    })?;
+                    CodePool {
+                        id: c.id,
+                        created: c.created,
+                        ttl: c.ttl,
+                        size: c.size,
+                        sha256,
+                        chunk_count: c.chunk_count,
+                        chunks: Vec::new(),
+                    }
+                };
+                current_pool = Some(pool.id.clone());
+                builder.add_codepool(pool)?;
                 seen.codepools += 1;
+            }
+            ItemKind::CodePoolChunk(c) => {
+                if version < 3 || current_pool.as_deref() != Some(c.id.as_str()) {
+                    return Err(SnapshotError::Structure(format!(
+                        "item {index}: chunk of code pool {} does not follow its pool",
+                        c.id
+                    )));
+                }
+                builder.add_codepool_chunk(&c.id, c.data)?;
             }
             ItemKind::IdempotencyKey(k) => {
                 if version < 2 {
@@ -575,6 +659,16 @@ mod tests {
                 data: vec![0, 1, 2, 255],
             },
         );
+        // A pool logged in three chunks, and one whose creation stopped after its first chunk.
+        for e in majordodo_core::codepool::pool_entries("big", 10, 0, &big_archive(), 1000) {
+            apply(&mut s, e);
+        }
+        for e in majordodo_core::codepool::pool_entries("half", 11, 5, &big_archive(), 2000)
+            .into_iter()
+            .take(2)
+        {
+            apply(&mut s, e);
+        }
         s
     }
 
@@ -590,6 +684,68 @@ mod tests {
         assert_eq!(back.idempotency_key("0", "key-4"), Some((TaskId(4), 104)));
         assert!(back.codepool("pool").is_some());
         assert_eq!(back.task(TaskId(9)).unwrap().mode(), Some("object"));
+        let big = back.codepool("big").unwrap();
+        assert_eq!(big.chunks.len(), 3);
+        assert_eq!(big.data(), big_archive());
+        assert_eq!(back.codepool("half").unwrap().chunks.len(), 1);
+        assert_eq!(back.code_pool_users("pool"), state.code_pool_users("pool"));
+    }
+
+    fn big_archive() -> Vec<u8> {
+        (0..2500u32).map(|i| (i * 7 % 251) as u8).collect()
+    }
+
+    #[test]
+    fn version_2_whole_pool_items_still_decode() {
+        // Goal: a version 2 snapshot, whose pool items carry the whole archive, decodes to
+        // complete pools with the same bytes and checksum; chunk items are refused there.
+        let mut v2 = Vec::new();
+        put(
+            &mut v2,
+            ItemKind::Header(HeaderPb {
+                version: 2,
+                lsn: 3,
+                ..Default::default()
+            }),
+        );
+        put(
+            &mut v2,
+            ItemKind::CodePool(CodePoolPb {
+                id: "old".into(),
+                created: 1,
+                ttl: 0,
+                data: vec![9, 8, 7],
+                ..Default::default()
+            }),
+        );
+        put(
+            &mut v2,
+            ItemKind::End(EndPb {
+                codepools: 1,
+                ..Default::default()
+            }),
+        );
+        let back = decode_snapshot(&v2, Arc::new(DefaultGroupMapper)).unwrap();
+        let old = back.codepool("old").unwrap();
+        assert!(old.is_complete());
+        assert_eq!(old.data(), vec![9, 8, 7]);
+        assert_eq!(old.sha256, majordodo_core::codepool::sha256(&[9, 8, 7]));
+        let mut bad = Vec::new();
+        put(
+            &mut bad,
+            ItemKind::Header(HeaderPb {
+                version: 2,
+                ..Default::default()
+            }),
+        );
+        put(
+            &mut bad,
+            ItemKind::CodePoolChunk(CodePoolChunkPb {
+                id: "old".into(),
+                data: vec![1],
+            }),
+        );
+        assert!(decode_snapshot(&bad, Arc::new(DefaultGroupMapper)).is_err());
     }
 
     #[test]
@@ -611,16 +767,16 @@ mod tests {
         let mut bytes = encode_snapshot(&sample_state().snapshot_source());
         bytes.push(0);
         assert!(decode_snapshot(&bytes, Arc::new(DefaultGroupMapper)).is_err());
-        let mut v3 = Vec::new();
+        let mut v4 = Vec::new();
         put(
-            &mut v3,
+            &mut v4,
             ItemKind::Header(HeaderPb {
-                version: 3,
+                version: 4,
                 ..Default::default()
             }),
         );
-        let err = decode_snapshot(&v3, Arc::new(DefaultGroupMapper)).unwrap_err();
-        assert!(err.to_string().contains("version 3"), "{err}");
+        let err = decode_snapshot(&v4, Arc::new(DefaultGroupMapper)).unwrap_err();
+        assert!(err.to_string().contains("version 4"), "{err}");
     }
 
     /// The snapshot of `state` as a version 1 writer made it: no key items, version 1.
@@ -633,6 +789,25 @@ mod tests {
         while let Some(item) = next_item(&mut buf, 0).unwrap() {
             let item = match item {
                 ItemKind::Header(h) => ItemKind::Header(HeaderPb { version: 1, ..h }),
+                // Version 1 pools carry their whole archive, and only complete pools existed.
+                ItemKind::CodePool(c) => {
+                    let pool = state.codepool(&c.id).unwrap();
+                    if !pool.is_complete() {
+                        continue;
+                    }
+                    ItemKind::CodePool(CodePoolPb {
+                        id: c.id,
+                        created: c.created,
+                        ttl: c.ttl,
+                        data: pool.data(),
+                        ..Default::default()
+                    })
+                }
+                ItemKind::CodePoolChunk(_) => continue,
+                ItemKind::End(e) => ItemKind::End(EndPb {
+                    codepools: e.codepools - 1,
+                    ..e
+                }),
                 other => other,
             };
             put(&mut out, item);
@@ -649,6 +824,11 @@ mod tests {
         assert_eq!(back.idempotency_key_count(), 0);
         assert_eq!(back.to_snapshot().tasks, state.to_snapshot().tasks);
         assert_eq!(back.last_lsn(), state.last_lsn());
+        let (old, new) = (
+            back.codepool("big").unwrap(),
+            state.codepool("big").unwrap(),
+        );
+        assert!(old.data() == new.data() && old.sha256 == new.sha256 && old.is_complete());
         let mut bad = Vec::new();
         put(
             &mut bad,
