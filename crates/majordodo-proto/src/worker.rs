@@ -17,6 +17,8 @@
 //!                          <- Pong
 //!   Shutdown ->                                               (graceful stop)
 //!                          <- Kill {reason}                   (the worker must exit)
+//!   CodePoolRequest {id, pool, offset, max_len} ->           (a pool's archive, part by part)
+//!                          <- CodePoolData {id, pool, offset, size, sha256, data | error}
 //! ```
 //!
 //! The shared secret never crosses the wire: both sides prove they know it with HMACs over
@@ -35,7 +37,8 @@ pub use codec::{
     item_frame_len,
 };
 pub use messages::{
-    ANY_TASK_TYPE, Assign, Assignment, Capacity, Challenge, Connect, Envelope, FinishReport,
+    ANY_TASK_TYPE, Assign, Assignment, Capacity, Challenge, CodePoolData, CodePoolRequest,
+    Connect, Envelope, FinishReport,
     Finished, FinishedAck, Hello, Kill, Message, Outcome, Ping, Pong, Reject, RunningTask,
     Shutdown, Welcome,
 };

@@ -11,12 +11,15 @@
 //! cache the BookKeeper jars. Processes die with the test process (see `process`), and
 //! directories are removed on drop (set `MAJORDODO_TESTKIT_KEEP=1` to keep them).
 //!
+//! [`archives`] builds zip and tar.gz code-pool archives for tests, malicious ones included.
+//!
 //! [`spawn_tied_to_process`] and [`terminate`] give the same guarantee to the children of other
 //! programs (the brokers of `majordodo local-cluster`).
 //!
 //! This crate depends on no majordodo crate and not on `bookkeeper-client`, so that the
 //! BookKeeper client's own tests can use it.
 
+pub mod archives;
 mod bk;
 mod deps;
 mod error;

@@ -24,7 +24,7 @@ pub struct Envelope {
     /// The message; `None` when the sender used a message kind this version does not know.
     #[prost(
         oneof = "Message",
-        tags = "16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27"
+        tags = "16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 70, 71"
     )]
     pub message: Option<Message>,
 }
@@ -68,6 +68,12 @@ pub enum Message {
     /// B→W, the worker must stop executing and exit.
     #[prost(message, tag = "27")]
     Kill(Kill),
+    /// W→B, asks for a part of a code pool's archive (any time after Welcome).
+    #[prost(message, tag = "70")]
+    CodePoolRequest(CodePoolRequest),
+    /// B→W, the answer to [`CodePoolRequest`].
+    #[prost(message, tag = "71")]
+    CodePoolData(CodePoolData),
 }
 
 impl Message {
@@ -86,6 +92,8 @@ impl Message {
             Message::Pong(_) => "pong",
             Message::Shutdown(_) => "shutdown",
             Message::Kill(_) => "kill",
+            Message::CodePoolRequest(_) => "code_pool_request",
+            Message::CodePoolData(_) => "code_pool_data",
         }
     }
 
@@ -122,7 +130,12 @@ impl Message {
                 }
                 Ok(())
             }
+            Message::CodePoolData(d) if d.error.is_empty() => {
+                exact_len("code_pool_data.sha256", &d.sha256, 32)
+            }
             Message::Reject(_)
+            | Message::CodePoolRequest(_)
+            | Message::CodePoolData(_)
             | Message::Assign(_)
             | Message::FinishedAck(_)
             | Message::Ping(_)
@@ -369,4 +382,49 @@ pub struct Kill {
     /// Why, for the worker's logs and its caller.
     #[prost(string, tag = "1")]
     pub reason: String,
+}
+
+/// W→B: asks for up to `max_len` bytes of pool `pool_id`'s archive from `offset`. The worker
+/// asks part after part (one at a time per pool) until it holds the whole archive, then checks it
+/// against the SHA-256 the answers carry.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct CodePoolRequest {
+    /// Chosen by the worker; repeated in the answer.
+    #[prost(uint64, tag = "1")]
+    pub request_id: u64,
+    /// The pool.
+    #[prost(string, tag = "2")]
+    pub pool_id: String,
+    /// First byte wanted.
+    #[prost(uint64, tag = "3")]
+    pub offset: u64,
+    /// Most bytes wanted; the broker may send fewer (never more, never beyond its frame limit).
+    #[prost(uint32, tag = "4")]
+    pub max_len: u32,
+}
+
+/// B→W: a part of a pool's archive, or why there is none.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct CodePoolData {
+    /// The [`CodePoolRequest::request_id`] answered.
+    #[prost(uint64, tag = "1")]
+    pub request_id: u64,
+    /// The pool.
+    #[prost(string, tag = "2")]
+    pub pool_id: String,
+    /// Where `data` starts in the archive.
+    #[prost(uint64, tag = "3")]
+    pub offset: u64,
+    /// Size of the whole archive.
+    #[prost(uint64, tag = "4")]
+    pub size: u64,
+    /// SHA-256 of the whole archive (32 bytes unless `error` is set).
+    #[prost(bytes = "vec", tag = "5")]
+    pub sha256: Vec<u8>,
+    /// The bytes; empty at the end of the archive.
+    #[prost(bytes = "vec", tag = "6")]
+    pub data: Vec<u8>,
+    /// Set when the broker cannot serve the pool (unknown, deleted): the text says why.
+    #[prost(string, tag = "7")]
+    pub error: String,
 }

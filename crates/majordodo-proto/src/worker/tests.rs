@@ -118,6 +118,32 @@ fn arb_message() -> impl Strategy<Value = Message> {
         Just(Message::Pong(Pong {})),
         Just(Message::Shutdown(Shutdown {})),
         ".{0,30}".prop_map(|reason| Message::Kill(Kill { reason })),
+        (any::<u64>(), ".{0,16}", any::<u64>(), any::<u32>()).prop_map(
+            |(request_id, pool_id, offset, max_len)| {
+                Message::CodePoolRequest(super::CodePoolRequest {
+                    request_id,
+                    pool_id,
+                    offset,
+                    max_len,
+                })
+            }
+        ),
+        (
+            (any::<u64>(), ".{0,16}", any::<u64>(), any::<u64>()),
+            vec(any::<u8>(), 32),
+            vec(any::<u8>(), 0..300)
+        )
+            .prop_map(|((request_id, pool_id, offset, size), sha256, data)| {
+                Message::CodePoolData(super::CodePoolData {
+                    request_id,
+                    pool_id,
+                    offset,
+                    size,
+                    sha256,
+                    data,
+                    error: String::new(),
+                })
+            }),
     ]
 }
 
