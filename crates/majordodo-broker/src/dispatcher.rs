@@ -34,7 +34,7 @@ mod tests;
 
 use crate::checkpoint::Checkpointer;
 use crate::clock::Clock;
-use crate::handle::{BrokerError, Command, Role, View};
+use crate::handle::{BrokerError, CodePoolOp, Command, Role, View};
 use crate::worker_listener::{
     Admission, CloseReason, ConnId, Rejection, SessionError, WorkerEvent, WorkerSession,
 };
@@ -108,6 +108,8 @@ enum Obligation {
     Ack { conn: ConnId, seq: u64 },
     /// Answer a checkpoint request once everything before it is applied.
     Checkpoint(oneshot::Sender<Result<u64, BrokerError>>),
+    /// Answer a code-pool change once its entries are durable.
+    Done(oneshot::Sender<Result<(), BrokerError>>),
 }
 
 impl Obligation {
@@ -122,6 +124,9 @@ impl Obligation {
                 retryable: true,
             }),
             Obligation::Checkpoint(reply) => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Obligation::Done(reply) => {
                 let _ = reply.send(Err(error.clone()));
             }
             Obligation::Ack { .. } => {}
@@ -369,6 +374,11 @@ impl Dispatcher {
         let due = self.leader.next_timer().is_some_and(|t| t <= now);
         if due {
             let entries = self.leader.tick(now);
+            for e in &entries {
+                if let LogEntry::DeleteCodePool { id, .. } = e {
+                    info!(pool = %id, "code pool expired or left incomplete; deleting it");
+                }
+            }
             if !entries.is_empty() {
                 self.dirty = true;
                 building.entries.extend(entries);
@@ -484,6 +494,19 @@ impl Dispatcher {
                     let _ = reply.send(Err(error));
                     return;
                 }
+                // A task naming a pool it may not use refuses the request, also before anything
+                // is decided.
+                if let Some(error) = tasks.iter().enumerate().find_map(|(i, t)| {
+                    let pool = t.codepool.as_deref()?;
+                    let refusal = self.leader.code_pool_usable(pool).err()?;
+                    Some(BrokerError::CodePool {
+                        task: Some(i),
+                        refusal,
+                    })
+                }) {
+                    let _ = reply.send(Err(error));
+                    return;
+                }
                 for t in tasks {
                     let (outcome, entry) = self.leader.submit(now, t);
                     outcomes.push(outcome);
@@ -505,6 +528,41 @@ impl Dispatcher {
                     return;
                 }
                 building.obligations.push(Obligation::Checkpoint(reply));
+            }
+            Command::CodePool { op, reply } => {
+                if let Some(refusal) = self.refusal() {
+                    let _ = reply.send(Err(refusal));
+                    return;
+                }
+                let now = self.clock.now();
+                let decided = match op {
+                    CodePoolOp::Create { id, ttl, data } => {
+                        let chunk = codepool_chunk_size(self.log.max_record_size(), id.len());
+                        self.leader
+                            .create_code_pool(now, &id, ttl, &data, chunk)
+                            .inspect(|entries| {
+                                info!(pool = %id, bytes = data.len(), chunks = entries.len() - 1, ttl_ms = ttl, "creating code pool");
+                            })
+                    }
+                    CodePoolOp::Delete { id } => {
+                        self.leader.delete_code_pool(now, &id).map(|entry| {
+                            info!(pool = %id, "deleting code pool");
+                            vec![entry]
+                        })
+                    }
+                };
+                match decided {
+                    Ok(entries) => {
+                        building.entries.extend(entries);
+                        building.obligations.push(Obligation::Done(reply));
+                    }
+                    Err(refusal) => {
+                        let _ = reply.send(Err(BrokerError::CodePool {
+                            task: None,
+                            refusal,
+                        }));
+                    }
+                }
             }
         }
     }
@@ -620,6 +678,23 @@ impl Dispatcher {
                 let entries = self.leader.worker_disconnected(now, &worker_id, conn.0);
                 building.entries.extend(entries);
             }
+            WorkerEvent::CodePoolRequest {
+                conn,
+                worker_id,
+                request,
+            } => {
+                let Some(s) = self.sessions.get(&conn) else {
+                    return; // not admitted (any more): nothing to answer on
+                };
+                let max = (request.max_len as usize).min(s.session.max_code_pool_part());
+                let answer = code_pool_part(self.leader.state(), request, max);
+                if !answer.error.is_empty() {
+                    warn!(worker_id, %conn, pool = %answer.pool_id, error = %answer.error, "code pool not served");
+                }
+                if let Err(e) = s.session.code_pool_data(answer) {
+                    debug!(worker_id, %conn, error = %e, "code pool part not sent; the worker will time out");
+                }
+            }
         }
     }
 
@@ -659,6 +734,9 @@ impl Dispatcher {
             match obligation {
                 Obligation::Submit { reply, outcomes } => {
                     let _ = reply.send(Ok(outcomes));
+                }
+                Obligation::Done(reply) => {
+                    let _ = reply.send(Ok(()));
                 }
                 Obligation::Welcome {
                     admission,
@@ -871,6 +949,43 @@ const FAILED_APPEND_WAIT: Duration = Duration::from_secs(5);
 
 /// The error for a submission whose `AddTask` record could exceed `max` bytes, naming its largest
 /// field. Every field counts, so a task that passes always fits one record.
+/// The answer to a worker's request for a part of a pool's archive, from the applied state
+/// (only complete pools are served: their bytes are durable and checked).
+fn code_pool_part(
+    state: &majordodo_core::BrokerState,
+    request: majordodo_proto::worker::CodePoolRequest,
+    max: usize,
+) -> majordodo_proto::worker::CodePoolData {
+    let mut answer = majordodo_proto::worker::CodePoolData {
+        request_id: request.request_id,
+        offset: request.offset,
+        ..Default::default()
+    };
+    match state.codepool(&request.pool_id).filter(|p| p.is_complete()) {
+        Some(pool) => {
+            answer.size = pool.size;
+            answer.sha256 = pool.sha256.to_vec();
+            // A request of zero bytes asks only for the size and the checksum.
+            answer.data = pool.read_at(request.offset, max);
+        }
+        None => answer.error = format!("code pool {} does not exist", request.pool_id),
+    }
+    answer.pool_id = request.pool_id;
+    answer
+}
+
+/// Most bytes of a code-pool chunk: small enough that a chunk record stays far below the usual
+/// record limits and one chunk is quick to write, replicate and serve; large enough that a pool
+/// of a few megabytes is a handful of records.
+pub const MAX_CODEPOOL_CHUNK_BYTES: usize = 1024 * 1024;
+
+/// The chunk size for pool `id` under the log's record limit `max_record`: every chunk record
+/// fits it (see [`record_len_bound`]).
+fn codepool_chunk_size(max_record: usize, id_len: usize) -> usize {
+    let room = max_record.saturating_sub(record_len_bound([id_len, 0]));
+    room.clamp(1, MAX_CODEPOOL_CHUNK_BYTES)
+}
+
 fn too_large(index: usize, t: &SubmitRequest, max: usize) -> Option<BrokerError> {
     let opt = |s: &Option<String>| s.as_ref().map_or(0, String::len);
     let fields = [

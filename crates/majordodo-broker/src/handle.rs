@@ -7,7 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use majordodo_core::BrokerState;
-use majordodo_core::leader::{SubmitOutcome, SubmitRequest};
+use majordodo_core::leader::{CodePoolRefusal, SubmitOutcome, SubmitRequest};
 use tokio::sync::{mpsc, oneshot};
 
 /// What this broker currently is.
@@ -111,6 +111,16 @@ pub enum BrokerError {
     /// Taking a snapshot failed; the broker goes on. Retryable.
     #[error("snapshot failed: {0}")]
     Snapshot(String),
+    /// A code-pool request was refused (or a submission names a pool it may not use: `task`
+    /// is its position in the request); nothing was done. Not retryable as is (but
+    /// [`CodePoolRefusal::Busy`] passes once the entries in flight are durable).
+    #[error("{refusal}")]
+    CodePool {
+        /// Position of the task naming the pool, for a submission.
+        task: Option<usize>,
+        /// Why.
+        refusal: CodePoolRefusal,
+    },
 }
 
 impl BrokerError {
@@ -118,7 +128,9 @@ impl BrokerError {
     pub fn is_retryable(&self) -> bool {
         !matches!(
             self,
-            BrokerError::TooLarge { .. } | BrokerError::OutcomeUnknown(_)
+            BrokerError::TooLarge { .. }
+                | BrokerError::OutcomeUnknown(_)
+                | BrokerError::CodePool { .. }
         )
     }
 }
@@ -139,6 +151,19 @@ pub(crate) enum Command {
     Checkpoint {
         reply: oneshot::Sender<Result<u64, BrokerError>>,
     },
+    /// Create or delete a code pool; answered once durable.
+    CodePool {
+        op: CodePoolOp,
+        reply: oneshot::Sender<Result<(), BrokerError>>,
+    },
+}
+
+/// A code-pool change asked of the dispatcher.
+pub(crate) enum CodePoolOp {
+    /// Create pool `id` with this (already checked) archive.
+    Create { id: String, ttl: i64, data: Vec<u8> },
+    /// Delete pool `id`.
+    Delete { id: String },
 }
 
 impl Command {
@@ -150,6 +175,9 @@ impl Command {
             }
             Command::Query(query) => query(Err(error)),
             Command::Checkpoint { reply } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::CodePool { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
         }
@@ -193,6 +221,42 @@ impl BrokerHandle {
         let (reply, rx) = oneshot::channel();
         self.tx
             .try_send(Command::Submit { tasks, reply })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    BrokerError::Overloaded("the broker's submission queue is full")
+                }
+                mpsc::error::TrySendError::Closed(_) => BrokerError::Stopped,
+            })?;
+        rx.await.map_err(|_| BrokerError::Stopped)?
+    }
+
+    /// Creates code pool `id` from `data`, an archive the caller checked (see
+    /// [`majordodo_proto::archive::validate`]), with `ttl` ms to live (0 = forever). Answered
+    /// once every chunk is durable.
+    ///
+    /// # Errors
+    /// [`BrokerError::CodePool`] when the id is taken; as [`BrokerHandle::submit`] otherwise.
+    pub async fn create_code_pool(
+        &self,
+        id: String,
+        ttl: i64,
+        data: Vec<u8>,
+    ) -> Result<(), BrokerError> {
+        self.code_pool(CodePoolOp::Create { id, ttl, data }).await
+    }
+
+    /// Deletes code pool `id`. Answered once durable.
+    ///
+    /// # Errors
+    /// [`BrokerError::CodePool`] when unknown or in use; as [`BrokerHandle::submit`] otherwise.
+    pub async fn delete_code_pool(&self, id: String) -> Result<(), BrokerError> {
+        self.code_pool(CodePoolOp::Delete { id }).await
+    }
+
+    async fn code_pool(&self, op: CodePoolOp) -> Result<(), BrokerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Command::CodePool { op, reply })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => {
                     BrokerError::Overloaded("the broker's submission queue is full")

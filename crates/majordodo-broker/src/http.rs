@@ -36,6 +36,9 @@ use axum::routing::get;
 use futures_util::StreamExt;
 use majordodo_core::TaskId;
 use majordodo_core::leader::{SubmitOutcome, SubmitRequest};
+use majordodo_proto::http::codepool::{
+    CodePoolActionResponse, CodePoolInfo, CodePoolView, CodePoolsView, CreateCodePool,
+};
 use majordodo_proto::http::{
     API_PATH, API_VERSION, API_VERSION_HEADER, ActionRequest, BODY_FIELD, DEFAULT_TASKS_MAX,
     FieldError, OverviewView, StatusView, SubmitResult, SubmitTaskResponse, SubmitTasksResponse,
@@ -168,6 +171,9 @@ enum Answer {
     TasksOverviewView(TasksOverviewView),
     SubmitTaskResponse(SubmitTaskResponse),
     SubmitTasksResponse(SubmitTasksResponse),
+    CodePoolView(CodePoolView),
+    CodePoolsView(CodePoolsView),
+    CodePoolActionResponse(CodePoolActionResponse),
 }
 
 impl IntoResponse for Answer {
@@ -350,6 +356,37 @@ async fn get_view(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, A
                         status,
                     })
                 }
+                ViewRequest::CodePool { id } => Answer::CodePoolView(CodePoolView {
+                    ok: true,
+                    code_pool: v
+                        .state
+                        .codepool(&id)
+                        .filter(|p| p.is_complete())
+                        .map(|p| code_pool_info(v.state, p)),
+                    status,
+                }),
+                ViewRequest::CodePools { max, from } => {
+                    let max = max.unwrap_or(DEFAULT_TASKS_MAX).min(tasks_max_limit) as usize;
+                    let mut pools = v
+                        .state
+                        .codepools()
+                        .filter(|p| p.is_complete())
+                        .filter(|p| from.as_deref().is_none_or(|f| p.id.as_str() >= f));
+                    let code_pools: Vec<CodePoolInfo> = pools
+                        .by_ref()
+                        .take(max)
+                        .map(|p| code_pool_info(v.state, p))
+                        .collect();
+                    let next_code_pool_id = pools.next().map(|p| p.id.clone());
+                    Answer::CodePoolsView(CodePoolsView {
+                        ok: true,
+                        count: code_pools.len() as u64,
+                        code_pools,
+                        truncated: next_code_pool_id.is_some(),
+                        next_code_pool_id,
+                        status,
+                    })
+                }
                 ViewRequest::TasksOverview(q) => {
                     let (tasks, scanned, truncated) =
                         select::count_by_type(v.state, &q, owner.as_deref(), budget.scan);
@@ -418,6 +455,111 @@ async fn post_action(State(api): State<Arc<Api>>, req: Request) -> Result<Answer
                 ok: true,
             }))
         }
+        ActionRequest::CreateCodePool(create) => {
+            admin_only(&principal, "createCodePool")?;
+            let id = create.id.clone();
+            debug!(user = %principal.name, pool = %id, bytes = create.data.len(), "http createCodePool");
+            create_code_pool(&api, create).await?;
+            Ok(code_pool_done("createCodePool", id, "created"))
+        }
+        ActionRequest::DeleteCodePool(id) => {
+            admin_only(&principal, "deleteCodePool")?;
+            debug!(user = %principal.name, pool = %id, "http deleteCodePool");
+            api.broker
+                .delete_code_pool(id.clone())
+                .await
+                .map_err(code_pool_error)?;
+            Ok(code_pool_done("deleteCodePool", id, "deleted"))
+        }
+    }
+}
+
+fn admin_only(principal: &Principal, action: &str) -> Result<(), ApiError> {
+    if principal.is_admin() {
+        return Ok(());
+    }
+    Err(ApiError::Forbidden(FieldError::new(
+        "action",
+        format!(
+            "user {} is not an admin: only admins may {action}",
+            principal.name
+        ),
+    )))
+}
+
+fn code_pool_done(action: &str, id: String, result: &str) -> Answer {
+    Answer::CodePoolActionResponse(CodePoolActionResponse {
+        action: action.into(),
+        code_pool_id: id,
+        result: Some(result.into()),
+        error: String::new(),
+        ok: true,
+    })
+}
+
+/// Checks the archive (size, format, every entry; on a blocking thread: it decompresses it
+/// all) and creates the pool. Nothing is decided unless the archive passes.
+async fn create_code_pool(api: &Api, create: CreateCodePool) -> Result<(), ApiError> {
+    let CreateCodePool { id, ttl, data } = create;
+    let max = api.settings.codepool_max_archive_bytes;
+    if data.len() > max {
+        return Err(ApiError::TooLarge(FieldError::new(
+            "data",
+            format!(
+                "is an archive of {} bytes; at most {max} are accepted (http.codepool_max_archive_bytes)",
+                data.len()
+            ),
+        )));
+    }
+    let limits = api.settings.codepool_limits;
+    let data = tokio::task::spawn_blocking(move || {
+        majordodo_proto::archive::validate(&data, limits).map(|_| data)
+    })
+    .await
+    .map_err(|_| ApiError::Internal("archive check failed"))?
+    .map_err(|e| ApiError::BadRequest(FieldError::new("data", e.to_string())))?;
+    api.broker
+        .create_code_pool(id, ttl, data)
+        .await
+        .map_err(code_pool_error)
+}
+
+/// The 4xx of a code-pool refusal, naming the field at fault.
+fn code_pool_error(e: crate::BrokerError) -> ApiError {
+    use majordodo_core::leader::CodePoolRefusal as R;
+    let crate::BrokerError::CodePool { task, refusal } = e else {
+        return ApiError::Broker(e);
+    };
+    let text = refusal.to_string();
+    match (task, &refusal) {
+        (Some(i), _) => {
+            let field = if i == usize::MAX {
+                "codePoolId".to_owned()
+            } else {
+                format!("tasks[{i}].codePoolId")
+            };
+            ApiError::BadRequest(FieldError::new(&field, text))
+        }
+        (None, R::Unknown(_)) => ApiError::Missing(FieldError::new("id", text)),
+        (None, R::Exists(_) | R::InUse { .. } | R::Busy(_)) => {
+            ApiError::Conflict(FieldError::new("id", text))
+        }
+    }
+}
+
+/// A pool as the views show it.
+fn code_pool_info(
+    state: &majordodo_core::BrokerState,
+    p: &majordodo_core::model::CodePool,
+) -> CodePoolInfo {
+    CodePoolInfo {
+        code_pool_id: p.id.clone(),
+        creation_timestamp: p.created,
+        ttl: p.ttl,
+        size: p.size,
+        sha256: majordodo_core::codepool::hex(&p.sha256),
+        chunks: p.chunk_count,
+        tasks: state.code_pool_users(&p.id),
     }
 }
 
@@ -452,6 +594,14 @@ async fn submit(
             };
             ApiError::TooLarge(FieldError::new(&field, detail))
         }
+        crate::BrokerError::CodePool {
+            task: Some(i),
+            refusal,
+        } => code_pool_error(crate::BrokerError::CodePool {
+            // A single submitTask names the field without the index.
+            task: Some(if batch { i } else { usize::MAX }),
+            refusal,
+        }),
         other => ApiError::Broker(other),
     })
 }

@@ -692,6 +692,9 @@ async fn follow<S: Future<Output = ()>>(
                     Command::Submit { reply, .. } => {
                         let _ = reply.send(Err(BrokerError::NotLeader(leader)));
                     }
+                    Command::CodePool { reply, .. } => {
+                        let _ = reply.send(Err(BrokerError::NotLeader(leader)));
+                    }
                     Command::Checkpoint { reply } => match checkpointer.as_mut() {
                         Some(cp) => match cp.start(state, None) {
                             Ok(pending) => {

@@ -265,6 +265,24 @@ fn assert_error(status: StatusCode, body: &Value, want: StatusCode, field: Optio
     }
 }
 
+/// A small valid pool archive (a zip with a script).
+fn pool_zip() -> Vec<u8> {
+    use majordodo_testkit::archives::{executable, zip};
+    zip(&[executable("run.sh", b"#!/bin/sh\necho ran\n")])
+}
+
+fn create_pool_body(id: &str, ttl: i64, archive: &[u8]) -> Value {
+    json!({"action": "createCodePool", "id": id, "ttl": ttl, "data": STANDARD.encode(archive)})
+}
+
+/// Creates pool `id` as an admin, asserting it worked.
+async fn create_pool(h: &Harness, id: &str) {
+    let (s, b) = h
+        .post_json(create_pool_body(id, 0, &pool_zip()), &admin())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+}
+
 // ----- Java-client-shaped requests -----
 
 #[tokio::test]
@@ -273,6 +291,7 @@ async fn java_shaped_submit_task_is_created_with_the_original_defaults() {
     // client sends it) creates the task; the answer carries taskId, result, outcome, error, ok,
     // action, and the task view shows what was submitted in a shape the Java client parses.
     let h = Harness::start().await;
+    create_pool(&h, "pool").await;
     let deadline = now_ms() + 3_600_000;
     let start = now_ms() - 1_000;
     let (s, b) = h
@@ -413,6 +432,7 @@ async fn java_shaped_submit_tasks_reads_every_field_per_task() {
     // order, and requestedStartTime, codePoolId and mode are read from each task (the original
     // read them from the outer object).
     let h = Harness::start().await;
+    create_pool(&h, "p2").await;
     let later = now_ms() + 3_600_000;
     let body = json!({"action": "submitTasks", "tasks": [
         {"userid": "u1", "tasktype": "a", "data": "d1", "maxattempts": "2"},
@@ -849,9 +869,70 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
             "action",
         ),
         (
-            "createCodePool",
+            "createCodePool with empty data",
             Body::from(r#"{"action":"createCodePool","id":"p","data":""}"#),
-            "action",
+            "data",
+        ),
+        (
+            "createCodePool without data",
+            Body::from(r#"{"action":"createCodePool","id":"p"}"#),
+            "data",
+        ),
+        (
+            "createCodePool without id",
+            json_body(json!({"action": "createCodePool", "data": STANDARD.encode(pool_zip())})),
+            "id",
+        ),
+        (
+            "createCodePool with a null id",
+            json_body(
+                json!({"action": "createCodePool", "id": null, "data": STANDARD.encode(pool_zip())}),
+            ),
+            "id",
+        ),
+        (
+            "createCodePool with an empty id",
+            json_body(create_pool_body("", 0, &pool_zip())),
+            "id",
+        ),
+        (
+            "createCodePool with a negative ttl",
+            json_body(create_pool_body("p", -5, &pool_zip())),
+            "ttl",
+        ),
+        (
+            "createCodePool with data that is not base64",
+            Body::from(r#"{"action":"createCodePool","id":"p","data":"%%%"}"#),
+            "data",
+        ),
+        (
+            "createCodePool with data that is not an archive",
+            json_body(create_pool_body("p", 0, b"just some text")),
+            "data",
+        ),
+        (
+            "createCodePool with an unknown field",
+            json_body(
+                json!({"action": "createCodePool", "id": "p", "data": "UEsFBg==", "color": 1}),
+            ),
+            "color",
+        ),
+        (
+            "deleteCodePool without id",
+            Body::from(r#"{"action":"deleteCodePool"}"#),
+            "id",
+        ),
+        (
+            "submitTask naming an unknown code pool",
+            json_body(with("codePoolId", json!("no-such-pool"))),
+            "codePoolId",
+        ),
+        (
+            "submitTasks naming an unknown code pool",
+            json_body(json!({"action": "submitTasks", "tasks": [
+                {"userid": "u", "tasktype": "t"},
+                {"userid": "u", "tasktype": "t", "codePoolId": "no-such-pool"}]})),
+            "tasks[1].codePoolId",
         ),
         (
             "missing tasktype",
@@ -992,7 +1073,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         ("view=explode", "view"),
         ("view=slots", "view"),
         ("view=transactions", "view"),
-        ("view=codePool&codePoolId=x", "view"),
+        ("view=codePool", "codePoolId"),
         ("view=task", "taskId"),
         ("view=task&taskId=0", "taskId"),
         ("view=task&taskId=-5", "taskId"),
@@ -1412,4 +1493,231 @@ fn the_documented_error_codes_are_exactly_those_the_broker_produces() {
         .collect();
     let produced: std::collections::BTreeSet<&str> = http::ERROR_CODES.iter().copied().collect();
     assert_eq!(documented, produced);
+}
+
+// ----- code pools -----
+
+#[tokio::test]
+async fn code_pools_are_created_once_deleted_and_created_again() {
+    // Goal: the original's SimpleCodePoolTest over HTTP: create ok; the same id again, an empty
+    // id and a null id fail; delete then recreate works; a task submitted with the pool shows it
+    // in the task view; the codePool view has the original's fields, the codePools view lists.
+    let h = Harness::start().await;
+    let (s, b) = h
+        .post_json(create_pool_body("pool-1", 60_000, &pool_zip()), &admin())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["ok"], json!(true));
+    assert_eq!(b["action"], json!("createCodePool"));
+    let (s, b) = h
+        .post_json(create_pool_body("pool-1", 0, &pool_zip()), &admin())
+        .await;
+    assert_error(s, &b, StatusCode::CONFLICT, Some("id"));
+    for id in [json!(""), Value::Null] {
+        let (s, b) = h
+            .post_json(
+                json!({"action": "createCodePool", "id": id, "data": STANDARD.encode(pool_zip())}),
+                &admin(),
+            )
+            .await;
+        assert_error(s, &b, StatusCode::BAD_REQUEST, Some("id"));
+    }
+    let (s, v) = h.get("view=codePool&codePoolId=pool-1", &alice()).await;
+    assert_eq!(s, StatusCode::OK, "{v}");
+    let p = &v["codePool"];
+    assert_eq!(p["codePoolId"], json!("pool-1"));
+    assert_eq!(p["ttl"], json!(60_000));
+    assert!(java_long(&p["creationTimestamp"]) > 0);
+    assert_eq!(p["size"], json!(pool_zip().len()));
+    let (_, v) = h.get("view=codePool&codePoolId=nope", &admin()).await;
+    assert_eq!(v["codePool"], Value::Null);
+
+    let (s, b) = h
+        .post_json(
+            json!({"action": "submitTask", "userid": "u", "tasktype": "t", "codePoolId": "pool-1"}),
+            &admin(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    let id = java_long(&b["taskId"]);
+    let (_, v) = h.get(&format!("view=task&taskId={id}"), &admin()).await;
+    assert_eq!(v["task"]["codePoolId"], json!("pool-1"));
+    // In use by a waiting task: not deleted.
+    let (s, b) = h
+        .post_json(
+            json!({"action": "deleteCodePool", "id": "pool-1"}),
+            &admin(),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::CONFLICT, Some("id"));
+
+    create_pool(&h, "pool-2").await;
+    let (s, b) = h
+        .post_json(
+            json!({"action": "deleteCodePool", "id": "pool-2"}),
+            &admin(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["result"], json!("deleted"));
+    let (s, b) = h
+        .post_json(
+            json!({"action": "deleteCodePool", "id": "pool-2"}),
+            &admin(),
+        )
+        .await;
+    assert_error(s, &b, StatusCode::NOT_FOUND, Some("id"));
+    create_pool(&h, "pool-2").await;
+    let (_, v) = h.get("view=codePools&max=1", &admin()).await;
+    assert_eq!(v["count"], json!(1));
+    assert_eq!(v["codePools"][0]["codePoolId"], json!("pool-1"));
+    assert_eq!(v["codePools"][0]["tasks"], json!(1));
+    assert_eq!(v["truncated"], json!(true));
+    assert_eq!(v["nextCodePoolId"], json!("pool-2"));
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bad_code_pools_are_refused_naming_the_field_and_change_nothing() {
+    // Goal: the bad-input battery of code pools: malicious archives (`..`, absolute paths,
+    // links out, a zip bomb, too many files), an archive over the size limit, a non-admin, a
+    // duplicate id and deleting an unknown pool each get their 4xx naming the field, and the
+    // broker's state and log are exactly as before.
+    use majordodo_testkit::archives::{self, Item, file};
+    let h = Harness::with_config(HttpConfig {
+        codepool_max_archive_bytes: 50_000,
+        codepool_max_files: 10,
+        codepool_max_unpacked_bytes: 100_000,
+        ..config()
+    })
+    .await;
+    create_pool(&h, "taken").await;
+    let before = h.state_mark().await;
+    let bomb = archives::zip_bomb(5_000_000);
+    assert!(bomb.len() < 50_000);
+    let many: Vec<Item> = (0..11).map(|i| file(&format!("f{i}"), b"x")).collect();
+    let cases: Vec<(&str, Value, &str, StatusCode, &str)> = vec![
+        (
+            "zip with ../",
+            create_pool_body("p", 0, &archives::zip(&[file("../evil", b"x")])),
+            admin_s(),
+            StatusCode::BAD_REQUEST,
+            "data",
+        ),
+        (
+            "tar.gz with ../",
+            create_pool_body("p", 0, &archives::tar_gz(&[file("a/../../evil", b"x")])),
+            admin_s(),
+            StatusCode::BAD_REQUEST,
+            "data",
+        ),
+        (
+            "absolute path",
+            create_pool_body("p", 0, &archives::tar_gz(&[file("/etc/evil", b"x")])),
+            admin_s(),
+            StatusCode::BAD_REQUEST,
+            "data",
+        ),
+        (
+            "symlink out (zip)",
+            create_pool_body(
+                "p",
+                0,
+                &archives::zip(&[Item::Symlink("l".into(), "/etc/passwd".into())]),
+            ),
+            admin_s(),
+            StatusCode::BAD_REQUEST,
+            "data",
+        ),
+        (
+            "symlink out (tar)",
+            create_pool_body(
+                "p",
+                0,
+                &archives::tar_gz(&[Item::Symlink("l".into(), "../../x".into())]),
+            ),
+            admin_s(),
+            StatusCode::BAD_REQUEST,
+            "data",
+        ),
+        (
+            "hard link out",
+            create_pool_body(
+                "p",
+                0,
+                &archives::tar_gz(&[Item::HardLink("l".into(), "/etc/shadow".into())]),
+            ),
+            admin_s(),
+            StatusCode::BAD_REQUEST,
+            "data",
+        ),
+        (
+            "zip bomb",
+            create_pool_body("p", 0, &bomb),
+            admin_s(),
+            StatusCode::BAD_REQUEST,
+            "data",
+        ),
+        (
+            "too many files",
+            create_pool_body("p", 0, &archives::zip(&many)),
+            admin_s(),
+            StatusCode::BAD_REQUEST,
+            "data",
+        ),
+        (
+            "archive over the size limit",
+            create_pool_body("p", 0, &archives::zip(&[file("noise", &noise(60_000))])),
+            admin_s(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "data",
+        ),
+        (
+            "not an admin",
+            create_pool_body("p", 0, &pool_zip()),
+            "alice",
+            StatusCode::FORBIDDEN,
+            "action",
+        ),
+        (
+            "not an admin deleting",
+            json!({"action": "deleteCodePool", "id": "taken"}),
+            "alice",
+            StatusCode::FORBIDDEN,
+            "action",
+        ),
+        (
+            "duplicate id",
+            create_pool_body("taken", 0, &pool_zip()),
+            admin_s(),
+            StatusCode::CONFLICT,
+            "id",
+        ),
+        (
+            "delete unknown",
+            json!({"action": "deleteCodePool", "id": "nope"}),
+            admin_s(),
+            StatusCode::NOT_FOUND,
+            "id",
+        ),
+    ];
+    for (name, body, who, want, field) in cases {
+        let auth = if who == "alice" { alice() } else { admin() };
+        let (s, b) = h.post_json(body, &auth).await;
+        assert_eq!(s, want, "{name}: {b}");
+        assert_error(s, &b, want, Some(field));
+        assert_eq!(h.state_mark().await, before, "{name} changed the state");
+    }
+    h.stop().await;
+}
+
+/// Bytes that do not compress.
+fn noise(len: usize) -> Vec<u8> {
+    let mut bytes = vec![0; len];
+    rand::RngCore::fill_bytes(&mut StdRng::seed_from_u64(7), &mut bytes);
+    bytes
+}
+
+fn admin_s() -> &'static str {
+    "admin"
 }

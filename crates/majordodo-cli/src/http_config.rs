@@ -30,6 +30,9 @@ pub(crate) struct HttpFile {
     pub(crate) scan_budget: usize,
     pub(crate) max_response_size: ByteSize,
     pub(crate) max_concurrent_hashes: usize,
+    pub(crate) codepool_max_archive_size: ByteSize,
+    pub(crate) codepool_max_files: usize,
+    pub(crate) codepool_max_unpacked_size: ByteSize,
     pub(crate) users: Vec<UserConfig>,
 }
 
@@ -48,6 +51,9 @@ impl Default for HttpFile {
             scan_budget: d.scan_budget,
             max_response_size: ByteSize(d.max_response_bytes as u64),
             max_concurrent_hashes: d.max_concurrent_hashes,
+            codepool_max_archive_size: ByteSize(d.codepool_max_archive_bytes as u64),
+            codepool_max_files: d.codepool_max_files,
+            codepool_max_unpacked_size: ByteSize(d.codepool_max_unpacked_bytes),
             users: Vec::new(),
         }
     }
@@ -80,6 +86,12 @@ impl HttpFile {
             scan_budget: self.scan_budget,
             max_response_bytes: to_usize("http.max_response_size", self.max_response_size.0)?,
             max_concurrent_hashes: self.max_concurrent_hashes,
+            codepool_max_archive_bytes: to_usize(
+                "http.codepool_max_archive_size",
+                self.codepool_max_archive_size.0,
+            )?,
+            codepool_max_files: self.codepool_max_files,
+            codepool_max_unpacked_bytes: self.codepool_max_unpacked_size.0,
             users: self.users.clone(),
         };
         config.validate().map_err(|e| {
@@ -107,6 +119,8 @@ fn rename_limit(name: &str) -> &str {
         "max_body_bytes" => "max_body_size",
         "max_response_bytes" => "max_response_size",
         "body_timeout_secs" => "body_timeout",
+        "codepool_max_archive_bytes" => "codepool_max_archive_size",
+        "codepool_max_unpacked_bytes" => "codepool_max_unpacked_size",
         other => other,
     }
 }
@@ -146,6 +160,12 @@ scan_budget = {scan_budget}
 max_response_size = "{max_response_size}"
 # Most password hashes verified at once (each takes a core for tens of milliseconds).
 max_concurrent_hashes = {max_concurrent_hashes}
+# Largest code-pool archive createCodePool accepts (its base64 must also fit max_body_size).
+codepool_max_archive_size = "{codepool_max_archive_size}"
+# Most entries (files and directories) of a code-pool archive.
+codepool_max_files = {codepool_max_files}
+# Most bytes a code-pool archive may unpack to (counted while decompressing).
+codepool_max_unpacked_size = "{codepool_max_unpacked_size}"
 
 # REQUIRED: at least one user. Roles: "admin" (every task) or "user" (submits and reads only the
 # tasks whose userid is its name). Credentials: `token_sha256` (from `majordodo auth new-token`)
@@ -167,5 +187,8 @@ token_sha256 = "<64 hex digits printed by: majordodo auth new-token --out admin.
         scan_budget = h.scan_budget,
         max_response_size = h.max_response_size,
         max_concurrent_hashes = h.max_concurrent_hashes,
+        codepool_max_archive_size = h.codepool_max_archive_size,
+        codepool_max_files = h.codepool_max_files,
+        codepool_max_unpacked_size = h.codepool_max_unpacked_size,
     )
 }

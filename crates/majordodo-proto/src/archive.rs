@@ -193,10 +193,7 @@ pub fn safe_path(raw: &str) -> Result<Option<PathBuf>, ArchiveError> {
         }
     }
     // Belt and braces: what we built is made of normal components only.
-    if out
-        .components()
-        .any(|c| !matches!(c, Component::Normal(_)))
-    {
+    if out.components().any(|c| !matches!(c, Component::Normal(_))) {
         return refuse("not a plain relative path");
     }
     Ok((!out.as_os_str().is_empty()).then_some(out))
@@ -234,7 +231,12 @@ impl Tally {
             path: raw.to_owned(),
             reason,
         };
-        if entry.path.ancestors().skip(1).any(|a| self.files.contains(a)) {
+        if entry
+            .path
+            .ancestors()
+            .skip(1)
+            .any(|a| self.files.contains(a))
+        {
             return Err(unsafe_path("below a file of the archive"));
         }
         let fresh = match entry.kind {
@@ -448,10 +450,7 @@ fn walk_tar_gz(
 /// Whether `path` stays inside the directory it is joined to (used by unpackers as a last
 /// check): relative and made of normal components only.
 pub fn stays_inside(path: &Path) -> bool {
-    path.is_relative()
-        && path
-            .components()
-            .all(|c| matches!(c, Component::Normal(_)))
+    path.is_relative() && path.components().all(|c| matches!(c, Component::Normal(_)))
 }
 
 #[cfg(test)]

@@ -3,12 +3,15 @@
 //! - [`request`]: parsing and validating `POST` bodies (`submitTask`, `submitTasks`): every
 //!   problem is a [`FieldError`] naming the field, numbers are accepted as JSON numbers and as
 //!   strings of digits, and every number is bounded (see the limits below).
+//! - [`codepool`]: the code-pool actions (`createCodePool`, `deleteCodePool`) and views
+//!   (`codePool`, `codePools`).
 //! - [`view`]: parsing `GET` query strings (`?view=...` and the view's filters).
 //! - [`response`]: the JSON answers (submissions, views, errors), shaped as the original's so
 //!   its Java client works unchanged, deserializable leniently (numbers or strings) by clients.
 //!
 //! The broker's router lives in `majordodo-broker`; the typed client in `majordodo-client`.
 
+pub mod codepool;
 pub(crate) mod lenient;
 pub mod request;
 pub mod response;

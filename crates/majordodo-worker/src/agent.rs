@@ -30,6 +30,7 @@ use tokio_util::codec::Framed;
 use tracing::{debug, error, info, warn};
 
 use crate::WorkerError;
+use crate::codepools::{Fetch, PoolCache};
 use crate::config::WorkerConfig;
 use crate::executor::{Executors, Task, TaskFailure};
 use crate::status::{StatusHandle, WorkerStatus};
@@ -37,6 +38,10 @@ use crate::status::{StatusHandle, WorkerStatus};
 type Conn = Framed<TcpStream, WorkerCodec>;
 
 /// Result text of a task aborted because the worker stopped.
+/// Most code-pool requests waiting for the connection: one per execution downloading a pool,
+/// which the capacity bounds anyway.
+const FETCH_QUEUE: usize = 1024;
+
 const ABORTED_RESULT: &str = "aborted: the worker stopped before the task finished";
 
 /// A worker agent, ready to run. [`Worker::status`] gives a handle before [`Worker::run`]
@@ -80,7 +85,13 @@ impl Worker {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
+        let (fetch_tx, fetch_rx) = tokio::sync::mpsc::channel(FETCH_QUEUE);
+        let pools = PoolCache::new(self.config.codepools.clone(), fetch_tx);
         let mut agent = Agent {
+            pools,
+            fetch_rx,
+            pending_fetches: HashMap::new(),
+            next_fetch_id: 1,
             config: self.config,
             executors: self.executors,
             status: self.status,
@@ -183,6 +194,15 @@ enum Admission {
 }
 
 struct Agent {
+    /// Where executions get their code pool's directory.
+    pools: PoolCache,
+    /// Code-pool requests of executions, sent on the connection by the serve loop.
+    fetch_rx: tokio::sync::mpsc::Receiver<Fetch>,
+    /// Code-pool requests sent on this connection, by request id.
+    pending_fetches:
+        HashMap<u64, tokio::sync::oneshot::Sender<majordodo_proto::worker::CodePoolData>>,
+    /// Next code-pool request id.
+    next_fetch_id: u64,
     config: WorkerConfig,
     executors: Executors,
     status: watch::Sender<WorkerStatus>,
@@ -559,6 +579,18 @@ impl Agent {
                 () = sleep_until(ack_due.unwrap_or(never)), if ack_due.is_some() => {
                     self.resend_unacked(&mut session.framed, write_timeout).await.map_err(SessionEnd::Lost)
                 }
+                Some(fetch) = self.fetch_rx.recv() => {
+                    let id = self.next_fetch_id;
+                    self.next_fetch_id += 1;
+                    let mut request = fetch.request;
+                    request.request_id = id;
+                    self.pending_fetches.insert(id, fetch.reply);
+                    match timeout(write_timeout, session.framed.send(Message::CodePoolRequest(request))).await {
+                        Ok(Ok(())) => Ok(()),
+                        Ok(Err(e)) => Err(SessionEnd::Lost(e.to_string())),
+                        Err(_) => Err(SessionEnd::Lost("write timed out".to_owned())),
+                    }
+                }
                 () = sleep_until(next_ping) => {
                     next_ping = Instant::now() + session.keepalive;
                     self.send_ping(&mut session.framed, write_timeout).await.map_err(SessionEnd::Lost)
@@ -576,6 +608,9 @@ impl Agent {
             };
             if let Err(end) = step {
                 self.status.send_modify(|status| status.connected = false);
+                // Downloads in progress fail (their executions report an error); new ones wait
+                // for the next connection.
+                self.pending_fetches.clear();
                 return end;
             }
         }
@@ -604,6 +639,18 @@ impl Agent {
                 Ok(())
             }
             Message::Pong(_) => Ok(()),
+            Message::CodePoolData(data) => {
+                match self.pending_fetches.remove(&data.request_id) {
+                    Some(reply) => {
+                        let _ = reply.send(data);
+                    }
+                    None => debug!(
+                        request_id = data.request_id,
+                        "code pool part nobody waits for"
+                    ),
+                }
+                Ok(())
+            }
             Message::Kill(kill) => Err(SessionEnd::Killed(kill.reason)),
             other => Err(SessionEnd::Lost(
                 ProtocolError::UnexpectedMessage {
@@ -699,7 +746,18 @@ impl Agent {
                     .clone();
                 let task_type = assignment.task_type.clone();
                 debug!(task_id = key.task_id, attempt = key.attempt, %task_type, "task started");
-                let handle = self.tasks.spawn(executor.execute(Task::from(assignment)));
+                let mut task = Task::from(assignment);
+                let handle = match task.codepool.clone() {
+                    None => self.tasks.spawn(executor.execute(task)),
+                    Some(pool) => {
+                        let pools = self.pools.clone();
+                        self.tasks.spawn(async move {
+                            task.codepool_dir =
+                                Some(pools.get(&pool).await.map_err(TaskFailure::new)?);
+                            executor.execute(task).await
+                        })
+                    }
+                };
                 *self.type_counts.entry(task_type.clone()).or_default() += 1;
                 self.running_attempts.insert(key.task_id, key.attempt);
                 self.running.insert(handle.id(), Running { key, task_type });

@@ -123,6 +123,8 @@ pub struct WorkerConfig {
     pub shutdown_grace: Duration,
     /// Seed of the jitter of reconnect delays; `None` seeds from the OS (tests set it).
     pub rng_seed: Option<u64>,
+    /// Code pools: where they are unpacked, their limits, the download timeout.
+    pub codepools: crate::codepools::CodePoolsConfig,
 }
 
 impl WorkerConfig {
@@ -161,6 +163,7 @@ impl WorkerConfig {
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             rng_seed: None,
+            codepools: crate::codepools::CodePoolsConfig::default(),
         }
     }
 

@@ -27,6 +27,8 @@ pub struct Task {
     pub mode: Option<String>,
     /// Resources the task holds while it runs.
     pub resources: Vec<String>,
+    /// Where the task's code pool is unpacked (set by the agent before the executor runs).
+    pub codepool_dir: Option<std::path::PathBuf>,
 }
 
 impl From<Assignment> for Task {
@@ -40,6 +42,7 @@ impl From<Assignment> for Task {
             codepool: a.codepool,
             mode: a.mode,
             resources: a.resources,
+            codepool_dir: None,
         }
     }
 }

@@ -37,6 +37,10 @@
 //!   broker refusing it as `broker_not_leader`, `recovery_in_progress` or `broker_not_started`
 //!   is not a refusal of this worker: the worker locates the broker again after its backoff,
 //!   for as long as it runs.
+//! - **Code pools.** A task naming a code pool runs once the pool is unpacked in
+//!   `codepools.dir/<sha256>`: fetched from the broker over the worker connection on first use,
+//!   checked (size, SHA-256, every archive rule again) and unpacked atomically; the `process`
+//!   executor runs it with the pool's directory as working directory.
 //! - **Kill.** A `Kill` from the broker aborts every task and makes `run` return
 //!   [`WorkerError::Killed`].
 //! - **Graceful stop.** When the shutdown future completes the worker announces zero
@@ -45,6 +49,7 @@
 //!   sends `Shutdown` and closes.
 
 mod agent;
+mod codepools;
 mod config;
 mod executor;
 mod locator;
@@ -52,6 +57,9 @@ mod process;
 mod status;
 
 pub use agent::{Worker, run};
+pub use codepools::{
+    CODEPOOL_PART_BYTES, CodePoolsConfig, DEFAULT_CODEPOOL_DOWNLOAD_TIMEOUT, unpack,
+};
 pub use config::{
     Backoff, DEFAULT_ACK_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_MAX_REFUSED_TIME, DEFAULT_MAX_REPORT_DELAY, DEFAULT_MAX_REPORTS_PER_BATCH,

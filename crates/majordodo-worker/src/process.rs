@@ -215,6 +215,13 @@ async fn run_process(
     if let Some(dir) = &config.working_dir {
         command.current_dir(dir);
     }
+    // A task with a code pool runs inside the unpacked pool.
+    if let Some(dir) = &task.codepool_dir {
+        command
+            .current_dir(dir)
+            .env("MAJORDODO_CODEPOOL_DIR", dir)
+            .env("MAJORDODO_CODEPOOL", task.codepool.as_deref().unwrap_or(""));
+    }
     let mut child = command
         .spawn()
         .map_err(|error| TaskFailure::new(format!("start {program:?}: {error}")))?;

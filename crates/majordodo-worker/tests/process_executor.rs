@@ -19,6 +19,7 @@ fn task(data: &str) -> Task {
         codepool: None,
         mode: None,
         resources: vec![],
+        codepool_dir: None,
     }
 }
 

@@ -243,6 +243,7 @@ impl Run {
                 Frame::FinishedAck(seq) => {
                     worker.unacked.remove(&seq);
                 }
+                Frame::CodePoolData(_) => unreachable!("these workers ask for no pool"),
             }
         }
     }

@@ -62,6 +62,11 @@ pub const DEFAULT_MAX_RESPONSE_BYTES: usize = 32 * 1024 * 1024;
 /// a flood of wrong passwords must not take every core from the broker.
 pub const DEFAULT_MAX_CONCURRENT_HASHES: usize = 1;
 
+/// Default largest code-pool archive accepted by `createCodePool`, in bytes (8 MiB): its base64
+/// (a third larger) fits the default body limit with room to spare, and it is stored in the log
+/// and in every snapshot, so it should stay modest; raise it with `max_body_bytes`.
+pub const DEFAULT_CODEPOOL_MAX_ARCHIVE_BYTES: usize = 8 * 1024 * 1024;
+
 /// The `[http]` table of the broker's configuration file. Every key is optional except `users`
 /// (at least one is needed to validate).
 #[derive(Clone, Deserialize)]
@@ -88,6 +93,12 @@ pub struct HttpConfig {
     pub max_response_bytes: usize,
     /// Most password hashes verified at once. Default 1.
     pub max_concurrent_hashes: usize,
+    /// Largest code-pool archive (decoded) `createCodePool` accepts. Default 8 MiB.
+    pub codepool_max_archive_bytes: usize,
+    /// Most entries of a code-pool archive. Default 10 000.
+    pub codepool_max_files: usize,
+    /// Most bytes a code-pool archive may unpack to. Default 256 MiB.
+    pub codepool_max_unpacked_bytes: u64,
     /// Who may call the API.
     pub users: Vec<UserConfig>,
 }
@@ -105,6 +116,9 @@ impl Default for HttpConfig {
             scan_budget: DEFAULT_SCAN_BUDGET,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             max_concurrent_hashes: DEFAULT_MAX_CONCURRENT_HASHES,
+            codepool_max_archive_bytes: DEFAULT_CODEPOOL_MAX_ARCHIVE_BYTES,
+            codepool_max_files: majordodo_proto::archive::DEFAULT_MAX_FILES,
+            codepool_max_unpacked_bytes: majordodo_proto::archive::DEFAULT_MAX_UNPACKED_BYTES,
             users: Vec::new(),
         }
     }
@@ -123,6 +137,15 @@ impl fmt::Debug for HttpConfig {
             .field("scan_budget", &self.scan_budget)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("max_concurrent_hashes", &self.max_concurrent_hashes)
+            .field(
+                "codepool_max_archive_bytes",
+                &self.codepool_max_archive_bytes,
+            )
+            .field("codepool_max_files", &self.codepool_max_files)
+            .field(
+                "codepool_max_unpacked_bytes",
+                &self.codepool_max_unpacked_bytes,
+            )
             .field("users", &self.users)
             .finish()
     }
@@ -217,6 +240,8 @@ pub struct HttpSettings {
     pub(crate) scan_budget: usize,
     pub(crate) max_response_bytes: usize,
     pub(crate) max_concurrent_hashes: usize,
+    pub(crate) codepool_max_archive_bytes: usize,
+    pub(crate) codepool_limits: majordodo_proto::archive::ArchiveLimits,
     pub(crate) users: Vec<User>,
 }
 
@@ -236,7 +261,19 @@ impl HttpConfig {
     /// # Errors
     /// [`HttpConfigError`] naming the first problem.
     pub fn validate(&self) -> Result<HttpSettings, HttpConfigError> {
-        let limits: [(bool, &'static str); 7] = [
+        let limits: [(bool, &'static str); 10] = [
+            (
+                self.codepool_max_archive_bytes == 0,
+                "codepool_max_archive_bytes must be at least 1",
+            ),
+            (
+                self.codepool_max_files == 0,
+                "codepool_max_files must be at least 1",
+            ),
+            (
+                self.codepool_max_unpacked_bytes == 0,
+                "codepool_max_unpacked_bytes must be at least 1",
+            ),
             (
                 self.max_body_bytes == 0,
                 "max_body_bytes must be at least 1",
@@ -322,6 +359,11 @@ impl HttpConfig {
             scan_budget: self.scan_budget,
             max_response_bytes: self.max_response_bytes,
             max_concurrent_hashes: self.max_concurrent_hashes,
+            codepool_max_archive_bytes: self.codepool_max_archive_bytes,
+            codepool_limits: majordodo_proto::archive::ArchiveLimits {
+                max_files: self.codepool_max_files,
+                max_unpacked_bytes: self.codepool_max_unpacked_bytes,
+            },
             users,
         })
     }

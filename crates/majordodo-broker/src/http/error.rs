@@ -53,6 +53,12 @@ pub enum ApiError {
     /// A failure of this process (500); the detail is logged, not sent.
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// The request conflicts with the broker's state (409): an id that exists, a pool in use.
+    #[error("conflict: {0}")]
+    Conflict(FieldError),
+    /// The request names something that does not exist (404), such as an unknown code pool.
+    #[error("not found: {0}")]
+    Missing(FieldError),
 }
 
 impl From<FieldError> for ApiError {
@@ -74,6 +80,8 @@ impl ApiError {
             ApiError::TooLarge(_) | ApiError::Broker(BrokerError::TooLarge { .. }) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
+            ApiError::Missing(_) => StatusCode::NOT_FOUND,
             ApiError::Broker(BrokerError::OutcomeUnknown(_) | BrokerError::Snapshot(_)) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -92,9 +100,11 @@ impl ApiError {
 
     fn body(&self) -> ErrorBody {
         let (error, field, retryable) = match self {
-            ApiError::BadRequest(e) | ApiError::Forbidden(e) | ApiError::TooLarge(e) => {
-                (e.problem.clone(), Some(e.field.clone()), false)
-            }
+            ApiError::BadRequest(e)
+            | ApiError::Forbidden(e)
+            | ApiError::TooLarge(e)
+            | ApiError::Conflict(e)
+            | ApiError::Missing(e) => (e.problem.clone(), Some(e.field.clone()), false),
             ApiError::Unauthorized(why) => ((*why).to_owned(), None, false),
             ApiError::NotFound => (
                 "no such path; the API is at /majordodo".to_owned(),
@@ -151,6 +161,9 @@ fn broker_error_body(e: &BrokerError) -> (String, Option<String>, bool) {
         BrokerError::TooLarge { field, detail, .. } => {
             return (detail.clone(), Some((*field).to_owned()), false);
         }
+        // The HTTP layer maps these to 4xx answers naming the field (see `http::code_pool_error`);
+        // this text is for any other path.
+        BrokerError::CodePool { refusal, .. } => return (refusal.to_string(), None, false),
     };
     (text.to_owned(), None, retryable)
 }

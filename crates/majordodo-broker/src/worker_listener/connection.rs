@@ -390,6 +390,11 @@ async fn session_loop(conn: ConnId, live: Live, shared: &Shared) -> DisconnectRe
                             running: ping.running,
                         }
                     }
+                    Message::CodePoolRequest(request) => WorkerEvent::CodePoolRequest {
+                        conn,
+                        worker_id: worker_id.clone(),
+                        request,
+                    },
                     Message::Shutdown(_) => return DisconnectReason::Shutdown,
                     other => {
                         warn!(kind = other.kind(), "unexpected frame from worker; closing");
@@ -439,6 +444,10 @@ async fn write_outbound(
                     framed
                         .feed(Message::FinishedAck(FinishedAck { seq }))
                         .await?;
+                    written += 1;
+                }
+                Outbound::CodePoolData(data) => {
+                    framed.feed(Message::CodePoolData(*data)).await?;
                     written += 1;
                 }
                 Outbound::Assign(assignments) => {

@@ -5,7 +5,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use majordodo_proto::worker::{Assignment, Capacity, FinishReport, RunningTask};
+use majordodo_proto::worker::{
+    Assignment, Capacity, CodePoolData, CodePoolRequest, FinishReport, RunningTask,
+};
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Identifies one accepted TCP connection for the listener's lifetime. A worker that reconnects
@@ -129,6 +131,16 @@ pub enum WorkerEvent {
         /// How many tasks the worker executes.
         running: u32,
     },
+    /// The worker asks for a part of a code pool's archive; answer it with
+    /// [`WorkerSession::code_pool_data`].
+    CodePoolRequest {
+        /// The connection.
+        conn: ConnId,
+        /// The worker.
+        worker_id: String,
+        /// What it asks for.
+        request: CodePoolRequest,
+    },
     /// The connection is gone.
     Disconnected {
         /// The connection.
@@ -179,6 +191,7 @@ impl Admission {
 pub(super) enum Outbound {
     Assign(Vec<Assignment>),
     FinishedAck(u64),
+    CodePoolData(Box<CodePoolData>),
 }
 
 /// A request to end the connection, taking precedence over queued frames.
@@ -319,6 +332,26 @@ impl WorkerSession {
             .try_reserve()
             .map_err(|e| self.send_error(e))?;
         permit.send(Outbound::FinishedAck(seq));
+        Ok(())
+    }
+
+    /// Most bytes of archive one [`CodePoolData`] frame may carry on this connection.
+    pub fn max_code_pool_part(&self) -> usize {
+        // The frame's other fields (ids, offsets, checksum) take far less than a kilobyte.
+        self.max_frame_size.saturating_sub(1024).max(1)
+    }
+
+    /// Queues a part of a code pool's archive (or the reason there is none).
+    ///
+    /// # Errors
+    /// [`SessionError::QueueFull`] or [`SessionError::Closed`]; the worker's download then
+    /// times out and its task fails (to be retried by its attempts).
+    pub fn code_pool_data(&self, data: CodePoolData) -> Result<(), SessionError> {
+        let permit = self
+            .outbound
+            .try_reserve()
+            .map_err(|e| self.send_error(e))?;
+        permit.send(Outbound::CodePoolData(Box::new(data)));
         Ok(())
     }
 

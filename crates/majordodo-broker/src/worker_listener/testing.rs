@@ -14,6 +14,7 @@ use super::{Admission, ConnId, Rejection, WorkerSession};
 pub(crate) enum Frame {
     Assign(Vec<Assignment>),
     FinishedAck(u64),
+    CodePoolData(majordodo_proto::worker::CodePoolData),
 }
 
 /// The listener's side of one fake connection.
@@ -55,6 +56,7 @@ impl FakeConnection {
             out.push(match frame {
                 Outbound::Assign(a) => Frame::Assign(a),
                 Outbound::FinishedAck(seq) => Frame::FinishedAck(seq),
+                Outbound::CodePoolData(d) => Frame::CodePoolData(*d),
             });
         }
         out

@@ -11,7 +11,10 @@ fn small() -> ArchiveLimits {
 }
 
 fn both(items: &[Item]) -> [(&'static str, Vec<u8>); 2] {
-    [("zip", archives::zip(items)), ("tar.gz", archives::tar_gz(items))]
+    [
+        ("zip", archives::zip(items)),
+        ("tar.gz", archives::tar_gz(items)),
+    ]
 }
 
 #[test]
@@ -128,7 +131,10 @@ fn duplicates_and_paths_below_files_are_refused() {
     let twice = archives::tar_gz(&[file("a", b"1"), file("a", b"2")]);
     assert!(matches!(
         validate(&twice, small()),
-        Err(ArchiveError::UnsafePath { reason: "listed twice", .. })
+        Err(ArchiveError::UnsafePath {
+            reason: "listed twice",
+            ..
+        })
     ));
     for items in [
         vec![file("a", b"1"), file("a/b", b"2")],

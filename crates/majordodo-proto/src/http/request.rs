@@ -14,16 +14,19 @@ use super::{
 };
 
 /// Actions of the original API this broker implements.
-pub const SUPPORTED_ACTIONS: [&str; 2] = ["submitTask", "submitTasks"];
+pub const SUPPORTED_ACTIONS: [&str; 4] = [
+    "submitTask",
+    "submitTasks",
+    "createCodePool",
+    "deleteCodePool",
+];
 
 /// Actions of the original API this broker does not implement yet: they are answered with a
 /// 4xx error naming the action.
-pub const UNSUPPORTED_ACTIONS: [&str; 5] = [
+pub const UNSUPPORTED_ACTIONS: [&str; 3] = [
     "beginTransaction",
     "commitTransaction",
     "rollbackTransaction",
-    "createCodePool",
-    "deleteCodePool",
 ];
 
 /// Fields of one task, in `submitTask` (beside `action`) and in each element of `submitTasks`.
@@ -179,6 +182,10 @@ pub enum ActionRequest {
     SubmitTask(TaskSubmission),
     /// `submitTasks`: a batch, submitted as one log write, answered per task in order.
     SubmitTasks(Vec<TaskSubmission>),
+    /// `createCodePool` (admin only).
+    CreateCodePool(super::codepool::CreateCodePool),
+    /// `deleteCodePool` (admin only): the pool's id.
+    DeleteCodePool(String),
 }
 
 impl ActionRequest {
@@ -187,6 +194,8 @@ impl ActionRequest {
         match self {
             ActionRequest::SubmitTask(_) => "submitTask",
             ActionRequest::SubmitTasks(_) => "submitTasks",
+            ActionRequest::CreateCodePool(_) => "createCodePool",
+            ActionRequest::DeleteCodePool(_) => "deleteCodePool",
         }
     }
 
@@ -200,6 +209,12 @@ impl ActionRequest {
                     "tasks".into(),
                     Value::Array(tasks.iter().map(|t| Value::Object(t.to_json())).collect()),
                 );
+                m
+            }
+            ActionRequest::CreateCodePool(c) => c.to_json(),
+            ActionRequest::DeleteCodePool(id) => {
+                let mut m = Map::new();
+                m.insert("id".into(), id.as_str().into());
                 m
             }
         };
@@ -240,6 +255,8 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
             TaskSubmission::parse(&obj, "", &allowed).map(ActionRequest::SubmitTask)
         }
         "submitTasks" => parse_submit_tasks(&obj).map(ActionRequest::SubmitTasks),
+        "createCodePool" => super::codepool::parse_create(&obj).map(ActionRequest::CreateCodePool),
+        "deleteCodePool" => super::codepool::parse_delete(&obj).map(ActionRequest::DeleteCodePool),
         a if UNSUPPORTED_ACTIONS.contains(&a) => Err(FieldError::new(
             "action",
             format!("action {a} is not supported by this broker yet"),
@@ -292,18 +309,18 @@ fn parse_submit_tasks(obj: &Map<String, Value>) -> Result<Vec<TaskSubmission>, F
 }
 
 /// Typed reads of the fields of one JSON object, with errors naming `path` + field.
-struct Fields<'a> {
-    obj: &'a Map<String, Value>,
-    path: &'a str,
+pub(super) struct Fields<'a> {
+    pub(super) obj: &'a Map<String, Value>,
+    pub(super) path: &'a str,
 }
 
 impl Fields<'_> {
-    fn error(&self, field: &str, problem: impl Into<String>) -> FieldError {
+    pub(super) fn error(&self, field: &str, problem: impl Into<String>) -> FieldError {
         FieldError::new(format!("{}{}", self.path, clip(field)), problem)
     }
 
     /// A string field; absent or null is `None`.
-    fn string(&self, name: &str) -> Result<Option<String>, FieldError> {
+    pub(super) fn string(&self, name: &str) -> Result<Option<String>, FieldError> {
         match self.obj.get(name) {
             None | Some(Value::Null) => Ok(None),
             Some(Value::String(s)) => Ok(Some(s.clone())),
@@ -312,7 +329,7 @@ impl Fields<'_> {
     }
 
     /// A bounded name that must be present and not empty.
-    fn required_name(&self, name: &str) -> Result<String, FieldError> {
+    pub(super) fn required_name(&self, name: &str) -> Result<String, FieldError> {
         match self.string(name)? {
             None => Err(self.error(name, "is required")),
             Some(s) if s.is_empty() => Err(self.error(name, "must not be empty")),
@@ -361,7 +378,7 @@ impl Fields<'_> {
 
     /// An integer in `0..=max`, given as a JSON number or a string of digits; absent or null is
     /// `None`.
-    fn int(&self, name: &str, max: i64) -> Result<Option<i64>, FieldError> {
+    pub(super) fn int(&self, name: &str, max: i64) -> Result<Option<i64>, FieldError> {
         let value = match self.obj.get(name) {
             None | Some(Value::Null) => return Ok(None),
             Some(Value::Number(n)) => match n.as_i64() {

@@ -11,24 +11,25 @@ use super::request::clip;
 use super::{FieldError, MAX_NAME_BYTES, MAX_TASK_ID};
 
 /// Views of the original API this broker implements.
-pub const SUPPORTED_VIEWS: [&str; 6] = [
+pub const SUPPORTED_VIEWS: [&str; 8] = [
     "overview",
     "status",
     "task",
     "tasks",
     "tasksoverview",
     "workers",
+    "codePool",
+    "codePools",
 ];
 
 /// Views of the original API this broker does not implement yet: they are answered with a 4xx
 /// error naming the view.
-pub const UNSUPPORTED_VIEWS: [&str; 6] = [
+pub const UNSUPPORTED_VIEWS: [&str; 5] = [
     "resources",
     "tasksheap",
     "delayedqueue",
     "slots",
     "transactions",
-    "codePool",
 ];
 
 /// Which tasks a status filter keeps.
@@ -149,6 +150,18 @@ pub enum ViewRequest {
     TasksOverview(TasksOverviewQuery),
     /// `workers`: known workers.
     Workers,
+    /// `codePool`: one code pool by `codePoolId`.
+    CodePool {
+        /// The pool.
+        id: String,
+    },
+    /// `codePools`: code pools in id order, from `fromCodePoolId`, at most `max`.
+    CodePools {
+        /// Most pools listed (default [`DEFAULT_TASKS_MAX`](super::DEFAULT_TASKS_MAX)).
+        max: Option<u32>,
+        /// First pool id listed.
+        from: Option<String>,
+    },
 }
 
 impl ViewRequest {
@@ -161,6 +174,8 @@ impl ViewRequest {
             ViewRequest::Tasks(_) => "tasks",
             ViewRequest::TasksOverview(_) => "tasksoverview",
             ViewRequest::Workers => "workers",
+            ViewRequest::CodePool { .. } => "codePool",
+            ViewRequest::CodePools { .. } => "codePools",
         }
     }
 
@@ -170,6 +185,19 @@ impl ViewRequest {
             ViewRequest::Tasks(q) => q.to_pairs(),
             ViewRequest::TasksOverview(q) => q.to_pairs(),
             ViewRequest::Task { id } => vec![("view", "task".into()), ("taskId", id.to_string())],
+            ViewRequest::CodePool { id } => {
+                vec![("view", "codePool".into()), ("codePoolId", id.clone())]
+            }
+            ViewRequest::CodePools { max, from } => {
+                let mut p = vec![("view", "codePools".into())];
+                if let Some(max) = max {
+                    p.push(("max", max.to_string()));
+                }
+                if let Some(from) = from {
+                    p.push(("fromCodePoolId", from.clone()));
+                }
+                p
+            }
             other => vec![("view", other.name().into())],
         }
     }
@@ -206,6 +234,14 @@ pub fn parse_view(pairs: &[(String, String)]) -> Result<ViewRequest, FieldError>
             worker_id: q.filter("workerId")?,
             task_type: q.filter("tasktype")?,
         }),
+        "codePool" => match q.filter("codePoolId")? {
+            Some(id) => ViewRequest::CodePool { id },
+            None => return Err(FieldError::new("codePoolId", "is required")),
+        },
+        "codePools" => ViewRequest::CodePools {
+            max: q.max()?,
+            from: q.filter("fromCodePoolId")?,
+        },
         v if UNSUPPORTED_VIEWS.contains(&v) => {
             return Err(FieldError::new(
                 "view",
