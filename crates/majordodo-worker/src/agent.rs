@@ -584,6 +584,10 @@ impl Agent {
                     self.next_fetch_id += 1;
                     let mut request = fetch.request;
                     request.request_id = id;
+                    // A part must fit this worker's own frame limit (ids and checksum take
+                    // far less than a kilobyte).
+                    let room = self.config.max_frame_size.saturating_sub(1024).max(1);
+                    request.max_len = request.max_len.min(u32::try_from(room).unwrap_or(u32::MAX));
                     self.pending_fetches.insert(id, fetch.reply);
                     match timeout(write_timeout, session.framed.send(Message::CodePoolRequest(request))).await {
                         Ok(Ok(())) => Ok(()),
