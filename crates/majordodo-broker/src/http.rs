@@ -4,7 +4,8 @@
 //!   `tasksoverview`, `workers`), answered from the broker state through
 //!   [`BrokerHandle::query`] with bounded work ([`select`]).
 //! - `POST /majordodo` with a JSON body `{"action": ...}`: `submitTask` and `submitTasks`,
-//!   answered once the tasks are durable ([`BrokerHandle::submit`]).
+//!   answered once the tasks are durable ([`BrokerHandle::submit`]); `createCodePool` and
+//!   `deleteCodePool` (admins only; the archive is checked here before anything is decided).
 //!
 //! Every request is authenticated first ([`auth`]: Basic or bearer), reads included; a user with
 //! role `user` submits and sees only tasks whose `userid` is its name. Every failure is an

@@ -67,6 +67,9 @@ pub(crate) enum Command {
     Status(SimpleViewArgs),
     /// List the workers the broker knows.
     Workers(SimpleViewArgs),
+    /// Create, delete, show or list code pools (archives the workers unpack and run tasks in).
+    #[command(subcommand)]
+    Codepool(CodepoolCommand),
     /// Make credentials for the broker's [[http.users]] entries.
     #[command(subcommand)]
     Auth(AuthCommand),
@@ -495,6 +498,56 @@ pub(crate) struct SimpleViewArgs {
     /// Print as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// `majordodo codepool ...`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum CodepoolCommand {
+    /// Create a code pool from a zip or tar.gz archive (admin only).
+    Create {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The pool's id.
+        #[arg(long, value_name = "ID")]
+        id: String,
+        /// The archive (zip or tar.gz).
+        #[arg(long, value_name = "FILE")]
+        archive: PathBuf,
+        /// Time to live after creation (e.g. 1h); once passed, the pool is deleted when no
+        /// task uses it. Default: forever.
+        #[arg(long, value_name = "DURATION", value_parser = parse_duration)]
+        ttl: Option<std::time::Duration>,
+    },
+    /// Delete a code pool no task uses (admin only).
+    Delete {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The pool's id.
+        #[arg(long, value_name = "ID")]
+        id: String,
+    },
+    /// Show one code pool.
+    Show {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The pool's id.
+        #[arg(long, value_name = "ID")]
+        id: String,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// List the code pools.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Most pools listed.
+        #[arg(long, value_name = "N", default_value_t = 100, value_parser = clap::value_parser!(u32).range(1..))]
+        max: u32,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
 }
 
 /// `majordodo auth ...`.

@@ -4,6 +4,8 @@ mod api;
 mod submit;
 
 use anyhow::anyhow;
+
+use crate::error::usage;
 use majordodo_client::{
     DEFAULT_LIST_MAX_REQUESTS, ListEnd, ListLimits, StatusFilter, TaskInfo, TasksQuery,
 };
@@ -239,4 +241,110 @@ pub(crate) async fn workers(args: SimpleViewArgs) -> anyhow::Result<()> {
     }
     print!("{}", output::workers_table(&workers));
     Ok(())
+}
+
+/// Most bytes of an archive `codepool create` reads: above any broker's default limit, so the
+/// broker's own limit (and its error naming it) decides.
+const MAX_ARCHIVE_FILE_BYTES: u64 = 1 << 30;
+
+/// `majordodo codepool ...`.
+pub(crate) async fn codepool(command: crate::cli::CodepoolCommand) -> anyhow::Result<()> {
+    use crate::cli::CodepoolCommand as C;
+    match command {
+        C::Create {
+            client,
+            id,
+            archive,
+            ttl,
+        } => {
+            let len = std::fs::metadata(&archive)
+                .map_err(|e| usage(format!("read {}: {e}", archive.display())))?
+                .len();
+            if len > MAX_ARCHIVE_FILE_BYTES {
+                return Err(usage(format!(
+                    "{} is {len} bytes: too large for a code pool",
+                    archive.display()
+                )));
+            }
+            let data = std::fs::read(&archive)
+                .map_err(|e| usage(format!("read {}: {e}", archive.display())))?;
+            if majordodo_proto::archive::detect(&data).is_none() {
+                return Err(usage(format!(
+                    "{} is not a zip or tar.gz archive",
+                    archive.display()
+                )));
+            }
+            let ttl_ms = ttl.map_or(0, |t| i64::try_from(t.as_millis()).unwrap_or(i64::MAX));
+            let api = Api::new(&client)?;
+            api.client
+                .create_code_pool(&id, ttl_ms, data)
+                .await
+                .map_err(|e| explain(e, "create the code pool", &api.url()))?;
+            println!("code pool {id} created ({len} bytes)");
+            Ok(())
+        }
+        C::Delete { client, id } => {
+            let api = Api::new(&client)?;
+            api.client
+                .delete_code_pool(&id)
+                .await
+                .map_err(|e| explain(e, "delete the code pool", &api.url()))?;
+            println!("code pool {id} deleted");
+            Ok(())
+        }
+        C::Show { client, id, json } => {
+            let api = Api::new(&client)?;
+            let pool = api
+                .client
+                .code_pool(&id)
+                .await
+                .map_err(|e| explain(e, "show the code pool", &api.url()))?;
+            let Some(pool) = pool else {
+                anyhow::bail!("code pool {id} does not exist");
+            };
+            if json {
+                return print_json(&pool);
+            }
+            println!("{}", code_pool_line(&pool));
+            Ok(())
+        }
+        C::List { client, max, json } => {
+            let api = Api::new(&client)?;
+            let view = api
+                .client
+                .code_pools(Some(max), None)
+                .await
+                .map_err(|e| explain(e, "list the code pools", &api.url()))?;
+            if json {
+                return print_json(&view.code_pools);
+            }
+            if view.code_pools.is_empty() {
+                eprintln!("no code pools");
+            }
+            for pool in &view.code_pools {
+                println!("{}", code_pool_line(pool));
+            }
+            if view.truncated {
+                eprintln!("(more pools follow; raise --max)");
+            }
+            Ok(())
+        }
+    }
+}
+
+fn code_pool_line(p: &majordodo_proto::http::codepool::CodePoolInfo) -> String {
+    let ttl = if p.ttl == 0 {
+        "forever".to_owned()
+    } else {
+        format!("{} ms", p.ttl)
+    };
+    format!(
+        "{}  {} bytes in {} chunk(s)  ttl {ttl}  created {}  used by {} task(s)  sha256 {}",
+        output::escape(&p.code_pool_id),
+        p.size,
+        p.chunks,
+        p.creation_timestamp,
+        p.tasks,
+        p.sha256
+    )
 }

@@ -42,6 +42,9 @@ use std::path::Path;
 use std::sync::{Arc, Mutex};
 use std::time::Duration;
 
+use majordodo_proto::http::codepool::{
+    CodePoolActionResponse, CodePoolInfo, CodePoolView, CodePoolsView, CreateCodePool,
+};
 use majordodo_proto::http::{
     ActionRequest, ErrorBody, LeaderHint, OverviewView, StatusView, SubmitResult,
     SubmitTaskResponse, SubmitTasksResponse, TaskView, TasksOverviewView, TasksView, ViewRequest,
@@ -641,6 +644,60 @@ impl Client {
     /// [`ClientError`].
     pub async fn overview(&self) -> Result<OverviewView, ClientError> {
         self.view(&ViewRequest::Overview).await
+    }
+
+    /// Creates code pool `id` from `archive` (a zip or tar.gz), kept for `ttl_ms` after its
+    /// creation once no task uses it (0 = until deleted). Needs an admin.
+    ///
+    /// # Errors
+    /// [`ClientError`]: the archive refused (400 naming `data`), the id taken (409), not an
+    /// admin (403), ... A failure of the broker is not retried blindly: a second create of the
+    /// same id would answer 409 if the first one went through.
+    pub async fn create_code_pool(
+        &self,
+        id: &str,
+        ttl_ms: i64,
+        archive: Vec<u8>,
+    ) -> Result<CodePoolActionResponse, ClientError> {
+        let body = ActionRequest::CreateCodePool(CreateCodePool {
+            id: id.to_owned(),
+            ttl: ttl_ms,
+            data: archive,
+        })
+        .to_json();
+        self.post(&body, false).await
+    }
+
+    /// Deletes code pool `id`. Needs an admin.
+    ///
+    /// # Errors
+    /// [`ClientError`]: unknown (404), in use by live tasks (409), not an admin (403), ...
+    pub async fn delete_code_pool(&self, id: &str) -> Result<CodePoolActionResponse, ClientError> {
+        let body = ActionRequest::DeleteCodePool(id.to_owned()).to_json();
+        self.post(&body, false).await
+    }
+
+    /// One code pool, or `None` if the broker does not know it.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn code_pool(&self, id: &str) -> Result<Option<CodePoolInfo>, ClientError> {
+        let v: CodePoolView = self
+            .view(&ViewRequest::CodePool { id: id.to_owned() })
+            .await?;
+        Ok(v.code_pool)
+    }
+
+    /// One page of code pools in id order, from `from`, at most `max`.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn code_pools(
+        &self,
+        max: Option<u32>,
+        from: Option<String>,
+    ) -> Result<CodePoolsView, ClientError> {
+        self.view(&ViewRequest::CodePools { max, from }).await
     }
 
     async fn view<T: DeserializeOwned>(&self, view: &ViewRequest) -> Result<T, ClientError> {

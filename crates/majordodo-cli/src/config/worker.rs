@@ -41,6 +41,7 @@ pub(crate) struct WorkerFile {
     pub(crate) task_type_limits: Option<BTreeMap<String, u32>>,
     pub(crate) connection: ConnectionFile,
     pub(crate) reports: ReportsFile,
+    pub(crate) codepools: CodePoolsFile,
     pub(crate) executors: BTreeMap<String, ProcessExecutorConfig>,
 }
 
@@ -62,7 +63,30 @@ impl Default for WorkerFile {
             task_type_limits: None,
             connection: ConnectionFile::default(),
             reports: ReportsFile::default(),
+            codepools: CodePoolsFile::default(),
             executors: BTreeMap::new(),
+        }
+    }
+}
+
+/// `[codepools]`: where code pools are unpacked and what they may hold.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct CodePoolsFile {
+    pub(crate) dir: Option<PathBuf>,
+    pub(crate) max_files: usize,
+    pub(crate) max_unpacked_size: crate::config::ByteSize,
+    pub(crate) download_timeout: HumanDuration,
+}
+
+impl Default for CodePoolsFile {
+    fn default() -> Self {
+        let d = majordodo_worker::CodePoolsConfig::default();
+        CodePoolsFile {
+            dir: None,
+            max_files: d.limits.max_files,
+            max_unpacked_size: crate::config::ByteSize(d.limits.max_unpacked_bytes),
+            download_timeout: HumanDuration(d.download_timeout),
         }
     }
 }
@@ -315,6 +339,21 @@ impl WorkerFile {
             max_delay: self.reports.max_delay.0,
         };
         config.shutdown_grace = self.shutdown_grace.0;
+        let p = &self.codepools;
+        if p.max_files == 0 || p.max_unpacked_size.0 == 0 || p.download_timeout.0.is_zero() {
+            return Err(invalid(
+                "codepools",
+                "max_files, max_unpacked_size and download_timeout must be above 0".into(),
+            ));
+        }
+        config.codepools = majordodo_worker::CodePoolsConfig {
+            dir: p.dir.clone(),
+            limits: majordodo_proto::archive::ArchiveLimits {
+                max_files: p.max_files,
+                max_unpacked_bytes: p.max_unpacked_size.0,
+            },
+            download_timeout: p.download_timeout.0,
+        };
         config.validate().map_err(|problem| {
             let key = match problem.split_whitespace().next().unwrap_or("") {
                 "keepalive_interval" => "connection.keepalive_interval",
@@ -405,6 +444,18 @@ max_batch = {max_batch}
 # Longest a finished task's report waits for others before it is sent.
 max_delay = "{max_delay}"
 
+[codepools]
+# Where code pools are unpacked (<dir>/<sha256 of the archive>), fetched from the broker on first
+# use. Without it, tasks that name a code pool fail. A task with a pool runs with the pool's
+# directory as working directory (MAJORDODO_CODEPOOL_DIR names it too).
+# dir = "/var/lib/majordodo/codepools"
+# Most entries of a pool's archive.
+max_files = {cp_max_files}
+# Most bytes a pool may unpack to.
+max_unpacked_size = "{cp_max_unpacked}"
+# Longest a pool's download may take.
+download_timeout = "{cp_timeout}"
+
 # One table per task type run as a program. The program gets the task's data on stdin and its
 # stdout (without one trailing newline) becomes the result; exit status 0 finishes the task,
 # anything else fails the attempt with the end of stderr as the error. No shell is involved:
@@ -432,6 +483,9 @@ max_delay = "{max_delay}"
         max_frame_size = c.max_frame_size,
         max_batch = r.max_batch,
         max_delay = r.max_delay,
+        cp_max_files = CodePoolsFile::default().max_files,
+        cp_max_unpacked = CodePoolsFile::default().max_unpacked_size,
+        cp_timeout = CodePoolsFile::default().download_timeout,
         timeout_ms = majordodo_worker::DEFAULT_TIMEOUT_MS,
         max_stdout = majordodo_worker::DEFAULT_MAX_STDOUT_BYTES,
         stderr_tail = majordodo_worker::DEFAULT_STDERR_TAIL_BYTES,
