@@ -97,6 +97,16 @@ async fn original_java_client_submits_and_reads_back_tasks() {
     }
     .validate()
     .unwrap();
+    // The Java program submits a task naming code pool pool-1, which must exist.
+    broker
+        .handle()
+        .create_code_pool(
+            "pool-1".into(),
+            0,
+            majordodo_testkit::archives::zip(&[majordodo_testkit::archives::file("x", b"x")]),
+        )
+        .await
+        .unwrap();
     let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
     let port = socket.local_addr().unwrap().port();
     let http_stop = CancellationToken::new();
