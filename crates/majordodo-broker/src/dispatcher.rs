@@ -34,7 +34,7 @@ mod tests;
 
 use crate::checkpoint::Checkpointer;
 use crate::clock::Clock;
-use crate::handle::{BrokerError, Command, Role, View};
+use crate::handle::{ActionDone, BrokerAction, BrokerError, Command, Role, View};
 use crate::worker_listener::{
     Admission, CloseReason, ConnId, Rejection, SessionError, WorkerEvent, WorkerSession,
 };
@@ -106,6 +106,13 @@ enum Obligation {
     },
     /// Acknowledge a batch of finish reports.
     Ack { conn: ConnId, seq: u64 },
+    /// Answer an action.
+    Act {
+        reply: oneshot::Sender<
+            Result<Result<ActionDone, majordodo_core::leader::ActionError>, BrokerError>,
+        >,
+        done: ActionDone,
+    },
     /// Answer a checkpoint request once everything before it is applied.
     Checkpoint(oneshot::Sender<Result<u64, BrokerError>>),
 }
@@ -122,6 +129,9 @@ impl Obligation {
                 retryable: true,
             }),
             Obligation::Checkpoint(reply) => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Obligation::Act { reply, .. } => {
                 let _ = reply.send(Err(error.clone()));
             }
             Obligation::Ack { .. } => {}
@@ -459,13 +469,62 @@ impl Dispatcher {
             broker_id: &self.broker_id,
             leader: None,
             cluster: cluster.as_ref(),
+            now: self.clock.now(),
         }));
     }
 
     fn take_command(&mut self, cmd: Command, building: &mut Building) {
         match cmd {
             Command::Query(query) => self.answer(query),
-            Command::Submit { tasks, reply } => {
+            Command::Act {
+                action,
+                caller,
+                reply,
+            } => {
+                if let Some(refusal) = self.refusal() {
+                    let _ = reply.send(Err(refusal));
+                    return;
+                }
+                let now = self.clock.now();
+                let decided = match action {
+                    BrokerAction::BeginTransaction => self
+                        .leader
+                        .begin_transaction(now, &caller)
+                        .map(|(id, e)| (ActionDone::Transaction(id), vec![e])),
+                    BrokerAction::CommitTransaction(id) => self
+                        .leader
+                        .commit_transaction(now, id, &caller)
+                        .map(|e| (ActionDone::Transaction(id), vec![e])),
+                    BrokerAction::RollbackTransaction(id) => self
+                        .leader
+                        .rollback_transaction(now, id, &caller)
+                        .map(|e| (ActionDone::Transaction(id), vec![e])),
+                    BrokerAction::CancelTask(id) => {
+                        let before = self.leader.state().task(id).map(|t| t.status);
+                        self.leader.cancel_task(now, id, &caller).map(|entries| {
+                            let before =
+                                before.expect("a task cancelled exists in the applied state");
+                            info!(task_id = id.0, user = %caller.name, status = %before, "task cancelled");
+                            (ActionDone::Cancelled(id, before), entries)
+                        })
+                    }
+                };
+                match decided {
+                    Ok((done, entries)) => {
+                        self.dirty = true;
+                        building.entries.extend(entries);
+                        building.obligations.push(Obligation::Act { reply, done });
+                    }
+                    Err(refused) => {
+                        let _ = reply.send(Ok(Err(refused)));
+                    }
+                }
+            }
+            Command::Submit {
+                tasks,
+                caller,
+                reply,
+            } => {
                 if let Some(refusal) = self.refusal() {
                     let _ = reply.send(Err(refusal));
                     return;
@@ -485,7 +544,7 @@ impl Dispatcher {
                     return;
                 }
                 for t in tasks {
-                    let (outcome, entry) = self.leader.submit(now, t);
+                    let (outcome, entry) = self.leader.submit_as(now, t, &caller);
                     outcomes.push(outcome);
                     entries.extend(entry);
                 }
@@ -642,7 +701,20 @@ impl Dispatcher {
                     LogEntry::TaskStatusChange { .. }
                         | LogEntry::AddTask(_)
                         | LogEntry::WorkerDied { .. }
+                        | LogEntry::CommitTransaction { .. }
+                        | LogEntry::DeferTask { .. }
                 );
+                if let LogEntry::RollbackTransaction {
+                    transaction_id,
+                    timestamp,
+                } = &entry
+                {
+                    info!(
+                        transaction_id = transaction_id.0,
+                        at = timestamp,
+                        "transaction rolled back"
+                    );
+                }
                 let lsn = appended.first.0 + i as u64;
                 if !matches!(entry, LogEntry::Noop { .. }) {
                     self.last_change = lsn;
@@ -659,6 +731,9 @@ impl Dispatcher {
             match obligation {
                 Obligation::Submit { reply, outcomes } => {
                     let _ = reply.send(Ok(outcomes));
+                }
+                Obligation::Act { reply, done } => {
+                    let _ = reply.send(Ok(Ok(done)));
                 }
                 Obligation::Welcome {
                     admission,

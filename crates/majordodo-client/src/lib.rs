@@ -583,6 +583,7 @@ impl Client {
                      task_id,
                      result,
                      outcome,
+                     ..
                  }| { Submitted::from_parts(task_id, result.or(outcome)) },
             )
             .collect())

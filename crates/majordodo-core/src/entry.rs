@@ -6,8 +6,8 @@
 //! leader decided (retry or give up) are written as explicit status changes. Applying the same
 //! entries to the same state therefore always gives the same state.
 //!
-//! Kinds the original did not have: [`LogEntry::PurgeTasks`] and
-//! [`LogEntry::ForgetIdempotencyKeys`].
+//! Kinds the original did not have: [`LogEntry::PurgeTasks`],
+//! [`LogEntry::ForgetIdempotencyKeys`] and [`LogEntry::DeferTask`].
 
 use crate::model::{Millis, TaskId, TaskStatus, TransactionId};
 
@@ -122,6 +122,9 @@ pub enum LogEntry {
         transaction_id: TransactionId,
         /// When.
         timestamp: Millis,
+        /// The user who opened it: only that user (or an admin) may add to it, commit it or roll
+        /// it back. `None` in entries of record versions before 3 (admins only, then).
+        owner: Option<String>,
     },
     /// A transaction's prepared tasks are published at once (code 8).
     CommitTransaction {
@@ -184,6 +187,21 @@ pub enum LogEntry {
         /// When.
         timestamp: Millis,
     },
+    /// A running attempt answered "retry later": the task waits in the delayed queue until
+    /// `until`, and the attempt does not count against its `max_attempts` (the task's
+    /// deferrals grow by one; attempt numbers keep increasing, so reports stay unambiguous).
+    DeferTask {
+        /// The task.
+        task_id: TaskId,
+        /// The attempt that asked (must be the current one).
+        attempt: u32,
+        /// The worker that reported it.
+        worker_id: String,
+        /// When the task may run again.
+        until: Millis,
+        /// When it was decided.
+        timestamp: Millis,
+    },
 }
 
 impl LogEntry {
@@ -205,6 +223,7 @@ impl LogEntry {
             LogEntry::CreateCodePool { .. } => "create_code_pool",
             LogEntry::PurgeTasks { .. } => "purge_tasks",
             LogEntry::ForgetIdempotencyKeys { .. } => "forget_idempotency_keys",
+            LogEntry::DeferTask { .. } => "defer_task",
         }
     }
 }

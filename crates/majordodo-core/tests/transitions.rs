@@ -462,6 +462,7 @@ fn transaction_tasks_are_invisible_until_commit_and_rollback_frees_slots() {
         LogEntry::BeginTransaction {
             transaction_id: tx,
             timestamp: 10,
+            owner: None,
         },
     )
     .unwrap();
@@ -506,6 +507,7 @@ fn transaction_tasks_are_invisible_until_commit_and_rollback_frees_slots() {
         LogEntry::BeginTransaction {
             transaction_id: tx2,
             timestamp: 13,
+            owner: None,
         },
     )
     .unwrap();

@@ -9,14 +9,16 @@
 //! `ForgetIdempotencyKeys` kind (tag 31). Version 2 is written; both are read (a version 1
 //! record has neither). The version had to change because a reader of version 1 would skip the
 //! key without a word (protobuf ignores unknown fields) and hold a state that differs from the
-//! leader's.
+//! leader's. Version 3 adds the owner of a transaction (field 40 of the transaction kinds) and
+//! the `DeferTask` kind (tag 40): version 3 is written, versions 1 to 3 are read (an older
+//! record has neither; a transaction without owner is left to admins).
 
 use majordodo_core::entry::{LogEntry, NewTask};
 use majordodo_core::{TaskId, TaskStatus, TransactionId};
 use prost::Message;
 
 /// Version of the record format written by this build. Readers refuse versions they do not know.
-pub const RECORD_FORMAT_VERSION: u32 = 2;
+pub const RECORD_FORMAT_VERSION: u32 = 3;
 
 /// Oldest record format version this build reads.
 pub const MIN_RECORD_FORMAT_VERSION: u32 = 1;
@@ -51,7 +53,7 @@ struct RecordPb {
     version: u32,
     #[prost(
         oneof = "EntryPb",
-        tags = "11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24, 30, 31"
+        tags = "11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24, 30, 31, 40"
     )]
     entry: Option<EntryPb>,
 }
@@ -88,6 +90,9 @@ enum EntryPb {
     PurgeTasks(PurgeTasksPb),
     #[prost(message, tag = "31")]
     ForgetIdempotencyKeys(ForgetKeysPb),
+    /// Since version 3.
+    #[prost(message, tag = "40")]
+    DeferTask(DeferTaskPb),
 }
 
 /// A task at submission; shared with snapshots (prepared tasks of transactions).
@@ -177,6 +182,24 @@ struct TransactionPb {
     #[prost(uint64, tag = "1")]
     transaction_id: u64,
     #[prost(int64, tag = "2")]
+    timestamp: i64,
+    /// Since version 3, in `BeginTransaction` only.
+    #[prost(string, optional, tag = "40")]
+    owner: Option<String>,
+}
+
+/// Since version 3.
+#[derive(Clone, PartialEq, Message)]
+struct DeferTaskPb {
+    #[prost(uint64, tag = "1")]
+    task_id: u64,
+    #[prost(uint32, tag = "2")]
+    attempt: u32,
+    #[prost(string, tag = "3")]
+    worker_id: String,
+    #[prost(int64, tag = "4")]
+    until: i64,
+    #[prost(int64, tag = "5")]
     timestamp: i64,
 }
 
@@ -369,9 +392,11 @@ pub fn encode_entry(entry: &LogEntry) -> Vec<u8> {
         LogEntry::BeginTransaction {
             transaction_id,
             timestamp,
+            owner,
         } => EntryPb::BeginTransaction(TransactionPb {
             transaction_id: transaction_id.0,
             timestamp: *timestamp,
+            owner: owner.clone(),
         }),
         LogEntry::CommitTransaction {
             transaction_id,
@@ -379,12 +404,27 @@ pub fn encode_entry(entry: &LogEntry) -> Vec<u8> {
         } => EntryPb::CommitTransaction(TransactionPb {
             transaction_id: transaction_id.0,
             timestamp: *timestamp,
+            owner: None,
         }),
         LogEntry::RollbackTransaction {
             transaction_id,
             timestamp,
         } => EntryPb::RollbackTransaction(TransactionPb {
             transaction_id: transaction_id.0,
+            timestamp: *timestamp,
+            owner: None,
+        }),
+        LogEntry::DeferTask {
+            task_id,
+            attempt,
+            worker_id,
+            until,
+            timestamp,
+        } => EntryPb::DeferTask(DeferTaskPb {
+            task_id: task_id.0,
+            attempt: *attempt,
+            worker_id: worker_id.clone(),
+            until: *until,
             timestamp: *timestamp,
         }),
         LogEntry::PrepareAddTask {
@@ -443,8 +483,22 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, RecordError> {
     if !(MIN_RECORD_FORMAT_VERSION..=RECORD_FORMAT_VERSION).contains(&record.version) {
         return Err(RecordError::UnsupportedVersion(record.version));
     }
-    // Version 1 is version 2 without the key and the forget kind: one decoder reads both.
+    // Version 1 is version 2 without the key and the forget kind, version 2 is version 3
+    // without transaction owners and deferrals: one decoder reads them all.
     let entry = record.entry.ok_or(RecordError::UnknownKind)?;
+    if record.version < 3 {
+        let newer = match &entry {
+            EntryPb::DeferTask(_) => Some("defer_task"),
+            EntryPb::BeginTransaction(t) if t.owner.is_some() => Some("transaction owner"),
+            _ => None,
+        };
+        if let Some(what) = newer {
+            return Err(RecordError::InvalidField {
+                field: "version",
+                reason: format!("{what} in a version {} record", record.version),
+            });
+        }
+    }
     Ok(match entry {
         EntryPb::AddTask(t) => LogEntry::AddTask(t.into_task()?),
         EntryPb::WorkerConnected(w) => LogEntry::WorkerConnected {
@@ -479,6 +533,14 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, RecordError> {
         EntryPb::BeginTransaction(t) => LogEntry::BeginTransaction {
             transaction_id: TransactionId(t.transaction_id),
             timestamp: t.timestamp,
+            owner: t.owner,
+        },
+        EntryPb::DeferTask(d) => LogEntry::DeferTask {
+            task_id: TaskId(d.task_id),
+            attempt: d.attempt,
+            worker_id: d.worker_id,
+            until: d.until,
+            timestamp: d.timestamp,
         },
         EntryPb::CommitTransaction(t) => LogEntry::CommitTransaction {
             transaction_id: TransactionId(t.transaction_id),
@@ -633,10 +695,29 @@ pub(crate) mod tests {
                 worker_id: w,
                 timestamp: t
             }),
-            (any::<u64>(), any::<i64>()).prop_map(|(x, t)| LogEntry::BeginTransaction {
-                transaction_id: TransactionId(x),
-                timestamp: t
+            (any::<u64>(), any::<i64>(), opt_string()).prop_map(|(x, t, owner)| {
+                LogEntry::BeginTransaction {
+                    transaction_id: TransactionId(x),
+                    timestamp: t,
+                    owner,
+                }
             }),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                ".{0,8}",
+                any::<i64>(),
+                any::<i64>()
+            )
+                .prop_map(|(id, attempt, worker_id, until, timestamp)| {
+                    LogEntry::DeferTask {
+                        task_id: TaskId(id),
+                        attempt,
+                        worker_id,
+                        until,
+                        timestamp,
+                    }
+                }),
             (any::<u64>(), any::<i64>()).prop_map(|(x, t)| LogEntry::CommitTransaction {
                 transaction_id: TransactionId(x),
                 timestamp: t
@@ -687,10 +768,39 @@ pub(crate) mod tests {
         match &mut record.entry {
             Some(EntryPb::AddTask(t)) => t.idempotency_key = None,
             Some(EntryPb::PrepareAddTask(p)) => p.task.as_mut()?.idempotency_key = None,
-            Some(EntryPb::ForgetIdempotencyKeys(_)) => return None,
+            Some(EntryPb::ForgetIdempotencyKeys(_) | EntryPb::DeferTask(_)) => return None,
+            Some(EntryPb::BeginTransaction(t)) => t.owner = None,
             _ => {}
         }
         Some(record.encode_to_vec())
+    }
+
+    /// Encodes an entry as a version 2 writer did: no transaction owner, no deferral.
+    fn encode_v2(entry: &LogEntry) -> Option<Vec<u8>> {
+        let mut record = RecordPb::decode(encode_entry(entry).as_slice()).ok()?;
+        record.version = 2;
+        match &mut record.entry {
+            Some(EntryPb::DeferTask(_)) => return None,
+            Some(EntryPb::BeginTransaction(t)) => t.owner = None,
+            _ => {}
+        }
+        Some(record.encode_to_vec())
+    }
+
+    /// The entry a version 2 record of `entry` means: a transaction without owner.
+    fn without_owner(entry: LogEntry) -> LogEntry {
+        match entry {
+            LogEntry::BeginTransaction {
+                transaction_id,
+                timestamp,
+                ..
+            } => LogEntry::BeginTransaction {
+                transaction_id,
+                timestamp,
+                owner: None,
+            },
+            other => other,
+        }
     }
 
     /// The entry a version 1 record of `entry` means: the same without idempotency key.
@@ -710,7 +820,7 @@ pub(crate) mod tests {
                     ..task
                 },
             },
-            other => other,
+            other => without_owner(other),
         }
     }
 
@@ -727,6 +837,15 @@ pub(crate) mod tests {
             // same entries, without key.
             if let Some(bytes) = encode_v1(&e) {
                 prop_assert_eq!(decode_entry(&bytes).unwrap(), without_key(e));
+            }
+        }
+
+        #[test]
+        fn version_2_records_still_decode(e in entry()) {
+            // Goal: records written before transaction owners and deferrals (version 2)
+            // decode to the same entries, a transaction without owner.
+            if let Some(bytes) = encode_v2(&e) {
+                prop_assert_eq!(decode_entry(&bytes).unwrap(), without_owner(e));
             }
         }
 
@@ -775,8 +894,11 @@ pub(crate) mod tests {
             | LogEntry::WorkerDied { worker_id, .. } => vec![worker_id.len()],
             LogEntry::DeleteCodePool { id, .. } => vec![id.len()],
             LogEntry::CreateCodePool { id, data, .. } => vec![id.len(), data.len()],
-            LogEntry::BeginTransaction { .. }
-            | LogEntry::CommitTransaction { .. }
+            LogEntry::BeginTransaction { owner, .. } => {
+                vec![owner.as_ref().map_or(0, String::len)]
+            }
+            LogEntry::DeferTask { worker_id, .. } => vec![worker_id.len()],
+            LogEntry::CommitTransaction { .. }
             | LogEntry::RollbackTransaction { .. }
             | LogEntry::Noop { .. }
             | LogEntry::ForgetIdempotencyKeys { .. } => Vec::new(),
@@ -813,13 +935,24 @@ pub(crate) mod tests {
     fn unknown_version_and_empty_record_are_refused() {
         // Goal: a newer format is refused with a message naming the versions.
         let bytes = RecordPb {
-            version: 3,
+            version: 4,
             entry: Some(EntryPb::Noop(NoopPb { timestamp: 1 })),
         }
         .encode_to_vec();
         let err = decode_entry(&bytes).unwrap_err();
-        assert!(err.to_string().contains("version 3"), "{err}");
-        assert!(err.to_string().contains("versions 1 to 2"), "{err}");
+        assert!(err.to_string().contains("version 4"), "{err}");
+        assert!(err.to_string().contains("versions 1 to 3"), "{err}");
+        // What only version 3 has is refused in an older record.
+        let bytes = RecordPb {
+            version: 2,
+            entry: Some(EntryPb::DeferTask(DeferTaskPb::default())),
+        }
+        .encode_to_vec();
+        let err = decode_entry(&bytes).unwrap_err();
+        assert!(
+            err.to_string().contains("defer_task in a version 2"),
+            "{err}"
+        );
         let bytes = RecordPb {
             version: 1,
             entry: None,

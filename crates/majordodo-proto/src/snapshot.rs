@@ -13,7 +13,9 @@
 //! Versions: 1, the first; 2 adds the `IdempotencyKey` item (tag 7) and its count in `End`
 //! (field 5). Version 2 is written; both are read (a version 1 snapshot has no keys). A reader
 //! of version 1 would refuse the new item, but only when a key is present; the version says it
-//! up front.
+//! up front. Version 3 adds a transaction's owner (field 40 of its item) and a task's
+//! deferrals (field 40 of its item); it is written, versions 1 to 3 are read (older snapshots
+//! have neither).
 
 use std::sync::Arc;
 
@@ -27,7 +29,7 @@ use prost::Message;
 use crate::record::{NewTaskPb, RecordError};
 
 /// Version of the snapshot content format written by this build.
-pub const SNAPSHOT_FORMAT_VERSION: u32 = 2;
+pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
 
 /// Oldest snapshot content format version this build reads.
 pub const MIN_SNAPSHOT_FORMAT_VERSION: u32 = 1;
@@ -131,6 +133,9 @@ struct TaskPb {
     mode: Option<String>,
     #[prost(string, repeated, tag = "16")]
     resources: Vec<String>,
+    /// Since version 3.
+    #[prost(uint32, tag = "40")]
+    deferrals: u32,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -155,6 +160,9 @@ struct TransactionPb {
     created: i64,
     #[prost(message, repeated, tag = "3")]
     prepared: Vec<NewTaskPb>,
+    /// Since version 3.
+    #[prost(string, optional, tag = "40")]
+    owner: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -238,6 +246,7 @@ pub fn encode_snapshot(source: &SnapshotSource) -> Vec<u8> {
                 codepool: r.codepool,
                 mode: r.mode,
                 resources: r.resources,
+                deferrals: r.deferrals,
             }),
         );
         end.tasks += 1;
@@ -263,6 +272,7 @@ pub fn encode_snapshot(source: &SnapshotSource) -> Vec<u8> {
                 id: t.id.0,
                 created: t.created,
                 prepared: t.prepared.iter().map(NewTaskPb::from).collect(),
+                owner: t.owner.clone(),
             }),
         );
         end.transactions += 1;
@@ -394,6 +404,7 @@ pub fn decode_snapshot(
                     codepool: t.codepool,
                     mode: t.mode,
                     resources: t.resources,
+                    deferrals: t.deferrals,
                 })?;
                 seen.tasks += 1;
             }
@@ -419,6 +430,7 @@ pub fn decode_snapshot(
                 builder.add_transaction(Transaction {
                     id: TransactionId(t.id),
                     created: t.created,
+                    owner: t.owner,
                     prepared,
                 })?;
                 seen.transactions += 1;
@@ -543,6 +555,27 @@ mod tests {
             LogEntry::BeginTransaction {
                 transaction_id: TransactionId(3),
                 timestamp: 8,
+                owner: Some("alice".into()),
+            },
+        );
+        apply(
+            &mut s,
+            LogEntry::AssignTask {
+                task_id: TaskId(3),
+                worker_id: "w1".into(),
+                attempt: 1,
+                resources: vec![],
+                timestamp: 8,
+            },
+        );
+        apply(
+            &mut s,
+            LogEntry::DeferTask {
+                task_id: TaskId(3),
+                attempt: 1,
+                worker_id: "w1".into(),
+                until: 50_000,
+                timestamp: 8,
             },
         );
         apply(
@@ -611,16 +644,16 @@ mod tests {
         let mut bytes = encode_snapshot(&sample_state().snapshot_source());
         bytes.push(0);
         assert!(decode_snapshot(&bytes, Arc::new(DefaultGroupMapper)).is_err());
-        let mut v3 = Vec::new();
+        let mut v4 = Vec::new();
         put(
-            &mut v3,
+            &mut v4,
             ItemKind::Header(HeaderPb {
-                version: 3,
+                version: 4,
                 ..Default::default()
             }),
         );
-        let err = decode_snapshot(&v3, Arc::new(DefaultGroupMapper)).unwrap_err();
-        assert!(err.to_string().contains("version 3"), "{err}");
+        let err = decode_snapshot(&v4, Arc::new(DefaultGroupMapper)).unwrap_err();
+        assert!(err.to_string().contains("version 4"), "{err}");
     }
 
     /// The snapshot of `state` as a version 1 writer made it: no key items, version 1.

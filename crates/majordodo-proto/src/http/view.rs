@@ -11,25 +11,21 @@ use super::request::clip;
 use super::{FieldError, MAX_NAME_BYTES, MAX_TASK_ID};
 
 /// Views of the original API this broker implements.
-pub const SUPPORTED_VIEWS: [&str; 6] = [
+pub const SUPPORTED_VIEWS: [&str; 9] = [
     "overview",
     "status",
     "task",
     "tasks",
     "tasksoverview",
     "workers",
+    "transactions",
+    "slots",
+    "delayedqueue",
 ];
 
 /// Views of the original API this broker does not implement yet: they are answered with a 4xx
 /// error naming the view.
-pub const UNSUPPORTED_VIEWS: [&str; 6] = [
-    "resources",
-    "tasksheap",
-    "delayedqueue",
-    "slots",
-    "transactions",
-    "codePool",
-];
+pub const UNSUPPORTED_VIEWS: [&str; 3] = ["resources", "tasksheap", "codePool"];
 
 /// Which tasks a status filter keeps.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -149,6 +145,22 @@ pub enum ViewRequest {
     TasksOverview(TasksOverviewQuery),
     /// `workers`: known workers.
     Workers,
+    /// `transactions`: open transactions, at most `max` (an extension; default
+    /// [`super::DEFAULT_TASKS_MAX`]).
+    Transactions {
+        /// `max`.
+        max: Option<u32>,
+    },
+    /// `slots`: busy slots and their holders, at most `max`.
+    Slots {
+        /// `max`.
+        max: Option<u32>,
+    },
+    /// `delayedqueue`: delayed tasks, soonest first, at most `max`.
+    DelayedQueue {
+        /// `max`.
+        max: Option<u32>,
+    },
 }
 
 impl ViewRequest {
@@ -161,6 +173,9 @@ impl ViewRequest {
             ViewRequest::Tasks(_) => "tasks",
             ViewRequest::TasksOverview(_) => "tasksoverview",
             ViewRequest::Workers => "workers",
+            ViewRequest::Transactions { .. } => "transactions",
+            ViewRequest::Slots { .. } => "slots",
+            ViewRequest::DelayedQueue { .. } => "delayedqueue",
         }
     }
 
@@ -170,6 +185,15 @@ impl ViewRequest {
             ViewRequest::Tasks(q) => q.to_pairs(),
             ViewRequest::TasksOverview(q) => q.to_pairs(),
             ViewRequest::Task { id } => vec![("view", "task".into()), ("taskId", id.to_string())],
+            ViewRequest::Transactions { max }
+            | ViewRequest::Slots { max }
+            | ViewRequest::DelayedQueue { max } => {
+                let mut p = vec![("view", self.name().into())];
+                if let Some(max) = max {
+                    p.push(("max", max.to_string()));
+                }
+                p
+            }
             other => vec![("view", other.name().into())],
         }
     }
@@ -206,6 +230,9 @@ pub fn parse_view(pairs: &[(String, String)]) -> Result<ViewRequest, FieldError>
             worker_id: q.filter("workerId")?,
             task_type: q.filter("tasktype")?,
         }),
+        "transactions" => ViewRequest::Transactions { max: q.max()? },
+        "slots" => ViewRequest::Slots { max: q.max()? },
+        "delayedqueue" => ViewRequest::DelayedQueue { max: q.max()? },
         v if UNSUPPORTED_VIEWS.contains(&v) => {
             return Err(FieldError::new(
                 "view",
