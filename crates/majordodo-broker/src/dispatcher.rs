@@ -630,6 +630,11 @@ impl Dispatcher {
                         let outcome = match r.outcome() {
                             Outcome::Finished => CoreOutcome::Finished,
                             Outcome::Error => CoreOutcome::Error,
+                            Outcome::RetryLater => CoreOutcome::RetryLater(
+                                Millis::try_from(r.retry_after_ms)
+                                    .unwrap_or(Millis::MAX)
+                                    .min(MAX_RETRY_AFTER_MS),
+                            ),
                             Outcome::Unspecified => {
                                 warn!(
                                     worker_id,
@@ -652,9 +657,8 @@ impl Dispatcher {
                     })
                     .collect();
                 let entries = self.leader.finish_reports(now, &worker_id, &reports);
-                if !entries.is_empty() {
-                    self.dirty = true;
-                }
+                // Also without entries: the end of a cancelled attempt frees capacity.
+                self.dirty = true;
                 building.entries.extend(entries);
                 building.obligations.push(Obligation::Ack { conn, seq });
             }
@@ -791,7 +795,27 @@ impl Dispatcher {
             }
         }
         self.push_assignments();
+        self.send_cancels();
         Ok(())
+    }
+
+    /// Sends the applied cancellations of running attempts to the workers' open sessions.
+    fn send_cancels(&mut self) {
+        for wc in self.leader.take_cancels() {
+            let tasks: Vec<(u64, u32)> = wc.tasks.iter().map(|(t, a)| (t.0, *a)).collect();
+            match self.sessions.get(&ConnId(wc.conn)) {
+                Some(s) => {
+                    if let Err(e) = s.session.cancel(tasks) {
+                        // The attempt keeps its capacity until the worker reconnects and no
+                        // longer lists it, or lists it and gets the cancellation again.
+                        warn!(worker_id = %wc.worker_id, error = %e, "cancellation not sent");
+                    }
+                }
+                None => {
+                    warn!(worker_id = %wc.worker_id, conn = wc.conn, "no session for an open connection")
+                }
+            }
+        }
     }
 
     /// Pushes the applied assignments the leader hands out to the workers' open sessions.
@@ -939,6 +963,10 @@ impl Dispatcher {
         DispatcherError::Log(e)
     }
 }
+
+/// Longest delay a "retry later" report may ask for (a day): a longer one is shortened, so a
+/// task is never parked beyond any deadline an operator would expect.
+const MAX_RETRY_AFTER_MS: Millis = 86_400_000;
 
 /// Longest the dispatcher waits, after the log failed, for each later append to report whether
 /// it was written.

@@ -534,6 +534,7 @@ impl RawWorker {
                     attempt: task.1,
                     outcome: outcome as i32,
                     result: result.into(),
+                    retry_after_ms: 0,
                 }],
             }))
             .await
@@ -1469,7 +1470,9 @@ impl TapKey for Value {
 }
 
 async fn begin(h: &Harness, auth: &str) -> u64 {
-    let (s, b) = h.post_json(json!({"action": "beginTransaction"}), auth).await;
+    let (s, b) = h
+        .post_json(json!({"action": "beginTransaction"}), auth)
+        .await;
     assert_eq!(s, StatusCode::OK, "{b}");
     assert_eq!(b["action"], json!("beginTransaction"));
     assert_eq!(b["ok"], json!(true), "{b}");
@@ -1477,8 +1480,11 @@ async fn begin(h: &Harness, auth: &str) -> u64 {
 }
 
 async fn end_tx(h: &Harness, action: &str, tx: u64, auth: &str) -> (StatusCode, Value) {
-    h.post_json(json!({"action": action, "transaction": tx.to_string()}), auth)
-        .await
+    h.post_json(
+        json!({"action": action, "transaction": tx.to_string()}),
+        auth,
+    )
+    .await
 }
 
 fn task_ids(b: &Value) -> Vec<u64> {
@@ -1546,7 +1552,11 @@ async fn transacted_tasks_are_invisible_until_commit_then_all_appear_at_once() {
     assert_eq!(listed["owner"], json!("admin"));
     // The prepared task's slot is taken: a submission outside the transaction is not created.
     let (_, slots) = h.get("view=slots", &admin()).await;
-    assert_eq!(slots["slots"]["busySlots"]["nightly"], json!(single), "{slots}");
+    assert_eq!(
+        slots["slots"]["busySlots"]["nightly"],
+        json!(single),
+        "{slots}"
+    );
     let (_, busy) = h
         .post_json(
             json!({"action": "submitTask", "userid": "u", "tasktype": "t", "slot": "nightly"}),
@@ -1562,7 +1572,9 @@ async fn transacted_tasks_are_invisible_until_commit_then_all_appear_at_once() {
     assert_eq!(jid(&c["transaction"]), tx);
     let (_, t) = h.get(&format!("view=task&taskId={single}"), &admin()).await;
     assert_eq!(t["task"]["status"], json!("waiting"), "{t}");
-    let (_, t) = h.get(&format!("view=task&taskId={}", ids[1]), &admin()).await;
+    let (_, t) = h
+        .get(&format!("view=task&taskId={}", ids[1]), &admin())
+        .await;
     assert_eq!(t["task"]["status"], json!("delayed"), "{t}");
     let (_, st) = h.get("view=status", &admin()).await;
     assert_eq!(jid(&st["tasks"]), 3, "{st}");
@@ -1596,8 +1608,14 @@ async fn rollback_discards_prepared_tasks_and_frees_their_slots() {
     assert_eq!(s, StatusCode::OK, "{r}");
     let (_, again) = h.post_json(prepare(b), &alice()).await;
     assert!(jid(&again["taskId"]) > 0, "the rollback freed s1: {again}");
-    let (_, t) = h.get(&format!("view=task&taskId={prepared}"), &admin()).await;
-    assert_eq!(t["task"], json!({}), "a rolled-back task never appears: {t}");
+    let (_, t) = h
+        .get(&format!("view=task&taskId={prepared}"), &admin())
+        .await;
+    assert_eq!(
+        t["task"],
+        json!({}),
+        "a rolled-back task never appears: {t}"
+    );
     h.stop().await;
 }
 
@@ -1629,7 +1647,10 @@ async fn abandoned_transaction_is_rolled_back_after_its_ttl_and_frees_its_slot()
     .await;
     let (s, b) = end_tx(&h, "commitTransaction", tx, &admin()).await;
     assert_error(s, &b, StatusCode::CONFLICT, Some("transaction"));
-    assert!(b["error"].as_str().unwrap().contains("no longer open"), "{b}");
+    assert!(
+        b["error"].as_str().unwrap().contains("no longer open"),
+        "{b}"
+    );
     let (_, st) = h.get("view=status", &admin()).await;
     assert_eq!(jid(&st["tasks"]), 0, "{st}");
     h.stop().await;
@@ -1669,14 +1690,70 @@ async fn bad_transaction_and_cancel_requests_are_refused_naming_the_field_and_ch
     let before = h.state_mark().await;
 
     let refusals: Vec<(&str, Value, String, StatusCode, &str, &str)> = vec![
-        ("commit twice", json!({"action": "commitTransaction", "transaction": done}), admin(), StatusCode::CONFLICT, "transaction", "no longer open"),
-        ("rollback after commit", json!({"action": "rollbackTransaction", "transaction": done}), admin(), StatusCode::CONFLICT, "transaction", "no longer open"),
-        ("unknown transaction", json!({"action": "commitTransaction", "transaction": 999}), admin(), StatusCode::NOT_FOUND, "transaction", "never begun"),
-        ("someone else's commit", json!({"action": "commitTransaction", "transaction": alices}), bob(), StatusCode::FORBIDDEN, "transaction", "belongs to alice"),
-        ("someone else's rollback", json!({"action": "rollbackTransaction", "transaction": alices}), bob(), StatusCode::FORBIDDEN, "transaction", "belongs to alice"),
-        ("cancel of an unknown task", json!({"action": "cancelTask", "taskId": 99_999}), admin(), StatusCode::NOT_FOUND, "taskId", "does not exist"),
-        ("cancel of another user's task", json!({"action": "cancelTask", "taskId": admins_task}), alice(), StatusCode::NOT_FOUND, "taskId", "does not exist"),
-        ("cancel of an ended task", json!({"action": "cancelTask", "taskId": ended}), admin(), StatusCode::CONFLICT, "taskId", "already ended (error)"),
+        (
+            "commit twice",
+            json!({"action": "commitTransaction", "transaction": done}),
+            admin(),
+            StatusCode::CONFLICT,
+            "transaction",
+            "no longer open",
+        ),
+        (
+            "rollback after commit",
+            json!({"action": "rollbackTransaction", "transaction": done}),
+            admin(),
+            StatusCode::CONFLICT,
+            "transaction",
+            "no longer open",
+        ),
+        (
+            "unknown transaction",
+            json!({"action": "commitTransaction", "transaction": 999}),
+            admin(),
+            StatusCode::NOT_FOUND,
+            "transaction",
+            "never begun",
+        ),
+        (
+            "someone else's commit",
+            json!({"action": "commitTransaction", "transaction": alices}),
+            bob(),
+            StatusCode::FORBIDDEN,
+            "transaction",
+            "belongs to alice",
+        ),
+        (
+            "someone else's rollback",
+            json!({"action": "rollbackTransaction", "transaction": alices}),
+            bob(),
+            StatusCode::FORBIDDEN,
+            "transaction",
+            "belongs to alice",
+        ),
+        (
+            "cancel of an unknown task",
+            json!({"action": "cancelTask", "taskId": 99_999}),
+            admin(),
+            StatusCode::NOT_FOUND,
+            "taskId",
+            "does not exist",
+        ),
+        (
+            "cancel of another user's task",
+            json!({"action": "cancelTask", "taskId": admins_task}),
+            alice(),
+            StatusCode::NOT_FOUND,
+            "taskId",
+            "does not exist",
+        ),
+        (
+            "cancel of an ended task",
+            json!({"action": "cancelTask", "taskId": ended}),
+            admin(),
+            StatusCode::CONFLICT,
+            "taskId",
+            "already ended (error)",
+        ),
     ];
     for (name, body, auth, status, field, words) in refusals {
         let (s, b) = h.post_json(body, &auth).await;
@@ -1685,9 +1762,24 @@ async fn bad_transaction_and_cancel_requests_are_refused_naming_the_field_and_ch
         assert_eq!(h.state_mark().await, before, "{name} changed the state");
     }
     let not_created: Vec<(&str, Value, String, &str)> = vec![
-        ("submit into an unknown transaction", json!({"action": "submitTask", "userid": "u", "tasktype": "t", "transaction": "777"}), admin(), "transaction 777 was never begun"),
-        ("submit into a committed transaction", json!({"action": "submitTask", "userid": "u", "tasktype": "t", "transaction": done}), admin(), "no longer open"),
-        ("submit into someone else's transaction", json!({"action": "submitTask", "userid": "bob", "tasktype": "t", "transaction": alices}), bob(), "belongs to alice"),
+        (
+            "submit into an unknown transaction",
+            json!({"action": "submitTask", "userid": "u", "tasktype": "t", "transaction": "777"}),
+            admin(),
+            "transaction 777 was never begun",
+        ),
+        (
+            "submit into a committed transaction",
+            json!({"action": "submitTask", "userid": "u", "tasktype": "t", "transaction": done}),
+            admin(),
+            "no longer open",
+        ),
+        (
+            "submit into someone else's transaction",
+            json!({"action": "submitTask", "userid": "bob", "tasktype": "t", "transaction": alices}),
+            bob(),
+            "belongs to alice",
+        ),
     ];
     for (name, body, auth, words) in not_created {
         let (s, b) = h.post_json(body, &auth).await;
@@ -1713,7 +1805,10 @@ async fn cancel_ends_waiting_and_delayed_tasks_in_error_and_frees_their_slots() 
     for (b, was) in [(w, "waiting"), (d, "delayed")] {
         let id = jid(&b["taskId"]);
         let (s, c) = h
-            .post_json(json!({"action": "cancelTask", "taskId": id.to_string()}), &alice())
+            .post_json(
+                json!({"action": "cancelTask", "taskId": id.to_string()}),
+                &alice(),
+            )
             .await;
         assert_eq!(s, StatusCode::OK, "{c}");
         assert_eq!(c["previousStatus"], json!(was), "{c}");
@@ -1731,5 +1826,149 @@ async fn cancel_ends_waiting_and_delayed_tasks_in_error_and_frees_their_slots() 
     assert_eq!(slots["slots"]["busySlots"], json!({}), "{slots}");
     let (_, again) = h.post_json(submit("a", 0), &alice()).await;
     assert!(jid(&again["taskId"]) > 0, "{again}");
+    h.stop().await;
+}
+
+impl RawWorker {
+    /// Receives frames until a `Cancel`; returns its (task, attempt).
+    async fn cancels(&mut self) -> Vec<(u64, u32)> {
+        loop {
+            if let Message::Cancel(c) = self.recv().await {
+                return c.tasks.iter().map(|t| (t.task_id, t.attempt)).collect();
+            }
+        }
+    }
+
+    async fn report(&mut self, seq: u64, report: FinishReport) {
+        self.framed
+            .send(Message::Finished(Finished {
+                seq,
+                reports: vec![report],
+            }))
+            .await
+            .unwrap();
+        loop {
+            if let Message::FinishedAck(ack) = self.recv().await {
+                assert_eq!(ack.seq, seq);
+                return;
+            }
+        }
+    }
+}
+
+/// A worker listener for `h` and a raw worker `w1` connected to it (serving group 5).
+async fn raw_worker(h: &Harness) -> (RawWorker, CancellationToken) {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(worker_listener::run(
+        socket,
+        ListenerConfig::new("broker-1", SharedSecret::new(SECRET)),
+        h.broker.as_ref().unwrap().worker_events(),
+        stop.clone().cancelled_owned(),
+    ));
+    (RawWorker::connect(addr, "w1").await, stop)
+}
+
+#[tokio::test]
+async fn cancelling_a_running_task_stops_it_on_its_worker_and_its_late_report_changes_nothing() {
+    // Goal: a running task cancelled over HTTP ends in error `cancelled` at once, its slot is
+    // free, the worker gets a Cancel frame naming the attempt; the worker's report of that
+    // attempt (even "finished") leaves the task cancelled.
+    let h = Harness::start().await;
+    let (mut worker, stop) = raw_worker(&h).await;
+    let (_, b) = h
+        .post_json(
+            json!({"action": "submitTask", "userid": "5", "tasktype": "run", "slot": "only"}),
+            &admin(),
+        )
+        .await;
+    let id = jid(&b["taskId"]);
+    let assigned = worker.assignments(1).await;
+    assert_eq!(assigned, vec![(id, 1)]);
+    let (s, c) = h
+        .post_json(json!({"action": "cancelTask", "taskId": id}), &admin())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(c["previousStatus"], json!("running"), "{c}");
+    assert_eq!(worker.cancels().await, vec![(id, 1)]);
+    let (_, t) = h.get(&format!("view=task&taskId={id}"), &admin()).await;
+    assert_eq!(t["task"]["status"], json!("error"), "{t}");
+    assert_eq!(t["task"]["result"], json!("cancelled"), "{t}");
+    let (_, slots) = h.get("view=slots", &admin()).await;
+    assert_eq!(slots["slots"]["busySlots"], json!({}), "{slots}");
+    worker
+        .finish(1, (id, 1), Outcome::Finished, "done anyway")
+        .await;
+    let (_, t) = h.get(&format!("view=task&taskId={id}"), &admin()).await;
+    assert_eq!(
+        t["task"]["result"],
+        json!("cancelled"),
+        "the late report changed it: {t}"
+    );
+    stop.cancel();
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn retry_later_delays_the_task_without_using_an_attempt_until_the_bound() {
+    // Goal: a "retry later" report delays the task (delayedqueue shows it) and does not use
+    // its only attempt: it runs again as attempt 2; once tasks.max_deferrals is reached, the
+    // answer counts as the failure of its last attempt, with a text saying why.
+    let h = Harness::with_leader(
+        config(),
+        majordodo_core::LeaderConfig {
+            max_deferrals: 1,
+            ..majordodo_core::LeaderConfig::default()
+        },
+    )
+    .await;
+    let (mut worker, stop) = raw_worker(&h).await;
+    let (_, b) = h
+        .post_json(
+            json!({"action": "submitTask", "userid": "5", "tasktype": "run", "maxattempts": 1}),
+            &admin(),
+        )
+        .await;
+    let id = jid(&b["taskId"]);
+    assert_eq!(worker.assignments(1).await, vec![(id, 1)]);
+    let later = |attempt: u32, ms: u64| FinishReport {
+        task_id: id,
+        attempt,
+        outcome: Outcome::RetryLater as i32,
+        result: "busy".into(),
+        retry_after_ms: ms,
+    };
+    worker.report(1, later(1, 60_000)).await;
+    let (_, t) = h.get(&format!("view=task&taskId={id}"), &admin()).await;
+    assert_eq!(t["task"]["status"], json!("delayed"), "{t}");
+    let (_, d) = h.get("view=delayedqueue", &admin()).await;
+    assert_eq!(jid(&d["delayedqueue"]["tasks"][0]["taskId"]), id, "{d}");
+    // A short deferral runs it again, as the next attempt, although maxattempts is 1.
+    let (_, b2) = h
+        .post_json(
+            json!({"action": "submitTask", "userid": "5", "tasktype": "run", "maxattempts": 1}),
+            &admin(),
+        )
+        .await;
+    let id2 = jid(&b2["taskId"]);
+    assert_eq!(worker.assignments(1).await, vec![(id2, 1)]);
+    let later2 = |attempt: u32| FinishReport {
+        task_id: id2,
+        ..later(attempt, 10)
+    };
+    worker.report(2, later2(1)).await;
+    assert_eq!(worker.assignments(1).await, vec![(id2, 2)]);
+    worker.report(3, later2(2)).await;
+    h.wait_until("the second deferral fails the task", move |s| {
+        s.task(majordodo_core::TaskId(id2))
+            .is_some_and(|t| t.status == TaskStatus::Error)
+    })
+    .await;
+    let (_, t) = h.get(&format!("view=task&taskId={id2}"), &admin()).await;
+    let result = t["task"]["result"].as_str().unwrap();
+    assert!(result.contains("retry later refused"), "{t}");
+    assert!(result.contains("tasks.max_deferrals"), "{t}");
+    stop.cancel();
     h.stop().await;
 }

@@ -96,6 +96,7 @@ mod tests {
             codepool: None,
             mode: None,
             resources: vec![],
+            cancel: Default::default(),
         }
     }
 

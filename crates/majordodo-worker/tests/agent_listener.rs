@@ -209,6 +209,7 @@ fn report(task_id: u64, outcome: Outcome, result: &str) -> FinishReport {
         attempt: 1,
         outcome: outcome as i32,
         result: result.into(),
+        retry_after_ms: 0,
     }
 }
 

@@ -243,6 +243,8 @@ impl Run {
                 Frame::FinishedAck(seq) => {
                     worker.unacked.remove(&seq);
                 }
+                // This schedule cancels nothing.
+                Frame::Cancel(tasks) => panic!("unexpected cancellation of {tasks:?}"),
             }
         }
     }
@@ -268,6 +270,7 @@ impl Run {
                         Outcome::Error
                     } as i32,
                     result: format!("r{task_id}"),
+                    retry_after_ms: 0,
                 }
             })
             .collect();

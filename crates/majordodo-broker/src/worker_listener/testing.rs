@@ -14,6 +14,7 @@ use super::{Admission, ConnId, Rejection, WorkerSession};
 pub(crate) enum Frame {
     Assign(Vec<Assignment>),
     FinishedAck(u64),
+    Cancel(Vec<(u64, u32)>),
 }
 
 /// The listener's side of one fake connection.
@@ -55,6 +56,7 @@ impl FakeConnection {
             out.push(match frame {
                 Outbound::Assign(a) => Frame::Assign(a),
                 Outbound::FinishedAck(seq) => Frame::FinishedAck(seq),
+                Outbound::Cancel(tasks) => Frame::Cancel(tasks),
             });
         }
         out

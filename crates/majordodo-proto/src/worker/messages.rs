@@ -24,7 +24,7 @@ pub struct Envelope {
     /// The message; `None` when the sender used a message kind this version does not know.
     #[prost(
         oneof = "Message",
-        tags = "16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27"
+        tags = "16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 40"
     )]
     pub message: Option<Message>,
 }
@@ -68,6 +68,11 @@ pub enum Message {
     /// B→W, the worker must stop executing and exit.
     #[prost(message, tag = "27")]
     Kill(Kill),
+    /// B→W, attempts to stop: their tasks were cancelled. The worker reports each one ended
+    /// once it stopped (any outcome; the broker ignores it); an attempt it does not run is
+    /// ignored.
+    #[prost(message, tag = "40")]
+    Cancel(Cancel),
 }
 
 impl Message {
@@ -86,6 +91,7 @@ impl Message {
             Message::Pong(_) => "pong",
             Message::Shutdown(_) => "shutdown",
             Message::Kill(_) => "kill",
+            Message::Cancel(_) => "cancel",
         }
     }
 
@@ -128,7 +134,8 @@ impl Message {
             | Message::Ping(_)
             | Message::Pong(_)
             | Message::Shutdown(_)
-            | Message::Kill(_) => Ok(()),
+            | Message::Kill(_)
+            | Message::Cancel(_) => Ok(()),
         }
     }
 }
@@ -322,6 +329,9 @@ pub struct FinishReport {
     /// The executor's result, or the error's description.
     #[prost(string, tag = "4")]
     pub result: String,
+    /// With [`Outcome::RetryLater`]: milliseconds after which the task may run again.
+    #[prost(uint64, tag = "40")]
+    pub retry_after_ms: u64,
 }
 
 /// How a task attempt ended.
@@ -334,6 +344,9 @@ pub enum Outcome {
     Finished = 1,
     /// The executor failed, or the worker refused the task; the broker may retry it.
     Error = 2,
+    /// The executor asks to run the task again after [`FinishReport::retry_after_ms`], without
+    /// using an attempt (the broker bounds how often).
+    RetryLater = 3,
 }
 
 /// B→W: the reports of batch `seq` are durable; the worker may forget them.
@@ -369,4 +382,12 @@ pub struct Kill {
     /// Why, for the worker's logs and its caller.
     #[prost(string, tag = "1")]
     pub reason: String,
+}
+
+/// B→W: cancelled attempts to stop.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Cancel {
+    /// The attempts.
+    #[prost(message, repeated, tag = "1")]
+    pub tasks: Vec<RunningTask>,
 }
