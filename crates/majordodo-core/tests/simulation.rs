@@ -64,7 +64,7 @@ enum Op {
     Report {
         worker: u8,
         pick: u8,
-        /// 0 finished, 1 error, 2 retry later.
+        /// 0 finished, 1 error, 2 or 3 retry later.
         outcome: u8,
     },
     Begin {
@@ -117,7 +117,7 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0u8..3).prop_map(|worker| Op::Receive { worker }),
         1 => (0u8..3).prop_map(|worker| Op::Disconnect { worker }),
         1 => (0u8..3).prop_map(|worker| Op::Crash { worker }),
-        6 => (0u8..3, any::<u8>(), 0u8..3).prop_map(|(worker, pick, outcome)| Op::Report { worker, pick, outcome }),
+        6 => (0u8..3, any::<u8>(), 0u8..4).prop_map(|(worker, pick, outcome)| Op::Report { worker, pick, outcome }),
         1 => (0u8..2).prop_map(|user| Op::Begin { user }),
         3 => (any::<u8>(), 0u8..2, any::<bool>(), proptest::option::of(0u8..3), any::<bool>())
             .prop_map(|(pick, user, admin, slot, delay)| Op::Prepare { pick, user, admin, slot, delay }),
@@ -316,6 +316,11 @@ fn check_delivery(sim: &Sim) {
 /// No prepared task is visible (a task of the state) or assigned (applied or in flight), and
 /// every prepared task holds its slot.
 fn check_prepared(sim: &Sim) {
+    let open = sim.state().transactions().count();
+    assert!(
+        open <= sim.leader.config().max_open_transactions,
+        "{open} transactions open"
+    );
     let mut prepared = BTreeMap::new();
     for tx in sim.state().transactions() {
         for t in &tx.prepared {
@@ -472,7 +477,7 @@ fn run(ops: Vec<Op>) {
         idempotency_window: 8_000,
         transactions_ttl: 6_000,
         max_open_transactions: 4,
-        max_deferrals: 2,
+        max_deferrals: 1,
     });
     sim.auto_receive = false;
     let mut txs: Vec<TransactionId> = Vec::new();
@@ -547,7 +552,7 @@ fn run(ops: Vec<Op>) {
                     let outcome = match outcome {
                         0 => Outcome::Finished,
                         1 => Outcome::Error,
-                        _ => Outcome::RetryLater(1_500),
+                        _ => Outcome::RetryLater(300),
                     };
                     sim.report(&id, task, attempt, outcome, "r");
                 }
