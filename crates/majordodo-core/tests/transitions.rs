@@ -978,7 +978,10 @@ fn cancelled_running_attempt_keeps_its_worker_capacity_until_the_worker_reports_
     sim.flush();
     let task = sim.state().task(first).unwrap();
     assert_eq!(task.status, TaskStatus::Error);
-    assert_eq!(task.result.as_deref(), Some(majordodo_core::leader::CANCELLED));
+    assert_eq!(
+        task.result.as_deref(),
+        Some(majordodo_core::leader::CANCELLED)
+    );
     assert_eq!(sim.cancelled.get("w1").map(|c| c.len()), Some(1));
     assert_eq!(sim.leader.cancelling_on("w1"), vec![(first, 1)]);
     let (outcome, batch) = sim.submit_in_round(SubmitRequest {
@@ -1044,7 +1047,12 @@ fn retry_later_uses_no_attempt_until_the_deferral_bound_then_fails() {
     sim.flush();
     let task = sim.state().task(id).unwrap();
     assert_eq!(task.status, TaskStatus::Error);
-    assert!(task.result.as_deref().unwrap().contains("tasks.max_deferrals"));
+    assert!(
+        task.result
+            .as_deref()
+            .unwrap()
+            .contains("tasks.max_deferrals")
+    );
     // A deferred attempt does not count when a later one fails: with maxattempts 2, one
     // deferral and one failure leave a retry.
     let two = sim.submit_simple("alice", "t", 2);
@@ -1055,7 +1063,11 @@ fn retry_later_uses_no_attempt_until_the_deferral_bound_then_fails() {
     sim.settle();
     sim.report("w1", two, 2, Outcome::Error, "boom");
     sim.flush();
-    assert_eq!(status(&sim, two), TaskStatus::Waiting, "the failure of its first counted attempt is retried");
+    assert_eq!(
+        status(&sim, two),
+        TaskStatus::Waiting,
+        "the failure of its first counted attempt is retried"
+    );
     assert_eq!(sim.replay(), *sim.state());
     let rebuilt =
         BrokerState::from_snapshot(sim.state().to_snapshot(), Arc::new(DefaultGroupMapper))

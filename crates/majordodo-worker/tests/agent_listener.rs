@@ -985,7 +985,11 @@ async fn cancel_stops_the_attempt_and_an_executor_that_ignores_it_is_dropped_aft
     assert_eq!(got[0].result, "stopped on cancel");
     assert_eq!(got[1].task_id, 2);
     assert_eq!(got[1].outcome(), Outcome::Error);
-    assert!(got[1].result.contains("did not stop within 200 ms"), "{:?}", got[1]);
+    assert!(
+        got[1].result.contains("did not stop within 200 ms"),
+        "{:?}",
+        got[1]
+    );
     session.assign(vec![assignment(4, "later", "")]).unwrap();
     let (seq, reports) = broker.finished().await;
     session.ack_finished(seq).unwrap();
