@@ -34,7 +34,7 @@ mod tests;
 
 use crate::checkpoint::Checkpointer;
 use crate::clock::Clock;
-use crate::handle::{BrokerError, CodePoolOp, Command, Role, View};
+use crate::handle::{ActionDone, BrokerAction, BrokerError, CodePoolOp, Command, Role, View};
 use crate::worker_listener::{
     Admission, CloseReason, ConnId, Rejection, SessionError, WorkerEvent, WorkerSession,
 };
@@ -106,6 +106,13 @@ enum Obligation {
     },
     /// Acknowledge a batch of finish reports.
     Ack { conn: ConnId, seq: u64 },
+    /// Answer an action.
+    Act {
+        reply: oneshot::Sender<
+            Result<Result<ActionDone, majordodo_core::leader::ActionError>, BrokerError>,
+        >,
+        done: ActionDone,
+    },
     /// Answer a checkpoint request once everything before it is applied.
     Checkpoint(oneshot::Sender<Result<u64, BrokerError>>),
     /// Answer a code-pool change once its entries are durable.
@@ -127,6 +134,9 @@ impl Obligation {
                 let _ = reply.send(Err(error.clone()));
             }
             Obligation::Done(reply) => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Obligation::Act { reply, .. } => {
                 let _ = reply.send(Err(error.clone()));
             }
             Obligation::Ack { .. } => {}
@@ -469,13 +479,62 @@ impl Dispatcher {
             broker_id: &self.broker_id,
             leader: None,
             cluster: cluster.as_ref(),
+            now: self.clock.now(),
         }));
     }
 
     fn take_command(&mut self, cmd: Command, building: &mut Building) {
         match cmd {
             Command::Query(query) => self.answer(query),
-            Command::Submit { tasks, reply } => {
+            Command::Act {
+                action,
+                caller,
+                reply,
+            } => {
+                if let Some(refusal) = self.refusal() {
+                    let _ = reply.send(Err(refusal));
+                    return;
+                }
+                let now = self.clock.now();
+                let decided = match action {
+                    BrokerAction::BeginTransaction => self
+                        .leader
+                        .begin_transaction(now, &caller)
+                        .map(|(id, e)| (ActionDone::Transaction(id), vec![e])),
+                    BrokerAction::CommitTransaction(id) => self
+                        .leader
+                        .commit_transaction(now, id, &caller)
+                        .map(|e| (ActionDone::Transaction(id), vec![e])),
+                    BrokerAction::RollbackTransaction(id) => self
+                        .leader
+                        .rollback_transaction(now, id, &caller)
+                        .map(|e| (ActionDone::Transaction(id), vec![e])),
+                    BrokerAction::CancelTask(id) => {
+                        let before = self.leader.state().task(id).map(|t| t.status);
+                        self.leader.cancel_task(now, id, &caller).map(|entries| {
+                            let before =
+                                before.expect("a task cancelled exists in the applied state");
+                            info!(task_id = id.0, user = %caller.name, status = %before, "task cancelled");
+                            (ActionDone::Cancelled(id, before), entries)
+                        })
+                    }
+                };
+                match decided {
+                    Ok((done, entries)) => {
+                        self.dirty = true;
+                        building.entries.extend(entries);
+                        building.obligations.push(Obligation::Act { reply, done });
+                    }
+                    Err(refused) => {
+                        let _ = reply.send(Ok(Err(refused)));
+                    }
+                }
+            }
+            Command::Submit {
+                tasks,
+                caller,
+                reply,
+            } => {
                 if let Some(refusal) = self.refusal() {
                     let _ = reply.send(Err(refusal));
                     return;
@@ -508,7 +567,7 @@ impl Dispatcher {
                     return;
                 }
                 for t in tasks {
-                    let (outcome, entry) = self.leader.submit(now, t);
+                    let (outcome, entry) = self.leader.submit_as(now, t, &caller);
                     outcomes.push(outcome);
                     entries.extend(entry);
                 }
@@ -629,6 +688,11 @@ impl Dispatcher {
                         let outcome = match r.outcome() {
                             Outcome::Finished => CoreOutcome::Finished,
                             Outcome::Error => CoreOutcome::Error,
+                            Outcome::RetryLater => CoreOutcome::RetryLater(
+                                Millis::try_from(r.retry_after_ms)
+                                    .unwrap_or(Millis::MAX)
+                                    .min(MAX_RETRY_AFTER_MS),
+                            ),
                             Outcome::Unspecified => {
                                 warn!(
                                     worker_id,
@@ -651,9 +715,8 @@ impl Dispatcher {
                     })
                     .collect();
                 let entries = self.leader.finish_reports(now, &worker_id, &reports);
-                if !entries.is_empty() {
-                    self.dirty = true;
-                }
+                // Also without entries: the end of a cancelled attempt frees capacity.
+                self.dirty = true;
                 building.entries.extend(entries);
                 building.obligations.push(Obligation::Ack { conn, seq });
             }
@@ -717,7 +780,20 @@ impl Dispatcher {
                     LogEntry::TaskStatusChange { .. }
                         | LogEntry::AddTask(_)
                         | LogEntry::WorkerDied { .. }
+                        | LogEntry::CommitTransaction { .. }
+                        | LogEntry::DeferTask { .. }
                 );
+                if let LogEntry::RollbackTransaction {
+                    transaction_id,
+                    timestamp,
+                } = &entry
+                {
+                    info!(
+                        transaction_id = transaction_id.0,
+                        at = timestamp,
+                        "transaction rolled back"
+                    );
+                }
                 let lsn = appended.first.0 + i as u64;
                 if !matches!(entry, LogEntry::Noop { .. }) {
                     self.last_change = lsn;
@@ -737,6 +813,9 @@ impl Dispatcher {
                 }
                 Obligation::Done(reply) => {
                     let _ = reply.send(Ok(()));
+                }
+                Obligation::Act { reply, done } => {
+                    let _ = reply.send(Ok(Ok(done)));
                 }
                 Obligation::Welcome {
                     admission,
@@ -794,7 +873,27 @@ impl Dispatcher {
             }
         }
         self.push_assignments();
+        self.send_cancels();
         Ok(())
+    }
+
+    /// Sends the applied cancellations of running attempts to the workers' open sessions.
+    fn send_cancels(&mut self) {
+        for wc in self.leader.take_cancels() {
+            let tasks: Vec<(u64, u32)> = wc.tasks.iter().map(|(t, a)| (t.0, *a)).collect();
+            match self.sessions.get(&ConnId(wc.conn)) {
+                Some(s) => {
+                    if let Err(e) = s.session.cancel(tasks) {
+                        // The attempt keeps its capacity until the worker reconnects and no
+                        // longer lists it, or lists it and gets the cancellation again.
+                        warn!(worker_id = %wc.worker_id, error = %e, "cancellation not sent");
+                    }
+                }
+                None => {
+                    warn!(worker_id = %wc.worker_id, conn = wc.conn, "no session for an open connection")
+                }
+            }
+        }
     }
 
     /// Pushes the applied assignments the leader hands out to the workers' open sessions.
@@ -942,6 +1041,10 @@ impl Dispatcher {
         DispatcherError::Log(e)
     }
 }
+
+/// Longest delay a "retry later" report may ask for (a day): a longer one is shortened, so a
+/// task is never parked beyond any deadline an operator would expect.
+const MAX_RETRY_AFTER_MS: Millis = 86_400_000;
 
 /// Longest the dispatcher waits, after the log failed, for each later append to report whether
 /// it was written.

@@ -6,8 +6,8 @@
 use std::fmt;
 use std::sync::Arc;
 
-use majordodo_core::BrokerState;
-use majordodo_core::leader::{CodePoolRefusal, SubmitOutcome, SubmitRequest};
+use majordodo_core::leader::{ActionError, Caller, CodePoolRefusal, SubmitOutcome, SubmitRequest};
+use majordodo_core::{BrokerState, Millis, TaskId, TaskStatus, TransactionId};
 use tokio::sync::{mpsc, oneshot};
 
 /// What this broker currently is.
@@ -47,6 +47,30 @@ pub struct View<'a> {
     pub leader: Option<&'a str>,
     /// In a replicated cluster, what this broker knows of it.
     pub cluster: Option<&'a ClusterView>,
+    /// The broker's clock when the read runs (for views that show time left).
+    pub now: Millis,
+}
+
+/// An action on the leader's state other than a submission.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum BrokerAction {
+    /// Open a transaction owned by the caller.
+    BeginTransaction,
+    /// Publish an open transaction's prepared tasks.
+    CommitTransaction(TransactionId),
+    /// Discard an open transaction's prepared tasks.
+    RollbackTransaction(TransactionId),
+    /// End a waiting, delayed or running task in `error` with result `cancelled`.
+    CancelTask(TaskId),
+}
+
+/// What a carried-out [`BrokerAction`] answers.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum ActionDone {
+    /// The transaction begun, committed or rolled back.
+    Transaction(TransactionId),
+    /// The task cancelled, and the status it had.
+    Cancelled(TaskId, TaskStatus),
 }
 
 /// What a broker of a replicated cluster knows of it, for the status views.
@@ -143,7 +167,15 @@ pub(crate) enum Command {
     /// Submit tasks; answered in request order once durable.
     Submit {
         tasks: Vec<SubmitRequest>,
+        /// Who submits (owner checks of transactions).
+        caller: Caller,
         reply: oneshot::Sender<Result<Vec<SubmitOutcome>, BrokerError>>,
+    },
+    /// An action; answered once its entries are durable (at once when refused).
+    Act {
+        action: BrokerAction,
+        caller: Caller,
+        reply: oneshot::Sender<Result<Result<ActionDone, ActionError>, BrokerError>>,
     },
     /// Run a read.
     Query(Query),
@@ -174,6 +206,9 @@ impl Command {
                 let _ = reply.send(Err(error));
             }
             Command::Query(query) => query(Err(error)),
+            Command::Act { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
             Command::Checkpoint { reply } => {
                 let _ = reply.send(Err(error));
             }
@@ -218,9 +253,52 @@ impl BrokerHandle {
         &self,
         tasks: Vec<SubmitRequest>,
     ) -> Result<Vec<SubmitOutcome>, BrokerError> {
+        self.submit_as(tasks, Caller::admin("")).await
+    }
+
+    /// [`BrokerHandle::submit`] on behalf of `caller`: a task naming a transaction is prepared
+    /// in it only if `caller` owns it (or is an admin).
+    ///
+    /// # Errors
+    /// As [`BrokerHandle::submit`].
+    pub async fn submit_as(
+        &self,
+        tasks: Vec<SubmitRequest>,
+        caller: Caller,
+    ) -> Result<Vec<SubmitOutcome>, BrokerError> {
         let (reply, rx) = oneshot::channel();
         self.tx
-            .try_send(Command::Submit { tasks, reply })
+            .try_send(Command::Submit {
+                tasks,
+                caller,
+                reply,
+            })
+            .map_err(|e| match e {
+                mpsc::error::TrySendError::Full(_) => {
+                    BrokerError::Overloaded("the broker's submission queue is full")
+                }
+                mpsc::error::TrySendError::Closed(_) => BrokerError::Stopped,
+            })?;
+        rx.await.map_err(|_| BrokerError::Stopped)?
+    }
+
+    /// Carries out `action` for `caller` on the leader: `Ok(Err(_))` when the leader refused it
+    /// (nothing was done; the error says why), `Ok(Ok(_))` once its entries are durable.
+    ///
+    /// # Errors
+    /// [`BrokerError`], as [`BrokerHandle::submit`].
+    pub async fn act(
+        &self,
+        action: BrokerAction,
+        caller: Caller,
+    ) -> Result<Result<ActionDone, ActionError>, BrokerError> {
+        let (reply, rx) = oneshot::channel();
+        self.tx
+            .try_send(Command::Act {
+                action,
+                caller,
+                reply,
+            })
             .map_err(|e| match e {
                 mpsc::error::TrySendError::Full(_) => {
                     BrokerError::Overloaded("the broker's submission queue is full")

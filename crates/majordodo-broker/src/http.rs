@@ -1,10 +1,12 @@
 //! The client HTTP API at `/majordodo`, compatible with the original Majordodo's.
 //!
 //! - `GET /majordodo?view=...`: read-only views (`overview`, `status`, `task`, `tasks`,
-//!   `tasksoverview`, `workers`), answered from the broker state through
+//!   `tasksoverview`, `workers`, `transactions`, `slots`, `delayedqueue`), answered from the broker state through
 //!   [`BrokerHandle::query`] with bounded work ([`select`]).
 //! - `POST /majordodo` with a JSON body `{"action": ...}`: `submitTask` and `submitTasks`,
-//!   answered once the tasks are durable ([`BrokerHandle::submit`]); `createCodePool` and
+//!   answered once the tasks are durable ([`BrokerHandle::submit_as`]); `beginTransaction`,
+//!   `commitTransaction`, `rollbackTransaction` and `cancelTask`, answered once durable or
+//!   refused with a 4xx naming the field ([`BrokerHandle::act`]); `createCodePool` and
 //!   `deleteCodePool` (admins only; the archive is checked here before anything is decided).
 //!
 //! Every request is authenticated first ([`auth`]: Basic or bearer), reads included; a user with
@@ -35,16 +37,17 @@ use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use futures_util::StreamExt;
-use majordodo_core::TaskId;
-use majordodo_core::leader::{SubmitOutcome, SubmitRequest};
+use majordodo_core::leader::{Caller, SubmitOutcome, SubmitRequest};
+use majordodo_core::{TaskId, TransactionId};
 use majordodo_proto::http::codepool::{
     CodePoolActionResponse, CodePoolInfo, CodePoolView, CodePoolsView, CreateCodePool,
 };
 use majordodo_proto::http::{
-    API_PATH, API_VERSION, API_VERSION_HEADER, ActionRequest, BODY_FIELD, DEFAULT_TASKS_MAX,
-    FieldError, OverviewView, StatusView, SubmitResult, SubmitTaskResponse, SubmitTasksResponse,
-    TaskSubmission, TaskView, TasksOverviewView, TasksView, ViewRequest, WorkersView, parse_action,
-    parse_view,
+    API_PATH, API_VERSION, API_VERSION_HEADER, ActionRequest, BODY_FIELD, CancelTaskResponse,
+    DEFAULT_TASKS_MAX, DelayedQueueView, FieldError, OverviewView, SlotsView, StatusView,
+    SubmitResult, SubmitTaskResponse, SubmitTasksResponse, TaskSubmission, TaskView,
+    TasksOverviewView, TasksView, TransactionResponse, TransactionsView, ViewRequest, WorkersView,
+    parse_action, parse_view,
 };
 use serde::Serialize;
 use tokio::net::TcpListener;
@@ -57,6 +60,7 @@ pub use config::{HttpConfig, HttpConfigError, HttpSettings, UserConfig, UserRole
 pub use error::{ApiError, ERROR_CODES};
 
 use crate::BrokerHandle;
+use crate::handle::{ActionDone, BrokerAction};
 use auth::Authenticator;
 use select::Budget;
 
@@ -175,6 +179,11 @@ enum Answer {
     CodePoolView(CodePoolView),
     CodePoolsView(CodePoolsView),
     CodePoolActionResponse(CodePoolActionResponse),
+    TransactionResponse(TransactionResponse),
+    CancelTaskResponse(CancelTaskResponse),
+    TransactionsView(TransactionsView),
+    SlotsView(SlotsView),
+    DelayedQueueView(DelayedQueueView),
 }
 
 impl IntoResponse for Answer {
@@ -388,6 +397,43 @@ async fn get_view(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, A
                         status,
                     })
                 }
+                ViewRequest::Transactions { max } => Answer::TransactionsView(TransactionsView {
+                    ok: true,
+                    transactions: select::transactions(
+                        v.state,
+                        owner.as_deref(),
+                        Budget {
+                            max: max.unwrap_or(DEFAULT_TASKS_MAX).min(tasks_max_limit) as usize,
+                            ..budget
+                        },
+                    ),
+                    status,
+                }),
+                ViewRequest::Slots { max } => Answer::SlotsView(SlotsView {
+                    ok: true,
+                    slots: select::slots(
+                        v.state,
+                        owner.as_deref(),
+                        Budget {
+                            max: max.unwrap_or(DEFAULT_TASKS_MAX).min(tasks_max_limit) as usize,
+                            ..budget
+                        },
+                    ),
+                    status,
+                }),
+                ViewRequest::DelayedQueue { max } => Answer::DelayedQueueView(DelayedQueueView {
+                    ok: true,
+                    delayedqueue: select::delayed_queue(
+                        v.state,
+                        owner.as_deref(),
+                        v.now,
+                        Budget {
+                            max: max.unwrap_or(DEFAULT_TASKS_MAX).min(tasks_max_limit) as usize,
+                            ..budget
+                        },
+                    ),
+                    status,
+                }),
                 ViewRequest::TasksOverview(q) => {
                     let (tasks, scanned, truncated) =
                         select::count_by_type(v.state, &q, owner.as_deref(), budget.scan);
@@ -417,7 +463,8 @@ async fn post_action(State(api): State<Arc<Api>>, req: Request) -> Result<Answer
                 return Err(forbidden_user("userid", &principal));
             }
             debug!(user = %principal.name, "http submitTask");
-            let outcome = submit(&api, vec![task], false).await?.pop();
+            let transaction = task.transaction;
+            let outcome = submit(&api, &principal, vec![task], false).await?.pop();
             let (task_id, result) = outcome_parts(outcome);
             Ok(Answer::SubmitTaskResponse(SubmitTaskResponse {
                 action: "submitTask".into(),
@@ -426,6 +473,7 @@ async fn post_action(State(api): State<Arc<Api>>, req: Request) -> Result<Answer
                 result,
                 error: String::new(),
                 ok: true,
+                transaction,
             }))
         }
         ActionRequest::SubmitTasks(tasks) => {
@@ -433,19 +481,22 @@ async fn post_action(State(api): State<Arc<Api>>, req: Request) -> Result<Answer
                 return Err(forbidden_user(&format!("tasks[{i}].userid"), &principal));
             }
             debug!(user = %principal.name, tasks = tasks.len(), "http submitTasks");
+            let transactions: Vec<Option<u64>> = tasks.iter().map(|t| t.transaction).collect();
             let outcomes = if tasks.is_empty() {
                 Vec::new()
             } else {
-                submit(&api, tasks, true).await?
+                submit(&api, &principal, tasks, true).await?
             };
             let results = outcomes
                 .into_iter()
-                .map(|o| {
+                .zip(transactions)
+                .map(|(o, transaction)| {
                     let (task_id, result) = outcome_parts(Some(o));
                     SubmitResult {
                         task_id,
                         outcome: result.clone(),
                         result,
+                        transaction,
                     }
                 })
                 .collect();
@@ -472,6 +523,64 @@ async fn post_action(State(api): State<Arc<Api>>, req: Request) -> Result<Answer
                 .map_err(code_pool_error)?;
             Ok(code_pool_done("deleteCodePool", id, "deleted"))
         }
+        other => act(&api, &principal, other).await,
+    }
+}
+
+/// Carries out a transaction action or a cancel and answers it in the original's shape.
+async fn act(api: &Api, principal: &Principal, request: ActionRequest) -> Result<Answer, ApiError> {
+    let action = match request {
+        ActionRequest::BeginTransaction => BrokerAction::BeginTransaction,
+        ActionRequest::CommitTransaction(id) => BrokerAction::CommitTransaction(TransactionId(id)),
+        ActionRequest::RollbackTransaction(id) => {
+            BrokerAction::RollbackTransaction(TransactionId(id))
+        }
+        ActionRequest::CancelTask(id) => BrokerAction::CancelTask(TaskId(id)),
+        ActionRequest::SubmitTask(_)
+        | ActionRequest::SubmitTasks(_)
+        | ActionRequest::CreateCodePool(_)
+        | ActionRequest::DeleteCodePool(_) => {
+            return Err(ApiError::Internal("submission routed as an action"));
+        }
+    };
+    let name = request_name(&action);
+    debug!(user = %principal.name, action = name, "http action");
+    let done = api
+        .broker
+        .act(action, caller_of(principal))
+        .await?
+        .map_err(|refused| ApiError::refused(&refused))?;
+    Ok(match done {
+        ActionDone::Transaction(id) => Answer::TransactionResponse(TransactionResponse {
+            action: name.into(),
+            transaction: id.0,
+            error: String::new(),
+            ok: true,
+        }),
+        ActionDone::Cancelled(id, before) => Answer::CancelTaskResponse(CancelTaskResponse {
+            action: name.into(),
+            task_id: id.0,
+            previous_status: before.as_str().into(),
+            error: String::new(),
+            ok: true,
+        }),
+    })
+}
+
+fn request_name(action: &BrokerAction) -> &'static str {
+    match action {
+        BrokerAction::BeginTransaction => "beginTransaction",
+        BrokerAction::CommitTransaction(_) => "commitTransaction",
+        BrokerAction::RollbackTransaction(_) => "rollbackTransaction",
+        BrokerAction::CancelTask(_) => "cancelTask",
+    }
+}
+
+/// The core's view of who asks.
+fn caller_of(principal: &Principal) -> Caller {
+    Caller {
+        name: principal.name.to_string(),
+        admin: principal.is_admin(),
     }
 }
 
@@ -543,7 +652,7 @@ fn code_pool_error(e: crate::BrokerError) -> ApiError {
         }
         (None, R::Unknown(_)) => ApiError::Missing(FieldError::new("id", text)),
         (None, R::Exists(_) | R::InUse { .. } | R::Busy(_)) => {
-            ApiError::Conflict(FieldError::new("id", text))
+            ApiError::Conflict(FieldError::new("id", text), false)
         }
     }
 }
@@ -578,33 +687,38 @@ fn forbidden_user(field: &str, principal: &Principal) -> ApiError {
 /// `tasks[i].<field>` rather than `<field>`.
 async fn submit(
     api: &Api,
+    principal: &Principal,
     tasks: Vec<TaskSubmission>,
     batch: bool,
 ) -> Result<Vec<SubmitOutcome>, ApiError> {
     let requests = tasks.into_iter().map(submit_request).collect();
-    api.broker.submit(requests).await.map_err(|e| match e {
-        crate::BrokerError::TooLarge {
-            task,
-            field,
-            detail,
-        } => {
-            let field = if batch {
-                format!("tasks[{task}].{field}")
-            } else {
-                field.to_owned()
-            };
-            ApiError::TooLarge(FieldError::new(&field, detail))
-        }
-        crate::BrokerError::CodePool {
-            task: Some(i),
-            refusal,
-        } => code_pool_error(crate::BrokerError::CodePool {
-            // A single submitTask names the field without the index.
-            task: Some(if batch { i } else { usize::MAX }),
-            refusal,
-        }),
-        other => ApiError::Broker(other),
-    })
+    let caller = caller_of(principal);
+    api.broker
+        .submit_as(requests, caller)
+        .await
+        .map_err(|e| match e {
+            crate::BrokerError::TooLarge {
+                task,
+                field,
+                detail,
+            } => {
+                let field = if batch {
+                    format!("tasks[{task}].{field}")
+                } else {
+                    field.to_owned()
+                };
+                ApiError::TooLarge(FieldError::new(&field, detail))
+            }
+            crate::BrokerError::CodePool {
+                task: Some(i),
+                refusal,
+            } => code_pool_error(crate::BrokerError::CodePool {
+                // A single submitTask names the field without the index.
+                task: Some(if batch { i } else { usize::MAX }),
+                refusal,
+            }),
+            other => ApiError::Broker(other),
+        })
 }
 
 fn submit_request(t: TaskSubmission) -> SubmitRequest {
@@ -620,6 +734,7 @@ fn submit_request(t: TaskSubmission) -> SubmitRequest {
         codepool: t.codepool,
         mode: t.mode,
         idempotency_key: t.idempotency_key,
+        transaction: t.transaction.map(TransactionId),
     }
 }
 

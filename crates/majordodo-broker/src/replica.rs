@@ -687,12 +687,16 @@ async fn follow<S: Future<Output = ()>>(
                             broker_id: &parts.broker_id,
                             leader: leader.as_deref(),
                             cluster: Some(&cluster),
+                            now: parts.clock.now(),
                         }));
                     }
                     Command::Submit { reply, .. } => {
                         let _ = reply.send(Err(BrokerError::NotLeader(leader)));
                     }
                     Command::CodePool { reply, .. } => {
+                        let _ = reply.send(Err(BrokerError::NotLeader(leader)));
+                    }
+                    Command::Act { reply, .. } => {
                         let _ = reply.send(Err(BrokerError::NotLeader(leader)));
                     }
                     Command::Checkpoint { reply } => match checkpointer.as_mut() {

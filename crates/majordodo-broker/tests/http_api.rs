@@ -108,6 +108,10 @@ impl Harness {
     }
 
     async fn with_config(config: HttpConfig) -> Harness {
+        Self::with_leader(config, majordodo_core::LeaderConfig::default()).await
+    }
+
+    async fn with_leader(config: HttpConfig, leader: majordodo_core::LeaderConfig) -> Harness {
         let store = MemoryStore::new();
         let log = Arc::new(FaultyLog::new(
             MemoryLog::open(&store),
@@ -117,6 +121,7 @@ impl Harness {
         let broker = Broker::start(
             BrokerConfig {
                 broker_id: "broker-1".into(),
+                leader,
                 ..BrokerConfig::default()
             },
             log.clone() as Arc<dyn CommitLog>,
@@ -549,6 +554,7 @@ impl RawWorker {
                     attempt: task.1,
                     outcome: outcome as i32,
                     result: result.into(),
+                    retry_after_ms: 0,
                 }],
             }))
             .await
@@ -864,9 +870,34 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
             "action",
         ),
         (
-            "unsupported action",
-            Body::from(r#"{"action":"beginTransaction"}"#),
-            "action",
+            "commit without a transaction",
+            Body::from(r#"{"action":"commitTransaction"}"#),
+            "transaction",
+        ),
+        (
+            "rollback of transaction 0",
+            Body::from(r#"{"action":"rollbackTransaction","transaction":"0"}"#),
+            "transaction",
+        ),
+        (
+            "begin with a field",
+            Body::from(r#"{"action":"beginTransaction","userid":"u"}"#),
+            "userid",
+        ),
+        (
+            "cancel without a task",
+            Body::from(r#"{"action":"cancelTask"}"#),
+            "taskId",
+        ),
+        (
+            "cancel of a negative task",
+            Body::from(r#"{"action":"cancelTask","taskId":-4}"#),
+            "taskId",
+        ),
+        (
+            "key inside a transaction",
+            json_body(with("transaction", json!(1)).tap_key()),
+            "idempotencyKey",
         ),
         (
             "createCodePool with empty data",
@@ -1028,8 +1059,8 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
             "priority",
         ),
         (
-            "transaction",
-            json_body(with("transaction", json!("17"))),
+            "negative transaction",
+            json_body(with("transaction", json!("-17"))),
             "transaction",
         ),
         (
@@ -1071,8 +1102,10 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
 
     let gets = [
         ("view=explode", "view"),
-        ("view=slots", "view"),
-        ("view=transactions", "view"),
+        ("view=tasksheap", "view"),
+        ("view=slots&max=-1", "max"),
+        ("view=transactions&max=x", "max"),
+        ("view=delayedqueue&max=99999999999", "max"),
         ("view=codePool", "codePoolId"),
         ("view=task", "taskId"),
         ("view=task&taskId=0", "taskId"),
@@ -1098,7 +1131,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
             "{q}: {b}"
         );
     }
-    let (_, b) = h.get("view=slots", &admin()).await;
+    let (_, b) = h.get("view=tasksheap", &admin()).await;
     assert!(
         b["error"]
             .as_str()
@@ -1577,6 +1610,141 @@ async fn code_pools_are_created_once_deleted_and_created_again() {
     h.stop().await;
 }
 
+/// An id as the Java client reads it.
+fn jid(v: &Value) -> u64 {
+    java_long(v) as u64
+}
+
+/// A request body with an idempotency key added.
+trait TapKey {
+    fn tap_key(self) -> Value;
+}
+
+impl TapKey for Value {
+    fn tap_key(mut self) -> Value {
+        self["idempotencyKey"] = json!("k");
+        self
+    }
+}
+
+async fn begin(h: &Harness, auth: &str) -> u64 {
+    let (s, b) = h
+        .post_json(json!({"action": "beginTransaction"}), auth)
+        .await;
+    assert_eq!(s, StatusCode::OK, "{b}");
+    assert_eq!(b["action"], json!("beginTransaction"));
+    assert_eq!(b["ok"], json!(true), "{b}");
+    jid(&b["transaction"])
+}
+
+async fn end_tx(h: &Harness, action: &str, tx: u64, auth: &str) -> (StatusCode, Value) {
+    h.post_json(
+        json!({"action": action, "transaction": tx.to_string()}),
+        auth,
+    )
+    .await
+}
+
+fn task_ids(b: &Value) -> Vec<u64> {
+    b["tasks"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|t| jid(&t["taskId"]))
+        .collect()
+}
+
+#[tokio::test]
+async fn transacted_tasks_are_invisible_until_commit_then_all_appear_at_once() {
+    // Goal: the original's transaction scenarios (SimpleBrokerSuite: batch submit in a
+    // transaction, transaction commit then execution; BrokerHTTPClientTest: transacted single
+    // and batch submits invisible until commit; ScheduledTaskTest: delayed and non-delayed in a
+    // transaction): prepared tasks are in no view but `transactions` (counted, with their
+    // types) and `slots`; the commit publishes every one, waiting or delayed as decided when
+    // prepared, and `delayedqueue` shows the delayed one.
+    let h = Harness::start().await;
+    let tx = begin(&h, &admin()).await;
+    let later = now_ms() + 600_000;
+    let (s, one) = h
+        .post_json(
+            json!({"action": "submitTask", "userid": "u", "tasktype": "t", "data": "a",
+                   "transaction": tx.to_string(), "slot": "nightly"}),
+            &admin(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK, "{one}");
+    assert_eq!(jid(&one["transaction"]), tx, "the transaction is echoed");
+    let single = jid(&one["taskId"]);
+    assert!(single > 0, "{one}");
+    let (_, batch) = h
+        .post_json(
+            json!({"action": "submitTasks", "transaction": tx, "tasks": [
+                {"userid": "u", "tasktype": "t", "data": "b"},
+                {"userid": "u", "tasktype": "late", "data": "c", "requestedStartTime": later},
+            ]}),
+            &admin(),
+        )
+        .await;
+    let ids: Vec<u64> = batch["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| {
+            assert_eq!(jid(&r["transaction"]), tx, "{r}");
+            jid(&r["taskId"])
+        })
+        .collect();
+    assert!(ids.iter().all(|id| *id > 0), "{batch}");
+    // Invisible: not a task, not listed, not counted.
+    let (_, t) = h.get(&format!("view=task&taskId={single}"), &admin()).await;
+    assert_eq!(t["task"], json!({}), "{t}");
+    let (_, all) = h.get("view=tasks", &admin()).await;
+    assert!(!task_ids(&all).contains(&single), "{all}");
+    let (_, st) = h.get("view=status", &admin()).await;
+    assert_eq!(jid(&st["tasks"]), 0, "{st}");
+    let (_, txs) = h.get("view=transactions", &admin()).await;
+    let listed = &txs["transactions"]["transactions"][0];
+    assert_eq!(jid(&listed["transactionId"]), tx, "{txs}");
+    assert_eq!(jid(&listed["preparedTasks"]), 3, "{txs}");
+    assert_eq!(listed["taskTypes"], json!(["late", "t"]), "{txs}");
+    assert_eq!(listed["owner"], json!("admin"));
+    // The prepared task's slot is taken: a submission outside the transaction is not created.
+    let (_, slots) = h.get("view=slots", &admin()).await;
+    assert_eq!(
+        slots["slots"]["busySlots"]["nightly"],
+        json!(single),
+        "{slots}"
+    );
+    let (_, busy) = h
+        .post_json(
+            json!({"action": "submitTask", "userid": "u", "tasktype": "t", "slot": "nightly"}),
+            &admin(),
+        )
+        .await;
+    assert_eq!(jid(&busy["taskId"]), 0, "{busy}");
+    assert_eq!(busy["result"], json!("slot nightly already assigned"));
+
+    let (s, c) = end_tx(&h, "commitTransaction", tx, &admin()).await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(c["ok"], json!(true));
+    assert_eq!(jid(&c["transaction"]), tx);
+    let (_, t) = h.get(&format!("view=task&taskId={single}"), &admin()).await;
+    assert_eq!(t["task"]["status"], json!("waiting"), "{t}");
+    let (_, t) = h
+        .get(&format!("view=task&taskId={}", ids[1]), &admin())
+        .await;
+    assert_eq!(t["task"]["status"], json!("delayed"), "{t}");
+    let (_, st) = h.get("view=status", &admin()).await;
+    assert_eq!(jid(&st["tasks"]), 3, "{st}");
+    let (_, d) = h.get("view=delayedqueue", &admin()).await;
+    let delayed = &d["delayedqueue"]["tasks"][0];
+    assert_eq!(jid(&delayed["taskId"]), ids[1], "{d}");
+    assert!(jid(&delayed["delay"]) > 500_000, "{d}");
+    let (_, txs) = h.get("view=transactions", &admin()).await;
+    assert_eq!(txs["transactions"]["transactions"], json!([]));
+    h.stop().await;
+}
+
 #[tokio::test]
 async fn bad_code_pools_are_refused_naming_the_field_and_change_nothing() {
     // Goal: the bad-input battery of code pools: malicious archives (`..`, absolute paths,
@@ -1711,6 +1879,210 @@ async fn bad_code_pools_are_refused_naming_the_field_and_change_nothing() {
     h.stop().await;
 }
 
+#[tokio::test]
+async fn rollback_discards_prepared_tasks_and_frees_their_slots() {
+    // Goal: SlotsRecoveryTest's and SlotsReleaseTest's rollback cases: slots of prepared tasks
+    // conflict across transactions until a rollback frees them; rolled-back tasks never appear.
+    let h = Harness::start().await;
+    let a = begin(&h, &alice()).await;
+    let b = begin(&h, &alice()).await;
+    let prepare = |tx: u64| {
+        json!({"action": "submitTask", "userid": "alice", "tasktype": "t", "slot": "s1",
+               "transaction": tx})
+    };
+    let (_, first) = h.post_json(prepare(a), &alice()).await;
+    let prepared = jid(&first["taskId"]);
+    assert!(prepared > 0, "{first}");
+    let (_, second) = h.post_json(prepare(b), &alice()).await;
+    assert_eq!(jid(&second["taskId"]), 0, "{second}");
+    assert_eq!(second["result"], json!("slot s1 already assigned"));
+    let (s, r) = end_tx(&h, "rollbackTransaction", a, &alice()).await;
+    assert_eq!(s, StatusCode::OK, "{r}");
+    let (_, again) = h.post_json(prepare(b), &alice()).await;
+    assert!(jid(&again["taskId"]) > 0, "the rollback freed s1: {again}");
+    let (_, t) = h
+        .get(&format!("view=task&taskId={prepared}"), &admin())
+        .await;
+    assert_eq!(
+        t["task"],
+        json!({}),
+        "a rolled-back task never appears: {t}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn abandoned_transaction_is_rolled_back_after_its_ttl_and_frees_its_slot() {
+    // Goal: SlotsReleaseTest's abandoned transaction: a transaction neither committed nor
+    // rolled back is rolled back by the leader after transactions_ttl; its slot is free and a
+    // late commit is refused (409) without creating anything.
+    let h = Harness::with_leader(
+        config(),
+        majordodo_core::LeaderConfig {
+            transactions_ttl: 300,
+            ..majordodo_core::LeaderConfig::default()
+        },
+    )
+    .await;
+    let tx = begin(&h, &admin()).await;
+    let (_, p) = h
+        .post_json(
+            json!({"action": "submitTask", "userid": "u", "tasktype": "t", "slot": "s",
+                   "transaction": tx}),
+            &admin(),
+        )
+        .await;
+    assert!(jid(&p["taskId"]) > 0, "{p}");
+    h.wait_until("the abandoned transaction is rolled back", |s| {
+        s.transactions().next().is_none() && s.slot_holder("s").is_none()
+    })
+    .await;
+    let (s, b) = end_tx(&h, "commitTransaction", tx, &admin()).await;
+    assert_error(s, &b, StatusCode::CONFLICT, Some("transaction"));
+    assert!(
+        b["error"].as_str().unwrap().contains("no longer open"),
+        "{b}"
+    );
+    let (_, st) = h.get("view=status", &admin()).await;
+    assert_eq!(jid(&st["tasks"]), 0, "{st}");
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn bad_transaction_and_cancel_requests_are_refused_naming_the_field_and_change_nothing() {
+    // Goal: an unknown transaction (404), a commit made twice and a rollback after a commit
+    // (409), somebody else's transaction (403), a submit into an unknown or foreign
+    // transaction (the original's taskId 0 with a text naming the problem), a cancel of an
+    // unknown or foreign task (404) or of an ended one (409) each leave the state exactly as it
+    // was.
+    let h = Harness::start().await;
+    let done = begin(&h, &admin()).await;
+    h.post_json(
+        json!({"action": "submitTask", "userid": "alice", "tasktype": "t", "transaction": done}),
+        &admin(),
+    )
+    .await;
+    let (s, _) = end_tx(&h, "commitTransaction", done, &admin()).await;
+    assert_eq!(s, StatusCode::OK);
+    let alices = begin(&h, &alice()).await;
+    let (_, expired) = h
+        .post_json(
+            json!({"action": "submitTask", "userid": "alice", "tasktype": "t", "deadline": now_ms() + 1}),
+            &admin(),
+        )
+        .await;
+    let ended = jid(&expired["taskId"]);
+    h.wait_until("the task's deadline passes", move |s| {
+        s.task(majordodo_core::TaskId(ended))
+            .is_some_and(|t| t.status == TaskStatus::Error)
+    })
+    .await;
+    let (_, waiting) = h.post_json(java_submit("u", "t", "x"), &admin()).await;
+    let admins_task = jid(&waiting["taskId"]);
+    let before = h.state_mark().await;
+
+    let refusals: Vec<(&str, Value, String, StatusCode, &str, &str)> = vec![
+        (
+            "commit twice",
+            json!({"action": "commitTransaction", "transaction": done}),
+            admin(),
+            StatusCode::CONFLICT,
+            "transaction",
+            "no longer open",
+        ),
+        (
+            "rollback after commit",
+            json!({"action": "rollbackTransaction", "transaction": done}),
+            admin(),
+            StatusCode::CONFLICT,
+            "transaction",
+            "no longer open",
+        ),
+        (
+            "unknown transaction",
+            json!({"action": "commitTransaction", "transaction": 999}),
+            admin(),
+            StatusCode::NOT_FOUND,
+            "transaction",
+            "never begun",
+        ),
+        (
+            "someone else's commit",
+            json!({"action": "commitTransaction", "transaction": alices}),
+            bob(),
+            StatusCode::FORBIDDEN,
+            "transaction",
+            "belongs to alice",
+        ),
+        (
+            "someone else's rollback",
+            json!({"action": "rollbackTransaction", "transaction": alices}),
+            bob(),
+            StatusCode::FORBIDDEN,
+            "transaction",
+            "belongs to alice",
+        ),
+        (
+            "cancel of an unknown task",
+            json!({"action": "cancelTask", "taskId": 99_999}),
+            admin(),
+            StatusCode::NOT_FOUND,
+            "taskId",
+            "does not exist",
+        ),
+        (
+            "cancel of another user's task",
+            json!({"action": "cancelTask", "taskId": admins_task}),
+            alice(),
+            StatusCode::NOT_FOUND,
+            "taskId",
+            "does not exist",
+        ),
+        (
+            "cancel of an ended task",
+            json!({"action": "cancelTask", "taskId": ended}),
+            admin(),
+            StatusCode::CONFLICT,
+            "taskId",
+            "already ended (error)",
+        ),
+    ];
+    for (name, body, auth, status, field, words) in refusals {
+        let (s, b) = h.post_json(body, &auth).await;
+        assert_error(s, &b, status, Some(field));
+        assert!(b["error"].as_str().unwrap().contains(words), "{name}: {b}");
+        assert_eq!(h.state_mark().await, before, "{name} changed the state");
+    }
+    let not_created: Vec<(&str, Value, String, &str)> = vec![
+        (
+            "submit into an unknown transaction",
+            json!({"action": "submitTask", "userid": "u", "tasktype": "t", "transaction": "777"}),
+            admin(),
+            "transaction 777 was never begun",
+        ),
+        (
+            "submit into a committed transaction",
+            json!({"action": "submitTask", "userid": "u", "tasktype": "t", "transaction": done}),
+            admin(),
+            "no longer open",
+        ),
+        (
+            "submit into someone else's transaction",
+            json!({"action": "submitTask", "userid": "bob", "tasktype": "t", "transaction": alices}),
+            bob(),
+            "belongs to alice",
+        ),
+    ];
+    for (name, body, auth, words) in not_created {
+        let (s, b) = h.post_json(body, &auth).await;
+        assert_eq!(s, StatusCode::OK, "{name}: {b}");
+        assert_eq!(jid(&b["taskId"]), 0, "{name}: {b}");
+        assert!(b["result"].as_str().unwrap().contains(words), "{name}: {b}");
+        assert_eq!(h.state_mark().await, before, "{name} changed the state");
+    }
+    h.stop().await;
+}
+
 /// Bytes that do not compress.
 fn noise(len: usize) -> Vec<u8> {
     let mut bytes = vec![0; len];
@@ -1720,4 +2092,186 @@ fn noise(len: usize) -> Vec<u8> {
 
 fn admin_s() -> &'static str {
     "admin"
+}
+
+#[tokio::test]
+async fn cancel_ends_waiting_and_delayed_tasks_in_error_and_frees_their_slots() {
+    // Goal: a waiting and a delayed task cancelled by their owner end in error with result
+    // `cancelled`; their slots are free at once; a second cancel is a 409 that changes nothing.
+    let h = Harness::start().await;
+    let submit = |slot: &str, start: i64| {
+        json!({"action": "submitTask", "userid": "alice", "tasktype": "t", "slot": slot,
+               "requestedStartTime": start})
+    };
+    let (_, w) = h.post_json(submit("a", 0), &alice()).await;
+    let (_, d) = h.post_json(submit("b", now_ms() + 600_000), &alice()).await;
+    for (b, was) in [(w, "waiting"), (d, "delayed")] {
+        let id = jid(&b["taskId"]);
+        let (s, c) = h
+            .post_json(
+                json!({"action": "cancelTask", "taskId": id.to_string()}),
+                &alice(),
+            )
+            .await;
+        assert_eq!(s, StatusCode::OK, "{c}");
+        assert_eq!(c["previousStatus"], json!(was), "{c}");
+        let (_, t) = h.get(&format!("view=task&taskId={id}"), &alice()).await;
+        assert_eq!(t["task"]["status"], json!("error"), "{t}");
+        assert_eq!(t["task"]["result"], json!("cancelled"), "{t}");
+        let mark = h.state_mark().await;
+        let (s, again) = h
+            .post_json(json!({"action": "cancelTask", "taskId": id}), &alice())
+            .await;
+        assert_error(s, &again, StatusCode::CONFLICT, Some("taskId"));
+        assert_eq!(h.state_mark().await, mark);
+    }
+    let (_, slots) = h.get("view=slots", &admin()).await;
+    assert_eq!(slots["slots"]["busySlots"], json!({}), "{slots}");
+    let (_, again) = h.post_json(submit("a", 0), &alice()).await;
+    assert!(jid(&again["taskId"]) > 0, "{again}");
+    h.stop().await;
+}
+
+impl RawWorker {
+    /// Receives frames until a `Cancel`; returns its (task, attempt).
+    async fn cancels(&mut self) -> Vec<(u64, u32)> {
+        loop {
+            if let Message::Cancel(c) = self.recv().await {
+                return c.tasks.iter().map(|t| (t.task_id, t.attempt)).collect();
+            }
+        }
+    }
+
+    async fn report(&mut self, seq: u64, report: FinishReport) {
+        self.framed
+            .send(Message::Finished(Finished {
+                seq,
+                reports: vec![report],
+            }))
+            .await
+            .unwrap();
+        loop {
+            if let Message::FinishedAck(ack) = self.recv().await {
+                assert_eq!(ack.seq, seq);
+                return;
+            }
+        }
+    }
+}
+
+/// A worker listener for `h` and a raw worker `w1` connected to it (serving group 5).
+async fn raw_worker(h: &Harness) -> (RawWorker, CancellationToken) {
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(worker_listener::run(
+        socket,
+        ListenerConfig::new("broker-1", SharedSecret::new(SECRET)),
+        h.broker.as_ref().unwrap().worker_events(),
+        stop.clone().cancelled_owned(),
+    ));
+    (RawWorker::connect(addr, "w1").await, stop)
+}
+
+#[tokio::test]
+async fn cancelling_a_running_task_stops_it_on_its_worker_and_its_late_report_changes_nothing() {
+    // Goal: a running task cancelled over HTTP ends in error `cancelled` at once, its slot is
+    // free, the worker gets a Cancel frame naming the attempt; the worker's report of that
+    // attempt (even "finished") leaves the task cancelled.
+    let h = Harness::start().await;
+    let (mut worker, stop) = raw_worker(&h).await;
+    let (_, b) = h
+        .post_json(
+            json!({"action": "submitTask", "userid": "5", "tasktype": "run", "slot": "only"}),
+            &admin(),
+        )
+        .await;
+    let id = jid(&b["taskId"]);
+    let assigned = worker.assignments(1).await;
+    assert_eq!(assigned, vec![(id, 1)]);
+    let (s, c) = h
+        .post_json(json!({"action": "cancelTask", "taskId": id}), &admin())
+        .await;
+    assert_eq!(s, StatusCode::OK, "{c}");
+    assert_eq!(c["previousStatus"], json!("running"), "{c}");
+    assert_eq!(worker.cancels().await, vec![(id, 1)]);
+    let (_, t) = h.get(&format!("view=task&taskId={id}"), &admin()).await;
+    assert_eq!(t["task"]["status"], json!("error"), "{t}");
+    assert_eq!(t["task"]["result"], json!("cancelled"), "{t}");
+    let (_, slots) = h.get("view=slots", &admin()).await;
+    assert_eq!(slots["slots"]["busySlots"], json!({}), "{slots}");
+    worker
+        .finish(1, (id, 1), Outcome::Finished, "done anyway")
+        .await;
+    let (_, t) = h.get(&format!("view=task&taskId={id}"), &admin()).await;
+    assert_eq!(
+        t["task"]["result"],
+        json!("cancelled"),
+        "the late report changed it: {t}"
+    );
+    stop.cancel();
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn retry_later_delays_the_task_without_using_an_attempt_until_the_bound() {
+    // Goal: a "retry later" report delays the task (delayedqueue shows it) and does not use
+    // its only attempt: it runs again as attempt 2; once tasks.max_deferrals is reached, the
+    // answer counts as the failure of its last attempt, with a text saying why.
+    let h = Harness::with_leader(
+        config(),
+        majordodo_core::LeaderConfig {
+            max_deferrals: 1,
+            ..majordodo_core::LeaderConfig::default()
+        },
+    )
+    .await;
+    let (mut worker, stop) = raw_worker(&h).await;
+    let (_, b) = h
+        .post_json(
+            json!({"action": "submitTask", "userid": "5", "tasktype": "run", "maxattempts": 1}),
+            &admin(),
+        )
+        .await;
+    let id = jid(&b["taskId"]);
+    assert_eq!(worker.assignments(1).await, vec![(id, 1)]);
+    let later = |attempt: u32, ms: u64| FinishReport {
+        task_id: id,
+        attempt,
+        outcome: Outcome::RetryLater as i32,
+        result: "busy".into(),
+        retry_after_ms: ms,
+    };
+    worker.report(1, later(1, 60_000)).await;
+    let (_, t) = h.get(&format!("view=task&taskId={id}"), &admin()).await;
+    assert_eq!(t["task"]["status"], json!("delayed"), "{t}");
+    let (_, d) = h.get("view=delayedqueue", &admin()).await;
+    assert_eq!(jid(&d["delayedqueue"]["tasks"][0]["taskId"]), id, "{d}");
+    // A short deferral runs it again, as the next attempt, although maxattempts is 1.
+    let (_, b2) = h
+        .post_json(
+            json!({"action": "submitTask", "userid": "5", "tasktype": "run", "maxattempts": 1}),
+            &admin(),
+        )
+        .await;
+    let id2 = jid(&b2["taskId"]);
+    assert_eq!(worker.assignments(1).await, vec![(id2, 1)]);
+    let later2 = |attempt: u32| FinishReport {
+        task_id: id2,
+        ..later(attempt, 10)
+    };
+    worker.report(2, later2(1)).await;
+    assert_eq!(worker.assignments(1).await, vec![(id2, 2)]);
+    worker.report(3, later2(2)).await;
+    h.wait_until("the second deferral fails the task", move |s| {
+        s.task(majordodo_core::TaskId(id2))
+            .is_some_and(|t| t.status == TaskStatus::Error)
+    })
+    .await;
+    let (_, t) = h.get(&format!("view=task&taskId={id2}"), &admin()).await;
+    let result = t["task"]["result"].as_str().unwrap();
+    assert!(result.contains("retry later refused"), "{t}");
+    assert!(result.contains("tasks.max_deferrals"), "{t}");
+    stop.cancel();
+    h.stop().await;
 }

@@ -97,6 +97,7 @@ mod tests {
             mode: None,
             resources: vec![],
             codepool_dir: None,
+            cancel: Default::default(),
         }
     }
 

@@ -70,6 +70,13 @@ pub(crate) enum Command {
     /// Create, delete, show or list code pools (archives the workers unpack and run tasks in).
     #[command(subcommand)]
     Codepool(CodepoolCommand),
+    /// Cancel a waiting, delayed or running task: it ends in error with result "cancelled"
+    /// (a running one is stopped on its worker). Only its owner or an admin may.
+    Cancel(TaskArgs),
+    /// Open, commit or roll back a transaction: tasks submitted with --transaction stay
+    /// invisible until it is committed, then all appear at once.
+    #[command(subcommand)]
+    Transaction(TransactionCommand),
     /// Make credentials for the broker's [[http.users]] entries.
     #[command(subcommand)]
     Auth(AuthCommand),
@@ -407,8 +414,12 @@ pub(crate) struct SubmitArgs {
     /// Idempotency key of this task. Default: a fresh random one. Running the command again
     /// with the same key (within the broker's tasks.idempotency_window) answers the task the
     /// first run created instead of creating another.
-    #[arg(long, value_name = "KEY", conflicts_with = "jsonl")]
+    #[arg(long, value_name = "KEY", conflicts_with_all = ["jsonl", "transaction"])]
     pub(crate) idempotency_key: Option<String>,
+    /// Submit into this open transaction (`majordodo transaction begin`): the task stays
+    /// invisible until the transaction is committed.
+    #[arg(long, value_name = "ID")]
+    pub(crate) transaction: Option<u64>,
     /// Submit many tasks from a JSON Lines file ('-' for stdin): one task object per line
     /// with the HTTP API's field names (tasktype, userid, data, maxattempts,
     /// requestedStartTime, deadline, slot, codePoolId, mode, idempotencyKey). Flags give
@@ -422,6 +433,28 @@ pub(crate) struct SubmitArgs {
     /// Print the broker's answer as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// `majordodo transaction`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum TransactionCommand {
+    /// Open a transaction owned by you and print its id (the broker rolls it back if it is
+    /// neither committed nor rolled back within its tasks.transactions_ttl).
+    Begin(SimpleViewArgs),
+    /// Publish every task submitted in the transaction, at once.
+    Commit(TransactionArgs),
+    /// Discard every task submitted in the transaction.
+    Rollback(TransactionArgs),
+}
+
+/// `majordodo transaction commit|rollback`.
+#[derive(Debug, Args)]
+pub(crate) struct TransactionArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// The transaction id (printed by `majordodo transaction begin`).
+    #[arg(value_name = "ID")]
+    pub(crate) id: u64,
 }
 
 /// `majordodo task`.

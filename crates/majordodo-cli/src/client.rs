@@ -16,13 +16,70 @@ pub(crate) use api::Api;
 use api::explain;
 pub(crate) use submit::submit;
 
-use crate::cli::{SimpleViewArgs, StatusArg, TaskArgs, TasksArgs};
+use crate::cli::{SimpleViewArgs, StatusArg, TaskArgs, TasksArgs, TransactionCommand};
 use crate::output;
 use crate::units::format_duration;
 
 /// Prints `value` as pretty JSON on stdout.
 fn print_json<T: serde::Serialize>(value: &T) -> anyhow::Result<()> {
     println!("{}", serde_json::to_string_pretty(value)?);
+    Ok(())
+}
+
+/// `majordodo cancel <id>`.
+pub(crate) async fn cancel(args: TaskArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.client)?;
+    let was = api
+        .client
+        .cancel_task(args.id)
+        .await
+        .map_err(|e| explain(e, "cancel the task", &api.url()))?;
+    if args.json {
+        print_json(&serde_json::json!({"taskId": args.id, "previousStatus": was}))?;
+    } else if was == "running" {
+        println!(
+            "cancelled task {} (it was running: its worker is told to stop it)",
+            args.id
+        );
+    } else {
+        println!("cancelled task {} (it was {was})", args.id);
+    }
+    Ok(())
+}
+
+/// `majordodo transaction begin|commit|rollback`.
+pub(crate) async fn transaction(command: TransactionCommand) -> anyhow::Result<()> {
+    match command {
+        TransactionCommand::Begin(args) => {
+            let api = Api::new(&args.client)?;
+            let id = api
+                .client
+                .begin_transaction()
+                .await
+                .map_err(|e| explain(e, "begin a transaction", &api.url()))?;
+            if args.json {
+                print_json(&serde_json::json!({ "transaction": id }))?;
+            } else {
+                println!("transaction {id}");
+            }
+        }
+        TransactionCommand::Commit(args) => {
+            let api = Api::new(&args.client)?;
+            api.client
+                .commit_transaction(args.id)
+                .await
+                .map_err(|e| explain(e, "commit the transaction", &api.url()))?;
+            println!("committed transaction {}", args.id);
+        }
+        TransactionCommand::Rollback(args) => {
+            let api = Api::new(&args.client)?;
+            api.client
+                .rollback_transaction(args.id)
+                .await
+                .map_err(|e| explain(e, "roll back the transaction", &api.url()))?;
+            println!("rolled back transaction {}", args.id);
+        }
+    }
     Ok(())
 }
 

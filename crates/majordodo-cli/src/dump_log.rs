@@ -379,8 +379,15 @@ fn fields(entry: &LogEntry) -> Vec<(&'static str, Value)> {
         LogEntry::BeginTransaction {
             transaction_id,
             timestamp,
+            owner,
+        } => {
+            f.push(("transaction", transaction_id.0.into()));
+            if let Some(owner) = owner {
+                f.push(("owner", owner.as_str().into()));
+            }
+            f.push(("at", (*timestamp).into()));
         }
-        | LogEntry::CommitTransaction {
+        LogEntry::CommitTransaction {
             transaction_id,
             timestamp,
         }
@@ -442,6 +449,19 @@ fn fields(entry: &LogEntry) -> Vec<(&'static str, Value)> {
             timestamp,
         } => {
             f.push(("created_before", (*created_before).into()));
+            f.push(("at", (*timestamp).into()));
+        }
+        LogEntry::DeferTask {
+            task_id,
+            attempt,
+            worker_id,
+            until,
+            timestamp,
+        } => {
+            f.push(("task", task_id.0.into()));
+            f.push(("attempt", (*attempt).into()));
+            f.push(("worker", worker_id.as_str().into()));
+            f.push(("until", (*until).into()));
             f.push(("at", (*timestamp).into()));
         }
     }

@@ -77,6 +77,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Status(args) => client::status(args).await,
         Command::Workers(args) => client::workers(args).await,
         Command::Codepool(command) => client::codepool(command).await,
+        Command::Cancel(args) => client::cancel(args).await,
+        Command::Transaction(command) => client::transaction(command).await,
         Command::Auth(command) => auth::run(command),
         Command::Log(command) => log_repair::run(command),
         Command::Ledgers(args) => ledgers::run(args).await,

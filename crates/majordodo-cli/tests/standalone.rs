@@ -328,3 +328,92 @@ fn a_port_in_use_is_reported_with_the_flag_that_picks_a_free_one() {
     assert_eq!(out.status.code(), Some(1), "{}", stderr(&out));
     assert!(stderr(&out).contains("--http-listen"), "{}", stderr(&out));
 }
+
+#[test]
+fn transactions_and_cancel_from_the_command_line() {
+    // Goal: `transaction begin`, `submit --transaction`, `transaction commit|rollback` and
+    // `cancel` work against a standalone: a task submitted in a transaction is invisible until
+    // the commit; a rolled-back one never appears; a second commit and a cancel of a finished
+    // task fail with exit 1 and the broker's reason; a running sleep is cancelled.
+    let dir = tempfile::tempdir().unwrap();
+    let (mut server, url) = start_standalone(dir.path());
+    let run = |args: &[&str]| {
+        let mut all = args.to_vec();
+        all.extend(["--url", url.as_str()]);
+        run_in(dir.path(), &all)
+    };
+    let tx = json_of(&run(&["transaction", "begin", "--json"]))["transaction"]
+        .as_u64()
+        .unwrap();
+    let tx_arg = tx.to_string();
+    let out = ok(&run(&[
+        "submit",
+        "--type",
+        "echo",
+        "--data",
+        "in tx",
+        "--transaction",
+        &tx_arg,
+    ]));
+    assert!(out.contains(&format!("in transaction {tx}")), "{out}");
+    let id: String = out.split_whitespace().nth(2).unwrap().to_owned();
+    let invisible = run(&["task", &id]);
+    assert_eq!(invisible.status.code(), Some(1), "{}", stderr(&invisible));
+    let out = ok(&run(&["transaction", "commit", &tx_arg]));
+    assert!(
+        out.contains(&format!("committed transaction {tx}")),
+        "{out}"
+    );
+    let again = run(&["transaction", "commit", &tx_arg]);
+    assert_eq!(again.status.code(), Some(1));
+    assert!(
+        stderr(&again).contains("no longer open"),
+        "{}",
+        stderr(&again)
+    );
+    // Committed: the local worker runs it.
+    let mut finished = false;
+    for _ in 0..200 {
+        let task = json_of(&run(&["task", &id, "--json"]));
+        if task["status"] == "finished" {
+            assert_eq!(task["result"], "in tx");
+            finished = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(finished, "the committed task ran");
+    let ended = run(&["cancel", &id]);
+    assert_eq!(ended.status.code(), Some(1));
+    assert!(
+        stderr(&ended).contains("already ended"),
+        "{}",
+        stderr(&ended)
+    );
+
+    let tx2 = json_of(&run(&["transaction", "begin", "--json"]))["transaction"]
+        .as_u64()
+        .unwrap()
+        .to_string();
+    ok(&run(&["submit", "--type", "echo", "--transaction", &tx2]));
+    ok(&run(&["transaction", "rollback", &tx2]));
+
+    let out = ok(&run(&["submit", "--type", "sleep", "--data", "60s"]));
+    let sleeping: String = out.split_whitespace().nth(2).unwrap().to_owned();
+    let mut running = false;
+    for _ in 0..200 {
+        if json_of(&run(&["task", &sleeping, "--json"]))["status"] == "running" {
+            running = true;
+            break;
+        }
+        std::thread::sleep(std::time::Duration::from_millis(50));
+    }
+    assert!(running, "the sleep started");
+    let out = ok(&run(&["cancel", &sleeping]));
+    assert!(out.contains("it was running"), "{out}");
+    let task = json_of(&run(&["task", &sleeping, "--json"]));
+    assert_eq!(task["status"], "error");
+    assert_eq!(task["result"], "cancelled");
+    let (status, _) = server.terminate();
+    assert_eq!(status.code(), Some(0));
+}

@@ -46,9 +46,9 @@ use majordodo_proto::http::codepool::{
     CodePoolActionResponse, CodePoolInfo, CodePoolView, CodePoolsView, CreateCodePool,
 };
 use majordodo_proto::http::{
-    ActionRequest, ErrorBody, LeaderHint, OverviewView, StatusView, SubmitResult,
-    SubmitTaskResponse, SubmitTasksResponse, TaskView, TasksOverviewView, TasksView, ViewRequest,
-    WorkersView,
+    ActionRequest, CancelTaskResponse, DelayedQueueView, ErrorBody, LeaderHint, OverviewView,
+    SlotsView, StatusView, SubmitResult, SubmitTaskResponse, SubmitTasksResponse, TaskView,
+    TasksOverviewView, TasksView, TransactionResponse, TransactionsView, ViewRequest, WorkersView,
 };
 use rand::Rng;
 use reqwest::StatusCode;
@@ -551,9 +551,10 @@ impl Client {
         Ok(Submitted::from_parts(r.task_id, r.result.or(r.outcome)))
     }
 
-    /// `task` with a fresh idempotency key if it has none and keys are on.
+    /// `task` with a fresh idempotency key if it has none and keys are on (not inside a
+    /// transaction, where keys are refused: the commit is what a client repeats).
     fn keyed(&self, mut task: TaskSubmission) -> TaskSubmission {
-        if self.idempotency_keys && task.idempotency_key.is_none() {
+        if self.idempotency_keys && task.idempotency_key.is_none() && task.transaction.is_none() {
             task.idempotency_key = Some(new_idempotency_key());
         }
         task
@@ -586,9 +587,77 @@ impl Client {
                      task_id,
                      result,
                      outcome,
+                     ..
                  }| { Submitted::from_parts(task_id, result.or(outcome)) },
             )
             .collect())
+    }
+
+    /// Opens a transaction owned by the caller and returns its id; submit into it with
+    /// [`TaskSubmission::in_transaction`], then commit or roll it back. Not retried after a lost
+    /// answer (that would open a second one; an abandoned one is rolled back by the broker).
+    ///
+    /// # Errors
+    /// [`ClientError`]: 429 when the broker's open transactions are at their limit, ...
+    pub async fn begin_transaction(&self) -> Result<u64, ClientError> {
+        let body = ActionRequest::BeginTransaction.to_json();
+        let r: TransactionResponse = self.post(&body, false).await?;
+        Ok(r.transaction)
+    }
+
+    /// Publishes every task prepared in transaction `id` at once.
+    ///
+    /// # Errors
+    /// [`ClientError`]: 404 never begun, 409 no longer open (committed, rolled back, expired),
+    /// 403 somebody else's.
+    pub async fn commit_transaction(&self, id: u64) -> Result<(), ClientError> {
+        let body = ActionRequest::CommitTransaction(id).to_json();
+        let _: TransactionResponse = self.post(&body, false).await?;
+        Ok(())
+    }
+
+    /// Discards every task prepared in transaction `id`.
+    ///
+    /// # Errors
+    /// As [`Client::commit_transaction`].
+    pub async fn rollback_transaction(&self, id: u64) -> Result<(), ClientError> {
+        let body = ActionRequest::RollbackTransaction(id).to_json();
+        let _: TransactionResponse = self.post(&body, false).await?;
+        Ok(())
+    }
+
+    /// Cancels task `id`; returns the status it had (`waiting`, `delayed` or `running`).
+    ///
+    /// # Errors
+    /// [`ClientError`]: 404 unknown (or not the caller's), 409 already ended.
+    pub async fn cancel_task(&self, id: u64) -> Result<String, ClientError> {
+        let body = ActionRequest::CancelTask(id).to_json();
+        let r: CancelTaskResponse = self.post(&body, false).await?;
+        Ok(r.previous_status)
+    }
+
+    /// The open transactions (at most `max`, the broker's default when `None`).
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn transactions(&self, max: Option<u32>) -> Result<TransactionsView, ClientError> {
+        self.view(&ViewRequest::Transactions { max }).await
+    }
+
+    /// The busy slots and their holders.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn slots(&self, max: Option<u32>) -> Result<SlotsView, ClientError> {
+        self.view(&ViewRequest::Slots { max }).await
+    }
+
+    /// The delayed tasks, soonest first.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn delayed_queue(&self, max: Option<u32>) -> Result<DelayedQueueView, ClientError> {
+        self.view(&ViewRequest::DelayedQueue { max }).await
     }
 
     /// One task, or `None` if the broker does not know it (or the caller may not see it).

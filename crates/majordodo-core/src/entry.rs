@@ -6,9 +6,10 @@
 //! leader decided (retry or give up) are written as explicit status changes. Applying the same
 //! entries to the same state therefore always gives the same state.
 //!
-//! Kinds the original did not have: [`LogEntry::PurgeTasks`] and
-//! [`LogEntry::ForgetIdempotencyKeys`], and the chunked code pool ([`LogEntry::BeginCodePool`],
-//! [`LogEntry::CodePoolChunk`]) that replaces the original's one-entry `CREATECODEPOOL`.
+//! Kinds the original did not have: [`LogEntry::PurgeTasks`],
+//! [`LogEntry::ForgetIdempotencyKeys`], [`LogEntry::DeferTask`], and the chunked code pool
+//! ([`LogEntry::BeginCodePool`], [`LogEntry::CodePoolChunk`]) that replaces the original's
+//! one-entry `CREATECODEPOOL`.
 
 use crate::model::{Millis, TaskId, TaskStatus, TransactionId};
 
@@ -123,6 +124,9 @@ pub enum LogEntry {
         transaction_id: TransactionId,
         /// When.
         timestamp: Millis,
+        /// The user who opened it: only that user (or an admin) may add to it, commit it or roll
+        /// it back. `None` in entries of record versions before 3 (admins only, then).
+        owner: Option<String>,
     },
     /// A transaction's prepared tasks are published at once (code 8).
     CommitTransaction {
@@ -213,6 +217,21 @@ pub enum LogEntry {
         /// The bytes (never empty).
         data: Vec<u8>,
     },
+    /// A running attempt answered "retry later": the task waits in the delayed queue until
+    /// `until`, and the attempt does not count against its `max_attempts` (the task's
+    /// deferrals grow by one; attempt numbers keep increasing, so reports stay unambiguous).
+    DeferTask {
+        /// The task.
+        task_id: TaskId,
+        /// The attempt that asked (must be the current one).
+        attempt: u32,
+        /// The worker that reported it.
+        worker_id: String,
+        /// When the task may run again.
+        until: Millis,
+        /// When it was decided.
+        timestamp: Millis,
+    },
 }
 
 impl LogEntry {
@@ -236,6 +255,7 @@ impl LogEntry {
             LogEntry::ForgetIdempotencyKeys { .. } => "forget_idempotency_keys",
             LogEntry::BeginCodePool { .. } => "begin_code_pool",
             LogEntry::CodePoolChunk { .. } => "code_pool_chunk",
+            LogEntry::DeferTask { .. } => "defer_task",
         }
     }
 }

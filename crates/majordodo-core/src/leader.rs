@@ -19,7 +19,7 @@ mod codepools;
 pub use codepools::CodePoolRefusal;
 
 use crate::entry::{LogEntry, NewTask};
-use crate::model::{GroupId, Millis, TaskId, TaskStatus, WorkerStatus};
+use crate::model::{GroupId, Millis, TaskId, TaskStatus, TransactionId, WorkerStatus};
 use crate::scheduler::{RunningSet, WorkerCapacity};
 use crate::state::{ApplyError, BrokerState};
 
@@ -30,6 +30,84 @@ pub fn worker_died_result(worker_id: &str) -> String {
 
 /// Result text of a task whose deadline passed before it could run.
 pub const DEADLINE_EXPIRED: &str = "deadline_expired";
+
+/// Result text of a task cancelled through `cancelTask`.
+pub const CANCELLED: &str = "cancelled";
+
+/// Who asks for an action that only an owner (or an admin) may take.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct Caller {
+    /// The user's name (the owner recorded for what it creates).
+    pub name: String,
+    /// Admins may act on what anybody owns.
+    pub admin: bool,
+}
+
+impl Caller {
+    /// An admin named `name`.
+    pub fn admin(name: impl Into<String>) -> Caller {
+        Caller {
+            name: name.into(),
+            admin: true,
+        }
+    }
+
+    /// A user (not an admin) named `name`.
+    pub fn user(name: impl Into<String>) -> Caller {
+        Caller {
+            name: name.into(),
+            admin: false,
+        }
+    }
+
+    /// Whether this caller may act on something owned by `owner` (`None`: written by a version
+    /// that recorded no owner, which only admins may touch).
+    pub fn may_act_on(&self, owner: Option<&str>) -> bool {
+        self.admin || owner == Some(self.name.as_str())
+    }
+}
+
+/// Why the leader refused an action (transactions, cancel). Nothing was decided or logged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum ActionError {
+    /// No transaction with this id was ever begun. Check the id.
+    #[error("transaction {0} was never begun")]
+    NoSuchTransaction(TransactionId),
+    /// The transaction is over: committed, rolled back, or rolled back by its time to live (or
+    /// that is being written now). Nothing can be done with it any more.
+    #[error("transaction {0} is no longer open: it was committed or rolled back")]
+    TransactionEnded(TransactionId),
+    /// Somebody else's transaction: only its owner or an admin may use it.
+    #[error("transaction {id} belongs to {}; user {caller} may not use it", owner.as_deref().unwrap_or("an admin"))]
+    NotTransactionOwner {
+        /// The transaction.
+        id: TransactionId,
+        /// Its owner.
+        owner: Option<String>,
+        /// Who asked.
+        caller: String,
+    },
+    /// Too many transactions are open; retry once some are committed, rolled back or expired.
+    #[error(
+        "{0} transactions are open, the most this broker keeps; commit or roll back some first"
+    )]
+    TooManyTransactions(usize),
+    /// No such task (or one the caller may not see).
+    #[error("task {0} does not exist")]
+    NoSuchTask(TaskId),
+    /// The task has ended; cancelling it changes nothing.
+    #[error("task {id} has already ended ({status}); nothing to cancel")]
+    TaskEnded {
+        /// The task.
+        id: TaskId,
+        /// Its final status.
+        status: TaskStatus,
+    },
+    /// A change of the task (its creation, a finish report, a retry) is being written right
+    /// now; ask again in a moment.
+    #[error("task {0} is changing status right now; ask again")]
+    TaskChanging(TaskId),
+}
 
 /// Tunables of the leader.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -46,6 +124,14 @@ pub struct LeaderConfig {
     /// Idempotency keys are kept at least this long after their task's creation (then
     /// forgotten through the log); 0 keeps them forever.
     pub idempotency_window: Millis,
+    /// An open transaction is rolled back this long after it was begun (the original's
+    /// `transactions.ttl`); 0 keeps open transactions until they are committed or rolled back.
+    pub transactions_ttl: Millis,
+    /// Most transactions open at once: `beginTransaction` is refused beyond it.
+    pub max_open_transactions: usize,
+    /// Most times one task may answer "retry later" without using an attempt; beyond it, such
+    /// an answer counts as a failed attempt.
+    pub max_deferrals: u32,
 }
 
 impl Default for LeaderConfig {
@@ -59,6 +145,12 @@ impl Default for LeaderConfig {
             // An hour covers a client's retries across a leader change many times over, and
             // bounds the keys kept to an hour of submissions.
             idempotency_window: 3_600_000,
+            // The original's default: five minutes is far more than a client needs between
+            // its begin and its commit, and bounds what an abandoned transaction holds.
+            transactions_ttl: 300_000,
+            // Each open transaction costs a few hundred bytes plus its prepared tasks.
+            max_open_transactions: 10_000,
+            max_deferrals: 10,
         }
     }
 }
@@ -89,6 +181,9 @@ pub struct SubmitRequest {
     /// Client-chosen key: while the key is kept, a submission of the same user with the same
     /// key is answered with the task the first one created, and creates nothing.
     pub idempotency_key: Option<String>,
+    /// Prepare the task in this open transaction: it stays invisible until the transaction is
+    /// committed (or vanishes with its rollback).
+    pub transaction: Option<TransactionId>,
 }
 
 /// What the leader decided about one submission.
@@ -111,6 +206,9 @@ pub enum Outcome {
     Finished,
     /// The executor failed; the task is retried if its attempts and deadline allow.
     Error,
+    /// The executor asks to run again after this many milliseconds, without using an attempt
+    /// (at most `max_deferrals` times per task; beyond, it counts as [`Outcome::Error`]).
+    RetryLater(Millis),
 }
 
 /// A worker's report about one attempt.
@@ -201,6 +299,14 @@ struct LiveWorker {
     /// an assignment applied while the worker reconnects waits here for the new session
     /// instead of being sent to a connection that cannot take it.
     outbox: Vec<(TaskId, u32)>,
+    /// Cancelled attempts the worker may still be stopping: they keep their share of its
+    /// capacity until the worker reports them ended (any outcome; the report itself changes
+    /// nothing) or a new connection of the worker no longer lists them.
+    cancelling: RunningSet,
+    /// The attempt of each task in `cancelling`.
+    cancel_attempts: BTreeMap<TaskId, u32>,
+    /// Applied cancellations not yet handed out for sending (see [`Leader::take_cancels`]).
+    cancel_outbox: Vec<(TaskId, u32)>,
 }
 
 impl LiveWorker {
@@ -218,8 +324,34 @@ impl LiveWorker {
             last_seen: now,
             dead: false,
             outbox: Vec::new(),
+            cancelling: RunningSet::default(),
+            cancel_attempts: BTreeMap::new(),
+            cancel_outbox: Vec::new(),
         }
     }
+
+    /// Forgets the cancelled attempt of `task`, if it is `attempt`; true when it was there.
+    fn cancel_done(&mut self, task: TaskId, attempt: u32, task_type: &str) -> bool {
+        if self.cancel_attempts.get(&task) == Some(&attempt) {
+            self.cancel_attempts.remove(&task);
+            self.cancelling.remove(task, task_type);
+            self.cancel_outbox.retain(|(t, _)| *t != task);
+            true
+        } else {
+            false
+        }
+    }
+}
+
+/// Cancellations of tasks to send to one worker connection now (see [`Leader::take_cancels`]).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct WorkerCancels {
+    /// The worker.
+    pub worker_id: Arc<str>,
+    /// Its current connection, whose session is open.
+    pub conn: ConnId,
+    /// (task, attempt) to stop.
+    pub tasks: Vec<(TaskId, u32)>,
 }
 
 /// A submission in flight: what the leader needs to know about its task before it is applied.
@@ -275,6 +407,17 @@ pub struct Leader {
     rotation: usize,
     /// Code-pool creations, deletions and uses in flight.
     pools: codepools::PoolReservations,
+    /// Next transaction id to hand out.
+    next_transaction_id: u64,
+    /// Transactions whose commit or rollback is in flight: nothing more may join or end them.
+    tx_ending: HashSet<TransactionId>,
+    /// Open transactions by creation time, for their time to live.
+    tx_created: BTreeSet<(Millis, TransactionId)>,
+    /// Cancellations of running (or being assigned) tasks in flight: the worker, the attempt
+    /// and the task type, to tell the worker once the cancellation is durable.
+    cancels_in_flight: HashMap<TaskId, (Arc<str>, u32, Arc<str>)>,
+    /// Workers whose cancel outbox may hold cancellations to send.
+    cancel_ready: BTreeSet<Arc<str>>,
 }
 
 impl Leader {
@@ -312,6 +455,8 @@ impl Leader {
             .map(|w| w.id.clone())
             .collect();
         let pools = codepools::PoolReservations::new(&state, now);
+        let next_transaction_id = state.max_transaction_id() + 1;
+        let tx_created = state.transactions().map(|t| (t.created, t.id)).collect();
         Leader {
             stale_connected: (now, stale),
             next_task_id: state.max_task_id() + 1,
@@ -331,6 +476,11 @@ impl Leader {
             outbox_ready: BTreeSet::new(),
             rotation: 0,
             pools,
+            next_transaction_id,
+            tx_ending: HashSet::new(),
+            tx_created,
+            cancels_in_flight: HashMap::new(),
+            cancel_ready: BTreeSet::new(),
         }
     }
 
@@ -361,6 +511,8 @@ impl Leader {
             || !self.pending_keys.is_empty()
             || self.forget_in_flight.is_some()
             || !self.pools.is_empty()
+            || !self.tx_ending.is_empty()
+            || !self.cancels_in_flight.is_empty()
     }
 
     // ----- requests -----
@@ -369,6 +521,33 @@ impl Leader {
     /// whose idempotency key is known for its user, in the state or in a submission still in
     /// flight, is accepted as that task and logs nothing.
     pub fn submit(&mut self, now: Millis, req: SubmitRequest) -> (SubmitOutcome, Option<LogEntry>) {
+        self.submit_as(now, req, &Caller::admin(""))
+    }
+
+    /// [`Leader::submit`] on behalf of `caller`, who must own the transaction the task names,
+    /// if any (or be an admin). A task for a transaction that is not open, or not the caller's,
+    /// is not created (the original's task id 0) with a text naming the problem.
+    pub fn submit_as(
+        &mut self,
+        now: Millis,
+        req: SubmitRequest,
+        caller: &Caller,
+    ) -> (SubmitOutcome, Option<LogEntry>) {
+        if let Some(tx) = req.transaction {
+            if let Err(e) = self.open_transaction(tx, caller) {
+                return (SubmitOutcome::NotCreated(e.to_string()), None);
+            }
+            if req.idempotency_key.is_some() {
+                // The commit is the unit a client repeats; a key inside a transaction could
+                // collide with a task created meanwhile and make the commit unappliable.
+                return (
+                    SubmitOutcome::NotCreated(
+                        "an idempotency key cannot be used inside a transaction".into(),
+                    ),
+                    None,
+                );
+            }
+        }
         if let Some(key) = &req.idempotency_key
             && let Some(id) = self.known_key(&req.user_id, key)
         {
@@ -405,6 +584,28 @@ impl Leader {
         }
         if let Some(slot) = &req.slot {
             self.pending_slots.insert(slot.as_str().into());
+        }
+        if let Some(transaction_id) = req.transaction {
+            // Prepared: invisible, neither queued nor placed until its transaction commits.
+            let entry = LogEntry::PrepareAddTask {
+                transaction_id,
+                task: NewTask {
+                    id,
+                    task_type: req.task_type,
+                    user_id: req.user_id,
+                    data: req.data,
+                    max_attempts: req.max_attempts,
+                    attempts: req.attempts,
+                    requested_start_time: req.requested_start_time,
+                    deadline: req.deadline,
+                    slot: req.slot,
+                    codepool: req.codepool,
+                    mode: req.mode,
+                    created: now,
+                    idempotency_key: None,
+                },
+            };
+            return (SubmitOutcome::Accepted(id), Some(entry));
         }
         if let Some(key) = &req.idempotency_key {
             let user = self.state.intern(&req.user_id);
@@ -455,6 +656,208 @@ impl Leader {
             .idempotency_key(user_id, key)
             .map(|(id, _)| id)
             .or_else(|| self.pending_keys.get(user_id)?.get(key).copied())
+    }
+
+    // ----- transactions -----
+
+    /// The open transaction `id`, if `caller` may use it.
+    fn open_transaction(
+        &self,
+        id: TransactionId,
+        caller: &Caller,
+    ) -> Result<&crate::model::Transaction, ActionError> {
+        let Some(tx) = self.state.transaction(id) else {
+            return Err(if id.0 > 0 && id.0 < self.next_transaction_id {
+                ActionError::TransactionEnded(id)
+            } else {
+                ActionError::NoSuchTransaction(id)
+            });
+        };
+        if self.tx_ending.contains(&id) {
+            return Err(ActionError::TransactionEnded(id));
+        }
+        if !caller.may_act_on(tx.owner.as_deref()) {
+            return Err(ActionError::NotTransactionOwner {
+                id,
+                owner: tx.owner.clone(),
+                caller: caller.name.clone(),
+            });
+        }
+        Ok(tx)
+    }
+
+    /// Opens a transaction owned by `caller`: log the entry, then answer its id.
+    ///
+    /// # Errors
+    /// [`ActionError::TooManyTransactions`] when `max_open_transactions` are open.
+    pub fn begin_transaction(
+        &mut self,
+        now: Millis,
+        caller: &Caller,
+    ) -> Result<(TransactionId, LogEntry), ActionError> {
+        let open = self.tx_created.len();
+        if open >= self.config.max_open_transactions {
+            return Err(ActionError::TooManyTransactions(open));
+        }
+        let id = TransactionId(self.next_transaction_id);
+        self.next_transaction_id += 1;
+        // Counted at once, so a burst of begins in one round respects the bound too.
+        self.tx_created.insert((now, id));
+        Ok((
+            id,
+            LogEntry::BeginTransaction {
+                transaction_id: id,
+                timestamp: now,
+                owner: Some(caller.name.clone()),
+            },
+        ))
+    }
+
+    /// Commits an open transaction of `caller`: its prepared tasks are published at once.
+    ///
+    /// # Errors
+    /// [`ActionError`]: never begun, no longer open (a second commit, a commit after a
+    /// rollback), somebody else's.
+    pub fn commit_transaction(
+        &mut self,
+        now: Millis,
+        id: TransactionId,
+        caller: &Caller,
+    ) -> Result<LogEntry, ActionError> {
+        self.open_transaction(id, caller)?;
+        self.tx_ending.insert(id);
+        Ok(LogEntry::CommitTransaction {
+            transaction_id: id,
+            timestamp: now,
+        })
+    }
+
+    /// Rolls back an open transaction of `caller`: its prepared tasks vanish, their slots are
+    /// free again.
+    ///
+    /// # Errors
+    /// As [`Leader::commit_transaction`].
+    pub fn rollback_transaction(
+        &mut self,
+        now: Millis,
+        id: TransactionId,
+        caller: &Caller,
+    ) -> Result<LogEntry, ActionError> {
+        self.open_transaction(id, caller)?;
+        self.tx_ending.insert(id);
+        Ok(LogEntry::RollbackTransaction {
+            transaction_id: id,
+            timestamp: now,
+        })
+    }
+
+    // ----- cancel -----
+
+    /// Cancels a task of `caller` (any task for an admin): a waiting or delayed task ends in
+    /// `error` with result [`CANCELLED`] at once; a running one too, and once that is durable
+    /// [`Leader::take_cancels`] hands out the attempt to stop on its worker, whose capacity the
+    /// attempt keeps until the worker reports it ended. Log the entries, then answer.
+    ///
+    /// # Errors
+    /// [`ActionError::NoSuchTask`] (also for another user's task), [`ActionError::TaskEnded`],
+    /// [`ActionError::TaskChanging`] while another change of the task is in flight.
+    pub fn cancel_task(
+        &mut self,
+        now: Millis,
+        id: TaskId,
+        caller: &Caller,
+    ) -> Result<Vec<LogEntry>, ActionError> {
+        let Some(task) = self.state.task(id) else {
+            return Err(if self.pending_new.contains_key(&id) {
+                ActionError::TaskChanging(id)
+            } else {
+                ActionError::NoSuchTask(id)
+            });
+        };
+        if !caller.admin && *task.user_id != *caller.name {
+            return Err(ActionError::NoSuchTask(id));
+        }
+        if task.status.is_final() {
+            return Err(ActionError::TaskEnded {
+                id,
+                status: task.status,
+            });
+        }
+        if self.pending_changes.contains(&id) || self.pending_purge.contains(&id) {
+            return Err(ActionError::TaskChanging(id));
+        }
+        let task_type = task.task_type.clone();
+        let (attempt, worker) = match task.status {
+            TaskStatus::Running => (
+                task.attempts,
+                task.worker_id.clone().expect("a running task has a worker"),
+            ),
+            _ => {
+                // An assignment in flight makes it running at the next attempt once applied.
+                let assigned = self
+                    .pending_assign
+                    .iter()
+                    .find(|(_, set)| set.contains(id))
+                    .map(|(w, _)| w.clone());
+                match assigned {
+                    Some(worker) => (task.attempts + 1, worker),
+                    None => {
+                        let attempt = task.attempts;
+                        self.state.unqueue(id);
+                        self.pending_changes.insert(id);
+                        return Ok(vec![LogEntry::TaskStatusChange {
+                            task_id: id,
+                            status: TaskStatus::Error,
+                            attempt,
+                            worker_id: None,
+                            result: Some(CANCELLED.into()),
+                            timestamp: now,
+                        }]);
+                    }
+                }
+            }
+        };
+        self.pending_changes.insert(id);
+        self.cancels_in_flight
+            .insert(id, (worker, attempt, task_type));
+        Ok(vec![LogEntry::TaskStatusChange {
+            task_id: id,
+            status: TaskStatus::Error,
+            attempt,
+            worker_id: None,
+            result: Some(CANCELLED.into()),
+            timestamp: now,
+        }])
+    }
+
+    /// Takes the applied cancellations of running attempts to send now, for every worker whose
+    /// current session is open. Call it after applying durable entries.
+    pub fn take_cancels(&mut self) -> Vec<WorkerCancels> {
+        let mut out = Vec::new();
+        for worker in std::mem::take(&mut self.cancel_ready) {
+            let Some(live) = self.live.get_mut(&worker) else {
+                continue;
+            };
+            let Some(conn) = live.conn.filter(|_| live.open) else {
+                continue; // re-armed by `session_opened`
+            };
+            let tasks = std::mem::take(&mut live.cancel_outbox);
+            if !tasks.is_empty() {
+                out.push(WorkerCancels {
+                    worker_id: worker,
+                    conn,
+                    tasks,
+                });
+            }
+        }
+        out
+    }
+
+    /// Cancelled attempts a worker has not reported ended yet (they keep their capacity).
+    pub fn cancelling_on(&self, worker_id: &str) -> Vec<(TaskId, u32)> {
+        self.live.get(worker_id).map_or(Vec::new(), |l| {
+            l.cancel_attempts.iter().map(|(t, a)| (*t, *a)).collect()
+        })
     }
 
     // ----- workers -----
@@ -513,11 +916,29 @@ impl Leader {
                 entries.push(self.fail_running(id, Some(&hello.worker_id), result, now));
             }
         }
-        self.live.insert(
-            worker.clone(),
-            LiveWorker::new(Some(hello.conn), hello.process_id, hello.capacity, now),
-        );
+        let mut fresh = LiveWorker::new(Some(hello.conn), hello.process_id, hello.capacity, now);
+        // Cancelled attempts the worker still lists keep their capacity and are cancelled
+        // again on the new connection; the others are over.
+        if let Some(old) = self.live.get(&worker) {
+            for (&task, &attempt) in &old.cancel_attempts {
+                if listed.contains(&(task, attempt))
+                    && let Some(t) = self.state.task(task)
+                {
+                    fresh.cancelling.insert(task, &t.task_type);
+                    fresh.cancel_attempts.insert(task, attempt);
+                    fresh.cancel_outbox.push((task, attempt));
+                }
+            }
+        }
+        // Cancellations in flight of attempts this worker no longer lists: nothing to stop.
+        self.cancels_in_flight
+            .retain(|id, (w, attempt, _)| **w != *worker || listed.contains(&(*id, *attempt)));
+        let resend = !fresh.cancel_outbox.is_empty();
+        self.live.insert(worker.clone(), fresh);
         self.outbox_ready.remove(&worker);
+        if resend {
+            self.cancel_ready.insert(worker.clone());
+        }
         Ok(Admission { entries, replaced })
     }
 
@@ -584,6 +1005,9 @@ impl Leader {
         let worker = worker.clone();
         let live = self.live.get_mut(&worker).expect("looked up above");
         live.open = true;
+        if !live.cancel_outbox.is_empty() {
+            self.cancel_ready.insert(worker.clone());
+        }
         if !live.outbox.is_empty() {
             self.outbox_ready.insert(worker);
         }
@@ -646,6 +1070,22 @@ impl Leader {
             let Some(task) = self.state.task(r.task_id) else {
                 continue;
             };
+            if self
+                .cancels_in_flight
+                .get(&r.task_id)
+                .is_some_and(|(w, a, _)| **w == *worker_id && *a == r.attempt)
+            {
+                // The attempt ended before its cancellation reached the worker: nothing to stop.
+                self.cancels_in_flight.remove(&r.task_id);
+                continue;
+            }
+            if let Some(live) = self.live.get_mut(worker_id)
+                && live.cancel_done(r.task_id, r.attempt, &task.task_type)
+            {
+                // The end of a cancelled attempt: its capacity is free; the task stays as the
+                // cancellation left it.
+                continue;
+            }
             let current = task.status == TaskStatus::Running
                 && task.attempts == r.attempt
                 && task.worker_id.as_deref() == Some(worker_id)
@@ -668,6 +1108,26 @@ impl Leader {
                 Outcome::Error => {
                     self.fail_running(r.task_id, Some(worker_id), r.result.clone(), now)
                 }
+                Outcome::RetryLater(delay) => {
+                    let deferrals = task.deferrals();
+                    if deferrals < self.config.max_deferrals {
+                        self.pending_changes.insert(r.task_id);
+                        LogEntry::DeferTask {
+                            task_id: r.task_id,
+                            attempt: r.attempt,
+                            worker_id: worker_id.to_string(),
+                            until: now.saturating_add(delay.max(0)),
+                            timestamp: now,
+                        }
+                    } else {
+                        let why = format!(
+                            "retry later refused: the task was already deferred {deferrals} times, the most allowed (tasks.max_deferrals), so this attempt counts as failed{}{}",
+                            if r.result.is_empty() { "" } else { ": " },
+                            r.result
+                        );
+                        self.fail_running(r.task_id, Some(worker_id), why, now)
+                    }
+                }
             };
             entries.push(entry);
         }
@@ -684,7 +1144,7 @@ impl Leader {
         now: Millis,
     ) -> LogEntry {
         let task = self.state.task(id).expect("caller checked the task exists");
-        let attempts_used = task.max_attempts > 0 && task.attempts >= task.max_attempts;
+        let attempts_used = task.max_attempts > 0 && task.counted_attempts() >= task.max_attempts;
         let deadline_passed = task.deadline > 0 && task.deadline <= now;
         let status = if attempts_used || deadline_passed {
             TaskStatus::Error
@@ -747,6 +1207,25 @@ impl Leader {
             if !purge.is_empty() {
                 entries.push(LogEntry::PurgeTasks {
                     task_ids: purge,
+                    timestamp: now,
+                });
+            }
+        }
+        if self.config.transactions_ttl > 0 {
+            let horizon = now - self.config.transactions_ttl;
+            let expired: Vec<TransactionId> = self
+                .tx_created
+                .iter()
+                .take_while(|(created, _)| *created <= horizon)
+                .map(|(_, id)| *id)
+                .filter(|id| !self.tx_ending.contains(id) && self.state.transaction(*id).is_some())
+                .take(budget)
+                .collect();
+            for id in expired {
+                // Abandoned: its owner neither committed nor rolled it back in time.
+                self.tx_ending.insert(id);
+                entries.push(LogEntry::RollbackTransaction {
+                    transaction_id: id,
                     timestamp: now,
                 });
             }
@@ -868,23 +1347,28 @@ impl Leader {
     /// Like [`Leader::fail_running`], for a task that may still be waiting in the applied state
     /// because its assignment is in flight: the failure concerns the attempt being assigned.
     fn fail_running_or_assigned(&mut self, id: TaskId, worker: &str, now: Millis) -> LogEntry {
-        let (attempts, max_attempts, deadline) = match self.state.task(id) {
+        let (attempts, deferrals, max_attempts, deadline) = match self.state.task(id) {
             Some(task) if task.status == TaskStatus::Running => {
                 return self.fail_running(id, Some(worker), worker_died_result(worker), now);
             }
-            Some(task) => (task.attempts, task.max_attempts, task.deadline),
+            Some(task) => (
+                task.attempts,
+                task.deferrals(),
+                task.max_attempts,
+                task.deadline,
+            ),
             None => {
                 // Placed directly at submission: even the task's creation is in flight.
                 let p = self
                     .pending_new
                     .get(&id)
                     .expect("an assignment in flight has a task");
-                (p.attempts, p.max_attempts, p.deadline)
+                (p.attempts, 0, p.max_attempts, p.deadline)
             }
         };
         // In flight: once applied, the task will be running at attempts + 1.
         let attempt = attempts + 1;
-        let attempts_used = max_attempts > 0 && attempt >= max_attempts;
+        let attempts_used = max_attempts > 0 && attempt.saturating_sub(deferrals) >= max_attempts;
         let deadline_passed = deadline > 0 && deadline <= now;
         self.pending_changes.insert(id);
         LogEntry::TaskStatusChange {
@@ -931,7 +1415,18 @@ impl Leader {
         } else {
             None
         };
+        let abandoned = if self.config.transactions_ttl > 0 {
+            self.tx_created
+                .iter()
+                .find(|(_, id)| {
+                    !self.tx_ending.contains(id) && self.state.transaction(*id).is_some()
+                })
+                .map(|(created, _)| created.saturating_add(self.config.transactions_ttl))
+        } else {
+            None
+        };
         deaths
+            .chain(abandoned)
             .chain(delayed)
             .chain(deadline)
             .chain(purge)
@@ -972,10 +1467,11 @@ impl Leader {
             let empty = RunningSet::default();
             let running = self.state.running.get(worker).unwrap_or(&empty);
             let pending = self.pending_assign.get(worker).unwrap_or(&empty);
-            let chosen = self
-                .state
-                .waiting
-                .choose(&live.capacity, &[running, pending], budget);
+            let chosen = self.state.waiting.choose(
+                &live.capacity,
+                &[running, pending, &live.cancelling],
+                budget,
+            );
             if chosen.is_empty() {
                 continue;
             }
@@ -1031,10 +1527,11 @@ impl Leader {
                     let live = &self.live[worker];
                     let running = self.state.running.get(worker).unwrap_or(&empty);
                     let pending = self.pending_assign.get(worker).unwrap_or(&empty);
-                    if live
-                        .capacity
-                        .admits(&[running, pending], &p.task_type, p.group)
-                    {
+                    if live.capacity.admits(
+                        &[running, pending, &live.cancelling],
+                        &p.task_type,
+                        p.group,
+                    ) {
                         placed = Some(worker.clone());
                         next_worker += i + 1;
                         break;
@@ -1134,6 +1631,21 @@ impl Leader {
             }
             Release::Change(id) => {
                 self.pending_changes.remove(&id);
+                if let Some((worker, attempt, task_type)) = self.cancels_in_flight.remove(&id)
+                    && let Some(live) = self.live.get_mut(&worker)
+                {
+                    if let Some(at) = live.outbox.iter().position(|p| *p == (id, attempt)) {
+                        // Never pushed: the worker never saw the attempt, nothing to stop.
+                        live.outbox.remove(at);
+                        return Ok(());
+                    }
+                    live.cancelling.insert(id, &task_type);
+                    live.cancel_attempts.insert(id, attempt);
+                    live.cancel_outbox.push((id, attempt));
+                    if live.open {
+                        self.cancel_ready.insert(worker);
+                    }
+                }
             }
             Release::Purge(ids) => {
                 for id in ids {
@@ -1143,6 +1655,15 @@ impl Leader {
             Release::Forget(created_before) => {
                 if self.forget_in_flight == Some(created_before) {
                     self.forget_in_flight = None;
+                }
+            }
+            Release::TxBegin(id, created) => {
+                self.tx_created.insert((created, id));
+            }
+            Release::TxEnd(id, created) => {
+                self.tx_ending.remove(&id);
+                if let Some(created) = created {
+                    self.tx_created.remove(&(created, id));
                 }
             }
             Release::Worker(worker) => {
@@ -1174,6 +1695,10 @@ enum Release {
     Change(TaskId),
     Purge(Vec<TaskId>),
     Forget(Millis),
+    /// A transaction opened: (id, creation time).
+    TxBegin(TransactionId, Millis),
+    /// A transaction ended: (id, its creation time if it was open).
+    TxEnd(TransactionId, Option<Millis>),
     Worker(String),
     Nothing,
 }
@@ -1202,12 +1727,25 @@ impl Release {
                 ),
                 None => Release::Nothing,
             },
-            LogEntry::TaskStatusChange { task_id, .. } => Release::Change(*task_id),
+            LogEntry::TaskStatusChange { task_id, .. } | LogEntry::DeferTask { task_id, .. } => {
+                Release::Change(*task_id)
+            }
             LogEntry::PurgeTasks { task_ids, .. } => Release::Purge(task_ids.clone()),
             LogEntry::ForgetIdempotencyKeys { created_before, .. } => {
                 Release::Forget(*created_before)
             }
             LogEntry::WorkerDied { worker_id, .. } => Release::Worker(worker_id.clone()),
+            LogEntry::PrepareAddTask { task, .. } => Release::New(task.id, task.slot.clone(), None),
+            LogEntry::BeginTransaction {
+                transaction_id,
+                timestamp,
+                ..
+            } => Release::TxBegin(*transaction_id, *timestamp),
+            LogEntry::CommitTransaction { transaction_id, .. }
+            | LogEntry::RollbackTransaction { transaction_id, .. } => Release::TxEnd(
+                *transaction_id,
+                state.transaction(*transaction_id).map(|t| t.created),
+            ),
             _ => Release::Nothing,
         }
     }

@@ -219,6 +219,8 @@ pub struct TaskExtra {
     pub mode: Option<Box<str>>,
     /// Resources recorded at assignment.
     pub resources: Vec<Box<str>>,
+    /// Attempts that answered "retry later": they do not count against `max_attempts`.
+    pub deferrals: u32,
 }
 
 impl Task {
@@ -240,6 +242,16 @@ impl Task {
     /// Resources recorded at the last assignment.
     pub fn resources(&self) -> &[Box<str>] {
         self.extra.as_ref().map_or(&[], |e| &e.resources)
+    }
+
+    /// Attempts that answered "retry later" (not counted against `max_attempts`).
+    pub fn deferrals(&self) -> u32 {
+        self.extra.as_ref().map_or(0, |e| e.deferrals)
+    }
+
+    /// Attempts that count against `max_attempts`: all of them but the deferred ones.
+    pub fn counted_attempts(&self) -> u32 {
+        self.attempts.saturating_sub(self.deferrals())
     }
 }
 
@@ -265,6 +277,8 @@ pub struct Transaction {
     pub id: TransactionId,
     /// When it was opened.
     pub created: Millis,
+    /// The user who opened it (`None` when an older version wrote it: admins only).
+    pub owner: Option<String>,
     /// Tasks prepared in it, in order.
     pub prepared: Vec<crate::entry::NewTask>,
 }

@@ -47,6 +47,8 @@ pub struct TaskRecord {
     pub mode: Option<String>,
     /// Resources of the last assignment.
     pub resources: Vec<String>,
+    /// Attempts that answered "retry later" (snapshot version 3).
+    pub deferrals: u32,
 }
 
 impl From<&Task> for TaskRecord {
@@ -68,6 +70,7 @@ impl From<&Task> for TaskRecord {
             codepool: t.codepool().map(str::to_string),
             mode: t.mode().map(str::to_string),
             resources: t.resources().iter().map(|r| r.to_string()).collect(),
+            deferrals: t.deferrals(),
         }
     }
 }
@@ -264,8 +267,11 @@ impl StateBuilder {
         let user_id = s.intern(&r.user_id);
         let group = s.mapper().group_of(&user_id, &task_type);
         let worker_id = r.worker_id.as_deref().map(|w| s.intern(w));
-        let has_extra =
-            r.slot.is_some() || r.codepool.is_some() || r.mode.is_some() || !r.resources.is_empty();
+        let has_extra = r.slot.is_some()
+            || r.codepool.is_some()
+            || r.mode.is_some()
+            || !r.resources.is_empty()
+            || r.deferrals > 0;
         let task = Task {
             id,
             task_type,
@@ -286,6 +292,7 @@ impl StateBuilder {
                     codepool: r.codepool.map(Into::into),
                     mode: r.mode.map(Into::into),
                     resources: r.resources.into_iter().map(Into::into).collect(),
+                    deferrals: r.deferrals,
                 })
             }),
         };

@@ -463,6 +463,7 @@ impl BrokerState {
             LogEntry::BeginTransaction {
                 transaction_id,
                 timestamp,
+                owner,
             } => {
                 if self.transactions.contains_key(&transaction_id) {
                     return Err(ApplyError::DuplicateTransaction(transaction_id));
@@ -473,6 +474,7 @@ impl BrokerState {
                     Transaction {
                         id: transaction_id,
                         created: timestamp,
+                        owner,
                         prepared: Vec::new(),
                     },
                 );
@@ -589,7 +591,56 @@ impl BrokerState {
             LogEntry::CodePoolChunk { id, index, data } => {
                 self.apply_pool_chunk(id, index, data)?
             }
+            LogEntry::DeferTask {
+                task_id,
+                attempt,
+                worker_id: _,
+                until,
+                timestamp: _,
+            } => self.defer(task_id, attempt, until)?,
         }
+        Ok(())
+    }
+
+    /// A running attempt is deferred: the task leaves its worker and waits, delayed, until
+    /// `until`, keeping its slot.
+    fn defer(&mut self, id: TaskId, attempt: u32, until: Millis) -> Result<(), ApplyError> {
+        let task = self.tasks.get(&id).ok_or(ApplyError::NoSuchTask {
+            entry: "defer_task",
+            task: id,
+        })?;
+        if task.status != TaskStatus::Running {
+            return Err(ApplyError::IllegalTransition {
+                task: id,
+                from: task.status,
+                to: TaskStatus::Delayed,
+            });
+        }
+        if attempt != task.attempts {
+            return Err(ApplyError::WrongAttempt {
+                task: id,
+                got: attempt,
+                expected: task.attempts,
+            });
+        }
+        let task = Arc::make_mut(self.tasks.get_mut(&id).expect("checked above"));
+        let worker = task
+            .worker_id
+            .as_ref()
+            .expect("a running task has a worker");
+        if let Some(set) = self.running.get_mut(worker) {
+            set.remove(id, &task.task_type);
+            if set.is_empty() {
+                self.running.remove(worker);
+            }
+        }
+        task.status = TaskStatus::Delayed;
+        task.requested_start_time = until.max(0);
+        task.extra.get_or_insert_with(Default::default).deferrals += 1;
+        self.counts[TaskStatus::Running.index()] -= 1;
+        self.counts[TaskStatus::Delayed.index()] += 1;
+        let task = self.tasks.get(&id).expect("checked above").clone();
+        self.index_pending(&task);
         Ok(())
     }
 
@@ -646,6 +697,7 @@ impl BrokerState {
                 codepool: t.codepool.map(Into::into),
                 mode: t.mode.map(Into::into),
                 resources: Vec::new(),
+                deferrals: 0,
             }))
         } else {
             None
@@ -883,6 +935,24 @@ impl BrokerState {
         let running: usize = self.running.values().map(|r| r.len()).sum();
         if running as u64 != counts[TaskStatus::Running.index()] {
             return Err("running sets disagree with running tasks".into());
+        }
+        // Every busy slot is held by a live task or a prepared task of an open transaction
+        // (so a cancel, a rollback or an abandoned transaction cannot leave one behind).
+        for (slot, holder) in &self.slots {
+            let live = self
+                .tasks
+                .get(holder)
+                .is_some_and(|t| !t.status.is_final() && t.slot() == Some(&**slot));
+            let prepared = self.transactions.values().any(|tx| {
+                tx.prepared
+                    .iter()
+                    .any(|t| t.id == *holder && t.slot.as_deref() == Some(&**slot))
+            });
+            if !live && !prepared {
+                return Err(format!(
+                    "slot {slot} is held by task {holder}, which does not hold it"
+                ));
+            }
         }
         self.idempotency.check()?;
         self.check_pools()?;

@@ -9,18 +9,25 @@
 //! one with an unknown key creates a task, and at every point a key names exactly one task.
 //! Code pools are created (in chunks), deleted and expire while tasks name them: a live task's
 //! pool always exists and is complete.
-//! At the end: the leader's state passes every invariant and equals a replay of its log, and a
-//! snapshot of it rebuilds it exactly.
+//! Transactions are begun by two users, tasks are prepared in them (also in ones that ended,
+//! or by another user), committed, rolled back and abandoned (rolled back by their time to
+//! live); tasks are cancelled at any point (waiting, delayed, being assigned, running) and
+//! workers answer "retry later". After every step also: no prepared task is visible or
+//! assigned, a slot is held by exactly one live or prepared task, a worker's cancelled
+//! attempts count against its capacity until it reports them, no task is deferred more than
+//! `max_deferrals` times and deferrals never use attempts.
+//! At the end: the leader's state passes every invariant and equals a replay of its log, a
+//! snapshot of it rebuilds it exactly, and no cancelled task was assigned again or changed.
 
 mod support;
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use majordodo_core::leader::{Outcome, SubmitOutcome, SubmitRequest};
+use majordodo_core::leader::{CANCELLED, Caller, Outcome, SubmitOutcome, SubmitRequest};
 use majordodo_core::{
     BrokerState, DefaultGroupMapper, LeaderConfig, LogEntry, Millis, TaskId, TaskStatus,
-    WorkerCapacity,
+    TransactionId, WorkerCapacity,
 };
 use proptest::prelude::*;
 use support::{Batch, Sim};
@@ -59,7 +66,39 @@ enum Op {
     Report {
         worker: u8,
         pick: u8,
-        ok: bool,
+        /// 0 finished, 1 error, 2 or 3 retry later.
+        outcome: u8,
+    },
+    Begin {
+        user: u8,
+    },
+    /// A task prepared in one of the transactions begun so far (maybe ended), by `user` (maybe
+    /// not its owner) or an admin.
+    Prepare {
+        pick: u8,
+        user: u8,
+        admin: bool,
+        slot: Option<u8>,
+        delay: bool,
+    },
+    Commit {
+        pick: u8,
+        user: u8,
+        admin: bool,
+    },
+    Rollback {
+        pick: u8,
+        user: u8,
+        admin: bool,
+    },
+    Cancel {
+        pick: u8,
+        user: u8,
+        admin: bool,
+    },
+    /// The worker stops the cancelled attempts it has received and reports them.
+    StopCancelled {
+        worker: u8,
     },
     Assign,
     Tick,
@@ -92,7 +131,14 @@ fn op() -> impl Strategy<Value = Op> {
         6 => (0u8..3).prop_map(|worker| Op::Receive { worker }),
         1 => (0u8..3).prop_map(|worker| Op::Disconnect { worker }),
         1 => (0u8..3).prop_map(|worker| Op::Crash { worker }),
-        6 => (0u8..3, any::<u8>(), any::<bool>()).prop_map(|(worker, pick, ok)| Op::Report { worker, pick, ok }),
+        6 => (0u8..3, any::<u8>(), 0u8..4).prop_map(|(worker, pick, outcome)| Op::Report { worker, pick, outcome }),
+        1 => (0u8..2).prop_map(|user| Op::Begin { user }),
+        3 => (any::<u8>(), 0u8..2, any::<bool>(), proptest::option::of(0u8..3), any::<bool>())
+            .prop_map(|(pick, user, admin, slot, delay)| Op::Prepare { pick, user, admin, slot, delay }),
+        1 => (any::<u8>(), 0u8..2, any::<bool>()).prop_map(|(pick, user, admin)| Op::Commit { pick, user, admin }),
+        1 => (any::<u8>(), 0u8..2, any::<bool>()).prop_map(|(pick, user, admin)| Op::Rollback { pick, user, admin }),
+        2 => (any::<u8>(), 0u8..2, any::<bool>()).prop_map(|(pick, user, admin)| Op::Cancel { pick, user, admin }),
+        2 => (0u8..3).prop_map(|worker| Op::StopCancelled { worker }),
         4 => Just(Op::Assign),
         2 => Just(Op::Tick),
         2 => (0u16..4000).prop_map(|ms| Op::Advance { ms }),
@@ -168,6 +214,18 @@ fn check_capacity(sim: &Sim) {
             }
         }
     }
+    // Cancelled attempts the worker has not reported ended yet keep their capacity.
+    for w in 0..3u8 {
+        let worker = format!("w{w}");
+        for (task, _) in sim.leader.cancelling_on(&worker) {
+            let t = sim.state().task(task).expect("a cancelled task exists");
+            assert_eq!(t.result.as_deref(), Some(CANCELLED));
+            per_worker
+                .entry(worker.clone())
+                .or_default()
+                .push(t.task_type.to_string());
+        }
+    }
     for (worker, types) in per_worker {
         let w: u8 = worker.trim_start_matches('w').parse().unwrap();
         let cap = capacity(w);
@@ -195,15 +253,23 @@ fn check_capacity(sim: &Sim) {
     }
 }
 
-/// No task, applied or being assigned, is at an attempt beyond its maxattempts.
+/// No task, applied or being assigned, is at an attempt beyond its maxattempts (deferred
+/// attempts not counted), and none was deferred more than `max_deferrals` times.
 fn check_attempts(sim: &Sim) {
     for task in sim.state().tasks() {
         assert!(
-            task.max_attempts == 0 || task.attempts <= task.max_attempts,
-            "task {} is at attempt {} of {}",
+            task.max_attempts == 0 || task.counted_attempts() <= task.max_attempts,
+            "task {} is at attempt {} of {} ({} deferred)",
             task.id,
             task.attempts,
-            task.max_attempts
+            task.max_attempts,
+            task.deferrals()
+        );
+        assert!(
+            task.deferrals() <= sim.leader.config().max_deferrals,
+            "task {} deferred {} times",
+            task.id,
+            task.deferrals()
         );
     }
     let mut max_of = BTreeMap::new();
@@ -216,15 +282,15 @@ fn check_attempts(sim: &Sim) {
                 majordodo_core::LogEntry::AssignTask {
                     task_id, attempt, ..
                 } => {
-                    let max = sim
+                    let (max, deferrals) = sim
                         .state()
                         .task(*task_id)
-                        .map(|t| t.max_attempts)
-                        .or_else(|| max_of.get(task_id).copied())
+                        .map(|t| (t.max_attempts, t.deferrals()))
+                        .or_else(|| max_of.get(task_id).map(|m| (*m, 0)))
                         .expect("an assigned task exists or is being created");
                     assert!(
-                        max == 0 || *attempt <= max,
-                        "task {task_id} assigned attempt {attempt} of {max}"
+                        max == 0 || attempt - deferrals <= max,
+                        "task {task_id} assigned attempt {attempt} of {max} ({deferrals} deferred)"
                     );
                 }
                 _ => {}
@@ -261,6 +327,66 @@ fn check_delivery(sim: &Sim) {
             conn.id,
             conn.open
         );
+    }
+}
+
+/// No prepared task is visible (a task of the state) or assigned (applied or in flight), and
+/// every prepared task holds its slot.
+fn check_prepared(sim: &Sim) {
+    let open = sim.state().transactions().count();
+    assert!(
+        open <= sim.leader.config().max_open_transactions,
+        "{open} transactions open"
+    );
+    let mut prepared = BTreeMap::new();
+    for tx in sim.state().transactions() {
+        for t in &tx.prepared {
+            prepared.insert(t.id, tx.id);
+            assert!(
+                sim.state().task(t.id).is_none(),
+                "prepared task {} of transaction {} is visible",
+                t.id,
+                tx.id
+            );
+            if let Some(slot) = &t.slot {
+                assert_eq!(sim.state().slot_holder(slot), Some(t.id));
+            }
+        }
+    }
+    for e in sim.inflight.iter().flat_map(|b| &b.entries) {
+        if let LogEntry::AssignTask { task_id, .. } = e {
+            assert!(
+                !prepared.contains_key(task_id),
+                "prepared task {task_id} is being assigned"
+            );
+        }
+    }
+}
+
+/// Over the durable log: after a task is cancelled, nothing assigns or changes it again.
+fn check_cancelled_stay_cancelled(log: &[LogEntry]) {
+    let mut cancelled = std::collections::BTreeSet::new();
+    for e in log {
+        match e {
+            LogEntry::TaskStatusChange {
+                task_id, result, ..
+            } => {
+                assert!(
+                    !cancelled.contains(task_id),
+                    "cancelled task {task_id} changed again"
+                );
+                if result.as_deref() == Some(CANCELLED) {
+                    cancelled.insert(*task_id);
+                }
+            }
+            LogEntry::AssignTask { task_id, .. } | LogEntry::DeferTask { task_id, .. } => {
+                assert!(
+                    !cancelled.contains(task_id),
+                    "cancelled task {task_id} runs again"
+                );
+            }
+            _ => {}
+        }
     }
 }
 
@@ -382,8 +508,16 @@ fn run(ops: Vec<Op>) {
         max_assignments_per_round: 5,
         max_timer_changes_per_round: 3,
         idempotency_window: 8_000,
+        transactions_ttl: 6_000,
+        max_open_transactions: 4,
+        max_deferrals: 1,
     });
     sim.auto_receive = false;
+    let mut txs: Vec<TransactionId> = Vec::new();
+    let caller = |user: u8, admin: bool| Caller {
+        name: format!("{}", user % 2),
+        admin,
+    };
     for op in ops {
         match op {
             Op::Submit {
@@ -439,19 +573,139 @@ fn run(ops: Vec<Op>) {
             Op::Receive { worker } => sim.receive(&format!("w{worker}")),
             Op::Disconnect { worker } => sim.disconnect(&format!("w{worker}")),
             Op::Crash { worker } => sim.crash(&format!("w{worker}")),
-            Op::Report { worker, pick, ok } => {
+            Op::Report {
+                worker,
+                pick,
+                outcome,
+            } => {
                 let id = format!("w{worker}");
                 let running = sim.running_of(&id);
                 if !running.is_empty() {
                     let (task, attempt) = running[pick as usize % running.len()];
-                    let outcome = if ok {
-                        Outcome::Finished
-                    } else {
-                        Outcome::Error
+                    let outcome = match outcome {
+                        0 => Outcome::Finished,
+                        1 => Outcome::Error,
+                        _ => Outcome::RetryLater(300),
                     };
                     sim.report(&id, task, attempt, outcome, "r");
                 }
             }
+            Op::Begin { user } => match sim.leader.begin_transaction(sim.now, &caller(user, false))
+            {
+                Ok((id, entry)) => {
+                    txs.push(id);
+                    sim.push(vec![entry]);
+                }
+                Err(e) => assert!(
+                    matches!(
+                        e,
+                        majordodo_core::leader::ActionError::TooManyTransactions(4)
+                    ),
+                    "{e}"
+                ),
+            },
+            Op::Prepare {
+                pick,
+                user,
+                admin,
+                slot,
+                delay,
+            } => {
+                if txs.is_empty() {
+                    continue;
+                }
+                let tx = txs[pick as usize % txs.len()];
+                let who = caller(user, admin);
+                let (outcome, entry) = sim.leader.submit_as(
+                    sim.now,
+                    SubmitRequest {
+                        task_type: format!("k{}", pick % 3),
+                        user_id: who.name.clone(),
+                        data: "p".into(),
+                        max_attempts: 2,
+                        slot: slot.map(|s| format!("s{s}")),
+                        requested_start_time: if delay { sim.now + 2_000 } else { 0 },
+                        transaction: Some(tx),
+                        ..Default::default()
+                    },
+                    &who,
+                );
+                let open = sim.state().transaction(tx);
+                if let SubmitOutcome::Accepted(_) = outcome {
+                    let owner = open.and_then(|t| t.owner.clone());
+                    assert!(
+                        admin || owner.as_deref() == Some(who.name.as_str()),
+                        "{} prepared into transaction {tx} of {owner:?}",
+                        who.name
+                    );
+                    assert!(
+                        matches!(entry, Some(LogEntry::PrepareAddTask { .. })),
+                        "{entry:?}"
+                    );
+                } else {
+                    assert!(entry.is_none());
+                }
+                sim.push(entry.into_iter().collect());
+            }
+            Op::Commit { pick, user, admin } | Op::Rollback { pick, user, admin } => {
+                if txs.is_empty() {
+                    continue;
+                }
+                let tx = txs[pick as usize % txs.len()];
+                let who = caller(user, admin);
+                let decided = if matches!(op, Op::Commit { .. }) {
+                    sim.leader.commit_transaction(sim.now, tx, &who)
+                } else {
+                    sim.leader.rollback_transaction(sim.now, tx, &who)
+                };
+                match decided {
+                    Ok(entry) => {
+                        let owner = sim.state().transaction(tx).and_then(|t| t.owner.clone());
+                        assert!(admin || owner.as_deref() == Some(who.name.as_str()));
+                        sim.push(vec![entry]);
+                    }
+                    Err(_) => {
+                        // Refused: it is over (or ending), somebody else's, or its begin is
+                        // still in flight.
+                    }
+                }
+            }
+            Op::Cancel { pick, user, admin } => {
+                let max = sim.state().max_task_id();
+                if max == 0 {
+                    continue;
+                }
+                let id = TaskId(1 + u64::from(pick) % max);
+                let who = caller(user, admin);
+                let before = sim
+                    .state()
+                    .task(id)
+                    .map(|t| (t.status, t.user_id.to_string()));
+                match sim.leader.cancel_task(sim.now, id, &who) {
+                    Ok(entries) => {
+                        let (status, owner) = before.expect("a cancelled task exists");
+                        assert!(!status.is_final(), "task {id} cancelled while {status}");
+                        assert!(
+                            admin || owner == who.name,
+                            "{} cancelled {owner}'s task",
+                            who.name
+                        );
+                        sim.push(entries);
+                    }
+                    Err(_) => {
+                        if let Some((status, owner)) = before
+                            && !status.is_final()
+                            && (admin || owner == who.name)
+                        {
+                            assert!(
+                                sim.leader.change_in_flight(id),
+                                "cancel of {status} task {id} refused without a change in flight"
+                            );
+                        }
+                    }
+                }
+            }
+            Op::StopCancelled { worker } => sim.stop_cancelled(&format!("w{worker}")),
             Op::Assign => sim.assign(),
             Op::Tick => sim.tick(),
             Op::Advance { ms } => sim.advance(ms.into()),
@@ -491,9 +745,12 @@ fn run(ops: Vec<Op>) {
         check_capacity(&sim);
         check_attempts(&sim);
         check_delivery(&sim);
+        check_prepared(&sim);
     }
     sim.flush();
     check_delivery(&sim);
+    check_prepared(&sim);
+    check_cancelled_stay_cancelled(&sim.log);
     assert!(
         !sim.leader.has_pending(),
         "every reservation is released once applied"

@@ -462,6 +462,7 @@ fn transaction_tasks_are_invisible_until_commit_and_rollback_frees_slots() {
         LogEntry::BeginTransaction {
             transaction_id: tx,
             timestamp: 10,
+            owner: None,
         },
     )
     .unwrap();
@@ -506,6 +507,7 @@ fn transaction_tasks_are_invisible_until_commit_and_rollback_frees_slots() {
         LogEntry::BeginTransaction {
             transaction_id: tx2,
             timestamp: 13,
+            owner: None,
         },
     )
     .unwrap();
@@ -956,4 +958,119 @@ fn a_zero_window_keeps_keys_forever() {
     sim.advance(1_000_000_000);
     assert!(sim.leader.tick(sim.now).is_empty());
     assert_eq!(sim.submit(keyed("u", "k")), SubmitOutcome::Accepted(first));
+}
+
+#[test]
+fn cancelled_running_attempt_keeps_its_worker_capacity_until_the_worker_reports_it() {
+    // Goal: a running task cancelled ends in error `cancelled` at once; the cancellation is
+    // handed out for its worker; until the worker reports the attempt ended, no other task
+    // takes its place on a worker of capacity 1 (queued or submitted fresh); the report
+    // changes nothing of the task and frees the capacity.
+    let mut sim = Sim::new(config());
+    sim.connect("w1", WorkerCapacity::any(1)).unwrap();
+    sim.settle();
+    let first = sim.submit_simple("alice", "t", 1);
+    sim.settle();
+    assert_eq!(status(&sim, first), TaskStatus::Running);
+    let admin = majordodo_core::leader::Caller::admin("admin");
+    let entries = sim.leader.cancel_task(sim.now, first, &admin).unwrap();
+    sim.push(entries);
+    sim.flush();
+    let task = sim.state().task(first).unwrap();
+    assert_eq!(task.status, TaskStatus::Error);
+    assert_eq!(
+        task.result.as_deref(),
+        Some(majordodo_core::leader::CANCELLED)
+    );
+    assert_eq!(sim.cancelled.get("w1").map(|c| c.len()), Some(1));
+    assert_eq!(sim.leader.cancelling_on("w1"), vec![(first, 1)]);
+    let (outcome, batch) = sim.submit_in_round(SubmitRequest {
+        task_type: "t".into(),
+        user_id: "alice".into(),
+        max_attempts: 1,
+        ..Default::default()
+    });
+    let SubmitOutcome::Accepted(second) = outcome else {
+        panic!("{outcome:?}")
+    };
+    assert!(
+        !batch
+            .iter()
+            .any(|e| matches!(e, LogEntry::AssignTask { .. })),
+        "placed at submission on a worker still stopping a cancelled attempt: {batch:?}"
+    );
+    sim.settle();
+    assert_eq!(
+        status(&sim, second),
+        TaskStatus::Waiting,
+        "the worker still stops the cancelled attempt"
+    );
+    sim.report("w1", first, 1, Outcome::Finished, "late");
+    sim.settle();
+    assert_eq!(
+        sim.state().task(first).unwrap().result.as_deref(),
+        Some(majordodo_core::leader::CANCELLED)
+    );
+    assert!(sim.leader.cancelling_on("w1").is_empty());
+    assert_eq!(status(&sim, second), TaskStatus::Running);
+    sim.state().check_invariants().unwrap();
+    assert_eq!(sim.replay(), *sim.state());
+}
+
+#[test]
+fn retry_later_uses_no_attempt_until_the_deferral_bound_then_fails() {
+    // Goal: with maxattempts 1 and max_deferrals 2, two "retry later" answers delay the task
+    // and run it again (attempts 2 and 3, none counted); the third answer counts as the
+    // failure of its only attempt, with a text naming the bound.
+    let mut sim = Sim::new(LeaderConfig {
+        max_deferrals: 2,
+        ..config()
+    });
+    sim.connect("w1", WorkerCapacity::any(1)).unwrap();
+    sim.settle();
+    let id = sim.submit_simple("alice", "t", 1);
+    sim.settle();
+    for attempt in 1..=2u32 {
+        assert_eq!(sim.running_of("w1"), vec![(id, attempt)]);
+        sim.report("w1", id, attempt, Outcome::RetryLater(1_000), "busy");
+        sim.flush();
+        let task = sim.state().task(id).unwrap();
+        assert_eq!(task.status, TaskStatus::Delayed);
+        assert_eq!(task.requested_start_time, sim.now + 1_000);
+        assert_eq!(task.deferrals(), attempt);
+        assert_eq!(task.counted_attempts(), 0);
+        sim.advance(1_000);
+        sim.settle();
+    }
+    assert_eq!(sim.running_of("w1"), vec![(id, 3)]);
+    sim.report("w1", id, 3, Outcome::RetryLater(1_000), "busy");
+    sim.flush();
+    let task = sim.state().task(id).unwrap();
+    assert_eq!(task.status, TaskStatus::Error);
+    assert!(
+        task.result
+            .as_deref()
+            .unwrap()
+            .contains("tasks.max_deferrals")
+    );
+    // A deferred attempt does not count when a later one fails: with maxattempts 2, one
+    // deferral and one failure leave a retry.
+    let two = sim.submit_simple("alice", "t", 2);
+    sim.settle();
+    sim.report("w1", two, 1, Outcome::RetryLater(10), "busy");
+    sim.flush();
+    sim.advance(10);
+    sim.settle();
+    sim.report("w1", two, 2, Outcome::Error, "boom");
+    sim.flush();
+    assert_eq!(
+        status(&sim, two),
+        TaskStatus::Waiting,
+        "the failure of its first counted attempt is retried"
+    );
+    assert_eq!(sim.replay(), *sim.state());
+    let rebuilt =
+        BrokerState::from_snapshot(sim.state().to_snapshot(), Arc::new(DefaultGroupMapper))
+            .unwrap();
+    assert_eq!(rebuilt, *sim.state());
 }

@@ -26,6 +26,10 @@ pub use response::{
     StatusView, SubmitResult, SubmitTaskResponse, SubmitTasksResponse, TaskInfo, TaskView,
     TasksOverviewView, TasksView, WorkerInfo, WorkersView,
 };
+pub use response::{
+    CancelTaskResponse, DelayedQueueList, DelayedQueueView, DelayedTaskInfo, SlotsList, SlotsView,
+    TransactionInfo, TransactionResponse, TransactionsList, TransactionsView,
+};
 pub use view::{StatusFilter, TasksOverviewQuery, TasksQuery, ViewRequest, parse_view};
 
 /// The path of the API, as in the original (`http://host:port/majordodo`).

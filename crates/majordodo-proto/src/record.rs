@@ -11,7 +11,9 @@
 //! key without a word (protobuf ignores unknown fields) and hold a state that differs from the
 //! leader's. Version 3 adds the chunked code pool: `BeginCodePool` (tag 70) and
 //! `CodePoolChunk` (tag 71), which replace the one-record `CreateCodePool` (tag 24, still read:
-//! its archive had to fit one record). Versions 1 to 3 are read; 3 is written.
+//! its archive had to fit one record), the owner of a transaction (field 40 of the transaction
+//! kinds) and the `DeferTask` kind (tag 40). Versions 1 to 3 are read; 3 is written (an older
+//! record has none of these; a transaction without owner is left to admins).
 
 use majordodo_core::entry::{LogEntry, NewTask};
 use majordodo_core::{TaskId, TaskStatus, TransactionId};
@@ -53,7 +55,7 @@ struct RecordPb {
     version: u32,
     #[prost(
         oneof = "EntryPb",
-        tags = "11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24, 30, 31, 70, 71"
+        tags = "11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24, 30, 31, 40, 70, 71"
     )]
     entry: Option<EntryPb>,
 }
@@ -96,6 +98,9 @@ enum EntryPb {
     /// Since version 3.
     #[prost(message, tag = "71")]
     CodePoolChunk(CodePoolChunkPb),
+    /// Since version 3.
+    #[prost(message, tag = "40")]
+    DeferTask(DeferTaskPb),
 }
 
 /// A task at submission; shared with snapshots (prepared tasks of transactions).
@@ -185,6 +190,24 @@ struct TransactionPb {
     #[prost(uint64, tag = "1")]
     transaction_id: u64,
     #[prost(int64, tag = "2")]
+    timestamp: i64,
+    /// Since version 3, in `BeginTransaction` only.
+    #[prost(string, optional, tag = "40")]
+    owner: Option<String>,
+}
+
+/// Since version 3.
+#[derive(Clone, PartialEq, Message)]
+struct DeferTaskPb {
+    #[prost(uint64, tag = "1")]
+    task_id: u64,
+    #[prost(uint32, tag = "2")]
+    attempt: u32,
+    #[prost(string, tag = "3")]
+    worker_id: String,
+    #[prost(int64, tag = "4")]
+    until: i64,
+    #[prost(int64, tag = "5")]
     timestamp: i64,
 }
 
@@ -405,9 +428,11 @@ pub fn encode_entry(entry: &LogEntry) -> Vec<u8> {
         LogEntry::BeginTransaction {
             transaction_id,
             timestamp,
+            owner,
         } => EntryPb::BeginTransaction(TransactionPb {
             transaction_id: transaction_id.0,
             timestamp: *timestamp,
+            owner: owner.clone(),
         }),
         LogEntry::CommitTransaction {
             transaction_id,
@@ -415,12 +440,27 @@ pub fn encode_entry(entry: &LogEntry) -> Vec<u8> {
         } => EntryPb::CommitTransaction(TransactionPb {
             transaction_id: transaction_id.0,
             timestamp: *timestamp,
+            owner: None,
         }),
         LogEntry::RollbackTransaction {
             transaction_id,
             timestamp,
         } => EntryPb::RollbackTransaction(TransactionPb {
             transaction_id: transaction_id.0,
+            timestamp: *timestamp,
+            owner: None,
+        }),
+        LogEntry::DeferTask {
+            task_id,
+            attempt,
+            worker_id,
+            until,
+            timestamp,
+        } => EntryPb::DeferTask(DeferTaskPb {
+            task_id: task_id.0,
+            attempt: *attempt,
+            worker_id: worker_id.clone(),
+            until: *until,
             timestamp: *timestamp,
         }),
         LogEntry::PrepareAddTask {
@@ -499,18 +539,22 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, RecordError> {
     if !(MIN_RECORD_FORMAT_VERSION..=RECORD_FORMAT_VERSION).contains(&record.version) {
         return Err(RecordError::UnsupportedVersion(record.version));
     }
-    // Version 1 is version 2 without the key and the forget kind, and version 2 is version 3
-    // without the chunked code pool: one decoder reads them all.
+    // Version 1 is version 2 without the key and the forget kind, version 2 is version 3
+    // without chunked code pools, transaction owners and deferrals: one decoder reads them all.
     let entry = record.entry.ok_or(RecordError::UnknownKind)?;
-    if record.version < 3 && matches!(entry, EntryPb::BeginCodePool(_) | EntryPb::CodePoolChunk(_))
-    {
-        return Err(RecordError::InvalidField {
-            field: "entry",
-            reason: format!(
-                "chunked code pools need version 3, record is version {}",
-                record.version
-            ),
-        });
+    if record.version < 3 {
+        let newer = match &entry {
+            EntryPb::BeginCodePool(_) | EntryPb::CodePoolChunk(_) => Some("chunked code pool"),
+            EntryPb::DeferTask(_) => Some("defer_task"),
+            EntryPb::BeginTransaction(t) if t.owner.is_some() => Some("transaction owner"),
+            _ => None,
+        };
+        if let Some(what) = newer {
+            return Err(RecordError::InvalidField {
+                field: "version",
+                reason: format!("{what} in a version {} record", record.version),
+            });
+        }
     }
     Ok(match entry {
         EntryPb::AddTask(t) => LogEntry::AddTask(t.into_task()?),
@@ -546,6 +590,14 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, RecordError> {
         EntryPb::BeginTransaction(t) => LogEntry::BeginTransaction {
             transaction_id: TransactionId(t.transaction_id),
             timestamp: t.timestamp,
+            owner: t.owner,
+        },
+        EntryPb::DeferTask(d) => LogEntry::DeferTask {
+            task_id: TaskId(d.task_id),
+            attempt: d.attempt,
+            worker_id: d.worker_id,
+            until: d.until,
+            timestamp: d.timestamp,
         },
         EntryPb::CommitTransaction(t) => LogEntry::CommitTransaction {
             transaction_id: TransactionId(t.transaction_id),
@@ -720,10 +772,29 @@ pub(crate) mod tests {
                 worker_id: w,
                 timestamp: t
             }),
-            (any::<u64>(), any::<i64>()).prop_map(|(x, t)| LogEntry::BeginTransaction {
-                transaction_id: TransactionId(x),
-                timestamp: t
+            (any::<u64>(), any::<i64>(), opt_string()).prop_map(|(x, t, owner)| {
+                LogEntry::BeginTransaction {
+                    transaction_id: TransactionId(x),
+                    timestamp: t,
+                    owner,
+                }
             }),
+            (
+                any::<u64>(),
+                any::<u32>(),
+                ".{0,8}",
+                any::<i64>(),
+                any::<i64>()
+            )
+                .prop_map(|(id, attempt, worker_id, until, timestamp)| {
+                    LogEntry::DeferTask {
+                        task_id: TaskId(id),
+                        attempt,
+                        worker_id,
+                        until,
+                        timestamp,
+                    }
+                }),
             (any::<u64>(), any::<i64>()).prop_map(|(x, t)| LogEntry::CommitTransaction {
                 transaction_id: TransactionId(x),
                 timestamp: t
@@ -803,11 +874,41 @@ pub(crate) mod tests {
             Some(
                 EntryPb::ForgetIdempotencyKeys(_)
                 | EntryPb::BeginCodePool(_)
-                | EntryPb::CodePoolChunk(_),
+                | EntryPb::CodePoolChunk(_)
+                | EntryPb::DeferTask(_),
             ) => return None,
+            Some(EntryPb::BeginTransaction(t)) => t.owner = None,
             _ => {}
         }
         Some(record.encode_to_vec())
+    }
+
+    /// Encodes an entry as a version 2 writer did: no transaction owner, no deferral.
+    fn encode_v2(entry: &LogEntry) -> Option<Vec<u8>> {
+        let mut record = RecordPb::decode(encode_entry(entry).as_slice()).ok()?;
+        record.version = 2;
+        match &mut record.entry {
+            Some(EntryPb::DeferTask(_)) => return None,
+            Some(EntryPb::BeginTransaction(t)) => t.owner = None,
+            _ => {}
+        }
+        Some(record.encode_to_vec())
+    }
+
+    /// The entry a version 2 record of `entry` means: a transaction without owner.
+    fn without_owner(entry: LogEntry) -> LogEntry {
+        match entry {
+            LogEntry::BeginTransaction {
+                transaction_id,
+                timestamp,
+                ..
+            } => LogEntry::BeginTransaction {
+                transaction_id,
+                timestamp,
+                owner: None,
+            },
+            other => other,
+        }
     }
 
     /// The entry a version 1 record of `entry` means: the same without idempotency key.
@@ -827,7 +928,7 @@ pub(crate) mod tests {
                     ..task
                 },
             },
-            other => other,
+            other => without_owner(other),
         }
     }
 
@@ -844,6 +945,15 @@ pub(crate) mod tests {
             // same entries, without key.
             if let Some(bytes) = encode_v1(&e) {
                 prop_assert_eq!(decode_entry(&bytes).unwrap(), without_key(e));
+            }
+        }
+
+        #[test]
+        fn version_2_records_still_decode(e in entry()) {
+            // Goal: records written before transaction owners and deferrals (version 2)
+            // decode to the same entries, a transaction without owner.
+            if let Some(bytes) = encode_v2(&e) {
+                prop_assert_eq!(decode_entry(&bytes).unwrap(), without_owner(e));
             }
         }
 
@@ -894,8 +1004,11 @@ pub(crate) mod tests {
             LogEntry::CreateCodePool { id, data, .. } => vec![id.len(), data.len()],
             LogEntry::BeginCodePool { id, .. } => vec![id.len(), 32],
             LogEntry::CodePoolChunk { id, data, .. } => vec![id.len(), data.len()],
-            LogEntry::BeginTransaction { .. }
-            | LogEntry::CommitTransaction { .. }
+            LogEntry::BeginTransaction { owner, .. } => {
+                vec![owner.as_ref().map_or(0, String::len)]
+            }
+            LogEntry::DeferTask { worker_id, .. } => vec![worker_id.len()],
+            LogEntry::CommitTransaction { .. }
             | LogEntry::RollbackTransaction { .. }
             | LogEntry::Noop { .. }
             | LogEntry::ForgetIdempotencyKeys { .. } => Vec::new(),
@@ -939,6 +1052,17 @@ pub(crate) mod tests {
         let err = decode_entry(&bytes).unwrap_err();
         assert!(err.to_string().contains("version 4"), "{err}");
         assert!(err.to_string().contains("versions 1 to 3"), "{err}");
+        // What only version 3 has is refused in an older record.
+        let bytes = RecordPb {
+            version: 2,
+            entry: Some(EntryPb::DeferTask(DeferTaskPb::default())),
+        }
+        .encode_to_vec();
+        let err = decode_entry(&bytes).unwrap_err();
+        assert!(
+            err.to_string().contains("defer_task in a version 2"),
+            "{err}"
+        );
         let bytes = RecordPb {
             version: 1,
             entry: None,
@@ -1022,7 +1146,10 @@ pub(crate) mod tests {
         let mut record = RecordPb::decode(encode_entry(&chunk).as_slice()).unwrap();
         record.version = 2;
         let err = decode_entry(&record.encode_to_vec()).unwrap_err();
-        assert!(err.to_string().contains("need version 3"), "{err}");
+        assert!(
+            err.to_string().contains("chunked code pool in a version 2"),
+            "{err}"
+        );
         // A header whose checksum is not 32 bytes is refused, naming the field.
         let bad = RecordPb {
             version: 3,

@@ -16,7 +16,8 @@
 //! up front. Version 3 stores a code pool as a `CodePool` item with its size, checksum and
 //! chunk count (fields 70 to 72) followed by one `CodePoolChunk` item (tag 70) per chunk, so no
 //! item is larger than a log record; a version 1 or 2 pool item carries its whole archive in
-//! `data` and is still read.
+//! `data` and is still read. Version 3 also adds a transaction's owner (field 40 of its item)
+//! and a task's deferrals (field 40 of its item); older snapshots have neither.
 
 use std::sync::Arc;
 
@@ -146,6 +147,9 @@ struct TaskPb {
     mode: Option<String>,
     #[prost(string, repeated, tag = "16")]
     resources: Vec<String>,
+    /// Since version 3.
+    #[prost(uint32, tag = "40")]
+    deferrals: u32,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -170,6 +174,9 @@ struct TransactionPb {
     created: i64,
     #[prost(message, repeated, tag = "3")]
     prepared: Vec<NewTaskPb>,
+    /// Since version 3.
+    #[prost(string, optional, tag = "40")]
+    owner: Option<String>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -263,6 +270,7 @@ pub fn encode_snapshot(source: &SnapshotSource) -> Vec<u8> {
                 codepool: r.codepool,
                 mode: r.mode,
                 resources: r.resources,
+                deferrals: r.deferrals,
             }),
         );
         end.tasks += 1;
@@ -288,6 +296,7 @@ pub fn encode_snapshot(source: &SnapshotSource) -> Vec<u8> {
                 id: t.id.0,
                 created: t.created,
                 prepared: t.prepared.iter().map(NewTaskPb::from).collect(),
+                owner: t.owner.clone(),
             }),
         );
         end.transactions += 1;
@@ -433,6 +442,7 @@ pub fn decode_snapshot(
                     codepool: t.codepool,
                     mode: t.mode,
                     resources: t.resources,
+                    deferrals: t.deferrals,
                 })?;
                 seen.tasks += 1;
             }
@@ -458,6 +468,7 @@ pub fn decode_snapshot(
                 builder.add_transaction(Transaction {
                     id: TransactionId(t.id),
                     created: t.created,
+                    owner: t.owner,
                     prepared,
                 })?;
                 seen.transactions += 1;
@@ -626,6 +637,27 @@ mod tests {
             &mut s,
             LogEntry::BeginTransaction {
                 transaction_id: TransactionId(3),
+                timestamp: 8,
+                owner: Some("alice".into()),
+            },
+        );
+        apply(
+            &mut s,
+            LogEntry::AssignTask {
+                task_id: TaskId(3),
+                worker_id: "w1".into(),
+                attempt: 1,
+                resources: vec![],
+                timestamp: 8,
+            },
+        );
+        apply(
+            &mut s,
+            LogEntry::DeferTask {
+                task_id: TaskId(3),
+                attempt: 1,
+                worker_id: "w1".into(),
+                until: 50_000,
                 timestamp: 8,
             },
         );

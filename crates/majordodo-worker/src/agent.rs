@@ -32,7 +32,7 @@ use tracing::{debug, error, info, warn};
 use crate::WorkerError;
 use crate::codepools::{Fetch, PoolCache};
 use crate::config::WorkerConfig;
-use crate::executor::{Executors, Task, TaskFailure};
+use crate::executor::{CancelSignal, Executors, Task, TaskFailure};
 use crate::status::{StatusHandle, WorkerStatus};
 
 type Conn = Framed<TcpStream, WorkerCodec>;
@@ -135,6 +135,8 @@ pub async fn run(
 struct Running {
     key: RunningTask,
     task_type: String,
+    /// Fired when the broker cancels the attempt.
+    cancel: crate::executor::CancelSignal,
 }
 
 /// A batch sent and not yet acknowledged.
@@ -655,11 +657,32 @@ impl Agent {
                 }
                 Ok(())
             }
+            Message::Cancel(cancel) => {
+                for key in cancel.tasks {
+                    match self.running.values().find(|r| r.key == key) {
+                        Some(running) => {
+                            info!(
+                                task_id = key.task_id,
+                                attempt = key.attempt,
+                                "cancelling task"
+                            );
+                            running.cancel.cancel();
+                        }
+                        // Ended already (its report is on its way) or never run here.
+                        None => debug!(
+                            task_id = key.task_id,
+                            attempt = key.attempt,
+                            "cancel of an attempt not running ignored"
+                        ),
+                    }
+                }
+                Ok(())
+            }
             Message::Kill(kill) => Err(SessionEnd::Killed(kill.reason)),
             other => Err(SessionEnd::Lost(
                 ProtocolError::UnexpectedMessage {
                     got: other.kind(),
-                    expected: "assign, finished_ack, pong or kill",
+                    expected: "assign, finished_ack, pong, cancel, code_pool_data or kill",
                 }
                 .to_string(),
             )),
@@ -750,21 +773,41 @@ impl Agent {
                     .clone();
                 let task_type = assignment.task_type.clone();
                 debug!(task_id = key.task_id, attempt = key.attempt, %task_type, "task started");
+                let cancel = CancelSignal::new();
                 let mut task = Task::from(assignment);
-                let handle = match task.codepool.clone() {
-                    None => self.tasks.spawn(executor.execute(task)),
-                    Some(pool) => {
-                        let pools = self.pools.clone();
-                        self.tasks.spawn(async move {
-                            task.codepool_dir =
-                                Some(pools.get(&pool).await.map_err(TaskFailure::new)?);
-                            executor.execute(task).await
-                        })
+                task.cancel = cancel.clone();
+                let pools = self.pools.clone();
+                let run = async move {
+                    if let Some(pool) = task.codepool.clone() {
+                        task.codepool_dir = Some(pools.get(&pool).await.map_err(TaskFailure::new)?);
                     }
+                    executor.execute(task).await
                 };
+                let grace = self.config.cancel_grace;
+                let signal = cancel.clone();
+                // An executor that ignores the signal is dropped `cancel_grace` after it.
+                let handle = self.tasks.spawn(async move {
+                    tokio::select! {
+                        outcome = run => outcome,
+                        () = async {
+                            signal.cancelled().await;
+                            tokio::time::sleep(grace).await;
+                        } => Err(TaskFailure::new(format!(
+                            "cancelled: the executor did not stop within {} ms and was dropped",
+                            grace.as_millis()
+                        ))),
+                    }
+                });
                 *self.type_counts.entry(task_type.clone()).or_default() += 1;
                 self.running_attempts.insert(key.task_id, key.attempt);
-                self.running.insert(handle.id(), Running { key, task_type });
+                self.running.insert(
+                    handle.id(),
+                    Running {
+                        key,
+                        task_type,
+                        cancel,
+                    },
+                );
             }
         }
     }
@@ -774,11 +817,16 @@ impl Agent {
         joined: Result<(tokio::task::Id, Result<String, TaskFailure>), JoinError>,
     ) {
         let (id, outcome) = match joined {
-            Ok((id, outcome)) => (id, outcome.map_err(|failure| failure.message().to_owned())),
-            Err(error) if error.is_cancelled() => (error.id(), Err(ABORTED_RESULT.to_owned())),
-            Err(error) => (error.id(), Err(format!("executor panicked: {error}"))),
+            Ok((id, outcome)) => (id, outcome),
+            Err(error) if error.is_cancelled() => {
+                (error.id(), Err(TaskFailure::new(ABORTED_RESULT)))
+            }
+            Err(error) => (
+                error.id(),
+                Err(TaskFailure::new(format!("executor panicked: {error}"))),
+            ),
         };
-        let Some(Running { key, task_type }) = self.running.remove(&id) else {
+        let Some(Running { key, task_type, .. }) = self.running.remove(&id) else {
             error!(?id, "an execution ended that was not recorded as running");
             return;
         };
@@ -789,9 +837,16 @@ impl Agent {
             }
         }
         self.running_attempts.remove(&key.task_id);
+        let mut retry_after_ms = 0;
         let (outcome, result) = match outcome {
             Ok(result) => (Outcome::Finished, result),
-            Err(text) => (Outcome::Error, text),
+            Err(failure) => match failure.retry_delay() {
+                Some(delay) => {
+                    retry_after_ms = u64::try_from(delay.as_millis()).unwrap_or(u64::MAX);
+                    (Outcome::RetryLater, failure.message().to_owned())
+                }
+                None => (Outcome::Error, failure.message().to_owned()),
+            },
         };
         debug!(
             task_id = key.task_id,
@@ -799,16 +854,27 @@ impl Agent {
             ?outcome,
             "task ended"
         );
-        self.queue_report(key, outcome, result);
+        self.queue_report_after(key, outcome, result, retry_after_ms);
         self.publish_counts();
     }
 
     fn queue_report(&mut self, key: RunningTask, outcome: Outcome, result: String) {
+        self.queue_report_after(key, outcome, result, 0);
+    }
+
+    fn queue_report_after(
+        &mut self,
+        key: RunningTask,
+        outcome: Outcome,
+        result: String,
+        retry_after_ms: u64,
+    ) {
         let mut report = FinishReport {
             task_id: key.task_id,
             attempt: key.attempt,
             outcome: outcome as i32,
             result,
+            retry_after_ms,
         };
         if !fits_in_frame(&report, self.config.max_frame_size) {
             report.result = format!(

@@ -45,6 +45,11 @@ pub const DEFAULT_MAX_REFUSED_TIME: Duration = Duration::from_secs(60);
 /// Default time a graceful shutdown waits for running tasks before aborting them.
 pub const DEFAULT_SHUTDOWN_GRACE: Duration = Duration::from_secs(30);
 
+/// Default time a cancelled attempt's executor has to stop once told to, before the worker
+/// drops it: 10 s lets a program clean up after SIGTERM, and bounds how long a cancelled
+/// attempt holds its capacity.
+pub const DEFAULT_CANCEL_GRACE: Duration = Duration::from_secs(10);
+
 /// Default most tasks at once, as the original standalone worker's `worker.maxthreads`.
 pub const DEFAULT_MAX_THREADS: u32 = 100;
 
@@ -121,6 +126,9 @@ pub struct WorkerConfig {
     pub max_frame_size: usize,
     /// Time a graceful shutdown waits for running tasks before aborting them.
     pub shutdown_grace: Duration,
+    /// Time a cancelled attempt's executor has to stop (see [`crate::CancelSignal`]) before
+    /// the worker drops its future (which kills a `process` executor's group at once).
+    pub cancel_grace: Duration,
     /// Seed of the jitter of reconnect delays; `None` seeds from the OS (tests set it).
     pub rng_seed: Option<u64>,
     /// Code pools: where they are unpacked, their limits, the download timeout.
@@ -160,6 +168,7 @@ impl WorkerConfig {
             },
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             max_refused_time: DEFAULT_MAX_REFUSED_TIME,
+            cancel_grace: DEFAULT_CANCEL_GRACE,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             shutdown_grace: DEFAULT_SHUTDOWN_GRACE,
             rng_seed: None,

@@ -29,7 +29,45 @@ pub struct Task {
     pub resources: Vec<String>,
     /// Where the task's code pool is unpacked (set by the agent before the executor runs).
     pub codepool_dir: Option<std::path::PathBuf>,
+    /// Fires when the broker cancels this attempt: stop soon (the worker drops the future
+    /// after its `cancel_grace`).
+    pub cancel: CancelSignal,
 }
+
+/// Tells an executor that its attempt was cancelled. Clones share the signal; all compare
+/// equal (it is not part of a task's identity).
+#[derive(Clone, Debug, Default)]
+pub struct CancelSignal(tokio_util::sync::CancellationToken);
+
+impl CancelSignal {
+    /// A signal not fired yet.
+    pub fn new() -> Self {
+        CancelSignal::default()
+    }
+
+    /// Fires the signal.
+    pub fn cancel(&self) {
+        self.0.cancel();
+    }
+
+    /// Whether it fired.
+    pub fn is_cancelled(&self) -> bool {
+        self.0.is_cancelled()
+    }
+
+    /// Completes once the signal fired.
+    pub async fn cancelled(&self) {
+        self.0.cancelled().await;
+    }
+}
+
+impl PartialEq for CancelSignal {
+    fn eq(&self, _: &Self) -> bool {
+        true
+    }
+}
+
+impl Eq for CancelSignal {}
 
 impl From<Assignment> for Task {
     fn from(a: Assignment) -> Self {
@@ -43,6 +81,7 @@ impl From<Assignment> for Task {
             mode: a.mode,
             resources: a.resources,
             codepool_dir: None,
+            cancel: CancelSignal::new(),
         }
     }
 }
@@ -53,6 +92,7 @@ impl From<Assignment> for Task {
 #[error("{message}")]
 pub struct TaskFailure {
     message: String,
+    retry_after: Option<std::time::Duration>,
 }
 
 impl TaskFailure {
@@ -60,7 +100,23 @@ impl TaskFailure {
     pub fn new(message: impl Into<String>) -> Self {
         TaskFailure {
             message: message.into(),
+            retry_after: None,
         }
+    }
+
+    /// Not a failure but "retry later": the task runs again after `delay`, and this attempt
+    /// does not count against its `maxattempts` (the broker allows this a bounded number of
+    /// times per task, `tasks.max_deferrals`; beyond, it counts as a failure).
+    pub fn retry_after(delay: std::time::Duration, message: impl Into<String>) -> Self {
+        TaskFailure {
+            message: message.into(),
+            retry_after: Some(delay),
+        }
+    }
+
+    /// The delay asked for by [`TaskFailure::retry_after`].
+    pub fn retry_delay(&self) -> Option<std::time::Duration> {
+        self.retry_after
     }
 
     /// The description.

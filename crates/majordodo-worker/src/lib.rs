@@ -61,16 +61,18 @@ pub use codepools::{
     CODEPOOL_PART_BYTES, CodePoolsConfig, DEFAULT_CODEPOOL_DOWNLOAD_TIMEOUT, unpack,
 };
 pub use config::{
-    Backoff, DEFAULT_ACK_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
-    DEFAULT_MAX_REFUSED_TIME, DEFAULT_MAX_REPORT_DELAY, DEFAULT_MAX_REPORTS_PER_BATCH,
-    DEFAULT_MAX_THREADS, DEFAULT_RECONNECT_INITIAL, DEFAULT_RECONNECT_MAX, DEFAULT_SHUTDOWN_GRACE,
-    MIN_MAX_FRAME_SIZE, ReportBatching, WorkerConfig, hostname, new_process_id,
+    Backoff, DEFAULT_ACK_TIMEOUT, DEFAULT_CANCEL_GRACE, DEFAULT_CONNECT_TIMEOUT,
+    DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_REFUSED_TIME, DEFAULT_MAX_REPORT_DELAY,
+    DEFAULT_MAX_REPORTS_PER_BATCH, DEFAULT_MAX_THREADS, DEFAULT_RECONNECT_INITIAL,
+    DEFAULT_RECONNECT_MAX, DEFAULT_SHUTDOWN_GRACE, MIN_MAX_FRAME_SIZE, ReportBatching,
+    WorkerConfig, hostname, new_process_id,
 };
-pub use executor::{Executors, Task, TaskExecutor, TaskFailure, executor_fn};
+pub use executor::{CancelSignal, Executors, Task, TaskExecutor, TaskFailure, executor_fn};
 pub use locator::{BrokerLocator, LocateFuture, StaticBroker};
 pub use process::{
-    DEFAULT_MAX_STDOUT_BYTES, DEFAULT_STDERR_TAIL_BYTES, DEFAULT_TIMEOUT_MS, ProcessConfigError,
-    ProcessExecutor, ProcessExecutorConfig, process_executors,
+    DEFAULT_CANCEL_GRACE_MS, DEFAULT_MAX_STDOUT_BYTES, DEFAULT_STDERR_TAIL_BYTES,
+    DEFAULT_TIMEOUT_MS, ProcessConfigError, ProcessExecutor, ProcessExecutorConfig,
+    RETRY_LATER_EXIT_CODE, process_executors,
 };
 pub use status::{StatusHandle, WorkerStatus};
 

@@ -11,6 +11,11 @@
 //! - a non-zero exit, death by a signal, more than `max_stdout_bytes` of stdout or running past
 //!   `timeout_ms` fails the attempt, with the cause and the last `stderr_tail_bytes` of stderr
 //!   as the error text;
+//! - exit status [`RETRY_LATER_EXIT_CODE`] (75, `EX_TEMPFAIL`) asks to run the task again
+//!   later without using an attempt: stdout holds the delay in milliseconds (digits, one
+//!   trailing `\n` allowed); anything else there fails the attempt;
+//! - when the task is cancelled, the process group gets SIGTERM, and SIGKILL once
+//!   `cancel_grace_ms` passed; the attempt ends in error `cancelled`;
 //! - when the program exits, times out, overflows stdout, or the worker aborts the task, the
 //!   whole process group is killed: nothing the task started outlives it.
 
@@ -38,6 +43,13 @@ pub const DEFAULT_MAX_STDOUT_BYTES: usize = 1024 * 1024;
 /// Default `stderr_tail_bytes`: 4 KiB, enough for the last lines of an error or a stack trace.
 pub const DEFAULT_STDERR_TAIL_BYTES: usize = 4096;
 
+/// Exit status by which a program asks to run again later (`EX_TEMPFAIL` of `sysexits.h`).
+pub const RETRY_LATER_EXIT_CODE: i32 = 75;
+
+/// Default `cancel_grace_ms`: 5 s between SIGTERM and SIGKILL of a cancelled task's group,
+/// inside the worker's default `cancel_grace` of 10 s.
+pub const DEFAULT_CANCEL_GRACE_MS: u64 = 5_000;
+
 /// Size of each read from the program's pipes.
 const READ_CHUNK: usize = 8192;
 
@@ -54,6 +66,7 @@ const PIPE_DRAIN_GRACE: Duration = Duration::from_millis(500);
 /// timeout_ms = 600000                          # default: 3600000 (one hour)
 /// max_stdout_bytes = 65536                     # default: 1048576
 /// stderr_tail_bytes = 2048                     # default: 4096
+/// cancel_grace_ms = 2000                       # default: 5000
 /// ```
 #[derive(Debug, Clone, PartialEq, Eq, Deserialize)]
 #[serde(deny_unknown_fields)]
@@ -75,6 +88,13 @@ pub struct ProcessExecutorConfig {
     /// Bytes of the end of stderr quoted in error texts.
     #[serde(default = "default_stderr_tail_bytes")]
     pub stderr_tail_bytes: usize,
+    /// Milliseconds between SIGTERM and SIGKILL of a cancelled task's process group.
+    #[serde(default = "default_cancel_grace_ms")]
+    pub cancel_grace_ms: u64,
+}
+
+fn default_cancel_grace_ms() -> u64 {
+    DEFAULT_CANCEL_GRACE_MS
 }
 
 fn default_timeout_ms() -> u64 {
@@ -99,6 +119,7 @@ impl ProcessExecutorConfig {
             timeout_ms: DEFAULT_TIMEOUT_MS,
             max_stdout_bytes: DEFAULT_MAX_STDOUT_BYTES,
             stderr_tail_bytes: DEFAULT_STDERR_TAIL_BYTES,
+            cancel_grace_ms: DEFAULT_CANCEL_GRACE_MS,
         }
     }
 }
@@ -183,15 +204,27 @@ impl Drop for GroupKiller {
 /// Called right after the group's leader exits, too: the kernel does not reuse a pid while a
 /// group of that id has members, so the signal reaches the task's leftovers; once the group is
 /// empty it fails with ESRCH, which is ignored.
-#[allow(unsafe_code)]
 fn kill_process_group(pgid: u32) {
+    signal_process_group(pgid, libc::SIGKILL);
+}
+
+#[allow(unsafe_code)]
+fn signal_process_group(pgid: u32, signal: libc::c_int) {
     let Ok(pgid) = libc::pid_t::try_from(pgid) else {
         return;
     };
     // SAFETY: kill(2) takes plain integers and touches no memory of this process.
     unsafe {
-        libc::kill(-pgid, libc::SIGKILL);
+        libc::kill(-pgid, signal);
     }
+}
+
+/// How the program's run ended.
+enum Ran<T> {
+    /// By itself (or by its timeout).
+    Done(T),
+    /// Cancelled: it got SIGTERM, then SIGKILL if it outlived the grace.
+    Cancelled,
 }
 
 async fn run_process(
@@ -239,6 +272,8 @@ async fn run_process(
     let max_stdout = config.max_stdout_bytes;
     let timeout = Duration::from_millis(config.timeout_ms);
     let pgid = child.id();
+    let cancel = task.cancel.clone();
+    let cancel_grace = Duration::from_millis(config.cancel_grace_ms);
     let main = async {
         let run = async {
             let read_stdout = async {
@@ -255,7 +290,21 @@ async fn run_process(
                 status
             })
         };
-        let outcome = tokio::time::timeout(timeout, run).await;
+        let outcome = {
+            let bounded = tokio::time::timeout(timeout, run);
+            tokio::pin!(bounded);
+            tokio::select! {
+                outcome = &mut bounded => Ran::Done(outcome),
+                () = cancel.cancelled() => {
+                    if let Some(pgid) = pgid {
+                        signal_process_group(pgid, libc::SIGTERM);
+                    }
+                    // Give it the grace to stop by itself; the group is killed below anyway.
+                    let _ = tokio::time::timeout(cancel_grace, &mut bounded).await;
+                    Ran::Cancelled
+                }
+            }
+        };
         killer.kill();
         outcome
     };
@@ -289,6 +338,15 @@ async fn run_process(
             TaskFailure::new(format!("{cause}; stderr tail: {tail}"))
         }
     };
+    let outcome = match outcome {
+        Ran::Done(outcome) => outcome,
+        Ran::Cancelled => {
+            return Err(failure(
+                "cancelled; process group stopped (SIGTERM, then SIGKILL after cancel_grace_ms)"
+                    .to_owned(),
+            ));
+        }
+    };
     let (stdout, status) = match outcome {
         Err(_elapsed) => {
             return Err(failure(format!(
@@ -308,6 +366,19 @@ async fn run_process(
         }
         Err(ReadFailure::Io(error)) => return Err(failure(format!("read stdout: {error}"))),
     };
+    if status.code() == Some(RETRY_LATER_EXIT_CODE) {
+        let text = String::from_utf8_lossy(&stdout);
+        let text = text.strip_suffix('\n').unwrap_or(&text);
+        return match text.parse::<u64>() {
+            Ok(ms) => Err(TaskFailure::retry_after(
+                Duration::from_millis(ms),
+                format!("retry later asked (exit status {RETRY_LATER_EXIT_CODE}), in {ms} ms"),
+            )),
+            Err(_) => Err(failure(format!(
+                "exited with status {RETRY_LATER_EXIT_CODE} (retry later) without a delay in milliseconds on stdout"
+            ))),
+        };
+    }
     if !status.success() {
         return Err(failure(describe_exit(status)));
     }

@@ -209,6 +209,7 @@ fn report(task_id: u64, outcome: Outcome, result: &str) -> FinishReport {
         attempt: 1,
         outcome: outcome as i32,
         result: result.into(),
+        retry_after_ms: 0,
     }
 }
 
@@ -927,4 +928,75 @@ async fn a_broker_that_is_not_the_leader_makes_the_worker_locate_again_not_give_
     assert_eq!(agent.shutdown().await, Ok(()));
     follower.stop().await;
     leader.stop().await;
+}
+
+#[tokio::test]
+async fn cancel_stops_the_attempt_and_an_executor_that_ignores_it_is_dropped_after_the_grace() {
+    // Goal: a Cancel frame fires the attempt's CancelSignal: an executor that listens ends at
+    // once; one that ignores it is dropped after cancel_grace; both are reported ended as
+    // errors, and a cancel of an attempt the worker does not run is ignored. An executor's
+    // "retry later" is reported with its delay.
+    let mut broker = Broker::start("127.0.0.1:0").await;
+    let executors = Executors::new()
+        .with(
+            "polite",
+            executor_fn(|task| async move {
+                task.cancel.cancelled().await;
+                Err(TaskFailure::new("stopped on cancel"))
+            }),
+        )
+        .with(
+            "stubborn",
+            executor_fn(|_task| async move {
+                std::future::pending::<()>().await;
+                Ok("unreachable".to_owned())
+            }),
+        )
+        .with(
+            "later",
+            executor_fn(|_task| async move {
+                Err(TaskFailure::retry_after(
+                    Duration::from_millis(2_500),
+                    "busy",
+                ))
+            }),
+        );
+    let mut config = worker_config(broker.addr);
+    config.cancel_grace = Duration::from_millis(200);
+    let mut agent = Agent::start(config, executors);
+    let (_, session) = broker.accept().await;
+    session
+        .assign(vec![
+            assignment(1, "polite", ""),
+            assignment(2, "stubborn", ""),
+        ])
+        .unwrap();
+    agent.wait_for("two running", |s| s.running == 2).await;
+    session.cancel(vec![(1, 1), (2, 1), (3, 1)]).unwrap();
+    let mut got = Vec::new();
+    while got.len() < 2 {
+        let (seq, reports) = broker.finished().await;
+        session.ack_finished(seq).unwrap();
+        got.extend(reports);
+    }
+    let got = sorted(got);
+    assert_eq!(got[0].task_id, 1);
+    assert_eq!(got[0].outcome(), Outcome::Error);
+    assert_eq!(got[0].result, "stopped on cancel");
+    assert_eq!(got[1].task_id, 2);
+    assert_eq!(got[1].outcome(), Outcome::Error);
+    assert!(
+        got[1].result.contains("did not stop within 200 ms"),
+        "{:?}",
+        got[1]
+    );
+    session.assign(vec![assignment(4, "later", "")]).unwrap();
+    let (seq, reports) = broker.finished().await;
+    session.ack_finished(seq).unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].task_id, 4);
+    assert_eq!(reports[0].outcome(), Outcome::RetryLater);
+    assert_eq!(reports[0].retry_after_ms, 2_500);
+    agent.shutdown().await.unwrap();
+    broker.stop().await;
 }

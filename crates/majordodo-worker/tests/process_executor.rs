@@ -20,6 +20,7 @@ fn task(data: &str) -> Task {
         mode: None,
         resources: vec![],
         codepool_dir: None,
+        cancel: Default::default(),
     }
 }
 
@@ -282,4 +283,47 @@ timeout = 5"#
         .is_err()
     );
     assert!(ProcessExecutor::new(ProcessExecutorConfig::new(Vec::<String>::new())).is_err());
+}
+
+#[tokio::test]
+async fn cancelled_program_gets_sigterm_and_its_group_is_killed_after_the_grace() {
+    // Goal: a cancel sends SIGTERM to the program's group: a program that exits on it ends at
+    // once; one that ignores it is killed (with what it started) after cancel_grace_ms; both
+    // attempts end in a failure saying `cancelled`.
+    for (script, grace_ms) in [
+        (
+            "trap 'exit 3' TERM; echo $$; while :; do sleep 0.05; done",
+            60_000,
+        ),
+        ("trap '' TERM; echo $$; sleep 30 & wait; sleep 30", 300),
+    ] {
+        let executor = ProcessExecutor::new(ProcessExecutorConfig {
+            cancel_grace_ms: grace_ms,
+            ..sh(script)
+        })
+        .expect("valid config");
+        let t = task("");
+        let cancel = t.cancel.clone();
+        let run = tokio::spawn(executor.execute(t));
+        tokio::time::sleep(Duration::from_millis(300)).await;
+        cancel.cancel();
+        let outcome = tokio::time::timeout(WAIT, run)
+            .await
+            .expect("the cancelled program ends in time")
+            .unwrap();
+        let failure = outcome.unwrap_err();
+        assert!(failure.message().contains("cancelled"), "{failure}");
+        assert_eq!(failure.retry_delay(), None);
+    }
+}
+
+#[tokio::test]
+async fn exit_status_75_asks_to_retry_later_after_the_delay_on_stdout() {
+    // Goal: the documented convention: exit 75 with a number of milliseconds on stdout is a
+    // "retry later" with that delay; exit 75 without one is an ordinary failure saying so.
+    let failure = execute(sh("echo 1500; exit 75"), "").await.unwrap_err();
+    assert_eq!(failure.retry_delay(), Some(Duration::from_millis(1500)));
+    let failure = execute(sh("echo soon; exit 75"), "").await.unwrap_err();
+    assert_eq!(failure.retry_delay(), None);
+    assert!(failure.message().contains("without a delay"), "{failure}");
 }

@@ -244,6 +244,8 @@ impl Run {
                     worker.unacked.remove(&seq);
                 }
                 Frame::CodePoolData(_) => unreachable!("these workers ask for no pool"),
+                // This schedule cancels nothing.
+                Frame::Cancel(tasks) => panic!("unexpected cancellation of {tasks:?}"),
             }
         }
     }
@@ -269,6 +271,7 @@ impl Run {
                         Outcome::Error
                     } as i32,
                     result: format!("r{task_id}"),
+                    retry_after_ms: 0,
                 }
             })
             .collect();

@@ -45,6 +45,21 @@ pub enum ApiError {
     /// The body, or a task in it, is too large (413). Not retryable as is.
     #[error("payload too large: {0}")]
     TooLarge(FieldError),
+    /// What a field names does not exist: a task, a transaction or a code pool (404). Check the
+    /// id.
+    #[error("not found: {0}")]
+    Missing(FieldError),
+    /// What a field names is in a state that does not allow the action (409): a transaction
+    /// already committed or rolled back, a task already ended, a code pool id that exists or a
+    /// pool in use. Nothing was changed; repeating
+    /// the request changes nothing either, unless `retryable` says the state is about to
+    /// change.
+    #[error("conflict: {0}")]
+    Conflict(FieldError, bool),
+    /// A limit of the broker is reached (429), such as its open transactions. Retryable once
+    /// some are over.
+    #[error("too many: {0}")]
+    TooMany(FieldError),
     /// The broker could not serve the request: 503 when nothing of it was done (retryable),
     /// 500 `outcome_unknown` when its log failed while writing it, 413 for a task over the log's
     /// record limit.
@@ -53,12 +68,6 @@ pub enum ApiError {
     /// A failure of this process (500); the detail is logged, not sent.
     #[error("internal error: {0}")]
     Internal(&'static str),
-    /// The request conflicts with the broker's state (409): an id that exists, a pool in use.
-    #[error("conflict: {0}")]
-    Conflict(FieldError),
-    /// The request names something that does not exist (404), such as an unknown code pool.
-    #[error("not found: {0}")]
-    Missing(FieldError),
 }
 
 impl From<FieldError> for ApiError {
@@ -68,6 +77,25 @@ impl From<FieldError> for ApiError {
 }
 
 impl ApiError {
+    /// The answer to an action the leader refused, naming the request field at fault.
+    pub fn refused(e: &majordodo_core::leader::ActionError) -> ApiError {
+        use majordodo_core::leader::ActionError as A;
+        let problem = e.to_string();
+        match e {
+            A::NoSuchTransaction(_) => ApiError::Missing(FieldError::new("transaction", problem)),
+            A::TransactionEnded(_) => {
+                ApiError::Conflict(FieldError::new("transaction", problem), false)
+            }
+            A::NotTransactionOwner { .. } => {
+                ApiError::Forbidden(FieldError::new("transaction", problem))
+            }
+            A::TooManyTransactions(_) => ApiError::TooMany(FieldError::new("action", problem)),
+            A::NoSuchTask(_) => ApiError::Missing(FieldError::new("taskId", problem)),
+            A::TaskEnded { .. } => ApiError::Conflict(FieldError::new("taskId", problem), false),
+            A::TaskChanging(_) => ApiError::Conflict(FieldError::new("taskId", problem), true),
+        }
+    }
+
     /// The status this error is answered with.
     pub fn status(&self) -> StatusCode {
         match self {
@@ -77,11 +105,12 @@ impl ApiError {
             ApiError::NotFound => StatusCode::NOT_FOUND,
             ApiError::MethodNotAllowed => StatusCode::METHOD_NOT_ALLOWED,
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
+            ApiError::Missing(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(..) => StatusCode::CONFLICT,
+            ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
             ApiError::TooLarge(_) | ApiError::Broker(BrokerError::TooLarge { .. }) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
-            ApiError::Conflict(_) => StatusCode::CONFLICT,
-            ApiError::Missing(_) => StatusCode::NOT_FOUND,
             ApiError::Broker(BrokerError::OutcomeUnknown(_) | BrokerError::Snapshot(_)) => {
                 StatusCode::INTERNAL_SERVER_ERROR
             }
@@ -103,8 +132,11 @@ impl ApiError {
             ApiError::BadRequest(e)
             | ApiError::Forbidden(e)
             | ApiError::TooLarge(e)
-            | ApiError::Conflict(e)
             | ApiError::Missing(e) => (e.problem.clone(), Some(e.field.clone()), false),
+            ApiError::Conflict(e, retryable) => {
+                (e.problem.clone(), Some(e.field.clone()), *retryable)
+            }
+            ApiError::TooMany(e) => (e.problem.clone(), Some(e.field.clone()), true),
             ApiError::Unauthorized(why) => ((*why).to_owned(), None, false),
             ApiError::NotFound => (
                 "no such path; the API is at /majordodo".to_owned(),
@@ -201,7 +233,7 @@ impl IntoResponse for ApiError {
             ApiError::MethodNotAllowed => {
                 headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD, POST, OPTIONS"));
             }
-            ApiError::Broker(BrokerError::Overloaded(_)) => {
+            ApiError::Broker(BrokerError::Overloaded(_)) | ApiError::TooMany(_) => {
                 headers.insert(RETRY_AFTER, HeaderValue::from_static(RETRY_AFTER_SECS));
             }
             _ => {}

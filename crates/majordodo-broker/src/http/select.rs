@@ -18,7 +18,8 @@ use std::sync::Arc;
 
 use majordodo_core::{BrokerState, Task, TaskId, TaskStatus};
 use majordodo_proto::http::{
-    BrokerStatusInfo, StatusFilter, TaskInfo, TasksOverviewQuery, TasksQuery, WorkerInfo,
+    BrokerStatusInfo, DelayedQueueList, DelayedTaskInfo, SlotsList, StatusFilter, TaskInfo,
+    TasksOverviewQuery, TasksQuery, TransactionInfo, TransactionsList, WorkerInfo,
 };
 
 use crate::View;
@@ -321,6 +322,119 @@ pub(crate) fn cluster_status(
 }
 
 /// Every known worker, by id, at most `max`.
+/// Bytes of one entry of the `transactions`, `slots` and `delayedqueue` views beyond its
+/// strings (names, numbers, punctuation).
+const ENTRY_OVERHEAD_BYTES: usize = 96;
+
+/// The `transactions` view: open transactions in id order (only the caller's for a non-admin),
+/// at most `budget.max` of them and about `budget.bytes`; their prepared tasks are counted, and
+/// at most `budget.scan` of them are read for their types.
+pub(crate) fn transactions(
+    state: &BrokerState,
+    owner: Option<&str>,
+    budget: Budget,
+) -> TransactionsList {
+    let mut out = TransactionsList {
+        transactions: Vec::new(),
+        truncated: false,
+    };
+    let mut bytes = 0usize;
+    let mut scanned = 0usize;
+    for t in state.transactions() {
+        if owner.is_some_and(|o| t.owner.as_deref() != Some(o)) {
+            scanned += 1;
+            if scanned >= budget.scan {
+                out.truncated = true;
+                break;
+            }
+            continue;
+        }
+        if out.transactions.len() >= budget.max || bytes > budget.bytes || scanned >= budget.scan {
+            out.truncated = true;
+            break;
+        }
+        let mut types = std::collections::BTreeSet::new();
+        for task in &t.prepared {
+            if scanned >= budget.scan {
+                out.truncated = true;
+                break;
+            }
+            scanned += 1;
+            types.insert(task.task_type.as_str());
+        }
+        let task_types: Vec<String> = types.into_iter().map(str::to_owned).collect();
+        bytes += ENTRY_OVERHEAD_BYTES
+            + task_types.iter().map(String::len).sum::<usize>()
+            + t.owner.as_ref().map_or(0, String::len);
+        out.transactions.push(TransactionInfo {
+            transaction_id: t.id.0,
+            creation_timestamp: t.created,
+            prepared_tasks: t.prepared.len() as u64,
+            task_types,
+            owner: t.owner.clone(),
+        });
+    }
+    out
+}
+
+/// The `slots` view: busy slots and their holders (for a non-admin, only slots held by its
+/// visible tasks), at most `budget.max`, examining at most `budget.scan` slots.
+pub(crate) fn slots(state: &BrokerState, owner: Option<&str>, budget: Budget) -> SlotsList {
+    let mut out = SlotsList {
+        busy_slots: BTreeMap::new(),
+        truncated: false,
+    };
+    let mut bytes = 0usize;
+    for (scanned, (slot, holder)) in state.slots().enumerate() {
+        if scanned >= budget.scan || out.busy_slots.len() >= budget.max || bytes > budget.bytes {
+            out.truncated = true;
+            break;
+        }
+        if let Some(o) = owner
+            && state.task(holder).is_none_or(|t| *t.user_id != *o)
+        {
+            continue;
+        }
+        bytes += ENTRY_OVERHEAD_BYTES + slot.len();
+        out.busy_slots.insert(slot.to_owned(), holder.0);
+    }
+    out
+}
+
+/// The `delayedqueue` view: delayed tasks, soonest first (for a non-admin only its own), with
+/// the time left from `now`, at most `budget.max`, examining at most `budget.scan`.
+pub(crate) fn delayed_queue(
+    state: &BrokerState,
+    owner: Option<&str>,
+    now: majordodo_core::Millis,
+    budget: Budget,
+) -> DelayedQueueList {
+    let mut out = DelayedQueueList {
+        tasks: Vec::new(),
+        truncated: false,
+    };
+    for (scanned, (start, id)) in state.delayed().enumerate() {
+        if scanned >= budget.scan
+            || out.tasks.len() >= budget.max
+            || out.tasks.len() * ENTRY_OVERHEAD_BYTES > budget.bytes
+        {
+            out.truncated = true;
+            break;
+        }
+        if let Some(o) = owner
+            && state.task(id).is_none_or(|t| *t.user_id != *o)
+        {
+            continue;
+        }
+        out.tasks.push(DelayedTaskInfo {
+            task_id: id.0,
+            delay: (start - now).max(0),
+            requested_start_time: start,
+        });
+    }
+    out
+}
+
 pub(crate) fn workers(state: &BrokerState, max: usize) -> Vec<WorkerInfo> {
     state
         .workers()

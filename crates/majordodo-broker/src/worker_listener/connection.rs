@@ -450,6 +450,22 @@ async fn write_outbound(
                     framed.feed(Message::CodePoolData(*data)).await?;
                     written += 1;
                 }
+                Outbound::Cancel(tasks) => {
+                    // Each attempt is 2 small varints: thousands fit the smallest frame.
+                    for chunk in tasks.chunks(1_000) {
+                        let tasks = chunk
+                            .iter()
+                            .map(|&(task_id, attempt)| majordodo_proto::worker::RunningTask {
+                                task_id,
+                                attempt,
+                            })
+                            .collect();
+                        framed
+                            .feed(Message::Cancel(majordodo_proto::worker::Cancel { tasks }))
+                            .await?;
+                        written += 1;
+                    }
+                }
                 Outbound::Assign(assignments) => {
                     for assignments in chunk_for_frames(assignments, config.max_frame_size) {
                         framed.feed(Message::Assign(Assign { assignments })).await?;

@@ -192,6 +192,8 @@ pub(super) enum Outbound {
     Assign(Vec<Assignment>),
     FinishedAck(u64),
     CodePoolData(Box<CodePoolData>),
+    /// Cancelled attempts to stop: (task, attempt).
+    Cancel(Vec<(u64, u32)>),
 }
 
 /// A request to end the connection, taking precedence over queued frames.
@@ -352,6 +354,21 @@ impl WorkerSession {
             .try_reserve()
             .map_err(|e| self.send_error(e))?;
         permit.send(Outbound::CodePoolData(Box::new(data)));
+        Ok(())
+    }
+
+    /// Queues the cancellation of attempts (task, attempt) of cancelled tasks; call it only once
+    /// the cancellations are durable.
+    ///
+    /// # Errors
+    /// [`SessionError::QueueFull`] or [`SessionError::Closed`]; a cancellation not sent is sent
+    /// again on the worker's next connection if it still lists the attempt.
+    pub fn cancel(&self, tasks: Vec<(u64, u32)>) -> Result<(), SessionError> {
+        let permit = self
+            .outbound
+            .try_reserve()
+            .map_err(|e| self.send_error(e))?;
+        permit.send(Outbound::Cancel(tasks));
         Ok(())
     }
 

@@ -15,6 +15,7 @@ pub(crate) enum Frame {
     Assign(Vec<Assignment>),
     FinishedAck(u64),
     CodePoolData(majordodo_proto::worker::CodePoolData),
+    Cancel(Vec<(u64, u32)>),
 }
 
 /// The listener's side of one fake connection.
@@ -57,6 +58,7 @@ impl FakeConnection {
                 Outbound::Assign(a) => Frame::Assign(a),
                 Outbound::FinishedAck(seq) => Frame::FinishedAck(seq),
                 Outbound::CodePoolData(d) => Frame::CodePoolData(*d),
+                Outbound::Cancel(tasks) => Frame::Cancel(tasks),
             });
         }
         out

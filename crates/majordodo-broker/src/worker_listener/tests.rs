@@ -405,6 +405,7 @@ async fn finish_reports_become_events_and_acks_reach_the_worker() {
         attempt: 2,
         outcome: Outcome::Finished as i32,
         result: "ok".into(),
+        retry_after_ms: 0,
     };
     worker
         .send(Message::Finished(Finished {

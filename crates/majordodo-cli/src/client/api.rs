@@ -168,7 +168,10 @@ pub(crate) fn explain(error: ClientError, what: &str, url: &str) -> anyhow::Erro
             " (is a broker of the cluster running? check --zk and --zk-path)"
         }
         ClientError::Transport(e) if e.is_timeout() => " (timed out; see --timeout)",
-        ClientError::Refused { status: 404, .. } => {
+        ClientError::Refused {
+            status: 404,
+            message,
+        } if message.starts_with("no such path") => {
             " (check the path of --url: it ends with /majordodo)"
         }
         ClientError::Unavailable(_) => " (retry later, or allow more time with --retry-for)",

@@ -80,6 +80,9 @@ fn flag_fields(args: &SubmitArgs, api: &Api) -> Map<String, Value> {
     if let Some(key) = &args.idempotency_key {
         m.insert("idempotencyKey".into(), key.clone().into());
     }
+    if let Some(tx) = args.transaction {
+        m.insert("transaction".into(), tx.into());
+    }
     m
 }
 
@@ -145,6 +148,11 @@ async fn submit_one(api: &Api, args: &SubmitArgs) -> anyhow::Result<()> {
         Submitted::Created(id) => {
             if args.json {
                 println!("{}", json!({ "taskId": id }));
+            } else if let Some(tx) = args.transaction {
+                println!(
+                    "submitted task {id} in transaction {tx} (invisible until it is committed)"
+                );
+                return Ok(());
             } else {
                 println!("submitted task {id}");
             }

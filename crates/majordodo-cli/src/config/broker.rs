@@ -159,6 +159,9 @@ impl Default for SnapshotsFile {
 pub(crate) struct TasksFile {
     pub(crate) finished_task_retention: HumanDuration,
     pub(crate) idempotency_window: HumanDuration,
+    pub(crate) transactions_ttl: HumanDuration,
+    pub(crate) max_open_transactions: usize,
+    pub(crate) max_deferrals: u32,
 }
 
 impl Default for TasksFile {
@@ -172,6 +175,11 @@ impl Default for TasksFile {
             idempotency_window: HumanDuration(Duration::from_millis(
                 LeaderConfig::default().idempotency_window.unsigned_abs(),
             )),
+            transactions_ttl: HumanDuration(Duration::from_millis(
+                LeaderConfig::default().transactions_ttl.unsigned_abs(),
+            )),
+            max_open_transactions: LeaderConfig::default().max_open_transactions,
+            max_deferrals: LeaderConfig::default().max_deferrals,
         }
     }
 }
@@ -383,6 +391,10 @@ impl BrokerFile {
                 "tuning.max_timer_changes_per_round",
                 t.max_timer_changes_per_round,
             ),
+            (
+                "tasks.max_open_transactions",
+                self.tasks.max_open_transactions,
+            ),
         ] {
             if value == 0 {
                 return Err(invalid(key, "must be at least 1".into()));
@@ -408,6 +420,9 @@ impl BrokerFile {
                     "tasks.idempotency_window",
                     self.tasks.idempotency_window.0,
                 )?,
+                transactions_ttl: millis("tasks.transactions_ttl", self.tasks.transactions_ttl.0)?,
+                max_open_transactions: self.tasks.max_open_transactions,
+                max_deferrals: self.tasks.max_deferrals,
             },
             dispatcher: DispatcherConfig {
                 max_inputs_per_round: t.max_inputs_per_round,
@@ -516,6 +531,14 @@ finished_task_retention = "{retention}"
 # was purged sooner): a submission sent again with the same key and user within it creates
 # nothing and is answered with the first task. "0" keeps keys forever.
 idempotency_window = "{idempotency_window}"
+# An open transaction neither committed nor rolled back this long after its begin is rolled
+# back (its prepared tasks vanish, their slots are freed). "0" keeps open transactions.
+transactions_ttl = "{transactions_ttl}"
+# Most transactions open at once; beginTransaction is refused (429) beyond it.
+max_open_transactions = {max_open_transactions}
+# Most times one task may answer "retry later" without using an attempt; beyond it, the answer
+# counts as a failed attempt.
+max_deferrals = {max_deferrals}
 
 [tuning]
 # Requests (submissions, reads) queued for the dispatcher before callers wait.
@@ -552,6 +575,9 @@ noop_interval = "{noop_interval}"
         snapshot_interval = s.interval,
         retention = t.finished_task_retention,
         idempotency_window = t.idempotency_window,
+        transactions_ttl = t.transactions_ttl,
+        max_open_transactions = t.max_open_transactions,
+        max_deferrals = t.max_deferrals,
         command_queue = u.command_queue,
         event_queue = u.event_queue,
         max_inputs_per_round = u.max_inputs_per_round,

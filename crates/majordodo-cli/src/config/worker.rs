@@ -38,6 +38,7 @@ pub(crate) struct WorkerFile {
     pub(crate) max_threads: u32,
     pub(crate) builtin_executors: Option<Vec<String>>,
     pub(crate) shutdown_grace: HumanDuration,
+    pub(crate) cancel_grace: HumanDuration,
     pub(crate) task_type_limits: Option<BTreeMap<String, u32>>,
     pub(crate) connection: ConnectionFile,
     pub(crate) reports: ReportsFile,
@@ -60,6 +61,7 @@ impl Default for WorkerFile {
             max_threads: DEFAULT_MAX_THREADS,
             builtin_executors: None,
             shutdown_grace: HumanDuration(DEFAULT_SHUTDOWN_GRACE),
+            cancel_grace: HumanDuration(majordodo_worker::DEFAULT_CANCEL_GRACE),
             task_type_limits: None,
             connection: ConnectionFile::default(),
             reports: ReportsFile::default(),
@@ -354,6 +356,7 @@ impl WorkerFile {
             },
             download_timeout: p.download_timeout.0,
         };
+        config.cancel_grace = self.cancel_grace.0;
         config.validate().map_err(|problem| {
             let key = match problem.split_whitespace().next().unwrap_or("") {
                 "keepalive_interval" => "connection.keepalive_interval",
@@ -414,6 +417,9 @@ max_threads = {max_threads}
 # builtin_executors = ["echo", "noop", "sleep", "fail"]
 # Time a graceful stop (SIGTERM, Ctrl-C) waits for running tasks before aborting them.
 shutdown_grace = "{shutdown_grace}"
+# Time a cancelled task's executor has to stop before the worker drops it (a process executor
+# gets SIGTERM at once and SIGKILL after its cancel_grace_ms).
+cancel_grace = "{cancel_grace}"
 
 # Most tasks of one type running at once. The key "any" is one limit shared by every type without
 # its own entry. A type that has no entry (and no "any") is not accepted. Default: every type
@@ -469,11 +475,16 @@ download_timeout = "{cp_timeout}"
 # timeout_ms = {timeout_ms}        # one hour, then the process group is killed
 # max_stdout_bytes = {max_stdout}  # larger output fails the attempt
 # stderr_tail_bytes = {stderr_tail}     # end of stderr quoted in error texts
+# cancel_grace_ms = {cancel_grace_ms}       # from SIGTERM to SIGKILL of a cancelled task's group
+# Exit status 75 with a number of milliseconds on stdout: retry the task after that delay
+# without using an attempt.
 "#,
         broker = DEFAULT_WORKER_LISTEN,
         zk_path = crate::cli::DEFAULT_ZK_PATH,
         max_threads = DEFAULT_MAX_THREADS,
         shutdown_grace = HumanDuration(DEFAULT_SHUTDOWN_GRACE),
+        cancel_grace = HumanDuration(majordodo_worker::DEFAULT_CANCEL_GRACE),
+        cancel_grace_ms = majordodo_worker::DEFAULT_CANCEL_GRACE_MS,
         keepalive_interval = c.keepalive_interval,
         connect_timeout = c.connect_timeout,
         ack_timeout = c.ack_timeout,

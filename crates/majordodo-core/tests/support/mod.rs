@@ -23,6 +23,8 @@ pub struct SimConn {
     pub open: bool,
     /// Assignments pushed on it that the worker has not read yet; lost if it drops.
     pub transit: Vec<(TaskId, u32)>,
+    /// Cancellations sent on it that the worker has not read yet; lost if it drops.
+    pub cancel_transit: Vec<(TaskId, u32)>,
 }
 
 /// A batch "being written".
@@ -47,6 +49,8 @@ pub struct Sim {
     /// Whether pushes reach the worker process at once (true) or wait in transit until
     /// [`Sim::receive`] (false, for schedules that drop connections with pushes in flight).
     pub auto_receive: bool,
+    /// Cancellations each worker process has received and not yet carried out.
+    pub cancelled: BTreeMap<String, BTreeSet<(TaskId, u32)>>,
     next_conn: u64,
 }
 
@@ -60,6 +64,7 @@ impl Sim {
             workers: BTreeMap::new(),
             conns: BTreeMap::new(),
             auto_receive: true,
+            cancelled: BTreeMap::new(),
             next_conn: 1,
         }
     }
@@ -118,6 +123,15 @@ impl Sim {
             assert!(conn.open, "push to {} before its welcome", wa.worker_id);
             conn.transit.extend(wa.tasks);
         }
+        for wc in self.leader.take_cancels() {
+            let conn = self
+                .conns
+                .get_mut(&*wc.worker_id)
+                .unwrap_or_else(|| panic!("cancel to {} which has no connection", wc.worker_id));
+            assert_eq!(conn.id, wc.conn, "cancel to a stale connection");
+            assert!(conn.open, "cancel to {} before its welcome", wc.worker_id);
+            conn.cancel_transit.extend(wc.tasks);
+        }
         if self.auto_receive {
             let workers: Vec<String> = self.conns.keys().cloned().collect();
             for w in workers {
@@ -132,7 +146,26 @@ impl Sim {
             return;
         };
         let got = std::mem::take(&mut conn.transit);
+        let cancels = std::mem::take(&mut conn.cancel_transit);
         self.workers.entry(worker.into()).or_default().extend(got);
+        self.cancelled
+            .entry(worker.into())
+            .or_default()
+            .extend(cancels);
+    }
+
+    /// The worker process stops the cancelled attempts it runs and reports each one ended.
+    pub fn stop_cancelled(&mut self, worker: &str) {
+        let cancels = self.cancelled.remove(worker).unwrap_or_default();
+        for (task, attempt) in cancels {
+            if self
+                .workers
+                .get(worker)
+                .is_some_and(|s| s.contains(&(task, attempt)))
+            {
+                self.report(worker, task, attempt, Outcome::Error, "cancelled");
+            }
+        }
     }
 
     pub fn flush(&mut self) {
@@ -198,6 +231,7 @@ impl Sim {
                 id: conn,
                 open: false,
                 transit: Vec::new(),
+                cancel_transit: Vec::new(),
             },
         );
         self.workers.entry(worker.into()).or_default();
@@ -221,6 +255,7 @@ impl Sim {
     pub fn crash(&mut self, worker: &str) {
         self.disconnect(worker);
         self.workers.remove(worker);
+        self.cancelled.remove(worker);
     }
 
     pub fn report(

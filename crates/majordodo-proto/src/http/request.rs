@@ -1,4 +1,5 @@
-//! `POST` bodies: the `submitTask` and `submitTasks` actions, parsed and validated field by field.
+//! `POST` bodies: the actions (`submitTask`, `submitTasks`, the transactions, `cancelTask`),
+//! parsed and validated field by field.
 //!
 //! Parsing works on a `serde_json::Value` rather than a derived struct so that every problem
 //! names its field (`tasks[3].maxattempts`) and says what is wrong in words, which a derived
@@ -14,20 +15,20 @@ use super::{
 };
 
 /// Actions of the original API this broker implements.
-pub const SUPPORTED_ACTIONS: [&str; 4] = [
+pub const SUPPORTED_ACTIONS: [&str; 8] = [
     "submitTask",
     "submitTasks",
     "createCodePool",
     "deleteCodePool",
+    "beginTransaction",
+    "commitTransaction",
+    "rollbackTransaction",
+    "cancelTask",
 ];
 
 /// Actions of the original API this broker does not implement yet: they are answered with a
 /// 4xx error naming the action.
-pub const UNSUPPORTED_ACTIONS: [&str; 3] = [
-    "beginTransaction",
-    "commitTransaction",
-    "rollbackTransaction",
-];
+pub const UNSUPPORTED_ACTIONS: [&str; 0] = [];
 
 /// Fields of one task, in `submitTask` (beside `action`) and in each element of `submitTasks`.
 const TASK_FIELDS: [&str; 12] = [
@@ -78,6 +79,9 @@ pub struct TaskSubmission {
     /// the same key creates nothing and is answered with the first one's task, so a submission
     /// can be sent again safely when its answer was lost.
     pub idempotency_key: Option<String>,
+    /// `transaction`: prepare the task in this open transaction (a number or a string of
+    /// digits; absent, null, 0 and `""` are none). It stays invisible until the commit.
+    pub transaction: Option<u64>,
 }
 
 impl TaskSubmission {
@@ -99,7 +103,14 @@ impl TaskSubmission {
             codepool: None,
             mode: None,
             idempotency_key: None,
+            transaction: None,
         }
+    }
+
+    /// The same task, prepared in transaction `id`.
+    pub fn in_transaction(mut self, id: u64) -> TaskSubmission {
+        self.transaction = Some(id);
+        self
     }
 
     /// The same task with `key` as its idempotency key.
@@ -132,6 +143,9 @@ impl TaskSubmission {
                 m.insert(name.into(), v.clone().into());
             }
         }
+        if let Some(tx) = self.transaction {
+            m.insert("transaction".into(), tx.into());
+        }
         m
     }
 
@@ -146,7 +160,7 @@ impl TaskSubmission {
         if let Some(unknown) = obj.keys().find(|k| !allowed(k)) {
             return Err(f.error(unknown, "is not a field of a task submission"));
         }
-        f.no_transaction()?;
+        let transaction = f.transaction("transaction")?;
         let task = TaskSubmission {
             task_type: f.required_name("tasktype")?,
             user_id: f.required_name("userid")?,
@@ -161,7 +175,14 @@ impl TaskSubmission {
             codepool: f.optional_name("codePoolId")?,
             mode: f.optional_name("mode")?,
             idempotency_key: f.idempotency_key("idempotencyKey")?,
+            transaction,
         };
+        if task.transaction.is_some() && task.idempotency_key.is_some() {
+            return Err(f.error(
+                "idempotencyKey",
+                "cannot be used inside a transaction: commit the transaction again instead",
+            ));
+        }
         if task.max_attempts > 0 && task.attempt >= task.max_attempts {
             return Err(f.error(
                 "attempt",
@@ -186,6 +207,14 @@ pub enum ActionRequest {
     CreateCodePool(super::codepool::CreateCodePool),
     /// `deleteCodePool` (admin only): the pool's id.
     DeleteCodePool(String),
+    /// `beginTransaction`: opens a transaction owned by the caller.
+    BeginTransaction,
+    /// `commitTransaction`: publishes the prepared tasks of transaction `transaction` at once.
+    CommitTransaction(u64),
+    /// `rollbackTransaction`: discards the prepared tasks of transaction `transaction`.
+    RollbackTransaction(u64),
+    /// `cancelTask`: ends task `taskId` in `error` with result `cancelled`.
+    CancelTask(u64),
 }
 
 impl ActionRequest {
@@ -196,6 +225,10 @@ impl ActionRequest {
             ActionRequest::SubmitTasks(_) => "submitTasks",
             ActionRequest::CreateCodePool(_) => "createCodePool",
             ActionRequest::DeleteCodePool(_) => "deleteCodePool",
+            ActionRequest::BeginTransaction => "beginTransaction",
+            ActionRequest::CommitTransaction(_) => "commitTransaction",
+            ActionRequest::RollbackTransaction(_) => "rollbackTransaction",
+            ActionRequest::CancelTask(_) => "cancelTask",
         }
     }
 
@@ -209,6 +242,17 @@ impl ActionRequest {
                     "tasks".into(),
                     Value::Array(tasks.iter().map(|t| Value::Object(t.to_json())).collect()),
                 );
+                m
+            }
+            ActionRequest::BeginTransaction => Map::new(),
+            ActionRequest::CommitTransaction(tx) | ActionRequest::RollbackTransaction(tx) => {
+                let mut m = Map::new();
+                m.insert("transaction".into(), (*tx).into());
+                m
+            }
+            ActionRequest::CancelTask(id) => {
+                let mut m = Map::new();
+                m.insert("taskId".into(), (*id).into());
                 m
             }
             ActionRequest::CreateCodePool(c) => c.to_json(),
@@ -257,6 +301,40 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
         "submitTasks" => parse_submit_tasks(&obj).map(ActionRequest::SubmitTasks),
         "createCodePool" => super::codepool::parse_create(&obj).map(ActionRequest::CreateCodePool),
         "deleteCodePool" => super::codepool::parse_delete(&obj).map(ActionRequest::DeleteCodePool),
+        "beginTransaction" => {
+            only_fields(&obj, &[])?;
+            Ok(ActionRequest::BeginTransaction)
+        }
+        "commitTransaction" | "rollbackTransaction" => {
+            only_fields(&obj, &["transaction"])?;
+            let f = Fields {
+                obj: &obj,
+                path: "",
+            };
+            let tx = f.transaction("transaction")?.ok_or_else(|| {
+                f.error(
+                    "transaction",
+                    "is required: the id beginTransaction answered",
+                )
+            })?;
+            Ok(if action == "commitTransaction" {
+                ActionRequest::CommitTransaction(tx)
+            } else {
+                ActionRequest::RollbackTransaction(tx)
+            })
+        }
+        "cancelTask" => {
+            only_fields(&obj, &["taskId"])?;
+            let f = Fields {
+                obj: &obj,
+                path: "",
+            };
+            match f.int("taskId", i64::MAX)? {
+                None => Err(f.error("taskId", "is required")),
+                Some(0) => Err(f.error("taskId", "must be a task id (0 is none)")),
+                Some(id) => Ok(ActionRequest::CancelTask(id as u64)),
+            }
+        }
         a if UNSUPPORTED_ACTIONS.contains(&a) => Err(FieldError::new(
             "action",
             format!("action {a} is not supported by this broker yet"),
@@ -272,6 +350,17 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
     }
 }
 
+/// Refuses fields other than `action` and `allowed`.
+fn only_fields(obj: &Map<String, Value>, allowed: &[&str]) -> Result<(), FieldError> {
+    match obj
+        .keys()
+        .find(|k| k.as_str() != "action" && !allowed.contains(&k.as_str()))
+    {
+        Some(k) => Err(FieldError::new(clip(k), "is not a field of this action")),
+        None => Ok(()),
+    }
+}
+
 fn parse_submit_tasks(obj: &Map<String, Value>) -> Result<Vec<TaskSubmission>, FieldError> {
     let outer = Fields { obj, path: "" };
     for key in obj.keys() {
@@ -282,7 +371,8 @@ fn parse_submit_tasks(obj: &Map<String, Value>) -> Result<Vec<TaskSubmission>, F
             return Err(outer.error(key, "is not a field of submitTasks"));
         }
     }
-    outer.no_transaction()?;
+    // A transaction given beside `tasks` applies to each task that names none.
+    let outer_tx = outer.transaction("transaction")?;
     let tasks = match obj.get("tasks") {
         None | Some(Value::Null) => return Err(FieldError::new("tasks", "is required")),
         Some(Value::Array(tasks)) => tasks,
@@ -302,7 +392,19 @@ fn parse_submit_tasks(obj: &Map<String, Value>) -> Result<Vec<TaskSubmission>, F
         .iter()
         .enumerate()
         .map(|(i, t)| match t {
-            Value::Object(task) => TaskSubmission::parse(task, &format!("tasks[{i}]."), &allowed),
+            Value::Object(task) => {
+                let mut t = TaskSubmission::parse(task, &format!("tasks[{i}]."), &allowed)?;
+                if t.transaction.is_none() && outer_tx.is_some() {
+                    if t.idempotency_key.is_some() {
+                        return Err(FieldError::new(
+                            format!("tasks[{i}].idempotencyKey"),
+                            "cannot be used inside a transaction: commit the transaction again instead",
+                        ));
+                    }
+                    t.transaction = outer_tx;
+                }
+                Ok(t)
+            }
             _ => Err(FieldError::new(format!("tasks[{i}]"), "must be an object")),
         })
         .collect()
@@ -430,22 +532,24 @@ impl Fields<'_> {
         Ok(Some(value))
     }
 
-    /// Refuses a transaction id: transactions are not supported yet. Null, 0 and `"0"` (and an
-    /// empty string) mean "no transaction", as in the original.
-    fn no_transaction(&self) -> Result<(), FieldError> {
-        let none = match self.obj.get("transaction") {
-            None | Some(Value::Null) => true,
-            Some(Value::Number(n)) => n.as_i64() == Some(0),
-            Some(Value::String(s)) => s.is_empty() || s == "0",
-            Some(_) => false,
-        };
-        if none {
-            Ok(())
-        } else {
-            Err(self.error(
-                "transaction",
-                "transactions are not supported by this broker yet",
-            ))
+    /// A transaction id: a positive integer as a number or a string of digits. Null, 0, `"0"`
+    /// and an empty string mean "no transaction", as in the original.
+    fn transaction(&self, name: &str) -> Result<Option<u64>, FieldError> {
+        if let Some(Value::String(s)) = self.obj.get(name)
+            && s.is_empty()
+        {
+            return Ok(None);
+        }
+        match self.int(name, i64::MAX) {
+            Ok(None | Some(0)) => Ok(None),
+            Ok(Some(id)) => Ok(Some(id as u64)),
+            Err(e) => Err(FieldError::new(
+                e.field,
+                format!(
+                    "{} (a transaction id, as beginTransaction answered it)",
+                    e.problem
+                ),
+            )),
         }
     }
 }

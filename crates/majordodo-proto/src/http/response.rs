@@ -30,6 +30,13 @@ pub struct SubmitTaskResponse {
     /// Whether the request was carried out (a task not created because of its slot is still ok).
     #[serde(deserialize_with = "lenient::bool")]
     pub ok: bool,
+    /// Echo of the request's `transaction`, when it named one.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::opt_u64"
+    )]
+    pub transaction: Option<u64>,
 }
 
 /// One element of the answer to `submitTasks`, in request order.
@@ -44,6 +51,13 @@ pub struct SubmitResult {
     /// The same as `result`, for the original's Java client.
     #[serde(default)]
     pub outcome: Option<String>,
+    /// The task's transaction, when it named one.
+    #[serde(
+        default,
+        skip_serializing_if = "Option::is_none",
+        deserialize_with = "lenient::opt_u64"
+    )]
+    pub transaction: Option<u64>,
 }
 
 /// Answer to `submitTasks`.
@@ -419,4 +433,146 @@ fn task_or_none<'de, D: Deserializer<'de>>(d: D) -> Result<Option<TaskInfo>, D::
 
 fn string_of_int<'de, D: Deserializer<'de>>(d: D) -> Result<String, D::Error> {
     lenient::i64(d).map(|v| v.to_string())
+}
+
+/// Answer to `beginTransaction`, `commitTransaction` and `rollbackTransaction`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionResponse {
+    /// Echo of the action.
+    #[serde(default)]
+    pub action: String,
+    /// The transaction: the new one's id for `beginTransaction`, else the one named.
+    #[serde(deserialize_with = "lenient::u64")]
+    pub transaction: u64,
+    /// Empty when `ok`.
+    #[serde(default, deserialize_with = "lenient::string_or_null")]
+    pub error: String,
+    /// Whether the action was carried out.
+    #[serde(deserialize_with = "lenient::bool")]
+    pub ok: bool,
+}
+
+/// Answer to `cancelTask`.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct CancelTaskResponse {
+    /// Echo of the action (`cancelTask`).
+    #[serde(default)]
+    pub action: String,
+    /// The cancelled task.
+    #[serde(rename = "taskId", deserialize_with = "lenient::u64")]
+    pub task_id: u64,
+    /// What it was doing when cancelled: `waiting`, `delayed` or `running` (a running task is
+    /// being stopped on its worker).
+    #[serde(rename = "previousStatus", default)]
+    pub previous_status: String,
+    /// Empty when `ok`.
+    #[serde(default, deserialize_with = "lenient::string_or_null")]
+    pub error: String,
+    /// Whether the task was cancelled.
+    #[serde(deserialize_with = "lenient::bool")]
+    pub ok: bool,
+}
+
+/// One open transaction in the `transactions` view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct TransactionInfo {
+    /// Its id.
+    #[serde(deserialize_with = "lenient::u64")]
+    pub transaction_id: u64,
+    /// When it was begun, ms since the epoch.
+    #[serde(deserialize_with = "lenient::i64")]
+    pub creation_timestamp: i64,
+    /// How many tasks are prepared in it.
+    #[serde(deserialize_with = "lenient::u64")]
+    pub prepared_tasks: u64,
+    /// The distinct task types of its prepared tasks, sorted.
+    #[serde(default)]
+    pub task_types: Vec<String>,
+    /// The user who began it (an extension; absent for transactions of older versions).
+    #[serde(default, skip_serializing_if = "Option::is_none")]
+    pub owner: Option<String>,
+}
+
+/// The `transactions` payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionsList {
+    /// Open transactions, oldest id first.
+    pub transactions: Vec<TransactionInfo>,
+    /// True when `max` or the answer budget stopped the listing (an extension).
+    #[serde(default, deserialize_with = "lenient::bool")]
+    pub truncated: bool,
+}
+
+/// The `transactions` view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct TransactionsView {
+    /// Always true on success.
+    #[serde(deserialize_with = "lenient::bool")]
+    pub ok: bool,
+    /// The open transactions.
+    pub transactions: TransactionsList,
+    /// Broker status.
+    pub status: BrokerStatusInfo,
+}
+
+/// The `slots` payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct SlotsList {
+    /// Busy slot → the task holding it (waiting, delayed, running or prepared in a
+    /// transaction).
+    pub busy_slots: BTreeMap<String, u64>,
+    /// True when `max` or the answer budget stopped the listing (an extension).
+    #[serde(default, deserialize_with = "lenient::bool")]
+    pub truncated: bool,
+}
+
+/// The `slots` view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct SlotsView {
+    /// Always true on success.
+    #[serde(deserialize_with = "lenient::bool")]
+    pub ok: bool,
+    /// The busy slots.
+    pub slots: SlotsList,
+    /// Broker status.
+    pub status: BrokerStatusInfo,
+}
+
+/// One delayed task in the `delayedqueue` view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(rename_all = "camelCase")]
+pub struct DelayedTaskInfo {
+    /// The task.
+    #[serde(deserialize_with = "lenient::u64")]
+    pub task_id: u64,
+    /// Milliseconds until it may run (0 when due).
+    #[serde(deserialize_with = "lenient::i64")]
+    pub delay: i64,
+    /// When it may run, ms since the epoch (an extension).
+    #[serde(default, deserialize_with = "lenient::i64")]
+    pub requested_start_time: i64,
+}
+
+/// The `delayedqueue` payload.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelayedQueueList {
+    /// Delayed tasks, soonest first.
+    pub tasks: Vec<DelayedTaskInfo>,
+    /// True when `max` or the answer budget stopped the listing (an extension).
+    #[serde(default, deserialize_with = "lenient::bool")]
+    pub truncated: bool,
+}
+
+/// The `delayedqueue` view.
+#[derive(Clone, Debug, PartialEq, Eq, Serialize, Deserialize)]
+pub struct DelayedQueueView {
+    /// Always true on success.
+    #[serde(deserialize_with = "lenient::bool")]
+    pub ok: bool,
+    /// The delayed tasks.
+    pub delayedqueue: DelayedQueueList,
+    /// Broker status.
+    pub status: BrokerStatusInfo,
 }

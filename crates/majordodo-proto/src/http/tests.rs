@@ -48,6 +48,7 @@ fn arb_submission() -> impl Strategy<Value = TaskSubmission> {
                     codepool,
                     mode,
                     idempotency_key,
+                    transaction: None,
                 }
             },
         )
@@ -262,7 +263,12 @@ fn bad_fields_are_named_with_their_problem() {
         with("bogus", json!(1)),
         ("bogus".into(), "is not a field of a task submission".into())
     );
-    assert_eq!(with("transaction", json!(5)).0, "transaction");
+    assert_eq!(with("transaction", json!(-5)).0, "transaction");
+    assert!(
+        with("transaction", json!("x"))
+            .1
+            .contains("a transaction id")
+    );
     assert!(
         submit({
             let mut b = base();
@@ -353,6 +359,78 @@ fn batch_errors_carry_the_task_index() {
 }
 
 #[test]
+fn transaction_and_cancel_actions_parse_and_bad_ids_are_named() {
+    // Goal: the transaction actions and cancelTask read their id as a number or a string,
+    // refuse a missing, zero, negative or malformed one and unknown fields, naming the field;
+    // a submit carries its transaction (also from the outer object of submitTasks) and may
+    // not combine it with an idempotency key.
+    let p = |v: Value| parse_action(&serde_json::to_vec(&v).unwrap());
+    assert_eq!(
+        p(json!({"action": "beginTransaction"})).unwrap(),
+        ActionRequest::BeginTransaction
+    );
+    assert_eq!(
+        p(json!({"action": "commitTransaction", "transaction": "12"})).unwrap(),
+        ActionRequest::CommitTransaction(12)
+    );
+    assert_eq!(
+        p(json!({"action": "rollbackTransaction", "transaction": 3})).unwrap(),
+        ActionRequest::RollbackTransaction(3)
+    );
+    assert_eq!(
+        p(json!({"action": "cancelTask", "taskId": "9"})).unwrap(),
+        ActionRequest::CancelTask(9)
+    );
+    for (bad, field) in [
+        (json!({"action": "commitTransaction"}), "transaction"),
+        (
+            json!({"action": "commitTransaction", "transaction": 0}),
+            "transaction",
+        ),
+        (
+            json!({"action": "commitTransaction", "transaction": -1}),
+            "transaction",
+        ),
+        (
+            json!({"action": "rollbackTransaction", "transaction": "x"}),
+            "transaction",
+        ),
+        (
+            json!({"action": "beginTransaction", "userid": "u"}),
+            "userid",
+        ),
+        (json!({"action": "cancelTask"}), "taskId"),
+        (json!({"action": "cancelTask", "taskId": 0}), "taskId"),
+        (json!({"action": "cancelTask", "taskId": "-3"}), "taskId"),
+        (json!({"action": "cancelTask", "taskId": 1, "x": 1}), "x"),
+        (
+            json!({"action": "submitTask", "userid": "u", "tasktype": "t", "transaction": 2, "idempotencyKey": "k"}),
+            "idempotencyKey",
+        ),
+        (
+            json!({"action": "submitTasks", "transaction": 2, "tasks": [{"userid": "u", "tasktype": "t", "idempotencyKey": "k"}]}),
+            "tasks[0].idempotencyKey",
+        ),
+    ] {
+        assert_eq!(p(bad.clone()).unwrap_err().field, field, "{bad}");
+    }
+    let batch = p(
+        json!({"action": "submitTasks", "transaction": "4", "tasks": [
+            {"userid": "u", "tasktype": "t"},
+            {"userid": "u", "tasktype": "t", "transaction": 5},
+        ]}),
+    )
+    .unwrap();
+    match batch {
+        ActionRequest::SubmitTasks(tasks) => {
+            assert_eq!(tasks[0].transaction, Some(4));
+            assert_eq!(tasks[1].transaction, Some(5));
+        }
+        other => panic!("{other:?}"),
+    }
+}
+
+#[test]
 fn body_and_action_problems_are_named() {
     // Goal: bodies that are not UTF-8 JSON objects, and unknown or unsupported actions, are
     // refused with the field that explains it.
@@ -363,11 +441,11 @@ fn body_and_action_problems_are_named() {
         parse_action(b"{}").unwrap_err(),
         FieldError::new("action", "is required")
     );
-    let e = parse_action(br#"{"action":"beginTransaction"}"#).unwrap_err();
+    let e = parse_action(br#"{"action":"createCodePool"}"#).unwrap_err();
     assert_eq!(e.field, "action");
     assert!(
         e.problem
-            .contains("beginTransaction is not supported by this broker yet")
+            .contains("createCodePool is not supported by this broker yet")
     );
     let e = parse_action(br#"{"action":"frobnicate"}"#).unwrap_err();
     assert!(e.problem.starts_with("unknown action frobnicate"), "{e}");
@@ -442,11 +520,25 @@ fn views_parse_with_filters_and_refuse_bad_values() {
             .field,
         "filter"
     );
-    let e = p(&[("view", "slots")]).unwrap_err();
+    let e = p(&[("view", "tasksheap")]).unwrap_err();
     assert_eq!(e.field, "view");
     assert!(
         e.problem
-            .contains("slots is not supported by this broker yet")
+            .contains("tasksheap is not supported by this broker yet")
+    );
+    assert_eq!(
+        p(&[("view", "slots"), ("max", "7")]).unwrap(),
+        ViewRequest::Slots { max: Some(7) }
+    );
+    assert_eq!(
+        p(&[("view", "transactions")]).unwrap(),
+        ViewRequest::Transactions { max: None }
+    );
+    assert_eq!(
+        p(&[("view", "delayedqueue"), ("max", "-1")])
+            .unwrap_err()
+            .field,
+        "max"
     );
     assert!(
         p(&[("view", "heap")])

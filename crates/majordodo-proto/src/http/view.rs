@@ -11,7 +11,7 @@ use super::request::clip;
 use super::{FieldError, MAX_NAME_BYTES, MAX_TASK_ID};
 
 /// Views of the original API this broker implements.
-pub const SUPPORTED_VIEWS: [&str; 8] = [
+pub const SUPPORTED_VIEWS: [&str; 11] = [
     "overview",
     "status",
     "task",
@@ -20,17 +20,14 @@ pub const SUPPORTED_VIEWS: [&str; 8] = [
     "workers",
     "codePool",
     "codePools",
+    "transactions",
+    "slots",
+    "delayedqueue",
 ];
 
 /// Views of the original API this broker does not implement yet: they are answered with a 4xx
 /// error naming the view.
-pub const UNSUPPORTED_VIEWS: [&str; 5] = [
-    "resources",
-    "tasksheap",
-    "delayedqueue",
-    "slots",
-    "transactions",
-];
+pub const UNSUPPORTED_VIEWS: [&str; 2] = ["resources", "tasksheap"];
 
 /// Which tasks a status filter keeps.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -162,6 +159,22 @@ pub enum ViewRequest {
         /// First pool id listed.
         from: Option<String>,
     },
+    /// `transactions`: open transactions, at most `max` (an extension; default
+    /// [`super::DEFAULT_TASKS_MAX`]).
+    Transactions {
+        /// `max`.
+        max: Option<u32>,
+    },
+    /// `slots`: busy slots and their holders, at most `max`.
+    Slots {
+        /// `max`.
+        max: Option<u32>,
+    },
+    /// `delayedqueue`: delayed tasks, soonest first, at most `max`.
+    DelayedQueue {
+        /// `max`.
+        max: Option<u32>,
+    },
 }
 
 impl ViewRequest {
@@ -176,6 +189,9 @@ impl ViewRequest {
             ViewRequest::Workers => "workers",
             ViewRequest::CodePool { .. } => "codePool",
             ViewRequest::CodePools { .. } => "codePools",
+            ViewRequest::Transactions { .. } => "transactions",
+            ViewRequest::Slots { .. } => "slots",
+            ViewRequest::DelayedQueue { .. } => "delayedqueue",
         }
     }
 
@@ -195,6 +211,15 @@ impl ViewRequest {
                 }
                 if let Some(from) = from {
                     p.push(("fromCodePoolId", from.clone()));
+                }
+                p
+            }
+            ViewRequest::Transactions { max }
+            | ViewRequest::Slots { max }
+            | ViewRequest::DelayedQueue { max } => {
+                let mut p = vec![("view", self.name().into())];
+                if let Some(max) = max {
+                    p.push(("max", max.to_string()));
                 }
                 p
             }
@@ -242,6 +267,9 @@ pub fn parse_view(pairs: &[(String, String)]) -> Result<ViewRequest, FieldError>
             max: q.max()?,
             from: q.filter("fromCodePoolId")?,
         },
+        "transactions" => ViewRequest::Transactions { max: q.max()? },
+        "slots" => ViewRequest::Slots { max: q.max()? },
+        "delayedqueue" => ViewRequest::DelayedQueue { max: q.max()? },
         v if UNSUPPORTED_VIEWS.contains(&v) => {
             return Err(FieldError::new(
                 "view",

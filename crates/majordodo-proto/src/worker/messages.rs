@@ -24,7 +24,7 @@ pub struct Envelope {
     /// The message; `None` when the sender used a message kind this version does not know.
     #[prost(
         oneof = "Message",
-        tags = "16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 70, 71"
+        tags = "16, 17, 18, 19, 20, 21, 22, 23, 24, 25, 26, 27, 40, 70, 71"
     )]
     pub message: Option<Message>,
 }
@@ -74,6 +74,11 @@ pub enum Message {
     /// B→W, the answer to [`CodePoolRequest`].
     #[prost(message, tag = "71")]
     CodePoolData(CodePoolData),
+    /// B→W, attempts to stop: their tasks were cancelled. The worker reports each one ended
+    /// once it stopped (any outcome; the broker ignores it); an attempt it does not run is
+    /// ignored.
+    #[prost(message, tag = "40")]
+    Cancel(Cancel),
 }
 
 impl Message {
@@ -94,6 +99,7 @@ impl Message {
             Message::Kill(_) => "kill",
             Message::CodePoolRequest(_) => "code_pool_request",
             Message::CodePoolData(_) => "code_pool_data",
+            Message::Cancel(_) => "cancel",
         }
     }
 
@@ -141,7 +147,8 @@ impl Message {
             | Message::Ping(_)
             | Message::Pong(_)
             | Message::Shutdown(_)
-            | Message::Kill(_) => Ok(()),
+            | Message::Kill(_)
+            | Message::Cancel(_) => Ok(()),
         }
     }
 }
@@ -335,6 +342,9 @@ pub struct FinishReport {
     /// The executor's result, or the error's description.
     #[prost(string, tag = "4")]
     pub result: String,
+    /// With [`Outcome::RetryLater`]: milliseconds after which the task may run again.
+    #[prost(uint64, tag = "40")]
+    pub retry_after_ms: u64,
 }
 
 /// How a task attempt ended.
@@ -347,6 +357,9 @@ pub enum Outcome {
     Finished = 1,
     /// The executor failed, or the worker refused the task; the broker may retry it.
     Error = 2,
+    /// The executor asks to run the task again after [`FinishReport::retry_after_ms`], without
+    /// using an attempt (the broker bounds how often).
+    RetryLater = 3,
 }
 
 /// B→W: the reports of batch `seq` are durable; the worker may forget them.
@@ -427,4 +440,12 @@ pub struct CodePoolData {
     /// Set when the broker cannot serve the pool (unknown, deleted): the text says why.
     #[prost(string, tag = "7")]
     pub error: String,
+}
+
+/// B→W: cancelled attempts to stop.
+#[derive(Clone, PartialEq, prost::Message)]
+pub struct Cancel {
+    /// The attempts.
+    #[prost(message, repeated, tag = "1")]
+    pub tasks: Vec<RunningTask>,
 }

@@ -63,6 +63,7 @@ fn arb_report() -> impl Strategy<Value = FinishReport> {
             attempt,
             outcome: outcome as i32,
             result,
+            retry_after_ms: 0,
         })
 }
 
@@ -368,6 +369,7 @@ fn unknown_outcome_is_rejected() {
                 attempt: 1,
                 outcome: 7,
                 result: String::new(),
+                retry_after_ms: 0,
             }],
         })),
     }
