@@ -258,3 +258,62 @@ fn a_creation_cut_short_is_swept_by_the_next_leader() {
     assert!(leader.state().codepool("cut").is_none());
     assert!(leader.create_code_pool(70, "cut", 0, &data, 100).is_ok());
 }
+
+#[test]
+fn a_pool_named_by_a_prepared_task_stays_until_its_transaction_ends() {
+    // Goal: a task prepared in an open transaction counts as a user of its pool: the pool is
+    // neither deleted nor purged while the transaction may still publish the task; the commit
+    // makes the task live with its pool; after a rollback the pool can go; no reservation of
+    // the submission is left behind.
+    use majordodo_core::leader::Caller;
+    let mut sim = Sim::new(LeaderConfig::default());
+    let caller = Caller {
+        name: "u".into(),
+        admin: false,
+    };
+    create(&mut sim, "p", 0, &archive(10), 100);
+    let prepare = |sim: &mut Sim, tx| {
+        sim.submit(SubmitRequest {
+            task_type: "t".into(),
+            user_id: "u".into(),
+            max_attempts: 1,
+            codepool: Some("p".into()),
+            transaction: Some(tx),
+            ..SubmitRequest::default()
+        })
+    };
+    let now = sim.now;
+    let (tx, begin) = sim.leader.begin_transaction(now, &caller).unwrap();
+    sim.push(vec![begin]);
+    sim.flush();
+    let SubmitOutcome::Accepted(id) = prepare(&mut sim, tx) else {
+        panic!("not prepared")
+    };
+    sim.flush();
+    assert!(!sim.leader.has_pending(), "a reservation is left behind");
+    assert!(matches!(
+        sim.leader.delete_code_pool(now, "p"),
+        Err(CodePoolRefusal::InUse { tasks: 1, .. })
+    ));
+    let commit = sim.leader.commit_transaction(now, tx, &caller).unwrap();
+    sim.push(vec![commit]);
+    sim.flush();
+    assert_eq!(sim.state().task(id).unwrap().codepool(), Some("p"));
+    assert_eq!(sim.state().code_pool_users("p"), 1);
+
+    let (tx, begin) = sim.leader.begin_transaction(now, &caller).unwrap();
+    sim.push(vec![begin]);
+    sim.flush();
+    prepare(&mut sim, tx);
+    sim.flush();
+    let rollback = sim.leader.rollback_transaction(now, tx, &caller).unwrap();
+    sim.push(vec![rollback]);
+    sim.flush();
+    assert_eq!(
+        sim.state().code_pool_users("p"),
+        1,
+        "only the committed task"
+    );
+    sim.state().check_invariants().unwrap();
+    assert_eq!(sim.replay(), *sim.state());
+}

@@ -74,7 +74,7 @@ pub(crate) enum PoolRelease {
 impl PoolRelease {
     pub(crate) fn of(entry: &LogEntry, leader: &Leader) -> PoolRelease {
         match entry {
-            LogEntry::AddTask(t) => t
+            LogEntry::AddTask(t) | LogEntry::PrepareAddTask { task: t, .. } => t
                 .codepool
                 .clone()
                 .map_or(PoolRelease::Nothing, PoolRelease::Submit),
@@ -154,8 +154,16 @@ impl Leader {
     }
 
     /// Live tasks naming pool `id`, submissions in flight included.
+    /// Live tasks naming pool `id`, submissions of it in flight, and tasks prepared in open
+    /// transactions that name it (a commit would make them live: the pool must stay).
     fn code_pool_users(&self, id: &str) -> u32 {
-        self.state.code_pool_users(id) + self.pools.submits.get(id).copied().unwrap_or(0)
+        let prepared = self
+            .state
+            .transactions()
+            .flat_map(|t| t.prepared.iter())
+            .filter(|t| t.codepool.as_deref() == Some(id))
+            .count() as u32;
+        self.state.code_pool_users(id) + self.pools.submits.get(id).copied().unwrap_or(0) + prepared
     }
 
     /// Reserves a use of pool `id` by a submission being decided.
