@@ -888,7 +888,9 @@ pub(crate) mod tests {
         let mut record = RecordPb::decode(encode_entry(entry).as_slice()).ok()?;
         record.version = 2;
         match &mut record.entry {
-            Some(EntryPb::DeferTask(_)) => return None,
+            Some(EntryPb::DeferTask(_) | EntryPb::BeginCodePool(_) | EntryPb::CodePoolChunk(_)) => {
+                return None;
+            }
             Some(EntryPb::BeginTransaction(t)) => t.owner = None,
             _ => {}
         }
