@@ -267,19 +267,23 @@ impl BrokerHandle {
         caller: Caller,
     ) -> Result<Vec<SubmitOutcome>, BrokerError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .try_send(Command::Submit {
-                tasks,
-                caller,
-                reply,
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    BrokerError::Overloaded("the broker's submission queue is full")
-                }
-                mpsc::error::TrySendError::Closed(_) => BrokerError::Stopped,
-            })?;
+        self.send_now(Command::Submit {
+            tasks,
+            caller,
+            reply,
+        })?;
         rx.await.map_err(|_| BrokerError::Stopped)?
+    }
+
+    /// Queues `command` for the dispatcher without waiting: a full queue is
+    /// [`BrokerError::Overloaded`] at once, a gone dispatcher [`BrokerError::Stopped`].
+    fn send_now(&self, command: Command) -> Result<(), BrokerError> {
+        self.tx.try_send(command).map_err(|e| match e {
+            mpsc::error::TrySendError::Full(_) => {
+                BrokerError::Overloaded("the broker's submission queue is full")
+            }
+            mpsc::error::TrySendError::Closed(_) => BrokerError::Stopped,
+        })
     }
 
     /// Carries out `action` for `caller` on the leader: `Ok(Err(_))` when the leader refused it
@@ -293,18 +297,11 @@ impl BrokerHandle {
         caller: Caller,
     ) -> Result<Result<ActionDone, ActionError>, BrokerError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .try_send(Command::Act {
-                action,
-                caller,
-                reply,
-            })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    BrokerError::Overloaded("the broker's submission queue is full")
-                }
-                mpsc::error::TrySendError::Closed(_) => BrokerError::Stopped,
-            })?;
+        self.send_now(Command::Act {
+            action,
+            caller,
+            reply,
+        })?;
         rx.await.map_err(|_| BrokerError::Stopped)?
     }
 
@@ -333,14 +330,7 @@ impl BrokerHandle {
 
     async fn code_pool(&self, op: CodePoolOp) -> Result<(), BrokerError> {
         let (reply, rx) = oneshot::channel();
-        self.tx
-            .try_send(Command::CodePool { op, reply })
-            .map_err(|e| match e {
-                mpsc::error::TrySendError::Full(_) => {
-                    BrokerError::Overloaded("the broker's submission queue is full")
-                }
-                mpsc::error::TrySendError::Closed(_) => BrokerError::Stopped,
-            })?;
+        self.send_now(Command::CodePool { op, reply })?;
         rx.await.map_err(|_| BrokerError::Stopped)?
     }
 
