@@ -19,8 +19,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use majordodo_core::leader::{
-    ConnectRejection, FinishReport as CoreReport, Outcome as CoreOutcome, SubmitOutcome,
-    SubmitRequest, WorkerAssignments, WorkerHello as CoreHello,
+    ConnectRejection, FinishReport as CoreReport, LevelRefusal, Outcome as CoreOutcome,
+    PriorityRefusal, SubmitOutcome, SubmitRequest, WorkerAssignments, WorkerHello as CoreHello,
 };
 use majordodo_core::{Leader, LogEntry, Millis, TaskId, WorkerCapacity};
 use majordodo_log::{AppendFuture, Appended, CommitLog, LogError};
@@ -34,7 +34,7 @@ mod tests;
 
 use crate::checkpoint::Checkpointer;
 use crate::clock::Clock;
-use crate::handle::{BrokerError, Command, Role, View};
+use crate::handle::{AdminChange, AdminRefusal, BrokerError, Command, Role, View};
 use crate::worker_listener::{
     Admission, CloseReason, ConnId, Rejection, SessionError, WorkerEvent, WorkerSession,
 };
@@ -108,6 +108,8 @@ enum Obligation {
     Ack { conn: ConnId, seq: u64 },
     /// Answer a checkpoint request once everything before it is applied.
     Checkpoint(oneshot::Sender<Result<u64, BrokerError>>),
+    /// Answer an admin change.
+    Admin(oneshot::Sender<Result<Result<(), AdminRefusal>, BrokerError>>),
 }
 
 impl Obligation {
@@ -122,6 +124,9 @@ impl Obligation {
                 retryable: true,
             }),
             Obligation::Checkpoint(reply) => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Obligation::Admin(reply) => {
                 let _ = reply.send(Err(error.clone()));
             }
             Obligation::Ack { .. } => {}
@@ -459,6 +464,7 @@ impl Dispatcher {
             broker_id: &self.broker_id,
             leader: None,
             cluster: cluster.as_ref(),
+            leader_core: Some(&self.leader),
         }));
     }
 
@@ -496,6 +502,40 @@ impl Dispatcher {
                 building
                     .obligations
                     .push(Obligation::Submit { reply, outcomes });
+            }
+            Command::Admin { change, reply } => {
+                if let Some(refusal) = self.refusal() {
+                    let _ = reply.send(Err(refusal));
+                    return;
+                }
+                let now = self.clock.now();
+                let decided =
+                    match change.clone() {
+                        AdminChange::SetServiceLevel { user_id, level } => self
+                            .leader
+                            .set_service_level(now, &user_id, level)
+                            .map_err(|LevelRefusal::Invalid { field, reason }| {
+                                AdminRefusal::Invalid { field, reason }
+                            }),
+                        AdminChange::SetTaskPriority { task_id, priority } => self
+                            .leader
+                            .set_task_priority(now, task_id, priority)
+                            .map_err(|e| match e {
+                                PriorityRefusal::NoSuchTask(id) => AdminRefusal::NoSuchTask(id),
+                                other => AdminRefusal::Conflict(other.to_string()),
+                            }),
+                    };
+                match decided {
+                    Ok(entry) => {
+                        info!(change = ?change, "scheduling change decided");
+                        self.dirty = true;
+                        building.entries.push(entry);
+                        building.obligations.push(Obligation::Admin(reply));
+                    }
+                    Err(refusal) => {
+                        let _ = reply.send(Ok(Err(refusal)));
+                    }
+                }
             }
             Command::Checkpoint { reply } => {
                 if self.checkpointer.is_none() {
@@ -642,6 +682,8 @@ impl Dispatcher {
                     LogEntry::TaskStatusChange { .. }
                         | LogEntry::AddTask(_)
                         | LogEntry::WorkerDied { .. }
+                        | LogEntry::SetServiceLevel { .. }
+                        | LogEntry::SetTaskPriority { .. }
                 );
                 let lsn = appended.first.0 + i as u64;
                 if !matches!(entry, LogEntry::Noop { .. }) {
@@ -659,6 +701,9 @@ impl Dispatcher {
             match obligation {
                 Obligation::Submit { reply, outcomes } => {
                     let _ = reply.send(Ok(outcomes));
+                }
+                Obligation::Admin(reply) => {
+                    let _ = reply.send(Ok(Ok(())));
                 }
                 Obligation::Welcome {
                     admission,
@@ -937,5 +982,7 @@ pub(crate) fn capacity_of(c: Capacity) -> WorkerCapacity {
         max_threads_by_task_type: c.max_threads_by_task_type,
         groups: c.groups,
         excluded_groups: c.excluded_groups,
+        max_thread_per_user_per_task_type_percent: c.max_thread_per_user_per_task_type_percent,
+        resource_limits: c.resource_limits,
     }
 }

@@ -53,7 +53,9 @@ pub use config::{HttpConfig, HttpConfigError, HttpSettings, UserConfig, UserRole
 pub use error::{ApiError, ERROR_CODES};
 
 use crate::BrokerHandle;
+use crate::handle::{AdminChange, AdminRefusal};
 use auth::Authenticator;
+use majordodo_core::model::ServiceLevel;
 use select::Budget;
 
 /// Most workers listed by the `overview` and `workers` views. Far above a real cluster's
@@ -168,6 +170,8 @@ enum Answer {
     TasksOverviewView(TasksOverviewView),
     SubmitTaskResponse(SubmitTaskResponse),
     SubmitTasksResponse(SubmitTasksResponse),
+    /// Answers of the scheduling actions and views, built as JSON directly.
+    Json(serde_json::Value),
 }
 
 impl IntoResponse for Answer {
@@ -350,6 +354,19 @@ async fn get_view(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, A
                         status,
                     })
                 }
+                ViewRequest::Resources { worker_id } => Answer::Json(serde_json::json!({
+                    "ok": true,
+                    "resources": select::resources(v, worker_id.as_deref()),
+                    "status": status,
+                })),
+                ViewRequest::TasksHeap { max } => {
+                    let max = max.unwrap_or(DEFAULT_TASKS_MAX).min(tasks_max_limit);
+                    Answer::Json(serde_json::json!({
+                        "ok": true,
+                        "tasksheap": select::tasks_heap(v.state, owner.as_deref(), max as usize, budget.scan),
+                        "status": status,
+                    }))
+                }
                 ViewRequest::TasksOverview(q) => {
                     let (tasks, scanned, truncated) =
                         select::count_by_type(v.state, &q, owner.as_deref(), budget.scan);
@@ -418,6 +435,82 @@ async fn post_action(State(api): State<Arc<Api>>, req: Request) -> Result<Answer
                 ok: true,
             }))
         }
+        ActionRequest::SetServiceLevel(c) => {
+            if !principal.is_admin() {
+                return Err(ApiError::Forbidden(FieldError::new(
+                    "action",
+                    "only an admin may change service levels",
+                )));
+            }
+            let level = c
+                .level
+                .clone()
+                .map(|(group, resources)| ServiceLevel { group, resources });
+            admin_change(
+                &api,
+                AdminChange::SetServiceLevel {
+                    user_id: c.user_id.clone(),
+                    level,
+                },
+            )
+            .await?;
+            Ok(Answer::Json(serde_json::json!({
+                "ok": true,
+                "action": "setServiceLevel",
+                "userid": c.user_id,
+                "serviceLevel": c.level.map(|(group, resources)| serde_json::json!({
+                    "group": group,
+                    "resources": resources,
+                })),
+            })))
+        }
+        ActionRequest::SetTaskPriority(c) => {
+            let task_id = TaskId(c.task_id);
+            if !principal.is_admin() {
+                // A user may change only its own tasks; an unknown task and another's look
+                // the same to it.
+                let name = principal.name.clone();
+                let owned = api
+                    .broker
+                    .query(move |v| v.state.task(task_id).is_some_and(|t| *t.user_id == *name))
+                    .await?;
+                if !owned {
+                    return Err(ApiError::Missing(FieldError::new(
+                        "taskId",
+                        format!("task {task_id} does not exist"),
+                    )));
+                }
+            }
+            admin_change(
+                &api,
+                AdminChange::SetTaskPriority {
+                    task_id,
+                    priority: c.priority,
+                },
+            )
+            .await?;
+            Ok(Answer::Json(serde_json::json!({
+                "ok": true,
+                "action": "setTaskPriority",
+                "taskId": c.task_id,
+                "priority": c.priority,
+            })))
+        }
+    }
+}
+
+/// Asks the leader for a scheduling change and maps its refusal to an API error.
+async fn admin_change(api: &Api, change: AdminChange) -> Result<(), ApiError> {
+    match api.broker.admin(change).await? {
+        Ok(()) => Ok(()),
+        Err(AdminRefusal::Invalid { field, reason }) => {
+            Err(ApiError::BadRequest(FieldError::new(field, reason)))
+        }
+        Err(AdminRefusal::NoSuchTask(id)) => Err(ApiError::Missing(FieldError::new(
+            "taskId",
+            format!("task {id} does not exist"),
+        ))),
+        Err(AdminRefusal::Conflict(why)) => Err(ApiError::Conflict(FieldError::new("taskId", why))),
     }
 }
 
@@ -469,6 +562,7 @@ fn submit_request(t: TaskSubmission) -> SubmitRequest {
         codepool: t.codepool,
         mode: t.mode,
         idempotency_key: t.idempotency_key,
+        priority: t.priority,
     }
 }
 

@@ -687,9 +687,13 @@ async fn follow<S: Future<Output = ()>>(
                             broker_id: &parts.broker_id,
                             leader: leader.as_deref(),
                             cluster: Some(&cluster),
+                            leader_core: None,
                         }));
                     }
                     Command::Submit { reply, .. } => {
+                        let _ = reply.send(Err(BrokerError::NotLeader(leader)));
+                    }
+                    Command::Admin { reply, .. } => {
                         let _ = reply.send(Err(BrokerError::NotLeader(leader)));
                     }
                     Command::Checkpoint { reply } => match checkpointer.as_mut() {

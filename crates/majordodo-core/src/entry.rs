@@ -6,10 +6,11 @@
 //! leader decided (retry or give up) are written as explicit status changes. Applying the same
 //! entries to the same state therefore always gives the same state.
 //!
-//! Kinds the original did not have: [`LogEntry::PurgeTasks`] and
-//! [`LogEntry::ForgetIdempotencyKeys`].
+//! Kinds the original did not have: [`LogEntry::PurgeTasks`],
+//! [`LogEntry::ForgetIdempotencyKeys`], [`LogEntry::SetServiceLevel`] and
+//! [`LogEntry::SetTaskPriority`].
 
-use crate::model::{Millis, TaskId, TaskStatus, TransactionId};
+use crate::model::{Millis, ServiceLevel, TaskId, TaskStatus, TransactionId};
 
 /// A task as submitted, with everything its creation needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -42,6 +43,8 @@ pub struct NewTask {
     /// [`LogEntry::ForgetIdempotencyKeys`] forgets it, so a submission sent again with the same
     /// key is answered with this task instead of creating another.
     pub idempotency_key: Option<String>,
+    /// Order inside its owner's queue: higher first; 0 by default (age order).
+    pub priority: i32,
 }
 
 impl NewTask {
@@ -184,6 +187,26 @@ pub enum LogEntry {
         /// When.
         timestamp: Millis,
     },
+    /// An admin sets (or, with `None`, clears) a user's service level. Its waiting tasks move to
+    /// the new group and resources at once; delayed tasks and retries take it when they enter the
+    /// waiting queues; running tasks keep the resources charged at their assignment.
+    SetServiceLevel {
+        /// The user.
+        user_id: String,
+        /// The new level; `None` goes back to the configured default.
+        level: Option<ServiceLevel>,
+        /// When.
+        timestamp: Millis,
+    },
+    /// The priority of a waiting or delayed task changes.
+    SetTaskPriority {
+        /// The task.
+        task_id: TaskId,
+        /// The new priority (higher first).
+        priority: i32,
+        /// When.
+        timestamp: Millis,
+    },
 }
 
 impl LogEntry {
@@ -205,6 +228,8 @@ impl LogEntry {
             LogEntry::CreateCodePool { .. } => "create_code_pool",
             LogEntry::PurgeTasks { .. } => "purge_tasks",
             LogEntry::ForgetIdempotencyKeys { .. } => "forget_idempotency_keys",
+            LogEntry::SetServiceLevel { .. } => "set_service_level",
+            LogEntry::SetTaskPriority { .. } => "set_task_priority",
         }
     }
 }

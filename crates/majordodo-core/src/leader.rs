@@ -15,9 +15,15 @@ use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
 use std::sync::Arc;
 
 use crate::entry::{LogEntry, NewTask};
-use crate::model::{GroupId, Millis, TaskId, TaskStatus, WorkerStatus};
-use crate::scheduler::{RunningSet, WorkerCapacity};
+use crate::model::{ANY_GROUP, GroupId, Millis, ServiceLevel, TaskId, TaskStatus, WorkerStatus};
+use crate::scheduler::{Candidate, GlobalResources, Resources, RunKey, RunningSet, WorkerCapacity};
 use crate::state::{ApplyError, BrokerState};
+
+/// Most named resources in one service level (a level is copied into every assignment).
+pub const MAX_RESOURCES_PER_LEVEL: usize = 32;
+
+/// Longest resource name, in bytes.
+pub const MAX_RESOURCE_NAME: usize = 200;
 
 /// Result text of a task whose worker died.
 pub fn worker_died_result(worker_id: &str) -> String {
@@ -42,6 +48,10 @@ pub struct LeaderConfig {
     /// Idempotency keys are kept at least this long after their task's creation (then
     /// forgotten through the log); 0 keeps them forever.
     pub idempotency_window: Millis,
+    /// Named resource → most tasks using it that may run at once in the whole cluster.
+    pub global_resource_limits: BTreeMap<String, u32>,
+    /// The groups a service level may name (besides those the default mapping gives).
+    pub groups: BTreeSet<GroupId>,
 }
 
 impl Default for LeaderConfig {
@@ -55,6 +65,9 @@ impl Default for LeaderConfig {
             // An hour covers a client's retries across a leader change many times over, and
             // bounds the keys kept to an hour of submissions.
             idempotency_window: 3_600_000,
+            global_resource_limits: BTreeMap::new(),
+            // Group 1 is where users whose id is not a number go by default.
+            groups: BTreeSet::from([1]),
         }
     }
 }
@@ -85,6 +98,37 @@ pub struct SubmitRequest {
     /// Client-chosen key: while the key is kept, a submission of the same user with the same
     /// key is answered with the task the first one created, and creates nothing.
     pub idempotency_key: Option<String>,
+    /// Order inside the owner's queue: higher first; 0 = age order.
+    pub priority: i32,
+}
+
+/// Why a service-level change was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LevelRefusal {
+    /// A field is invalid: `field` names it.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Why a priority change was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PriorityRefusal {
+    /// No such task.
+    #[error("task {0} does not exist")]
+    NoSuchTask(TaskId),
+    /// The task is not waiting or delayed (it runs or ended), or is being assigned.
+    #[error("task {task} is {status}: only a waiting or delayed task changes priority")]
+    NotWaiting {
+        /// The task.
+        task: TaskId,
+        /// Its status (`running` also while its assignment is in flight).
+        status: TaskStatus,
+    },
 }
 
 /// What the leader decided about one submission.
@@ -222,7 +266,9 @@ impl LiveWorker {
 #[derive(Clone, Debug)]
 struct PendingNew {
     task_type: Arc<str>,
+    user: Arc<str>,
     group: GroupId,
+    resources: Resources,
     attempts: u32,
     max_attempts: u32,
     deadline: Millis,
@@ -250,6 +296,8 @@ pub struct Leader {
     queued_in_flight: usize,
     /// Assignments in flight, per worker.
     pending_assign: HashMap<Arc<str>, RunningSet>,
+    /// Assignments in flight per named resource, over every worker.
+    pending_resources: HashMap<Arc<str>, u32>,
     /// Tasks with a status change in flight (finish, failure, expiry, resume); they are not
     /// touched again until it is applied.
     pending_changes: HashSet<TaskId>,
@@ -316,6 +364,7 @@ impl Leader {
             placed_in_flight: HashSet::new(),
             queued_in_flight: 0,
             pending_assign: HashMap::new(),
+            pending_resources: HashMap::new(),
             pending_changes: HashSet::new(),
             pending_purge: HashSet::new(),
             pending_keys: HashMap::new(),
@@ -348,6 +397,7 @@ impl Leader {
             || !self.placed_in_flight.is_empty()
             || self.queued_in_flight > 0
             || self.pending_assign.values().any(|s| !s.is_empty())
+            || !self.pending_resources.is_empty()
             || !self.pending_changes.is_empty()
             || !self.pending_purge.is_empty()
             || !self.pending_keys.is_empty()
@@ -397,13 +447,16 @@ impl Leader {
                 .insert(key.as_str().into(), id);
         }
         let task_type = self.state.intern(&req.task_type);
-        let group = self.state.mapper().group_of(&req.user_id, &task_type);
+        let user = self.state.intern(&req.user_id);
+        let level = self.state.level_of(&user);
         let delayed = req.requested_start_time > now;
         self.pending_new.insert(
             id,
             PendingNew {
                 task_type,
-                group,
+                user,
+                group: level.group,
+                resources: level.resources,
                 attempts: req.attempts,
                 max_attempts: req.max_attempts,
                 deadline: req.deadline,
@@ -428,8 +481,112 @@ impl Leader {
             mode: req.mode,
             created: now,
             idempotency_key: req.idempotency_key,
+            priority: req.priority,
         });
         (SubmitOutcome::Accepted(id), Some(entry))
+    }
+
+    /// Decides a service-level change of `user_id` (`None` clears it): the entry to log. Once
+    /// applied, the user's waiting tasks are queued under the new level.
+    ///
+    /// # Errors
+    /// [`LevelRefusal`] naming the field at fault: an empty user, group 0 or a group that is
+    /// not in [`LeaderConfig::groups`], too many or badly named resources.
+    pub fn set_service_level(
+        &mut self,
+        now: Millis,
+        user_id: &str,
+        level: Option<ServiceLevel>,
+    ) -> Result<LogEntry, LevelRefusal> {
+        let invalid = |field, reason: String| LevelRefusal::Invalid { field, reason };
+        if user_id.trim().is_empty() {
+            return Err(invalid("userid", "must not be empty".into()));
+        }
+        if let Some(level) = &level {
+            if level.group == ANY_GROUP {
+                return Err(invalid(
+                    "group",
+                    "group 0 means \"any group\" to workers and cannot hold users".into(),
+                ));
+            }
+            if !self.config.groups.contains(&level.group) {
+                return Err(invalid(
+                    "group",
+                    format!(
+                        "unknown group {} (known groups: {:?})",
+                        level.group, self.config.groups
+                    ),
+                ));
+            }
+            if level.resources.len() > MAX_RESOURCES_PER_LEVEL {
+                return Err(invalid(
+                    "resources",
+                    format!("at most {MAX_RESOURCES_PER_LEVEL} resources"),
+                ));
+            }
+            for r in &level.resources {
+                if r.is_empty() || r.len() > MAX_RESOURCE_NAME || r.chars().any(char::is_control) {
+                    return Err(invalid(
+                        "resources",
+                        format!(
+                            "resource name {r:?} must be 1 to {MAX_RESOURCE_NAME} bytes without \
+                             control characters"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(LogEntry::SetServiceLevel {
+            user_id: user_id.to_string(),
+            level: level.map(|l| ServiceLevel {
+                group: l.group,
+                resources: crate::state::normalize_resources(l.resources),
+            }),
+            timestamp: now,
+        })
+    }
+
+    /// Decides a priority change of a waiting or delayed task: the entry to log.
+    ///
+    /// # Errors
+    /// [`PriorityRefusal`]: the task does not exist (or its creation is not durable yet), or it
+    /// is not waiting or delayed, or its assignment or another change of it is in flight.
+    pub fn set_task_priority(
+        &mut self,
+        now: Millis,
+        task_id: TaskId,
+        priority: i32,
+    ) -> Result<LogEntry, PriorityRefusal> {
+        let task = self
+            .state
+            .task(task_id)
+            .ok_or(PriorityRefusal::NoSuchTask(task_id))?;
+        let being_assigned = self.pending_assign.values().any(|s| s.contains(task_id));
+        if being_assigned {
+            return Err(PriorityRefusal::NotWaiting {
+                task: task_id,
+                status: TaskStatus::Running,
+            });
+        }
+        if !matches!(task.status, TaskStatus::Waiting | TaskStatus::Delayed)
+            || self.pending_changes.contains(&task_id)
+        {
+            return Err(PriorityRefusal::NotWaiting {
+                task: task_id,
+                status: task.status,
+            });
+        }
+        Ok(LogEntry::SetTaskPriority {
+            task_id,
+            priority,
+            timestamp: now,
+        })
+    }
+
+    /// The global resource use the leader plans with: running tasks plus assignments in flight.
+    pub fn resource_use(&self, resource: &str) -> u32 {
+        self.state.resource_in_use(resource)
+            + self.pending_resources.get(resource).copied().unwrap_or(0)
     }
 
     /// The task of a user's idempotency key: applied, or decided and in flight.
@@ -546,6 +703,14 @@ impl Leader {
             worker_id: worker_id.to_string(),
             timestamp: now,
         }]
+    }
+
+    /// The capacity a connected worker declared last.
+    pub fn worker_capacity(&self, worker_id: &str) -> Option<&WorkerCapacity> {
+        self.live
+            .get(worker_id)
+            .filter(|l| l.conn.is_some() && !l.dead)
+            .map(|l| &l.capacity)
     }
 
     /// The connection a worker is reachable on, if connected.
@@ -953,10 +1118,14 @@ impl Leader {
             let empty = RunningSet::default();
             let running = self.state.running.get(worker).unwrap_or(&empty);
             let pending = self.pending_assign.get(worker).unwrap_or(&empty);
-            let chosen = self
-                .state
-                .waiting
-                .choose(&live.capacity, &[running, pending], budget);
+            let global = GlobalResources {
+                limits: &self.config.global_resource_limits,
+                used: &[&self.state.resources_in_use, &self.pending_resources],
+            };
+            let chosen =
+                self.state
+                    .waiting
+                    .choose(&live.capacity, &[running, pending], &global, budget);
             if chosen.is_empty() {
                 continue;
             }
@@ -967,15 +1136,26 @@ impl Leader {
                 let task = self.state.task(c.id).expect("queued tasks exist");
                 let attempt = task.attempts + 1;
                 self.state.unqueue(c.id);
+                for r in c.resources.iter() {
+                    *self.pending_resources.entry(r.clone()).or_default() += 1;
+                }
+                let resources = c.resources.iter().map(|r| r.to_string()).collect();
                 self.pending_assign
                     .entry(worker.clone())
                     .or_default()
-                    .insert(c.id, &c.task_type);
+                    .insert(
+                        c.id,
+                        RunKey {
+                            task_type: c.task_type,
+                            user: c.user,
+                            resources: c.resources,
+                        },
+                    );
                 entries.push(LogEntry::AssignTask {
                     task_id: c.id,
                     worker_id: worker.to_string(),
                     attempt,
-                    resources: Vec::new(),
+                    resources,
                     timestamp: now,
                 });
             }
@@ -1012,9 +1192,19 @@ impl Leader {
                     let live = &self.live[worker];
                     let running = self.state.running.get(worker).unwrap_or(&empty);
                     let pending = self.pending_assign.get(worker).unwrap_or(&empty);
+                    let global = GlobalResources {
+                        limits: &self.config.global_resource_limits,
+                        used: &[&self.state.resources_in_use, &self.pending_resources],
+                    };
+                    let candidate = Candidate {
+                        group: p.group,
+                        user: &p.user,
+                        task_type: &p.task_type,
+                        resources: &p.resources,
+                    };
                     if live
                         .capacity
-                        .admits(&[running, pending], &p.task_type, p.group)
+                        .admits(&[running, pending], &global, &candidate)
                     {
                         placed = Some(worker.clone());
                         next_worker += i + 1;
@@ -1028,15 +1218,25 @@ impl Leader {
                     budget -= 1;
                     self.placed_in_flight.insert(id);
                     let attempt = p.attempts + 1;
+                    for r in p.resources.iter() {
+                        *self.pending_resources.entry(r.clone()).or_default() += 1;
+                    }
                     self.pending_assign
                         .entry(worker.clone())
                         .or_default()
-                        .insert(id, &p.task_type);
+                        .insert(
+                            id,
+                            RunKey {
+                                task_type: p.task_type.clone(),
+                                user: p.user.clone(),
+                                resources: p.resources.clone(),
+                            },
+                        );
                     entries.push(LogEntry::AssignTask {
                         task_id: id,
                         worker_id: worker.to_string(),
                         attempt,
-                        resources: Vec::new(),
+                        resources: p.resources.iter().map(|r| r.to_string()).collect(),
                         timestamp: now,
                     });
                 }
@@ -1091,9 +1291,20 @@ impl Leader {
                 // If it is still in `fresh` (no assignment ran since its submission), it is in
                 // the queues now and `place_fresh` skips it: it is no longer in `pending_new`.
             }
-            Release::Assign(worker, id, task_type, attempt) => {
+            Release::Assign(worker, id, attempt) => {
                 if let Some(set) = self.pending_assign.get_mut(worker.as_str()) {
-                    set.remove(id, &task_type);
+                    if let Some(key) = set.remove(id) {
+                        for r in key.resources.iter() {
+                            let n = self
+                                .pending_resources
+                                .get_mut(r)
+                                .expect("an assignment in flight is counted");
+                            *n -= 1;
+                            if *n == 0 {
+                                self.pending_resources.remove(r);
+                            }
+                        }
+                    }
                     if set.is_empty() {
                         self.pending_assign.remove(worker.as_str());
                     }
@@ -1149,7 +1360,7 @@ impl Leader {
 enum Release {
     /// A creation: its task, slot, and (owner, idempotency key).
     New(TaskId, Option<String>, Option<(String, String)>),
-    Assign(String, TaskId, Arc<str>, u32),
+    Assign(String, TaskId, u32),
     Change(TaskId),
     Purge(Vec<TaskId>),
     Forget(Millis),
@@ -1173,12 +1384,7 @@ impl Release {
                 attempt,
                 ..
             } => match state.task(*task_id) {
-                Some(task) => Release::Assign(
-                    worker_id.clone(),
-                    *task_id,
-                    task.task_type.clone(),
-                    *attempt,
-                ),
+                Some(_) => Release::Assign(worker_id.clone(), *task_id, *attempt),
                 None => Release::Nothing,
             },
             LogEntry::TaskStatusChange { task_id, .. } => Release::Change(*task_id),

@@ -9,14 +9,15 @@
 //! `ForgetIdempotencyKeys` kind (tag 31). Version 2 is written; both are read (a version 1
 //! record has neither). The version had to change because a reader of version 1 would skip the
 //! key without a word (protobuf ignores unknown fields) and hold a state that differs from the
-//! leader's.
+//! leader's. Version 3 adds the task's priority (field 50 of a new task) and the
+//! `SetServiceLevel` (tag 50) and `SetTaskPriority` (tag 51) kinds; versions 1 to 3 are read.
 
 use majordodo_core::entry::{LogEntry, NewTask};
 use majordodo_core::{TaskId, TaskStatus, TransactionId};
 use prost::Message;
 
 /// Version of the record format written by this build. Readers refuse versions they do not know.
-pub const RECORD_FORMAT_VERSION: u32 = 2;
+pub const RECORD_FORMAT_VERSION: u32 = 3;
 
 /// Oldest record format version this build reads.
 pub const MIN_RECORD_FORMAT_VERSION: u32 = 1;
@@ -51,7 +52,7 @@ struct RecordPb {
     version: u32,
     #[prost(
         oneof = "EntryPb",
-        tags = "11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24, 30, 31"
+        tags = "11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24, 30, 31, 50, 51"
     )]
     entry: Option<EntryPb>,
 }
@@ -88,6 +89,44 @@ enum EntryPb {
     PurgeTasks(PurgeTasksPb),
     #[prost(message, tag = "31")]
     ForgetIdempotencyKeys(ForgetKeysPb),
+    /// Since version 3.
+    #[prost(message, tag = "50")]
+    SetServiceLevel(ServiceLevelPb),
+    /// Since version 3.
+    #[prost(message, tag = "51")]
+    SetTaskPriority(TaskPriorityPb),
+}
+
+/// Since version 3.
+#[derive(Clone, PartialEq, Message)]
+struct ServiceLevelPb {
+    #[prost(string, tag = "1")]
+    user_id: String,
+    /// Absent: back to the default level.
+    #[prost(message, optional, tag = "2")]
+    level: Option<LevelPb>,
+    #[prost(int64, tag = "3")]
+    timestamp: i64,
+}
+
+/// A service level; shared with snapshots.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct LevelPb {
+    #[prost(uint32, tag = "1")]
+    pub(crate) group: u32,
+    #[prost(string, repeated, tag = "2")]
+    pub(crate) resources: Vec<String>,
+}
+
+/// Since version 3.
+#[derive(Clone, PartialEq, Message)]
+struct TaskPriorityPb {
+    #[prost(uint64, tag = "1")]
+    task_id: u64,
+    #[prost(sint32, tag = "2")]
+    priority: i32,
+    #[prost(int64, tag = "3")]
+    timestamp: i64,
 }
 
 /// A task at submission; shared with snapshots (prepared tasks of transactions).
@@ -120,6 +159,9 @@ pub(crate) struct NewTaskPb {
     /// Since version 2.
     #[prost(string, optional, tag = "13")]
     idempotency_key: Option<String>,
+    /// Since version 3.
+    #[prost(sint32, tag = "50")]
+    priority: i32,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -247,6 +289,7 @@ impl From<&NewTask> for NewTaskPb {
             mode: t.mode.clone(),
             created: t.created,
             idempotency_key: t.idempotency_key.clone(),
+            priority: t.priority,
         }
     }
 }
@@ -273,6 +316,7 @@ impl NewTaskPb {
             mode: self.mode,
             created: self.created,
             idempotency_key: self.idempotency_key,
+            priority: self.priority,
         })
     }
 }
@@ -426,6 +470,27 @@ pub fn encode_entry(entry: &LogEntry) -> Vec<u8> {
             created_before: *created_before,
             timestamp: *timestamp,
         }),
+        LogEntry::SetServiceLevel {
+            user_id,
+            level,
+            timestamp,
+        } => EntryPb::SetServiceLevel(ServiceLevelPb {
+            user_id: user_id.clone(),
+            level: level.as_ref().map(|l| LevelPb {
+                group: l.group,
+                resources: l.resources.clone(),
+            }),
+            timestamp: *timestamp,
+        }),
+        LogEntry::SetTaskPriority {
+            task_id,
+            priority,
+            timestamp,
+        } => EntryPb::SetTaskPriority(TaskPriorityPb {
+            task_id: task_id.0,
+            priority: *priority,
+            timestamp: *timestamp,
+        }),
     };
     RecordPb {
         version: RECORD_FORMAT_VERSION,
@@ -443,7 +508,8 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, RecordError> {
     if !(MIN_RECORD_FORMAT_VERSION..=RECORD_FORMAT_VERSION).contains(&record.version) {
         return Err(RecordError::UnsupportedVersion(record.version));
     }
-    // Version 1 is version 2 without the key and the forget kind: one decoder reads both.
+    // Version 1 is version 2 without the key and the forget kind, version 2 is version 3
+    // without priorities and service levels: one decoder reads all three.
     let entry = record.entry.ok_or(RecordError::UnknownKind)?;
     Ok(match entry {
         EntryPb::AddTask(t) => LogEntry::AddTask(t.into_task()?),
@@ -519,6 +585,19 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, RecordError> {
             created_before: f.created_before,
             timestamp: f.timestamp,
         },
+        EntryPb::SetServiceLevel(l) => LogEntry::SetServiceLevel {
+            user_id: l.user_id,
+            level: l.level.map(|l| majordodo_core::model::ServiceLevel {
+                group: l.group,
+                resources: l.resources,
+            }),
+            timestamp: l.timestamp,
+        },
+        EntryPb::SetTaskPriority(p) => LogEntry::SetTaskPriority {
+            task_id: TaskId(p.task_id),
+            priority: p.priority,
+            timestamp: p.timestamp,
+        },
     })
 }
 
@@ -553,6 +632,7 @@ pub(crate) mod tests {
                 any::<i64>(),
             ),
             (opt_string(), opt_string(), opt_string(), opt_string()),
+            any::<i32>(),
         )
             .prop_map(
                 |(
@@ -560,6 +640,7 @@ pub(crate) mod tests {
                     (tt, user, data),
                     (max, att, start, deadline, created),
                     (slot, cp, mode, idempotency_key),
+                    priority,
                 )| {
                     NewTask {
                         id: TaskId(id),
@@ -575,6 +656,7 @@ pub(crate) mod tests {
                         mode,
                         created,
                         idempotency_key,
+                        priority,
                     }
                 },
             )
@@ -676,6 +758,26 @@ pub(crate) mod tests {
                     timestamp,
                 }
             }),
+            (
+                ".{0,8}",
+                proptest::option::of((any::<u32>(), proptest::collection::vec(".{0,5}", 0..3))),
+                any::<i64>()
+            )
+                .prop_map(|(user_id, level, timestamp)| LogEntry::SetServiceLevel {
+                    user_id,
+                    level: level.map(|(group, resources)| majordodo_core::model::ServiceLevel {
+                        group,
+                        resources
+                    }),
+                    timestamp
+                }),
+            (any::<u64>(), any::<i32>(), any::<i64>()).prop_map(|(id, priority, timestamp)| {
+                LogEntry::SetTaskPriority {
+                    task_id: TaskId(id),
+                    priority,
+                    timestamp,
+                }
+            }),
         ]
     }
 
@@ -685,12 +787,54 @@ pub(crate) mod tests {
         let mut record = RecordPb::decode(encode_entry(entry).as_slice()).ok()?;
         record.version = 1;
         match &mut record.entry {
-            Some(EntryPb::AddTask(t)) => t.idempotency_key = None,
-            Some(EntryPb::PrepareAddTask(p)) => p.task.as_mut()?.idempotency_key = None,
-            Some(EntryPb::ForgetIdempotencyKeys(_)) => return None,
+            Some(EntryPb::AddTask(t)) => {
+                t.idempotency_key = None;
+                t.priority = 0;
+            }
+            Some(EntryPb::PrepareAddTask(p)) => {
+                let t = p.task.as_mut()?;
+                t.idempotency_key = None;
+                t.priority = 0;
+            }
+            Some(
+                EntryPb::ForgetIdempotencyKeys(_)
+                | EntryPb::SetServiceLevel(_)
+                | EntryPb::SetTaskPriority(_),
+            ) => return None,
             _ => {}
         }
         Some(record.encode_to_vec())
+    }
+
+    /// Encodes an entry as a version 2 writer did: no priority, no kind of version 3.
+    fn encode_v2(entry: &LogEntry) -> Option<Vec<u8>> {
+        let mut record = RecordPb::decode(encode_entry(entry).as_slice()).ok()?;
+        record.version = 2;
+        match &mut record.entry {
+            Some(EntryPb::AddTask(t)) => t.priority = 0,
+            Some(EntryPb::PrepareAddTask(p)) => p.task.as_mut()?.priority = 0,
+            Some(EntryPb::SetServiceLevel(_) | EntryPb::SetTaskPriority(_)) => return None,
+            _ => {}
+        }
+        Some(record.encode_to_vec())
+    }
+
+    /// The entry a version 2 record of `entry` means: the same with priority 0.
+    fn without_priority(entry: LogEntry) -> LogEntry {
+        match entry {
+            LogEntry::AddTask(t) => LogEntry::AddTask(NewTask { priority: 0, ..t }),
+            LogEntry::PrepareAddTask {
+                transaction_id,
+                task,
+            } => LogEntry::PrepareAddTask {
+                transaction_id,
+                task: NewTask {
+                    priority: 0,
+                    ..task
+                },
+            },
+            other => other,
+        }
     }
 
     /// The entry a version 1 record of `entry` means: the same without idempotency key.
@@ -698,6 +842,7 @@ pub(crate) mod tests {
         match entry {
             LogEntry::AddTask(t) => LogEntry::AddTask(NewTask {
                 idempotency_key: None,
+                priority: 0,
                 ..t
             }),
             LogEntry::PrepareAddTask {
@@ -707,6 +852,7 @@ pub(crate) mod tests {
                 transaction_id,
                 task: NewTask {
                     idempotency_key: None,
+                    priority: 0,
                     ..task
                 },
             },
@@ -727,6 +873,15 @@ pub(crate) mod tests {
             // same entries, without key.
             if let Some(bytes) = encode_v1(&e) {
                 prop_assert_eq!(decode_entry(&bytes).unwrap(), without_key(e));
+            }
+        }
+
+        #[test]
+        fn version_2_records_still_decode(e in entry()) {
+            // Goal: records written before priorities and service levels existed (version 2)
+            // decode to the same entries, at priority 0.
+            if let Some(bytes) = encode_v2(&e) {
+                prop_assert_eq!(decode_entry(&bytes).unwrap(), without_priority(e));
             }
         }
 
@@ -779,7 +934,16 @@ pub(crate) mod tests {
             | LogEntry::CommitTransaction { .. }
             | LogEntry::RollbackTransaction { .. }
             | LogEntry::Noop { .. }
-            | LogEntry::ForgetIdempotencyKeys { .. } => Vec::new(),
+            | LogEntry::ForgetIdempotencyKeys { .. }
+            | LogEntry::SetTaskPriority { .. } => Vec::new(),
+            LogEntry::SetServiceLevel { user_id, level, .. } => std::iter::once(user_id.len())
+                .chain(
+                    level
+                        .iter()
+                        .flat_map(|l| l.resources.iter().map(String::len)),
+                )
+                .chain(std::iter::once(0))
+                .collect(),
             LogEntry::PurgeTasks { .. } => return None,
         })
     }
@@ -813,13 +977,13 @@ pub(crate) mod tests {
     fn unknown_version_and_empty_record_are_refused() {
         // Goal: a newer format is refused with a message naming the versions.
         let bytes = RecordPb {
-            version: 3,
+            version: 4,
             entry: Some(EntryPb::Noop(NoopPb { timestamp: 1 })),
         }
         .encode_to_vec();
         let err = decode_entry(&bytes).unwrap_err();
-        assert!(err.to_string().contains("version 3"), "{err}");
-        assert!(err.to_string().contains("versions 1 to 2"), "{err}");
+        assert!(err.to_string().contains("version 4"), "{err}");
+        assert!(err.to_string().contains("versions 1 to 3"), "{err}");
         let bytes = RecordPb {
             version: 1,
             entry: None,

@@ -53,6 +53,13 @@ pub enum ApiError {
     /// A failure of this process (500); the detail is logged, not sent.
     #[error("internal error: {0}")]
     Internal(&'static str),
+    /// The thing the request names (`field`) does not exist (404), e.g. an unknown task.
+    #[error("not found: {0}")]
+    Missing(FieldError),
+    /// The request does not apply to the current state (409), e.g. the priority of a running
+    /// task; nothing was changed.
+    #[error("conflict: {0}")]
+    Conflict(FieldError),
 }
 
 impl From<FieldError> for ApiError {
@@ -87,14 +94,18 @@ impl ApiError {
             ) => StatusCode::OK,
             ApiError::Broker(_) => StatusCode::SERVICE_UNAVAILABLE,
             ApiError::Internal(_) => StatusCode::INTERNAL_SERVER_ERROR,
+            ApiError::Missing(_) => StatusCode::NOT_FOUND,
+            ApiError::Conflict(_) => StatusCode::CONFLICT,
         }
     }
 
     fn body(&self) -> ErrorBody {
         let (error, field, retryable) = match self {
-            ApiError::BadRequest(e) | ApiError::Forbidden(e) | ApiError::TooLarge(e) => {
-                (e.problem.clone(), Some(e.field.clone()), false)
-            }
+            ApiError::BadRequest(e)
+            | ApiError::Forbidden(e)
+            | ApiError::TooLarge(e)
+            | ApiError::Missing(e)
+            | ApiError::Conflict(e) => (e.problem.clone(), Some(e.field.clone()), false),
             ApiError::Unauthorized(why) => ((*why).to_owned(), None, false),
             ApiError::NotFound => (
                 "no such path; the API is at /majordodo".to_owned(),

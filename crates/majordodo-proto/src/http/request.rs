@@ -10,11 +10,16 @@ use serde_json::{Map, Value};
 use super::lenient::parse_int;
 use super::{
     BODY_FIELD, FieldError, MAX_ATTEMPTS_LIMIT, MAX_BATCH_TASKS, MAX_IDEMPOTENCY_KEY_BYTES,
-    MAX_NAME_BYTES, MAX_TIMESTAMP,
+    MAX_NAME_BYTES, MAX_PRIORITY, MAX_TASK_ID, MAX_TIMESTAMP,
 };
 
 /// Actions of the original API this broker implements.
-pub const SUPPORTED_ACTIONS: [&str; 2] = ["submitTask", "submitTasks"];
+pub const SUPPORTED_ACTIONS: [&str; 4] = [
+    "submitTask",
+    "submitTasks",
+    "setServiceLevel",
+    "setTaskPriority",
+];
 
 /// Actions of the original API this broker does not implement yet: they are answered with a
 /// 4xx error naming the action.
@@ -27,7 +32,7 @@ pub const UNSUPPORTED_ACTIONS: [&str; 5] = [
 ];
 
 /// Fields of one task, in `submitTask` (beside `action`) and in each element of `submitTasks`.
-const TASK_FIELDS: [&str; 12] = [
+const TASK_FIELDS: [&str; 13] = [
     "tasktype",
     "userid",
     "data",
@@ -40,6 +45,7 @@ const TASK_FIELDS: [&str; 12] = [
     "mode",
     "transaction",
     "idempotencyKey",
+    "priority",
 ];
 
 /// Fields the original read from the outer `submitTasks` object (a bug); here they belong to each
@@ -75,6 +81,9 @@ pub struct TaskSubmission {
     /// the same key creates nothing and is answered with the first one's task, so a submission
     /// can be sent again safely when its answer was lost.
     pub idempotency_key: Option<String>,
+    /// `priority` (an extension): order inside the owner's queue, higher first, from
+    /// -[`MAX_PRIORITY`] to [`MAX_PRIORITY`]; 0 (the default) keeps age order.
+    pub priority: i32,
 }
 
 impl TaskSubmission {
@@ -96,6 +105,7 @@ impl TaskSubmission {
             codepool: None,
             mode: None,
             idempotency_key: None,
+            priority: 0,
         }
     }
 
@@ -119,6 +129,9 @@ impl TaskSubmission {
             self.requested_start_time.into(),
         );
         m.insert("deadline".into(), self.deadline.into());
+        if self.priority != 0 {
+            m.insert("priority".into(), self.priority.into());
+        }
         for (name, value) in [
             ("slot", &self.slot),
             ("codePoolId", &self.codepool),
@@ -158,6 +171,7 @@ impl TaskSubmission {
             codepool: f.optional_name("codePoolId")?,
             mode: f.optional_name("mode")?,
             idempotency_key: f.idempotency_key("idempotencyKey")?,
+            priority: f.signed_int("priority", MAX_PRIORITY)?.unwrap_or(0) as i32,
         };
         if task.max_attempts > 0 && task.attempt >= task.max_attempts {
             return Err(f.error(
@@ -172,6 +186,24 @@ impl TaskSubmission {
     }
 }
 
+/// `setServiceLevel`: a user's group and resources (admin only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceLevelChange {
+    /// `userid`: the user.
+    pub user_id: String,
+    /// `group` and `resources`; `None` with `reset: true`, back to the configured default.
+    pub level: Option<(u32, Vec<String>)>,
+}
+
+/// `setTaskPriority`: the priority of a waiting or delayed task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PriorityChange {
+    /// `taskId`.
+    pub task_id: u64,
+    /// `priority`.
+    pub priority: i32,
+}
+
 /// A parsed `POST` request.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub enum ActionRequest {
@@ -179,6 +211,10 @@ pub enum ActionRequest {
     SubmitTask(TaskSubmission),
     /// `submitTasks`: a batch, submitted as one log write, answered per task in order.
     SubmitTasks(Vec<TaskSubmission>),
+    /// `setServiceLevel`.
+    SetServiceLevel(ServiceLevelChange),
+    /// `setTaskPriority`.
+    SetTaskPriority(PriorityChange),
 }
 
 impl ActionRequest {
@@ -187,6 +223,8 @@ impl ActionRequest {
         match self {
             ActionRequest::SubmitTask(_) => "submitTask",
             ActionRequest::SubmitTasks(_) => "submitTasks",
+            ActionRequest::SetServiceLevel(_) => "setServiceLevel",
+            ActionRequest::SetTaskPriority(_) => "setTaskPriority",
         }
     }
 
@@ -200,6 +238,26 @@ impl ActionRequest {
                     "tasks".into(),
                     Value::Array(tasks.iter().map(|t| Value::Object(t.to_json())).collect()),
                 );
+                m
+            }
+            ActionRequest::SetServiceLevel(c) => {
+                let mut m = Map::new();
+                m.insert("userid".into(), c.user_id.clone().into());
+                match &c.level {
+                    Some((group, resources)) => {
+                        m.insert("group".into(), (*group).into());
+                        m.insert("resources".into(), resources.clone().into());
+                    }
+                    None => {
+                        m.insert("reset".into(), true.into());
+                    }
+                }
+                m
+            }
+            ActionRequest::SetTaskPriority(c) => {
+                let mut m = Map::new();
+                m.insert("taskId".into(), c.task_id.into());
+                m.insert("priority".into(), c.priority.into());
                 m
             }
         };
@@ -240,6 +298,26 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
             TaskSubmission::parse(&obj, "", &allowed).map(ActionRequest::SubmitTask)
         }
         "submitTasks" => parse_submit_tasks(&obj).map(ActionRequest::SubmitTasks),
+        "setServiceLevel" => parse_service_level(&obj).map(ActionRequest::SetServiceLevel),
+        "setTaskPriority" => {
+            let f = Fields {
+                obj: &obj,
+                path: "",
+            };
+            f.only(&["action", "taskId", "priority"])?;
+            let task_id = match f.int("taskId", MAX_TASK_ID as i64)? {
+                None => return Err(f.error("taskId", "is required")),
+                Some(0) => return Err(f.error("taskId", "must be a task id (at least 1)")),
+                Some(id) => id as u64,
+            };
+            let priority =
+                f.signed_int("priority", MAX_PRIORITY)?
+                    .ok_or_else(|| f.error("priority", "is required"))? as i32;
+            Ok(ActionRequest::SetTaskPriority(PriorityChange {
+                task_id,
+                priority,
+            }))
+        }
         a if UNSUPPORTED_ACTIONS.contains(&a) => Err(FieldError::new(
             "action",
             format!("action {a} is not supported by this broker yet"),
@@ -253,6 +331,65 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
             ),
         )),
     }
+}
+
+fn parse_service_level(obj: &Map<String, Value>) -> Result<ServiceLevelChange, FieldError> {
+    let f = Fields { obj, path: "" };
+    f.only(&["action", "userid", "group", "resources", "reset"])?;
+    let user_id = f.required_name("userid")?;
+    let reset = match obj.get("reset") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(other) => {
+            return Err(f.error(
+                "reset",
+                format!("must be true or false, not {}", kind(other)),
+            ));
+        }
+    };
+    if reset {
+        for field in ["group", "resources"] {
+            if obj.get(field).is_some_and(|v| !v.is_null()) {
+                return Err(f.error(field, "must not be set with reset"));
+            }
+        }
+        return Ok(ServiceLevelChange {
+            user_id,
+            level: None,
+        });
+    }
+    let group = match f.int("group", u32::MAX.into())? {
+        None => return Err(f.error("group", "is required (or reset: true)")),
+        Some(g) => g as u32,
+    };
+    let resources = match obj.get("resources") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) if !s.is_empty() && s.len() <= MAX_NAME_BYTES => Ok(s.clone()),
+                Value::String(_) => Err(FieldError::new(
+                    format!("resources[{i}]"),
+                    format!("must be 1 to {MAX_NAME_BYTES} bytes long"),
+                )),
+                other => Err(FieldError::new(
+                    format!("resources[{i}]"),
+                    format!("must be a string, not {}", kind(other)),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(f.error(
+                "resources",
+                format!("must be an array of names, not {}", kind(other)),
+            ));
+        }
+    };
+    Ok(ServiceLevelChange {
+        user_id,
+        level: Some((group, resources)),
+    })
 }
 
 fn parse_submit_tasks(obj: &Map<String, Value>) -> Result<Vec<TaskSubmission>, FieldError> {
@@ -357,6 +494,30 @@ impl Fields<'_> {
             ));
         }
         Ok(s)
+    }
+
+    /// Refuses any field not in `allowed`.
+    fn only(&self, allowed: &[&str]) -> Result<(), FieldError> {
+        match self.obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+            Some(unknown) => Err(self.error(unknown, "is not a field of this action")),
+            None => Ok(()),
+        }
+    }
+
+    /// An integer in `-max..=max`, given as a JSON number or a string; absent or null is `None`.
+    fn signed_int(&self, name: &str, max: i64) -> Result<Option<i64>, FieldError> {
+        let value = match self.obj.get(name) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Number(n)) => n.as_i64(),
+            Some(Value::String(s)) => s.trim().parse::<i64>().ok(),
+            Some(other) => {
+                return Err(self.error(name, format!("must be an integer, not {}", kind(other))));
+            }
+        };
+        match value {
+            Some(v) if (-max..=max).contains(&v) => Ok(Some(v)),
+            _ => Err(self.error(name, format!("must be an integer from -{max} to {max}"))),
+        }
     }
 
     /// An integer in `0..=max`, given as a JSON number or a string of digits; absent or null is

@@ -23,6 +23,7 @@ fn arb_submission() -> impl Strategy<Value = TaskSubmission> {
             proptest::option::of(arb_name()),
             proptest::option::of(".{1,40}"),
         ),
+        -(crate::http::MAX_PRIORITY as i32)..=(crate::http::MAX_PRIORITY as i32),
     )
         .prop_map(
             |(
@@ -30,6 +31,7 @@ fn arb_submission() -> impl Strategy<Value = TaskSubmission> {
                 (max_attempts, attempt),
                 (start, deadline),
                 (slot, codepool, mode, idempotency_key),
+                priority,
             )| {
                 TaskSubmission {
                     task_type,
@@ -48,6 +50,7 @@ fn arb_submission() -> impl Strategy<Value = TaskSubmission> {
                     codepool,
                     mode,
                     idempotency_key,
+                    priority,
                 }
             },
         )

@@ -11,25 +11,20 @@ use super::request::clip;
 use super::{FieldError, MAX_NAME_BYTES, MAX_TASK_ID};
 
 /// Views of the original API this broker implements.
-pub const SUPPORTED_VIEWS: [&str; 6] = [
+pub const SUPPORTED_VIEWS: [&str; 8] = [
     "overview",
     "status",
     "task",
     "tasks",
     "tasksoverview",
     "workers",
+    "resources",
+    "tasksheap",
 ];
 
 /// Views of the original API this broker does not implement yet: they are answered with a 4xx
 /// error naming the view.
-pub const UNSUPPORTED_VIEWS: [&str; 6] = [
-    "resources",
-    "tasksheap",
-    "delayedqueue",
-    "slots",
-    "transactions",
-    "codePool",
-];
+pub const UNSUPPORTED_VIEWS: [&str; 4] = ["delayedqueue", "slots", "transactions", "codePool"];
 
 /// Which tasks a status filter keeps.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -149,6 +144,17 @@ pub enum ViewRequest {
     TasksOverview(TasksOverviewQuery),
     /// `workers`: known workers.
     Workers,
+    /// `resources`: named resources in use against their limits, in the cluster or (with
+    /// `workerId`) on one worker.
+    Resources {
+        /// `workerId`, if any.
+        worker_id: Option<String>,
+    },
+    /// `tasksheap`: waiting tasks in the order the scheduler considers them, at most `max`.
+    TasksHeap {
+        /// `max`.
+        max: Option<u32>,
+    },
 }
 
 impl ViewRequest {
@@ -161,6 +167,8 @@ impl ViewRequest {
             ViewRequest::Tasks(_) => "tasks",
             ViewRequest::TasksOverview(_) => "tasksoverview",
             ViewRequest::Workers => "workers",
+            ViewRequest::Resources { .. } => "resources",
+            ViewRequest::TasksHeap { .. } => "tasksheap",
         }
     }
 
@@ -170,6 +178,18 @@ impl ViewRequest {
             ViewRequest::Tasks(q) => q.to_pairs(),
             ViewRequest::TasksOverview(q) => q.to_pairs(),
             ViewRequest::Task { id } => vec![("view", "task".into()), ("taskId", id.to_string())],
+            ViewRequest::Resources { worker_id } => {
+                let mut p = vec![("view", "resources".to_owned())];
+                push_opt(&mut p, "workerId", worker_id);
+                p
+            }
+            ViewRequest::TasksHeap { max } => {
+                let mut p = vec![("view", "tasksheap".to_owned())];
+                if let Some(max) = max {
+                    p.push(("max", max.to_string()));
+                }
+                p
+            }
             other => vec![("view", other.name().into())],
         }
     }
@@ -201,6 +221,10 @@ pub fn parse_view(pairs: &[(String, String)]) -> Result<ViewRequest, FieldError>
             user_id: q.filter("userId")?,
             from_task_id: q.id("fromTaskId")?,
         }),
+        "resources" => ViewRequest::Resources {
+            worker_id: q.filter("workerId")?,
+        },
+        "tasksheap" => ViewRequest::TasksHeap { max: q.max()? },
         "tasksoverview" => ViewRequest::TasksOverview(TasksOverviewQuery {
             status: q.status("filter")?,
             worker_id: q.filter("workerId")?,
