@@ -213,8 +213,11 @@ fn capacity(threads: u32) -> Capacity {
 /// Counts tasks running at once per key (the task data) and keeps the peaks.
 #[derive(Clone, Default)]
 struct Meter {
-    inner: Arc<Mutex<(HashMap<String, u32>, BTreeMap<String, u32>, Vec<u64>)>>,
+    inner: Arc<Mutex<MeterState>>,
 }
+
+/// Running now and peak per key, and task ids in start order.
+type MeterState = (HashMap<String, u32>, BTreeMap<String, u32>, Vec<u64>);
 
 impl Meter {
     /// Executors for `types`: each task holds its key for `hold`, then finishes (or fails when
