@@ -76,6 +76,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Tasks(args) => client::tasks(args).await,
         Command::Status(args) => client::status(args).await,
         Command::Workers(args) => client::workers(args).await,
+        Command::ServiceLevel(args) => client::service_level(args).await,
+        Command::Priority(args) => client::priority(args).await,
         Command::Auth(command) => auth::run(command),
         Command::Log(command) => log_repair::run(command),
         Command::Ledgers(args) => ledgers::run(args).await,
