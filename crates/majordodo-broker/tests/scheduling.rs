@@ -335,6 +335,25 @@ async fn worker_and_global_resource_limits_bound_concurrency_and_everything_comp
         cap.resource_limits = BTreeMap::from([("resource1".into(), 2)]);
         c.spawn_worker(w, cap, meter.executors(&["t"], Duration::from_millis(60)));
     }
+    // Both workers connected, w1's declared limit known to the leader.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let v = c.get("view=workers").await;
+        let connected = v["workers"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .filter(|w| w["status"] == json!("CONNECTED"))
+            .count();
+        if connected == 2 {
+            break;
+        }
+        assert!(Instant::now() < deadline, "workers never connected: {v}");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let w1 = c.get("view=resources&workerId=w1").await;
+    assert_eq!(w1["resources"][0]["actualLimit"], json!(2), "{w1}");
+    assert_eq!(w1["resources"][0]["runningTasks"], json!(0), "{w1}");
     let ids = c.submit("dbuser", "t", "db", 12).await;
     // While tasks run, the view shows the use against the global limit.
     let deadline = Instant::now() + WAIT;
@@ -350,8 +369,6 @@ async fn worker_and_global_resource_limits_bound_concurrency_and_everything_comp
         assert!(Instant::now() < deadline, "no task ever used resource1");
         tokio::time::sleep(Duration::from_millis(10)).await;
     }
-    let w1 = c.get("view=resources&workerId=w1").await;
-    assert_eq!(w1["resources"][0]["actualLimit"], json!(2), "{w1}");
     c.wait_for("12 tasks finished", TaskStatus::Finished, 12)
         .await;
     assert!(meter.peak("db") <= 3, "peak {}", meter.peak("db"));
