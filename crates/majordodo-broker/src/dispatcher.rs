@@ -19,8 +19,8 @@ use std::time::Duration;
 use bytes::Bytes;
 use futures_util::FutureExt;
 use majordodo_core::leader::{
-    ConnectRejection, FinishReport as CoreReport, Outcome as CoreOutcome, SubmitOutcome,
-    SubmitRequest, WorkerAssignments, WorkerHello as CoreHello,
+    ConnectRejection, FinishReport as CoreReport, LevelRefusal, Outcome as CoreOutcome,
+    PriorityRefusal, SubmitOutcome, SubmitRequest, WorkerAssignments, WorkerHello as CoreHello,
 };
 use majordodo_core::{Leader, LogEntry, Millis, TaskId, WorkerCapacity};
 use majordodo_log::{AppendFuture, Appended, CommitLog, LogError};
@@ -34,7 +34,10 @@ mod tests;
 
 use crate::checkpoint::Checkpointer;
 use crate::clock::Clock;
-use crate::handle::{ActionDone, BrokerAction, BrokerError, CodePoolOp, Command, Role, View};
+use crate::handle::{
+    ActionDone, AdminChange, AdminRefusal, BrokerAction, BrokerError, CodePoolOp, Command, Role,
+    View,
+};
 use crate::worker_listener::{
     Admission, CloseReason, ConnId, Rejection, SessionError, WorkerEvent, WorkerSession,
 };
@@ -117,6 +120,8 @@ enum Obligation {
     Checkpoint(oneshot::Sender<Result<u64, BrokerError>>),
     /// Answer a code-pool change once its entries are durable.
     Done(oneshot::Sender<Result<(), BrokerError>>),
+    /// Answer an admin change.
+    Admin(oneshot::Sender<Result<Result<(), AdminRefusal>, BrokerError>>),
 }
 
 impl Obligation {
@@ -137,6 +142,9 @@ impl Obligation {
                 let _ = reply.send(Err(error.clone()));
             }
             Obligation::Act { reply, .. } => {
+                let _ = reply.send(Err(error.clone()));
+            }
+            Obligation::Admin(reply) => {
                 let _ = reply.send(Err(error.clone()));
             }
             Obligation::Ack { .. } => {}
@@ -480,6 +488,7 @@ impl Dispatcher {
             leader: None,
             cluster: cluster.as_ref(),
             now: self.clock.now(),
+            leader_core: Some(&self.leader),
         }));
     }
 
@@ -578,6 +587,40 @@ impl Dispatcher {
                 building
                     .obligations
                     .push(Obligation::Submit { reply, outcomes });
+            }
+            Command::Admin { change, reply } => {
+                if let Some(refusal) = self.refusal() {
+                    let _ = reply.send(Err(refusal));
+                    return;
+                }
+                let now = self.clock.now();
+                let decided =
+                    match change.clone() {
+                        AdminChange::SetServiceLevel { user_id, level } => self
+                            .leader
+                            .set_service_level(now, &user_id, level)
+                            .map_err(|LevelRefusal::Invalid { field, reason }| {
+                                AdminRefusal::Invalid { field, reason }
+                            }),
+                        AdminChange::SetTaskPriority { task_id, priority } => self
+                            .leader
+                            .set_task_priority(now, task_id, priority)
+                            .map_err(|e| match e {
+                                PriorityRefusal::NoSuchTask(id) => AdminRefusal::NoSuchTask(id),
+                                other => AdminRefusal::Conflict(other.to_string()),
+                            }),
+                    };
+                match decided {
+                    Ok(entry) => {
+                        info!(change = ?change, "scheduling change decided");
+                        self.dirty = true;
+                        building.entries.push(entry);
+                        building.obligations.push(Obligation::Admin(reply));
+                    }
+                    Err(refusal) => {
+                        let _ = reply.send(Ok(Err(refusal)));
+                    }
+                }
             }
             Command::Checkpoint { reply } => {
                 if self.checkpointer.is_none() {
@@ -782,6 +825,8 @@ impl Dispatcher {
                         | LogEntry::WorkerDied { .. }
                         | LogEntry::CommitTransaction { .. }
                         | LogEntry::DeferTask { .. }
+                        | LogEntry::SetServiceLevel { .. }
+                        | LogEntry::SetTaskPriority { .. }
                 );
                 if let LogEntry::RollbackTransaction {
                     transaction_id,
@@ -816,6 +861,9 @@ impl Dispatcher {
                 }
                 Obligation::Act { reply, done } => {
                     let _ = reply.send(Ok(Ok(done)));
+                }
+                Obligation::Admin(reply) => {
+                    let _ = reply.send(Ok(Ok(())));
                 }
                 Obligation::Welcome {
                     admission,
@@ -1155,5 +1203,7 @@ pub(crate) fn capacity_of(c: Capacity) -> WorkerCapacity {
         max_threads_by_task_type: c.max_threads_by_task_type,
         groups: c.groups,
         excluded_groups: c.excluded_groups,
+        max_thread_per_user_per_task_type_percent: c.max_thread_per_user_per_task_type_percent,
+        resource_limits: c.resource_limits,
     }
 }

@@ -7,6 +7,7 @@ use std::fmt;
 use std::sync::Arc;
 
 use majordodo_core::leader::{ActionError, Caller, CodePoolRefusal, SubmitOutcome, SubmitRequest};
+use majordodo_core::model::ServiceLevel;
 use majordodo_core::{BrokerState, Millis, TaskId, TaskStatus, TransactionId};
 use tokio::sync::{mpsc, oneshot};
 
@@ -49,6 +50,9 @@ pub struct View<'a> {
     pub cluster: Option<&'a ClusterView>,
     /// The broker's clock when the read runs (for views that show time left).
     pub now: Millis,
+    /// On the leader, its decisions (global resource limits, the capacity each connected
+    /// worker declared); followers do not know them.
+    pub leader_core: Option<&'a majordodo_core::Leader>,
 }
 
 /// An action on the leader's state other than a submission.
@@ -159,6 +163,44 @@ impl BrokerError {
     }
 }
 
+/// A change of scheduling state asked by an admin (or a task's owner, for its priority).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub enum AdminChange {
+    /// Set (or, with `None`, clear) a user's service level.
+    SetServiceLevel {
+        /// The user.
+        user_id: String,
+        /// The new level.
+        level: Option<ServiceLevel>,
+    },
+    /// Change the priority of a waiting or delayed task.
+    SetTaskPriority {
+        /// The task.
+        task_id: TaskId,
+        /// The new priority.
+        priority: i32,
+    },
+}
+
+/// Why the leader refused an [`AdminChange`]; nothing was logged.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum AdminRefusal {
+    /// A field is invalid.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The request field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// The task does not exist.
+    #[error("task {0} does not exist")]
+    NoSuchTask(TaskId),
+    /// The task is in a status the change does not apply to.
+    #[error("{0}")]
+    Conflict(String),
+}
+
 /// A read, run inside the dispatcher: given the view, or the reason there is none yet.
 pub(crate) type Query = Box<dyn FnOnce(Result<&View<'_>, BrokerError>) + Send>;
 
@@ -179,6 +221,11 @@ pub(crate) enum Command {
     },
     /// Run a read.
     Query(Query),
+    /// A scheduling change; answered once durable (or at once when refused).
+    Admin {
+        change: AdminChange,
+        reply: oneshot::Sender<Result<Result<(), AdminRefusal>, BrokerError>>,
+    },
     /// Take a snapshot now; answered with its log position once written.
     Checkpoint {
         reply: oneshot::Sender<Result<u64, BrokerError>>,
@@ -207,6 +254,9 @@ impl Command {
             }
             Command::Query(query) => query(Err(error)),
             Command::Act { reply, .. } => {
+                let _ = reply.send(Err(error));
+            }
+            Command::Admin { reply, .. } => {
                 let _ = reply.send(Err(error));
             }
             Command::Checkpoint { reply } => {
@@ -331,6 +381,20 @@ impl BrokerHandle {
     async fn code_pool(&self, op: CodePoolOp) -> Result<(), BrokerError> {
         let (reply, rx) = oneshot::channel();
         self.send_now(Command::CodePool { op, reply })?;
+        rx.await.map_err(|_| BrokerError::Stopped)?
+    }
+
+    /// Asks the leader for a scheduling change; answered once it is durable and applied.
+    ///
+    /// # Errors
+    /// [`BrokerError`] as [`BrokerHandle::submit`]; the inner [`AdminRefusal`] when the leader
+    /// refused the change (nothing logged).
+    pub async fn admin(
+        &self,
+        change: AdminChange,
+    ) -> Result<Result<(), AdminRefusal>, BrokerError> {
+        let (reply, rx) = oneshot::channel();
+        self.send_now(Command::Admin { change, reply })?;
         rx.await.map_err(|_| BrokerError::Stopped)?
     }
 

@@ -61,7 +61,9 @@ pub use error::{ApiError, ERROR_CODES};
 
 use crate::BrokerHandle;
 use crate::handle::{ActionDone, BrokerAction};
+use crate::handle::{AdminChange, AdminRefusal};
 use auth::Authenticator;
+use majordodo_core::model::ServiceLevel;
 use select::Budget;
 
 /// Most workers listed by the `overview` and `workers` views. Far above a real cluster's
@@ -184,6 +186,8 @@ enum Answer {
     TransactionsView(TransactionsView),
     SlotsView(SlotsView),
     DelayedQueueView(DelayedQueueView),
+    /// Answers of the scheduling actions and views, built as JSON directly.
+    Json(serde_json::Value),
 }
 
 impl IntoResponse for Answer {
@@ -434,6 +438,19 @@ async fn get_view(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, A
                     ),
                     status,
                 }),
+                ViewRequest::Resources { worker_id } => Answer::Json(serde_json::json!({
+                    "ok": true,
+                    "resources": select::resources(v, worker_id.as_deref()),
+                    "status": status,
+                })),
+                ViewRequest::TasksHeap { max } => {
+                    let max = max.unwrap_or(DEFAULT_TASKS_MAX).min(tasks_max_limit);
+                    Answer::Json(serde_json::json!({
+                        "ok": true,
+                        "tasksheap": select::tasks_heap(v.state, owner.as_deref(), max as usize, budget.scan),
+                        "status": status,
+                    }))
+                }
                 ViewRequest::TasksOverview(q) => {
                     let (tasks, scanned, truncated) =
                         select::count_by_type(v.state, &q, owner.as_deref(), budget.scan);
@@ -523,6 +540,62 @@ async fn post_action(State(api): State<Arc<Api>>, req: Request) -> Result<Answer
                 .map_err(code_pool_error)?;
             Ok(code_pool_done("deleteCodePool", id, "deleted"))
         }
+        ActionRequest::SetServiceLevel(c) => {
+            admin_only(&principal, "setServiceLevel")?;
+            let level = c
+                .level
+                .clone()
+                .map(|(group, resources)| ServiceLevel { group, resources });
+            admin_change(
+                &api,
+                AdminChange::SetServiceLevel {
+                    user_id: c.user_id.clone(),
+                    level,
+                },
+            )
+            .await?;
+            Ok(Answer::Json(serde_json::json!({
+                "ok": true,
+                "action": "setServiceLevel",
+                "userid": c.user_id,
+                "serviceLevel": c.level.map(|(group, resources)| serde_json::json!({
+                    "group": group,
+                    "resources": resources,
+                })),
+            })))
+        }
+        ActionRequest::SetTaskPriority(c) => {
+            let task_id = TaskId(c.task_id);
+            if !principal.is_admin() {
+                // A user may change only its own tasks; an unknown task and another's look
+                // the same to it.
+                let name = principal.name.clone();
+                let owned = api
+                    .broker
+                    .query(move |v| v.state.task(task_id).is_some_and(|t| *t.user_id == *name))
+                    .await?;
+                if !owned {
+                    return Err(ApiError::Missing(FieldError::new(
+                        "taskId",
+                        format!("task {task_id} does not exist"),
+                    )));
+                }
+            }
+            admin_change(
+                &api,
+                AdminChange::SetTaskPriority {
+                    task_id,
+                    priority: c.priority,
+                },
+            )
+            .await?;
+            Ok(Answer::Json(serde_json::json!({
+                "ok": true,
+                "action": "setTaskPriority",
+                "taskId": c.task_id,
+                "priority": c.priority,
+            })))
+        }
         other => act(&api, &principal, other).await,
     }
 }
@@ -539,8 +612,10 @@ async fn act(api: &Api, principal: &Principal, request: ActionRequest) -> Result
         ActionRequest::SubmitTask(_)
         | ActionRequest::SubmitTasks(_)
         | ActionRequest::CreateCodePool(_)
-        | ActionRequest::DeleteCodePool(_) => {
-            return Err(ApiError::Internal("submission routed as an action"));
+        | ActionRequest::DeleteCodePool(_)
+        | ActionRequest::SetServiceLevel(_)
+        | ActionRequest::SetTaskPriority(_) => {
+            return Err(ApiError::Internal("request routed as an action"));
         }
     };
     let name = request_name(&action);
@@ -673,6 +748,23 @@ fn code_pool_info(
     }
 }
 
+/// Asks the leader for a scheduling change and maps its refusal to an API error.
+async fn admin_change(api: &Api, change: AdminChange) -> Result<(), ApiError> {
+    match api.broker.admin(change).await? {
+        Ok(()) => Ok(()),
+        Err(AdminRefusal::Invalid { field, reason }) => {
+            Err(ApiError::BadRequest(FieldError::new(field, reason)))
+        }
+        Err(AdminRefusal::NoSuchTask(id)) => Err(ApiError::Missing(FieldError::new(
+            "taskId",
+            format!("task {id} does not exist"),
+        ))),
+        Err(AdminRefusal::Conflict(why)) => {
+            Err(ApiError::Conflict(FieldError::new("taskId", why), false))
+        }
+    }
+}
+
 fn forbidden_user(field: &str, principal: &Principal) -> ApiError {
     ApiError::Forbidden(FieldError::new(
         field,
@@ -735,6 +827,7 @@ fn submit_request(t: TaskSubmission) -> SubmitRequest {
         mode: t.mode,
         idempotency_key: t.idempotency_key,
         transaction: t.transaction.map(TransactionId),
+        priority: t.priority,
     }
 }
 

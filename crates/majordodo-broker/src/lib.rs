@@ -30,7 +30,7 @@ use tokio::task::JoinHandle;
 pub use boot::{BootError, BootReport};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dispatcher::{DispatcherConfig, DispatcherError};
-pub use handle::{BrokerError, BrokerHandle, Role, View};
+pub use handle::{AdminChange, AdminRefusal, BrokerError, BrokerHandle, Role, View};
 
 use crate::handle::Command;
 

@@ -688,6 +688,7 @@ async fn follow<S: Future<Output = ()>>(
                             leader: leader.as_deref(),
                             cluster: Some(&cluster),
                             now: parts.clock.now(),
+                            leader_core: None,
                         }));
                     }
                     Command::Submit { reply, .. } => {
@@ -697,6 +698,9 @@ async fn follow<S: Future<Output = ()>>(
                         let _ = reply.send(Err(BrokerError::NotLeader(leader)));
                     }
                     Command::Act { reply, .. } => {
+                        let _ = reply.send(Err(BrokerError::NotLeader(leader)));
+                    }
+                    Command::Admin { reply, .. } => {
                         let _ = reply.send(Err(BrokerError::NotLeader(leader)));
                     }
                     Command::Checkpoint { reply } => match checkpointer.as_mut() {

@@ -515,6 +515,7 @@ impl RawWorker {
                     max_threads_by_task_type: Default::default(),
                     groups: vec![5],
                     excluded_groups: vec![],
+                    ..Default::default()
                 },
                 running: vec![],
             }))
@@ -1053,9 +1054,76 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
             json_body(with("idempotencyKey", json!(["k"]))),
             "idempotencyKey",
         ),
+        ("unknown field", json_body(with("bogus", json!(5))), "bogus"),
         (
-            "unknown field",
-            json_body(with("priority", json!(5))),
+            "priority too large",
+            json_body(with("priority", json!(1_000_001))),
+            "priority",
+        ),
+        (
+            "priority not a number",
+            json_body(with("priority", json!("high"))),
+            "priority",
+        ),
+        (
+            "service level naming an unknown group",
+            json_body(json!({"action": "setServiceLevel", "userid": "u", "group": 9})),
+            "group",
+        ),
+        (
+            "service level in group 0",
+            json_body(json!({"action": "setServiceLevel", "userid": "u", "group": 0})),
+            "group",
+        ),
+        (
+            "service level with a negative group",
+            json_body(json!({"action": "setServiceLevel", "userid": "u", "group": -2})),
+            "group",
+        ),
+        (
+            "service level without user",
+            json_body(json!({"action": "setServiceLevel", "group": 1})),
+            "userid",
+        ),
+        (
+            "service level without group",
+            json_body(json!({"action": "setServiceLevel", "userid": "u"})),
+            "group",
+        ),
+        (
+            "service level resources not an array",
+            json_body(
+                json!({"action": "setServiceLevel", "userid": "u", "group": 1, "resources": "db"}),
+            ),
+            "resources",
+        ),
+        (
+            "service level with an empty resource",
+            json_body(
+                json!({"action": "setServiceLevel", "userid": "u", "group": 1, "resources": ["db", ""]}),
+            ),
+            "resources[1]",
+        ),
+        (
+            "service level reset with a group",
+            json_body(
+                json!({"action": "setServiceLevel", "userid": "u", "reset": true, "group": 1}),
+            ),
+            "group",
+        ),
+        (
+            "priority change without task",
+            json_body(json!({"action": "setTaskPriority", "priority": 1})),
+            "taskId",
+        ),
+        (
+            "priority change with a negative task id",
+            json_body(json!({"action": "setTaskPriority", "taskId": -1, "priority": 1})),
+            "taskId",
+        ),
+        (
+            "priority change without priority",
+            json_body(json!({"action": "setTaskPriority", "taskId": 1})),
             "priority",
         ),
         (
@@ -1099,6 +1167,35 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         assert_error(s, &b, StatusCode::BAD_REQUEST, Some(field));
         assert_eq!(h.state_mark().await, before, "{name} changed the state");
     }
+    // Scheduling changes that name nothing, or do not apply, or are not the caller's to make.
+    let refused = [
+        (
+            "priority of an unknown task",
+            json!({"action": "setTaskPriority", "taskId": 999, "priority": 1}),
+            admin(),
+            StatusCode::NOT_FOUND,
+            "taskId",
+        ),
+        (
+            "service level changed by a user",
+            json!({"action": "setServiceLevel", "userid": "alice", "group": 1}),
+            alice(),
+            StatusCode::FORBIDDEN,
+            "action",
+        ),
+        (
+            "priority of another user's task",
+            json!({"action": "setTaskPriority", "taskId": 1, "priority": 1}),
+            alice(),
+            StatusCode::NOT_FOUND,
+            "taskId",
+        ),
+    ];
+    for (name, body, auth, status, field) in refused {
+        let (s, b) = h.post_json(body, &auth).await;
+        assert_error(s, &b, status, Some(field));
+        assert_eq!(h.state_mark().await, before, "{name} changed the state");
+    }
 
     let gets = [
         ("view=explode", "view"),
@@ -1113,6 +1210,7 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         ("view=task&taskId=abc", "taskId"),
         ("view=task&taskId=99999999999999999999", "taskId"),
         ("view=tasks&max=-1", "max"),
+        ("view=tasksheap&max=-1", "max"),
         ("view=tasks&max=x", "max"),
         ("view=tasks&status=sleeping", "status"),
         ("view=tasksoverview&filter=sleeping", "filter"),

@@ -77,6 +77,12 @@ pub(crate) enum Command {
     /// invisible until it is committed, then all appear at once.
     #[command(subcommand)]
     Transaction(TransactionCommand),
+    /// Set a user's service level (admin): the group its tasks are scheduled in and the named
+    /// resources each of them uses while it runs. Its waiting tasks move at once.
+    ServiceLevel(ServiceLevelArgs),
+    /// Change the priority of a waiting or delayed task: higher runs first among its owner's
+    /// tasks.
+    Priority(PriorityArgs),
     /// Make credentials for the broker's [[http.users]] entries.
     #[command(subcommand)]
     Auth(AuthCommand),
@@ -468,6 +474,38 @@ pub(crate) struct TaskArgs {
     /// Print the task as JSON.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// `majordodo service-level`.
+#[derive(Debug, Args)]
+pub(crate) struct ServiceLevelArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// The user.
+    #[arg(value_name = "USER")]
+    pub(crate) user: String,
+    /// The group (one of the broker's `scheduling.groups`).
+    #[arg(long, value_name = "GROUP", required_unless_present = "reset")]
+    pub(crate) group: Option<u32>,
+    /// A named resource each task of the user uses (repeatable).
+    #[arg(long = "resource", value_name = "NAME", conflicts_with = "reset")]
+    pub(crate) resources: Vec<String>,
+    /// Back to the default level (the broker's default mapping).
+    #[arg(long, conflicts_with = "group")]
+    pub(crate) reset: bool,
+}
+
+/// `majordodo priority`.
+#[derive(Debug, Args)]
+pub(crate) struct PriorityArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// The task id.
+    #[arg(value_name = "ID")]
+    pub(crate) id: u64,
+    /// The new priority (higher first; 0 is the default).
+    #[arg(value_name = "PRIORITY", allow_negative_numbers = true)]
+    pub(crate) priority: i32,
 }
 
 /// A task status, for filters.

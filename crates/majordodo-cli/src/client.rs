@@ -405,3 +405,34 @@ fn code_pool_line(p: &majordodo_proto::http::codepool::CodePoolInfo) -> String {
         p.sha256
     )
 }
+
+pub(crate) async fn service_level(args: crate::cli::ServiceLevelArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.client)?;
+    let level = args.group.map(|g| (g, args.resources.clone()));
+    api.client
+        .set_service_level(&args.user, level.clone())
+        .await
+        .map_err(|e| explain(e, "set the service level", &api.url()))?;
+    match level {
+        Some((group, resources)) if resources.is_empty() => {
+            println!("user {} is now in group {group}", args.user)
+        }
+        Some((group, resources)) => println!(
+            "user {} is now in group {group}, using {}",
+            args.user,
+            resources.join(", ")
+        ),
+        None => println!("user {} is back to the default service level", args.user),
+    }
+    Ok(())
+}
+
+pub(crate) async fn priority(args: crate::cli::PriorityArgs) -> anyhow::Result<()> {
+    let api = Api::new(&args.client)?;
+    api.client
+        .set_task_priority(args.id, args.priority)
+        .await
+        .map_err(|e| explain(e, "change the priority", &api.url()))?;
+    println!("task {} now has priority {}", args.id, args.priority);
+    Ok(())
+}

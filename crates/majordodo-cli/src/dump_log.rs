@@ -320,6 +320,32 @@ fn fields(entry: &LogEntry) -> Vec<(&'static str, Value)> {
             f.push(("transaction", transaction_id.0.into()));
             task_fields(&mut f, task);
         }
+        LogEntry::SetServiceLevel {
+            user_id,
+            level,
+            timestamp,
+        } => {
+            f.push(("user", user_id.as_str().into()));
+            match level {
+                Some(l) => {
+                    f.push(("group", l.group.into()));
+                    if !l.resources.is_empty() {
+                        f.push(("resources", l.resources.join(",").into()));
+                    }
+                }
+                None => f.push(("level", "default".into())),
+            }
+            f.push(("at", (*timestamp).into()));
+        }
+        LogEntry::SetTaskPriority {
+            task_id,
+            priority,
+            timestamp,
+        } => {
+            f.push(("task", task_id.0.into()));
+            f.push(("priority", (*priority).into()));
+            f.push(("at", (*timestamp).into()));
+        }
         LogEntry::WorkerConnected {
             worker_id,
             location,
@@ -494,6 +520,9 @@ fn task_fields(f: &mut Vec<(&'static str, Value)>, t: &NewTask) {
     if let Some(key) = &t.idempotency_key {
         f.push(("idempotency_key", key.as_str().into()));
     }
+    if t.priority != 0 {
+        f.push(("priority", t.priority.into()));
+    }
     f.push(("created", t.created.into()));
     f.push(("data", t.data.as_str().into()));
 }
@@ -591,6 +620,7 @@ mod tests {
             mode: None,
             idempotency_key: None,
             created: 0,
+            priority: 0,
         }
     }
 

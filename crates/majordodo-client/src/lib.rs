@@ -707,6 +707,43 @@ impl Client {
         Ok(v.workers)
     }
 
+    /// Sets (or with `None` clears) a user's service level: its group and the named resources
+    /// each of its tasks uses. Admin only. Carrying it out twice is harmless, so it is retried
+    /// like a read.
+    ///
+    /// # Errors
+    /// [`ClientError`]: an unknown group (400, field `group`), not an admin (403), ...
+    pub async fn set_service_level(
+        &self,
+        user_id: &str,
+        level: Option<(u32, Vec<String>)>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body =
+            ActionRequest::SetServiceLevel(majordodo_proto::http::request::ServiceLevelChange {
+                user_id: user_id.to_string(),
+                level,
+            })
+            .to_json();
+        self.post(&body, true).await
+    }
+
+    /// Changes the priority of a waiting or delayed task (higher first among its owner's).
+    ///
+    /// # Errors
+    /// [`ClientError`]: unknown task (404), a task that runs or ended (409), ...
+    pub async fn set_task_priority(
+        &self,
+        task_id: u64,
+        priority: i32,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = ActionRequest::SetTaskPriority(majordodo_proto::http::request::PriorityChange {
+            task_id,
+            priority,
+        })
+        .to_json();
+        self.post(&body, true).await
+    }
+
     /// Workers and the broker status object.
     ///
     /// # Errors

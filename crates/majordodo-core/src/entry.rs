@@ -7,11 +7,11 @@
 //! entries to the same state therefore always gives the same state.
 //!
 //! Kinds the original did not have: [`LogEntry::PurgeTasks`],
-//! [`LogEntry::ForgetIdempotencyKeys`], [`LogEntry::DeferTask`], and the chunked code pool
+//! [`LogEntry::ForgetIdempotencyKeys`], [`LogEntry::DeferTask`], the chunked code pool
 //! ([`LogEntry::BeginCodePool`], [`LogEntry::CodePoolChunk`]) that replaces the original's
-//! one-entry `CREATECODEPOOL`.
+//! one-entry `CREATECODEPOOL`, [`LogEntry::SetServiceLevel`] and [`LogEntry::SetTaskPriority`].
 
-use crate::model::{Millis, TaskId, TaskStatus, TransactionId};
+use crate::model::{Millis, ServiceLevel, TaskId, TaskStatus, TransactionId};
 
 /// A task as submitted, with everything its creation needs.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -44,6 +44,8 @@ pub struct NewTask {
     /// [`LogEntry::ForgetIdempotencyKeys`] forgets it, so a submission sent again with the same
     /// key is answered with this task instead of creating another.
     pub idempotency_key: Option<String>,
+    /// Order inside its owner's queue: higher first; 0 by default (age order).
+    pub priority: i32,
 }
 
 impl NewTask {
@@ -232,6 +234,26 @@ pub enum LogEntry {
         /// When it was decided.
         timestamp: Millis,
     },
+    /// An admin sets (or, with `None`, clears) a user's service level. Its waiting tasks move to
+    /// the new group and resources at once; delayed tasks and retries take it when they enter the
+    /// waiting queues; running tasks keep the resources charged at their assignment.
+    SetServiceLevel {
+        /// The user.
+        user_id: String,
+        /// The new level; `None` goes back to the configured default.
+        level: Option<ServiceLevel>,
+        /// When.
+        timestamp: Millis,
+    },
+    /// The priority of a waiting or delayed task changes.
+    SetTaskPriority {
+        /// The task.
+        task_id: TaskId,
+        /// The new priority (higher first).
+        priority: i32,
+        /// When.
+        timestamp: Millis,
+    },
 }
 
 impl LogEntry {
@@ -256,6 +278,8 @@ impl LogEntry {
             LogEntry::BeginCodePool { .. } => "begin_code_pool",
             LogEntry::CodePoolChunk { .. } => "code_pool_chunk",
             LogEntry::DeferTask { .. } => "defer_task",
+            LogEntry::SetServiceLevel { .. } => "set_service_level",
+            LogEntry::SetTaskPriority { .. } => "set_task_priority",
         }
     }
 }

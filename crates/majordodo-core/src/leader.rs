@@ -19,9 +19,17 @@ mod codepools;
 pub use codepools::CodePoolRefusal;
 
 use crate::entry::{LogEntry, NewTask};
-use crate::model::{GroupId, Millis, TaskId, TaskStatus, TransactionId, WorkerStatus};
-use crate::scheduler::{RunningSet, WorkerCapacity};
+use crate::model::{
+    ANY_GROUP, GroupId, Millis, ServiceLevel, TaskId, TaskStatus, TransactionId, WorkerStatus,
+};
+use crate::scheduler::{Candidate, GlobalResources, Resources, RunKey, RunningSet, WorkerCapacity};
 use crate::state::{ApplyError, BrokerState};
+
+/// Most named resources in one service level (a level is copied into every assignment).
+pub const MAX_RESOURCES_PER_LEVEL: usize = 32;
+
+/// Longest resource name, in bytes.
+pub const MAX_RESOURCE_NAME: usize = 200;
 
 /// Result text of a task whose worker died.
 pub fn worker_died_result(worker_id: &str) -> String {
@@ -132,6 +140,10 @@ pub struct LeaderConfig {
     /// Most times one task may answer "retry later" without using an attempt; beyond it, such
     /// an answer counts as a failed attempt.
     pub max_deferrals: u32,
+    /// Named resource → most tasks using it that may run at once in the whole cluster.
+    pub global_resource_limits: BTreeMap<String, u32>,
+    /// The groups a service level may name (besides those the default mapping gives).
+    pub groups: BTreeSet<GroupId>,
 }
 
 impl Default for LeaderConfig {
@@ -151,6 +163,9 @@ impl Default for LeaderConfig {
             // Each open transaction costs a few hundred bytes plus its prepared tasks.
             max_open_transactions: 10_000,
             max_deferrals: 10,
+            global_resource_limits: BTreeMap::new(),
+            // Group 1 is where users whose id is not a number go by default.
+            groups: BTreeSet::from([1]),
         }
     }
 }
@@ -184,6 +199,37 @@ pub struct SubmitRequest {
     /// Prepare the task in this open transaction: it stays invisible until the transaction is
     /// committed (or vanishes with its rollback).
     pub transaction: Option<TransactionId>,
+    /// Order inside the owner's queue: higher first; 0 = age order.
+    pub priority: i32,
+}
+
+/// Why a service-level change was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum LevelRefusal {
+    /// A field is invalid: `field` names it.
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+}
+
+/// Why a priority change was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum PriorityRefusal {
+    /// No such task.
+    #[error("task {0} does not exist")]
+    NoSuchTask(TaskId),
+    /// The task is not waiting or delayed (it runs or ended), or is being assigned.
+    #[error("task {task} is {status}: only a waiting or delayed task changes priority")]
+    NotWaiting {
+        /// The task.
+        task: TaskId,
+        /// Its status (`running` also while its assignment is in flight).
+        status: TaskStatus,
+    },
 }
 
 /// What the leader decided about one submission.
@@ -331,10 +377,10 @@ impl LiveWorker {
     }
 
     /// Forgets the cancelled attempt of `task`, if it is `attempt`; true when it was there.
-    fn cancel_done(&mut self, task: TaskId, attempt: u32, task_type: &str) -> bool {
+    fn cancel_done(&mut self, task: TaskId, attempt: u32) -> bool {
         if self.cancel_attempts.get(&task) == Some(&attempt) {
             self.cancel_attempts.remove(&task);
-            self.cancelling.remove(task, task_type);
+            self.cancelling.remove(task);
             self.cancel_outbox.retain(|(t, _)| *t != task);
             true
         } else {
@@ -358,7 +404,9 @@ pub struct WorkerCancels {
 #[derive(Clone, Debug)]
 struct PendingNew {
     task_type: Arc<str>,
+    user: Arc<str>,
     group: GroupId,
+    resources: Resources,
     attempts: u32,
     max_attempts: u32,
     deadline: Millis,
@@ -386,6 +434,8 @@ pub struct Leader {
     queued_in_flight: usize,
     /// Assignments in flight, per worker.
     pending_assign: HashMap<Arc<str>, RunningSet>,
+    /// Assignments in flight per named resource, over every worker.
+    pending_resources: HashMap<Arc<str>, u32>,
     /// Tasks with a status change in flight (finish, failure, expiry, resume); they are not
     /// touched again until it is applied.
     pending_changes: HashSet<TaskId>,
@@ -415,7 +465,7 @@ pub struct Leader {
     tx_created: BTreeSet<(Millis, TransactionId)>,
     /// Cancellations of running (or being assigned) tasks in flight: the worker, the attempt
     /// and the task type, to tell the worker once the cancellation is durable.
-    cancels_in_flight: HashMap<TaskId, (Arc<str>, u32, Arc<str>)>,
+    cancels_in_flight: HashMap<TaskId, (Arc<str>, u32, RunKey)>,
     /// Workers whose cancel outbox may hold cancellations to send.
     cancel_ready: BTreeSet<Arc<str>>,
 }
@@ -468,6 +518,7 @@ impl Leader {
             placed_in_flight: HashSet::new(),
             queued_in_flight: 0,
             pending_assign: HashMap::new(),
+            pending_resources: HashMap::new(),
             pending_changes: HashSet::new(),
             pending_purge: HashSet::new(),
             pending_keys: HashMap::new(),
@@ -506,6 +557,7 @@ impl Leader {
             || !self.placed_in_flight.is_empty()
             || self.queued_in_flight > 0
             || self.pending_assign.values().any(|s| !s.is_empty())
+            || !self.pending_resources.is_empty()
             || !self.pending_changes.is_empty()
             || !self.pending_purge.is_empty()
             || !self.pending_keys.is_empty()
@@ -603,6 +655,7 @@ impl Leader {
                     mode: req.mode,
                     created: now,
                     idempotency_key: None,
+                    priority: req.priority,
                 },
             };
             return (SubmitOutcome::Accepted(id), Some(entry));
@@ -615,13 +668,16 @@ impl Leader {
                 .insert(key.as_str().into(), id);
         }
         let task_type = self.state.intern(&req.task_type);
-        let group = self.state.mapper().group_of(&req.user_id, &task_type);
+        let user = self.state.intern(&req.user_id);
+        let level = self.state.level_of(&user);
         let delayed = req.requested_start_time > now;
         self.pending_new.insert(
             id,
             PendingNew {
                 task_type,
-                group,
+                user,
+                group: level.group,
+                resources: level.resources,
                 attempts: req.attempts,
                 max_attempts: req.max_attempts,
                 deadline: req.deadline,
@@ -646,8 +702,112 @@ impl Leader {
             mode: req.mode,
             created: now,
             idempotency_key: req.idempotency_key,
+            priority: req.priority,
         });
         (SubmitOutcome::Accepted(id), Some(entry))
+    }
+
+    /// Decides a service-level change of `user_id` (`None` clears it): the entry to log. Once
+    /// applied, the user's waiting tasks are queued under the new level.
+    ///
+    /// # Errors
+    /// [`LevelRefusal`] naming the field at fault: an empty user, group 0 or a group that is
+    /// not in [`LeaderConfig::groups`], too many or badly named resources.
+    pub fn set_service_level(
+        &mut self,
+        now: Millis,
+        user_id: &str,
+        level: Option<ServiceLevel>,
+    ) -> Result<LogEntry, LevelRefusal> {
+        let invalid = |field, reason: String| LevelRefusal::Invalid { field, reason };
+        if user_id.trim().is_empty() {
+            return Err(invalid("userid", "must not be empty".into()));
+        }
+        if let Some(level) = &level {
+            if level.group == ANY_GROUP {
+                return Err(invalid(
+                    "group",
+                    "group 0 means \"any group\" to workers and cannot hold users".into(),
+                ));
+            }
+            if !self.config.groups.contains(&level.group) {
+                return Err(invalid(
+                    "group",
+                    format!(
+                        "unknown group {} (known groups: {:?})",
+                        level.group, self.config.groups
+                    ),
+                ));
+            }
+            if level.resources.len() > MAX_RESOURCES_PER_LEVEL {
+                return Err(invalid(
+                    "resources",
+                    format!("at most {MAX_RESOURCES_PER_LEVEL} resources"),
+                ));
+            }
+            for r in &level.resources {
+                if r.is_empty() || r.len() > MAX_RESOURCE_NAME || r.chars().any(char::is_control) {
+                    return Err(invalid(
+                        "resources",
+                        format!(
+                            "resource name {r:?} must be 1 to {MAX_RESOURCE_NAME} bytes without \
+                             control characters"
+                        ),
+                    ));
+                }
+            }
+        }
+        Ok(LogEntry::SetServiceLevel {
+            user_id: user_id.to_string(),
+            level: level.map(|l| ServiceLevel {
+                group: l.group,
+                resources: crate::state::normalize_resources(l.resources),
+            }),
+            timestamp: now,
+        })
+    }
+
+    /// Decides a priority change of a waiting or delayed task: the entry to log.
+    ///
+    /// # Errors
+    /// [`PriorityRefusal`]: the task does not exist (or its creation is not durable yet), or it
+    /// is not waiting or delayed, or its assignment or another change of it is in flight.
+    pub fn set_task_priority(
+        &mut self,
+        now: Millis,
+        task_id: TaskId,
+        priority: i32,
+    ) -> Result<LogEntry, PriorityRefusal> {
+        let task = self
+            .state
+            .task(task_id)
+            .ok_or(PriorityRefusal::NoSuchTask(task_id))?;
+        let being_assigned = self.pending_assign.values().any(|s| s.contains(task_id));
+        if being_assigned {
+            return Err(PriorityRefusal::NotWaiting {
+                task: task_id,
+                status: TaskStatus::Running,
+            });
+        }
+        if !matches!(task.status, TaskStatus::Waiting | TaskStatus::Delayed)
+            || self.pending_changes.contains(&task_id)
+        {
+            return Err(PriorityRefusal::NotWaiting {
+                task: task_id,
+                status: task.status,
+            });
+        }
+        Ok(LogEntry::SetTaskPriority {
+            task_id,
+            priority,
+            timestamp: now,
+        })
+    }
+
+    /// The global resource use the leader plans with: running tasks plus assignments in flight.
+    pub fn resource_use(&self, resource: &str) -> u32 {
+        self.state.resource_in_use(resource)
+            + self.pending_resources.get(resource).copied().unwrap_or(0)
     }
 
     /// The task of a user's idempotency key: applied, or decided and in flight.
@@ -787,6 +947,7 @@ impl Leader {
             return Err(ActionError::TaskChanging(id));
         }
         let task_type = task.task_type.clone();
+        let user = task.user_id.clone();
         let (attempt, worker) = match task.status {
             TaskStatus::Running => (
                 task.attempts,
@@ -818,8 +979,21 @@ impl Leader {
             }
         };
         self.pending_changes.insert(id);
-        self.cancels_in_flight
-            .insert(id, (worker, attempt, task_type));
+        // What the attempt counts against on its worker, which it keeps until the worker
+        // reports it stopped.
+        let key = self
+            .state
+            .running
+            .get(&worker)
+            .and_then(|set| set.key(id))
+            .or_else(|| self.pending_assign.get(&worker).and_then(|set| set.key(id)))
+            .cloned()
+            .unwrap_or(RunKey {
+                task_type,
+                user,
+                resources: Resources::default(),
+            });
+        self.cancels_in_flight.insert(id, (worker, attempt, key));
         Ok(vec![LogEntry::TaskStatusChange {
             task_id: id,
             status: TaskStatus::Error,
@@ -922,9 +1096,9 @@ impl Leader {
         if let Some(old) = self.live.get(&worker) {
             for (&task, &attempt) in &old.cancel_attempts {
                 if listed.contains(&(task, attempt))
-                    && let Some(t) = self.state.task(task)
+                    && let Some(key) = old.cancelling.key(task)
                 {
-                    fresh.cancelling.insert(task, &t.task_type);
+                    fresh.cancelling.insert(task, key.clone());
                     fresh.cancel_attempts.insert(task, attempt);
                     fresh.cancel_outbox.push((task, attempt));
                 }
@@ -984,6 +1158,14 @@ impl Leader {
             worker_id: worker_id.to_string(),
             timestamp: now,
         }]
+    }
+
+    /// The capacity a connected worker declared last.
+    pub fn worker_capacity(&self, worker_id: &str) -> Option<&WorkerCapacity> {
+        self.live
+            .get(worker_id)
+            .filter(|l| l.conn.is_some() && !l.dead)
+            .map(|l| &l.capacity)
     }
 
     /// The connection a worker is reachable on, if connected.
@@ -1080,7 +1262,7 @@ impl Leader {
                 continue;
             }
             if let Some(live) = self.live.get_mut(worker_id)
-                && live.cancel_done(r.task_id, r.attempt, &task.task_type)
+                && live.cancel_done(r.task_id, r.attempt)
             {
                 // The end of a cancelled attempt: its capacity is free; the task stays as the
                 // cancellation left it.
@@ -1467,9 +1649,14 @@ impl Leader {
             let empty = RunningSet::default();
             let running = self.state.running.get(worker).unwrap_or(&empty);
             let pending = self.pending_assign.get(worker).unwrap_or(&empty);
+            let global = GlobalResources {
+                limits: &self.config.global_resource_limits,
+                used: &[&self.state.resources_in_use, &self.pending_resources],
+            };
             let chosen = self.state.waiting.choose(
                 &live.capacity,
                 &[running, pending, &live.cancelling],
+                &global,
                 budget,
             );
             if chosen.is_empty() {
@@ -1482,15 +1669,26 @@ impl Leader {
                 let task = self.state.task(c.id).expect("queued tasks exist");
                 let attempt = task.attempts + 1;
                 self.state.unqueue(c.id);
+                for r in c.resources.iter() {
+                    *self.pending_resources.entry(r.clone()).or_default() += 1;
+                }
+                let resources = c.resources.iter().map(|r| r.to_string()).collect();
                 self.pending_assign
                     .entry(worker.clone())
                     .or_default()
-                    .insert(c.id, &c.task_type);
+                    .insert(
+                        c.id,
+                        RunKey {
+                            task_type: c.task_type,
+                            user: c.user,
+                            resources: c.resources,
+                        },
+                    );
                 entries.push(LogEntry::AssignTask {
                     task_id: c.id,
                     worker_id: worker.to_string(),
                     attempt,
-                    resources: Vec::new(),
+                    resources,
                     timestamp: now,
                 });
             }
@@ -1527,10 +1725,20 @@ impl Leader {
                     let live = &self.live[worker];
                     let running = self.state.running.get(worker).unwrap_or(&empty);
                     let pending = self.pending_assign.get(worker).unwrap_or(&empty);
+                    let global = GlobalResources {
+                        limits: &self.config.global_resource_limits,
+                        used: &[&self.state.resources_in_use, &self.pending_resources],
+                    };
+                    let candidate = Candidate {
+                        group: p.group,
+                        user: &p.user,
+                        task_type: &p.task_type,
+                        resources: &p.resources,
+                    };
                     if live.capacity.admits(
                         &[running, pending, &live.cancelling],
-                        &p.task_type,
-                        p.group,
+                        &global,
+                        &candidate,
                     ) {
                         placed = Some(worker.clone());
                         next_worker += i + 1;
@@ -1544,15 +1752,25 @@ impl Leader {
                     budget -= 1;
                     self.placed_in_flight.insert(id);
                     let attempt = p.attempts + 1;
+                    for r in p.resources.iter() {
+                        *self.pending_resources.entry(r.clone()).or_default() += 1;
+                    }
                     self.pending_assign
                         .entry(worker.clone())
                         .or_default()
-                        .insert(id, &p.task_type);
+                        .insert(
+                            id,
+                            RunKey {
+                                task_type: p.task_type.clone(),
+                                user: p.user.clone(),
+                                resources: p.resources.clone(),
+                            },
+                        );
                     entries.push(LogEntry::AssignTask {
                         task_id: id,
                         worker_id: worker.to_string(),
                         attempt,
-                        resources: Vec::new(),
+                        resources: p.resources.iter().map(|r| r.to_string()).collect(),
                         timestamp: now,
                     });
                 }
@@ -1609,9 +1827,20 @@ impl Leader {
                 // If it is still in `fresh` (no assignment ran since its submission), it is in
                 // the queues now and `place_fresh` skips it: it is no longer in `pending_new`.
             }
-            Release::Assign(worker, id, task_type, attempt) => {
+            Release::Assign(worker, id, attempt) => {
                 if let Some(set) = self.pending_assign.get_mut(worker.as_str()) {
-                    set.remove(id, &task_type);
+                    if let Some(key) = set.remove(id) {
+                        for r in key.resources.iter() {
+                            let n = self
+                                .pending_resources
+                                .get_mut(r)
+                                .expect("an assignment in flight is counted");
+                            *n -= 1;
+                            if *n == 0 {
+                                self.pending_resources.remove(r);
+                            }
+                        }
+                    }
                     if set.is_empty() {
                         self.pending_assign.remove(worker.as_str());
                     }
@@ -1631,7 +1860,7 @@ impl Leader {
             }
             Release::Change(id) => {
                 self.pending_changes.remove(&id);
-                if let Some((worker, attempt, task_type)) = self.cancels_in_flight.remove(&id)
+                if let Some((worker, attempt, key)) = self.cancels_in_flight.remove(&id)
                     && let Some(live) = self.live.get_mut(&worker)
                 {
                     if let Some(at) = live.outbox.iter().position(|p| *p == (id, attempt)) {
@@ -1639,7 +1868,7 @@ impl Leader {
                         live.outbox.remove(at);
                         return Ok(());
                     }
-                    live.cancelling.insert(id, &task_type);
+                    live.cancelling.insert(id, key);
                     live.cancel_attempts.insert(id, attempt);
                     live.cancel_outbox.push((id, attempt));
                     if live.open {
@@ -1691,7 +1920,7 @@ impl Leader {
 enum Release {
     /// A creation: its task, slot, and (owner, idempotency key).
     New(TaskId, Option<String>, Option<(String, String)>),
-    Assign(String, TaskId, Arc<str>, u32),
+    Assign(String, TaskId, u32),
     Change(TaskId),
     Purge(Vec<TaskId>),
     Forget(Millis),
@@ -1719,12 +1948,7 @@ impl Release {
                 attempt,
                 ..
             } => match state.task(*task_id) {
-                Some(task) => Release::Assign(
-                    worker_id.clone(),
-                    *task_id,
-                    task.task_type.clone(),
-                    *attempt,
-                ),
+                Some(_) => Release::Assign(worker_id.clone(), *task_id, *attempt),
                 None => Release::Nothing,
             },
             LogEntry::TaskStatusChange { task_id, .. } | LogEntry::DeferTask { task_id, .. } => {

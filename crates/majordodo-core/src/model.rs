@@ -27,7 +27,8 @@ impl fmt::Display for TransactionId {
     }
 }
 
-/// Group a task belongs to, computed from its user by a [`crate::GroupMapper`].
+/// Group a task belongs to: its owner's service level (set at runtime, else computed by the
+/// [`crate::GroupMapper`]).
 pub type GroupId = u32;
 
 /// The worker capacity group meaning "any group".
@@ -202,8 +203,6 @@ pub struct Task {
     pub deadline: Millis,
     /// Requested start time; 0 = now.
     pub requested_start_time: Millis,
-    /// Group computed from the user when the task entered the state (scheduling only).
-    pub group: GroupId,
     /// Rarely used fields.
     pub extra: Option<Box<TaskExtra>>,
 }
@@ -221,6 +220,8 @@ pub struct TaskExtra {
     pub resources: Vec<Box<str>>,
     /// Attempts that answered "retry later": they do not count against `max_attempts`.
     pub deferrals: u32,
+    /// Order inside its owner's queue: higher first; 0 by default.
+    pub priority: i32,
 }
 
 impl Task {
@@ -253,6 +254,21 @@ impl Task {
     pub fn counted_attempts(&self) -> u32 {
         self.attempts.saturating_sub(self.deferrals())
     }
+    /// Priority inside its owner's queue (higher first).
+    pub fn priority(&self) -> i32 {
+        self.extra.as_ref().map_or(0, |e| e.priority)
+    }
+}
+
+/// A user's service level: the group its tasks are scheduled in and the named resources each of
+/// its tasks uses while it runs.
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
+pub struct ServiceLevel {
+    /// The group.
+    pub group: GroupId,
+    /// Named resources, each used once by every running task of the user (sorted, no
+    /// duplicates).
+    pub resources: Vec<String>,
 }
 
 /// A worker as the replicated state knows it (capacity is not replicated: workers re-declare it).

@@ -1,19 +1,29 @@
-//! Indexed scheduling: waiting tasks live in queues keyed by (group, task type), each in age order,
-//! so choosing tasks for a worker costs about O(queues + chosen × log) and does not grow with the
-//! number of waiting tasks.
+//! Indexed scheduling: waiting tasks live in queues keyed by tenant (user) and task type, tenants
+//! grouped by their group, so choosing tasks for a worker costs about
+//! O(queues + chosen × log) and does not grow with the number of waiting tasks.
 //!
-//! Ordering, as in the original Majordodo: the worker's groups in its priority order, groups matched only through
-//! group 0 ("any group") last; inside one tier the oldest task first (task ids grow with age, and a
-//! retried task keeps its id, so it goes back to its place at the front).
+//! Ordering, as in the original Majordodo: the worker's groups in its priority order, groups
+//! matched only through group 0 ("any group") last. Inside one tier, tenants take turns by the
+//! age of the task each would give next (task ids grow with age, and a retried task keeps its
+//! id, so it goes back to its place at the front); inside a tenant, higher task priority first,
+//! then age.
+//!
+//! Limits are counters checked in O(1) per candidate: the worker's total and per-type threads,
+//! its per-user share of each task type, its named-resource limits and the global resource
+//! limits. A queue (or a tenant) that hits a limit is dropped for the rest of the choice, since
+//! a choice only consumes room.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use crate::model::{ANY_GROUP, ANY_TASK_TYPE, GroupId, TaskId};
 
+/// The resources a task uses while it runs, shared by every task of a tenant.
+pub type Resources = Arc<[Arc<str>]>;
+
 /// What a worker can run at once, as it declared it.
-#[derive(Clone, Debug, PartialEq, Eq)]
+#[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WorkerCapacity {
     /// Total concurrent tasks.
     pub max_threads: u32,
@@ -26,6 +36,11 @@ pub struct WorkerCapacity {
     pub groups: Vec<GroupId>,
     /// Groups never served through [`ANY_GROUP`].
     pub excluded_groups: Vec<GroupId>,
+    /// Most tasks of one task type one user may run on this worker, in percent of that type's
+    /// limit (its own entry, else `any`, else `max_threads`), at least 1; 0 = no per-user share.
+    pub max_thread_per_user_per_task_type_percent: u32,
+    /// Named resource → most tasks using it that may run at once on this worker.
+    pub resource_limits: BTreeMap<String, u32>,
 }
 
 impl WorkerCapacity {
@@ -33,62 +48,187 @@ impl WorkerCapacity {
     pub fn any(max_threads: u32) -> WorkerCapacity {
         WorkerCapacity {
             max_threads,
-            max_threads_by_task_type: BTreeMap::new(),
             groups: vec![ANY_GROUP],
-            excluded_groups: Vec::new(),
+            ..WorkerCapacity::default()
         }
     }
-}
 
-impl WorkerCapacity {
-    /// Whether one more task of `task_type` in `group` fits, given what already runs on the
-    /// worker (`running`, all sets counted together). The same rules as [`WaitingIndex::choose`].
-    pub fn admits(&self, running: &[&RunningSet], task_type: &str, group: GroupId) -> bool {
-        let busy: usize = running.iter().map(|r| r.len()).sum();
-        if busy >= self.max_threads as usize {
-            return false;
-        }
+    /// Whether the worker serves `group` at all.
+    pub fn serves(&self, group: GroupId) -> bool {
         let listed = group != ANY_GROUP && self.groups.contains(&group);
         let through_any =
             self.groups.contains(&ANY_GROUP) && !self.excluded_groups.contains(&group);
-        (listed || through_any) && TypeLimits::new(self, running).available(task_type)
+        listed || through_any
+    }
+
+    /// The configured limit of a task type on this worker (its own entry, else `any`, else
+    /// `max_threads`), or None when the worker does not run the type.
+    pub fn type_limit(&self, task_type: &str) -> Option<u32> {
+        let positive = |t: &str| {
+            self.max_threads_by_task_type
+                .get(t)
+                .copied()
+                .filter(|n| *n > 0)
+        };
+        if let Some(n) = positive(task_type) {
+            return Some(n);
+        }
+        if let Some(n) = positive(ANY_TASK_TYPE) {
+            return Some(n);
+        }
+        if self.max_threads_by_task_type.values().any(|n| *n > 0) {
+            None
+        } else {
+            Some(self.max_threads)
+        }
+    }
+
+    /// The most tasks of `task_type` one user may run here (None: no per-user share).
+    pub fn user_share(&self, task_type: &str) -> Option<u32> {
+        let pct = self.max_thread_per_user_per_task_type_percent;
+        if pct == 0 {
+            return None;
+        }
+        let limit = self.type_limit(task_type)?;
+        Some(((u64::from(limit) * u64::from(pct.min(100))) / 100).max(1) as u32)
+    }
+
+    /// Whether one more task fits, given what already runs on the worker (`running`, all sets
+    /// counted together) and the global resource use. The same rules as [`WaitingIndex::choose`].
+    pub fn admits(
+        &self,
+        running: &[&RunningSet],
+        global: &GlobalResources<'_>,
+        task: &Candidate<'_>,
+    ) -> bool {
+        if !self.serves(task.group) {
+            return false;
+        }
+        let mut room = Room::new(self, running, global);
+        room.fits(task.user, task.task_type, task.resources) == Fit::Yes
     }
 }
 
-/// Tasks running (or being assigned) on one worker, counted by type.
+/// What [`WorkerCapacity::admits`] asks about one task.
+#[derive(Clone, Copy, Debug)]
+pub struct Candidate<'a> {
+    /// The tenant's group.
+    pub group: GroupId,
+    /// The owner.
+    pub user: &'a str,
+    /// The type.
+    pub task_type: &'a str,
+    /// The resources it would use.
+    pub resources: &'a [Arc<str>],
+}
+
+/// Global resource limits (broker configuration) and the use charged against them (running
+/// tasks plus assignments in flight).
+#[derive(Clone, Copy, Debug)]
+pub struct GlobalResources<'a> {
+    /// Resource → most tasks using it at once in the whole cluster.
+    pub limits: &'a BTreeMap<String, u32>,
+    /// Use now, summed over the maps.
+    pub used: &'a [&'a HashMap<Arc<str>, u32>],
+}
+
+impl GlobalResources<'_> {
+    /// No global limit.
+    pub const NONE: GlobalResources<'static> = GlobalResources {
+        limits: &EMPTY_LIMITS,
+        used: &[],
+    };
+
+    fn used(&self, resource: &str) -> u32 {
+        self.used
+            .iter()
+            .map(|m| m.get(resource).copied().unwrap_or(0))
+            .sum()
+    }
+}
+
+static EMPTY_LIMITS: BTreeMap<String, u32> = BTreeMap::new();
+
+/// What a running task counts against.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct RunKey {
+    /// Its type.
+    pub task_type: Arc<str>,
+    /// Its owner.
+    pub user: Arc<str>,
+    /// The resources charged to it.
+    pub resources: Resources,
+}
+
+/// Tasks running (or being assigned) on one worker, counted by type, by (user, type) and by
+/// resource. Counters are only changed together with the task set, so they always equal the sums
+/// over its tasks and never go below zero.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct RunningSet {
-    tasks: HashSet<TaskId>,
+    tasks: HashMap<TaskId, RunKey>,
     by_type: HashMap<Arc<str>, u32>,
+    by_user_type: HashMap<Arc<str>, HashMap<Arc<str>, u32>>,
+    by_resource: HashMap<Arc<str>, u32>,
+}
+
+fn incr(map: &mut HashMap<Arc<str>, u32>, key: &Arc<str>) {
+    *map.entry(key.clone()).or_default() += 1;
+}
+
+fn decr(map: &mut HashMap<Arc<str>, u32>, key: &str) {
+    let n = map
+        .get_mut(key)
+        .expect("a counter is charged before it is released");
+    *n -= 1;
+    if *n == 0 {
+        map.remove(key);
+    }
 }
 
 impl RunningSet {
     /// Adds a task; returns false if it was already there.
-    pub fn insert(&mut self, id: TaskId, task_type: &Arc<str>) -> bool {
-        if !self.tasks.insert(id) {
+    pub fn insert(&mut self, id: TaskId, key: RunKey) -> bool {
+        if self.tasks.contains_key(&id) {
             return false;
         }
-        *self.by_type.entry(task_type.clone()).or_default() += 1;
+        incr(&mut self.by_type, &key.task_type);
+        incr(
+            self.by_user_type.entry(key.user.clone()).or_default(),
+            &key.task_type,
+        );
+        for r in key.resources.iter() {
+            incr(&mut self.by_resource, r);
+        }
+        self.tasks.insert(id, key);
         true
     }
 
-    /// Removes a task; returns false if it was not there.
-    pub fn remove(&mut self, id: TaskId, task_type: &str) -> bool {
-        if !self.tasks.remove(&id) {
-            return false;
+    /// Removes a task; returns what it counted against, or None if it was not there.
+    pub fn remove(&mut self, id: TaskId) -> Option<RunKey> {
+        let key = self.tasks.remove(&id)?;
+        decr(&mut self.by_type, &key.task_type);
+        let per_type = self
+            .by_user_type
+            .get_mut(&key.user)
+            .expect("a counter is charged before it is released");
+        decr(per_type, &key.task_type);
+        if per_type.is_empty() {
+            self.by_user_type.remove(&key.user);
         }
-        if let Some(n) = self.by_type.get_mut(task_type) {
-            *n -= 1;
-            if *n == 0 {
-                self.by_type.remove(task_type);
-            }
+        for r in key.resources.iter() {
+            decr(&mut self.by_resource, r);
         }
-        true
+        Some(key)
     }
 
     /// Whether the task is in the set.
     pub fn contains(&self, id: TaskId) -> bool {
-        self.tasks.contains(&id)
+        self.tasks.contains_key(&id)
+    }
+
+    /// What a task counts against, if it is in the set.
+    pub fn key(&self, id: TaskId) -> Option<&RunKey> {
+        self.tasks.get(&id)
     }
 
     /// Number of tasks.
@@ -106,9 +246,33 @@ impl RunningSet {
         self.by_type.get(task_type).copied().unwrap_or(0)
     }
 
+    /// Number of tasks of one type owned by one user.
+    pub fn count_of_user(&self, user: &str, task_type: &str) -> u32 {
+        self.by_user_type
+            .get(user)
+            .and_then(|m| m.get(task_type))
+            .copied()
+            .unwrap_or(0)
+    }
+
+    /// Number of tasks using a resource.
+    pub fn count_of_resource(&self, resource: &str) -> u32 {
+        self.by_resource.get(resource).copied().unwrap_or(0)
+    }
+
+    /// Tasks per resource.
+    pub fn resources(&self) -> impl Iterator<Item = (&Arc<str>, u32)> + '_ {
+        self.by_resource.iter().map(|(r, n)| (r, *n))
+    }
+
     /// The tasks, in no particular order.
     pub fn iter(&self) -> impl Iterator<Item = TaskId> + '_ {
-        self.tasks.iter().copied()
+        self.tasks.keys().copied()
+    }
+
+    /// Tasks with what they count against, in no particular order.
+    pub fn entries(&self) -> impl Iterator<Item = (TaskId, &RunKey)> + '_ {
+        self.tasks.iter().map(|(id, k)| (*id, k))
     }
 
     fn types(&self) -> impl Iterator<Item = (&Arc<str>, u32)> + '_ {
@@ -123,15 +287,52 @@ pub struct Chosen {
     pub id: TaskId,
     /// Its group.
     pub group: GroupId,
+    /// Its owner.
+    pub user: Arc<str>,
     /// Its type.
     pub task_type: Arc<str>,
+    /// The resources charged to this execution (the owner's at the time of the choice).
+    pub resources: Resources,
 }
 
-/// Waiting tasks, indexed by group then task type, each queue in id (age) order.
+/// Order of a task inside its tenant's queue: higher priority first, then older.
+pub type QueueKey = (Reverse<i32>, TaskId);
+
+/// The heads of one tenant's queues during a choice, best first, with their task type.
+type QueueHeads = BinaryHeap<Reverse<(QueueKey, Arc<str>)>>;
+
+/// The waiting tasks of one tenant.
+#[derive(Clone, Debug, PartialEq, Eq)]
+struct Tenant {
+    group: GroupId,
+    resources: Resources,
+    queues: BTreeMap<Arc<str>, BTreeSet<QueueKey>>,
+}
+
+/// Waiting tasks, indexed by tenant then task type (each queue in priority then age order), with
+/// the tenants of each group.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct WaitingIndex {
-    groups: BTreeMap<GroupId, HashMap<Arc<str>, BTreeSet<TaskId>>>,
+    tenants: HashMap<Arc<str>, Tenant>,
+    groups: BTreeMap<GroupId, BTreeSet<Arc<str>>>,
     len: usize,
+}
+
+/// A task as the waiting index holds it.
+#[derive(Clone, Copy, Debug)]
+pub struct Queued<'a> {
+    /// The tenant's group and resources, as the state computes them now.
+    pub group: GroupId,
+    /// The tenant's resources.
+    pub resources: &'a Resources,
+    /// The owner.
+    pub user: &'a Arc<str>,
+    /// The type.
+    pub task_type: &'a Arc<str>,
+    /// Its priority.
+    pub priority: i32,
+    /// The task.
+    pub id: TaskId,
 }
 
 impl WaitingIndex {
@@ -145,128 +346,221 @@ impl WaitingIndex {
         self.len == 0
     }
 
-    /// Adds a task; returns false if it was already indexed.
-    pub fn insert(&mut self, group: GroupId, task_type: &Arc<str>, id: TaskId) -> bool {
-        let queue = self
-            .groups
-            .entry(group)
+    /// Adds a task; returns false if it was already indexed. The tenant's group and resources are
+    /// updated to those given (they are the same for every task of a tenant).
+    pub fn insert(&mut self, q: Queued<'_>) -> bool {
+        self.set_level(q.user, q.group, q.resources);
+        let tenant = self
+            .tenants
+            .entry(q.user.clone())
+            .or_insert_with(|| Tenant {
+                group: q.group,
+                resources: q.resources.clone(),
+                queues: BTreeMap::new(),
+            });
+        if tenant.queues.is_empty() {
+            self.groups
+                .entry(q.group)
+                .or_default()
+                .insert(q.user.clone());
+        }
+        let added = tenant
+            .queues
+            .entry(q.task_type.clone())
             .or_default()
-            .entry(task_type.clone())
-            .or_default();
-        let added = queue.insert(id);
+            .insert((Reverse(q.priority), q.id));
         if added {
             self.len += 1;
         }
         added
     }
 
-    /// Removes a task; returns false if it was not indexed (removing twice is harmless).
-    pub fn remove(&mut self, group: GroupId, task_type: &str, id: TaskId) -> bool {
-        let Some(types) = self.groups.get_mut(&group) else {
-            return false;
+    /// Changes the group and resources of a tenant's waiting tasks at once (a service-level
+    /// change); nothing happens if the tenant has no waiting task.
+    pub fn set_level(&mut self, user: &str, group: GroupId, resources: &Resources) {
+        let Some(tenant) = self.tenants.get_mut(user) else {
+            return;
         };
-        let Some(queue) = types.get_mut(task_type) else {
-            return false;
-        };
-        let removed = queue.remove(&id);
-        if removed {
-            self.len -= 1;
-            if queue.is_empty() {
-                types.remove(task_type);
-                if types.is_empty() {
-                    self.groups.remove(&group);
+        tenant.resources = resources.clone();
+        if tenant.group != group {
+            let old = tenant.group;
+            tenant.group = group;
+            if let Some(users) = self.groups.get_mut(&old) {
+                let (key, _) = self.tenants.get_key_value(user).expect("looked up above");
+                users.remove(key);
+                if users.is_empty() {
+                    self.groups.remove(&old);
                 }
+                let key = key.clone();
+                self.groups.entry(group).or_default().insert(key);
             }
         }
-        removed
+    }
+
+    /// Removes a task; returns false if it was not indexed (removing twice is harmless).
+    pub fn remove(&mut self, user: &str, task_type: &str, priority: i32, id: TaskId) -> bool {
+        let Some(tenant) = self.tenants.get_mut(user) else {
+            return false;
+        };
+        let Some(queue) = tenant.queues.get_mut(task_type) else {
+            return false;
+        };
+        if !queue.remove(&(Reverse(priority), id)) {
+            return false;
+        }
+        self.len -= 1;
+        if queue.is_empty() {
+            tenant.queues.remove(task_type);
+            if tenant.queues.is_empty() {
+                let group = tenant.group;
+                self.drop_tenant(user, group);
+            }
+        }
+        true
+    }
+
+    fn drop_tenant(&mut self, user: &str, group: GroupId) {
+        self.tenants.remove(user);
+        if let Some(users) = self.groups.get_mut(&group) {
+            users.remove(user);
+            if users.is_empty() {
+                self.groups.remove(&group);
+            }
+        }
     }
 
     /// Whether a task is indexed.
-    pub fn contains(&self, group: GroupId, task_type: &str, id: TaskId) -> bool {
-        self.groups
-            .get(&group)
-            .and_then(|t| t.get(task_type))
-            .is_some_and(|q| q.contains(&id))
+    pub fn contains(&self, user: &str, task_type: &str, priority: i32, id: TaskId) -> bool {
+        self.tenants
+            .get(user)
+            .and_then(|t| t.queues.get(task_type))
+            .is_some_and(|q| q.contains(&(Reverse(priority), id)))
     }
 
-    /// Indexed tasks as (task id, group, task type), in group then type order (for views).
-    pub fn iter(&self) -> impl Iterator<Item = (TaskId, GroupId, &Arc<str>)> + '_ {
-        self.groups.iter().flat_map(|(g, types)| {
-            types
-                .iter()
-                .flat_map(move |(t, q)| q.iter().map(move |id| (*id, *g, t)))
+    /// The group a tenant's waiting tasks are queued in, if it has any.
+    pub fn group_of(&self, user: &str) -> Option<GroupId> {
+        self.tenants.get(user).map(|t| t.group)
+    }
+
+    /// Indexed tasks as (task id, group, user, task type), group by group, tenant by tenant, each
+    /// queue in its order (for views).
+    pub fn iter(&self) -> impl Iterator<Item = (TaskId, GroupId, &Arc<str>, &Arc<str>)> + '_ {
+        self.groups.iter().flat_map(move |(g, users)| {
+            users.iter().flat_map(move |u| {
+                let tenant = &self.tenants[u];
+                tenant
+                    .queues
+                    .iter()
+                    .flat_map(move |(t, q)| q.iter().map(move |(_, id)| (*id, *g, u, t)))
+            })
         })
     }
 
     /// Picks and removes up to `budget` tasks that `capacity` allows, given what already runs on
-    /// the worker (`running`, all sets counted together), in priority order.
+    /// the worker (`running`, all sets counted together) and the global resource use, in
+    /// priority order.
     pub fn choose(
         &mut self,
         capacity: &WorkerCapacity,
         running: &[&RunningSet],
+        global: &GlobalResources<'_>,
         budget: usize,
     ) -> Vec<Chosen> {
         let mut chosen = Vec::new();
         let running_total: usize = running.iter().map(|r| r.len()).sum();
-        let mut free = (capacity.max_threads as usize)
+        let free = (capacity.max_threads as usize)
             .saturating_sub(running_total)
             .min(budget);
         if free == 0 || self.len == 0 {
             return chosen;
         }
-        let mut limits = TypeLimits::new(capacity, running);
-        if !limits.any_type_possible() {
+        let mut room = Room::new(capacity, running, global);
+        if !room.types.any_type_possible() {
             return chosen;
         }
+        room.free = free;
 
         for tier in self.tiers(capacity) {
-            if free == 0 {
+            if room.free == 0 {
                 break;
             }
-            // Heads of every eligible queue of this tier, oldest first.
-            let mut heads: BinaryHeap<Reverse<(TaskId, GroupId, Arc<str>)>> = BinaryHeap::new();
+            // Tenants of this tier by the key of the task each gives next; inside each tenant,
+            // its queues by their head.
+            let mut tenants: BinaryHeap<Reverse<(TaskId, Arc<str>)>> = BinaryHeap::new();
+            let mut heads: HashMap<Arc<str>, QueueHeads> = HashMap::new();
             for group in &tier {
-                if let Some(types) = self.groups.get(group) {
-                    for (task_type, queue) in types {
-                        if limits.available(task_type)
+                let Some(users) = self.groups.get(group) else {
+                    continue;
+                };
+                for user in users {
+                    let tenant = &self.tenants[user];
+                    let mut h = BinaryHeap::new();
+                    for (task_type, queue) in &tenant.queues {
+                        if room.types.available(task_type)
                             && let Some(first) = queue.first()
                         {
-                            heads.push(Reverse((*first, *group, task_type.clone())));
+                            h.push(Reverse((*first, task_type.clone())));
                         }
+                    }
+                    if let Some(Reverse(((_, id), _))) = h.peek() {
+                        tenants.push(Reverse((*id, user.clone())));
+                        heads.insert(user.clone(), h);
                     }
                 }
             }
-            while free > 0 {
-                let Some(Reverse((id, group, task_type))) = heads.pop() else {
+            while room.free > 0 {
+                let Some(Reverse((_, user))) = tenants.pop() else {
                     break;
                 };
-                if !limits.available(&task_type) {
-                    continue; // this type ran out while the tier was being served
+                let h = heads
+                    .get_mut(&user)
+                    .expect("every tenant in the heap has heads");
+                let Some(Reverse((key, task_type))) = h.pop() else {
+                    continue;
+                };
+                let tenant = self
+                    .tenants
+                    .get_mut(&user)
+                    .expect("a tenant in the heap is indexed");
+                match room.fits(&user, &task_type, &tenant.resources) {
+                    Fit::Yes => {}
+                    // This queue cannot take more in this choice; the tenant's other queues may.
+                    Fit::NotThisQueue => {
+                        if let Some(Reverse(((_, next), _))) = h.peek() {
+                            tenants.push(Reverse((*next, user.clone())));
+                        }
+                        continue;
+                    }
+                    // Its resources are used up: none of its tasks fits in this choice.
+                    Fit::NotThisTenant => continue,
                 }
-                let types = self
-                    .groups
-                    .get_mut(&group)
-                    .expect("a queue in the heap belongs to an indexed group");
-                let queue = types
+                let group = tenant.group;
+                let resources = tenant.resources.clone();
+                let queue = tenant
+                    .queues
                     .get_mut(&task_type)
                     .expect("a queue in the heap is indexed");
                 let taken = queue.pop_first();
-                debug_assert_eq!(taken, Some(id), "queue head moved under the chooser");
+                debug_assert_eq!(taken, Some(key), "queue head moved under the chooser");
                 self.len -= 1;
                 if let Some(next) = queue.first() {
-                    heads.push(Reverse((*next, group, task_type.clone())));
+                    h.push(Reverse((*next, task_type.clone())));
                 } else {
-                    types.remove(&task_type);
-                    if types.is_empty() {
-                        self.groups.remove(&group);
+                    tenant.queues.remove(&task_type);
+                    if tenant.queues.is_empty() {
+                        self.drop_tenant(&user, group);
                     }
                 }
-                limits.take(&task_type);
-                free -= 1;
+                if let Some(Reverse(((_, next), _))) = h.peek() {
+                    tenants.push(Reverse((*next, user.clone())));
+                }
+                room.take(&user, &task_type, &resources);
                 chosen.push(Chosen {
-                    id,
+                    id: key.1,
                     group,
+                    user,
                     task_type,
+                    resources,
                 });
             }
         }
@@ -296,6 +590,96 @@ impl WaitingIndex {
             }
         }
         tiers
+    }
+}
+
+/// Whether a task fits the room left.
+#[derive(Copy, Clone, Debug, PartialEq, Eq)]
+enum Fit {
+    Yes,
+    /// The type or the user's share of it is used up.
+    NotThisQueue,
+    /// One of the tenant's resources is used up.
+    NotThisTenant,
+}
+
+/// The room left on one worker during one choice: every limit as a counter.
+struct Room<'a> {
+    capacity: &'a WorkerCapacity,
+    running: &'a [&'a RunningSet],
+    global: &'a GlobalResources<'a>,
+    free: usize,
+    types: TypeLimits,
+    /// Tasks per user and type taken in this choice.
+    user_taken: HashMap<Arc<str>, HashMap<Arc<str>, u32>>,
+    /// Tasks per resource taken in this choice.
+    resource_taken: HashMap<Arc<str>, u32>,
+}
+
+impl<'a> Room<'a> {
+    fn new(
+        capacity: &'a WorkerCapacity,
+        running: &'a [&'a RunningSet],
+        global: &'a GlobalResources<'a>,
+    ) -> Room<'a> {
+        let busy: usize = running.iter().map(|r| r.len()).sum();
+        Room {
+            capacity,
+            running,
+            global,
+            free: (capacity.max_threads as usize).saturating_sub(busy),
+            types: TypeLimits::new(capacity, running),
+            user_taken: HashMap::new(),
+            resource_taken: HashMap::new(),
+        }
+    }
+
+    fn fits(&mut self, user: &str, task_type: &str, resources: &[Arc<str>]) -> Fit {
+        if self.free == 0 || !self.types.available(task_type) {
+            return Fit::NotThisQueue;
+        }
+        if let Some(share) = self.capacity.user_share(task_type) {
+            let running: u32 = self
+                .running
+                .iter()
+                .map(|r| r.count_of_user(user, task_type))
+                .sum();
+            let taken = self
+                .user_taken
+                .get(user)
+                .and_then(|m| m.get(task_type))
+                .copied()
+                .unwrap_or(0);
+            if running + taken >= share {
+                return Fit::NotThisQueue;
+            }
+        }
+        for r in resources {
+            let taken = self.resource_taken.get(r).copied().unwrap_or(0);
+            if let Some(limit) = self.capacity.resource_limits.get(&**r) {
+                let here: u32 = self.running.iter().map(|s| s.count_of_resource(r)).sum();
+                if here + taken >= *limit {
+                    return Fit::NotThisTenant;
+                }
+            }
+            if let Some(limit) = self.global.limits.get(&**r)
+                && self.global.used(r) + taken >= *limit
+            {
+                return Fit::NotThisTenant;
+            }
+        }
+        Fit::Yes
+    }
+
+    fn take(&mut self, user: &Arc<str>, task_type: &Arc<str>, resources: &[Arc<str>]) {
+        self.free -= 1;
+        self.types.take(task_type);
+        if self.capacity.max_thread_per_user_per_task_type_percent > 0 {
+            incr(self.user_taken.entry(user.clone()).or_default(), task_type);
+        }
+        for r in resources {
+            *self.resource_taken.entry(r.clone()).or_default() += 1;
+        }
     }
 }
 
@@ -372,13 +756,62 @@ mod tests {
         Arc::from(s)
     }
 
+    fn none() -> Resources {
+        Arc::from(Vec::new())
+    }
+
+    fn res(names: &[&str]) -> Resources {
+        names.iter().map(|n| t(n)).collect::<Vec<_>>().into()
+    }
+
+    /// Indexes a task of user `u` with no resources and priority 0.
+    fn put(idx: &mut WaitingIndex, group: GroupId, u: &str, task_type: &str, id: u64) {
+        put_full(idx, group, u, task_type, id, 0, &none());
+    }
+
+    fn put_full(
+        idx: &mut WaitingIndex,
+        group: GroupId,
+        u: &str,
+        task_type: &str,
+        id: u64,
+        priority: i32,
+        resources: &Resources,
+    ) {
+        idx.insert(Queued {
+            group,
+            resources,
+            user: &t(u),
+            task_type: &t(task_type),
+            priority,
+            id: TaskId(id),
+        });
+    }
+
+    fn key(task_type: &str, user: &str) -> RunKey {
+        RunKey {
+            task_type: t(task_type),
+            user: t(user),
+            resources: none(),
+        }
+    }
+
     fn cap(max: u32, types: &[(&str, u32)], groups: &[GroupId]) -> WorkerCapacity {
         WorkerCapacity {
             max_threads: max,
             max_threads_by_task_type: types.iter().map(|(k, v)| (k.to_string(), *v)).collect(),
             groups: groups.to_vec(),
-            excluded_groups: vec![],
+            ..WorkerCapacity::default()
         }
+    }
+
+    fn choose(
+        idx: &mut WaitingIndex,
+        c: &WorkerCapacity,
+        running: &[&RunningSet],
+        budget: usize,
+    ) -> Vec<Chosen> {
+        idx.choose(c, running, &GlobalResources::NONE, budget)
     }
 
     fn ids(chosen: &[Chosen]) -> Vec<u64> {
@@ -387,14 +820,30 @@ mod tests {
 
     #[test]
     fn oldest_tasks_come_first_within_a_group() {
-        // Goal: inside one group tasks are chosen in id (age) order across task types.
+        // Goal: inside one group tasks are chosen in id (age) order across task types and users.
         let mut idx = WaitingIndex::default();
-        idx.insert(1, &t("a"), TaskId(3));
-        idx.insert(1, &t("b"), TaskId(1));
-        idx.insert(1, &t("a"), TaskId(2));
-        let got = idx.choose(&WorkerCapacity::any(10), &[], 10);
+        put(&mut idx, 1, "u", "a", 3);
+        put(&mut idx, 1, "v", "b", 1);
+        put(&mut idx, 1, "u", "a", 2);
+        let got = choose(&mut idx, &WorkerCapacity::any(10), &[], 10);
         assert_eq!(ids(&got), vec![1, 2, 3]);
         assert!(idx.is_empty());
+    }
+
+    #[test]
+    fn priority_orders_a_tenants_own_tasks() {
+        // Goal: a higher priority goes first inside its tenant's queue; equal priorities keep age.
+        let mut idx = WaitingIndex::default();
+        put_full(&mut idx, 1, "u", "a", 1, 0, &none());
+        put_full(&mut idx, 1, "u", "a", 2, 5, &none());
+        put_full(&mut idx, 1, "u", "b", 3, 9, &none());
+        put_full(&mut idx, 1, "u", "a", 4, 5, &none());
+        let got = choose(&mut idx, &WorkerCapacity::any(10), &[], 10);
+        assert_eq!(ids(&got), vec![3, 2, 4, 1]);
+        // Removal needs the priority the task is queued with.
+        put_full(&mut idx, 1, "u", "a", 5, 7, &none());
+        assert!(!idx.remove("u", "a", 0, TaskId(5)));
+        assert!(idx.remove("u", "a", 7, TaskId(5)));
     }
 
     #[test]
@@ -402,12 +851,12 @@ mod tests {
         // Goal: a worker never gets more than max_threads minus what it already runs.
         let mut idx = WaitingIndex::default();
         for i in 1..=10 {
-            idx.insert(1, &t("a"), TaskId(i));
+            put(&mut idx, 1, "u", "a", i);
         }
         let mut running = RunningSet::default();
-        running.insert(TaskId(100), &t("a"));
-        running.insert(TaskId(101), &t("z"));
-        let got = idx.choose(&WorkerCapacity::any(5), &[&running], 100);
+        running.insert(TaskId(100), key("a", "u"));
+        running.insert(TaskId(101), key("z", "u"));
+        let got = choose(&mut idx, &WorkerCapacity::any(5), &[&running], 100);
         assert_eq!(ids(&got), vec![1, 2, 3]);
         assert_eq!(idx.len(), 7);
     }
@@ -418,35 +867,35 @@ mod tests {
         // together; a type with no entry and no `any` is never chosen.
         let mut idx = WaitingIndex::default();
         for i in 1..=5 {
-            idx.insert(1, &t("mail"), TaskId(i));
-            idx.insert(1, &t("batch"), TaskId(10 + i));
-            idx.insert(1, &t("other"), TaskId(20 + i));
+            put(&mut idx, 1, "u", "mail", i);
+            put(&mut idx, 1, "u", "batch", 10 + i);
+            put(&mut idx, 1, "u", "other", 20 + i);
         }
         let mut running = RunningSet::default();
-        running.insert(TaskId(100), &t("mail"));
+        running.insert(TaskId(100), key("mail", "u"));
         let c = cap(100, &[("mail", 3), ("any", 2)], &[0]);
-        let got = idx.choose(&c, &[&running], 100);
+        let got = choose(&mut idx, &c, &[&running], 100);
         let mails = got.iter().filter(|c| &*c.task_type == "mail").count();
         let others = got.iter().filter(|c| &*c.task_type != "mail").count();
         assert_eq!(mails, 2, "3 allowed, 1 already running");
         assert_eq!(others, 2, "any = 2 for batch and other together");
 
         let mut idx = WaitingIndex::default();
-        idx.insert(1, &t("other"), TaskId(1));
+        put(&mut idx, 1, "u", "other", 1);
         let c = cap(100, &[("mail", 3)], &[0]);
-        assert!(idx.choose(&c, &[], 100).is_empty());
+        assert!(choose(&mut idx, &c, &[], 100).is_empty());
     }
 
     #[test]
     fn zero_entries_are_ignored_and_empty_map_means_any() {
         // Goal: entries of 0 do not forbid a type; an empty map accepts every type.
         let mut idx = WaitingIndex::default();
-        idx.insert(1, &t("x"), TaskId(1));
+        put(&mut idx, 1, "u", "x", 1);
         let c = cap(4, &[("x", 0), ("any", 1)], &[0]);
-        assert_eq!(ids(&idx.choose(&c, &[], 10)), vec![1]);
-        idx.insert(1, &t("y"), TaskId(2));
+        assert_eq!(ids(&choose(&mut idx, &c, &[], 10)), vec![1]);
+        put(&mut idx, 1, "u", "y", 2);
         let c = cap(4, &[], &[0]);
-        assert_eq!(ids(&idx.choose(&c, &[], 10)), vec![2]);
+        assert_eq!(ids(&choose(&mut idx, &c, &[], 10)), vec![2]);
     }
 
     #[test]
@@ -454,20 +903,37 @@ mod tests {
         // Goal: groups are served in the worker's order, groups reached through 0 last, excluded
         // groups never through 0.
         let mut idx = WaitingIndex::default();
-        idx.insert(7, &t("a"), TaskId(1));
-        idx.insert(2, &t("a"), TaskId(2));
-        idx.insert(3, &t("a"), TaskId(3));
-        idx.insert(9, &t("a"), TaskId(4));
+        put(&mut idx, 7, "g7", "a", 1);
+        put(&mut idx, 2, "g2", "a", 2);
+        put(&mut idx, 3, "g3", "a", 3);
+        put(&mut idx, 9, "g9", "a", 4);
         let mut c = cap(10, &[], &[3, 2, 0]);
         c.excluded_groups = vec![9];
-        let got = idx.choose(&c, &[], 10);
+        let got = choose(&mut idx, &c, &[], 10);
         assert_eq!(ids(&got), vec![3, 2, 1]);
         assert_eq!(idx.len(), 1);
 
         let c = cap(10, &[], &[2]);
         let mut idx2 = WaitingIndex::default();
-        idx2.insert(1, &t("a"), TaskId(1));
-        assert!(idx2.choose(&c, &[], 10).is_empty(), "group 1 not served");
+        put(&mut idx2, 1, "u", "a", 1);
+        assert!(
+            choose(&mut idx2, &c, &[], 10).is_empty(),
+            "group 1 not served"
+        );
+    }
+
+    #[test]
+    fn a_level_change_moves_a_tenant_at_once() {
+        // Goal: changing a tenant's group moves its waiting tasks to the new group's tier.
+        let mut idx = WaitingIndex::default();
+        put(&mut idx, 1, "u", "a", 1);
+        put(&mut idx, 1, "u", "a", 2);
+        let only2 = cap(10, &[], &[2]);
+        assert!(choose(&mut idx, &only2, &[], 10).is_empty());
+        idx.set_level("u", 2, &none());
+        assert_eq!(idx.group_of("u"), Some(2));
+        assert_eq!(ids(&choose(&mut idx, &only2, &[], 10)), vec![1, 2]);
+        assert!(idx.groups.is_empty() && idx.tenants.is_empty());
     }
 
     #[test]
@@ -475,9 +941,9 @@ mod tests {
         // Goal: a choice never exceeds its budget even with more room.
         let mut idx = WaitingIndex::default();
         for i in 1..=10 {
-            idx.insert(1, &t("a"), TaskId(i));
+            put(&mut idx, 1, "u", "a", i);
         }
-        assert_eq!(idx.choose(&WorkerCapacity::any(10), &[], 4).len(), 4);
+        assert_eq!(choose(&mut idx, &WorkerCapacity::any(10), &[], 4).len(), 4);
         assert_eq!(idx.len(), 6);
     }
 
@@ -485,18 +951,107 @@ mod tests {
     fn remove_is_idempotent_and_cleans_empty_queues() {
         // Goal: removing twice is harmless and empty queues do not linger.
         let mut idx = WaitingIndex::default();
-        idx.insert(1, &t("a"), TaskId(1));
-        assert!(idx.remove(1, "a", TaskId(1)));
-        assert!(!idx.remove(1, "a", TaskId(1)));
+        put(&mut idx, 1, "u", "a", 1);
+        assert!(idx.remove("u", "a", 0, TaskId(1)));
+        assert!(!idx.remove("u", "a", 0, TaskId(1)));
         assert!(idx.groups.is_empty());
+        assert!(idx.tenants.is_empty());
         assert_eq!(idx.len(), 0);
+    }
+
+    #[test]
+    fn user_share_caps_each_user_per_type() {
+        // Goal: with 10 threads at 80 %, a user running 5 gets only 3 more; another user still
+        // gets room; the share is at least 1 even when the percentage rounds down to 0.
+        let mut c = cap(10, &[], &[0]);
+        c.max_thread_per_user_per_task_type_percent = 80;
+        let mut running = RunningSet::default();
+        for i in 0..5 {
+            running.insert(TaskId(100 + i), key("a", "u"));
+        }
+        let mut idx = WaitingIndex::default();
+        for i in 1..=10 {
+            put(&mut idx, 1, "u", "a", i);
+        }
+        put(&mut idx, 1, "v", "a", 50);
+        let got = choose(&mut idx, &c, &[&running], 100);
+        let of_u = got.iter().filter(|c| &*c.user == "u").count();
+        assert_eq!(of_u, 3, "{got:?}");
+        assert_eq!(got.len(), 4, "v gets the fourth free thread: {got:?}");
+
+        let mut c = cap(10, &[("a", 1)], &[0]);
+        c.max_thread_per_user_per_task_type_percent = 80;
+        let mut idx = WaitingIndex::default();
+        put(&mut idx, 1, "u", "a", 1);
+        put(&mut idx, 1, "u", "a", 2);
+        assert_eq!(ids(&choose(&mut idx, &c, &[], 10)), vec![1]);
+
+        let mut c = cap(10, &[("any", 1)], &[0]);
+        c.max_thread_per_user_per_task_type_percent = 80;
+        let mut idx = WaitingIndex::default();
+        put(&mut idx, 1, "u", "a", 1);
+        put(&mut idx, 1, "u", "a", 2);
+        assert_eq!(ids(&choose(&mut idx, &c, &[], 10)), vec![1]);
+    }
+
+    #[test]
+    fn resource_limits_of_worker_and_cluster_both_bind() {
+        // Goal: a task runs only while every resource of its tenant has room on the worker and in
+        // the cluster; the stricter limit wins; a tenant without the resource is not held back.
+        let r1 = res(&["db1"]);
+        let mut idx = WaitingIndex::default();
+        for i in 1..=10 {
+            put_full(&mut idx, 1, "u", "a", i, 0, &r1);
+        }
+        put(&mut idx, 1, "free", "a", 20);
+        let mut c = cap(100, &[], &[0]);
+        c.resource_limits.insert("db1".into(), 2);
+        let got = idx.choose(&c, &[], &GlobalResources::NONE, 100);
+        assert_eq!(ids(&got), vec![1, 2, 20]);
+        assert_eq!(&*got[0].resources, &*r1);
+
+        // Globally 3, 2 already used elsewhere: only 1 more, although the worker allows 2.
+        let limits = BTreeMap::from([("db1".to_string(), 3)]);
+        let used = HashMap::from([(t("db1"), 2)]);
+        let global = GlobalResources {
+            limits: &limits,
+            used: &[&used],
+        };
+        let got = idx.choose(&c, &[], &global, 100);
+        assert_eq!(ids(&got), vec![3]);
+        // Running tasks on the worker count against its limit.
+        let mut running = RunningSet::default();
+        running.insert(
+            TaskId(99),
+            RunKey {
+                task_type: t("a"),
+                user: t("u"),
+                resources: r1.clone(),
+            },
+        );
+        running.insert(
+            TaskId(98),
+            RunKey {
+                task_type: t("a"),
+                user: t("u"),
+                resources: r1.clone(),
+            },
+        );
+        assert!(
+            idx.choose(&c, &[&running], &GlobalResources::NONE, 100)
+                .is_empty()
+        );
     }
 
     #[test]
     fn admits_agrees_with_choose() {
         // Goal: `admits` says yes exactly when `choose` would pick a lone task.
         let mut running = RunningSet::default();
-        running.insert(TaskId(100), &t("a"));
+        running.insert(TaskId(100), key("a", "u"));
+        let mut shared = cap(4, &[], &[0]);
+        shared.max_thread_per_user_per_task_type_percent = 25;
+        let mut limited = cap(4, &[], &[0]);
+        limited.resource_limits.insert("r".into(), 1);
         let caps = [
             cap(1, &[], &[0]),
             cap(2, &[], &[0]),
@@ -505,32 +1060,57 @@ mod tests {
             cap(3, &[("a", 1), ("any", 1)], &[0]),
             cap(3, &[], &[2]),
             cap(3, &[], &[1]),
+            shared,
+            limited,
         ];
         for c in caps {
-            for (task_type, group) in [("a", 1), ("b", 1), ("a", 2), ("b", 3)] {
+            for (task_type, group, user, r) in [
+                ("a", 1, "u", none()),
+                ("b", 1, "u", none()),
+                ("a", 2, "v", none()),
+                ("b", 3, "u", none()),
+                ("a", 1, "v", res(&["r"])),
+            ] {
                 let mut idx = WaitingIndex::default();
-                idx.insert(group, &t(task_type), TaskId(1));
-                let chosen = !idx.choose(&c, &[&running], 10).is_empty();
+                put_full(&mut idx, group, user, task_type, 1, 0, &r);
+                let chosen = !choose(&mut idx, &c, &[&running], 10).is_empty();
+                let cand = Candidate {
+                    group,
+                    user,
+                    task_type,
+                    resources: &r,
+                };
                 assert_eq!(
-                    c.admits(&[&running], task_type, group),
+                    c.admits(&[&running], &GlobalResources::NONE, &cand),
                     chosen,
-                    "{c:?} {task_type} {group}"
+                    "{c:?} {task_type} {group} {user}"
                 );
             }
         }
     }
 
     #[test]
-    fn running_set_counts_by_type() {
-        // Goal: counts follow inserts and removes.
+    fn running_set_counts_by_type_user_and_resource() {
+        // Goal: counts follow inserts and removes and never linger at zero.
         let mut r = RunningSet::default();
-        assert!(r.insert(TaskId(1), &t("a")));
-        assert!(!r.insert(TaskId(1), &t("a")));
-        r.insert(TaskId(2), &t("a"));
+        let k = RunKey {
+            task_type: t("a"),
+            user: t("u"),
+            resources: res(&["x", "y"]),
+        };
+        assert!(r.insert(TaskId(1), k.clone()));
+        assert!(!r.insert(TaskId(1), k.clone()));
+        r.insert(TaskId(2), key("a", "v"));
         assert_eq!(r.count_of("a"), 2);
-        assert!(r.remove(TaskId(1), "a"));
-        assert!(!r.remove(TaskId(1), "a"));
+        assert_eq!(r.count_of_user("u", "a"), 1);
+        assert_eq!(r.count_of_resource("x"), 1);
+        assert_eq!(r.remove(TaskId(1)), Some(k));
+        assert!(r.remove(TaskId(1)).is_none());
         assert_eq!(r.count_of("a"), 1);
+        assert_eq!(r.count_of_user("u", "a"), 0);
+        assert_eq!(r.count_of_resource("x"), 0);
         assert_eq!(r.len(), 1);
+        r.remove(TaskId(2));
+        assert_eq!(r, RunningSet::default());
     }
 }

@@ -8,9 +8,11 @@ use std::sync::Arc;
 
 use crate::idempotency::IdempotencyKey;
 use crate::model::{
-    CodePool, Millis, Task, TaskExtra, TaskId, TaskStatus, Transaction, WorkerRecord, WorkerStatus,
+    CodePool, Millis, ServiceLevel, Task, TaskExtra, TaskId, TaskStatus, Transaction, WorkerRecord,
+    WorkerStatus,
 };
-use crate::state::{BrokerState, GroupMapper};
+use crate::scheduler::RunKey;
+use crate::state::{BrokerState, GroupMapper, Level, normalize_resources};
 
 /// A task as stored in a snapshot.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
@@ -49,6 +51,8 @@ pub struct TaskRecord {
     pub resources: Vec<String>,
     /// Attempts that answered "retry later" (snapshot version 3).
     pub deferrals: u32,
+    /// Priority inside its owner's queue.
+    pub priority: i32,
 }
 
 impl From<&Task> for TaskRecord {
@@ -71,6 +75,7 @@ impl From<&Task> for TaskRecord {
             mode: t.mode().map(str::to_string),
             resources: t.resources().iter().map(|r| r.to_string()).collect(),
             deferrals: t.deferrals(),
+            priority: t.priority(),
         }
     }
 }
@@ -128,6 +133,9 @@ pub struct Snapshot {
     pub codepools: Vec<CodePool>,
     /// Idempotency keys kept, oldest first.
     pub idempotency_keys: Vec<IdempotencyKey>,
+    /// Service levels set at runtime, by user (restored before the tasks, which are queued
+    /// under them).
+    pub service_levels: Vec<(String, ServiceLevel)>,
 }
 
 /// A consistent copy of everything a snapshot holds, cheap to take between two rounds: tasks are
@@ -147,6 +155,8 @@ pub struct SnapshotSource {
     pub codepools: Vec<CodePool>,
     /// Idempotency keys kept, oldest first (shared strings: copying one is a pointer).
     pub idempotency_keys: Vec<IdempotencyKey>,
+    /// Service levels set at runtime, by user.
+    pub service_levels: Vec<(String, ServiceLevel)>,
 }
 
 /// Why a snapshot cannot be turned back into a state.
@@ -188,7 +198,14 @@ impl BrokerState {
             transactions: self.transactions().cloned().collect(),
             codepools: self.codepools().cloned().collect(),
             idempotency_keys: self.idempotency_keys().collect(),
+            service_levels: self.service_level_records(),
         }
+    }
+
+    fn service_level_records(&self) -> Vec<(String, ServiceLevel)> {
+        self.service_levels()
+            .map(|(u, l)| (u.to_string(), l))
+            .collect()
     }
 
     /// The whole state as owned records.
@@ -200,6 +217,7 @@ impl BrokerState {
             transactions: self.transactions().cloned().collect(),
             codepools: self.codepools().cloned().collect(),
             idempotency_keys: self.idempotency_keys().collect(),
+            service_levels: self.service_level_records(),
         }
     }
 
@@ -212,6 +230,9 @@ impl BrokerState {
         mapper: Arc<dyn GroupMapper>,
     ) -> Result<BrokerState, RestoreError> {
         let mut b = StateBuilder::new(snapshot.header, mapper);
+        for (user, level) in snapshot.service_levels {
+            b.add_service_level(&user, level)?;
+        }
         for t in snapshot.tasks {
             b.add_task(t)?;
         }
@@ -265,13 +286,14 @@ impl StateBuilder {
         }
         let task_type = s.intern(&r.task_type);
         let user_id = s.intern(&r.user_id);
-        let group = s.mapper().group_of(&user_id, &task_type);
         let worker_id = r.worker_id.as_deref().map(|w| s.intern(w));
+        let resources = normalize_resources(r.resources);
         let has_extra = r.slot.is_some()
             || r.codepool.is_some()
             || r.mode.is_some()
-            || !r.resources.is_empty()
-            || r.deferrals > 0;
+            || !resources.is_empty()
+            || r.deferrals > 0
+            || r.priority != 0;
         let task = Task {
             id,
             task_type,
@@ -285,14 +307,14 @@ impl StateBuilder {
             created: r.created,
             deadline: r.deadline.max(0),
             requested_start_time: r.requested_start_time.max(0),
-            group,
             extra: has_extra.then(|| {
                 Box::new(TaskExtra {
                     slot: r.slot.map(Into::into),
                     codepool: r.codepool.map(Into::into),
                     mode: r.mode.map(Into::into),
-                    resources: r.resources.into_iter().map(Into::into).collect(),
+                    resources: resources.iter().map(|r| r.as_str().into()).collect(),
                     deferrals: r.deferrals,
+                    priority: r.priority,
                 })
             }),
         };
@@ -309,17 +331,26 @@ impl StateBuilder {
         }
         match status {
             TaskStatus::Waiting => {
-                s.waiting.insert(task.group, &task.task_type, id);
+                s.queue_waiting(&task);
             }
             TaskStatus::Delayed => {
                 s.delayed.insert((task.requested_start_time, id));
             }
             TaskStatus::Running => {
                 let worker = task.worker_id.clone().expect("checked above");
-                s.running
-                    .entry(worker)
-                    .or_default()
-                    .insert(id, &task.task_type);
+                // Counters are rebuilt from the running tasks' recorded resources.
+                let charged = s.intern_resources(&resources);
+                for r in charged.iter() {
+                    *s.resources_in_use.entry(r.clone()).or_default() += 1;
+                }
+                s.running.entry(worker).or_default().insert(
+                    id,
+                    RunKey {
+                        task_type: task.task_type.clone(),
+                        user: task.user_id.clone(),
+                        resources: charged,
+                    },
+                );
             }
             TaskStatus::Finished | TaskStatus::Error => {
                 s.ended.insert((task.created, id));
@@ -334,6 +365,38 @@ impl StateBuilder {
         s.counts[status.index()] += 1;
         s.max_task_id = s.max_task_id.max(r.id);
         s.tasks.insert(id, Arc::new(task));
+        Ok(())
+    }
+
+    /// Adds a service level set at runtime; every one comes before the first task.
+    ///
+    /// # Errors
+    /// An empty or duplicate user, or a level after the first task.
+    pub fn add_service_level(
+        &mut self,
+        user: &str,
+        level: ServiceLevel,
+    ) -> Result<(), RestoreError> {
+        let what = || format!("service level of {user:?}");
+        if user.is_empty() {
+            return Err(invalid(what(), "empty user id"));
+        }
+        if !self.state.tasks.is_empty() {
+            return Err(invalid(what(), "after the first task"));
+        }
+        let user_id = self.state.intern(user);
+        if self.state.service_levels.contains_key(&user_id) {
+            return Err(invalid(what(), "duplicate user"));
+        }
+        let resources = normalize_resources(level.resources);
+        let resources = self.state.intern_resources(&resources);
+        self.state.service_levels.insert(
+            user_id,
+            Level {
+                group: level.group,
+                resources,
+            },
+        );
         Ok(())
     }
 

@@ -11,17 +11,23 @@ use std::sync::Arc;
 use crate::entry::{LogEntry, NewTask};
 use crate::idempotency::{IdempotencyKey, IdempotencyKeys};
 use crate::model::{
-    CodePool, GroupId, Millis, Task, TaskExtra, TaskId, TaskStatus, Transaction, TransactionId,
-    WorkerRecord, WorkerStatus,
+    CodePool, GroupId, Millis, ServiceLevel, Task, TaskExtra, TaskId, TaskStatus, Transaction,
+    TransactionId, WorkerRecord, WorkerStatus,
 };
-use crate::scheduler::{RunningSet, WaitingIndex};
+use crate::scheduler::{Queued, Resources, RunKey, RunningSet, WaitingIndex};
 
-/// Maps a task's user (and type) to its group; computed when a task enters the waiting queues.
+/// The default service level of users without one set at runtime (through
+/// [`LogEntry::SetServiceLevel`]); consulted when a task enters the waiting queues.
 ///
 /// Must be fast and deterministic: every broker must use the same mapping for the same input.
 pub trait GroupMapper: Send + Sync + fmt::Debug {
-    /// The group of a task of `task_type` owned by `user_id`.
-    fn group_of(&self, user_id: &str, task_type: &str) -> GroupId;
+    /// The group of the tasks of `user_id`.
+    fn group_of(&self, user_id: &str) -> GroupId;
+
+    /// The named resources every running task of `user_id` uses (none by default).
+    fn resources_of(&self, _user_id: &str) -> Vec<String> {
+        Vec::new()
+    }
 }
 
 /// The original's standalone default: the user id read as a number, else group 1.
@@ -29,9 +35,16 @@ pub trait GroupMapper: Send + Sync + fmt::Debug {
 pub struct DefaultGroupMapper;
 
 impl GroupMapper for DefaultGroupMapper {
-    fn group_of(&self, user_id: &str, _task_type: &str) -> GroupId {
+    fn group_of(&self, user_id: &str) -> GroupId {
         user_id.trim().parse().unwrap_or(1)
     }
+}
+
+/// A service level as the state keeps it (resources shared by every task of the user).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub(crate) struct Level {
+    pub(crate) group: GroupId,
+    pub(crate) resources: Resources,
 }
 
 /// Why an entry could not be applied. On the leader this is a bug (it validated the entry); in a
@@ -155,6 +168,10 @@ pub struct BrokerState {
     pub(crate) max_transaction_id: u64,
     pub(crate) last_lsn: u64,
     pub(crate) counts: [u64; 5],
+    /// Service levels set at runtime, by user (others get the mapper's).
+    pub(crate) service_levels: BTreeMap<Arc<str>, Level>,
+    /// Running tasks per named resource, over every worker (the sums of the running sets).
+    pub(crate) resources_in_use: HashMap<Arc<str>, u32>,
     interned: HashSet<Arc<str>>,
     mapper: Arc<dyn GroupMapper>,
 }
@@ -191,6 +208,8 @@ impl PartialEq for BrokerState {
             && self.max_transaction_id == other.max_transaction_id
             && self.last_lsn == other.last_lsn
             && self.counts == other.counts
+            && self.service_levels == other.service_levels
+            && self.resources_in_use == other.resources_in_use
     }
 }
 
@@ -221,6 +240,8 @@ impl BrokerState {
             max_transaction_id: 0,
             last_lsn: 0,
             counts: [0; 5],
+            service_levels: BTreeMap::new(),
+            resources_in_use: HashMap::new(),
             interned: HashSet::new(),
             mapper,
         }
@@ -354,6 +375,57 @@ impl BrokerState {
         &self.mapper
     }
 
+    /// Service levels set at runtime, by user.
+    pub fn service_levels(&self) -> impl Iterator<Item = (&str, ServiceLevel)> + '_ {
+        self.service_levels
+            .iter()
+            .map(|(u, l)| (&**u, l.to_model()))
+    }
+
+    /// The service level a user's tasks get now: the one set at runtime, else the mapper's.
+    pub fn service_level_of(&self, user_id: &str) -> ServiceLevel {
+        match self.service_levels.get(user_id) {
+            Some(l) => l.to_model(),
+            None => ServiceLevel {
+                group: self.mapper.group_of(user_id),
+                resources: normalize_resources(self.mapper.resources_of(user_id)),
+            },
+        }
+    }
+
+    /// The group and shared resources a user's tasks get now.
+    pub(crate) fn level_of(&mut self, user_id: &str) -> Level {
+        if let Some(l) = self.service_levels.get(user_id) {
+            return l.clone();
+        }
+        let group = self.mapper.group_of(user_id);
+        let resources = normalize_resources(self.mapper.resources_of(user_id));
+        Level {
+            group,
+            resources: self.intern_resources(&resources),
+        }
+    }
+
+    pub(crate) fn intern_resources(&mut self, names: &[String]) -> Resources {
+        let v: Vec<Arc<str>> = names.iter().map(|n| self.intern(n)).collect();
+        v.into()
+    }
+
+    /// Running tasks using a named resource, over every worker.
+    pub fn resource_in_use(&self, resource: &str) -> u32 {
+        self.resources_in_use.get(resource).copied().unwrap_or(0)
+    }
+
+    /// Running tasks per named resource in use.
+    pub fn resources_in_use(&self) -> &HashMap<Arc<str>, u32> {
+        &self.resources_in_use
+    }
+
+    /// The group a waiting task is queued in now (its owner's current service level).
+    pub fn queued_group_of(&self, user_id: &str) -> Option<GroupId> {
+        self.waiting.group_of(user_id)
+    }
+
     // ----- apply -----
 
     /// Applies the entry at position `lsn`.
@@ -423,23 +495,35 @@ impl BrokerState {
                     });
                 }
                 let worker = self.intern(&worker_id);
+                let mut names = resources.clone();
+                names.sort();
+                names.dedup();
+                let charged = self.intern_resources(&names);
                 let task = Arc::make_mut(self.tasks.get_mut(&task_id).expect("checked above"));
-                self.waiting.remove(task.group, &task.task_type, task.id);
+                self.waiting
+                    .remove(&task.user_id, &task.task_type, task.priority(), task.id);
                 if task.deadline > 0 {
                     self.deadlines.remove(&(task.deadline, task.id));
                 }
-                let newly = self
-                    .running
-                    .entry(worker.clone())
-                    .or_default()
-                    .insert(task.id, &task.task_type);
+                for r in charged.iter() {
+                    *self.resources_in_use.entry(r.clone()).or_default() += 1;
+                }
+                let newly = self.running.entry(worker.clone()).or_default().insert(
+                    task.id,
+                    RunKey {
+                        task_type: task.task_type.clone(),
+                        user: task.user_id.clone(),
+                        resources: charged,
+                    },
+                );
                 assert!(newly, "task {task_id} has at most one live assignment");
                 task.status = TaskStatus::Running;
                 task.attempts = attempt;
                 task.worker_id = Some(worker);
-                if !resources.is_empty() || task.extra.is_some() {
+                if !names.is_empty() || task.extra.is_some() {
                     task.extra.get_or_insert_with(Default::default).resources =
-                        resources.into_iter().map(Into::into).collect();
+                        names.into_iter().map(Into::into).collect();
+                    tidy_extra(task);
                 }
                 self.counts[TaskStatus::Waiting.index()] -= 1;
                 self.counts[TaskStatus::Running.index()] += 1;
@@ -598,6 +682,66 @@ impl BrokerState {
                 until,
                 timestamp: _,
             } => self.defer(task_id, attempt, until)?,
+            LogEntry::SetServiceLevel {
+                user_id,
+                level,
+                timestamp: _,
+            } => {
+                if user_id.is_empty() {
+                    return Err(ApplyError::Invalid(
+                        "set_service_level: empty user id".into(),
+                    ));
+                }
+                let user = self.intern(&user_id);
+                match level {
+                    Some(l) => {
+                        let resources = normalize_resources(l.resources);
+                        let level = Level {
+                            group: l.group,
+                            resources: self.intern_resources(&resources),
+                        };
+                        self.service_levels.insert(user.clone(), level);
+                    }
+                    None => {
+                        self.service_levels.remove(&user);
+                    }
+                }
+                let level = self.level_of(&user);
+                self.waiting.set_level(&user, level.group, &level.resources);
+            }
+            LogEntry::SetTaskPriority {
+                task_id,
+                priority,
+                timestamp: _,
+            } => {
+                let task = self.tasks.get(&task_id).ok_or(ApplyError::NoSuchTask {
+                    entry: "set_task_priority",
+                    task: task_id,
+                })?;
+                if !matches!(task.status, TaskStatus::Waiting | TaskStatus::Delayed) {
+                    return Err(ApplyError::Invalid(format!(
+                        "set_task_priority: task {task_id} is {}, only waiting or delayed tasks \
+                         change priority",
+                        task.status
+                    )));
+                }
+                let old = task.priority();
+                let requeue = task.status == TaskStatus::Waiting
+                    && self
+                        .waiting
+                        .remove(&task.user_id, &task.task_type, old, task_id);
+                let task = Arc::make_mut(self.tasks.get_mut(&task_id).expect("checked above"));
+                if priority != 0 || task.extra.is_some() {
+                    task.extra.get_or_insert_with(Default::default).priority = priority;
+                    tidy_extra(task);
+                }
+                if requeue {
+                    // Queued again only if it was queued: the leader may have taken it out
+                    // already (its assignment is in flight).
+                    let task = self.tasks.get(&task_id).expect("checked above").clone();
+                    self.queue_waiting(&task);
+                }
+            }
         }
         Ok(())
     }
@@ -628,12 +772,7 @@ impl BrokerState {
             .worker_id
             .as_ref()
             .expect("a running task has a worker");
-        if let Some(set) = self.running.get_mut(worker) {
-            set.remove(id, &task.task_type);
-            if set.is_empty() {
-                self.running.remove(worker);
-            }
-        }
+        leave_running(&mut self.running, &mut self.resources_in_use, worker, id);
         task.status = TaskStatus::Delayed;
         task.requested_start_time = until.max(0);
         task.extra.get_or_insert_with(Default::default).deferrals += 1;
@@ -690,18 +829,19 @@ impl BrokerState {
         let status = t.initial_status();
         let task_type = self.intern(&t.task_type);
         let user_id = self.intern(&t.user_id);
-        let group = self.mapper.group_of(&user_id, &task_type);
-        let extra = if t.slot.is_some() || t.codepool.is_some() || t.mode.is_some() {
-            Some(Box::new(TaskExtra {
-                slot: t.slot.map(Into::into),
-                codepool: t.codepool.map(Into::into),
-                mode: t.mode.map(Into::into),
-                resources: Vec::new(),
-                deferrals: 0,
-            }))
-        } else {
-            None
-        };
+        let extra =
+            if t.slot.is_some() || t.codepool.is_some() || t.mode.is_some() || t.priority != 0 {
+                Some(Box::new(TaskExtra {
+                    slot: t.slot.map(Into::into),
+                    codepool: t.codepool.map(Into::into),
+                    mode: t.mode.map(Into::into),
+                    resources: Vec::new(),
+                    deferrals: 0,
+                    priority: t.priority,
+                }))
+            } else {
+                None
+            };
         let task = Task {
             id: t.id,
             task_type,
@@ -715,7 +855,6 @@ impl BrokerState {
             created: t.created,
             deadline: t.deadline.max(0),
             requested_start_time: t.requested_start_time.max(0),
-            group,
             extra,
         };
         if let Some(slot) = task.slot() {
@@ -733,11 +872,24 @@ impl BrokerState {
         self.tasks.insert(task.id, Arc::new(task));
     }
 
+    /// Queues a waiting task under its owner's current service level.
+    pub(crate) fn queue_waiting(&mut self, task: &Task) {
+        let level = self.level_of(&task.user_id);
+        self.waiting.insert(Queued {
+            group: level.group,
+            resources: &level.resources,
+            user: &task.user_id,
+            task_type: &task.task_type,
+            priority: task.priority(),
+            id: task.id,
+        });
+    }
+
     /// Adds a waiting or delayed task to the queues it belongs to.
-    fn index_pending(&mut self, task: &Task) {
+    pub(crate) fn index_pending(&mut self, task: &Task) {
         match task.status {
             TaskStatus::Waiting => {
-                self.waiting.insert(task.group, &task.task_type, task.id);
+                self.queue_waiting(task);
             }
             TaskStatus::Delayed => {
                 self.delayed.insert((task.requested_start_time, task.id));
@@ -787,15 +939,11 @@ impl BrokerState {
                     .worker_id
                     .as_ref()
                     .expect("a running task has a worker");
-                if let Some(set) = self.running.get_mut(worker) {
-                    set.remove(id, &task.task_type);
-                    if set.is_empty() {
-                        self.running.remove(worker);
-                    }
-                }
+                leave_running(&mut self.running, &mut self.resources_in_use, worker, id);
             }
             TaskStatus::Waiting => {
-                self.waiting.remove(task.group, &task.task_type, id);
+                self.waiting
+                    .remove(&task.user_id, &task.task_type, task.priority(), id);
             }
             TaskStatus::Delayed => {
                 self.delayed.remove(&(task.requested_start_time, id));
@@ -862,7 +1010,8 @@ impl BrokerState {
         if let Some(task) = self.tasks.get(&id) {
             match task.status {
                 TaskStatus::Waiting => {
-                    self.waiting.remove(task.group, &task.task_type, id);
+                    self.waiting
+                        .remove(&task.user_id, &task.task_type, task.priority(), id);
                 }
                 TaskStatus::Delayed => {
                     self.delayed.remove(&(task.requested_start_time, id));
@@ -887,8 +1036,20 @@ impl BrokerState {
             match task.status {
                 TaskStatus::Waiting => {
                     waiting += 1;
-                    if !self.waiting.contains(task.group, &task.task_type, task.id) {
+                    if !self.waiting.contains(
+                        &task.user_id,
+                        &task.task_type,
+                        task.priority(),
+                        task.id,
+                    ) {
                         return Err(format!("waiting task {} is not queued", task.id));
+                    }
+                    let level = self.service_level_of(&task.user_id);
+                    if self.waiting.group_of(&task.user_id) != Some(level.group) {
+                        return Err(format!(
+                            "waiting task {} is not queued in its owner's group {}",
+                            task.id, level.group
+                        ));
                     }
                 }
                 TaskStatus::Delayed => {
@@ -954,8 +1115,98 @@ impl BrokerState {
                 ));
             }
         }
+        // Resource counters equal the sums over the running tasks' recorded resources.
+        let mut in_use: HashMap<Arc<str>, u32> = HashMap::new();
+        for task in self.tasks.values() {
+            if task.status == TaskStatus::Running {
+                for r in task.resources() {
+                    *in_use.entry(Arc::from(&**r)).or_default() += 1;
+                }
+            }
+        }
+        if in_use != self.resources_in_use {
+            return Err(format!(
+                "resource counters {:?} != running tasks' resources {in_use:?}",
+                self.resources_in_use
+            ));
+        }
+        for (worker, set) in &self.running {
+            let mut per: HashMap<Arc<str>, u32> = HashMap::new();
+            for (id, key) in set.entries() {
+                let task = self
+                    .tasks
+                    .get(&id)
+                    .ok_or_else(|| format!("{worker} runs unknown task {id}"))?;
+                if task.task_type != key.task_type || task.user_id != key.user {
+                    return Err(format!("running set of {worker} misdescribes task {id}"));
+                }
+                for r in key.resources.iter() {
+                    *per.entry(r.clone()).or_default() += 1;
+                }
+            }
+            let counted: HashMap<Arc<str>, u32> =
+                set.resources().map(|(r, n)| (r.clone(), n)).collect();
+            if per != counted {
+                return Err(format!(
+                    "resource counters of {worker} disagree with its tasks"
+                ));
+            }
+        }
         self.idempotency.check()?;
         self.check_pools()?;
         Ok(())
+    }
+}
+
+impl Level {
+    fn to_model(&self) -> ServiceLevel {
+        ServiceLevel {
+            group: self.group,
+            resources: self.resources.iter().map(|r| r.to_string()).collect(),
+        }
+    }
+}
+
+/// Takes a running task out of its worker's running set and the cluster's resource counters.
+fn leave_running(
+    running: &mut HashMap<Arc<str>, RunningSet>,
+    resources_in_use: &mut HashMap<Arc<str>, u32>,
+    worker: &str,
+    id: TaskId,
+) {
+    if let Some(set) = running.get_mut(worker) {
+        if let Some(key) = set.remove(id) {
+            for r in key.resources.iter() {
+                let n = resources_in_use
+                    .get_mut(r)
+                    .expect("a running task's resources are counted");
+                *n -= 1;
+                if *n == 0 {
+                    resources_in_use.remove(r);
+                }
+            }
+        }
+        if set.is_empty() {
+            running.remove(worker);
+        }
+    }
+}
+
+/// Sorted, without duplicates or empty names.
+pub(crate) fn normalize_resources(mut names: Vec<String>) -> Vec<String> {
+    names.retain(|n| !n.is_empty());
+    names.sort();
+    names.dedup();
+    names
+}
+
+/// Drops a task's extra fields when none is set, as a snapshot restores it.
+fn tidy_extra(task: &mut Task) {
+    if task
+        .extra
+        .as_deref()
+        .is_some_and(|e| *e == TaskExtra::default())
+    {
+        task.extra = None;
     }
 }

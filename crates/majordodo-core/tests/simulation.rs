@@ -16,8 +16,13 @@
 //! assigned, a slot is held by exactly one live or prepared task, a worker's cancelled
 //! attempts count against its capacity until it reports them, no task is deferred more than
 //! `max_deferrals` times and deferrals never use attempts.
-//! At the end: the leader's state passes every invariant and equals a replay of its log, a
-//! snapshot of it rebuilds it exactly, and no cancelled task was assigned again or changed.
+//! Limits: no worker runs more of one user's tasks of one type than its per-user share, no
+//! named resource is used beyond a worker's or the cluster's limit, counting assignments in
+//! flight; service levels change at random (moving waiting tasks between groups and resources)
+//! and so do waiting tasks' priorities.
+//! At the end: the leader's state passes every invariant (resource counters equal the sums over
+//! the running tasks) and equals a replay of its log, a snapshot of it rebuilds it exactly, and
+//! no cancelled task was assigned again or changed.
 
 mod support;
 
@@ -25,6 +30,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use majordodo_core::leader::{CANCELLED, Caller, Outcome, SubmitOutcome, SubmitRequest};
+use majordodo_core::model::ServiceLevel;
 use majordodo_core::{
     BrokerState, DefaultGroupMapper, LeaderConfig, LogEntry, Millis, TaskId, TaskStatus,
     TransactionId, WorkerCapacity,
@@ -118,6 +124,16 @@ enum Op {
         pool: u8,
         kind: u8,
     },
+    /// An admin changes a user's service level (`None`: back to the default).
+    SetLevel {
+        user: u8,
+        level: Option<(u8, u8)>,
+    },
+    /// An admin changes the priority of some task.
+    SetPriority {
+        pick: u8,
+        priority: i8,
+    },
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -146,6 +162,8 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3, any::<bool>()).prop_map(|(pool, ttl)| Op::CreatePool { pool, ttl }),
         1 => (0u8..3).prop_map(|pool| Op::DeletePool { pool }),
         2 => (0u8..3, 0u8..4).prop_map(|(pool, kind)| Op::SubmitWithPool { pool, kind }),
+        1 => (0u8..2, proptest::option::of((1u8..4, 0u8..4))).prop_map(|(user, level)| Op::SetLevel { user, level }),
+        1 => (any::<u8>(), -2i8..3).prop_map(|(pick, priority)| Op::SetPriority { pick, priority }),
     ]
 }
 
@@ -153,14 +171,19 @@ fn op() -> impl Strategy<Value = Op> {
 fn capacity(worker: u8) -> WorkerCapacity {
     let mut by_type = BTreeMap::new();
     let mut groups = vec![0];
+    let mut percent = 0;
+    let mut resource_limits = BTreeMap::new();
     match worker {
         0 => {
             by_type.insert("k0".to_string(), 1);
             by_type.insert("any".to_string(), 2);
+            percent = 50;
+            resource_limits.insert("r1".to_string(), 1);
         }
         1 => {
             by_type.insert("k1".to_string(), 2);
             groups = vec![2, 1];
+            resource_limits.insert("r2".to_string(), 1);
         }
         _ => {}
     }
@@ -169,6 +192,110 @@ fn capacity(worker: u8) -> WorkerCapacity {
         max_threads_by_task_type: by_type,
         groups,
         excluded_groups: if worker == 2 { vec![3] } else { vec![] },
+        max_thread_per_user_per_task_type_percent: percent,
+        resource_limits,
+    }
+}
+
+/// Global resource limits of the simulated cluster.
+fn global_limits() -> BTreeMap<String, u32> {
+    BTreeMap::from([("r1".to_string(), 2), ("r3".to_string(), 1)])
+}
+
+/// Resource sets a service level may give (index from `Op::SetLevel`).
+fn level_resources(i: u8) -> Vec<String> {
+    match i {
+        0 => vec![],
+        1 => vec!["r1".into()],
+        2 => vec!["r2".into(), "r3".into()],
+        _ => vec!["r1".into(), "r3".into()],
+    }
+}
+
+/// No worker runs (applied + in flight) more of one user's tasks of a type than its share, nor
+/// more tasks using a resource than its limit; the cluster never runs more tasks using a
+/// resource than the global limit.
+fn check_limits(sim: &Sim) {
+    // (worker, user, type, resources) of every task running or being assigned.
+    let mut live: Vec<(String, String, String, Vec<String>)> = Vec::new();
+    for task in sim
+        .state()
+        .tasks()
+        .filter(|t| t.status == TaskStatus::Running)
+    {
+        live.push((
+            task.worker_id.as_deref().unwrap().to_string(),
+            task.user_id.to_string(),
+            task.task_type.to_string(),
+            task.resources().iter().map(|r| r.to_string()).collect(),
+        ));
+    }
+    let mut new_tasks = BTreeMap::new();
+    for Batch { entries, .. } in &sim.inflight {
+        for e in entries {
+            if let LogEntry::AddTask(t) = e {
+                new_tasks.insert(t.id, (t.user_id.clone(), t.task_type.clone()));
+            }
+        }
+    }
+    for Batch { entries, .. } in &sim.inflight {
+        for e in entries {
+            if let LogEntry::AssignTask {
+                task_id,
+                worker_id,
+                resources,
+                ..
+            } = e
+            {
+                let who = match sim.state().task(*task_id) {
+                    Some(t) if t.status == TaskStatus::Waiting => {
+                        Some((t.user_id.to_string(), t.task_type.to_string()))
+                    }
+                    Some(_) => None,
+                    None => Some(new_tasks[task_id].clone()),
+                };
+                if let Some((user, task_type)) = who {
+                    live.push((worker_id.clone(), user, task_type, resources.clone()));
+                }
+            }
+        }
+    }
+    let mut global: BTreeMap<&str, u32> = BTreeMap::new();
+    for (_, _, _, res) in &live {
+        for r in res {
+            *global.entry(r).or_default() += 1;
+        }
+    }
+    for (r, limit) in global_limits() {
+        let n = global.get(r.as_str()).copied().unwrap_or(0);
+        assert!(
+            n <= limit,
+            "{n} tasks use {r} (global limit {limit}): {live:?}"
+        );
+    }
+    for w in 0..3u8 {
+        let name = format!("w{w}");
+        let cap = capacity(w);
+        let here: Vec<_> = live.iter().filter(|l| l.0 == name).collect();
+        for (r, limit) in &cap.resource_limits {
+            let n = here.iter().filter(|l| l.3.contains(r)).count() as u32;
+            assert!(
+                n <= *limit,
+                "{name}: {n} tasks use {r} (limit {limit}): {here:?}"
+            );
+        }
+        for (_, user, task_type, _) in &here {
+            if let Some(share) = cap.user_share(task_type) {
+                let n = here
+                    .iter()
+                    .filter(|l| &l.1 == user && &l.2 == task_type)
+                    .count() as u32;
+                assert!(
+                    n <= share,
+                    "{name}: user {user} runs {n} of {task_type} (share {share}): {here:?}"
+                );
+            }
+        }
     }
 }
 
@@ -511,6 +638,8 @@ fn run(ops: Vec<Op>) {
         transactions_ttl: 6_000,
         max_open_transactions: 4,
         max_deferrals: 1,
+        global_resource_limits: global_limits(),
+        groups: [1, 2, 3].into(),
     });
     sim.auto_receive = false;
     let mut txs: Vec<TransactionId> = Vec::new();
@@ -544,6 +673,7 @@ fn run(ops: Vec<Op>) {
                         requested_start_time: if delay { sim.now + 2_000 } else { 0 },
                         deadline: if deadline { sim.now + 5_000 } else { 0 },
                         idempotency_key: key.clone(),
+                        priority: i32::from(kind % 3) - 1,
                         ..Default::default()
                     },
                 );
@@ -740,8 +870,31 @@ fn run(ops: Vec<Op>) {
                 );
                 sim.push(entry.into_iter().collect());
             }
+            Op::SetLevel { user, level } => {
+                let level = level.map(|(group, res)| ServiceLevel {
+                    group: group.into(),
+                    resources: level_resources(res),
+                });
+                let entry = sim
+                    .leader
+                    .set_service_level(sim.now, &format!("{}", user % 2), level)
+                    .expect("levels of the simulation name known groups");
+                sim.push(vec![entry]);
+            }
+            Op::SetPriority { pick, priority } => {
+                let ids: Vec<TaskId> = sim.state().tasks().map(|t| t.id).collect();
+                if !ids.is_empty() {
+                    let id = ids[pick as usize % ids.len()];
+                    let status = sim.state().task(id).unwrap().status;
+                    if let Ok(entry) = sim.leader.set_task_priority(sim.now, id, priority.into()) {
+                        assert!(matches!(status, TaskStatus::Waiting | TaskStatus::Delayed));
+                        sim.push(vec![entry]);
+                    }
+                }
+            }
         }
         check_pools(&sim);
+        check_limits(&sim);
         check_capacity(&sim);
         check_attempts(&sim);
         check_delivery(&sim);

@@ -449,6 +449,7 @@ fn new_task(id: u64, slot: Option<&str>, created: i64, start: i64) -> NewTask {
         mode: None,
         created,
         idempotency_key: None,
+        priority: 0,
     }
 }
 
@@ -657,7 +658,7 @@ fn snapshot_round_trip_rebuilds_every_index() {
             max_threads: 3,
             max_threads_by_task_type: caps,
             groups: vec![0],
-            excluded_groups: vec![],
+            ..WorkerCapacity::default()
         },
     )
     .unwrap();

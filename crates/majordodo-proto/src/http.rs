@@ -69,6 +69,10 @@ pub use crate::record::MAX_IDEMPOTENCY_KEY_BYTES;
 /// ten thousand tasks keep that batch (and the answer) a few megabytes at most.
 pub const MAX_BATCH_TASKS: usize = 10_000;
 
+/// Largest task priority accepted, and its opposite the smallest: plenty of levels for any
+/// scheme, far from the integer limits.
+pub const MAX_PRIORITY: i64 = 1_000_000;
+
 /// Default `max` of the `tasks` view, as in the original.
 pub const DEFAULT_TASKS_MAX: u32 = 100;
 

@@ -12,8 +12,10 @@
 //! leader's. Version 3 adds the chunked code pool: `BeginCodePool` (tag 70) and
 //! `CodePoolChunk` (tag 71), which replace the one-record `CreateCodePool` (tag 24, still read:
 //! its archive had to fit one record), the owner of a transaction (field 40 of the transaction
-//! kinds) and the `DeferTask` kind (tag 40). Versions 1 to 3 are read; 3 is written (an older
-//! record has none of these; a transaction without owner is left to admins).
+//! kinds), the `DeferTask` kind (tag 40), the task's priority (field 50 of a new task) and the
+//! `SetServiceLevel` (tag 50) and `SetTaskPriority` (tag 51) kinds. Versions 1 to 3 are read; 3
+//! is written (an older record has none of these; a transaction without owner is left to
+//! admins).
 
 use majordodo_core::entry::{LogEntry, NewTask};
 use majordodo_core::{TaskId, TaskStatus, TransactionId};
@@ -55,7 +57,7 @@ struct RecordPb {
     version: u32,
     #[prost(
         oneof = "EntryPb",
-        tags = "11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24, 30, 31, 40, 70, 71"
+        tags = "11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24, 30, 31, 40, 50, 51, 70, 71"
     )]
     entry: Option<EntryPb>,
 }
@@ -101,6 +103,44 @@ enum EntryPb {
     /// Since version 3.
     #[prost(message, tag = "40")]
     DeferTask(DeferTaskPb),
+    /// Since version 3.
+    #[prost(message, tag = "50")]
+    SetServiceLevel(ServiceLevelPb),
+    /// Since version 3.
+    #[prost(message, tag = "51")]
+    SetTaskPriority(TaskPriorityPb),
+}
+
+/// Since version 3.
+#[derive(Clone, PartialEq, Message)]
+struct ServiceLevelPb {
+    #[prost(string, tag = "1")]
+    user_id: String,
+    /// Absent: back to the default level.
+    #[prost(message, optional, tag = "2")]
+    level: Option<LevelPb>,
+    #[prost(int64, tag = "3")]
+    timestamp: i64,
+}
+
+/// A service level; shared with snapshots.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct LevelPb {
+    #[prost(uint32, tag = "1")]
+    pub(crate) group: u32,
+    #[prost(string, repeated, tag = "2")]
+    pub(crate) resources: Vec<String>,
+}
+
+/// Since version 3.
+#[derive(Clone, PartialEq, Message)]
+struct TaskPriorityPb {
+    #[prost(uint64, tag = "1")]
+    task_id: u64,
+    #[prost(sint32, tag = "2")]
+    priority: i32,
+    #[prost(int64, tag = "3")]
+    timestamp: i64,
 }
 
 /// A task at submission; shared with snapshots (prepared tasks of transactions).
@@ -133,6 +173,9 @@ pub(crate) struct NewTaskPb {
     /// Since version 2.
     #[prost(string, optional, tag = "13")]
     idempotency_key: Option<String>,
+    /// Since version 3.
+    #[prost(sint32, tag = "50")]
+    priority: i32,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -306,6 +349,7 @@ impl From<&NewTask> for NewTaskPb {
             mode: t.mode.clone(),
             created: t.created,
             idempotency_key: t.idempotency_key.clone(),
+            priority: t.priority,
         }
     }
 }
@@ -332,6 +376,7 @@ impl NewTaskPb {
             mode: self.mode,
             created: self.created,
             idempotency_key: self.idempotency_key,
+            priority: self.priority,
         })
     }
 }
@@ -522,6 +567,27 @@ pub fn encode_entry(entry: &LogEntry) -> Vec<u8> {
             index: *index,
             data: data.clone(),
         }),
+        LogEntry::SetServiceLevel {
+            user_id,
+            level,
+            timestamp,
+        } => EntryPb::SetServiceLevel(ServiceLevelPb {
+            user_id: user_id.clone(),
+            level: level.as_ref().map(|l| LevelPb {
+                group: l.group,
+                resources: l.resources.clone(),
+            }),
+            timestamp: *timestamp,
+        }),
+        LogEntry::SetTaskPriority {
+            task_id,
+            priority,
+            timestamp,
+        } => EntryPb::SetTaskPriority(TaskPriorityPb {
+            task_id: task_id.0,
+            priority: *priority,
+            timestamp: *timestamp,
+        }),
     };
     RecordPb {
         version: RECORD_FORMAT_VERSION,
@@ -540,12 +606,15 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, RecordError> {
         return Err(RecordError::UnsupportedVersion(record.version));
     }
     // Version 1 is version 2 without the key and the forget kind, version 2 is version 3
-    // without chunked code pools, transaction owners and deferrals: one decoder reads them all.
+    // without chunked code pools, transaction owners, deferrals, priorities and service levels:
+    // one decoder reads them all.
     let entry = record.entry.ok_or(RecordError::UnknownKind)?;
     if record.version < 3 {
         let newer = match &entry {
             EntryPb::BeginCodePool(_) | EntryPb::CodePoolChunk(_) => Some("chunked code pool"),
             EntryPb::DeferTask(_) => Some("defer_task"),
+            EntryPb::SetServiceLevel(_) => Some("set_service_level"),
+            EntryPb::SetTaskPriority(_) => Some("set_task_priority"),
             EntryPb::BeginTransaction(t) if t.owner.is_some() => Some("transaction owner"),
             _ => None,
         };
@@ -658,6 +727,19 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, RecordError> {
             index: c.index,
             data: c.data,
         },
+        EntryPb::SetServiceLevel(l) => LogEntry::SetServiceLevel {
+            user_id: l.user_id,
+            level: l.level.map(|l| majordodo_core::model::ServiceLevel {
+                group: l.group,
+                resources: l.resources,
+            }),
+            timestamp: l.timestamp,
+        },
+        EntryPb::SetTaskPriority(p) => LogEntry::SetTaskPriority {
+            task_id: TaskId(p.task_id),
+            priority: p.priority,
+            timestamp: p.timestamp,
+        },
     })
 }
 
@@ -692,6 +774,7 @@ pub(crate) mod tests {
                 any::<i64>(),
             ),
             (opt_string(), opt_string(), opt_string(), opt_string()),
+            any::<i32>(),
         )
             .prop_map(
                 |(
@@ -699,6 +782,7 @@ pub(crate) mod tests {
                     (tt, user, data),
                     (max, att, start, deadline, created),
                     (slot, cp, mode, idempotency_key),
+                    priority,
                 )| {
                     NewTask {
                         id: TaskId(id),
@@ -714,6 +798,7 @@ pub(crate) mod tests {
                         mode,
                         created,
                         idempotency_key,
+                        priority,
                     }
                 },
             )
@@ -860,6 +945,26 @@ pub(crate) mod tests {
                     index,
                     data
                 }),
+            (
+                ".{0,8}",
+                proptest::option::of((any::<u32>(), proptest::collection::vec(".{0,5}", 0..3))),
+                any::<i64>()
+            )
+                .prop_map(|(user_id, level, timestamp)| LogEntry::SetServiceLevel {
+                    user_id,
+                    level: level.map(|(group, resources)| majordodo_core::model::ServiceLevel {
+                        group,
+                        resources
+                    }),
+                    timestamp
+                }),
+            (any::<u64>(), any::<i32>(), any::<i64>()).prop_map(|(id, priority, timestamp)| {
+                LogEntry::SetTaskPriority {
+                    task_id: TaskId(id),
+                    priority,
+                    timestamp,
+                }
+            }),
         ]
     }
 
@@ -869,13 +974,22 @@ pub(crate) mod tests {
         let mut record = RecordPb::decode(encode_entry(entry).as_slice()).ok()?;
         record.version = 1;
         match &mut record.entry {
-            Some(EntryPb::AddTask(t)) => t.idempotency_key = None,
-            Some(EntryPb::PrepareAddTask(p)) => p.task.as_mut()?.idempotency_key = None,
+            Some(EntryPb::AddTask(t)) => {
+                t.idempotency_key = None;
+                t.priority = 0;
+            }
+            Some(EntryPb::PrepareAddTask(p)) => {
+                let t = p.task.as_mut()?;
+                t.idempotency_key = None;
+                t.priority = 0;
+            }
             Some(
                 EntryPb::ForgetIdempotencyKeys(_)
                 | EntryPb::BeginCodePool(_)
                 | EntryPb::CodePoolChunk(_)
-                | EntryPb::DeferTask(_),
+                | EntryPb::DeferTask(_)
+                | EntryPb::SetServiceLevel(_)
+                | EntryPb::SetTaskPriority(_),
             ) => return None,
             Some(EntryPb::BeginTransaction(t)) => t.owner = None,
             _ => {}
@@ -883,22 +997,32 @@ pub(crate) mod tests {
         Some(record.encode_to_vec())
     }
 
-    /// Encodes an entry as a version 2 writer did: no transaction owner, no deferral.
+    /// Encodes an entry as a version 2 writer did: no transaction owner, no priority, no kind of
+    /// version 3.
     fn encode_v2(entry: &LogEntry) -> Option<Vec<u8>> {
         let mut record = RecordPb::decode(encode_entry(entry).as_slice()).ok()?;
         record.version = 2;
         match &mut record.entry {
-            Some(EntryPb::DeferTask(_) | EntryPb::BeginCodePool(_) | EntryPb::CodePoolChunk(_)) => {
+            Some(
+                EntryPb::DeferTask(_)
+                | EntryPb::BeginCodePool(_)
+                | EntryPb::CodePoolChunk(_)
+                | EntryPb::SetServiceLevel(_)
+                | EntryPb::SetTaskPriority(_),
+            ) => {
                 return None;
             }
             Some(EntryPb::BeginTransaction(t)) => t.owner = None,
+            Some(EntryPb::AddTask(t)) => t.priority = 0,
+            Some(EntryPb::PrepareAddTask(p)) => p.task.as_mut()?.priority = 0,
             _ => {}
         }
         Some(record.encode_to_vec())
     }
 
-    /// The entry a version 2 record of `entry` means: a transaction without owner.
-    fn without_owner(entry: LogEntry) -> LogEntry {
+    /// The entry a version 2 record of `entry` means: a transaction without owner, a task at
+    /// priority 0.
+    fn as_v2(entry: LogEntry) -> LogEntry {
         match entry {
             LogEntry::BeginTransaction {
                 transaction_id,
@@ -909,6 +1033,17 @@ pub(crate) mod tests {
                 timestamp,
                 owner: None,
             },
+            LogEntry::AddTask(t) => LogEntry::AddTask(NewTask { priority: 0, ..t }),
+            LogEntry::PrepareAddTask {
+                transaction_id,
+                task,
+            } => LogEntry::PrepareAddTask {
+                transaction_id,
+                task: NewTask {
+                    priority: 0,
+                    ..task
+                },
+            },
             other => other,
         }
     }
@@ -918,6 +1053,7 @@ pub(crate) mod tests {
         match entry {
             LogEntry::AddTask(t) => LogEntry::AddTask(NewTask {
                 idempotency_key: None,
+                priority: 0,
                 ..t
             }),
             LogEntry::PrepareAddTask {
@@ -927,10 +1063,11 @@ pub(crate) mod tests {
                 transaction_id,
                 task: NewTask {
                     idempotency_key: None,
+                    priority: 0,
                     ..task
                 },
             },
-            other => without_owner(other),
+            other => as_v2(other),
         }
     }
 
@@ -952,10 +1089,11 @@ pub(crate) mod tests {
 
         #[test]
         fn version_2_records_still_decode(e in entry()) {
-            // Goal: records written before transaction owners and deferrals (version 2)
-            // decode to the same entries, a transaction without owner.
+            // Goal: records written before transaction owners, deferrals, priorities and
+            // service levels (version 2) decode to the same entries, a transaction without
+            // owner, a task at priority 0.
             if let Some(bytes) = encode_v2(&e) {
-                prop_assert_eq!(decode_entry(&bytes).unwrap(), without_owner(e));
+                prop_assert_eq!(decode_entry(&bytes).unwrap(), as_v2(e));
             }
         }
 
@@ -1013,7 +1151,16 @@ pub(crate) mod tests {
             LogEntry::CommitTransaction { .. }
             | LogEntry::RollbackTransaction { .. }
             | LogEntry::Noop { .. }
-            | LogEntry::ForgetIdempotencyKeys { .. } => Vec::new(),
+            | LogEntry::ForgetIdempotencyKeys { .. }
+            | LogEntry::SetTaskPriority { .. } => Vec::new(),
+            LogEntry::SetServiceLevel { user_id, level, .. } => std::iter::once(user_id.len())
+                .chain(
+                    level
+                        .iter()
+                        .flat_map(|l| l.resources.iter().map(String::len)),
+                )
+                .chain(std::iter::once(0))
+                .collect(),
             LogEntry::PurgeTasks { .. } => return None,
         })
     }

@@ -16,8 +16,10 @@
 //! up front. Version 3 stores a code pool as a `CodePool` item with its size, checksum and
 //! chunk count (fields 70 to 72) followed by one `CodePoolChunk` item (tag 70) per chunk, so no
 //! item is larger than a log record; a version 1 or 2 pool item carries its whole archive in
-//! `data` and is still read. Version 3 also adds a transaction's owner (field 40 of its item)
-//! and a task's deferrals (field 40 of its item); older snapshots have neither.
+//! `data` and is still read. Version 3 also adds a transaction's owner (field 40 of its item),
+//! a task's deferrals (field 40 of its item) and priority (field 50), and the `ServiceLevel`
+//! item (tag 50, written right after the header, before the tasks that are queued under it)
+//! with its count in `End` (field 50); older snapshots have none of these.
 
 use std::sync::Arc;
 
@@ -28,7 +30,7 @@ use majordodo_core::snapshot::{
 use majordodo_core::{BrokerState, GroupMapper, IdempotencyKey, TaskId, TransactionId};
 use prost::Message;
 
-use crate::record::{NewTaskPb, RecordError};
+use crate::record::{LevelPb, NewTaskPb, RecordError};
 
 /// Version of the snapshot content format written by this build.
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
@@ -66,7 +68,7 @@ pub enum SnapshotError {
 
 #[derive(Clone, PartialEq, Message)]
 struct ItemPb {
-    #[prost(oneof = "ItemKind", tags = "1, 2, 3, 4, 5, 6, 7, 70")]
+    #[prost(oneof = "ItemKind", tags = "1, 2, 3, 4, 5, 6, 7, 50, 70")]
     item: Option<ItemKind>,
 }
 
@@ -90,6 +92,9 @@ enum ItemKind {
     /// Since version 3: the next chunk of the code pool item before it.
     #[prost(message, tag = "70")]
     CodePoolChunk(CodePoolChunkPb),
+    /// Since version 3.
+    #[prost(message, tag = "50")]
+    ServiceLevel(ServiceLevelItemPb),
 }
 
 /// Since version 3.
@@ -99,6 +104,14 @@ struct CodePoolChunkPb {
     id: String,
     #[prost(bytes = "vec", tag = "2")]
     data: Vec<u8>,
+}
+
+#[derive(Clone, PartialEq, Message)]
+struct ServiceLevelItemPb {
+    #[prost(string, tag = "1")]
+    user_id: String,
+    #[prost(message, optional, tag = "2")]
+    level: Option<LevelPb>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -150,6 +163,8 @@ struct TaskPb {
     /// Since version 3.
     #[prost(uint32, tag = "40")]
     deferrals: u32,
+    #[prost(sint32, tag = "50")]
+    priority: i32,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -223,6 +238,9 @@ struct EndPb {
     transactions: u64,
     #[prost(uint64, tag = "4")]
     codepools: u64,
+    /// Since version 3.
+    #[prost(uint64, tag = "50")]
+    service_levels: u64,
     /// Since version 2.
     #[prost(uint64, tag = "5")]
     idempotency_keys: u64,
@@ -249,6 +267,19 @@ pub fn encode_snapshot(source: &SnapshotSource) -> Vec<u8> {
         }),
     );
     let mut end = EndPb::default();
+    for (user, level) in &source.service_levels {
+        put(
+            &mut out,
+            ItemKind::ServiceLevel(ServiceLevelItemPb {
+                user_id: user.clone(),
+                level: Some(LevelPb {
+                    group: level.group,
+                    resources: level.resources.clone(),
+                }),
+            }),
+        );
+        end.service_levels += 1;
+    }
     for task in &source.tasks {
         let r = TaskRecord::from(&**task);
         put(
@@ -271,6 +302,7 @@ pub fn encode_snapshot(source: &SnapshotSource) -> Vec<u8> {
                 mode: r.mode,
                 resources: r.resources,
                 deferrals: r.deferrals,
+                priority: r.priority,
             }),
         );
         end.tasks += 1;
@@ -443,6 +475,7 @@ pub fn decode_snapshot(
                     mode: t.mode,
                     resources: t.resources,
                     deferrals: t.deferrals,
+                    priority: t.priority,
                 })?;
                 seen.tasks += 1;
             }
@@ -541,6 +574,24 @@ pub fn decode_snapshot(
                 })?;
                 seen.idempotency_keys += 1;
             }
+            ItemKind::ServiceLevel(l) => {
+                if version < 3 {
+                    return Err(SnapshotError::Structure(format!(
+                        "item {index}: service level in a version {version} snapshot"
+                    )));
+                }
+                let level = l.level.ok_or_else(|| {
+                    SnapshotError::Structure(format!("item {index}: service level without level"))
+                })?;
+                builder.add_service_level(
+                    &l.user_id,
+                    majordodo_core::model::ServiceLevel {
+                        group: level.group,
+                        resources: level.resources,
+                    },
+                )?;
+                seen.service_levels += 1;
+            }
             ItemKind::End(end) => {
                 if end != seen {
                     return Err(SnapshotError::Structure(format!(
@@ -590,6 +641,7 @@ mod tests {
                     mode: (i % 9 == 0).then(|| "object".to_string()),
                     created: 100 + i as i64,
                     idempotency_key: (i % 4 == 0).then(|| format!("key-{i}")),
+                    priority: (i % 3) as i32 - 1,
                 }),
             );
         }
@@ -679,6 +731,7 @@ mod tests {
                     mode: None,
                     created: 8,
                     idempotency_key: Some("prepared".into()),
+                    priority: 4,
                 },
             },
         );
@@ -701,6 +754,25 @@ mod tests {
         {
             apply(&mut s, e);
         }
+        apply(
+            &mut s,
+            LogEntry::SetServiceLevel {
+                user_id: "3".into(),
+                level: Some(majordodo_core::model::ServiceLevel {
+                    group: 7,
+                    resources: vec!["db".into(), "hbase".into()],
+                }),
+                timestamp: 10,
+            },
+        );
+        apply(
+            &mut s,
+            LogEntry::SetTaskPriority {
+                task_id: TaskId(3),
+                priority: 9,
+                timestamp: 11,
+            },
+        );
         s
     }
 
@@ -716,6 +788,10 @@ mod tests {
         assert_eq!(back.idempotency_key("0", "key-4"), Some((TaskId(4), 104)));
         assert!(back.codepool("pool").is_some());
         assert_eq!(back.task(TaskId(9)).unwrap().mode(), Some("object"));
+        assert_eq!(back.service_level_of("3").group, 7);
+        assert_eq!(back.queued_group_of("3"), Some(7));
+        assert_eq!(back.task(TaskId(3)).unwrap().priority(), 9);
+        assert_eq!(back.resource_in_use("db"), 1);
         let big = back.codepool("big").unwrap();
         assert_eq!(big.chunks.len(), 3);
         assert_eq!(big.data(), big_archive());
@@ -811,17 +887,26 @@ mod tests {
         assert!(err.to_string().contains("version 4"), "{err}");
     }
 
-    /// The snapshot of `state` as a version 1 writer made it: no key items, version 1.
-    fn encode_v1(state: &BrokerState) -> Vec<u8> {
+    /// The snapshot of `state` as a writer of `version` (1 or 2) made it: no service levels,
+    /// no priorities, and for version 1 no key items.
+    fn encode_old(state: &BrokerState, version: u32) -> Vec<u8> {
         let mut source = state.snapshot_source();
-        source.idempotency_keys.clear();
-        let v2 = encode_snapshot(&source);
-        let mut buf = v2.as_slice();
+        if version < 2 {
+            source.idempotency_keys.clear();
+        }
+        source.service_levels.clear();
+        let v3 = encode_snapshot(&source);
+        let mut buf = v3.as_slice();
         let mut out = Vec::new();
         while let Some(item) = next_item(&mut buf, 0).unwrap() {
             let item = match item {
-                ItemKind::Header(h) => ItemKind::Header(HeaderPb { version: 1, ..h }),
-                // Version 1 pools carry their whole archive, and only complete pools existed.
+                ItemKind::Header(h) => ItemKind::Header(HeaderPb { version, ..h }),
+                ItemKind::Task(t) => ItemKind::Task(TaskPb {
+                    priority: 0,
+                    deferrals: 0,
+                    ..t
+                }),
+                // Older pools carry their whole archive, and only complete pools existed.
                 ItemKind::CodePool(c) => {
                     let pool = state.codepool(&c.id).unwrap();
                     if !pool.is_complete() {
@@ -847,6 +932,57 @@ mod tests {
         out
     }
 
+    fn encode_v1(state: &BrokerState) -> Vec<u8> {
+        encode_old(state, 1)
+    }
+
+    fn tasks_at_priority_0(state: &BrokerState) -> Vec<TaskRecord> {
+        let mut tasks = state.to_snapshot().tasks;
+        for t in &mut tasks {
+            t.priority = 0;
+            t.deferrals = 0;
+        }
+        tasks
+    }
+
+    #[test]
+    fn version_2_snapshots_still_decode_without_levels() {
+        // Goal: a snapshot written before service levels and priorities decodes to the same
+        // tasks at priority 0; a service-level item inside a version 2 snapshot is refused.
+        let state = sample_state();
+        let back = decode_snapshot(&encode_old(&state, 2), Arc::new(DefaultGroupMapper)).unwrap();
+        assert_eq!(back.to_snapshot().tasks, tasks_at_priority_0(&state));
+        assert_eq!(back.idempotency_key_count(), state.idempotency_key_count());
+        assert_eq!(back.service_levels().count(), 0);
+        let mut bad = Vec::new();
+        put(
+            &mut bad,
+            ItemKind::Header(HeaderPb {
+                version: 2,
+                ..Default::default()
+            }),
+        );
+        put(
+            &mut bad,
+            ItemKind::ServiceLevel(ServiceLevelItemPb {
+                user_id: "u".into(),
+                level: Some(LevelPb {
+                    group: 2,
+                    resources: vec![],
+                }),
+            }),
+        );
+        put(
+            &mut bad,
+            ItemKind::End(EndPb {
+                service_levels: 1,
+                ..Default::default()
+            }),
+        );
+        let err = decode_snapshot(&bad, Arc::new(DefaultGroupMapper)).unwrap_err();
+        assert!(err.to_string().contains("version 2"), "{err}");
+    }
+
     #[test]
     fn version_1_snapshots_still_decode_without_keys() {
         // Goal: a snapshot written before idempotency keys existed decodes to the same state
@@ -854,7 +990,7 @@ mod tests {
         let state = sample_state();
         let back = decode_snapshot(&encode_v1(&state), Arc::new(DefaultGroupMapper)).unwrap();
         assert_eq!(back.idempotency_key_count(), 0);
-        assert_eq!(back.to_snapshot().tasks, state.to_snapshot().tasks);
+        assert_eq!(back.to_snapshot().tasks, tasks_at_priority_0(&state));
         assert_eq!(back.last_lsn(), state.last_lsn());
         let (old, new) = (
             back.codepool("big").unwrap(),

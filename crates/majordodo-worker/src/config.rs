@@ -155,6 +155,7 @@ impl WorkerConfig {
                 )]),
                 groups: vec![0],
                 excluded_groups: vec![],
+                ..Default::default()
             },
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
             report_batching: ReportBatching {

@@ -153,6 +153,7 @@ fn capacity(max_threads: u32, by_type: &[(&str, u32)]) -> Capacity {
             .collect::<BTreeMap<_, _>>(),
         groups: vec![0],
         excluded_groups: vec![],
+        ..Default::default()
     }
 }
 

@@ -82,6 +82,7 @@ fn capacity(worker: &str) -> Capacity {
         max_threads_by_task_type: BTreeMap::new(),
         groups: vec![0],
         excluded_groups: Vec::new(),
+        ..Default::default()
     }
 }
 

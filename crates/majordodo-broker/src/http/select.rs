@@ -109,7 +109,7 @@ fn candidates<'s>(
         StatusFilter::Only(TaskStatus::Waiting) => {
             let ty = f.task_type.map(str::to_owned);
             (
-                Box::new(state.waiting_index().iter().map(move |(id, _, t)| {
+                Box::new(state.waiting_index().iter().map(move |(id, _, _, t)| {
                     // The queue knows the type: skip other types without reading the task.
                     match &ty {
                         Some(ty) if !eq_ci(t, ty) => None,
@@ -200,7 +200,7 @@ pub(crate) fn count_by_type(
         && owner.is_none()
     {
         let mut by_type: BTreeMap<Arc<str>, u64> = BTreeMap::new();
-        for (_, _, t) in state.waiting_index().iter() {
+        for (_, _, _, t) in state.waiting_index().iter() {
             if scanned as usize >= scan_budget {
                 return (into_counts(by_type), scanned, true);
             }
@@ -449,6 +449,85 @@ pub(crate) fn workers(state: &BrokerState, max: usize) -> Vec<WorkerInfo> {
         .collect()
 }
 
+/// Most resources listed by the `resources` view (a cluster names a handful; bounds the answer
+/// if service levels were ever abused).
+const MAX_RESOURCES_LISTED: usize = 10_000;
+
+/// The `resources` view: every named resource in use or limited, with the tasks using it and
+/// the limit that binds (`actualLimit`, 0 = none): the global limit, or with `worker_id` that
+/// worker's declared limit and its running tasks.
+pub(crate) fn resources(v: &crate::View<'_>, worker_id: Option<&str>) -> serde_json::Value {
+    let mut rows: BTreeMap<String, (u32, u32)> = BTreeMap::new();
+    match worker_id {
+        None => {
+            for (r, n) in v.state.resources_in_use() {
+                rows.entry(r.to_string()).or_default().0 = *n;
+            }
+            if let Some(leader) = v.leader_core {
+                for (r, limit) in &leader.config().global_resource_limits {
+                    rows.entry(r.clone()).or_default().1 = *limit;
+                }
+            }
+        }
+        Some(w) => {
+            if let Some(set) = v.state.running_on(w) {
+                for (r, n) in set.resources() {
+                    rows.entry(r.to_string()).or_default().0 = n;
+                }
+            }
+            if let Some(cap) = v.leader_core.and_then(|l| l.worker_capacity(w)) {
+                for (r, limit) in &cap.resource_limits {
+                    rows.entry(r.clone()).or_default().1 = *limit;
+                }
+            }
+        }
+    }
+    serde_json::Value::Array(
+        rows.into_iter()
+            .take(MAX_RESOURCES_LISTED)
+            .map(|(id, (running, limit))| {
+                serde_json::json!({"id": id, "runningTasks": running, "actualLimit": limit})
+            })
+            .collect(),
+    )
+}
+
+/// The `tasksheap` view: waiting tasks in the order the scheduler walks them (group by group,
+/// tenant by tenant, each queue by priority then age), at most `max`, examining at most
+/// `scan_budget` entries; `owner` limits it to one user's tasks.
+pub(crate) fn tasks_heap(
+    state: &BrokerState,
+    owner: Option<&str>,
+    max: usize,
+    scan_budget: usize,
+) -> serde_json::Value {
+    let mut tasks = Vec::new();
+    let mut truncated = false;
+    for (scanned, (id, group, user, task_type)) in state.waiting_index().iter().enumerate() {
+        if tasks.len() >= max || scanned >= scan_budget {
+            truncated = true;
+            break;
+        }
+        if owner.is_some_and(|o| **user != *o) {
+            continue;
+        }
+        let priority = state.task(id).map_or(0, |t| t.priority());
+        tasks.push(serde_json::json!({
+            "taskId": id.0,
+            "taskType": &**task_type,
+            "group": group,
+            "userId": &**user,
+            "priority": priority,
+        }));
+    }
+    serde_json::json!({
+        "tasks": tasks,
+        "count": tasks.len(),
+        "waitingTasks": state.waiting_index().len(),
+        "truncated": truncated,
+    })
+}
+
 #[cfg(test)]
 mod tests {
     //! The indexed sources must find exactly what a scan of every task finds.
@@ -538,6 +617,7 @@ mod tests {
                     mode: None,
                     created: NOW - i as i64,
                     idempotency_key: None,
+                    priority: 0,
                 }),
             );
             let (worker, end) = match fate {

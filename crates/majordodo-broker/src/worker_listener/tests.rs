@@ -168,6 +168,7 @@ fn capacity() -> Capacity {
         max_threads_by_task_type: [("any".to_owned(), 4)].into(),
         groups: vec![0],
         excluded_groups: vec![],
+        ..Default::default()
     }
 }
 

@@ -2,6 +2,7 @@
 //! defaults ([`BrokerFile`]), the commented default file ([`default_file`]), and validation into
 //! [`BrokerSettings`].
 
+use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 use std::time::Duration;
 
@@ -70,6 +71,8 @@ pub(crate) struct BrokerFile {
     pub(crate) snapshots: SnapshotsFile,
     /// `[tasks]`.
     pub(crate) tasks: TasksFile,
+    /// `[scheduling]`.
+    pub(crate) scheduling: SchedulingFile,
     /// `[tuning]`.
     pub(crate) tuning: TuningFile,
     /// `[cluster]`.
@@ -180,6 +183,23 @@ impl Default for TasksFile {
             )),
             max_open_transactions: LeaderConfig::default().max_open_transactions,
             max_deferrals: LeaderConfig::default().max_deferrals,
+        }
+    }
+}
+
+/// `[scheduling]`: groups and cluster-wide resource limits.
+#[derive(Debug, Clone, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct SchedulingFile {
+    pub(crate) groups: Vec<u32>,
+    pub(crate) resource_limits: BTreeMap<String, u32>,
+}
+
+impl Default for SchedulingFile {
+    fn default() -> Self {
+        SchedulingFile {
+            groups: LeaderConfig::default().groups.into_iter().collect(),
+            resource_limits: BTreeMap::new(),
         }
     }
 }
@@ -403,6 +423,18 @@ impl BrokerFile {
         if t.noop_interval.0.is_zero() {
             return Err(invalid("tuning.noop_interval", "must be positive".into()));
         }
+        if self.scheduling.groups.contains(&0) {
+            return Err(invalid(
+                "scheduling.groups",
+                "0 is not a group (it means \"any group\" to workers)".into(),
+            ));
+        }
+        if self.scheduling.resource_limits.keys().any(|k| k.is_empty()) {
+            return Err(invalid(
+                "scheduling.resource_limits",
+                "a resource name must not be empty".into(),
+            ));
+        }
         let millis = |key: &str, d: Duration| {
             i64::try_from(d.as_millis()).map_err(|_| invalid(key, "too large".into()))
         };
@@ -423,6 +455,8 @@ impl BrokerFile {
                 transactions_ttl: millis("tasks.transactions_ttl", self.tasks.transactions_ttl.0)?,
                 max_open_transactions: self.tasks.max_open_transactions,
                 max_deferrals: self.tasks.max_deferrals,
+                global_resource_limits: self.scheduling.resource_limits.clone(),
+                groups: self.scheduling.groups.iter().copied().collect(),
             },
             dispatcher: DispatcherConfig {
                 max_inputs_per_round: t.max_inputs_per_round,
@@ -539,6 +573,14 @@ max_open_transactions = {max_open_transactions}
 # Most times one task may answer "retry later" without using an attempt; beyond it, the answer
 # counts as a failed attempt.
 max_deferrals = {max_deferrals}
+
+[scheduling]
+# Groups a service level (action setServiceLevel) may name; 0 is not a group ("any group" to
+# workers). Users without a service level are in the group their id reads as a number, else 1.
+groups = [1]
+# Named resource -> most tasks using it that may run at once in the whole cluster, e.g.
+# {{ "db:orders" = 10 }}. Default: none.
+resource_limits = {{}}
 
 [tuning]
 # Requests (submissions, reads) queued for the dispatcher before callers wait.

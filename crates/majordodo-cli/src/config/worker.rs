@@ -35,6 +35,8 @@ pub(crate) struct WorkerFile {
     pub(crate) shared_secret_file: Option<PathBuf>,
     pub(crate) groups: Vec<u32>,
     pub(crate) excluded_groups: Vec<u32>,
+    pub(crate) max_thread_per_user_per_task_type_percent: u32,
+    pub(crate) resource_limits: BTreeMap<String, u32>,
     pub(crate) max_threads: u32,
     pub(crate) builtin_executors: Option<Vec<String>>,
     pub(crate) shutdown_grace: HumanDuration,
@@ -58,6 +60,8 @@ impl Default for WorkerFile {
             shared_secret_file: None,
             groups: vec![0],
             excluded_groups: Vec::new(),
+            max_thread_per_user_per_task_type_percent: 0,
+            resource_limits: BTreeMap::new(),
             max_threads: DEFAULT_MAX_THREADS,
             builtin_executors: None,
             shutdown_grace: HumanDuration(DEFAULT_SHUTDOWN_GRACE),
@@ -232,6 +236,18 @@ impl WorkerFile {
         if let Some(location) = &self.location {
             config.location = location.clone();
         }
+        if self.max_thread_per_user_per_task_type_percent > 100 {
+            return Err(invalid(
+                "max_thread_per_user_per_task_type_percent",
+                "must be from 0 to 100".into(),
+            ));
+        }
+        if let Some(name) = self.resource_limits.keys().find(|k| k.is_empty()) {
+            return Err(invalid(
+                "resource_limits",
+                format!("resource name {name:?} must not be empty"),
+            ));
+        }
         if self.max_threads == 0 {
             return Err(invalid("max_threads", "must be at least 1".into()));
         }
@@ -323,6 +339,9 @@ impl WorkerFile {
             max_threads_by_task_type: limits,
             groups: self.groups.clone(),
             excluded_groups: self.excluded_groups.clone(),
+            max_thread_per_user_per_task_type_percent: self
+                .max_thread_per_user_per_task_type_percent,
+            resource_limits: self.resource_limits.clone(),
         };
 
         let c = &self.connection;
@@ -408,6 +427,12 @@ shared_secret_file = "worker.secret"
 groups = [0]
 # Groups never served, even through 0.
 excluded_groups = []
+# Most tasks of one type one user may run here at once, in percent of that type's limit (at
+# least 1 task); 0 = no per-user share.
+max_thread_per_user_per_task_type_percent = 0
+# Named resource -> most tasks using it that may run here at once (the broker's service levels
+# say which resources the tasks of each user use), e.g. {{ "db:orders" = 2 }}.
+resource_limits = {{}}
 # Most tasks running at once, all types together.
 max_threads = {max_threads}
 # Executors built into the binary, for trying things out: "echo" (the result is the data),

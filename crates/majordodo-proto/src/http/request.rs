@@ -11,15 +11,17 @@ use serde_json::{Map, Value};
 use super::lenient::parse_int;
 use super::{
     BODY_FIELD, FieldError, MAX_ATTEMPTS_LIMIT, MAX_BATCH_TASKS, MAX_IDEMPOTENCY_KEY_BYTES,
-    MAX_NAME_BYTES, MAX_TIMESTAMP,
+    MAX_NAME_BYTES, MAX_PRIORITY, MAX_TASK_ID, MAX_TIMESTAMP,
 };
 
 /// Actions of the original API this broker implements.
-pub const SUPPORTED_ACTIONS: [&str; 8] = [
+pub const SUPPORTED_ACTIONS: [&str; 10] = [
     "submitTask",
     "submitTasks",
     "createCodePool",
     "deleteCodePool",
+    "setServiceLevel",
+    "setTaskPriority",
     "beginTransaction",
     "commitTransaction",
     "rollbackTransaction",
@@ -31,7 +33,7 @@ pub const SUPPORTED_ACTIONS: [&str; 8] = [
 pub const UNSUPPORTED_ACTIONS: [&str; 0] = [];
 
 /// Fields of one task, in `submitTask` (beside `action`) and in each element of `submitTasks`.
-const TASK_FIELDS: [&str; 12] = [
+const TASK_FIELDS: [&str; 13] = [
     "tasktype",
     "userid",
     "data",
@@ -44,6 +46,7 @@ const TASK_FIELDS: [&str; 12] = [
     "mode",
     "transaction",
     "idempotencyKey",
+    "priority",
 ];
 
 /// Fields the original read from the outer `submitTasks` object (a bug); here they belong to each
@@ -82,6 +85,9 @@ pub struct TaskSubmission {
     /// `transaction`: prepare the task in this open transaction (a number or a string of
     /// digits; absent, null, 0 and `""` are none). It stays invisible until the commit.
     pub transaction: Option<u64>,
+    /// `priority` (an extension): order inside the owner's queue, higher first, from
+    /// -[`MAX_PRIORITY`] to [`MAX_PRIORITY`]; 0 (the default) keeps age order.
+    pub priority: i32,
 }
 
 impl TaskSubmission {
@@ -104,6 +110,7 @@ impl TaskSubmission {
             mode: None,
             idempotency_key: None,
             transaction: None,
+            priority: 0,
         }
     }
 
@@ -133,6 +140,9 @@ impl TaskSubmission {
             self.requested_start_time.into(),
         );
         m.insert("deadline".into(), self.deadline.into());
+        if self.priority != 0 {
+            m.insert("priority".into(), self.priority.into());
+        }
         for (name, value) in [
             ("slot", &self.slot),
             ("codePoolId", &self.codepool),
@@ -176,6 +186,7 @@ impl TaskSubmission {
             mode: f.optional_name("mode")?,
             idempotency_key: f.idempotency_key("idempotencyKey")?,
             transaction,
+            priority: f.signed_int("priority", MAX_PRIORITY)?.unwrap_or(0) as i32,
         };
         if task.transaction.is_some() && task.idempotency_key.is_some() {
             return Err(f.error(
@@ -194,6 +205,24 @@ impl TaskSubmission {
         }
         Ok(task)
     }
+}
+
+/// `setServiceLevel`: a user's group and resources (admin only).
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct ServiceLevelChange {
+    /// `userid`: the user.
+    pub user_id: String,
+    /// `group` and `resources`; `None` with `reset: true`, back to the configured default.
+    pub level: Option<(u32, Vec<String>)>,
+}
+
+/// `setTaskPriority`: the priority of a waiting or delayed task.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct PriorityChange {
+    /// `taskId`.
+    pub task_id: u64,
+    /// `priority`.
+    pub priority: i32,
 }
 
 /// A parsed `POST` request.
@@ -215,6 +244,10 @@ pub enum ActionRequest {
     RollbackTransaction(u64),
     /// `cancelTask`: ends task `taskId` in `error` with result `cancelled`.
     CancelTask(u64),
+    /// `setServiceLevel`.
+    SetServiceLevel(ServiceLevelChange),
+    /// `setTaskPriority`.
+    SetTaskPriority(PriorityChange),
 }
 
 impl ActionRequest {
@@ -229,6 +262,8 @@ impl ActionRequest {
             ActionRequest::CommitTransaction(_) => "commitTransaction",
             ActionRequest::RollbackTransaction(_) => "rollbackTransaction",
             ActionRequest::CancelTask(_) => "cancelTask",
+            ActionRequest::SetServiceLevel(_) => "setServiceLevel",
+            ActionRequest::SetTaskPriority(_) => "setTaskPriority",
         }
     }
 
@@ -259,6 +294,26 @@ impl ActionRequest {
             ActionRequest::DeleteCodePool(id) => {
                 let mut m = Map::new();
                 m.insert("id".into(), id.as_str().into());
+                m
+            }
+            ActionRequest::SetServiceLevel(c) => {
+                let mut m = Map::new();
+                m.insert("userid".into(), c.user_id.clone().into());
+                match &c.level {
+                    Some((group, resources)) => {
+                        m.insert("group".into(), (*group).into());
+                        m.insert("resources".into(), resources.clone().into());
+                    }
+                    None => {
+                        m.insert("reset".into(), true.into());
+                    }
+                }
+                m
+            }
+            ActionRequest::SetTaskPriority(c) => {
+                let mut m = Map::new();
+                m.insert("taskId".into(), c.task_id.into());
+                m.insert("priority".into(), c.priority.into());
                 m
             }
         };
@@ -301,16 +356,21 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
         "submitTasks" => parse_submit_tasks(&obj).map(ActionRequest::SubmitTasks),
         "createCodePool" => super::codepool::parse_create(&obj).map(ActionRequest::CreateCodePool),
         "deleteCodePool" => super::codepool::parse_delete(&obj).map(ActionRequest::DeleteCodePool),
+        "setServiceLevel" => parse_service_level(&obj).map(ActionRequest::SetServiceLevel),
         "beginTransaction" => {
-            only_fields(&obj, &[])?;
+            Fields {
+                obj: &obj,
+                path: "",
+            }
+            .only(&["action"])?;
             Ok(ActionRequest::BeginTransaction)
         }
         "commitTransaction" | "rollbackTransaction" => {
-            only_fields(&obj, &["transaction"])?;
             let f = Fields {
                 obj: &obj,
                 path: "",
             };
+            f.only(&["action", "transaction"])?;
             let tx = f.transaction("transaction")?.ok_or_else(|| {
                 f.error(
                     "transaction",
@@ -324,16 +384,35 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
             })
         }
         "cancelTask" => {
-            only_fields(&obj, &["taskId"])?;
             let f = Fields {
                 obj: &obj,
                 path: "",
             };
+            f.only(&["action", "taskId"])?;
             match f.int("taskId", i64::MAX)? {
                 None => Err(f.error("taskId", "is required")),
                 Some(0) => Err(f.error("taskId", "must be a task id (0 is none)")),
                 Some(id) => Ok(ActionRequest::CancelTask(id as u64)),
             }
+        }
+        "setTaskPriority" => {
+            let f = Fields {
+                obj: &obj,
+                path: "",
+            };
+            f.only(&["action", "taskId", "priority"])?;
+            let task_id = match f.int("taskId", MAX_TASK_ID as i64)? {
+                None => return Err(f.error("taskId", "is required")),
+                Some(0) => return Err(f.error("taskId", "must be a task id (at least 1)")),
+                Some(id) => id as u64,
+            };
+            let priority =
+                f.signed_int("priority", MAX_PRIORITY)?
+                    .ok_or_else(|| f.error("priority", "is required"))? as i32;
+            Ok(ActionRequest::SetTaskPriority(PriorityChange {
+                task_id,
+                priority,
+            }))
         }
         a if UNSUPPORTED_ACTIONS.contains(&a) => Err(FieldError::new(
             "action",
@@ -350,15 +429,63 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
     }
 }
 
-/// Refuses fields other than `action` and `allowed`.
-fn only_fields(obj: &Map<String, Value>, allowed: &[&str]) -> Result<(), FieldError> {
-    match obj
-        .keys()
-        .find(|k| k.as_str() != "action" && !allowed.contains(&k.as_str()))
-    {
-        Some(k) => Err(FieldError::new(clip(k), "is not a field of this action")),
-        None => Ok(()),
+fn parse_service_level(obj: &Map<String, Value>) -> Result<ServiceLevelChange, FieldError> {
+    let f = Fields { obj, path: "" };
+    f.only(&["action", "userid", "group", "resources", "reset"])?;
+    let user_id = f.required_name("userid")?;
+    let reset = match obj.get("reset") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(other) => {
+            return Err(f.error(
+                "reset",
+                format!("must be true or false, not {}", kind(other)),
+            ));
+        }
+    };
+    if reset {
+        for field in ["group", "resources"] {
+            if obj.get(field).is_some_and(|v| !v.is_null()) {
+                return Err(f.error(field, "must not be set with reset"));
+            }
+        }
+        return Ok(ServiceLevelChange {
+            user_id,
+            level: None,
+        });
     }
+    let group = match f.int("group", u32::MAX.into())? {
+        None => return Err(f.error("group", "is required (or reset: true)")),
+        Some(g) => g as u32,
+    };
+    let resources = match obj.get("resources") {
+        None | Some(Value::Null) => Vec::new(),
+        Some(Value::Array(items)) => items
+            .iter()
+            .enumerate()
+            .map(|(i, v)| match v {
+                Value::String(s) if !s.is_empty() && s.len() <= MAX_NAME_BYTES => Ok(s.clone()),
+                Value::String(_) => Err(FieldError::new(
+                    format!("resources[{i}]"),
+                    format!("must be 1 to {MAX_NAME_BYTES} bytes long"),
+                )),
+                other => Err(FieldError::new(
+                    format!("resources[{i}]"),
+                    format!("must be a string, not {}", kind(other)),
+                )),
+            })
+            .collect::<Result<_, _>>()?,
+        Some(other) => {
+            return Err(f.error(
+                "resources",
+                format!("must be an array of names, not {}", kind(other)),
+            ));
+        }
+    };
+    Ok(ServiceLevelChange {
+        user_id,
+        level: Some((group, resources)),
+    })
 }
 
 fn parse_submit_tasks(obj: &Map<String, Value>) -> Result<Vec<TaskSubmission>, FieldError> {
@@ -476,6 +603,30 @@ impl Fields<'_> {
             ));
         }
         Ok(s)
+    }
+
+    /// Refuses any field not in `allowed`.
+    fn only(&self, allowed: &[&str]) -> Result<(), FieldError> {
+        match self.obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+            Some(unknown) => Err(self.error(unknown, "is not a field of this action")),
+            None => Ok(()),
+        }
+    }
+
+    /// An integer in `-max..=max`, given as a JSON number or a string; absent or null is `None`.
+    fn signed_int(&self, name: &str, max: i64) -> Result<Option<i64>, FieldError> {
+        let value = match self.obj.get(name) {
+            None | Some(Value::Null) => return Ok(None),
+            Some(Value::Number(n)) => n.as_i64(),
+            Some(Value::String(s)) => s.trim().parse::<i64>().ok(),
+            Some(other) => {
+                return Err(self.error(name, format!("must be an integer, not {}", kind(other))));
+            }
+        };
+        match value {
+            Some(v) if (-max..=max).contains(&v) => Ok(Some(v)),
+            _ => Err(self.error(name, format!("must be an integer from -{max} to {max}"))),
+        }
     }
 
     /// An integer in `0..=max`, given as a JSON number or a string of digits; absent or null is

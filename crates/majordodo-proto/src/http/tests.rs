@@ -23,6 +23,7 @@ fn arb_submission() -> impl Strategy<Value = TaskSubmission> {
             proptest::option::of(arb_name()),
             proptest::option::of(".{1,40}"),
         ),
+        -(crate::http::MAX_PRIORITY as i32)..=(crate::http::MAX_PRIORITY as i32),
     )
         .prop_map(
             |(
@@ -30,6 +31,7 @@ fn arb_submission() -> impl Strategy<Value = TaskSubmission> {
                 (max_attempts, attempt),
                 (start, deadline),
                 (slot, codepool, mode, idempotency_key),
+                priority,
             )| {
                 TaskSubmission {
                     task_type,
@@ -49,6 +51,7 @@ fn arb_submission() -> impl Strategy<Value = TaskSubmission> {
                     mode,
                     idempotency_key,
                     transaction: None,
+                    priority,
                 }
             },
         )
@@ -518,11 +521,9 @@ fn views_parse_with_filters_and_refuse_bad_values() {
             .field,
         "filter"
     );
-    let e = p(&[("view", "tasksheap")]).unwrap_err();
-    assert_eq!(e.field, "view");
-    assert!(
-        e.problem
-            .contains("tasksheap is not supported by this broker yet")
+    assert_eq!(
+        p(&[("view", "tasksheap")]).unwrap(),
+        ViewRequest::TasksHeap { max: None }
     );
     assert_eq!(
         p(&[("view", "slots"), ("max", "7")]).unwrap(),

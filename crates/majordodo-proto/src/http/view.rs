@@ -11,7 +11,7 @@ use super::request::clip;
 use super::{FieldError, MAX_NAME_BYTES, MAX_TASK_ID};
 
 /// Views of the original API this broker implements.
-pub const SUPPORTED_VIEWS: [&str; 11] = [
+pub const SUPPORTED_VIEWS: [&str; 13] = [
     "overview",
     "status",
     "task",
@@ -23,11 +23,13 @@ pub const SUPPORTED_VIEWS: [&str; 11] = [
     "transactions",
     "slots",
     "delayedqueue",
+    "resources",
+    "tasksheap",
 ];
 
 /// Views of the original API this broker does not implement yet: they are answered with a 4xx
 /// error naming the view.
-pub const UNSUPPORTED_VIEWS: [&str; 2] = ["resources", "tasksheap"];
+pub const UNSUPPORTED_VIEWS: [&str; 0] = [];
 
 /// Which tasks a status filter keeps.
 #[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
@@ -175,6 +177,17 @@ pub enum ViewRequest {
         /// `max`.
         max: Option<u32>,
     },
+    /// `resources`: named resources in use against their limits, in the cluster or (with
+    /// `workerId`) on one worker.
+    Resources {
+        /// `workerId`, if any.
+        worker_id: Option<String>,
+    },
+    /// `tasksheap`: waiting tasks in the order the scheduler considers them, at most `max`.
+    TasksHeap {
+        /// `max`.
+        max: Option<u32>,
+    },
 }
 
 impl ViewRequest {
@@ -192,6 +205,8 @@ impl ViewRequest {
             ViewRequest::Transactions { .. } => "transactions",
             ViewRequest::Slots { .. } => "slots",
             ViewRequest::DelayedQueue { .. } => "delayedqueue",
+            ViewRequest::Resources { .. } => "resources",
+            ViewRequest::TasksHeap { .. } => "tasksheap",
         }
     }
 
@@ -214,9 +229,15 @@ impl ViewRequest {
                 }
                 p
             }
+            ViewRequest::Resources { worker_id } => {
+                let mut p = vec![("view", "resources".to_owned())];
+                push_opt(&mut p, "workerId", worker_id);
+                p
+            }
             ViewRequest::Transactions { max }
             | ViewRequest::Slots { max }
-            | ViewRequest::DelayedQueue { max } => {
+            | ViewRequest::DelayedQueue { max }
+            | ViewRequest::TasksHeap { max } => {
                 let mut p = vec![("view", self.name().into())];
                 if let Some(max) = max {
                     p.push(("max", max.to_string()));
@@ -254,6 +275,10 @@ pub fn parse_view(pairs: &[(String, String)]) -> Result<ViewRequest, FieldError>
             user_id: q.filter("userId")?,
             from_task_id: q.id("fromTaskId")?,
         }),
+        "resources" => ViewRequest::Resources {
+            worker_id: q.filter("workerId")?,
+        },
+        "tasksheap" => ViewRequest::TasksHeap { max: q.max()? },
         "tasksoverview" => ViewRequest::TasksOverview(TasksOverviewQuery {
             status: q.status("filter")?,
             worker_id: q.filter("workerId")?,

@@ -224,6 +224,14 @@ pub struct Capacity {
     /// Groups never served, even through `0`.
     #[prost(uint32, repeated, tag = "4")]
     pub excluded_groups: Vec<u32>,
+    /// Most tasks of one type one user may run here, in percent of the type's limit (at least
+    /// 1 task); 0 = no per-user share. A broker that predates the field ignores it.
+    #[prost(uint32, tag = "50")]
+    pub max_thread_per_user_per_task_type_percent: u32,
+    /// Named resource → most tasks using it that may run here at once. A broker that predates
+    /// the field ignores it.
+    #[prost(btree_map = "string, uint32", tag = "51")]
+    pub resource_limits: BTreeMap<String, u32>,
 }
 
 impl Capacity {

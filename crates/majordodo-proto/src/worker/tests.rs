@@ -15,13 +15,18 @@ fn arb_capacity() -> impl Strategy<Value = Capacity> {
         btree_map("[a-z]{0,8}", any::<u32>(), 0..4),
         vec(any::<u32>(), 0..4),
         vec(any::<u32>(), 0..4),
+        (any::<u32>(), btree_map("[a-z:]{0,8}", any::<u32>(), 0..3)),
     )
         .prop_map(
-            |(max_threads, max_threads_by_task_type, groups, excluded_groups)| Capacity {
-                max_threads,
-                max_threads_by_task_type,
-                groups,
-                excluded_groups,
+            |(max_threads, max_threads_by_task_type, groups, excluded_groups, (pct, limits))| {
+                Capacity {
+                    max_threads,
+                    max_threads_by_task_type,
+                    groups,
+                    excluded_groups,
+                    max_thread_per_user_per_task_type_percent: pct,
+                    resource_limits: limits,
+                }
             },
         )
 }
