@@ -9,7 +9,8 @@
 //! Kinds the original did not have: [`LogEntry::PurgeTasks`],
 //! [`LogEntry::ForgetIdempotencyKeys`], [`LogEntry::DeferTask`], the chunked code pool
 //! ([`LogEntry::BeginCodePool`], [`LogEntry::CodePoolChunk`]) that replaces the original's
-//! one-entry `CREATECODEPOOL`, [`LogEntry::SetServiceLevel`] and [`LogEntry::SetTaskPriority`].
+//! one-entry `CREATECODEPOOL`, [`LogEntry::SetServiceLevel`], [`LogEntry::SetTaskPriority`] and
+//! [`LogEntry::SetQuota`].
 
 use crate::model::{Millis, ServiceLevel, TaskId, TaskStatus, TransactionId};
 
@@ -46,6 +47,9 @@ pub struct NewTask {
     pub idempotency_key: Option<String>,
     /// Order inside its owner's queue: higher first; 0 by default (age order).
     pub priority: i32,
+    /// What each attempt needs while it runs, in the form [`crate::quota::normalize`] gives
+    /// (empty: nothing declared).
+    pub needs: Vec<(String, u64)>,
 }
 
 impl NewTask {
@@ -254,6 +258,17 @@ pub enum LogEntry {
         /// When.
         timestamp: Millis,
     },
+    /// An admin sets (or, with `None`, removes) the quota of a user or a group: amounts per
+    /// dimension (`tasks`, `cpu`, `memory`, named amounts) its running tasks may use together.
+    /// It binds from the next placement on; running tasks are never stopped by it.
+    SetQuota {
+        /// Whose quota.
+        tenant: crate::quota::QuotaTenant,
+        /// The amounts, as [`crate::quota::normalize`] gives them with `tasks` allowed.
+        quota: Option<Vec<(String, u64)>>,
+        /// When.
+        timestamp: Millis,
+    },
 }
 
 impl LogEntry {
@@ -280,6 +295,7 @@ impl LogEntry {
             LogEntry::DeferTask { .. } => "defer_task",
             LogEntry::SetServiceLevel { .. } => "set_service_level",
             LogEntry::SetTaskPriority { .. } => "set_task_priority",
+            LogEntry::SetQuota { .. } => "set_quota",
         }
     }
 }

@@ -22,6 +22,7 @@ use crate::entry::{LogEntry, NewTask};
 use crate::model::{
     ANY_GROUP, GroupId, Millis, ServiceLevel, TaskId, TaskStatus, TransactionId, WorkerStatus,
 };
+use crate::quota::TenantBook;
 use crate::scheduler::{Candidate, GlobalResources, Resources, RunKey, RunningSet, WorkerCapacity};
 use crate::state::{ApplyError, BrokerState};
 
@@ -201,6 +202,65 @@ pub struct SubmitRequest {
     pub transaction: Option<TransactionId>,
     /// Order inside the owner's queue: higher first; 0 = age order.
     pub priority: i32,
+    /// What each attempt needs while it runs (`cpu` millicores, `memory` MiB, named amounts);
+    /// see [`Leader::check_needs`].
+    pub needs: Vec<(String, u64)>,
+}
+
+/// Why a task's needs are refused at submission.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum NeedsRefusal {
+    /// The needs are malformed.
+    #[error("{0}")]
+    Invalid(crate::quota::AmountError),
+    /// No connected worker could ever run it: none has that much of every dimension.
+    #[error(
+        "needs {amount} of {dimension}, more than any connected worker has (the most is {most}); \
+         it would wait forever"
+    )]
+    NoWorker {
+        /// The first dimension no worker has enough of (with the others fitting).
+        dimension: String,
+        /// The task's need in it.
+        amount: u64,
+        /// The most any connected worker declares in it.
+        most: u64,
+    },
+    /// It needs more than its tenant's whole quota.
+    #[error("needs {amount} of {dimension}, more than the whole quota of {tenant} ({quota})")]
+    OverQuota {
+        /// The dimension.
+        dimension: String,
+        /// The task's need.
+        amount: u64,
+        /// Whose quota.
+        tenant: crate::quota::QuotaTenant,
+        /// The quota in that dimension.
+        quota: u64,
+    },
+}
+
+impl NeedsRefusal {
+    /// The dimension at fault (empty when the needs as a whole are).
+    pub fn dimension(&self) -> &str {
+        match self {
+            NeedsRefusal::Invalid(e) => &e.dimension,
+            NeedsRefusal::NoWorker { dimension, .. } | NeedsRefusal::OverQuota { dimension, .. } => {
+                dimension
+            }
+        }
+    }
+}
+
+/// Why a quota change was refused.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum QuotaRefusal {
+    /// The tenant is not valid (an empty user, group 0).
+    #[error("{0}")]
+    Tenant(String),
+    /// The amounts are not valid.
+    #[error("{0}")]
+    Amounts(crate::quota::AmountError),
 }
 
 /// Why a service-level change was refused.
@@ -407,6 +467,7 @@ struct PendingNew {
     user: Arc<str>,
     group: GroupId,
     resources: Resources,
+    needs: Option<crate::quota::Needs>,
     attempts: u32,
     max_attempts: u32,
     deadline: Millis,
@@ -434,6 +495,9 @@ pub struct Leader {
     queued_in_flight: usize,
     /// Assignments in flight, per worker.
     pending_assign: HashMap<Arc<str>, RunningSet>,
+    /// Tenants' use of the assignments in flight, and the group each was charged to.
+    pending_tenants: TenantBook,
+    pending_groups: HashMap<TaskId, GroupId>,
     /// Assignments in flight per named resource, over every worker.
     pending_resources: HashMap<Arc<str>, u32>,
     /// Tasks with a status change in flight (finish, failure, expiry, resume); they are not
@@ -518,6 +582,8 @@ impl Leader {
             placed_in_flight: HashSet::new(),
             queued_in_flight: 0,
             pending_assign: HashMap::new(),
+            pending_tenants: TenantBook::default(),
+            pending_groups: HashMap::new(),
             pending_resources: HashMap::new(),
             pending_changes: HashSet::new(),
             pending_purge: HashSet::new(),
@@ -656,6 +722,7 @@ impl Leader {
                     created: now,
                     idempotency_key: None,
                     priority: req.priority,
+                    needs: req.needs,
                 },
             };
             return (SubmitOutcome::Accepted(id), Some(entry));
@@ -671,6 +738,7 @@ impl Leader {
         let user = self.state.intern(&req.user_id);
         let level = self.state.level_of(&user);
         let delayed = req.requested_start_time > now;
+        let needs = self.state.intern_needs(&req.needs);
         self.pending_new.insert(
             id,
             PendingNew {
@@ -678,6 +746,7 @@ impl Leader {
                 user,
                 group: level.group,
                 resources: level.resources,
+                needs,
                 attempts: req.attempts,
                 max_attempts: req.max_attempts,
                 deadline: req.deadline,
@@ -703,8 +772,111 @@ impl Leader {
             created: now,
             idempotency_key: req.idempotency_key,
             priority: req.priority,
+            needs: req.needs,
         });
         (SubmitOutcome::Accepted(id), Some(entry))
+    }
+
+    /// Checks and normalizes what a task needs (see [`crate::quota::normalize`]) before it is
+    /// submitted: refused when no connected worker has that much of every dimension (it would
+    /// wait forever; with no worker connected nothing can be judged and it is accepted), or when
+    /// it needs more than the whole quota of its owner or of the owner's group.
+    ///
+    /// # Errors
+    /// [`NeedsRefusal`] naming the dimension.
+    pub fn check_needs(
+        &self,
+        user_id: &str,
+        needs: Vec<(String, u64)>,
+    ) -> Result<Vec<(String, u64)>, NeedsRefusal> {
+        let needs = crate::quota::normalize(needs, false).map_err(NeedsRefusal::Invalid)?;
+        if needs.is_empty() {
+            return Ok(needs);
+        }
+        let interned: Vec<(Arc<str>, u64)> =
+            needs.iter().map(|(d, n)| (Arc::from(d.as_str()), *n)).collect();
+        let workers: Vec<&WorkerCapacity> = self
+            .live
+            .values()
+            .filter(|l| l.conn.is_some() && !l.dead)
+            .map(|l| &l.capacity)
+            .collect();
+        if !workers.is_empty() && !workers.iter().any(|c| c.could_hold(&interned)) {
+            // Name the first dimension that no worker has enough of on its own; if each fits
+            // somewhere but never all on one worker, the first dimension the best worker lacks.
+            let most = |d: &str| {
+                workers
+                    .iter()
+                    .map(|c| c.amounts.get(d).copied().unwrap_or(0))
+                    .max()
+                    .unwrap_or(0)
+            };
+            let (dimension, amount) = needs
+                .iter()
+                .find(|(d, n)| most(d) < *n)
+                .or_else(|| needs.first())
+                .cloned()
+                .expect("needs are not empty");
+            return Err(NeedsRefusal::NoWorker {
+                most: most(&dimension),
+                dimension,
+                amount,
+            });
+        }
+        let group = self.state.group_of_user(user_id);
+        let tenants = [
+            crate::quota::QuotaTenant::User(user_id.to_string()),
+            crate::quota::QuotaTenant::Group(group),
+        ];
+        for tenant in tenants {
+            if let Some(quota) = self.state.quotas().get(&tenant) {
+                for (d, n) in &needs {
+                    let limit = crate::quota::need_of(quota, d);
+                    if quota.iter().any(|(q, _)| **q == **d) && *n > limit {
+                        return Err(NeedsRefusal::OverQuota {
+                            dimension: d.clone(),
+                            amount: *n,
+                            tenant,
+                            quota: limit,
+                        });
+                    }
+                }
+            }
+        }
+        Ok(needs)
+    }
+
+    /// Decides a quota change of a user or a group (`None` removes it): the entry to log. It
+    /// binds from the next placement on.
+    ///
+    /// # Errors
+    /// [`QuotaRefusal`]: an empty user, group 0, or amounts [`crate::quota::normalize`] refuses.
+    pub fn set_quota(
+        &mut self,
+        now: Millis,
+        tenant: crate::quota::QuotaTenant,
+        quota: Option<Vec<(String, u64)>>,
+    ) -> Result<LogEntry, QuotaRefusal> {
+        match &tenant {
+            crate::quota::QuotaTenant::User(u) if u.trim().is_empty() => {
+                return Err(QuotaRefusal::Tenant("userid must not be empty".into()));
+            }
+            crate::quota::QuotaTenant::Group(ANY_GROUP) => {
+                return Err(QuotaRefusal::Tenant(
+                    "group 0 means \"any group\" to workers and has no users".into(),
+                ));
+            }
+            _ => {}
+        }
+        let quota = quota
+            .map(|q| crate::quota::normalize(q, true))
+            .transpose()
+            .map_err(QuotaRefusal::Amounts)?;
+        Ok(LogEntry::SetQuota {
+            tenant,
+            quota,
+            timestamp: now,
+        })
     }
 
     /// Decides a service-level change of `user_id` (`None` clears it): the entry to log. Once
@@ -739,6 +911,16 @@ impl Leader {
                     ),
                 ));
             }
+            if level.weight > crate::scheduler::MAX_WEIGHT {
+                return Err(invalid(
+                    "weight",
+                    format!(
+                        "{} is more than the largest weight, {}",
+                        level.weight,
+                        crate::scheduler::MAX_WEIGHT
+                    ),
+                ));
+            }
             if level.resources.len() > MAX_RESOURCES_PER_LEVEL {
                 return Err(invalid(
                     "resources",
@@ -761,6 +943,7 @@ impl Leader {
             user_id: user_id.to_string(),
             level: level.map(|l| ServiceLevel {
                 group: l.group,
+                weight: l.weight,
                 resources: crate::state::normalize_resources(l.resources),
             }),
             timestamp: now,
@@ -992,6 +1175,7 @@ impl Leader {
                 task_type,
                 user,
                 resources: Resources::default(),
+                needs: None,
             });
         self.cancels_in_flight.insert(id, (worker, attempt, key));
         Ok(vec![LogEntry::TaskStatusChange {
@@ -1652,6 +1836,8 @@ impl Leader {
             let global = GlobalResources {
                 limits: &self.config.global_resource_limits,
                 used: &[&self.state.resources_in_use, &self.pending_resources],
+                quotas: &self.state.quotas,
+                tenants: &[&self.state.tenant_use, &self.pending_tenants],
             };
             let chosen = self.state.waiting.choose(
                 &live.capacity,
@@ -1669,21 +1855,19 @@ impl Leader {
                 let task = self.state.task(c.id).expect("queued tasks exist");
                 let attempt = task.attempts + 1;
                 self.state.unqueue(c.id);
-                for r in c.resources.iter() {
-                    *self.pending_resources.entry(r.clone()).or_default() += 1;
-                }
                 let resources = c.resources.iter().map(|r| r.to_string()).collect();
-                self.pending_assign
-                    .entry(worker.clone())
-                    .or_default()
-                    .insert(
-                        c.id,
-                        RunKey {
-                            task_type: c.task_type,
-                            user: c.user,
-                            resources: c.resources,
-                        },
-                    );
+                let worker = worker.clone();
+                self.reserve_assignment(
+                    &worker,
+                    c.id,
+                    c.group,
+                    RunKey {
+                        task_type: c.task_type,
+                        user: c.user,
+                        resources: c.resources,
+                        needs: c.needs,
+                    },
+                );
                 entries.push(LogEntry::AssignTask {
                     task_id: c.id,
                     worker_id: worker.to_string(),
@@ -1728,12 +1912,15 @@ impl Leader {
                     let global = GlobalResources {
                         limits: &self.config.global_resource_limits,
                         used: &[&self.state.resources_in_use, &self.pending_resources],
+                        quotas: &self.state.quotas,
+                        tenants: &[&self.state.tenant_use, &self.pending_tenants],
                     };
                     let candidate = Candidate {
                         group: p.group,
                         user: &p.user,
                         task_type: &p.task_type,
                         resources: &p.resources,
+                        needs: p.needs.as_deref().unwrap_or(&[]),
                     };
                     if live.capacity.admits(
                         &[running, pending, &live.cancelling],
@@ -1752,25 +1939,20 @@ impl Leader {
                     budget -= 1;
                     self.placed_in_flight.insert(id);
                     let attempt = p.attempts + 1;
-                    for r in p.resources.iter() {
-                        *self.pending_resources.entry(r.clone()).or_default() += 1;
-                    }
-                    self.pending_assign
-                        .entry(worker.clone())
-                        .or_default()
-                        .insert(
-                            id,
-                            RunKey {
-                                task_type: p.task_type.clone(),
-                                user: p.user.clone(),
-                                resources: p.resources.clone(),
-                            },
-                        );
+                    let key = RunKey {
+                        task_type: p.task_type.clone(),
+                        user: p.user.clone(),
+                        resources: p.resources.clone(),
+                        needs: p.needs.clone(),
+                    };
+                    let group = p.group;
+                    let resources = p.resources.iter().map(|r| r.to_string()).collect();
+                    self.reserve_assignment(&worker, id, group, key);
                     entries.push(LogEntry::AssignTask {
                         task_id: id,
                         worker_id: worker.to_string(),
                         attempt,
-                        resources: p.resources.iter().map(|r| r.to_string()).collect(),
+                        resources,
                         timestamp: now,
                     });
                 }
@@ -1779,6 +1961,46 @@ impl Leader {
                     self.queued_in_flight += 1;
                 }
             }
+        }
+    }
+
+    /// Charges an assignment in flight to its worker, the cluster's resources and its tenants.
+    fn reserve_assignment(&mut self, worker: &Arc<str>, id: TaskId, group: GroupId, key: RunKey) {
+        for r in key.resources.iter() {
+            *self.pending_resources.entry(r.clone()).or_default() += 1;
+        }
+        self.pending_tenants.charge(&key.user, group, key.needs());
+        self.pending_groups.insert(id, group);
+        self.pending_assign
+            .entry(worker.clone())
+            .or_default()
+            .insert(id, key);
+    }
+
+    /// Releases what [`Leader::reserve_assignment`] charged, once the assignment is applied.
+    fn release_assignment(&mut self, worker: &str, id: TaskId) {
+        let Some(set) = self.pending_assign.get_mut(worker) else {
+            return;
+        };
+        if let Some(key) = set.remove(id) {
+            for r in key.resources.iter() {
+                let n = self
+                    .pending_resources
+                    .get_mut(r)
+                    .expect("an assignment in flight is counted");
+                *n -= 1;
+                if *n == 0 {
+                    self.pending_resources.remove(r);
+                }
+            }
+            let group = self
+                .pending_groups
+                .remove(&id)
+                .expect("an assignment in flight has its group");
+            self.pending_tenants.release(&key.user, group, key.needs());
+        }
+        if set.is_empty() {
+            self.pending_assign.remove(worker);
         }
     }
 
@@ -1828,23 +2050,7 @@ impl Leader {
                 // the queues now and `place_fresh` skips it: it is no longer in `pending_new`.
             }
             Release::Assign(worker, id, attempt) => {
-                if let Some(set) = self.pending_assign.get_mut(worker.as_str()) {
-                    if let Some(key) = set.remove(id) {
-                        for r in key.resources.iter() {
-                            let n = self
-                                .pending_resources
-                                .get_mut(r)
-                                .expect("an assignment in flight is counted");
-                            *n -= 1;
-                            if *n == 0 {
-                                self.pending_resources.remove(r);
-                            }
-                        }
-                    }
-                    if set.is_empty() {
-                        self.pending_assign.remove(worker.as_str());
-                    }
-                }
+                self.release_assignment(&worker, id);
                 if let Some((key, live)) = self.live.get_key_value(worker.as_str()) {
                     let key = key.clone();
                     let open = live.open;

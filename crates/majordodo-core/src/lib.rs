@@ -8,6 +8,7 @@
 //! - [`idempotency`]: client-chosen keys that make a submission sent twice create one task.
 //! - [`leader`]: [`Leader`], which turns requests and events into entries, with reservations for
 //!   entries still in flight so batches can be pipelined.
+//! - [`quota`]: what tasks need, tenants' quotas and their use.
 //! - [`codepool`]: code pools in the state: chunks, checksums, references, expiry.
 //! - [`snapshot`]: owned records of a whole state, and rebuilding a state from them.
 //!
@@ -18,6 +19,7 @@ pub mod entry;
 pub mod idempotency;
 pub mod leader;
 pub mod model;
+pub mod quota;
 pub mod scheduler;
 pub mod snapshot;
 pub mod state;

@@ -222,6 +222,8 @@ pub struct TaskExtra {
     pub deferrals: u32,
     /// Order inside its owner's queue: higher first; 0 by default.
     pub priority: i32,
+    /// What each attempt needs while it runs (cpu, memory, named amounts), if declared.
+    pub needs: Option<crate::quota::Needs>,
 }
 
 impl Task {
@@ -258,6 +260,14 @@ impl Task {
     pub fn priority(&self) -> i32 {
         self.extra.as_ref().map_or(0, |e| e.priority)
     }
+
+    /// What each attempt needs while it runs (sorted by dimension; empty when not declared).
+    pub fn needs(&self) -> &[(Arc<str>, u64)] {
+        self.extra
+            .as_ref()
+            .and_then(|e| e.needs.as_deref())
+            .unwrap_or(&[])
+    }
 }
 
 /// A user's service level: the group its tasks are scheduled in and the named resources each of
@@ -269,6 +279,16 @@ pub struct ServiceLevel {
     /// Named resources, each used once by every running task of the user (sorted, no
     /// duplicates).
     pub resources: Vec<String>,
+    /// The user's weight in fair share: inside a scheduling tier, users get running tasks in
+    /// proportion to their weights. 0 stands for the default, 1.
+    pub weight: u32,
+}
+
+impl ServiceLevel {
+    /// The weight, with 0 read as the default 1.
+    pub fn weight(&self) -> u32 {
+        self.weight.max(1)
+    }
 }
 
 /// A worker as the replicated state knows it (capacity is not replicated: workers re-declare it).

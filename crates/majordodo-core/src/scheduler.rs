@@ -8,16 +8,23 @@
 //! id, so it goes back to its place at the front); inside a tenant, higher task priority first,
 //! then age.
 //!
-//! Limits are counters checked in O(1) per candidate: the worker's total and per-type threads,
-//! its per-user share of each task type, its named-resource limits and the global resource
-//! limits. A queue (or a tenant) that hits a limit is dropped for the rest of the choice, since
-//! a choice only consumes room.
+//! Fair share: inside a tier, the next task goes to the tenant with the fewest running tasks
+//! (cluster-wide, assignments in flight included) relative to its weight, the age of its next
+//! task breaking ties. It is work-conserving: a tenant alone in a tier gets every free thread,
+//! and a tenant that starts submitting gets the next free threads until its share is reached.
+//!
+//! Limits are counters checked per candidate: the worker's total and per-type threads, its
+//! per-user share of each task type, its named-resource limits and the global resource limits,
+//! the worker's amounts (cpu, memory, named) against the task's needs, and the quotas of the
+//! task's owner and group. A queue (or a tenant) that hits a limit is dropped for the rest of
+//! the choice, since a choice only consumes room.
 
 use std::cmp::Reverse;
 use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
 use std::sync::Arc;
 
 use crate::model::{ANY_GROUP, ANY_TASK_TYPE, GroupId, TaskId};
+use crate::quota::{Needs, Quotas, TenantBook};
 
 /// The resources a task uses while it runs, shared by every task of a tenant.
 pub type Resources = Arc<[Arc<str>]>;
@@ -41,6 +48,10 @@ pub struct WorkerCapacity {
     pub max_thread_per_user_per_task_type_percent: u32,
     /// Named resource → most tasks using it that may run at once on this worker.
     pub resource_limits: BTreeMap<String, u32>,
+    /// What the worker has per dimension (`cpu` in millicores, `memory` in MiB, named
+    /// amounts): the needs of the tasks running on it never add up beyond these. A task needing
+    /// a dimension the worker does not declare does not run on it.
+    pub amounts: BTreeMap<String, u64>,
 }
 
 impl WorkerCapacity {
@@ -105,7 +116,14 @@ impl WorkerCapacity {
             return false;
         }
         let mut room = Room::new(self, running, global);
-        room.fits(task.user, task.task_type, task.resources) == Fit::Yes
+        room.fits(task) == Fit::Yes
+    }
+
+    /// Whether the worker has enough of every dimension `needs` names, with nothing running.
+    pub fn could_hold(&self, needs: &[(Arc<str>, u64)]) -> bool {
+        needs
+            .iter()
+            .all(|(d, n)| self.amounts.get(&**d).is_some_and(|have| have >= n))
     }
 }
 
@@ -120,24 +138,47 @@ pub struct Candidate<'a> {
     pub task_type: &'a str,
     /// The resources it would use.
     pub resources: &'a [Arc<str>],
+    /// What it needs (cpu, memory, named amounts).
+    pub needs: &'a [(Arc<str>, u64)],
 }
 
-/// Global resource limits (broker configuration) and the use charged against them (running
-/// tasks plus assignments in flight).
+/// Cluster-wide limits and use: global resource limits (broker configuration) and tenants'
+/// quotas, with the use charged against them (running tasks plus assignments in flight).
 #[derive(Clone, Copy, Debug)]
 pub struct GlobalResources<'a> {
     /// Resource → most tasks using it at once in the whole cluster.
     pub limits: &'a BTreeMap<String, u32>,
     /// Use now, summed over the maps.
     pub used: &'a [&'a HashMap<Arc<str>, u32>],
+    /// Quotas of users and groups.
+    pub quotas: &'a Quotas,
+    /// Tenants' use now (running tasks, assignments in flight), summed over the books; also
+    /// what fair share counts.
+    pub tenants: &'a [&'a TenantBook],
 }
 
 impl GlobalResources<'_> {
-    /// No global limit.
+    /// No global limit, no quota, nothing running elsewhere.
     pub const NONE: GlobalResources<'static> = GlobalResources {
         limits: &EMPTY_LIMITS,
         used: &[],
+        quotas: &NO_QUOTAS,
+        tenants: &[],
     };
+
+    fn user_use(&self, user: &str, dimension: &str) -> u64 {
+        self.tenants
+            .iter()
+            .map(|b| b.user(user).map_or(0, |u| u.get(dimension)))
+            .sum()
+    }
+
+    fn group_use(&self, group: GroupId, dimension: &str) -> u64 {
+        self.tenants
+            .iter()
+            .map(|b| b.group(group).map_or(0, |u| u.get(dimension)))
+            .sum()
+    }
 
     fn used(&self, resource: &str) -> u32 {
         self.used
@@ -148,6 +189,10 @@ impl GlobalResources<'_> {
 }
 
 static EMPTY_LIMITS: BTreeMap<String, u32> = BTreeMap::new();
+static NO_QUOTAS: Quotas = Quotas {
+    users: BTreeMap::new(),
+    groups: BTreeMap::new(),
+};
 
 /// What a running task counts against.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -158,6 +203,15 @@ pub struct RunKey {
     pub user: Arc<str>,
     /// The resources charged to it.
     pub resources: Resources,
+    /// What it needs (None: nothing declared).
+    pub needs: Option<Needs>,
+}
+
+impl RunKey {
+    /// What it needs (empty: nothing declared).
+    pub fn needs(&self) -> &[(Arc<str>, u64)] {
+        self.needs.as_deref().unwrap_or(&[])
+    }
 }
 
 /// Tasks running (or being assigned) on one worker, counted by type, by (user, type) and by
@@ -169,6 +223,7 @@ pub struct RunningSet {
     by_type: HashMap<Arc<str>, u32>,
     by_user_type: HashMap<Arc<str>, HashMap<Arc<str>, u32>>,
     by_resource: HashMap<Arc<str>, u32>,
+    by_amount: HashMap<Arc<str>, u64>,
 }
 
 fn incr(map: &mut HashMap<Arc<str>, u32>, key: &Arc<str>) {
@@ -199,6 +254,9 @@ impl RunningSet {
         for r in key.resources.iter() {
             incr(&mut self.by_resource, r);
         }
+        for (d, n) in key.needs() {
+            *self.by_amount.entry(d.clone()).or_default() += n;
+        }
         self.tasks.insert(id, key);
         true
     }
@@ -217,6 +275,16 @@ impl RunningSet {
         }
         for r in key.resources.iter() {
             decr(&mut self.by_resource, r);
+        }
+        for (d, n) in key.needs() {
+            let used = self
+                .by_amount
+                .get_mut(d)
+                .expect("a counter is charged before it is released");
+            *used -= n;
+            if *used == 0 {
+                self.by_amount.remove(d);
+            }
         }
         Some(key)
     }
@@ -260,6 +328,16 @@ impl RunningSet {
         self.by_resource.get(resource).copied().unwrap_or(0)
     }
 
+    /// The running tasks' needs summed in one dimension.
+    pub fn amount_of(&self, dimension: &str) -> u64 {
+        self.by_amount.get(dimension).copied().unwrap_or(0)
+    }
+
+    /// The running tasks' needs summed per dimension.
+    pub fn amounts(&self) -> impl Iterator<Item = (&Arc<str>, u64)> + '_ {
+        self.by_amount.iter().map(|(d, n)| (d, *n))
+    }
+
     /// Tasks per resource.
     pub fn resources(&self) -> impl Iterator<Item = (&Arc<str>, u32)> + '_ {
         self.by_resource.iter().map(|(r, n)| (r, *n))
@@ -293,6 +371,8 @@ pub struct Chosen {
     pub task_type: Arc<str>,
     /// The resources charged to this execution (the owner's at the time of the choice).
     pub resources: Resources,
+    /// What it needs.
+    pub needs: Option<Needs>,
 }
 
 /// Order of a task inside its tenant's queue: higher priority first, then older.
@@ -306,7 +386,9 @@ type QueueHeads = BinaryHeap<Reverse<(QueueKey, Arc<str>)>>;
 struct Tenant {
     group: GroupId,
     resources: Resources,
-    queues: BTreeMap<Arc<str>, BTreeSet<QueueKey>>,
+    weight: u32,
+    /// Per task type, the waiting tasks in order, each with its needs.
+    queues: BTreeMap<Arc<str>, BTreeMap<QueueKey, Option<Needs>>>,
 }
 
 /// Waiting tasks, indexed by tenant then task type (each queue in priority then age order), with
@@ -333,6 +415,10 @@ pub struct Queued<'a> {
     pub priority: i32,
     /// The task.
     pub id: TaskId,
+    /// The tenant's weight in fair share (at least 1).
+    pub weight: u32,
+    /// What it needs.
+    pub needs: Option<&'a Needs>,
 }
 
 impl WaitingIndex {
@@ -349,13 +435,14 @@ impl WaitingIndex {
     /// Adds a task; returns false if it was already indexed. The tenant's group and resources are
     /// updated to those given (they are the same for every task of a tenant).
     pub fn insert(&mut self, q: Queued<'_>) -> bool {
-        self.set_level(q.user, q.group, q.resources);
+        self.set_level(q.user, q.group, q.resources, q.weight);
         let tenant = self
             .tenants
             .entry(q.user.clone())
             .or_insert_with(|| Tenant {
                 group: q.group,
                 resources: q.resources.clone(),
+                weight: q.weight.max(1),
                 queues: BTreeMap::new(),
             });
         if tenant.queues.is_empty() {
@@ -368,7 +455,8 @@ impl WaitingIndex {
             .queues
             .entry(q.task_type.clone())
             .or_default()
-            .insert((Reverse(q.priority), q.id));
+            .insert((Reverse(q.priority), q.id), q.needs.cloned())
+            .is_none();
         if added {
             self.len += 1;
         }
@@ -377,11 +465,12 @@ impl WaitingIndex {
 
     /// Changes the group and resources of a tenant's waiting tasks at once (a service-level
     /// change); nothing happens if the tenant has no waiting task.
-    pub fn set_level(&mut self, user: &str, group: GroupId, resources: &Resources) {
+    pub fn set_level(&mut self, user: &str, group: GroupId, resources: &Resources, weight: u32) {
         let Some(tenant) = self.tenants.get_mut(user) else {
             return;
         };
         tenant.resources = resources.clone();
+        tenant.weight = weight.max(1);
         if tenant.group != group {
             let old = tenant.group;
             tenant.group = group;
@@ -405,7 +494,7 @@ impl WaitingIndex {
         let Some(queue) = tenant.queues.get_mut(task_type) else {
             return false;
         };
-        if !queue.remove(&(Reverse(priority), id)) {
+        if queue.remove(&(Reverse(priority), id)).is_none() {
             return false;
         }
         self.len -= 1;
@@ -434,7 +523,7 @@ impl WaitingIndex {
         self.tenants
             .get(user)
             .and_then(|t| t.queues.get(task_type))
-            .is_some_and(|q| q.contains(&(Reverse(priority), id)))
+            .is_some_and(|q| q.contains_key(&(Reverse(priority), id)))
     }
 
     /// The group a tenant's waiting tasks are queued in, if it has any.
@@ -451,7 +540,7 @@ impl WaitingIndex {
                 tenant
                     .queues
                     .iter()
-                    .flat_map(move |(t, q)| q.iter().map(move |(_, id)| (*id, *g, u, t)))
+                    .flat_map(move |(t, q)| q.keys().map(move |(_, id)| (*id, *g, u, t)))
             })
         })
     }
@@ -484,9 +573,9 @@ impl WaitingIndex {
             if room.free == 0 {
                 break;
             }
-            // Tenants of this tier by the key of the task each gives next; inside each tenant,
-            // its queues by their head.
-            let mut tenants: BinaryHeap<Reverse<(TaskId, Arc<str>)>> = BinaryHeap::new();
+            // Tenants of this tier by their share (running tasks over weight), then by the key of
+            // the task each gives next; inside each tenant, its queues by their head.
+            let mut tenants: BinaryHeap<Reverse<(u128, TaskId, Arc<str>)>> = BinaryHeap::new();
             let mut heads: HashMap<Arc<str>, QueueHeads> = HashMap::new();
             for group in &tier {
                 let Some(users) = self.groups.get(group) else {
@@ -497,19 +586,20 @@ impl WaitingIndex {
                     let mut h = BinaryHeap::new();
                     for (task_type, queue) in &tenant.queues {
                         if room.types.available(task_type)
-                            && let Some(first) = queue.first()
+                            && let Some((first, _)) = queue.first_key_value()
                         {
                             h.push(Reverse((*first, task_type.clone())));
                         }
                     }
                     if let Some(Reverse(((_, id), _))) = h.peek() {
-                        tenants.push(Reverse((*id, user.clone())));
+                        let share = room.share(user, tenant.weight);
+                        tenants.push(Reverse((share, *id, user.clone())));
                         heads.insert(user.clone(), h);
                     }
                 }
             }
             while room.free > 0 {
-                let Some(Reverse((_, user))) = tenants.pop() else {
+                let Some(Reverse((share, _, user))) = tenants.pop() else {
                     break;
                 };
                 let h = heads
@@ -522,28 +612,40 @@ impl WaitingIndex {
                     .tenants
                     .get_mut(&user)
                     .expect("a tenant in the heap is indexed");
-                match room.fits(&user, &task_type, &tenant.resources) {
-                    Fit::Yes => {}
-                    // This queue cannot take more in this choice; the tenant's other queues may.
-                    Fit::NotThisQueue => {
-                        if let Some(Reverse(((_, next), _))) = h.peek() {
-                            tenants.push(Reverse((*next, user.clone())));
-                        }
-                        continue;
-                    }
-                    // Its resources are used up: none of its tasks fits in this choice.
-                    Fit::NotThisTenant => continue,
-                }
-                let group = tenant.group;
-                let resources = tenant.resources.clone();
                 let queue = tenant
                     .queues
                     .get_mut(&task_type)
                     .expect("a queue in the heap is indexed");
-                let taken = queue.pop_first();
-                debug_assert_eq!(taken, Some(key), "queue head moved under the chooser");
+                let needs = queue
+                    .get(&key)
+                    .expect("queue head moved under the chooser")
+                    .clone();
+                let candidate = Candidate {
+                    group: tenant.group,
+                    user: &user,
+                    task_type: &task_type,
+                    resources: &tenant.resources,
+                    needs: needs.as_deref().unwrap_or(&[]),
+                };
+                match room.fits(&candidate) {
+                    Fit::Yes => {}
+                    // This queue cannot take more in this choice; the tenant's other queues may.
+                    Fit::NotThisQueue => {
+                        if let Some(Reverse(((_, next), _))) = h.peek() {
+                            tenants.push(Reverse((share, *next, user.clone())));
+                        }
+                        continue;
+                    }
+                    // Its resources or a quota are used up: none of its tasks fits in this
+                    // choice.
+                    Fit::NotThisTenant => continue,
+                }
+                let group = tenant.group;
+                let weight = tenant.weight;
+                let resources = tenant.resources.clone();
+                queue.pop_first();
                 self.len -= 1;
-                if let Some(next) = queue.first() {
+                if let Some((next, _)) = queue.first_key_value() {
                     h.push(Reverse((*next, task_type.clone())));
                 } else {
                     tenant.queues.remove(&task_type);
@@ -551,16 +653,17 @@ impl WaitingIndex {
                         self.drop_tenant(&user, group);
                     }
                 }
+                room.take(&user, &task_type, group, &resources, needs.as_deref());
                 if let Some(Reverse(((_, next), _))) = h.peek() {
-                    tenants.push(Reverse((*next, user.clone())));
+                    tenants.push(Reverse((room.share(&user, weight), *next, user.clone())));
                 }
-                room.take(&user, &task_type, &resources);
                 chosen.push(Chosen {
                     id: key.1,
                     group,
                     user,
                     task_type,
                     resources,
+                    needs,
                 });
             }
         }
@@ -599,9 +702,16 @@ enum Fit {
     Yes,
     /// The type or the user's share of it is used up.
     NotThisQueue,
-    /// One of the tenant's resources is used up.
+    /// One of the tenant's resources, or its running tasks' quota, is used up.
     NotThisTenant,
 }
+
+/// Fair-share keys are running tasks × this / weight: exact for any two tenants with weights up
+/// to [`MAX_WEIGHT`] (different shares differ by at least 1 / MAX_WEIGHT², far above one unit).
+const SHARE_SCALE: u128 = 1 << 40;
+
+/// Largest weight of a tenant in fair share.
+pub const MAX_WEIGHT: u32 = 10_000;
 
 /// The room left on one worker during one choice: every limit as a counter.
 struct Room<'a> {
@@ -614,6 +724,10 @@ struct Room<'a> {
     user_taken: HashMap<Arc<str>, HashMap<Arc<str>, u32>>,
     /// Tasks per resource taken in this choice.
     resource_taken: HashMap<Arc<str>, u32>,
+    /// Needs per dimension taken on this worker in this choice.
+    amount_taken: HashMap<Arc<str>, u64>,
+    /// Tenants' use taken in this choice.
+    tenant_taken: TenantBook,
 }
 
 impl<'a> Room<'a> {
@@ -631,10 +745,21 @@ impl<'a> Room<'a> {
             types: TypeLimits::new(capacity, running),
             user_taken: HashMap::new(),
             resource_taken: HashMap::new(),
+            amount_taken: HashMap::new(),
+            tenant_taken: TenantBook::default(),
         }
     }
 
-    fn fits(&mut self, user: &str, task_type: &str, resources: &[Arc<str>]) -> Fit {
+    /// A tenant's fair-share key: its running tasks (cluster-wide, in flight and taken in this
+    /// choice included) over its weight.
+    fn share(&self, user: &str, weight: u32) -> u128 {
+        let running = self.global.user_use(user, crate::quota::TASKS)
+            + self.tenant_taken.user(user).map_or(0, |u| u.tasks);
+        u128::from(running) * SHARE_SCALE / u128::from(weight.max(1))
+    }
+
+    fn fits(&mut self, c: &Candidate<'_>) -> Fit {
+        let (user, task_type, resources) = (c.user, c.task_type, c.resources);
         if self.free == 0 || !self.types.available(task_type) {
             return Fit::NotThisQueue;
         }
@@ -668,10 +793,58 @@ impl<'a> Room<'a> {
                 return Fit::NotThisTenant;
             }
         }
+        // The worker's amounts: another queue's task may need less.
+        for (d, n) in c.needs {
+            let have = self.capacity.amounts.get(&**d).copied().unwrap_or(0);
+            let used: u64 = self.running.iter().map(|s| s.amount_of(d)).sum::<u64>()
+                + self.amount_taken.get(d).copied().unwrap_or(0);
+            if used.saturating_add(*n) > have {
+                return Fit::NotThisQueue;
+            }
+        }
+        // The owner's and the group's quotas.
+        let quotas = self.global.quotas;
+        if !quotas.is_empty() {
+            let taken = &self.tenant_taken;
+            let global = self.global;
+            let over = |dimension: &str| {
+                if dimension == crate::quota::TASKS {
+                    Fit::NotThisTenant
+                } else {
+                    Fit::NotThisQueue
+                }
+            };
+            if let Some(q) = quotas.users.get(user)
+                && let Some((d, _)) = crate::quota::exceeded(q, c.needs, |d| {
+                    global.user_use(user, d) + taken.user(user).map_or(0, |u| u.get(d))
+                })
+            {
+                return over(d);
+            }
+            if let Some(q) = quotas.groups.get(&c.group)
+                && let Some((d, _)) = crate::quota::exceeded(q, c.needs, |d| {
+                    global.group_use(c.group, d) + taken.group(c.group).map_or(0, |u| u.get(d))
+                })
+            {
+                return over(d);
+            }
+        }
         Fit::Yes
     }
 
-    fn take(&mut self, user: &Arc<str>, task_type: &Arc<str>, resources: &[Arc<str>]) {
+    fn take(
+        &mut self,
+        user: &Arc<str>,
+        task_type: &Arc<str>,
+        group: GroupId,
+        resources: &[Arc<str>],
+        needs: Option<&[(Arc<str>, u64)]>,
+    ) {
+        let needs = needs.unwrap_or(&[]);
+        self.tenant_taken.charge(user, group, needs);
+        for (d, n) in needs {
+            *self.amount_taken.entry(d.clone()).or_default() += n;
+        }
         self.free -= 1;
         self.types.take(task_type);
         if self.capacity.max_thread_per_user_per_task_type_percent > 0 {
@@ -785,6 +958,8 @@ mod tests {
             task_type: &t(task_type),
             priority,
             id: TaskId(id),
+            weight: 1,
+            needs: None,
         });
     }
 
@@ -793,6 +968,7 @@ mod tests {
             task_type: t(task_type),
             user: t(user),
             resources: none(),
+            needs: None,
         }
     }
 
@@ -930,7 +1106,7 @@ mod tests {
         put(&mut idx, 1, "u", "a", 2);
         let only2 = cap(10, &[], &[2]);
         assert!(choose(&mut idx, &only2, &[], 10).is_empty());
-        idx.set_level("u", 2, &none());
+        idx.set_level("u", 2, &none(), 1);
         assert_eq!(idx.group_of("u"), Some(2));
         assert_eq!(ids(&choose(&mut idx, &only2, &[], 10)), vec![1, 2]);
         assert!(idx.groups.is_empty() && idx.tenants.is_empty());
@@ -1007,13 +1183,16 @@ mod tests {
         let mut c = cap(100, &[], &[0]);
         c.resource_limits.insert("db1".into(), 2);
         let got = idx.choose(&c, &[], &GlobalResources::NONE, 100);
-        assert_eq!(ids(&got), vec![1, 2, 20]);
+        // Fair share: once "u" runs one, "free" (running none) comes before its second.
+        assert_eq!(ids(&got), vec![1, 20, 2]);
         assert_eq!(&*got[0].resources, &*r1);
 
         // Globally 3, 2 already used elsewhere: only 1 more, although the worker allows 2.
         let limits = BTreeMap::from([("db1".to_string(), 3)]);
         let used = HashMap::from([(t("db1"), 2)]);
         let global = GlobalResources {
+            quotas: &NO_QUOTAS,
+            tenants: &[],
             limits: &limits,
             used: &[&used],
         };
@@ -1027,6 +1206,7 @@ mod tests {
                 task_type: t("a"),
                 user: t("u"),
                 resources: r1.clone(),
+                needs: None,
             },
         );
         running.insert(
@@ -1035,12 +1215,184 @@ mod tests {
                 task_type: t("a"),
                 user: t("u"),
                 resources: r1.clone(),
+                needs: None,
             },
         );
         assert!(
             idx.choose(&c, &[&running], &GlobalResources::NONE, 100)
                 .is_empty()
         );
+    }
+
+    proptest::proptest! {
+        #[test]
+        fn fair_share_gives_each_free_thread_to_the_least_served_user(
+            weights in proptest::collection::vec(1u32..6, 2..6),
+            ends in proptest::collection::vec(proptest::prelude::any::<u16>(), 1..120),
+            threads in 3u32..24,
+        ) {
+            // Goal: with every user backlogged, each thread a choice fills goes to a user whose
+            // running tasks over its weight are the lowest at that moment (r_c / w_c <= r_v /
+            // w_v for every v), as tasks end in any order; the worker is always full.
+            let mut idx = WaitingIndex::default();
+            let users: Vec<Arc<str>> = (0..weights.len()).map(|u| t(&format!("u{u}"))).collect();
+            let mut next = 1u64;
+            for (u, w) in users.iter().zip(&weights) {
+                for _ in 0..200 {
+                    idx.insert(Queued {
+                        group: 1,
+                        resources: &none(),
+                        user: u,
+                        task_type: &t("a"),
+                        priority: 0,
+                        id: TaskId(next),
+                        weight: *w,
+                        needs: None,
+                    });
+                    next += 1;
+                }
+            }
+            let weight = |u: &Arc<str>| u64::from(weights[users.iter().position(|x| x == u).unwrap()]);
+            let c = cap(threads, &[], &[0]);
+            let mut book = TenantBook::default();
+            let mut running: Vec<(TaskId, Arc<str>)> = Vec::new();
+            let mut set = RunningSet::default();
+            for end in ends {
+                let global = GlobalResources {
+                    tenants: &[&book],
+                    ..GlobalResources::NONE
+                };
+                let chosen = idx.choose(&c, &[&set], &global, 100);
+                for ch in chosen {
+                    let count = |u: &Arc<str>| running.iter().filter(|(_, r)| r == u).count() as u64;
+                    for v in &users {
+                        proptest::prop_assert!(
+                            count(&ch.user) * weight(v) <= count(v) * weight(&ch.user),
+                            "{} (running {}, weight {}) chosen before {v} (running {}, weight {})",
+                            ch.user,
+                            count(&ch.user),
+                            weight(&ch.user),
+                            count(v),
+                            weight(v)
+                        );
+                    }
+                    book.charge(&ch.user, 1, &[]);
+                    set.insert(ch.id, key("a", &ch.user));
+                    running.push((ch.id, ch.user));
+                }
+                proptest::prop_assert_eq!(running.len() as u32, threads);
+                let (id, user) = running.remove(usize::from(end) % running.len());
+                set.remove(id);
+                book.release(&user, 1, &[]);
+            }
+        }
+    }
+
+    #[test]
+    fn a_lone_tenant_takes_every_thread_and_gives_them_back_as_others_arrive() {
+        // Goal: work-conserving fair share. Alone, "big" (a million-task backlog in spirit)
+        // fills the worker; once "small" submits, every thread freed goes to "small" until it
+        // has its share, although "big"'s tasks are older.
+        let mut idx = WaitingIndex::default();
+        for i in 1..=50 {
+            put(&mut idx, 1, "big", "a", i);
+        }
+        let c = cap(4, &[], &[0]);
+        let mut book = TenantBook::default();
+        let mut set = RunningSet::default();
+        let run = |idx: &mut WaitingIndex, book: &mut TenantBook, set: &mut RunningSet| {
+            let global = GlobalResources {
+                tenants: &[&*book],
+                ..GlobalResources::NONE
+            };
+            let got = idx.choose(&c, &[&*set], &global, 100);
+            for ch in &got {
+                book.charge(&ch.user, 1, &[]);
+                set.insert(ch.id, key("a", &ch.user));
+            }
+            got
+        };
+        assert_eq!(ids(&run(&mut idx, &mut book, &mut set)), vec![1, 2, 3, 4]);
+        for i in 100..=102 {
+            put(&mut idx, 1, "small", "a", i);
+        }
+        let mut end = |id: u64, set: &mut RunningSet, book: &mut TenantBook| {
+            let k = set.remove(TaskId(id)).unwrap();
+            book.release(&k.user, 1, &[]);
+        };
+        end(1, &mut set, &mut book);
+        assert_eq!(ids(&run(&mut idx, &mut book, &mut set)), vec![100]);
+        end(2, &mut set, &mut book);
+        assert_eq!(ids(&run(&mut idx, &mut book, &mut set)), vec![101]);
+        // 2 each now: the next thread goes by age, to "big".
+        end(3, &mut set, &mut book);
+        assert_eq!(ids(&run(&mut idx, &mut book, &mut set)), vec![5]);
+    }
+
+    #[test]
+    fn needs_and_quotas_bind_per_dimension() {
+        // Goal: a task runs only where the worker has room in every dimension it needs and
+        // within its owner's and its group's quotas; a task not needing a dimension is not held
+        // back by it; the task-count quota stops the whole tenant.
+        let needs = |list: &[(&str, u64)]| -> Needs {
+            list.iter().map(|(d, n)| (t(d), *n)).collect::<Vec<_>>().into()
+        };
+        let big = needs(&[("cpu", 1500), ("memory", 100)]);
+        let small = needs(&[("cpu", 500)]);
+        let mut idx = WaitingIndex::default();
+        let q = |idx: &mut WaitingIndex, u: &str, ty: &str, id: u64, n: &Needs| {
+            idx.insert(Queued {
+                group: 1,
+                resources: &none(),
+                user: &t(u),
+                task_type: &t(ty),
+                priority: 0,
+                id: TaskId(id),
+                weight: 1,
+                needs: Some(n),
+            });
+        };
+        q(&mut idx, "u", "big", 1, &big);
+        q(&mut idx, "u", "big", 2, &big);
+        q(&mut idx, "u", "small", 3, &small);
+        q(&mut idx, "u", "small", 4, &small);
+        let mut c = cap(10, &[], &[0]);
+        c.amounts = BTreeMap::from([("cpu".into(), 2000), ("memory".into(), 1000)]);
+        // 1500 + 500 millicores fill the worker.
+        let got = idx.choose(&c, &[], &GlobalResources::NONE, 100);
+        assert_eq!(ids(&got), vec![1, 3]);
+        // A worker without memory takes only the small ones.
+        let mut no_memory = cap(10, &[], &[0]);
+        no_memory.amounts = BTreeMap::from([("cpu".into(), 8000)]);
+        assert_eq!(
+            ids(&idx.choose(&no_memory, &[], &GlobalResources::NONE, 100)),
+            vec![4]
+        );
+        // The user's cpu quota (1000, 0 used) refuses the big one; the group's task quota (1)
+        // lets exactly one small one through.
+        let mut idx = WaitingIndex::default();
+        q(&mut idx, "u", "big", 1, &big);
+        q(&mut idx, "u", "small", 3, &small);
+        q(&mut idx, "u", "small", 4, &small);
+        let mut quotas = Quotas::default();
+        quotas.users.insert(t("u"), needs(&[("cpu", 1000)]));
+        let mut roomy = cap(10, &[], &[0]);
+        roomy.amounts = BTreeMap::from([("cpu".into(), 8000), ("memory".into(), 8000)]);
+        let global = GlobalResources {
+            quotas: &quotas,
+            ..GlobalResources::NONE
+        };
+        assert_eq!(ids(&idx.choose(&roomy, &[], &global, 100)), vec![3, 4]);
+        let mut idx = WaitingIndex::default();
+        q(&mut idx, "u", "small", 3, &small);
+        q(&mut idx, "u", "small", 4, &small);
+        quotas.users.clear();
+        quotas.groups.insert(1, needs(&[("tasks", 1)]));
+        let global = GlobalResources {
+            quotas: &quotas,
+            ..GlobalResources::NONE
+        };
+        assert_eq!(ids(&idx.choose(&roomy, &[], &global, 100)), vec![3]);
     }
 
     #[test]
@@ -1079,6 +1431,7 @@ mod tests {
                     user,
                     task_type,
                     resources: &r,
+                    needs: &[],
                 };
                 assert_eq!(
                     c.admits(&[&running], &GlobalResources::NONE, &cand),
@@ -1097,6 +1450,7 @@ mod tests {
             task_type: t("a"),
             user: t("u"),
             resources: res(&["x", "y"]),
+            needs: None,
         };
         assert!(r.insert(TaskId(1), k.clone()));
         assert!(!r.insert(TaskId(1), k.clone()));

@@ -11,6 +11,7 @@ use crate::model::{
     CodePool, Millis, ServiceLevel, Task, TaskExtra, TaskId, TaskStatus, Transaction, WorkerRecord,
     WorkerStatus,
 };
+use crate::quota::QuotaTenant;
 use crate::scheduler::RunKey;
 use crate::state::{BrokerState, GroupMapper, Level, normalize_resources};
 
@@ -53,6 +54,8 @@ pub struct TaskRecord {
     pub deferrals: u32,
     /// Priority inside its owner's queue.
     pub priority: i32,
+    /// What each attempt needs (sorted by dimension).
+    pub needs: Vec<(String, u64)>,
 }
 
 impl From<&Task> for TaskRecord {
@@ -76,6 +79,7 @@ impl From<&Task> for TaskRecord {
             resources: t.resources().iter().map(|r| r.to_string()).collect(),
             deferrals: t.deferrals(),
             priority: t.priority(),
+            needs: t.needs().iter().map(|(d, n)| (d.to_string(), *n)).collect(),
         }
     }
 }
@@ -136,6 +140,8 @@ pub struct Snapshot {
     /// Service levels set at runtime, by user (restored before the tasks, which are queued
     /// under them).
     pub service_levels: Vec<(String, ServiceLevel)>,
+    /// Quotas set at runtime.
+    pub quotas: Vec<(QuotaTenant, Vec<(String, u64)>)>,
 }
 
 /// A consistent copy of everything a snapshot holds, cheap to take between two rounds: tasks are
@@ -157,6 +163,8 @@ pub struct SnapshotSource {
     pub idempotency_keys: Vec<IdempotencyKey>,
     /// Service levels set at runtime, by user.
     pub service_levels: Vec<(String, ServiceLevel)>,
+    /// Quotas set at runtime.
+    pub quotas: Vec<(QuotaTenant, Vec<(String, u64)>)>,
 }
 
 /// Why a snapshot cannot be turned back into a state.
@@ -199,7 +207,15 @@ impl BrokerState {
             codepools: self.codepools().cloned().collect(),
             idempotency_keys: self.idempotency_keys().collect(),
             service_levels: self.service_level_records(),
+            quotas: self.quota_records(),
         }
+    }
+
+    fn quota_records(&self) -> Vec<(QuotaTenant, Vec<(String, u64)>)> {
+        self.quotas
+            .iter()
+            .map(|(t, q)| (t, q.iter().map(|(d, n)| (d.to_string(), *n)).collect()))
+            .collect()
     }
 
     fn service_level_records(&self) -> Vec<(String, ServiceLevel)> {
@@ -218,6 +234,7 @@ impl BrokerState {
             codepools: self.codepools().cloned().collect(),
             idempotency_keys: self.idempotency_keys().collect(),
             service_levels: self.service_level_records(),
+            quotas: self.quota_records(),
         }
     }
 
@@ -247,6 +264,9 @@ impl BrokerState {
         }
         for k in snapshot.idempotency_keys {
             b.add_idempotency_key(k)?;
+        }
+        for (tenant, quota) in snapshot.quotas {
+            b.add_quota(tenant, quota)?;
         }
         b.finish()
     }
@@ -293,7 +313,11 @@ impl StateBuilder {
             || r.mode.is_some()
             || !resources.is_empty()
             || r.deferrals > 0
-            || r.priority != 0;
+            || r.priority != 0
+            || !r.needs.is_empty();
+        let needs = crate::quota::normalize(r.needs, false)
+            .map_err(|e| invalid(what(), format!("needs: {e}")))?;
+        let needs = s.intern_needs(&needs);
         let task = Task {
             id,
             task_type,
@@ -315,6 +339,7 @@ impl StateBuilder {
                     resources: resources.iter().map(|r| r.as_str().into()).collect(),
                     deferrals: r.deferrals,
                     priority: r.priority,
+                    needs,
                 })
             }),
         };
@@ -343,12 +368,17 @@ impl StateBuilder {
                 for r in charged.iter() {
                     *s.resources_in_use.entry(r.clone()).or_default() += 1;
                 }
+                let needs = task.extra.as_ref().and_then(|e| e.needs.clone());
+                let group = s.group_of_user(&task.user_id);
+                s.tenant_use
+                    .charge(&task.user_id, group, needs.as_deref().unwrap_or(&[]));
                 s.running.entry(worker).or_default().insert(
                     id,
                     RunKey {
                         task_type: task.task_type.clone(),
                         user: task.user_id.clone(),
                         resources: charged,
+                        needs,
                     },
                 );
             }
@@ -395,8 +425,43 @@ impl StateBuilder {
             Level {
                 group: level.group,
                 resources,
+                weight: level.weight.max(1),
             },
         );
+        Ok(())
+    }
+
+    /// Adds a quota set at runtime.
+    ///
+    /// # Errors
+    /// A duplicate tenant, an empty user, or amounts that are not valid.
+    pub fn add_quota(
+        &mut self,
+        tenant: QuotaTenant,
+        quota: Vec<(String, u64)>,
+    ) -> Result<(), RestoreError> {
+        let what = || format!("quota of {tenant}");
+        if matches!(&tenant, QuotaTenant::User(u) if u.is_empty()) {
+            return Err(invalid(what(), "empty user id"));
+        }
+        if self.state.quotas.get(&tenant).is_some() {
+            return Err(invalid(what(), "duplicate tenant"));
+        }
+        let quota = crate::quota::normalize(quota, true).map_err(|e| invalid(what(), e.to_string()))?;
+        let quota: crate::quota::Needs = quota
+            .iter()
+            .map(|(d, n)| (self.state.intern(d), *n))
+            .collect::<Vec<_>>()
+            .into();
+        match tenant {
+            QuotaTenant::User(u) => {
+                let u = self.state.intern(&u);
+                self.state.quotas.users.insert(u, quota);
+            }
+            QuotaTenant::Group(g) => {
+                self.state.quotas.groups.insert(g, quota);
+            }
+        }
         Ok(())
     }
 

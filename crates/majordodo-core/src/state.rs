@@ -14,6 +14,7 @@ use crate::model::{
     CodePool, GroupId, Millis, ServiceLevel, Task, TaskExtra, TaskId, TaskStatus, Transaction,
     TransactionId, WorkerRecord, WorkerStatus,
 };
+use crate::quota::{QuotaTenant, Quotas, TenantBook};
 use crate::scheduler::{Queued, Resources, RunKey, RunningSet, WaitingIndex};
 
 /// The default service level of users without one set at runtime (through
@@ -45,6 +46,8 @@ impl GroupMapper for DefaultGroupMapper {
 pub(crate) struct Level {
     pub(crate) group: GroupId,
     pub(crate) resources: Resources,
+    /// Fair-share weight (at least 1).
+    pub(crate) weight: u32,
 }
 
 /// Why an entry could not be applied. On the leader this is a bug (it validated the entry); in a
@@ -172,6 +175,10 @@ pub struct BrokerState {
     pub(crate) service_levels: BTreeMap<Arc<str>, Level>,
     /// Running tasks per named resource, over every worker (the sums of the running sets).
     pub(crate) resources_in_use: HashMap<Arc<str>, u32>,
+    /// Quotas of users and groups, set at runtime.
+    pub(crate) quotas: Quotas,
+    /// What the running tasks use, per owner and per the owner's current group (derived).
+    pub(crate) tenant_use: TenantBook,
     interned: HashSet<Arc<str>>,
     mapper: Arc<dyn GroupMapper>,
 }
@@ -210,6 +217,8 @@ impl PartialEq for BrokerState {
             && self.counts == other.counts
             && self.service_levels == other.service_levels
             && self.resources_in_use == other.resources_in_use
+            && self.quotas == other.quotas
+            && self.tenant_use == other.tenant_use
     }
 }
 
@@ -242,6 +251,8 @@ impl BrokerState {
             counts: [0; 5],
             service_levels: BTreeMap::new(),
             resources_in_use: HashMap::new(),
+            quotas: Quotas::default(),
+            tenant_use: TenantBook::default(),
             interned: HashSet::new(),
             mapper,
         }
@@ -389,8 +400,27 @@ impl BrokerState {
             None => ServiceLevel {
                 group: self.mapper.group_of(user_id),
                 resources: normalize_resources(self.mapper.resources_of(user_id)),
+                weight: 1,
             },
         }
+    }
+
+    /// The group a user's tasks are in now (its service level's).
+    pub fn group_of_user(&self, user_id: &str) -> GroupId {
+        match self.service_levels.get(user_id) {
+            Some(l) => l.group,
+            None => self.mapper.group_of(user_id),
+        }
+    }
+
+    /// Quotas set at runtime.
+    pub fn quotas(&self) -> &Quotas {
+        &self.quotas
+    }
+
+    /// What the running tasks use, per owner and per group.
+    pub fn tenant_use(&self) -> &TenantBook {
+        &self.tenant_use
     }
 
     /// The group and shared resources a user's tasks get now.
@@ -403,7 +433,17 @@ impl BrokerState {
         Level {
             group,
             resources: self.intern_resources(&resources),
+            weight: 1,
         }
+    }
+
+    /// A task's needs as the state keeps them (None when empty).
+    pub(crate) fn intern_needs(&mut self, needs: &[(String, u64)]) -> Option<crate::quota::Needs> {
+        if needs.is_empty() {
+            return None;
+        }
+        let v: Vec<(Arc<str>, u64)> = needs.iter().map(|(d, n)| (self.intern(d), *n)).collect();
+        Some(v.into())
     }
 
     pub(crate) fn intern_resources(&mut self, names: &[String]) -> Resources {
@@ -499,6 +539,10 @@ impl BrokerState {
                 names.sort();
                 names.dedup();
                 let charged = self.intern_resources(&names);
+                let group = {
+                    let user = &self.tasks[&task_id].user_id;
+                    self.group_of_user(user)
+                };
                 let task = Arc::make_mut(self.tasks.get_mut(&task_id).expect("checked above"));
                 self.waiting
                     .remove(&task.user_id, &task.task_type, task.priority(), task.id);
@@ -508,12 +552,16 @@ impl BrokerState {
                 for r in charged.iter() {
                     *self.resources_in_use.entry(r.clone()).or_default() += 1;
                 }
+                let needs = task.extra.as_ref().and_then(|e| e.needs.clone());
+                self.tenant_use
+                    .charge(&task.user_id, group, needs.as_deref().unwrap_or(&[]));
                 let newly = self.running.entry(worker.clone()).or_default().insert(
                     task.id,
                     RunKey {
                         task_type: task.task_type.clone(),
                         user: task.user_id.clone(),
                         resources: charged,
+                        needs,
                     },
                 );
                 assert!(newly, "task {task_id} has at most one live assignment");
@@ -693,12 +741,14 @@ impl BrokerState {
                     ));
                 }
                 let user = self.intern(&user_id);
+                let old_group = self.group_of_user(&user);
                 match level {
                     Some(l) => {
                         let resources = normalize_resources(l.resources);
                         let level = Level {
                             group: l.group,
                             resources: self.intern_resources(&resources),
+                            weight: l.weight.max(1),
                         };
                         self.service_levels.insert(user.clone(), level);
                     }
@@ -707,7 +757,48 @@ impl BrokerState {
                     }
                 }
                 let level = self.level_of(&user);
-                self.waiting.set_level(&user, level.group, &level.resources);
+                self.tenant_use.move_user(&user, old_group, level.group);
+                self.waiting
+                    .set_level(&user, level.group, &level.resources, level.weight);
+            }
+            LogEntry::SetQuota {
+                tenant,
+                quota,
+                timestamp: _,
+            } => {
+                if let QuotaTenant::User(u) = &tenant
+                    && u.is_empty()
+                {
+                    return Err(ApplyError::Invalid("set_quota: empty user id".into()));
+                }
+                match quota {
+                    Some(q) => {
+                        let q = crate::quota::normalize(q, true)
+                            .map_err(|e| ApplyError::Invalid(format!("set_quota: {e}")))?;
+                        let q: crate::quota::Needs = q
+                            .iter()
+                            .map(|(d, n)| (self.intern(d), *n))
+                            .collect::<Vec<_>>()
+                            .into();
+                        match tenant {
+                            QuotaTenant::User(u) => {
+                                let u = self.intern(&u);
+                                self.quotas.users.insert(u, q);
+                            }
+                            QuotaTenant::Group(g) => {
+                                self.quotas.groups.insert(g, q);
+                            }
+                        }
+                    }
+                    None => match tenant {
+                        QuotaTenant::User(u) => {
+                            self.quotas.users.remove(u.as_str());
+                        }
+                        QuotaTenant::Group(g) => {
+                            self.quotas.groups.remove(&g);
+                        }
+                    },
+                }
             }
             LogEntry::SetTaskPriority {
                 task_id,
@@ -767,12 +858,18 @@ impl BrokerState {
                 expected: task.attempts,
             });
         }
+        let group = self.group_of_user(&task.user_id);
         let task = Arc::make_mut(self.tasks.get_mut(&id).expect("checked above"));
         let worker = task
             .worker_id
             .as_ref()
             .expect("a running task has a worker");
-        leave_running(&mut self.running, &mut self.resources_in_use, worker, id);
+        let mut counters = RunCounters {
+            running: &mut self.running,
+            resources: &mut self.resources_in_use,
+            tenants: &mut self.tenant_use,
+        };
+        counters.leave(worker, id, group);
         task.status = TaskStatus::Delayed;
         task.requested_start_time = until.max(0);
         task.extra.get_or_insert_with(Default::default).deferrals += 1;
@@ -829,19 +926,24 @@ impl BrokerState {
         let status = t.initial_status();
         let task_type = self.intern(&t.task_type);
         let user_id = self.intern(&t.user_id);
-        let extra =
-            if t.slot.is_some() || t.codepool.is_some() || t.mode.is_some() || t.priority != 0 {
-                Some(Box::new(TaskExtra {
-                    slot: t.slot.map(Into::into),
-                    codepool: t.codepool.map(Into::into),
-                    mode: t.mode.map(Into::into),
-                    resources: Vec::new(),
-                    deferrals: 0,
-                    priority: t.priority,
-                }))
-            } else {
-                None
-            };
+        let extra = if t.slot.is_some()
+            || t.codepool.is_some()
+            || t.mode.is_some()
+            || t.priority != 0
+            || !t.needs.is_empty()
+        {
+            Some(Box::new(TaskExtra {
+                slot: t.slot.map(Into::into),
+                codepool: t.codepool.map(Into::into),
+                mode: t.mode.map(Into::into),
+                resources: Vec::new(),
+                deferrals: 0,
+                priority: t.priority,
+                needs: self.intern_needs(&t.needs),
+            }))
+        } else {
+            None
+        };
         let task = Task {
             id: t.id,
             task_type,
@@ -882,6 +984,8 @@ impl BrokerState {
             task_type: &task.task_type,
             priority: task.priority(),
             id: task.id,
+            weight: level.weight,
+            needs: task.extra.as_ref().and_then(|e| e.needs.as_ref()),
         });
     }
 
@@ -931,6 +1035,7 @@ impl BrokerState {
                 expected: task.attempts,
             });
         }
+        let group = self.group_of_user(&task.user_id);
         let task = Arc::make_mut(self.tasks.get_mut(&id).expect("checked above"));
         // Leave the old status's indexes.
         match from {
@@ -939,7 +1044,12 @@ impl BrokerState {
                     .worker_id
                     .as_ref()
                     .expect("a running task has a worker");
-                leave_running(&mut self.running, &mut self.resources_in_use, worker, id);
+                let mut counters = RunCounters {
+                    running: &mut self.running,
+                    resources: &mut self.resources_in_use,
+                    tenants: &mut self.tenant_use,
+                };
+                counters.leave(worker, id, group);
             }
             TaskStatus::Waiting => {
                 self.waiting
@@ -1154,6 +1264,51 @@ impl BrokerState {
         }
         self.idempotency.check()?;
         self.check_pools()?;
+        self.check_tenant_use()?;
+        Ok(())
+    }
+
+    /// Tenants' use equals the running tasks' needs summed per owner and per owner's group, and
+    /// every worker's amounts equal its tasks' needs.
+    fn check_tenant_use(&self) -> Result<(), String> {
+        let mut book = TenantBook::default();
+        for task in self.tasks.values() {
+            if task.status == TaskStatus::Running {
+                book.charge(
+                    &task.user_id,
+                    self.group_of_user(&task.user_id),
+                    task.needs(),
+                );
+            }
+        }
+        if book != self.tenant_use {
+            return Err(format!(
+                "tenant use {:?} != the running tasks' needs {book:?}",
+                self.tenant_use
+            ));
+        }
+        for (worker, set) in &self.running {
+            let mut per: HashMap<Arc<str>, u64> = HashMap::new();
+            for (id, key) in set.entries() {
+                let task = &self.tasks[&id];
+                if key.needs() != task.needs() {
+                    return Err(format!("running set of {worker} misstates the needs of {id}"));
+                }
+                for (d, n) in key.needs() {
+                    *per.entry(d.clone()).or_default() += n;
+                }
+            }
+            let counted: HashMap<Arc<str>, u64> = set.amounts().map(|(d, n)| (d.clone(), n)).collect();
+            if per != counted {
+                return Err(format!("amount counters of {worker} disagree with its tasks"));
+            }
+        }
+        for (tenant, quota) in self.quotas.iter() {
+            let list: Vec<(String, u64)> = quota.iter().map(|(d, n)| (d.to_string(), *n)).collect();
+            if crate::quota::normalize(list.clone(), true).as_ref() != Ok(&list) {
+                return Err(format!("the quota of {tenant} is not normalized"));
+            }
+        }
         Ok(())
     }
 }
@@ -1162,32 +1317,41 @@ impl Level {
     fn to_model(&self) -> ServiceLevel {
         ServiceLevel {
             group: self.group,
+            weight: self.weight,
             resources: self.resources.iter().map(|r| r.to_string()).collect(),
         }
     }
 }
 
-/// Takes a running task out of its worker's running set and the cluster's resource counters.
-fn leave_running(
-    running: &mut HashMap<Arc<str>, RunningSet>,
-    resources_in_use: &mut HashMap<Arc<str>, u32>,
-    worker: &str,
-    id: TaskId,
-) {
-    if let Some(set) = running.get_mut(worker) {
+/// The counters a running task is charged to: its worker's running set, the cluster's resource
+/// counters and its tenants' use.
+struct RunCounters<'a> {
+    running: &'a mut HashMap<Arc<str>, RunningSet>,
+    resources: &'a mut HashMap<Arc<str>, u32>,
+    tenants: &'a mut TenantBook,
+}
+
+impl RunCounters<'_> {
+    /// Takes a running task of `worker` out of every counter (its owner is in `group` now).
+    fn leave(&mut self, worker: &str, id: TaskId, group: GroupId) {
+        let Some(set) = self.running.get_mut(worker) else {
+            return;
+        };
         if let Some(key) = set.remove(id) {
             for r in key.resources.iter() {
-                let n = resources_in_use
+                let n = self
+                    .resources
                     .get_mut(r)
                     .expect("a running task's resources are counted");
                 *n -= 1;
                 if *n == 0 {
-                    resources_in_use.remove(r);
+                    self.resources.remove(r);
                 }
             }
+            self.tenants.release(&key.user, group, key.needs());
         }
         if set.is_empty() {
-            running.remove(worker);
+            self.running.remove(worker);
         }
     }
 }

@@ -29,7 +29,9 @@ mod support;
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
-use majordodo_core::leader::{CANCELLED, Caller, Outcome, SubmitOutcome, SubmitRequest};
+use majordodo_core::leader::{
+    CANCELLED, Caller, NeedsRefusal, Outcome, SubmitOutcome, SubmitRequest,
+};
 use majordodo_core::model::ServiceLevel;
 use majordodo_core::{
     BrokerState, DefaultGroupMapper, LeaderConfig, LogEntry, Millis, TaskId, TaskStatus,
@@ -134,6 +136,29 @@ enum Op {
         pick: u8,
         priority: i8,
     },
+    /// A task that declares needs (see [`needs_of`]).
+    SubmitNeeds {
+        user: u8,
+        kind: u8,
+        needs: u8,
+    },
+    /// An admin sets (or removes) the quota of user `tenant` (0, 1) or group `tenant - 1`
+    /// (2, 3): at most `tasks` running tasks and `cpu` × 500 millicores, when given.
+    SetQuota {
+        tenant: u8,
+        quota: Option<(Option<u8>, Option<u8>)>,
+    },
+}
+
+/// The needs a `SubmitNeeds` may declare.
+fn needs_of(i: u8) -> Vec<(String, u64)> {
+    match i {
+        0 => vec![("cpu".into(), 500)],
+        1 => vec![("cpu".into(), 1500), ("memory".into(), 1500)],
+        2 => vec![("db".into(), 1)],
+        3 => vec![("cpu".into(), 5000)],
+        _ => vec![("memory".into(), 600), ("db".into(), 2)],
+    }
 }
 
 fn op() -> impl Strategy<Value = Op> {
@@ -164,6 +189,9 @@ fn op() -> impl Strategy<Value = Op> {
         2 => (0u8..3, 0u8..4).prop_map(|(pool, kind)| Op::SubmitWithPool { pool, kind }),
         1 => (0u8..2, proptest::option::of((1u8..4, 0u8..4))).prop_map(|(user, level)| Op::SetLevel { user, level }),
         1 => (any::<u8>(), -2i8..3).prop_map(|(pick, priority)| Op::SetPriority { pick, priority }),
+        3 => (0u8..2, 0u8..4, 0u8..5).prop_map(|(user, kind, needs)| Op::SubmitNeeds { user, kind, needs }),
+        1 => (0u8..4, proptest::option::of((proptest::option::of(0u8..3), proptest::option::of(0u8..4))))
+            .prop_map(|(tenant, quota)| Op::SetQuota { tenant, quota }),
     ]
 }
 
@@ -194,6 +222,127 @@ fn capacity(worker: u8) -> WorkerCapacity {
         excluded_groups: if worker == 2 { vec![3] } else { vec![] },
         max_thread_per_user_per_task_type_percent: percent,
         resource_limits,
+        amounts: match worker {
+            0 => BTreeMap::from([("cpu".into(), 2000), ("memory".into(), 1000)]),
+            1 => BTreeMap::from([
+                ("cpu".into(), 1000),
+                ("memory".into(), 4000),
+                ("db".into(), 2),
+            ]),
+            _ => BTreeMap::from([("cpu".into(), 4000), ("memory".into(), 2000)]),
+        },
+    }
+}
+
+/// What a task declared: from the state, or from its creation in flight.
+fn needs_in_sim(sim: &Sim, batch: &[LogEntry], id: TaskId) -> (String, Vec<(String, u64)>) {
+    if let Some(t) = sim.state().task(id) {
+        let needs = t.needs().iter().map(|(d, n)| (d.to_string(), *n)).collect();
+        return (t.user_id.to_string(), needs);
+    }
+    sim.inflight
+        .iter()
+        .flat_map(|b| b.entries.iter())
+        .chain(batch.iter())
+        .find_map(|e| match e {
+            LogEntry::AddTask(t) if t.id == id => Some((t.user_id.clone(), t.needs.clone())),
+            _ => None,
+        })
+        .expect("an assigned task exists or is being created")
+}
+
+/// Checked on every batch the leader decides: each assignment in it fits its worker's amounts and
+/// its owner's and group's quotas, counting what runs and what is being assigned before it. A
+/// quota lowered below the current use only stops new placements, so it is checked against
+/// assignments, never against what already runs.
+fn check_new_assignments(sim: &Sim, batch: &[LogEntry]) {
+    use majordodo_core::quota::{QuotaTenant, need_of};
+    // (worker, user, needs) of every task running or being assigned.
+    let mut live: Vec<(String, String, Vec<(String, u64)>)> = Vec::new();
+    for t in sim
+        .state()
+        .tasks()
+        .filter(|t| t.status == TaskStatus::Running)
+    {
+        let needs = t.needs().iter().map(|(d, n)| (d.to_string(), *n)).collect();
+        live.push((
+            t.worker_id.as_deref().unwrap().to_string(),
+            t.user_id.to_string(),
+            needs,
+        ));
+    }
+    let assigns = |entries: &[LogEntry]| -> Vec<(TaskId, String)> {
+        entries
+            .iter()
+            .filter_map(|e| match e {
+                LogEntry::AssignTask {
+                    task_id, worker_id, ..
+                } => Some((*task_id, worker_id.clone())),
+                _ => None,
+            })
+            .collect()
+    };
+    for b in &sim.inflight {
+        for (id, worker) in assigns(&b.entries) {
+            let waiting = sim
+                .state()
+                .task(id)
+                .is_none_or(|t| t.status == TaskStatus::Waiting);
+            if waiting {
+                let (user, needs) = needs_in_sim(sim, batch, id);
+                live.push((worker, user, needs));
+            }
+        }
+    }
+    let state = sim.state();
+    for (id, worker) in assigns(batch) {
+        let (user, needs) = needs_in_sim(sim, batch, id);
+        let group = state.group_of_user(&user);
+        let sum = |filter: &dyn Fn(&(String, String, Vec<(String, u64)>)) -> bool, d: &str| -> u64 {
+            live.iter()
+                .filter(|l| filter(l))
+                .map(|l| {
+                    if d == "tasks" {
+                        1
+                    } else {
+                        l.2.iter().filter(|(n, _)| n == d).map(|(_, a)| *a).sum()
+                    }
+                })
+                .sum()
+        };
+        let w: u8 = worker[1..].parse().unwrap();
+        let cap = capacity(w);
+        for (d, n) in &needs {
+            let have = cap.amounts.get(d).copied().unwrap_or(0);
+            let used = sum(&|l| l.0 == worker, d);
+            assert!(
+                used + n <= have,
+                "task {id} needs {n} {d} on {worker}, which has {have} and runs {used}: {live:?}"
+            );
+        }
+        let interned: Vec<(Arc<str>, u64)> =
+            needs.iter().map(|(d, n)| (Arc::from(d.as_str()), *n)).collect();
+        for tenant in [QuotaTenant::User(user.clone()), QuotaTenant::Group(group)] {
+            let Some(quota) = state.quotas().get(&tenant) else {
+                continue;
+            };
+            for (d, limit) in quota.iter() {
+                let need = need_of(&interned, d);
+                if need == 0 {
+                    continue;
+                }
+                let used = match &tenant {
+                    QuotaTenant::User(u) => sum(&|l| &l.1 == u, d),
+                    QuotaTenant::Group(g) => sum(&|l| state.group_of_user(&l.1) == *g, d),
+                };
+                assert!(
+                    used + need <= *limit,
+                    "task {id} of {user} assigned beyond the quota of {tenant}: {used} + {need} \
+                     {d} > {limit}"
+                );
+            }
+        }
+        live.push((worker, user, needs));
     }
 }
 
@@ -642,6 +791,7 @@ fn run(ops: Vec<Op>) {
         groups: [1, 2, 3].into(),
     });
     sim.auto_receive = false;
+    sim.on_push = Some(check_new_assignments);
     let mut txs: Vec<TransactionId> = Vec::new();
     let caller = |user: u8, admin: bool| Caller {
         name: format!("{}", user % 2),
@@ -874,6 +1024,7 @@ fn run(ops: Vec<Op>) {
                 let level = level.map(|(group, res)| ServiceLevel {
                     group: group.into(),
                     resources: level_resources(res),
+                    weight: u32::from(res % 3) + 1,
                 });
                 let entry = sim
                     .leader
@@ -891,6 +1042,63 @@ fn run(ops: Vec<Op>) {
                         sim.push(vec![entry]);
                     }
                 }
+            }
+            Op::SubmitNeeds { user, kind, needs } => {
+                let user = format!("{}", user % 2);
+                match sim.leader.check_needs(&user, needs_of(needs)) {
+                    Ok(needs) => {
+                        let (_, entry) = sim.leader.submit(
+                            sim.now,
+                            SubmitRequest {
+                                task_type: format!("k{kind}"),
+                                user_id: user,
+                                max_attempts: 3,
+                                needs,
+                                ..Default::default()
+                            },
+                        );
+                        sim.push(entry.into_iter().collect());
+                    }
+                    // Refused only when it could never run: more than any connected worker
+                    // has, or more than a whole quota.
+                    Err(NeedsRefusal::NoWorker { .. }) => {
+                        let wanted: Vec<(Arc<str>, u64)> = needs_of(needs)
+                            .into_iter()
+                            .map(|(d, n)| (Arc::from(d.as_str()), n))
+                            .collect();
+                        let connected: Vec<u8> = (0..3u8)
+                            .filter(|w| sim.conns.contains_key(&format!("w{w}")))
+                            .collect();
+                        assert!(
+                            connected.iter().all(|w| !capacity(*w).could_hold(&wanted)),
+                            "refused although a connected worker could hold it"
+                        );
+                    }
+                    Err(NeedsRefusal::OverQuota { amount, quota, .. }) => assert!(amount > quota),
+                    Err(other) => panic!("simulated needs are valid: {other}"),
+                }
+            }
+            Op::SetQuota { tenant, quota } => {
+                let who = if tenant < 2 {
+                    majordodo_core::quota::QuotaTenant::User(format!("{tenant}"))
+                } else {
+                    majordodo_core::quota::QuotaTenant::Group(u32::from(tenant) - 1)
+                };
+                let quota = quota.map(|(tasks, cpu)| {
+                    let mut q = Vec::new();
+                    if let Some(t) = tasks {
+                        q.push(("tasks".to_string(), u64::from(t)));
+                    }
+                    if let Some(c) = cpu {
+                        q.push(("cpu".to_string(), u64::from(c) * 500));
+                    }
+                    q
+                });
+                let entry = sim
+                    .leader
+                    .set_quota(sim.now, who, quota)
+                    .expect("simulated quotas are valid");
+                sim.push(vec![entry]);
             }
         }
         check_pools(&sim);

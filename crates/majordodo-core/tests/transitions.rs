@@ -450,6 +450,7 @@ fn new_task(id: u64, slot: Option<&str>, created: i64, start: i64) -> NewTask {
         created,
         idempotency_key: None,
         priority: 0,
+        needs: Vec::new(),
     }
 }
 

@@ -51,6 +51,8 @@ pub struct Sim {
     pub auto_receive: bool,
     /// Cancellations each worker process has received and not yet carried out.
     pub cancelled: BTreeMap<String, BTreeSet<(TaskId, u32)>>,
+    /// Called with every batch the leader decides, before it is handed to the "log".
+    pub on_push: Option<fn(&Sim, &[LogEntry])>,
     next_conn: u64,
 }
 
@@ -66,10 +68,14 @@ impl Sim {
             auto_receive: true,
             cancelled: BTreeMap::new(),
             next_conn: 1,
+            on_push: None,
         }
     }
 
     pub fn push(&mut self, entries: Vec<LogEntry>) {
+        if let Some(check) = self.on_push {
+            check(self, &entries);
+        }
         if !entries.is_empty() {
             self.inflight.push_back(Batch {
                 entries,
