@@ -893,6 +893,14 @@ impl BrokerState {
                 "{entry}: task id 0 is reserved"
             )));
         }
+        if !task.needs.is_empty()
+            && crate::quota::normalize(task.needs.clone(), false).as_ref() != Ok(&task.needs)
+        {
+            return Err(ApplyError::Invalid(format!(
+                "{entry}: task {} has needs that are not normalized",
+                task.id
+            )));
+        }
         if self.tasks.contains_key(&task.id) {
             return Err(ApplyError::DuplicateTask {
                 entry,

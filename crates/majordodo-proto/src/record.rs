@@ -57,7 +57,7 @@ struct RecordPb {
     version: u32,
     #[prost(
         oneof = "EntryPb",
-        tags = "11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24, 30, 31, 40, 50, 51, 70, 71"
+        tags = "11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24, 30, 31, 40, 50, 51, 70, 71, 80"
     )]
     entry: Option<EntryPb>,
 }
@@ -109,6 +109,9 @@ enum EntryPb {
     /// Since version 3.
     #[prost(message, tag = "51")]
     SetTaskPriority(TaskPriorityPb),
+    /// Since version 3.
+    #[prost(message, tag = "80")]
+    SetQuota(QuotaPb),
 }
 
 /// Since version 3.
@@ -130,6 +133,76 @@ pub(crate) struct LevelPb {
     pub(crate) group: u32,
     #[prost(string, repeated, tag = "2")]
     pub(crate) resources: Vec<String>,
+    /// Fair-share weight; 0 = the default (1).
+    #[prost(uint32, tag = "3")]
+    pub(crate) weight: u32,
+}
+
+/// Since version 3: a user's or a group's quota; shared with snapshots.
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct QuotaPb {
+    /// The user (exclusive with `group`).
+    #[prost(string, optional, tag = "1")]
+    pub(crate) user_id: Option<String>,
+    /// The group (when no user is set).
+    #[prost(uint32, tag = "2")]
+    pub(crate) group: u32,
+    /// Amounts per dimension; absent with `reset`.
+    #[prost(btree_map = "string, uint64", tag = "3")]
+    pub(crate) quota: std::collections::BTreeMap<String, u64>,
+    /// The quota is removed.
+    #[prost(bool, tag = "4")]
+    pub(crate) reset: bool,
+    #[prost(int64, tag = "5")]
+    pub(crate) timestamp: i64,
+}
+
+impl QuotaPb {
+    pub(crate) fn tenant(&self) -> Result<majordodo_core::quota::QuotaTenant, RecordError> {
+        use majordodo_core::quota::QuotaTenant;
+        match &self.user_id {
+            Some(u) if u.is_empty() => Err(RecordError::InvalidField {
+                field: "quota.user_id",
+                reason: "empty user id".into(),
+            }),
+            Some(u) => Ok(QuotaTenant::User(u.clone())),
+            None if self.group == 0 => Err(RecordError::InvalidField {
+                field: "quota.group",
+                reason: "group 0 has no quota".into(),
+            }),
+            None => Ok(QuotaTenant::Group(self.group)),
+        }
+    }
+
+    pub(crate) fn of(tenant: &majordodo_core::quota::QuotaTenant) -> (Option<String>, u32) {
+        use majordodo_core::quota::QuotaTenant;
+        match tenant {
+            QuotaTenant::User(u) => (Some(u.clone()), 0),
+            QuotaTenant::Group(g) => (None, *g),
+        }
+    }
+}
+
+/// Checks decoded amounts as the state keeps them (see [`majordodo_core::quota::normalize`]).
+pub(crate) fn amounts_of(
+    field: &'static str,
+    map: std::collections::BTreeMap<String, u64>,
+    allow_tasks: bool,
+) -> Result<Vec<(String, u64)>, RecordError> {
+    let list: Vec<(String, u64)> = map.into_iter().collect();
+    let normal = majordodo_core::quota::normalize(list.clone(), allow_tasks).map_err(|e| {
+        RecordError::InvalidField {
+            field,
+            reason: e.to_string(),
+        }
+    })?;
+    if normal != list {
+        return Err(RecordError::InvalidField {
+            field,
+            reason: "zero amounts are not stored".into(),
+        });
+    }
+    Ok(normal)
 }
 
 /// Since version 3.
@@ -176,6 +249,9 @@ pub(crate) struct NewTaskPb {
     /// Since version 3.
     #[prost(sint32, tag = "50")]
     priority: i32,
+    /// Since version 3: what each attempt needs.
+    #[prost(btree_map = "string, uint64", tag = "80")]
+    needs: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -350,6 +426,7 @@ impl From<&NewTask> for NewTaskPb {
             created: t.created,
             idempotency_key: t.idempotency_key.clone(),
             priority: t.priority,
+            needs: t.needs.iter().cloned().collect(),
         }
     }
 }
@@ -377,6 +454,7 @@ impl NewTaskPb {
             created: self.created,
             idempotency_key: self.idempotency_key,
             priority: self.priority,
+            needs: amounts_of("task.needs", self.needs, false)?,
         })
     }
 }
@@ -399,6 +477,13 @@ pub const MAX_IDEMPOTENCY_KEY_BYTES: usize = 1_024;
 /// Most bytes a string or bytes field spends besides its content: a 1-byte tag and a length of at
 /// most 5 bytes.
 pub const FIELD_OVERHEAD: usize = 6;
+
+/// The length to give [`record_len_bound`] for one amount (a task's need, a quota entry) whose
+/// dimension name is `name_len` bytes: a map entry is a nested message (counted as the field)
+/// holding the name (tag, length, bytes) and the amount (tag and a varint of at most 10 bytes).
+pub fn amount_field_len(name_len: usize) -> usize {
+    name_len.saturating_add(FIELD_OVERHEAD + 11)
+}
 
 /// An upper bound of the size of the record of an entry whose string and bytes fields have these
 /// lengths (every field counted, present or not; `PurgeTasks` excepted; a task's idempotency
@@ -576,6 +661,7 @@ pub fn encode_entry(entry: &LogEntry) -> Vec<u8> {
             level: level.as_ref().map(|l| LevelPb {
                 group: l.group,
                 resources: l.resources.clone(),
+                weight: l.weight,
             }),
             timestamp: *timestamp,
         }),
@@ -588,6 +674,20 @@ pub fn encode_entry(entry: &LogEntry) -> Vec<u8> {
             priority: *priority,
             timestamp: *timestamp,
         }),
+        LogEntry::SetQuota {
+            tenant,
+            quota,
+            timestamp,
+        } => {
+            let (user_id, group) = QuotaPb::of(tenant);
+            EntryPb::SetQuota(QuotaPb {
+                user_id,
+                group,
+                quota: quota.iter().flatten().cloned().collect(),
+                reset: quota.is_none(),
+                timestamp: *timestamp,
+            })
+        }
     };
     RecordPb {
         version: RECORD_FORMAT_VERSION,
@@ -615,6 +715,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, RecordError> {
             EntryPb::DeferTask(_) => Some("defer_task"),
             EntryPb::SetServiceLevel(_) => Some("set_service_level"),
             EntryPb::SetTaskPriority(_) => Some("set_task_priority"),
+            EntryPb::SetQuota(_) => Some("set_quota"),
             EntryPb::BeginTransaction(t) if t.owner.is_some() => Some("transaction owner"),
             _ => None,
         };
@@ -732,6 +833,7 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, RecordError> {
             level: l.level.map(|l| majordodo_core::model::ServiceLevel {
                 group: l.group,
                 resources: l.resources,
+                weight: l.weight,
             }),
             timestamp: l.timestamp,
         },
@@ -740,6 +842,24 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, RecordError> {
             priority: p.priority,
             timestamp: p.timestamp,
         },
+        EntryPb::SetQuota(q) => {
+            let tenant = q.tenant()?;
+            if q.reset && !q.quota.is_empty() {
+                return Err(RecordError::InvalidField {
+                    field: "quota.reset",
+                    reason: "a reset carries no amounts".into(),
+                });
+            }
+            LogEntry::SetQuota {
+                tenant,
+                quota: if q.reset {
+                    None
+                } else {
+                    Some(amounts_of("quota.quota", q.quota, true)?)
+                },
+                timestamp: q.timestamp,
+            }
+        }
     })
 }
 
@@ -774,7 +894,7 @@ pub(crate) mod tests {
                 any::<i64>(),
             ),
             (opt_string(), opt_string(), opt_string(), opt_string()),
-            any::<i32>(),
+            (any::<i32>(), amounts(false)),
         )
             .prop_map(
                 |(
@@ -782,7 +902,7 @@ pub(crate) mod tests {
                     (tt, user, data),
                     (max, att, start, deadline, created),
                     (slot, cp, mode, idempotency_key),
-                    priority,
+                    (priority, needs),
                 )| {
                     NewTask {
                         id: TaskId(id),
@@ -799,6 +919,7 @@ pub(crate) mod tests {
                         created,
                         idempotency_key,
                         priority,
+                        needs,
                     }
                 },
             )
@@ -954,7 +1075,8 @@ pub(crate) mod tests {
                     user_id,
                     level: level.map(|(group, resources)| majordodo_core::model::ServiceLevel {
                         group,
-                        resources
+                        resources,
+                        weight: group % 7,
                     }),
                     timestamp
                 }),
@@ -965,7 +1087,30 @@ pub(crate) mod tests {
                     timestamp,
                 }
             }),
+            (
+                prop_oneof![
+                    "[a-z]{1,6}".prop_map(majordodo_core::quota::QuotaTenant::User),
+                    (1u32..).prop_map(majordodo_core::quota::QuotaTenant::Group),
+                ],
+                proptest::option::of(amounts(true)),
+                any::<i64>()
+            )
+                .prop_map(|(tenant, quota, timestamp)| LogEntry::SetQuota {
+                    tenant,
+                    quota,
+                    timestamp
+                }),
         ]
+    }
+
+    /// Valid amounts, as the state keeps them.
+    pub(crate) fn amounts(allow_tasks: bool) -> impl Strategy<Value = Vec<(String, u64)>> {
+        proptest::collection::btree_map("[a-z:]{1,8}", 1u64..=majordodo_core::quota::MAX_AMOUNT, 0..4)
+            .prop_map(move |m| {
+                m.into_iter()
+                    .filter(|(d, _)| allow_tasks || d != "tasks")
+                    .collect()
+            })
     }
 
     /// Encodes an entry as a version 1 writer did: same messages, version 1, and no field
@@ -977,11 +1122,13 @@ pub(crate) mod tests {
             Some(EntryPb::AddTask(t)) => {
                 t.idempotency_key = None;
                 t.priority = 0;
+                t.needs.clear();
             }
             Some(EntryPb::PrepareAddTask(p)) => {
                 let t = p.task.as_mut()?;
                 t.idempotency_key = None;
                 t.priority = 0;
+                t.needs.clear();
             }
             Some(
                 EntryPb::ForgetIdempotencyKeys(_)
@@ -989,7 +1136,8 @@ pub(crate) mod tests {
                 | EntryPb::CodePoolChunk(_)
                 | EntryPb::DeferTask(_)
                 | EntryPb::SetServiceLevel(_)
-                | EntryPb::SetTaskPriority(_),
+                | EntryPb::SetTaskPriority(_)
+                | EntryPb::SetQuota(_),
             ) => return None,
             Some(EntryPb::BeginTransaction(t)) => t.owner = None,
             _ => {}
@@ -1008,13 +1156,21 @@ pub(crate) mod tests {
                 | EntryPb::BeginCodePool(_)
                 | EntryPb::CodePoolChunk(_)
                 | EntryPb::SetServiceLevel(_)
-                | EntryPb::SetTaskPriority(_),
+                | EntryPb::SetTaskPriority(_)
+                | EntryPb::SetQuota(_),
             ) => {
                 return None;
             }
             Some(EntryPb::BeginTransaction(t)) => t.owner = None,
-            Some(EntryPb::AddTask(t)) => t.priority = 0,
-            Some(EntryPb::PrepareAddTask(p)) => p.task.as_mut()?.priority = 0,
+            Some(EntryPb::AddTask(t)) => {
+                t.priority = 0;
+                t.needs.clear();
+            }
+            Some(EntryPb::PrepareAddTask(p)) => {
+                let t = p.task.as_mut()?;
+                t.priority = 0;
+                t.needs.clear();
+            }
             _ => {}
         }
         Some(record.encode_to_vec())
@@ -1033,7 +1189,11 @@ pub(crate) mod tests {
                 timestamp,
                 owner: None,
             },
-            LogEntry::AddTask(t) => LogEntry::AddTask(NewTask { priority: 0, ..t }),
+            LogEntry::AddTask(t) => LogEntry::AddTask(NewTask {
+                priority: 0,
+                needs: Vec::new(),
+                ..t
+            }),
             LogEntry::PrepareAddTask {
                 transaction_id,
                 task,
@@ -1041,6 +1201,7 @@ pub(crate) mod tests {
                 transaction_id,
                 task: NewTask {
                     priority: 0,
+                    needs: Vec::new(),
                     ..task
                 },
             },
@@ -1054,6 +1215,7 @@ pub(crate) mod tests {
             LogEntry::AddTask(t) => LogEntry::AddTask(NewTask {
                 idempotency_key: None,
                 priority: 0,
+                needs: Vec::new(),
                 ..t
             }),
             LogEntry::PrepareAddTask {
@@ -1064,6 +1226,7 @@ pub(crate) mod tests {
                 task: NewTask {
                     idempotency_key: None,
                     priority: 0,
+                    needs: Vec::new(),
                     ..task
                 },
             },
@@ -1108,14 +1271,16 @@ pub(crate) mod tests {
     fn field_lens(e: &LogEntry) -> Option<Vec<usize>> {
         // The idempotency key is not listed: the fixed overhead holds it.
         let task = |t: &NewTask| {
-            vec![
+            let mut lens = vec![
                 t.task_type.len(),
                 t.user_id.len(),
                 t.data.len(),
                 t.slot.as_ref().map_or(0, String::len),
                 t.codepool.as_ref().map_or(0, String::len),
                 t.mode.as_ref().map_or(0, String::len),
-            ]
+            ];
+            lens.extend(t.needs.iter().map(|(d, _)| amount_field_len(d.len())));
+            lens
         };
         Some(match e {
             LogEntry::AddTask(t) | LogEntry::PrepareAddTask { task: t, .. } => task(t),
@@ -1153,6 +1318,15 @@ pub(crate) mod tests {
             | LogEntry::Noop { .. }
             | LogEntry::ForgetIdempotencyKeys { .. }
             | LogEntry::SetTaskPriority { .. } => Vec::new(),
+            LogEntry::SetQuota { tenant, quota, .. } => {
+                let user = match tenant {
+                    majordodo_core::quota::QuotaTenant::User(u) => u.len(),
+                    majordodo_core::quota::QuotaTenant::Group(_) => 0,
+                };
+                std::iter::once(user)
+                    .chain(quota.iter().flatten().map(|(d, _)| amount_field_len(d.len())))
+                    .collect()
+            }
             LogEntry::SetServiceLevel { user_id, level, .. } => std::iter::once(user_id.len())
                 .chain(
                     level

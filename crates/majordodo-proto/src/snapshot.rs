@@ -30,7 +30,7 @@ use majordodo_core::snapshot::{
 use majordodo_core::{BrokerState, GroupMapper, IdempotencyKey, TaskId, TransactionId};
 use prost::Message;
 
-use crate::record::{LevelPb, NewTaskPb, RecordError};
+use crate::record::{LevelPb, NewTaskPb, QuotaPb, RecordError};
 
 /// Version of the snapshot content format written by this build.
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
@@ -68,7 +68,7 @@ pub enum SnapshotError {
 
 #[derive(Clone, PartialEq, Message)]
 struct ItemPb {
-    #[prost(oneof = "ItemKind", tags = "1, 2, 3, 4, 5, 6, 7, 50, 70")]
+    #[prost(oneof = "ItemKind", tags = "1, 2, 3, 4, 5, 6, 7, 50, 70, 80")]
     item: Option<ItemKind>,
 }
 
@@ -95,6 +95,9 @@ enum ItemKind {
     /// Since version 3.
     #[prost(message, tag = "50")]
     ServiceLevel(ServiceLevelItemPb),
+    /// Since version 3.
+    #[prost(message, tag = "80")]
+    Quota(QuotaPb),
 }
 
 /// Since version 3.
@@ -165,6 +168,8 @@ struct TaskPb {
     deferrals: u32,
     #[prost(sint32, tag = "50")]
     priority: i32,
+    #[prost(btree_map = "string, uint64", tag = "80")]
+    needs: std::collections::BTreeMap<String, u64>,
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -241,6 +246,9 @@ struct EndPb {
     /// Since version 3.
     #[prost(uint64, tag = "50")]
     service_levels: u64,
+    /// Since version 3.
+    #[prost(uint64, tag = "80")]
+    quotas: u64,
     /// Since version 2.
     #[prost(uint64, tag = "5")]
     idempotency_keys: u64,
@@ -275,10 +283,25 @@ pub fn encode_snapshot(source: &SnapshotSource) -> Vec<u8> {
                 level: Some(LevelPb {
                     group: level.group,
                     resources: level.resources.clone(),
+                    weight: level.weight,
                 }),
             }),
         );
         end.service_levels += 1;
+    }
+    for (tenant, quota) in &source.quotas {
+        let (user_id, group) = QuotaPb::of(tenant);
+        put(
+            &mut out,
+            ItemKind::Quota(QuotaPb {
+                user_id,
+                group,
+                quota: quota.iter().cloned().collect(),
+                reset: false,
+                timestamp: 0,
+            }),
+        );
+        end.quotas += 1;
     }
     for task in &source.tasks {
         let r = TaskRecord::from(&**task);
@@ -303,6 +326,7 @@ pub fn encode_snapshot(source: &SnapshotSource) -> Vec<u8> {
                 resources: r.resources,
                 deferrals: r.deferrals,
                 priority: r.priority,
+                needs: r.needs.into_iter().collect(),
             }),
         );
         end.tasks += 1;
@@ -476,6 +500,7 @@ pub fn decode_snapshot(
                     resources: t.resources,
                     deferrals: t.deferrals,
                     priority: t.priority,
+                    needs: crate::record::amounts_of("task.needs", t.needs, false)?,
                 })?;
                 seen.tasks += 1;
             }
@@ -588,9 +613,26 @@ pub fn decode_snapshot(
                     majordodo_core::model::ServiceLevel {
                         group: level.group,
                         resources: level.resources,
+                        weight: level.weight,
                     },
                 )?;
                 seen.service_levels += 1;
+            }
+            ItemKind::Quota(q) => {
+                if version < 3 {
+                    return Err(SnapshotError::Structure(format!(
+                        "item {index}: quota in a version {version} snapshot"
+                    )));
+                }
+                if q.reset {
+                    return Err(SnapshotError::Structure(format!(
+                        "item {index}: a quota item is never a reset"
+                    )));
+                }
+                let tenant = q.tenant()?;
+                let quota = crate::record::amounts_of("quota.quota", q.quota, true)?;
+                builder.add_quota(tenant, quota)?;
+                seen.quotas += 1;
             }
             ItemKind::End(end) => {
                 if end != seen {
@@ -642,6 +684,11 @@ mod tests {
                     created: 100 + i as i64,
                     idempotency_key: (i % 4 == 0).then(|| format!("key-{i}")),
                     priority: (i % 3) as i32 - 1,
+                    needs: if i % 5 == 1 {
+                        vec![("cpu".into(), 100 * i), ("db:orders".into(), 1)]
+                    } else {
+                        Vec::new()
+                    },
                 }),
             );
         }
@@ -732,6 +779,7 @@ mod tests {
                     created: 8,
                     idempotency_key: Some("prepared".into()),
                     priority: 4,
+                    needs: vec![("memory".into(), 5)],
                 },
             },
         );
@@ -761,8 +809,25 @@ mod tests {
                 level: Some(majordodo_core::model::ServiceLevel {
                     group: 7,
                     resources: vec!["db".into(), "hbase".into()],
+                    weight: 3,
                 }),
                 timestamp: 10,
+            },
+        );
+        apply(
+            &mut s,
+            LogEntry::SetQuota {
+                tenant: majordodo_core::quota::QuotaTenant::User("3".into()),
+                quota: Some(vec![("cpu".into(), 1000), ("tasks".into(), 5)]),
+                timestamp: 12,
+            },
+        );
+        apply(
+            &mut s,
+            LogEntry::SetQuota {
+                tenant: majordodo_core::quota::QuotaTenant::Group(7),
+                quota: Some(vec![("memory".into(), 64)]),
+                timestamp: 12,
             },
         );
         apply(
@@ -792,6 +857,30 @@ mod tests {
         assert_eq!(back.queued_group_of("3"), Some(7));
         assert_eq!(back.task(TaskId(3)).unwrap().priority(), 9);
         assert_eq!(back.resource_in_use("db"), 1);
+        // Quotas, needs and the running tasks' use come back.
+        assert_eq!(back.quotas(), state.quotas());
+        assert_eq!(back.quotas().groups.len(), 1);
+        assert_eq!(back.tenant_use().user("1").unwrap().get("cpu"), 100);
+        assert_eq!(back.task(TaskId(6)).unwrap().needs().len(), 2);
+        // A quota item is refused in a version 2 snapshot.
+        let mut v2 = Vec::new();
+        put(
+            &mut v2,
+            ItemKind::Header(HeaderPb {
+                version: 2,
+                ..Default::default()
+            }),
+        );
+        put(
+            &mut v2,
+            ItemKind::Quota(QuotaPb {
+                user_id: Some("u".into()),
+                quota: [("cpu".to_string(), 1)].into(),
+                ..Default::default()
+            }),
+        );
+        let err = decode_snapshot(&v2, Arc::new(DefaultGroupMapper)).unwrap_err();
+        assert!(err.to_string().contains("quota in a version 2"), "{err}");
         let big = back.codepool("big").unwrap();
         assert_eq!(big.chunks.len(), 3);
         assert_eq!(big.data(), big_archive());
@@ -895,6 +984,7 @@ mod tests {
             source.idempotency_keys.clear();
         }
         source.service_levels.clear();
+        source.quotas.clear();
         let v3 = encode_snapshot(&source);
         let mut buf = v3.as_slice();
         let mut out = Vec::new();
@@ -904,6 +994,7 @@ mod tests {
                 ItemKind::Task(t) => ItemKind::Task(TaskPb {
                     priority: 0,
                     deferrals: 0,
+                    needs: Default::default(),
                     ..t
                 }),
                 // Older pools carry their whole archive, and only complete pools existed.
@@ -941,6 +1032,7 @@ mod tests {
         for t in &mut tasks {
             t.priority = 0;
             t.deferrals = 0;
+            t.needs.clear();
         }
         tasks
     }
@@ -969,6 +1061,7 @@ mod tests {
                 level: Some(LevelPb {
                     group: 2,
                     resources: vec![],
+                    weight: 0,
                 }),
             }),
         );
