@@ -20,7 +20,8 @@ use bytes::Bytes;
 use futures_util::FutureExt;
 use majordodo_core::leader::{
     ConnectRejection, FinishReport as CoreReport, LevelRefusal, Outcome as CoreOutcome,
-    PriorityRefusal, SubmitOutcome, SubmitRequest, WorkerAssignments, WorkerHello as CoreHello,
+    PriorityRefusal, QuotaRefusal, SubmitOutcome, SubmitRequest, WorkerAssignments,
+    WorkerHello as CoreHello,
 };
 use majordodo_core::{Leader, LogEntry, Millis, TaskId, WorkerCapacity};
 use majordodo_log::{AppendFuture, Appended, CommitLog, LogError};
@@ -575,6 +576,21 @@ impl Dispatcher {
                     let _ = reply.send(Err(error));
                     return;
                 }
+                // Needs no connected worker (or no quota) could ever hold refuse the request
+                // too, before anything is decided.
+                let mut tasks = tasks;
+                for (i, t) in tasks.iter_mut().enumerate() {
+                    match self
+                        .leader
+                        .check_needs(&t.user_id, std::mem::take(&mut t.needs))
+                    {
+                        Ok(needs) => t.needs = needs,
+                        Err(refusal) => {
+                            let _ = reply.send(Err(BrokerError::Needs { task: i, refusal }));
+                            return;
+                        }
+                    }
+                }
                 for t in tasks {
                     let (outcome, entry) = self.leader.submit_as(now, t, &caller);
                     outcomes.push(outcome);
@@ -608,6 +624,19 @@ impl Dispatcher {
                             .map_err(|e| match e {
                                 PriorityRefusal::NoSuchTask(id) => AdminRefusal::NoSuchTask(id),
                                 other => AdminRefusal::Conflict(other.to_string()),
+                            }),
+                        AdminChange::SetQuota { tenant, quota } => self
+                            .leader
+                            .set_quota(now, tenant, quota)
+                            .map_err(|e| match e {
+                                QuotaRefusal::Tenant(reason) => AdminRefusal::Invalid {
+                                    field: "userid",
+                                    reason,
+                                },
+                                QuotaRefusal::Amounts(e) => AdminRefusal::Invalid {
+                                    field: "quota",
+                                    reason: e.to_string(),
+                                },
                             }),
                     };
                 match decided {
@@ -961,7 +990,11 @@ impl Dispatcher {
                         codepool: task.codepool().map(str::to_string),
                         mode: task.mode().map(str::to_string),
                         resources: task.resources().iter().map(|r| r.to_string()).collect(),
-                        needs: Default::default(),
+                        needs: task
+                            .needs()
+                            .iter()
+                            .map(|(d, n)| (d.to_string(), *n))
+                            .collect(),
                     })
                 })
                 .collect();
@@ -1147,6 +1180,13 @@ fn too_large(index: usize, t: &SubmitRequest, max: usize) -> Option<BrokerError>
         ("slot", opt(&t.slot)),
         ("codePoolId", opt(&t.codepool)),
         ("mode", opt(&t.mode)),
+        (
+            "needs",
+            t.needs
+                .iter()
+                .map(|(d, _)| majordodo_proto::record::amount_field_len(d.len()))
+                .sum(),
+        ),
     ];
     let bound = record_len_bound(fields.iter().map(|(_, len)| *len));
     if bound <= max {
@@ -1206,5 +1246,6 @@ pub(crate) fn capacity_of(c: Capacity) -> WorkerCapacity {
         excluded_groups: c.excluded_groups,
         max_thread_per_user_per_task_type_percent: c.max_thread_per_user_per_task_type_percent,
         resource_limits: c.resource_limits,
+        amounts: c.amounts,
     }
 }

@@ -149,6 +149,15 @@ pub enum BrokerError {
         /// Why.
         refusal: CodePoolRefusal,
     },
+    /// A task's needs are refused (malformed, more than any connected worker has, more than a
+    /// whole quota); nothing of the request was done.
+    #[error("{refusal}")]
+    Needs {
+        /// Position of the task in the request.
+        task: usize,
+        /// Why.
+        refusal: majordodo_core::leader::NeedsRefusal,
+    },
 }
 
 impl BrokerError {
@@ -159,6 +168,7 @@ impl BrokerError {
             BrokerError::TooLarge { .. }
                 | BrokerError::OutcomeUnknown(_)
                 | BrokerError::CodePool { .. }
+                | BrokerError::Needs { .. }
         )
     }
 }
@@ -179,6 +189,13 @@ pub enum AdminChange {
         task_id: TaskId,
         /// The new priority.
         priority: i32,
+    },
+    /// Set (or, with `None`, remove) a user's or a group's quota.
+    SetQuota {
+        /// Whose.
+        tenant: majordodo_core::quota::QuotaTenant,
+        /// The amounts per dimension.
+        quota: Option<Vec<(String, u64)>>,
     },
 }
 

@@ -334,6 +334,8 @@ async fn get_view(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, A
                     finishedtasks: status.finished_tasks,
                     delayedtasks: status.delayed_tasks,
                     cluster: v.cluster.map(select::cluster_status),
+                    quotas: select::quota_counts(v.state).0 as u64,
+                    tenants_at_quota: select::quota_counts(v.state).1 as u64,
                 }),
                 ViewRequest::Task { id } => {
                     // Another user's task answers as an unknown one.
@@ -441,8 +443,22 @@ async fn get_view(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, A
                 ViewRequest::Resources { worker_id } => Answer::Json(serde_json::json!({
                     "ok": true,
                     "resources": select::resources(v, worker_id.as_deref()),
+                    "amounts": select::amounts(v, worker_id.as_deref()),
+                    "quotas": if worker_id.is_none() && owner.is_none() {
+                        select::quotas(v.state, tasks_max_limit as usize)
+                    } else {
+                        serde_json::Value::Array(Vec::new())
+                    },
                     "status": status,
                 })),
+                ViewRequest::Tenants { max, from } => {
+                    let max = max.unwrap_or(DEFAULT_TASKS_MAX).min(tasks_max_limit) as usize;
+                    Answer::Json(serde_json::json!({
+                        "ok": true,
+                        "tenants": select::tenants(v.state, owner.as_deref(), from.as_deref(), max),
+                        "status": status,
+                    }))
+                }
                 ViewRequest::TasksHeap { max } => {
                     let max = max.unwrap_or(DEFAULT_TASKS_MAX).min(tasks_max_limit);
                     Answer::Json(serde_json::json!({
@@ -542,10 +558,12 @@ async fn post_action(State(api): State<Arc<Api>>, req: Request) -> Result<Answer
         }
         ActionRequest::SetServiceLevel(c) => {
             admin_only(&principal, "setServiceLevel")?;
-            let level = c
-                .level
-                .clone()
-                .map(|(group, resources)| ServiceLevel { group, resources });
+            let weight = c.weight;
+            let level = c.level.clone().map(|(group, resources)| ServiceLevel {
+                group,
+                resources,
+                weight,
+            });
             admin_change(
                 &api,
                 AdminChange::SetServiceLevel {
@@ -561,8 +579,31 @@ async fn post_action(State(api): State<Arc<Api>>, req: Request) -> Result<Answer
                 "serviceLevel": c.level.map(|(group, resources)| serde_json::json!({
                     "group": group,
                     "resources": resources,
+                    "weight": weight.max(1),
                 })),
             })))
+        }
+        ActionRequest::SetQuota(c) => {
+            admin_only(&principal, "setQuota")?;
+            debug!(user = %principal.name, tenant = %c.tenant, "http setQuota");
+            admin_change(
+                &api,
+                AdminChange::SetQuota {
+                    tenant: c.tenant.clone(),
+                    quota: c.quota.clone(),
+                },
+            )
+            .await?;
+            let mut answer = serde_json::json!({
+                "ok": true,
+                "action": "setQuota",
+                "quota": c.quota.map(|q| q.into_iter().map(|(d, n)| (d, serde_json::Value::from(n))).collect::<serde_json::Map<String, serde_json::Value>>()),
+            });
+            match c.tenant {
+                majordodo_core::quota::QuotaTenant::User(u) => answer["userid"] = u.into(),
+                majordodo_core::quota::QuotaTenant::Group(g) => answer["group"] = g.into(),
+            }
+            Ok(Answer::Json(answer))
         }
         ActionRequest::SetTaskPriority(c) => {
             let task_id = TaskId(c.task_id);
@@ -614,7 +655,8 @@ async fn act(api: &Api, principal: &Principal, request: ActionRequest) -> Result
         | ActionRequest::CreateCodePool(_)
         | ActionRequest::DeleteCodePool(_)
         | ActionRequest::SetServiceLevel(_)
-        | ActionRequest::SetTaskPriority(_) => {
+        | ActionRequest::SetTaskPriority(_)
+        | ActionRequest::SetQuota(_) => {
             return Err(ApiError::Internal("request routed as an action"));
         }
     };
@@ -801,6 +843,22 @@ async fn submit(
                 };
                 ApiError::TooLarge(FieldError::new(&field, detail))
             }
+            crate::BrokerError::Needs { task, refusal } => {
+                let dimension = refusal.dimension();
+                let field = match dimension {
+                    "" => "needs".to_owned(),
+                    majordodo_core::quota::CPU | majordodo_core::quota::MEMORY => {
+                        dimension.to_owned()
+                    }
+                    d => format!("needs.{d}"),
+                };
+                let field = if batch {
+                    format!("tasks[{task}].{field}")
+                } else {
+                    field
+                };
+                ApiError::BadRequest(FieldError::new(&field, refusal.to_string()))
+            }
             crate::BrokerError::CodePool {
                 task: Some(i),
                 refusal,
@@ -828,6 +886,7 @@ fn submit_request(t: TaskSubmission) -> SubmitRequest {
         idempotency_key: t.idempotency_key,
         transaction: t.transaction.map(TransactionId),
         priority: t.priority,
+        needs: t.needs,
     }
 }
 

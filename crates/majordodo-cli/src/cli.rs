@@ -80,6 +80,9 @@ pub(crate) enum Command {
     /// Set a user's service level (admin): the group its tasks are scheduled in and the named
     /// resources each of them uses while it runs. Its waiting tasks move at once.
     ServiceLevel(ServiceLevelArgs),
+    /// Set or remove the quota of a user or a group (admin): what its running tasks may use
+    /// together (tasks, cpu, memory, named amounts). Running tasks are never stopped by it.
+    Quota(QuotaArgs),
     /// Change the priority of a waiting or delayed task: higher runs first among its owner's
     /// tasks.
     Priority(PriorityArgs),
@@ -426,6 +429,16 @@ pub(crate) struct SubmitArgs {
     /// invisible until the transaction is committed.
     #[arg(long, value_name = "ID")]
     pub(crate) transaction: Option<u64>,
+    /// CPU each attempt needs, in millicores (1000 = one core): placed only on a worker with
+    /// that much free, within its owner's and group's quotas.
+    #[arg(long, value_name = "MILLICORES")]
+    pub(crate) cpu: Option<u64>,
+    /// Memory each attempt needs, in MiB.
+    #[arg(long, value_name = "MIB")]
+    pub(crate) memory: Option<u64>,
+    /// A named amount each attempt needs, as NAME=AMOUNT (repeatable), e.g. db:orders=1.
+    #[arg(long = "need", value_name = "NAME=AMOUNT", value_parser = parse_amount)]
+    pub(crate) needs: Vec<(String, u64)>,
     /// Submit many tasks from a JSON Lines file ('-' for stdin): one task object per line
     /// with the HTTP API's field names (tasktype, userid, data, maxattempts,
     /// requestedStartTime, deadline, slot, codePoolId, mode, idempotencyKey). Flags give
@@ -493,6 +506,50 @@ pub(crate) struct ServiceLevelArgs {
     /// Back to the default level (the broker's default mapping).
     #[arg(long, conflicts_with = "group")]
     pub(crate) reset: bool,
+    /// The user's fair-share weight inside its group (1 to 10000; default 1): users get
+    /// running tasks in proportion to their weights.
+    #[arg(long, value_name = "N", conflicts_with = "reset", value_parser = clap::value_parser!(u32).range(1..=10_000))]
+    pub(crate) weight: Option<u32>,
+}
+
+/// `majordodo quota`.
+#[derive(Debug, Args)]
+pub(crate) struct QuotaArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// The user whose quota to set.
+    #[arg(
+        long,
+        value_name = "USER",
+        required_unless_present = "group",
+        conflicts_with = "group"
+    )]
+    pub(crate) user: Option<String>,
+    /// The group whose quota to set (its users' running tasks together).
+    #[arg(long, value_name = "GROUP")]
+    pub(crate) group: Option<u32>,
+    /// An amount of the quota, as DIMENSION=AMOUNT (repeatable): tasks (running tasks), cpu
+    /// (millicores), memory (MiB) or a named amount such as db:orders.
+    #[arg(long = "set", value_name = "DIMENSION=AMOUNT", value_parser = parse_amount, required_unless_present = "reset")]
+    pub(crate) amounts: Vec<(String, u64)>,
+    /// Remove the quota.
+    #[arg(long, conflicts_with = "amounts")]
+    pub(crate) reset: bool,
+}
+
+/// `NAME=AMOUNT`, the amount an unsigned integer.
+fn parse_amount(s: &str) -> Result<(String, u64), String> {
+    let (name, amount) = s
+        .split_once('=')
+        .ok_or_else(|| format!("{s:?} is not NAME=AMOUNT"))?;
+    if name.is_empty() {
+        return Err(format!("{s:?} has no name before ="));
+    }
+    let amount = amount
+        .trim()
+        .parse::<u64>()
+        .map_err(|_| format!("{s:?}: the amount must be a whole number of at least 0"))?;
+    Ok((name.to_string(), amount))
 }
 
 /// `majordodo priority`.

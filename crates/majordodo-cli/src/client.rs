@@ -410,9 +410,12 @@ pub(crate) async fn service_level(args: crate::cli::ServiceLevelArgs) -> anyhow:
     let api = Api::new(&args.client)?;
     let level = args.group.map(|g| (g, args.resources.clone()));
     api.client
-        .set_service_level(&args.user, level.clone())
+        .set_service_level(&args.user, level.clone(), args.weight.unwrap_or(0))
         .await
         .map_err(|e| explain(e, "set the service level", &api.url()))?;
+    if let Some(w) = args.weight {
+        println!("user {} now has weight {w}", args.user);
+    }
     match level {
         Some((group, resources)) if resources.is_empty() => {
             println!("user {} is now in group {group}", args.user)
@@ -423,6 +426,33 @@ pub(crate) async fn service_level(args: crate::cli::ServiceLevelArgs) -> anyhow:
             resources.join(", ")
         ),
         None => println!("user {} is back to the default service level", args.user),
+    }
+    Ok(())
+}
+
+pub(crate) async fn quota(args: crate::cli::QuotaArgs) -> anyhow::Result<()> {
+    use majordodo_proto::http::request::QuotaTenant;
+    let api = Api::new(&args.client)?;
+    let tenant = match (&args.user, args.group) {
+        (Some(u), _) => QuotaTenant::User(u.clone()),
+        (None, Some(g)) => QuotaTenant::Group(g),
+        (None, None) => return Err(usage("give --user or --group".to_string())),
+    };
+    let quota = (!args.reset).then(|| args.amounts.clone());
+    api.client
+        .set_quota(tenant.clone(), quota.clone())
+        .await
+        .map_err(|e| explain(e, "set the quota", &api.url()))?;
+    match quota {
+        Some(q) => {
+            let text: Vec<String> = q
+                .iter()
+                .filter(|(_, n)| *n > 0)
+                .map(|(d, n)| format!("{d}={n}"))
+                .collect();
+            println!("{tenant} now has quota {}", text.join(", "));
+        }
+        None => println!("{tenant} has no quota now"),
     }
     Ok(())
 }

@@ -346,6 +346,24 @@ fn fields(entry: &LogEntry) -> Vec<(&'static str, Value)> {
             f.push(("priority", (*priority).into()));
             f.push(("at", (*timestamp).into()));
         }
+        LogEntry::SetQuota {
+            tenant,
+            quota,
+            timestamp,
+        } => {
+            match tenant {
+                majordodo_core::quota::QuotaTenant::User(u) => f.push(("user", u.as_str().into())),
+                majordodo_core::quota::QuotaTenant::Group(g) => f.push(("group", (*g).into())),
+            }
+            match quota {
+                Some(q) => {
+                    let text: Vec<String> = q.iter().map(|(d, n)| format!("{d}={n}")).collect();
+                    f.push(("quota", text.join(",").into()));
+                }
+                None => f.push(("quota", "none".into())),
+            }
+            f.push(("at", (*timestamp).into()));
+        }
         LogEntry::WorkerConnected {
             worker_id,
             location,
@@ -621,6 +639,7 @@ mod tests {
             idempotency_key: None,
             created: 0,
             priority: 0,
+            needs: Vec::new(),
         }
     }
 

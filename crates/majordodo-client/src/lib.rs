@@ -717,13 +717,32 @@ impl Client {
         &self,
         user_id: &str,
         level: Option<(u32, Vec<String>)>,
+        weight: u32,
     ) -> Result<serde_json::Value, ClientError> {
         let body =
             ActionRequest::SetServiceLevel(majordodo_proto::http::request::ServiceLevelChange {
                 user_id: user_id.to_string(),
                 level,
+                weight,
             })
             .to_json();
+        self.post(&body, true).await
+    }
+
+    /// Sets (or, with `None`, removes) the quota of a user or a group: amounts per dimension
+    /// (`tasks`, `cpu` millicores, `memory` MiB, named amounts) its running tasks may use
+    /// together. Admin only. Carrying it out twice is harmless, so it is retried like a read.
+    ///
+    /// # Errors
+    /// [`ClientError`]: a bad amount (400, field `quota.<dimension>`), not an admin (403), ...
+    pub async fn set_quota(
+        &self,
+        tenant: majordodo_proto::http::request::QuotaTenant,
+        quota: Option<Vec<(String, u64)>>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body =
+            ActionRequest::SetQuota(majordodo_proto::http::request::QuotaChange { tenant, quota })
+                .to_json();
         self.post(&body, true).await
     }
 

@@ -245,9 +245,8 @@ impl NeedsRefusal {
     pub fn dimension(&self) -> &str {
         match self {
             NeedsRefusal::Invalid(e) => &e.dimension,
-            NeedsRefusal::NoWorker { dimension, .. } | NeedsRefusal::OverQuota { dimension, .. } => {
-                dimension
-            }
+            NeedsRefusal::NoWorker { dimension, .. }
+            | NeedsRefusal::OverQuota { dimension, .. } => dimension,
         }
     }
 }
@@ -793,8 +792,10 @@ impl Leader {
         if needs.is_empty() {
             return Ok(needs);
         }
-        let interned: Vec<(Arc<str>, u64)> =
-            needs.iter().map(|(d, n)| (Arc::from(d.as_str()), *n)).collect();
+        let interned: Vec<(Arc<str>, u64)> = needs
+            .iter()
+            .map(|(d, n)| (Arc::from(d.as_str()), *n))
+            .collect();
         let workers: Vec<&WorkerCapacity> = self
             .live
             .values()
@@ -1342,6 +1343,14 @@ impl Leader {
             worker_id: worker_id.to_string(),
             timestamp: now,
         }]
+    }
+
+    /// Every connected worker with the capacity it declared.
+    pub fn connected_capacities(&self) -> impl Iterator<Item = (&str, &WorkerCapacity)> + '_ {
+        self.live
+            .iter()
+            .filter(|(_, l)| l.conn.is_some() && !l.dead)
+            .map(|(w, l)| (&**w, &l.capacity))
     }
 
     /// The capacity a connected worker declared last.

@@ -98,7 +98,9 @@ pub fn normalize(
             ));
         }
         if amount > MAX_AMOUNT {
-            return Err(bad(format!("{amount} is more than the largest amount, {MAX_AMOUNT}")));
+            return Err(bad(format!(
+                "{amount} is more than the largest amount, {MAX_AMOUNT}"
+            )));
         }
         if out.iter().any(|(n, _)| *n == name) {
             return Err(bad("is given twice".into()));
@@ -232,7 +234,10 @@ impl TenantBook {
         let Some(usage) = self.users.get(user) else {
             return;
         };
-        let g = self.groups.get_mut(&from).expect("a user's group holds its use");
+        let g = self
+            .groups
+            .get_mut(&from)
+            .expect("a user's group holds its use");
         g.unmerge(usage);
         if g.is_empty() {
             self.groups.remove(&from);
@@ -325,7 +330,11 @@ mod tests {
     #[test]
     fn normalize_sorts_drops_zeros_and_refuses_bad_dimensions() {
         let ok = normalize(
-            vec![("memory".into(), 512), ("cpu".into(), 0), ("db:orders".into(), 1)],
+            vec![
+                ("memory".into(), 512),
+                ("cpu".into(), 0),
+                ("db:orders".into(), 1),
+            ],
             false,
         )
         .unwrap();

@@ -526,6 +526,19 @@ impl WaitingIndex {
             .is_some_and(|q| q.contains_key(&(Reverse(priority), id)))
     }
 
+    /// Tenants with waiting tasks, as (user, group, weight, waiting tasks), in no particular
+    /// order.
+    pub fn tenants(&self) -> impl Iterator<Item = (&Arc<str>, GroupId, u32, usize)> + '_ {
+        self.tenants.iter().map(|(u, t)| {
+            (
+                u,
+                t.group,
+                t.weight,
+                t.queues.values().map(BTreeMap::len).sum(),
+            )
+        })
+    }
+
     /// The group a tenant's waiting tasks are queued in, if it has any.
     pub fn group_of(&self, user: &str) -> Option<GroupId> {
         self.tenants.get(user).map(|t| t.group)
@@ -1316,7 +1329,7 @@ mod tests {
         for i in 100..=102 {
             put(&mut idx, 1, "small", "a", i);
         }
-        let mut end = |id: u64, set: &mut RunningSet, book: &mut TenantBook| {
+        let end = |id: u64, set: &mut RunningSet, book: &mut TenantBook| {
             let k = set.remove(TaskId(id)).unwrap();
             book.release(&k.user, 1, &[]);
         };
@@ -1335,7 +1348,10 @@ mod tests {
         // within its owner's and its group's quotas; a task not needing a dimension is not held
         // back by it; the task-count quota stops the whole tenant.
         let needs = |list: &[(&str, u64)]| -> Needs {
-            list.iter().map(|(d, n)| (t(d), *n)).collect::<Vec<_>>().into()
+            list.iter()
+                .map(|(d, n)| (t(d), *n))
+                .collect::<Vec<_>>()
+                .into()
         };
         let big = needs(&[("cpu", 1500), ("memory", 100)]);
         let small = needs(&[("cpu", 500)]);

@@ -447,7 +447,8 @@ impl StateBuilder {
         if self.state.quotas.get(&tenant).is_some() {
             return Err(invalid(what(), "duplicate tenant"));
         }
-        let quota = crate::quota::normalize(quota, true).map_err(|e| invalid(what(), e.to_string()))?;
+        let quota =
+            crate::quota::normalize(quota, true).map_err(|e| invalid(what(), e.to_string()))?;
         let quota: crate::quota::Needs = quota
             .iter()
             .map(|(d, n)| (self.state.intern(d), *n))

@@ -1300,15 +1300,20 @@ impl BrokerState {
             for (id, key) in set.entries() {
                 let task = &self.tasks[&id];
                 if key.needs() != task.needs() {
-                    return Err(format!("running set of {worker} misstates the needs of {id}"));
+                    return Err(format!(
+                        "running set of {worker} misstates the needs of {id}"
+                    ));
                 }
                 for (d, n) in key.needs() {
                     *per.entry(d.clone()).or_default() += n;
                 }
             }
-            let counted: HashMap<Arc<str>, u64> = set.amounts().map(|(d, n)| (d.clone(), n)).collect();
+            let counted: HashMap<Arc<str>, u64> =
+                set.amounts().map(|(d, n)| (d.clone(), n)).collect();
             if per != counted {
-                return Err(format!("amount counters of {worker} disagree with its tasks"));
+                return Err(format!(
+                    "amount counters of {worker} disagree with its tasks"
+                ));
             }
         }
         for (tenant, quota) in self.quotas.iter() {

@@ -251,6 +251,9 @@ fn needs_in_sim(sim: &Sim, batch: &[LogEntry], id: TaskId) -> (String, Vec<(Stri
         .expect("an assigned task exists or is being created")
 }
 
+/// A task running or being assigned: (worker, owner, needs).
+type Placed = (String, String, Vec<(String, u64)>);
+
 /// Checked on every batch the leader decides: each assignment in it fits its worker's amounts and
 /// its owner's and group's quotas, counting what runs and what is being assigned before it. A
 /// quota lowered below the current use only stops new placements, so it is checked against
@@ -258,7 +261,7 @@ fn needs_in_sim(sim: &Sim, batch: &[LogEntry], id: TaskId) -> (String, Vec<(Stri
 fn check_new_assignments(sim: &Sim, batch: &[LogEntry]) {
     use majordodo_core::quota::{QuotaTenant, need_of};
     // (worker, user, needs) of every task running or being assigned.
-    let mut live: Vec<(String, String, Vec<(String, u64)>)> = Vec::new();
+    let mut live: Vec<Placed> = Vec::new();
     for t in sim
         .state()
         .tasks()
@@ -298,7 +301,7 @@ fn check_new_assignments(sim: &Sim, batch: &[LogEntry]) {
     for (id, worker) in assigns(batch) {
         let (user, needs) = needs_in_sim(sim, batch, id);
         let group = state.group_of_user(&user);
-        let sum = |filter: &dyn Fn(&(String, String, Vec<(String, u64)>)) -> bool, d: &str| -> u64 {
+        let sum = |filter: &dyn Fn(&Placed) -> bool, d: &str| -> u64 {
             live.iter()
                 .filter(|l| filter(l))
                 .map(|l| {
@@ -320,8 +323,10 @@ fn check_new_assignments(sim: &Sim, batch: &[LogEntry]) {
                 "task {id} needs {n} {d} on {worker}, which has {have} and runs {used}: {live:?}"
             );
         }
-        let interned: Vec<(Arc<str>, u64)> =
-            needs.iter().map(|(d, n)| (Arc::from(d.as_str()), *n)).collect();
+        let interned: Vec<(Arc<str>, u64)> = needs
+            .iter()
+            .map(|(d, n)| (Arc::from(d.as_str()), *n))
+            .collect();
         for tenant in [QuotaTenant::User(user.clone()), QuotaTenant::Group(group)] {
             let Some(quota) = state.quotas().get(&tenant) else {
                 continue;

@@ -1105,12 +1105,16 @@ pub(crate) mod tests {
 
     /// Valid amounts, as the state keeps them.
     pub(crate) fn amounts(allow_tasks: bool) -> impl Strategy<Value = Vec<(String, u64)>> {
-        proptest::collection::btree_map("[a-z:]{1,8}", 1u64..=majordodo_core::quota::MAX_AMOUNT, 0..4)
-            .prop_map(move |m| {
-                m.into_iter()
-                    .filter(|(d, _)| allow_tasks || d != "tasks")
-                    .collect()
-            })
+        proptest::collection::btree_map(
+            "[a-z:]{1,8}",
+            1u64..=majordodo_core::quota::MAX_AMOUNT,
+            0..4,
+        )
+        .prop_map(move |m| {
+            m.into_iter()
+                .filter(|(d, _)| allow_tasks || d != "tasks")
+                .collect()
+        })
     }
 
     /// Encodes an entry as a version 1 writer did: same messages, version 1, and no field
@@ -1324,7 +1328,12 @@ pub(crate) mod tests {
                     majordodo_core::quota::QuotaTenant::Group(_) => 0,
                 };
                 std::iter::once(user)
-                    .chain(quota.iter().flatten().map(|(d, _)| amount_field_len(d.len())))
+                    .chain(
+                        quota
+                            .iter()
+                            .flatten()
+                            .map(|(d, _)| amount_field_len(d.len())),
+                    )
                     .collect()
             }
             LogEntry::SetServiceLevel { user_id, level, .. } => std::iter::once(user_id.len())

@@ -196,6 +196,7 @@ fn broker_error_body(e: &BrokerError) -> (String, Option<String>, bool) {
         // The HTTP layer maps these to 4xx answers naming the field (see `http::code_pool_error`);
         // this text is for any other path.
         BrokerError::CodePool { refusal, .. } => return (refusal.to_string(), None, false),
+        BrokerError::Needs { refusal, .. } => return (refusal.to_string(), None, false),
     };
     (text.to_owned(), None, retryable)
 }

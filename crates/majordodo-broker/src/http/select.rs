@@ -16,6 +16,7 @@
 use std::collections::BTreeMap;
 use std::sync::Arc;
 
+use majordodo_core::quota::{QuotaTenant, Usage};
 use majordodo_core::{BrokerState, Task, TaskId, TaskStatus};
 use majordodo_proto::http::{
     BrokerStatusInfo, DelayedQueueList, DelayedTaskInfo, SlotsList, StatusFilter, TaskInfo,
@@ -492,6 +493,195 @@ pub(crate) fn resources(v: &crate::View<'_>, worker_id: Option<&str>) -> serde_j
     )
 }
 
+/// Amounts per dimension as JSON (`{"cpu": 500, "tasks": 2}`).
+fn amounts_json<'a>(amounts: impl IntoIterator<Item = (&'a str, u64)>) -> serde_json::Value {
+    serde_json::Value::Object(
+        amounts
+            .into_iter()
+            .map(|(d, n)| (d.to_owned(), serde_json::Value::from(n)))
+            .collect(),
+    )
+}
+
+/// A tenant's use as JSON, `tasks` included.
+fn usage_json(usage: Option<&Usage>) -> serde_json::Value {
+    match usage {
+        Some(u) => amounts_json(
+            std::iter::once((majordodo_core::quota::TASKS, u.tasks))
+                .chain(u.amounts.iter().map(|(d, n)| (&**d, *n))),
+        ),
+        None => amounts_json([(majordodo_core::quota::TASKS, 0)]),
+    }
+}
+
+/// Whether a tenant's use has reached its quota in some dimension (no new task needing that
+/// dimension starts).
+fn at_quota(usage: Option<&Usage>, quota: &[(std::sync::Arc<str>, u64)]) -> bool {
+    quota
+        .iter()
+        .any(|(d, limit)| usage.map_or(0, |u| u.get(d)) >= *limit)
+}
+
+/// The amounts part of the `resources` view: per dimension, what running tasks need together
+/// (`used`) against what the connected workers declare (`capacity`; leader only, 0 elsewhere):
+/// the cluster's, or with `worker_id` that worker's.
+pub(crate) fn amounts(v: &crate::View<'_>, worker_id: Option<&str>) -> serde_json::Value {
+    let mut rows: BTreeMap<String, (u64, u64)> = BTreeMap::new();
+    let sets: Vec<&majordodo_core::scheduler::RunningSet> = match worker_id {
+        Some(w) => v.state.running_on(w).into_iter().collect(),
+        None => v
+            .state
+            .workers()
+            .filter_map(|w| v.state.running_on(&w.id))
+            .collect(),
+    };
+    for set in sets {
+        for (d, n) in set.amounts() {
+            rows.entry(d.to_string()).or_default().0 += n;
+        }
+    }
+    if let Some(leader) = v.leader_core {
+        for (w, cap) in leader.connected_capacities() {
+            if worker_id.is_some_and(|id| id != w) {
+                continue;
+            }
+            for (d, n) in &cap.amounts {
+                rows.entry(d.clone()).or_default().1 += n;
+            }
+        }
+    }
+    serde_json::Value::Array(
+        rows.into_iter()
+            .take(MAX_RESOURCES_LISTED)
+            .map(|(d, (used, capacity))| {
+                serde_json::json!({"dimension": d, "used": used, "capacity": capacity})
+            })
+            .collect(),
+    )
+}
+
+/// Every quota with its tenant's use, users (by name) then groups, at most `max`.
+pub(crate) fn quotas(state: &BrokerState, max: usize) -> serde_json::Value {
+    let book = state.tenant_use();
+    let rows: Vec<serde_json::Value> = state
+        .quotas()
+        .iter()
+        .take(max)
+        .map(|(tenant, quota)| {
+            let usage = match &tenant {
+                QuotaTenant::User(u) => book.user(u),
+                QuotaTenant::Group(g) => book.group(*g),
+            };
+            let mut row = serde_json::json!({
+                "use": usage_json(usage),
+                "quota": amounts_json(quota.iter().map(|(d, n)| (&**d, *n))),
+                "atQuota": at_quota(usage, quota),
+            });
+            match tenant {
+                QuotaTenant::User(u) => row["userId"] = u.into(),
+                QuotaTenant::Group(g) => row["group"] = g.into(),
+            }
+            row
+        })
+        .collect();
+    serde_json::Value::Array(rows)
+}
+
+/// How many tenants have a quota, and how many of them have reached it.
+pub(crate) fn quota_counts(state: &BrokerState) -> (usize, usize) {
+    let book = state.tenant_use();
+    let mut set = 0;
+    let mut at = 0;
+    for (tenant, quota) in state.quotas().iter() {
+        set += 1;
+        let usage = match &tenant {
+            QuotaTenant::User(u) => book.user(u),
+            QuotaTenant::Group(g) => book.group(*g),
+        };
+        if at_quota(usage, quota) {
+            at += 1;
+        }
+    }
+    (set, at)
+}
+
+/// The `tenants` view: users with waiting or running tasks, a service level or a quota, in
+/// name order from `from`, at most `max` (a `user` sees only itself), each with its group,
+/// weight, waiting and running tasks, use and quota; and every group with a use or a quota.
+pub(crate) fn tenants(
+    state: &BrokerState,
+    owner: Option<&str>,
+    from: Option<&str>,
+    max: usize,
+) -> serde_json::Value {
+    let book = state.tenant_use();
+    let mut waiting: BTreeMap<&str, usize> = BTreeMap::new();
+    let mut names: std::collections::BTreeSet<&str> = std::collections::BTreeSet::new();
+    for (u, _, _, n) in state.waiting_index().tenants() {
+        waiting.insert(u, n);
+        names.insert(u);
+    }
+    names.extend(book.users().map(|(u, _)| &**u));
+    names.extend(state.quotas().users.keys().map(|u| &**u));
+    names.extend(state.service_levels().map(|(u, _)| u));
+    let mut users = Vec::new();
+    let mut next = None;
+    for name in names
+        .into_iter()
+        .filter(|n| owner.is_none_or(|o| o == *n))
+        .filter(|n| from.is_none_or(|f| *n >= f))
+    {
+        if users.len() >= max {
+            next = Some(name.to_owned());
+            break;
+        }
+        let level = state.service_level_of(name);
+        let usage = book.user(name);
+        let quota = state.quotas().users.get(name);
+        users.push(serde_json::json!({
+            "userId": name,
+            "group": level.group,
+            "weight": level.weight(),
+            "waitingTasks": waiting.get(name).copied().unwrap_or(0),
+            "runningTasks": usage.map_or(0, |u| u.tasks),
+            "use": usage_json(usage),
+            "quota": quota.map(|q| amounts_json(q.iter().map(|(d, n)| (&**d, *n)))),
+            "atQuota": quota.is_some_and(|q| at_quota(usage, q)),
+        }));
+    }
+    let mut groups: BTreeMap<u32, serde_json::Value> = BTreeMap::new();
+    if owner.is_none() {
+        let ids: std::collections::BTreeSet<u32> = book
+            .groups()
+            .map(|(g, _)| g)
+            .chain(state.quotas().groups.keys().copied())
+            .collect();
+        for g in ids.into_iter().take(MAX_RESOURCES_LISTED) {
+            let usage = book.group(g);
+            let quota = state.quotas().groups.get(&g);
+            groups.insert(
+                g,
+                serde_json::json!({
+                    "group": g,
+                    "runningTasks": usage.map_or(0, |u| u.tasks),
+                    "use": usage_json(usage),
+                    "quota": quota.map(|q| amounts_json(q.iter().map(|(d, n)| (&**d, *n)))),
+                    "atQuota": quota.is_some_and(|q| at_quota(usage, q)),
+                }),
+            );
+        }
+    }
+    let mut out = serde_json::json!({
+        "users": users,
+        "groups": groups.into_values().collect::<Vec<_>>(),
+        "truncated": next.is_some(),
+    });
+    if let Some(next) = next {
+        out["nextUserId"] = next.into();
+    }
+    out
+}
+
 /// The `tasksheap` view: waiting tasks in the order the scheduler walks them (group by group,
 /// tenant by tenant, each queue by priority then age), at most `max`, examining at most
 /// `scan_budget` entries; `owner` limits it to one user's tasks.
@@ -618,6 +808,7 @@ mod tests {
                     created: NOW - i as i64,
                     idempotency_key: None,
                     priority: 0,
+                    needs: Vec::new(),
                 }),
             );
             let (worker, end) = match fate {

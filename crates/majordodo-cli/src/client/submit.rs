@@ -83,6 +83,20 @@ fn flag_fields(args: &SubmitArgs, api: &Api) -> Map<String, Value> {
     if let Some(tx) = args.transaction {
         m.insert("transaction".into(), tx.into());
     }
+    if let Some(cpu) = args.cpu {
+        m.insert("cpu".into(), cpu.into());
+    }
+    if let Some(memory) = args.memory {
+        m.insert("memory".into(), memory.into());
+    }
+    if !args.needs.is_empty() {
+        let needs: Map<String, Value> = args
+            .needs
+            .iter()
+            .map(|(d, n)| (d.clone(), (*n).into()))
+            .collect();
+        m.insert("needs".into(), needs.into());
+    }
     m
 }
 

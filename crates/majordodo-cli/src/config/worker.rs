@@ -342,6 +342,7 @@ impl WorkerFile {
             max_thread_per_user_per_task_type_percent: self
                 .max_thread_per_user_per_task_type_percent,
             resource_limits: self.resource_limits.clone(),
+            ..Capacity::default()
         };
 
         let c = &self.connection;

@@ -13,15 +13,19 @@ use super::{
     BODY_FIELD, FieldError, MAX_ATTEMPTS_LIMIT, MAX_BATCH_TASKS, MAX_IDEMPOTENCY_KEY_BYTES,
     MAX_NAME_BYTES, MAX_PRIORITY, MAX_TASK_ID, MAX_TIMESTAMP,
 };
+pub use majordodo_core::quota::QuotaTenant;
+use majordodo_core::quota::{CPU, MAX_AMOUNT, MEMORY, normalize};
+use majordodo_core::scheduler::MAX_WEIGHT;
 
 /// Actions of the original API this broker implements.
-pub const SUPPORTED_ACTIONS: [&str; 10] = [
+pub const SUPPORTED_ACTIONS: [&str; 11] = [
     "submitTask",
     "submitTasks",
     "createCodePool",
     "deleteCodePool",
     "setServiceLevel",
     "setTaskPriority",
+    "setQuota",
     "beginTransaction",
     "commitTransaction",
     "rollbackTransaction",
@@ -33,7 +37,7 @@ pub const SUPPORTED_ACTIONS: [&str; 10] = [
 pub const UNSUPPORTED_ACTIONS: [&str; 0] = [];
 
 /// Fields of one task, in `submitTask` (beside `action`) and in each element of `submitTasks`.
-const TASK_FIELDS: [&str; 13] = [
+const TASK_FIELDS: [&str; 16] = [
     "tasktype",
     "userid",
     "data",
@@ -47,6 +51,9 @@ const TASK_FIELDS: [&str; 13] = [
     "transaction",
     "idempotencyKey",
     "priority",
+    "cpu",
+    "memory",
+    "needs",
 ];
 
 /// Fields the original read from the outer `submitTasks` object (a bug); here they belong to each
@@ -88,6 +95,10 @@ pub struct TaskSubmission {
     /// `priority` (an extension): order inside the owner's queue, higher first, from
     /// -[`MAX_PRIORITY`] to [`MAX_PRIORITY`]; 0 (the default) keeps age order.
     pub priority: i32,
+    /// What each attempt needs while it runs (an extension): `cpu` (millicores) and `memory`
+    /// (MiB) fields and the `needs` object of named amounts (`{"db:orders": 1}`), merged and
+    /// sorted by dimension, zero amounts left out.
+    pub needs: Vec<(String, u64)>,
 }
 
 impl TaskSubmission {
@@ -111,7 +122,18 @@ impl TaskSubmission {
             idempotency_key: None,
             transaction: None,
             priority: 0,
+            needs: Vec::new(),
         }
+    }
+
+    /// The same task, needing `amount` of `dimension` (`cpu` millicores, `memory` MiB, or a
+    /// named amount) while it runs.
+    pub fn needing(mut self, dimension: impl Into<String>, amount: u64) -> TaskSubmission {
+        let dimension = dimension.into();
+        self.needs.retain(|(d, _)| *d != dimension);
+        self.needs.push((dimension, amount));
+        self.needs.sort();
+        self
     }
 
     /// The same task, prepared in transaction `id`.
@@ -156,6 +178,20 @@ impl TaskSubmission {
         if let Some(tx) = self.transaction {
             m.insert("transaction".into(), tx.into());
         }
+        let mut named = Map::new();
+        for (d, n) in &self.needs {
+            match d.as_str() {
+                CPU | MEMORY => {
+                    m.insert(d.clone(), (*n).into());
+                }
+                _ => {
+                    named.insert(d.clone(), (*n).into());
+                }
+            }
+        }
+        if !named.is_empty() {
+            m.insert("needs".into(), named.into());
+        }
         m
     }
 
@@ -187,6 +223,7 @@ impl TaskSubmission {
             idempotency_key: f.idempotency_key("idempotencyKey")?,
             transaction,
             priority: f.signed_int("priority", MAX_PRIORITY)?.unwrap_or(0) as i32,
+            needs: parse_needs(&f)?,
         };
         if task.transaction.is_some() && task.idempotency_key.is_some() {
             return Err(f.error(
@@ -207,13 +244,55 @@ impl TaskSubmission {
     }
 }
 
-/// `setServiceLevel`: a user's group and resources (admin only).
+/// `cpu`, `memory` and `needs` of a task submission, checked and merged.
+fn parse_needs(f: &Fields<'_>) -> Result<Vec<(String, u64)>, FieldError> {
+    let mut needs = Vec::new();
+    for dimension in [CPU, MEMORY] {
+        if let Some(n) = f.int(dimension, MAX_AMOUNT as i64)? {
+            needs.push((dimension.to_string(), n as u64));
+        }
+    }
+    let explicit = needs.len();
+    for (dimension, amount) in f.amounts("needs")? {
+        if needs[..explicit].iter().any(|(d, _)| *d == dimension) {
+            return Err(f.error(
+                &format!("needs.{dimension}"),
+                format!("is given as the {dimension} field too; give it once"),
+            ));
+        }
+        needs.push((dimension, amount));
+    }
+    normalize(needs, false).map_err(|e| {
+        let field = match e.dimension.as_str() {
+            "" => "needs".to_string(),
+            d @ (CPU | MEMORY) if f.obj.contains_key(d) => d.to_string(),
+            d => format!("needs.{d}"),
+        };
+        f.error(&field, e.problem)
+    })
+}
+
+/// `setServiceLevel`: a user's group, resources and fair-share weight (admin only).
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct ServiceLevelChange {
     /// `userid`: the user.
     pub user_id: String,
     /// `group` and `resources`; `None` with `reset: true`, back to the configured default.
     pub level: Option<(u32, Vec<String>)>,
+    /// `weight` (an extension): the user's share of running tasks inside its tier, relative to
+    /// the other users' (1 to [`MAX_WEIGHT`]); 0 = the default, 1.
+    pub weight: u32,
+}
+
+/// `setQuota` (an extension; admin only): what a user's or a group's running tasks may use
+/// together.
+#[derive(Clone, Debug, PartialEq, Eq)]
+pub struct QuotaChange {
+    /// `userid`, or `group`.
+    pub tenant: QuotaTenant,
+    /// `quota`: amounts per dimension (`tasks`, `cpu`, `memory`, named); `None` with
+    /// `reset: true`, no quota.
+    pub quota: Option<Vec<(String, u64)>>,
 }
 
 /// `setTaskPriority`: the priority of a waiting or delayed task.
@@ -248,6 +327,8 @@ pub enum ActionRequest {
     SetServiceLevel(ServiceLevelChange),
     /// `setTaskPriority`.
     SetTaskPriority(PriorityChange),
+    /// `setQuota`.
+    SetQuota(QuotaChange),
 }
 
 impl ActionRequest {
@@ -264,6 +345,7 @@ impl ActionRequest {
             ActionRequest::CancelTask(_) => "cancelTask",
             ActionRequest::SetServiceLevel(_) => "setServiceLevel",
             ActionRequest::SetTaskPriority(_) => "setTaskPriority",
+            ActionRequest::SetQuota(_) => "setQuota",
         }
     }
 
@@ -303,6 +385,31 @@ impl ActionRequest {
                     Some((group, resources)) => {
                         m.insert("group".into(), (*group).into());
                         m.insert("resources".into(), resources.clone().into());
+                    }
+                    None => {
+                        m.insert("reset".into(), true.into());
+                    }
+                }
+                if c.weight != 0 && c.level.is_some() {
+                    m.insert("weight".into(), c.weight.into());
+                }
+                m
+            }
+            ActionRequest::SetQuota(c) => {
+                let mut m = Map::new();
+                match &c.tenant {
+                    QuotaTenant::User(u) => {
+                        m.insert("userid".into(), u.clone().into());
+                    }
+                    QuotaTenant::Group(g) => {
+                        m.insert("group".into(), (*g).into());
+                    }
+                }
+                match &c.quota {
+                    Some(q) => {
+                        let amounts: Map<String, Value> =
+                            q.iter().map(|(d, n)| (d.clone(), (*n).into())).collect();
+                        m.insert("quota".into(), amounts.into());
                     }
                     None => {
                         m.insert("reset".into(), true.into());
@@ -357,6 +464,7 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
         "createCodePool" => super::codepool::parse_create(&obj).map(ActionRequest::CreateCodePool),
         "deleteCodePool" => super::codepool::parse_delete(&obj).map(ActionRequest::DeleteCodePool),
         "setServiceLevel" => parse_service_level(&obj).map(ActionRequest::SetServiceLevel),
+        "setQuota" => parse_quota(&obj).map(ActionRequest::SetQuota),
         "beginTransaction" => {
             Fields {
                 obj: &obj,
@@ -431,8 +539,13 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
 
 fn parse_service_level(obj: &Map<String, Value>) -> Result<ServiceLevelChange, FieldError> {
     let f = Fields { obj, path: "" };
-    f.only(&["action", "userid", "group", "resources", "reset"])?;
+    f.only(&["action", "userid", "group", "resources", "reset", "weight"])?;
     let user_id = f.required_name("userid")?;
+    let weight = match f.int("weight", MAX_WEIGHT.into())? {
+        Some(0) => return Err(f.error("weight", "must be at least 1")),
+        Some(w) => w as u32,
+        None => 0,
+    };
     let reset = match obj.get("reset") {
         None | Some(Value::Null) | Some(Value::Bool(false)) => false,
         Some(Value::Bool(true)) => true,
@@ -444,7 +557,7 @@ fn parse_service_level(obj: &Map<String, Value>) -> Result<ServiceLevelChange, F
         }
     };
     if reset {
-        for field in ["group", "resources"] {
+        for field in ["group", "resources", "weight"] {
             if obj.get(field).is_some_and(|v| !v.is_null()) {
                 return Err(f.error(field, "must not be set with reset"));
             }
@@ -452,6 +565,7 @@ fn parse_service_level(obj: &Map<String, Value>) -> Result<ServiceLevelChange, F
         return Ok(ServiceLevelChange {
             user_id,
             level: None,
+            weight: 0,
         });
     }
     let group = match f.int("group", u32::MAX.into())? {
@@ -485,6 +599,63 @@ fn parse_service_level(obj: &Map<String, Value>) -> Result<ServiceLevelChange, F
     Ok(ServiceLevelChange {
         user_id,
         level: Some((group, resources)),
+        weight,
+    })
+}
+
+fn parse_quota(obj: &Map<String, Value>) -> Result<QuotaChange, FieldError> {
+    let f = Fields { obj, path: "" };
+    f.only(&["action", "userid", "group", "quota", "reset"])?;
+    let user = f.optional_name("userid")?;
+    let group = f.int("group", u32::MAX.into())?;
+    let tenant = match (user, group) {
+        (Some(_), Some(_)) => {
+            return Err(f.error("group", "give userid or group, not both"));
+        }
+        (Some(u), None) => QuotaTenant::User(u),
+        (None, Some(0)) => {
+            return Err(f.error(
+                "group",
+                "group 0 means \"any group\" to workers and has no users",
+            ));
+        }
+        (None, Some(g)) => QuotaTenant::Group(g as u32),
+        (None, None) => return Err(f.error("userid", "userid or group is required")),
+    };
+    let reset = match obj.get("reset") {
+        None | Some(Value::Null) | Some(Value::Bool(false)) => false,
+        Some(Value::Bool(true)) => true,
+        Some(other) => {
+            return Err(f.error(
+                "reset",
+                format!("must be true or false, not {}", kind(other)),
+            ));
+        }
+    };
+    if reset {
+        if obj.get("quota").is_some_and(|v| !v.is_null()) {
+            return Err(f.error("quota", "must not be set with reset"));
+        }
+        return Ok(QuotaChange {
+            tenant,
+            quota: None,
+        });
+    }
+    if obj.get("quota").is_none_or(Value::is_null) {
+        return Err(f.error("quota", "is required (or reset: true)"));
+    }
+    let amounts = f.amounts("quota")?;
+    let quota = normalize(amounts, true).map_err(|e| {
+        let field = if e.dimension.is_empty() {
+            "quota".to_string()
+        } else {
+            format!("quota.{}", e.dimension)
+        };
+        f.error(&field, e.problem)
+    })?;
+    Ok(QuotaChange {
+        tenant,
+        quota: Some(quota),
     })
 }
 
@@ -611,6 +782,34 @@ impl Fields<'_> {
             Some(unknown) => Err(self.error(unknown, "is not a field of this action")),
             None => Ok(()),
         }
+    }
+
+    /// An object of dimension → amount (each an integer in `0..=MAX_AMOUNT`, as a number or a
+    /// string); absent or null is empty. Field errors name `name.<dimension>`.
+    fn amounts(&self, name: &str) -> Result<Vec<(String, u64)>, FieldError> {
+        let obj = match self.obj.get(name) {
+            None | Some(Value::Null) => return Ok(Vec::new()),
+            Some(Value::Object(o)) => o,
+            Some(other) => {
+                return Err(self.error(
+                    name,
+                    format!(
+                        "must be an object of names and amounts, not {}",
+                        kind(other)
+                    ),
+                ));
+            }
+        };
+        let path = format!("{}{name}.", self.path);
+        let inner = Fields { obj, path: &path };
+        obj.keys()
+            .map(|d| {
+                let n = inner
+                    .int(d, MAX_AMOUNT as i64)?
+                    .ok_or_else(|| inner.error(d, "must be an amount, not null"))?;
+                Ok((d.clone(), n as u64))
+            })
+            .collect()
     }
 
     /// An integer in `-max..=max`, given as a JSON number or a string; absent or null is `None`.

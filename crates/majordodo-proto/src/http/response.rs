@@ -238,6 +238,13 @@ pub struct StatusView {
     /// In a replicated cluster: the leader and every live broker with its position.
     #[serde(default, skip_serializing_if = "Option::is_none")]
     pub cluster: Option<ClusterStatus>,
+    /// Tenants (users and groups) with a quota (an extension).
+    #[serde(default)]
+    pub quotas: u64,
+    /// Of those, how many have reached their quota in some dimension: no new task needing it
+    /// starts until running ones end (an extension).
+    #[serde(default, rename = "tenantsAtQuota")]
+    pub tenants_at_quota: u64,
 }
 
 /// What a broker of a replicated cluster knows of it (in the `status` view).

@@ -23,7 +23,19 @@ fn arb_submission() -> impl Strategy<Value = TaskSubmission> {
             proptest::option::of(arb_name()),
             proptest::option::of(".{1,40}"),
         ),
-        -(crate::http::MAX_PRIORITY as i32)..=(crate::http::MAX_PRIORITY as i32),
+        (
+            -(crate::http::MAX_PRIORITY as i32)..=(crate::http::MAX_PRIORITY as i32),
+            proptest::collection::btree_map(
+                prop_oneof![
+                    Just("cpu".to_string()),
+                    Just("memory".to_string()),
+                    "[a-z:]{1,8}"
+                ],
+                1u64..=majordodo_core::quota::MAX_AMOUNT,
+                0..4,
+            )
+            .prop_map(|m| m.into_iter().filter(|(d, _)| d != "tasks").collect()),
+        ),
     )
         .prop_map(
             |(
@@ -31,7 +43,7 @@ fn arb_submission() -> impl Strategy<Value = TaskSubmission> {
                 (max_attempts, attempt),
                 (start, deadline),
                 (slot, codepool, mode, idempotency_key),
-                priority,
+                (priority, needs),
             )| {
                 TaskSubmission {
                     task_type,
@@ -52,6 +64,7 @@ fn arb_submission() -> impl Strategy<Value = TaskSubmission> {
                     idempotency_key,
                     transaction: None,
                     priority,
+                    needs,
                 }
             },
         )
@@ -597,4 +610,79 @@ fn a_leader_hint_is_read_from_any_error_body() {
     ] {
         assert_eq!(LeaderHint::of_body(body), None);
     }
+}
+
+#[test]
+fn needs_and_quotas_parse_and_bad_ones_name_their_field() {
+    // Goal: cpu, memory and named needs merge into one sorted list; setQuota takes a user or a
+    // group; each bad amount is refused naming the dimension's field.
+    let submit = |extra: Value| {
+        let mut body = json!({"action": "submitTask", "tasktype": "t", "userid": "u"});
+        body.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        parse_action(body.to_string().as_bytes())
+    };
+    let ok = submit(json!({"cpu": 500, "memory": "256", "needs": {"db:orders": 1, "zero": 0}}));
+    let ActionRequest::SubmitTask(t) = ok.unwrap() else {
+        panic!("not a submission")
+    };
+    assert_eq!(
+        t.needs,
+        vec![
+            ("cpu".to_string(), 500),
+            ("db:orders".to_string(), 1),
+            ("memory".to_string(), 256)
+        ]
+    );
+    let field = |extra: Value| submit(extra).unwrap_err().field;
+    assert_eq!(field(json!({"cpu": -1})), "cpu");
+    assert_eq!(field(json!({"memory": "lots"})), "memory");
+    assert_eq!(field(json!({"needs": [1]})), "needs");
+    assert_eq!(field(json!({"needs": {"db": -2}})), "needs.db");
+    assert_eq!(field(json!({"needs": {"db": null}})), "needs.db");
+    assert_eq!(field(json!({"needs": {"tasks": 1}})), "needs.tasks");
+    assert_eq!(field(json!({"cpu": 1, "needs": {"cpu": 2}})), "needs.cpu");
+    assert_eq!(field(json!({"needs": {"": 2}})), "needs");
+    let quota = |body: Value| parse_action(body.to_string().as_bytes());
+    assert_eq!(
+        quota(json!({"action": "setQuota", "group": 2, "quota": {"tasks": 10, "cpu": 0}})).unwrap(),
+        ActionRequest::SetQuota(request::QuotaChange {
+            tenant: majordodo_core::quota::QuotaTenant::Group(2),
+            quota: Some(vec![("tasks".to_string(), 10)]),
+        })
+    );
+    let qfield = |body: Value| quota(body).unwrap_err().field;
+    assert_eq!(
+        qfield(json!({"action": "setQuota", "quota": {"cpu": 1}})),
+        "userid"
+    );
+    assert_eq!(
+        qfield(json!({"action": "setQuota", "userid": "a", "group": 1, "quota": {}})),
+        "group"
+    );
+    assert_eq!(
+        qfield(json!({"action": "setQuota", "group": 0, "quota": {}})),
+        "group"
+    );
+    assert_eq!(
+        qfield(json!({"action": "setQuota", "userid": "a"})),
+        "quota"
+    );
+    assert_eq!(
+        qfield(json!({"action": "setQuota", "userid": "a", "quota": {"cpu": 1}, "reset": true})),
+        "quota"
+    );
+    assert_eq!(
+        qfield(json!({"action": "setQuota", "userid": "a", "quota": {"cpu": -5}})),
+        "quota.cpu"
+    );
+    assert_eq!(
+        qfield(json!({"action": "setServiceLevel", "userid": "a", "group": 1, "weight": 0})),
+        "weight"
+    );
+    assert_eq!(
+        qfield(json!({"action": "setServiceLevel", "userid": "a", "group": 1, "weight": 10001})),
+        "weight"
+    );
 }

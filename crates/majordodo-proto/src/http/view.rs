@@ -11,7 +11,7 @@ use super::request::clip;
 use super::{FieldError, MAX_NAME_BYTES, MAX_TASK_ID};
 
 /// Views of the original API this broker implements.
-pub const SUPPORTED_VIEWS: [&str; 13] = [
+pub const SUPPORTED_VIEWS: [&str; 14] = [
     "overview",
     "status",
     "task",
@@ -25,6 +25,7 @@ pub const SUPPORTED_VIEWS: [&str; 13] = [
     "delayedqueue",
     "resources",
     "tasksheap",
+    "tenants",
 ];
 
 /// Views of the original API this broker does not implement yet: they are answered with a 4xx
@@ -183,6 +184,14 @@ pub enum ViewRequest {
         /// `workerId`, if any.
         worker_id: Option<String>,
     },
+    /// `tenants` (an extension): users and groups with their weights, use and quotas, users in
+    /// name order from `fromUserId`, at most `max`.
+    Tenants {
+        /// `max`.
+        max: Option<u32>,
+        /// `fromUserId`.
+        from: Option<String>,
+    },
     /// `tasksheap`: waiting tasks in the order the scheduler considers them, at most `max`.
     TasksHeap {
         /// `max`.
@@ -207,6 +216,7 @@ impl ViewRequest {
             ViewRequest::DelayedQueue { .. } => "delayedqueue",
             ViewRequest::Resources { .. } => "resources",
             ViewRequest::TasksHeap { .. } => "tasksheap",
+            ViewRequest::Tenants { .. } => "tenants",
         }
     }
 
@@ -232,6 +242,14 @@ impl ViewRequest {
             ViewRequest::Resources { worker_id } => {
                 let mut p = vec![("view", "resources".to_owned())];
                 push_opt(&mut p, "workerId", worker_id);
+                p
+            }
+            ViewRequest::Tenants { max, from } => {
+                let mut p = vec![("view", "tenants".to_owned())];
+                if let Some(max) = max {
+                    p.push(("max", max.to_string()));
+                }
+                push_opt(&mut p, "fromUserId", from);
                 p
             }
             ViewRequest::Transactions { max }
@@ -279,6 +297,10 @@ pub fn parse_view(pairs: &[(String, String)]) -> Result<ViewRequest, FieldError>
             worker_id: q.filter("workerId")?,
         },
         "tasksheap" => ViewRequest::TasksHeap { max: q.max()? },
+        "tenants" => ViewRequest::Tenants {
+            max: q.max()?,
+            from: q.filter("fromUserId")?,
+        },
         "tasksoverview" => ViewRequest::TasksOverview(TasksOverviewQuery {
             status: q.status("filter")?,
             worker_id: q.filter("workerId")?,
