@@ -1112,6 +1112,99 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
             "group",
         ),
         (
+            "negative cpu",
+            json_body(json!({"action": "submitTask", "userid": "u", "tasktype": "t", "cpu": -1})),
+            "cpu",
+        ),
+        (
+            "memory not a number",
+            json_body(
+                json!({"action": "submitTask", "userid": "u", "tasktype": "t", "memory": "lots"}),
+            ),
+            "memory",
+        ),
+        (
+            "needs not an object",
+            json_body(
+                json!({"action": "submitTask", "userid": "u", "tasktype": "t", "needs": ["db"]}),
+            ),
+            "needs",
+        ),
+        (
+            "a negative named need",
+            json_body(
+                json!({"action": "submitTask", "userid": "u", "tasktype": "t", "needs": {"db": -1}}),
+            ),
+            "needs.db",
+        ),
+        (
+            "a need named tasks",
+            json_body(
+                json!({"action": "submitTask", "userid": "u", "tasktype": "t", "needs": {"tasks": 1}}),
+            ),
+            "needs.tasks",
+        ),
+        (
+            "cpu given twice",
+            json_body(
+                json!({"action": "submitTask", "userid": "u", "tasktype": "t", "cpu": 1, "needs": {"cpu": 2}}),
+            ),
+            "needs.cpu",
+        ),
+        (
+            "a need beyond the largest amount",
+            json_body(
+                json!({"action": "submitTasks", "tasks": [{"userid": "u", "tasktype": "t"}, {"userid": "u", "tasktype": "t", "memory": 99_999_999_999_999_999_u64}]}),
+            ),
+            "tasks[1].memory",
+        ),
+        (
+            "quota without tenant",
+            json_body(json!({"action": "setQuota", "quota": {"cpu": 1}})),
+            "userid",
+        ),
+        (
+            "quota of user and group",
+            json_body(
+                json!({"action": "setQuota", "userid": "u", "group": 2, "quota": {"cpu": 1}}),
+            ),
+            "group",
+        ),
+        (
+            "quota of group 0",
+            json_body(json!({"action": "setQuota", "group": 0, "quota": {"cpu": 1}})),
+            "group",
+        ),
+        (
+            "quota without amounts",
+            json_body(json!({"action": "setQuota", "userid": "u"})),
+            "quota",
+        ),
+        (
+            "quota with a negative amount",
+            json_body(json!({"action": "setQuota", "userid": "u", "quota": {"memory": -5}})),
+            "quota.memory",
+        ),
+        (
+            "quota reset with amounts",
+            json_body(
+                json!({"action": "setQuota", "userid": "u", "reset": true, "quota": {"cpu": 1}}),
+            ),
+            "quota",
+        ),
+        (
+            "weight 0",
+            json_body(json!({"action": "setServiceLevel", "userid": "u", "group": 1, "weight": 0})),
+            "weight",
+        ),
+        (
+            "weight too large",
+            json_body(
+                json!({"action": "setServiceLevel", "userid": "u", "group": 1, "weight": 10001}),
+            ),
+            "weight",
+        ),
+        (
             "priority change without task",
             json_body(json!({"action": "setTaskPriority", "priority": 1})),
             "taskId",
@@ -1179,6 +1272,13 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         (
             "service level changed by a user",
             json!({"action": "setServiceLevel", "userid": "alice", "group": 1}),
+            alice(),
+            StatusCode::FORBIDDEN,
+            "action",
+        ),
+        (
+            "quota set by a user",
+            json!({"action": "setQuota", "userid": "alice", "quota": {"tasks": 100}}),
             alice(),
             StatusCode::FORBIDDEN,
             "action",

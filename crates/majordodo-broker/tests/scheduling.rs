@@ -559,3 +559,282 @@ async fn resources_are_released_after_errors_and_worker_death() {
     assert_eq!(in_use(&c).await, 0);
     c.stop().await;
 }
+
+/// A capacity of `threads` tasks with these amounts (cpu, memory, named).
+fn capacity_with(threads: u32, amounts: &[(&str, u64)]) -> Capacity {
+    Capacity {
+        amounts: amounts.iter().map(|(d, n)| (d.to_string(), *n)).collect(),
+        ..capacity(threads)
+    }
+}
+
+impl Cluster {
+    /// Waits until `n` workers are connected to the leader.
+    async fn wait_connected(&self, n: usize) {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let connected = self
+                .handle
+                .query(|v| {
+                    v.leader_core
+                        .map_or(0, |l| l.connected_capacities().count())
+                })
+                .await
+                .unwrap();
+            if connected >= n {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "timed out waiting for {n} workers"
+            );
+            tokio::time::sleep(Duration::from_millis(20)).await;
+        }
+    }
+
+    /// Running tasks per user, as the `tenants` view shows them.
+    async fn running_per_user(&self) -> BTreeMap<String, u64> {
+        let view = self.get("view=tenants").await;
+        view["tenants"]["users"]
+            .as_array()
+            .unwrap()
+            .iter()
+            .map(|u| {
+                (
+                    u["userId"].as_str().unwrap().to_string(),
+                    u["runningTasks"].as_u64().unwrap(),
+                )
+            })
+            .collect()
+    }
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn tasks_run_only_where_every_dimension_they_need_has_room() {
+    // Goal: a worker never runs tasks whose needs add up beyond what it declared, in any
+    // dimension; a task needing a named amount only one worker has runs only there; tasks
+    // without needs run anywhere; everything finishes. The resources view shows amounts used
+    // against the connected workers' capacity.
+    let mut c = start(LeaderConfig::default(), Duration::from_secs(10)).await;
+    let small = Meter::default();
+    let big = Meter::default();
+    let hold = Duration::from_millis(60);
+    c.spawn_worker(
+        "small",
+        capacity_with(10, &[("cpu", 1000), ("memory", 512)]),
+        small.executors(&["t"], hold),
+    );
+    c.spawn_worker(
+        "big",
+        capacity_with(10, &[("cpu", 4000), ("memory", 4096), ("db:orders", 2)]),
+        big.executors(&["t"], hold),
+    );
+    c.wait_connected(2).await;
+    let task = |data: &str, extra: Value| {
+        let mut t = json!({"userid": "u", "tasktype": "t", "data": data});
+        t.as_object_mut()
+            .unwrap()
+            .extend(extra.as_object().unwrap().clone());
+        t
+    };
+    let mut tasks = Vec::new();
+    for _ in 0..12 {
+        tasks.push(task("cpu800", json!({"cpu": 800, "memory": 256})));
+        tasks.push(task("db", json!({"needs": {"db:orders": 1}})));
+        tasks.push(task("cpu3000", json!({"cpu": 3000})));
+        tasks.push(task("plain", json!({})));
+    }
+    let (status, body) = c
+        .post(json!({"action": "submitTasks", "tasks": tasks}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // While they run, the cluster's amounts are within the declared total.
+    let view = c.get("view=resources").await;
+    for row in view["amounts"].as_array().unwrap() {
+        assert!(row["used"].as_u64() <= row["capacity"].as_u64(), "{view}");
+    }
+    c.wait_for("48 tasks finished", TaskStatus::Finished, 48)
+        .await;
+    assert!(small.peak("cpu800") <= 1, "1000 millicores hold one 800");
+    assert_eq!(small.peak("db"), 0, "the small worker has no db:orders");
+    assert_eq!(
+        small.peak("cpu3000"),
+        0,
+        "the small worker has 1000 millicores"
+    );
+    assert!(big.peak("db") <= 2, "peak {}", big.peak("db"));
+    assert!(big.peak("cpu3000") <= 1, "4000 millicores hold one 3000");
+    assert!(small.peak("plain") + big.peak("plain") >= 1);
+    let view = c.get("view=resources").await;
+    let cpu = view["amounts"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|r| r["dimension"] == json!("cpu"))
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        cpu,
+        json!({"dimension": "cpu", "used": 0, "capacity": 5000})
+    );
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_task_needing_more_than_any_worker_or_its_whole_quota_is_refused_at_submit() {
+    // Goal: instead of waiting forever, such a task is refused with 400 naming its field (with
+    // the index in a batch), and the request creates nothing; with no worker connected nothing
+    // can be judged and the task is accepted.
+    let mut c = start(LeaderConfig::default(), Duration::from_secs(10)).await;
+    let (status, body) = c
+        .post(json!({"action": "submitTask", "userid": "u", "tasktype": "t", "cpu": 64000}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "no worker yet: {body}");
+    let meter = Meter::default();
+    c.spawn_worker(
+        "w1",
+        capacity_with(4, &[("cpu", 2000), ("memory", 1024)]),
+        meter.executors(&["t"], Duration::from_millis(5)),
+    );
+    c.wait_connected(1).await;
+    let before = c.count(TaskStatus::Waiting).await + c.count(TaskStatus::Finished).await;
+    let (status, body) = c
+        .post(json!({"action": "submitTask", "userid": "u", "tasktype": "t", "cpu": 2001}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], json!("cpu"), "{body}");
+    let error = body["error"].as_str().unwrap();
+    assert!(
+        error.contains("more than any connected worker has") && error.contains("2000"),
+        "{body}"
+    );
+    let (status, body) = c
+        .post(json!({"action": "submitTasks", "tasks": [
+            {"userid": "u", "tasktype": "t"},
+            {"userid": "u", "tasktype": "t", "needs": {"gpu": 1}}]}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], json!("tasks[1].needs.gpu"), "{body}");
+    // More than the user's whole quota.
+    let (status, body) = c
+        .post(json!({"action": "setQuota", "userid": "u", "quota": {"memory": 100}}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let (status, body) = c
+        .post(json!({"action": "submitTask", "userid": "u", "tasktype": "t", "memory": 200}))
+        .await;
+    assert_eq!(status, StatusCode::BAD_REQUEST, "{body}");
+    assert_eq!(body["field"], json!("memory"), "{body}");
+    assert!(
+        body["error"].as_str().unwrap().contains("quota of user u"),
+        "{body}"
+    );
+    let after = c.count(TaskStatus::Waiting).await + c.count(TaskStatus::Finished).await;
+    assert_eq!(before, after, "the refusals created nothing");
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn a_quota_lowered_below_use_lets_running_tasks_finish_and_starts_no_new_ones() {
+    // Goal: a user's quota of 4 running tasks holds; lowered to 1 while 4 run, the 4 finish
+    // and no fifth starts until none runs; then one at a time; a group quota binds the same
+    // way; the tenants and status views show use against quota.
+    let mut c = start(LeaderConfig::default(), Duration::from_secs(10)).await;
+    let (status, body) = c
+        .post(json!({"action": "setQuota", "userid": "q", "quota": {"tasks": 4}}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    let meter = Meter::default();
+    c.spawn_worker(
+        "w1",
+        capacity(20),
+        meter.executors(&["t"], Duration::from_millis(300)),
+    );
+    c.submit("q", "t", "q", 10).await;
+    let deadline = Instant::now() + WAIT;
+    while c.count(TaskStatus::Running).await < 4 {
+        assert!(Instant::now() < deadline, "4 tasks never ran");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    let tenants = c.get("view=tenants").await;
+    let q = &tenants["tenants"]["users"][0];
+    assert_eq!(q["userId"], json!("q"), "{tenants}");
+    assert_eq!(q["use"]["tasks"], json!(4), "{tenants}");
+    assert_eq!(q["quota"], json!({"tasks": 4}), "{tenants}");
+    assert_eq!(q["atQuota"], json!(true), "{tenants}");
+    let status_view = c.get("view=status").await;
+    assert_eq!(status_view["quotas"], json!(1), "{status_view}");
+    assert_eq!(status_view["tenantsAtQuota"], json!(1), "{status_view}");
+    let (status, body) = c
+        .post(json!({"action": "setQuota", "userid": "q", "quota": {"tasks": 1}}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    // The 4 running go on; a fifth starts only once none runs.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let started = meter.started().len();
+        let running = c.count(TaskStatus::Running).await;
+        if started > 4 {
+            break;
+        }
+        assert!(running <= 4);
+        assert!(Instant::now() < deadline, "no task started after the 4");
+        tokio::time::sleep(Duration::from_millis(5)).await;
+    }
+    assert_eq!(
+        c.count(TaskStatus::Finished).await,
+        4,
+        "the fifth started only after the first four ended"
+    );
+    c.wait_for("all 10 finished", TaskStatus::Finished, 10)
+        .await;
+    assert_eq!(meter.peak("q"), 4, "never more than the first quota");
+    c.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn fair_share_gives_a_small_tenant_its_weighted_share_against_a_large_backlog() {
+    // Goal: a user with a large backlog fills an idle worker (work-conserving), but once a user
+    // with a few tasks and weight 3 arrives, freed threads go to it until it runs 3 of the 4,
+    // although the first user's tasks are older; all finish.
+    let mut c = start(LeaderConfig::default(), Duration::from_secs(10)).await;
+    let (status, body) = c
+        .post(json!({"action": "setServiceLevel", "userid": "small", "group": 1, "weight": 3}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{body}");
+    assert_eq!(body["serviceLevel"]["weight"], json!(3), "{body}");
+    let meter = Meter::default();
+    c.spawn_worker(
+        "w1",
+        capacity(4),
+        meter.executors(&["t"], Duration::from_millis(150)),
+    );
+    c.submit("big", "t", "big", 60).await;
+    let deadline = Instant::now() + WAIT;
+    while c.running_per_user().await.get("big").copied().unwrap_or(0) < 4 {
+        assert!(Instant::now() < deadline, "big never filled the worker");
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.submit("small", "t", "small", 12).await;
+    let deadline = Instant::now() + WAIT;
+    let mut seen = false;
+    while !seen {
+        let running = c.running_per_user().await;
+        let (b, s) = (
+            running.get("big").copied().unwrap_or(0),
+            running.get("small").copied().unwrap_or(0),
+        );
+        assert!(
+            s <= 3,
+            "small runs {s} of 4 with weight 3 of 4: {running:?}"
+        );
+        seen = s == 3 && b == 1;
+        assert!(
+            Instant::now() < deadline,
+            "small never got its share: {running:?}"
+        );
+        tokio::time::sleep(Duration::from_millis(10)).await;
+    }
+    c.wait_for("all finished", TaskStatus::Finished, 72).await;
+    c.stop().await;
+}
