@@ -136,6 +136,11 @@ enum Op {
         pick: u8,
         priority: i8,
     },
+    /// A task of one of three users sharing group 1 at weights 1, 2 and 3 (fair share).
+    SubmitShared {
+        user: u8,
+        kind: u8,
+    },
     /// A task that declares needs (see [`needs_of`]).
     SubmitNeeds {
         user: u8,
@@ -190,6 +195,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..2, proptest::option::of((1u8..4, 0u8..4))).prop_map(|(user, level)| Op::SetLevel { user, level }),
         1 => (any::<u8>(), -2i8..3).prop_map(|(pick, priority)| Op::SetPriority { pick, priority }),
         3 => (0u8..2, 0u8..4, 0u8..5).prop_map(|(user, kind, needs)| Op::SubmitNeeds { user, kind, needs }),
+        4 => (0u8..3, 0u8..3).prop_map(|(user, kind)| Op::SubmitShared { user, kind }),
         1 => (0u8..4, proptest::option::of((proptest::option::of(0u8..3), proptest::option::of(0u8..4))))
             .prop_map(|(tenant, quota)| Op::SetQuota { tenant, quota }),
     ]
@@ -235,24 +241,108 @@ fn capacity(worker: u8) -> WorkerCapacity {
 }
 
 /// What a task declared: from the state, or from its creation in flight.
-fn needs_in_sim(sim: &Sim, batch: &[LogEntry], id: TaskId) -> (String, Vec<(String, u64)>) {
+fn needs_in_sim(sim: &Sim, batch: &[LogEntry], id: TaskId, worker: &str) -> Placed {
     if let Some(t) = sim.state().task(id) {
         let needs = t.needs().iter().map(|(d, n)| (d.to_string(), *n)).collect();
-        return (t.user_id.to_string(), needs);
+        return (
+            worker.to_string(),
+            t.user_id.to_string(),
+            needs,
+            t.task_type.to_string(),
+        );
     }
     sim.inflight
         .iter()
         .flat_map(|b| b.entries.iter())
         .chain(batch.iter())
         .find_map(|e| match e {
-            LogEntry::AddTask(t) if t.id == id => Some((t.user_id.clone(), t.needs.clone())),
+            LogEntry::AddTask(t) if t.id == id => Some((
+                worker.to_string(),
+                t.user_id.clone(),
+                t.needs.clone(),
+                t.task_type.clone(),
+            )),
             _ => None,
         })
         .expect("an assigned task exists or is being created")
 }
 
-/// A task running or being assigned: (worker, owner, needs).
-type Placed = (String, String, Vec<(String, u64)>);
+/// A task running or being assigned: (worker, owner, needs, task type).
+type Placed = (String, String, Vec<(String, u64)>, String);
+
+/// Ids of the tasks some entry in flight (or earlier in `batch`) is about to change.
+fn changing(sim: &Sim, batch: &[LogEntry]) -> std::collections::BTreeSet<TaskId> {
+    sim.inflight
+        .iter()
+        .flat_map(|b| b.entries.iter())
+        .chain(batch.iter())
+        .filter_map(|e| match e {
+            LogEntry::AssignTask { task_id, .. }
+            | LogEntry::TaskStatusChange { task_id, .. }
+            | LogEntry::SetTaskPriority { task_id, .. }
+            | LogEntry::DeferTask { task_id, .. } => Some(*task_id),
+            _ => None,
+        })
+        .collect()
+}
+
+/// Fair share, checked on each assignment of a task of user `u`: no user `v` of the same group
+/// that could have taken the same thread had fewer running tasks relative to its weight. `v`
+/// could have taken it when its waiting tasks of the same type need nothing, its level names no
+/// resource, it has no quota of its own, none of those tasks is being changed, and the worker's
+/// per-user share has room for it.
+fn check_fair_share(
+    sim: &Sim,
+    live: &[Placed],
+    placed: &Placed,
+    changing: &std::collections::BTreeSet<TaskId>,
+) {
+    let state = sim.state();
+    let (worker, u, _, task_type) = placed;
+    let group = state.group_of_user(u);
+    let running = |x: &str| live.iter().filter(|l| l.1 == x).count() as u64;
+    let weight = |x: &str| u64::from(state.service_level_of(x).weight());
+    let cap = capacity(worker[1..].parse().unwrap());
+    let mut rivals: BTreeMap<String, bool> = BTreeMap::new();
+    for t in state
+        .tasks()
+        .filter(|t| t.status == TaskStatus::Waiting && *t.task_type == **task_type)
+        .filter(|t| *t.user_id != **u)
+    {
+        let ok = t.needs().is_empty() && !changing.contains(&t.id);
+        *rivals.entry(t.user_id.to_string()).or_insert(true) &= ok;
+    }
+    for (v, eligible) in rivals {
+        let level = state.service_level_of(&v);
+        if !eligible
+            || level.group != group
+            || !level.resources.is_empty()
+            || state
+                .quotas()
+                .get(&majordodo_core::quota::QuotaTenant::User(v.clone()))
+                .is_some()
+        {
+            continue;
+        }
+        if let Some(share) = cap.user_share(task_type) {
+            let here = live
+                .iter()
+                .filter(|l| l.0 == *worker && l.1 == v && l.3 == *task_type)
+                .count() as u32;
+            if here >= share {
+                continue;
+            }
+        }
+        assert!(
+            running(u) * weight(&v) <= running(&v) * weight(u),
+            "{u} (running {}, weight {}) got a thread of {worker} before {v} (running {}, weight {})",
+            running(u),
+            weight(u),
+            running(&v),
+            weight(&v)
+        );
+    }
+}
 
 /// Checked on every batch the leader decides: each assignment in it fits its worker's amounts and
 /// its owner's and group's quotas, counting what runs and what is being assigned before it. A
@@ -272,6 +362,7 @@ fn check_new_assignments(sim: &Sim, batch: &[LogEntry]) {
             t.worker_id.as_deref().unwrap().to_string(),
             t.user_id.to_string(),
             needs,
+            t.task_type.to_string(),
         ));
     }
     let assigns = |entries: &[LogEntry]| -> Vec<(TaskId, String)> {
@@ -292,14 +383,21 @@ fn check_new_assignments(sim: &Sim, batch: &[LogEntry]) {
                 .task(id)
                 .is_none_or(|t| t.status == TaskStatus::Waiting);
             if waiting {
-                let (user, needs) = needs_in_sim(sim, batch, id);
-                live.push((worker, user, needs));
+                live.push(needs_in_sim(sim, batch, id, &worker));
             }
         }
     }
     let state = sim.state();
-    for (id, worker) in assigns(batch) {
-        let (user, needs) = needs_in_sim(sim, batch, id);
+    for (i, (id, worker)) in assigns(batch).into_iter().enumerate() {
+        let placed = needs_in_sim(sim, batch, id, &worker);
+        let before: Vec<LogEntry> = batch
+            .iter()
+            .filter(|e| matches!(e, LogEntry::AssignTask { .. }))
+            .take(i)
+            .cloned()
+            .collect();
+        check_fair_share(sim, &live, &placed, &changing(sim, &before));
+        let (_, user, needs, _) = placed.clone();
         let group = state.group_of_user(&user);
         let sum = |filter: &dyn Fn(&Placed) -> bool, d: &str| -> u64 {
             live.iter()
@@ -347,7 +445,7 @@ fn check_new_assignments(sim: &Sim, batch: &[LogEntry]) {
                 );
             }
         }
-        live.push((worker, user, needs));
+        live.push(placed);
     }
 }
 
@@ -797,6 +895,18 @@ fn run(ops: Vec<Op>) {
     });
     sim.auto_receive = false;
     sim.on_push = Some(check_new_assignments);
+    for (user, weight) in [("a0", 1), ("a1", 2), ("a2", 3)] {
+        let level = ServiceLevel {
+            group: 1,
+            resources: Vec::new(),
+            weight,
+        };
+        let entry = sim
+            .leader
+            .set_service_level(sim.now, user, Some(level))
+            .unwrap();
+        sim.push(vec![entry]);
+    }
     let mut txs: Vec<TransactionId> = Vec::new();
     let caller = |user: u8, admin: bool| Caller {
         name: format!("{}", user % 2),
@@ -1047,6 +1157,18 @@ fn run(ops: Vec<Op>) {
                         sim.push(vec![entry]);
                     }
                 }
+            }
+            Op::SubmitShared { user, kind } => {
+                let (_, entry) = sim.leader.submit(
+                    sim.now,
+                    SubmitRequest {
+                        task_type: format!("k{kind}"),
+                        user_id: format!("a{user}"),
+                        max_attempts: 3,
+                        ..Default::default()
+                    },
+                );
+                sim.push(entry.into_iter().collect());
             }
             Op::SubmitNeeds { user, kind, needs } => {
                 let user = format!("{}", user % 2);
