@@ -1,7 +1,7 @@
 //! Code pools end to end: created over the real HTTP API, stored in chunks in a real file log,
 //! fetched by a real worker over the worker protocol, unpacked and used as the working directory
 //! of the `process` executor; expiry; a pool larger than one record through restart and
-//! snapshot.
+//! snapshot; and the scheduling state set at runtime (quotas, weights, needs) through the same.
 
 use std::collections::BTreeMap;
 use std::path::Path;
@@ -301,5 +301,60 @@ async fn a_pool_larger_than_a_record_survives_restart_and_snapshot_byte_for_byte
         .unwrap();
     assert_eq!(pool.as_deref(), Some("big"));
     assert_eq!(users, 1);
+    broker.stop().await;
+}
+
+#[tokio::test(flavor = "multi_thread", worker_threads = 2)]
+async fn quotas_weights_and_needs_survive_restart_and_snapshot() {
+    // Goal: the scheduling state set at runtime (a user's and a group's quota, a weight) and a
+    // task's needs come back the same from a replay of the log and from a snapshot.
+    let dir = tempfile::tempdir().unwrap();
+    let broker = start(dir.path()).await;
+    for body in [
+        json!({"action": "setQuota", "userid": "alice", "quota": {"tasks": 3, "cpu": 1500}}),
+        json!({"action": "setQuota", "group": 1, "quota": {"db:orders": 2}}),
+        json!({"action": "setServiceLevel", "userid": "alice", "group": 1, "weight": 4}),
+        json!({"action": "submitTask", "userid": "alice", "tasktype": "t", "cpu": 500,
+               "needs": {"db:orders": 1}}),
+    ] {
+        let (s, b) = broker.post(body).await;
+        assert_eq!(s, StatusCode::OK, "{b}");
+    }
+    let snapshot = |broker: &Running| {
+        let handle = broker.handle.clone();
+        async move {
+            handle
+                .query(|v| {
+                    let quotas: Vec<String> = v
+                        .state
+                        .quotas()
+                        .iter()
+                        .map(|(t, q)| format!("{t}: {q:?}"))
+                        .collect();
+                    let weight = v.state.service_level_of("alice").weight;
+                    let needs: Vec<String> = v
+                        .state
+                        .tasks()
+                        .flat_map(|t| t.needs().iter().map(|(d, n)| format!("{d}={n}")))
+                        .collect();
+                    (quotas, weight, needs)
+                })
+                .await
+                .unwrap()
+        }
+    };
+    let original = snapshot(&broker).await;
+    assert_eq!(original.0.len(), 2, "{original:?}");
+    assert_eq!(original.1, 4);
+    assert_eq!(original.2, vec!["cpu=500", "db:orders=1"]);
+    broker.stop().await;
+
+    let broker = start(dir.path()).await;
+    assert_eq!(snapshot(&broker).await, original, "after a replay");
+    broker.handle.checkpoint().await.expect("snapshot");
+    broker.stop().await;
+
+    let broker = start(dir.path()).await;
+    assert_eq!(snapshot(&broker).await, original, "from the snapshot");
     broker.stop().await;
 }
