@@ -961,6 +961,7 @@ impl Dispatcher {
                         codepool: task.codepool().map(str::to_string),
                         mode: task.mode().map(str::to_string),
                         resources: task.resources().iter().map(|r| r.to_string()).collect(),
+                        needs: Default::default(),
                     })
                 })
                 .collect();

@@ -37,7 +37,7 @@ pub use codec::{
     item_frame_len,
 };
 pub use messages::{
-    ANY_TASK_TYPE, Assign, Assignment, Cancel, Capacity, Challenge, CodePoolData, CodePoolRequest,
+    ANY_TASK_TYPE, Assign, CPU_MILLIS, MEMORY_MIB, Assignment, Cancel, Capacity, Challenge, CodePoolData, CodePoolRequest,
     Connect, Envelope, FinishReport, Finished, FinishedAck, Hello, Kill, Message, Outcome, Ping,
     Pong, Reject, RunningTask, Shutdown, Welcome,
 };

@@ -30,6 +30,7 @@ fn assignment(task_id: u64) -> Assignment {
         codepool: None,
         mode: None,
         resources: vec![],
+        needs: Default::default(),
     }
 }
 

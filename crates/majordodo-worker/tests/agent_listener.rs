@@ -201,6 +201,7 @@ fn assignment(task_id: u64, task_type: &str, data: &str) -> Assignment {
         codepool: None,
         mode: None,
         resources: vec![],
+        needs: Default::default(),
     }
 }
 

@@ -182,6 +182,7 @@ fn assignment(task_id: u64, data_len: usize) -> Assignment {
         codepool: None,
         mode: None,
         resources: vec![],
+        needs: Default::default(),
     }
 }
 

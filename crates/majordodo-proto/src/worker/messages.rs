@@ -12,6 +12,13 @@ use super::{NONCE_LEN, PROOF_LEN, ProtocolError};
 /// entry of its own; all those types are counted together against this one limit.
 pub const ANY_TASK_TYPE: &str = "any";
 
+/// The dimension of [`Capacity::amounts`] and [`Assignment::needs`] counting CPU, in
+/// millicores (1000 = one core).
+pub const CPU_MILLIS: &str = "cpu";
+
+/// The dimension of [`Capacity::amounts`] and [`Assignment::needs`] counting memory, in MiB.
+pub const MEMORY_MIB: &str = "memory";
+
 /// One frame body: the protocol version, then exactly one message.
 ///
 /// The version is in every frame so that a peer speaking another version is detected on its first
@@ -232,6 +239,15 @@ pub struct Capacity {
     /// the field ignores it.
     #[prost(btree_map = "string, uint32", tag = "51")]
     pub resource_limits: BTreeMap<String, u32>,
+    /// What the worker has, per dimension: [`CPU_MILLIS`] (millicores), [`MEMORY_MIB`] (MiB),
+    /// and any other key a named amount (`db:orders`, `storage-iops`). A broker that predates
+    /// the field ignores it.
+    #[prost(btree_map = "string, uint64", tag = "80")]
+    pub amounts: BTreeMap<String, u64>,
+    /// One line saying how this worker's `process` executor enforces the cpu and memory a task
+    /// declares (cgroup v2, or rlimits and what they cover), for the broker's workers view.
+    #[prost(string, tag = "81")]
+    pub enforcement: String,
 }
 
 impl Capacity {
@@ -322,6 +338,10 @@ pub struct Assignment {
     /// Resource ids the task holds while it runs.
     #[prost(string, repeated, tag = "8")]
     pub resources: Vec<String>,
+    /// What the task declared it needs, in the units of [`Capacity::amounts`]; empty when it
+    /// declared nothing.
+    #[prost(btree_map = "string, uint64", tag = "80")]
+    pub needs: BTreeMap<String, u64>,
 }
 
 /// W→B: a batch of finish reports.

@@ -16,9 +16,17 @@ fn arb_capacity() -> impl Strategy<Value = Capacity> {
         vec(any::<u32>(), 0..4),
         vec(any::<u32>(), 0..4),
         (any::<u32>(), btree_map("[a-z:]{0,8}", any::<u32>(), 0..3)),
+        (arb_amounts(), ".{0,40}"),
     )
         .prop_map(
-            |(max_threads, max_threads_by_task_type, groups, excluded_groups, (pct, limits))| {
+            |(
+                max_threads,
+                max_threads_by_task_type,
+                groups,
+                excluded_groups,
+                (pct, limits),
+                (amounts, enforcement),
+            )| {
                 Capacity {
                     max_threads,
                     max_threads_by_task_type,
@@ -26,13 +34,29 @@ fn arb_capacity() -> impl Strategy<Value = Capacity> {
                     excluded_groups,
                     max_thread_per_user_per_task_type_percent: pct,
                     resource_limits: limits,
+                    amounts,
+                    enforcement,
                 }
             },
         )
 }
 
+/// Amounts or needs: the reserved cpu and memory keys, named amounts, any value.
+fn arb_amounts() -> impl Strategy<Value = std::collections::BTreeMap<String, u64>> {
+    btree_map(
+        prop_oneof![
+            Just(CPU_MILLIS.to_owned()),
+            Just(MEMORY_MIB.to_owned()),
+            "[a-z:-]{0,10}"
+        ],
+        any::<u64>(),
+        0..4,
+    )
+}
+
 fn arb_assignment() -> impl Strategy<Value = Assignment> {
     (
+        (
         any::<u64>(),
         any::<u32>(),
         ".{0,12}",
@@ -41,17 +65,22 @@ fn arb_assignment() -> impl Strategy<Value = Assignment> {
         proptest::option::of(".{0,8}"),
         proptest::option::of(".{0,8}"),
         vec(".{0,8}", 0..3),
+        ),
+        arb_amounts(),
     )
         .prop_map(
-            |(task_id, attempt, task_type, user_id, data, codepool, mode, resources)| Assignment {
-                task_id,
-                attempt,
-                task_type,
-                user_id,
-                data,
-                codepool,
-                mode,
-                resources,
+            |((task_id, attempt, task_type, user_id, data, codepool, mode, resources), needs)| {
+                Assignment {
+                    task_id,
+                    attempt,
+                    task_type,
+                    user_id,
+                    data,
+                    codepool,
+                    mode,
+                    resources,
+                    needs,
+                }
             },
         )
 }
@@ -487,4 +516,69 @@ fn type_limit_follows_the_broker_rule_for_empty_and_zero_entries() {
         .max_threads_by_task_type
         .insert(ANY_TASK_TYPE.into(), 2);
     assert_eq!(capacity.type_limit("x"), Some((ANY_TASK_TYPE, 2)));
+}
+
+/// An `Assignment` as a peer that predates `needs` knows it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct AssignmentBeforeNeeds {
+    #[prost(uint64, tag = "1")]
+    task_id: u64,
+    #[prost(string, tag = "3")]
+    task_type: String,
+    #[prost(string, repeated, tag = "8")]
+    resources: Vec<String>,
+}
+
+/// A `Capacity` as a peer that predates `amounts` and `enforcement` knows it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct CapacityBeforeAmounts {
+    #[prost(uint32, tag = "1")]
+    max_threads: u32,
+    #[prost(btree_map = "string, uint32", tag = "51")]
+    resource_limits: std::collections::BTreeMap<String, u32>,
+}
+
+#[test]
+fn amounts_and_needs_are_compatible_both_ways() {
+    // Goal: an old peer's capacity and assignment decode with nothing declared, and a new
+    // peer's amounts, enforcement and needs are skipped by an old decoder without error.
+    let old = CapacityBeforeAmounts {
+        max_threads: 3,
+        resource_limits: [("db".to_owned(), 2)].into(),
+    }
+    .encode_to_vec();
+    let capacity = Capacity::decode(&old[..]).unwrap();
+    assert_eq!(capacity.max_threads, 3);
+    assert!(capacity.amounts.is_empty() && capacity.enforcement.is_empty());
+
+    let new = Capacity {
+        max_threads: 3,
+        amounts: [(CPU_MILLIS.to_owned(), 4000), ("db:orders".to_owned(), 10)].into(),
+        enforcement: "rlimits".into(),
+        ..Capacity::default()
+    };
+    let seen_by_old = CapacityBeforeAmounts::decode(&new.encode_to_vec()[..]).unwrap();
+    assert_eq!(seen_by_old.max_threads, 3);
+
+    let old = AssignmentBeforeNeeds {
+        task_id: 9,
+        task_type: "t".into(),
+        resources: vec!["r".into()],
+    }
+    .encode_to_vec();
+    let assignment = Assignment::decode(&old[..]).unwrap();
+    assert_eq!((assignment.task_id, assignment.needs.len()), (9, 0));
+
+    let new = Assignment {
+        task_id: 9,
+        task_type: "t".into(),
+        needs: [(MEMORY_MIB.to_owned(), 64)].into(),
+        ..Assignment::default()
+    };
+    let seen_by_old = AssignmentBeforeNeeds::decode(&new.encode_to_vec()[..]).unwrap();
+    assert_eq!(seen_by_old.task_id, 9);
+    assert_eq!(
+        Assignment::decode(&new.encode_to_vec()[..]).unwrap().needs,
+        new.needs
+    );
 }
