@@ -37,9 +37,9 @@ pub use codec::{
     item_frame_len,
 };
 pub use messages::{
-    ANY_TASK_TYPE, Assign, CPU_MILLIS, MEMORY_MIB, Assignment, Cancel, Capacity, Challenge, CodePoolData, CodePoolRequest,
-    Connect, Envelope, FinishReport, Finished, FinishedAck, Hello, Kill, Message, Outcome, Ping,
-    Pong, Reject, RunningTask, Shutdown, Welcome,
+    ANY_TASK_TYPE, Assign, Assignment, CPU_MILLIS, Cancel, Capacity, Challenge, CodePoolData,
+    CodePoolRequest, Connect, Envelope, FinishReport, Finished, FinishedAck, Hello, Kill,
+    MEMORY_MIB, Message, Outcome, Ping, Pong, Reject, RunningTask, Shutdown, Welcome,
 };
 pub use proof::{
     PROOF_LEN, SharedSecret, broker_proof, random_nonce, verify_broker_proof, verify_worker_proof,

@@ -52,6 +52,7 @@ mod agent;
 mod codepools;
 mod config;
 mod executor;
+mod limits;
 mod locator;
 mod process;
 mod status;
@@ -68,6 +69,10 @@ pub use config::{
     WorkerConfig, hostname, new_process_id,
 };
 pub use executor::{CancelSignal, Executors, Task, TaskExecutor, TaskFailure, executor_fn};
+pub use limits::{
+    CPU_PERIOD_US, Enforcement, MAX_CPU_MILLIS, MAX_MEMORY_MIB, MAX_NAMED_AMOUNT, check_amount,
+    detect_cpu_millis, detect_memory_mib, max_amount,
+};
 pub use locator::{BrokerLocator, LocateFuture, StaticBroker};
 pub use process::{
     DEFAULT_CANCEL_GRACE_MS, DEFAULT_MAX_STDOUT_BYTES, DEFAULT_STDERR_TAIL_BYTES,

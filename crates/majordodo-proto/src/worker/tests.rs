@@ -57,14 +57,14 @@ fn arb_amounts() -> impl Strategy<Value = std::collections::BTreeMap<String, u64
 fn arb_assignment() -> impl Strategy<Value = Assignment> {
     (
         (
-        any::<u64>(),
-        any::<u32>(),
-        ".{0,12}",
-        ".{0,12}",
-        ".{0,40}",
-        proptest::option::of(".{0,8}"),
-        proptest::option::of(".{0,8}"),
-        vec(".{0,8}", 0..3),
+            any::<u64>(),
+            any::<u32>(),
+            ".{0,12}",
+            ".{0,12}",
+            ".{0,40}",
+            proptest::option::of(".{0,8}"),
+            proptest::option::of(".{0,8}"),
+            vec(".{0,8}", 0..3),
         ),
         arb_amounts(),
     )
