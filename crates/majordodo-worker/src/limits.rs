@@ -241,8 +241,9 @@ fn usable_cgroup_root(dir: &Path, enable: bool) -> Result<(), String> {
         .collect();
     if !missing.is_empty() {
         return Err(format!(
-            "cgroup v2 {shown} lacks the {} controller (available: {:?}; a controller bound to a cgroup v1 hierarchy is not available in v2)",
+            "cgroup v2 {shown} lacks the {} controller{} (available: {:?}; a controller bound to a cgroup v1 hierarchy is not available in v2)",
             missing.join(" and "),
+            if missing.len() > 1 { "s" } else { "" },
             available.trim()
         ));
     }
