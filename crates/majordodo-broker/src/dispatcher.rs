@@ -1247,5 +1247,6 @@ pub(crate) fn capacity_of(c: Capacity) -> WorkerCapacity {
         max_thread_per_user_per_task_type_percent: c.max_thread_per_user_per_task_type_percent,
         resource_limits: c.resource_limits,
         amounts: c.amounts,
+        enforcement: c.enforcement,
     }
 }

@@ -312,12 +312,12 @@ async fn get_view(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, A
             match view {
                 ViewRequest::Overview => Answer::OverviewView(OverviewView {
                     ok: true,
-                    workers: select::workers(v.state, MAX_WORKERS_LISTED),
+                    workers: select::workers(v, MAX_WORKERS_LISTED),
                     status,
                 }),
                 ViewRequest::Workers => Answer::WorkersView(WorkersView {
                     ok: true,
-                    workers: select::workers(v.state, MAX_WORKERS_LISTED),
+                    workers: select::workers(v, MAX_WORKERS_LISTED),
                     status,
                 }),
                 ViewRequest::Status => Answer::StatusView(StatusView {

@@ -677,6 +677,19 @@ async fn tasks_run_only_where_every_dimension_they_need_has_room() {
         cpu,
         json!({"dimension": "cpu", "used": 0, "capacity": 5000})
     );
+    let workers = c.get("view=workers").await;
+    let big_worker = workers["workers"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .find(|w| w["id"] == json!("big"))
+        .cloned()
+        .unwrap();
+    assert_eq!(
+        big_worker["amounts"],
+        json!({"cpu": 4000, "memory": 4096, "db:orders": 2}),
+        "{workers}"
+    );
     c.stop().await;
 }
 

@@ -96,6 +96,7 @@ mod tests {
             codepool: None,
             mode: None,
             resources: vec![],
+            needs: Default::default(),
             codepool_dir: None,
             cancel: Default::default(),
         }

@@ -101,6 +101,39 @@ fn print_start(settings: &WorkerSettings) {
             format!(", excluding {:?}", c.capacity.excluded_groups)
         }
     );
+    let amounts: Vec<String> = c
+        .capacity
+        .amounts
+        .iter()
+        .map(|(key, value)| {
+            let unit = match key.as_str() {
+                majordodo_proto::worker::CPU_MILLIS => " millicores",
+                majordodo_proto::worker::MEMORY_MIB => " MiB",
+                _ => "",
+            };
+            match settings
+                .detected
+                .iter()
+                .find(|(detected, _)| detected == key)
+            {
+                Some((_, from)) => format!("{key}={value}{unit} (detected: {from})"),
+                None => format!("{key}={value}{unit}"),
+            }
+        })
+        .collect();
+    println!("  amounts: {}", amounts.join(", "));
+    println!(
+        "  enforcement of cpu and memory: {}",
+        c.capacity.enforcement
+    );
+    for (key, from) in &settings.detected {
+        info!(
+            amount = %key,
+            value = c.capacity.amounts.get(key).copied().unwrap_or(0),
+            from = %from,
+            "capacity amount detected"
+        );
+    }
     for e in &settings.summary {
         println!("  executor {}: {}", e.task_type, e.runs);
     }

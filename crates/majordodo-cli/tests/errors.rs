@@ -93,6 +93,15 @@ fn bad_worker_files_exit_2_naming_the_file_and_the_key() {
             format!("{ok_part}zk = \"h:2181\"\nzk_path = \"rel\""),
             "`zk_path`",
         ),
+        (
+            format!("{ok_part}[capacity]\nmemory = -1"),
+            "`capacity.memory`",
+        ),
+        (format!("{ok_part}[capacity]\ncpu = 2.5"), "`capacity.cpu`"),
+        (
+            format!("{ok_part}[process]\ncgroup_root = \"/nonexistent-cgroup\""),
+            "`process.cgroup_root`",
+        ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = write(d, &format!("worker{i}.toml"), text);

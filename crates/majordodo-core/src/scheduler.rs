@@ -52,6 +52,9 @@ pub struct WorkerCapacity {
     /// amounts): the needs of the tasks running on it never add up beyond these. A task needing
     /// a dimension the worker does not declare does not run on it.
     pub amounts: BTreeMap<String, u64>,
+    /// How the worker enforces declared cpu and memory, as it states it (shown, never decided
+    /// on).
+    pub enforcement: String,
 }
 
 impl WorkerCapacity {

@@ -237,6 +237,7 @@ fn capacity(worker: u8) -> WorkerCapacity {
             ]),
             _ => BTreeMap::from([("cpu".into(), 4000), ("memory".into(), 2000)]),
         },
+        enforcement: String::new(),
     }
 }
 

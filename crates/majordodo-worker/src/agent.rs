@@ -85,6 +85,11 @@ impl Worker {
             Some(seed) => StdRng::seed_from_u64(seed),
             None => StdRng::from_os_rng(),
         };
+        info!(
+            amounts = ?self.config.capacity.amounts,
+            enforcement = %self.config.capacity.enforcement,
+            "capacity declared; cpu and memory a task declares are enforced by the process executor as stated"
+        );
         let (fetch_tx, fetch_rx) = tokio::sync::mpsc::channel(FETCH_QUEUE);
         let pools = PoolCache::new(self.config.codepools.clone(), fetch_tx);
         let mut agent = Agent {
@@ -135,6 +140,8 @@ pub async fn run(
 struct Running {
     key: RunningTask,
     task_type: String,
+    /// What the task declared it needs (counted against `Capacity::amounts`).
+    needs: BTreeMap<String, u64>,
     /// Fired when the broker cancels the attempt.
     cancel: crate::executor::CancelSignal,
 }
@@ -739,6 +746,23 @@ impl Agent {
                 "refused: {in_bucket} tasks counted against {bucket:?} running, its limit is {limit}"
             ));
         }
+        for (key, &need) in assignment.needs.iter().filter(|(_, need)| **need > 0) {
+            let Some(&amount) = capacity.amounts.get(key) else {
+                return Admission::Refuse(format!(
+                    "refused: the task needs {key} = {need}, which this worker does not declare"
+                ));
+            };
+            let in_use: u64 = self
+                .running
+                .values()
+                .filter_map(|r| r.needs.get(key))
+                .fold(0, |sum, n| sum.saturating_add(*n));
+            if in_use.saturating_add(need) > amount {
+                return Admission::Refuse(format!(
+                    "refused: the task needs {key} = {need}; {in_use} of {amount} are in use"
+                ));
+            }
+        }
         if self.executors.get(&assignment.task_type).is_none() {
             return Admission::Refuse(format!(
                 "refused: no executor for task type {:?}",
@@ -774,6 +798,7 @@ impl Agent {
                 let task_type = assignment.task_type.clone();
                 debug!(task_id = key.task_id, attempt = key.attempt, %task_type, "task started");
                 let cancel = CancelSignal::new();
+                let needs = assignment.needs.clone();
                 let mut task = Task::from(assignment);
                 task.cancel = cancel.clone();
                 let pools = self.pools.clone();
@@ -805,6 +830,7 @@ impl Agent {
                     Running {
                         key,
                         task_type,
+                        needs,
                         cancel,
                     },
                 );

@@ -4,9 +4,12 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Duration;
 
-use majordodo_proto::worker::{ANY_TASK_TYPE, Capacity, DEFAULT_MAX_FRAME_SIZE, SharedSecret};
+use majordodo_proto::worker::{
+    ANY_TASK_TYPE, CPU_MILLIS, Capacity, DEFAULT_MAX_FRAME_SIZE, MEMORY_MIB, SharedSecret,
+};
 use rand::Rng;
 
+use crate::limits::{Enforcement, check_amount, detect_cpu_millis, detect_memory_mib};
 use crate::locator::BrokerLocator;
 
 /// Default ping interval; the broker's `Welcome` can only shorten it. The original system
@@ -137,7 +140,9 @@ pub struct WorkerConfig {
 
 impl WorkerConfig {
     /// A config with this module's defaults: the host name as worker id and location, a fresh
-    /// process id, and a capacity of [`DEFAULT_MAX_THREADS`] tasks of any type in any group.
+    /// process id, and a capacity of [`DEFAULT_MAX_THREADS`] tasks of any type in any group,
+    /// with this machine's cpu and memory as amounts ([`detected_amounts`]) and the
+    /// [`Enforcement::auto`] statement.
     pub fn new(broker_addr: impl Into<String>, shared_secret: SharedSecret) -> Self {
         let host = hostname();
         WorkerConfig {
@@ -155,6 +160,8 @@ impl WorkerConfig {
                 )]),
                 groups: vec![0],
                 excluded_groups: vec![],
+                amounts: detected_amounts(),
+                enforcement: Enforcement::auto().describe(),
                 ..Default::default()
             },
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
@@ -202,6 +209,12 @@ impl WorkerConfig {
             || self.max_frame_size > u32::MAX as usize
         {
             "max_frame_size must be between MIN_MAX_FRAME_SIZE and u32::MAX"
+        } else if let Some(problem) = self.capacity.amounts.iter().find_map(|(key, value)| {
+            check_amount(key, *value)
+                .err()
+                .map(|problem| format!("capacity.amounts {key:?}: {problem}"))
+        }) {
+            return Err(problem);
         } else {
             return Ok(());
         };
@@ -217,6 +230,16 @@ impl WorkerConfig {
             None => self.broker_addr.clone(),
         }
     }
+}
+
+/// This machine's `cpu` (millicores) and `memory` (MiB), as [`detect_cpu_millis`] and
+/// [`detect_memory_mib`] find them (memory left out if /proc/meminfo cannot be read).
+pub fn detected_amounts() -> BTreeMap<String, u64> {
+    let mut amounts = BTreeMap::from([(CPU_MILLIS.to_owned(), detect_cpu_millis())]);
+    if let Some((mib, _)) = detect_memory_mib() {
+        amounts.insert(MEMORY_MIB.to_owned(), mib);
+    }
+    amounts
 }
 
 /// Smallest accepted `max_frame_size`: the handshake frames must fit.
@@ -283,6 +306,31 @@ mod tests {
         let mut bad = config.clone();
         bad.shared_secret = SharedSecret::new("");
         assert!(bad.validate().is_err());
+    }
+
+    #[test]
+    fn defaults_declare_this_machine_and_amounts_are_checked() {
+        // Goal: the default capacity has the detected cpu and memory and the enforcement
+        // statement; a zero or absurd amount fails validation naming it.
+        let config = WorkerConfig::new("127.0.0.1:7363", SharedSecret::new("s"));
+        assert_eq!(config.capacity.amounts, detected_amounts());
+        assert_eq!(
+            config.capacity.amounts[CPU_MILLIS],
+            crate::detect_cpu_millis()
+        );
+        assert!(config.capacity.amounts[MEMORY_MIB] > 0);
+        assert_eq!(config.capacity.enforcement, Enforcement::auto().describe());
+        let mut bad = config.clone();
+        bad.capacity.amounts.insert("db:orders".into(), 0);
+        assert_eq!(
+            bad.validate().unwrap_err(),
+            "capacity.amounts \"db:orders\": must be positive"
+        );
+        bad.capacity.amounts.insert("db:orders".into(), 1);
+        bad.capacity
+            .amounts
+            .insert(CPU_MILLIS.into(), crate::MAX_CPU_MILLIS + 1);
+        assert!(bad.validate().unwrap_err().contains("\"cpu\""));
     }
 
     #[test]

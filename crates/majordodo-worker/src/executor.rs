@@ -27,6 +27,9 @@ pub struct Task {
     pub mode: Option<String>,
     /// Resources the task holds while it runs.
     pub resources: Vec<String>,
+    /// What the task declared it needs: `cpu` (millicores), `memory` (MiB), named amounts;
+    /// empty when it declared nothing. The `process` executor enforces cpu and memory.
+    pub needs: std::collections::BTreeMap<String, u64>,
     /// Where the task's code pool is unpacked (set by the agent before the executor runs).
     pub codepool_dir: Option<std::path::PathBuf>,
     /// Fires when the broker cancels this attempt: stop soon (the worker drops the future
@@ -80,6 +83,7 @@ impl From<Assignment> for Task {
             codepool: a.codepool,
             mode: a.mode,
             resources: a.resources,
+            needs: a.needs,
             codepool_dir: None,
             cancel: CancelSignal::new(),
         }

@@ -21,7 +21,13 @@
 //!   checks it again on every assignment: one beyond `max_threads`, beyond its type's limit
 //!   (or the `any` limit, shared by every type without its own), of a type it does not accept,
 //!   or without an executor is reported as an error whose text starts with `refused:`, and is
-//!   never executed.
+//!   never executed. The same holds for a task whose needs (`cpu`, `memory`, named amounts)
+//!   do not fit the capacity's `amounts` left by the running tasks, or that needs an amount
+//!   the worker does not declare. By default the amounts are this machine's cpu and memory
+//!   ([`detected_amounts`]).
+//! - **Enforcement.** The `process` executor holds a task to the cpu and memory it declared
+//!   as [`Enforcement`] says (cgroup v2 per attempt, else RLIMIT_AS for memory and no cpu
+//!   limit); the capacity's `enforcement` line tells the broker which applies.
 //! - **Reports.** Finish reports go in batches of up to `max_reports`, or after `max_delay`,
 //!   and are kept until the broker's `FinishedAck`; they are sent again after a reconnect (to
 //!   whichever broker answers) and when the ack is overdue.
@@ -52,6 +58,7 @@ mod agent;
 mod codepools;
 mod config;
 mod executor;
+mod limits;
 mod locator;
 mod process;
 mod status;
@@ -65,9 +72,13 @@ pub use config::{
     DEFAULT_KEEPALIVE_INTERVAL, DEFAULT_MAX_REFUSED_TIME, DEFAULT_MAX_REPORT_DELAY,
     DEFAULT_MAX_REPORTS_PER_BATCH, DEFAULT_MAX_THREADS, DEFAULT_RECONNECT_INITIAL,
     DEFAULT_RECONNECT_MAX, DEFAULT_SHUTDOWN_GRACE, MIN_MAX_FRAME_SIZE, ReportBatching,
-    WorkerConfig, hostname, new_process_id,
+    WorkerConfig, detected_amounts, hostname, new_process_id,
 };
 pub use executor::{CancelSignal, Executors, Task, TaskExecutor, TaskFailure, executor_fn};
+pub use limits::{
+    CPU_PERIOD_US, Enforcement, MAX_CPU_MILLIS, MAX_MEMORY_MIB, MAX_NAMED_AMOUNT, check_amount,
+    detect_cpu_millis, detect_memory_mib, max_amount,
+};
 pub use locator::{BrokerLocator, LocateFuture, StaticBroker};
 pub use process::{
     DEFAULT_CANCEL_GRACE_MS, DEFAULT_MAX_STDOUT_BYTES, DEFAULT_STDERR_TAIL_BYTES,

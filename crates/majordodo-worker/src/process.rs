@@ -17,7 +17,12 @@
 //! - when the task is cancelled, the process group gets SIGTERM, and SIGKILL once
 //!   `cancel_grace_ms` passed; the attempt ends in error `cancelled`;
 //! - when the program exits, times out, overflows stdout, or the worker aborts the task, the
-//!   whole process group is killed: nothing the task started outlives it.
+//!   whole process group is killed: nothing the task started outlives it;
+//! - a task that declared `cpu` (millicores) or `memory` (MiB) gets `MAJORDODO_CPU_MILLIS` /
+//!   `MAJORDODO_MEMORY_MIB` and is held to them as the executor's [`Enforcement`] allows: in a
+//!   cgroup v2 of its own (`memory.max`, swap off, `cpu.max`), removed once the group ended;
+//!   else its address space is limited to the memory (RLIMIT_AS) and cpu is not limited. A
+//!   failure of such a task says which limit applied. A task without needs runs unlimited.
 
 use std::collections::BTreeMap;
 use std::path::PathBuf;
@@ -31,6 +36,7 @@ use tokio::io::{AsyncRead, AsyncReadExt, AsyncWriteExt};
 use tokio::process::Command;
 
 use crate::executor::{Executors, Task, TaskExecutor, TaskFailure};
+use crate::limits::{Declared, Enforcement, TaskCgroup};
 
 /// Default `timeout_ms`: one hour, a bound for batch jobs that should never be reached by a
 /// healthy task, while a hung one does not hold its slot forever.
@@ -133,6 +139,7 @@ pub struct ProcessConfigError(pub &'static str);
 #[derive(Debug, Clone)]
 pub struct ProcessExecutor {
     config: Arc<ProcessExecutorConfig>,
+    enforcement: Arc<Enforcement>,
 }
 
 impl ProcessExecutor {
@@ -152,7 +159,20 @@ impl ProcessExecutor {
         }
         Ok(ProcessExecutor {
             config: Arc::new(config),
+            enforcement: Enforcement::auto(),
         })
+    }
+
+    /// Enforces declared cpu and memory with `enforcement` instead of what
+    /// [`Enforcement::auto`] found.
+    pub fn with_enforcement(mut self, enforcement: Arc<Enforcement>) -> Self {
+        self.enforcement = enforcement;
+        self
+    }
+
+    /// How declared cpu and memory are enforced.
+    pub fn enforcement(&self) -> &Enforcement {
+        &self.enforcement
     }
 }
 
@@ -175,7 +195,11 @@ pub fn process_executors(
 
 impl TaskExecutor for ProcessExecutor {
     fn execute(&self, task: Task) -> BoxFuture<'static, Result<String, TaskFailure>> {
-        Box::pin(run_process(self.config.clone(), task))
+        Box::pin(run_process(
+            self.config.clone(),
+            self.enforcement.clone(),
+            task,
+        ))
     }
 }
 
@@ -227,8 +251,12 @@ enum Ran<T> {
     Cancelled,
 }
 
+/// How long a finished attempt's cgroup may take to empty before it is left behind (logged).
+const CGROUP_REMOVE_PATIENCE: Duration = Duration::from_secs(2);
+
 async fn run_process(
     config: Arc<ProcessExecutorConfig>,
+    enforcement: Arc<Enforcement>,
     task: Task,
 ) -> Result<String, TaskFailure> {
     let program = &config.argv[0];
@@ -255,9 +283,48 @@ async fn run_process(
             .env("MAJORDODO_CODEPOOL_DIR", dir)
             .env("MAJORDODO_CODEPOOL", task.codepool.as_deref().unwrap_or(""));
     }
-    let mut child = command
-        .spawn()
-        .map_err(|error| TaskFailure::new(format!("start {program:?}: {error}")))?;
+    let declared = Declared::of(&task.needs);
+    if let Some(millis) = declared.cpu_millis {
+        command.env("MAJORDODO_CPU_MILLIS", millis.to_string());
+    }
+    if let Some(mib) = declared.memory_mib {
+        command.env("MAJORDODO_MEMORY_MIB", mib.to_string());
+    }
+    let mut cgroup = None;
+    let mut limit_note = None;
+    if declared != Declared::default() {
+        match &*enforcement {
+            Enforcement::CgroupV2 { root } => {
+                let created = TaskCgroup::create(root, task.task_id, task.attempt, declared)
+                    .map_err(|error| {
+                        TaskFailure::new(format!(
+                            "cannot make the task's cgroup under {}: {error}",
+                            root.display()
+                        ))
+                    })?;
+                if let Some(fd) = created.procs_fd() {
+                    pre_exec(&mut command, move || crate::limits::join_cgroup(fd));
+                }
+                cgroup = Some(created);
+            }
+            Enforcement::Rlimits { .. } => {
+                if let (Some(bytes), Some(mib)) = (declared.memory_bytes(), declared.memory_mib) {
+                    pre_exec(&mut command, move || {
+                        crate::limits::limit_address_space(bytes)
+                    });
+                    limit_note = Some(format!(
+                        "the task declared memory = {mib} MiB, so its address space was limited to {mib} MiB (RLIMIT_AS)"
+                    ));
+                }
+            }
+        }
+    }
+    let spawned = command.spawn();
+    if let Some(cgroup) = &mut cgroup {
+        cgroup.close_procs();
+    }
+    let mut child =
+        spawned.map_err(|error| TaskFailure::new(format!("start {program:?}: {error}")))?;
     let mut killer = GroupKiller { pgid: child.id() };
     let (stdin, stdout, stderr) = (child.stdin.take(), child.stdout.take(), child.stderr.take());
 
@@ -328,10 +395,23 @@ async fn run_process(
         outcome
     };
     trim_to_tail(&mut tail, config.stderr_tail_bytes);
+    if let Some(cgroup) = cgroup {
+        if cgroup.oom_kills() > 0 {
+            limit_note = Some(format!(
+                "memory limit exceeded: the task declared memory = {} MiB and the kernel's OOM killer ended a process of its cgroup (memory.max)",
+                declared.memory_mib.unwrap_or(0)
+            ));
+        }
+        cgroup.remove(CGROUP_REMOVE_PATIENCE).await;
+    }
 
     let failure = |cause: String| {
         let tail = String::from_utf8_lossy(&tail);
         let tail = tail.trim_end();
+        let cause = match &limit_note {
+            Some(note) => format!("{cause} ({note})"),
+            None => cause,
+        };
         if tail.is_empty() {
             TaskFailure::new(cause)
         } else {
@@ -388,6 +468,19 @@ async fn run_process(
         result.pop();
     }
     Ok(result)
+}
+
+/// Runs `hook` in the child between fork and exec.
+#[allow(unsafe_code)]
+fn pre_exec(
+    command: &mut Command,
+    hook: impl FnMut() -> std::io::Result<()> + Send + Sync + 'static,
+) {
+    // SAFETY: every hook given here makes only async-signal-safe calls (write, getpid,
+    // setrlimit) on values prepared before the fork, and allocates nothing.
+    unsafe {
+        command.pre_exec(hook);
+    }
 }
 
 fn describe_exit(status: ExitStatus) -> String {

@@ -606,6 +606,61 @@ async fn assignment_over_max_threads_is_refused() {
     broker.stop().await;
 }
 
+#[tokio::test]
+async fn amounts_are_declared_and_needs_beyond_them_are_refused() {
+    // Goal: the connect carries the declared amounts and enforcement statement; a task whose
+    // needs do not fit what running tasks leave, or that needs an amount the worker does not
+    // declare, is refused; one that fits runs.
+    let mut broker = Broker::start("127.0.0.1:0").await;
+    let mut config = worker_config(broker.addr);
+    config.capacity.amounts = [("memory".to_owned(), 1000), ("db:orders".to_owned(), 2)].into();
+    config.capacity.enforcement = "rlimits: stated by the test".into();
+    let gate = Arc::new(Semaphore::new(0));
+    let agent = Agent::start(config, executors(&gate));
+    let (hello, session) = broker.accept().await;
+    assert_eq!(
+        hello.capacity.amounts,
+        [("memory".to_owned(), 1000), ("db:orders".to_owned(), 2)].into()
+    );
+    assert_eq!(hello.capacity.enforcement, "rlimits: stated by the test");
+    let needing = |id, task_type: &str, needs: &[(&str, u64)]| Assignment {
+        needs: needs.iter().map(|(k, v)| ((*k).to_owned(), *v)).collect(),
+        ..assignment(id, task_type, "")
+    };
+    session
+        .assign(vec![
+            needing(1, "gated", &[("memory", 600), ("db:orders", 1)]),
+            needing(2, "echo", &[("memory", 500)]),
+            needing(3, "echo", &[("cpu", 1)]),
+            needing(4, "echo", &[("memory", 400), ("db:orders", 1)]),
+        ])
+        .unwrap();
+    let mut done = BTreeMap::new();
+    while done.len() < 3 {
+        let (seq, reports) = broker.finished().await;
+        session.ack_finished(seq).unwrap();
+        done.extend(reports.into_iter().map(|r| (r.task_id, r.result)));
+    }
+    assert_eq!(
+        done[&2],
+        "refused: the task needs memory = 500; 600 of 1000 are in use"
+    );
+    assert_eq!(
+        done[&3],
+        "refused: the task needs cpu = 1, which this worker does not declare"
+    );
+    assert_eq!(done[&4], "");
+    gate.add_permits(1);
+    let (seq, reports) = broker.finished().await;
+    session.ack_finished(seq).unwrap();
+    assert_eq!(
+        (reports[0].task_id, reports[0].result.as_str()),
+        (1, "released")
+    );
+    assert_eq!(agent.shutdown().await, Ok(()));
+    broker.stop().await;
+}
+
 /// Sets its flag when dropped: proves an execution's future was dropped (aborted).
 struct DropFlag(Arc<AtomicBool>);
 

@@ -4,7 +4,13 @@
 use std::path::Path;
 use std::time::Duration;
 
-use majordodo_worker::{ProcessExecutor, ProcessExecutorConfig, Task, TaskExecutor, TaskFailure};
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+use std::sync::Arc;
+
+use majordodo_worker::{
+    Enforcement, ProcessExecutor, ProcessExecutorConfig, Task, TaskExecutor, TaskFailure,
+};
 
 /// Bound on every wait in these tests, so a bug fails the test instead of hanging it.
 const WAIT: Duration = Duration::from_secs(20);
@@ -19,6 +25,7 @@ fn task(data: &str) -> Task {
         codepool: None,
         mode: None,
         resources: vec![],
+        needs: Default::default(),
         codepool_dir: None,
         cancel: Default::default(),
     }
@@ -326,4 +333,189 @@ async fn exit_status_75_asks_to_retry_later_after_the_delay_on_stdout() {
     let failure = execute(sh("echo soon; exit 75"), "").await.unwrap_err();
     assert_eq!(failure.retry_delay(), None);
     assert!(failure.message().contains("without a delay"), "{failure}");
+}
+
+/// A task declaring `needs`.
+fn task_needing(data: &str, needs: &[(&str, u64)]) -> Task {
+    Task {
+        needs: needs
+            .iter()
+            .map(|(key, value)| ((*key).to_owned(), *value))
+            .collect::<BTreeMap<_, _>>(),
+        ..task(data)
+    }
+}
+
+async fn execute_with(executor: &ProcessExecutor, task: Task) -> Result<String, TaskFailure> {
+    tokio::time::timeout(WAIT, executor.execute(task))
+        .await
+        .expect("the executor returns in time")
+}
+
+/// Reads 256 MiB into one buffer (dd allocates its block size at once and fills it).
+const ALLOCATE_256_MIB: &str =
+    "dd if=/dev/zero of=/dev/null bs=256M count=1 2>&1 && echo allocated";
+
+fn rlimits() -> Arc<Enforcement> {
+    Arc::new(Enforcement::Rlimits {
+        why_no_cgroup: "chosen by the test".into(),
+    })
+}
+
+#[tokio::test]
+async fn declared_memory_limits_the_address_space_without_a_cgroup() {
+    // Goal: with rlimits, a task declaring 64 MiB that allocates 256 MiB fails and its error
+    // says which limit applied; the same program without the declaration succeeds.
+    let executor = ProcessExecutor::new(sh(ALLOCATE_256_MIB))
+        .unwrap()
+        .with_enforcement(rlimits());
+    let limited = execute_with(&executor, task_needing("", &[("memory", 64)]))
+        .await
+        .unwrap_err();
+    let message = limited.message();
+    assert!(message.contains("exited with status"), "{message}");
+    assert!(
+        message.contains("address space was limited to 64 MiB (RLIMIT_AS)"),
+        "{message}"
+    );
+    let free = execute_with(&executor, task("")).await.unwrap();
+    assert!(free.ends_with("allocated"), "{free}");
+    // Enough declared memory lets it run.
+    let enough = execute_with(&executor, task_needing("", &[("memory", 1024)])).await;
+    assert!(enough.unwrap().ends_with("allocated"));
+}
+
+#[tokio::test]
+async fn declared_cpu_and_memory_are_in_the_environment() {
+    // Goal: MAJORDODO_CPU_MILLIS and MAJORDODO_MEMORY_MIB carry the declaration, and are unset
+    // for a task that declared nothing; named amounts set no variable.
+    let executor = ProcessExecutor::new(sh(
+        "echo ${MAJORDODO_CPU_MILLIS-none} ${MAJORDODO_MEMORY_MIB-none}",
+    ))
+    .unwrap()
+    .with_enforcement(rlimits());
+    let declared = task_needing("", &[("cpu", 1500), ("memory", 512), ("db:orders", 1)]);
+    assert_eq!(execute_with(&executor, declared).await.unwrap(), "1500 512");
+    let cpu_only = task_needing("", &[("cpu", 250)]);
+    assert_eq!(execute_with(&executor, cpu_only).await.unwrap(), "250 none");
+    assert_eq!(
+        execute_with(&executor, task("")).await.unwrap(),
+        "none none"
+    );
+}
+
+#[tokio::test]
+async fn declared_cpu_alone_limits_nothing_without_a_cgroup() {
+    // Goal: under rlimits a cpu declaration sets no limit at all (cpu cannot be enforced as a
+    // rate there): a task that allocates 256 MiB runs, and its address space is unlimited.
+    let executor = ProcessExecutor::new(sh(&format!("{ALLOCATE_256_MIB}; ulimit -v")))
+        .unwrap()
+        .with_enforcement(rlimits());
+    let result = execute_with(&executor, task_needing("", &[("cpu", 100)]))
+        .await
+        .unwrap();
+    assert!(result.ends_with("allocated\nunlimited"), "{result}");
+}
+
+/// A cgroup v2 directory to test with: `MAJORDODO_TEST_CGROUP_ROOT`, else this process's own
+/// cgroup when it is delegated; `None` (and a note on stderr) when there is none.
+fn test_cgroup() -> Option<(Arc<Enforcement>, PathBuf)> {
+    let found = match std::env::var_os("MAJORDODO_TEST_CGROUP_ROOT") {
+        Some(root) => Enforcement::cgroup_v2(Path::new(&root)).map_err(|e| {
+            panic!("MAJORDODO_TEST_CGROUP_ROOT is set but unusable: {e}");
+        }),
+        None => Ok(Enforcement::detect()),
+    };
+    match found {
+        Ok(Enforcement::CgroupV2 { root }) => {
+            Some((Arc::new(Enforcement::CgroupV2 { root: root.clone() }), root))
+        }
+        Ok(other) => {
+            eprintln!(
+                "SKIPPED: no usable cgroup v2 here ({}); set MAJORDODO_TEST_CGROUP_ROOT to a \
+                 delegated cgroup v2 directory to run this test",
+                other.describe()
+            );
+            None
+        }
+        Err(never) => never,
+    }
+}
+
+/// The cgroups this worker made under `root`.
+fn task_cgroups(root: &Path) -> Vec<PathBuf> {
+    std::fs::read_dir(root)
+        .unwrap()
+        .filter_map(|entry| {
+            let path = entry.ok()?.path();
+            let name = path.file_name()?.to_str()?;
+            let mine = format!("-{}-", std::process::id());
+            (name.starts_with("majordodo-") && name.contains(&mine)).then_some(path)
+        })
+        .collect()
+}
+
+#[tokio::test]
+async fn cgroup_v2_enforces_memory_and_cpu_and_is_removed_after_the_attempt() {
+    // Goal: in a cgroup v2, the program runs inside its attempt's cgroup with memory.max and
+    // cpu.max as declared; allocating beyond the memory fails with the OOM kill named; the
+    // cgroup is gone after the attempt, also after a cancel.
+    let Some((enforcement, root)) = test_cgroup() else {
+        return;
+    };
+    let executor =
+        ProcessExecutor::new(sh("cg=$(sed -n 's/^0:://p' /proc/self/cgroup); echo $cg; \
+         cat /sys/fs/cgroup$cg/memory.max /sys/fs/cgroup$cg/cpu.max 2>/dev/null || \
+         cat /sys/fs/cgroup/unified$cg/memory.max /sys/fs/cgroup/unified$cg/cpu.max"))
+        .unwrap()
+        .with_enforcement(enforcement.clone());
+    let shown = execute_with(&executor, task_needing("", &[("cpu", 500), ("memory", 64)]))
+        .await
+        .unwrap();
+    let lines: Vec<&str> = shown.lines().collect();
+    assert!(
+        lines[0].contains(&format!("majordodo-42-3-{}-", std::process::id())),
+        "{shown}"
+    );
+    assert_eq!(lines[1..], ["67108864", "50000 100000"], "{shown}");
+    assert!(
+        task_cgroups(&root).is_empty(),
+        "left behind: {:?}",
+        task_cgroups(&root)
+    );
+
+    let hog = ProcessExecutor::new(sh(ALLOCATE_256_MIB))
+        .unwrap()
+        .with_enforcement(enforcement.clone());
+    let failure = execute_with(&hog, task_needing("", &[("memory", 64)]))
+        .await
+        .unwrap_err();
+    assert!(
+        failure.message().contains("memory limit exceeded") && failure.message().contains("64 MiB"),
+        "{}",
+        failure.message()
+    );
+    assert!(
+        execute_with(&hog, task(""))
+            .await
+            .unwrap()
+            .ends_with("allocated")
+    );
+
+    let sleeper = ProcessExecutor::new(sh("sleep 30"))
+        .unwrap()
+        .with_enforcement(enforcement);
+    let cancelled = task_needing("", &[("memory", 64)]);
+    let cancel = cancelled.cancel.clone();
+    let run = tokio::spawn(async move { execute_with(&sleeper, cancelled).await });
+    tokio::time::sleep(Duration::from_millis(200)).await;
+    cancel.cancel();
+    assert!(
+        run.await
+            .unwrap()
+            .unwrap_err()
+            .message()
+            .contains("cancelled")
+    );
+    assert!(task_cgroups(&root).is_empty(), "left behind after cancel");
 }

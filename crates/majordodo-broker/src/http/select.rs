@@ -436,16 +436,21 @@ pub(crate) fn delayed_queue(
     out
 }
 
-pub(crate) fn workers(state: &BrokerState, max: usize) -> Vec<WorkerInfo> {
-    state
+pub(crate) fn workers(v: &View<'_>, max: usize) -> Vec<WorkerInfo> {
+    v.state
         .workers()
         .take(max)
-        .map(|w| WorkerInfo {
-            id: w.id.to_string(),
-            process_id: w.process_id.clone(),
-            status: w.status.as_str().to_owned(),
-            location: w.location.clone(),
-            last_connection_ts: w.last_connection,
+        .map(|w| {
+            let capacity = v.leader_core.and_then(|l| l.worker_capacity(&w.id));
+            WorkerInfo {
+                id: w.id.to_string(),
+                process_id: w.process_id.clone(),
+                status: w.status.as_str().to_owned(),
+                location: w.location.clone(),
+                last_connection_ts: w.last_connection,
+                amounts: capacity.map(|c| c.amounts.clone()).unwrap_or_default(),
+                enforcement: capacity.map(|c| c.enforcement.clone()).unwrap_or_default(),
+            }
         })
         .collect()
 }

@@ -6,13 +6,16 @@ use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
 
 use majordodo_client::{DiscoveryError, ZkDiscovery};
-use majordodo_proto::worker::{ANY_TASK_TYPE, Capacity, DEFAULT_MAX_FRAME_SIZE, SharedSecret};
+use majordodo_proto::worker::{
+    ANY_TASK_TYPE, CPU_MILLIS, Capacity, DEFAULT_MAX_FRAME_SIZE, MEMORY_MIB, SharedSecret,
+};
 use majordodo_worker::BrokerLocator;
 use majordodo_worker::{
     Backoff, DEFAULT_ACK_TIMEOUT, DEFAULT_CONNECT_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_MAX_REFUSED_TIME, DEFAULT_MAX_REPORT_DELAY, DEFAULT_MAX_REPORTS_PER_BATCH,
     DEFAULT_MAX_THREADS, DEFAULT_RECONNECT_INITIAL, DEFAULT_RECONNECT_MAX, DEFAULT_SHUTDOWN_GRACE,
-    Executors, ProcessExecutor, ProcessExecutorConfig, ReportBatching, WorkerConfig,
+    Enforcement, Executors, ProcessExecutor, ProcessExecutorConfig, ReportBatching, WorkerConfig,
+    check_amount, detect_cpu_millis, detect_memory_mib,
 };
 use serde::Deserialize;
 use std::sync::Arc;
@@ -42,6 +45,8 @@ pub(crate) struct WorkerFile {
     pub(crate) shutdown_grace: HumanDuration,
     pub(crate) cancel_grace: HumanDuration,
     pub(crate) task_type_limits: Option<BTreeMap<String, u32>>,
+    pub(crate) capacity: BTreeMap<String, toml::Value>,
+    pub(crate) process: ProcessFile,
     pub(crate) connection: ConnectionFile,
     pub(crate) reports: ReportsFile,
     pub(crate) codepools: CodePoolsFile,
@@ -67,12 +72,22 @@ impl Default for WorkerFile {
             shutdown_grace: HumanDuration(DEFAULT_SHUTDOWN_GRACE),
             cancel_grace: HumanDuration(majordodo_worker::DEFAULT_CANCEL_GRACE),
             task_type_limits: None,
+            capacity: BTreeMap::new(),
+            process: ProcessFile::default(),
             connection: ConnectionFile::default(),
             reports: ReportsFile::default(),
             codepools: CodePoolsFile::default(),
             executors: BTreeMap::new(),
         }
     }
+}
+
+/// `[process]`: how the `process` executors enforce the cpu and memory a task declares.
+#[derive(Debug, Clone, Default, Deserialize)]
+#[serde(deny_unknown_fields, default)]
+pub(crate) struct ProcessFile {
+    /// A cgroup v2 directory to make each attempt's cgroup in; `None` detects.
+    pub(crate) cgroup_root: Option<PathBuf>,
 }
 
 /// `[codepools]`: where code pools are unpacked and what they may hold.
@@ -173,6 +188,8 @@ pub(crate) struct WorkerSettings {
     pub(crate) executors: Executors,
     /// What runs each type, for printing.
     pub(crate) summary: Vec<ExecutorSummary>,
+    /// The amounts detected from the machine rather than configured: (key, where from).
+    pub(crate) detected: Vec<(String, String)>,
 }
 
 impl WorkerFile {
@@ -258,6 +275,20 @@ impl WorkerFile {
             ));
         }
 
+        let (amounts, detected) = self.amounts(&invalid)?;
+        let enforcement = match &self.process.cgroup_root {
+            Some(root) if !root.is_absolute() => {
+                return Err(invalid(
+                    "process.cgroup_root",
+                    format!("{} must be an absolute path", root.display()),
+                ));
+            }
+            Some(root) => Arc::new(
+                Enforcement::cgroup_v2(root).map_err(|p| invalid("process.cgroup_root", p))?,
+            ),
+            None => Enforcement::auto(),
+        };
+
         let mut executors = Executors::new();
         let mut summary = Vec::new();
         let builtins: Vec<String> = match (&self.builtin_executors, &target_builtins) {
@@ -295,8 +326,9 @@ impl WorkerFile {
                     format!("task type {task_type:?} also has a built-in executor"),
                 ));
             }
-            let executor =
-                ProcessExecutor::new(process.clone()).map_err(|e| invalid(&key, e.0.to_owned()))?;
+            let executor = ProcessExecutor::new(process.clone())
+                .map_err(|e| invalid(&key, e.0.to_owned()))?
+                .with_enforcement(enforcement.clone());
             executors.register(task_type.clone(), std::sync::Arc::new(executor));
             summary.push(ExecutorSummary {
                 task_type: task_type.clone(),
@@ -342,7 +374,8 @@ impl WorkerFile {
             max_thread_per_user_per_task_type_percent: self
                 .max_thread_per_user_per_task_type_percent,
             resource_limits: self.resource_limits.clone(),
-            ..Capacity::default()
+            amounts,
+            enforcement: enforcement.describe(),
         };
 
         let c = &self.connection;
@@ -394,7 +427,66 @@ impl WorkerFile {
             config,
             executors,
             summary,
+            detected,
         })
+    }
+
+    /// The `[capacity]` amounts, with `cpu` and `memory` detected when not configured, and
+    /// which were detected (key, from what).
+    fn amounts(
+        &self,
+        invalid: &impl Fn(&str, String) -> ConfigError,
+    ) -> Result<AmountsAndOrigins, ConfigError> {
+        let mut amounts = BTreeMap::new();
+        for (name, value) in &self.capacity {
+            let key = capacity_key(name);
+            let toml::Value::Integer(number) = value else {
+                return Err(invalid(
+                    &key,
+                    format!("must be a whole number, got {} {value}", value.type_str()),
+                ));
+            };
+            let number =
+                u64::try_from(*number).map_err(|_| invalid(&key, "must be positive".to_owned()))?;
+            check_amount(name, number).map_err(|problem| invalid(&key, problem))?;
+            amounts.insert(name.clone(), number);
+        }
+        let mut detected = Vec::new();
+        if !amounts.contains_key(CPU_MILLIS) {
+            let millis = detect_cpu_millis();
+            amounts.insert(CPU_MILLIS.to_owned(), millis);
+            detected.push((
+                CPU_MILLIS.to_owned(),
+                format!("{} usable cores × 1000", millis / 1000),
+            ));
+        }
+        if !amounts.contains_key(MEMORY_MIB) {
+            let Some((mib, source)) = detect_memory_mib() else {
+                return Err(invalid(
+                    "capacity.memory",
+                    "cannot be detected (/proc/meminfo unreadable): set it".to_owned(),
+                ));
+            };
+            amounts.insert(MEMORY_MIB.to_owned(), mib);
+            detected.push((MEMORY_MIB.to_owned(), source));
+        }
+        Ok((amounts, detected))
+    }
+}
+
+/// Amounts by key, and the keys detected with where from.
+type AmountsAndOrigins = (BTreeMap<String, u64>, Vec<(String, String)>);
+
+/// The key of `[capacity]`'s entry `name` as a user writes it: quoted unless a bare TOML key.
+fn capacity_key(name: &str) -> String {
+    let bare = !name.is_empty()
+        && name
+            .chars()
+            .all(|c| c.is_ascii_alphanumeric() || c == '_' || c == '-');
+    if bare {
+        format!("capacity.{name}")
+    } else {
+        format!("capacity.{name:?}")
     }
 }
 
@@ -454,6 +546,27 @@ cancel_grace = "{cancel_grace}"
 # render = 4
 # any = 10
 
+# What this worker has, per dimension: the broker places a task here only when each amount it
+# declares fits what the running tasks leave. "cpu" is in millicores (1000 = one core) and
+# "memory" in MiB; any other key is a named amount (e.g. "db:orders" = 10, storage-iops = 500).
+# cpu and memory are detected when not set: usable cores x 1000, and MemTotal of /proc/meminfo
+# lowered to this process's cgroup memory limit. Named amounts: none unless set.
+[capacity]
+# cpu = 4000
+# memory = 8192
+# "db:orders" = 10
+
+# How `process` executors hold a task to the cpu and memory it declares (the task also gets
+# MAJORDODO_CPU_MILLIS / MAJORDODO_MEMORY_MIB). With a writable cgroup v2 that has the cpu and
+# memory controllers, each attempt runs in a cgroup of its own (memory.max, cpu.max), removed
+# when it ends; otherwise memory limits the address space (RLIMIT_AS) and cpu is not limited.
+# The worker logs which applies at start and reports it to the broker.
+[process]
+# A cgroup v2 directory (absolute) to make the attempts' cgroups in; the worker enables cpu and
+# memory for its children. Default: the worker's own cgroup v2, when delegated (cpu and memory
+# already enabled for its children and writable), else rlimits.
+# cgroup_root = "/sys/fs/cgroup/majordodo.slice"
+
 [connection]
 # Ping interval (the broker may ask for a shorter one).
 keepalive_interval = "{keepalive_interval}"
@@ -492,7 +605,8 @@ download_timeout = "{cp_timeout}"
 # stdout (without one trailing newline) becomes the result; exit status 0 finishes the task,
 # anything else fails the attempt with the end of stderr as the error. No shell is involved:
 # write ["sh", "-c", "..."] to use one. Environment: the worker's, plus `env`, plus
-# MAJORDODO_TASK_ID, MAJORDODO_TASK_TYPE, MAJORDODO_USER_ID, MAJORDODO_ATTEMPT.
+# MAJORDODO_TASK_ID, MAJORDODO_TASK_TYPE, MAJORDODO_USER_ID, MAJORDODO_ATTEMPT (and, for a task
+# that declared them, MAJORDODO_CPU_MILLIS, MAJORDODO_MEMORY_MIB; see [process]).
 # Every key but argv is shown with its default.
 # [executors.render]
 # argv = ["/usr/local/bin/render", "--fast"]  # REQUIRED in each table
@@ -625,6 +739,49 @@ max_delay = "5ms"
     }
 
     #[test]
+    fn capacity_amounts_are_configured_or_detected() {
+        // Goal: configured amounts are declared as given; cpu and memory not configured are
+        // detected from the machine and said to be; named amounts are only the configured
+        // ones; the enforcement statement is the process executors'.
+        let s = validate(
+            "shared_secret = \"s\"\nbuiltin_executors = [\"echo\"]\n[capacity]\ncpu = 4000\n\"db:orders\" = 10\n",
+        )
+        .unwrap();
+        let amounts = &s.config.capacity.amounts;
+        assert_eq!(amounts[CPU_MILLIS], 4000);
+        assert_eq!(amounts["db:orders"], 10);
+        assert_eq!(amounts[MEMORY_MIB], detect_memory_mib().unwrap().0);
+        assert_eq!(amounts.len(), 3);
+        assert_eq!(
+            s.detected
+                .iter()
+                .map(|(k, _)| k.as_str())
+                .collect::<Vec<_>>(),
+            [MEMORY_MIB]
+        );
+        assert_eq!(
+            s.config.capacity.enforcement,
+            Enforcement::auto().describe()
+        );
+
+        let s = validate("shared_secret = \"s\"\nbuiltin_executors = [\"echo\"]\n").unwrap();
+        assert_eq!(
+            s.config.capacity.amounts,
+            BTreeMap::from([
+                (CPU_MILLIS.to_owned(), detect_cpu_millis()),
+                (MEMORY_MIB.to_owned(), detect_memory_mib().unwrap().0),
+            ])
+        );
+        assert_eq!(s.detected.len(), 2);
+        let s = validate(
+            "shared_secret = \"s\"\nbuiltin_executors = [\"echo\"]\n[capacity]\ncpu = 500\nmemory = 64\n",
+        )
+        .unwrap();
+        assert!(s.detected.is_empty());
+        assert_eq!(s.config.capacity.amounts[MEMORY_MIB], 64);
+    }
+
+    #[test]
     fn invalid_files_name_the_key_at_fault() {
         // Goal: each kind of mistake is reported against the key a user must change.
         let ok = "shared_secret = \"s\"\nbuiltin_executors = [\"echo\"]\n";
@@ -657,6 +814,31 @@ max_delay = "5ms"
                 format!("{ok}zk = \"h:2181\"\nzk_path = \"majordodo\""),
                 "zk_path",
             ),
+            (format!("{ok}[capacity]\ncpu = 0"), "capacity.cpu"),
+            (format!("{ok}[capacity]\nmemory = -5"), "capacity.memory"),
+            (format!("{ok}[capacity]\ncpu = 1.5"), "capacity.cpu"),
+            (format!("{ok}[capacity]\ncpu = \"4000\""), "capacity.cpu"),
+            (
+                format!("{ok}[capacity]\nmemory = 99999999999999"),
+                "capacity.memory",
+            ),
+            (
+                format!("{ok}[capacity]\n\"db:orders\" = 0"),
+                "capacity.\"db:orders\"",
+            ),
+            (
+                format!("{ok}[capacity]\nstorage-iops = 2000000000000"),
+                "capacity.storage-iops",
+            ),
+            (
+                format!("{ok}[process]\ncgroup_root = \"relative\""),
+                "process.cgroup_root",
+            ),
+            (
+                format!("{ok}[process]\ncgroup_root = \"/nonexistent-cgroup\""),
+                "process.cgroup_root",
+            ),
+            (format!("{ok}[process]\ncgroup = 1"), "process.cgroup"),
         ];
         for (text, key) in cases {
             let error = validate(&text).unwrap_err().to_string();

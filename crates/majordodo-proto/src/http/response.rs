@@ -160,6 +160,14 @@ pub struct WorkerInfo {
     /// When it last connected, ms since the epoch.
     #[serde(rename = "lastConnectionTs", deserialize_with = "lenient::i64")]
     pub last_connection_ts: i64,
+    /// What a connected worker declared it has per dimension (`cpu` millicores, `memory` MiB,
+    /// named amounts; an extension, leader only).
+    #[serde(default, skip_serializing_if = "BTreeMap::is_empty")]
+    pub amounts: BTreeMap<String, u64>,
+    /// How its `process` executor enforces cpu and memory, as it states it (an extension,
+    /// leader only).
+    #[serde(default, skip_serializing_if = "String::is_empty")]
+    pub enforcement: String,
 }
 
 /// The broker status object embedded in most views (`"status": {...}`).
