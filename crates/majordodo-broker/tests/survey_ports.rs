@@ -383,14 +383,20 @@ async fn ten_workers_share_ten_tasks_one_each() {
         })
         .collect();
     node.wait_workers("CONNECTED", 10).await;
-    let mut ids = Vec::new();
-    for i in 0..10 {
-        ids.push(
-            node.submit(json!({"tasktype": "t", "data": i.to_string()}))
-                .await
-                .0,
-        );
-    }
+    // One batch, so that every task is waiting before the first one ends.
+    let tasks: Vec<Value> = (0..10)
+        .map(|i| json!({"userid": "u", "tasktype": "t", "data": i.to_string()}))
+        .collect();
+    let (status, b) = node
+        .post(json!({"action": "submitTasks", "tasks": tasks}))
+        .await;
+    assert_eq!(status, StatusCode::OK, "{b}");
+    let ids: Vec<u64> = b["results"]
+        .as_array()
+        .unwrap()
+        .iter()
+        .map(|r| r["taskId"].as_u64().filter(|id| *id > 0).expect("created"))
+        .collect();
     let mut ran_on = BTreeSet::new();
     for id in &ids {
         let t = node.wait_status(*id, "finished").await;
@@ -474,7 +480,7 @@ async fn tasks_past_their_deadline_expire_with_or_without_a_worker_and_free_thei
     // slot one of them held.
     let dir = tempfile::tempdir().unwrap();
     let node = start(dir.path(), 0, leader(10_000)).await;
-    let deadline = now_ms() + 500;
+    let deadline = now_ms() + 1_500;
     let mut ids = Vec::new();
     for (i, slot) in [Some("s"), None, None].into_iter().enumerate() {
         let mut f = json!({"tasktype": "t", "data": i.to_string(), "deadline": deadline});
@@ -517,7 +523,7 @@ async fn a_finished_task_is_purged_once_its_retention_has_passed() {
         dir.path(),
         0,
         LeaderConfig {
-            finished_task_retention: 300,
+            finished_task_retention: 1_000,
             ..leader(10_000)
         },
     )
@@ -643,7 +649,7 @@ async fn a_delayed_task_holds_its_slot_across_a_restart_and_runs_only_after_its_
     // with its slot; a connected worker runs it only once its start time has come.
     let dir = tempfile::tempdir().unwrap();
     let node = start(dir.path(), 0, leader(10_000)).await;
-    let start_at = now_ms() + 1_500;
+    let start_at = now_ms() + 3_000;
     let (id, _) = node
         .submit(
             json!({"tasktype": "t", "data": "later", "slot": "s", "requestedStartTime": start_at}),
@@ -851,7 +857,7 @@ async fn a_dead_workers_task_frees_its_slot_and_a_restarted_worker_with_the_same
     // attempt 2) and SlotsReleaseTest's "slot freed on worker death" (maxattempts 1: the task
     // ends in error `worker w1 died` and its slot takes a new task).
     let dir = tempfile::tempdir().unwrap();
-    let node = start(dir.path(), 0, leader(800)).await;
+    let node = start(dir.path(), 0, leader(1_000)).await;
     let release = Arc::new(tokio::sync::Semaphore::new(0));
     let started = Arc::new(AtomicU32::new(0));
     let w = worker(node.addr, "w1", 2, gated(&release, &started));
