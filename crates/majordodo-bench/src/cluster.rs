@@ -237,19 +237,35 @@ impl Workers {
         threads: u32,
         executor: Arc<dyn TaskExecutor>,
     ) -> Workers {
-        let stop = CancellationToken::new();
-        let mut joins = Vec::new();
-        for w in 0..count {
-            let mut config = WorkerConfig::new(
-                broker.worker_addr.clone(),
-                SharedSecret::new(broker.secret.clone()),
-            );
-            config.worker_id = format!("bench-worker-{w}");
-            config.capacity = Capacity {
+        Workers::start_on(
+            &broker.worker_addr,
+            &broker.secret,
+            count,
+            Capacity {
                 max_threads: threads,
                 groups: vec![0],
                 ..Capacity::default()
-            };
+            },
+            executor,
+        )
+    }
+
+    /// Starts `count` workers with `capacity` on the worker port `addr`, running `executor`
+    /// for task type `noop`.
+    pub(crate) fn start_on(
+        addr: &str,
+        secret: &str,
+        count: usize,
+        capacity: Capacity,
+        executor: Arc<dyn TaskExecutor>,
+    ) -> Workers {
+        let stop = CancellationToken::new();
+        let mut joins = Vec::new();
+        for w in 0..count {
+            let mut config =
+                WorkerConfig::new(addr.to_string(), SharedSecret::new(secret.to_string()));
+            config.worker_id = format!("bench-worker-{w}");
+            config.capacity = capacity.clone();
             // Reports leave as soon as a batch fills or 1 ms passes: low latency, still batched.
             config.report_batching.max_reports = 1_000;
             config.report_batching.max_delay = Duration::from_millis(1);
@@ -287,25 +303,42 @@ pub(crate) async fn submit_all(
     batch: u64,
     clients: u64,
 ) -> anyhow::Result<Duration> {
+    let clients = (0..clients.max(1))
+        .map(|_| broker.client())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    submit_made(clients, total, batch, Arc::new(|_| noop(String::new()))).await
+}
+
+/// Submits `total` tasks, the `i`-th made by `make(i)`, in batches of `batch`, one submitter
+/// per client in `clients` (each a contiguous range of `i`); returns the elapsed time.
+pub(crate) async fn submit_made(
+    clients: Vec<Client>,
+    total: u64,
+    batch: u64,
+    make: Arc<dyn Fn(u64) -> TaskSubmission + Send + Sync>,
+) -> anyhow::Result<Duration> {
     let started = Instant::now();
-    let per_client = total / clients;
+    let n_clients = clients.len().max(1) as u64;
+    let per_client = total / n_clients;
     let mut joins = Vec::new();
-    for c in 0..clients {
-        let client = broker.client()?;
-        let count = if c == clients - 1 {
-            total - per_client * (clients - 1)
+    for (c, client) in clients.into_iter().enumerate() {
+        let c = c as u64;
+        let from = per_client * c;
+        let to = if c == n_clients - 1 {
+            total
         } else {
-            per_client
+            from + per_client
         };
+        let make = make.clone();
         joins.push(tokio::spawn(async move {
-            let mut left = count;
-            while left > 0 {
-                let n = left.min(batch);
-                left -= n;
-                let tasks: Vec<TaskSubmission> = (0..n).map(|_| noop(String::new())).collect();
+            let mut next = from;
+            while next < to {
+                let n = (to - next).min(batch.max(1));
+                let tasks: Vec<TaskSubmission> = (next..next + n).map(|i| make(i)).collect();
+                next += n;
                 let results = client.submit_many(&tasks).await?;
-                if results.iter().any(|r| r.task_id().is_none()) {
-                    bail!("a task was not created");
+                if let Some(r) = results.iter().find(|r| r.task_id().is_none()) {
+                    bail!("a task was not created: {r:?}");
                 }
             }
             Ok::<_, anyhow::Error>(())

@@ -28,11 +28,11 @@ pub(crate) struct Common {
 }
 
 impl Common {
-    fn run_dir(&self, name: &str) -> PathBuf {
+    pub(crate) fn run_dir(&self, name: &str) -> PathBuf {
         self.dir.join(format!("{name}-{}", std::process::id()))
     }
 
-    fn cleanup(&self, dir: &PathBuf) {
+    pub(crate) fn cleanup(&self, dir: &PathBuf) {
         if !self.keep {
             let _ = std::fs::remove_dir_all(dir);
         }

@@ -11,15 +11,26 @@
 //! - `fsync`: the disk's own small-write + fdatasync speed, for context.
 //! - `replicated`: the burn-down on the file log and on a cluster over three bookies (rounds
 //!   alternated), the followers' lag meanwhile, and the failover time.
+//! - `fairness`: weighted fair share under skewed load (one tenant submits most tasks), each
+//!   backlogged tenant's share of the running tasks against its weight's share.
+//! - `rules-cost`: the burn-down with slots, named resources, quotas, needs and weights on
+//!   against the plain burn-down (rounds alternated).
+//! - `tenants-scale`: the state machine's cost per assignment with many tenants, many tasks
+//!   waiting against one per tenant.
 //!
-//! The end-to-end scenarios start the `majordodo` binary found next to this one (build both
+//! `fairness` and `rules-cost` run a broker inside this process (file log, fsync on) with its
+//! HTTP API and worker port on 127.0.0.1. The other end-to-end scenarios start the `majordodo` binary found next to this one (build both
 //! with `cargo build --release -p majordodo-cli -p majordodo-bench`), or `$MAJORDODO_BIN`.
 
 mod cluster;
 mod core_bench;
 mod e2e;
+mod fairness;
+mod inproc;
 mod replicated;
 mod report;
+mod rules_cost;
+mod tenants_scale;
 
 use clap::{Parser, Subcommand};
 
@@ -48,6 +59,14 @@ enum Scenario {
     Fsync(e2e::FsyncArgs),
     /// File log vs replicated burn-down, follower lag, failover time (needs scripts/test-deps).
     Replicated(replicated::ReplicatedArgs),
+    /// Weighted fair share under skewed load: each backlogged tenant's share of the running
+    /// tasks against its weight's share, over sliding windows.
+    Fairness(fairness::FairnessArgs),
+    /// The burn-down with every scheduling rule on against the plain burn-down.
+    RulesCost(rules_cost::RulesCostArgs),
+    /// The state machine's cost per assignment with many tenants: many waiting versus one per
+    /// tenant.
+    TenantsScale(tenants_scale::TenantsScaleArgs),
     /// Every scenario with its defaults, one after the other.
     All {
         /// Directory for the brokers' data.
@@ -65,6 +84,9 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Scale(args) => e2e::scale(&args).await,
         Scenario::Fsync(args) => e2e::fsync(&args),
         Scenario::Replicated(args) => replicated::run(&args).await,
+        Scenario::Fairness(args) => fairness::fairness(&args).await,
+        Scenario::RulesCost(args) => rules_cost::rules_cost(&args).await,
+        Scenario::TenantsScale(args) => tenants_scale::run(&args),
         Scenario::All { dir } => {
             let d = dir.display().to_string();
             let parse = |args: &[&str]| Cli::parse_from(args.iter().copied());
@@ -75,6 +97,9 @@ async fn main() -> anyhow::Result<()> {
                 vec!["bench", "latency", "--dir", &d],
                 vec!["bench", "scale", "--dir", &d],
                 vec!["bench", "replicated", "--dir", &d],
+                vec!["bench", "tenants-scale"],
+                vec!["bench", "rules-cost", "--dir", &d],
+                vec!["bench", "fairness", "--dir", &d],
             ] {
                 match parse(&argv).scenario {
                     Scenario::Core(a) => core_bench::run(&a)?,
@@ -83,6 +108,9 @@ async fn main() -> anyhow::Result<()> {
                     Scenario::Scale(a) => e2e::scale(&a).await?,
                     Scenario::Fsync(a) => e2e::fsync(&a)?,
                     Scenario::Replicated(a) => replicated::run(&a).await?,
+                    Scenario::Fairness(a) => fairness::fairness(&a).await?,
+                    Scenario::RulesCost(a) => rules_cost::rules_cost(&a).await?,
+                    Scenario::TenantsScale(a) => tenants_scale::run(&a)?,
                     Scenario::All { .. } => unreachable!("not in the list"),
                 }
             }

@@ -1,0 +1,288 @@
+//! What the scheduling rules cost: the burn-down of no-op tasks on a plain broker against the
+//! same burn-down with every rule on, rounds alternated in one run (plain, rules, plain, ...),
+//! each on a fresh in-process broker (file log, fsync on) with workers over TCP.
+//!
+//! With the rules on, every task has its own slot and needs cpu and memory; its owner (one of
+//! `--tenants` users of group 1, with weights 1, 2, 3, 1, 2, ...) has a service level with a named
+//! resource, limited per worker and globally; every user and the group have quotas of tasks,
+//! cpu and memory. Every limit is high enough never to hold a task back, so both runs do the
+//! same work and the difference is the cost of checking and bookkeeping.
+
+use std::collections::BTreeMap;
+use std::sync::Arc;
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use majordodo_core::LeaderConfig;
+use majordodo_core::quota::QuotaTenant;
+use majordodo_proto::http::TaskSubmission;
+use majordodo_proto::worker::Capacity;
+use majordodo_worker::{TaskFailure, executor_fn};
+
+use crate::cluster::{Workers, noop, submit_made, wait_finished};
+use crate::e2e::Common;
+use crate::inproc::InProcBroker;
+use crate::report::{Table, group, per_sec};
+
+/// The named resource of the rules run.
+const RESOURCE: &str = "bench-db";
+/// Millicores each task of the rules run needs.
+const TASK_CPU: u64 = 100;
+/// MiB each task of the rules run needs.
+const TASK_MEMORY: u64 = 64;
+
+/// Options of the `rules-cost` scenario.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct RulesCostArgs {
+    #[command(flatten)]
+    pub(crate) common: Common,
+    /// Tasks of each burn-down.
+    #[arg(long, default_value_t = 200_000)]
+    pub(crate) tasks: u64,
+    /// Tasks per `submitTasks` request.
+    #[arg(long, default_value_t = 1_000)]
+    pub(crate) batch: u64,
+    /// Concurrent HTTP submitters.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) clients: u64,
+    /// Worker agents.
+    #[arg(long, default_value_t = 4)]
+    pub(crate) workers: usize,
+    /// Capacity of each worker.
+    #[arg(long, default_value_t = 256)]
+    pub(crate) threads: u32,
+    /// Rounds of each kind, alternated.
+    #[arg(long, default_value_t = 3)]
+    pub(crate) rounds: usize,
+    /// Tenants of the rules run.
+    #[arg(long, default_value_t = 8)]
+    pub(crate) tenants: u64,
+    /// The rules of the rules run, comma-separated (all by default; fewer to find what costs):
+    /// slots, resources, quotas, needs, weights.
+    #[arg(
+        long,
+        value_delimiter = ',',
+        default_value = "slots,resources,quotas,needs,weights"
+    )]
+    pub(crate) rules: Vec<Rule>,
+    /// Goal: the rules run's throughput at least this percent of the plain run's (medians).
+    #[arg(long, default_value_t = 80.0)]
+    pub(crate) goal_percent: f64,
+}
+
+/// A rule the rules run turns on.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Rule {
+    /// Each task its own slot.
+    Slots,
+    /// A service level naming a resource, limited per worker and globally.
+    Resources,
+    /// Quotas per user and for the group.
+    Quotas,
+    /// cpu and memory needs, with worker amounts.
+    Needs,
+    /// Several users with weights 1 to 3 (else one user, as the plain run).
+    Weights,
+}
+
+/// One burn-down: submit everything, then connect the workers and time until every task is
+/// finished (durable). Returns (submit seconds, burn-down seconds).
+async fn burn_down(args: &RulesCostArgs, rules: bool, round: usize) -> anyhow::Result<(f64, f64)> {
+    let kind = if rules { "rules" } else { "plain" };
+    let on = |r: Rule| rules && args.rules.contains(&r);
+    let dir = args.common.run_dir(&format!("rules-cost-{kind}-{round}"));
+    let threads = args.threads;
+    let mut leader = LeaderConfig::default();
+    if on(Rule::Resources) {
+        leader.global_resource_limits = BTreeMap::from([(RESOURCE.to_string(), 1_000_000_u32)]);
+    }
+    let broker = InProcBroker::start(&dir, leader).await?;
+    let client = broker.client()?;
+    let tenants = if on(Rule::Weights) {
+        args.tenants.max(1)
+    } else {
+        1
+    };
+    let user = |t: u64| {
+        if on(Rule::Weights) {
+            format!("tenant-{t}")
+        } else {
+            "bench".to_string()
+        }
+    };
+    if rules {
+        let big = vec![
+            ("cpu".to_string(), 1_u64 << 39),
+            ("memory".to_string(), 1 << 39),
+            ("tasks".to_string(), 1 << 39),
+        ];
+        for t in 0..tenants {
+            let user = user(t);
+            let weight = if on(Rule::Weights) {
+                1 + (t % 3) as u32
+            } else {
+                1
+            };
+            let resources = if on(Rule::Resources) {
+                vec![RESOURCE.to_string()]
+            } else {
+                Vec::new()
+            };
+            if on(Rule::Resources) || on(Rule::Weights) {
+                client
+                    .set_service_level(&user, Some((1, resources)), weight)
+                    .await
+                    .context("setServiceLevel")?;
+            }
+            if on(Rule::Quotas) {
+                client
+                    .set_quota(QuotaTenant::User(user), Some(big.clone()))
+                    .await
+                    .context("setQuota of a user")?;
+            }
+        }
+        if on(Rule::Quotas) {
+            client
+                .set_quota(QuotaTenant::Group(1), Some(big))
+                .await
+                .context("setQuota of the group")?;
+        }
+    }
+    let (slots, needs, weights) = (on(Rule::Slots), on(Rule::Needs), on(Rule::Weights));
+    let make: Arc<dyn Fn(u64) -> TaskSubmission + Send + Sync> = if rules {
+        Arc::new(move |i| {
+            let owner = if weights {
+                format!("tenant-{}", i % tenants)
+            } else {
+                "bench".to_string()
+            };
+            let mut t = TaskSubmission::new("noop", owner, "");
+            if needs {
+                t = t.needing("cpu", TASK_CPU).needing("memory", TASK_MEMORY);
+            }
+            if slots {
+                t.slot = Some(format!("slot-{i}"));
+            }
+            t
+        })
+    } else {
+        Arc::new(|_| noop(String::new()))
+    };
+    let clients = (0..args.clients.max(1))
+        .map(|_| broker.client())
+        .collect::<anyhow::Result<Vec<_>>>()?;
+    let submit = submit_made(clients, args.tasks, args.batch, make).await?;
+    let mut capacity = Capacity {
+        max_threads: threads,
+        groups: vec![0],
+        ..Capacity::default()
+    };
+    if on(Rule::Resources) {
+        // Exactly as many tasks of the resource as threads.
+        capacity.resource_limits = BTreeMap::from([(RESOURCE.to_string(), threads)]);
+    }
+    if on(Rule::Needs) {
+        // Twice the cpu and memory the tasks need when every thread is busy.
+        capacity.amounts = BTreeMap::from([
+            ("cpu".to_string(), 2 * TASK_CPU * u64::from(threads)),
+            ("memory".to_string(), 2 * TASK_MEMORY * u64::from(threads)),
+        ]);
+    }
+    let started = Instant::now();
+    let workers = Workers::start_on(
+        &broker.worker_addr,
+        broker.secret(),
+        args.workers,
+        capacity,
+        executor_fn(|_| async { Ok::<_, TaskFailure>(String::new()) }),
+    );
+    let done = wait_finished(&client, args.tasks, Duration::from_secs(600)).await;
+    let burn = started.elapsed();
+    workers.stop().await;
+    broker.stop().await;
+    args.common.cleanup(&dir);
+    done?;
+    Ok((submit.as_secs_f64(), burn.as_secs_f64()))
+}
+
+fn median(mut v: Vec<f64>) -> f64 {
+    v.sort_by(f64::total_cmp);
+    match v.len() {
+        0 => f64::NAN,
+        n if n % 2 == 1 => v[n / 2],
+        n => (v[n / 2 - 1] + v[n / 2]) / 2.0,
+    }
+}
+
+/// Runs the scenario.
+pub(crate) async fn rules_cost(args: &RulesCostArgs) -> anyhow::Result<()> {
+    let mut rounds = Table::new(
+        "rules-cost: burn-down rounds, alternated (in-process broker, file log fsync on, HTTP submit in batches, workers over TCP)",
+        &[
+            "round",
+            "rules",
+            "tasks",
+            "submit s",
+            "submit tasks/s",
+            "burn-down s",
+            "burn-down tasks/s",
+        ],
+    );
+    let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut submit_rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    for round in 0..args.rounds.max(1) {
+        for rules in [false, true] {
+            let (submit, burn) = burn_down(args, rules, round).await?;
+            let rate = args.tasks as f64 / burn;
+            rates[usize::from(rules)].push(rate);
+            submit_rates[usize::from(rules)].push(args.tasks as f64 / submit);
+            rounds.row(vec![
+                (round + 1).to_string(),
+                if rules {
+                    args.rules
+                        .iter()
+                        .map(|r| format!("{r:?}").to_lowercase())
+                        .collect::<Vec<_>>()
+                        .join(", ")
+                } else {
+                    "none".to_string()
+                },
+                group(args.tasks),
+                format!("{submit:.2}"),
+                per_sec(args.tasks as f64 / submit),
+                format!("{burn:.2}"),
+                per_sec(rate),
+            ]);
+        }
+    }
+    rounds.print();
+    let [plain, with_rules] = rates.map(median);
+    let [plain_submit, rules_submit] = submit_rates.map(median);
+    let ratio = with_rules / plain;
+    let pass = ratio * 100.0 >= args.goal_percent;
+    let mut t = Table::new(
+        "rules-cost: medians, rules on against plain",
+        &[
+            "rounds",
+            "workers x threads",
+            "plain tasks/s",
+            "rules tasks/s",
+            "ratio",
+            "submit ratio",
+            "goal",
+            "result",
+        ],
+    );
+    t.row(vec![
+        args.rounds.max(1).to_string(),
+        format!("{} x {}", args.workers, args.threads),
+        per_sec(plain),
+        per_sec(with_rules),
+        format!("{ratio:.2}"),
+        format!("{:.2}", rules_submit / plain_submit),
+        format!("ratio >= {:.2}", args.goal_percent / 100.0),
+        if pass { "PASS" } else { "FAIL" }.to_string(),
+    ]);
+    t.print();
+    Ok(())
+}
