@@ -320,7 +320,9 @@ async fn get_view(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, A
                     workers: select::workers(v, MAX_WORKERS_LISTED),
                     status,
                 }),
-                ViewRequest::Status => Answer::StatusView(StatusView {
+                ViewRequest::Status => {
+                    let (quotas, at_quota) = select::quota_counts(v.state);
+                    Answer::StatusView(StatusView {
                     ok: true,
                     status: status.cluster_mode.clone(),
                     current_ledger_id: status.current_ledger_id.to_string(),
@@ -334,9 +336,10 @@ async fn get_view(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, A
                     finishedtasks: status.finished_tasks,
                     delayedtasks: status.delayed_tasks,
                     cluster: v.cluster.map(select::cluster_status),
-                    quotas: select::quota_counts(v.state).0 as u64,
-                    tenants_at_quota: select::quota_counts(v.state).1 as u64,
-                }),
+                    quotas: quotas as u64,
+                    tenants_at_quota: at_quota as u64,
+                })
+                }
                 ViewRequest::Task { id } => {
                     // Another user's task answers as an unknown one.
                     let task = v
