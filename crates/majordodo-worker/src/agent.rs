@@ -104,6 +104,7 @@ impl Worker {
             running: HashMap::new(),
             running_attempts: HashMap::new(),
             type_counts: HashMap::new(),
+            amounts_in_use: HashMap::new(),
             pending: VecDeque::new(),
             in_flight: BTreeMap::new(),
             unacked: HashSet::new(),
@@ -223,6 +224,8 @@ struct Agent {
     running_attempts: HashMap<u64, u32>,
     /// Executions per task type, to check the per-type limits.
     type_counts: HashMap<String, u32>,
+    /// The running executions' needs summed per dimension, to check `Capacity::amounts`.
+    amounts_in_use: HashMap<String, u64>,
     /// Reports not sent yet, with the time each was queued.
     pending: VecDeque<(FinishReport, Instant)>,
     /// Batches sent, by seq, waiting for their ack.
@@ -752,11 +755,7 @@ impl Agent {
                     "refused: the task needs {key} = {need}, which this worker does not declare"
                 ));
             };
-            let in_use: u64 = self
-                .running
-                .values()
-                .filter_map(|r| r.needs.get(key))
-                .fold(0, |sum, n| sum.saturating_add(*n));
+            let in_use = self.amounts_in_use.get(key).copied().unwrap_or(0);
             if in_use.saturating_add(need) > amount {
                 return Admission::Refuse(format!(
                     "refused: the task needs {key} = {need}; {in_use} of {amount} are in use"
@@ -824,6 +823,10 @@ impl Agent {
                     }
                 });
                 *self.type_counts.entry(task_type.clone()).or_default() += 1;
+                for (dimension, need) in &needs {
+                    let used = self.amounts_in_use.entry(dimension.clone()).or_default();
+                    *used = used.saturating_add(*need);
+                }
                 self.running_attempts.insert(key.task_id, key.attempt);
                 self.running.insert(
                     handle.id(),
@@ -852,10 +855,24 @@ impl Agent {
                 Err(TaskFailure::new(format!("executor panicked: {error}"))),
             ),
         };
-        let Some(Running { key, task_type, .. }) = self.running.remove(&id) else {
+        let Some(Running {
+            key,
+            task_type,
+            needs,
+            ..
+        }) = self.running.remove(&id)
+        else {
             error!(?id, "an execution ended that was not recorded as running");
             return;
         };
+        for (dimension, need) in &needs {
+            if let Some(used) = self.amounts_in_use.get_mut(dimension) {
+                *used = used.saturating_sub(*need);
+                if *used == 0 {
+                    self.amounts_in_use.remove(dimension);
+                }
+            }
+        }
         if let Some(count) = self.type_counts.get_mut(&task_type) {
             *count -= 1;
             if *count == 0 {

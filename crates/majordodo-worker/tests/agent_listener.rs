@@ -657,6 +657,17 @@ async fn amounts_are_declared_and_needs_beyond_them_are_refused() {
         (reports[0].task_id, reports[0].result.as_str()),
         (1, "released")
     );
+    // Ended tasks give their amounts back: all of the memory fits again.
+    session
+        .assign(vec![needing(
+            5,
+            "echo",
+            &[("memory", 1000), ("db:orders", 2)],
+        )])
+        .unwrap();
+    let (seq, reports) = broker.finished().await;
+    session.ack_finished(seq).unwrap();
+    assert_eq!((reports[0].task_id, reports[0].result.as_str()), (5, ""));
     assert_eq!(agent.shutdown().await, Ok(()));
     broker.stop().await;
 }
