@@ -267,10 +267,7 @@ impl BrokerState {
     }
 
     /// A task naming `pool` ended (takes the index alone, so a task can stay borrowed).
-    pub(crate) fn pool_unref(
-        refs: &mut std::collections::HashMap<Box<str>, u32>,
-        pool: Option<&str>,
-    ) {
+    pub(crate) fn pool_unref(refs: &mut crate::HashMap<Box<str>, u32>, pool: Option<&str>) {
         if let Some(pool) = pool
             && let Some(n) = refs.get_mut(pool)
         {
@@ -283,7 +280,7 @@ impl BrokerState {
 
     /// Checks the pools and their derived indexes; part of `check_invariants`.
     pub(crate) fn check_pools(&self) -> Result<(), String> {
-        let mut refs = std::collections::HashMap::<Box<str>, u32>::new();
+        let mut refs = crate::HashMap::<Box<str>, u32>::default();
         for task in self.tasks.values() {
             if !task.status.is_final()
                 && let Some(pool) = task.codepool()

@@ -9,7 +9,9 @@
 //! does not forget its key. Because forgetting is a logged entry, replay and followers hold
 //! exactly the leader's keys.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::HashMap;
 use std::sync::Arc;
 
 use crate::model::{Millis, TaskId};

@@ -11,7 +11,9 @@
 //!
 //! Nothing here reads a clock: every call takes `now`.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::{HashMap, HashSet};
 use std::sync::Arc;
 
 mod codepools;
@@ -575,27 +577,27 @@ impl Leader {
             next_task_id: state.max_task_id() + 1,
             state,
             config,
-            pending_slots: HashSet::new(),
-            pending_new: HashMap::new(),
+            pending_slots: HashSet::default(),
+            pending_new: HashMap::default(),
             fresh: Vec::new(),
-            placed_in_flight: HashSet::new(),
+            placed_in_flight: HashSet::default(),
             queued_in_flight: 0,
-            pending_assign: HashMap::new(),
+            pending_assign: HashMap::default(),
             pending_tenants: TenantBook::default(),
-            pending_groups: HashMap::new(),
-            pending_resources: HashMap::new(),
-            pending_changes: HashSet::new(),
-            pending_purge: HashSet::new(),
-            pending_keys: HashMap::new(),
+            pending_groups: HashMap::default(),
+            pending_resources: HashMap::default(),
+            pending_changes: HashSet::default(),
+            pending_purge: HashSet::default(),
+            pending_keys: HashMap::default(),
             forget_in_flight: None,
             live,
             outbox_ready: BTreeSet::new(),
             rotation: 0,
             pools,
             next_transaction_id,
-            tx_ending: HashSet::new(),
+            tx_ending: HashSet::default(),
             tx_created,
-            cancels_in_flight: HashMap::new(),
+            cancels_in_flight: HashMap::default(),
             cancel_ready: BTreeSet::new(),
         }
     }

@@ -24,6 +24,14 @@ pub mod scheduler;
 pub mod snapshot;
 pub mod state;
 
+/// The core's hash map: foldhash, several times faster than SipHash on the short keys the core
+/// uses (user names, task ids), seeded per process so keys from clients cannot be chosen to
+/// collide. Nothing the core decides depends on a map's iteration order.
+pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
+
+/// The core's hash set (see [`HashMap`]).
+pub type HashSet<K> = std::collections::HashSet<K, foldhash::fast::RandomState>;
+
 pub use entry::{LogEntry, NewTask};
 pub use idempotency::IdempotencyKey;
 pub use leader::{Leader, LeaderConfig};

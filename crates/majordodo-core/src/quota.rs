@@ -9,7 +9,9 @@
 //! lowering it below the current use lets running tasks finish and starts no new task that
 //! needs the dimension.
 
-use std::collections::{BTreeMap, HashMap};
+use std::collections::BTreeMap;
+
+use crate::HashMap;
 use std::sync::Arc;
 
 use crate::model::GroupId;

@@ -20,7 +20,9 @@
 //! the choice, since a choice only consumes room.
 
 use std::cmp::Reverse;
-use std::collections::{BTreeMap, BTreeSet, BinaryHeap, HashMap};
+use std::collections::{BTreeMap, BTreeSet, BinaryHeap};
+
+use crate::HashMap;
 use std::sync::Arc;
 
 use crate::model::{ANY_GROUP, ANY_TASK_TYPE, GroupId, TaskId};
@@ -592,7 +594,7 @@ impl WaitingIndex {
             // Tenants of this tier by their share (running tasks over weight), then by the key of
             // the task each gives next; inside each tenant, its queues by their head.
             let mut tenants: BinaryHeap<Reverse<(u128, TaskId, Arc<str>)>> = BinaryHeap::new();
-            let mut heads: HashMap<Arc<str>, QueueHeads> = HashMap::new();
+            let mut heads: HashMap<Arc<str>, QueueHeads> = HashMap::default();
             for group in &tier {
                 let Some(users) = self.groups.get(group) else {
                     continue;
@@ -759,9 +761,9 @@ impl<'a> Room<'a> {
             global,
             free: (capacity.max_threads as usize).saturating_sub(busy),
             types: TypeLimits::new(capacity, running),
-            user_taken: HashMap::new(),
-            resource_taken: HashMap::new(),
-            amount_taken: HashMap::new(),
+            user_taken: HashMap::default(),
+            resource_taken: HashMap::default(),
+            amount_taken: HashMap::default(),
             tenant_taken: TenantBook::default(),
         }
     }
@@ -888,7 +890,7 @@ impl TypeLimits {
             .filter(|(_, n)| **n > 0)
             .map(|(t, n)| (t, *n))
             .collect();
-        let mut explicit = HashMap::new();
+        let mut explicit = HashMap::default();
         let mut any_limit = if positive.is_empty() {
             Some(capacity.max_threads)
         } else {
@@ -1205,7 +1207,7 @@ mod tests {
 
         // Globally 3, 2 already used elsewhere: only 1 more, although the worker allows 2.
         let limits = BTreeMap::from([("db1".to_string(), 3)]);
-        let used = HashMap::from([(t("db1"), 2)]);
+        let used = HashMap::from_iter([(t("db1"), 2)]);
         let global = GlobalResources {
             quotas: &NO_QUOTAS,
             tenants: &[],

@@ -4,7 +4,9 @@
 //! entries in the same order and reach the same state. `apply` validates an entry completely before
 //! changing anything, so a refused entry leaves the state untouched.
 
-use std::collections::{BTreeMap, BTreeSet, HashMap, HashSet};
+use std::collections::{BTreeMap, BTreeSet};
+
+use crate::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
@@ -237,23 +239,23 @@ impl BrokerState {
             delayed: BTreeSet::new(),
             deadlines: BTreeSet::new(),
             ended: BTreeSet::new(),
-            running: HashMap::new(),
-            slots: HashMap::new(),
+            running: HashMap::default(),
+            slots: HashMap::default(),
             idempotency: IdempotencyKeys::default(),
             workers: BTreeMap::new(),
             transactions: BTreeMap::new(),
             codepools: BTreeMap::new(),
-            pool_refs: HashMap::new(),
+            pool_refs: HashMap::default(),
             pool_expiry: BTreeSet::new(),
             max_task_id: 0,
             max_transaction_id: 0,
             last_lsn: 0,
             counts: [0; 5],
             service_levels: BTreeMap::new(),
-            resources_in_use: HashMap::new(),
+            resources_in_use: HashMap::default(),
             quotas: Quotas::default(),
             tenant_use: TenantBook::default(),
-            interned: HashSet::new(),
+            interned: HashSet::default(),
             mapper,
         }
     }
@@ -1234,7 +1236,7 @@ impl BrokerState {
             }
         }
         // Resource counters equal the sums over the running tasks' recorded resources.
-        let mut in_use: HashMap<Arc<str>, u32> = HashMap::new();
+        let mut in_use: HashMap<Arc<str>, u32> = HashMap::default();
         for task in self.tasks.values() {
             if task.status == TaskStatus::Running {
                 for r in task.resources() {
@@ -1249,7 +1251,7 @@ impl BrokerState {
             ));
         }
         for (worker, set) in &self.running {
-            let mut per: HashMap<Arc<str>, u32> = HashMap::new();
+            let mut per: HashMap<Arc<str>, u32> = HashMap::default();
             for (id, key) in set.entries() {
                 let task = self
                     .tasks
@@ -1296,7 +1298,7 @@ impl BrokerState {
             ));
         }
         for (worker, set) in &self.running {
-            let mut per: HashMap<Arc<str>, u64> = HashMap::new();
+            let mut per: HashMap<Arc<str>, u64> = HashMap::default();
             for (id, key) in set.entries() {
                 let task = &self.tasks[&id];
                 if key.needs() != task.needs() {

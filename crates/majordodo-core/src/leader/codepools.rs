@@ -1,7 +1,7 @@
 //! The leader's decisions about code pools: creation (chunked), deletion, use by submissions,
 //! and expiry (see [`crate::codepool`] for the rules).
 
-use std::collections::{HashMap, HashSet};
+use crate::{HashMap, HashSet};
 
 use super::Leader;
 use crate::codepool::pool_entries;
