@@ -61,6 +61,20 @@ pub(crate) fn rss_bytes(pid: &str) -> Option<u64> {
     Some(kb * 1024)
 }
 
+/// CPU time (user + system) this process has used so far, in seconds, from `/proc/self/stat`
+/// (clock ticks of 10 ms, the Linux default). Unlike wall time it does not grow when other
+/// processes share the machine.
+pub(crate) fn process_cpu_seconds() -> Option<f64> {
+    let stat = fs::read_to_string("/proc/self/stat").ok()?;
+    // Fields after the command name, which is in parentheses and may contain spaces.
+    let rest = &stat[stat.rfind(')')? + 2..];
+    let fields: Vec<&str> = rest.split_whitespace().collect();
+    // utime and stime are fields 14 and 15 of the whole line: 11 and 12 after the name.
+    let utime: u64 = fields.get(11)?.parse().ok()?;
+    let stime: u64 = fields.get(12)?.parse().ok()?;
+    Some((utime + stime) as f64 / 100.0)
+}
+
 /// Formats a rate with thousands separators.
 pub(crate) fn per_sec(n: f64) -> String {
     group(n.round() as u64)

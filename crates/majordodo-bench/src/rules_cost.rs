@@ -7,6 +7,10 @@
 //! resource, limited per worker and globally; every user and the group have quotas of tasks,
 //! cpu and memory. Every limit is high enough never to hold a task back, so both runs do the
 //! same work and the difference is the cost of checking and bookkeeping.
+//!
+//! Each round also reports the process's CPU time during the burn-down (broker, workers and
+//! clients share the process): on a shared machine the CPU time per task is steadier than the
+//! wall-clock rate, and its ratio says how much work the rules add.
 
 use std::collections::BTreeMap;
 use std::sync::Arc;
@@ -22,7 +26,7 @@ use majordodo_worker::{TaskFailure, executor_fn};
 use crate::cluster::{Workers, noop, submit_made, wait_finished};
 use crate::e2e::Common;
 use crate::inproc::InProcBroker;
-use crate::report::{Table, group, per_sec};
+use crate::report::{Table, group, per_sec, process_cpu_seconds};
 
 /// The named resource of the rules run.
 const RESOURCE: &str = "bench-db";
@@ -65,9 +69,22 @@ pub(crate) struct RulesCostArgs {
         default_value = "slots,resources,quotas,needs,weights"
     )]
     pub(crate) rules: Vec<Rule>,
+    /// Run only one kind of round (to profile it, for example under `perf stat`); the medians
+    /// table then compares nothing.
+    #[arg(long, value_enum)]
+    pub(crate) only: Option<Kind>,
     /// Goal: the rules run's throughput at least this percent of the plain run's (medians).
     #[arg(long, default_value_t = 80.0)]
     pub(crate) goal_percent: f64,
+}
+
+/// A kind of round.
+#[derive(clap::ValueEnum, Clone, Copy, Debug, PartialEq, Eq)]
+pub(crate) enum Kind {
+    /// No rule.
+    Plain,
+    /// The rules of `--rules`.
+    Rules,
 }
 
 /// A rule the rules run turns on.
@@ -85,9 +102,17 @@ pub(crate) enum Rule {
     Weights,
 }
 
+/// What one burn-down measured.
+struct Measured {
+    submit_secs: f64,
+    burn_secs: f64,
+    /// CPU time of the whole process (broker, workers, clients) during the burn-down.
+    burn_cpu_secs: Option<f64>,
+}
+
 /// One burn-down: submit everything, then connect the workers and time until every task is
-/// finished (durable). Returns (submit seconds, burn-down seconds).
-async fn burn_down(args: &RulesCostArgs, rules: bool, round: usize) -> anyhow::Result<(f64, f64)> {
+/// finished (durable).
+async fn burn_down(args: &RulesCostArgs, rules: bool, round: usize) -> anyhow::Result<Measured> {
     let kind = if rules { "rules" } else { "plain" };
     let on = |r: Rule| rules && args.rules.contains(&r);
     let dir = args.common.run_dir(&format!("rules-cost-{kind}-{round}"));
@@ -189,6 +214,7 @@ async fn burn_down(args: &RulesCostArgs, rules: bool, round: usize) -> anyhow::R
         ]);
     }
     let started = Instant::now();
+    let cpu_before = process_cpu_seconds();
     let workers = Workers::start_on(
         &broker.worker_addr,
         broker.secret(),
@@ -198,11 +224,18 @@ async fn burn_down(args: &RulesCostArgs, rules: bool, round: usize) -> anyhow::R
     );
     let done = wait_finished(&client, args.tasks, Duration::from_secs(600)).await;
     let burn = started.elapsed();
+    let burn_cpu_secs = process_cpu_seconds()
+        .zip(cpu_before)
+        .map(|(after, before)| after - before);
     workers.stop().await;
     broker.stop().await;
     args.common.cleanup(&dir);
     done?;
-    Ok((submit.as_secs_f64(), burn.as_secs_f64()))
+    Ok(Measured {
+        submit_secs: submit.as_secs_f64(),
+        burn_secs: burn.as_secs_f64(),
+        burn_cpu_secs,
+    })
 }
 
 fn median(mut v: Vec<f64>) -> f64 {
@@ -226,14 +259,25 @@ pub(crate) async fn rules_cost(args: &RulesCostArgs) -> anyhow::Result<()> {
             "submit tasks/s",
             "burn-down s",
             "burn-down tasks/s",
+            "burn-down CPU s",
+            "CPU us/task",
         ],
     );
     let mut rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     let mut submit_rates: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
+    let mut cpu_per_task: [Vec<f64>; 2] = [Vec::new(), Vec::new()];
     for round in 0..args.rounds.max(1) {
         for rules in [false, true] {
-            let (submit, burn) = burn_down(args, rules, round).await?;
+            if args.only.is_some_and(|k| (k == Kind::Rules) != rules) {
+                continue;
+            }
+            let m = burn_down(args, rules, round).await?;
+            let (submit, burn) = (m.submit_secs, m.burn_secs);
             let rate = args.tasks as f64 / burn;
+            let cpu_us = m.burn_cpu_secs.map(|c| c * 1e6 / args.tasks as f64);
+            if let Some(us) = cpu_us {
+                cpu_per_task[usize::from(rules)].push(us);
+            }
             rates[usize::from(rules)].push(rate);
             submit_rates[usize::from(rules)].push(args.tasks as f64 / submit);
             rounds.row(vec![
@@ -252,12 +296,19 @@ pub(crate) async fn rules_cost(args: &RulesCostArgs) -> anyhow::Result<()> {
                 per_sec(args.tasks as f64 / submit),
                 format!("{burn:.2}"),
                 per_sec(rate),
+                m.burn_cpu_secs
+                    .map_or_else(|| "-".to_string(), |c| format!("{c:.2}")),
+                cpu_us.map_or_else(|| "-".to_string(), |us| format!("{us:.1}")),
             ]);
         }
     }
     rounds.print();
+    if args.only.is_some() {
+        return Ok(());
+    }
     let [plain, with_rules] = rates.map(median);
     let [plain_submit, rules_submit] = submit_rates.map(median);
+    let [plain_cpu, rules_cpu] = cpu_per_task.map(median);
     let ratio = with_rules / plain;
     let pass = ratio * 100.0 >= args.goal_percent;
     let mut t = Table::new(
@@ -268,6 +319,7 @@ pub(crate) async fn rules_cost(args: &RulesCostArgs) -> anyhow::Result<()> {
             "plain tasks/s",
             "rules tasks/s",
             "ratio",
+            "CPU/task ratio",
             "submit ratio",
             "goal",
             "result",
@@ -279,6 +331,7 @@ pub(crate) async fn rules_cost(args: &RulesCostArgs) -> anyhow::Result<()> {
         per_sec(plain),
         per_sec(with_rules),
         format!("{ratio:.2}"),
+        format!("{:.2}", plain_cpu / rules_cpu),
         format!("{:.2}", rules_submit / plain_submit),
         format!("ratio >= {:.2}", args.goal_percent / 100.0),
         if pass { "PASS" } else { "FAIL" }.to_string(),
