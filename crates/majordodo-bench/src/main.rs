@@ -75,6 +75,10 @@ enum Scenario {
     },
 }
 
+/// The allocator of the `majordodo` binary, so in-process brokers cost what it costs.
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 #[tokio::main]
 async fn main() -> anyhow::Result<()> {
     match Cli::parse().scenario {

@@ -39,6 +39,13 @@ use clap::Parser;
 use crate::cli::{Cli, Command};
 use crate::error::report;
 
+/// jemalloc instead of the C library's allocator: a broker allocates and frees small objects for
+/// every task it moves, and with jemalloc the burn-down takes about a third less CPU per task
+/// (`majordodo-bench rules-cost`, column CPU us/task) for the same resident memory
+/// (`majordodo-bench scale`).
+#[global_allocator]
+static ALLOCATOR: tikv_jemallocator::Jemalloc = tikv_jemallocator::Jemalloc;
+
 fn main() -> ExitCode {
     let cli = Cli::parse();
     let server = matches!(
