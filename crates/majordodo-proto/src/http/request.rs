@@ -905,7 +905,7 @@ fn kind(v: &Value) -> &'static str {
 }
 
 /// Caps outside text quoted in messages, so an error never echoes a huge value.
-pub(crate) fn clip(s: &str) -> &str {
+pub fn clip(s: &str) -> &str {
     const MAX: usize = 64;
     if s.len() <= MAX {
         return s;
