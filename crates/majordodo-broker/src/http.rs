@@ -33,7 +33,9 @@ use std::sync::Arc;
 use axum::Router;
 use axum::body::Body;
 use axum::extract::{ConnectInfo, Query, Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER, WWW_AUTHENTICATE};
+use axum::http::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -1007,10 +1009,7 @@ fn outcome_parts(o: Option<SubmitOutcome>) -> (u64, Option<String>) {
 /// Reads the whole body, refusing more than `max_body_bytes` and bodies slower than
 /// `body_timeout`. Its declared length (or `max_body_bytes` when it declares none) is reserved
 /// from the `max_buffered_body_bytes` budget first, and held with the body.
-async fn read_body(
-    api: &Api,
-    req: Request,
-) -> Result<(Vec<u8>, OwnedSemaphorePermit), ApiError> {
+async fn read_body(api: &Api, req: Request) -> Result<(Vec<u8>, OwnedSemaphorePermit), ApiError> {
     let limit = api.settings.max_body_bytes;
     let timeout = api.settings.body_timeout;
     let too_large = || {

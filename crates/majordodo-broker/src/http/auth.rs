@@ -357,9 +357,8 @@ impl Throttle {
         let s = self.settings;
         let mut entries = self.entries();
         if entries.len() >= MAX_THROTLED_KEYS {
-            entries.retain(|_, f| {
-                f.locked_until.is_some_and(|u| u > now) || now - f.since < s.window
-            });
+            entries
+                .retain(|_, f| f.locked_until.is_some_and(|u| u > now) || now - f.since < s.window);
         }
         for key in keys {
             if !entries.contains_key(key) && entries.len() >= MAX_THROTLED_KEYS {
@@ -536,9 +535,7 @@ impl Authenticator {
         let credentials = parse_authorization(headers)?;
         let index = match credentials {
             Credentials::Bearer(token) => self.by_token(token.as_bytes()),
-            Credentials::Basic { name, password } => {
-                self.by_password(name, password, peer).await?
-            }
+            Credentials::Basic { name, password } => self.by_password(name, password, peer).await?,
         };
         let user = index
             .map(|i| &self.users[i])

@@ -439,13 +439,9 @@ impl HttpConfig {
         } else {
             let mut origins = Vec::with_capacity(self.allowed_origins.len());
             for o in &self.allowed_origins {
-                let valid = o
-                    .split_once("://")
-                    .is_some_and(|(scheme, host)| {
-                        !scheme.is_empty()
-                            && !host.is_empty()
-                            && !host.contains(['/', ' ', '?', '#'])
-                    });
+                let valid = o.split_once("://").is_some_and(|(scheme, host)| {
+                    !scheme.is_empty() && !host.is_empty() && !host.contains(['/', ' ', '?', '#'])
+                });
                 if !valid {
                     return Err(HttpConfigError::BadAllowedOrigin(o.clone()));
                 }
