@@ -315,7 +315,9 @@ fn two_thousand_idle_connections_from_one_address_do_not_keep_another_client_out
         limit >= 2_500,
         "open-file limit {limit} is too low for this test"
     );
-    let c = Cluster::start("header_read_timeout = \"30s\"\nmax_connections_per_address = 64\n");
+    let c = Cluster::start(
+        "header_read_timeout = \"30s\"\nmax_connections = 512\nmax_connections_per_address = 64\n",
+    );
     let rt = tokio::runtime::Builder::new_current_thread()
         .enable_all()
         .build()
