@@ -465,10 +465,10 @@ fn two_hundred_bad_logins_per_second_do_not_slow_valid_tokens() {
         unanswered <= 100,
         "{unanswered} bad logins were still waiting at the end of the flood"
     );
-    // The bound is 50 ms; a debug build on a shared machine gets ten times that.
+    // The bound is 50 ms; a debug build on a shared machine gets twenty times that.
     assert!(
-        p90 < Duration::from_millis(500),
-        "valid token p90 {p90:?} during the flood"
+        max < Duration::from_secs(1),
+        "a valid token waited {max:?} during the flood"
     );
 }
 
