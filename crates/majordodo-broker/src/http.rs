@@ -242,7 +242,7 @@ fn foreign_origin(req: &Request, allowed: Option<&[String]>) -> Option<ApiError>
             .split_once("://")
             .is_some_and(|(scheme, rest)| matches!(scheme, "http" | "https") && rest == host)
     });
-    if same_site || allowed.iter().any(|a| *a == origin) {
+    if same_site || allowed.contains(&origin) {
         return None;
     }
     refuse(format!(
