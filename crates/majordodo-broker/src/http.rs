@@ -9,13 +9,16 @@
 //!   refused with a 4xx naming the field ([`BrokerHandle::act`]); `createCodePool` and
 //!   `deleteCodePool` (admins only; the archive is checked here before anything is decided).
 //!
-//! Every request is authenticated first ([`auth`]: Basic or bearer), reads included; a user with
-//! role `user` submits and sees only tasks whose `userid` is its name. Every failure is an
+//! Every request is authenticated first ([`auth`]: Basic or bearer), reads included, before it
+//! takes one of the `max_concurrent_requests` request slots; a user with role `user` submits
+//! and sees only tasks whose `userid` is its name. A request whose `Origin` is foreign is
+//! refused (403) unless configured, and a `POST` must be `application/json` (415), so a form
+//! on another site cannot drive a browser's cached credentials. Every failure is an
 //! [`ApiError`] with a JSON body. Request and answer shapes, limits and every difference from
 //! the original are documented in `docs/http-api.md`.
 //!
 //! [`router`] builds the service (tests drive it with `oneshot`); [`serve`] runs it on a bound
-//! socket until a shutdown signal, at most `max_connections` connections at a time.
+//! socket until a shutdown signal, with the connection limits and timeouts of [`listener`].
 
 pub mod auth;
 pub mod config;
@@ -26,12 +29,13 @@ mod select;
 use std::future::Future;
 use std::io;
 use std::sync::Arc;
-use std::time::Duration;
 
 use axum::Router;
 use axum::body::Body;
-use axum::extract::{Query, Request, State};
-use axum::http::header::{CONTENT_LENGTH, CONTENT_TYPE, RETRY_AFTER};
+use axum::extract::{ConnectInfo, Query, Request, State};
+use axum::http::header::{
+    CONTENT_LENGTH, CONTENT_TYPE, HOST, ORIGIN, RETRY_AFTER, WWW_AUTHENTICATE,
+};
 use axum::http::{HeaderName, HeaderValue, StatusCode};
 use axum::middleware::{self, Next};
 use axum::response::{IntoResponse, Response};
@@ -51,11 +55,11 @@ use majordodo_proto::http::{
 };
 use serde::Serialize;
 use tokio::net::TcpListener;
-use tokio::sync::Semaphore;
+use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 use tower_http::compression::CompressionLayer;
 use tracing::debug;
 
-pub use auth::Principal;
+pub use auth::{AuthCounters, Principal};
 pub use config::{HttpConfig, HttpConfigError, HttpSettings, UserConfig, UserRole};
 pub use error::{ApiError, ERROR_CODES};
 
@@ -87,18 +91,49 @@ struct Api {
     auth: Authenticator,
     /// Validated limits.
     settings: HttpSettings,
+    /// Requests handled at once (taken after authentication).
+    requests: Arc<Semaphore>,
+    /// Body bytes buffered at once, in KiB.
+    body_kib: Arc<Semaphore>,
+}
+
+impl Api {
+    /// Authenticates `req`, then takes a request slot: credentials are checked (and a flood of
+    /// bad ones refused) without waiting behind the requests in progress.
+    async fn admit(
+        &self,
+        headers: &axum::http::HeaderMap,
+        peer: Option<std::net::IpAddr>,
+    ) -> Result<(Principal, OwnedSemaphorePermit), ApiError> {
+        let principal = self.auth.authenticate(headers, peer).await?;
+        let slot = self
+            .requests
+            .clone()
+            .acquire_owned()
+            .await
+            .map_err(|_| ApiError::Internal("request limiter closed"))?;
+        Ok((principal, slot))
+    }
 }
 
 /// Builds the API's service for `broker`. The caller serves it ([`serve`]) or drives it directly
 /// (tests, with `tower::ServiceExt::oneshot`).
 pub fn router(broker: BrokerHandle, settings: HttpSettings) -> Router {
     let api = Arc::new(Api {
-        auth: Authenticator::new(settings.users.clone(), settings.max_concurrent_hashes),
+        auth: Authenticator::new(
+            settings.users.clone(),
+            settings.max_concurrent_hashes,
+            settings.max_queued_hashes,
+            settings.throttle,
+        ),
         broker,
         settings: settings.clone(),
+        requests: Arc::new(Semaphore::new(settings.max_concurrent_requests)),
+        body_kib: Arc::new(Semaphore::new(kib(settings.max_buffered_body_bytes))),
     });
-    let requests = Arc::new(Semaphore::new(settings.max_concurrent_requests));
     let cors = settings.cors_allow_origin.clone();
+    let origins = settings.allowed_origins.clone();
+    let basic_challenge = settings.basic_challenge;
     let mut router = Router::new()
         .route(
             API_PATH,
@@ -114,18 +149,23 @@ pub fn router(broker: BrokerHandle, settings: HttpSettings) -> Router {
         .fallback(|| async { ApiError::NotFound })
         .with_state(api)
         .layer(middleware::from_fn(move |req: Request, next: Next| {
-            let requests = requests.clone();
+            let refused = foreign_origin(&req, origins.as_deref());
             async move {
-                // Bounds the requests in progress (and the bodies they buffer); others wait.
-                let Ok(_permit) = requests.acquire_owned().await else {
-                    return ApiError::Internal("request limiter closed").into_response();
-                };
-                next.run(req).await
+                match refused {
+                    Some(e) => e.into_response(),
+                    None => next.run(req).await,
+                }
             }
         }))
         .layer(middleware::map_response(move |mut res: Response| {
             let cors = cors.clone();
             async move {
+                if basic_challenge && res.status() == StatusCode::UNAUTHORIZED {
+                    res.headers_mut().append(
+                        WWW_AUTHENTICATE,
+                        HeaderValue::from_static(error::BASIC_CHALLENGE),
+                    );
+                }
                 let h = res.headers_mut();
                 h.insert(
                     HeaderName::from_static(API_VERSION_HEADER),
@@ -145,7 +185,9 @@ pub fn router(broker: BrokerHandle, settings: HttpSettings) -> Router {
 
 /// Serves the API on `listener` until `shutdown` completes, then stops accepting, lets the
 /// requests in progress finish, and returns. At most `max_connections` connections are open at
-/// once; more wait in the kernel's accept queue.
+/// once (more wait in the kernel's accept queue), at most `max_connections_per_address` from
+/// one address (more are closed); a request head must arrive within `header_read_timeout_secs`
+/// and an idle connection closes after `keep_alive_timeout_secs`.
 ///
 /// # Errors
 /// The I/O error that stopped the server.
@@ -155,13 +197,73 @@ pub async fn serve(
     settings: HttpSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let listener = listener::LimitedListener::new(listener, settings.max_connections);
-    tracing::info!(addr = ?axum::serve::Listener::local_addr(&listener).ok(), "http api started");
-    let result = axum::serve(listener, router(broker, settings))
-        .with_graceful_shutdown(shutdown)
-        .await;
+    tracing::info!(addr = ?listener.local_addr().ok(), "http api started");
+    let limits = listener::ConnectionLimits {
+        max_connections: settings.max_connections,
+        max_per_address: settings.max_connections_per_address,
+        header_read_timeout: settings.header_read_timeout,
+        keep_alive_timeout: settings.keep_alive_timeout,
+    };
+    let result = listener::serve(listener, router(broker, settings), limits, shutdown).await;
     tracing::info!("http api stopped");
     result
+}
+
+/// The address a request came from, when it came over a socket.
+fn peer_of(req: &Request) -> Option<std::net::IpAddr> {
+    req.extensions()
+        .get::<ConnectInfo<std::net::SocketAddr>>()
+        .map(|c| c.0.ip())
+}
+
+/// Whole KiB covering `bytes` (at least one), as permits of the body budget.
+fn kib(bytes: usize) -> usize {
+    bytes.div_ceil(1024).clamp(1, Semaphore::MAX_PERMITS)
+}
+
+/// The refusal of a request whose `Origin` header names another site than the API's own (the
+/// `Host` it was sent to) and not one of `allowed` (`None` allows any). Requests without
+/// `Origin` (not from a browser, or same-origin navigation) pass.
+fn foreign_origin(req: &Request, allowed: Option<&[String]>) -> Option<ApiError> {
+    let allowed = allowed?;
+    let origin = req.headers().get(ORIGIN)?;
+    let refuse = |why: String| Some(ApiError::Forbidden(FieldError::new("origin", why)));
+    let Ok(origin) = origin.to_str() else {
+        return refuse("is not a valid origin".to_owned());
+    };
+    let origin = origin.trim().to_ascii_lowercase();
+    let host = req
+        .headers()
+        .get(HOST)
+        .and_then(|h| h.to_str().ok())
+        .map(str::to_ascii_lowercase);
+    let same_site = host.is_some_and(|host| {
+        origin
+            .split_once("://")
+            .is_some_and(|(scheme, rest)| matches!(scheme, "http" | "https") && rest == host)
+    });
+    if same_site || allowed.contains(&origin) {
+        return None;
+    }
+    refuse(format!(
+        "{} is not allowed to call this API from a browser (http.allowed_origins)",
+        majordodo_proto::http::request::clip(&origin)
+    ))
+}
+
+/// Refuses a `POST` whose body is not declared JSON (`application/json`, any parameters).
+fn require_json(req: &Request) -> Result<(), ApiError> {
+    let json = req
+        .headers()
+        .get(CONTENT_TYPE)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.split(';').next())
+        .is_some_and(|media| media.trim().eq_ignore_ascii_case("application/json"));
+    if json {
+        Ok(())
+    } else {
+        Err(ApiError::UnsupportedMediaType)
+    }
 }
 
 /// A successful answer; built inside the dispatcher (for views), serialized outside it.
@@ -241,7 +343,7 @@ async fn preflight(State(api): State<Arc<Api>>) -> Response {
 /// `GET /majordodo/snapshot`: the leader takes a snapshot and streams its file (the format of
 /// `majordodo_log::SnapshotStore`, checksummed; the receiver validates it before use).
 async fn get_snapshot(State(api): State<Arc<Api>>, req: Request) -> Result<Response, ApiError> {
-    let principal = api.auth.authenticate(req.headers()).await?;
+    let (principal, _slot) = api.admit(req.headers(), peer_of(&req)).await?;
     if !principal.is_admin() {
         return Err(ApiError::Forbidden(FieldError::new(
             "user",
@@ -292,7 +394,7 @@ async fn get_snapshot(State(api): State<Arc<Api>>, req: Request) -> Result<Respo
 }
 
 async fn get_view(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, ApiError> {
-    let principal = api.auth.authenticate(req.headers()).await?;
+    let (principal, _slot) = api.admit(req.headers(), peer_of(&req)).await?;
     let Query(pairs) = Query::<Vec<(String, String)>>::try_from_uri(req.uri())
         .map_err(|_| FieldError::new("query", "is not a valid query string"))?;
     let view = parse_view(&pairs)?;
@@ -489,10 +591,12 @@ async fn get_view(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, A
 }
 
 async fn post_action(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, ApiError> {
-    let principal = api.auth.authenticate(req.headers()).await?;
-    let body = read_body(req, api.settings.max_body_bytes, api.settings.body_timeout).await?;
+    require_json(&req)?;
+    let (principal, _slot) = api.admit(req.headers(), peer_of(&req)).await?;
+    let (body, budget) = read_body(&api, req).await?;
     let action = parse_action(&body)?;
     drop(body);
+    drop(budget);
     match action {
         ActionRequest::SubmitTask(task) => {
             if !principal.may_use(&task.user_id) {
@@ -902,8 +1006,12 @@ fn outcome_parts(o: Option<SubmitOutcome>) -> (u64, Option<String>) {
     }
 }
 
-/// Reads the whole body, refusing more than `limit` bytes and bodies slower than `timeout`.
-async fn read_body(req: Request, limit: usize, timeout: Duration) -> Result<Vec<u8>, ApiError> {
+/// Reads the whole body, refusing more than `max_body_bytes` and bodies slower than
+/// `body_timeout`. Its declared length (or `max_body_bytes` when it declares none) is reserved
+/// from the `max_buffered_body_bytes` budget first, and held with the body.
+async fn read_body(api: &Api, req: Request) -> Result<(Vec<u8>, OwnedSemaphorePermit), ApiError> {
+    let limit = api.settings.max_body_bytes;
+    let timeout = api.settings.body_timeout;
     let too_large = || {
         ApiError::TooLarge(FieldError::new(
             BODY_FIELD,
@@ -918,6 +1026,14 @@ async fn read_body(req: Request, limit: usize, timeout: Duration) -> Result<Vec<
     if declared.is_some_and(|n| n > limit as u64) {
         return Err(too_large());
     }
+    let reserve = declared.map_or(limit, |n| n as usize);
+    let budget = tokio::time::timeout(
+        timeout,
+        api.body_kib.clone().acquire_many_owned(kib(reserve) as u32),
+    )
+    .await
+    .map_err(|_| ApiError::Broker(crate::BrokerError::Overloaded("request bodies")))?
+    .map_err(|_| ApiError::Internal("body budget closed"))?;
     let mut stream = Body::into_data_stream(req.into_body());
     let mut buf = Vec::with_capacity(declared.unwrap_or(0) as usize);
     let read = async {
@@ -935,5 +1051,5 @@ async fn read_body(req: Request, limit: usize, timeout: Duration) -> Result<Vec<
     tokio::time::timeout(timeout, read)
         .await
         .map_err(|_| ApiError::BodyTimeout)??;
-    Ok(buf)
+    Ok((buf, budget))
 }

@@ -856,6 +856,49 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
         ("empty body", Body::empty(), "body"),
         ("nesting too deep", Body::from("[".repeat(100_000)), "body"),
         (
+            "nesting too deep inside a field",
+            Body::from(format!(
+                r#"{{"action":"submitTask","userid":"u","tasktype":"t","needs":{}}}"#,
+                "[".repeat(100)
+            )),
+            "needs[0][0][0][0][0]",
+        ),
+        (
+            "duplicate key",
+            Body::from(r#"{"action":"submitTask","userid":"u","tasktype":"t","userid":"v"}"#),
+            "userid",
+        ),
+        (
+            "duplicate key in a task of a batch",
+            Body::from(
+                r#"{"action":"submitTasks","tasks":[{"userid":"u","tasktype":"t","data":"a","data":"b"}]}"#,
+            ),
+            "tasks[0].data",
+        ),
+        (
+            "plus sign in a numeric string",
+            json_body(with("maxattempts", json!("+3"))),
+            "maxattempts",
+        ),
+        (
+            "plus sign in a signed numeric string",
+            json_body(with("priority", json!("+3"))),
+            "priority",
+        ),
+        (
+            "space in a numeric string",
+            json_body(with("deadline", json!(" 3"))),
+            "deadline",
+        ),
+        (
+            "tiny arrays in place of tasks",
+            Body::from(format!(
+                r#"{{"action":"submitTasks","tasks":[{}]}}"#,
+                vec!["[]"; 10_000].join(",")
+            )),
+            "tasks[0]",
+        ),
+        (
             "missing action",
             Body::from(r#"{"userid":"u","tasktype":"t"}"#),
             "action",
@@ -1368,6 +1411,7 @@ async fn a_body_that_never_finishes_is_answered_408() {
     let stalled = futures_util::stream::iter([first]).chain(futures_util::stream::pending());
     let req = Request::post("/majordodo")
         .header(header::AUTHORIZATION, admin())
+        .header(header::CONTENT_TYPE, "application/json")
         .body(Body::from_stream(stalled))
         .unwrap();
     let res = h.app.clone().oneshot(req).await.unwrap();
@@ -1412,7 +1456,9 @@ async fn wrong_method_and_wrong_path_answer_json() {
 #[tokio::test]
 async fn every_request_needs_valid_credentials() {
     // Goal: no credentials, a wrong password, an unknown user, a wrong token and a malformed
-    // header are all 401 with WWW-Authenticate, for reads as for writes; nothing is created.
+    // header are all 401 with a Bearer WWW-Authenticate challenge and no Basic one (a Basic
+    // challenge makes browsers prompt for and cache a password), for reads as for writes;
+    // nothing is created.
     let h = Harness::start().await;
     let before = h.state_mark().await;
     let bad = [
@@ -1427,7 +1473,7 @@ async fn every_request_needs_valid_credentials() {
     for auth in bad {
         for req in [
             Request::get("/majordodo?view=status"),
-            Request::post("/majordodo"),
+            Request::post("/majordodo").header(header::CONTENT_TYPE, "application/json"),
         ] {
             let req = match &auth {
                 Some(a) => req.header(header::AUTHORIZATION, a),
@@ -1438,7 +1484,7 @@ async fn every_request_needs_valid_credentials() {
             assert_error(s, &b, StatusCode::UNAUTHORIZED, None);
             let challenges: Vec<_> = headers.get_all(header::WWW_AUTHENTICATE).iter().collect();
             assert!(
-                challenges
+                !challenges
                     .iter()
                     .any(|c| c.to_str().unwrap().starts_with("Basic")),
                 "{auth:?}"
@@ -1686,6 +1732,12 @@ async fn api_is_served_over_a_real_socket_with_chunked_java_style_requests() {
     assert_eq!(status, 401);
     assert!(
         head.to_ascii_lowercase()
+            .contains("www-authenticate: bearer"),
+        "{head}"
+    );
+    assert!(
+        !head
+            .to_ascii_lowercase()
             .contains("www-authenticate: basic"),
         "{head}"
     );
@@ -2463,5 +2515,209 @@ async fn retry_later_delays_the_task_without_using_an_attempt_until_the_bound() 
     assert!(result.contains("retry later refused"), "{t}");
     assert!(result.contains("tasks.max_deferrals"), "{t}");
     stop.cancel();
+    h.stop().await;
+}
+
+/// A POST as a browser form on another site would send it.
+fn cross_site_post(
+    content_type: Option<&str>,
+    origin: Option<&str>,
+    body: &Value,
+) -> Request<Body> {
+    let mut req = Request::post("/majordodo")
+        .header(header::AUTHORIZATION, admin())
+        .header(header::HOST, "broker.example:7364");
+    if let Some(t) = content_type {
+        req = req.header(header::CONTENT_TYPE, t);
+    }
+    if let Some(o) = origin {
+        req = req.header(header::ORIGIN, o);
+    }
+    req.body(Body::from(serde_json::to_vec(body).unwrap()))
+        .unwrap()
+}
+
+#[tokio::test]
+async fn cross_site_requests_are_refused_and_change_nothing() {
+    // Goal: a POST that a form on another site can send (text/plain or no JSON content type,
+    // a foreign Origin) is refused with a JSON 4xx naming the header, even with valid Basic
+    // credentials, and creates nothing; the API's own origin and configured origins pass.
+    let h = Harness::start().await;
+    let before = h.state_mark().await;
+    let task = java_submit("u", "t", "x");
+    let refused = [
+        (
+            Some("text/plain"),
+            Some("https://evil.example"),
+            StatusCode::FORBIDDEN,
+            "origin",
+        ),
+        (
+            Some("text/plain"),
+            None,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content-type",
+        ),
+        (
+            Some("application/x-www-form-urlencoded"),
+            None,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content-type",
+        ),
+        (
+            Some("multipart/form-data; boundary=x"),
+            None,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content-type",
+        ),
+        (
+            Some("application/jsonx"),
+            None,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content-type",
+        ),
+        (
+            None,
+            None,
+            StatusCode::UNSUPPORTED_MEDIA_TYPE,
+            "content-type",
+        ),
+        (
+            Some("application/json"),
+            Some("https://evil.example"),
+            StatusCode::FORBIDDEN,
+            "origin",
+        ),
+        (
+            Some("application/json"),
+            Some("null"),
+            StatusCode::FORBIDDEN,
+            "origin",
+        ),
+        (
+            Some("application/json"),
+            Some("http://broker.example:7364.evil.example"),
+            StatusCode::FORBIDDEN,
+            "origin",
+        ),
+    ];
+    for (content_type, origin, status, field) in refused {
+        let (s, _, b) = h.call(cross_site_post(content_type, origin, &task)).await;
+        assert_error(s, &b, status, Some(field));
+        assert_eq!(h.state_mark().await, before, "{content_type:?} {origin:?}");
+    }
+    // A foreign origin is refused for reads too (its page could read the answer through CORS).
+    let req = Request::get("/majordodo?view=status")
+        .header(header::AUTHORIZATION, admin())
+        .header(header::ORIGIN, "https://evil.example")
+        .body(Body::empty())
+        .unwrap();
+    let (s, _, b) = h.call(req).await;
+    assert_error(s, &b, StatusCode::FORBIDDEN, Some("origin"));
+    // The API's own origin, and JSON with parameters, pass.
+    for (content_type, origin) in [
+        (
+            "application/json;charset=utf-8",
+            Some("http://broker.example:7364"),
+        ),
+        ("Application/JSON", Some("https://BROKER.example:7364")),
+        ("application/json", None),
+    ] {
+        let (s, _, b) = h
+            .call(cross_site_post(Some(content_type), origin, &task))
+            .await;
+        assert_eq!(s, StatusCode::OK, "{content_type} {origin:?}: {b}");
+    }
+    h.stop().await;
+
+    // Configured origins pass; "*" lets any through.
+    let mut c = config();
+    c.allowed_origins = vec!["https://ui.example".into()];
+    let h = Harness::with_config(c).await;
+    let req = cross_site_post(Some("application/json"), Some("https://ui.example"), &task);
+    assert_eq!(h.call(req).await.0, StatusCode::OK);
+    let req = cross_site_post(
+        Some("application/json"),
+        Some("https://other.example"),
+        &task,
+    );
+    assert_eq!(h.call(req).await.0, StatusCode::FORBIDDEN);
+    h.stop().await;
+    let mut c = config();
+    c.allowed_origins = vec!["*".into()];
+    let h = Harness::with_config(c).await;
+    let req = cross_site_post(
+        Some("application/json"),
+        Some("https://other.example"),
+        &task,
+    );
+    assert_eq!(h.call(req).await.0, StatusCode::OK);
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn a_basic_challenge_is_sent_only_when_configured() {
+    // Goal: with http.basic_challenge a 401 carries a Basic challenge besides the Bearer one.
+    let mut c = config();
+    c.basic_challenge = true;
+    let h = Harness::with_config(c).await;
+    let req = Request::get("/majordodo?view=status")
+        .body(Body::empty())
+        .unwrap();
+    let (s, headers, _) = h.call(req).await;
+    assert_eq!(s, StatusCode::UNAUTHORIZED);
+    let challenges: Vec<String> = headers
+        .get_all(header::WWW_AUTHENTICATE)
+        .iter()
+        .map(|c| c.to_str().unwrap().to_owned())
+        .collect();
+    assert!(
+        challenges.iter().any(|c| c.starts_with("Basic")),
+        "{challenges:?}"
+    );
+    assert!(
+        challenges.iter().any(|c| c.starts_with("Bearer")),
+        "{challenges:?}"
+    );
+    h.stop().await;
+}
+
+#[tokio::test]
+async fn failed_logins_lock_out_password_logins_for_the_user_but_not_tokens() {
+    // Goal: after auth_failure_limit wrong passwords for a user, its password logins are
+    // answered 429 with Retry-After, without checking the password (the right one is refused
+    // too unless it was verified before), until the lock-out ends; other users and tokens are
+    // not affected.
+    let mut c = config();
+    c.auth_failure_limit = 3;
+    c.auth_lockout_secs = 1;
+    let h = Harness::with_config(c).await;
+    // admin's password is verified (and remembered) before the attack.
+    assert_eq!(h.get("view=status", &admin()).await.0, StatusCode::OK);
+    for _ in 0..3 {
+        let (s, _) = h.get("view=status", &basic("alice", "guess")).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+        let (s, _) = h.get("view=status", &basic("admin", "guess")).await;
+        assert_eq!(s, StatusCode::UNAUTHORIZED);
+    }
+    let req = Request::get("/majordodo?view=status")
+        .header(header::AUTHORIZATION, alice())
+        .body(Body::empty())
+        .unwrap();
+    let (s, headers, b) = h.call(req).await;
+    assert_error(s, &b, StatusCode::TOO_MANY_REQUESTS, Some("authorization"));
+    assert!(headers.contains_key(header::RETRY_AFTER));
+    // Tokens, and a password verified before the lock-out, still work.
+    assert_eq!(h.get("view=status", &bob()).await.0, StatusCode::OK);
+    assert_eq!(
+        h.get("view=status", &format!("Bearer {ADMIN_TOKEN}"))
+            .await
+            .0,
+        StatusCode::OK
+    );
+    assert_eq!(h.get("view=status", &admin()).await.0, StatusCode::OK);
+    // The lock-out ends.
+    tokio::time::sleep(Duration::from_millis(1_100)).await;
+    assert_eq!(h.get("view=status", &alice()).await.0, StatusCode::OK);
     h.stop().await;
 }

@@ -12,6 +12,7 @@
 //! The broker's router lives in `majordodo-broker`; the typed client in `majordodo-client`.
 
 pub mod codepool;
+mod json;
 pub(crate) mod lenient;
 pub mod request;
 pub mod response;
@@ -20,6 +21,7 @@ pub mod view;
 #[cfg(test)]
 mod tests;
 
+pub use json::{MAX_JSON_DEPTH, MAX_JSON_VALUES};
 pub use request::{ActionRequest, TaskSubmission, parse_action};
 pub use response::{
     BrokerStatusInfo, ClusterBroker, ClusterStatus, ErrorBody, LeaderHint, OverviewView,

@@ -10,8 +10,15 @@
 //!   and a slow hash per request would cap the API at a few requests per second. So a verified
 //!   (name, password) pair is remembered as an HMAC under a key drawn at start-up: later requests
 //!   cost one HMAC. The cache never holds a password, is bounded, and only remembers successes,
-//!   so a wrong password always pays the full hash; at most `max_concurrent_hashes` hashes run
-//!   at once, on blocking threads, so a flood of guesses cannot starve the broker.
+//!   so a wrong password always pays the full hash. Hashes run on their own threads
+//!   (`max_concurrent_hashes` of them) behind a bounded queue (`max_queued_hashes`; a login
+//!   beyond it is answered 503 at once): a flood of guesses cannot starve the broker, and tokens
+//!   and remembered passwords never wait for a hash.
+//! - Failed password logins are counted per peer address and per configured user; past
+//!   `auth_failure_limit` within the window, password logins from that address (or for that
+//!   user) are refused 429 for `auth_lockout_secs` without hashing. Tokens and remembered
+//!   passwords are checked before the lock-out, so a flood from a shared address does not lock
+//!   out working clients. Lock-outs are logged and counted ([`AuthCounters`]).
 //! - Tokens are 256 random bits; only their SHA-256 digest is configured. A token is also
 //!   accepted as the password of Basic authentication (for clients that only speak Basic, like
 //!   the original Java client). Digests are compared in constant time.
@@ -20,9 +27,12 @@
 use std::collections::HashMap;
 use std::fs;
 use std::io::{self, Write};
+use std::net::IpAddr;
 use std::os::unix::fs::{OpenOptionsExt, PermissionsExt};
 use std::path::Path;
-use std::sync::{Arc, Mutex};
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::sync::{Arc, Mutex, mpsc};
+use std::time::Duration;
 
 use axum::http::HeaderMap;
 use axum::http::header::AUTHORIZATION;
@@ -33,7 +43,7 @@ use rand::rngs::OsRng;
 use rand::{CryptoRng, RngCore, TryRngCore};
 use sha2::{Digest, Sha256};
 use subtle::ConstantTimeEq;
-use tokio::sync::Semaphore;
+use tokio::time::Instant;
 
 use super::config::UserRole;
 use super::error::ApiError;
@@ -62,6 +72,10 @@ pub const TOKEN_BYTES: usize = 32;
 /// Most verified credentials remembered; when full the memory is cleared (it refills at the cost
 /// of one hash per client). Far above the number of distinct API users of a broker.
 const MAX_CACHED_CREDENTIALS: usize = 1_024;
+
+/// Most addresses and users whose failed logins are tracked at once; beyond it entries that are
+/// not locked out are forgotten, and new ones are not tracked until room is made.
+const MAX_THROTLED_KEYS: usize = 65_536;
 
 const HASH_SCHEME: &str = "pbkdf2-sha256";
 const HASH_LEN: usize = 32;
@@ -262,6 +276,177 @@ impl Principal {
     }
 }
 
+/// How failed logins are throttled.
+#[derive(Clone, Copy, Debug)]
+pub(crate) struct ThrottleSettings {
+    /// Failures within `window` that start a lock-out.
+    pub(crate) limit: u32,
+    /// Window in which failures are counted.
+    pub(crate) window: Duration,
+    /// Length of a lock-out.
+    pub(crate) lockout: Duration,
+}
+
+/// Counts of authentication events, for logs and metrics.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq)]
+pub struct AuthCounters {
+    /// Password logins refused because the password (or the user) was wrong.
+    pub failed_logins: u64,
+    /// Lock-outs started (of an address or of a user).
+    pub lockouts: u64,
+    /// Password logins refused during a lock-out, without checking the password.
+    pub refused_while_locked: u64,
+    /// Password logins refused because the hashing queue was full.
+    pub refused_queue_full: u64,
+}
+
+/// Whose failures are counted.
+#[derive(Clone, Debug, PartialEq, Eq, Hash)]
+enum ThrottleKey {
+    Peer(IpAddr),
+    User(Arc<str>),
+}
+
+impl std::fmt::Display for ThrottleKey {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        match self {
+            ThrottleKey::Peer(ip) => write!(f, "address {ip}"),
+            ThrottleKey::User(name) => write!(f, "user {name}"),
+        }
+    }
+}
+
+struct Failures {
+    since: Instant,
+    count: u32,
+    locked_until: Option<Instant>,
+}
+
+/// Failed logins per address and per user, with lock-outs.
+struct Throttle {
+    settings: ThrottleSettings,
+    entries: Mutex<HashMap<ThrottleKey, Failures>>,
+    failed: AtomicU64,
+    lockouts: AtomicU64,
+    refused: AtomicU64,
+}
+
+impl Throttle {
+    fn entries(&self) -> std::sync::MutexGuard<'_, HashMap<ThrottleKey, Failures>> {
+        self.entries.lock().unwrap_or_else(|e| e.into_inner())
+    }
+
+    /// The time left of the longest lock-out among `keys`, if any.
+    fn locked(&self, keys: &[ThrottleKey], now: Instant) -> Option<Duration> {
+        let entries = self.entries();
+        let left = keys
+            .iter()
+            .filter_map(|k| entries.get(k)?.locked_until)
+            .filter(|until| *until > now)
+            .map(|until| until - now)
+            .max();
+        if left.is_some() {
+            self.refused.fetch_add(1, Ordering::Relaxed);
+        }
+        left
+    }
+
+    /// Counts a failure of each of `keys`, locking out those past the limit.
+    fn failed(&self, keys: &[ThrottleKey], now: Instant) {
+        self.failed.fetch_add(1, Ordering::Relaxed);
+        let s = self.settings;
+        let mut entries = self.entries();
+        if entries.len() >= MAX_THROTLED_KEYS {
+            entries
+                .retain(|_, f| f.locked_until.is_some_and(|u| u > now) || now - f.since < s.window);
+        }
+        for key in keys {
+            if !entries.contains_key(key) && entries.len() >= MAX_THROTLED_KEYS {
+                continue;
+            }
+            let f = entries.entry(key.clone()).or_insert(Failures {
+                since: now,
+                count: 0,
+                locked_until: None,
+            });
+            if now - f.since >= s.window {
+                f.since = now;
+                f.count = 0;
+            }
+            f.count += 1;
+            if f.count >= s.limit && f.locked_until.is_none_or(|u| u <= now) {
+                f.locked_until = Some(now + s.lockout);
+                f.since = now;
+                f.count = 0;
+                self.lockouts.fetch_add(1, Ordering::Relaxed);
+                tracing::warn!(
+                    who = %key,
+                    failures = s.limit,
+                    lockout_secs = s.lockout.as_secs(),
+                    "too many failed logins: password logins locked out"
+                );
+            }
+        }
+    }
+}
+
+/// A password check waiting for a hashing thread.
+type HashJob = (PasswordHash, String, tokio::sync::oneshot::Sender<bool>);
+
+/// Threads that verify password hashes, behind a bounded queue; nothing else runs on them and
+/// nothing but password checks waits for them.
+struct HashPool {
+    jobs: mpsc::SyncSender<HashJob>,
+    full: AtomicU64,
+}
+
+impl HashPool {
+    fn new(threads: usize, queue: usize) -> HashPool {
+        let (jobs, rx) = mpsc::sync_channel::<HashJob>(queue);
+        let rx = Arc::new(Mutex::new(rx));
+        for i in 0..threads {
+            let rx = rx.clone();
+            let spawned = std::thread::Builder::new()
+                .name(format!("md-password-{i}"))
+                .spawn(move || {
+                    loop {
+                        // The lock is held only while waiting for the next job.
+                        let job = rx.lock().unwrap_or_else(|e| e.into_inner()).recv();
+                        let Ok((hash, password, answer)) = job else {
+                            return; // the authenticator is gone
+                        };
+                        let _ = answer.send(hash.verify(password.as_bytes()));
+                    }
+                });
+            if let Err(error) = spawned {
+                tracing::error!(%error, "could not start a password hashing thread");
+            }
+        }
+        HashPool {
+            jobs,
+            full: AtomicU64::new(0),
+        }
+    }
+
+    async fn verify(&self, hash: PasswordHash, password: String) -> Result<bool, ApiError> {
+        let (tx, rx) = tokio::sync::oneshot::channel();
+        match self.jobs.try_send((hash, password, tx)) {
+            Ok(()) => {}
+            Err(mpsc::TrySendError::Full(_)) => {
+                self.full.fetch_add(1, Ordering::Relaxed);
+                return Err(ApiError::Broker(crate::BrokerError::Overloaded(
+                    "password checks",
+                )));
+            }
+            Err(mpsc::TrySendError::Disconnected(_)) => {
+                return Err(ApiError::Internal("password hashing unavailable"));
+            }
+        }
+        rx.await
+            .map_err(|_| ApiError::Internal("password hashing failed"))
+    }
+}
+
 /// Checks the credentials of requests against the configured users.
 pub(crate) struct Authenticator {
     users: Vec<User>,
@@ -270,8 +455,10 @@ pub(crate) struct Authenticator {
     cache_key: [u8; 32],
     /// HMAC(name, password) → user index, for credentials verified before.
     verified: Mutex<HashMap<[u8; 32], usize>>,
-    /// Bounds the password hashes computed at once.
-    hashing: Arc<Semaphore>,
+    /// Where password hashes are computed.
+    hashing: HashPool,
+    /// Failed logins and lock-outs.
+    throttle: Throttle,
     /// Verified for unknown users, so they cost what a wrong password costs.
     decoy: PasswordHash,
 }
@@ -282,7 +469,12 @@ enum Credentials {
 }
 
 impl Authenticator {
-    pub(crate) fn new(users: Vec<User>, max_concurrent_hashes: usize) -> Authenticator {
+    pub(crate) fn new(
+        users: Vec<User>,
+        max_concurrent_hashes: usize,
+        max_queued_hashes: usize,
+        throttle: ThrottleSettings,
+    ) -> Authenticator {
         let by_name = users
             .iter()
             .enumerate()
@@ -306,20 +498,44 @@ impl Authenticator {
             by_name,
             cache_key,
             verified: Mutex::new(HashMap::new()),
-            hashing: Arc::new(Semaphore::new(max_concurrent_hashes)),
+            hashing: HashPool::new(max_concurrent_hashes, max_queued_hashes),
+            throttle: Throttle {
+                settings: throttle,
+                entries: Mutex::new(HashMap::new()),
+                failed: AtomicU64::new(0),
+                lockouts: AtomicU64::new(0),
+                refused: AtomicU64::new(0),
+            },
             decoy,
         }
     }
 
-    /// Authenticates a request by its `Authorization` header.
+    /// What happened so far (read by the tests; a metrics endpoint can serve it).
+    #[allow(dead_code)]
+    pub(crate) fn counters(&self) -> AuthCounters {
+        AuthCounters {
+            failed_logins: self.throttle.failed.load(Ordering::Relaxed),
+            lockouts: self.throttle.lockouts.load(Ordering::Relaxed),
+            refused_while_locked: self.throttle.refused.load(Ordering::Relaxed),
+            refused_queue_full: self.hashing.full.load(Ordering::Relaxed),
+        }
+    }
+
+    /// Authenticates a request by its `Authorization` header; `peer` is the address it came
+    /// from, when known.
     ///
     /// # Errors
-    /// [`ApiError::Unauthorized`] when the header is missing, malformed or wrong.
-    pub(crate) async fn authenticate(&self, headers: &HeaderMap) -> Result<Principal, ApiError> {
+    /// [`ApiError::Unauthorized`] when the header is missing, malformed or wrong;
+    /// [`ApiError::LoginsLockedOut`] during a lock-out; 503 when the hashing queue is full.
+    pub(crate) async fn authenticate(
+        &self,
+        headers: &HeaderMap,
+        peer: Option<IpAddr>,
+    ) -> Result<Principal, ApiError> {
         let credentials = parse_authorization(headers)?;
         let index = match credentials {
             Credentials::Bearer(token) => self.by_token(token.as_bytes()),
-            Credentials::Basic { name, password } => self.by_password(name, password).await?,
+            Credentials::Basic { name, password } => self.by_password(name, password, peer).await?,
         };
         let user = index
             .map(|i| &self.users[i])
@@ -342,11 +558,20 @@ impl Authenticator {
         found
     }
 
-    async fn by_password(&self, name: String, password: String) -> Result<Option<usize>, ApiError> {
+    async fn by_password(
+        &self,
+        name: String,
+        password: String,
+        peer: Option<IpAddr>,
+    ) -> Result<Option<usize>, ApiError> {
+        let mut keys: Vec<ThrottleKey> = peer.map(ThrottleKey::Peer).into_iter().collect();
         let Some(&index) = self.by_name.get(name.as_str()) else {
+            self.check_lockout(&keys)?;
             self.hash(self.decoy.clone(), password).await?;
+            self.throttle.failed(&keys, Instant::now());
             return Ok(None);
         };
+        keys.push(ThrottleKey::User(self.users[index].name.clone()));
         let user = &self.users[index];
         if user
             .token
@@ -355,16 +580,20 @@ impl Authenticator {
         {
             return Ok(Some(index));
         }
-        let Some(hash) = user.password.clone() else {
-            // A token-only user: refuse after the same work as a wrong password.
-            self.hash(self.decoy.clone(), password).await?;
-            return Ok(None);
-        };
         let key = self.cache_key_of(&name, &password);
         if self.cache().get(&key) == Some(&index) {
             return Ok(Some(index));
         }
+        // Only now may the check cost a hash: refuse it during a lock-out.
+        self.check_lockout(&keys)?;
+        let Some(hash) = user.password.clone() else {
+            // A token-only user: refuse after the same work as a wrong password.
+            self.hash(self.decoy.clone(), password).await?;
+            self.throttle.failed(&keys, Instant::now());
+            return Ok(None);
+        };
         if !self.hash(hash, password).await? {
+            self.throttle.failed(&keys, Instant::now());
             return Ok(None);
         }
         let mut cache = self.cache();
@@ -375,17 +604,17 @@ impl Authenticator {
         Ok(Some(index))
     }
 
-    /// Verifies `password` against `hash` on a blocking thread, at most `max_concurrent_hashes`
-    /// at once.
+    /// Refuses a password check while `keys` are locked out.
+    fn check_lockout(&self, keys: &[ThrottleKey]) -> Result<(), ApiError> {
+        match self.throttle.locked(keys, Instant::now()) {
+            Some(left) => Err(ApiError::LoginsLockedOut(left.as_secs().max(1))),
+            None => Ok(()),
+        }
+    }
+
+    /// Verifies `password` against `hash` on the hashing threads.
     async fn hash(&self, hash: PasswordHash, password: String) -> Result<bool, ApiError> {
-        let _permit = self
-            .hashing
-            .acquire()
-            .await
-            .map_err(|_| ApiError::Internal("password hashing unavailable"))?;
-        tokio::task::spawn_blocking(move || hash.verify(password.as_bytes()))
-            .await
-            .map_err(|_| ApiError::Internal("password hashing failed"))
+        self.hashing.verify(hash, password).await
     }
 
     fn cache_key_of(&self, name: &str, password: &str) -> [u8; 32] {

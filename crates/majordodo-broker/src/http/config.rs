@@ -34,6 +34,42 @@ pub const DEFAULT_MAX_BODY_BYTES: usize = 16 * 1024 * 1024;
 /// costs only a socket and a few kilobytes.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 1_024;
 
+/// Default most connections open at once from one IP address. Beyond it a new connection from
+/// that address is closed at once, so one host (or one attacker) cannot hold every one of the
+/// `max_connections`; a hundred is ten Java clients' pools from behind one NAT address.
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 128;
+
+/// Default time a client has to send a request's head (request line and headers), counted from
+/// the connection's start or from its first byte after an idle pause. A slowloris client that
+/// trickles a header line every few seconds is closed when it runs out.
+pub const DEFAULT_HEADER_READ_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// Default time an idle keep-alive connection (no request in progress, no byte of the next one
+/// yet) stays open. Clients pool connections; sixty seconds keeps a busy client's pool warm and
+/// closes the ones nobody uses.
+pub const DEFAULT_KEEP_ALIVE_TIMEOUT: Duration = Duration::from_secs(60);
+
+/// Default most bytes of request bodies buffered at once, all requests together (256 MiB): a
+/// request reserves its declared length (or `max_body_bytes`) before reading its body, so 64
+/// maximal bodies cannot hold 1 GiB of memory; the others wait their turn.
+pub const DEFAULT_MAX_BUFFERED_BODY_BYTES: usize = 256 * 1024 * 1024;
+
+/// Default most password checks waiting for a hashing thread; beyond it a login is answered 503
+/// `broker_overloaded` at once instead of queueing without bound.
+pub const DEFAULT_MAX_QUEUED_HASHES: usize = 64;
+
+/// Default failed logins (wrong password or unknown user) from one IP address, or for one user,
+/// within `auth_failure_window_secs` that start a lock-out.
+pub const DEFAULT_AUTH_FAILURE_LIMIT: u32 = 10;
+
+/// Default window in which failed logins are counted.
+pub const DEFAULT_AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
+
+/// Default lock-out: while it lasts, password logins from the address (or for the user) are
+/// answered 429 without checking the password. Valid tokens and passwords verified before are
+/// still accepted, so a flood from a shared address does not lock out working clients.
+pub const DEFAULT_AUTH_LOCKOUT: Duration = Duration::from_secs(30);
+
 /// Default most requests handled at once; more wait for a turn. Each may buffer a body of up to
 /// `max_body_bytes`, so this bounds that memory (64 × 16 MiB = 1 GiB at worst); the broker's
 /// dispatcher serializes the work anyway, so more concurrency would not add throughput.
@@ -76,13 +112,28 @@ pub struct HttpConfig {
     pub max_body_bytes: usize,
     /// Most open connections; more wait in the kernel's accept queue. Default 1024.
     pub max_connections: usize,
-    /// Most requests handled at once; more wait. Default 64.
+    /// Most open connections from one IP address; more are closed at once. Default 128.
+    pub max_connections_per_address: usize,
+    /// Seconds a client has to send a request's head. Default 10.
+    pub header_read_timeout_secs: u64,
+    /// Seconds an idle keep-alive connection stays open. Default 60.
+    pub keep_alive_timeout_secs: u64,
+    /// Most requests handled at once (after authentication); more wait. Default 64.
     pub max_concurrent_requests: usize,
+    /// Most bytes of request bodies buffered at once, all requests together. Default 256 MiB.
+    pub max_buffered_body_bytes: usize,
     /// Seconds a client has to send a request body. Default 30.
     pub body_timeout_secs: u64,
     /// Value of the `Access-Control-Allow-Origin` header on every answer; empty sends none.
     /// Default `*`, as the original's `apiCorsEnabled=true`.
     pub cors_allow_origin: String,
+    /// Origins (`scheme://host[:port]`) whose browser requests are accepted besides the API's
+    /// own; `"*"` accepts any. A request whose `Origin` is another is refused 403. Default
+    /// none.
+    pub allowed_origins: Vec<String>,
+    /// Send a Basic challenge (`WWW-Authenticate: Basic`) with 401 answers, which makes browsers
+    /// ask for a password. Default false: only a Bearer challenge is sent.
+    pub basic_challenge: bool,
     /// Compress answers with gzip when the client accepts it. Default true.
     pub gzip: bool,
     /// Hard cap on the `tasks` view's `max`. Default 10 000.
@@ -93,6 +144,15 @@ pub struct HttpConfig {
     pub max_response_bytes: usize,
     /// Most password hashes verified at once. Default 1.
     pub max_concurrent_hashes: usize,
+    /// Most password checks waiting for a hashing thread. Default 64.
+    pub max_queued_hashes: usize,
+    /// Failed logins from one address or for one user, within the window, that lock it out.
+    /// Default 10.
+    pub auth_failure_limit: u32,
+    /// Seconds in which failed logins are counted. Default 60.
+    pub auth_failure_window_secs: u64,
+    /// Seconds a lock-out lasts. Default 30.
+    pub auth_lockout_secs: u64,
     /// Largest code-pool archive (decoded) `createCodePool` accepts. Default 8 MiB.
     pub codepool_max_archive_bytes: usize,
     /// Most entries of a code-pool archive. Default 10 000.
@@ -108,14 +168,24 @@ impl Default for HttpConfig {
         HttpConfig {
             max_body_bytes: DEFAULT_MAX_BODY_BYTES,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            header_read_timeout_secs: DEFAULT_HEADER_READ_TIMEOUT.as_secs(),
+            keep_alive_timeout_secs: DEFAULT_KEEP_ALIVE_TIMEOUT.as_secs(),
             max_concurrent_requests: DEFAULT_MAX_CONCURRENT_REQUESTS,
+            max_buffered_body_bytes: DEFAULT_MAX_BUFFERED_BODY_BYTES,
             body_timeout_secs: DEFAULT_BODY_TIMEOUT.as_secs(),
             cors_allow_origin: "*".into(),
+            allowed_origins: Vec::new(),
+            basic_challenge: false,
             gzip: true,
             tasks_max_limit: DEFAULT_TASKS_MAX_LIMIT,
             scan_budget: DEFAULT_SCAN_BUDGET,
             max_response_bytes: DEFAULT_MAX_RESPONSE_BYTES,
             max_concurrent_hashes: DEFAULT_MAX_CONCURRENT_HASHES,
+            max_queued_hashes: DEFAULT_MAX_QUEUED_HASHES,
+            auth_failure_limit: DEFAULT_AUTH_FAILURE_LIMIT,
+            auth_failure_window_secs: DEFAULT_AUTH_FAILURE_WINDOW.as_secs(),
+            auth_lockout_secs: DEFAULT_AUTH_LOCKOUT.as_secs(),
             codepool_max_archive_bytes: DEFAULT_CODEPOOL_MAX_ARCHIVE_BYTES,
             codepool_max_files: majordodo_proto::archive::DEFAULT_MAX_FILES,
             codepool_max_unpacked_bytes: majordodo_proto::archive::DEFAULT_MAX_UNPACKED_BYTES,
@@ -129,14 +199,27 @@ impl fmt::Debug for HttpConfig {
         f.debug_struct("HttpConfig")
             .field("max_body_bytes", &self.max_body_bytes)
             .field("max_connections", &self.max_connections)
+            .field(
+                "max_connections_per_address",
+                &self.max_connections_per_address,
+            )
+            .field("header_read_timeout_secs", &self.header_read_timeout_secs)
+            .field("keep_alive_timeout_secs", &self.keep_alive_timeout_secs)
             .field("max_concurrent_requests", &self.max_concurrent_requests)
+            .field("max_buffered_body_bytes", &self.max_buffered_body_bytes)
             .field("body_timeout_secs", &self.body_timeout_secs)
             .field("cors_allow_origin", &self.cors_allow_origin)
+            .field("allowed_origins", &self.allowed_origins)
+            .field("basic_challenge", &self.basic_challenge)
             .field("gzip", &self.gzip)
             .field("tasks_max_limit", &self.tasks_max_limit)
             .field("scan_budget", &self.scan_budget)
             .field("max_response_bytes", &self.max_response_bytes)
             .field("max_concurrent_hashes", &self.max_concurrent_hashes)
+            .field("max_queued_hashes", &self.max_queued_hashes)
+            .field("auth_failure_limit", &self.auth_failure_limit)
+            .field("auth_failure_window_secs", &self.auth_failure_window_secs)
+            .field("auth_lockout_secs", &self.auth_lockout_secs)
             .field(
                 "codepool_max_archive_bytes",
                 &self.codepool_max_archive_bytes,
@@ -225,6 +308,9 @@ pub enum HttpConfigError {
     /// The CORS origin cannot be a header value.
     #[error("http: cors_allow_origin is not a valid header value")]
     BadCorsOrigin,
+    /// An entry of `allowed_origins` is not `*` nor `scheme://host[:port]`.
+    #[error("http: allowed_origins: {0:?} is not \"*\" nor scheme://host[:port]")]
+    BadAllowedOrigin(String),
 }
 
 /// Validated HTTP settings, ready for [`super::router`].
@@ -232,14 +318,23 @@ pub enum HttpConfigError {
 pub struct HttpSettings {
     pub(crate) max_body_bytes: usize,
     pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_address: usize,
+    pub(crate) header_read_timeout: Duration,
+    pub(crate) keep_alive_timeout: Duration,
     pub(crate) max_concurrent_requests: usize,
+    pub(crate) max_buffered_body_bytes: usize,
     pub(crate) body_timeout: Duration,
     pub(crate) cors_allow_origin: Option<HeaderValue>,
+    /// Lowercased; `None` accepts any origin.
+    pub(crate) allowed_origins: Option<Vec<String>>,
+    pub(crate) basic_challenge: bool,
     pub(crate) gzip: bool,
     pub(crate) tasks_max_limit: u32,
     pub(crate) scan_budget: usize,
     pub(crate) max_response_bytes: usize,
     pub(crate) max_concurrent_hashes: usize,
+    pub(crate) max_queued_hashes: usize,
+    pub(crate) throttle: super::auth::ThrottleSettings,
     pub(crate) codepool_max_archive_bytes: usize,
     pub(crate) codepool_limits: majordodo_proto::archive::ArchiveLimits,
     pub(crate) users: Vec<User>,
@@ -261,7 +356,35 @@ impl HttpConfig {
     /// # Errors
     /// [`HttpConfigError`] naming the first problem.
     pub fn validate(&self) -> Result<HttpSettings, HttpConfigError> {
-        let limits: [(bool, &'static str); 10] = [
+        let limits: [(bool, &'static str); 17] = [
+            (
+                self.max_connections_per_address == 0,
+                "max_connections_per_address must be at least 1",
+            ),
+            (
+                self.header_read_timeout_secs == 0,
+                "header_read_timeout_secs must be at least 1",
+            ),
+            (
+                self.keep_alive_timeout_secs == 0,
+                "keep_alive_timeout_secs must be at least 1",
+            ),
+            (
+                self.max_buffered_body_bytes < self.max_body_bytes,
+                "max_buffered_body_bytes must be at least max_body_bytes",
+            ),
+            (
+                self.auth_failure_limit == 0,
+                "auth_failure_limit must be at least 1",
+            ),
+            (
+                self.auth_failure_window_secs == 0,
+                "auth_failure_window_secs must be at least 1",
+            ),
+            (
+                self.auth_lockout_secs == 0,
+                "auth_lockout_secs must be at least 1",
+            ),
             (
                 self.codepool_max_archive_bytes == 0,
                 "codepool_max_archive_bytes must be at least 1",
@@ -311,6 +434,21 @@ impl HttpConfig {
                     .map_err(|_| HttpConfigError::BadCorsOrigin)?,
             )
         };
+        let allowed_origins = if self.allowed_origins.iter().any(|o| o == "*") {
+            None
+        } else {
+            let mut origins = Vec::with_capacity(self.allowed_origins.len());
+            for o in &self.allowed_origins {
+                let valid = o.split_once("://").is_some_and(|(scheme, host)| {
+                    !scheme.is_empty() && !host.is_empty() && !host.contains(['/', ' ', '?', '#'])
+                });
+                if !valid {
+                    return Err(HttpConfigError::BadAllowedOrigin(o.clone()));
+                }
+                origins.push(o.to_ascii_lowercase());
+            }
+            Some(origins)
+        };
         if self.users.is_empty() {
             return Err(HttpConfigError::NoUsers);
         }
@@ -351,14 +489,26 @@ impl HttpConfig {
         Ok(HttpSettings {
             max_body_bytes: self.max_body_bytes,
             max_connections: self.max_connections,
+            max_connections_per_address: self.max_connections_per_address,
+            header_read_timeout: Duration::from_secs(self.header_read_timeout_secs),
+            keep_alive_timeout: Duration::from_secs(self.keep_alive_timeout_secs),
             max_concurrent_requests: self.max_concurrent_requests,
+            max_buffered_body_bytes: self.max_buffered_body_bytes,
             body_timeout: Duration::from_secs(self.body_timeout_secs),
             cors_allow_origin,
+            allowed_origins,
+            basic_challenge: self.basic_challenge,
             gzip: self.gzip,
             tasks_max_limit: self.tasks_max_limit,
             scan_budget: self.scan_budget,
             max_response_bytes: self.max_response_bytes,
             max_concurrent_hashes: self.max_concurrent_hashes,
+            max_queued_hashes: self.max_queued_hashes,
+            throttle: super::auth::ThrottleSettings {
+                limit: self.auth_failure_limit,
+                window: Duration::from_secs(self.auth_failure_window_secs),
+                lockout: Duration::from_secs(self.auth_lockout_secs),
+            },
             codepool_max_archive_bytes: self.codepool_max_archive_bytes,
             codepool_limits: majordodo_proto::archive::ArchiveLimits {
                 max_files: self.codepool_max_files,

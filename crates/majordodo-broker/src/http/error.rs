@@ -12,11 +12,13 @@ use majordodo_proto::http::{BODY_FIELD, ErrorBody, FieldError};
 use super::json_response;
 use crate::BrokerError;
 
-/// `WWW-Authenticate` challenges sent with every 401: both schemes are accepted.
-const CHALLENGES: [&str; 2] = [
-    "Basic realm=\"majordodo\", charset=\"UTF-8\"",
-    "Bearer realm=\"majordodo\"",
-];
+/// `WWW-Authenticate` challenge sent with every 401. A Basic challenge makes browsers prompt
+/// for (and then cache and replay) a password, so it is sent only when configured
+/// (`http.basic_challenge`, added by the router): Basic credentials are accepted either way.
+const BEARER_CHALLENGE: &str = "Bearer realm=\"majordodo\"";
+
+/// The Basic challenge sent when `http.basic_challenge` is set.
+pub(crate) const BASIC_CHALLENGE: &str = "Basic realm=\"majordodo\", charset=\"UTF-8\"";
 
 /// Seconds a client should wait before retrying an overloaded broker.
 const RETRY_AFTER_SECS: &str = "1";
@@ -30,6 +32,13 @@ pub enum ApiError {
     /// No valid credentials (401). Send Basic or bearer credentials of a configured user.
     #[error("unauthorized: {0}")]
     Unauthorized(&'static str),
+    /// Too many failed password logins from this address or for this user (429): password
+    /// logins are refused for the given seconds without being checked.
+    #[error("password logins locked out for {0} s")]
+    LoginsLockedOut(u64),
+    /// A `POST` body that is not declared `application/json` (415).
+    #[error("unsupported media type")]
+    UnsupportedMediaType,
     /// Authenticated, but not allowed to do this (403).
     #[error("forbidden: {0}")]
     Forbidden(FieldError),
@@ -107,7 +116,8 @@ impl ApiError {
             ApiError::BodyTimeout => StatusCode::REQUEST_TIMEOUT,
             ApiError::Missing(_) => StatusCode::NOT_FOUND,
             ApiError::Conflict(..) => StatusCode::CONFLICT,
-            ApiError::TooMany(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::TooMany(_) | ApiError::LoginsLockedOut(_) => StatusCode::TOO_MANY_REQUESTS,
+            ApiError::UnsupportedMediaType => StatusCode::UNSUPPORTED_MEDIA_TYPE,
             ApiError::TooLarge(_) | ApiError::Broker(BrokerError::TooLarge { .. }) => {
                 StatusCode::PAYLOAD_TOO_LARGE
             }
@@ -138,6 +148,19 @@ impl ApiError {
             }
             ApiError::TooMany(e) => (e.problem.clone(), Some(e.field.clone()), true),
             ApiError::Unauthorized(why) => ((*why).to_owned(), None, false),
+            ApiError::LoginsLockedOut(secs) => (
+                format!(
+                    "too many failed logins from this address or for this user: password logins \
+                     are refused for {secs} s; tokens and passwords verified before still work"
+                ),
+                Some("authorization".to_owned()),
+                true,
+            ),
+            ApiError::UnsupportedMediaType => (
+                "a POST body must be JSON, sent with Content-Type: application/json".to_owned(),
+                Some("content-type".to_owned()),
+                false,
+            ),
             ApiError::NotFound => (
                 "no such path; the API is at /majordodo".to_owned(),
                 None,
@@ -227,9 +250,10 @@ impl IntoResponse for ApiError {
         let headers = response.headers_mut();
         match self {
             ApiError::Unauthorized(_) => {
-                for c in CHALLENGES {
-                    headers.append(WWW_AUTHENTICATE, HeaderValue::from_static(c));
-                }
+                headers.append(WWW_AUTHENTICATE, HeaderValue::from_static(BEARER_CHALLENGE));
+            }
+            ApiError::LoginsLockedOut(secs) => {
+                headers.insert(RETRY_AFTER, HeaderValue::from(secs));
             }
             ApiError::MethodNotAllowed => {
                 headers.insert(ALLOW, HeaderValue::from_static("GET, HEAD, POST, OPTIONS"));

@@ -93,9 +93,10 @@ pub(crate) fn string_or_null<'de, D: Deserializer<'de>>(d: D) -> Result<String, 
     d.deserialize_option(S)
 }
 
-/// Parses a string holding a decimal integer (an optional sign, then digits, nothing else).
+/// Parses a string holding a decimal integer: an optional minus sign, then ASCII digits, nothing
+/// else (no plus sign, no spaces, no other digits).
 pub(crate) fn parse_int(s: &str) -> Option<i64> {
-    let digits = s.strip_prefix(['-', '+']).unwrap_or(s);
+    let digits = s.strip_prefix('-').unwrap_or(s);
     if digits.is_empty() || !digits.bytes().all(|b| b.is_ascii_digit()) {
         return None;
     }

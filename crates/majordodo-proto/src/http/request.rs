@@ -1,17 +1,18 @@
 //! `POST` bodies: the actions (`submitTask`, `submitTasks`, the transactions, `cancelTask`),
 //! parsed and validated field by field.
 //!
-//! Parsing works on a `serde_json::Value` rather than a derived struct so that every problem
-//! names its field (`tasks[3].maxattempts`) and says what is wrong in words, which a derived
-//! deserializer cannot do. Everything that can be wrong with outside data is a [`FieldError`];
-//! nothing here panics.
+//! The body is read by [`super::json`] without expanding it (the tasks of `submitTasks` one by
+//! one, every other value size- and depth-capped, duplicate keys refused); each object is then
+//! checked field by field so that every problem names its field (`tasks[3].maxattempts`) and
+//! says what is wrong in words, which a derived deserializer cannot do. Everything that can be
+//! wrong with outside data is a [`FieldError`]; nothing here panics.
 
 use serde_json::{Map, Value};
 
 use super::lenient::parse_int;
 use super::{
-    BODY_FIELD, FieldError, MAX_ATTEMPTS_LIMIT, MAX_BATCH_TASKS, MAX_IDEMPOTENCY_KEY_BYTES,
-    MAX_NAME_BYTES, MAX_PRIORITY, MAX_TASK_ID, MAX_TIMESTAMP,
+    BODY_FIELD, FieldError, MAX_ATTEMPTS_LIMIT, MAX_IDEMPOTENCY_KEY_BYTES, MAX_NAME_BYTES,
+    MAX_PRIORITY, MAX_TASK_ID, MAX_TIMESTAMP,
 };
 pub use majordodo_core::quota::QuotaTenant;
 use majordodo_core::quota::{CPU, MAX_AMOUNT, MEMORY, normalize};
@@ -55,6 +56,11 @@ const TASK_FIELDS: [&str; 16] = [
     "memory",
     "needs",
 ];
+
+/// Whether `k` is a field of one task.
+pub(super) fn is_task_field(k: &str) -> bool {
+    TASK_FIELDS.contains(&k)
+}
 
 /// Fields the original read from the outer `submitTasks` object (a bug); here they belong to each
 /// task and are refused outside, so a client relying on the bug learns it at once.
@@ -197,7 +203,7 @@ impl TaskSubmission {
 
     /// Reads a task from `obj`; `path` prefixes field names in errors (`""` or `"tasks[3]."`).
     /// Fields not in `allowed` are refused.
-    fn parse(
+    pub(super) fn parse(
         obj: &Map<String, Value>,
         path: &str,
         allowed: &dyn Fn(&str) -> bool,
@@ -445,11 +451,7 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
             ),
         )
     })?;
-    let value: Value = serde_json::from_str(text)
-        .map_err(|e| FieldError::new(BODY_FIELD, format!("is not valid JSON: {e}")))?;
-    let Value::Object(obj) = value else {
-        return Err(FieldError::new(BODY_FIELD, "must be a JSON object"));
-    };
+    let super::json::Body { obj, tasks } = super::json::read_body(text)?;
     let action = match obj.get("action") {
         None | Some(Value::Null) => return Err(FieldError::new("action", "is required")),
         Some(Value::String(s)) => s.as_str(),
@@ -460,7 +462,7 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
             let allowed = |k: &str| k == "action" || TASK_FIELDS.contains(&k);
             TaskSubmission::parse(&obj, "", &allowed).map(ActionRequest::SubmitTask)
         }
-        "submitTasks" => parse_submit_tasks(&obj).map(ActionRequest::SubmitTasks),
+        "submitTasks" => parse_submit_tasks(&obj, tasks).map(ActionRequest::SubmitTasks),
         "createCodePool" => super::codepool::parse_create(&obj).map(ActionRequest::CreateCodePool),
         "deleteCodePool" => super::codepool::parse_delete(&obj).map(ActionRequest::DeleteCodePool),
         "setServiceLevel" => parse_service_level(&obj).map(ActionRequest::SetServiceLevel),
@@ -659,7 +661,10 @@ fn parse_quota(obj: &Map<String, Value>) -> Result<QuotaChange, FieldError> {
     })
 }
 
-fn parse_submit_tasks(obj: &Map<String, Value>) -> Result<Vec<TaskSubmission>, FieldError> {
+fn parse_submit_tasks(
+    obj: &Map<String, Value>,
+    tasks: Option<Vec<TaskSubmission>>,
+) -> Result<Vec<TaskSubmission>, FieldError> {
     let outer = Fields { obj, path: "" };
     for key in obj.keys() {
         if PER_TASK_ONLY.contains(&key.as_str()) {
@@ -671,41 +676,23 @@ fn parse_submit_tasks(obj: &Map<String, Value>) -> Result<Vec<TaskSubmission>, F
     }
     // A transaction given beside `tasks` applies to each task that names none.
     let outer_tx = outer.transaction("transaction")?;
-    let tasks = match obj.get("tasks") {
-        None | Some(Value::Null) => return Err(FieldError::new("tasks", "is required")),
-        Some(Value::Array(tasks)) => tasks,
-        Some(_) => return Err(FieldError::new("tasks", "must be an array of task objects")),
+    let mut tasks = match (obj.contains_key("tasks"), tasks) {
+        (false, _) => return Err(FieldError::new("tasks", "is required")),
+        (true, None) => return Err(FieldError::new("tasks", "must be an array of task objects")),
+        (true, Some(tasks)) => tasks,
     };
-    if tasks.len() > MAX_BATCH_TASKS {
-        return Err(FieldError::new(
-            "tasks",
-            format!(
-                "holds {} tasks; at most {MAX_BATCH_TASKS} are accepted in one request",
-                tasks.len()
-            ),
-        ));
-    }
-    let allowed = |k: &str| TASK_FIELDS.contains(&k);
-    tasks
-        .iter()
-        .enumerate()
-        .map(|(i, t)| match t {
-            Value::Object(task) => {
-                let mut t = TaskSubmission::parse(task, &format!("tasks[{i}]."), &allowed)?;
-                if t.transaction.is_none() && outer_tx.is_some() {
-                    if t.idempotency_key.is_some() {
-                        return Err(FieldError::new(
-                            format!("tasks[{i}].idempotencyKey"),
-                            "cannot be used inside a transaction: commit the transaction again instead",
-                        ));
-                    }
-                    t.transaction = outer_tx;
-                }
-                Ok(t)
+    for (i, t) in tasks.iter_mut().enumerate() {
+        if t.transaction.is_none() && outer_tx.is_some() {
+            if t.idempotency_key.is_some() {
+                return Err(FieldError::new(
+                    format!("tasks[{i}].idempotencyKey"),
+                    "cannot be used inside a transaction: commit the transaction again instead",
+                ));
             }
-            _ => Err(FieldError::new(format!("tasks[{i}]"), "must be an object")),
-        })
-        .collect()
+            t.transaction = outer_tx;
+        }
+    }
+    Ok(tasks)
 }
 
 /// Typed reads of the fields of one JSON object, with errors naming `path` + field.
@@ -817,7 +804,8 @@ impl Fields<'_> {
         let value = match self.obj.get(name) {
             None | Some(Value::Null) => return Ok(None),
             Some(Value::Number(n)) => n.as_i64(),
-            Some(Value::String(s)) => s.trim().parse::<i64>().ok(),
+            // Digits only, an optional minus sign first: no spaces, no plus sign.
+            Some(Value::String(s)) => parse_int(s),
             Some(other) => {
                 return Err(self.error(name, format!("must be an integer, not {}", kind(other))));
             }
@@ -847,7 +835,7 @@ impl Fields<'_> {
             Some(Value::String(s)) => match parse_int(s) {
                 Some(v) => v,
                 None => {
-                    let unsigned = s.strip_prefix(['-', '+']).unwrap_or(s);
+                    let unsigned = s.strip_prefix('-').unwrap_or(s);
                     let digits =
                         !unsigned.is_empty() && unsigned.bytes().all(|b| b.is_ascii_digit());
                     let problem = if digits && s.starts_with('-') {
@@ -917,7 +905,7 @@ fn kind(v: &Value) -> &'static str {
 }
 
 /// Caps outside text quoted in messages, so an error never echoes a huge value.
-pub(crate) fn clip(s: &str) -> &str {
+pub fn clip(s: &str) -> &str {
     const MAX: usize = 64;
     if s.len() <= MAX {
         return s;

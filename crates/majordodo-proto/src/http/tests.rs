@@ -686,3 +686,113 @@ fn needs_and_quotas_parse_and_bad_ones_name_their_field() {
         "weight"
     );
 }
+
+#[test]
+fn duplicate_keys_are_refused_naming_the_key_at_every_level() {
+    // Goal: a key given twice is refused (400 naming it) instead of the last one silently
+    // winning, in the body, in a task of submitTasks and inside needs.
+    let e = parse_action(br#"{"action":"submitTask","userid":"a","tasktype":"t","userid":"b"}"#)
+        .unwrap_err();
+    assert_eq!(e.field, "userid", "{e}");
+    assert!(e.problem.contains("twice"), "{e}");
+    let e = parse_action(
+        br#"{"action":"submitTasks","tasks":[{"userid":"a","tasktype":"t"},{"userid":"a","tasktype":"t","tasktype":"u"}]}"#,
+    )
+    .unwrap_err();
+    assert_eq!(e.field, "tasks[1].tasktype", "{e}");
+    let e = parse_action(
+        br#"{"action":"submitTask","userid":"a","tasktype":"t","needs":{"db":1,"db":2}}"#,
+    )
+    .unwrap_err();
+    assert_eq!(e.field, "needs.db", "{e}");
+    let e = parse_action(br#"{"action":"submitTask","action":"submitTask"}"#).unwrap_err();
+    assert_eq!(e.field, "action", "{e}");
+}
+
+#[test]
+fn numeric_strings_accept_digits_only() {
+    // Goal: a numeric field given as a string holds ASCII digits (and a leading minus where the
+    // field is signed) and nothing else: "+3", " 3", "3 " and "٣" are refused naming the field.
+    let submit = |field: &str, v: &str| {
+        parse_action(
+            json!({"action": "submitTask", "userid": "u", "tasktype": "t", field: v})
+                .to_string()
+                .as_bytes(),
+        )
+    };
+    for bad in ["+3", " 3", "3 ", "\u{663}", "3.0", "0x3", ""] {
+        let e = submit("maxattempts", bad).unwrap_err();
+        assert_eq!(e.field, "maxattempts", "{bad:?}: {e}");
+        let e = submit("priority", bad).unwrap_err();
+        assert_eq!(e.field, "priority", "{bad:?}: {e}");
+    }
+    let e = submit("maxattempts", "+3").unwrap_err();
+    assert!(e.problem.contains("\"+3\""), "{e}");
+    let ok = submit("maxattempts", "3").unwrap();
+    assert!(matches!(ok, ActionRequest::SubmitTask(t) if t.max_attempts == 3));
+    let ok = submit("priority", "-3").unwrap();
+    assert!(matches!(ok, ActionRequest::SubmitTask(t) if t.priority == -3));
+    let e = parse_action(br#"{"action":"cancelTask","taskId":"+7"}"#).unwrap_err();
+    assert_eq!(e.field, "taskId");
+    assert!(
+        parse_view(&[
+            ("view".into(), "task".into()),
+            ("taskId".into(), "+7".into())
+        ])
+        .is_err()
+    );
+}
+
+#[test]
+fn bodies_are_read_without_expansion_and_nesting_is_capped() {
+    // Goal: a body whose shape would expand (many tiny values, deep nesting) is refused at the
+    // first value out of bounds, naming the field, and a batch over the task limit is refused
+    // while it is read.
+    let deep = format!(
+        r#"{{"action":"submitTask","userid":"u","tasktype":"t","needs":{}{}}}"#,
+        "[".repeat(MAX_JSON_DEPTH + 2),
+        "]".repeat(MAX_JSON_DEPTH + 2)
+    );
+    let e = parse_action(deep.as_bytes()).unwrap_err();
+    assert!(e.field.starts_with("needs"), "{e}");
+    assert!(e.problem.contains("nests too deep"), "{e}");
+    let wide = format!(
+        r#"{{"action":"setServiceLevel","userid":"u","group":1,"resources":[{}]}}"#,
+        vec!["0"; MAX_JSON_VALUES + 1].join(",")
+    );
+    let e = parse_action(wide.as_bytes()).unwrap_err();
+    assert!(e.field.starts_with("resources"), "{e}");
+    assert!(e.problem.contains("too many values"), "{e}");
+    // Tiny arrays in place of tasks: refused at the first one.
+    let arrays = format!(
+        r#"{{"action":"submitTasks","tasks":[{}]}}"#,
+        vec!["[]"; 100_000].join(",")
+    );
+    let e = parse_action(arrays.as_bytes()).unwrap_err();
+    assert_eq!(e, FieldError::new("tasks[0]", "must be an object"));
+    let task = r#"{"userid":"u","tasktype":"t"}"#;
+    let many = format!(
+        r#"{{"action":"submitTasks","tasks":[{}]}}"#,
+        vec![task; MAX_BATCH_TASKS + 1].join(",")
+    );
+    let e = parse_action(many.as_bytes()).unwrap_err();
+    assert_eq!(e.field, "tasks", "{e}");
+    let at_limit = format!(
+        r#"{{"action":"submitTasks","tasks":[{}]}}"#,
+        vec![task; MAX_BATCH_TASKS].join(",")
+    );
+    assert!(
+        matches!(parse_action(at_limit.as_bytes()).unwrap(), ActionRequest::SubmitTasks(t) if t.len() == MAX_BATCH_TASKS)
+    );
+    // `tasks` before `action` and in another action.
+    assert!(parse_action(br#"{"tasks":[],"action":"submitTasks"}"#).is_ok());
+    let e = parse_action(br#"{"tasks":[],"action":"submitTask","userid":"u","tasktype":"t"}"#)
+        .unwrap_err();
+    assert_eq!(e.field, "tasks", "{e}");
+    let e = parse_action(br#"{"action":"submitTasks","tasks":{}}"#).unwrap_err();
+    assert_eq!(e.field, "tasks", "{e}");
+    let e = parse_action(br#"{"action":"submitTasks","tasks":null}"#).unwrap_err();
+    assert_eq!(e, FieldError::new("tasks", "is required"));
+    let e = parse_action(br#"{"action":"submitTasks"} x"#).unwrap_err();
+    assert_eq!(e.field, BODY_FIELD, "{e}");
+}
