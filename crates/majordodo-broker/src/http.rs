@@ -155,7 +155,8 @@ pub async fn serve(
     settings: HttpSettings,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
-    let listener = listener::LimitedListener::new(listener, settings.max_connections);
+    let listener =
+        listener::LimitedListener::new(listener, settings.max_connections, settings.tls.clone());
     tracing::info!(addr = ?axum::serve::Listener::local_addr(&listener).ok(), "http api started");
     let result = axum::serve(listener, router(broker, settings))
         .with_graceful_shutdown(shutdown)

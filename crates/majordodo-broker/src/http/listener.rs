@@ -9,7 +9,7 @@ use std::task::{Context, Poll};
 use std::time::Duration;
 
 use tokio::io::{AsyncRead, AsyncWrite, ReadBuf};
-use tokio::net::{TcpListener, TcpStream};
+use tokio::net::TcpListener;
 use tokio::sync::{OwnedSemaphorePermit, Semaphore};
 
 /// Pause after a failed `accept` (for example too many open files), so the loop does not spin.
@@ -18,20 +18,27 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 pub(crate) struct LimitedListener {
     inner: TcpListener,
     permits: Arc<Semaphore>,
+    /// TLS for every accepted connection, when set.
+    tls: Option<majordodo_tls::ServerTls>,
 }
 
 impl LimitedListener {
-    pub(crate) fn new(inner: TcpListener, max_connections: usize) -> LimitedListener {
+    pub(crate) fn new(
+        inner: TcpListener,
+        max_connections: usize,
+        tls: Option<majordodo_tls::ServerTls>,
+    ) -> LimitedListener {
         LimitedListener {
             inner,
             permits: Arc::new(Semaphore::new(max_connections)),
+            tls,
         }
     }
 }
 
 /// An accepted connection and its permit.
 pub(crate) struct LimitedStream {
-    stream: TcpStream,
+    stream: majordodo_tls::ServerStream,
     _permit: OwnedSemaphorePermit,
 }
 
@@ -54,7 +61,7 @@ impl axum::serve::Listener for LimitedListener {
                     }
                     return (
                         LimitedStream {
-                            stream,
+                            stream: majordodo_tls::accept(self.tls.as_ref(), stream),
                             _permit: permit,
                         },
                         peer,
