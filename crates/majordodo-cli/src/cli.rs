@@ -282,6 +282,10 @@ pub(crate) struct BrokerArgs {
     /// File holding the ledgers' password (overrides cluster.ledger_password_file).
     #[arg(long, value_name = "FILE")]
     pub(crate) ledger_password_file: Option<PathBuf>,
+    /// File holding ZooKeeper digest credentials, user:password (overrides
+    /// cluster.zk_digest_file).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) zk_digest_file: Option<PathBuf>,
     /// Roll ledgers after this many bytes (overrides cluster.ledger_roll_size).
     #[arg(long, value_name = "SIZE")]
     pub(crate) ledger_roll_size: Option<String>,

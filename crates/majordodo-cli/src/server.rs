@@ -195,6 +195,9 @@ fn apply_cluster_flags(
     if let Some(v) = &args.digest {
         c.digest = v.clone();
     }
+    if let Some(v) = &args.zk_digest_file {
+        c.zk_digest_file = Some(absolute(v)?);
+    }
     if let Some(v) = &args.ledger_password_file {
         c.ledger_password_file = Some(absolute(v)?);
     }
