@@ -345,8 +345,12 @@ impl RunningBroker {
                     http_addr.port(),
                     majordodo_proto::http::API_PATH
                 );
-                let me =
+                let mut me =
                     BrokerInfo::new(&host, worker_addr.port(), &api_url, &parts.broker.broker_id);
+                // The original's flag telling workers that the worker port speaks TLS.
+                if parts.listener.tls.is_some() {
+                    me.ssl = "true".to_owned();
+                }
                 Broker::launch_replicated(
                     parts.broker,
                     ClusterSettings {
