@@ -204,7 +204,8 @@ pub async fn serve(
         header_read_timeout: settings.header_read_timeout,
         keep_alive_timeout: settings.keep_alive_timeout,
     };
-    let result = listener::serve(listener, router(broker, settings), limits, shutdown).await;
+    let tls = settings.tls.clone();
+    let result = listener::serve(listener, router(broker, settings), limits, tls, shutdown).await;
     tracing::info!("http api stopped");
     result
 }

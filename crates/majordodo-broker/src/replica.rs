@@ -490,10 +490,14 @@ pub async fn download_snapshot(
             "download a snapshot from {api_url}: {what}"
         )))
     };
-    let client = reqwest::Client::builder()
-        .timeout(DOWNLOAD_TIMEOUT)
-        .build()
-        .map_err(|e| failed(e.to_string()))?;
+    let mut client = reqwest::Client::builder().timeout(DOWNLOAD_TIMEOUT);
+    if api_url.starts_with("https://") {
+        // A leader serving TLS is verified against this host's root certificates.
+        let tls = majordodo_tls::client_config(&majordodo_tls::ClientTlsFiles::default())
+            .map_err(|e| failed(e.to_string()))?;
+        client = client.use_preconfigured_tls(std::sync::Arc::unwrap_or_clone(tls));
+    }
+    let client = client.build().map_err(|e| failed(e.to_string()))?;
     let url = format!("{}/snapshot", api_url.trim_end_matches('/'));
     let response = client
         .get(&url)

@@ -96,6 +96,9 @@ pub struct ListenerConfig {
     pub max_frame_size: usize,
     /// Capacity of each connection's outbound queue.
     pub outbound_queue: usize,
+    /// TLS on the port (and, with a client CA, the client certificate that must name each
+    /// worker's id); `None` serves plain TCP.
+    pub tls: Option<majordodo_tls::ServerTls>,
 }
 
 impl ListenerConfig {
@@ -111,6 +114,7 @@ impl ListenerConfig {
             max_worker_idle_time: DEFAULT_MAX_WORKER_IDLE_TIME,
             max_frame_size: DEFAULT_MAX_FRAME_SIZE,
             outbound_queue: DEFAULT_OUTBOUND_QUEUE,
+            tls: None,
         }
     }
 
@@ -200,6 +204,7 @@ pub async fn run(
         next_conn += 1;
         let shared = shared.clone();
         connections.spawn(async move {
+            let socket = majordodo_tls::accept(shared.config.tls.as_ref(), socket);
             connection::serve(conn, socket, peer, shared).await;
             drop(permit);
         });

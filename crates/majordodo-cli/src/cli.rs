@@ -282,6 +282,10 @@ pub(crate) struct BrokerArgs {
     /// File holding the ledgers' password (overrides cluster.ledger_password_file).
     #[arg(long, value_name = "FILE")]
     pub(crate) ledger_password_file: Option<PathBuf>,
+    /// File holding ZooKeeper digest credentials, user:password (overrides
+    /// cluster.zk_digest_file).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) zk_digest_file: Option<PathBuf>,
     /// Roll ledgers after this many bytes (overrides cluster.ledger_roll_size).
     #[arg(long, value_name = "SIZE")]
     pub(crate) ledger_roll_size: Option<String>,
@@ -327,6 +331,19 @@ pub(crate) struct WorkerArgs {
     /// File holding the shared secret (overrides shared_secret[_file]).
     #[arg(long, value_name = "FILE")]
     pub(crate) shared_secret_file: Option<PathBuf>,
+    /// Connect with TLS, verifying the broker against the system's roots (sets tls).
+    #[arg(long)]
+    pub(crate) tls: bool,
+    /// Verify the broker against the CA certificates of this PEM file, with TLS (sets
+    /// tls_ca_file).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) ca_file: Option<PathBuf>,
+    /// Client certificate (PEM) presented to the broker, with TLS (sets tls_cert_file).
+    #[arg(long, value_name = "FILE", requires = "tls_key_file")]
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    /// Private key of --tls-cert-file (sets tls_key_file).
+    #[arg(long, value_name = "FILE", requires = "tls_cert_file")]
+    pub(crate) tls_key_file: Option<PathBuf>,
     /// Most tasks at once (overrides max_threads).
     #[arg(long, value_name = "N")]
     pub(crate) max_threads: Option<u32>,
@@ -382,6 +399,10 @@ pub(crate) struct ClientArgs {
     /// Time limit of each HTTP request.
     #[arg(long, value_name = "DURATION", default_value = "30s", value_parser = parse_duration)]
     pub(crate) timeout: std::time::Duration,
+    /// Verify an https:// broker against the CA certificates of this PEM file instead of the
+    /// system's root certificates.
+    #[arg(long, value_name = "FILE", env = "MAJORDODO_CA_FILE")]
+    pub(crate) ca_file: Option<PathBuf>,
 }
 
 /// `majordodo submit`.

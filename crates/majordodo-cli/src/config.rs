@@ -8,6 +8,7 @@
 
 pub(crate) mod broker;
 pub(crate) mod cluster;
+pub(crate) mod tls;
 pub(crate) mod worker;
 
 use std::fmt;

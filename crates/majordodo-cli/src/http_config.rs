@@ -23,6 +23,9 @@ use crate::config::{ByteSize, ConfigError, HumanDuration, Origin};
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct HttpFile {
     pub(crate) listen: String,
+    pub(crate) tls_cert_file: Option<std::path::PathBuf>,
+    pub(crate) tls_key_file: Option<std::path::PathBuf>,
+    pub(crate) allow_plaintext: bool,
     pub(crate) max_body_size: ByteSize,
     pub(crate) max_connections: usize,
     pub(crate) max_connections_per_address: usize,
@@ -54,6 +57,9 @@ impl Default for HttpFile {
         let d = HttpConfig::default();
         HttpFile {
             listen: DEFAULT_HTTP_LISTEN.into(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            allow_plaintext: false,
             max_body_size: ByteSize(d.max_body_bytes as u64),
             max_connections: d.max_connections,
             max_connections_per_address: d.max_connections_per_address,
@@ -216,8 +222,15 @@ pub(crate) fn default_section() -> String {
     debug_assert_eq!(h.auth_lockout.0, DEFAULT_AUTH_LOCKOUT);
     format!(
         r#"[http]
-# Address of the HTTP API (http://<listen>/majordodo). Use 0.0.0.0:7364 to serve other hosts.
+# Address of the HTTP API (http://<listen>/majordodo, https:// with TLS). Use 0.0.0.0:7364 to
+# serve other hosts: that needs TLS (tls_cert_file, tls_key_file) or allow_plaintext = true.
 listen = "{listen}"
+# TLS: the API's PEM certificate chain (its certificate first) and private key; reloaded when
+# the files change or on SIGHUP. Unset, the API is plain HTTP.
+# tls_cert_file = "broker.crt"
+# tls_key_file = "broker.key"
+# Serve plain HTTP on an address that is not loopback (without TLS, refused by default).
+allow_plaintext = {allow_plaintext}
 # Largest request body; larger ones are answered 413.
 max_body_size = "{max_body_size}"
 # Most open HTTP connections.
@@ -275,6 +288,7 @@ token_sha256 = "<64 hex digits printed by: majordodo auth new-token --out admin.
 # password_hash = "<printed by: majordodo auth hash-password>"
 "#,
         listen = h.listen,
+        allow_plaintext = h.allow_plaintext,
         max_body_size = h.max_body_size,
         max_connections = h.max_connections,
         max_connections_per_address = h.max_connections_per_address,

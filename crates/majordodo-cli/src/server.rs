@@ -125,6 +125,15 @@ fn advertised_host(ip: std::net::IpAddr) -> String {
     }
 }
 
+/// `https` when the API serves TLS, else `http`.
+fn scheme(http: &HttpSettings) -> &'static str {
+    if http.tls().is_some() {
+        "https"
+    } else {
+        "http"
+    }
+}
+
 /// Opens the file commit log in `<data_dir>/log`.
 async fn open_file_log(data_dir: &Path, config: FileLogConfig) -> anyhow::Result<Arc<FileLog>> {
     let log_dir = data_dir.join(LOG_DIR);
@@ -186,6 +195,9 @@ fn apply_cluster_flags(
     if let Some(v) = &args.digest {
         c.digest = v.clone();
     }
+    if let Some(v) = &args.zk_digest_file {
+        c.zk_digest_file = Some(absolute(v)?);
+    }
     if let Some(v) = &args.ledger_password_file {
         c.ledger_password_file = Some(absolute(v)?);
     }
@@ -241,6 +253,8 @@ pub(crate) struct RunningBroker {
     pub(crate) http_addr: SocketAddr,
     /// Address the worker port is bound to.
     pub(crate) worker_addr: SocketAddr,
+    /// Whether the HTTP API serves HTTPS.
+    https: bool,
     /// Stops the listeners and the dispatcher.
     stop: CancellationToken,
     /// The dispatcher; ends on stop, or on its own when the log fails. `None` once awaited.
@@ -325,13 +339,18 @@ impl RunningBroker {
                     .clone()
                     .unwrap_or_else(|| advertised_host(http_addr.ip()));
                 let api_url = format!(
-                    "http://{}:{}{}",
+                    "{}://{}:{}{}",
+                    scheme(&parts.http),
                     host,
                     http_addr.port(),
                     majordodo_proto::http::API_PATH
                 );
-                let me =
+                let mut me =
                     BrokerInfo::new(&host, worker_addr.port(), &api_url, &parts.broker.broker_id);
+                // The original's flag telling workers that the worker port speaks TLS.
+                if parts.listener.tls.is_some() {
+                    me.ssl = "true".to_owned();
+                }
                 Broker::launch_replicated(
                     parts.broker,
                     ClusterSettings {
@@ -352,6 +371,11 @@ impl RunningBroker {
         };
         let handle = booting.handle();
         let events = booting.worker_events();
+        let tls: Vec<_> = [parts.http.tls().cloned(), parts.listener.tls.clone()]
+            .into_iter()
+            .flatten()
+            .collect();
+        crate::signal::reload_tls_on_change(&tls, &stop)?;
         let listener = tokio::spawn({
             let stop = stop.clone();
             let config = parts.listener;
@@ -363,6 +387,7 @@ impl RunningBroker {
                 }
             }
         });
+        let https = parts.http.tls().is_some();
         let http = tokio::spawn({
             let stop = stop.clone();
             let settings = parts.http;
@@ -391,6 +416,7 @@ impl RunningBroker {
         Ok(RunningBroker {
             http_addr,
             worker_addr,
+            https,
             stop,
             dispatcher: Some(dispatcher),
             listener,
@@ -402,7 +428,8 @@ impl RunningBroker {
     /// The API's URL.
     pub(crate) fn url(&self) -> String {
         format!(
-            "http://{}{}",
+            "{}://{}{}",
+            if self.https { "https" } else { "http" },
             self.http_addr,
             majordodo_proto::http::API_PATH
         )

@@ -47,6 +47,18 @@ fn load(args: &WorkerArgs) -> anyhow::Result<WorkerSettings> {
         file.shared_secret = None;
         file.shared_secret_file = Some(absolute(path)?);
     }
+    if args.tls {
+        file.tls = true;
+    }
+    if let Some(path) = &args.ca_file {
+        file.tls_ca_file = Some(absolute(path)?);
+    }
+    if let Some(path) = &args.tls_cert_file {
+        file.tls_cert_file = Some(absolute(path)?);
+    }
+    if let Some(path) = &args.tls_key_file {
+        file.tls_key_file = Some(absolute(path)?);
+    }
     if let Some(n) = args.max_threads {
         file.max_threads = n;
     }

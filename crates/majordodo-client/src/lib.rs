@@ -196,6 +196,14 @@ pub enum ClientError {
     /// submission the tasks may or may not have been created.
     #[error("cannot reach the broker: {0}")]
     Transport(#[source] reqwest::Error),
+    /// The broker's TLS certificate was refused: issued by a CA that is not trusted (give the
+    /// right one with [`ClientBuilder::ca_file`]), not valid for the host of the URL, or
+    /// expired. Not retryable; nothing was sent.
+    #[error("the broker's certificate is not trusted: {0}")]
+    UntrustedCertificate(String),
+    /// The TLS settings cannot be used (a CA file that cannot be read). Fix them.
+    #[error("tls settings: {0}")]
+    Tls(String),
     /// The answer is not what the API promises (a different service, a proxy's page).
     #[error("unexpected answer from the broker: {0}")]
     Decode(String),
@@ -210,6 +218,29 @@ fn field_prefix(field: &Option<String>) -> String {
 }
 
 impl ClientError {
+    /// A failed exchange: [`ClientError::UntrustedCertificate`] when TLS refused the broker's
+    /// certificate, else [`ClientError::Transport`].
+    fn transport(error: reqwest::Error) -> ClientError {
+        let mut cause: Option<&(dyn std::error::Error + 'static)> = Some(&error);
+        while let Some(e) = cause {
+            let tls = e.downcast_ref::<rustls::Error>().or_else(|| {
+                e.downcast_ref::<std::io::Error>()
+                    .and_then(|io| io.get_ref())
+                    .and_then(|inner| inner.downcast_ref::<rustls::Error>())
+            });
+            if let Some(rustls::Error::InvalidCertificate(why)) = tls {
+                return ClientError::UntrustedCertificate(format!("{why:?}"));
+            }
+            // The connector may box the TLS error into a type of its own that keeps only its
+            // text: rustls's text for a refused certificate is recognisable.
+            if let Some(why) = e.to_string().strip_prefix("invalid peer certificate: ") {
+                return ClientError::UntrustedCertificate(why.to_owned());
+            }
+            cause = e.source();
+        }
+        ClientError::Transport(error)
+    }
+
     /// Whether the same request may succeed later.
     pub fn is_retryable(&self) -> bool {
         match self {
@@ -292,9 +323,17 @@ pub struct ClientBuilder {
     connect_timeout: Duration,
     retry: RetryPolicy,
     idempotency_keys: bool,
+    ca_file: Option<std::path::PathBuf>,
 }
 
 impl ClientBuilder {
+    /// Verify an `https://` broker against the CA certificates of this PEM file instead of the
+    /// system's root certificates (the default). The broker is always verified.
+    pub fn ca_file(mut self, path: impl Into<std::path::PathBuf>) -> Self {
+        self.ca_file = Some(path.into());
+        self
+    }
+
     /// Credentials.
     pub fn auth(mut self, auth: Auth) -> Self {
         self.auth = auth;
@@ -338,14 +377,27 @@ impl ClientBuilder {
             Source::Url(url) => Some(api_url(url)?),
             Source::ZooKeeper(_) => None,
         };
-        let http = reqwest::Client::builder()
+        let tls = majordodo_tls::client_config(&majordodo_tls::ClientTlsFiles {
+            ca_file: self.ca_file.clone(),
+            ..Default::default()
+        });
+        let tls = match (tls, &self.ca_file) {
+            (Ok(tls), _) => Some(tls),
+            (Err(error), Some(_)) => return Err(ClientError::Tls(error.to_string())),
+            // Without a CA file and without system roots, only plain http:// can work: an
+            // https:// broker is then refused as untrusted.
+            (Err(_), None) => None,
+        };
+        let mut http = reqwest::Client::builder()
             .timeout(self.timeout)
-            .connect_timeout(self.connect_timeout)
-            .build()
-            .map_err(|e| ClientError::InvalidUrl {
-                url: self.describe(),
-                problem: format!("cannot build an http client: {e}"),
-            })?;
+            .connect_timeout(self.connect_timeout);
+        if let Some(tls) = tls {
+            http = http.use_preconfigured_tls(Arc::unwrap_or_clone(tls));
+        }
+        let http = http.build().map_err(|e| ClientError::InvalidUrl {
+            url: self.describe(),
+            problem: format!("cannot build an http client: {e}"),
+        })?;
         Ok(Client {
             http,
             endpoint: Arc::new(Endpoint {
@@ -475,8 +527,8 @@ fn api_url(url: &str) -> Result<reqwest::Url, ClientError> {
         problem: problem.to_owned(),
     };
     let mut parsed = reqwest::Url::parse(url).map_err(|e| invalid(&e.to_string()))?;
-    if parsed.scheme() != "http" {
-        return Err(invalid("only http:// is supported"));
+    if parsed.scheme() != "http" && parsed.scheme() != "https" {
+        return Err(invalid("only http:// and https:// are supported"));
     }
     if parsed.host_str().is_none() {
         return Err(invalid("no host"));
@@ -897,9 +949,9 @@ impl Client {
             Auth::Basic { user, password } => req.basic_auth(user, Some(password)),
             Auth::Bearer(token) => req.bearer_auth(token),
         };
-        let res = req.send().await.map_err(ClientError::Transport)?;
+        let res = req.send().await.map_err(ClientError::transport)?;
         let status = res.status();
-        let bytes = res.bytes().await.map_err(ClientError::Transport)?;
+        let bytes = res.bytes().await.map_err(ClientError::transport)?;
         decode(status, &bytes).map_err(|error| Failure {
             error,
             leader: LeaderHint::of_body(&bytes),
@@ -916,6 +968,7 @@ impl ClientBuilder {
             connect_timeout: DEFAULT_CONNECT_TIMEOUT,
             retry: RetryPolicy::default(),
             idempotency_keys: true,
+            ca_file: None,
         }
     }
 }

@@ -12,7 +12,8 @@ use majordodo_proto::cluster::{BrokerInfo, LedgersInfo};
 use tokio::sync::watch;
 use tracing::{debug, info, warn};
 use zookeeper_client::{
-    Acls, Client, CreateMode, CreateOptions, Error as ZkError, EventType, SessionState,
+    Acl, Acls, Client, CreateMode, CreateOptions, Error as ZkError, EventType, Permission,
+    SessionState,
 };
 
 use crate::error::CoordError;
@@ -39,7 +40,63 @@ pub struct CoordConfig {
     pub base_path: String,
     /// ZooKeeper session timeout: how long a dead leader keeps its leadership.
     pub session_timeout: Duration,
+    /// Digest credentials of the brokers: set, the session authenticates with them and every
+    /// znode of the cluster is created readable by anyone and changeable only by sessions
+    /// authenticated as the same identity ([`PROTECTED_ACL`]).
+    pub digest: Option<ZkDigest>,
 }
+
+/// ZooKeeper `digest` credentials, `user:password`. Never printed.
+#[derive(Clone, PartialEq, Eq)]
+pub struct ZkDigest {
+    user: String,
+    password: String,
+}
+
+impl std::fmt::Debug for ZkDigest {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ZkDigest")
+            .field("user", &self.user)
+            .field("password", &"<redacted>")
+            .finish()
+    }
+}
+
+impl ZkDigest {
+    /// Parses `user:password` (as a credentials file holds it, trailing newline removed).
+    ///
+    /// # Errors
+    /// [`CoordError::Config`] when there is no `:`, or the user or the password is empty.
+    pub fn parse(text: &str) -> Result<ZkDigest, CoordError> {
+        match text.trim_end_matches(['\n', '\r']).split_once(':') {
+            Some((user, password)) if !user.is_empty() && !password.is_empty() => Ok(ZkDigest {
+                user: user.to_owned(),
+                password: password.to_owned(),
+            }),
+            _ => Err(CoordError::Config(
+                "ZooKeeper digest credentials must read user:password, both non-empty".into(),
+            )),
+        }
+    }
+
+    /// The user.
+    pub fn user(&self) -> &str {
+        &self.user
+    }
+
+    /// What the `digest` scheme's `addauth` takes.
+    fn auth(&self) -> Vec<u8> {
+        format!("{}:{}", self.user, self.password).into_bytes()
+    }
+}
+
+/// The ACL of a protected cluster's znodes: every permission for the identities the creating
+/// session authenticated as (ZooKeeper's `auth` scheme expands to its digest identity), and
+/// read for anyone, so that clients and workers find the leader without credentials.
+pub static PROTECTED_ACL: [Acl; 2] = [
+    Acl::new_const(Permission::ALL, "auth", ""),
+    Acl::new_const(Permission::READ, "world", "anyone"),
+];
 
 impl CoordConfig {
     /// Settings for `zk_connect` under `/majordodo`, with a 10 s session timeout.
@@ -48,20 +105,30 @@ impl CoordConfig {
             zk_connect: zk_connect.into(),
             base_path: "/majordodo".into(),
             session_timeout: Duration::from_secs(10),
+            digest: None,
         }
     }
 }
 
-fn persistent() -> CreateOptions<'static> {
-    CreateMode::Persistent.with_acls(Acls::anyone_all())
+/// The ACL of new znodes: [`PROTECTED_ACL`] when the session authenticated, else open.
+fn acls(protected: bool) -> Acls<'static> {
+    if protected {
+        Acls::new(&PROTECTED_ACL)
+    } else {
+        Acls::anyone_all()
+    }
 }
 
-fn ephemeral() -> CreateOptions<'static> {
-    CreateMode::Ephemeral.with_acls(Acls::anyone_all())
+fn persistent(protected: bool) -> CreateOptions<'static> {
+    CreateMode::Persistent.with_acls(acls(protected))
 }
 
-fn ephemeral_sequential() -> CreateOptions<'static> {
-    CreateMode::EphemeralSequential.with_acls(Acls::anyone_all())
+fn ephemeral(protected: bool) -> CreateOptions<'static> {
+    CreateMode::Ephemeral.with_acls(acls(protected))
+}
+
+fn ephemeral_sequential(protected: bool) -> CreateOptions<'static> {
+    CreateMode::EphemeralSequential.with_acls(acls(protected))
 }
 
 /// One ZooKeeper session of a broker, with the cluster's paths.
@@ -69,6 +136,8 @@ fn ephemeral_sequential() -> CreateOptions<'static> {
 pub struct Coordinator {
     zk: Client,
     base: Arc<str>,
+    /// Whether znodes are created with [`PROTECTED_ACL`] (the session has digest credentials).
+    protected: bool,
 }
 
 impl std::fmt::Debug for Coordinator {
@@ -102,14 +171,15 @@ impl Coordinator {
                 config.base_path
             )));
         }
-        let zk = Client::connector()
-            .with_session_timeout(config.session_timeout)
-            .connect(&config.zk_connect)
-            .await
-            .map_err(|e| {
-                CoordError::zk(format!("connect to ZooKeeper at {}", config.zk_connect), e)
-            })?;
-        Coordinator::with_client(zk, base).await
+        let mut connector = Client::connector();
+        connector = connector.with_session_timeout(config.session_timeout);
+        if let Some(digest) = &config.digest {
+            connector = connector.with_auth("digest", &digest.auth());
+        }
+        let zk = connector.connect(&config.zk_connect).await.map_err(|e| {
+            CoordError::zk(format!("connect to ZooKeeper at {}", config.zk_connect), e)
+        })?;
+        Coordinator::open(zk, base, config.digest.is_some()).await
     }
 
     /// Like [`Coordinator::connect`] on an existing session (several clusters, or tests,
@@ -118,6 +188,13 @@ impl Coordinator {
     /// # Errors
     /// [`CoordError`] when the paths cannot be created.
     pub async fn with_client(zk: Client, base_path: &str) -> Result<Coordinator, CoordError> {
+        Coordinator::open(zk, base_path, false).await
+    }
+
+    /// Creates the cluster's persistent znodes when missing; `protected`, with
+    /// [`PROTECTED_ACL`], which is also set on those that exist (made before credentials were
+    /// configured).
+    async fn open(zk: Client, base_path: &str, protected: bool) -> Result<Coordinator, CoordError> {
         let base = base_path.trim_end_matches('/');
         if !base.starts_with('/') || base.len() < 2 {
             return Err(CoordError::Config(format!(
@@ -127,12 +204,34 @@ impl Coordinator {
         let coord = Coordinator {
             zk,
             base: Arc::from(base),
+            protected,
         };
         coord.ensure(&coord.base, b"").await?;
         coord.ensure(&coord.path(DISCOVERY_DIR), b"").await?;
         coord
             .ensure(&coord.path(LEDGERS_NODE), &LedgersInfo::empty().to_json())
             .await?;
+        if protected {
+            for path in [
+                coord.base.to_string(),
+                coord.path(DISCOVERY_DIR),
+                coord.path(LEDGERS_NODE),
+            ] {
+                coord
+                    .zk
+                    .set_acl(&path, &PROTECTED_ACL, None)
+                    .await
+                    .map_err(|e| {
+                        CoordError::zk(
+                            format!(
+                                "protect {path} with the brokers' digest credentials (a znode made \
+                                 with other credentials must be fixed by an operator)"
+                            ),
+                            e,
+                        )
+                    })?;
+            }
+        }
         Ok(coord)
     }
 
@@ -158,8 +257,25 @@ impl Coordinator {
             prefix.push('/');
             prefix.push_str(part);
             let content: &[u8] = if i + 1 == parts.len() { data } else { b"" };
-            match self.zk.create(&prefix, content, &persistent()).await {
+            match self
+                .zk
+                .create(&prefix, content, &persistent(self.protected))
+                .await
+            {
                 Ok(_) | Err(ZkError::NodeExists) => {}
+                // ZooKeeper checks the parent's ACL before the name: an existing znode under a
+                // parent this session may not change answers NoAuth.
+                Err(ZkError::NoAuth)
+                    if matches!(self.zk.check_stat(&prefix).await, Ok(Some(_))) => {}
+                Err(ZkError::NoAuth) => {
+                    return Err(CoordError::zk(
+                        format!(
+                            "create {prefix}: not allowed by its parent's ACL (other ZooKeeper \
+                             digest credentials protect it; check cluster.zk_digest_file)"
+                        ),
+                        ZkError::NoAuth,
+                    ));
+                }
                 Err(e) => return Err(CoordError::zk(format!("create {prefix}"), e)),
             }
         }
@@ -223,7 +339,11 @@ impl Coordinator {
             if self.session_lost() {
                 return Err(CoordError::SessionExpired);
             }
-            match self.zk.create(&path, &data, &ephemeral()).await {
+            match self
+                .zk
+                .create(&path, &data, &ephemeral(self.protected))
+                .await
+            {
                 Ok(_) => {
                     info!(path, broker_id = me.broker_id(), "elected leader");
                     return Ok(Leadership::watch(self.clone(), path, data));
@@ -272,7 +392,11 @@ impl Coordinator {
         let prefix = format!("{}/{DISCOVERY_PREFIX}", self.path(DISCOVERY_DIR));
         let (_, sequence) = self
             .zk
-            .create(&prefix, &me.to_json(), &ephemeral_sequential())
+            .create(
+                &prefix,
+                &me.to_json(),
+                &ephemeral_sequential(self.protected),
+            )
             .await
             .map_err(|e| CoordError::zk(format!("register under {prefix}"), e))?;
         let path = format!("{prefix}{sequence}");
@@ -471,7 +595,11 @@ async fn watch_leader_node(coord: &Coordinator, path: &str, ours: &[u8]) -> Stri
             }
             None => {
                 // Deleted by hand: take it again unless another broker was faster.
-                match coord.zk.create(path, ours, &ephemeral()).await {
+                match coord
+                    .zk
+                    .create(path, ours, &ephemeral(coord.protected))
+                    .await
+                {
                     Ok(_) => {
                         info!(path, "leader znode was deleted; recreated it");
                         continue;

@@ -20,7 +20,7 @@ pub use bklog::{
 };
 pub use coord::{
     CoordConfig, Coordinator, DISCOVERY_DIR, DISCOVERY_PREFIX, LEADER_NODE, LEDGERS_NODE,
-    Leadership, Registration, VersionedLedgers,
+    Leadership, PROTECTED_ACL, Registration, VersionedLedgers, ZkDigest,
 };
 pub use error::CoordError;
 pub use tail::LogFollower;

@@ -11,6 +11,8 @@
 //! cache the BookKeeper jars. Processes die with the test process (see `process`), and
 //! directories are removed on drop (set `MAJORDODO_TESTKIT_KEEP=1` to keep them).
 //!
+//! [`certs`] (feature `certs`) issues test CAs and certificates for TLS tests.
+//!
 //! [`archives`] builds zip and tar.gz code-pool archives for tests, malicious ones included.
 //!
 //! [`spawn_tied_to_process`] and [`terminate`] give the same guarantee to the children of other
@@ -21,6 +23,8 @@
 
 pub mod archives;
 mod bk;
+#[cfg(feature = "certs")]
+pub mod certs;
 mod deps;
 mod error;
 mod process;

@@ -35,7 +35,7 @@ use crate::config::WorkerConfig;
 use crate::executor::{CancelSignal, Executors, Task, TaskFailure};
 use crate::status::{StatusHandle, WorkerStatus};
 
-type Conn = Framed<TcpStream, WorkerCodec>;
+type Conn = Framed<majordodo_tls::ClientStream, WorkerCodec>;
 
 /// Result text of a task aborted because the worker stopped.
 /// Most code-pool requests waiting for the connection: one per execution downloading a pool,
@@ -447,6 +447,12 @@ impl Agent {
         if let Err(error) = socket.set_nodelay(true) {
             debug!(%error, "could not set TCP_NODELAY");
         }
+        let socket = match &self.config.tls {
+            Some(tls) => majordodo_tls::connect(tls.clone(), host_of(&addr), socket)
+                .await
+                .map_err(|e| retry(&format!("tls handshake with {addr}"), &e))?,
+            None => majordodo_tls::ClientStream::Plain(socket),
+        };
         let mut framed = Framed::new(socket, WorkerCodec::new(self.config.max_frame_size));
         let client_nonce = random_nonce();
         let hello = Message::Hello(Hello {
@@ -1105,4 +1111,13 @@ fn unexpected(message: &Message, expected: &'static str) -> ConnectError {
         }
         .to_string(),
     )
+}
+
+/// The host of a `host:port` address (without the brackets of an IPv6 address), the name the
+/// broker's certificate must be valid for.
+fn host_of(addr: &str) -> &str {
+    let host = addr.rsplit_once(':').map_or(addr, |(host, _port)| host);
+    host.strip_prefix('[')
+        .and_then(|h| h.strip_suffix(']'))
+        .unwrap_or(host)
 }

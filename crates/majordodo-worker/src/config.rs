@@ -109,6 +109,9 @@ pub struct WorkerConfig {
     pub location: String,
     /// The secret shared with the brokers; must not be empty.
     pub shared_secret: SharedSecret,
+    /// TLS toward the broker: how its certificate is verified and the client certificate
+    /// presented; `None` connects with plain TCP.
+    pub tls: Option<Arc<majordodo_tls::ClientConfig>>,
     /// What this worker accepts to run; assignments beyond it are refused.
     pub capacity: Capacity,
     /// Ping interval (the shorter of this and the broker's wins).
@@ -152,6 +155,7 @@ impl WorkerConfig {
             process_id: new_process_id(),
             location: host,
             shared_secret,
+            tls: None,
             capacity: Capacity {
                 max_threads: DEFAULT_MAX_THREADS,
                 max_threads_by_task_type: BTreeMap::from([(

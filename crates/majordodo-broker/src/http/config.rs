@@ -338,6 +338,22 @@ pub struct HttpSettings {
     pub(crate) codepool_max_archive_bytes: usize,
     pub(crate) codepool_limits: majordodo_proto::archive::ArchiveLimits,
     pub(crate) users: Vec<User>,
+    /// TLS on the API's port; `None` serves plain HTTP.
+    pub(crate) tls: Option<majordodo_tls::ServerTls>,
+}
+
+impl HttpSettings {
+    /// These settings serving HTTPS with `tls` (or plain HTTP with `None`).
+    #[must_use]
+    pub fn with_tls(mut self, tls: Option<majordodo_tls::ServerTls>) -> HttpSettings {
+        self.tls = tls;
+        self
+    }
+
+    /// The TLS configuration served, if any.
+    pub fn tls(&self) -> Option<&majordodo_tls::ServerTls> {
+        self.tls.as_ref()
+    }
 }
 
 impl fmt::Debug for HttpSettings {
@@ -515,6 +531,7 @@ impl HttpConfig {
                 max_unpacked_bytes: self.codepool_max_unpacked_bytes,
             },
             users,
+            tls: None,
         })
     }
 }

@@ -93,6 +93,7 @@ pub(crate) async fn serve(
     listener: TcpListener,
     app: Router,
     limits: ConnectionLimits,
+    tls: Option<majordodo_tls::ServerTls>,
     shutdown: impl Future<Output = ()> + Send + 'static,
 ) -> io::Result<()> {
     let permits = Arc::new(Semaphore::new(limits.max_connections));
@@ -124,6 +125,8 @@ pub(crate) async fn serve(
         if let Err(error) = stream.set_nodelay(true) {
             tracing::debug!(%peer, %error, "could not set TCP_NODELAY");
         }
+        // The TLS handshake, if any, runs on the connection's first read, inside its task.
+        let stream = majordodo_tls::accept(tls.as_ref(), stream);
         let app = app.clone();
         let stop = stop.clone();
         connections.spawn(async move {

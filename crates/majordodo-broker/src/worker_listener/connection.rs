@@ -21,7 +21,7 @@ use majordodo_proto::worker::{
     Assign, Challenge, FinishedAck, Message, Pong, ProtocolError, Reject, Welcome, WorkerCodec,
     broker_proof, chunk_for_frames, random_nonce, verify_worker_proof,
 };
-use tokio::net::TcpStream;
+use majordodo_tls::ServerStream;
 use tokio::sync::{mpsc, oneshot, watch};
 use tokio::time::{Instant, timeout, timeout_at};
 use tokio_util::codec::Framed;
@@ -56,10 +56,15 @@ pub(super) struct Shared {
     pub(super) stopping: CancellationToken,
 }
 
-type Conn = Framed<TcpStream, WorkerCodec>;
+type Conn = Framed<ServerStream, WorkerCodec>;
 
 /// Serves one accepted socket until it closes. Never panics on what the peer sends.
-pub(super) async fn serve(conn: ConnId, socket: TcpStream, peer: SocketAddr, shared: Arc<Shared>) {
+pub(super) async fn serve(
+    conn: ConnId,
+    socket: ServerStream,
+    peer: SocketAddr,
+    shared: Arc<Shared>,
+) {
     let span = info_span!("worker_conn", %conn, %peer, worker_id = tracing::field::Empty);
     async move {
         let framed = Framed::new(socket, WorkerCodec::new(shared.config.max_frame_size));
@@ -186,6 +191,26 @@ async fn handshake(
     if let Some(problem) = identity_problem {
         warn!(problem, "invalid hello; rejecting");
         reject(&mut framed, deadline, problem, false).await;
+        return None;
+    }
+    // With client certificates required, the certificate must name the claimed worker id.
+    if config
+        .tls
+        .as_ref()
+        .is_some_and(|tls| tls.requires_client_cert())
+        && let Err(error) = majordodo_tls::check_worker_identity(
+            framed.get_ref().peer_certificate(),
+            &hello.worker_id,
+        )
+    {
+        warn!(%peer, %error, "client certificate does not allow this worker id; rejecting");
+        reject(
+            &mut framed,
+            deadline,
+            &format!("client certificate refused: {error}"),
+            false,
+        )
+        .await;
         return None;
     }
 

@@ -128,13 +128,23 @@ impl Api {
                 "--url",
             ),
         };
+        let builder = match &args.ca_file {
+            Some(ca) => builder.ca_file(ca),
+            None => builder,
+        };
         let client = builder
             .auth(credentials.auth())
             .timeout(args.timeout)
             .connect_timeout(CONNECT_TIMEOUT.min(args.timeout))
             .retry(RetryPolicy::for_at_most(args.retry_for))
             .build()
-            .map_err(|e| usage(format!("{e} (check {flag})")))?;
+            .map_err(|e| {
+                let flag = match e {
+                    ClientError::Tls(_) => "--ca-file",
+                    _ => flag,
+                };
+                usage(format!("{e} (check {flag})"))
+            })?;
         Ok(Api {
             client,
             credentials,
@@ -168,6 +178,10 @@ pub(crate) fn explain(error: ClientError, what: &str, url: &str) -> anyhow::Erro
             " (is a broker of the cluster running? check --zk and --zk-path)"
         }
         ClientError::Transport(e) if e.is_timeout() => " (timed out; see --timeout)",
+        ClientError::UntrustedCertificate(_) => {
+            " (give the CA that issued the broker's certificate with --ca-file, and check that \
+             it is valid for the host of --url)"
+        }
         ClientError::Refused {
             status: 404,
             message,

@@ -84,6 +84,10 @@ pub(crate) struct BrokerFile {
 #[serde(deny_unknown_fields, default)]
 pub(crate) struct WorkersFile {
     pub(crate) listen: String,
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    pub(crate) tls_key_file: Option<PathBuf>,
+    pub(crate) tls_client_ca_file: Option<PathBuf>,
+    pub(crate) allow_plaintext: bool,
     pub(crate) shared_secret: Option<String>,
     pub(crate) shared_secret_file: Option<PathBuf>,
     pub(crate) max_connections: usize,
@@ -100,6 +104,10 @@ impl Default for WorkersFile {
     fn default() -> Self {
         WorkersFile {
             listen: DEFAULT_WORKER_LISTEN.into(),
+            tls_cert_file: None,
+            tls_key_file: None,
+            tls_client_ca_file: None,
+            allow_plaintext: false,
             shared_secret: None,
             shared_secret_file: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -313,7 +321,27 @@ impl BrokerFile {
         );
         check_listen(&self.http.listen).map_err(|p| invalid("http.listen", p))?;
         check_listen(&self.workers.listen).map_err(|p| invalid("workers.listen", p))?;
-        let http = self.http.validate(origin)?;
+        let http_tls = super::tls::PortTls {
+            table: "http",
+            what: "HTTP API",
+            listen: &self.http.listen,
+            cert_file: self.http.tls_cert_file.as_ref(),
+            key_file: self.http.tls_key_file.as_ref(),
+            client_ca_file: None,
+            allow_plaintext: self.http.allow_plaintext,
+        }
+        .load(origin)?;
+        let worker_tls = super::tls::PortTls {
+            table: "workers",
+            what: "worker port",
+            listen: &self.workers.listen,
+            cert_file: self.workers.tls_cert_file.as_ref(),
+            key_file: self.workers.tls_key_file.as_ref(),
+            client_ca_file: self.workers.tls_client_ca_file.as_ref(),
+            allow_plaintext: self.workers.allow_plaintext,
+        }
+        .load(origin)?;
+        let http = self.http.validate(origin)?.with_tls(http_tls);
 
         let w = &self.workers;
         let secret = SecretSource {
@@ -333,6 +361,7 @@ impl BrokerFile {
             max_worker_idle_time: w.max_idle_time.0,
             max_frame_size,
             outbound_queue: w.outbound_queue,
+            tls: worker_tls,
         };
         listener.validate().map_err(|e| {
             // The listener names its settings as this table does, minus two renames.
@@ -519,8 +548,18 @@ data_dir = "{data_dir}"
 
 {http}
 [workers]
-# Address of the port workers connect to.
+# Address of the port workers connect to. An address that is not loopback needs TLS
+# (tls_cert_file, tls_key_file) or allow_plaintext = true.
 listen = "{worker_listen}"
+# TLS: the port's PEM certificate chain and private key; reloaded when the files change or on
+# SIGHUP. Unset, the port is plain TCP.
+# tls_cert_file = "broker.crt"
+# tls_key_file = "broker.key"
+# With TLS: the PEM certificates of the CA issuing workers' client certificates. Set, every worker
+# must present one, and its subjectAltName must name (as a DNS name) the worker id it connects as.
+# tls_client_ca_file = "workers-ca.crt"
+# Serve plain TCP on an address that is not loopback (without TLS, refused by default).
+allow_plaintext = {worker_allow_plaintext}
 # REQUIRED: the secret workers must prove they know (the same in every worker's file). Put it in
 # a file readable only by the broker's user (mode 0600), or inline with `shared_secret = "..."`.
 shared_secret_file = "worker.secret"
@@ -602,6 +641,7 @@ noop_interval = "{noop_interval}"
 {cluster}"#,
         data_dir = DEFAULT_DATA_DIR,
         worker_listen = w.listen,
+        worker_allow_plaintext = w.allow_plaintext,
         max_connections = w.max_connections,
         handshake_timeout = w.handshake_timeout,
         admission_timeout = w.admission_timeout,

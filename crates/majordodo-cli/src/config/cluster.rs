@@ -25,6 +25,7 @@ pub(crate) const DEFAULT_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
 pub(crate) struct ClusterFile {
     pub(crate) zk: Option<String>,
     pub(crate) zk_path: String,
+    pub(crate) zk_digest_file: Option<PathBuf>,
     pub(crate) session_timeout: HumanDuration,
     pub(crate) ledgers_root: String,
     pub(crate) ensemble: usize,
@@ -44,6 +45,7 @@ impl Default for ClusterFile {
         ClusterFile {
             zk: None,
             zk_path: DEFAULT_ZK_PATH.into(),
+            zk_digest_file: None,
             session_timeout: HumanDuration(DEFAULT_SESSION_TIMEOUT),
             ledgers_root: DEFAULT_LEDGERS_ROOT.into(),
             ensemble: 3,
@@ -204,6 +206,19 @@ impl ClusterFile {
         }
         let mut coord = CoordConfig::new(zk);
         coord.base_path = self.zk_path.clone();
+        if let Some(file) = &self.zk_digest_file {
+            let path = resolve_path(origin, file);
+            let text = read_small_file(&path).map_err(|e| {
+                invalid(
+                    "zk_digest_file",
+                    format!("cannot read {}: {e}", path.display()),
+                )
+            })?;
+            coord.digest = Some(
+                majordodo_cluster::ZkDigest::parse(&text)
+                    .map_err(|e| invalid("zk_digest_file", format!("{}: {e}", path.display())))?,
+            );
+        }
         coord.session_timeout = self.session_timeout.0;
         let mut bookkeeper =
             bookkeeper_client::ClientConfig::new(zk).with_ledgers_root(self.ledgers_root.clone());
@@ -229,6 +244,10 @@ pub(crate) fn default_section() -> String {
 # zk = "127.0.0.1:2181"
 # Base path of the cluster's znodes (leader, discovery, ledger list).
 zk_path = "{zk_path}"
+# File holding ZooKeeper digest credentials, user:password (the same on every broker); never
+# printed. Set, the brokers authenticate with them and the cluster's znodes can be changed only
+# by that identity (anyone may still read them, to find the leader). Unset: open znodes.
+# zk_digest_file = "zk.digest"
 # ZooKeeper session timeout: a leader that stops answering is replaced after about this long.
 session_timeout = "{session_timeout}"
 # BookKeeper's metadata root in the same ZooKeeper.

@@ -21,7 +21,7 @@ use serde::Deserialize;
 use std::sync::Arc;
 
 use super::broker::{DEFAULT_WORKER_LISTEN, check_listen};
-use super::{ByteSize, ConfigError, HumanDuration, Origin, SecretSource};
+use super::{ByteSize, ConfigError, HumanDuration, Origin, SecretSource, resolve_path};
 use crate::builtin::{self, Builtin};
 use crate::zk::ZkBrokerLocator;
 
@@ -36,6 +36,10 @@ pub(crate) struct WorkerFile {
     pub(crate) location: Option<String>,
     pub(crate) shared_secret: Option<String>,
     pub(crate) shared_secret_file: Option<PathBuf>,
+    pub(crate) tls: bool,
+    pub(crate) tls_ca_file: Option<PathBuf>,
+    pub(crate) tls_cert_file: Option<PathBuf>,
+    pub(crate) tls_key_file: Option<PathBuf>,
     pub(crate) groups: Vec<u32>,
     pub(crate) excluded_groups: Vec<u32>,
     pub(crate) max_thread_per_user_per_task_type_percent: u32,
@@ -63,6 +67,10 @@ impl Default for WorkerFile {
             location: None,
             shared_secret: None,
             shared_secret_file: None,
+            tls: false,
+            tls_ca_file: None,
+            tls_cert_file: None,
+            tls_key_file: None,
             groups: vec![0],
             excluded_groups: Vec::new(),
             max_thread_per_user_per_task_type_percent: 0,
@@ -201,6 +209,53 @@ impl WorkerFile {
         super::load_toml(path)
     }
 
+    /// The TLS client configuration toward the broker: `tls = true` or any `tls_*` file turns it
+    /// on; the broker is verified against `tls_ca_file`, else the system's roots.
+    fn client_tls(
+        &self,
+        origin: &Origin,
+    ) -> Result<Option<Arc<majordodo_tls::ClientConfig>>, ConfigError> {
+        let on = self.tls
+            || self.tls_ca_file.is_some()
+            || self.tls_cert_file.is_some()
+            || self.tls_key_file.is_some();
+        if !on {
+            return Ok(None);
+        }
+        let files = majordodo_tls::ClientTlsFiles {
+            ca_file: self.tls_ca_file.as_deref().map(|p| resolve_path(origin, p)),
+            cert_file: self
+                .tls_cert_file
+                .as_deref()
+                .map(|p| resolve_path(origin, p)),
+            key_file: self
+                .tls_key_file
+                .as_deref()
+                .map(|p| resolve_path(origin, p)),
+        };
+        majordodo_tls::client_config(&files)
+            .map(Some)
+            .map_err(|error| {
+                let key = match &error {
+                    majordodo_tls::TlsError::Read { path, .. }
+                    | majordodo_tls::TlsError::Pem { path, .. }
+                        if files.ca_file.as_ref() == Some(path) =>
+                    {
+                        "tls_ca_file"
+                    }
+                    majordodo_tls::TlsError::Read { path, .. }
+                    | majordodo_tls::TlsError::Pem { path, .. }
+                        if files.key_file.as_ref() == Some(path) =>
+                    {
+                        "tls_key_file"
+                    }
+                    _ if files.ca_file.is_none() && files.cert_file.is_none() => "tls_ca_file",
+                    _ => "tls_cert_file",
+                };
+                ConfigError::invalid(origin, key, error.to_string())
+            })
+    }
+
     /// Validates into settings.
     ///
     /// # Errors
@@ -216,6 +271,7 @@ impl WorkerFile {
             Target::Standalone { .. } => Some(builtin::NAMES.map(str::to_owned).to_vec()),
         };
         let mut locator = None;
+        let mut tls = None;
         let (broker, secret) = match target {
             Target::FromFile => {
                 match &self.zk {
@@ -238,12 +294,14 @@ impl WorkerFile {
                     file: self.shared_secret_file.clone(),
                 }
                 .load(origin, "")?;
+                tls = self.client_tls(origin)?;
                 (self.broker.clone(), SharedSecret::new(secret))
             }
             Target::Standalone { broker, secret } => (broker, secret),
         };
         let mut config = WorkerConfig::new(broker, secret);
         config.broker_locator = locator;
+        config.tls = tls;
         if let Some(id) = &self.worker_id {
             if id.trim().is_empty() {
                 return Err(invalid("worker_id", "must not be empty".into()));
@@ -511,6 +569,16 @@ zk_path = "{zk_path}"
 # REQUIRED: the secret shared with the broker (its workers.shared_secret_file). Put it in a file
 # readable only by the worker's user (mode 0600), or inline with `shared_secret = "..."`.
 shared_secret_file = "worker.secret"
+# Connect to the broker with TLS, verifying its certificate (valid for the host of `broker`, or
+# of the leader found in ZooKeeper) against the system's root certificates, or against
+# tls_ca_file. Setting any tls_* file turns TLS on too.
+tls = false
+# PEM certificates of the CA(s) to trust for the broker instead of the system's.
+# tls_ca_file = "ca.crt"
+# A client certificate and its key, for a broker that requires them (workers.tls_client_ca_file):
+# its subjectAltName must name this worker's worker_id as a DNS name.
+# tls_cert_file = "worker.crt"
+# tls_key_file = "worker.key"
 # Stable name of this worker; the broker fails its running tasks if it stays away. Default: the
 # host name.
 # worker_id = "worker-1"
