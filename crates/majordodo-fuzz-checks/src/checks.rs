@@ -4,11 +4,18 @@ use std::io;
 use std::path::{Component, Path};
 use std::sync::Arc;
 
+use bookkeeper_client::digest::Digester;
+use bookkeeper_client::frame::{MAX_RESPONSE_FRAME_LEN, next_frame};
+use bookkeeper_client::proto::Response;
+use bookkeeper_client::{DigestType, LedgerMetadata};
 use bytes::BytesMut;
 use majordodo_core::DefaultGroupMapper;
 use majordodo_log::vfs::{Fs, SimFs};
 use majordodo_log::{Compression, FileLog, FileLogConfig, Lsn, read::FileLogReader};
 use majordodo_proto::archive::{self as pool_archive, ArchiveLimits};
+use majordodo_proto::cluster::{
+    BrokerInfo, LedgersInfo, decode_ledger_entry, encode_ledger_entry, ledger_entry_len_bound,
+};
 use majordodo_proto::http::{parse_action, parse_view};
 use majordodo_proto::record::{decode_entry, encode_entry};
 use majordodo_proto::snapshot::{decode_snapshot, encode_snapshot, snapshot_lsn};
@@ -16,6 +23,7 @@ use majordodo_proto::worker::{
     Message, WorkerCodec, broker_proof, decode_body, encoded_body_len, verify_broker_proof,
     verify_worker_proof, worker_proof,
 };
+use prost::Message as _;
 use tokio_util::codec::{Decoder, Encoder};
 
 /// HTTP requests: a `POST` body through [`parse_action`], and the same bytes read as a query
@@ -384,4 +392,82 @@ fn segment_with_valid_checksums(data: &[u8]) -> Vec<u8> {
         at = end;
     }
     out
+}
+
+/// What a replicated broker reads from ZooKeeper and the bookies: ledger entries
+/// ([`decode_ledger_entry`]), the leader and ledger-list znodes ([`BrokerInfo`],
+/// [`LedgersInfo`]), BookKeeper ledger metadata znodes ([`LedgerMetadata`]) and the bookie
+/// response stream (frames, responses, entries with their digests).
+///
+/// Properties: no panic; whatever decodes re-encodes to what decodes to the same value; a
+/// ledger entry's size stays within [`ledger_entry_len_bound`]; the response buffer never grows
+/// beyond what arrived plus one maximal frame, whatever a length prefix announces.
+pub fn cluster(data: &[u8]) {
+    if let Ok(entry) = decode_ledger_entry(data) {
+        let _ = entry.last_lsn();
+        let bytes = encode_ledger_entry(entry.first_lsn, &entry.records);
+        assert!(bytes.len() <= ledger_entry_len_bound(entry.records.iter().map(|r| r.len())));
+        match decode_ledger_entry(&bytes) {
+            Ok(again) => assert_eq!(again, entry, "the ledger entry changed"),
+            Err(error) => panic!("a re-encoded ledger entry does not decode: {error}"),
+        }
+    }
+    if let Ok(info) = BrokerInfo::from_json(data) {
+        let _ = (info.api_url(), info.broker_id(), info.applied_lsn());
+        let _ = info.worker_address();
+        let again = BrokerInfo::from_json(&info.to_json()).expect("re-encoded broker info");
+        assert_eq!(again, info, "the broker info changed");
+    }
+    if let Ok(info) = LedgersInfo::from_json(data) {
+        let _ = (
+            info.first_lsn(),
+            info.has_full_history(),
+            info.ledgers().count(),
+        );
+        let again = LedgersInfo::from_json(&info.to_json()).expect("re-encoded ledger list");
+        assert_eq!(again, info, "the ledger list changed");
+    }
+    let path = "/ledgers/00/0000/L0001";
+    if let Ok(metadata) = LedgerMetadata::deserialize(path, data) {
+        let _ = (metadata.segment_for(0), metadata.last_segment());
+        let again = LedgerMetadata::deserialize(path, &metadata.serialize())
+            .unwrap_or_else(|e| panic!("re-serialized metadata does not parse: {e}"));
+        assert_eq!(again, metadata, "the ledger metadata changed");
+    }
+    bookie_responses(data);
+}
+
+fn bookie_responses(data: &[u8]) {
+    let step = data.first().map_or(1, |b| usize::from(*b % 64) + 1);
+    let mut buf = BytesMut::new();
+    let mut fed = 0;
+    'feed: for piece in data.chunks(step) {
+        buf.extend_from_slice(piece);
+        fed += piece.len();
+        loop {
+            match next_frame(&mut buf) {
+                Ok(Some(body)) => {
+                    let Ok(response) = Response::decode(body) else {
+                        continue;
+                    };
+                    let _ = response.effective_status();
+                    if let Some(entry) = response.read_response.and_then(|r| r.body) {
+                        for kind in [DigestType::Crc32, DigestType::Crc32c, DigestType::Hmac] {
+                            let digester = Digester::new(kind, b"fuzz");
+                            let _ = digester.decode_entry(&entry);
+                            let _ = digester.decode_lac(&entry);
+                        }
+                    }
+                }
+                Ok(None) => break,
+                Err(_) => break 'feed,
+            }
+        }
+        let bound = 2 * (fed + MAX_RESPONSE_FRAME_LEN) + 64;
+        assert!(
+            buf.capacity() <= bound,
+            "{} bytes of buffer",
+            buf.capacity()
+        );
+    }
 }

@@ -15,6 +15,7 @@
 //! | `snapshot`         | snapshot files (`majordodo_log::decode_snapshot`) and their content ([`snapshot::decode_snapshot`]) |
 //! | `archive`          | code-pool archives, zip and tar.gz ([`archive::walk`])       |
 //! | `log_segment`      | file-log segments (`FileLogReader`, `FileLog::open` recovery) |
+//! | `cluster`          | ledger entries, the leader and ledger-list znodes, BookKeeper ledger metadata, bookie responses |
 //!
 //! [`parse_action`]: majordodo_proto::http::parse_action
 //! [`parse_view`]: majordodo_proto::http::parse_view
@@ -25,18 +26,21 @@
 
 mod checks;
 
-pub use checks::{archive, http_request, log_record, log_segment, snapshot, worker_protocol};
+pub use checks::{
+    archive, cluster, http_request, log_record, log_segment, snapshot, worker_protocol,
+};
 
 /// The check of one target: panics when a property is broken.
 pub type Check = fn(&[u8]);
 
 /// Every target: its name (the directory of its seeds and the name of its fuzz binary) and its
 /// check.
-pub const TARGETS: [(&str, Check); 6] = [
+pub const TARGETS: [(&str, Check); 7] = [
     ("http_request", http_request),
     ("worker_protocol", worker_protocol),
     ("log_record", log_record),
     ("snapshot", snapshot),
     ("archive", archive),
     ("log_segment", log_segment),
+    ("cluster", cluster),
 ];

@@ -12,11 +12,15 @@ use std::panic::{AssertUnwindSafe, catch_unwind};
 use std::path::{Path, PathBuf};
 use std::sync::Arc;
 
+use bookkeeper_client::digest::Digester;
+use bookkeeper_client::proto::{BkPacketHeader, ReadResponse, Response, op};
+use bookkeeper_client::{DigestType, LedgerMetadata, LedgerState, Segment};
 use bytes::{Bytes, BytesMut};
 use majordodo_core::{BrokerState, LogEntry, NewTask, TaskId, TaskStatus, TransactionId};
 use majordodo_fuzz_checks::TARGETS;
 use majordodo_log::vfs::{Fs, SimFs};
 use majordodo_log::{CommitLog, Compression, FileLog, FileLogConfig, Lsn};
+use majordodo_proto::cluster::{BrokerInfo, LedgersInfo, encode_ledger_entry};
 use majordodo_proto::http::{ActionRequest, TaskSubmission};
 use majordodo_proto::record::encode_entry;
 use majordodo_proto::snapshot::encode_snapshot;
@@ -26,6 +30,7 @@ use majordodo_proto::worker::{
     worker_proof,
 };
 use majordodo_testkit::archives;
+use prost::Message as _;
 use tokio_util::codec::Encoder;
 
 fn seeds_dir() -> PathBuf {
@@ -127,6 +132,9 @@ fn encoder_seeds() -> Vec<(&'static str, String, Vec<u8>)> {
     }
     for (name, data) in segment_seeds() {
         out.push(("log_segment", name, data));
+    }
+    for (name, data) in cluster_seeds() {
+        out.push(("cluster", name, data));
     }
     out
 }
@@ -469,4 +477,65 @@ fn segment_seeds() -> Vec<(String, Vec<u8>)> {
             (format!("segment-{i}"), data)
         })
         .collect()
+}
+
+fn cluster_seeds() -> Vec<(String, Vec<u8>)> {
+    let records = [Bytes::from_static(b"first"), Bytes::from(vec![7u8; 100])];
+    let mut ledgers = LedgersInfo::empty();
+    ledgers.push(11, 1_000, 1);
+    ledgers.push(12, 2_000, 40);
+    let metadata = LedgerMetadata {
+        ensemble_size: 3,
+        write_quorum: 2,
+        ack_quorum: 2,
+        state: LedgerState::Closed,
+        last_entry_id: 9,
+        length: 900,
+        segments: vec![
+            Segment {
+                first_entry_id: 0,
+                bookies: vec!["b1:3181".into(), "b2:3181".into(), "b3:3181".into()],
+            },
+            Segment {
+                first_entry_id: 5,
+                bookies: vec!["b1:3181".into(), "b4:3181".into(), "b3:3181".into()],
+            },
+        ],
+        digest_type: Some(DigestType::Crc32c),
+        password: Some(b"pw".to_vec()),
+        ctime: Some(1_000),
+        custom_metadata: BTreeMap::from([("application".into(), b"majordodo".to_vec())]),
+        creator_token: Some(42),
+    };
+    let entry = Digester::new(DigestType::Crc32c, b"fuzz").package_entry(11, 3, 2, 300, b"payload");
+    let response = Response {
+        header: BkPacketHeader {
+            version: 3,
+            operation: op::READ_ENTRY,
+            txn_id: 5,
+            priority: None,
+        },
+        status: 0,
+        read_response: Some(ReadResponse {
+            status: 0,
+            ledger_id: 11,
+            entry_id: 3,
+            body: Some(entry),
+            ..ReadResponse::default()
+        }),
+        ..Response::default()
+    };
+    let body = response.encode_to_vec();
+    let mut stream = (body.len() as u32).to_be_bytes().to_vec();
+    stream.extend_from_slice(&body);
+    vec![
+        ("ledger-entry".into(), encode_ledger_entry(7, &records)),
+        (
+            "broker-info".into(),
+            BrokerInfo::new("127.0.0.1", 7000, "http://127.0.0.1:7364/majordodo", "b1").to_json(),
+        ),
+        ("ledgers-info".into(), ledgers.to_json()),
+        ("ledger-metadata".into(), metadata.serialize()),
+        ("bookie-read-response".into(), stream),
+    ]
 }
