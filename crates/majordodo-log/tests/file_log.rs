@@ -102,6 +102,27 @@ fn flip_byte(path: &Path, offset: u64) {
     file.write_all_at(&byte, offset).expect("write byte");
 }
 
+// Goal: a file named like the segment of lsn 0 (which no record has) is reported as a damaged
+// segment, not a crash of the recovery (it computed the last lsn as 0 - 1). Found by the
+// `log_segment` fuzz target; the input is in fuzz/seeds/log_segment.
+#[test]
+fn segment_named_after_lsn_0_is_corruption() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let path = dir.path().join(format!("{:020}.log", 0));
+    fs::write(
+        &path,
+        b"\xf6zP^\x00\xf6zP^\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00\x00",
+    )
+    .expect("write");
+    match open(dir.path(), 4096) {
+        Err(LogError::Corrupt { file, offset, .. }) => {
+            assert_eq!(file, path.display().to_string());
+            assert_eq!(offset, 0);
+        }
+        other => panic!("a segment named lsn 0 gave {:?}", other.map(|r| r.1)),
+    }
+}
+
 // Goal: a damaged record in a segment that is not the last is a hard error naming the file and
 // the offset of the record; so is a damaged segment header.
 #[tokio::test]

@@ -239,9 +239,11 @@ pub(crate) fn scan(fs: &dyn Fs, dir: &Path) -> Result<Scan, LogError> {
         }
         end_offset = reader.offset();
     }
+    // A first segment named after lsn 0 (never a record's) makes `expected` 0; its header is
+    // then refused, so a problem is reported rather than a wrapped-around last lsn.
     let last_lsn = match &problem {
-        Some(p) => Lsn(p.expected.0 - 1),
-        None => Lsn(expected.0 - 1),
+        Some(p) => Lsn(p.expected.0.saturating_sub(1)),
+        None => Lsn(expected.0.saturating_sub(1)),
     };
     Ok(Scan {
         listing,
