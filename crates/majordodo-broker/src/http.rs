@@ -401,6 +401,7 @@ async fn get_view(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, A
     let view = parse_view(&pairs)?;
     debug!(user = %principal.name, view = view.name(), "http view");
     let owner = principal.owner_filter();
+    let reveal_workers = principal.is_admin();
     let s = &api.settings;
     let budget = Budget {
         max: 0,
@@ -415,12 +416,12 @@ async fn get_view(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, A
             match view {
                 ViewRequest::Overview => Answer::OverviewView(OverviewView {
                     ok: true,
-                    workers: select::workers(v, MAX_WORKERS_LISTED),
+                    workers: select::workers(v, MAX_WORKERS_LISTED, reveal_workers),
                     status,
                 }),
                 ViewRequest::Workers => Answer::WorkersView(WorkersView {
                     ok: true,
-                    workers: select::workers(v, MAX_WORKERS_LISTED),
+                    workers: select::workers(v, MAX_WORKERS_LISTED, reveal_workers),
                     status,
                 }),
                 ViewRequest::Status => {

@@ -25,7 +25,9 @@ mod tests;
 #[cfg(test)]
 pub(crate) mod testing;
 
+use std::collections::HashMap;
 use std::future::Future;
+use std::net::IpAddr;
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -34,7 +36,7 @@ use tokio::net::TcpListener;
 use tokio::sync::{Semaphore, mpsc};
 use tokio::task::JoinSet;
 use tokio_util::sync::CancellationToken;
-use tracing::{error, info, warn};
+use tracing::{debug, error, info, warn};
 
 pub use connection::MAX_IDENTITY_FIELD_LEN;
 pub use session::{
@@ -46,6 +48,21 @@ pub use session::{
 /// overlap the old connection, for the thousands of hosts the system targets. Each connection
 /// costs a task, a read buffer of at most one frame and its outbound queue.
 pub const DEFAULT_MAX_CONNECTIONS: usize = 4096;
+
+/// Default most connections from one peer IP address, authenticated or not. A host runs one
+/// worker process, or a few; the bound keeps one address from taking every connection slot
+/// (see [`ListenerConfig::max_connections_per_address`]).
+pub const DEFAULT_MAX_CONNECTIONS_PER_ADDRESS: usize = 64;
+
+/// Largest `Hello` frame body read before authentication: its three identity fields at their
+/// longest, the nonce and the credential id, with room for the protobuf keys.
+pub const MAX_HELLO_FRAME_SIZE: usize = 4 * MAX_IDENTITY_FIELD_LEN;
+
+/// Default largest `Connect` frame body read before the proof in it is checked. `Connect` lists
+/// the tasks the worker still runs (a few bytes each) and its capacity: 256 KiB holds more than
+/// ten thousand running tasks, while 4 096 half-open connections cannot make the broker buffer
+/// more than 1 GiB (and one address, by [`DEFAULT_MAX_CONNECTIONS_PER_ADDRESS`], 16 MiB).
+pub const DEFAULT_MAX_HANDSHAKE_FRAME_SIZE: usize = 256 * 1024;
 
 /// Default time a worker has to complete the handshake: generous for a loaded network, short
 /// enough that half-open connections do not pile up.
@@ -83,6 +100,12 @@ pub struct ListenerConfig {
     pub shared_secret: SharedSecret,
     /// Most connections served at once; more wait in the kernel's accept backlog.
     pub max_connections: usize,
+    /// Most connections from one peer IP address at once (authenticated or not); more from
+    /// that address are closed on accept.
+    pub max_connections_per_address: usize,
+    /// Largest `Connect` frame body read before authentication (`Hello` frames are capped at
+    /// [`MAX_HELLO_FRAME_SIZE`]); `max_frame_size` applies only once the worker is admitted.
+    pub max_handshake_frame_size: usize,
     /// Time for a worker to send `Hello` and `Connect`.
     pub handshake_timeout: Duration,
     /// Time for the dispatcher to answer a `Connected` event.
@@ -108,6 +131,8 @@ impl ListenerConfig {
             broker_id: broker_id.into(),
             shared_secret,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            max_handshake_frame_size: DEFAULT_MAX_HANDSHAKE_FRAME_SIZE,
             handshake_timeout: DEFAULT_HANDSHAKE_TIMEOUT,
             admission_timeout: DEFAULT_ADMISSION_TIMEOUT,
             keepalive_interval: DEFAULT_KEEPALIVE_INTERVAL,
@@ -127,6 +152,10 @@ impl ListenerConfig {
             "shared_secret must not be empty"
         } else if self.max_connections == 0 {
             "max_connections must be at least 1"
+        } else if self.max_connections_per_address == 0 {
+            "max_connections_per_address must be at least 1"
+        } else if self.max_handshake_frame_size < MIN_MAX_FRAME_SIZE {
+            "max_handshake_frame_size is below MIN_MAX_FRAME_SIZE"
         } else if self.outbound_queue == 0 {
             "outbound_queue must be at least 1"
         } else if self.max_frame_size < MIN_MAX_FRAME_SIZE {
@@ -165,6 +194,7 @@ pub async fn run(
 ) -> Result<(), ListenerConfigError> {
     config.validate()?;
     let limit = Arc::new(Semaphore::new(config.max_connections));
+    let per_address = PerAddress::new(config.max_connections_per_address);
     let shared = Arc::new(connection::Shared {
         config,
         events,
@@ -197,6 +227,12 @@ pub async fn run(
                 }
             }
         };
+        let Some(slot) = per_address.take(peer.ip()) else {
+            // Closed at once, before any byte is read: one address cannot hold every slot.
+            debug!(%peer, "too many connections from this address; closing");
+            drop(socket);
+            continue;
+        };
         if let Err(error) = socket.set_nodelay(true) {
             warn!(%peer, %error, "could not set TCP_NODELAY");
         }
@@ -206,6 +242,7 @@ pub async fn run(
         connections.spawn(async move {
             let socket = majordodo_tls::accept(shared.config.tls.as_ref(), socket);
             connection::serve(conn, socket, peer, shared).await;
+            drop(slot);
             drop(permit);
         });
     }
@@ -219,4 +256,58 @@ pub async fn run(
     }
     info!("worker listener stopped");
     Ok(())
+}
+
+/// Counts live connections per peer IP address.
+#[derive(Clone)]
+struct PerAddress {
+    max: usize,
+    counts: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+/// One connection's place in [`PerAddress`]; given back on drop.
+struct AddressSlot {
+    ip: IpAddr,
+    counts: Arc<std::sync::Mutex<HashMap<IpAddr, usize>>>,
+}
+
+impl PerAddress {
+    fn new(max: usize) -> Self {
+        PerAddress {
+            max,
+            counts: Arc::default(),
+        }
+    }
+
+    /// A slot for one more connection from `ip`, or `None` if it has `max` already.
+    fn take(&self, ip: IpAddr) -> Option<AddressSlot> {
+        let mut counts = self
+            .counts
+            .lock()
+            .expect("never poisoned: no panic while held");
+        let count = counts.entry(ip).or_insert(0);
+        if *count >= self.max {
+            return None;
+        }
+        *count += 1;
+        Some(AddressSlot {
+            ip,
+            counts: self.counts.clone(),
+        })
+    }
+}
+
+impl Drop for AddressSlot {
+    fn drop(&mut self) {
+        let mut counts = self
+            .counts
+            .lock()
+            .expect("never poisoned: no panic while held");
+        if let Some(count) = counts.get_mut(&self.ip) {
+            *count -= 1;
+            if *count == 0 {
+                counts.remove(&self.ip);
+            }
+        }
+    }
 }

@@ -686,6 +686,27 @@ async fn every_view_and_filter_answers_in_the_original_shape() {
         assert_eq!(o["status"]["clusterMode"], json!("LEADER"));
         assert_eq!(o["status"]["delayedTasks"], json!(1));
         assert_eq!(o["status"]["pendingTasks"], json!(0));
+        // A plain user sees the worker, but not its process id nor where it runs.
+        let (s, o) = h.get(view, &alice()).await;
+        assert_eq!(s, StatusCode::OK, "{view}");
+        let w = &o["workers"][0];
+        assert_eq!(w["id"], json!("w1"), "{view}");
+        assert_eq!(w["status"], json!("CONNECTED"), "{view}");
+        assert_eq!(w["processId"], json!(""), "{view}: {o}");
+        assert_eq!(w["location"], json!(""), "{view}: {o}");
+        assert!(!o.to_string().contains("w1-process"), "{view}: {o}");
+        assert!(!o.to_string().contains("test-host"), "{view}: {o}");
+    }
+    for query in [
+        format!("view=task&taskId={}", sc.finished),
+        "view=tasks".to_owned(),
+    ] {
+        let (_, t) = h.get(&query, &alice()).await;
+        let text = t.to_string();
+        assert!(
+            !text.contains("w1-process") && !text.contains("test-host"),
+            "{query}: {text}"
+        );
     }
 
     let (_, t) = h

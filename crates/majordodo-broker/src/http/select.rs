@@ -436,7 +436,10 @@ pub(crate) fn delayed_queue(
     out
 }
 
-pub(crate) fn workers(v: &View<'_>, max: usize) -> Vec<WorkerInfo> {
+/// The workers of the `workers` and `overview` views. Only with `reveal` (an admin asks) do
+/// they show each worker's process id and location: to a plain user those would map the
+/// cluster's hosts and processes, so they are left empty.
+pub(crate) fn workers(v: &View<'_>, max: usize, reveal: bool) -> Vec<WorkerInfo> {
     v.state
         .workers()
         .take(max)
@@ -444,9 +447,17 @@ pub(crate) fn workers(v: &View<'_>, max: usize) -> Vec<WorkerInfo> {
             let capacity = v.leader_core.and_then(|l| l.worker_capacity(&w.id));
             WorkerInfo {
                 id: w.id.to_string(),
-                process_id: w.process_id.clone(),
+                process_id: if reveal {
+                    w.process_id.clone()
+                } else {
+                    String::new()
+                },
                 status: w.status.as_str().to_owned(),
-                location: w.location.clone(),
+                location: if reveal {
+                    w.location.clone()
+                } else {
+                    String::new()
+                },
                 last_connection_ts: w.last_connection,
                 amounts: capacity.map(|c| c.amounts.clone()).unwrap_or_default(),
                 enforcement: capacity.map(|c| c.enforcement.clone()).unwrap_or_default(),

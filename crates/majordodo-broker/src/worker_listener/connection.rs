@@ -67,7 +67,9 @@ pub(super) async fn serve(
 ) {
     let span = info_span!("worker_conn", %conn, %peer, worker_id = tracing::field::Empty);
     async move {
-        let framed = Framed::new(socket, WorkerCodec::new(shared.config.max_frame_size));
+        // Until the worker is authenticated, frames are capped at what the handshake needs; the
+        // configured frame size applies only from `Welcome` on (see `handshake`).
+        let framed = Framed::new(socket, WorkerCodec::new(super::MAX_HELLO_FRAME_SIZE));
         let Some(admitted) = handshake(conn, peer, framed, &shared).await else {
             return;
         };
@@ -117,8 +119,17 @@ enum ReadFailure {
     Protocol(ProtocolError),
 }
 
-async fn read_before(framed: &mut Conn, deadline: Instant) -> Result<Message, ReadFailure> {
-    match timeout_at(deadline, framed.next()).await {
+/// Reads one handshake frame before `deadline`; a stopping listener ends the wait at once.
+async fn read_before(
+    framed: &mut Conn,
+    deadline: Instant,
+    stopping: &CancellationToken,
+) -> Result<Message, ReadFailure> {
+    let read = tokio::select! {
+        read = timeout_at(deadline, framed.next()) => read,
+        () = stopping.cancelled() => return Err(ReadFailure::Closed),
+    };
+    match read {
         Err(_) => Err(ReadFailure::TimedOut),
         Ok(None) | Ok(Some(Err(ProtocolError::Io(_)))) => Err(ReadFailure::Closed),
         Ok(Some(Err(error))) => Err(ReadFailure::Protocol(error)),
@@ -161,7 +172,7 @@ async fn handshake(
     let deadline = Instant::now() + config.handshake_timeout;
 
     // 1. Hello.
-    let hello = match read_before(&mut framed, deadline).await {
+    let hello = match read_before(&mut framed, deadline, &shared.stopping).await {
         Ok(Message::Hello(hello)) => hello,
         Ok(other) => {
             warn!(kind = other.kind(), "expected hello; closing");
@@ -214,7 +225,8 @@ async fn handshake(
         return None;
     }
 
-    // 2. Challenge.
+    // 2. Challenge. `Connect` lists the running tasks, so it may be larger than `Hello`.
+    *framed.codec_mut() = WorkerCodec::new(config.max_handshake_frame_size);
     let broker_nonce = random_nonce();
     let challenge = Message::Challenge(Challenge {
         broker_id: config.broker_id.clone(),
@@ -226,7 +238,7 @@ async fn handshake(
     }
 
     // 3. Connect, and the proof.
-    let connect = match read_before(&mut framed, deadline).await {
+    let connect = match read_before(&mut framed, deadline, &shared.stopping).await {
         Ok(Message::Connect(connect)) => connect,
         Ok(other) => {
             warn!(kind = other.kind(), "expected connect; closing");
@@ -251,7 +263,8 @@ async fn handshake(
         return None;
     }
 
-    // 4. Admission by the dispatcher.
+    // 4. Admission by the dispatcher. The worker is authenticated: full-size frames from now on.
+    *framed.codec_mut() = WorkerCodec::new(config.max_frame_size);
     let worker_id: Arc<str> = hello.worker_id.as_str().into();
     let (reply_tx, reply_rx) = oneshot::channel();
     let (outbound_tx, outbound_rx) = mpsc::channel(config.outbound_queue);

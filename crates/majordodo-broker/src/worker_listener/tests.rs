@@ -596,3 +596,158 @@ async fn invalid_config_is_refused_before_accepting() {
     let result = run(socket, config, events, std::future::pending()).await;
     assert!(result.is_err());
 }
+
+/// Whether the broker closes `socket` within `limit` (a read returns end of stream or an error)
+/// rather than keeping it open.
+async fn closed_within(socket: &mut TcpStream, limit: Duration) -> bool {
+    use tokio::io::AsyncReadExt;
+    let mut buf = [0u8; 256];
+    let deadline = tokio::time::Instant::now() + limit;
+    loop {
+        match tokio::time::timeout_at(deadline, socket.read(&mut buf)).await {
+            Err(_) => return false,
+            Ok(Ok(0)) | Ok(Err(_)) => return true,
+            Ok(Ok(_)) => continue,
+        }
+    }
+}
+
+#[tokio::test]
+async fn pre_authentication_hello_larger_than_a_hello_is_refused_at_once() {
+    // Goal: before the proof is checked, a length prefix far below max_frame_size but above
+    // what a Hello needs closes the connection at once instead of buffering the frame.
+    let mut harness = Harness::start(|config| config.handshake_timeout = WAIT * 3).await;
+    let mut socket = TcpStream::connect(harness.addr).await.unwrap();
+    socket.write_u32(1024 * 1024).await.unwrap();
+    socket.write_all(&[0u8; 1024]).await.unwrap();
+    assert!(
+        closed_within(&mut socket, WAIT).await,
+        "a 1 MiB pre-authentication frame must close the connection before the handshake timeout"
+    );
+    // The port still admits a well-behaved worker.
+    let (_worker, _session) = harness.admitted("w1").await;
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn pre_authentication_connect_over_the_handshake_cap_is_refused() {
+    // Goal: the Connect frame (still before authentication) is capped by
+    // max_handshake_frame_size, not by max_frame_size.
+    let mut harness = Harness::start(|config| {
+        config.handshake_timeout = WAIT * 3;
+        config.max_handshake_frame_size = MIN_MAX_FRAME_SIZE;
+    })
+    .await;
+    let mut worker = RawWorker::connect(harness.addr, "w1").await;
+    worker
+        .send(Message::Hello(Hello {
+            worker_id: "w1".into(),
+            process_id: "p".into(),
+            location: "test".into(),
+            client_nonce: worker.client_nonce.to_vec(),
+        }))
+        .await;
+    match worker.recv().await {
+        Some(Message::Challenge(_)) => {}
+        other => panic!("expected challenge, got {other:?}"),
+    }
+    let socket = worker.framed.get_mut();
+    socket
+        .write_u32(MIN_MAX_FRAME_SIZE as u32 + 1)
+        .await
+        .unwrap();
+    assert!(
+        closed_within(socket, WAIT).await,
+        "an oversized Connect must close the connection before the handshake timeout"
+    );
+    let (_worker, _session) = harness.admitted("w2").await;
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn handshake_that_trickles_is_closed_at_the_handshake_timeout() {
+    // Goal: a slowloris sending its Hello a byte at a time is closed at handshake_timeout.
+    let mut harness = Harness::start(|config| {
+        config.handshake_timeout = Duration::from_millis(800);
+    })
+    .await;
+    let mut socket = TcpStream::connect(harness.addr).await.unwrap();
+    let hello = Envelope {
+        version: PROTOCOL_VERSION,
+        message: Some(Message::Hello(Hello {
+            worker_id: "slow".into(),
+            process_id: "p".into(),
+            location: "l".into(),
+            client_nonce: random_nonce().to_vec(),
+        })),
+    }
+    .encode_to_vec();
+    let mut bytes = (hello.len() as u32).to_be_bytes().to_vec();
+    bytes.extend(hello);
+    let started = std::time::Instant::now();
+    let mut closed = false;
+    for byte in bytes {
+        if socket.write_all(&[byte]).await.is_err() {
+            closed = true;
+            break;
+        }
+        if closed_within(&mut socket, Duration::from_millis(200)).await {
+            closed = true;
+            break;
+        }
+    }
+    assert!(closed, "the trickling handshake must be closed");
+    let took = started.elapsed();
+    assert!(
+        took < WAIT,
+        "closed after {took:?}, expected about the handshake timeout"
+    );
+    let (_worker, _session) = harness.admitted("w1").await;
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn connections_per_address_are_bounded() {
+    // Goal: one IP address cannot hold more than max_connections_per_address connections;
+    // another address still gets in, and a slot freed is usable again.
+    let mut harness = Harness::start(|config| {
+        config.max_connections_per_address = 3;
+        config.handshake_timeout = WAIT * 3;
+    })
+    .await;
+    let mut idle = Vec::new();
+    for _ in 0..3 {
+        idle.push(TcpStream::connect(harness.addr).await.unwrap());
+    }
+    let mut over = TcpStream::connect(harness.addr).await.unwrap();
+    assert!(
+        closed_within(&mut over, WAIT).await,
+        "the fourth connection from one address must be closed"
+    );
+    // Another loopback address is not affected.
+    let other = tokio::net::TcpSocket::new_v4().unwrap();
+    other.bind("127.0.0.2:0".parse().unwrap()).unwrap();
+    let socket = other.connect(harness.addr).await.unwrap();
+    let mut worker = RawWorker {
+        framed: Framed::new(socket, WorkerCodec::default()),
+        worker_id: "w2".into(),
+        process_id: "w2-process".into(),
+        client_nonce: random_nonce(),
+    };
+    worker.send_hello_and_connect(SECRET).await;
+    let (_, hello, reply) = harness.expect_connected().await;
+    assert_eq!(hello.peer.ip().to_string(), "127.0.0.2");
+    let _session = reply.accept();
+    // A freed slot can be taken again.
+    drop(idle.pop());
+    let mut again = None;
+    for _ in 0..50 {
+        let mut socket = TcpStream::connect(harness.addr).await.unwrap();
+        if !closed_within(&mut socket, Duration::from_millis(100)).await {
+            again = Some(socket);
+            break;
+        }
+    }
+    assert!(again.is_some(), "a freed slot is usable again");
+    harness.stop().await;
+}

@@ -8,7 +8,8 @@ use std::time::Duration;
 
 use majordodo_broker::worker_listener::{
     DEFAULT_ADMISSION_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
-    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_WORKER_IDLE_TIME, DEFAULT_OUTBOUND_QUEUE, ListenerConfig,
+    DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_HANDSHAKE_FRAME_SIZE,
+    DEFAULT_MAX_WORKER_IDLE_TIME, DEFAULT_OUTBOUND_QUEUE, ListenerConfig,
 };
 use majordodo_broker::{BrokerConfig, DispatcherConfig};
 use majordodo_core::LeaderConfig;
@@ -91,6 +92,8 @@ pub(crate) struct WorkersFile {
     pub(crate) shared_secret: Option<String>,
     pub(crate) shared_secret_file: Option<PathBuf>,
     pub(crate) max_connections: usize,
+    pub(crate) max_connections_per_address: usize,
+    pub(crate) max_handshake_frame_size: ByteSize,
     pub(crate) handshake_timeout: HumanDuration,
     pub(crate) admission_timeout: HumanDuration,
     pub(crate) keepalive_interval: HumanDuration,
@@ -111,6 +114,8 @@ impl Default for WorkersFile {
             shared_secret: None,
             shared_secret_file: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
+            max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
+            max_handshake_frame_size: ByteSize(DEFAULT_MAX_HANDSHAKE_FRAME_SIZE as u64),
             handshake_timeout: HumanDuration(DEFAULT_HANDSHAKE_TIMEOUT),
             admission_timeout: HumanDuration(DEFAULT_ADMISSION_TIMEOUT),
             keepalive_interval: HumanDuration(DEFAULT_KEEPALIVE_INTERVAL),
@@ -351,10 +356,14 @@ impl BrokerFile {
         .load(origin, "workers.")?;
         let max_frame_size = usize::try_from(w.max_frame_size.0)
             .map_err(|_| invalid("workers.max_frame_size", "too large".into()))?;
+        let max_handshake_frame_size = usize::try_from(w.max_handshake_frame_size.0)
+            .map_err(|_| invalid("workers.max_handshake_frame_size", "too large".into()))?;
         let listener = ListenerConfig {
             broker_id: broker_id.clone(),
             shared_secret: SharedSecret::new(secret),
             max_connections: w.max_connections,
+            max_connections_per_address: w.max_connections_per_address,
+            max_handshake_frame_size,
             handshake_timeout: w.handshake_timeout.0,
             admission_timeout: w.admission_timeout.0,
             keepalive_interval: w.keepalive_interval.0,
@@ -565,6 +574,10 @@ allow_plaintext = {worker_allow_plaintext}
 shared_secret_file = "worker.secret"
 # Most worker connections served at once.
 max_connections = {max_connections}
+# Most connections from one IP address (authenticated or not); more are closed on accept.
+max_connections_per_address = {max_connections_per_address}
+# Largest handshake frame read before the worker is authenticated (it lists the running tasks).
+max_handshake_frame_size = "{max_handshake_frame_size}"
 # Time a worker has to complete the handshake.
 handshake_timeout = "{handshake_timeout}"
 # Time the broker takes at most to admit a worker (the connection is logged first).
@@ -643,6 +656,8 @@ noop_interval = "{noop_interval}"
         worker_listen = w.listen,
         worker_allow_plaintext = w.allow_plaintext,
         max_connections = w.max_connections,
+        max_connections_per_address = w.max_connections_per_address,
+        max_handshake_frame_size = w.max_handshake_frame_size,
         handshake_timeout = w.handshake_timeout,
         admission_timeout = w.admission_timeout,
         keepalive_interval = w.keepalive_interval,
