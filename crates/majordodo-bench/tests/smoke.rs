@@ -133,6 +133,13 @@ fn rules_cost_runs_both_kinds() {
     ]);
     let rounds = row(&out, "rules-cost: burn-down rounds");
     assert_eq!(rounds[2], "3 000");
+    // CPU seconds of the burn-down and per task agree with each other (the seconds are printed
+    // to 0.01 s).
+    let (cpu, per_task) = (number(&rounds[7]), number(&rounds[8]));
+    assert!(
+        (per_task - cpu * 1e6 / 3000.0).abs() <= 0.005 * 1e6 / 3000.0 + 0.1,
+        "CPU per task is the burn-down's CPU over its tasks: {rounds:?}"
+    );
     let r = row(&out, "rules-cost: medians");
     let (plain, rules, ratio) = (number(&r[2]), number(&r[3]), number(&r[4]));
     assert!(plain > 0.0 && rules > 0.0, "{r:?}");
@@ -140,7 +147,8 @@ fn rules_cost_runs_both_kinds() {
         (ratio - rules / plain).abs() < 0.02 + ratio * 0.01,
         "the ratio is rules over plain: {r:?}"
     );
-    verdict(&r[7]);
+    number(&r[5]);
+    verdict(&r[8]);
     // Nothing is left in the data directory.
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
