@@ -371,7 +371,7 @@ impl ClientBuilder {
     /// Builds the client.
     ///
     /// # Errors
-    /// [`ClientError::InvalidUrl`] when the URL is not `http://host[:port][/majordodo]`.
+    /// [`ClientError::InvalidUrl`] when the URL is not `http[s]://host[:port][/majordodo]`.
     pub fn build(self) -> Result<Client, ClientError> {
         let fixed = match &self.source {
             Source::Url(url) => Some(api_url(url)?),
@@ -1012,7 +1012,8 @@ mod tests {
 
     #[test]
     fn broker_urls_get_the_api_path() {
-        // Goal: a host:port URL gets /majordodo; an explicit path is kept; bad URLs are refused.
+        // Goal: a host:port URL gets /majordodo (https too); an explicit path is kept; bad URLs
+        // are refused.
         assert_eq!(
             api_url("http://127.0.0.1:7364").unwrap().as_str(),
             "http://127.0.0.1:7364/majordodo"
@@ -1021,12 +1022,11 @@ mod tests {
             api_url("http://h:1/custom/api").unwrap().path(),
             "/custom/api"
         );
-        for bad in [
-            "",
-            "127.0.0.1:7364",
-            "https://h",
-            "http://h/majordodo?view=x",
-        ] {
+        assert_eq!(
+            api_url("https://h").unwrap().as_str(),
+            "https://h/majordodo"
+        );
+        for bad in ["", "127.0.0.1:7364", "ftp://h", "http://h/majordodo?view=x"] {
             assert!(
                 matches!(api_url(bad), Err(ClientError::InvalidUrl { .. })),
                 "{bad}"

@@ -149,6 +149,7 @@ async fn forward(api: &str, request: &Received) -> Reply {
     let answer = reqwest::Client::new()
         .post(api)
         .bearer_auth(ADMIN_TOKEN)
+        .header(reqwest::header::CONTENT_TYPE, "application/json")
         .body(request.body.clone())
         .send()
         .await
