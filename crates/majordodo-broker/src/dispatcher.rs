@@ -752,6 +752,13 @@ impl Dispatcher {
                 seq,
                 reports,
             } => {
+                if !self.leader.holds_assignments(&worker_id, conn.0) {
+                    // A replaced connection, or one the broker no longer counts as the worker's:
+                    // its reports are refused and not acknowledged (the worker re-sends them on
+                    // its current connection).
+                    warn!(worker_id, %conn, reports = reports.len(), "finish reports from a connection that does not hold the assignments refused");
+                    return;
+                }
                 self.leader.worker_seen(now, &worker_id, conn.0, None);
                 let max = self.log.max_record_size();
                 let reports: Vec<CoreReport> = reports
@@ -786,7 +793,9 @@ impl Dispatcher {
                         ))
                     })
                     .collect();
-                let entries = self.leader.finish_reports(now, &worker_id, &reports);
+                let entries = self
+                    .leader
+                    .finish_reports(now, &worker_id, conn.0, &reports);
                 // Also without entries: the end of a cancelled attempt frees capacity.
                 self.dirty = true;
                 building.entries.extend(entries);

@@ -1434,15 +1434,30 @@ impl Leader {
             .map_or(&[], |l| l.outbox.as_slice())
     }
 
-    /// Processes a batch of finish reports from a worker. Reports for attempts that are not current
-    /// (late, duplicated, or for tasks given up on) are ignored.
+    /// Whether `conn` is the connection that holds `worker_id`'s assignments: its current
+    /// connection, of a worker not declared dead. Only that connection may report.
+    pub fn holds_assignments(&self, worker_id: &str, conn: ConnId) -> bool {
+        self.live
+            .get(worker_id)
+            .is_some_and(|l| l.conn == Some(conn) && !l.dead)
+    }
+
+    /// Processes a batch of finish reports from a worker's connection `conn`. A batch from any
+    /// other connection than the one holding the worker's assignments (see
+    /// [`Leader::holds_assignments`]: a replaced connection, one of another worker) changes
+    /// nothing. Reports for attempts that are not current (late, duplicated, or for tasks given
+    /// up on) are ignored.
     pub fn finish_reports(
         &mut self,
         now: Millis,
         worker_id: &str,
+        conn: ConnId,
         reports: &[FinishReport],
     ) -> Vec<LogEntry> {
         let mut entries = Vec::new();
+        if !self.holds_assignments(worker_id, conn) {
+            return entries;
+        }
         for r in reports {
             let Some(task) = self.state.task(r.task_id) else {
                 continue;
