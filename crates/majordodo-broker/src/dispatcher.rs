@@ -752,13 +752,6 @@ impl Dispatcher {
                 seq,
                 reports,
             } => {
-                if !self.leader.holds_assignments(&worker_id, conn.0) {
-                    // A replaced connection, or one the broker no longer counts as the worker's:
-                    // its reports are refused and not acknowledged (the worker re-sends them on
-                    // its current connection).
-                    warn!(worker_id, %conn, reports = reports.len(), "finish reports from a connection that does not hold the assignments refused");
-                    return;
-                }
                 self.leader.worker_seen(now, &worker_id, conn.0, None);
                 let max = self.log.max_record_size();
                 let reports: Vec<CoreReport> = reports
@@ -793,6 +786,12 @@ impl Dispatcher {
                         ))
                     })
                     .collect();
+                if !self.leader.may_report(&worker_id, conn.0, &reports) {
+                    // A replaced connection, or a batch naming another worker's attempt: refused
+                    // and not acknowledged (an honest worker re-sends on its current connection).
+                    warn!(worker_id, %conn, seq, reports = reports.len(), "finish reports from a connection that does not hold the assignments refused");
+                    return;
+                }
                 let entries = self
                     .leader
                     .finish_reports(now, &worker_id, conn.0, &reports);

@@ -1442,11 +1442,25 @@ impl Leader {
             .is_some_and(|l| l.conn == Some(conn) && !l.dead)
     }
 
-    /// Processes a batch of finish reports from a worker's connection `conn`. A batch from any
-    /// other connection than the one holding the worker's assignments (see
-    /// [`Leader::holds_assignments`]: a replaced connection, one of another worker) changes
-    /// nothing. Reports for attempts that are not current (late, duplicated, or for tasks given
-    /// up on) are ignored.
+    /// Whether a batch of finish reports from `worker_id`'s connection `conn` may be taken: the
+    /// connection holds the worker's assignments ([`Leader::holds_assignments`]) and no report
+    /// names an attempt assigned to another worker (the task's latest attempt, whose worker is
+    /// someone else: a report no honest worker can send). A refused batch changes nothing and
+    /// must not be acknowledged; late or duplicate reports of the worker's own attempts are not
+    /// refused (they are acknowledged and ignored).
+    pub fn may_report(&self, worker_id: &str, conn: ConnId, reports: &[FinishReport]) -> bool {
+        self.holds_assignments(worker_id, conn)
+            && reports.iter().all(|r| {
+                self.state.task(r.task_id).is_none_or(|t| {
+                    t.attempts != r.attempt || t.worker_id.as_deref().is_none_or(|w| w == worker_id)
+                })
+            })
+    }
+
+    /// Processes a batch of finish reports from a worker's connection `conn`. A batch that
+    /// [`Leader::may_report`] refuses (from a replaced connection, or naming another worker's
+    /// attempt) changes nothing. Reports for attempts that are not current (late, duplicated,
+    /// or for tasks given up on) are ignored.
     pub fn finish_reports(
         &mut self,
         now: Millis,
@@ -1455,7 +1469,7 @@ impl Leader {
         reports: &[FinishReport],
     ) -> Vec<LogEntry> {
         let mut entries = Vec::new();
-        if !self.holds_assignments(worker_id, conn) {
+        if !self.may_report(worker_id, conn, reports) {
             return entries;
         }
         for r in reports {

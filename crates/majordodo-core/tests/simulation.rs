@@ -1035,6 +1035,35 @@ fn run(ops: Vec<Op>) {
                     entries.is_empty(),
                     "a report from connection {conn}, not {id}'s, decided {entries:?}"
                 );
+                // The other worker on its own connection, naming this worker's attempt.
+                if conn != 0 {
+                    let forger = format!("w{via}");
+                    let forged = [FinishReport {
+                        task_id: task,
+                        attempt,
+                        outcome,
+                        result: "forged".into(),
+                    }];
+                    assert!(
+                        !sim.leader.may_report(&forger, conn, &forged),
+                        "{forger} may report {id}'s attempt"
+                    );
+                    let entries = sim.leader.finish_reports(
+                        sim.now,
+                        &forger,
+                        conn,
+                        &[FinishReport {
+                            task_id: task,
+                            attempt,
+                            outcome,
+                            result: "forged".into(),
+                        }],
+                    );
+                    assert!(
+                        entries.is_empty(),
+                        "{forger} reported {id}'s attempt and decided {entries:?}"
+                    );
+                }
                 assert!(
                     *sim.state() == before,
                     "a report from a non-holder changed the state"

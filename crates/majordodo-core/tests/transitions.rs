@@ -407,6 +407,12 @@ fn reports_are_accepted_only_from_the_connection_holding_the_assignment() {
             .finish_reports(sim.now, "w1", conn, &[report("forged")]);
         assert!(entries.is_empty(), "conn {conn}: {entries:?}");
     }
+    // w2 on its own connection, reporting w1's attempt.
+    assert!(!sim.leader.may_report("w2", other, &[report("forged")]));
+    let entries = sim
+        .leader
+        .finish_reports(sim.now, "w2", other, &[report("forged")]);
+    assert!(entries.is_empty(), "{entries:?}");
     assert!(*sim.state() == before);
     assert_eq!(status(&sim, id), TaskStatus::Running);
     let entries = sim
