@@ -1003,7 +1003,16 @@ fn run(ops: Vec<Op>) {
                 outcome,
             } => {
                 let id = format!("w{worker}");
-                let running = sim.running_of(&id);
+                // What the worker runs, and what the state has running on it (assigned, maybe
+                // not received yet).
+                let mut running = sim.running_of(&id);
+                if let Some(set) = sim.state().running_on(&id) {
+                    for t in set.iter() {
+                        if let Some(task) = sim.state().task(t) {
+                            running.push((t, task.attempts));
+                        }
+                    }
+                }
                 if running.is_empty() {
                     continue;
                 }
@@ -1044,8 +1053,12 @@ fn run(ops: Vec<Op>) {
                         outcome,
                         result: "forged".into(),
                     }];
+                    // While the state gives the attempt to `id`, no other worker may report it.
+                    let owned = sim.state().task(task).is_some_and(|t| {
+                        t.attempts == attempt && t.worker_id.as_deref() == Some(id.as_str())
+                    });
                     assert!(
-                        !sim.leader.may_report(&forger, conn, &forged),
+                        !owned || !sim.leader.may_report(&forger, conn, &forged),
                         "{forger} may report {id}'s attempt"
                     );
                     let entries = sim.leader.finish_reports(
