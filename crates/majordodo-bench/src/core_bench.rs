@@ -159,9 +159,9 @@ impl Sim {
                         result: String::new(),
                     })
                     .collect();
-                let entries = self
-                    .leader
-                    .finish_reports(self.now, &push.worker_id, &reports);
+                let entries =
+                    self.leader
+                        .finish_reports(self.now, &push.worker_id, push.conn, &reports);
                 self.apply(entries);
             }
             self.submit(n);

@@ -157,9 +157,9 @@ impl Sim {
                         }
                     })
                     .collect();
-                let entries = self
-                    .leader
-                    .finish_reports(self.now, &push.worker_id, &reports);
+                let entries =
+                    self.leader
+                        .finish_reports(self.now, &push.worker_id, push.conn, &reports);
                 self.apply(entries);
             }
             self.submit(owners);

@@ -786,7 +786,15 @@ impl Dispatcher {
                         ))
                     })
                     .collect();
-                let entries = self.leader.finish_reports(now, &worker_id, &reports);
+                if !self.leader.may_report(&worker_id, conn.0, &reports) {
+                    // A replaced connection, or a batch naming another worker's attempt: refused
+                    // and not acknowledged (an honest worker re-sends on its current connection).
+                    warn!(worker_id, %conn, seq, reports = reports.len(), "finish reports from a connection that does not hold the assignments refused");
+                    return;
+                }
+                let entries = self
+                    .leader
+                    .finish_reports(now, &worker_id, conn.0, &reports);
                 // Also without entries: the end of a cancelled attempt frees capacity.
                 self.dirty = true;
                 building.entries.extend(entries);

@@ -2742,3 +2742,78 @@ async fn failed_logins_lock_out_password_logins_for_the_user_but_not_tokens() {
     assert_eq!(h.get("view=status", &alice()).await.0, StatusCode::OK);
     h.stop().await;
 }
+
+#[tokio::test]
+async fn a_second_worker_connection_cannot_report_for_another_connections_assignment() {
+    // Goal: over the real worker protocol, a second authenticated connection (another worker
+    // id, same shared secret) reporting an attempt assigned to the first connection is
+    // refused: no acknowledgement, the task and the whole state unchanged; a batch of its own
+    // after it is acknowledged; the holder's report is then accepted.
+    let h = Harness::start().await;
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let addr = socket.local_addr().unwrap();
+    let stop = CancellationToken::new();
+    tokio::spawn(worker_listener::run(
+        socket,
+        ListenerConfig::new("broker-1", SharedSecret::new(SECRET)),
+        h.broker.as_ref().unwrap().worker_events(),
+        stop.clone().cancelled_owned(),
+    ));
+    let mut holder = RawWorker::connect(addr, "w1").await;
+    let (_, b) = h
+        .post_json(
+            json!({"action": "submitTask", "userid": "5", "tasktype": "run", "maxattempts": 1}),
+            &admin(),
+        )
+        .await;
+    let id = jid(&b["taskId"]);
+    assert_eq!(holder.assignments(1).await, vec![(id, 1)]);
+    let mut other = RawWorker::connect(addr, "w2").await;
+    h.wait_until("w2 connected", |s| s.workers().count() == 2)
+        .await;
+    let (before, _) = h.state_mark().await;
+    let forged = |attempt: u32| FinishReport {
+        task_id: id,
+        attempt,
+        outcome: Outcome::Finished as i32,
+        result: "forged".into(),
+        retry_after_ms: 0,
+    };
+    other
+        .framed
+        .send(Message::Finished(Finished {
+            seq: 1,
+            reports: vec![forged(1)],
+        }))
+        .await
+        .unwrap();
+    // A batch of its own (a task that does not exist: acknowledged, ignored) after it: its
+    // acknowledgement, the first to come back, proves the forged batch was not acknowledged.
+    other
+        .framed
+        .send(Message::Finished(Finished {
+            seq: 2,
+            reports: vec![FinishReport {
+                task_id: id + 1_000,
+                ..forged(1)
+            }],
+        }))
+        .await
+        .unwrap();
+    loop {
+        if let Message::FinishedAck(ack) = other.recv().await {
+            assert_eq!(ack.seq, 2, "the forged batch was acknowledged");
+            break;
+        }
+    }
+    let (after, _) = h.state_mark().await;
+    assert_eq!(before, after, "the forged report changed the state");
+    let (_, t) = h.get(&format!("view=task&taskId={id}"), &admin()).await;
+    assert_eq!(t["task"]["status"], json!("running"), "{t}");
+    holder.finish(1, (id, 1), Outcome::Finished, "done").await;
+    let (_, t) = h.get(&format!("view=task&taskId={id}"), &admin()).await;
+    assert_eq!(t["task"]["status"], json!("finished"), "{t}");
+    assert_eq!(t["task"]["result"], json!("done"), "{t}");
+    stop.cancel();
+    h.stop().await;
+}

@@ -105,14 +105,20 @@ pub(crate) async fn task(args: TaskArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+/// How many times, and how far apart, [`waiting_note`] reads a waiting task again before
+/// concluding that no connected worker serves its type (bounded: at most about half a second).
+const ASSIGNMENT_RECHECKS: u32 = 10;
+const ASSIGNMENT_RECHECK_PAUSE: std::time::Duration = std::time::Duration::from_millis(50);
+
 /// Why `task`, if it is waiting, may wait for long: no worker is connected, or no connected
 /// worker serves its type. Best effort: `None` when the task is not waiting, when a worker runs
 /// tasks of its type (it waits its turn), or when the broker's views do not tell.
 ///
 /// The `workers` view does not list the types a worker serves, so this reads what follows from
-/// assignment: a task is assigned as soon as it is created when a connected worker serving its
-/// type has room, so a waiting task with no task of its type running means that no connected
-/// worker serves the type (or those that do are full with other types).
+/// assignment: a task is assigned when it is created (or, queued behind others, by the broker's
+/// next write) when a connected worker serving its type has room, so a task still waiting a
+/// moment later with no task of its type running means that no connected worker serves the
+/// type (or those that do are full with other types).
 pub(crate) async fn waiting_note(api: &Api, task: &TaskInfo) -> Option<String> {
     if task.status != TaskStatus::Waiting.as_str() {
         return None;
@@ -148,6 +154,15 @@ pub(crate) async fn waiting_note(api: &Api, task: &TaskInfo) -> Option<String> {
         .ok()?;
     if !running.tasks.is_empty() || running.truncated {
         return None;
+    }
+    // A task created while others wait is queued behind them and assigned by the broker's next
+    // write, which the read-back may precede: look again before saying nobody serves it.
+    for _ in 0..ASSIGNMENT_RECHECKS {
+        tokio::time::sleep(ASSIGNMENT_RECHECK_PAUSE).await;
+        let again = api.client.task(task.task_id).await.ok()??;
+        if again.status != TaskStatus::Waiting.as_str() {
+            return None;
+        }
     }
     let workers = match connected {
         1 => "1 worker connected".to_owned(),

@@ -1434,15 +1434,44 @@ impl Leader {
             .map_or(&[], |l| l.outbox.as_slice())
     }
 
-    /// Processes a batch of finish reports from a worker. Reports for attempts that are not current
-    /// (late, duplicated, or for tasks given up on) are ignored.
+    /// Whether `conn` is the connection that holds `worker_id`'s assignments: its current
+    /// connection, of a worker not declared dead. Only that connection may report.
+    pub fn holds_assignments(&self, worker_id: &str, conn: ConnId) -> bool {
+        self.live
+            .get(worker_id)
+            .is_some_and(|l| l.conn == Some(conn) && !l.dead)
+    }
+
+    /// Whether a batch of finish reports from `worker_id`'s connection `conn` may be taken: the
+    /// connection holds the worker's assignments ([`Leader::holds_assignments`]) and no report
+    /// names an attempt assigned to another worker (the task's latest attempt, whose worker is
+    /// someone else: a report no honest worker can send). A refused batch changes nothing and
+    /// must not be acknowledged; late or duplicate reports of the worker's own attempts are not
+    /// refused (they are acknowledged and ignored).
+    pub fn may_report(&self, worker_id: &str, conn: ConnId, reports: &[FinishReport]) -> bool {
+        self.holds_assignments(worker_id, conn)
+            && reports.iter().all(|r| {
+                self.state.task(r.task_id).is_none_or(|t| {
+                    t.attempts != r.attempt || t.worker_id.as_deref().is_none_or(|w| w == worker_id)
+                })
+            })
+    }
+
+    /// Processes a batch of finish reports from a worker's connection `conn`. A batch that
+    /// [`Leader::may_report`] refuses (from a replaced connection, or naming another worker's
+    /// attempt) changes nothing. Reports for attempts that are not current (late, duplicated,
+    /// or for tasks given up on) are ignored.
     pub fn finish_reports(
         &mut self,
         now: Millis,
         worker_id: &str,
+        conn: ConnId,
         reports: &[FinishReport],
     ) -> Vec<LogEntry> {
         let mut entries = Vec::new();
+        if !self.may_report(worker_id, conn, reports) {
+            return entries;
+        }
         for r in reports {
             let Some(task) = self.state.task(r.task_id) else {
                 continue;

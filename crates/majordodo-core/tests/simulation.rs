@@ -30,7 +30,7 @@ use std::collections::BTreeMap;
 use std::sync::Arc;
 
 use majordodo_core::leader::{
-    CANCELLED, Caller, NeedsRefusal, Outcome, SubmitOutcome, SubmitRequest,
+    CANCELLED, Caller, FinishReport, NeedsRefusal, Outcome, SubmitOutcome, SubmitRequest,
 };
 use majordodo_core::model::ServiceLevel;
 use majordodo_core::{
@@ -75,6 +75,15 @@ enum Op {
         worker: u8,
         pick: u8,
         /// 0 finished, 1 error, 2 or 3 retry later.
+        outcome: u8,
+    },
+    /// A report for one of `worker`'s running attempts arrives on a connection that does not
+    /// hold it: another worker's (`via` names it) or a stale one of its own; it must change
+    /// nothing.
+    ForeignReport {
+        worker: u8,
+        via: u8,
+        pick: u8,
         outcome: u8,
     },
     Begin {
@@ -178,6 +187,7 @@ fn op() -> impl Strategy<Value = Op> {
         1 => (0u8..3).prop_map(|worker| Op::Disconnect { worker }),
         1 => (0u8..3).prop_map(|worker| Op::Crash { worker }),
         6 => (0u8..3, any::<u8>(), 0u8..4).prop_map(|(worker, pick, outcome)| Op::Report { worker, pick, outcome }),
+        2 => (0u8..3, 0u8..4, any::<u8>(), 0u8..3).prop_map(|(worker, via, pick, outcome)| Op::ForeignReport { worker, via, pick, outcome }),
         1 => (0u8..2).prop_map(|user| Op::Begin { user }),
         3 => (any::<u8>(), 0u8..2, any::<bool>(), proptest::option::of(0u8..3), any::<bool>())
             .prop_map(|(pick, user, admin, slot, delay)| Op::Prepare { pick, user, admin, slot, delay }),
@@ -985,6 +995,92 @@ fn run(ops: Vec<Op>) {
                     };
                     sim.report(&id, task, attempt, outcome, "r");
                 }
+            }
+            Op::ForeignReport {
+                worker,
+                via,
+                pick,
+                outcome,
+            } => {
+                let id = format!("w{worker}");
+                // What the worker runs, and what the state has running on it (assigned, maybe
+                // not received yet).
+                let mut running = sim.running_of(&id);
+                if let Some(set) = sim.state().running_on(&id) {
+                    for t in set.iter() {
+                        if let Some(task) = sim.state().task(t) {
+                            running.push((t, task.attempts));
+                        }
+                    }
+                }
+                if running.is_empty() {
+                    continue;
+                }
+                let (task, attempt) = running[pick as usize % running.len()];
+                // `via` 3 is a connection id no current connection has (the oldest ones are
+                // replaced or closed); 0..3 is another worker's current connection.
+                let conn = match sim.conns.get(&format!("w{via}")) {
+                    Some(c) if via != worker && via < 3 => c.id,
+                    _ => 0,
+                };
+                let before = sim.state().clone();
+                let outcome = match outcome {
+                    0 => Outcome::Finished,
+                    1 => Outcome::Error,
+                    _ => Outcome::RetryLater(300),
+                };
+                let entries = sim.leader.finish_reports(
+                    sim.now,
+                    &id,
+                    conn,
+                    &[FinishReport {
+                        task_id: task,
+                        attempt,
+                        outcome,
+                        result: "forged".into(),
+                    }],
+                );
+                assert!(
+                    entries.is_empty(),
+                    "a report from connection {conn}, not {id}'s, decided {entries:?}"
+                );
+                // The other worker on its own connection, naming this worker's attempt.
+                if conn != 0 {
+                    let forger = format!("w{via}");
+                    let forged = [FinishReport {
+                        task_id: task,
+                        attempt,
+                        outcome,
+                        result: "forged".into(),
+                    }];
+                    // While the state gives the attempt to `id`, no other worker may report it.
+                    let owned = sim.state().task(task).is_some_and(|t| {
+                        t.attempts == attempt && t.worker_id.as_deref() == Some(id.as_str())
+                    });
+                    assert!(
+                        !owned || !sim.leader.may_report(&forger, conn, &forged),
+                        "{forger} may report {id}'s attempt"
+                    );
+                    let entries = sim.leader.finish_reports(
+                        sim.now,
+                        &forger,
+                        conn,
+                        &[FinishReport {
+                            task_id: task,
+                            attempt,
+                            outcome,
+                            result: "forged".into(),
+                        }],
+                    );
+                    assert!(
+                        entries.is_empty(),
+                        "{forger} reported {id}'s attempt and decided {entries:?}"
+                    );
+                }
+                assert!(
+                    *sim.state() == before,
+                    "a report from a non-holder changed the state"
+                );
             }
             Op::Begin { user } => match sim.leader.begin_transaction(sim.now, &caller(user, false))
             {

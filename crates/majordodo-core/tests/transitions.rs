@@ -376,6 +376,58 @@ fn stale_and_duplicate_reports_are_ignored() {
 }
 
 #[test]
+fn reports_are_accepted_only_from_the_connection_holding_the_assignment() {
+    // Goal: a report arriving on a replaced connection of the worker, or on another worker's
+    // connection, changes nothing; the same report on the holder's connection is accepted.
+    let mut sim = Sim::new(config());
+    let id = sim.submit_simple("u", "t", 0);
+    sim.connect("w1", WorkerCapacity::any(1)).unwrap();
+    sim.connect("w2", WorkerCapacity::any(0)).unwrap();
+    sim.settle();
+    let old = sim.conns["w1"].id;
+    let other = sim.conns["w2"].id;
+    // The same process reconnects (listing the task): the old connection is replaced.
+    sim.connect("w1", WorkerCapacity::any(1)).unwrap();
+    sim.flush();
+    let current = sim.conns["w1"].id;
+    assert_ne!(old, current);
+    assert!(!sim.leader.holds_assignments("w1", old));
+    assert!(!sim.leader.holds_assignments("w1", other));
+    assert!(sim.leader.holds_assignments("w1", current));
+    let report = |result: &str| majordodo_core::leader::FinishReport {
+        task_id: id,
+        attempt: 1,
+        outcome: Outcome::Finished,
+        result: result.into(),
+    };
+    let before = sim.state().clone();
+    for conn in [old, other, 0] {
+        let entries = sim
+            .leader
+            .finish_reports(sim.now, "w1", conn, &[report("forged")]);
+        assert!(entries.is_empty(), "conn {conn}: {entries:?}");
+    }
+    // w2 on its own connection, reporting w1's attempt.
+    assert!(!sim.leader.may_report("w2", other, &[report("forged")]));
+    let entries = sim
+        .leader
+        .finish_reports(sim.now, "w2", other, &[report("forged")]);
+    assert!(entries.is_empty(), "{entries:?}");
+    assert!(*sim.state() == before);
+    assert_eq!(status(&sim, id), TaskStatus::Running);
+    let entries = sim
+        .leader
+        .finish_reports(sim.now, "w1", current, &[report("done")]);
+    assert_eq!(entries.len(), 1);
+    sim.push(entries);
+    sim.flush();
+    assert_eq!(
+        sim.state().task(id).unwrap().result.as_deref(),
+        Some("done")
+    );
+}
+
+#[test]
 fn second_process_with_the_same_worker_id_is_refused_while_the_first_is_connected() {
     // Goal: one live connection per worker id; the same process may replace its connection.
     let mut sim = Sim::new(config());

@@ -272,12 +272,18 @@ impl Sim {
         outcome: Outcome,
         result: &str,
     ) {
+        // A worker without a connection keeps its report until it has one (it lists the attempt
+        // as running when it reconnects).
+        let Some(conn) = self.conns.get(worker).map(|c| c.id) else {
+            return;
+        };
         if let Some(set) = self.workers.get_mut(worker) {
             set.remove(&(task, attempt));
         }
         let entries = self.leader.finish_reports(
             self.now,
             worker,
+            conn,
             &[FinishReport {
                 task_id: task,
                 attempt,
