@@ -25,8 +25,9 @@ pub mod snapshot;
 pub mod state;
 
 /// The core's hash map: foldhash, several times faster than SipHash on the short keys the core
-/// uses (user names, task ids), seeded per process so keys from clients cannot be chosen to
-/// collide. Nothing the core decides depends on a map's iteration order.
+/// uses (user names, task ids). It is seeded per process, which keeps a client from computing
+/// colliding keys in advance, but it resists flooding less than SipHash does. Nothing the core
+/// decides depends on a map's iteration order.
 pub type HashMap<K, V> = std::collections::HashMap<K, V, foldhash::fast::RandomState>;
 
 /// The core's hash set (see [`HashMap`]).
