@@ -75,6 +75,27 @@ pub(crate) fn process_cpu_seconds() -> Option<f64> {
     Some((utime + stime) as f64 / 100.0)
 }
 
+/// Tells a profiler that the measured phase starts (`true`) or ends (`false`), when the variable
+/// `MAJORDODO_BENCH_PERF_CTL` names the control FIFO of `perf record --control fifo:<path>`
+/// (started with `-D -1`, so that only the measured phases are sampled). Without the variable it
+/// does nothing.
+pub(crate) fn profile_phase(measured: bool) {
+    let Some(path) = std::env::var_os("MAJORDODO_BENCH_PERF_CTL") else {
+        return;
+    };
+    let command: &[u8] = if measured { b"enable\n" } else { b"disable\n" };
+    let written = fs::OpenOptions::new()
+        .write(true)
+        .open(&path)
+        .and_then(|mut fifo| std::io::Write::write_all(&mut fifo, command));
+    if let Err(e) = written {
+        eprintln!(
+            "MAJORDODO_BENCH_PERF_CTL: cannot write to {}: {e}",
+            std::path::Path::new(&path).display()
+        );
+    }
+}
+
 /// Formats a rate with thousands separators.
 pub(crate) fn per_sec(n: f64) -> String {
     group(n.round() as u64)

@@ -26,7 +26,7 @@ use majordodo_worker::{TaskFailure, executor_fn};
 use crate::cluster::{Workers, noop, submit_made, wait_finished};
 use crate::e2e::Common;
 use crate::inproc::InProcBroker;
-use crate::report::{Table, group, per_sec, process_cpu_seconds};
+use crate::report::{Table, group, per_sec, process_cpu_seconds, profile_phase};
 
 /// The named resource of the rules run.
 const RESOURCE: &str = "bench-db";
@@ -215,6 +215,7 @@ async fn burn_down(args: &RulesCostArgs, rules: bool, round: usize) -> anyhow::R
     }
     let started = Instant::now();
     let cpu_before = process_cpu_seconds();
+    profile_phase(true);
     let workers = Workers::start_on(
         &broker.worker_addr,
         broker.secret(),
@@ -224,6 +225,7 @@ async fn burn_down(args: &RulesCostArgs, rules: bool, round: usize) -> anyhow::R
     );
     let done = wait_finished(&client, args.tasks, Duration::from_secs(600)).await;
     let burn = started.elapsed();
+    profile_phase(false);
     let burn_cpu_secs = process_cpu_seconds()
         .zip(cpu_before)
         .map(|(after, before)| after - before);
