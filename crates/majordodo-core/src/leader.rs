@@ -2007,7 +2007,7 @@ impl Leader {
     /// Charges an assignment in flight to its worker, the cluster's resources and its tenants.
     fn reserve_assignment(&mut self, worker: &Arc<str>, id: TaskId, group: GroupId, key: RunKey) {
         for r in key.resources.iter() {
-            *self.pending_resources.entry(r.clone()).or_default() += 1;
+            crate::scheduler::add_to(&mut self.pending_resources, r, 1);
         }
         self.pending_tenants.charge(&key.user, group, key.needs());
         self.pending_groups.insert(id, group);

@@ -216,8 +216,8 @@ pub struct TaskExtra {
     pub codepool: Option<Box<str>>,
     /// Execution mode (`factory` when absent).
     pub mode: Option<Box<str>>,
-    /// Resources recorded at assignment.
-    pub resources: Vec<Box<str>>,
+    /// Resources recorded at assignment (sorted, unique; shared with the running counters).
+    pub resources: crate::scheduler::Resources,
     /// Attempts that answered "retry later": they do not count against `max_attempts`.
     pub deferrals: u32,
     /// Order inside its owner's queue: higher first; 0 by default.
@@ -243,7 +243,7 @@ impl Task {
     }
 
     /// Resources recorded at the last assignment.
-    pub fn resources(&self) -> &[Box<str>] {
+    pub fn resources(&self) -> &[Arc<str>] {
         self.extra.as_ref().map_or(&[], |e| &e.resources)
     }
 

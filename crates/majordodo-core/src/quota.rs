@@ -129,8 +129,9 @@ pub fn need_of(needs: &[(Arc<str>, u64)], dimension: &str) -> u64 {
 pub struct Usage {
     /// Running tasks.
     pub tasks: u64,
-    /// Summed needs per dimension (no zero entry).
-    pub amounts: BTreeMap<Arc<str>, u64>,
+    /// Summed needs per dimension: sorted by name, names unique, no zero entry. A short list
+    /// (a few dimensions at most), searched by the interned name's address first.
+    pub amounts: Vec<(Arc<str>, u64)>,
 }
 
 impl Usage {
@@ -139,7 +140,7 @@ impl Usage {
         if dimension == TASKS {
             self.tasks
         } else {
-            self.amounts.get(dimension).copied().unwrap_or(0)
+            self.find(dimension).map_or(0, |i| self.amounts[i].1)
         }
     }
 
@@ -148,47 +149,60 @@ impl Usage {
         self.tasks == 0 && self.amounts.is_empty()
     }
 
+    /// Where `dimension` is in `amounts` (Ok) or would go (Err). Names come interned, so the
+    /// same text is usually the same address; the comparison by text decides otherwise.
+    fn find(&self, dimension: &str) -> Result<usize, usize> {
+        if let Some(i) = self.amounts.iter().position(|(name, _)| {
+            std::ptr::eq(name.as_ptr(), dimension.as_ptr()) && name.len() == dimension.len()
+        }) {
+            return Ok(i);
+        }
+        self.amounts
+            .binary_search_by(|(name, _)| (**name).cmp(dimension))
+    }
+
+    fn add_amount(&mut self, name: &Arc<str>, amount: u64) {
+        match self.find(name) {
+            Ok(i) => self.amounts[i].1 += amount,
+            Err(i) => self.amounts.insert(i, (name.clone(), amount)),
+        }
+    }
+
+    fn sub_amount(&mut self, name: &str, amount: u64, why: &str) {
+        let i = self.find(name).expect(why);
+        let used = &mut self.amounts[i].1;
+        *used = used.checked_sub(amount).expect(why);
+        if *used == 0 {
+            self.amounts.remove(i);
+        }
+    }
+
     fn add(&mut self, needs: &[(Arc<str>, u64)]) {
         self.tasks += 1;
         for (name, amount) in needs {
-            *self.amounts.entry(name.clone()).or_default() += amount;
+            self.add_amount(name, *amount);
         }
     }
 
     fn sub(&mut self, needs: &[(Arc<str>, u64)]) {
-        self.tasks = self
-            .tasks
-            .checked_sub(1)
-            .expect("a tenant's use is charged before it is released");
+        const WHY: &str = "a tenant's use is charged before it is released";
+        self.tasks = self.tasks.checked_sub(1).expect(WHY);
         for (name, amount) in needs {
-            let used = self
-                .amounts
-                .get_mut(name)
-                .expect("a tenant's use is charged before it is released");
-            *used = used
-                .checked_sub(*amount)
-                .expect("a tenant's use is charged before it is released");
-            if *used == 0 {
-                self.amounts.remove(name);
-            }
+            self.sub_amount(name, *amount, WHY);
         }
     }
 
     fn merge(&mut self, other: &Usage) {
         self.tasks += other.tasks;
         for (name, amount) in &other.amounts {
-            *self.amounts.entry(name.clone()).or_default() += amount;
+            self.add_amount(name, *amount);
         }
     }
 
     fn unmerge(&mut self, other: &Usage) {
         self.tasks -= other.tasks;
         for (name, amount) in &other.amounts {
-            let used = self.amounts.get_mut(name).expect("merged before");
-            *used -= amount;
-            if *used == 0 {
-                self.amounts.remove(name);
-            }
+            self.sub_amount(name, *amount, "merged before");
         }
     }
 }
@@ -204,7 +218,15 @@ pub struct TenantBook {
 impl TenantBook {
     /// Charges one running task of `user` (in `group`).
     pub fn charge(&mut self, user: &Arc<str>, group: GroupId, needs: &[(Arc<str>, u64)]) {
-        self.users.entry(user.clone()).or_default().add(needs);
+        // Looked up by name first: the name is copied only for a user not in the book yet.
+        match self.users.get_mut(&**user) {
+            Some(usage) => usage.add(needs),
+            None => {
+                let mut usage = Usage::default();
+                usage.add(needs);
+                self.users.insert(user.clone(), usage);
+            }
+        }
         self.groups.entry(group).or_default().add(needs);
     }
 

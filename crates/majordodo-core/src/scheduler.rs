@@ -26,7 +26,7 @@ use crate::HashMap;
 use std::sync::Arc;
 
 use crate::model::{ANY_GROUP, ANY_TASK_TYPE, GroupId, TaskId};
-use crate::quota::{Needs, Quotas, TenantBook};
+use crate::quota::{Needs, Quotas, TenantBook, Usage};
 
 /// The resources a task uses while it runs, shared by every task of a tenant.
 pub type Resources = Arc<[Arc<str>]>;
@@ -178,18 +178,40 @@ impl GlobalResources<'_> {
             .sum()
     }
 
-    fn group_use(&self, group: GroupId, dimension: &str) -> u64 {
-        self.tenants
-            .iter()
-            .map(|b| b.group(group).map_or(0, |u| u.get(dimension)))
-            .sum()
-    }
-
     fn used(&self, resource: &str) -> u32 {
         self.used
             .iter()
             .map(|m| m.get(resource).copied().unwrap_or(0))
             .sum()
+    }
+}
+
+/// One tenant's use in several books (the state's, the assignments in flight, this choice's),
+/// found once and summed per dimension.
+struct Usages<'a> {
+    /// The first few, without allocating.
+    first: [Option<&'a Usage>; 3],
+    rest: Vec<&'a Usage>,
+}
+
+impl<'a> Usages<'a> {
+    fn of(books: impl Iterator<Item = Option<&'a Usage>>) -> Self {
+        let mut usages = Usages {
+            first: [None; 3],
+            rest: Vec::new(),
+        };
+        for (i, usage) in books.flatten().enumerate() {
+            match usages.first.get_mut(i) {
+                Some(place) => *place = Some(usage),
+                None => usages.rest.push(usage),
+            }
+        }
+        usages
+    }
+
+    fn get(&self, dimension: &str) -> u64 {
+        let first = self.first.iter().flatten();
+        first.chain(&self.rest).map(|u| u.get(dimension)).sum()
     }
 }
 
@@ -231,8 +253,18 @@ pub struct RunningSet {
     by_amount: HashMap<Arc<str>, u64>,
 }
 
+/// Adds `n` to a counter; the key is copied only when the counter is new.
+pub(crate) fn add_to<N: std::ops::AddAssign>(map: &mut HashMap<Arc<str>, N>, key: &Arc<str>, n: N) {
+    match map.get_mut(&**key) {
+        Some(count) => *count += n,
+        None => {
+            map.insert(key.clone(), n);
+        }
+    }
+}
+
 fn incr(map: &mut HashMap<Arc<str>, u32>, key: &Arc<str>) {
-    *map.entry(key.clone()).or_default() += 1;
+    add_to(map, key, 1);
 }
 
 fn decr(map: &mut HashMap<Arc<str>, u32>, key: &str) {
@@ -252,15 +284,19 @@ impl RunningSet {
             return false;
         }
         incr(&mut self.by_type, &key.task_type);
-        incr(
-            self.by_user_type.entry(key.user.clone()).or_default(),
-            &key.task_type,
-        );
+        match self.by_user_type.get_mut(&*key.user) {
+            Some(per_type) => incr(per_type, &key.task_type),
+            None => {
+                let mut per_type = HashMap::default();
+                incr(&mut per_type, &key.task_type);
+                self.by_user_type.insert(key.user.clone(), per_type);
+            }
+        }
         for r in key.resources.iter() {
             incr(&mut self.by_resource, r);
         }
         for (d, n) in key.needs() {
-            *self.by_amount.entry(d.clone()).or_default() += n;
+            add_to(&mut self.by_amount, d, *n);
         }
         self.tasks.insert(id, key);
         true
@@ -832,19 +868,20 @@ impl<'a> Room<'a> {
                     Fit::NotThisQueue
                 }
             };
-            if let Some(q) = quotas.users.get(user)
-                && let Some((d, _)) = crate::quota::exceeded(q, c.needs, |d| {
-                    global.user_use(user, d) + taken.user(user).map_or(0, |u| u.get(d))
-                })
-            {
-                return over(d);
+            // Each book is looked up once per tenant, not once per dimension.
+            if let Some(q) = quotas.users.get(user) {
+                let books = global.tenants.iter().map(|b| b.user(user));
+                let used = Usages::of(books.chain([taken.user(user)]));
+                if let Some((d, _)) = crate::quota::exceeded(q, c.needs, |d| used.get(d)) {
+                    return over(d);
+                }
             }
-            if let Some(q) = quotas.groups.get(&c.group)
-                && let Some((d, _)) = crate::quota::exceeded(q, c.needs, |d| {
-                    global.group_use(c.group, d) + taken.group(c.group).map_or(0, |u| u.get(d))
-                })
-            {
-                return over(d);
+            if let Some(q) = quotas.groups.get(&c.group) {
+                let books = global.tenants.iter().map(|b| b.group(c.group));
+                let used = Usages::of(books.chain([taken.group(c.group)]));
+                if let Some((d, _)) = crate::quota::exceeded(q, c.needs, |d| used.get(d)) {
+                    return over(d);
+                }
             }
         }
         Fit::Yes
@@ -861,7 +898,7 @@ impl<'a> Room<'a> {
         let needs = needs.unwrap_or(&[]);
         self.tenant_taken.charge(user, group, needs);
         for (d, n) in needs {
-            *self.amount_taken.entry(d.clone()).or_default() += n;
+            add_to(&mut self.amount_taken, d, *n);
         }
         self.free -= 1;
         self.types.take(task_type);
@@ -869,7 +906,7 @@ impl<'a> Room<'a> {
             incr(self.user_taken.entry(user.clone()).or_default(), task_type);
         }
         for r in resources {
-            *self.resource_taken.entry(r.clone()).or_default() += 1;
+            add_to(&mut self.resource_taken, r, 1);
         }
     }
 }

@@ -336,7 +336,7 @@ impl StateBuilder {
                     slot: r.slot.map(Into::into),
                     codepool: r.codepool.map(Into::into),
                     mode: r.mode.map(Into::into),
-                    resources: resources.iter().map(|r| r.as_str().into()).collect(),
+                    resources: s.intern_resources(&resources),
                     deferrals: r.deferrals,
                     priority: r.priority,
                     needs,

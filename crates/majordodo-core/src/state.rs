@@ -537,10 +537,16 @@ impl BrokerState {
                     });
                 }
                 let worker = self.intern(&worker_id);
-                let mut names = resources.clone();
-                names.sort();
-                names.dedup();
-                let charged = self.intern_resources(&names);
+                // The leader records them sorted and unique; an entry from elsewhere is
+                // normalized the same way.
+                let charged = if resources.windows(2).all(|w| w[0] < w[1]) {
+                    self.intern_resources(&resources)
+                } else {
+                    let mut names = resources;
+                    names.sort();
+                    names.dedup();
+                    self.intern_resources(&names)
+                };
                 let group = {
                     let user = &self.tasks[&task_id].user_id;
                     self.group_of_user(user)
@@ -552,11 +558,12 @@ impl BrokerState {
                     self.deadlines.remove(&(task.deadline, task.id));
                 }
                 for r in charged.iter() {
-                    *self.resources_in_use.entry(r.clone()).or_default() += 1;
+                    crate::scheduler::add_to(&mut self.resources_in_use, r, 1);
                 }
                 let needs = task.extra.as_ref().and_then(|e| e.needs.clone());
                 self.tenant_use
                     .charge(&task.user_id, group, needs.as_deref().unwrap_or(&[]));
+                let recorded = charged.clone();
                 let newly = self.running.entry(worker.clone()).or_default().insert(
                     task.id,
                     RunKey {
@@ -570,9 +577,8 @@ impl BrokerState {
                 task.status = TaskStatus::Running;
                 task.attempts = attempt;
                 task.worker_id = Some(worker);
-                if !names.is_empty() || task.extra.is_some() {
-                    task.extra.get_or_insert_with(Default::default).resources =
-                        names.into_iter().map(Into::into).collect();
+                if !recorded.is_empty() || task.extra.is_some() {
+                    task.extra.get_or_insert_with(Default::default).resources = recorded;
                     tidy_extra(task);
                 }
                 self.counts[TaskStatus::Waiting.index()] -= 1;
@@ -946,7 +952,7 @@ impl BrokerState {
                 slot: t.slot.map(Into::into),
                 codepool: t.codepool.map(Into::into),
                 mode: t.mode.map(Into::into),
-                resources: Vec::new(),
+                resources: Default::default(),
                 deferrals: 0,
                 priority: t.priority,
                 needs: self.intern_needs(&t.needs),
@@ -1081,10 +1087,8 @@ impl BrokerState {
         }
         // Enter the new status's indexes.
         if to.is_final() {
-            if let Some(slot) = task.slot()
-                && self.slots.get(slot) == Some(&id)
-            {
-                self.slots.remove(slot);
+            if let Some(slot) = task.slot() {
+                Self::free_slot(&mut self.slots, slot, id);
             }
             self.ended.insert((task.created, id));
             Self::pool_unref(&mut self.pool_refs, task.codepool());
@@ -1096,8 +1100,15 @@ impl BrokerState {
     }
 
     fn release_slot(&mut self, slot: &str, holder: TaskId) {
-        if self.slots.get(slot) == Some(&holder) {
-            self.slots.remove(slot);
+        Self::free_slot(&mut self.slots, slot, holder);
+    }
+
+    /// Frees `slot` if `holder` holds it, in one lookup when it does (the usual case).
+    fn free_slot(slots: &mut HashMap<Box<str>, TaskId>, slot: &str, holder: TaskId) {
+        if let Some((name, other)) = slots.remove_entry(slot)
+            && other != holder
+        {
+            slots.insert(name, other);
         }
     }
 

@@ -12,6 +12,7 @@
 use std::collections::{BTreeMap, HashMap, HashSet, VecDeque};
 use std::future::Future;
 use std::pin::Pin;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
@@ -141,8 +142,9 @@ pub async fn run(
 struct Running {
     key: RunningTask,
     task_type: String,
-    /// What the task declared it needs (counted against `Capacity::amounts`).
-    needs: BTreeMap<String, u64>,
+    /// What the task declared it needs (counted against `Capacity::amounts`), with the
+    /// dimension names shared with `Agent::amounts_in_use`.
+    needs: Vec<(Arc<str>, u64)>,
     /// Fired when the broker cancels the attempt.
     cancel: crate::executor::CancelSignal,
 }
@@ -224,8 +226,10 @@ struct Agent {
     running_attempts: HashMap<u64, u32>,
     /// Executions per task type, to check the per-type limits.
     type_counts: HashMap<String, u32>,
-    /// The running executions' needs summed per dimension, to check `Capacity::amounts`.
-    amounts_in_use: HashMap<String, u64>,
+    /// The running executions' needs summed per dimension, to check `Capacity::amounts`. A
+    /// dimension stays once seen (at 0 when nothing uses it): admission takes only the
+    /// dimensions the capacity declares, so there are few, and its name is not copied again.
+    amounts_in_use: HashMap<Arc<str>, u64>,
     /// Reports not sent yet, with the time each was queued.
     pending: VecDeque<(FinishReport, Instant)>,
     /// Batches sent, by seq, waiting for their ack.
@@ -761,7 +765,7 @@ impl Agent {
                     "refused: the task needs {key} = {need}, which this worker does not declare"
                 ));
             };
-            let in_use = self.amounts_in_use.get(key).copied().unwrap_or(0);
+            let in_use = self.amounts_in_use.get(key.as_str()).copied().unwrap_or(0);
             if in_use.saturating_add(need) > amount {
                 return Admission::Refuse(format!(
                     "refused: the task needs {key} = {need}; {in_use} of {amount} are in use"
@@ -775,6 +779,29 @@ impl Agent {
             ));
         }
         Admission::Run
+    }
+
+    /// Adds an admitted task's needs to the amounts in use; returns what to give back when it
+    /// ends.
+    fn charge_amounts(&mut self, needs: &BTreeMap<String, u64>) -> Vec<(Arc<str>, u64)> {
+        let mut charged = Vec::with_capacity(needs.len());
+        for (dimension, &need) in needs.iter().filter(|(_, need)| **need > 0) {
+            let name = match self.amounts_in_use.get_key_value(dimension.as_str()) {
+                Some((name, _)) => name.clone(),
+                None => {
+                    let name: Arc<str> = Arc::from(dimension.as_str());
+                    self.amounts_in_use.insert(name.clone(), 0);
+                    name
+                }
+            };
+            let used = self
+                .amounts_in_use
+                .get_mut(&name)
+                .expect("inserted above if missing");
+            *used = used.saturating_add(need);
+            charged.push((name, need));
+        }
+        charged
     }
 
     fn on_assignment(&mut self, assignment: Assignment) {
@@ -803,7 +830,7 @@ impl Agent {
                 let task_type = assignment.task_type.clone();
                 debug!(task_id = key.task_id, attempt = key.attempt, %task_type, "task started");
                 let cancel = CancelSignal::new();
-                let needs = assignment.needs.clone();
+                let needs = self.charge_amounts(&assignment.needs);
                 let mut task = Task::from(assignment);
                 task.cancel = cancel.clone();
                 let pools = self.pools.clone();
@@ -829,10 +856,6 @@ impl Agent {
                     }
                 });
                 *self.type_counts.entry(task_type.clone()).or_default() += 1;
-                for (dimension, need) in &needs {
-                    let used = self.amounts_in_use.entry(dimension.clone()).or_default();
-                    *used = used.saturating_add(*need);
-                }
                 self.running_attempts.insert(key.task_id, key.attempt);
                 self.running.insert(
                     handle.id(),
@@ -874,9 +897,6 @@ impl Agent {
         for (dimension, need) in &needs {
             if let Some(used) = self.amounts_in_use.get_mut(dimension) {
                 *used = used.saturating_sub(*need);
-                if *used == 0 {
-                    self.amounts_in_use.remove(dimension);
-                }
             }
         }
         if let Some(count) = self.type_counts.get_mut(&task_type) {
