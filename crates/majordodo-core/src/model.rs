@@ -189,6 +189,10 @@ pub struct Task {
     pub data: Box<str>,
     /// Current status.
     pub status: TaskStatus,
+    /// Order inside its owner's queue: higher first; 0 by default. Kept here rather than in
+    /// [`TaskExtra`] because every queue change reads it (it fits in the padding after
+    /// `status`).
+    pub priority: i32,
     /// Number of assignments so far (the attempt number of the current or last execution).
     pub attempts: u32,
     /// 0 = unlimited retries, 1 = at most once, N = at most N executions.
@@ -220,8 +224,6 @@ pub struct TaskExtra {
     pub resources: crate::scheduler::Resources,
     /// Attempts that answered "retry later": they do not count against `max_attempts`.
     pub deferrals: u32,
-    /// Order inside its owner's queue: higher first; 0 by default.
-    pub priority: i32,
     /// What each attempt needs while it runs (cpu, memory, named amounts), if declared.
     pub needs: Option<crate::quota::Needs>,
 }
@@ -258,7 +260,7 @@ impl Task {
     }
     /// Priority inside its owner's queue (higher first).
     pub fn priority(&self) -> i32 {
-        self.extra.as_ref().map_or(0, |e| e.priority)
+        self.priority
     }
 
     /// What each attempt needs while it runs (sorted by dimension; empty when not declared).
@@ -337,4 +339,17 @@ pub struct CodePool {
     pub chunk_count: u32,
     /// The chunks received so far, in order (shared: a snapshot copies pointers, not bytes).
     pub chunks: Vec<std::sync::Arc<[u8]>>,
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    /// A broker holds millions of tasks: the hot fields stay in one compact struct (the
+    /// priority sits in the padding after the status) and the rest behind one pointer.
+    #[test]
+    fn a_task_stays_compact() {
+        assert_eq!(std::mem::size_of::<Task>(), 136);
+        assert_eq!(std::mem::size_of::<Option<Box<TaskExtra>>>(), 8);
+    }
 }

@@ -313,7 +313,6 @@ impl StateBuilder {
             || r.mode.is_some()
             || !resources.is_empty()
             || r.deferrals > 0
-            || r.priority != 0
             || !r.needs.is_empty();
         let needs = crate::quota::normalize(r.needs, false)
             .map_err(|e| invalid(what(), format!("needs: {e}")))?;
@@ -324,6 +323,7 @@ impl StateBuilder {
             user_id,
             data: r.data.into(),
             status,
+            priority: r.priority,
             attempts: r.attempts,
             max_attempts: r.max_attempts,
             result: r.result.map(Into::into),
@@ -338,7 +338,6 @@ impl StateBuilder {
                     mode: r.mode.map(Into::into),
                     resources: s.intern_resources(&resources),
                     deferrals: r.deferrals,
-                    priority: r.priority,
                     needs,
                 })
             }),

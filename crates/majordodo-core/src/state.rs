@@ -139,6 +139,9 @@ pub enum ApplyError {
     Invalid(String),
 }
 
+/// Most distinct needs the state shares between tasks (see `BrokerState::intern_needs`).
+const MAX_SHARED_NEEDS: usize = 4096;
+
 /// The whole broker state: tasks, workers, transactions, code pools, and the indexes derived
 /// from them.
 #[derive(Clone)]
@@ -174,7 +177,8 @@ pub struct BrokerState {
     pub(crate) last_lsn: u64,
     pub(crate) counts: [u64; 5],
     /// Service levels set at runtime, by user (others get the mapper's).
-    pub(crate) service_levels: BTreeMap<Arc<str>, Level>,
+    /// Looked up for every assignment and end, so hashed; listed sorted.
+    pub(crate) service_levels: HashMap<Arc<str>, Level>,
     /// Running tasks per named resource, over every worker (the sums of the running sets).
     pub(crate) resources_in_use: HashMap<Arc<str>, u32>,
     /// Quotas of users and groups, set at runtime.
@@ -182,6 +186,8 @@ pub struct BrokerState {
     /// What the running tasks use, per owner and per the owner's current group (derived).
     pub(crate) tenant_use: TenantBook,
     interned: HashSet<Arc<str>>,
+    /// Needs shared by the tasks that declare the same ones (at most [`MAX_SHARED_NEEDS`]).
+    interned_needs: HashSet<crate::quota::Needs>,
     mapper: Arc<dyn GroupMapper>,
 }
 
@@ -251,11 +257,12 @@ impl BrokerState {
             max_transaction_id: 0,
             last_lsn: 0,
             counts: [0; 5],
-            service_levels: BTreeMap::new(),
+            service_levels: HashMap::default(),
             resources_in_use: HashMap::default(),
             quotas: Quotas::default(),
             tenant_use: TenantBook::default(),
             interned: HashSet::default(),
+            interned_needs: HashSet::default(),
             mapper,
         }
     }
@@ -388,11 +395,12 @@ impl BrokerState {
         &self.mapper
     }
 
-    /// Service levels set at runtime, by user.
+    /// Service levels set at runtime, by user (sorted by name).
     pub fn service_levels(&self) -> impl Iterator<Item = (&str, ServiceLevel)> + '_ {
-        self.service_levels
-            .iter()
-            .map(|(u, l)| (&**u, l.to_model()))
+        let mut levels: Vec<(&str, &Level)> =
+            self.service_levels.iter().map(|(u, l)| (&**u, l)).collect();
+        levels.sort_unstable_by_key(|(u, _)| *u);
+        levels.into_iter().map(|(u, l)| (u, l.to_model()))
     }
 
     /// The service level a user's tasks get now: the one set at runtime, else the mapper's.
@@ -445,7 +453,17 @@ impl BrokerState {
             return None;
         }
         let v: Vec<(Arc<str>, u64)> = needs.iter().map(|(d, n)| (self.intern(d), *n)).collect();
-        Some(v.into())
+        // Tasks usually declare the same few needs: sharing one copy keeps it in cache for
+        // every charge and release, and costs no memory per task. Distinct needs beyond the
+        // bound are kept per task, so submissions cannot grow the table without limit.
+        if let Some(shared) = self.interned_needs.get(v.as_slice()) {
+            return Some(shared.clone());
+        }
+        let needs: crate::quota::Needs = v.into();
+        if self.interned_needs.len() < MAX_SHARED_NEEDS {
+            self.interned_needs.insert(needs.clone());
+        }
+        Some(needs)
     }
 
     pub(crate) fn intern_resources(&mut self, names: &[String]) -> Resources {
@@ -830,10 +848,7 @@ impl BrokerState {
                         .waiting
                         .remove(&task.user_id, &task.task_type, old, task_id);
                 let task = Arc::make_mut(self.tasks.get_mut(&task_id).expect("checked above"));
-                if priority != 0 || task.extra.is_some() {
-                    task.extra.get_or_insert_with(Default::default).priority = priority;
-                    tidy_extra(task);
-                }
+                task.priority = priority;
                 if requeue {
                     // Queued again only if it was queued: the leader may have taken it out
                     // already (its assignment is in flight).
@@ -945,7 +960,6 @@ impl BrokerState {
         let extra = if t.slot.is_some()
             || t.codepool.is_some()
             || t.mode.is_some()
-            || t.priority != 0
             || !t.needs.is_empty()
         {
             Some(Box::new(TaskExtra {
@@ -954,7 +968,6 @@ impl BrokerState {
                 mode: t.mode.map(Into::into),
                 resources: Default::default(),
                 deferrals: 0,
-                priority: t.priority,
                 needs: self.intern_needs(&t.needs),
             }))
         } else {
@@ -966,6 +979,7 @@ impl BrokerState {
             user_id,
             data: t.data.into(),
             status,
+            priority: t.priority,
             attempts: t.attempts,
             max_attempts: t.max_attempts,
             result: None,

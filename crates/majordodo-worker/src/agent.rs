@@ -105,7 +105,7 @@ impl Worker {
             running: HashMap::new(),
             running_attempts: HashMap::new(),
             type_counts: HashMap::new(),
-            amounts_in_use: HashMap::new(),
+            amounts_in_use: Vec::new(),
             pending: VecDeque::new(),
             in_flight: BTreeMap::new(),
             unacked: HashSet::new(),
@@ -228,8 +228,8 @@ struct Agent {
     type_counts: HashMap<String, u32>,
     /// The running executions' needs summed per dimension, to check `Capacity::amounts`. A
     /// dimension stays once seen (at 0 when nothing uses it): admission takes only the
-    /// dimensions the capacity declares, so there are few, and its name is not copied again.
-    amounts_in_use: HashMap<Arc<str>, u64>,
+    /// dimensions the capacity declares, so the list is short, and a name is not copied again.
+    amounts_in_use: Vec<(Arc<str>, u64)>,
     /// Reports not sent yet, with the time each was queued.
     pending: VecDeque<(FinishReport, Instant)>,
     /// Batches sent, by seq, waiting for their ack.
@@ -765,7 +765,11 @@ impl Agent {
                     "refused: the task needs {key} = {need}, which this worker does not declare"
                 ));
             };
-            let in_use = self.amounts_in_use.get(key.as_str()).copied().unwrap_or(0);
+            let in_use = self
+                .amounts_in_use
+                .iter()
+                .find(|(name, _)| **name == **key)
+                .map_or(0, |(_, used)| *used);
             if in_use.saturating_add(need) > amount {
                 return Admission::Refuse(format!(
                     "refused: the task needs {key} = {need}; {in_use} of {amount} are in use"
@@ -786,20 +790,20 @@ impl Agent {
     fn charge_amounts(&mut self, needs: &BTreeMap<String, u64>) -> Vec<(Arc<str>, u64)> {
         let mut charged = Vec::with_capacity(needs.len());
         for (dimension, &need) in needs.iter().filter(|(_, need)| **need > 0) {
-            let name = match self.amounts_in_use.get_key_value(dimension.as_str()) {
-                Some((name, _)) => name.clone(),
+            let i = match self
+                .amounts_in_use
+                .iter()
+                .position(|(name, _)| **name == **dimension)
+            {
+                Some(i) => i,
                 None => {
-                    let name: Arc<str> = Arc::from(dimension.as_str());
-                    self.amounts_in_use.insert(name.clone(), 0);
-                    name
+                    self.amounts_in_use.push((Arc::from(dimension.as_str()), 0));
+                    self.amounts_in_use.len() - 1
                 }
             };
-            let used = self
-                .amounts_in_use
-                .get_mut(&name)
-                .expect("inserted above if missing");
+            let (name, used) = &mut self.amounts_in_use[i];
             *used = used.saturating_add(need);
-            charged.push((name, need));
+            charged.push((name.clone(), need));
         }
         charged
     }
@@ -895,7 +899,11 @@ impl Agent {
             return;
         };
         for (dimension, need) in &needs {
-            if let Some(used) = self.amounts_in_use.get_mut(dimension) {
+            if let Some((_, used)) = self
+                .amounts_in_use
+                .iter_mut()
+                .find(|(name, _)| Arc::ptr_eq(name, dimension))
+            {
                 *used = used.saturating_sub(*need);
             }
         }
