@@ -215,7 +215,7 @@ pub struct Task {
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct TaskExtra {
     /// Mutual-exclusion key held while the task is waiting, delayed or running.
-    pub slot: Option<Box<str>>,
+    pub slot: Option<compact_str::CompactString>,
     /// Code pool providing the executor.
     pub codepool: Option<Box<str>>,
     /// Execution mode (`factory` when absent).

@@ -161,7 +161,7 @@ pub struct BrokerState {
     /// Running tasks by worker.
     pub(crate) running: HashMap<Arc<str>, RunningSet>,
     /// Busy slots and their holders (waiting, delayed, running or prepared tasks).
-    pub(crate) slots: HashMap<Box<str>, TaskId>,
+    pub(crate) slots: HashMap<compact_str::CompactString, TaskId>,
     /// Idempotency keys of tasks created within the window, with their expiry index. Kept
     /// apart from the tasks: a purged task's key stays until its window ends.
     pub(crate) idempotency: IdempotencyKeys,
@@ -1118,7 +1118,11 @@ impl BrokerState {
     }
 
     /// Frees `slot` if `holder` holds it, in one lookup when it does (the usual case).
-    fn free_slot(slots: &mut HashMap<Box<str>, TaskId>, slot: &str, holder: TaskId) {
+    fn free_slot(
+        slots: &mut HashMap<compact_str::CompactString, TaskId>,
+        slot: &str,
+        holder: TaskId,
+    ) {
         if let Some((name, other)) = slots.remove_entry(slot)
             && other != holder
         {
