@@ -119,6 +119,13 @@ pub fn need_of(needs: &[(Arc<str>, u64)], dimension: &str) -> u64 {
     if dimension == TASKS {
         return 1;
     }
+    // Names are interned: the same address is the same name (the usual case), else by text.
+    if let Some((_, n)) = needs
+        .iter()
+        .find(|(n, _)| std::ptr::eq(n.as_ptr(), dimension.as_ptr()) && n.len() == dimension.len())
+    {
+        return *n;
+    }
     needs
         .binary_search_by(|(n, _)| (**n).cmp(dimension))
         .map_or(0, |i| needs[i].1)
