@@ -131,6 +131,42 @@ pub fn need_of(needs: &[(Arc<str>, u64)], dimension: &str) -> u64 {
         .map_or(0, |i| needs[i].1)
 }
 
+/// Where `dimension` is in a sorted list of amounts (Ok) or would go (Err). Names come
+/// interned, so the same text is usually the same address; the comparison by text decides
+/// otherwise.
+fn find_amount(amounts: &[(Arc<str>, u64)], dimension: &str) -> Result<usize, usize> {
+    if let Some(i) = amounts.iter().position(|(name, _)| {
+        std::ptr::eq(name.as_ptr(), dimension.as_ptr()) && name.len() == dimension.len()
+    }) {
+        return Ok(i);
+    }
+    amounts.binary_search_by(|(name, _)| (**name).cmp(dimension))
+}
+
+/// The amount of `dimension` in a sorted list of amounts (0 when absent).
+pub(crate) fn amount_in(amounts: &[(Arc<str>, u64)], dimension: &str) -> u64 {
+    find_amount(amounts, dimension).map_or(0, |i| amounts[i].1)
+}
+
+/// Adds to a sorted list of amounts; the name is copied only when it is new there.
+pub(crate) fn add_amount(amounts: &mut Vec<(Arc<str>, u64)>, name: &Arc<str>, amount: u64) {
+    match find_amount(amounts, name) {
+        Ok(i) => amounts[i].1 += amount,
+        Err(i) => amounts.insert(i, (name.clone(), amount)),
+    }
+}
+
+/// Takes back what [`add_amount`] added (panics with `why` if it was not there); a dimension
+/// that reaches 0 leaves the list.
+pub(crate) fn sub_amount(amounts: &mut Vec<(Arc<str>, u64)>, name: &str, amount: u64, why: &str) {
+    let i = find_amount(amounts, name).expect(why);
+    let used = &mut amounts[i].1;
+    *used = used.checked_sub(amount).expect(why);
+    if *used == 0 {
+        amounts.remove(i);
+    }
+}
+
 /// What running tasks use: their number and their needs summed per dimension.
 #[derive(Clone, Debug, Default, PartialEq, Eq)]
 pub struct Usage {
@@ -147,7 +183,7 @@ impl Usage {
         if dimension == TASKS {
             self.tasks
         } else {
-            self.find(dimension).map_or(0, |i| self.amounts[i].1)
+            amount_in(&self.amounts, dimension)
         }
     }
 
@@ -156,38 +192,10 @@ impl Usage {
         self.tasks == 0 && self.amounts.is_empty()
     }
 
-    /// Where `dimension` is in `amounts` (Ok) or would go (Err). Names come interned, so the
-    /// same text is usually the same address; the comparison by text decides otherwise.
-    fn find(&self, dimension: &str) -> Result<usize, usize> {
-        if let Some(i) = self.amounts.iter().position(|(name, _)| {
-            std::ptr::eq(name.as_ptr(), dimension.as_ptr()) && name.len() == dimension.len()
-        }) {
-            return Ok(i);
-        }
-        self.amounts
-            .binary_search_by(|(name, _)| (**name).cmp(dimension))
-    }
-
-    fn add_amount(&mut self, name: &Arc<str>, amount: u64) {
-        match self.find(name) {
-            Ok(i) => self.amounts[i].1 += amount,
-            Err(i) => self.amounts.insert(i, (name.clone(), amount)),
-        }
-    }
-
-    fn sub_amount(&mut self, name: &str, amount: u64, why: &str) {
-        let i = self.find(name).expect(why);
-        let used = &mut self.amounts[i].1;
-        *used = used.checked_sub(amount).expect(why);
-        if *used == 0 {
-            self.amounts.remove(i);
-        }
-    }
-
     fn add(&mut self, needs: &[(Arc<str>, u64)]) {
         self.tasks += 1;
         for (name, amount) in needs {
-            self.add_amount(name, *amount);
+            add_amount(&mut self.amounts, name, *amount);
         }
     }
 
@@ -195,21 +203,21 @@ impl Usage {
         const WHY: &str = "a tenant's use is charged before it is released";
         self.tasks = self.tasks.checked_sub(1).expect(WHY);
         for (name, amount) in needs {
-            self.sub_amount(name, *amount, WHY);
+            sub_amount(&mut self.amounts, name, *amount, WHY);
         }
     }
 
     fn merge(&mut self, other: &Usage) {
         self.tasks += other.tasks;
         for (name, amount) in &other.amounts {
-            self.add_amount(name, *amount);
+            add_amount(&mut self.amounts, name, *amount);
         }
     }
 
     fn unmerge(&mut self, other: &Usage) {
         self.tasks -= other.tasks;
         for (name, amount) in &other.amounts {
-            self.sub_amount(name, *amount, "merged before");
+            sub_amount(&mut self.amounts, name, *amount, "merged before");
         }
     }
 }

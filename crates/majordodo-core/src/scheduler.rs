@@ -250,7 +250,8 @@ pub struct RunningSet {
     by_type: HashMap<Arc<str>, u32>,
     by_user_type: HashMap<Arc<str>, HashMap<Arc<str>, u32>>,
     by_resource: HashMap<Arc<str>, u32>,
-    by_amount: HashMap<Arc<str>, u64>,
+    /// Sorted by dimension (few: a worker declares at most a few dozen).
+    by_amount: Vec<(Arc<str>, u64)>,
 }
 
 /// Adds `n` to a counter; the key is copied only when the counter is new.
@@ -296,7 +297,7 @@ impl RunningSet {
             incr(&mut self.by_resource, r);
         }
         for (d, n) in key.needs() {
-            add_to(&mut self.by_amount, d, *n);
+            crate::quota::add_amount(&mut self.by_amount, d, *n);
         }
         self.tasks.insert(id, key);
         true
@@ -318,14 +319,12 @@ impl RunningSet {
             decr(&mut self.by_resource, r);
         }
         for (d, n) in key.needs() {
-            let used = self
-                .by_amount
-                .get_mut(d)
-                .expect("a counter is charged before it is released");
-            *used -= n;
-            if *used == 0 {
-                self.by_amount.remove(d);
-            }
+            crate::quota::sub_amount(
+                &mut self.by_amount,
+                d,
+                *n,
+                "a counter is charged before it is released",
+            );
         }
         Some(key)
     }
@@ -371,7 +370,7 @@ impl RunningSet {
 
     /// The running tasks' needs summed in one dimension.
     pub fn amount_of(&self, dimension: &str) -> u64 {
-        self.by_amount.get(dimension).copied().unwrap_or(0)
+        crate::quota::amount_in(&self.by_amount, dimension)
     }
 
     /// The running tasks' needs summed per dimension.
@@ -779,7 +778,7 @@ struct Room<'a> {
     /// Tasks per resource taken in this choice.
     resource_taken: HashMap<Arc<str>, u32>,
     /// Needs per dimension taken on this worker in this choice.
-    amount_taken: HashMap<Arc<str>, u64>,
+    amount_taken: Vec<(Arc<str>, u64)>,
     /// Tenants' use taken in this choice.
     tenant_taken: TenantBook,
 }
@@ -799,7 +798,7 @@ impl<'a> Room<'a> {
             types: TypeLimits::new(capacity, running),
             user_taken: HashMap::default(),
             resource_taken: HashMap::default(),
-            amount_taken: HashMap::default(),
+            amount_taken: Vec::new(),
             tenant_taken: TenantBook::default(),
         }
     }
@@ -851,7 +850,7 @@ impl<'a> Room<'a> {
         for (d, n) in c.needs {
             let have = self.capacity.amounts.get(&**d).copied().unwrap_or(0);
             let used: u64 = self.running.iter().map(|s| s.amount_of(d)).sum::<u64>()
-                + self.amount_taken.get(d).copied().unwrap_or(0);
+                + crate::quota::amount_in(&self.amount_taken, d);
             if used.saturating_add(*n) > have {
                 return Fit::NotThisQueue;
             }
@@ -898,7 +897,7 @@ impl<'a> Room<'a> {
         let needs = needs.unwrap_or(&[]);
         self.tenant_taken.charge(user, group, needs);
         for (d, n) in needs {
-            add_to(&mut self.amount_taken, d, *n);
+            crate::quota::add_amount(&mut self.amount_taken, d, *n);
         }
         self.free -= 1;
         self.types.take(task_type);
