@@ -217,6 +217,7 @@ fn hello_frame() -> Vec<u8> {
             process_id: "p".into(),
             location: "l".into(),
             client_nonce: vec![7; 32],
+            credential_id: String::new(),
         })),
     }
     .encode_to_vec();

@@ -499,6 +499,7 @@ impl RawWorker {
                 process_id: process_id.clone(),
                 location: "test-host".into(),
                 client_nonce: nonce.to_vec(),
+                credential_id: String::new(),
             }))
             .await
             .unwrap();

@@ -364,6 +364,28 @@ fn fields(entry: &LogEntry) -> Vec<(&'static str, Value)> {
             }
             f.push(("at", (*timestamp).into()));
         }
+        // The verifier is not shown: it is not needed to read the log.
+        LogEntry::AddWorkerCredential {
+            credential_id,
+            worker_id,
+            comment,
+            timestamp,
+            ..
+        } => {
+            f.push(("credential", credential_id.as_str().into()));
+            f.push(("worker", worker_id.as_str().into()));
+            if let Some(c) = comment {
+                f.push(("comment", c.as_str().into()));
+            }
+            f.push(("at", (*timestamp).into()));
+        }
+        LogEntry::RevokeWorkerCredential {
+            credential_id,
+            timestamp,
+        } => {
+            f.push(("credential", credential_id.as_str().into()));
+            f.push(("at", (*timestamp).into()));
+        }
         LogEntry::WorkerConnected {
             worker_id,
             location,

@@ -10,7 +10,8 @@
 //! [`LogEntry::ForgetIdempotencyKeys`], [`LogEntry::DeferTask`], the chunked code pool
 //! ([`LogEntry::BeginCodePool`], [`LogEntry::CodePoolChunk`]) that replaces the original's
 //! one-entry `CREATECODEPOOL`, [`LogEntry::SetServiceLevel`], [`LogEntry::SetTaskPriority`] and
-//! [`LogEntry::SetQuota`].
+//! [`LogEntry::SetQuota`], and the worker credentials ([`LogEntry::AddWorkerCredential`],
+//! [`LogEntry::RevokeWorkerCredential`]).
 
 use crate::model::{Millis, ServiceLevel, TaskId, TaskStatus, TransactionId};
 
@@ -269,6 +270,30 @@ pub enum LogEntry {
         /// When.
         timestamp: Millis,
     },
+    /// An admin issues a worker credential: from now on a worker proving the secret behind this
+    /// verifier may connect as `worker_id` (and only as it). The secret itself is never logged.
+    AddWorkerCredential {
+        /// The credential's id (unique, never reused).
+        credential_id: String,
+        /// The worker id it is bound to.
+        worker_id: String,
+        /// SHA-256 of the client key.
+        stored_key: [u8; 32],
+        /// Key of the broker's proof.
+        server_key: [u8; 32],
+        /// The admin's free text, if any.
+        comment: Option<String>,
+        /// When.
+        timestamp: Millis,
+    },
+    /// An admin revokes a worker credential: it never connects again, and the leader closes the
+    /// connections that used it.
+    RevokeWorkerCredential {
+        /// The credential.
+        credential_id: String,
+        /// When.
+        timestamp: Millis,
+    },
 }
 
 impl LogEntry {
@@ -296,6 +321,8 @@ impl LogEntry {
             LogEntry::SetServiceLevel { .. } => "set_service_level",
             LogEntry::SetTaskPriority { .. } => "set_task_priority",
             LogEntry::SetQuota { .. } => "set_quota",
+            LogEntry::AddWorkerCredential { .. } => "add_worker_credential",
+            LogEntry::RevokeWorkerCredential { .. } => "revoke_worker_credential",
         }
     }
 }

@@ -264,6 +264,25 @@ pub enum QuotaRefusal {
     Amounts(crate::quota::AmountError),
 }
 
+/// Why issuing or revoking a worker credential was refused; nothing was decided.
+#[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
+pub enum CredentialRefusal {
+    /// A field is not valid: `field` names it (`credentialId`, `workerId`, `comment`).
+    #[error("{field}: {reason}")]
+    Invalid {
+        /// The request field.
+        field: &'static str,
+        /// What is wrong.
+        reason: String,
+    },
+    /// No credential has this id.
+    #[error("unknown credential {0}")]
+    Unknown(String),
+    /// The credential is already revoked, or an issue or revocation of it is in flight.
+    #[error("{0}")]
+    Conflict(String),
+}
+
 /// Why a service-level change was refused.
 #[derive(Clone, Debug, PartialEq, Eq, thiserror::Error)]
 pub enum LevelRefusal {
@@ -511,6 +530,9 @@ pub struct Leader {
     /// `created_before` of the newest `ForgetIdempotencyKeys` in flight: keys created before
     /// it are being forgotten already.
     forget_in_flight: Option<Millis>,
+    /// Worker credentials with an issue or a revocation in flight: not touched again until it
+    /// is applied.
+    pending_credentials: HashSet<String>,
     live: BTreeMap<Arc<str>, LiveWorker>,
     /// Workers whose outbox may hold assignments to push (see [`Leader::take_pushes`]).
     outbox_ready: BTreeSet<Arc<str>>,
@@ -590,6 +612,7 @@ impl Leader {
             pending_purge: HashSet::default(),
             pending_keys: HashMap::default(),
             forget_in_flight: None,
+            pending_credentials: HashSet::default(),
             live,
             outbox_ready: BTreeSet::new(),
             rotation: 0,
@@ -629,6 +652,7 @@ impl Leader {
             || !self.pending_purge.is_empty()
             || !self.pending_keys.is_empty()
             || self.forget_in_flight.is_some()
+            || !self.pending_credentials.is_empty()
             || !self.pools.is_empty()
             || !self.tx_ending.is_empty()
             || !self.cancels_in_flight.is_empty()
@@ -847,6 +871,78 @@ impl Leader {
             }
         }
         Ok(needs)
+    }
+
+    /// Decides the issue of a worker credential bound to `worker_id`: the entry to log. The
+    /// caller generated the id and the secret (the core has no randomness) and passes only the
+    /// verifier derived from the secret.
+    ///
+    /// # Errors
+    /// [`CredentialRefusal`]: a bad id, worker id or comment, or an id already used.
+    pub fn add_worker_credential(
+        &mut self,
+        now: Millis,
+        credential_id: &str,
+        worker_id: &str,
+        verifier: ([u8; 32], [u8; 32]),
+        comment: Option<String>,
+    ) -> Result<LogEntry, CredentialRefusal> {
+        let invalid = |field, reason| CredentialRefusal::Invalid { field, reason };
+        crate::credential::check_name("credential id", credential_id)
+            .map_err(|e| invalid("credentialId", e))?;
+        crate::credential::check_name("workerId", worker_id).map_err(|e| invalid("workerId", e))?;
+        let comment = comment.filter(|c| !c.is_empty());
+        if let Some(c) = &comment {
+            crate::credential::check_comment(c).map_err(|e| invalid("comment", e))?;
+        }
+        if self.state.credential(credential_id).is_some()
+            || self.pending_credentials.contains(credential_id)
+        {
+            return Err(CredentialRefusal::Conflict(format!(
+                "credential {credential_id} already exists"
+            )));
+        }
+        self.pending_credentials.insert(credential_id.to_owned());
+        Ok(LogEntry::AddWorkerCredential {
+            credential_id: credential_id.to_owned(),
+            worker_id: worker_id.to_owned(),
+            stored_key: verifier.0,
+            server_key: verifier.1,
+            comment,
+            timestamp: now,
+        })
+    }
+
+    /// Decides the revocation of a worker credential: the entry to log. Once it is applied,
+    /// the caller closes the connections that used the credential; no new one is admitted
+    /// ([`BrokerState::credential_for`] refuses it).
+    ///
+    /// # Errors
+    /// [`CredentialRefusal`]: unknown, already revoked, or a change of it in flight.
+    pub fn revoke_worker_credential(
+        &mut self,
+        now: Millis,
+        credential_id: &str,
+    ) -> Result<LogEntry, CredentialRefusal> {
+        let Some(c) = self.state.credential(credential_id) else {
+            return Err(if self.pending_credentials.contains(credential_id) {
+                CredentialRefusal::Conflict(format!(
+                    "credential {credential_id} is being issued; try again"
+                ))
+            } else {
+                CredentialRefusal::Unknown(credential_id.to_owned())
+            });
+        };
+        if c.revoked.is_some() || self.pending_credentials.contains(credential_id) {
+            return Err(CredentialRefusal::Conflict(format!(
+                "credential {credential_id} is already revoked"
+            )));
+        }
+        self.pending_credentials.insert(credential_id.to_owned());
+        Ok(LogEntry::RevokeWorkerCredential {
+            credential_id: credential_id.to_owned(),
+            timestamp: now,
+        })
     }
 
     /// Decides a quota change of a user or a group (`None` removes it): the entry to log. It
@@ -2061,6 +2157,14 @@ impl Leader {
     /// # Errors
     /// [`ApplyError`] if the entry does not fit the state (a bug on the leader: stop).
     pub fn apply(&mut self, lsn: u64, entry: LogEntry) -> Result<(), ApplyError> {
+        if let LogEntry::AddWorkerCredential { credential_id, .. }
+        | LogEntry::RevokeWorkerCredential { credential_id, .. } = &entry
+        {
+            let id = credential_id.clone();
+            self.state.apply(lsn, entry)?;
+            self.pending_credentials.remove(&id);
+            return Ok(());
+        }
         let release = Release::of(&entry, &self.state);
         let pool_release = codepools::PoolRelease::of(&entry, self);
         self.state.apply(lsn, entry)?;

@@ -9,12 +9,14 @@
 //! - [`leader`]: [`Leader`], which turns requests and events into entries, with reservations for
 //!   entries still in flight so batches can be pipelined.
 //! - [`quota`]: what tasks need, tenants' quotas and their use.
+//! - [`credential`]: per-worker credentials (verifiers only), issued and revoked by entries.
 //! - [`codepool`]: code pools in the state: chunks, checksums, references, expiry.
 //! - [`snapshot`]: owned records of a whole state, and rebuilding a state from them.
 //!
 //! No I/O, no clock, no randomness: time is an argument of every call that needs it.
 
 pub mod codepool;
+pub mod credential;
 pub mod entry;
 pub mod idempotency;
 pub mod leader;

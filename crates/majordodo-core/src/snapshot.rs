@@ -6,6 +6,7 @@
 
 use std::sync::Arc;
 
+use crate::credential::WorkerCredential;
 use crate::idempotency::IdempotencyKey;
 use crate::model::{
     CodePool, Millis, ServiceLevel, Task, TaskExtra, TaskId, TaskStatus, Transaction, WorkerRecord,
@@ -142,6 +143,8 @@ pub struct Snapshot {
     pub service_levels: Vec<(String, ServiceLevel)>,
     /// Quotas set at runtime.
     pub quotas: Vec<(QuotaTenant, Vec<(String, u64)>)>,
+    /// Worker credentials (verifiers only), revoked ones included, in id order.
+    pub credentials: Vec<WorkerCredential>,
 }
 
 /// A consistent copy of everything a snapshot holds, cheap to take between two rounds: tasks are
@@ -165,6 +168,8 @@ pub struct SnapshotSource {
     pub service_levels: Vec<(String, ServiceLevel)>,
     /// Quotas set at runtime.
     pub quotas: Vec<(QuotaTenant, Vec<(String, u64)>)>,
+    /// Worker credentials (verifiers only), revoked ones included, in id order.
+    pub credentials: Vec<WorkerCredential>,
 }
 
 /// Why a snapshot cannot be turned back into a state.
@@ -208,6 +213,7 @@ impl BrokerState {
             idempotency_keys: self.idempotency_keys().collect(),
             service_levels: self.service_level_records(),
             quotas: self.quota_records(),
+            credentials: self.credentials().cloned().collect(),
         }
     }
 
@@ -235,6 +241,7 @@ impl BrokerState {
             idempotency_keys: self.idempotency_keys().collect(),
             service_levels: self.service_level_records(),
             quotas: self.quota_records(),
+            credentials: self.credentials().cloned().collect(),
         }
     }
 
@@ -267,6 +274,9 @@ impl BrokerState {
         }
         for (tenant, quota) in snapshot.quotas {
             b.add_quota(tenant, quota)?;
+        }
+        for c in snapshot.credentials {
+            b.add_credential(c)?;
         }
         b.finish()
     }
@@ -427,6 +437,24 @@ impl StateBuilder {
                 weight: level.weight.max(1),
             },
         );
+        Ok(())
+    }
+
+    /// Adds a worker credential.
+    ///
+    /// # Errors
+    /// A duplicate id, or an id, worker id or comment that is not acceptable.
+    pub fn add_credential(&mut self, c: WorkerCredential) -> Result<(), RestoreError> {
+        let what = || format!("credential {}", c.id);
+        crate::credential::check_name("credential id", &c.id).map_err(|e| invalid(what(), e))?;
+        crate::credential::check_name("worker id", &c.worker_id).map_err(|e| invalid(what(), e))?;
+        if let Some(comment) = &c.comment {
+            crate::credential::check_comment(comment).map_err(|e| invalid(what(), e))?;
+        }
+        if self.state.credentials.contains_key(&c.id) {
+            return Err(invalid(what(), "duplicate id"));
+        }
+        self.state.credentials.insert(c.id.clone(), c);
         Ok(())
     }
 

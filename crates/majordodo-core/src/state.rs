@@ -10,6 +10,7 @@ use crate::{HashMap, HashSet};
 use std::fmt;
 use std::sync::Arc;
 
+use crate::credential::{CredentialProblem, WorkerCredential};
 use crate::entry::{LogEntry, NewTask};
 use crate::idempotency::{IdempotencyKey, IdempotencyKeys};
 use crate::model::{
@@ -185,6 +186,8 @@ pub struct BrokerState {
     pub(crate) quotas: Quotas,
     /// What the running tasks use, per owner and per the owner's current group (derived).
     pub(crate) tenant_use: TenantBook,
+    /// Worker credentials by id, revoked ones included.
+    pub(crate) credentials: BTreeMap<String, WorkerCredential>,
     interned: HashSet<Arc<str>>,
     /// Needs shared by the tasks that declare the same ones (at most [`MAX_SHARED_NEEDS`]).
     interned_needs: HashSet<crate::quota::Needs>,
@@ -227,6 +230,7 @@ impl PartialEq for BrokerState {
             && self.resources_in_use == other.resources_in_use
             && self.quotas == other.quotas
             && self.tenant_use == other.tenant_use
+            && self.credentials == other.credentials
     }
 }
 
@@ -261,6 +265,7 @@ impl BrokerState {
             resources_in_use: HashMap::default(),
             quotas: Quotas::default(),
             tenant_use: TenantBook::default(),
+            credentials: BTreeMap::new(),
             interned: HashSet::default(),
             interned_needs: HashSet::default(),
             mapper,
@@ -484,6 +489,42 @@ impl BrokerState {
     /// The group a waiting task is queued in now (its owner's current service level).
     pub fn queued_group_of(&self, user_id: &str) -> Option<GroupId> {
         self.waiting.group_of(user_id)
+    }
+
+    /// Every worker credential (revoked ones too), in id order.
+    pub fn credentials(&self) -> impl Iterator<Item = &WorkerCredential> + '_ {
+        self.credentials.values()
+    }
+
+    /// A worker credential by id.
+    pub fn credential(&self, id: &str) -> Option<&WorkerCredential> {
+        self.credentials.get(id)
+    }
+
+    /// The credential `id` if it may connect as `worker_id`: it exists, is not revoked and is
+    /// bound to that worker id.
+    ///
+    /// # Errors
+    /// [`CredentialProblem`] saying which of these fails.
+    pub fn credential_for(
+        &self,
+        id: &str,
+        worker_id: &str,
+    ) -> Result<&WorkerCredential, CredentialProblem> {
+        let c = self
+            .credentials
+            .get(id)
+            .ok_or_else(|| CredentialProblem::Unknown(id.to_owned()))?;
+        if c.revoked.is_some() {
+            return Err(CredentialProblem::Revoked(id.to_owned()));
+        }
+        if c.worker_id != worker_id {
+            return Err(CredentialProblem::OtherWorker {
+                id: id.to_owned(),
+                claimed: worker_id.to_owned(),
+            });
+        }
+        Ok(c)
     }
 
     // ----- apply -----
@@ -825,6 +866,55 @@ impl BrokerState {
                         }
                     },
                 }
+            }
+            LogEntry::AddWorkerCredential {
+                credential_id,
+                worker_id,
+                stored_key,
+                server_key,
+                comment,
+                timestamp,
+            } => {
+                let invalid =
+                    |e: String| ApplyError::Invalid(format!("add_worker_credential: {e}"));
+                crate::credential::check_name("credential id", &credential_id).map_err(invalid)?;
+                crate::credential::check_name("worker id", &worker_id).map_err(invalid)?;
+                if let Some(c) = &comment {
+                    crate::credential::check_comment(c).map_err(invalid)?;
+                }
+                if self.credentials.contains_key(&credential_id) {
+                    return Err(invalid(format!(
+                        "credential {credential_id} already exists"
+                    )));
+                }
+                self.credentials.insert(
+                    credential_id.clone(),
+                    WorkerCredential {
+                        id: credential_id,
+                        worker_id,
+                        stored_key,
+                        server_key,
+                        created: timestamp,
+                        comment,
+                        revoked: None,
+                    },
+                );
+            }
+            LogEntry::RevokeWorkerCredential {
+                credential_id,
+                timestamp,
+            } => {
+                let c = self.credentials.get_mut(&credential_id).ok_or_else(|| {
+                    ApplyError::Invalid(format!(
+                        "revoke_worker_credential: unknown credential {credential_id}"
+                    ))
+                })?;
+                if c.revoked.is_some() {
+                    return Err(ApplyError::Invalid(format!(
+                        "revoke_worker_credential: credential {credential_id} is already revoked"
+                    )));
+                }
+                c.revoked = Some(timestamp);
             }
             LogEntry::SetTaskPriority {
                 task_id,

@@ -63,6 +63,8 @@ const SECRET: &[u8] = b"fuzz shared secret";
 const BROKER_NONCE: [u8; 32] = [0xb7; 32];
 const CLIENT_NONCE: [u8; 32] = [0xc1; 32];
 const WORKER_ID: &str = "fuzz-worker";
+/// The per-worker credential secret of the credential handshake seeds.
+const CREDENTIAL_SECRET: &[u8] = b"fuzz credential secret";
 
 /// The worker port: the bytes as one frame body ([`decode_body`]) and as a stream of frames
 /// through the [`WorkerCodec`] of the default maximum (16 MiB), fed in pieces of a size taken
@@ -71,7 +73,9 @@ const WORKER_ID: &str = "fuzz-worker";
 /// Properties: no panic; a decoded message re-encodes to a frame that decodes to the same
 /// message; the codec's buffer never grows beyond what arrived plus its bounded reserve, whatever
 /// length a prefix announces; a worker proof verifies for the exact fields it was made for and
-/// for no other Hello; a proof a peer sent verifies only if it is the right one.
+/// for no other Hello; a proof a peer sent verifies only if it is the right one. The same for a
+/// Hello naming a credential: the SCRAM-style proof verifies against the credential's verifier
+/// for exactly its fields (credential id included), and a sent proof only if it is the right one.
 pub fn worker_protocol(data: &[u8]) {
     if let Ok(message) = decode_body(data) {
         frame_round_trip(&message);
@@ -166,6 +170,7 @@ fn handshake(messages: &[Message]) {
                 assert_eq!(accepted, connect.proof == proof, "worker proof check");
             }
         }
+        credential_handshake(first, &hellos[1..], messages);
     }
     // The worker's side: the broker's answer to a challenge.
     let mut broker_nonce = None;
@@ -189,6 +194,70 @@ fn handshake(messages: &[Message]) {
                 );
             }
             _ => {}
+        }
+    }
+}
+
+/// The broker's side of a credential handshake: the proof made for `first` verifies against
+/// the verifier, for no other Hello; a sent proof verifies only if it is that one.
+fn credential_handshake(
+    first: &majordodo_proto::worker::Hello,
+    others: &[&majordodo_proto::worker::Hello],
+    messages: &[Message],
+) {
+    use majordodo_proto::worker::{
+        CredentialAuth, credential_broker_proof, credential_verifier, credential_worker_proof,
+        verify_credential_broker_proof, verify_credential_worker_proof,
+    };
+    let auth_of = |h: &'_ majordodo_proto::worker::Hello| -> (Vec<u8>, String, String, String) {
+        (
+            h.client_nonce.clone(),
+            h.worker_id.clone(),
+            h.process_id.clone(),
+            h.credential_id.clone(),
+        )
+    };
+    let verifier = credential_verifier(CREDENTIAL_SECRET);
+    let (nonce, id, pid, cred) = auth_of(first);
+    let auth = CredentialAuth {
+        broker_nonce: &BROKER_NONCE,
+        client_nonce: &nonce,
+        worker_id: &id,
+        process_id: &pid,
+        credential_id: &cred,
+    };
+    let proof = credential_worker_proof(CREDENTIAL_SECRET, &auth);
+    assert!(verify_credential_worker_proof(&verifier, &auth, &proof));
+    let answer = credential_broker_proof(&verifier, &auth);
+    assert!(verify_credential_broker_proof(
+        CREDENTIAL_SECRET,
+        &auth,
+        &answer
+    ));
+    for other in others {
+        let (n2, id2, pid2, cred2) = auth_of(other);
+        if (&n2, &id2, &pid2, &cred2) != (&nonce, &id, &pid, &cred) {
+            let changed = CredentialAuth {
+                broker_nonce: &BROKER_NONCE,
+                client_nonce: &n2,
+                worker_id: &id2,
+                process_id: &pid2,
+                credential_id: &cred2,
+            };
+            assert!(
+                !verify_credential_worker_proof(&verifier, &changed, &proof),
+                "the credential proof of {first:?} also proves {other:?}"
+            );
+        }
+    }
+    for message in messages {
+        if let Message::Connect(connect) = message {
+            let accepted = verify_credential_worker_proof(&verifier, &auth, &connect.proof);
+            assert_eq!(
+                accepted,
+                connect.proof == proof,
+                "credential worker proof check"
+            );
         }
     }
 }

@@ -216,6 +216,7 @@ fn worker_seeds() -> Vec<(String, Vec<u8>)> {
         process_id: "pid-1".into(),
         location: "host:1".into(),
         client_nonce: client_nonce.to_vec(),
+        credential_id: String::new(),
     };
     let connect = Connect {
         proof: worker_proof(secret, &broker_nonce, &client_nonce, "fuzz-worker", "pid-1").to_vec(),
@@ -288,7 +289,43 @@ fn worker_seeds() -> Vec<(String, Vec<u8>)> {
         process_id: "rpid-1".into(),
         ..hello.clone()
     };
+    // The same with a per-worker credential.
+    let credential_secret = b"fuzz credential secret";
+    let credential_hello = Hello {
+        credential_id: "c-fuzz".into(),
+        ..hello.clone()
+    };
+    let auth = majordodo_proto::worker::CredentialAuth {
+        broker_nonce: &broker_nonce,
+        client_nonce: &client_nonce,
+        worker_id: "fuzz-worker",
+        process_id: "pid-1",
+        credential_id: "c-fuzz",
+    };
+    let credential_connect = Connect {
+        proof: majordodo_proto::worker::credential_worker_proof(credential_secret, &auth).to_vec(),
+        capacity: capacity(),
+        running: vec![],
+    };
+    let other_credential = Hello {
+        credential_id: "c-fuzz2".into(),
+        ..credential_hello.clone()
+    };
     vec![
+        (
+            "credential-handshake".into(),
+            frames(vec![
+                Message::Hello(credential_hello.clone()),
+                Message::Connect(credential_connect),
+            ]),
+        ),
+        (
+            "credential-two-hellos".into(),
+            frames(vec![
+                Message::Hello(credential_hello),
+                Message::Hello(other_credential),
+            ]),
+        ),
         ("handshake".into(), frames(handshake)),
         ("welcome".into(), frames(welcome)),
         ("session".into(), frames(session)),
@@ -384,6 +421,26 @@ fn sample_entries() -> Vec<LogEntry> {
         LogEntry::WorkerDisconnected {
             worker_id: "w1".into(),
             timestamp: 14,
+        },
+        LogEntry::AddWorkerCredential {
+            credential_id: "c-1".into(),
+            worker_id: "w1".into(),
+            stored_key: [0x11; 32],
+            server_key: [0x22; 32],
+            comment: Some("rack 4".into()),
+            timestamp: 15,
+        },
+        LogEntry::AddWorkerCredential {
+            credential_id: "c-2".into(),
+            worker_id: "w1".into(),
+            stored_key: [0x33; 32],
+            server_key: [0x44; 32],
+            comment: None,
+            timestamp: 16,
+        },
+        LogEntry::RevokeWorkerCredential {
+            credential_id: "c-1".into(),
+            timestamp: 17,
         },
     ]
 }

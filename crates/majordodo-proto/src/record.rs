@@ -57,7 +57,7 @@ struct RecordPb {
     version: u32,
     #[prost(
         oneof = "EntryPb",
-        tags = "11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24, 30, 31, 40, 50, 51, 70, 71, 80"
+        tags = "11, 12, 13, 14, 15, 16, 17, 18, 19, 20, 21, 23, 24, 30, 31, 40, 50, 51, 70, 71, 80, 90, 91"
     )]
     entry: Option<EntryPb>,
 }
@@ -112,6 +112,85 @@ enum EntryPb {
     /// Since version 3.
     #[prost(message, tag = "80")]
     SetQuota(QuotaPb),
+    /// Since version 3.
+    #[prost(message, tag = "90")]
+    AddWorkerCredential(CredentialPb),
+    /// Since version 3.
+    #[prost(message, tag = "91")]
+    RevokeWorkerCredential(RevokeCredentialPb),
+}
+
+/// Since version 3: a worker credential's verifier; shared with snapshots (where `revoked`
+/// is set for a revoked one).
+#[derive(Clone, PartialEq, Message)]
+pub(crate) struct CredentialPb {
+    #[prost(string, tag = "1")]
+    pub(crate) credential_id: String,
+    #[prost(string, tag = "2")]
+    pub(crate) worker_id: String,
+    #[prost(bytes = "vec", tag = "3")]
+    pub(crate) stored_key: Vec<u8>,
+    #[prost(bytes = "vec", tag = "4")]
+    pub(crate) server_key: Vec<u8>,
+    #[prost(string, optional, tag = "5")]
+    pub(crate) comment: Option<String>,
+    /// Issue time.
+    #[prost(int64, tag = "6")]
+    pub(crate) timestamp: i64,
+    /// Snapshots only: when it was revoked.
+    #[prost(int64, optional, tag = "7")]
+    pub(crate) revoked: Option<i64>,
+}
+
+impl CredentialPb {
+    pub(crate) fn of(c: &majordodo_core::credential::WorkerCredential) -> Self {
+        CredentialPb {
+            credential_id: c.id.clone(),
+            worker_id: c.worker_id.clone(),
+            stored_key: c.stored_key.to_vec(),
+            server_key: c.server_key.to_vec(),
+            comment: c.comment.clone(),
+            timestamp: c.created,
+            revoked: c.revoked,
+        }
+    }
+
+    pub(crate) fn keys(&self) -> Result<([u8; 32], [u8; 32]), RecordError> {
+        let key = |field, bytes: &[u8]| {
+            <[u8; 32]>::try_from(bytes).map_err(|_| RecordError::InvalidField {
+                field,
+                reason: format!("expected 32 bytes, got {}", bytes.len()),
+            })
+        };
+        Ok((
+            key("credential.stored_key", &self.stored_key)?,
+            key("credential.server_key", &self.server_key)?,
+        ))
+    }
+
+    pub(crate) fn into_credential(
+        self,
+    ) -> Result<majordodo_core::credential::WorkerCredential, RecordError> {
+        let (stored_key, server_key) = self.keys()?;
+        Ok(majordodo_core::credential::WorkerCredential {
+            id: self.credential_id,
+            worker_id: self.worker_id,
+            stored_key,
+            server_key,
+            created: self.timestamp,
+            comment: self.comment,
+            revoked: self.revoked,
+        })
+    }
+}
+
+/// Since version 3.
+#[derive(Clone, PartialEq, Message)]
+struct RevokeCredentialPb {
+    #[prost(string, tag = "1")]
+    credential_id: String,
+    #[prost(int64, tag = "2")]
+    timestamp: i64,
 }
 
 /// Since version 3.
@@ -688,6 +767,29 @@ pub fn encode_entry(entry: &LogEntry) -> Vec<u8> {
                 timestamp: *timestamp,
             })
         }
+        LogEntry::AddWorkerCredential {
+            credential_id,
+            worker_id,
+            stored_key,
+            server_key,
+            comment,
+            timestamp,
+        } => EntryPb::AddWorkerCredential(CredentialPb {
+            credential_id: credential_id.clone(),
+            worker_id: worker_id.clone(),
+            stored_key: stored_key.to_vec(),
+            server_key: server_key.to_vec(),
+            comment: comment.clone(),
+            timestamp: *timestamp,
+            revoked: None,
+        }),
+        LogEntry::RevokeWorkerCredential {
+            credential_id,
+            timestamp,
+        } => EntryPb::RevokeWorkerCredential(RevokeCredentialPb {
+            credential_id: credential_id.clone(),
+            timestamp: *timestamp,
+        }),
     };
     RecordPb {
         version: RECORD_FORMAT_VERSION,
@@ -716,6 +818,9 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, RecordError> {
             EntryPb::SetServiceLevel(_) => Some("set_service_level"),
             EntryPb::SetTaskPriority(_) => Some("set_task_priority"),
             EntryPb::SetQuota(_) => Some("set_quota"),
+            EntryPb::AddWorkerCredential(_) | EntryPb::RevokeWorkerCredential(_) => {
+                Some("worker credential")
+            }
             EntryPb::BeginTransaction(t) if t.owner.is_some() => Some("transaction owner"),
             _ => None,
         };
@@ -860,6 +965,27 @@ pub fn decode_entry(bytes: &[u8]) -> Result<LogEntry, RecordError> {
                 timestamp: q.timestamp,
             }
         }
+        EntryPb::AddWorkerCredential(c) => {
+            if c.revoked.is_some() {
+                return Err(RecordError::InvalidField {
+                    field: "credential.revoked",
+                    reason: "an issued credential is not revoked".into(),
+                });
+            }
+            let (stored_key, server_key) = c.keys()?;
+            LogEntry::AddWorkerCredential {
+                credential_id: c.credential_id,
+                worker_id: c.worker_id,
+                stored_key,
+                server_key,
+                comment: c.comment,
+                timestamp: c.timestamp,
+            }
+        }
+        EntryPb::RevokeWorkerCredential(r) => LogEntry::RevokeWorkerCredential {
+            credential_id: r.credential_id,
+            timestamp: r.timestamp,
+        },
     })
 }
 
@@ -1100,6 +1226,30 @@ pub(crate) mod tests {
                     quota,
                     timestamp
                 }),
+            (
+                ("[a-z0-9-]{1,12}", "[a-z0-9.]{1,12}"),
+                (any::<[u8; 32]>(), any::<[u8; 32]>()),
+                proptest::option::of(".{0,12}"),
+                any::<i64>()
+            )
+                .prop_map(
+                    |((credential_id, worker_id), (stored_key, server_key), comment, timestamp)| {
+                        LogEntry::AddWorkerCredential {
+                            credential_id,
+                            worker_id,
+                            stored_key,
+                            server_key,
+                            comment,
+                            timestamp,
+                        }
+                    }
+                ),
+            (".{0,12}", any::<i64>()).prop_map(|(credential_id, timestamp)| {
+                LogEntry::RevokeWorkerCredential {
+                    credential_id,
+                    timestamp,
+                }
+            }),
         ]
     }
 
@@ -1141,7 +1291,9 @@ pub(crate) mod tests {
                 | EntryPb::DeferTask(_)
                 | EntryPb::SetServiceLevel(_)
                 | EntryPb::SetTaskPriority(_)
-                | EntryPb::SetQuota(_),
+                | EntryPb::SetQuota(_)
+                | EntryPb::AddWorkerCredential(_)
+                | EntryPb::RevokeWorkerCredential(_),
             ) => return None,
             Some(EntryPb::BeginTransaction(t)) => t.owner = None,
             _ => {}
@@ -1161,7 +1313,9 @@ pub(crate) mod tests {
                 | EntryPb::CodePoolChunk(_)
                 | EntryPb::SetServiceLevel(_)
                 | EntryPb::SetTaskPriority(_)
-                | EntryPb::SetQuota(_),
+                | EntryPb::SetQuota(_)
+                | EntryPb::AddWorkerCredential(_)
+                | EntryPb::RevokeWorkerCredential(_),
             ) => {
                 return None;
             }
@@ -1317,6 +1471,19 @@ pub(crate) mod tests {
                 vec![owner.as_ref().map_or(0, String::len)]
             }
             LogEntry::DeferTask { worker_id, .. } => vec![worker_id.len()],
+            LogEntry::AddWorkerCredential {
+                credential_id,
+                worker_id,
+                comment,
+                ..
+            } => vec![
+                credential_id.len(),
+                worker_id.len(),
+                32,
+                32,
+                comment.as_ref().map_or(0, String::len),
+            ],
+            LogEntry::RevokeWorkerCredential { credential_id, .. } => vec![credential_id.len()],
             LogEntry::CommitTransaction { .. }
             | LogEntry::RollbackTransaction { .. }
             | LogEntry::Noop { .. }

@@ -19,7 +19,9 @@
 //! `data` and is still read. Version 3 also adds a transaction's owner (field 40 of its item),
 //! a task's deferrals (field 40 of its item) and priority (field 50), and the `ServiceLevel`
 //! item (tag 50, written right after the header, before the tasks that are queued under it)
-//! with its count in `End` (field 50); older snapshots have none of these.
+//! with its count in `End` (field 50), the `Quota` item (tag 80, count in field 80) and the
+//! `Credential` item (tag 90: a worker credential's verifier, never its secret; count in field
+//! 90); older snapshots have none of these.
 
 use std::sync::Arc;
 
@@ -30,7 +32,7 @@ use majordodo_core::snapshot::{
 use majordodo_core::{BrokerState, GroupMapper, IdempotencyKey, TaskId, TransactionId};
 use prost::Message;
 
-use crate::record::{LevelPb, NewTaskPb, QuotaPb, RecordError};
+use crate::record::{CredentialPb, LevelPb, NewTaskPb, QuotaPb, RecordError};
 
 /// Version of the snapshot content format written by this build.
 pub const SNAPSHOT_FORMAT_VERSION: u32 = 3;
@@ -68,7 +70,7 @@ pub enum SnapshotError {
 
 #[derive(Clone, PartialEq, Message)]
 struct ItemPb {
-    #[prost(oneof = "ItemKind", tags = "1, 2, 3, 4, 5, 6, 7, 50, 70, 80")]
+    #[prost(oneof = "ItemKind", tags = "1, 2, 3, 4, 5, 6, 7, 50, 70, 80, 90")]
     item: Option<ItemKind>,
 }
 
@@ -98,6 +100,9 @@ enum ItemKind {
     /// Since version 3.
     #[prost(message, tag = "80")]
     Quota(QuotaPb),
+    /// Since version 3: a worker credential's verifier (revoked ones too).
+    #[prost(message, tag = "90")]
+    Credential(CredentialPb),
 }
 
 /// Since version 3.
@@ -249,6 +254,9 @@ struct EndPb {
     /// Since version 3.
     #[prost(uint64, tag = "80")]
     quotas: u64,
+    /// Since version 3.
+    #[prost(uint64, tag = "90")]
+    credentials: u64,
     /// Since version 2.
     #[prost(uint64, tag = "5")]
     idempotency_keys: u64,
@@ -302,6 +310,10 @@ pub fn encode_snapshot(source: &SnapshotSource) -> Vec<u8> {
             }),
         );
         end.quotas += 1;
+    }
+    for c in &source.credentials {
+        put(&mut out, ItemKind::Credential(CredentialPb::of(c)));
+        end.credentials += 1;
     }
     for task in &source.tasks {
         let r = TaskRecord::from(&**task);
@@ -634,6 +646,15 @@ pub fn decode_snapshot(
                 builder.add_quota(tenant, quota)?;
                 seen.quotas += 1;
             }
+            ItemKind::Credential(c) => {
+                if version < 3 {
+                    return Err(SnapshotError::Structure(format!(
+                        "item {index}: worker credential in a version {version} snapshot"
+                    )));
+                }
+                builder.add_credential(c.into_credential()?)?;
+                seen.credentials += 1;
+            }
             ItemKind::End(end) => {
                 if end != seen {
                     return Err(SnapshotError::Structure(format!(
@@ -838,6 +859,26 @@ mod tests {
                 timestamp: 11,
             },
         );
+        for (id, worker, comment) in [("c1", "w1", Some("rack 4")), ("c2", "w1", None)] {
+            apply(
+                &mut s,
+                LogEntry::AddWorkerCredential {
+                    credential_id: id.into(),
+                    worker_id: worker.into(),
+                    stored_key: [1; 32],
+                    server_key: [2; 32],
+                    comment: comment.map(str::to_owned),
+                    timestamp: 13,
+                },
+            );
+        }
+        apply(
+            &mut s,
+            LogEntry::RevokeWorkerCredential {
+                credential_id: "c1".into(),
+                timestamp: 14,
+            },
+        );
         s
     }
 
@@ -860,6 +901,11 @@ mod tests {
         // Quotas, needs and the running tasks' use come back.
         assert_eq!(back.quotas(), state.quotas());
         assert_eq!(back.quotas().groups.len(), 1);
+        // Worker credentials, revoked or not, come back with their verifiers.
+        assert_eq!(back.credentials().count(), 2);
+        assert_eq!(back.credential("c1").unwrap().revoked, Some(14));
+        assert!(back.credential_for("c2", "w1").is_ok());
+        assert!(back.credential_for("c1", "w1").is_err());
         assert_eq!(back.tenant_use().user("1").unwrap().get("cpu"), 100);
         assert_eq!(back.task(TaskId(6)).unwrap().needs().len(), 2);
         // A quota item is refused in a version 2 snapshot.
@@ -985,6 +1031,7 @@ mod tests {
         }
         source.service_levels.clear();
         source.quotas.clear();
+        source.credentials.clear();
         let v3 = encode_snapshot(&source);
         let mut buf = v3.as_slice();
         let mut out = Vec::new();

@@ -21,11 +21,15 @@
 //!                          <- CodePoolData {id, pool, offset, size, sha256, data | error}
 //! ```
 //!
-//! The shared secret never crosses the wire: both sides prove they know it with HMACs over
-//! both nonces (see [`worker_proof`], [`broker_proof`]). Decoding never panics; anything a
+//! No secret crosses the wire. A worker with a per-worker credential names it in `Hello`
+//! (`credential_id`) and proves its secret SCRAM-style against the verifier the broker keeps
+//! ([`credential_worker_proof`], [`credential_broker_proof`]); without one (legacy mode) both
+//! sides prove the shared secret with HMACs over both nonces ([`worker_proof`],
+//! [`broker_proof`]). Decoding never panics; anything a
 //! peer can get wrong is a [`ProtocolError`], after which the receiver closes that connection.
 
 mod codec;
+mod credential_file;
 mod messages;
 mod proof;
 
@@ -36,18 +40,23 @@ pub use codec::{
     FRAME_OVERHEAD, WorkerCodec, chunk_for_frames, decode_body, encoded_body_len, fits_in_frame,
     item_frame_len,
 };
+pub use credential_file::{CREDENTIAL_FILE_HEADER, CredentialFile};
 pub use messages::{
     ANY_TASK_TYPE, Assign, Assignment, CPU_MILLIS, Cancel, Capacity, Challenge, CodePoolData,
     CodePoolRequest, Connect, Envelope, FinishReport, Finished, FinishedAck, Hello, Kill,
     MEMORY_MIB, Message, Outcome, Ping, Pong, Reject, RunningTask, Shutdown, Welcome,
 };
 pub use proof::{
-    PROOF_LEN, SharedSecret, broker_proof, random_nonce, verify_broker_proof, verify_worker_proof,
-    worker_proof,
+    CREDENTIAL_SECRET_LEN, CredentialAuth, CredentialVerifier, PROOF_LEN, SharedSecret,
+    broker_proof, credential_broker_proof, credential_verifier, credential_worker_proof,
+    random_credential_secret, random_nonce, verify_broker_proof, verify_credential_broker_proof,
+    verify_credential_worker_proof, verify_worker_proof, worker_proof,
 };
 
-/// The protocol version this code speaks; carried by every frame.
-pub const PROTOCOL_VERSION: u32 = 1;
+/// The protocol version this code speaks; carried by every frame. Version 2 adds the
+/// credential id of `Hello` (field 90) and its proofs; a peer of version 1 is refused with
+/// [`ProtocolError::UnsupportedVersion`] on its first frame.
+pub const PROTOCOL_VERSION: u32 = 2;
 
 /// Default largest frame body, in bytes. A frame carries a batch of task payloads or results,
 /// and the original system capped those at 64 KiB each; 16 MiB leaves room for batches of

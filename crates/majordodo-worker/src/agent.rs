@@ -464,6 +464,12 @@ impl Agent {
             process_id: self.config.process_id.clone(),
             location: self.config.location.clone(),
             client_nonce: client_nonce.to_vec(),
+            credential_id: self
+                .config
+                .credential
+                .as_ref()
+                .map(|c| c.credential_id.clone())
+                .unwrap_or_default(),
         });
         framed
             .send(hello)
@@ -473,13 +479,26 @@ impl Agent {
             Message::Challenge(challenge) => challenge,
             other => return Err(unexpected(&other, "challenge")),
         };
-        let proof = worker_proof(
-            self.config.shared_secret.as_bytes(),
-            &challenge.broker_nonce,
-            &client_nonce,
-            &self.config.worker_id,
-            &self.config.process_id,
-        );
+        let credential = self.config.credential.as_ref();
+        let auth = credential.map(|c| majordodo_proto::worker::CredentialAuth {
+            broker_nonce: &challenge.broker_nonce,
+            client_nonce: &client_nonce,
+            worker_id: &self.config.worker_id,
+            process_id: &self.config.process_id,
+            credential_id: &c.credential_id,
+        });
+        let proof = match (credential, &auth) {
+            (Some(c), Some(auth)) => {
+                majordodo_proto::worker::credential_worker_proof(&c.secret, auth)
+            }
+            _ => worker_proof(
+                self.config.shared_secret.as_bytes(),
+                &challenge.broker_nonce,
+                &client_nonce,
+                &self.config.worker_id,
+                &self.config.process_id,
+            ),
+        };
         let connect = Message::Connect(Connect {
             proof: proof.to_vec(),
             capacity: self.capacity(),
@@ -493,13 +512,21 @@ impl Agent {
             Message::Welcome(welcome) => welcome,
             other => return Err(unexpected(&other, "welcome")),
         };
-        if !verify_broker_proof(
-            self.config.shared_secret.as_bytes(),
-            &client_nonce,
-            &challenge.broker_nonce,
-            &self.config.worker_id,
-            &welcome.broker_proof,
-        ) {
+        let broker_proven = match (credential, &auth) {
+            (Some(c), Some(auth)) => majordodo_proto::worker::verify_credential_broker_proof(
+                &c.secret,
+                auth,
+                &welcome.broker_proof,
+            ),
+            _ => verify_broker_proof(
+                self.config.shared_secret.as_bytes(),
+                &client_nonce,
+                &challenge.broker_nonce,
+                &self.config.worker_id,
+                &welcome.broker_proof,
+            ),
+        };
+        if !broker_proven {
             return Err(ConnectError::Fatal(
                 WorkerError::BrokerAuthenticationFailed {
                     broker_id: challenge.broker_id,

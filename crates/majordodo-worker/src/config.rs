@@ -107,8 +107,12 @@ pub struct WorkerConfig {
     pub process_id: String,
     /// Where the worker runs, for operators; defaults to the host name.
     pub location: String,
-    /// The secret shared with the brokers; must not be empty.
+    /// The secret shared with the brokers (legacy mode); must not be empty unless
+    /// `credential` is set, which then takes its place.
     pub shared_secret: SharedSecret,
+    /// This worker's own credential (the file `majordodo worker-credentials add` wrote); its
+    /// worker id must be `worker_id`. Preferred over the shared secret.
+    pub credential: Option<majordodo_proto::worker::CredentialFile>,
     /// TLS toward the broker: how its certificate is verified and the client certificate
     /// presented; `None` connects with plain TCP.
     pub tls: Option<Arc<majordodo_tls::ClientConfig>>,
@@ -155,6 +159,7 @@ impl WorkerConfig {
             process_id: new_process_id(),
             location: host,
             shared_secret,
+            credential: None,
             tls: None,
             capacity: Capacity {
                 max_threads: DEFAULT_MAX_THREADS,
@@ -197,8 +202,14 @@ impl WorkerConfig {
             "broker_addr must not be empty"
         } else if self.worker_id.is_empty() {
             "worker_id must not be empty"
-        } else if self.shared_secret.is_empty() {
-            "shared_secret must not be empty"
+        } else if self.credential.is_none() && self.shared_secret.is_empty() {
+            "shared_secret must not be empty (or give a credential)"
+        } else if self
+            .credential
+            .as_ref()
+            .is_some_and(|c| c.worker_id != self.worker_id)
+        {
+            "worker_id must be the worker id of the credential"
         } else if self.keepalive_interval.is_zero() {
             "keepalive_interval must be positive"
         } else if self.report_batching.max_reports == 0 {

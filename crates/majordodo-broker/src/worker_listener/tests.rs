@@ -138,6 +138,7 @@ impl RawWorker {
             process_id: self.process_id.clone(),
             location: "test".into(),
             client_nonce: self.client_nonce.to_vec(),
+            credential_id: String::new(),
         }))
         .await;
         let challenge = match self.recv().await {
@@ -253,6 +254,7 @@ async fn other_protocol_version_is_rejected_as_not_retryable() {
             process_id: "p".into(),
             location: String::new(),
             client_nonce: vec![0; 32],
+            credential_id: String::new(),
         })),
     }
     .encode_to_vec();
@@ -645,6 +647,7 @@ async fn pre_authentication_connect_over_the_handshake_cap_is_refused() {
             process_id: "p".into(),
             location: "test".into(),
             client_nonce: worker.client_nonce.to_vec(),
+            credential_id: String::new(),
         }))
         .await;
     match worker.recv().await {
@@ -679,6 +682,7 @@ async fn handshake_that_trickles_is_closed_at_the_handshake_timeout() {
             process_id: "p".into(),
             location: "l".into(),
             client_nonce: random_nonce().to_vec(),
+            credential_id: String::new(),
         })),
     }
     .encode_to_vec();

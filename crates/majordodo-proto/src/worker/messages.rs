@@ -175,6 +175,10 @@ pub struct Hello {
     /// [`NONCE_LEN`] random bytes from the OS RNG, fresh for every connection attempt.
     #[prost(bytes = "vec", tag = "4")]
     pub client_nonce: Vec<u8>,
+    /// Since protocol version 2: the per-worker credential the worker proves in `Connect`;
+    /// empty for the legacy shared secret.
+    #[prost(string, tag = "90")]
+    pub credential_id: String,
 }
 
 /// B→W: who the broker is and its half of the handshake randomness.
@@ -191,7 +195,8 @@ pub struct Challenge {
 /// W→B: the worker's proof of the shared secret, its capacity and what it still runs.
 #[derive(Clone, PartialEq, prost::Message)]
 pub struct Connect {
-    /// [`super::worker_proof`] over both nonces and the worker's identity.
+    /// [`super::credential_worker_proof`] (or, without a credential, [`super::worker_proof`])
+    /// over both nonces and the worker's identity.
     #[prost(bytes = "vec", tag = "1")]
     pub proof: Vec<u8>,
     /// What the worker accepts to run.

@@ -108,13 +108,16 @@ fn arb_nonce() -> impl Strategy<Value = Vec<u8>> {
 /// Every valid message kind, with arbitrary contents.
 fn arb_message() -> impl Strategy<Value = Message> {
     prop_oneof![
-        (".{0,16}", ".{0,16}", ".{0,16}", arb_nonce()).prop_map(
-            |(worker_id, process_id, location, client_nonce)| Message::Hello(Hello {
-                worker_id,
-                process_id,
-                location,
-                client_nonce,
-            })
+        (".{0,16}", ".{0,16}", ".{0,16}", arb_nonce(), ".{0,16}").prop_map(
+            |(worker_id, process_id, location, client_nonce, credential_id)| {
+                Message::Hello(Hello {
+                    worker_id,
+                    process_id,
+                    location,
+                    client_nonce,
+                    credential_id,
+                })
+            }
         ),
         (".{0,16}", arb_nonce()).prop_map(|(broker_id, broker_nonce)| {
             Message::Challenge(Challenge {
@@ -334,25 +337,36 @@ fn encoding_a_message_over_the_limit_fails() {
 
 #[test]
 fn other_protocol_version_is_a_typed_error() {
-    // Goal: a frame from another version is reported as such, even if its body is foreign.
+    // Goal: a frame from another version is reported as such, even if its body is foreign;
+    // a version 1 hello (before per-worker credentials) is refused naming both versions.
+    let old = Envelope {
+        version: 1,
+        message: Some(Message::Pong(Pong {})),
+    }
+    .encode_to_vec();
+    let err = decode_body(&old).unwrap_err();
+    assert_eq!(
+        err.to_string(),
+        "unsupported protocol version 1 (this side speaks 2)"
+    );
     let body = Envelope {
-        version: 2,
+        version: 3,
         message: Some(Message::Pong(Pong {})),
     }
     .encode_to_vec();
     let err = decode_body(&body).unwrap_err();
     assert!(matches!(
         err,
-        ProtocolError::UnsupportedVersion { version: 2 }
+        ProtocolError::UnsupportedVersion { version: 3 }
     ));
 
-    // Version 2 with a field 16 that is not a Hello message in our layout.
+    // Version 3 with a field 16 that is not a Hello message in our layout.
     let mut foreign = Vec::new();
-    prost::encoding::uint32::encode(1, &2, &mut foreign);
+    prost::encoding::uint32::encode(1, &3, &mut foreign);
     prost::encoding::uint64::encode(16, &7, &mut foreign);
     let err = decode_body(&foreign).unwrap_err();
     assert!(
-        matches!(err, ProtocolError::UnsupportedVersion { version: 2 }),
+        matches!(err, ProtocolError::UnsupportedVersion { version: 3 }),
         "{err:?}"
     );
 }
@@ -379,6 +393,7 @@ fn wrong_nonce_length_is_rejected() {
             process_id: "p".into(),
             location: String::new(),
             client_nonce: vec![0; 31],
+            credential_id: String::new(),
         })),
     }
     .encode_to_vec();
@@ -445,6 +460,75 @@ fn worker_proof_verifies_only_with_the_same_secret_and_fields() {
         "p1",
         &proof[..31]
     ));
+}
+
+#[test]
+fn credential_proofs_verify_only_with_the_secret_and_the_same_fields() {
+    // Goal: the worker's proof checks against the verifier alone; the verifier cannot make a
+    // proof (its keys are not the secret); any changed field, a wrong secret or a cut proof
+    // fails; the broker's proof checks with the secret and differs from the worker's.
+    let secret = random_credential_secret();
+    let verifier = credential_verifier(&secret);
+    let (bn, cn) = (random_nonce(), random_nonce());
+    let auth = CredentialAuth {
+        broker_nonce: &bn,
+        client_nonce: &cn,
+        worker_id: "w1",
+        process_id: "p1",
+        credential_id: "c1",
+    };
+    let proof = credential_worker_proof(&secret, &auth);
+    assert!(verify_credential_worker_proof(&verifier, &auth, &proof));
+    assert!(!verify_credential_worker_proof(
+        &verifier,
+        &auth,
+        &proof[..31]
+    ));
+    let mut wrong = secret;
+    wrong[0] ^= 1;
+    assert!(!verify_credential_worker_proof(
+        &verifier,
+        &auth,
+        &credential_worker_proof(&wrong, &auth)
+    ));
+    // Someone holding only the verifier (the log, a snapshot) keyed with what it has fails.
+    for key in [verifier.stored_key, verifier.server_key] {
+        assert!(!verify_credential_worker_proof(
+            &verifier,
+            &auth,
+            &credential_worker_proof(&key, &auth)
+        ));
+    }
+    for changed in [
+        CredentialAuth {
+            worker_id: "w2",
+            ..auth
+        },
+        CredentialAuth {
+            process_id: "p2",
+            ..auth
+        },
+        CredentialAuth {
+            credential_id: "c2",
+            ..auth
+        },
+        CredentialAuth {
+            broker_nonce: &cn,
+            client_nonce: &bn,
+            ..auth
+        },
+    ] {
+        assert!(!verify_credential_worker_proof(&verifier, &changed, &proof));
+        assert!(!verify_credential_broker_proof(
+            &secret,
+            &changed,
+            &credential_broker_proof(&verifier, &auth)
+        ));
+    }
+    let broker = credential_broker_proof(&verifier, &auth);
+    assert!(verify_credential_broker_proof(&secret, &auth, &broker));
+    assert!(!verify_credential_broker_proof(&wrong, &auth, &broker));
+    assert_ne!(broker, proof);
 }
 
 #[test]
