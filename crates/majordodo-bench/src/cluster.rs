@@ -113,6 +113,7 @@ token_sha256 = "{token_sha256}"
 
 [workers]
 listen = "127.0.0.1:{worker_port}"
+auth = "credentials-or-shared-secret"
 shared_secret = "{secret}"
 
 [log]

@@ -107,6 +107,7 @@ enum Obligation {
         conn: ConnId,
         worker_id: String,
         replaced: Option<u64>,
+        credential: Option<String>,
     },
     /// Acknowledge a batch of finish reports.
     Ack { conn: ConnId, seq: u64 },
@@ -172,6 +173,17 @@ struct Session {
     session: WorkerSession,
     /// Assignments the connection's queue could not take yet, retried each turn.
     backlog: Vec<Assignment>,
+    /// The per-worker credential the connection proved, if any (closed when it is revoked).
+    credential: Option<String>,
+}
+
+fn credential_refusal(e: majordodo_core::leader::CredentialRefusal) -> AdminRefusal {
+    use majordodo_core::leader::CredentialRefusal as R;
+    match e {
+        R::Invalid { field, reason } => AdminRefusal::Invalid { field, reason },
+        R::Unknown(id) => AdminRefusal::NoSuchCredential(id),
+        R::Conflict(why) => AdminRefusal::CredentialConflict(why),
+    }
 }
 
 /// The dispatcher's state.
@@ -469,6 +481,59 @@ impl Dispatcher {
         });
     }
 
+    /// Checks a worker's credential claim against the verifier in the state: the broker's
+    /// proof for `Welcome`, or the refusal the worker gets. An unknown id and a wrong secret
+    /// get the same answer; a worker that proved the secret learns that its credential is
+    /// revoked or bound to another worker id.
+    fn check_credential(
+        &self,
+        hello: &crate::worker_listener::WorkerHello,
+        claim: &crate::worker_listener::CredentialClaim,
+    ) -> Result<[u8; 32], String> {
+        use majordodo_proto::worker::{
+            CredentialAuth, CredentialVerifier, credential_broker_proof,
+            verify_credential_worker_proof,
+        };
+        let failed = || "authentication failed: unknown credential or wrong secret".to_owned();
+        let stored = self
+            .leader
+            .state()
+            .credential(&claim.credential_id)
+            .ok_or_else(failed)?;
+        let verifier = CredentialVerifier {
+            stored_key: stored.stored_key,
+            server_key: stored.server_key,
+        };
+        let auth = CredentialAuth {
+            broker_nonce: &claim.broker_nonce,
+            client_nonce: &claim.client_nonce,
+            worker_id: &hello.worker_id,
+            process_id: &hello.process_id,
+            credential_id: &claim.credential_id,
+        };
+        if !verify_credential_worker_proof(&verifier, &auth, &claim.proof) {
+            return Err(failed());
+        }
+        self.leader
+            .state()
+            .credential_for(&claim.credential_id, &hello.worker_id)
+            .map_err(|problem| problem.to_string())?;
+        Ok(credential_broker_proof(&verifier, &auth))
+    }
+
+    /// Kills the connections that proved one of these (now revoked) credentials; their
+    /// workers are then lost as for any other disconnection.
+    fn close_revoked(&mut self, revoked: &[String]) {
+        for (conn, s) in &self.sessions {
+            if let Some(id) = &s.credential
+                && revoked.contains(id)
+            {
+                warn!(worker_id = s.session.worker_id(), %conn, credential_id = %id, "credential revoked; closing its connection");
+                s.session.kill(format!("credential {id} is revoked"));
+            }
+        }
+    }
+
     /// Why this broker refuses writes now, if it does.
     fn refusal(&self) -> Option<BrokerError> {
         match self.role {
@@ -625,6 +690,25 @@ impl Dispatcher {
                                 PriorityRefusal::NoSuchTask(id) => AdminRefusal::NoSuchTask(id),
                                 other => AdminRefusal::Conflict(other.to_string()),
                             }),
+                        AdminChange::AddWorkerCredential {
+                            credential_id,
+                            worker_id,
+                            verifier,
+                            comment,
+                        } => self
+                            .leader
+                            .add_worker_credential(
+                                now,
+                                &credential_id,
+                                &worker_id,
+                                (verifier.stored_key, verifier.server_key),
+                                comment,
+                            )
+                            .map_err(credential_refusal),
+                        AdminChange::RevokeWorkerCredential { credential_id } => self
+                            .leader
+                            .revoke_worker_credential(now, &credential_id)
+                            .map_err(credential_refusal),
                         AdminChange::SetQuota { tenant, quota } => self
                             .leader
                             .set_quota(now, tenant, quota)
@@ -701,7 +785,11 @@ impl Dispatcher {
     fn take_event(&mut self, ev: WorkerEvent, building: &mut Building) {
         let now = self.clock.now();
         match ev {
-            WorkerEvent::Connected { conn, hello, reply } => {
+            WorkerEvent::Connected {
+                conn,
+                hello,
+                mut reply,
+            } => {
                 if let Some(refusal) = self.refusal() {
                     reply.reject(Rejection {
                         reason: refusal.to_string(),
@@ -709,6 +797,23 @@ impl Dispatcher {
                     });
                     return;
                 }
+                let credential = match &hello.credential {
+                    None => None,
+                    Some(claim) => match self.check_credential(&hello, claim) {
+                        Ok(proof) => {
+                            reply.set_broker_proof(proof);
+                            Some(claim.credential_id.clone())
+                        }
+                        Err(reason) => {
+                            warn!(worker_id = %hello.worker_id, %conn, peer = %hello.peer, credential_id = %claim.credential_id, %reason, "worker credential refused");
+                            reply.reject(Rejection {
+                                reason,
+                                retryable: false,
+                            });
+                            return;
+                        }
+                    },
+                };
                 let worker_id = hello.worker_id.clone();
                 let core = CoreHello {
                     conn: conn.0,
@@ -732,6 +837,7 @@ impl Dispatcher {
                             conn,
                             worker_id,
                             replaced: admission.replaced,
+                            credential,
                         });
                     }
                     Err(rejection) => {
@@ -848,6 +954,7 @@ impl Dispatcher {
             obligations,
             ..
         } = round;
+        let mut revoked: Vec<String> = Vec::new();
         if !entries.is_empty() {
             debug_assert_eq!(
                 appended.last.0 - appended.first.0 + 1,
@@ -880,6 +987,9 @@ impl Dispatcher {
                 if !matches!(entry, LogEntry::Noop { .. }) {
                     self.last_change = lsn;
                 }
+                if let LogEntry::RevokeWorkerCredential { credential_id, .. } = &entry {
+                    revoked.push(credential_id.clone());
+                }
                 if let Err(e) = self.leader.apply(lsn, entry) {
                     error!(error = %e, "durable entry does not apply; stopping");
                     self.role = Role::Closed;
@@ -887,6 +997,9 @@ impl Dispatcher {
                 }
                 self.dirty |= freed;
             }
+        }
+        if !revoked.is_empty() {
+            self.close_revoked(&revoked);
         }
         for obligation in obligations {
             match obligation {
@@ -907,7 +1020,19 @@ impl Dispatcher {
                     conn,
                     worker_id,
                     replaced,
+                    credential,
                 } => {
+                    // Revoked while the connection was being admitted.
+                    if let Some(id) = &credential
+                        && let Err(problem) = self.leader.state().credential_for(id, &worker_id)
+                    {
+                        warn!(worker_id, %conn, %problem, "worker credential refused");
+                        admission.reject(Rejection {
+                            reason: problem.to_string(),
+                            retryable: false,
+                        });
+                        continue;
+                    }
                     if let Some(old) = replaced
                         && let Some(s) = self.sessions.remove(&ConnId(old))
                     {
@@ -921,6 +1046,7 @@ impl Dispatcher {
                             Session {
                                 session,
                                 backlog: Vec::new(),
+                                credential,
                             },
                         );
                     } else {

@@ -197,6 +197,23 @@ pub enum AdminChange {
         /// The amounts per dimension.
         quota: Option<Vec<(String, u64)>>,
     },
+    /// Issue a worker credential: the caller generated its id and secret and passes only the
+    /// secret's verifier (its `Debug` output is redacted).
+    AddWorkerCredential {
+        /// The new credential's id.
+        credential_id: String,
+        /// The worker id it binds.
+        worker_id: String,
+        /// Derived from the secret.
+        verifier: majordodo_proto::worker::CredentialVerifier,
+        /// The admin's free text.
+        comment: Option<String>,
+    },
+    /// Revoke a worker credential; its live connections are closed once it is durable.
+    RevokeWorkerCredential {
+        /// The credential.
+        credential_id: String,
+    },
 }
 
 /// Why the leader refused an [`AdminChange`]; nothing was logged.
@@ -216,6 +233,12 @@ pub enum AdminRefusal {
     /// The task is in a status the change does not apply to.
     #[error("{0}")]
     Conflict(String),
+    /// No worker credential has this id.
+    #[error("unknown credential {0}")]
+    NoSuchCredential(String),
+    /// The credential is already revoked (or exists already).
+    #[error("{0}")]
+    CredentialConflict(String),
 }
 
 /// A read, run inside the dispatcher: given the view, or the reason there is none yet.

@@ -400,6 +400,9 @@ async fn get_view(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, A
         .map_err(|_| FieldError::new("query", "is not a valid query string"))?;
     let view = parse_view(&pairs)?;
     debug!(user = %principal.name, view = view.name(), "http view");
+    if matches!(view, ViewRequest::WorkerCredentials { .. }) {
+        admin_only(&principal, "see worker credentials")?;
+    }
     let owner = principal.owner_filter();
     let reveal_workers = principal.is_admin();
     let s = &api.settings;
@@ -566,6 +569,29 @@ async fn get_view(State(api): State<Arc<Api>>, req: Request) -> Result<Answer, A
                         "status": status,
                     }))
                 }
+                ViewRequest::WorkerCredentials { worker_id } => {
+                    let credentials: Vec<serde_json::Value> = v
+                        .state
+                        .credentials()
+                        .filter(|c| worker_id.as_deref().is_none_or(|w| c.worker_id == w))
+                        .map(|c| {
+                            serde_json::json!({
+                                "credentialId": c.id,
+                                "workerId": c.worker_id,
+                                "created": c.created,
+                                "comment": c.comment,
+                                "revoked": c.revoked.is_some(),
+                                "revokedAt": c.revoked,
+                            })
+                        })
+                        .collect();
+                    Answer::Json(serde_json::json!({
+                        "ok": true,
+                        "count": credentials.len(),
+                        "credentials": credentials,
+                        "status": status,
+                    }))
+                }
                 ViewRequest::TasksHeap { max } => {
                     let max = max.unwrap_or(DEFAULT_TASKS_MAX).min(tasks_max_limit);
                     Answer::Json(serde_json::json!({
@@ -714,6 +740,54 @@ async fn post_action(State(api): State<Arc<Api>>, req: Request) -> Result<Answer
             }
             Ok(Answer::Json(answer))
         }
+        ActionRequest::AddWorkerCredential { worker_id, comment } => {
+            admin_only(&principal, "addWorkerCredential")?;
+            // The secret is generated here and answered once; the state keeps its verifier.
+            let secret = majordodo_proto::worker::random_credential_secret();
+            let credential_id = format!(
+                "wc-{}",
+                majordodo_proto::worker::random_nonce()[..8]
+                    .iter()
+                    .map(|b| format!("{b:02x}"))
+                    .collect::<String>()
+            );
+            tracing::info!(user = %principal.name, %worker_id, %credential_id, "http addWorkerCredential");
+            admin_change(
+                &api,
+                AdminChange::AddWorkerCredential {
+                    credential_id: credential_id.clone(),
+                    worker_id: worker_id.clone(),
+                    verifier: majordodo_proto::worker::credential_verifier(&secret),
+                    comment: comment.clone(),
+                },
+            )
+            .await?;
+            Ok(Answer::Json(serde_json::json!({
+                "ok": true,
+                "action": "addWorkerCredential",
+                "credentialId": credential_id,
+                "workerId": worker_id,
+                "comment": comment,
+                "secret": secret.iter().map(|b| format!("{b:02x}")).collect::<String>(),
+            })))
+        }
+        ActionRequest::RevokeWorkerCredential { credential_id } => {
+            admin_only(&principal, "revokeWorkerCredential")?;
+            tracing::info!(user = %principal.name, %credential_id, "http revokeWorkerCredential");
+            admin_change(
+                &api,
+                AdminChange::RevokeWorkerCredential {
+                    credential_id: credential_id.clone(),
+                },
+            )
+            .await?;
+            Ok(Answer::Json(serde_json::json!({
+                "ok": true,
+                "action": "revokeWorkerCredential",
+                "credentialId": credential_id,
+                "revoked": true,
+            })))
+        }
         ActionRequest::SetTaskPriority(c) => {
             let task_id = TaskId(c.task_id);
             if !principal.is_admin() {
@@ -765,7 +839,9 @@ async fn act(api: &Api, principal: &Principal, request: ActionRequest) -> Result
         | ActionRequest::DeleteCodePool(_)
         | ActionRequest::SetServiceLevel(_)
         | ActionRequest::SetTaskPriority(_)
-        | ActionRequest::SetQuota(_) => {
+        | ActionRequest::SetQuota(_)
+        | ActionRequest::AddWorkerCredential { .. }
+        | ActionRequest::RevokeWorkerCredential { .. } => {
             return Err(ApiError::Internal("request routed as an action"));
         }
     };
@@ -913,6 +989,14 @@ async fn admin_change(api: &Api, change: AdminChange) -> Result<(), ApiError> {
         Err(AdminRefusal::Conflict(why)) => {
             Err(ApiError::Conflict(FieldError::new("taskId", why), false))
         }
+        Err(AdminRefusal::NoSuchCredential(id)) => Err(ApiError::Missing(FieldError::new(
+            "credentialId",
+            format!("credential {id} does not exist"),
+        ))),
+        Err(AdminRefusal::CredentialConflict(why)) => Err(ApiError::Conflict(
+            FieldError::new("credentialId", why),
+            false,
+        )),
     }
 }
 

@@ -40,8 +40,8 @@ use tracing::{debug, error, info, warn};
 
 pub use connection::MAX_IDENTITY_FIELD_LEN;
 pub use session::{
-    Admission, AssignError, CloseReason, ConnId, DisconnectReason, Rejection, SessionError,
-    WorkerEvent, WorkerHello, WorkerSession,
+    Admission, AssignError, CloseReason, ConnId, CredentialClaim, DisconnectReason, Rejection,
+    SessionError, WorkerEvent, WorkerHello, WorkerSession,
 };
 
 /// Default most concurrent connections: one per worker process, with room for reconnects that
@@ -96,7 +96,10 @@ const ACCEPT_ERROR_PAUSE: Duration = Duration::from_millis(100);
 pub struct ListenerConfig {
     /// Name of this broker, sent to workers in the challenge.
     pub broker_id: String,
-    /// The secret workers must prove they know; must not be empty.
+    /// How workers authenticate: per-worker credentials only, or also the shared secret.
+    pub auth: WorkerAuth,
+    /// The secret workers may prove instead of a credential when `auth` allows it; must then
+    /// not be empty.
     pub shared_secret: SharedSecret,
     /// Most connections served at once; more wait in the kernel's accept backlog.
     pub max_connections: usize,
@@ -125,10 +128,12 @@ pub struct ListenerConfig {
 }
 
 impl ListenerConfig {
-    /// A config with the defaults of this module.
+    /// A config with the defaults of this module that accepts per-worker credentials and
+    /// (legacy) `shared_secret`.
     pub fn new(broker_id: impl Into<String>, shared_secret: SharedSecret) -> Self {
         ListenerConfig {
             broker_id: broker_id.into(),
+            auth: WorkerAuth::CredentialsOrSharedSecret,
             shared_secret,
             max_connections: DEFAULT_MAX_CONNECTIONS,
             max_connections_per_address: DEFAULT_MAX_CONNECTIONS_PER_ADDRESS,
@@ -143,13 +148,21 @@ impl ListenerConfig {
         }
     }
 
+    /// A config with the defaults of this module that accepts per-worker credentials only.
+    pub fn credentials_only(broker_id: impl Into<String>) -> Self {
+        ListenerConfig {
+            auth: WorkerAuth::Credentials,
+            ..ListenerConfig::new(broker_id, SharedSecret::new(Vec::new()))
+        }
+    }
+
     /// Checks the settings against each other.
     ///
     /// # Errors
     /// [`ListenerConfigError`] naming the first setting that is wrong.
     pub fn validate(&self) -> Result<(), ListenerConfigError> {
-        let problem = if self.shared_secret.is_empty() {
-            "shared_secret must not be empty"
+        let problem = if self.auth.allows_shared_secret() && self.shared_secret.is_empty() {
+            "shared_secret must not be empty when the shared secret is accepted"
         } else if self.max_connections == 0 {
             "max_connections must be at least 1"
         } else if self.max_connections_per_address == 0 {
@@ -179,6 +192,32 @@ impl ListenerConfig {
 #[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
 #[error("invalid worker listener config: {0}")]
 pub struct ListenerConfigError(pub &'static str);
+
+/// How workers authenticate (`workers.auth`).
+#[derive(Clone, Copy, Debug, PartialEq, Eq, Default)]
+pub enum WorkerAuth {
+    /// Per-worker credentials only (the default): a worker presenting the shared secret is
+    /// refused.
+    #[default]
+    Credentials,
+    /// Per-worker credentials, and (legacy) the shared secret for workers without one.
+    CredentialsOrSharedSecret,
+}
+
+impl WorkerAuth {
+    /// Whether a worker may prove the shared secret instead of a credential.
+    pub fn allows_shared_secret(self) -> bool {
+        self == WorkerAuth::CredentialsOrSharedSecret
+    }
+
+    /// The name of the mode in the config file.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            WorkerAuth::Credentials => "credentials",
+            WorkerAuth::CredentialsOrSharedSecret => "credentials-or-shared-secret",
+        }
+    }
+}
 
 /// Serves worker connections on `listener` until `shutdown` completes, then closes every
 /// connection (each reports [`DisconnectReason::ListenerStopped`]) and returns once their

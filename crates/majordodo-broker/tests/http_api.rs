@@ -856,6 +856,20 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
     // the broker holds exactly what it held before.
     let h = Harness::start().await;
     h.post_json(java_submit("u", "t", "x"), &admin()).await;
+    let (_, issued) = h
+        .post_json(
+            json!({"action": "addWorkerCredential", "workerId": "w9"}),
+            &admin(),
+        )
+        .await;
+    let revoked_id = issued["credentialId"].as_str().unwrap().to_owned();
+    let (s, _) = h
+        .post_json(
+            json!({"action": "revokeWorkerCredential", "credentialId": revoked_id}),
+            &admin(),
+        )
+        .await;
+    assert_eq!(s, StatusCode::OK);
     let before = h.state_mark().await;
     let ok = || json!({"action": "submitTask", "userid": "u", "tasktype": "t"});
     let with = |k: &str, v: Value| {
@@ -1355,6 +1369,83 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
             StatusCode::NOT_FOUND,
             "taskId",
         ),
+        (
+            "worker credential issued by a user",
+            json!({"action": "addWorkerCredential", "workerId": "w1"}),
+            alice(),
+            StatusCode::FORBIDDEN,
+            "action",
+        ),
+        (
+            "worker credential revoked by a user",
+            json!({"action": "revokeWorkerCredential", "credentialId": "wc-1"}),
+            bob(),
+            StatusCode::FORBIDDEN,
+            "action",
+        ),
+        (
+            "worker credential without worker id",
+            json!({"action": "addWorkerCredential"}),
+            admin(),
+            StatusCode::BAD_REQUEST,
+            "workerId",
+        ),
+        (
+            "worker credential for an empty worker id",
+            json!({"action": "addWorkerCredential", "workerId": ""}),
+            admin(),
+            StatusCode::BAD_REQUEST,
+            "workerId",
+        ),
+        (
+            "worker credential for a worker id with spaces",
+            json!({"action": "addWorkerCredential", "workerId": "w 1"}),
+            admin(),
+            StatusCode::BAD_REQUEST,
+            "workerId",
+        ),
+        (
+            "worker credential for a worker id with a newline",
+            json!({"action": "addWorkerCredential", "workerId": "w1\nw2"}),
+            admin(),
+            StatusCode::BAD_REQUEST,
+            "workerId",
+        ),
+        (
+            "worker credential with a comment of control characters",
+            json!({"action": "addWorkerCredential", "workerId": "w1", "comment": "a\u{7}b"}),
+            admin(),
+            StatusCode::BAD_REQUEST,
+            "comment",
+        ),
+        (
+            "worker credential with an unknown field",
+            json!({"action": "addWorkerCredential", "workerId": "w1", "secret": "mine"}),
+            admin(),
+            StatusCode::BAD_REQUEST,
+            "secret",
+        ),
+        (
+            "revocation of a revoked credential",
+            json!({"action": "revokeWorkerCredential", "credentialId": revoked_id}),
+            admin(),
+            StatusCode::CONFLICT,
+            "credentialId",
+        ),
+        (
+            "revocation of an unknown credential",
+            json!({"action": "revokeWorkerCredential", "credentialId": "wc-nope"}),
+            admin(),
+            StatusCode::NOT_FOUND,
+            "credentialId",
+        ),
+        (
+            "revocation without credential id",
+            json!({"action": "revokeWorkerCredential", "credentialId": 7}),
+            admin(),
+            StatusCode::BAD_REQUEST,
+            "credentialId",
+        ),
     ];
     for (name, body, auth, status, field) in refused {
         let (s, b) = h.post_json(body, &auth).await;
@@ -1384,6 +1475,11 @@ async fn bad_input_is_refused_naming_the_field_and_changes_nothing() {
             "slot",
         ),
     ];
+    // Plain users cannot list the worker credentials.
+    for user in [alice(), bob()] {
+        let (s, b) = h.get("view=workerCredentials", &user).await;
+        assert_error(s, &b, StatusCode::FORBIDDEN, Some("action"));
+    }
     for (q, field) in gets {
         let q: &str = q;
         let (s, b) = h.get(q, &admin()).await;

@@ -89,6 +89,10 @@ pub(crate) enum Command {
     /// Make credentials for the broker's [[http.users]] entries.
     #[command(subcommand)]
     Auth(AuthCommand),
+    /// Issue, list or revoke per-worker credentials (admin): each binds one worker id to a
+    /// secret the broker generates; revoking closes that worker's connection at once.
+    #[command(subcommand)]
+    WorkerCredentials(WorkerCredentialsCommand),
     /// Inspect or repair a broker's commit log directory (with the broker stopped).
     #[command(subcommand)]
     Log(LogCommand),
@@ -328,9 +332,14 @@ pub(crate) struct WorkerArgs {
     /// Name of this worker (overrides worker_id).
     #[arg(long, value_name = "NAME")]
     pub(crate) worker_id: Option<String>,
-    /// File holding the shared secret (overrides shared_secret[_file]).
-    #[arg(long, value_name = "FILE")]
+    /// File holding the shared secret, for a broker in legacy mode (overrides
+    /// shared_secret[_file] and credential_file).
+    #[arg(long, value_name = "FILE", conflicts_with = "credential_file")]
     pub(crate) shared_secret_file: Option<PathBuf>,
+    /// This worker's credential file, written by `majordodo worker-credentials add`; the
+    /// worker id is the credential's (overrides credential_file and the shared secret).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) credential_file: Option<PathBuf>,
     /// Connect with TLS, verifying the broker against the system's roots (sets tls).
     #[arg(long)]
     pub(crate) tls: bool,
@@ -531,6 +540,49 @@ pub(crate) struct ServiceLevelArgs {
     /// running tasks in proportion to their weights.
     #[arg(long, value_name = "N", conflicts_with = "reset", value_parser = clap::value_parser!(u32).range(1..=10_000))]
     pub(crate) weight: Option<u32>,
+}
+
+/// `majordodo worker-credentials`.
+#[derive(Debug, Subcommand)]
+pub(crate) enum WorkerCredentialsCommand {
+    /// Issue a credential for WORKER_ID and write it to a file (mode 0600) for that worker's
+    /// --credential-file. The secret is shown only this once: the broker keeps a verifier.
+    Add {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The worker id the credential is bound to (it can connect as no other).
+        #[arg(value_name = "WORKER_ID")]
+        worker_id: String,
+        /// Where to write the credential file (default: WORKER_ID.credential).
+        #[arg(long, value_name = "FILE")]
+        output: Option<PathBuf>,
+        /// Overwrite an existing file.
+        #[arg(long)]
+        force: bool,
+        /// A note kept with the credential (where it is deployed, who holds it).
+        #[arg(long, value_name = "TEXT")]
+        comment: Option<String>,
+    },
+    /// List the credentials (never their secrets), revoked ones too.
+    List {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// Only the credentials of this worker id.
+        #[arg(long, value_name = "WORKER_ID")]
+        worker_id: Option<String>,
+        /// Print as JSON.
+        #[arg(long)]
+        json: bool,
+    },
+    /// Revoke a credential: its worker's live connection is closed and it never connects
+    /// with it again.
+    Revoke {
+        #[command(flatten)]
+        client: ClientArgs,
+        /// The credential's id (as `add` printed it, or from `list`).
+        #[arg(value_name = "CREDENTIAL_ID")]
+        credential_id: String,
+    },
 }
 
 /// `majordodo quota`.

@@ -472,6 +472,139 @@ pub(crate) async fn quota(args: crate::cli::QuotaArgs) -> anyhow::Result<()> {
     Ok(())
 }
 
+pub(crate) async fn worker_credentials(
+    command: crate::cli::WorkerCredentialsCommand,
+) -> anyhow::Result<()> {
+    use crate::cli::WorkerCredentialsCommand as C;
+    match command {
+        C::Add {
+            client,
+            worker_id,
+            output,
+            force,
+            comment,
+        } => {
+            let path = output.unwrap_or_else(|| format!("{worker_id}.credential").into());
+            // Refused before anything is issued, so a typo costs no credential.
+            if !force && std::fs::symlink_metadata(&path).is_ok() {
+                return Err(usage(format!(
+                    "{} exists; give another --output, or --force to overwrite it",
+                    path.display()
+                )));
+            }
+            let api = Api::new(&client)?;
+            let answer = api
+                .client
+                .add_worker_credential(&worker_id, comment)
+                .await
+                .map_err(|e| explain(e, "issue the worker credential", &api.url()))?;
+            let field = |name: &str| {
+                answer[name]
+                    .as_str()
+                    .map(str::to_owned)
+                    .ok_or_else(|| anyhow::anyhow!("the broker's answer has no {name}"))
+            };
+            let secret = field("secret")?;
+            let file = majordodo_proto::worker::CredentialFile::parse(&format!(
+                "{}\ncredential_id = {}\nworker_id = {}\nsecret = {secret}\n",
+                majordodo_proto::worker::CREDENTIAL_FILE_HEADER,
+                field("credentialId")?,
+                field("workerId")?,
+            ))
+            .map_err(|e| anyhow::anyhow!("the broker answered an unusable credential: {e}"))?;
+            write_private_file(&path, &file.to_text(), force).map_err(|e| {
+                anyhow::anyhow!(
+                    "credential {} was issued but could not be written to {}: {e}; revoke it \
+                     (majordodo worker-credentials revoke {}) and issue another",
+                    file.credential_id,
+                    path.display(),
+                    file.credential_id
+                )
+            })?;
+            println!(
+                "issued credential {} for worker {}, written to {} (mode 0600)",
+                file.credential_id,
+                file.worker_id,
+                path.display()
+            );
+            println!(
+                "start the worker with: majordodo worker --credential-file {} ...",
+                path.display()
+            );
+            Ok(())
+        }
+        C::List {
+            client,
+            worker_id,
+            json,
+        } => {
+            let api = Api::new(&client)?;
+            let answer = api
+                .client
+                .worker_credentials(worker_id)
+                .await
+                .map_err(|e| explain(e, "list the worker credentials", &api.url()))?;
+            let list = answer["credentials"]
+                .as_array()
+                .cloned()
+                .unwrap_or_default();
+            if json {
+                println!("{}", serde_json::Value::Array(list));
+                return Ok(());
+            }
+            println!(
+                "{:<20} {:<20} {:<24} {:<8} COMMENT",
+                "CREDENTIAL", "WORKER", "CREATED", "STATE"
+            );
+            for c in &list {
+                println!(
+                    "{:<20} {:<20} {:<24} {:<8} {}",
+                    c["credentialId"].as_str().unwrap_or(""),
+                    c["workerId"].as_str().unwrap_or(""),
+                    crate::output::time_or_dash(c["created"].as_i64().unwrap_or(0)),
+                    if c["revoked"].as_bool() == Some(true) {
+                        "revoked"
+                    } else {
+                        "active"
+                    },
+                    c["comment"].as_str().unwrap_or(""),
+                );
+            }
+            Ok(())
+        }
+        C::Revoke {
+            client,
+            credential_id,
+        } => {
+            let api = Api::new(&client)?;
+            api.client
+                .revoke_worker_credential(&credential_id)
+                .await
+                .map_err(|e| explain(e, "revoke the worker credential", &api.url()))?;
+            println!("credential {credential_id} revoked; its worker's connection is closed");
+            Ok(())
+        }
+    }
+}
+
+/// Writes `text` to a new file of mode 0600 (replacing an existing one only with `force`).
+fn write_private_file(path: &std::path::Path, text: &str, force: bool) -> std::io::Result<()> {
+    use std::io::Write;
+    use std::os::unix::fs::OpenOptionsExt;
+    let mut options = std::fs::OpenOptions::new();
+    options.write(true).mode(0o600);
+    if force {
+        options.create(true).truncate(true);
+    } else {
+        options.create_new(true);
+    }
+    let mut file = options.open(path)?;
+    // An existing file keeps its mode when overwritten: make it private too.
+    std::fs::set_permissions(path, std::os::unix::fs::PermissionsExt::from_mode(0o600))?;
+    file.write_all(text.as_bytes())?;
+    file.sync_all()
+}
+
 pub(crate) async fn priority(args: crate::cli::PriorityArgs) -> anyhow::Result<()> {
     let api = Api::new(&args.client)?;
     api.client

@@ -5,7 +5,6 @@
 //!
 //! ```text
 //! <dir>/admin.token        bearer token of the admin user of every broker, also their peer token
-//! <dir>/worker.secret      the workers' shared secret
 //! <dir>/ledger.password    the ledgers' password
 //! <dir>/env                `. <dir>/env` points client commands and workers at the cluster
 //! <dir>/b<i>/broker.toml   broker i's file; b<i>/data its snapshots; b<i>/broker.log its output
@@ -40,7 +39,7 @@ use crate::cli::LocalClusterArgs;
 use crate::config::cluster::DEFAULT_ZK_PATH;
 use crate::discovery::ClusterZk;
 use crate::error::usage;
-use crate::standalone::{ADMIN_USER, WORKER_SECRET_FILE};
+use crate::standalone::ADMIN_USER;
 use crate::worker::absolute;
 
 /// Marks a directory made by `local-cluster`, which the next start may empty.
@@ -228,7 +227,6 @@ impl Cluster {
         let token = generate_token();
         for (name, secret) in [
             (majordodo_proto::http::ADMIN_TOKEN_FILE, token.clone()),
-            (WORKER_SECRET_FILE, generate_token()),
             (LEDGER_PASSWORD_FILE, generate_token()),
         ] {
             let path = dir.join(name);
@@ -402,7 +400,6 @@ token_sha256 = "{token_sha256}"
 
 [workers]
 listen = "127.0.0.1:0"
-shared_secret_file = "../{WORKER_SECRET_FILE}"
 
 [cluster]
 zk = "{zk}"
@@ -624,10 +621,8 @@ fn print_banner(
         "  . {}",
         shell_quote(&shown.join(ENV_FILE).display().to_string())
     );
-    println!(
-        "  {program} worker --shared-secret-file {} --worker-id w1 --builtin echo",
-        rel(WORKER_SECRET_FILE)
-    );
+    println!("  {program} worker-credentials add w1 --output w1.credential");
+    println!("  {program} worker --credential-file w1.credential --builtin echo");
     println!("  {program} submit --type echo --data hello");
     println!("  {program} status");
     println!(
@@ -658,7 +653,6 @@ mod tests {
         let dir = tempfile::tempdir().unwrap();
         for name in [
             majordodo_proto::http::ADMIN_TOKEN_FILE,
-            WORKER_SECRET_FILE,
             LEDGER_PASSWORD_FILE,
         ] {
             std::fs::write(dir.path().join(name), "secret\n").unwrap();

@@ -88,6 +88,7 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::Transaction(command) => client::transaction(command).await,
         Command::ServiceLevel(args) => client::service_level(args).await,
         Command::Quota(args) => client::quota(args).await,
+        Command::WorkerCredentials(command) => client::worker_credentials(command).await,
         Command::Priority(args) => client::priority(args).await,
         Command::Auth(command) => auth::run(command),
         Command::Log(command) => log_repair::run(command),

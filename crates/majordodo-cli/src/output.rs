@@ -89,7 +89,7 @@ pub(crate) fn clip(text: &str, max: usize) -> String {
 }
 
 /// A time in ms since the epoch, or `-` for 0 (unset).
-fn time_or_dash(ms: i64) -> String {
+pub(crate) fn time_or_dash(ms: i64) -> String {
     if ms == 0 {
         "-".into()
     } else {

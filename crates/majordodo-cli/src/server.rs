@@ -265,6 +265,8 @@ pub(crate) struct RunningBroker {
     http: JoinHandle<()>,
     /// The file commit log, closed last (a replicated broker closes its ledger itself).
     log: Option<Arc<FileLog>>,
+    /// The broker's handle (what the HTTP API uses).
+    handle: majordodo_broker::BrokerHandle,
 }
 
 impl RunningBroker {
@@ -370,6 +372,7 @@ impl RunningBroker {
             (None, None) => unreachable!("a broker without a file log is replicated"),
         };
         let handle = booting.handle();
+        let own_handle = handle.clone();
         let events = booting.worker_events();
         let tls: Vec<_> = [parts.http.tls().cloned(), parts.listener.tls.clone()]
             .into_iter()
@@ -422,7 +425,13 @@ impl RunningBroker {
             listener,
             http,
             log,
+            handle: own_handle,
         })
+    }
+
+    /// The broker's handle, for changes made in-process (standalone's local worker credential).
+    pub(crate) fn handle(&self) -> &majordodo_broker::BrokerHandle {
+        &self.handle
     }
 
     /// The API's URL.

@@ -5,10 +5,13 @@
 //! <data-dir>/log/            the commit log (fsync on)
 //! <data-dir>/snapshots/      snapshots of the state
 //! <data-dir>/admin.token     bearer token of the `admin` user (0600), read by the client commands
-//! <data-dir>/worker.secret   shared secret of the workers (0600)
+//! <data-dir>/local-worker.credential   the local worker's own credential (0600)
 //! ```
 //!
-//! Both secrets are random, made on the first start and kept afterwards.
+//! The token is random, made on the first start and kept afterwards. The broker accepts
+//! per-worker credentials only: at every start the local worker's credential is checked against
+//! the state and issued anew (the old one revoked) when it is missing, revoked or for another
+//! worker id. Other workers get theirs from `majordodo worker-credentials add`.
 
 use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
 use std::path::{Path, PathBuf};
@@ -30,8 +33,8 @@ use crate::worker::{absolute, run_agent};
 
 use majordodo_proto::http::ADMIN_TOKEN_FILE;
 
-/// Name of the workers' shared secret file in the data directory.
-pub(crate) const WORKER_SECRET_FILE: &str = "worker.secret";
+/// Name of the local worker's credential file in the data directory.
+pub(crate) const LOCAL_CREDENTIAL_FILE: &str = "local-worker.credential";
 
 /// Name of the HTTP user the admin token belongs to.
 pub(crate) const ADMIN_USER: &str = "admin";
@@ -65,20 +68,15 @@ pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
         Some(path) => Some((WorkerFile::load(path)?, Origin::File(absolute(path)?))),
         None => None,
     };
-    if !args.no_worker {
-        local_worker(worker_file.clone(), "a secret to check the file with")?;
-    }
+    let worker = if args.no_worker {
+        None
+    } else {
+        Some(local_worker(worker_file)?)
+    };
 
     create_private_dir(&data_dir)?;
     let token_path = data_dir.join(ADMIN_TOKEN_FILE);
     let token = read_or_create_secret(&token_path)?;
-    let secret = read_or_create_secret(&data_dir.join(WORKER_SECRET_FILE))?;
-
-    let worker = if args.no_worker {
-        None
-    } else {
-        Some(local_worker(worker_file, &secret)?)
-    };
 
     let mut file = BrokerFile {
         data_dir: Some(data_dir.clone()),
@@ -86,7 +84,6 @@ pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     };
     file.http.listen = format!("127.0.0.1:{}", args.http_port);
     file.workers.listen = format!("127.0.0.1:{}", args.worker_port);
-    file.workers.shared_secret = Some(secret.clone());
     file.http.users = vec![admin_user(&token)];
     let settings = file.validate(&Origin::CommandLine)?;
 
@@ -98,6 +95,9 @@ pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
     let mut worker_bound = Duration::ZERO;
     let mut summary = Vec::new();
     if let Some(mut worker) = worker {
+        let path = data_dir.join(LOCAL_CREDENTIAL_FILE);
+        let credential = local_credential(&broker, &path, &worker.config.worker_id).await?;
+        worker.config.credential = Some(credential);
         worker.config.broker_addr = broker.worker_addr.to_string();
         worker_bound =
             worker.config.shutdown_grace + worker.config.ack_timeout + WORKER_STOP_MARGIN;
@@ -157,10 +157,7 @@ pub(crate) async fn run(args: StandaloneArgs) -> anyhow::Result<()> {
 
 /// The local worker's settings: the worker file's (if any) with the standalone's broker and
 /// secret, every built-in executor unless the file lists them, and the `local` worker id.
-fn local_worker(
-    file: Option<(WorkerFile, Origin)>,
-    secret: &str,
-) -> anyhow::Result<WorkerSettings> {
+fn local_worker(file: Option<(WorkerFile, Origin)>) -> anyhow::Result<WorkerSettings> {
     let (mut file, origin) = file.unwrap_or((
         WorkerFile {
             shutdown_grace: crate::config::HumanDuration(LOCAL_SHUTDOWN_GRACE),
@@ -168,8 +165,11 @@ fn local_worker(
         },
         Origin::CommandLine,
     ));
-    if file.shared_secret.is_some() || file.shared_secret_file.is_some() {
-        warn!("the worker file's shared secret is ignored: standalone uses its own");
+    if file.shared_secret.is_some()
+        || file.shared_secret_file.is_some()
+        || file.credential_file.is_some()
+    {
+        warn!("the worker file's secret or credential is ignored: standalone issues its own");
     }
     if file.worker_id.is_none() {
         file.worker_id = Some(LOCAL_WORKER_ID.into());
@@ -179,9 +179,84 @@ fn local_worker(
         Target::Standalone {
             // Replaced by the bound address once the port is open.
             broker: "127.0.0.1:0".into(),
-            secret: SharedSecret::new(secret.as_bytes().to_vec()),
+            // Replaced by the local worker's credential once the broker runs.
+            secret: SharedSecret::new(b"unused".to_vec()),
         },
     )?)
+}
+
+/// The local worker's credential: the one in `path` if the broker still holds it, active, for
+/// `worker_id`; else a new one, issued through the broker's handle and written to `path`
+/// (mode 0600), the old one revoked.
+async fn local_credential(
+    broker: &RunningBroker,
+    path: &Path,
+    worker_id: &str,
+) -> anyhow::Result<majordodo_proto::worker::CredentialFile> {
+    use majordodo_broker::AdminChange;
+    use majordodo_proto::worker::CredentialFile;
+    let handle = broker.handle();
+    let old = match std::fs::read_to_string(path) {
+        Ok(text) => match CredentialFile::parse(&text) {
+            Ok(c) => Some(c),
+            Err(e) => {
+                warn!(file = %path.display(), error = %e, "local worker credential unreadable; issuing a new one");
+                None
+            }
+        },
+        Err(e) if e.kind() == std::io::ErrorKind::NotFound => None,
+        Err(e) => return Err(anyhow::Error::new(e).context(format!("read {}", path.display()))),
+    };
+    if let Some(old) = old {
+        let id = old.credential_id.clone();
+        let wanted = worker_id.to_owned();
+        let (usable, active) = handle
+            .query(move |v| {
+                let c = v.state.credential(&id);
+                (
+                    v.state.credential_for(&id, &wanted).is_ok(),
+                    c.is_some_and(|c| c.is_active()),
+                )
+            })
+            .await?;
+        if usable {
+            return Ok(old);
+        }
+        if active {
+            handle
+                .admin(AdminChange::RevokeWorkerCredential {
+                    credential_id: old.credential_id.clone(),
+                })
+                .await?
+                .map_err(|e| anyhow!("revoke the old local worker credential: {e}"))?;
+        }
+    }
+    let secret = majordodo_proto::worker::random_credential_secret();
+    let credential_id = format!(
+        "local-{}",
+        majordodo_proto::worker::random_nonce()[..6]
+            .iter()
+            .map(|b| format!("{b:02x}"))
+            .collect::<String>()
+    );
+    handle
+        .admin(AdminChange::AddWorkerCredential {
+            credential_id: credential_id.clone(),
+            worker_id: worker_id.to_owned(),
+            verifier: majordodo_proto::worker::credential_verifier(&secret),
+            comment: Some("standalone's local worker".into()),
+        })
+        .await?
+        .map_err(|e| anyhow!("issue the local worker's credential: {e}"))?;
+    let file = CredentialFile {
+        credential_id,
+        worker_id: worker_id.to_owned(),
+        secret,
+    };
+    write_token_file(path, file.to_text().trim_end())
+        .with_context(|| format!("write {}", path.display()))?;
+    info!(file = %path.display(), credential_id = %file.credential_id, "issued the local worker's credential");
+    Ok(file)
 }
 
 /// The HTTP user of the admin token.
@@ -278,11 +353,11 @@ fn print_banner(b: &Banner<'_>) {
     // echo of the worker the banner asks to start.
     let sample = if b.executors.is_empty() {
         println!("  local worker: none (--no-worker)");
-        let secret = shell_quote(&b.data_dir.join(WORKER_SECRET_FILE).display().to_string());
-        println!("Tasks wait until a worker that runs their type connects. Start one, in another");
-        println!("terminal (it runs the built-in echo):");
+        println!("Tasks wait until a worker that runs their type connects. Issue it a credential");
+        println!("and start it, in another terminal (it runs the built-in echo):");
+        println!("  {program} worker-credentials add w1 --output w1.credential{client_flags}");
         println!(
-            "  {program} worker --broker {} --shared-secret-file {secret} --builtin echo",
+            "  {program} worker --broker {} --credential-file w1.credential --builtin echo",
             b.worker_addr
         );
         println!("Then try, in a third terminal:");

@@ -46,6 +46,12 @@ fn load(args: &WorkerArgs) -> anyhow::Result<WorkerSettings> {
     if let Some(path) = &args.shared_secret_file {
         file.shared_secret = None;
         file.shared_secret_file = Some(absolute(path)?);
+        file.credential_file = None;
+    }
+    if let Some(path) = &args.credential_file {
+        file.shared_secret = None;
+        file.shared_secret_file = None;
+        file.credential_file = Some(absolute(path)?);
     }
     if args.tls {
         file.tls = true;

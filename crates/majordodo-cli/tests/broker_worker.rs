@@ -46,6 +46,7 @@ listen = "127.0.0.1:0"
 {user_entry}
 [workers]
 listen = "127.0.0.1:0"
+auth = "credentials-or-shared-secret"
 shared_secret_file = "worker.secret"
 keepalive_interval = "1s"
 max_idle_time = "5s"
@@ -149,7 +150,7 @@ fn a_worker_with_the_wrong_secret_is_refused_and_says_so() {
         d,
         "broker.toml",
         &format!(
-            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n{entry}\n[workers]\nlisten = \"127.0.0.1:0\"\nshared_secret_file = \"broker.secret\"\n"
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n{entry}\n[workers]\nlisten = \"127.0.0.1:0\"\nauth = \"credentials-or-shared-secret\"\nshared_secret_file = \"broker.secret\"\n"
         ),
     );
     let mut broker = Server::start({

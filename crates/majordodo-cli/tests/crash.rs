@@ -44,6 +44,7 @@ listen = "127.0.0.1:{http}"
 {user_entry}
 [workers]
 listen = "127.0.0.1:{workers}"
+auth = "credentials-or-shared-secret"
 shared_secret_file = "worker.secret"
 keepalive_interval = "500ms"
 max_idle_time = "{dead_after}"

@@ -16,9 +16,9 @@ fn write(dir: &Path, name: &str, text: &str) -> String {
 /// A broker file that is valid but for `extra` (appended to `[workers]`, after the secret).
 fn broker_file(workers_extra: &str, with_secret: bool) -> String {
     let secret = if with_secret {
-        "shared_secret = \"s\"\n"
+        "auth = \"credentials-or-shared-secret\"\nshared_secret = \"s\"\n"
     } else {
-        ""
+        "auth = \"credentials-or-shared-secret\"\n"
     };
     format!(
         "[http]\nlisten = \"127.0.0.1:0\"\n[[http.users]]\nname = \"admin\"\nrole = \"admin\"\ntoken_sha256 = \"{}\"\n[workers]\nlisten = \"127.0.0.1:0\"\n{secret}{workers_extra}\n",
@@ -53,6 +53,11 @@ fn bad_broker_files_exit_2_naming_the_file_and_the_key() {
         ),
         (broker_file("", false), "`workers.shared_secret`"),
         (
+            broker_file("auth = \"shared\"", false)
+                .replace("auth = \"credentials-or-shared-secret\"\n", ""),
+            "`workers.auth`",
+        ),
+        (
             broker_file("keepalive_interval = \"10x\"", true),
             "`workers.keepalive_interval`",
         ),
@@ -79,7 +84,11 @@ fn bad_worker_files_exit_2_naming_the_file_and_the_key() {
         (format!("{ok_part}max_threads = \"ten\""), "`max_threads`"),
         (
             "builtin_executors = [\"echo\"]".to_owned(),
-            "`shared_secret`",
+            "`credential_file`",
+        ),
+        (
+            format!("{ok_part}credential_file = \"/nonexistent.credential\""),
+            "`credential_file`",
         ),
         (
             format!("{ok_part}[connection]\nack_timeout = \"5 fortnights\""),

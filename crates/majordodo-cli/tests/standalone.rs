@@ -40,11 +40,14 @@ fn standalone_runs_a_submitted_task_and_stops_gracefully_on_sigterm() {
     );
     let mode = std::fs::metadata(&token_path).unwrap().permissions().mode();
     assert_eq!(mode & 0o777, 0o600, "admin.token must be private");
-    let secret = dir.path().join("majordodo-data/worker.secret");
+    // The local worker's own credential, issued at the first start.
+    let credential = dir.path().join("majordodo-data/local-worker.credential");
     assert_eq!(
-        std::fs::metadata(&secret).unwrap().permissions().mode() & 0o777,
+        std::fs::metadata(&credential).unwrap().permissions().mode() & 0o777,
         0o600
     );
+    let issued = std::fs::read_to_string(&credential).unwrap();
+    assert!(issued.contains("worker_id = local"), "{issued}");
 
     // The printed command, run as printed by a shell in the same directory.
     let printed = server.wait_line(" submit --type echo");
@@ -120,6 +123,21 @@ fn standalone_runs_a_submitted_task_and_stops_gracefully_on_sigterm() {
     assert_eq!(again.value_of("admin token:"), token_path);
     let task = wait_task_status(dir.path(), &["--url", &url], 1, "finished");
     assert_eq!(task["result"], "hello world");
+    // The local worker's credential is kept, and it is the only one.
+    assert_eq!(std::fs::read_to_string(&credential).unwrap(), issued);
+    let listed = json_of(&run_in(
+        dir.path(),
+        &["worker-credentials", "list", "--json", "--url", &url],
+    ));
+    assert_eq!(listed.as_array().unwrap().len(), 1, "{listed}");
+    assert_eq!(listed[0]["workerId"], "local");
+    assert_eq!(listed[0]["revoked"], false);
+    let out = run_in(
+        dir.path(),
+        &["submit", "--type", "echo", "--data", "again", "--url", &url],
+    );
+    assert_eq!(ok(&out).trim(), "submitted task 3");
+    wait_task_status(dir.path(), &["--url", &url], 3, "finished");
     let (status, _) = again.terminate();
     assert_eq!(status.code(), Some(0));
 }
@@ -199,9 +217,9 @@ fn shell(dir: &Path, line: &str) -> std::process::Command {
 
 #[test]
 fn standalone_without_a_worker_prints_a_worker_command_that_runs_its_tasks() {
-    // Goal: with --no-worker the banner does not offer a task nobody will run: it prints a
-    // worker command first, and that command and the submit command after it, run as printed,
-    // get the echo task finished.
+    // Goal: with --no-worker the banner does not offer a task nobody will run: it prints the
+    // commands issuing a worker credential and starting the worker first, and those and the
+    // submit command after them, run as printed, get the echo task finished.
     let dir = tempfile::tempdir().unwrap();
     let mut cmd = majordodo();
     cmd.current_dir(dir.path()).args([
@@ -215,12 +233,18 @@ fn standalone_without_a_worker_prints_a_worker_command_that_runs_its_tasks() {
     let mut server = Server::start(cmd);
     let url = server.value_of("HTTP API:");
     assert_eq!(server.value_of("local worker:"), "none (--no-worker)");
+    let issue_line = server.wait_line(" worker-credentials add w1 ");
     let worker_line = server.wait_line(" worker --broker ");
     let submit_line = server.wait_line(" submit --type echo");
     let worker_at = server.seen.iter().position(|l| *l == worker_line);
     let submit_at = server.seen.iter().position(|l| *l == submit_line);
     assert!(worker_at < submit_at, "{:#?}", server.seen);
 
+    let issued = ok(&run(shell(dir.path(), issue_line.trim())));
+    assert!(
+        issued.contains("for worker w1, written to w1.credential"),
+        "{issued}"
+    );
     let mut worker = Server::start(shell(dir.path(), &format!("exec {}", worker_line.trim())));
     worker.wait_line("connecting to broker");
     let out = run(shell(dir.path(), submit_line.trim()));
@@ -320,7 +344,7 @@ fn a_port_in_use_is_reported_with_the_flag_that_picks_a_free_one() {
     }
     std::fs::write(d.join("secret"), "s").unwrap();
     let config = format!(
-        "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[[http.users]]\nname = \"admin\"\nrole = \"admin\"\ntoken_sha256 = \"{}\"\n[workers]\nlisten = \"127.0.0.1:0\"\nshared_secret_file = \"secret\"\n",
+        "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:{port}\"\n[[http.users]]\nname = \"admin\"\nrole = \"admin\"\ntoken_sha256 = \"{}\"\n[workers]\nlisten = \"127.0.0.1:0\"\nauth = \"credentials-or-shared-secret\"\nshared_secret_file = \"secret\"\n",
         "0".repeat(64)
     );
     std::fs::write(d.join("broker.toml"), config).unwrap();

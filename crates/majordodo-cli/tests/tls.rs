@@ -29,6 +29,7 @@ tls_key_file = "broker.key"
 {user_entry}
 [workers]
 listen = "127.0.0.1:0"
+auth = "credentials-or-shared-secret"
 shared_secret_file = "worker.secret"
 tls_cert_file = "broker.crt"
 tls_key_file = "broker.key"
@@ -338,7 +339,7 @@ fn plain_tcp_off_loopback_is_refused_unless_allowed() {
             d,
             "broker.toml",
             &format!(
-                "data_dir = \"data\"\n[http]\nlisten = \"{http}\"\n{entry}\n[workers]\nlisten = \"{workers}\"\nshared_secret_file = \"worker.secret\"\n"
+                "data_dir = \"data\"\n[http]\nlisten = \"{http}\"\n{entry}\n[workers]\nlisten = \"{workers}\"\nauth = \"credentials-or-shared-secret\"\nshared_secret_file = \"worker.secret\"\n"
             ),
         );
         let out = run_in(d, &["broker", "--config", &config]);
@@ -358,7 +359,7 @@ fn plain_tcp_off_loopback_is_refused_unless_allowed() {
         d,
         "broker.toml",
         &format!(
-            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\nallow_plaintext = true\n{entry}\n[workers]\nlisten = \"127.0.0.1:0\"\nshared_secret_file = \"worker.secret\"\n"
+            "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\nallow_plaintext = true\n{entry}\n[workers]\nlisten = \"127.0.0.1:0\"\nauth = \"credentials-or-shared-secret\"\nshared_secret_file = \"worker.secret\"\n"
         ),
     );
     let out = run_in(
@@ -378,7 +379,7 @@ fn plain_tcp_off_loopback_is_refused_unless_allowed() {
         d,
         "broker.toml",
         &format!(
-            "data_dir = \"data\"\n[http]\nlisten = \"0.0.0.0:0\"\nallow_plaintext = true\n{entry}\n[workers]\nlisten = \"0.0.0.0:0\"\nallow_plaintext = true\nshared_secret_file = \"worker.secret\"\n"
+            "data_dir = \"data\"\n[http]\nlisten = \"0.0.0.0:0\"\nallow_plaintext = true\n{entry}\n[workers]\nlisten = \"0.0.0.0:0\"\nallow_plaintext = true\nauth = \"credentials-or-shared-secret\"\nshared_secret_file = \"worker.secret\"\n"
         ),
     );
     let mut broker = Server::start({
@@ -424,11 +425,108 @@ fn tls_settings_errors_name_the_key() {
             d,
             "broker.toml",
             &format!(
-                "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n{http}\n{entry}\n[workers]\nlisten = \"127.0.0.1:0\"\nshared_secret_file = \"worker.secret\"\n{workers}\n"
+                "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n{http}\n{entry}\n[workers]\nlisten = \"127.0.0.1:0\"\nauth = \"credentials-or-shared-secret\"\nshared_secret_file = \"worker.secret\"\n{workers}\n"
             ),
         );
         let out = run_in(d, &["broker", "--config", &config]);
         assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
         assert!(stderr(&out).contains(key), "{key}: {}", stderr(&out));
     }
+}
+
+#[test]
+fn a_worker_whose_credential_is_revoked_is_cut_off_and_refused_over_tls() {
+    // Goal: over TLS (client certificate naming the worker), a worker proving its own
+    // credential runs tasks; `worker-credentials revoke` stops it at once with the reason, and
+    // started again with the same file it is refused, saying the credential is revoked; a
+    // --worker-id other than the credential's is refused before connecting.
+    let dir = tempfile::tempdir().unwrap();
+    let d = dir.path();
+    let ca = TestCa::new("majordodo test ca");
+    let (mut broker, url, worker_port) = start_tls_broker(d, &ca);
+    let client = [
+        "--url",
+        url.as_str(),
+        "--token-file",
+        "admin.token",
+        "--ca-file",
+        "ca.pem",
+    ];
+    let mut args = vec![
+        "worker-credentials",
+        "add",
+        "w1",
+        "--output",
+        "w1.credential",
+    ];
+    args.extend_from_slice(&client);
+    let issued = ok(&run_in(d, &args));
+    let id = issued
+        .split_whitespace()
+        .nth(2)
+        .expect("issued credential <id> ...")
+        .to_owned();
+    assert!(id.starts_with("wc-"), "{issued}");
+    // Issuing into an existing file is refused, and issues nothing.
+    let out = run_in(d, &args);
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("--force"), "{}", stderr(&out));
+
+    let (cert, key) = ca.write_issued(d, "w1", &["w1"]);
+    let worker_args = [
+        "--broker",
+        worker_port.as_str(),
+        "--credential-file",
+        "w1.credential",
+        "--ca-file",
+        "ca.pem",
+        "--tls-cert-file",
+        path(&cert),
+        "--tls-key-file",
+        path(&key),
+        "--builtin",
+        "echo",
+    ];
+    let log = d.join("w1.log");
+    let mut worker = spawn_worker(d, &log, &worker_args);
+    let mut submit = vec!["submit", "--type", "echo", "--data", "with a credential"];
+    submit.extend_from_slice(&client);
+    assert_eq!(ok(&run_in(d, &submit)).trim(), "submitted task 1");
+    let task = wait_task_status(d, &client, 1, "finished");
+    assert_eq!(task["workerId"], "w1");
+
+    let mut args = vec!["worker-credentials", "revoke", id.as_str()];
+    args.extend_from_slice(&client);
+    ok(&run_in(d, &args));
+    assert_eq!(wait_exit(&mut worker), Some(1));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&format!("credential {id} is revoked")),
+        "{text}"
+    );
+
+    let log = d.join("again.log");
+    let mut again = spawn_worker(d, &log, &worker_args);
+    assert_eq!(wait_exit(&mut again), Some(1));
+    let text = std::fs::read_to_string(&log).unwrap();
+    assert!(
+        text.contains(&format!("credential {id} is revoked")),
+        "{text}"
+    );
+
+    let mut args = vec!["worker-credentials", "list", "--json"];
+    args.extend_from_slice(&client);
+    let listed: serde_json::Value = serde_json::from_str(&ok(&run_in(d, &args))).unwrap();
+    assert_eq!(listed[0]["credentialId"], id.as_str());
+    assert_eq!(listed[0]["revoked"], true);
+    assert!(!listed.to_string().contains("secret"), "{listed}");
+
+    let mut args = worker_args.to_vec();
+    args.extend(["--worker-id", "w2"]);
+    let out = run_in(d, &[&["worker"][..], &args].concat());
+    assert_eq!(out.status.code(), Some(2), "{}", stderr(&out));
+    assert!(stderr(&out).contains("`worker_id`"), "{}", stderr(&out));
+
+    let (status, _) = broker.terminate();
+    assert_eq!(status.code(), Some(0));
 }

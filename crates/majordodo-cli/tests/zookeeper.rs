@@ -24,7 +24,7 @@ fn broker_in(dir: &Path, user_entry: &str) -> (Server, String, String) {
         "broker.toml",
         &format!(
             "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n{user_entry}\n\
-             [workers]\nlisten = \"127.0.0.1:0\"\nshared_secret_file = \"worker.secret\"\n"
+             [workers]\nlisten = \"127.0.0.1:0\"\nauth = \"credentials-or-shared-secret\"\nshared_secret_file = \"worker.secret\"\n"
         ),
     );
     let mut broker = Server::start({

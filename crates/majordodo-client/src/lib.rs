@@ -798,6 +798,52 @@ impl Client {
         self.post(&body, true).await
     }
 
+    /// Issues a worker credential bound to `worker_id` (admin only). The answer carries the
+    /// credential's id and its secret, shown only this once. Not retried: a lost answer would
+    /// leave a credential whose secret nobody has (revoke it).
+    ///
+    /// # Errors
+    /// [`ClientError`]: a bad worker id (400, field `workerId`), not an admin (403), ...
+    pub async fn add_worker_credential(
+        &self,
+        worker_id: &str,
+        comment: Option<String>,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = ActionRequest::AddWorkerCredential {
+            worker_id: worker_id.to_owned(),
+            comment,
+        }
+        .to_json();
+        self.post(&body, false).await
+    }
+
+    /// Revokes a worker credential (admin only); the worker's connection is closed.
+    ///
+    /// # Errors
+    /// [`ClientError`]: unknown id (404, field `credentialId`), already revoked (409), ...
+    pub async fn revoke_worker_credential(
+        &self,
+        credential_id: &str,
+    ) -> Result<serde_json::Value, ClientError> {
+        let body = ActionRequest::RevokeWorkerCredential {
+            credential_id: credential_id.to_owned(),
+        }
+        .to_json();
+        self.post(&body, false).await
+    }
+
+    /// The worker credentials (admin only), of `worker_id` if given; never a secret.
+    ///
+    /// # Errors
+    /// [`ClientError`].
+    pub async fn worker_credentials(
+        &self,
+        worker_id: Option<String>,
+    ) -> Result<serde_json::Value, ClientError> {
+        self.view(&ViewRequest::WorkerCredentials { worker_id })
+            .await
+    }
+
     /// Changes the priority of a waiting or delayed task (higher first among its owner's).
     ///
     /// # Errors

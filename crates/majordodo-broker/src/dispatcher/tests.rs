@@ -175,6 +175,7 @@ impl Run {
                 peer: peer(),
                 capacity: capacity(worker.id),
                 running,
+                credential: None,
             }),
             reply: admission,
         };
@@ -217,7 +218,7 @@ impl Run {
         };
         if !conn.welcomed {
             match conn.fake.admitted.try_recv() {
-                Ok(Ok(())) => conn.welcomed = true,
+                Ok(Ok(_)) => conn.welcomed = true,
                 Ok(Err(_)) | Err(tokio::sync::oneshot::error::TryRecvError::Closed) => {
                     // Refused: the listener closes the connection.
                     let id = conn.id;

@@ -4,8 +4,12 @@
 //! The connection task owns the socket alone; nothing else reads or writes it. Its life:
 //! 1. read `Hello` (other protocol versions get a non-retryable `Reject`);
 //! 2. send `Challenge` with a fresh nonce;
-//! 3. read `Connect` and verify the proof (a bad proof gets a `Reject` and a WARN log);
-//! 4. send `Connected` to the dispatcher and wait for its [`Admission`] answer;
+//! 3. read `Connect` and verify the shared-secret proof (a bad proof gets a `Reject` and a WARN
+//!    log); a worker naming a per-worker credential is checked by the dispatcher in step 4,
+//!    which holds the verifiers, and a worker without one is refused unless the shared secret
+//!    is accepted (`workers.auth`);
+//! 4. send `Connected` to the dispatcher and wait for its [`Admission`] answer (with the
+//!    broker's credential proof);
 //! 5. send `Welcome`, then loop until the worker leaves, falls silent, breaks the protocol,
 //!    the dispatcher closes the session or the listener stops;
 //! 6. send `Disconnected` to the dispatcher.
@@ -30,8 +34,8 @@ use tracing::{Instrument, debug, info, info_span, warn};
 
 use super::ListenerConfig;
 use super::session::{
-    Admission, CloseReason, ConnId, DisconnectReason, Outbound, Rejection, Stop, WorkerEvent,
-    WorkerHello, WorkerSession,
+    Admission, CloseReason, ConnId, CredentialClaim, DisconnectReason, Outbound, Rejection, Stop,
+    WorkerEvent, WorkerHello, WorkerSession,
 };
 
 /// Longest accepted `worker_id`, `process_id` or `location`, in bytes. They end up in logs and
@@ -191,11 +195,21 @@ async fn handshake(
     tracing::Span::current().record("worker_id", hello.worker_id.as_str());
     let identity_problem = if hello.worker_id.is_empty() {
         Some("worker id is empty")
-    } else if [&hello.worker_id, &hello.process_id, &hello.location]
-        .iter()
-        .any(|field| field.len() > MAX_IDENTITY_FIELD_LEN)
+    } else if hello.credential_id.is_empty() && !config.auth.allows_shared_secret() {
+        Some(
+            "this broker accepts only per-worker credentials (workers.auth = \"credentials\"): \
+             give the worker its credential file (majordodo worker-credentials add)",
+        )
+    } else if [
+        &hello.worker_id,
+        &hello.process_id,
+        &hello.location,
+        &hello.credential_id,
+    ]
+    .iter()
+    .any(|field| field.len() > MAX_IDENTITY_FIELD_LEN)
     {
-        Some("worker id, process id or location is too long")
+        Some("worker id, process id, location or credential id is too long")
     } else {
         None
     };
@@ -250,14 +264,22 @@ async fn handshake(
         }
     };
     let secret = config.shared_secret.as_bytes();
-    if !verify_worker_proof(
-        secret,
-        &broker_nonce,
-        &hello.client_nonce,
-        &hello.worker_id,
-        &hello.process_id,
-        &connect.proof,
-    ) {
+    let credential = (!hello.credential_id.is_empty()).then(|| CredentialClaim {
+        credential_id: hello.credential_id.clone(),
+        broker_nonce,
+        client_nonce: hello.client_nonce.clone(),
+        proof: connect.proof.clone(),
+    });
+    if credential.is_none()
+        && !verify_worker_proof(
+            secret,
+            &broker_nonce,
+            &hello.client_nonce,
+            &hello.worker_id,
+            &hello.process_id,
+            &connect.proof,
+        )
+    {
         warn!(%peer, worker_id = %hello.worker_id, "worker authentication failed; rejecting");
         reject(&mut framed, deadline, "authentication failed", false).await;
         return None;
@@ -285,6 +307,7 @@ async fn handshake(
             peer,
             capacity: connect.capacity,
             running: connect.running,
+            credential,
         }),
         reply: Admission::new(reply_tx, session),
     };
@@ -306,8 +329,12 @@ async fn handshake(
         }
     };
     let write_deadline = Instant::now() + config.handshake_timeout;
+    let mut credential_proof = None;
     let refused = match answer {
-        Ok(Ok(Ok(()))) => None,
+        Ok(Ok(Ok(proof))) => {
+            credential_proof = proof;
+            None
+        }
         Ok(Ok(Err(Rejection { reason, retryable }))) => {
             info!(%reason, retryable, "dispatcher rejected the worker");
             reject(&mut framed, write_deadline, &reason, retryable).await;
@@ -333,7 +360,10 @@ async fn handshake(
 
     // 5. Welcome.
     let welcome = Message::Welcome(Welcome {
-        broker_proof: broker_proof(secret, &hello.client_nonce, &broker_nonce, &hello.worker_id)
+        broker_proof: credential_proof
+            .unwrap_or_else(|| {
+                broker_proof(secret, &hello.client_nonce, &broker_nonce, &hello.worker_id)
+            })
             .to_vec(),
         keepalive_interval_ms: duration_ms(config.keepalive_interval),
         idle_timeout_ms: duration_ms(config.max_worker_idle_time),

@@ -36,6 +36,31 @@ pub struct WorkerHello {
     pub capacity: Capacity,
     /// Tasks the worker still executes or whose finish report it has not seen acknowledged.
     pub running: Vec<RunningTask>,
+    /// The per-worker credential the worker named, with its proof: not checked yet (the
+    /// dispatcher holds the verifiers). `None`: the worker proved the shared secret.
+    pub credential: Option<CredentialClaim>,
+}
+
+/// A worker's claim of a per-worker credential, for the dispatcher to check against the
+/// verifier in the state ([`majordodo_proto::worker::verify_credential_worker_proof`]).
+#[derive(Clone, PartialEq, Eq)]
+pub struct CredentialClaim {
+    /// The credential's id, from `Hello`.
+    pub credential_id: String,
+    /// The nonce the broker sent in `Challenge`.
+    pub broker_nonce: [u8; 32],
+    /// The worker's nonce, from `Hello`.
+    pub client_nonce: Vec<u8>,
+    /// The worker's proof, from `Connect`.
+    pub proof: Vec<u8>,
+}
+
+impl fmt::Debug for CredentialClaim {
+    fn fmt(&self, f: &mut fmt::Formatter<'_>) -> fmt::Result {
+        f.debug_struct("CredentialClaim")
+            .field("credential_id", &self.credential_id)
+            .finish_non_exhaustive()
+    }
 }
 
 /// Why the dispatcher refuses a worker; sent to the worker in a `Reject` frame.
@@ -156,18 +181,30 @@ pub enum WorkerEvent {
 /// rejects the worker with a retryable reason.
 #[derive(Debug)]
 pub struct Admission {
-    /// Tells the connection task the decision.
-    reply: oneshot::Sender<Result<(), Rejection>>,
+    /// Tells the connection task the decision (with the broker's credential proof, if any).
+    reply: oneshot::Sender<Result<Option<[u8; 32]>, Rejection>>,
     /// The handle `accept` gives out.
     session: WorkerSession,
+    /// The broker's proof for a credential claim, sent in `Welcome`.
+    broker_proof: Option<[u8; 32]>,
 }
 
 impl Admission {
     pub(super) fn new(
-        reply: oneshot::Sender<Result<(), Rejection>>,
+        reply: oneshot::Sender<Result<Option<[u8; 32]>, Rejection>>,
         session: WorkerSession,
     ) -> Self {
-        Admission { reply, session }
+        Admission {
+            reply,
+            session,
+            broker_proof: None,
+        }
+    }
+
+    /// Sets the broker's proof for the worker's credential claim, which the dispatcher
+    /// checked; `Welcome` carries it.
+    pub fn set_broker_proof(&mut self, proof: [u8; 32]) {
+        self.broker_proof = Some(proof);
     }
 
     /// Admits the worker: its `Welcome` is sent before anything pushed through the returned
@@ -176,7 +213,7 @@ impl Admission {
     pub fn accept(self) -> WorkerSession {
         // A closed receiver means the connection is already gone; its Disconnected event
         // tells the dispatcher, so the failure needs no handling here.
-        let _ = self.reply.send(Ok(()));
+        let _ = self.reply.send(Ok(self.broker_proof));
         self.session
     }
 

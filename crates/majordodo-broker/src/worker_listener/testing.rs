@@ -21,7 +21,7 @@ pub(crate) enum Frame {
 /// The listener's side of one fake connection.
 pub(crate) struct FakeConnection {
     /// The admission decision.
-    pub(crate) admitted: oneshot::Receiver<Result<(), Rejection>>,
+    pub(crate) admitted: oneshot::Receiver<Result<Option<[u8; 32]>, Rejection>>,
     outbound: mpsc::Receiver<Outbound>,
     stop: watch::Receiver<Option<Stop>>,
 }

@@ -9,7 +9,7 @@ use std::time::Duration;
 use majordodo_broker::worker_listener::{
     DEFAULT_ADMISSION_TIMEOUT, DEFAULT_HANDSHAKE_TIMEOUT, DEFAULT_KEEPALIVE_INTERVAL,
     DEFAULT_MAX_CONNECTIONS, DEFAULT_MAX_CONNECTIONS_PER_ADDRESS, DEFAULT_MAX_HANDSHAKE_FRAME_SIZE,
-    DEFAULT_MAX_WORKER_IDLE_TIME, DEFAULT_OUTBOUND_QUEUE, ListenerConfig,
+    DEFAULT_MAX_WORKER_IDLE_TIME, DEFAULT_OUTBOUND_QUEUE, ListenerConfig, WorkerAuth,
 };
 use majordodo_broker::{BrokerConfig, DispatcherConfig};
 use majordodo_core::LeaderConfig;
@@ -89,6 +89,7 @@ pub(crate) struct WorkersFile {
     pub(crate) tls_key_file: Option<PathBuf>,
     pub(crate) tls_client_ca_file: Option<PathBuf>,
     pub(crate) allow_plaintext: bool,
+    pub(crate) auth: String,
     pub(crate) shared_secret: Option<String>,
     pub(crate) shared_secret_file: Option<PathBuf>,
     pub(crate) max_connections: usize,
@@ -111,6 +112,7 @@ impl Default for WorkersFile {
             tls_key_file: None,
             tls_client_ca_file: None,
             allow_plaintext: false,
+            auth: WorkerAuth::default().as_str().into(),
             shared_secret: None,
             shared_secret_file: None,
             max_connections: DEFAULT_MAX_CONNECTIONS,
@@ -349,17 +351,49 @@ impl BrokerFile {
         let http = self.http.validate(origin)?.with_tls(http_tls);
 
         let w = &self.workers;
-        let secret = SecretSource {
-            inline: w.shared_secret.clone(),
-            file: w.shared_secret_file.clone(),
-        }
-        .load(origin, "workers.")?;
+        let auth = match w.auth.as_str() {
+            "credentials" => WorkerAuth::Credentials,
+            "credentials-or-shared-secret" => WorkerAuth::CredentialsOrSharedSecret,
+            other => {
+                return Err(invalid(
+                    "workers.auth",
+                    format!(
+                        "unknown mode {other:?}: \"credentials\" (per-worker credentials only) or \
+                         \"credentials-or-shared-secret\" (also the legacy shared secret)"
+                    ),
+                ));
+            }
+        };
+        let secret = if auth.allows_shared_secret() {
+            SecretSource {
+                inline: w.shared_secret.clone(),
+                file: w.shared_secret_file.clone(),
+            }
+            .load(origin, "workers.")?
+        } else {
+            if w.shared_secret.is_some() || w.shared_secret_file.is_some() {
+                let key = if w.shared_secret.is_some() {
+                    "workers.shared_secret"
+                } else {
+                    "workers.shared_secret_file"
+                };
+                return Err(invalid(
+                    key,
+                    "is set, but workers.auth = \"credentials\" refuses the shared secret: \
+                     set workers.auth = \"credentials-or-shared-secret\" to accept it (legacy), \
+                     or remove it and give each worker its own credential"
+                        .into(),
+                ));
+            }
+            Vec::new()
+        };
         let max_frame_size = usize::try_from(w.max_frame_size.0)
             .map_err(|_| invalid("workers.max_frame_size", "too large".into()))?;
         let max_handshake_frame_size = usize::try_from(w.max_handshake_frame_size.0)
             .map_err(|_| invalid("workers.max_handshake_frame_size", "too large".into()))?;
         let listener = ListenerConfig {
             broker_id: broker_id.clone(),
+            auth,
             shared_secret: SharedSecret::new(secret),
             max_connections: w.max_connections,
             max_connections_per_address: w.max_connections_per_address,
@@ -569,9 +603,14 @@ listen = "{worker_listen}"
 # tls_client_ca_file = "workers-ca.crt"
 # Serve plain TCP on an address that is not loopback (without TLS, refused by default).
 allow_plaintext = {worker_allow_plaintext}
-# REQUIRED: the secret workers must prove they know (the same in every worker's file). Put it in
-# a file readable only by the broker's user (mode 0600), or inline with `shared_secret = "..."`.
-shared_secret_file = "worker.secret"
+# How workers authenticate: "credentials" (each worker proves its own credential, issued with
+# `majordodo worker-credentials add`) or "credentials-or-shared-secret" (also the legacy secret
+# shared by every worker, which lets any holder connect as any worker id).
+auth = "{worker_auth}"
+# Legacy mode only: the secret workers without a credential must prove they know (the same in
+# every such worker's file). Put it in a file readable only by the broker's user (mode 0600), or
+# inline with `shared_secret = "..."`.
+# shared_secret_file = "worker.secret"
 # Most worker connections served at once.
 max_connections = {max_connections}
 # Most connections from one IP address (authenticated or not); more are closed on accept.
@@ -655,6 +694,7 @@ noop_interval = "{noop_interval}"
         data_dir = DEFAULT_DATA_DIR,
         worker_listen = w.listen,
         worker_allow_plaintext = w.allow_plaintext,
+        worker_auth = w.auth,
         max_connections = w.max_connections,
         max_connections_per_address = w.max_connections_per_address,
         max_handshake_frame_size = w.max_handshake_frame_size,
@@ -710,12 +750,8 @@ mod tests {
         // the code cannot drift apart (the placeholders the user must fill aside).
         let mut parsed: BrokerFile = parse_toml(&default_file(), Path::new("broker.toml")).unwrap();
         assert_eq!(parsed.http.users.len(), 1);
-        assert_eq!(
-            parsed.workers.shared_secret_file,
-            Some("worker.secret".into())
-        );
+        assert_eq!(parsed.workers.auth, "credentials");
         parsed.http.users.clear();
-        parsed.workers.shared_secret_file = None;
         let expected = BrokerFile {
             data_dir: Some(DEFAULT_DATA_DIR.into()),
             ..BrokerFile::default()
@@ -732,6 +768,7 @@ mod tests {
 broker_id = "b1"
 data_dir = "data"
 [workers]
+auth = "credentials-or-shared-secret"
 shared_secret = "s3cret"
 dead_after = "1m"
 max_frame_size = "1MiB"
@@ -764,48 +801,81 @@ idempotency_window = "90m"
         // Goal: each kind of mistake is reported against the key a user must change.
         let cases = [
             (
-                with_users("[workers]\nshared_secret = \"s\"\nbogus = 1"),
+                with_users(
+                    "[workers]\nauth = \"credentials-or-shared-secret\"\nshared_secret = \"s\"\nbogus = 1",
+                ),
                 "workers.bogus",
             ),
             (
-                with_users("[workers]\nshared_secret = \"s\"\nmax_connections = \"many\""),
+                with_users(
+                    "[workers]\nauth = \"credentials-or-shared-secret\"\nshared_secret = \"s\"\nmax_connections = \"many\"",
+                ),
                 "workers.max_connections",
             ),
             (
-                with_users("[workers]\nshared_secret = \"s\"\nkeepalive_interval = \"10 parsecs\""),
+                with_users(
+                    "[workers]\nauth = \"credentials-or-shared-secret\"\nshared_secret = \"s\"\nkeepalive_interval = \"10 parsecs\"",
+                ),
                 "workers.keepalive_interval",
             ),
-            (with_users(""), "workers.shared_secret"),
             (
-                with_users("[workers]\nshared_secret = \"s\"\ndead_after = \"1s\""),
+                with_users("[workers]\nshared_secret = \"s\""),
+                "workers.shared_secret",
+            ),
+            (
+                with_users("[workers]\nshared_secret_file = \"worker.secret\""),
+                "workers.shared_secret_file",
+            ),
+            (with_users("[workers]\nauth = \"legacy\""), "workers.auth"),
+            (
+                with_users("[workers]\nauth = \"credentials-or-shared-secret\""),
+                "workers.shared_secret",
+            ),
+            (
+                with_users(
+                    "[workers]\nauth = \"credentials-or-shared-secret\"\nshared_secret = \"s\"\ndead_after = \"1s\"",
+                ),
                 "workers.dead_after",
             ),
             (
-                with_users("[workers]\nshared_secret = \"s\"\nkeepalive_interval = \"1m\""),
+                with_users(
+                    "[workers]\nauth = \"credentials-or-shared-secret\"\nshared_secret = \"s\"\nkeepalive_interval = \"1m\"",
+                ),
                 "workers.keepalive_interval",
             ),
             (
-                with_users("[workers]\nshared_secret = \"s\"\nlisten = \"nowhere\""),
+                with_users(
+                    "[workers]\nauth = \"credentials-or-shared-secret\"\nshared_secret = \"s\"\nlisten = \"nowhere\"",
+                ),
                 "workers.listen",
             ),
             (
-                with_users("[workers]\nshared_secret = \"s\"\n[log]\nsegment_size = 10"),
+                with_users(
+                    "[workers]\nauth = \"credentials-or-shared-secret\"\nshared_secret = \"s\"\n[log]\nsegment_size = 10",
+                ),
                 "log.segment_size",
             ),
             (
-                "[workers]\nshared_secret = \"s\"\n".to_owned(),
+                "[workers]\nauth = \"credentials-or-shared-secret\"\nshared_secret = \"s\"\n"
+                    .to_owned(),
                 "http.users",
             ),
             (
-                with_users("[workers]\nshared_secret = \"s\"\n[http]\nmax_body_size = 0"),
+                with_users(
+                    "[workers]\nauth = \"credentials-or-shared-secret\"\nshared_secret = \"s\"\n[http]\nmax_body_size = 0",
+                ),
                 "http.max_body_size",
             ),
             (
-                with_users("[workers]\nshared_secret = \"s\"\n[log]\nmax_record_size = \"16MiB\""),
+                with_users(
+                    "[workers]\nauth = \"credentials-or-shared-secret\"\nshared_secret = \"s\"\n[log]\nmax_record_size = \"16MiB\"",
+                ),
                 "log.max_record_size",
             ),
             (
-                with_users("[workers]\nshared_secret = \"s\"\nmax_frame_size = \"32MiB\""),
+                with_users(
+                    "[workers]\nauth = \"credentials-or-shared-secret\"\nshared_secret = \"s\"\nmax_frame_size = \"32MiB\"",
+                ),
                 "log.max_record_size",
             ),
         ];
@@ -820,7 +890,7 @@ idempotency_window = "90m"
     fn record_limit_must_hold_what_requests_and_frames_let_in() {
         // Goal: a record limit below a full request or a full frame is refused, one that holds
         // both is accepted, and the defaults pass.
-        let base = "[workers]\nshared_secret = \"s\"\nmax_frame_size = \"1MiB\"\n[http]\nmax_body_size = \"1MiB\"\n";
+        let base = "[workers]\nauth = \"credentials-or-shared-secret\"\nshared_secret = \"s\"\nmax_frame_size = \"1MiB\"\n[http]\nmax_body_size = \"1MiB\"\n";
         let need = least_record_size(1 << 20, 1 << 20);
         assert!(need > 1 << 20 && need < (1 << 20) + 4096, "{need}");
         let at = |limit: usize| with_users(&format!("{base}[log]\nmax_record_size = {limit}"));
@@ -830,13 +900,23 @@ idempotency_window = "90m"
             error.contains("`log.max_record_size`") && error.contains(&need.to_string()),
             "{error}"
         );
-        assert!(validate(&with_users("[workers]\nshared_secret = \"s\"")).is_ok());
+        assert!(
+            validate(&with_users(
+                "[workers]\nauth = \"credentials-or-shared-secret\"\nshared_secret = \"s\""
+            ))
+            .is_ok()
+        );
+        // Per-worker credentials (the default) need no secret at all.
+        let s = validate(&with_users("")).unwrap();
+        assert_eq!(s.listener.auth, WorkerAuth::Credentials);
     }
 
     #[test]
     fn settings_never_show_the_secret() {
         // Goal: the validated settings can be logged without leaking the shared secret.
-        let text = with_users("[workers]\nshared_secret = \"hunter2-secret\"");
+        let text = with_users(
+            "[workers]\nauth = \"credentials-or-shared-secret\"\nshared_secret = \"hunter2-secret\"",
+        );
         let s = validate(&text).unwrap();
         assert!(!format!("{s:?}").contains("hunter2-secret"));
     }

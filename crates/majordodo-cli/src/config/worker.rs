@@ -36,6 +36,7 @@ pub(crate) struct WorkerFile {
     pub(crate) location: Option<String>,
     pub(crate) shared_secret: Option<String>,
     pub(crate) shared_secret_file: Option<PathBuf>,
+    pub(crate) credential_file: Option<PathBuf>,
     pub(crate) tls: bool,
     pub(crate) tls_ca_file: Option<PathBuf>,
     pub(crate) tls_cert_file: Option<PathBuf>,
@@ -67,6 +68,7 @@ impl Default for WorkerFile {
             location: None,
             shared_secret: None,
             shared_secret_file: None,
+            credential_file: None,
             tls: false,
             tls_ca_file: None,
             tls_cert_file: None,
@@ -272,6 +274,7 @@ impl WorkerFile {
         };
         let mut locator = None;
         let mut tls = None;
+        let mut credential = None;
         let (broker, secret) = match target {
             Target::FromFile => {
                 match &self.zk {
@@ -289,11 +292,49 @@ impl WorkerFile {
                     }
                     None => check_listen(&self.broker).map_err(|p| invalid("broker", p))?,
                 }
-                let secret = SecretSource {
-                    inline: self.shared_secret.clone(),
-                    file: self.shared_secret_file.clone(),
-                }
-                .load(origin, "")?;
+                let secret = match &self.credential_file {
+                    Some(path) => {
+                        if self.shared_secret.is_some() || self.shared_secret_file.is_some() {
+                            return Err(invalid(
+                                "credential_file",
+                                "set either credential_file or shared_secret[_file], not both"
+                                    .into(),
+                            ));
+                        }
+                        let path = resolve_path(origin, path);
+                        let c =
+                            load_credential(&path).map_err(|e| invalid("credential_file", e))?;
+                        if let Some(id) = &self.worker_id
+                            && *id != c.worker_id
+                        {
+                            return Err(invalid(
+                                "worker_id",
+                                format!(
+                                    "is {id:?}, but the credential file {} is for worker {:?} \
+                                     (a credential connects only as its worker id)",
+                                    path.display(),
+                                    c.worker_id
+                                ),
+                            ));
+                        }
+                        credential = Some(c);
+                        Vec::new()
+                    }
+                    None if self.shared_secret.is_none() && self.shared_secret_file.is_none() => {
+                        return Err(invalid(
+                            "credential_file",
+                            "is required: this worker's credential file (majordodo \
+                             worker-credentials add), or for a broker in legacy mode \
+                             shared_secret_file"
+                                .into(),
+                        ));
+                    }
+                    None => SecretSource {
+                        inline: self.shared_secret.clone(),
+                        file: self.shared_secret_file.clone(),
+                    }
+                    .load(origin, "")?,
+                };
                 tls = self.client_tls(origin)?;
                 (self.broker.clone(), SharedSecret::new(secret))
             }
@@ -307,6 +348,10 @@ impl WorkerFile {
                 return Err(invalid("worker_id", "must not be empty".into()));
             }
             config.worker_id = id.clone();
+        }
+        if let Some(c) = credential {
+            config.worker_id = c.worker_id.clone();
+            config.credential = Some(c);
         }
         if let Some(location) = &self.location {
             config.location = location.clone();
@@ -476,6 +521,7 @@ impl WorkerFile {
                 "reconnect_backoff" => "connection.reconnect_initial",
                 "max_frame_size" => "connection.max_frame_size",
                 "worker_id" => "worker_id",
+                "shared_secret" => "shared_secret",
                 "broker_addr" => "broker",
                 _ => "shared_secret",
             };
@@ -566,9 +612,13 @@ broker = "{broker}"
 # zk = "zk1:2181,zk2:2181,zk3:2181"
 # Base path of the cluster's znodes in ZooKeeper, with `zk`.
 zk_path = "{zk_path}"
-# REQUIRED: the secret shared with the broker (its workers.shared_secret_file). Put it in a file
-# readable only by the worker's user (mode 0600), or inline with `shared_secret = "..."`.
-shared_secret_file = "worker.secret"
+# REQUIRED: this worker's credential file, written by `majordodo worker-credentials add
+# <worker-id> --output FILE` (mode 0600); the worker connects as the credential's worker id.
+credential_file = "worker.credential"
+# Instead, for a broker in legacy mode (workers.auth = "credentials-or-shared-secret"): the
+# secret shared with the broker (its workers.shared_secret_file), in a file readable only by the
+# worker's user (mode 0600), or inline with `shared_secret = "..."`.
+# shared_secret_file = "worker.secret"
 # Connect to the broker with TLS, verifying its certificate (valid for the host of `broker`, or
 # of the leader found in ZooKeeper) against the system's root certificates, or against
 # tls_ca_file. Setting any tls_* file turns TLS on too.
@@ -711,6 +761,20 @@ download_timeout = "{cp_timeout}"
     )
 }
 
+/// Reads a credential file, warning when other users may read it.
+fn load_credential(path: &Path) -> Result<majordodo_proto::worker::CredentialFile, String> {
+    use std::os::unix::fs::PermissionsExt;
+    let text = crate::config::read_small_file(path)
+        .map_err(|e| format!("cannot read {}: {e}", path.display()))?;
+    if let Ok(meta) = std::fs::metadata(path)
+        && meta.permissions().mode() & 0o077 != 0
+    {
+        tracing::warn!(file = %path.display(), "credential file is readable by other users; run chmod 600 on it");
+    }
+    majordodo_proto::worker::CredentialFile::parse(&text)
+        .map_err(|e| format!("{}: {e}", path.display()))
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -726,8 +790,8 @@ mod tests {
     fn the_default_file_documents_exactly_the_defaults() {
         // Goal: parsing the printed default file gives the built-in defaults.
         let mut parsed: WorkerFile = parse_toml(&default_file(), Path::new("w.toml")).unwrap();
-        assert_eq!(parsed.shared_secret_file, Some("worker.secret".into()));
-        parsed.shared_secret_file = None;
+        assert_eq!(parsed.credential_file, Some("worker.credential".into()));
+        parsed.credential_file = None;
         assert_eq!(
             format!("{parsed:?}"),
             format!("{:?}", WorkerFile::default())
@@ -857,7 +921,10 @@ max_delay = "5ms"
             (format!("{ok}max_thread = 3"), "max_thread"),
             (format!("{ok}max_threads = \"3\""), "max_threads"),
             (format!("{ok}max_threads = 0"), "max_threads"),
-            ("builtin_executors = [\"echo\"]".to_owned(), "shared_secret"),
+            (
+                "builtin_executors = [\"echo\"]".to_owned(),
+                "credential_file",
+            ),
             ("shared_secret = \"s\"".to_owned(), "executors"),
             (
                 "shared_secret = \"s\"\nbuiltin_executors = [\"bash\"]".to_owned(),
@@ -912,5 +979,43 @@ max_delay = "5ms"
             let error = validate(&text).unwrap_err().to_string();
             assert!(error.contains(&format!("`{key}`")), "{key}: {error}");
         }
+    }
+
+    #[test]
+    fn a_credential_file_names_the_worker_and_conflicts_are_refused() {
+        // Goal: the worker id comes from the credential file; a different worker_id, or a
+        // shared secret as well, is refused naming the key; a bad file names credential_file.
+        let dir = tempfile::tempdir().unwrap();
+        let path = dir.path().join("w2.credential");
+        let file = majordodo_proto::worker::CredentialFile {
+            credential_id: "wc-1".into(),
+            worker_id: "w2".into(),
+            secret: [7; 32],
+        };
+        std::fs::write(&path, file.to_text()).unwrap();
+        let base = format!(
+            "credential_file = \"{}\"\nbuiltin_executors = [\"echo\"]\n",
+            path.display()
+        );
+        let s = validate(&base).unwrap();
+        assert_eq!(s.config.worker_id, "w2");
+        assert_eq!(s.config.credential.as_ref(), Some(&file));
+        assert!(validate(&format!("{base}worker_id = \"w2\"\n")).is_ok());
+        let cases = [
+            (format!("{base}worker_id = \"w1\"\n"), "worker_id"),
+            (format!("{base}shared_secret = \"s\"\n"), "credential_file"),
+            (
+                "credential_file = \"/nonexistent.credential\"\nbuiltin_executors = [\"echo\"]\n"
+                    .to_owned(),
+                "credential_file",
+            ),
+        ];
+        for (text, key) in cases {
+            let error = validate(&text).unwrap_err().to_string();
+            assert!(error.contains(&format!("`{key}`")), "{key}: {error}");
+        }
+        std::fs::write(&path, "not a credential").unwrap();
+        let error = validate(&base).unwrap_err().to_string();
+        assert!(error.contains("not a worker credential file"), "{error}");
     }
 }

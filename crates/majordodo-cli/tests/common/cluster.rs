@@ -320,6 +320,7 @@ listen = "127.0.0.1:0"
 
 [workers]
 listen = "127.0.0.1:0"
+auth = "credentials-or-shared-secret"
 shared_secret_file = "../{WORKER_SECRET_FILE}"
 keepalive_interval = "{keepalive}ms"
 max_idle_time = "{idle}ms"

@@ -267,7 +267,7 @@ pub(crate) fn start_broker(dir: &Path, http_extra: &str) -> (Server, String, Str
         "broker.toml",
         &format!(
             "data_dir = \"data\"\n[http]\nlisten = \"127.0.0.1:0\"\n{http_extra}\n{user_entry}\n\
-             [workers]\nlisten = \"127.0.0.1:0\"\nshared_secret_file = \"worker.secret\"\n"
+             [workers]\nlisten = \"127.0.0.1:0\"\nauth = \"credentials-or-shared-secret\"\nshared_secret_file = \"worker.secret\"\n"
         ),
     );
     let mut broker = Server::start({

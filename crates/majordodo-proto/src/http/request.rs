@@ -335,6 +335,18 @@ pub enum ActionRequest {
     SetTaskPriority(PriorityChange),
     /// `setQuota`.
     SetQuota(QuotaChange),
+    /// `addWorkerCredential` (admin only): issue a credential for worker `workerId`.
+    AddWorkerCredential {
+        /// `workerId`.
+        worker_id: String,
+        /// `comment`, if any.
+        comment: Option<String>,
+    },
+    /// `revokeWorkerCredential` (admin only): revoke credential `credentialId`.
+    RevokeWorkerCredential {
+        /// `credentialId`.
+        credential_id: String,
+    },
 }
 
 impl ActionRequest {
@@ -352,6 +364,8 @@ impl ActionRequest {
             ActionRequest::SetServiceLevel(_) => "setServiceLevel",
             ActionRequest::SetTaskPriority(_) => "setTaskPriority",
             ActionRequest::SetQuota(_) => "setQuota",
+            ActionRequest::AddWorkerCredential { .. } => "addWorkerCredential",
+            ActionRequest::RevokeWorkerCredential { .. } => "revokeWorkerCredential",
         }
     }
 
@@ -429,6 +443,19 @@ impl ActionRequest {
                 m.insert("priority".into(), c.priority.into());
                 m
             }
+            ActionRequest::AddWorkerCredential { worker_id, comment } => {
+                let mut m = Map::new();
+                m.insert("workerId".into(), worker_id.clone().into());
+                if let Some(c) = comment {
+                    m.insert("comment".into(), c.clone().into());
+                }
+                m
+            }
+            ActionRequest::RevokeWorkerCredential { credential_id } => {
+                let mut m = Map::new();
+                m.insert("credentialId".into(), credential_id.clone().into());
+                m
+            }
         };
         m.insert("action".into(), self.action().into());
         Value::Object(m)
@@ -467,6 +494,32 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
         "deleteCodePool" => super::codepool::parse_delete(&obj).map(ActionRequest::DeleteCodePool),
         "setServiceLevel" => parse_service_level(&obj).map(ActionRequest::SetServiceLevel),
         "setQuota" => parse_quota(&obj).map(ActionRequest::SetQuota),
+        "addWorkerCredential" => {
+            let f = Fields {
+                obj: &obj,
+                path: "",
+            };
+            f.only(&["action", "workerId", "comment"])?;
+            let worker_id = f.required_name("workerId")?;
+            majordodo_core::credential::check_name("workerId", &worker_id)
+                .map_err(|e| f.error("workerId", e))?;
+            let comment = f.string("comment")?.filter(|c| !c.is_empty());
+            if let Some(c) = &comment {
+                majordodo_core::credential::check_comment(c).map_err(|e| f.error("comment", e))?;
+            }
+            Ok(ActionRequest::AddWorkerCredential { worker_id, comment })
+        }
+        "revokeWorkerCredential" => {
+            let f = Fields {
+                obj: &obj,
+                path: "",
+            };
+            f.only(&["action", "credentialId"])?;
+            let credential_id = f.required_name("credentialId")?;
+            majordodo_core::credential::check_name("credentialId", &credential_id)
+                .map_err(|e| f.error("credentialId", e))?;
+            Ok(ActionRequest::RevokeWorkerCredential { credential_id })
+        }
         "beginTransaction" => {
             Fields {
                 obj: &obj,

@@ -11,7 +11,7 @@ use super::request::clip;
 use super::{FieldError, MAX_NAME_BYTES, MAX_TASK_ID};
 
 /// Views of the original API this broker implements.
-pub const SUPPORTED_VIEWS: [&str; 14] = [
+pub const SUPPORTED_VIEWS: [&str; 15] = [
     "overview",
     "status",
     "task",
@@ -26,6 +26,7 @@ pub const SUPPORTED_VIEWS: [&str; 14] = [
     "resources",
     "tasksheap",
     "tenants",
+    "workerCredentials",
 ];
 
 /// Views of the original API this broker does not implement yet: they are answered with a 4xx
@@ -197,6 +198,12 @@ pub enum ViewRequest {
         /// `max`.
         max: Option<u32>,
     },
+    /// `workerCredentials` (admin only, an extension): worker credentials in id order, of
+    /// worker `workerId` if given (never a secret or a verifier).
+    WorkerCredentials {
+        /// `workerId`, if any.
+        worker_id: Option<String>,
+    },
 }
 
 impl ViewRequest {
@@ -217,6 +224,7 @@ impl ViewRequest {
             ViewRequest::Resources { .. } => "resources",
             ViewRequest::TasksHeap { .. } => "tasksheap",
             ViewRequest::Tenants { .. } => "tenants",
+            ViewRequest::WorkerCredentials { .. } => "workerCredentials",
         }
     }
 
@@ -241,6 +249,11 @@ impl ViewRequest {
             }
             ViewRequest::Resources { worker_id } => {
                 let mut p = vec![("view", "resources".to_owned())];
+                push_opt(&mut p, "workerId", worker_id);
+                p
+            }
+            ViewRequest::WorkerCredentials { worker_id } => {
+                let mut p = vec![("view", "workerCredentials".to_owned())];
                 push_opt(&mut p, "workerId", worker_id);
                 p
             }
@@ -297,6 +310,9 @@ pub fn parse_view(pairs: &[(String, String)]) -> Result<ViewRequest, FieldError>
             worker_id: q.filter("workerId")?,
         },
         "tasksheap" => ViewRequest::TasksHeap { max: q.max()? },
+        "workerCredentials" => ViewRequest::WorkerCredentials {
+            worker_id: q.filter("workerId")?,
+        },
         "tenants" => ViewRequest::Tenants {
             max: q.max()?,
             from: q.filter("fromUserId")?,
