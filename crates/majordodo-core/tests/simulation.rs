@@ -20,6 +20,7 @@
 //! named resource is used beyond a worker's or the cluster's limit, counting assignments in
 //! flight; service levels change at random (moving waiting tasks between groups and resources)
 //! and so do waiting tasks' priorities.
+//! Worker credentials are issued and revoked along the way (checked by `check_credentials`).
 //! At the end: the leader's state passes every invariant (resource counters equal the sums over
 //! the running tasks) and equals a replay of its log, a snapshot of it rebuilds it exactly, and
 //! no cancelled task was assigned again or changed.
@@ -162,6 +163,15 @@ enum Op {
         tenant: u8,
         quota: Option<(Option<u8>, Option<u8>)>,
     },
+    /// An admin issues a credential for worker `w<worker>`.
+    IssueCredential {
+        worker: u8,
+    },
+    /// An admin revokes the `pick`-th credential issued so far (already revoked, or in
+    /// flight, it is refused).
+    RevokeCredential {
+        pick: u8,
+    },
 }
 
 /// The needs a `SubmitNeeds` may declare.
@@ -208,7 +218,57 @@ fn op() -> impl Strategy<Value = Op> {
         4 => (0u8..3, 0u8..3).prop_map(|(user, kind)| Op::SubmitShared { user, kind }),
         1 => (0u8..4, proptest::option::of((proptest::option::of(0u8..3), proptest::option::of(0u8..4))))
             .prop_map(|(tenant, quota)| Op::SetQuota { tenant, quota }),
+        1 => (0u8..3).prop_map(|worker| Op::IssueCredential { worker }),
+        1 => any::<u8>().prop_map(|pick| Op::RevokeCredential { pick }),
     ]
+}
+
+/// Credentials: every issue and revocation of the log is in the state as the log says (bound to
+/// its worker id, revoked at the revocation's time), none is issued twice or revoked twice, a
+/// revoked one never admits a worker, an active one admits only its own worker id, and a
+/// revocation never precedes its issue.
+fn check_credentials(sim: &Sim) {
+    let mut issued: BTreeMap<String, (String, Option<Millis>)> = BTreeMap::new();
+    for entry in &sim.log {
+        match entry {
+            LogEntry::AddWorkerCredential {
+                credential_id,
+                worker_id,
+                ..
+            } => {
+                let old = issued.insert(credential_id.clone(), (worker_id.clone(), None));
+                assert!(old.is_none(), "credential {credential_id} issued twice");
+            }
+            LogEntry::RevokeWorkerCredential {
+                credential_id,
+                timestamp,
+            } => {
+                let (_, revoked) = issued
+                    .get_mut(credential_id)
+                    .unwrap_or_else(|| panic!("{credential_id} revoked before it was issued"));
+                assert!(
+                    revoked.is_none(),
+                    "credential {credential_id} revoked twice"
+                );
+                *revoked = Some(*timestamp);
+            }
+            _ => {}
+        }
+    }
+    let state = sim.state();
+    assert_eq!(state.credentials().count(), issued.len());
+    for (id, (worker, revoked)) in &issued {
+        let c = state.credential(id).expect("an issued credential is kept");
+        assert_eq!((&c.worker_id, c.revoked), (worker, *revoked));
+        for other in ["w0", "w1", "w2"] {
+            let admits = state.credential_for(id, other).is_ok();
+            assert_eq!(
+                admits,
+                revoked.is_none() && other == worker,
+                "{id} as {other}"
+            );
+        }
+    }
 }
 
 /// Worker capacities: differ per worker so per-type and group limits are exercised.
@@ -906,6 +966,7 @@ fn run(ops: Vec<Op>) {
     });
     sim.auto_receive = false;
     sim.on_push = Some(check_new_assignments);
+    let mut credentials_issued: u32 = 0;
     for (user, weight) in [("a0", 1), ("a1", 2), ("a2", 3)] {
         let level = ServiceLevel {
             group: 1,
@@ -1324,7 +1385,36 @@ fn run(ops: Vec<Op>) {
                     .expect("simulated quotas are valid");
                 sim.push(vec![entry]);
             }
+            Op::IssueCredential { worker } => {
+                credentials_issued += 1;
+                let id = format!("c{credentials_issued}");
+                let key = [credentials_issued as u8; 32];
+                let entry = sim
+                    .leader
+                    .add_worker_credential(sim.now, &id, &format!("w{worker}"), (key, key), None)
+                    .expect("a fresh credential id is accepted");
+                sim.push(vec![entry]);
+            }
+            Op::RevokeCredential { pick } => {
+                if credentials_issued > 0 {
+                    let id = format!("c{}", 1 + u32::from(pick) % credentials_issued);
+                    let state = sim.leader.state().credential(&id).map(|c| c.is_active());
+                    match sim.leader.revoke_worker_credential(sim.now, &id) {
+                        Ok(entry) => {
+                            assert_eq!(state, Some(true), "{id} revoked while not active");
+                            sim.push(vec![entry]);
+                        }
+                        // Revoked already, or its issue or revocation still in flight.
+                        Err(_) => assert_ne!(
+                            (state, sim.leader.has_pending()),
+                            (Some(true), false),
+                            "an active credential with nothing in flight is revocable"
+                        ),
+                    }
+                }
+            }
         }
+        check_credentials(&sim);
         check_pools(&sim);
         check_limits(&sim);
         check_capacity(&sim);

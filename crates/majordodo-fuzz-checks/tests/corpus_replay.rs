@@ -167,6 +167,19 @@ fn http_seeds() -> Vec<(String, Vec<u8>)> {
             "delete-codepool",
             ActionRequest::DeleteCodePool("pool".into()),
         ),
+        (
+            "add-worker-credential",
+            ActionRequest::AddWorkerCredential {
+                worker_id: "w2".into(),
+                comment: Some("rack 4".into()),
+            },
+        ),
+        (
+            "revoke-worker-credential",
+            ActionRequest::RevokeWorkerCredential {
+                credential_id: "wc-0123456789abcdef".into(),
+            },
+        ),
     ];
     let mut out: Vec<(String, Vec<u8>)> = requests
         .into_iter()
@@ -182,6 +195,10 @@ fn http_seeds() -> Vec<(String, Vec<u8>)> {
         ),
         ("view-task", "view=task&taskId=42"),
         ("view-status", "view=status"),
+        (
+            "view-worker-credentials",
+            "view=workerCredentials&workerId=w2",
+        ),
     ] {
         out.push((name.to_owned(), query.as_bytes().to_vec()));
     }

@@ -796,3 +796,69 @@ fn bodies_are_read_without_expansion_and_nesting_is_capped() {
     let e = parse_action(br#"{"action":"submitTasks"} x"#).unwrap_err();
     assert_eq!(e.field, BODY_FIELD, "{e}");
 }
+
+#[test]
+fn worker_credential_requests_parse_round_trip_and_name_the_bad_field() {
+    // Goal: the credential actions and view parse to what `to_json` / `to_pairs` sent; bad
+    // worker ids, comments and credential ids are refused naming the field.
+    let parse = |body: Value| parse_action(body.to_string().as_bytes());
+    for request in [
+        ActionRequest::AddWorkerCredential {
+            worker_id: "w-1.a:b@c_d".into(),
+            comment: Some("rack 4, row 2".into()),
+        },
+        ActionRequest::AddWorkerCredential {
+            worker_id: "w2".into(),
+            comment: None,
+        },
+        ActionRequest::RevokeWorkerCredential {
+            credential_id: "wc-0123".into(),
+        },
+    ] {
+        assert_eq!(parse(request.to_json()).unwrap(), request);
+    }
+    let field = |body: Value| parse(body).unwrap_err().field;
+    for (body, f) in [
+        (json!({"action": "addWorkerCredential"}), "workerId"),
+        (
+            json!({"action": "addWorkerCredential", "workerId": ""}),
+            "workerId",
+        ),
+        (
+            json!({"action": "addWorkerCredential", "workerId": "a b"}),
+            "workerId",
+        ),
+        (
+            json!({"action": "addWorkerCredential", "workerId": "é"}),
+            "workerId",
+        ),
+        (
+            json!({"action": "addWorkerCredential", "workerId": 3}),
+            "workerId",
+        ),
+        (
+            json!({"action": "addWorkerCredential", "workerId": "w", "comment": "\n"}),
+            "comment",
+        ),
+        (
+            json!({"action": "addWorkerCredential", "workerId": "w", "secret": "x"}),
+            "secret",
+        ),
+        (json!({"action": "revokeWorkerCredential"}), "credentialId"),
+        (
+            json!({"action": "revokeWorkerCredential", "credentialId": "x/y"}),
+            "credentialId",
+        ),
+    ] {
+        assert_eq!(field(body), f);
+    }
+    let view = ViewRequest::WorkerCredentials {
+        worker_id: Some("w2".into()),
+    };
+    let pairs: Vec<(String, String)> = view
+        .to_pairs()
+        .into_iter()
+        .map(|(k, v)| (k.to_owned(), v))
+        .collect();
+    assert_eq!(parse_view(&pairs).unwrap(), view);
+}
