@@ -2,7 +2,8 @@
 //! scenarios: election, replication of every kind of state, writes refused on followers with
 //! the leader's URL, failover with increasing task ids and timers that resume, a broker booting
 //! from a snapshot downloaded from the leader once old ledgers are dropped, a leader znode
-//! overwritten or deleted, a ledger fenced from outside, and a bookie lost under a leader.
+//! overwritten or deleted, a ledger fenced from outside, a revoked worker credential still
+//! refused by the new leader, and a bookie lost under a leader.
 //!
 //! The cases share one 3-bookie cluster (each under its own base path) and run one after the
 //! other; the bookie-failure case has a cluster of its own.
@@ -358,6 +359,101 @@ async fn follower_replicates_refuses_writes_and_takes_over_with_higher_ids(scope
     b.stop().await;
 }
 
+/// Worker credentials reach the follower; once it leads, it refuses the revoked one (to a real
+/// worker, which stops saying why) and admits the active one, which runs a task.
+async fn a_revoked_worker_credential_stays_refused_after_failover(scope: Scope<'_>) {
+    use majordodo_broker::AdminChange;
+    use majordodo_proto::worker::{CredentialFile, credential_verifier};
+    let o = NodeOptions::default();
+    let a = start(&scope, "a", &o).await;
+    a.wait_role(Role::Leader).await;
+    let b = start(&scope, "b", &o).await;
+    b.wait_role(Role::Follower).await;
+    let credential = |id: &str, byte: u8| CredentialFile {
+        credential_id: id.into(),
+        worker_id: "w1".into(),
+        secret: [byte; 32],
+    };
+    let (kept, revoked) = (credential("wc-kept", 1), credential("wc-revoked", 2));
+    for c in [&kept, &revoked] {
+        a.handle
+            .admin(AdminChange::AddWorkerCredential {
+                credential_id: c.credential_id.clone(),
+                worker_id: c.worker_id.clone(),
+                verifier: credential_verifier(&c.secret),
+                comment: None,
+            })
+            .await
+            .unwrap()
+            .unwrap();
+    }
+    a.handle
+        .admin(AdminChange::RevokeWorkerCredential {
+            credential_id: revoked.credential_id.clone(),
+        })
+        .await
+        .unwrap()
+        .unwrap();
+    wait_state(&b.handle, "the revocation replicated", |s| {
+        s.credential("wc-revoked")
+            .is_some_and(|c| c.revoked.is_some())
+    })
+    .await;
+    a.stop().await;
+    b.wait_role(Role::Leader).await;
+
+    let config = |c: &CredentialFile| {
+        let mut config = WorkerConfig::new(b.worker_addr.to_string(), SharedSecret::new(""));
+        config.worker_id = c.worker_id.clone();
+        config.credential = Some(c.clone());
+        config.max_refused_time = Duration::ZERO;
+        config
+    };
+    let refused = tokio::time::timeout(
+        WAIT,
+        majordodo_worker::run(
+            config(&revoked),
+            Executors::new(),
+            std::future::pending::<()>(),
+        ),
+    )
+    .await
+    .expect("the refused worker stops")
+    .unwrap_err()
+    .to_string();
+    assert!(
+        refused.contains("credential wc-revoked is revoked"),
+        "{refused}"
+    );
+
+    let stop = CancellationToken::new();
+    let mut c = config(&kept);
+    c.capacity = Capacity {
+        max_threads: 2,
+        max_threads_by_task_type: [("ok".to_owned(), 2)].into(),
+        groups: vec![0],
+        ..Capacity::default()
+    };
+    let executors = Executors::new().with(
+        "ok",
+        executor_fn(|t| async move { Ok::<_, TaskFailure>(format!("done {}", t.data)) }),
+    );
+    let s = stop.clone();
+    let worker = tokio::spawn(async move {
+        let _ = majordodo_worker::run(c, executors, s.cancelled_owned()).await;
+    });
+    let id = submit(&b.handle, "after failover").await;
+    wait_state(&b.handle, "the task run by the kept credential", move |s| {
+        s.task(id).is_some_and(|t| {
+            t.status == TaskStatus::Finished && t.worker_id.as_deref() == Some("w1")
+        })
+    })
+    .await;
+    stop.cancel();
+    let _ = worker.await;
+    b.stop().await;
+}
+
 /// Tasks in every status (finished, error, running, waiting, delayed, holding a slot) and the
 /// workers reach the follower, whose state ends exactly equal to the leader's.
 async fn follower_state_equals_the_leaders_in_every_kind_of_state(scope: Scope<'_>) {
@@ -654,6 +750,7 @@ async fn replication_scenarios_on_one_cluster() {
     case!(a_new_broker_boots_from_the_leaders_snapshot_once_ledgers_are_dropped);
     case!(leader_znode_overwritten_or_deleted);
     case!(an_externally_fenced_ledger_makes_the_leader_step_down);
+    case!(a_revoked_worker_credential_stays_refused_after_failover);
 }
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]

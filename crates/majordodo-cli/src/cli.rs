@@ -46,8 +46,8 @@ pub(crate) struct Cli {
 pub(crate) enum Command {
     /// Run a broker and one local worker in this process, on 127.0.0.1 only.
     ///
-    /// Data (commit log, snapshots, the admin token, the worker's secret) goes to the data
-    /// directory, created if needed; a restart on the same directory recovers every task. The
+    /// Data (commit log, snapshots, the admin token, the local worker's credential) goes to the
+    /// data directory, created if needed; a restart on the same directory recovers every task. The
     /// local worker runs the built-in executors (echo, noop, sleep, fail) and any `process`
     /// executors of --worker-config. Stop with Ctrl-C or SIGTERM.
     Standalone(StandaloneArgs),
@@ -213,7 +213,7 @@ pub(crate) enum LogCommand {
 /// `majordodo standalone`.
 #[derive(Debug, Args)]
 pub(crate) struct StandaloneArgs {
-    /// Directory of the log, snapshots, admin.token and worker.secret.
+    /// Directory of the log, snapshots, admin.token and local-worker.credential.
     #[arg(long, value_name = "DIR", default_value = "majordodo-data")]
     pub(crate) data_dir: PathBuf,
     /// Port of the HTTP API on 127.0.0.1; 0 picks a free port (printed at start).
@@ -223,11 +223,11 @@ pub(crate) struct StandaloneArgs {
     #[arg(long, value_name = "PORT", default_value_t = DEFAULT_WORKER_PORT)]
     pub(crate) worker_port: u16,
     /// Worker configuration (TOML) for the local worker: process executors, limits, groups.
-    /// Its broker address and secret are ignored. See `majordodo worker --print-default-config`.
+    /// Its broker address, secret and credential are ignored. See `majordodo worker --print-default-config`.
     #[arg(long, value_name = "FILE")]
     pub(crate) worker_config: Option<PathBuf>,
-    /// Do not start the local worker (only the broker; connect workers with `majordodo worker`
-    /// and the shared secret in <data-dir>/worker.secret).
+    /// Do not start the local worker (only the broker; connect workers with `majordodo worker
+    /// --credential-file`, issued with `majordodo worker-credentials add`).
     #[arg(long)]
     pub(crate) no_worker: bool,
 }
@@ -258,7 +258,8 @@ pub(crate) struct BrokerArgs {
     /// Name of this broker (overrides broker_id).
     #[arg(long, value_name = "NAME")]
     pub(crate) broker_id: Option<String>,
-    /// File holding the workers' shared secret (overrides workers.shared_secret[_file]).
+    /// File holding the workers' shared secret, for the legacy mode (overrides
+    /// workers.shared_secret[_file]; needs workers.auth = "credentials-or-shared-secret").
     #[arg(long, value_name = "FILE")]
     pub(crate) shared_secret_file: Option<PathBuf>,
     /// ZooKeeper servers: replicate this broker with the others of the cluster (overrides
