@@ -15,7 +15,10 @@
 //! kinds), the `DeferTask` kind (tag 40), the task's priority (field 50 of a new task) and the
 //! `SetServiceLevel` (tag 50) and `SetTaskPriority` (tag 51) kinds. Versions 1 to 3 are read; 3
 //! is written (an older record has none of these; a transaction without owner is left to
-//! admins).
+//! admins). Kinds added to version 3 since, `SetQuota` (tag 80) and the worker credentials'
+//! `AddWorkerCredential` (tag 90, a verifier, never a secret) and `RevokeWorkerCredential`
+//! (tag 91), are refused by a build that predates them as a record of an unknown kind (never
+//! skipped), and refused inside a record of version 1 or 2.
 
 use majordodo_core::entry::{LogEntry, NewTask};
 use majordodo_core::{TaskId, TaskStatus, TransactionId};
