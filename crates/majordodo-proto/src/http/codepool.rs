@@ -75,7 +75,8 @@ pub(super) fn parse_create(obj: &Map<String, Value>) -> Result<CreateCodePool, F
     let ttl = f.int("ttl", MAX_TIMESTAMP)?.unwrap_or(0);
     let data = match f.string("data")? {
         None => return Err(f.error("data", "is required (the archive, base64)")),
-        Some(s) if s.is_empty() => return Err(f.error("data", "must not be empty")),
+        // Blank counts as empty: it would decode to an archive of no bytes.
+        Some(s) if s.trim().is_empty() => return Err(f.error("data", "must not be empty")),
         Some(s) => base64::engine::general_purpose::STANDARD
             .decode(s.trim())
             .map_err(|e| f.error("data", format!("is not valid base64: {e}")))?,

@@ -466,6 +466,23 @@ fn body_and_action_problems_are_named() {
 }
 
 #[test]
+fn a_code_pool_archive_of_blanks_is_as_empty_as_no_archive() {
+    // Goal: blank base64 decodes to no bytes, so it is refused as an empty archive is (a
+    // fuzzer found it accepted while "" was refused).
+    for data in ["", " ", "\n\t ", "   "] {
+        let body = json!({"action": "createCodePool", "id": "p", "data": data});
+        let e = parse_action(body.to_string().as_bytes()).unwrap_err();
+        assert_eq!(
+            e,
+            FieldError::new("data", "must not be empty"),
+            "data {data:?}"
+        );
+    }
+    let body = json!({"action": "createCodePool", "id": "p", "data": " AA== "});
+    assert!(parse_action(body.to_string().as_bytes()).is_ok());
+}
+
+#[test]
 fn views_parse_with_filters_and_refuse_bad_values() {
     // Goal: every supported view parses; bad or unsupported values name their parameter.
     let p = |pairs: &[(&str, &str)]| {
