@@ -119,16 +119,8 @@ pub fn need_of(needs: &[(Arc<str>, u64)], dimension: &str) -> u64 {
     if dimension == TASKS {
         return 1;
     }
-    // Names are interned: the same address is the same name (the usual case), else by text.
-    if let Some((_, n)) = needs
-        .iter()
-        .find(|(n, _)| std::ptr::eq(n.as_ptr(), dimension.as_ptr()) && n.len() == dimension.len())
-    {
-        return *n;
-    }
-    needs
-        .binary_search_by(|(n, _)| (**n).cmp(dimension))
-        .map_or(0, |i| needs[i].1)
+    // Needs are sorted by name, as the amounts in use are.
+    amount_in(needs, dimension)
 }
 
 /// Where `dimension` is in a sorted list of amounts (Ok) or would go (Err). Names come
