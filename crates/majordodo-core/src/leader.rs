@@ -485,7 +485,6 @@ pub struct WorkerCancels {
 struct PendingNew {
     task_type: Arc<str>,
     user: Arc<str>,
-    group: GroupId,
     resources: Resources,
     needs: Option<crate::quota::Needs>,
     attempts: u32,
@@ -769,7 +768,6 @@ impl Leader {
             PendingNew {
                 task_type,
                 user,
-                group: level.group,
                 resources: level.resources,
                 needs,
                 attempts: req.attempts,
@@ -2039,6 +2037,9 @@ impl Leader {
                 continue;
             };
             let mut placed = None;
+            // The owner's group now: a service level applied since the submission was decided
+            // moved the owner, and the assignment is charged where its owner is.
+            let group = self.state.group_of_user(&p.user);
             if self.queued_in_flight == 0 && self.state.waiting.is_empty() && budget > 0 {
                 for i in 0..connected.len() {
                     let worker = &connected[(self.rotation + next_worker + i) % connected.len()];
@@ -2052,7 +2053,7 @@ impl Leader {
                         tenants: &[&self.state.tenant_use, &self.pending_tenants],
                     };
                     let candidate = Candidate {
-                        group: p.group,
+                        group,
                         user: &p.user,
                         task_type: &p.task_type,
                         resources: &p.resources,
@@ -2081,7 +2082,6 @@ impl Leader {
                         resources: p.resources.clone(),
                         needs: p.needs.clone(),
                     };
-                    let group = p.group;
                     let resources = p.resources.iter().map(|r| r.to_string()).collect();
                     self.reserve_assignment(&worker, id, group, key);
                     entries.push(LogEntry::AssignTask {
@@ -2111,6 +2111,27 @@ impl Leader {
             .entry(worker.clone())
             .or_default()
             .insert(id, key);
+    }
+
+    /// Follows an applied service-level change of `user` (from group `from`) with the user's
+    /// assignments in flight: the state charges each to the user's group when it is applied,
+    /// so they count in that group from now on (else a group's quota could be exceeded by the
+    /// tasks in flight of a user who just joined it).
+    fn move_pending_user(&mut self, user: &str, from: GroupId) {
+        let to = self.state.group_of_user(user);
+        if from == to {
+            return;
+        }
+        self.pending_tenants.move_user(user, from, to);
+        for set in self.pending_assign.values() {
+            for (id, key) in set.entries() {
+                if &*key.user == user
+                    && let Some(group) = self.pending_groups.get_mut(&id)
+                {
+                    *group = to;
+                }
+            }
+        }
     }
 
     /// Releases what [`Leader::reserve_assignment`] charged, once the assignment is applied.
@@ -2167,8 +2188,17 @@ impl Leader {
         }
         let release = Release::of(&entry, &self.state);
         let pool_release = codepools::PoolRelease::of(&entry, self);
+        let moved = match &entry {
+            LogEntry::SetServiceLevel { user_id, .. } => {
+                Some((user_id.clone(), self.state.group_of_user(user_id)))
+            }
+            _ => None,
+        };
         self.state.apply(lsn, entry)?;
         self.release_pool(pool_release);
+        if let Some((user, from)) = moved {
+            self.move_pending_user(&user, from);
+        }
         match release {
             Release::New(id, slot, key) => {
                 if let Some(slot) = slot {

@@ -1128,3 +1128,91 @@ fn retry_later_uses_no_attempt_until_the_deferral_bound_then_fails() {
             .unwrap();
     assert_eq!(rebuilt, *sim.state());
 }
+
+/// A leader whose group 1 may run `quota` tasks at a time, running one task of user "1" (in
+/// group 1 by default) on worker w1, which has room for more.
+fn group_one_running_one(quota: u64) -> (Sim, TaskId) {
+    let mut sim = Sim::new(config());
+    let quota = sim
+        .leader
+        .set_quota(
+            sim.now,
+            majordodo_core::quota::QuotaTenant::Group(1),
+            Some(vec![("tasks".into(), quota)]),
+        )
+        .unwrap();
+    sim.push(vec![quota]);
+    sim.connect("w1", WorkerCapacity::any(4)).unwrap();
+    sim.flush();
+    let first = sim.submit_simple("1", "t", 1);
+    sim.settle();
+    assert_eq!(sim.running_of("w1"), vec![(first, 1)]);
+    (sim, first)
+}
+
+/// The entry moving `user` to group 1.
+fn into_group_one(sim: &mut Sim, user: &str) -> LogEntry {
+    let level = majordodo_core::model::ServiceLevel {
+        group: 1,
+        resources: Vec::new(),
+        weight: 1,
+    };
+    sim.leader
+        .set_service_level(sim.now, user, Some(level))
+        .unwrap()
+}
+
+#[test]
+fn an_assignment_in_flight_counts_in_the_group_its_owner_just_joined() {
+    // Goal: a user moved into a group while one of its assignments is in flight brings that
+    // assignment into the group's quota at once.
+    let (mut sim, first) = group_one_running_one(2);
+    sim.advance(1);
+    let moved = sim.submit_simple("2", "t", 1);
+    sim.flush();
+    let level = into_group_one(&mut sim, "2");
+    sim.push(vec![level]);
+    // Assigned while user 2 is still in group 2 (its default, without quota); the assignment
+    // is logged behind the level change.
+    sim.assign();
+    assert_eq!(sim.inflight.len(), 2, "the level, then the assignment");
+    sim.flush_one();
+    // User 2 is in group 1 now, with its assignment in flight: with the first task, group 1
+    // has its two, and a task of user 1 submitted now, still in that window, must wait.
+    sim.advance(1);
+    let req = SubmitRequest {
+        task_type: "t".into(),
+        user_id: "1".into(),
+        max_attempts: 1,
+        ..Default::default()
+    };
+    let (third, _) = sim.submit_in_round(req);
+    let third = accepted(third);
+    sim.settle();
+    assert_eq!(
+        sim.running_of("w1"),
+        vec![(first, 1), (moved, 1)],
+        "group 1 may run two tasks; task {third} must wait"
+    );
+    assert_eq!(status(&sim, third), TaskStatus::Waiting);
+}
+
+#[test]
+fn a_fresh_placement_charges_the_group_its_owner_is_in_when_it_is_placed() {
+    // Goal: a submission decided while its owner was in another group, and placed after the
+    // owner joined a full group, is held by that group's quota.
+    let (mut sim, first) = group_one_running_one(1);
+    let level = into_group_one(&mut sim, "2");
+    sim.push(vec![level]);
+    sim.advance(1);
+    let late = sim.submit_simple("2", "t", 1);
+    sim.flush_one();
+    sim.assign();
+    sim.settle();
+    assert_eq!(
+        sim.running_of("w1"),
+        vec![(first, 1)],
+        "group 1 may run one task; task {late} must wait"
+    );
+    assert_eq!(status(&sim, late), TaskStatus::Waiting);
+}
