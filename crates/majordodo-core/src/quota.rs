@@ -184,7 +184,17 @@ impl Usage {
         self.tasks == 0 && self.amounts.is_empty()
     }
 
-    fn add(&mut self, needs: &[(Arc<str>, u64)]) {
+    /// Several uses summed.
+    pub(crate) fn summed<'u>(usages: impl Iterator<Item = &'u Usage>) -> Usage {
+        let mut sum = Usage::default();
+        for u in usages {
+            sum.merge(u);
+        }
+        sum
+    }
+
+    /// One more running task with `needs`.
+    pub(crate) fn add(&mut self, needs: &[(Arc<str>, u64)]) {
         self.tasks += 1;
         for (name, amount) in needs {
             add_amount(&mut self.amounts, name, *amount);

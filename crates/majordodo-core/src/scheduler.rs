@@ -186,35 +186,6 @@ impl GlobalResources<'_> {
     }
 }
 
-/// One tenant's use in several books (the state's, the assignments in flight, this choice's),
-/// found once and summed per dimension.
-struct Usages<'a> {
-    /// The first few, without allocating.
-    first: [Option<&'a Usage>; 3],
-    rest: Vec<&'a Usage>,
-}
-
-impl<'a> Usages<'a> {
-    fn of(books: impl Iterator<Item = Option<&'a Usage>>) -> Self {
-        let mut usages = Usages {
-            first: [None; 3],
-            rest: Vec::new(),
-        };
-        for (i, usage) in books.flatten().enumerate() {
-            match usages.first.get_mut(i) {
-                Some(place) => *place = Some(usage),
-                None => usages.rest.push(usage),
-            }
-        }
-        usages
-    }
-
-    fn get(&self, dimension: &str) -> u64 {
-        let first = self.first.iter().flatten();
-        first.chain(&self.rest).map(|u| u.get(dimension)).sum()
-    }
-}
-
 static EMPTY_LIMITS: BTreeMap<String, u32> = BTreeMap::new();
 static NO_QUOTAS: Quotas = Quotas {
     users: BTreeMap::new(),
@@ -766,21 +737,51 @@ const SHARE_SCALE: u128 = 1 << 40;
 /// Largest weight of a tenant in fair share.
 pub const MAX_WEIGHT: u32 = 10_000;
 
-/// The room left on one worker during one choice: every limit as a counter.
+/// The room left on one worker during one choice: every limit as a counter. Each counter is
+/// found in the state once per choice, at the first candidate it concerns, and from then on kept
+/// by [`Room::take`]; a choice only consumes room.
 struct Room<'a> {
     capacity: &'a WorkerCapacity,
     running: &'a [&'a RunningSet],
     global: &'a GlobalResources<'a>,
     free: usize,
     types: TypeLimits,
-    /// Tasks per user and type taken in this choice.
-    user_taken: HashMap<Arc<str>, HashMap<Arc<str>, u32>>,
-    /// Tasks per resource taken in this choice.
-    resource_taken: HashMap<Arc<str>, u32>,
-    /// Needs per dimension taken on this worker in this choice.
-    amount_taken: Vec<(Arc<str>, u64)>,
-    /// Tenants' use taken in this choice.
-    tenant_taken: TenantBook,
+    /// Per user seen in this choice.
+    users: HashMap<Arc<str>, UserRoom>,
+    /// Per group whose quota was checked in this choice: its use in the books plus what this
+    /// choice took.
+    groups: Vec<(GroupId, Usage)>,
+    /// Per named resource seen in this choice.
+    resources: Vec<ResourceRoom>,
+    /// Per dimension needed in this choice: what is left of the worker's amount (running tasks'
+    /// needs and this choice's taken off).
+    amounts: Vec<(Arc<str>, u64)>,
+}
+
+/// One user's counters in a choice.
+struct UserRoom {
+    /// Its running tasks, cluster-wide (assignments in flight and this choice's included).
+    running: u64,
+    /// Its use in the books plus what this choice took: found at its first quota check.
+    quota_use: Option<Usage>,
+    /// Its tasks per type on this worker, this choice's included: found per type at the first
+    /// check of its per-user share.
+    by_type: Vec<(Arc<str>, u32)>,
+}
+
+/// One named resource's room in a choice (None: no limit).
+struct ResourceRoom {
+    name: Arc<str>,
+    on_worker: Option<u32>,
+    in_cluster: Option<u32>,
+}
+
+/// The entry of `key` in a short list searched by address first (names are interned), then by
+/// text.
+fn entry_of<T>(list: &[(Arc<str>, T)], key: &str) -> Option<usize> {
+    list.iter()
+        .position(|(k, _)| std::ptr::eq(k.as_ptr(), key.as_ptr()) && k.len() == key.len())
+        .or_else(|| list.iter().position(|(k, _)| **k == *key))
 }
 
 impl<'a> Room<'a> {
@@ -796,19 +797,76 @@ impl<'a> Room<'a> {
             global,
             free: (capacity.max_threads as usize).saturating_sub(busy),
             types: TypeLimits::new(capacity, running),
-            user_taken: HashMap::default(),
-            resource_taken: HashMap::default(),
-            amount_taken: Vec::new(),
-            tenant_taken: TenantBook::default(),
+            users: HashMap::default(),
+            groups: Vec::new(),
+            resources: Vec::new(),
+            amounts: Vec::new(),
         }
+    }
+
+    /// The counters of `user`, found in the books at its first use in this choice.
+    fn user(&mut self, user: &str) -> &mut UserRoom {
+        if !self.users.contains_key(user) {
+            let running = self.global.user_use(user, crate::quota::TASKS);
+            self.users.insert(
+                Arc::from(user),
+                UserRoom {
+                    running,
+                    quota_use: None,
+                    by_type: Vec::new(),
+                },
+            );
+        }
+        self.users.get_mut(user).expect("inserted above")
     }
 
     /// A tenant's fair-share key: its running tasks (cluster-wide, in flight and taken in this
     /// choice included) over its weight.
-    fn share(&self, user: &str, weight: u32) -> u128 {
-        let running = self.global.user_use(user, crate::quota::TASKS)
-            + self.tenant_taken.user(user).map_or(0, |u| u.tasks);
+    fn share(&mut self, user: &str, weight: u32) -> u128 {
+        let running = self.user(user).running;
         u128::from(running) * SHARE_SCALE / u128::from(weight.max(1))
+    }
+
+    /// The room of resource `r`, found at its first use in this choice.
+    fn resource(&mut self, r: &Arc<str>) -> &mut ResourceRoom {
+        let at = match self.resources.iter().position(|x| Arc::ptr_eq(&x.name, r)) {
+            Some(at) => at,
+            None => match self.resources.iter().position(|x| x.name == *r) {
+                Some(at) => at,
+                None => {
+                    let on_worker = self.capacity.resource_limits.get(&**r).map(|limit| {
+                        let here: u32 = self.running.iter().map(|s| s.count_of_resource(r)).sum();
+                        limit.saturating_sub(here)
+                    });
+                    let in_cluster = self
+                        .global
+                        .limits
+                        .get(&**r)
+                        .map(|limit| limit.saturating_sub(self.global.used(r)));
+                    self.resources.push(ResourceRoom {
+                        name: r.clone(),
+                        on_worker,
+                        in_cluster,
+                    });
+                    self.resources.len() - 1
+                }
+            },
+        };
+        &mut self.resources[at]
+    }
+
+    /// What is left of the worker's amount of `d`, found at its first use in this choice.
+    fn amount_left(&mut self, d: &Arc<str>) -> &mut u64 {
+        let at = match entry_of(&self.amounts, d) {
+            Some(at) => at,
+            None => {
+                let have = self.capacity.amounts.get(&**d).copied().unwrap_or(0);
+                let used: u64 = self.running.iter().map(|s| s.amount_of(d)).sum();
+                self.amounts.push((d.clone(), have.saturating_sub(used)));
+                self.amounts.len() - 1
+            }
+        };
+        &mut self.amounts[at].1
     }
 
     fn fits(&mut self, c: &Candidate<'_>) -> Fit {
@@ -817,49 +875,38 @@ impl<'a> Room<'a> {
             return Fit::NotThisQueue;
         }
         if let Some(share) = self.capacity.user_share(task_type) {
-            let running: u32 = self
-                .running
-                .iter()
-                .map(|r| r.count_of_user(user, task_type))
-                .sum();
-            let taken = self
-                .user_taken
-                .get(user)
-                .and_then(|m| m.get(task_type))
-                .copied()
-                .unwrap_or(0);
-            if running + taken >= share {
+            let running = self.running;
+            let counts = &mut self.user(user).by_type;
+            let here = match entry_of(counts, task_type) {
+                Some(at) => counts[at].1,
+                None => {
+                    let n = running
+                        .iter()
+                        .map(|r| r.count_of_user(user, task_type))
+                        .sum();
+                    counts.push((Arc::from(task_type), n));
+                    n
+                }
+            };
+            if here >= share {
                 return Fit::NotThisQueue;
             }
         }
         for r in resources {
-            let taken = self.resource_taken.get(r).copied().unwrap_or(0);
-            if let Some(limit) = self.capacity.resource_limits.get(&**r) {
-                let here: u32 = self.running.iter().map(|s| s.count_of_resource(r)).sum();
-                if here + taken >= *limit {
-                    return Fit::NotThisTenant;
-                }
-            }
-            if let Some(limit) = self.global.limits.get(&**r)
-                && self.global.used(r) + taken >= *limit
-            {
+            let room = self.resource(r);
+            if room.on_worker == Some(0) || room.in_cluster == Some(0) {
                 return Fit::NotThisTenant;
             }
         }
         // The worker's amounts: another queue's task may need less.
         for (d, n) in c.needs {
-            let have = self.capacity.amounts.get(&**d).copied().unwrap_or(0);
-            let used: u64 = self.running.iter().map(|s| s.amount_of(d)).sum::<u64>()
-                + crate::quota::amount_in(&self.amount_taken, d);
-            if used.saturating_add(*n) > have {
+            if *n > *self.amount_left(d) {
                 return Fit::NotThisQueue;
             }
         }
         // The owner's and the group's quotas.
         let quotas = self.global.quotas;
         if !quotas.is_empty() {
-            let taken = &self.tenant_taken;
-            let global = self.global;
             let over = |dimension: &str| {
                 if dimension == crate::quota::TASKS {
                     Fit::NotThisTenant
@@ -867,17 +914,25 @@ impl<'a> Room<'a> {
                     Fit::NotThisQueue
                 }
             };
-            // Each book is looked up once per tenant, not once per dimension.
             if let Some(q) = quotas.users.get(user) {
-                let books = global.tenants.iter().map(|b| b.user(user));
-                let used = Usages::of(books.chain([taken.user(user)]));
+                let global = self.global;
+                let used = self.user(user).quota_use.get_or_insert_with(|| {
+                    Usage::summed(global.tenants.iter().filter_map(|b| b.user(user)))
+                });
                 if let Some((d, _)) = crate::quota::exceeded(q, c.needs, |d| used.get(d)) {
                     return over(d);
                 }
             }
             if let Some(q) = quotas.groups.get(&c.group) {
-                let books = global.tenants.iter().map(|b| b.group(c.group));
-                let used = Usages::of(books.chain([taken.group(c.group)]));
+                let used = match self.groups.iter().position(|(g, _)| *g == c.group) {
+                    Some(at) => &self.groups[at].1,
+                    None => {
+                        let books = self.global.tenants.iter();
+                        let usage = Usage::summed(books.filter_map(|b| b.group(c.group)));
+                        self.groups.push((c.group, usage));
+                        &self.groups[self.groups.len() - 1].1
+                    }
+                };
                 if let Some((d, _)) = crate::quota::exceeded(q, c.needs, |d| used.get(d)) {
                     return over(d);
                 }
@@ -886,6 +941,7 @@ impl<'a> Room<'a> {
         Fit::Yes
     }
 
+    /// Takes the room of a task [`Room::fits`] accepted (so every counter it concerns is found).
     fn take(
         &mut self,
         user: &Arc<str>,
@@ -895,17 +951,30 @@ impl<'a> Room<'a> {
         needs: Option<&[(Arc<str>, u64)]>,
     ) {
         let needs = needs.unwrap_or(&[]);
-        self.tenant_taken.charge(user, group, needs);
-        for (d, n) in needs {
-            crate::quota::add_amount(&mut self.amount_taken, d, *n);
-        }
         self.free -= 1;
         self.types.take(task_type);
-        if self.capacity.max_thread_per_user_per_task_type_percent > 0 {
-            incr(self.user_taken.entry(user.clone()).or_default(), task_type);
+        let u = self.user(user);
+        u.running += 1;
+        if let Some(used) = u.quota_use.as_mut() {
+            used.add(needs);
+        }
+        if let Some(at) = entry_of(&u.by_type, task_type) {
+            u.by_type[at].1 += 1;
+        }
+        if let Some((_, used)) = self.groups.iter_mut().find(|(g, _)| *g == group) {
+            used.add(needs);
         }
         for r in resources {
-            add_to(&mut self.resource_taken, r, 1);
+            let room = self.resource(r);
+            for left in [&mut room.on_worker, &mut room.in_cluster] {
+                if let Some(n) = left.as_mut() {
+                    *n -= 1;
+                }
+            }
+        }
+        for (d, n) in needs {
+            let left = self.amount_left(d);
+            *left = left.checked_sub(*n).expect("fits checked the amount left");
         }
     }
 }
