@@ -25,6 +25,7 @@ pub mod quota;
 pub mod scheduler;
 pub mod snapshot;
 pub mod state;
+mod task_table;
 
 /// The core's hash map: foldhash, several times faster than SipHash on the short keys the core
 /// uses (user names, task ids). It is seeded per process, which keeps a client from computing

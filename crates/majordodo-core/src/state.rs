@@ -149,7 +149,7 @@ const MAX_SHARED_NEEDS: usize = 4096;
 pub struct BrokerState {
     /// Tasks by id. Shared pointers, copied on write: a snapshot copies the pointers, not the
     /// tasks, and only tasks changed while it is being written get copied.
-    pub(crate) tasks: BTreeMap<TaskId, Arc<Task>>,
+    pub(crate) tasks: crate::task_table::TaskTable,
     /// Waiting tasks by group and type, in age order.
     pub(crate) waiting: WaitingIndex,
     /// Delayed tasks by requested start time.
@@ -244,7 +244,7 @@ impl BrokerState {
     /// An empty state using `mapper` to compute groups.
     pub fn new(mapper: Arc<dyn GroupMapper>) -> BrokerState {
         BrokerState {
-            tasks: BTreeMap::new(),
+            tasks: crate::task_table::TaskTable::new(),
             waiting: WaitingIndex::default(),
             delayed: BTreeSet::new(),
             deadlines: BTreeSet::new(),
@@ -286,7 +286,7 @@ impl BrokerState {
 
     /// Tasks with id ≥ `from`, in id order (for paging).
     pub fn tasks_from(&self, from: TaskId) -> impl Iterator<Item = &Task> + '_ {
-        self.tasks.range(from..).map(|(_, t)| &**t)
+        self.tasks.from(from).map(|t| &**t)
     }
 
     /// Number of tasks (every status).
