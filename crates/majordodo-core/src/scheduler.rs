@@ -1494,12 +1494,14 @@ mod tests {
             ids(&idx.choose(&no_memory, &[], &GlobalResources::NONE, 100)),
             vec![4]
         );
-        // The user's cpu quota (1000, 0 used) refuses the big one; the group's task quota (1)
-        // lets exactly one small one through.
+        // The user's cpu quota (1000, 0 used) refuses the big one and lets two small ones
+        // through, counting what this choice took; the group's task quota (1) lets exactly one
+        // small one through.
         let mut idx = WaitingIndex::default();
         q(&mut idx, "u", "big", 1, &big);
         q(&mut idx, "u", "small", 3, &small);
         q(&mut idx, "u", "small", 4, &small);
+        q(&mut idx, "u", "small", 5, &small);
         let mut quotas = Quotas::default();
         quotas.users.insert(t("u"), needs(&[("cpu", 1000)]));
         let mut roomy = cap(10, &[], &[0]);
