@@ -189,6 +189,8 @@ pub struct BrokerState {
     /// Worker credentials by id, revoked ones included.
     pub(crate) credentials: BTreeMap<String, WorkerCredential>,
     interned: HashSet<Arc<str>>,
+    /// The one empty list of resources (most tasks use none).
+    no_resources: Resources,
     /// Needs shared by the tasks that declare the same ones (at most [`MAX_SHARED_NEEDS`]).
     interned_needs: HashSet<crate::quota::Needs>,
     mapper: Arc<dyn GroupMapper>,
@@ -267,6 +269,7 @@ impl BrokerState {
             tenant_use: TenantBook::default(),
             credentials: BTreeMap::new(),
             interned: HashSet::default(),
+            no_resources: Arc::from(Vec::new()),
             interned_needs: HashSet::default(),
             mapper,
         }
@@ -472,8 +475,23 @@ impl BrokerState {
     }
 
     pub(crate) fn intern_resources(&mut self, names: &[String]) -> Resources {
+        if names.is_empty() {
+            return self.no_resources.clone();
+        }
         let v: Vec<Arc<str>> = names.iter().map(|n| self.intern(n)).collect();
         v.into()
+    }
+
+    /// Resources an assignment of `user`'s task names, as the state keeps them: the user's
+    /// service level's own list when they are the same (the usual case), else interned anew.
+    fn assigned_resources(&mut self, user: &str, names: &[String]) -> Resources {
+        if let Some(l) = self.service_levels.get(user)
+            && l.resources.len() == names.len()
+            && l.resources.iter().zip(names).all(|(a, b)| **a == **b)
+        {
+            return l.resources.clone();
+        }
+        self.intern_resources(names)
     }
 
     /// Running tasks using a named resource, over every worker.
@@ -595,21 +613,19 @@ impl BrokerState {
                         expected: task.attempts + 1,
                     });
                 }
+                let owner = task.user_id.clone();
                 let worker = self.intern(&worker_id);
                 // The leader records them sorted and unique; an entry from elsewhere is
                 // normalized the same way.
                 let charged = if resources.windows(2).all(|w| w[0] < w[1]) {
-                    self.intern_resources(&resources)
+                    self.assigned_resources(&owner, &resources)
                 } else {
                     let mut names = resources;
                     names.sort();
                     names.dedup();
-                    self.intern_resources(&names)
+                    self.assigned_resources(&owner, &names)
                 };
-                let group = {
-                    let user = &self.tasks[&task_id].user_id;
-                    self.group_of_user(user)
-                };
+                let group = self.group_of_user(&owner);
                 let task = Arc::make_mut(self.tasks.get_mut(&task_id).expect("checked above"));
                 self.waiting
                     .remove(&task.user_id, &task.task_type, task.priority(), task.id);
