@@ -29,6 +29,7 @@ mod fairness;
 mod inproc;
 mod replicated;
 mod report;
+mod rules_core;
 mod rules_cost;
 mod tenants_scale;
 

@@ -29,11 +29,11 @@ use crate::inproc::InProcBroker;
 use crate::report::{Table, group, per_sec, process_cpu_seconds, profile_phase};
 
 /// The named resource of the rules run.
-const RESOURCE: &str = "bench-db";
+pub(crate) const RESOURCE: &str = "bench-db";
 /// Millicores each task of the rules run needs.
-const TASK_CPU: u64 = 100;
+pub(crate) const TASK_CPU: u64 = 100;
 /// MiB each task of the rules run needs.
-const TASK_MEMORY: u64 = 64;
+pub(crate) const TASK_MEMORY: u64 = 64;
 
 /// Options of the `rules-cost` scenario.
 #[derive(clap::Args, Debug, Clone)]
@@ -76,6 +76,10 @@ pub(crate) struct RulesCostArgs {
     /// Goal: the rules run's throughput at least this percent of the plain run's (medians).
     #[arg(long, default_value_t = 80.0)]
     pub(crate) goal_percent: f64,
+    /// Measure the state machine alone instead (no log, network or workers): each rule of
+    /// `--rules` by itself and all of them, against plain, in microseconds per task.
+    #[arg(long)]
+    pub(crate) state_machine: bool,
 }
 
 /// A kind of round.
@@ -240,7 +244,7 @@ async fn burn_down(args: &RulesCostArgs, rules: bool, round: usize) -> anyhow::R
     })
 }
 
-fn median(mut v: Vec<f64>) -> f64 {
+pub(crate) fn median(mut v: Vec<f64>) -> f64 {
     v.sort_by(f64::total_cmp);
     match v.len() {
         0 => f64::NAN,
@@ -251,6 +255,9 @@ fn median(mut v: Vec<f64>) -> f64 {
 
 /// Runs the scenario.
 pub(crate) async fn rules_cost(args: &RulesCostArgs) -> anyhow::Result<()> {
+    if args.state_machine {
+        return crate::rules_core::state_machine(args);
+    }
     let mut rounds = Table::new(
         "rules-cost: burn-down rounds, alternated (in-process broker, file log fsync on, HTTP submit in batches, workers over TCP)",
         &[
