@@ -26,8 +26,12 @@ const DIGESTS: [(DigestType, &str); 4] = [
     (DigestType::Dummy, "dummy"),
 ];
 
-/// Upper bound, per entry, between the writer's acknowledgement and a tailing reader seeing it.
-const VISIBILITY_BOUND: Duration = Duration::from_millis(50);
+/// Bound on the median delay between the writer's acknowledgement and a tailing reader seeing
+/// the entry: an entry seen only through a later entry, a timer or the close would take the
+/// writer's pacing (10 to 30 ms per entry) many times over.
+const VISIBILITY_MEDIAN: Duration = Duration::from_millis(50);
+/// Bound on the same delay for every entry, loose enough for a machine busy with other work.
+const VISIBILITY_WORST: Duration = Duration::from_millis(500);
 
 #[tokio::test(flavor = "multi_thread", worker_threads = 2)]
 async fn client_behaviour_on_a_shared_cluster() -> anyhow::Result<()> {
@@ -465,8 +469,9 @@ async fn tailing_reader_sees_each_entry_quickly(
     cluster: &BkCluster,
     bk: &BookKeeper,
 ) -> anyhow::Result<()> {
-    // Goal: a no-recovery reader sees every entry within VISIBILITY_BOUND of its acknowledgement
-    // and sees the end once the writer closes the ledger.
+    // Goal: a no-recovery reader sees each entry soon after its acknowledgement (median within
+    // VISIBILITY_MEDIAN, every one within VISIBILITY_WORST), not only when a later entry or the
+    // close comes, and sees the end once the writer closes the ledger.
     const ENTRIES: u64 = 60;
     let writer = bk.create_ledger(LedgerOptions::new(3, 2, 2)).await?;
     let reader_client = client(cluster).await?;
@@ -511,16 +516,20 @@ async fn tailing_reader_sees_each_entry_quickly(
         ensure!(id == seen_id && data == seen_data, "entry {id} differs");
         let delay = seen_at.saturating_duration_since(*at);
         ensure!(
-            delay <= VISIBILITY_BOUND,
+            delay <= VISIBILITY_WORST,
             "entry {id} became visible {delay:?} after its acknowledgement"
         );
         delays.push(delay);
     }
     delays.sort();
+    let median = delays[delays.len() / 2];
     eprintln!(
-        "tailing: visibility delay median {:?}, worst {:?} over {ENTRIES} entries",
-        delays[delays.len() / 2],
+        "tailing: visibility delay median {median:?}, worst {:?} over {ENTRIES} entries",
         delays[delays.len() - 1]
+    );
+    ensure!(
+        median <= VISIBILITY_MEDIAN,
+        "entries became visible {median:?} after their acknowledgement (median)"
     );
     Ok(())
 }
