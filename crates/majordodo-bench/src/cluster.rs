@@ -92,6 +92,25 @@ impl BrokerProcess {
         credentials: &Credentials,
         extra_toml: &str,
     ) -> anyhow::Result<BrokerProcess> {
+        BrokerProcess::start_full(dir, broker_id, credentials, "", extra_toml).await
+    }
+
+    /// Like [`BrokerProcess::start`] with more settings of the worker port (TOML lines of its
+    /// `[workers]` table).
+    pub(crate) async fn start_with_workers(
+        dir: &Path,
+        workers_toml: &str,
+    ) -> anyhow::Result<BrokerProcess> {
+        BrokerProcess::start_full(dir, "bench", &Credentials::random(), workers_toml, "").await
+    }
+
+    async fn start_full(
+        dir: &Path,
+        broker_id: &str,
+        credentials: &Credentials,
+        workers_toml: &str,
+        extra_toml: &str,
+    ) -> anyhow::Result<BrokerProcess> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let http_port = free_port()?;
         let worker_port = free_port()?;
@@ -115,6 +134,7 @@ token_sha256 = "{token_sha256}"
 listen = "127.0.0.1:{worker_port}"
 auth = "credentials-or-shared-secret"
 shared_secret = "{secret}"
+{workers_toml}
 
 [log]
 fsync = true
@@ -224,6 +244,28 @@ impl Drop for BrokerProcess {
     }
 }
 
+/// A broker the scenarios drive: its HTTP API and its worker port.
+pub(crate) trait Target {
+    /// A client authenticated as admin.
+    fn client(&self) -> anyhow::Result<Client>;
+    /// The worker port.
+    fn worker_addr(&self) -> &str;
+    /// The workers' shared secret.
+    fn secret(&self) -> &str;
+}
+
+impl Target for BrokerProcess {
+    fn client(&self) -> anyhow::Result<Client> {
+        BrokerProcess::client(self)
+    }
+    fn worker_addr(&self) -> &str {
+        &self.worker_addr
+    }
+    fn secret(&self) -> &str {
+        &self.secret
+    }
+}
+
 /// Worker agents running in this process.
 pub(crate) struct Workers {
     stop: CancellationToken,
@@ -233,14 +275,14 @@ pub(crate) struct Workers {
 impl Workers {
     /// Starts `count` workers of `threads` each, running `executor` for task type `noop`.
     pub(crate) fn start(
-        broker: &BrokerProcess,
+        broker: &dyn Target,
         count: usize,
         threads: u32,
         executor: Arc<dyn TaskExecutor>,
     ) -> Workers {
         Workers::start_on(
-            &broker.worker_addr,
-            &broker.secret,
+            broker.worker_addr(),
+            broker.secret(),
             count,
             Capacity {
                 max_threads: threads,
@@ -299,7 +341,7 @@ pub(crate) fn noop(data: String) -> TaskSubmission {
 /// Submits `total` no-op tasks in batches of `batch` from `clients` concurrent clients; returns
 /// the elapsed time.
 pub(crate) async fn submit_all(
-    broker: &BrokerProcess,
+    broker: &dyn Target,
     total: u64,
     batch: u64,
     clients: u64,

@@ -14,13 +14,13 @@ use majordodo_broker::worker_listener::{self, ListenerConfig};
 use majordodo_broker::{Broker, BrokerConfig, BrokerHandle, SystemClock};
 use majordodo_client::{Auth, Client};
 use majordodo_core::{DefaultGroupMapper, LeaderConfig};
-use majordodo_log::{CommitLog, FileLog, FileLogConfig};
+use majordodo_log::{CommitLog, FileLog, FileLogConfig, FileLogStats};
 use majordodo_proto::worker::SharedSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
 
-use crate::cluster::Credentials;
+use crate::cluster::{Credentials, Target};
 
 /// A running in-process broker.
 pub(crate) struct InProcBroker {
@@ -155,6 +155,11 @@ impl InProcBroker {
         &self.credentials.secret
     }
 
+    /// The commit log's counters (records written, fsyncs) since it was opened.
+    pub(crate) fn log_stats(&self) -> FileLogStats {
+        self.log.stats()
+    }
+
     /// Stops the ports and the dispatcher, then closes the log.
     pub(crate) async fn stop(self) {
         self.stop.cancel();
@@ -165,5 +170,17 @@ impl InProcBroker {
         })
         .await;
         let _ = self.log.close().await;
+    }
+}
+
+impl Target for InProcBroker {
+    fn client(&self) -> anyhow::Result<Client> {
+        InProcBroker::client(self)
+    }
+    fn worker_addr(&self) -> &str {
+        &self.worker_addr
+    }
+    fn secret(&self) -> &str {
+        InProcBroker::secret(self)
     }
 }

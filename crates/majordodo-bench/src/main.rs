@@ -15,6 +15,8 @@
 //!   backlogged tenant's share of the running tasks against its weight's share.
 //! - `rules-cost`: the burn-down with slots, named resources, quotas, needs and weights on
 //!   against the plain burn-down (rounds alternated).
+//! - `compare`: ours beside BullMQ and Celery on a Redis durable on acknowledgement (installed
+//!   on first use), rounds interleaved; a Markdown table, raw JSON and a PNG chart.
 //! - `tenants-scale`: the state machine's cost per assignment with many tenants, many tasks
 //!   waiting against one per tenant.
 //!
@@ -22,11 +24,14 @@
 //! HTTP API and worker port on 127.0.0.1. The other end-to-end scenarios start the `majordodo` binary found next to this one (build both
 //! with `cargo build --release -p majordodo-cli -p majordodo-bench`), or `$MAJORDODO_BIN`.
 
+mod chart;
 mod cluster;
+mod compare;
 mod core_bench;
 mod e2e;
 mod fairness;
 mod inproc;
+mod peers;
 mod replicated;
 mod report;
 mod rules_core;
@@ -68,6 +73,9 @@ enum Scenario {
     /// The state machine's cost per assignment with many tenants: many waiting versus one per
     /// tenant.
     TenantsScale(tenants_scale::TenantsScaleArgs),
+    /// Ours beside BullMQ and Celery (installed if missing), interleaved rounds; writes a
+    /// Markdown table, raw JSON and a PNG chart.
+    Compare(compare::CompareArgs),
     /// Every scenario with its defaults, one after the other.
     All {
         /// Directory for the brokers' data.
@@ -92,6 +100,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Fairness(args) => fairness::fairness(&args).await,
         Scenario::RulesCost(args) => rules_cost::rules_cost(&args).await,
         Scenario::TenantsScale(args) => tenants_scale::run(&args),
+        Scenario::Compare(args) => compare::run(&args).await,
         Scenario::All { dir } => {
             let d = dir.display().to_string();
             let parse = |args: &[&str]| Cli::parse_from(args.iter().copied());
@@ -116,7 +125,9 @@ async fn main() -> anyhow::Result<()> {
                     Scenario::Fairness(a) => fairness::fairness(&a).await?,
                     Scenario::RulesCost(a) => rules_cost::rules_cost(&a).await?,
                     Scenario::TenantsScale(a) => tenants_scale::run(&a)?,
-                    Scenario::All { .. } => unreachable!("not in the list"),
+                    Scenario::All { .. } | Scenario::Compare(_) => {
+                        unreachable!("not in the list")
+                    }
                 }
             }
             Ok(())

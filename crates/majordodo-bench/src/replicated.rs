@@ -14,10 +14,9 @@ use anyhow::{Context, bail};
 use majordodo_client::retry::RetryPolicy;
 use majordodo_client::{Auth, Client, ZkDiscovery};
 use majordodo_testkit::{BkCluster, BkClusterOptions};
-use majordodo_worker::{TaskFailure, executor_fn};
 use tokio::sync::Mutex;
 
-use crate::cluster::{BrokerProcess, Credentials, Workers, submit_all, wait_finished};
+use crate::cluster::{BrokerProcess, Credentials};
 use crate::report::{Table, group, per_sec};
 
 /// Options of the `replicated` scenario.
@@ -230,18 +229,16 @@ async fn burn_down(
     broker: &BrokerProcess,
     args: &ReplicatedArgs,
 ) -> anyhow::Result<(Duration, Duration)> {
-    let client = broker.client()?;
-    let submit = submit_all(broker, args.tasks, args.batch, args.clients).await?;
-    let started = Instant::now();
-    let workers = Workers::start(
+    let run = crate::e2e::measure_burn_down(
         broker,
+        args.tasks,
+        args.batch,
+        args.clients,
         args.workers,
         args.threads,
-        executor_fn(|_| async { Ok::<_, TaskFailure>(String::new()) }),
-    );
-    let done = wait_finished(&client, args.tasks, Duration::from_secs(900)).await?;
-    workers.stop().await;
-    Ok((submit, done - started))
+    )
+    .await?;
+    Ok((run.submit, run.drain))
 }
 
 pub(crate) async fn run(args: &ReplicatedArgs) -> anyhow::Result<()> {

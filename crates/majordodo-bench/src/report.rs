@@ -65,7 +65,16 @@ pub(crate) fn rss_bytes(pid: &str) -> Option<u64> {
 /// (clock ticks of 10 ms, the Linux default). Unlike wall time it does not grow when other
 /// processes share the machine.
 pub(crate) fn process_cpu_seconds() -> Option<f64> {
-    let stat = fs::read_to_string("/proc/self/stat").ok()?;
+    stat_cpu_seconds(&fs::read_to_string("/proc/self/stat").ok()?)
+}
+
+/// CPU time (user + system) process `pid` has used so far, in seconds, from
+/// `/proc/<pid>/stat` (clock ticks of 10 ms, the Linux default).
+pub(crate) fn pid_cpu_seconds(pid: u32) -> Option<f64> {
+    stat_cpu_seconds(&fs::read_to_string(format!("/proc/{pid}/stat")).ok()?)
+}
+
+fn stat_cpu_seconds(stat: &str) -> Option<f64> {
     // Fields after the command name, which is in parentheses and may contain spaces.
     let rest = &stat[stat.rfind(')')? + 2..];
     let fields: Vec<&str> = rest.split_whitespace().collect();

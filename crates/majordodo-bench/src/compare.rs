@@ -1,0 +1,840 @@
+//! `compare`: our broker beside BullMQ and Celery (both on a Redis durable on acknowledgement,
+//! `appendonly yes`, `appendfsync always`), measured the same way in the same run, rounds
+//! interleaved (ours, bullmq, celery, ours, ...). Prints a Markdown table (median and range of
+//! every figure, and the ratio ours/peer oriented so that > 1 means ours is better) and writes
+//! it with the raw results (JSON) and a chart (PNG) under `--out`.
+//!
+//! Ours is the real dispatcher, file log (fsync on), HTTP API and worker port on 127.0.0.1 in
+//! this process ([`InProcBroker`]), driven by the same code as the `burn-down` and `latency`
+//! scenarios; the state-scale and many-workers figures use a broker process, as `scale` does.
+
+use std::collections::BTreeMap;
+use std::path::{Path, PathBuf};
+use std::time::{Duration, Instant};
+
+use anyhow::Context;
+use majordodo_core::LeaderConfig;
+use majordodo_worker::{TaskFailure, executor_fn};
+use serde::Serialize;
+
+use crate::cluster::{BrokerProcess, Workers, majordodo_bin, noop, submit_made};
+use crate::e2e::{self, Common};
+use crate::inproc::InProcBroker;
+use crate::peers::{self, Peer, Redis};
+use crate::report::pid_cpu_seconds;
+
+/// Options of `compare`.
+#[derive(clap::Args, Debug, Clone)]
+pub(crate) struct CompareArgs {
+    /// Small sizes and one round: finishes in a few minutes (CI runs it; no thresholds).
+    #[arg(long)]
+    quick: bool,
+    /// Rounds of every workload on every system, interleaved (default 3, or 1 with --quick).
+    #[arg(long)]
+    rounds: Option<usize>,
+    /// Where the table (compare.md), raw results (compare.json), chart (compare.png) and the
+    /// run's data go.
+    #[arg(long, default_value = "bench-compare")]
+    out: PathBuf,
+    /// Peers to run beside ours, comma-separated (an empty value runs ours only).
+    #[arg(long, value_delimiter = ',', default_value = "bullmq,celery", value_parser = Peer::parse)]
+    peers: Vec<Peer>,
+    /// Where the peers are installed (Redis comes from the system).
+    #[arg(long, default_value = "target/peers")]
+    peers_dir: PathBuf,
+}
+
+/// Sizes of one kind of run.
+struct Sizes {
+    burn_down: u64,
+    celery_burn_down: u64,
+    submit_seq: u64,
+    submit_c64: u64,
+    submit_batch: u64,
+    celery_submit: u64,
+    latency_secs: u64,
+    scale_many: u64,
+    scale_measure: u64,
+    many_workers_tasks: u64,
+    idle_secs: u64,
+    fsync_writes: u64,
+}
+
+impl Sizes {
+    fn of(quick: bool) -> Sizes {
+        if quick {
+            Sizes {
+                burn_down: 20_000,
+                celery_burn_down: 2_000,
+                submit_seq: 2_000,
+                submit_c64: 10_000,
+                submit_batch: 20_000,
+                celery_submit: 1_000,
+                latency_secs: 3,
+                scale_many: 100_000,
+                scale_measure: 20_000,
+                many_workers_tasks: 20_000,
+                idle_secs: 3,
+                fsync_writes: 500,
+            }
+        } else {
+            Sizes {
+                burn_down: 200_000,
+                celery_burn_down: 20_000,
+                submit_seq: 10_000,
+                submit_c64: 50_000,
+                submit_batch: 200_000,
+                celery_submit: 5_000,
+                latency_secs: 10,
+                scale_many: 1_000_000,
+                scale_measure: 200_000,
+                many_workers_tasks: 200_000,
+                idle_secs: 10,
+                fsync_writes: 2_000,
+            }
+        }
+    }
+}
+
+/// Whether a larger value of a figure is better.
+#[derive(Clone, Copy, Debug, Serialize, PartialEq, Eq)]
+#[serde(rename_all = "lowercase")]
+pub(crate) enum Better {
+    Higher,
+    Lower,
+}
+
+/// One figure: every round's value per system, and why a system has none.
+#[derive(Clone, Debug, Serialize)]
+pub(crate) struct Figure {
+    pub(crate) key: String,
+    pub(crate) workload: &'static str,
+    pub(crate) label: String,
+    pub(crate) unit: &'static str,
+    pub(crate) better: Better,
+    pub(crate) values: BTreeMap<String, Vec<f64>>,
+    pub(crate) notes: BTreeMap<String, String>,
+}
+
+/// The figures of a run, in table order.
+#[derive(Debug, Default, Serialize)]
+pub(crate) struct Figures {
+    pub(crate) list: Vec<Figure>,
+}
+
+impl Figures {
+    fn define(
+        &mut self,
+        key: impl Into<String>,
+        workload: &'static str,
+        label: String,
+        unit: &'static str,
+        better: Better,
+    ) {
+        self.list.push(Figure {
+            key: key.into(),
+            workload,
+            label,
+            unit,
+            better,
+            values: BTreeMap::new(),
+            notes: BTreeMap::new(),
+        });
+    }
+
+    fn get(&mut self, key: &str) -> &mut Figure {
+        self.list
+            .iter_mut()
+            .find(|f| f.key == key)
+            .unwrap_or_else(|| panic!("figure {key} is defined"))
+    }
+
+    fn record(&mut self, key: &str, system: &str, value: f64) {
+        if value.is_finite() {
+            self.get(key)
+                .values
+                .entry(system.to_string())
+                .or_default()
+                .push(value);
+        }
+    }
+
+    fn note(&mut self, key: &str, system: &str, why: &str) {
+        self.get(key)
+            .notes
+            .insert(system.to_string(), why.to_string());
+    }
+}
+
+/// The workloads' names, in table order.
+pub(crate) const WORKLOADS: &[&str] = &[
+    "1 burn-down",
+    "2 submit",
+    "3 latency",
+    "4 state scale",
+    "6 many workers",
+    "machine",
+];
+
+fn define_figures(f: &mut Figures, s: &Sizes) {
+    use Better::{Higher, Lower};
+    let w = WORKLOADS;
+    f.define(
+        "burn_drain",
+        w[0],
+        "drain (workers started -> last finish)".into(),
+        "tasks/s",
+        Higher,
+    );
+    f.define(
+        "burn_total",
+        w[0],
+        "first submit -> last finish".into(),
+        "tasks/s",
+        Higher,
+    );
+    f.define(
+        "submit_seq",
+        w[1],
+        "1 sequential client, 1 task per request".into(),
+        "tasks/s",
+        Higher,
+    );
+    f.define(
+        "submit_c64",
+        w[1],
+        "64 concurrent clients, 1 task per request".into(),
+        "tasks/s",
+        Higher,
+    );
+    f.define(
+        "submit_batch",
+        w[1],
+        "batches of 1 000".into(),
+        "tasks/s",
+        Higher,
+    );
+    for rate in [200, 1000] {
+        for (q, name) in [
+            ("p50", "p50"),
+            ("p99", "p99"),
+            ("p999", "p99.9"),
+            ("max", "max"),
+        ] {
+            f.define(
+                format!("lat{rate}_{q}"),
+                w[2],
+                format!("submit -> start at {rate}/s, {name}"),
+                "ms",
+                Lower,
+            );
+        }
+        f.define(
+            format!("lat{rate}_achieved"),
+            w[2],
+            format!("submit rate achieved of {rate}/s offered"),
+            "tasks/s",
+            Higher,
+        );
+    }
+    f.define(
+        "scale_rss",
+        w[3],
+        format!(
+            "memory per waiting task at {}",
+            crate::report::group(s.scale_many)
+        ),
+        "bytes",
+        Lower,
+    );
+    f.define(
+        "scale_many",
+        w[3],
+        format!(
+            "assignment throughput, {} waiting",
+            crate::report::group(s.scale_many)
+        ),
+        "tasks/s",
+        Higher,
+    );
+    f.define(
+        "scale_few",
+        w[3],
+        "assignment throughput, 1 000 waiting".into(),
+        "tasks/s",
+        Higher,
+    );
+    f.define(
+        "idle_cpu",
+        w[4],
+        "broker CPU with 1 000 idle worker connections".into(),
+        "% of a core",
+        Lower,
+    );
+    f.define(
+        "workers_1000",
+        w[4],
+        "burn-down with 1 000 workers x 1 thread".into(),
+        "tasks/s",
+        Higher,
+    );
+    f.define(
+        "workers_10",
+        w[4],
+        "burn-down with 10 workers x 100 threads".into(),
+        "tasks/s",
+        Higher,
+    );
+    f.define(
+        "workers_ratio",
+        w[4],
+        "burn-down 1 000 workers / 10 workers".into(),
+        "ratio",
+        Higher,
+    );
+    f.define(
+        "fsync_p50",
+        w[5],
+        "data disk: 4 KiB append + fdatasync, p50".into(),
+        "ms",
+        Lower,
+    );
+    f.define(
+        "fsync_p99",
+        w[5],
+        "data disk: 4 KiB append + fdatasync, p99".into(),
+        "ms",
+        Lower,
+    );
+    f.define(
+        "fsync_rate",
+        w[5],
+        "durable appends without batching (1 record per fdatasync)".into(),
+        "appends/s",
+        Higher,
+    );
+    f.define(
+        "tasks_per_fsync",
+        w[5],
+        "tasks per fsync in our burn-down".into(),
+        "tasks",
+        Higher,
+    );
+}
+
+/// Everything written to compare.json.
+#[derive(Serialize)]
+struct Raw<'a> {
+    flags: Vec<String>,
+    rounds: usize,
+    machine: BTreeMap<&'static str, String>,
+    versions: Vec<(String, String)>,
+    systems: Vec<String>,
+    figures: &'a [Figure],
+}
+
+/// Raises this process's soft limit of open files to its hard limit: the many-workers workload
+/// holds a thousand sockets here (its broker process inherits the limit too).
+fn raise_open_files() {
+    let mut limit = libc::rlimit {
+        rlim_cur: 0,
+        rlim_max: 0,
+    };
+    // SAFETY: getrlimit and setrlimit only read and write the struct passed by pointer.
+    #[allow(unsafe_code)]
+    unsafe {
+        if libc::getrlimit(libc::RLIMIT_NOFILE, &mut limit) == 0 && limit.rlim_cur < limit.rlim_max
+        {
+            limit.rlim_cur = limit.rlim_max;
+            libc::setrlimit(libc::RLIMIT_NOFILE, &limit);
+        }
+    }
+}
+
+pub(crate) async fn run(args: &CompareArgs) -> anyhow::Result<()> {
+    let started = Instant::now();
+    raise_open_files();
+    let sizes = Sizes::of(args.quick);
+    let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
+    std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
+    let data = args.out.join(format!("data-{}", std::process::id()));
+    let mut peers_list = args.peers.clone();
+    peers_list.sort();
+    peers_list.dedup();
+    if !peers_list.is_empty() {
+        println!(
+            "compare: checking the peers in {}",
+            args.peers_dir.display()
+        );
+        peers::install(&args.peers_dir, &peers_list)?;
+    }
+    let peers_dir = std::path::absolute(&args.peers_dir)?;
+    let redis = if peers_list.is_empty() {
+        None
+    } else {
+        Some(Redis::start(&data.join("redis"))?)
+    };
+    let mut figures = Figures::default();
+    define_figures(&mut figures, &sizes);
+    let mut systems = vec!["ours".to_string()];
+    systems.extend(peers_list.iter().map(|p| p.name().to_string()));
+    notes_for_peers(&mut figures, &peers_list);
+
+    let fsync = e2e::measure_fsync(&data.join("fsync"), sizes.fsync_writes)?;
+    figures.record("fsync_p50", "ours", fsync.p50_ms);
+    figures.record("fsync_p99", "ours", fsync.p99_ms);
+    figures.record("fsync_rate", "ours", fsync.per_sec);
+
+    for round in 1..=rounds {
+        println!("compare: round {round} of {rounds}: ours");
+        ours_round(&mut figures, &sizes, &data).await?;
+        for &peer in &peers_list {
+            println!("compare: round {round} of {rounds}: {}", peer.name());
+            let redis = redis.as_ref().expect("started with the peers");
+            peer_round(&mut figures, &sizes, &peers_dir, redis, peer)?;
+        }
+        println!("compare: round {round} of {rounds}: ours, state scale and many workers");
+        ours_process_round(&mut figures, &sizes, &data).await?;
+    }
+    drop(redis);
+    let _ = std::fs::remove_dir_all(&data);
+
+    let mut machine = machine();
+    machine.insert("fsync p50 ms", format!("{:.3}", fsync.p50_ms));
+    machine.insert("fsync p99 ms", format!("{:.3}", fsync.p99_ms));
+    let flags: Vec<String> = std::env::args().skip(1).collect();
+    let table = markdown(&figures, &systems, rounds, &flags, &machine);
+    println!("\n{table}");
+    std::fs::write(args.out.join("compare.md"), &table)?;
+    let raw = Raw {
+        flags,
+        rounds,
+        machine,
+        versions: if peers_list.is_empty() {
+            Vec::new()
+        } else {
+            peers::versions(&peers_dir)
+        },
+        systems: systems.clone(),
+        figures: &figures.list,
+    };
+    std::fs::write(
+        args.out.join("compare.json"),
+        serde_json::to_string_pretty(&raw)?,
+    )?;
+    crate::chart::draw(&args.out.join("compare.png"), &figures.list, &systems)?;
+    println!(
+        "compare: wrote {}/compare.md, compare.json, compare.png in {:.0} s",
+        args.out.display(),
+        started.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+/// Why a peer has no value for the figures that are ours only.
+fn notes_for_peers(figures: &mut Figures, peers: &[Peer]) {
+    for peer in peers {
+        let p = peer.name();
+        if *peer == Peer::Celery {
+            figures.note("submit_batch", p, "no bulk publish API");
+        }
+        for key in ["scale_many", "scale_few"] {
+            figures.note(
+                key,
+                p,
+                "not measured: a Redis list has no assignment step to load",
+            );
+        }
+        if *peer == Peer::Celery {
+            figures.note("scale_rss", p, "not measured");
+        }
+        for key in ["idle_cpu", "workers_1000", "workers_10", "workers_ratio"] {
+            figures.note(key, p, "not measured (ours only)");
+        }
+        for key in ["fsync_p50", "fsync_p99", "fsync_rate"] {
+            figures.note(key, p, "the machine's, shared by all");
+        }
+        figures.note("tasks_per_fsync", p, "Redis does not report its fsyncs");
+    }
+}
+
+/// A fresh in-process broker under `data` for one workload, removed afterwards.
+async fn with_broker<T>(
+    data: &Path,
+    name: &str,
+    work: impl AsyncFnOnce(&InProcBroker) -> anyhow::Result<T>,
+) -> anyhow::Result<T> {
+    let dir = data.join(name);
+    let broker = InProcBroker::start(&dir, LeaderConfig::default()).await?;
+    let out = work(&broker).await;
+    broker.stop().await;
+    let _ = std::fs::remove_dir_all(&dir);
+    out
+}
+
+/// Workloads 1–3 against our broker, and the tasks per fsync of its burn-down.
+async fn ours_round(figures: &mut Figures, s: &Sizes, data: &Path) -> anyhow::Result<()> {
+    let (run, fsyncs) = with_broker(data, "burn-down", async |b| {
+        let before = b.log_stats();
+        let run = e2e::measure_burn_down(b, s.burn_down, 1_000, 4, 4, 256).await?;
+        Ok((run, b.log_stats().fsyncs - before.fsyncs))
+    })
+    .await?;
+    figures.record("burn_drain", "ours", run.rate(run.drain));
+    figures.record("burn_total", "ours", run.rate(run.total));
+    figures.record(
+        "tasks_per_fsync",
+        "ours",
+        run.tasks as f64 / fsyncs.max(1) as f64,
+    );
+    for (key, total, clients, batch) in [
+        ("submit_seq", s.submit_seq, 1, 1),
+        ("submit_c64", s.submit_c64, 64, 1),
+        ("submit_batch", s.submit_batch, 1, 1_000),
+    ] {
+        let secs = with_broker(data, key, async |b| {
+            let clients = (0..clients)
+                .map(|_| b.client())
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            submit_made(
+                clients,
+                total,
+                batch,
+                std::sync::Arc::new(|_| noop(String::new())),
+            )
+            .await
+        })
+        .await?;
+        figures.record(key, "ours", total as f64 / secs.as_secs_f64());
+    }
+    for rate in [200u64, 1000] {
+        let lat = with_broker(data, "latency", async |b| {
+            e2e::measure_latency(b, rate, s.latency_secs, 2, 64).await
+        })
+        .await?;
+        for (q, v) in [
+            ("p50", lat.p50),
+            ("p99", lat.p99),
+            ("p999", lat.p999),
+            ("max", lat.max),
+        ] {
+            figures.record(&format!("lat{rate}_{q}"), "ours", v);
+        }
+        figures.record(&format!("lat{rate}_achieved"), "ours", lat.achieved);
+    }
+    Ok(())
+}
+
+/// Workloads 1–3 (and Redis's memory per waiting BullMQ job) through a peer's driver.
+fn peer_round(
+    figures: &mut Figures,
+    s: &Sizes,
+    dir: &Path,
+    redis: &Redis,
+    peer: Peer,
+) -> anyhow::Result<()> {
+    let p = peer.name();
+    let limit = Duration::from_secs(900);
+    let run = |args: &[String]| peers::run_driver(dir, peer, redis, args, limit);
+    let num = |v: &serde_json::Value, k: &str| -> anyhow::Result<f64> {
+        v.get(k)
+            .and_then(serde_json::Value::as_f64)
+            .with_context(|| format!("{p} driver result {v} has no number {k}"))
+    };
+    let (burn, submit_n) = match peer {
+        Peer::BullMq => (s.burn_down, [s.submit_seq, s.submit_c64, s.submit_batch]),
+        Peer::Celery => (
+            s.celery_burn_down,
+            [s.celery_submit, s.celery_submit * 2, 0],
+        ),
+    };
+    let burn_args = match peer {
+        Peer::BullMq => vec![
+            "burn-down".into(),
+            burn.to_string(),
+            "4".into(),
+            "256".into(),
+        ],
+        Peer::Celery => vec!["burn-down".into(), burn.to_string(), "2".into()],
+    };
+    let r = run(&burn_args)?;
+    figures.record("burn_drain", p, num(&r, "drain_per_s")?);
+    figures.record("burn_total", p, num(&r, "total_per_s")?);
+    for (key, mode, n) in [
+        ("submit_seq", "seq", submit_n[0]),
+        ("submit_c64", "c64", submit_n[1]),
+        ("submit_batch", "batch", submit_n[2]),
+    ] {
+        if n == 0 {
+            continue;
+        }
+        let r = run(&["submit".into(), mode.into(), n.to_string()])?;
+        figures.record(key, p, num(&r, "per_s")?);
+        if let Some(bytes) = r
+            .get("used_memory_per_job")
+            .and_then(serde_json::Value::as_f64)
+        {
+            figures.record("scale_rss", p, bytes);
+            figures.note(
+                "scale_rss",
+                p,
+                &format!(
+                    "Redis used_memory per waiting job at {}",
+                    crate::report::group(n)
+                ),
+            );
+        }
+    }
+    for rate in [200u64, 1000] {
+        let r = run(&[
+            "latency".into(),
+            rate.to_string(),
+            s.latency_secs.to_string(),
+        ])?;
+        for (q, k) in [
+            ("p50", "p50_ms"),
+            ("p99", "p99_ms"),
+            ("p999", "p999_ms"),
+            ("max", "max_ms"),
+        ] {
+            figures.record(&format!("lat{rate}_{q}"), p, num(&r, k)?);
+        }
+        figures.record(
+            &format!("lat{rate}_achieved"),
+            p,
+            num(&r, "achieved_per_s")?,
+        );
+    }
+    Ok(())
+}
+
+/// Workloads 4 and 6 on a broker process (its RSS and CPU are its own), when the `majordodo`
+/// binary is there.
+async fn ours_process_round(figures: &mut Figures, s: &Sizes, data: &Path) -> anyhow::Result<()> {
+    if let Err(e) = majordodo_bin() {
+        for key in [
+            "scale_rss",
+            "scale_many",
+            "scale_few",
+            "idle_cpu",
+            "workers_1000",
+            "workers_10",
+            "workers_ratio",
+        ] {
+            figures.note(key, "ours", &format!("not run: {e}"));
+        }
+        return Ok(());
+    }
+    let common = Common::new(data.to_path_buf());
+    let scale = e2e::measure_scale(&common, s.scale_many, 1_000, s.scale_measure, 4, 256).await?;
+    figures.record("scale_rss", "ours", scale.rss_per_task as f64);
+    figures.record("scale_many", "ours", scale.rate(0));
+    figures.record("scale_few", "ours", scale.rate(1));
+
+    let dir = data.join("many-workers");
+    // Every worker connects from 127.0.0.1: lift the per-address bound (64 by default).
+    let broker =
+        BrokerProcess::start_with_workers(&dir, "max_connections_per_address = 4096").await?;
+    let measured = async {
+        let idle = idle_cpu(&broker, 1_000, Duration::from_secs(s.idle_secs)).await?;
+        let many =
+            e2e::measure_burn_down(&broker, s.many_workers_tasks, 1_000, 4, 1_000, 1).await?;
+        Ok::<_, anyhow::Error>((idle, many))
+    }
+    .await;
+    broker.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    let (idle, many) = measured?;
+    figures.record("idle_cpu", "ours", idle);
+    let dir = data.join("ten-workers");
+    let broker = BrokerProcess::start(&dir, "").await?;
+    let ten = e2e::measure_burn_down(&broker, s.many_workers_tasks, 1_000, 4, 10, 100).await;
+    broker.stop();
+    let _ = std::fs::remove_dir_all(&dir);
+    let ten = ten?;
+    figures.record("workers_1000", "ours", many.rate(many.drain));
+    figures.record("workers_10", "ours", ten.rate(ten.drain));
+    figures.record(
+        "workers_ratio",
+        "ours",
+        many.rate(many.drain) / ten.rate(ten.drain),
+    );
+    Ok(())
+}
+
+/// Connects `count` workers (one thread each) to `broker`, waits until it lists them all, then
+/// returns the broker process's CPU over `window` while nothing is submitted, in % of one core.
+async fn idle_cpu(broker: &BrokerProcess, count: usize, window: Duration) -> anyhow::Result<f64> {
+    let workers = Workers::start(
+        broker,
+        count,
+        1,
+        executor_fn(|_| async { Ok::<_, TaskFailure>(String::new()) }),
+    );
+    let measured = async {
+        let client = broker.client()?;
+        let deadline = Instant::now() + Duration::from_secs(120);
+        loop {
+            let connected = client
+                .workers()
+                .await
+                .context("read the workers view")?
+                .iter()
+                .filter(|w| w.status == "CONNECTED")
+                .count();
+            if connected >= count {
+                break;
+            }
+            anyhow::ensure!(
+                Instant::now() < deadline,
+                "only {connected} of {count} workers connected within 120 s"
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+        // Let the connection burst settle.
+        tokio::time::sleep(Duration::from_secs(1)).await;
+        let pid = broker.pid();
+        let before = pid_cpu_seconds(pid).context("read the broker's CPU time")?;
+        let t0 = Instant::now();
+        tokio::time::sleep(window).await;
+        let after = pid_cpu_seconds(pid).context("read the broker's CPU time")?;
+        Ok::<_, anyhow::Error>((after - before) / t0.elapsed().as_secs_f64() * 100.0)
+    }
+    .await;
+    workers.stop().await;
+    measured
+}
+
+/// The machine: CPU model, cores, kernel, memory.
+fn machine() -> BTreeMap<&'static str, String> {
+    let mut m = BTreeMap::new();
+    let cpuinfo = std::fs::read_to_string("/proc/cpuinfo").unwrap_or_default();
+    let model = cpuinfo
+        .lines()
+        .find_map(|l| l.strip_prefix("model name"))
+        .map(|v| v.trim_start_matches([' ', '\t', ':']).to_string())
+        .unwrap_or_else(|| "?".into());
+    m.insert("cpu", model);
+    m.insert(
+        "cores",
+        std::thread::available_parallelism()
+            .map(|n| n.to_string())
+            .unwrap_or_else(|_| "?".into()),
+    );
+    m.insert(
+        "kernel",
+        std::fs::read_to_string("/proc/sys/kernel/osrelease")
+            .map(|s| s.trim().to_string())
+            .unwrap_or_else(|_| "?".into()),
+    );
+    let meminfo = std::fs::read_to_string("/proc/meminfo").unwrap_or_default();
+    if let Some(kb) = meminfo
+        .lines()
+        .find_map(|l| l.strip_prefix("MemTotal:"))
+        .and_then(|v| v.split_whitespace().next())
+        .and_then(|v| v.parse::<u64>().ok())
+    {
+        m.insert("memory", format!("{:.1} GiB", kb as f64 / 1024.0 / 1024.0));
+    }
+    m
+}
+
+/// Median, minimum and maximum.
+pub(crate) fn summary(values: &[f64]) -> Option<(f64, f64, f64)> {
+    if values.is_empty() {
+        return None;
+    }
+    let mut v = values.to_vec();
+    v.sort_by(f64::total_cmp);
+    let n = v.len();
+    let median = if n % 2 == 1 {
+        v[n / 2]
+    } else {
+        (v[n / 2 - 1] + v[n / 2]) / 2.0
+    };
+    Some((median, v[0], v[n - 1]))
+}
+
+/// A number with three significant digits at least, thousands grouped.
+pub(crate) fn fmt(v: f64) -> String {
+    let a = v.abs();
+    if a >= 1_000.0 {
+        crate::report::per_sec(v)
+    } else if a >= 100.0 {
+        format!("{v:.0}")
+    } else if a >= 10.0 {
+        format!("{v:.1}")
+    } else if a >= 1.0 {
+        format!("{v:.2}")
+    } else {
+        format!("{v:.3}")
+    }
+}
+
+fn markdown(
+    figures: &Figures,
+    systems: &[String],
+    rounds: usize,
+    flags: &[String],
+    machine: &BTreeMap<&'static str, String>,
+) -> String {
+    let mut out = String::new();
+    out.push_str(&format!(
+        "majordodo-bench compare {}: median [min–max] of {rounds} round(s), interleaved; ratios are ours/peer oriented so that > 1 means ours is better\n\n",
+        flags.join(" ")
+    ));
+    out.push_str(&format!(
+        "machine: {}\n\n",
+        machine
+            .iter()
+            .map(|(k, v)| format!("{k} {v}"))
+            .collect::<Vec<_>>()
+            .join(", ")
+    ));
+    let mut header = vec!["workload".to_string(), "figure".into(), "unit".into()];
+    for s in systems {
+        header.push(s.clone());
+        if s != "ours" {
+            header.push(format!("ours/{s} (> 1: ours better)"));
+        }
+    }
+    out.push_str(&format!("| {} |\n", header.join(" | ")));
+    out.push_str(&format!("|{}|\n", vec!["---"; header.len()].join("|")));
+    for f in &figures.list {
+        let mut row = vec![f.workload.to_string(), f.label.clone(), f.unit.to_string()];
+        let ours = f.values.get("ours").and_then(|v| summary(v));
+        for s in systems {
+            let cell = match f.values.get(s).and_then(|v| summary(v)) {
+                Some((m, lo, hi)) if f.values[s].len() > 1 => {
+                    format!("{} [{}–{}]", fmt(m), fmt(lo), fmt(hi))
+                }
+                Some((m, _, _)) => fmt(m),
+                None => format!(
+                    "– ({})",
+                    f.notes.get(s).map(String::as_str).unwrap_or("no value")
+                ),
+            };
+            let cell = match (f.values.contains_key(s), f.notes.get(s)) {
+                (true, Some(note)) => format!("{cell} ({note})"),
+                _ => cell,
+            };
+            row.push(cell);
+            if s != "ours" {
+                let peer = f.values.get(s).and_then(|v| summary(v));
+                row.push(match (ours, peer) {
+                    (Some((o, _, _)), Some((p, _, _))) if o > 0.0 && p > 0.0 => {
+                        let r = if f.better == Better::Higher {
+                            o / p
+                        } else {
+                            p / o
+                        };
+                        format!("{}×", fmt(r))
+                    }
+                    _ => "–".into(),
+                });
+            }
+        }
+        out.push_str(&format!("| {} |\n", row.join(" | ")));
+    }
+    out
+}
