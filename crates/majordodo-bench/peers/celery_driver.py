@@ -1,11 +1,11 @@
 """Celery driver of `majordodo-bench compare`: runs one workload against the Redis on
 127.0.0.1:$REDIS_PORT and prints one JSON line with what it measured.
 
-    python celery_driver.py burn-down N CONCURRENCY   submit N (apply_async, 4 threads) while the
+    python celery_driver.py burn-down N POOL CONC     submit N (apply_async, 4 threads) while the
                                                       worker listens on another queue, then make it
                                                       consume them; completion = result stored
     python celery_driver.py submit seq|c64 N          one apply_async at a time, or 64 threads
-    python celery_driver.py latency RATE SECONDS      open loop: one apply_async every 1/RATE s
+    python celery_driver.py latency RATE SECS POOL CONC  open loop: one apply_async every 1/RATE s
                                                       (from a pool of threads), submit -> start
 
 Celery has no bulk publish API, so there is no batch mode. Every wait is bounded."""
@@ -61,11 +61,11 @@ def publish_threads(task, args_of, n, threads):
 class CeleryWorker:
     """A worker process of our own, consuming `queue`, stopped (and killed if it must be) on exit."""
 
-    def __init__(self, queue, concurrency):
+    def __init__(self, queue, pool, concurrency):
         self.name = f"bench{os.getpid()}@{socket.gethostname()}"
         self.log = open(os.path.join(HERE, "celery-worker.log"), "w")
         self.proc = subprocess.Popen(
-            [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "-P", "prefork",
+            [sys.executable, "-m", "celery", "-A", "celery_app", "worker", "-P", pool,
              "-c", str(concurrency), "-Q", queue, "-n", self.name, "-l", "WARNING",
              "--without-gossip", "--without-mingle", "--without-heartbeat"],
             cwd=HERE, stdout=self.log, stderr=subprocess.STDOUT)
@@ -99,8 +99,8 @@ def results():
             yield json.loads(raw)
 
 
-def burn_down(n, concurrency):
-    worker = CeleryWorker("hold", concurrency)
+def burn_down(n, pool, concurrency):
+    worker = CeleryWorker("hold", pool, concurrency)
     try:
         first_submit = time.time()
         publish_threads(noop, lambda i: (i,), n, 4)
@@ -142,9 +142,9 @@ def submit(mode, n):
     return {"tasks": n, "per_s": n / secs}
 
 
-def latency(rate, seconds):
+def latency(rate, seconds, pool, concurrency):
     warm, total = int(rate), int(rate * (seconds + 1))
-    worker = CeleryWorker("bench", 2)
+    worker = CeleryWorker("bench", pool, concurrency)
     try:
         time.sleep(0.3)
         errors = []
@@ -190,11 +190,11 @@ def main():
     timer.daemon = True
     timer.start()
     if what == "burn-down":
-        result = burn_down(int(args[0]), int(args[1]))
+        result = burn_down(int(args[0]), args[1], int(args[2]))
     elif what == "submit":
         result = submit(args[0], int(args[1]))
     elif what == "latency":
-        result = latency(float(args[0]), float(args[1]))
+        result = latency(float(args[0]), float(args[1]), args[2], int(args[3]))
     else:
         fail(f"unknown workload {what}")
     DB0.flushall()

@@ -61,7 +61,7 @@ install_celery() {
     say "creating a Python venv at $DIR/venv"
     python3 -m venv "$DIR/venv" || die "python3 -m venv failed (on Debian: apt-get install python3-venv)"
   fi
-  have="$("$DIR/venv/bin/python" -c 'import celery, redis; print(celery.__version__)' 2>/dev/null || true)"
+  have="$("$DIR/venv/bin/python" -I -c 'import celery, redis; print(celery.__version__)' 2>/dev/null || true)"
   if [ "$have" = "$want" ]; then
     say "celery $have present"
     return

@@ -107,6 +107,7 @@ where
         .configure_mesh()
         .disable_x_mesh()
         .x_labels(systems.len())
+        .y_labels(if log { (y1 - y0) as usize + 1 } else { 10 })
         .x_label_formatter(&|x| {
             let i = x.round();
             if (x - i).abs() < 0.01 && i >= 0.0 {

@@ -17,7 +17,9 @@ use majordodo_core::LeaderConfig;
 use majordodo_worker::{TaskFailure, executor_fn};
 use serde::Serialize;
 
-use crate::cluster::{BrokerProcess, Workers, majordodo_bin, noop, submit_made};
+use crate::cluster::{
+    BrokerProcess, Workers, majordodo_bin, noop, submit_all, submit_made, wait_finished,
+};
 use crate::e2e::{self, Common};
 use crate::inproc::InProcBroker;
 use crate::peers::{self, Peer, Redis};
@@ -40,7 +42,7 @@ pub(crate) struct CompareArgs {
     #[arg(long, value_delimiter = ',', default_value = "bullmq,celery", value_parser = Peer::parse)]
     peers: Vec<Peer>,
     /// Where the peers are installed (Redis comes from the system).
-    #[arg(long, default_value = "target/peers")]
+    #[arg(long, env = "MAJORDODO_PEERS_DIR", default_value = "target/peers")]
     peers_dir: PathBuf,
 }
 
@@ -58,6 +60,7 @@ struct Sizes {
     many_workers_tasks: u64,
     idle_secs: u64,
     fsync_writes: u64,
+    snapshot_sizes: Vec<u64>,
 }
 
 impl Sizes {
@@ -76,11 +79,12 @@ impl Sizes {
                 many_workers_tasks: 20_000,
                 idle_secs: 3,
                 fsync_writes: 500,
+                snapshot_sizes: vec![100_000],
             }
         } else {
             Sizes {
                 burn_down: 200_000,
-                celery_burn_down: 20_000,
+                celery_burn_down: 10_000,
                 submit_seq: 10_000,
                 submit_c64: 50_000,
                 submit_batch: 200_000,
@@ -91,6 +95,7 @@ impl Sizes {
                 many_workers_tasks: 200_000,
                 idle_secs: 10,
                 fsync_writes: 2_000,
+                snapshot_sizes: vec![100_000, 1_000_000],
             }
         }
     }
@@ -172,6 +177,7 @@ pub(crate) const WORKLOADS: &[&str] = &[
     "2 submit",
     "3 latency",
     "4 state scale",
+    "5 snapshots",
     "6 many workers",
     "machine",
 ];
@@ -179,41 +185,45 @@ pub(crate) const WORKLOADS: &[&str] = &[
 fn define_figures(f: &mut Figures, s: &Sizes) {
     use Better::{Higher, Lower};
     let w = WORKLOADS;
-    f.define(
-        "burn_drain",
-        w[0],
-        "drain (workers started -> last finish)".into(),
-        "tasks/s",
-        Higher,
-    );
-    f.define(
-        "burn_total",
-        w[0],
-        "first submit -> last finish".into(),
-        "tasks/s",
-        Higher,
-    );
-    f.define(
-        "submit_seq",
-        w[1],
-        "1 sequential client, 1 task per request".into(),
-        "tasks/s",
-        Higher,
-    );
-    f.define(
-        "submit_c64",
-        w[1],
-        "64 concurrent clients, 1 task per request".into(),
-        "tasks/s",
-        Higher,
-    );
-    f.define(
-        "submit_batch",
-        w[1],
-        "batches of 1 000".into(),
-        "tasks/s",
-        Higher,
-    );
+    let many = crate::report::group(s.scale_many);
+    let fixed: Vec<(String, &'static str, String, &'static str, Better)> = vec![
+        (
+            "burn_drain".into(),
+            w[0],
+            "drain (workers started -> last finish)".into(),
+            "tasks/s",
+            Higher,
+        ),
+        (
+            "burn_total".into(),
+            w[0],
+            "first submit -> last finish".into(),
+            "tasks/s",
+            Higher,
+        ),
+        (
+            "submit_seq".into(),
+            w[1],
+            "1 sequential client, 1 task per request".into(),
+            "tasks/s",
+            Higher,
+        ),
+        (
+            "submit_c64".into(),
+            w[1],
+            "64 concurrent clients, 1 task per request".into(),
+            "tasks/s",
+            Higher,
+        ),
+        (
+            "submit_batch".into(),
+            w[1],
+            "batches of 1 000".into(),
+            "tasks/s",
+            Higher,
+        ),
+    ];
+    let mut all = fixed;
     for rate in [200, 1000] {
         for (q, name) in [
             ("p50", "p50"),
@@ -221,105 +231,143 @@ fn define_figures(f: &mut Figures, s: &Sizes) {
             ("p999", "p99.9"),
             ("max", "max"),
         ] {
-            f.define(
-                format!("lat{rate}_{q}"),
-                w[2],
-                format!("submit -> start at {rate}/s, {name}"),
-                "ms",
-                Lower,
-            );
+            let label = format!("submit -> start at {rate}/s, {name}");
+            all.push((format!("lat{rate}_{q}"), w[2], label, "ms", Lower));
         }
-        f.define(
+        let label = format!("submit rate achieved of {rate}/s offered");
+        all.push((
             format!("lat{rate}_achieved"),
             w[2],
-            format!("submit rate achieved of {rate}/s offered"),
+            label,
             "tasks/s",
             Higher,
-        );
+        ));
     }
-    f.define(
-        "scale_rss",
-        w[3],
-        format!(
-            "memory per waiting task at {}",
-            crate::report::group(s.scale_many)
+    all.extend([
+        (
+            "scale_rss".into(),
+            w[3],
+            format!("memory per waiting task at {many}"),
+            "bytes",
+            Lower,
         ),
-        "bytes",
-        Lower,
-    );
-    f.define(
-        "scale_many",
-        w[3],
-        format!(
-            "assignment throughput, {} waiting",
-            crate::report::group(s.scale_many)
+        (
+            "scale_many".into(),
+            w[3],
+            format!("assignment throughput, {many} waiting"),
+            "tasks/s",
+            Higher,
         ),
-        "tasks/s",
-        Higher,
-    );
-    f.define(
-        "scale_few",
-        w[3],
-        "assignment throughput, 1 000 waiting".into(),
-        "tasks/s",
-        Higher,
-    );
-    f.define(
-        "idle_cpu",
-        w[4],
-        "broker CPU with 1 000 idle worker connections".into(),
-        "% of a core",
-        Lower,
-    );
-    f.define(
-        "workers_1000",
-        w[4],
-        "burn-down with 1 000 workers x 1 thread".into(),
-        "tasks/s",
-        Higher,
-    );
-    f.define(
-        "workers_10",
-        w[4],
-        "burn-down with 10 workers x 100 threads".into(),
-        "tasks/s",
-        Higher,
-    );
-    f.define(
-        "workers_ratio",
-        w[4],
-        "burn-down 1 000 workers / 10 workers".into(),
-        "ratio",
-        Higher,
-    );
-    f.define(
-        "fsync_p50",
-        w[5],
-        "data disk: 4 KiB append + fdatasync, p50".into(),
-        "ms",
-        Lower,
-    );
-    f.define(
-        "fsync_p99",
-        w[5],
-        "data disk: 4 KiB append + fdatasync, p99".into(),
-        "ms",
-        Lower,
-    );
-    f.define(
-        "fsync_rate",
-        w[5],
-        "durable appends without batching (1 record per fdatasync)".into(),
-        "appends/s",
-        Higher,
-    );
-    f.define(
-        "tasks_per_fsync",
-        w[5],
-        "tasks per fsync in our burn-down".into(),
-        "tasks",
-        Higher,
-    );
+        (
+            "scale_few".into(),
+            w[3],
+            "assignment throughput, 1 000 waiting".into(),
+            "tasks/s",
+            Higher,
+        ),
+    ]);
+    for n in &s.snapshot_sizes {
+        let at = crate::report::group(*n);
+        all.extend([
+            (
+                format!("snap{n}_size"),
+                w[4],
+                format!("snapshot size, {at} tasks of 100 random bytes"),
+                "MiB",
+                Lower,
+            ),
+            (
+                format!("snap{n}_ratio"),
+                w[4],
+                format!("snapshot size / raw task data, {at} tasks"),
+                "ratio",
+                Lower,
+            ),
+            (
+                format!("snap{n}_write"),
+                w[4],
+                format!("snapshot write time, {at} tasks"),
+                "ms",
+                Lower,
+            ),
+            (
+                format!("snap{n}_load"),
+                w[4],
+                format!("snapshot load (read + decode), {at} tasks"),
+                "ms",
+                Lower,
+            ),
+        ]);
+    }
+    let largest = crate::report::group(*s.snapshot_sizes.last().expect("a size"));
+    all.extend([
+        (
+            "snap_boot".into(),
+            w[4],
+            format!("broker boot from the {largest}-task snapshot"),
+            "ms",
+            Lower,
+        ),
+        (
+            "idle_cpu".into(),
+            w[5],
+            "broker CPU with 1 000 idle worker connections".into(),
+            "% of a core",
+            Lower,
+        ),
+        (
+            "workers_1000".into(),
+            w[5],
+            "first submit -> last finish, 1 000 workers x 1 thread".into(),
+            "tasks/s",
+            Higher,
+        ),
+        (
+            "workers_10".into(),
+            w[5],
+            "first submit -> last finish, 10 workers x 100 threads".into(),
+            "tasks/s",
+            Higher,
+        ),
+        (
+            "workers_ratio".into(),
+            w[5],
+            "1 000 workers / 10 workers".into(),
+            "ratio",
+            Higher,
+        ),
+        (
+            "fsync_p50".into(),
+            w[6],
+            "data disk: 4 KiB append + fdatasync, p50".into(),
+            "ms",
+            Lower,
+        ),
+        (
+            "fsync_p99".into(),
+            w[6],
+            "data disk: 4 KiB append + fdatasync, p99".into(),
+            "ms",
+            Lower,
+        ),
+        (
+            "fsync_rate".into(),
+            w[6],
+            "durable appends without batching (1 record per fdatasync)".into(),
+            "appends/s",
+            Higher,
+        ),
+        (
+            "tasks_per_fsync".into(),
+            w[6],
+            "tasks per fsync in our burn-down".into(),
+            "tasks",
+            Higher,
+        ),
+    ]);
+    for (key, workload, label, unit, better) in all {
+        f.define(key, workload, label, unit, better);
+    }
 }
 
 /// Everything written to compare.json.
@@ -384,6 +432,20 @@ pub(crate) async fn run(args: &CompareArgs) -> anyhow::Result<()> {
     figures.record("fsync_p50", "ours", fsync.p50_ms);
     figures.record("fsync_p99", "ours", fsync.p99_ms);
     figures.record("fsync_rate", "ours", fsync.per_sec);
+    let mut machine = machine();
+    machine.insert("fsync p50 ms", format!("{:.3}", fsync.p50_ms));
+    machine.insert("fsync p99 ms", format!("{:.3}", fsync.p99_ms));
+    let output = Output {
+        out: args.out.clone(),
+        flags: std::env::args().skip(2).collect(),
+        machine,
+        versions: if peers_list.is_empty() {
+            Vec::new()
+        } else {
+            peers::versions(&peers_dir)
+        },
+        systems: systems.clone(),
+    };
 
     for round in 1..=rounds {
         println!("compare: round {round} of {rounds}: ours");
@@ -393,42 +455,60 @@ pub(crate) async fn run(args: &CompareArgs) -> anyhow::Result<()> {
             let redis = redis.as_ref().expect("started with the peers");
             peer_round(&mut figures, &sizes, &peers_dir, redis, peer)?;
         }
+        println!("compare: round {round} of {rounds}: ours, snapshots");
+        for &n in &sizes.snapshot_sizes {
+            let boot = n == *sizes.snapshot_sizes.last().expect("a size");
+            snapshots(&mut figures, &data, n, boot).await?;
+        }
         println!("compare: round {round} of {rounds}: ours, state scale and many workers");
         ours_process_round(&mut figures, &sizes, &data).await?;
+        if round < rounds {
+            // What is done so far stays if a later round fails.
+            output.write(&figures, round)?;
+        }
     }
     drop(redis);
     let _ = std::fs::remove_dir_all(&data);
-
-    let mut machine = machine();
-    machine.insert("fsync p50 ms", format!("{:.3}", fsync.p50_ms));
-    machine.insert("fsync p99 ms", format!("{:.3}", fsync.p99_ms));
-    let flags: Vec<String> = std::env::args().skip(1).collect();
-    let table = markdown(&figures, &systems, rounds, &flags, &machine);
+    let table = output.write(&figures, rounds)?;
     println!("\n{table}");
-    std::fs::write(args.out.join("compare.md"), &table)?;
-    let raw = Raw {
-        flags,
-        rounds,
-        machine,
-        versions: if peers_list.is_empty() {
-            Vec::new()
-        } else {
-            peers::versions(&peers_dir)
-        },
-        systems: systems.clone(),
-        figures: &figures.list,
-    };
-    std::fs::write(
-        args.out.join("compare.json"),
-        serde_json::to_string_pretty(&raw)?,
-    )?;
-    crate::chart::draw(&args.out.join("compare.png"), &figures.list, &systems)?;
     println!(
         "compare: wrote {}/compare.md, compare.json, compare.png in {:.0} s",
         args.out.display(),
         started.elapsed().as_secs_f64()
     );
     Ok(())
+}
+
+/// What the outputs carry besides the figures.
+struct Output {
+    out: PathBuf,
+    flags: Vec<String>,
+    machine: BTreeMap<&'static str, String>,
+    versions: Vec<(String, String)>,
+    systems: Vec<String>,
+}
+
+impl Output {
+    /// Writes the table, the raw results and the chart of the rounds done so far; returns the
+    /// table.
+    fn write(&self, figures: &Figures, rounds: usize) -> anyhow::Result<String> {
+        let table = markdown(figures, &self.systems, rounds, &self.flags, &self.machine);
+        std::fs::write(self.out.join("compare.md"), &table)?;
+        let raw = Raw {
+            flags: self.flags.clone(),
+            rounds,
+            machine: self.machine.clone(),
+            versions: self.versions.clone(),
+            systems: self.systems.clone(),
+            figures: &figures.list,
+        };
+        std::fs::write(
+            self.out.join("compare.json"),
+            serde_json::to_string_pretty(&raw)?,
+        )?;
+        crate::chart::draw(&self.out.join("compare.png"), &figures.list, &self.systems)?;
+        Ok(table)
+    }
 }
 
 /// Why a peer has no value for the figures that are ours only.
@@ -447,6 +527,15 @@ fn notes_for_peers(figures: &mut Figures, peers: &[Peer]) {
         }
         if *peer == Peer::Celery {
             figures.note("scale_rss", p, "not measured");
+        }
+        let snapshot_keys = figures
+            .list
+            .iter()
+            .filter(|f| f.key.starts_with("snap"))
+            .map(|f| f.key.clone())
+            .collect::<Vec<_>>();
+        for key in snapshot_keys {
+            figures.note(&key, p, "not measured (ours only)");
         }
         for key in ["idle_cpu", "workers_1000", "workers_10", "workers_ratio"] {
             figures.note(key, p, "not measured (ours only)");
@@ -525,6 +614,11 @@ async fn ours_round(figures: &mut Figures, s: &Sizes, data: &Path) -> anyhow::Re
     Ok(())
 }
 
+/// Celery's worker pool: threads, 64 of them, the fastest burn-down of prefork 2 (its default
+/// on two cores), prefork 8, threads 16 and threads 64 on the machine of docs/benchmarks.md.
+const CELERY_POOL: &str = "threads";
+const CELERY_CONCURRENCY: u32 = 64;
+
 /// Workloads 1–3 (and Redis's memory per waiting BullMQ job) through a peer's driver.
 fn peer_round(
     figures: &mut Figures,
@@ -555,7 +649,12 @@ fn peer_round(
             "4".into(),
             "256".into(),
         ],
-        Peer::Celery => vec!["burn-down".into(), burn.to_string(), "2".into()],
+        Peer::Celery => vec![
+            "burn-down".into(),
+            burn.to_string(),
+            CELERY_POOL.into(),
+            CELERY_CONCURRENCY.to_string(),
+        ],
     };
     let r = run(&burn_args)?;
     figures.record("burn_drain", p, num(&r, "drain_per_s")?);
@@ -586,11 +685,15 @@ fn peer_round(
         }
     }
     for rate in [200u64, 1000] {
-        let r = run(&[
-            "latency".into(),
+        let mut latency_args = vec![
+            "latency".to_string(),
             rate.to_string(),
             s.latency_secs.to_string(),
-        ])?;
+        ];
+        if peer == Peer::Celery {
+            latency_args.extend([CELERY_POOL.to_string(), CELERY_CONCURRENCY.to_string()]);
+        }
+        let r = run(&latency_args)?;
         for (q, k) in [
             ("p50", "p50_ms"),
             ("p99", "p99_ms"),
@@ -604,6 +707,91 @@ fn peer_round(
             p,
             num(&r, "achieved_per_s")?,
         );
+    }
+    Ok(())
+}
+
+/// Workload 5: `n` tasks of 100 random bytes each wait in a broker; the broker writes a
+/// snapshot (its own checkpoint), which is then read and decoded as a broker does at boot, and,
+/// if `boot`, a broker boots from it (until its HTTP API answers).
+async fn snapshots(figures: &mut Figures, data: &Path, n: u64, boot: bool) -> anyhow::Result<()> {
+    use rand::Rng;
+    const DATA_BYTES: usize = 100;
+    let dir = data.join(format!("snapshot-{n}"));
+    let measured = async {
+        let broker = InProcBroker::start_with_snapshots(&dir, LeaderConfig::default()).await?;
+        let written = async {
+            let clients = (0..4)
+                .map(|_| broker.client())
+                .collect::<anyhow::Result<Vec<_>>>()?;
+            let random = std::sync::Arc::new(|_| {
+                let mut rng = rand::rng();
+                // Printable, so it travels as JSON as it is: 100 bytes of random letters and digits.
+                let data: String = (0..DATA_BYTES)
+                    .map(|_| rng.sample(rand::distr::Alphanumeric) as char)
+                    .collect();
+                noop(data)
+            });
+            submit_made(clients, n, 1_000, random).await?;
+            let t = Instant::now();
+            let lsn = broker.handle.checkpoint().await.context("checkpoint")?;
+            Ok::<_, anyhow::Error>((lsn, t.elapsed()))
+        }
+        .await;
+        broker.stop().await;
+        let (lsn, write) = written?;
+        let store = majordodo_log::SnapshotStore::open(dir.join("snapshots"))?;
+        let size = std::fs::metadata(store.path_of(majordodo_log::Lsn(lsn)))
+            .context("the snapshot file")?
+            .len();
+        let t = Instant::now();
+        let loaded = tokio::task::spawn_blocking(move || {
+            let snapshot = store.load_latest()?.context("no snapshot")?;
+            let state = majordodo_proto::snapshot::decode_snapshot(
+                &snapshot.data,
+                std::sync::Arc::new(majordodo_core::DefaultGroupMapper),
+            )?;
+            Ok::<_, anyhow::Error>(state.task_count())
+        })
+        .await
+        .context("snapshot loader")??;
+        let load = t.elapsed();
+        anyhow::ensure!(
+            loaded as u64 == n,
+            "the snapshot holds {loaded} tasks, not {n}"
+        );
+        let mut boot_time = None;
+        if boot {
+            let t = Instant::now();
+            let broker = InProcBroker::start_with_snapshots(&dir, LeaderConfig::default()).await?;
+            let answered = broker.client()?.status().await;
+            let elapsed = t.elapsed();
+            let waiting = answered.as_ref().map(|s| s.waitingtasks).unwrap_or(0);
+            broker.stop().await;
+            answered.context("status after boot")?;
+            anyhow::ensure!(waiting == n, "{waiting} tasks waiting after boot, not {n}");
+            boot_time = Some(elapsed);
+        }
+        Ok::<_, anyhow::Error>((size, write, load, boot_time))
+    }
+    .await;
+    let _ = std::fs::remove_dir_all(&dir);
+    let (size, write, load, boot_time) = measured?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    figures.record(
+        &format!("snap{n}_size"),
+        "ours",
+        size as f64 / (1024.0 * 1024.0),
+    );
+    figures.record(
+        &format!("snap{n}_ratio"),
+        "ours",
+        size as f64 / (n as f64 * DATA_BYTES as f64),
+    );
+    figures.record(&format!("snap{n}_write"), "ours", ms(write));
+    figures.record(&format!("snap{n}_load"), "ours", ms(load));
+    if let Some(b) = boot_time {
+        figures.record("snap_boot", "ours", ms(b));
     }
     Ok(())
 }
@@ -631,44 +819,34 @@ async fn ours_process_round(figures: &mut Figures, s: &Sizes, data: &Path) -> an
     figures.record("scale_many", "ours", scale.rate(0));
     figures.record("scale_few", "ours", scale.rate(1));
 
-    let dir = data.join("many-workers");
-    // Every worker connects from 127.0.0.1: lift the per-address bound (64 by default).
-    let broker =
-        BrokerProcess::start_with_workers(&dir, "max_connections_per_address = 4096").await?;
-    let measured = async {
-        let idle = idle_cpu(&broker, 1_000, Duration::from_secs(s.idle_secs)).await?;
-        let many =
-            e2e::measure_burn_down(&broker, s.many_workers_tasks, 1_000, 4, 1_000, 1).await?;
-        Ok::<_, anyhow::Error>((idle, many))
-    }
-    .await;
-    broker.stop();
-    let _ = std::fs::remove_dir_all(&dir);
-    let (idle, many) = measured?;
+    let (idle, many) = connected_burn_down(data, 1_000, 1, s, true).await?;
+    let (_, ten) = connected_burn_down(data, 10, 100, s, false).await?;
     figures.record("idle_cpu", "ours", idle);
-    let dir = data.join("ten-workers");
-    let broker = BrokerProcess::start(&dir, "").await?;
-    let ten = e2e::measure_burn_down(&broker, s.many_workers_tasks, 1_000, 4, 10, 100).await;
-    broker.stop();
-    let _ = std::fs::remove_dir_all(&dir);
-    let ten = ten?;
-    figures.record("workers_1000", "ours", many.rate(many.drain));
-    figures.record("workers_10", "ours", ten.rate(ten.drain));
-    figures.record(
-        "workers_ratio",
-        "ours",
-        many.rate(many.drain) / ten.rate(ten.drain),
-    );
+    figures.record("workers_1000", "ours", many);
+    figures.record("workers_10", "ours", ten);
+    figures.record("workers_ratio", "ours", many / ten);
     Ok(())
 }
 
-/// Connects `count` workers (one thread each) to `broker`, waits until it lists them all, then
-/// returns the broker process's CPU over `window` while nothing is submitted, in % of one core.
-async fn idle_cpu(broker: &BrokerProcess, count: usize, window: Duration) -> anyhow::Result<f64> {
+/// On a fresh broker process: connects `count` workers of `threads` each, waits until the
+/// broker lists them all, reads the broker's CPU over the idle window if `idle` (in % of one
+/// core), then submits the burn-down's tasks and returns the rate from the first submission to
+/// the last finish (the workers were connected before, so connecting is not timed).
+async fn connected_burn_down(
+    data: &Path,
+    count: usize,
+    threads: u32,
+    s: &Sizes,
+    idle: bool,
+) -> anyhow::Result<(f64, f64)> {
+    let dir = data.join(format!("workers-{count}"));
+    // Every worker connects from 127.0.0.1: lift the per-address bound (64 by default).
+    let broker =
+        BrokerProcess::start_with_workers(&dir, "max_connections_per_address = 4096").await?;
     let workers = Workers::start(
-        broker,
+        &broker,
         count,
-        1,
+        threads,
         executor_fn(|_| async { Ok::<_, TaskFailure>(String::new()) }),
     );
     let measured = async {
@@ -693,15 +871,27 @@ async fn idle_cpu(broker: &BrokerProcess, count: usize, window: Duration) -> any
         }
         // Let the connection burst settle.
         tokio::time::sleep(Duration::from_secs(1)).await;
-        let pid = broker.pid();
-        let before = pid_cpu_seconds(pid).context("read the broker's CPU time")?;
-        let t0 = Instant::now();
-        tokio::time::sleep(window).await;
-        let after = pid_cpu_seconds(pid).context("read the broker's CPU time")?;
-        Ok::<_, anyhow::Error>((after - before) / t0.elapsed().as_secs_f64() * 100.0)
+        let mut cpu = f64::NAN;
+        if idle {
+            let pid = broker.pid();
+            let before = pid_cpu_seconds(pid).context("read the broker's CPU time")?;
+            let t0 = Instant::now();
+            tokio::time::sleep(Duration::from_secs(s.idle_secs)).await;
+            let after = pid_cpu_seconds(pid).context("read the broker's CPU time")?;
+            cpu = (after - before) / t0.elapsed().as_secs_f64() * 100.0;
+        }
+        let started = Instant::now();
+        submit_all(&broker, s.many_workers_tasks, 1_000, 4).await?;
+        let done = wait_finished(&client, s.many_workers_tasks, Duration::from_secs(600)).await?;
+        Ok::<_, anyhow::Error>((
+            cpu,
+            s.many_workers_tasks as f64 / (done - started).as_secs_f64(),
+        ))
     }
     .await;
     workers.stop().await;
+    broker.stop();
+    let _ = std::fs::remove_dir_all(&dir);
     measured
 }
 
@@ -780,7 +970,7 @@ fn markdown(
 ) -> String {
     let mut out = String::new();
     out.push_str(&format!(
-        "majordodo-bench compare {}: median [min–max] of {rounds} round(s), interleaved; ratios are ours/peer oriented so that > 1 means ours is better\n\n",
+        "`majordodo-bench compare {}`: median [min–max] of {rounds} round(s), interleaved; ratios are ours/peer oriented so that > 1 means ours is better\n\n",
         flags.join(" ")
     ));
     out.push_str(&format!(

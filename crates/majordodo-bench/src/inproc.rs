@@ -14,7 +14,7 @@ use majordodo_broker::worker_listener::{self, ListenerConfig};
 use majordodo_broker::{Broker, BrokerConfig, BrokerHandle, SystemClock};
 use majordodo_client::{Auth, Client};
 use majordodo_core::{DefaultGroupMapper, LeaderConfig};
-use majordodo_log::{CommitLog, FileLog, FileLogConfig, FileLogStats};
+use majordodo_log::{CommitLog, FileLog, FileLogConfig, FileLogStats, SnapshotStore};
 use majordodo_proto::worker::SharedSecret;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
@@ -41,6 +41,28 @@ pub(crate) struct InProcBroker {
 impl InProcBroker {
     /// Starts a broker with the decisions of `leader` and its log under `dir` (created).
     pub(crate) async fn start(dir: &Path, leader: LeaderConfig) -> anyhow::Result<InProcBroker> {
+        InProcBroker::start_inner(dir, leader, None).await
+    }
+
+    /// Like [`InProcBroker::start`], with its snapshots in `dir/snapshots` as a broker process
+    /// keeps them: it boots from the newest and [`BrokerHandle::checkpoint`] writes one.
+    pub(crate) async fn start_with_snapshots(
+        dir: &Path,
+        leader: LeaderConfig,
+    ) -> anyhow::Result<InProcBroker> {
+        let snapshots = dir.join("snapshots");
+        let store = tokio::task::spawn_blocking(move || SnapshotStore::open(&snapshots))
+            .await
+            .context("open the snapshots")?
+            .context("open the snapshots")?;
+        InProcBroker::start_inner(dir, leader, Some(Arc::new(store))).await
+    }
+
+    async fn start_inner(
+        dir: &Path,
+        leader: LeaderConfig,
+        snapshots: Option<Arc<SnapshotStore>>,
+    ) -> anyhow::Result<InProcBroker> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let log_dir = dir.join("log");
         let (log, _) = tokio::task::spawn_blocking(move || {
@@ -65,7 +87,7 @@ impl InProcBroker {
                 ..BrokerConfig::default()
             },
             log.clone() as Arc<dyn CommitLog>,
-            None,
+            snapshots,
             Arc::new(DefaultGroupMapper),
             Arc::new(SystemClock),
             stop.clone().cancelled_owned(),

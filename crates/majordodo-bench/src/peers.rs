@@ -118,7 +118,7 @@ pub(crate) fn versions(dir: &Path) -> Vec<(String, String)> {
         ("ioredis".into(), node_pkg("ioredis")),
         (
             "python".into(),
-            out(Command::new(dir.join("venv/bin/python")).arg("-c").arg(
+            out(Command::new(dir.join("venv/bin/python")).arg("-I").arg("-c").arg(
                 "import sys, celery, kombu, redis; print(sys.version.split()[0], 'celery', celery.__version__, 'kombu', kombu.__version__, 'redis-py', redis.__version__)",
             )),
         ),

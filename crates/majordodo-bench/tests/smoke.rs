@@ -1,7 +1,8 @@
 //! Short runs of the scenarios that need no other binary (`fairness`, `rules-cost`,
 //! `tenants-scale`) with tiny sizes: each must finish, print its tables, and report numbers that
 //! make sense. Performance goals are not checked here (no timed assertions): only that the
-//! measurement happened and its verdict is one of PASS or FAIL.
+//! measurement happened and its verdict is one of PASS or FAIL. `compare --quick` runs too when
+//! its peers are installed, and must write a well-formed table, JSON and PNG.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -181,4 +182,126 @@ fn tenants_scale_compares_many_and_few() {
     assert!(m > 0.0 && f > 0.0, "{r:?}");
     assert!((ratio - m / f).abs() < 0.02 + ratio * 0.01, "{r:?}");
     verdict(&r[4]);
+}
+
+/// The peers' folder `scripts/test-deps` fills: `$MAJORDODO_PEERS_DIR`, else the workspace's
+/// `target/peers`.
+fn peers_dir() -> std::path::PathBuf {
+    std::env::var_os("MAJORDODO_PEERS_DIR")
+        .map(Into::into)
+        .unwrap_or_else(|| {
+            std::path::Path::new(env!("CARGO_MANIFEST_DIR")).join("../../target/peers")
+        })
+}
+
+/// `compare --quick` runs ours, BullMQ and Celery and writes a table, JSON with every round of
+/// every workload, and a PNG. It needs the peers (`scripts/test-deps` installs them); without
+/// them it says so and checks nothing.
+#[test]
+fn compare_quick_writes_table_json_and_chart() {
+    let peers = peers_dir();
+    let installed = peers.join("node/node_modules/bullmq/package.json").exists()
+        && peers.join("venv/bin/python").exists()
+        && Command::new("redis-server")
+            .arg("--version")
+            .output()
+            .is_ok_and(|o| o.status.success());
+    if !installed {
+        eprintln!(
+            "compare smoke test skipped: the peers are not installed in {} (run scripts/test-deps)",
+            peers.display()
+        );
+        return;
+    }
+    let out = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let run = Command::new(env!("CARGO_BIN_EXE_majordodo-bench"))
+        .args(["compare", "--quick", "--out"])
+        .arg(out.path())
+        .arg("--peers-dir")
+        .arg(&peers)
+        .output()
+        .expect("run majordodo-bench compare");
+    let stdout = String::from_utf8_lossy(&run.stdout).into_owned();
+    assert!(
+        run.status.success(),
+        "compare --quick failed ({}):\n{stdout}\n{}",
+        run.status,
+        String::from_utf8_lossy(&run.stderr)
+    );
+    // A bound on the run (a debug build), not a performance check.
+    assert!(started.elapsed() < Duration::from_secs(900));
+
+    // The table: printed and written, with a row per figure and a column per system.
+    let table = std::fs::read_to_string(out.path().join("compare.md")).expect("compare.md");
+    assert!(
+        stdout.contains(table.trim()),
+        "the table is printed:\n{stdout}"
+    );
+    let header = table
+        .lines()
+        .find(|l| l.starts_with("| workload |"))
+        .expect("a header row");
+    for column in ["ours", "bullmq", "celery", "ours/bullmq", "ours/celery"] {
+        assert!(header.contains(column), "column {column} in {header}");
+    }
+    let burn = table
+        .lines()
+        .find(|l| l.starts_with("| 1 burn-down | drain"))
+        .expect("the burn-down drain row");
+    let burn = cells(burn);
+    assert_eq!(burn.len(), 8, "{burn:?}");
+    for cell in [&burn[3], &burn[4], &burn[6]] {
+        assert!(number(cell) > 0.0, "a rate in {burn:?}");
+    }
+    assert!(burn[5].ends_with('×') && burn[7].ends_with('×'), "{burn:?}");
+    for row in [
+        "| 2 submit | batches of 1 000",
+        "| 3 latency | submit -> start at 1000/s, p99 |",
+    ] {
+        assert!(table.contains(row), "row {row:?} in:\n{table}");
+    }
+
+    // The JSON: every workload, each figure with one value per round for the systems that ran
+    // it, and the machine.
+    let raw: serde_json::Value = serde_json::from_str(
+        &std::fs::read_to_string(out.path().join("compare.json")).expect("compare.json"),
+    )
+    .expect("compare.json parses");
+    assert_eq!(raw["rounds"], 1);
+    for key in ["cpu", "cores", "kernel", "fsync p50 ms", "fsync p99 ms"] {
+        assert!(raw["machine"][key].is_string(), "machine {key} in {raw}");
+    }
+    let figures = raw["figures"].as_array().expect("figures");
+    for workload in [
+        "1 burn-down",
+        "2 submit",
+        "3 latency",
+        "4 state scale",
+        "6 many workers",
+        "machine",
+    ] {
+        assert!(
+            figures.iter().any(|f| f["workload"] == workload),
+            "workload {workload} in the JSON"
+        );
+    }
+    for f in figures {
+        let values = f["values"].as_object().expect("values");
+        for (system, rounds) in values {
+            let rounds = rounds.as_array().expect("rounds");
+            assert_eq!(rounds.len(), 1, "{system} in {f}");
+            assert!(rounds[0].as_f64().is_some_and(f64::is_finite), "{f}");
+        }
+        if f["workload"] == "1 burn-down" || f["workload"] == "3 latency" {
+            for system in ["ours", "bullmq", "celery"] {
+                assert!(values.contains_key(system), "{system} in {f}");
+            }
+        }
+    }
+
+    // The chart: a PNG.
+    let png = std::fs::read(out.path().join("compare.png")).expect("compare.png");
+    assert!(png.len() > 1_000, "a chart of {} bytes", png.len());
+    assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "the PNG signature");
 }
