@@ -9,7 +9,9 @@
 use std::sync::Arc;
 use std::time::Instant;
 
-use majordodo_core::leader::{FinishReport, Outcome, SubmitRequest, WorkerHello};
+use majordodo_core::leader::{
+    FinishReport, Outcome, SubmitRequest, WorkerAssignments, WorkerHello,
+};
 use majordodo_core::{
     BrokerState, DefaultGroupMapper, Leader, LeaderConfig, LogEntry, WorkerCapacity,
 };
@@ -149,16 +151,7 @@ impl Sim {
             assigned += n;
             self.apply(entries);
             for push in self.leader.take_pushes() {
-                let reports: Vec<FinishReport> = push
-                    .tasks
-                    .iter()
-                    .map(|(id, attempt)| FinishReport {
-                        task_id: *id,
-                        attempt: *attempt,
-                        outcome: Outcome::Finished,
-                        result: String::new(),
-                    })
-                    .collect();
+                let reports = finished(&push);
                 let entries =
                     self.leader
                         .finish_reports(self.now, &push.worker_id, push.conn, &reports);
@@ -243,4 +236,17 @@ pub(crate) fn run(args: &Args) -> anyhow::Result<()> {
         println!("ratio many/few: {:.2}", many / few);
     }
     Ok(())
+}
+
+/// The reports of a worker that ran every task of `push` to a finish with no result.
+pub(crate) fn finished(push: &WorkerAssignments) -> Vec<FinishReport> {
+    push.tasks
+        .iter()
+        .map(|(id, attempt)| FinishReport {
+            task_id: *id,
+            attempt: *attempt,
+            outcome: Outcome::Finished,
+            result: String::new(),
+        })
+        .collect()
 }

@@ -5,19 +5,19 @@
 //! and show which rule costs what. Every entry goes through the record format (encoded and
 //! decoded) as a broker's entries do.
 
-use std::collections::BTreeMap;
 use std::sync::Arc;
 use std::time::Instant;
 
-use majordodo_core::leader::{FinishReport, Outcome, SubmitRequest, WorkerHello};
+use majordodo_core::leader::{FinishReport, SubmitRequest, WorkerHello};
 use majordodo_core::model::ServiceLevel;
 use majordodo_core::quota::QuotaTenant;
 use majordodo_core::{
     BrokerState, DefaultGroupMapper, Leader, LeaderConfig, LogEntry, WorkerCapacity,
 };
 
+use crate::core_bench::finished;
 use crate::report::{Table, profile_phase};
-use crate::rules_cost::{RESOURCE, Rule, RulesCostArgs, TASK_CPU, TASK_MEMORY, median};
+use crate::rules_cost::{Rule, RulesCostArgs, Setup, median};
 
 /// The leader with its applied log position.
 struct Sim {
@@ -40,81 +40,53 @@ impl Sim {
 
 /// One burn-down with `rules` on; the time per task of the drain, in microseconds.
 fn burn_down(args: &RulesCostArgs, rules: &[Rule]) -> anyhow::Result<f64> {
-    let on = |r: Rule| rules.contains(&r);
-    let mut config = LeaderConfig::default();
-    if on(Rule::Resources) {
-        config.global_resource_limits = BTreeMap::from([(RESOURCE.to_string(), 1_000_000_u32)]);
-    }
+    let setup = Setup::new(rules, args.tenants);
+    let config = LeaderConfig {
+        global_resource_limits: setup.global_limits(),
+        ..LeaderConfig::default()
+    };
     let state = BrokerState::new(Arc::new(DefaultGroupMapper));
     let mut sim = Sim {
         leader: Leader::new(state, config, 1),
         lsn: 0,
         now: 1,
     };
-    let tenants = if on(Rule::Weights) {
-        args.tenants.max(1)
-    } else {
-        1
-    };
-    let user = |t: u64| {
-        if on(Rule::Weights) {
-            format!("tenant-{t}")
-        } else {
-            "bench".to_string()
-        }
-    };
-    let big = vec![
-        ("cpu".to_string(), 1_u64 << 39),
-        ("memory".to_string(), 1 << 39),
-        ("tasks".to_string(), 1 << 39),
-    ];
-    for t in 0..tenants {
-        if on(Rule::Resources) || on(Rule::Weights) {
+    for t in 0..setup.tenants() {
+        if let Some((resources, weight)) = setup.level(t) {
             let level = ServiceLevel {
                 group: 1,
-                resources: if on(Rule::Resources) {
-                    vec![RESOURCE.to_string()]
-                } else {
-                    Vec::new()
-                },
-                weight: if on(Rule::Weights) {
-                    1 + (t % 3) as u32
-                } else {
-                    1
-                },
+                resources,
+                weight,
             };
             let e = sim
                 .leader
-                .set_service_level(sim.now, &user(t), Some(level))?;
+                .set_service_level(sim.now, &setup.user(t), Some(level))?;
             sim.apply(vec![e])?;
         }
-        if on(Rule::Quotas) {
+        if let Some(quota) = setup.quota() {
             let e = sim
                 .leader
-                .set_quota(sim.now, QuotaTenant::User(user(t)), Some(big.clone()))?;
+                .set_quota(sim.now, QuotaTenant::User(setup.user(t)), Some(quota))?;
             sim.apply(vec![e])?;
         }
     }
-    if on(Rule::Quotas) {
+    if let Some(quota) = setup.quota() {
         let e = sim
             .leader
-            .set_quota(sim.now, QuotaTenant::Group(1), Some(big))?;
+            .set_quota(sim.now, QuotaTenant::Group(1), Some(quota))?;
         sim.apply(vec![e])?;
     }
     let mut entries = Vec::new();
     for i in 0..args.tasks {
-        let mut req = SubmitRequest {
+        let (user_id, slot, needs) = setup.task(i);
+        let req = SubmitRequest {
             task_type: "noop".into(),
-            user_id: user(i % tenants),
+            user_id,
             max_attempts: 1,
+            slot,
+            needs,
             ..Default::default()
         };
-        if on(Rule::Slots) {
-            req.slot = Some(format!("slot-{i}"));
-        }
-        if on(Rule::Needs) {
-            req.needs = vec![("cpu".into(), TASK_CPU), ("memory".into(), TASK_MEMORY)];
-        }
         let (_, e) = sim.leader.submit(sim.now, req);
         entries.extend(e);
         if entries.len() >= args.batch as usize {
@@ -124,16 +96,8 @@ fn burn_down(args: &RulesCostArgs, rules: &[Rule]) -> anyhow::Result<f64> {
     sim.apply(entries)?;
     for w in 0..args.workers as u64 {
         let mut capacity = WorkerCapacity::any(args.threads);
-        if on(Rule::Resources) {
-            capacity.resource_limits = BTreeMap::from([(RESOURCE.to_string(), args.threads)]);
-        }
-        if on(Rule::Needs) {
-            let threads = u64::from(args.threads);
-            capacity.amounts = BTreeMap::from([
-                ("cpu".to_string(), 2 * TASK_CPU * threads),
-                ("memory".to_string(), 2 * TASK_MEMORY * threads),
-            ]);
-        }
+        capacity.resource_limits = setup.resource_limits(args.threads);
+        capacity.amounts = setup.amounts(args.threads);
         let worker_id = format!("worker-{w}");
         let admission = sim
             .leader
@@ -174,17 +138,7 @@ fn burn_down(args: &RulesCostArgs, rules: &[Rule]) -> anyhow::Result<f64> {
             }
         }
         for push in sim.leader.take_pushes() {
-            let reports = push
-                .tasks
-                .iter()
-                .map(|(id, attempt)| FinishReport {
-                    task_id: *id,
-                    attempt: *attempt,
-                    outcome: Outcome::Finished,
-                    result: String::new(),
-                })
-                .collect();
-            running.push((push.worker_id.to_string(), push.conn, reports));
+            running.push((push.worker_id.to_string(), push.conn, finished(&push)));
         }
         idle_rounds = if progress { 0 } else { idle_rounds + 1 };
         anyhow::ensure!(idle_rounds < 3, "the burn-down stalled at {done} tasks");

@@ -23,17 +23,17 @@ use majordodo_proto::http::TaskSubmission;
 use majordodo_proto::worker::Capacity;
 use majordodo_worker::{TaskFailure, executor_fn};
 
-use crate::cluster::{Workers, noop, submit_made, wait_finished};
+use crate::cluster::{Workers, submit_made, wait_finished};
 use crate::e2e::Common;
 use crate::inproc::InProcBroker;
 use crate::report::{Table, group, per_sec, process_cpu_seconds, profile_phase};
 
 /// The named resource of the rules run.
-pub(crate) const RESOURCE: &str = "bench-db";
+const RESOURCE: &str = "bench-db";
 /// Millicores each task of the rules run needs.
-pub(crate) const TASK_CPU: u64 = 100;
+const TASK_CPU: u64 = 100;
 /// MiB each task of the rules run needs.
-pub(crate) const TASK_MEMORY: u64 = 64;
+const TASK_MEMORY: u64 = 64;
 
 /// Options of the `rules-cost` scenario.
 #[derive(clap::Args, Debug, Clone)]
@@ -106,6 +106,117 @@ pub(crate) enum Rule {
     Weights,
 }
 
+/// What the rules run sets up, for the end-to-end burn-down and for `--state-machine` alike.
+/// With no rule on, it describes the plain run: one user, nothing declared.
+pub(crate) struct Setup {
+    rules: Vec<Rule>,
+    tenants: u64,
+}
+
+impl Setup {
+    pub(crate) fn new(rules: &[Rule], tenants: u64) -> Setup {
+        let tenants = if rules.contains(&Rule::Weights) {
+            tenants.max(1)
+        } else {
+            1
+        };
+        Setup {
+            rules: rules.to_vec(),
+            tenants,
+        }
+    }
+
+    pub(crate) fn on(&self, r: Rule) -> bool {
+        self.rules.contains(&r)
+    }
+
+    pub(crate) fn tenants(&self) -> u64 {
+        self.tenants
+    }
+
+    /// The name of tenant `t`.
+    pub(crate) fn user(&self, t: u64) -> String {
+        if self.on(Rule::Weights) {
+            format!("tenant-{t}")
+        } else {
+            "bench".to_string()
+        }
+    }
+
+    /// The global resource limits of the broker.
+    pub(crate) fn global_limits(&self) -> BTreeMap<String, u32> {
+        if self.on(Rule::Resources) {
+            BTreeMap::from([(RESOURCE.to_string(), 1_000_000_u32)])
+        } else {
+            BTreeMap::new()
+        }
+    }
+
+    /// Tenant `t`'s service level as (resources, weight) in group 1; None: it has none.
+    pub(crate) fn level(&self, t: u64) -> Option<(Vec<String>, u32)> {
+        if !(self.on(Rule::Resources) || self.on(Rule::Weights)) {
+            return None;
+        }
+        let resources = if self.on(Rule::Resources) {
+            vec![RESOURCE.to_string()]
+        } else {
+            Vec::new()
+        };
+        let weight = if self.on(Rule::Weights) {
+            1 + (t % 3) as u32
+        } else {
+            1
+        };
+        Some((resources, weight))
+    }
+
+    /// The quota of every user and of group 1, too high to hold a task back; None: no quota.
+    pub(crate) fn quota(&self) -> Option<Vec<(String, u64)>> {
+        self.on(Rule::Quotas).then(|| {
+            vec![
+                ("cpu".to_string(), 1_u64 << 39),
+                ("memory".to_string(), 1 << 39),
+                ("tasks".to_string(), 1 << 39),
+            ]
+        })
+    }
+
+    /// Task `i`: its owner, its slot and its needs.
+    pub(crate) fn task(&self, i: u64) -> (String, Option<String>, Vec<(String, u64)>) {
+        let slot = self.on(Rule::Slots).then(|| format!("slot-{i}"));
+        let needs = if self.on(Rule::Needs) {
+            vec![
+                ("cpu".to_string(), TASK_CPU),
+                ("memory".to_string(), TASK_MEMORY),
+            ]
+        } else {
+            Vec::new()
+        };
+        (self.user(i % self.tenants), slot, needs)
+    }
+
+    /// A worker's named-resource limits: exactly as many tasks of the resource as threads.
+    pub(crate) fn resource_limits(&self, threads: u32) -> BTreeMap<String, u32> {
+        if self.on(Rule::Resources) {
+            BTreeMap::from([(RESOURCE.to_string(), threads)])
+        } else {
+            BTreeMap::new()
+        }
+    }
+
+    /// A worker's amounts: twice the cpu and memory the tasks need when every thread is busy.
+    pub(crate) fn amounts(&self, threads: u32) -> BTreeMap<String, u64> {
+        if self.on(Rule::Needs) {
+            BTreeMap::from([
+                ("cpu".to_string(), 2 * TASK_CPU * u64::from(threads)),
+                ("memory".to_string(), 2 * TASK_MEMORY * u64::from(threads)),
+            ])
+        } else {
+            BTreeMap::new()
+        }
+    }
+}
+
 /// What one burn-down measured.
 struct Measured {
     submit_secs: f64,
@@ -118,105 +229,60 @@ struct Measured {
 /// finished (durable).
 async fn burn_down(args: &RulesCostArgs, rules: bool, round: usize) -> anyhow::Result<Measured> {
     let kind = if rules { "rules" } else { "plain" };
-    let on = |r: Rule| rules && args.rules.contains(&r);
+    let setup = Arc::new(Setup::new(
+        if rules { &args.rules } else { &[] },
+        args.tenants,
+    ));
     let dir = args.common.run_dir(&format!("rules-cost-{kind}-{round}"));
     let threads = args.threads;
-    let mut leader = LeaderConfig::default();
-    if on(Rule::Resources) {
-        leader.global_resource_limits = BTreeMap::from([(RESOURCE.to_string(), 1_000_000_u32)]);
-    }
+    let leader = LeaderConfig {
+        global_resource_limits: setup.global_limits(),
+        ..LeaderConfig::default()
+    };
     let broker = InProcBroker::start(&dir, leader).await?;
     let client = broker.client()?;
-    let tenants = if on(Rule::Weights) {
-        args.tenants.max(1)
-    } else {
-        1
-    };
-    let user = |t: u64| {
-        if on(Rule::Weights) {
-            format!("tenant-{t}")
-        } else {
-            "bench".to_string()
-        }
-    };
-    if rules {
-        let big = vec![
-            ("cpu".to_string(), 1_u64 << 39),
-            ("memory".to_string(), 1 << 39),
-            ("tasks".to_string(), 1 << 39),
-        ];
-        for t in 0..tenants {
-            let user = user(t);
-            let weight = if on(Rule::Weights) {
-                1 + (t % 3) as u32
-            } else {
-                1
-            };
-            let resources = if on(Rule::Resources) {
-                vec![RESOURCE.to_string()]
-            } else {
-                Vec::new()
-            };
-            if on(Rule::Resources) || on(Rule::Weights) {
-                client
-                    .set_service_level(&user, Some((1, resources)), weight)
-                    .await
-                    .context("setServiceLevel")?;
-            }
-            if on(Rule::Quotas) {
-                client
-                    .set_quota(QuotaTenant::User(user), Some(big.clone()))
-                    .await
-                    .context("setQuota of a user")?;
-            }
-        }
-        if on(Rule::Quotas) {
+    for t in 0..setup.tenants() {
+        let user = setup.user(t);
+        if let Some((resources, weight)) = setup.level(t) {
             client
-                .set_quota(QuotaTenant::Group(1), Some(big))
+                .set_service_level(&user, Some((1, resources)), weight)
                 .await
-                .context("setQuota of the group")?;
+                .context("setServiceLevel")?;
+        }
+        if let Some(quota) = setup.quota() {
+            client
+                .set_quota(QuotaTenant::User(user), Some(quota))
+                .await
+                .context("setQuota of a user")?;
         }
     }
-    let (slots, needs, weights) = (on(Rule::Slots), on(Rule::Needs), on(Rule::Weights));
-    let make: Arc<dyn Fn(u64) -> TaskSubmission + Send + Sync> = if rules {
-        Arc::new(move |i| {
-            let owner = if weights {
-                format!("tenant-{}", i % tenants)
-            } else {
-                "bench".to_string()
-            };
-            let mut t = TaskSubmission::new("noop", owner, "");
-            if needs {
-                t = t.needing("cpu", TASK_CPU).needing("memory", TASK_MEMORY);
-            }
-            if slots {
-                t.slot = Some(format!("slot-{i}"));
-            }
-            t
-        })
-    } else {
-        Arc::new(|_| noop(String::new()))
-    };
+    if let Some(quota) = setup.quota() {
+        client
+            .set_quota(QuotaTenant::Group(1), Some(quota))
+            .await
+            .context("setQuota of the group")?;
+    }
+    let tasks = setup.clone();
+    let make: Arc<dyn Fn(u64) -> TaskSubmission + Send + Sync> = Arc::new(move |i| {
+        let (owner, slot, needs) = tasks.task(i);
+        let mut t = TaskSubmission::new("noop", owner, "");
+        for (d, n) in needs {
+            t = t.needing(d, n);
+        }
+        t.slot = slot;
+        t
+    });
     let clients = (0..args.clients.max(1))
         .map(|_| broker.client())
         .collect::<anyhow::Result<Vec<_>>>()?;
     let submit = submit_made(clients, args.tasks, args.batch, make).await?;
-    let mut capacity = Capacity {
+    let capacity = Capacity {
         max_threads: threads,
         groups: vec![0],
+        resource_limits: setup.resource_limits(threads),
+        amounts: setup.amounts(threads),
         ..Capacity::default()
     };
-    if on(Rule::Resources) {
-        // Exactly as many tasks of the resource as threads.
-        capacity.resource_limits = BTreeMap::from([(RESOURCE.to_string(), threads)]);
-    }
-    if on(Rule::Needs) {
-        // Twice the cpu and memory the tasks need when every thread is busy.
-        capacity.amounts = BTreeMap::from([
-            ("cpu".to_string(), 2 * TASK_CPU * u64::from(threads)),
-            ("memory".to_string(), 2 * TASK_MEMORY * u64::from(threads)),
-        ]);
-    }
     let started = Instant::now();
     let cpu_before = process_cpu_seconds();
     profile_phase(true);
