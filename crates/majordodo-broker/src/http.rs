@@ -77,8 +77,7 @@ pub const MAX_WORKERS_LISTED: usize = 100_000;
 /// Where the leader serves a fresh snapshot to brokers that boot (admin only).
 pub const SNAPSHOT_PATH: &str = "/majordodo/snapshot";
 
-/// Header naming the log position of a downloaded snapshot.
-pub const SNAPSHOT_LSN_HEADER: &str = "majordodo-snapshot-lsn";
+pub use majordodo_proto::http::SNAPSHOT_LSN_HEADER;
 
 /// Version of this broker, sent in the `status` view.
 pub const BROKER_VERSION: &str = env!("CARGO_PKG_VERSION");

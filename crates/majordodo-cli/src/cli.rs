@@ -93,6 +93,14 @@ pub(crate) enum Command {
     /// secret the broker generates; revoking closes that worker's connection at once.
     #[command(subcommand)]
     WorkerCredentials(WorkerCredentialsCommand),
+    /// Download a snapshot of the whole state from the leader into a file (admin only): a
+    /// backup. The leader takes the snapshot at once; the file is checked (checksum, and
+    /// decoded as a broker would) before it gets its name.
+    Backup(BackupArgs),
+    /// Make a data directory from a backup, for a broker to boot from: the snapshot, and an
+    /// empty log that continues after it. The directory must be new or empty; nothing is
+    /// written unless the backup validates.
+    Restore(RestoreArgs),
     /// Inspect or repair a broker's commit log directory (with the broker stopped).
     #[command(subcommand)]
     Log(LogCommand),
@@ -190,6 +198,28 @@ pub(crate) struct DumpLogArgs {
     /// Print JSON Lines: one object per record with every field, times in ms since the epoch.
     #[arg(long)]
     pub(crate) json: bool,
+}
+
+/// `majordodo backup`.
+#[derive(Debug, Args)]
+pub(crate) struct BackupArgs {
+    #[command(flatten)]
+    pub(crate) client: ClientArgs,
+    /// The file to write (must not exist; the download goes to FILE.part until it is checked).
+    #[arg(long, short, value_name = "FILE")]
+    pub(crate) output: PathBuf,
+}
+
+/// `majordodo restore`.
+#[derive(Debug, Args)]
+pub(crate) struct RestoreArgs {
+    /// The backup (a file written by `majordodo backup`, or a `snapshot-*.snap` file of a
+    /// broker's snapshots directory).
+    #[arg(long, value_name = "FILE")]
+    pub(crate) from: PathBuf,
+    /// The data directory to make (new, or without a log and snapshots).
+    #[arg(long, value_name = "DIR")]
+    pub(crate) data_dir: PathBuf,
 }
 
 /// `majordodo log ...`.

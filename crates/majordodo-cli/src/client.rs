@@ -13,7 +13,7 @@ use majordodo_core::TaskStatus;
 use tracing::debug;
 
 pub(crate) use api::Api;
-use api::explain;
+pub(crate) use api::explain;
 pub(crate) use submit::submit;
 
 use crate::cli::{SimpleViewArgs, StatusArg, TaskArgs, TasksArgs, TransactionCommand};

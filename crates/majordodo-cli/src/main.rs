@@ -12,6 +12,7 @@
 //! usage or configuration error (errors print as `error: ...` plus `caused by: ...` lines).
 
 mod auth;
+mod backup;
 mod builtin;
 mod cli;
 mod client;
@@ -91,6 +92,8 @@ async fn run(command: Command) -> anyhow::Result<()> {
         Command::WorkerCredentials(command) => client::worker_credentials(command).await,
         Command::Priority(args) => client::priority(args).await,
         Command::Auth(command) => auth::run(command),
+        Command::Backup(args) => backup::backup(args).await,
+        Command::Restore(args) => backup::restore(args),
         Command::Log(command) => log_repair::run(command),
         Command::Ledgers(args) => ledgers::run(args).await,
         Command::DumpLog(args) => dump_log::run(args).await,

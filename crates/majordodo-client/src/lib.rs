@@ -207,6 +207,9 @@ pub enum ClientError {
     /// The answer is not what the API promises (a different service, a proxy's page).
     #[error("unexpected answer from the broker: {0}")]
     Decode(String),
+    /// Writing what was downloaded failed (a snapshot's destination file).
+    #[error("write the download: {0}")]
+    Write(#[source] std::io::Error),
     /// The leader could not be found through ZooKeeper. Retryable when
     /// [`DiscoveryError::is_retryable`] says so.
     #[error("cannot find the leader: {0}")]
@@ -947,10 +950,21 @@ impl Client {
         call: Call<'_>,
         repeatable: bool,
     ) -> Result<T, ClientError> {
+        self.retrying(repeatable, || self.attempt(&call)).await
+    }
+
+    /// Runs `attempt` until it succeeds, fails in a way that is not retryable (with
+    /// `repeatable`: per [`ClientError::is_retryable`], else
+    /// [`ClientError::is_retryable_without_key`]), or the policy's time is up.
+    async fn retrying<T, F, Fut>(&self, repeatable: bool, attempt: F) -> Result<T, ClientError>
+    where
+        F: Fn() -> Fut,
+        Fut: std::future::Future<Output = Result<T, Failure>>,
+    {
         let started = Instant::now();
         let mut failures: u32 = 0;
         loop {
-            let Failure { error, leader } = match self.attempt(&call).await {
+            let Failure { error, leader } = match attempt().await {
                 Ok(value) => return Ok(value),
                 Err(failure) => failure,
             };
@@ -977,6 +991,78 @@ impl Client {
         }
     }
 
+    /// Downloads a snapshot of the broker's whole state (admin only): the leader takes one now
+    /// and streams it into `out`; returns the log position it covers. Refusals of a broker
+    /// that did nothing (not the leader, recovering, overloaded, unreachable) are retried per
+    /// the policy. A failure once bytes were written is not retried: discard `out` then.
+    ///
+    /// The file is what a broker keeps in its snapshot directory (versioned, checksummed);
+    /// `majordodo restore` makes a data directory from it.
+    ///
+    /// # Errors
+    /// [`ClientError`]; [`ClientError::Write`] when `out` refused the bytes.
+    pub async fn download_snapshot<W>(&self, out: &mut W) -> Result<u64, ClientError>
+    where
+        W: tokio::io::AsyncWrite + Unpin,
+    {
+        let res = self.retrying(true, || self.snapshot_response()).await?;
+        let lsn = res
+            .headers()
+            .get(majordodo_proto::http::SNAPSHOT_LSN_HEADER)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| {
+                ClientError::Decode(format!(
+                    "the answer has no {} header: not a snapshot",
+                    majordodo_proto::http::SNAPSHOT_LSN_HEADER
+                ))
+            })?;
+        let mut res = res;
+        use tokio::io::AsyncWriteExt;
+        while let Some(chunk) = res.chunk().await.map_err(ClientError::transport)? {
+            out.write_all(&chunk).await.map_err(ClientError::Write)?;
+        }
+        out.flush().await.map_err(ClientError::Write)?;
+        Ok(lsn)
+    }
+
+    /// One request for a snapshot: the response once the broker answered 200.
+    async fn snapshot_response(&self) -> Result<reqwest::Response, Failure> {
+        let api = self.endpoint.resolve().await?;
+        let url = format!(
+            "{}{}",
+            api.as_str().trim_end_matches('/'),
+            majordodo_proto::http::SNAPSHOT_SUBPATH
+        );
+        let req = self.authorized(self.http.get(url));
+        let res = req.send().await.map_err(ClientError::transport)?;
+        let status = res.status();
+        if status.is_success() {
+            return Ok(res);
+        }
+        let bytes = res.bytes().await.map_err(ClientError::transport)?;
+        let error = match decode::<serde_json::Value>(status, &bytes) {
+            Err(e) => e,
+            Ok(_) => ClientError::Refused {
+                status: status.as_u16(),
+                message: String::from_utf8_lossy(&bytes[..bytes.len().min(200)]).into_owned(),
+            },
+        };
+        Err(Failure {
+            error,
+            leader: LeaderHint::of_body(&bytes),
+        })
+    }
+
+    /// `req` with this client's credentials.
+    fn authorized(&self, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        match &self.auth {
+            Auth::None => req,
+            Auth::Basic { user, password } => req.basic_auth(user, Some(password)),
+            Auth::Bearer(token) => req.bearer_auth(token),
+        }
+    }
+
     async fn attempt<T: DeserializeOwned>(&self, call: &Call<'_>) -> Result<T, Failure> {
         let url = self.endpoint.resolve().await?;
         let req = match call {
@@ -990,12 +1076,11 @@ impl Client {
                 )
                 .body(bytes.to_vec()),
         };
-        let req = match &self.auth {
-            Auth::None => req,
-            Auth::Basic { user, password } => req.basic_auth(user, Some(password)),
-            Auth::Bearer(token) => req.bearer_auth(token),
-        };
-        let res = req.send().await.map_err(ClientError::transport)?;
+        let res = self
+            .authorized(req)
+            .send()
+            .await
+            .map_err(ClientError::transport)?;
         let status = res.status();
         let bytes = res.bytes().await.map_err(ClientError::transport)?;
         decode(status, &bytes).map_err(|error| Failure {

@@ -35,7 +35,7 @@ pub use memory::{MemoryLog, MemoryStore};
 pub use snapshot::{
     Compression, SNAPSHOTS_RETAINED, Snapshot, SnapshotCheck, SnapshotError, SnapshotInfo,
     SnapshotReader, SnapshotStore, SnapshotWriter, decode_snapshot, encode_snapshot,
-    inspect_snapshots,
+    inspect_snapshots, read_snapshot_file,
 };
 
 use std::fmt;

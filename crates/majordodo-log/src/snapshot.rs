@@ -844,6 +844,23 @@ impl SnapshotStore {
     }
 }
 
+/// Reads a snapshot file from anywhere (a backup taken with `majordodo backup`), validating
+/// its header, length, body checksum and decompression. Changes nothing.
+///
+/// # Errors
+/// [`SnapshotError::Corrupt`] when it does not validate; [`SnapshotError::Io`] when it cannot
+/// be read.
+pub fn read_snapshot_file(path: impl AsRef<Path>) -> Result<Snapshot, SnapshotError> {
+    let path = path.as_ref();
+    let name = path.display().to_string();
+    let file = std::fs::File::open(path).map_err(io_err(format!("open snapshot {name}")))?;
+    let len = file
+        .metadata()
+        .map_err(io_err(format!("stat snapshot {name}")))?
+        .len();
+    SnapshotReader::new(file, len, &name)?.collect()
+}
+
 /// What [`inspect_snapshots`] found about one snapshot file.
 #[derive(Clone, Debug, PartialEq, Eq)]
 pub struct SnapshotCheck {

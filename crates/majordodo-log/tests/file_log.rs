@@ -537,3 +537,35 @@ async fn log_files_are_private_to_the_owner() {
         assert_eq!(mode(&file) & 0o077, 0);
     }
 }
+
+#[tokio::test]
+async fn a_log_created_after_a_position_continues_from_it() {
+    // Goal: a directory prepared to continue after lsn 41 (a restore from a snapshot at 41)
+    // opens empty with its last lsn 41, takes its first append at 42, keeps it across a
+    // reopen, and a second preparation of the same directory is refused without touching it.
+    let dir = tempfile::tempdir().expect("tempdir");
+    let path = dir.path().join("log");
+    FileLog::create_after(&path, Lsn(41)).expect("prepare");
+    let (log, report) = open(&path, 1 << 20).expect("open the prepared log");
+    assert_eq!((report.first_lsn, report.last_lsn), (Lsn(42), Lsn(41)));
+    let appended = log.append(vec![record(7, 40)]).await.expect("append");
+    assert_eq!(appended.last, Lsn(42));
+    log.close().await.expect("close");
+    let refused = FileLog::create_after(&path, Lsn(41)).expect_err("a log is never overwritten");
+    assert!(
+        matches!(&refused, LogError::Io { source, .. } if source.kind() == std::io::ErrorKind::AlreadyExists),
+        "{refused}"
+    );
+    let (log, report) = open(&path, 1 << 20).expect("reopen");
+    assert_eq!(report.last_lsn, Lsn(42));
+    let mut records = Vec::new();
+    let mut f = |lsn, bytes| {
+        records.push((lsn, bytes));
+        Ok(())
+    };
+    log.replay(Lsn(41), &mut f)
+        .await
+        .expect("replay after the snapshot");
+    assert_eq!(records, vec![(Lsn(42), record(7, 40))]);
+    log.close().await.expect("close");
+}

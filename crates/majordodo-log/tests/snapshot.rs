@@ -220,3 +220,28 @@ fn a_received_snapshot_is_validated_then_adopted() {
     assert_eq!(loaded.lsn, Lsn(77));
     assert!(loaded.data == bytes);
 }
+
+// Goal: a snapshot file copied anywhere (a backup) reads back with its position and bytes; a
+// copy with one flipped byte or cut short is refused as corrupt.
+#[test]
+fn a_snapshot_file_anywhere_is_validated_when_read() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let store = SnapshotStore::open(dir.path().join("snapshots")).expect("open");
+    let bytes = data(7, 50_000);
+    let info = store.write(Lsn(9), &bytes).expect("write");
+    let backup = dir.path().join("backup.snap");
+    fs::copy(&info.path, &backup).expect("copy");
+    let read = majordodo_log::read_snapshot_file(&backup).expect("a valid backup");
+    assert_eq!(read.lsn, Lsn(9));
+    assert!(read.data == bytes);
+    let mut damaged = fs::read(&backup).expect("read");
+    let at = damaged.len() - 10;
+    damaged[at] ^= 0x40;
+    fs::write(&backup, &damaged).expect("write");
+    let e = majordodo_log::read_snapshot_file(&backup).expect_err("a flipped byte");
+    assert!(e.to_string().contains("checksum"), "{e}");
+    damaged.truncate(damaged.len() / 2);
+    fs::write(&backup, &damaged).expect("write");
+    let e = majordodo_log::read_snapshot_file(&backup).expect_err("cut short");
+    assert!(e.to_string().contains("corrupt"), "{e}");
+}

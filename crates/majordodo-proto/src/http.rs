@@ -44,6 +44,13 @@ pub const API_VERSION: u32 = 1;
 /// Response header carrying [`API_VERSION`].
 pub const API_VERSION_HEADER: &str = "majordodo-api-version";
 
+/// Path, under the API's, where the leader serves a snapshot it takes on request (admin only):
+/// how brokers boot without a usable local snapshot, and how an operator takes a backup.
+pub const SNAPSHOT_SUBPATH: &str = "/snapshot";
+
+/// Response header naming the log position a downloaded snapshot covers.
+pub const SNAPSHOT_LSN_HEADER: &str = "majordodo-snapshot-lsn";
+
 /// Highest accepted `maxattempts` (and `attempt`). The original accepted any `int`; a retry
 /// budget above a thousand executions is a mistake in practice (a task that must be retried
 /// forever uses 0 = unlimited), so larger values are refused as absurd.

@@ -212,6 +212,52 @@ impl FileLog {
         FileLog::start(fs, dir, &config, dir_lock, recovered, file)
     }
 
+    /// Makes `dir` an empty log that continues after `last`: its first segment starts at
+    /// `last + 1`. This is how a broker's data directory is restored from a snapshot covering
+    /// every position up to `last` (a backup): the broker boots from the snapshot and appends
+    /// right after it. The directory is created if needed.
+    ///
+    /// # Errors
+    /// [`LogError::Io`] of kind `AlreadyExists` when `dir` already holds a segment (a log is
+    /// never overwritten), of kind `WouldBlock` when another log has it open, or any I/O
+    /// failure.
+    pub fn create_after(dir: impl AsRef<Path>, last: Lsn) -> Result<(), LogError> {
+        FileLog::create_after_with(&RealFs, dir.as_ref(), last)
+    }
+
+    /// [`FileLog::create_after`] on the file system `fs`.
+    ///
+    /// # Errors
+    /// As [`FileLog::create_after`].
+    pub fn create_after_with(fs: &dyn Fs, dir: &Path, last: Lsn) -> Result<(), LogError> {
+        create_dir(fs, dir)?;
+        let _lock = lock_dir(fs, dir)?;
+        let listing = segment::list_segments(fs, dir)?;
+        if let Some(first) = listing.segments.first() {
+            return Err(LogError::Io {
+                context: format!(
+                    "prepare log directory {} to continue after lsn {}",
+                    dir.display(),
+                    last.0
+                ),
+                source: io::Error::new(
+                    io::ErrorKind::AlreadyExists,
+                    format!(
+                        "it already holds a log (segment {}); use an empty directory",
+                        first.path.display()
+                    ),
+                ),
+            });
+        }
+        let first = Lsn(last.0.checked_add(1).ok_or_else(|| LogError::Io {
+            context: format!("prepare log directory {}", dir.display()),
+            source: io::Error::new(io::ErrorKind::InvalidInput, "lsn out of range"),
+        })?);
+        segment::create_segment(fs, dir, first)?;
+        info!(dir = %dir.display(), first_lsn = first.0, "prepared an empty log");
+        Ok(())
+    }
+
     /// Starts the writer on a recovered directory, appending to `file` (the active segment).
     fn start(
         fs: Arc<dyn Fs>,
