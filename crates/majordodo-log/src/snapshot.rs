@@ -7,7 +7,7 @@
 //! offset size field
 //!      0    8 magic             b"MDODOSNP"
 //!      8    2 version           SNAPSHOT_VERSION (1)
-//!     10    1 compression       0 none, 1 gzip (other values: a later format)
+//!     10    1 compression       0 none, 1 gzip, 2 zstd (other values: a later format)
 //!     11    1 reserved          0
 //!     12    4 reserved          0
 //!     16    8 lsn
@@ -64,6 +64,9 @@ const HEADER_LEN: usize = 48;
 /// gzip level: the fastest, since snapshots are taken while the broker runs and the log, not
 /// the snapshot, is what grows.
 const GZIP_LEVEL: u32 = 1;
+/// zstd level: the fastest of the ordinary levels. On task data it compresses about as well as
+/// gzip's fastest level, about three times as fast, and decompresses faster still.
+const ZSTD_LEVEL: i32 = 1;
 /// I/O buffer for streaming snapshot files.
 const IO_BUFFER: usize = 256 * 1024;
 /// Largest buffer reserved up front from a header's length when collecting a snapshot: the
@@ -110,9 +113,11 @@ fn io_err(context: impl Into<String>) -> impl FnOnce(io::Error) -> SnapshotError
 pub enum Compression {
     /// Stored as is.
     None,
-    /// gzip (deflate) at a fast level.
-    #[default]
+    /// gzip (deflate) at a fast level: what earlier releases wrote; still read.
     Gzip,
+    /// zstd at a fast level: what this release writes.
+    #[default]
+    Zstd,
 }
 
 impl Compression {
@@ -120,6 +125,7 @@ impl Compression {
         match self {
             Compression::None => 0,
             Compression::Gzip => 1,
+            Compression::Zstd => 2,
         }
     }
 
@@ -127,6 +133,7 @@ impl Compression {
         match code {
             0 => Some(Compression::None),
             1 => Some(Compression::Gzip),
+            2 => Some(Compression::Zstd),
             _ => None,
         }
     }
@@ -247,6 +254,7 @@ impl<W: Write> Write for Checksummed<W> {
 enum Sink<W: Write> {
     Plain(Checksummed<W>),
     Gzip(GzEncoder<Checksummed<W>>),
+    Zstd(zstd::stream::write::Encoder<'static, Checksummed<W>>),
 }
 
 impl<W: Write> BodyWriter<W> {
@@ -262,6 +270,10 @@ impl<W: Write> BodyWriter<W> {
                 checksummed,
                 flate2::Compression::new(GZIP_LEVEL),
             )),
+            Compression::Zstd => Sink::Zstd(
+                zstd::stream::write::Encoder::new(checksummed, ZSTD_LEVEL)
+                    .expect("level 1 is a valid zstd level"),
+            ),
         };
         BodyWriter {
             sink,
@@ -274,6 +286,7 @@ impl<W: Write> BodyWriter<W> {
         let checksummed = match self.sink {
             Sink::Plain(c) => c,
             Sink::Gzip(encoder) => encoder.finish()?,
+            Sink::Zstd(encoder) => encoder.finish()?,
         };
         let header = Header {
             compression,
@@ -291,6 +304,7 @@ impl<W: Write> Write for BodyWriter<W> {
         let n = match &mut self.sink {
             Sink::Plain(w) => w.write(buf)?,
             Sink::Gzip(w) => w.write(buf)?,
+            Sink::Zstd(w) => w.write(buf)?,
         };
         self.uncompressed_len += n as u64;
         Ok(n)
@@ -300,6 +314,7 @@ impl<W: Write> Write for BodyWriter<W> {
         match &mut self.sink {
             Sink::Plain(w) => w.flush(),
             Sink::Gzip(w) => w.flush(),
+            Sink::Zstd(w) => w.flush(),
         }
     }
 }
@@ -483,6 +498,10 @@ impl<'a> SnapshotReader<'a> {
         let inner: Box<dyn Read + Send + 'a> = match header.compression {
             Compression::None => Box::new(body),
             Compression::Gzip => Box::new(GzDecoder::new(body)),
+            Compression::Zstd => Box::new(
+                zstd::stream::read::Decoder::with_buffer(body)
+                    .map_err(io_err(format!("start decompressing snapshot {name}")))?,
+            ),
         };
         Ok(SnapshotReader {
             inner,
@@ -978,7 +997,11 @@ mod tests {
     }
 
     fn compression() -> impl Strategy<Value = Compression> {
-        prop_oneof![Just(Compression::None), Just(Compression::Gzip)]
+        prop_oneof![
+            Just(Compression::None),
+            Just(Compression::Gzip),
+            Just(Compression::Zstd)
+        ]
     }
 
     proptest! {
@@ -1025,23 +1048,28 @@ mod tests {
     // the wrong length is still reported as corrupt, not returned.
     #[test]
     fn body_that_does_not_decompress_to_the_announced_length_is_corrupt() {
-        let mut bytes = encode_snapshot(Lsn(3), b"hello snapshot", Compression::None);
-        // Rewrite the header to announce gzip while the body is plain: checksums stay valid.
-        let mut header = Header::decode(&bytes).expect("valid header");
-        header.compression = Compression::Gzip;
-        bytes[..HEADER_LEN].copy_from_slice(&header.encode());
-        assert!(matches!(
-            decode_snapshot(&bytes),
-            Err(SnapshotError::Corrupt { .. })
-        ));
-        let mut bytes = encode_snapshot(Lsn(3), b"hello snapshot", Compression::Gzip);
-        let mut header = Header::decode(&bytes).expect("valid header");
-        header.uncompressed_len += 1;
-        bytes[..HEADER_LEN].copy_from_slice(&header.encode());
-        assert!(matches!(
-            decode_snapshot(&bytes),
-            Err(SnapshotError::Corrupt { .. })
-        ));
+        for compression in [Compression::Gzip, Compression::Zstd] {
+            let mut bytes = encode_snapshot(Lsn(3), b"hello snapshot", Compression::None);
+            // Rewrite the header to announce compression while the body is plain: checksums
+            // stay valid.
+            let mut header = Header::decode(&bytes).expect("valid header");
+            header.compression = compression;
+            bytes[..HEADER_LEN].copy_from_slice(&header.encode());
+            let result = decode_snapshot(&bytes);
+            assert!(
+                matches!(result, Err(SnapshotError::Corrupt { .. })),
+                "{compression:?}: {result:?}"
+            );
+            let mut bytes = encode_snapshot(Lsn(3), b"hello snapshot", compression);
+            let mut header = Header::decode(&bytes).expect("valid header");
+            header.uncompressed_len += 1;
+            bytes[..HEADER_LEN].copy_from_slice(&header.encode());
+            let result = decode_snapshot(&bytes);
+            assert!(
+                matches!(result, Err(SnapshotError::Corrupt { .. })),
+                "{compression:?}: {result:?}"
+            );
+        }
     }
 
     // Goal: snapshot file names sort like LSNs and parse back.
