@@ -295,18 +295,30 @@ impl Dispatcher {
         self
     }
 
-    /// Counts a durable entry about to be applied (the state is the one before it).
+    /// Counts a durable entry about to be applied (the state is the one before it), and logs
+    /// the task state changes at DEBUG with their `task_id`, `worker_id` and `user` (one line
+    /// per task: too many for INFO on a busy broker; a disabled level costs nothing here).
     fn observe(&mut self, entry: &LogEntry) {
         use crate::metrics::Ended;
+        let logged = tracing::enabled!(tracing::Level::DEBUG);
         match entry {
-            LogEntry::AddTask(_) => self.metrics.task_submitted(),
+            LogEntry::AddTask(t) => {
+                self.metrics.task_submitted();
+                if logged {
+                    debug!(task_id = t.id.0, user = %t.user_id, task_type = %t.task_type, "task submitted");
+                }
+            }
             LogEntry::AssignTask {
                 task_id,
+                worker_id,
                 attempt,
                 timestamp,
                 ..
             } => {
                 self.metrics.task_assigned();
+                if logged && let Some(t) = self.leader.state().task(*task_id) {
+                    debug!(task_id = task_id.0, %worker_id, user = %t.user_id, attempt, "task assigned");
+                }
                 if *attempt == 1
                     && let Some(t) = self.leader.state().task(*task_id)
                 {
@@ -322,14 +334,21 @@ impl Dispatcher {
             LogEntry::TaskStatusChange {
                 task_id,
                 status,
+                attempt,
+                worker_id,
                 timestamp,
                 ..
             } => {
-                let was_running = self
-                    .leader
-                    .state()
-                    .task(*task_id)
-                    .is_some_and(|t| t.status == majordodo_core::TaskStatus::Running);
+                let task = self.leader.state().task(*task_id);
+                if logged && let Some(t) = task {
+                    let worker_id = worker_id
+                        .as_deref()
+                        .or(t.worker_id.as_deref())
+                        .unwrap_or("");
+                    debug!(task_id = task_id.0, worker_id, user = %t.user_id, attempt, from = %t.status, to = %status, "task status changed");
+                }
+                let was_running =
+                    task.is_some_and(|t| t.status == majordodo_core::TaskStatus::Running);
                 if was_running && let Some(how) = Ended::of(*status) {
                     self.metrics.attempt_ended(how);
                     if let Some(at) = self.started.remove(task_id) {
