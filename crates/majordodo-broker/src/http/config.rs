@@ -677,6 +677,16 @@ mod tests {
             HttpConfigError::BadLimit(_)
         ));
         assert_eq!(
+            err(&format!("metrics_top_n = 0\n{ok}")),
+            HttpConfigError::BadLimit("metrics_top_n must be at least 1")
+        );
+        assert!(parse(&format!("metrics_access = \"public\"\n{ok}")).is_err());
+        let s = parse(&format!("metrics_access = \"admin\"\n{ok}"))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.metrics_access, MetricsAccess::Admin);
+        assert_eq!(
             err(&format!("cors_allow_origin = \"a\\nb\"\n{ok}")),
             HttpConfigError::BadCorsOrigin
         );

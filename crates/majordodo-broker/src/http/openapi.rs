@@ -261,7 +261,12 @@ pub const ACTIONS: &[(&str, &str, bool, &[Field])] = &[
 ];
 
 /// A query parameter of the views: name, schema, meaning, the views that read it.
-type Parameter = (&'static str, fn() -> Value, &'static str, &'static [&'static str]);
+type Parameter = (
+    &'static str,
+    fn() -> Value,
+    &'static str,
+    &'static [&'static str],
+);
 
 /// Query parameters of the views.
 pub const VIEW_PARAMETERS: &[Parameter] = &[
