@@ -157,6 +157,9 @@ impl Obligation {
 /// A round handed to the log.
 struct Round {
     durable: AppendFuture,
+    /// When it was handed to the log (`None` for a round without entries), for the append
+    /// latency metric.
+    sealed: Option<std::time::Instant>,
     entries: Vec<LogEntry>,
     obligations: Vec<Obligation>,
 }
@@ -207,7 +210,17 @@ pub(crate) struct Dispatcher {
     log_ready: bool,
     /// In a replicated cluster, what the status views show of it.
     pub(crate) cluster: Option<tokio::sync::watch::Receiver<crate::handle::ClusterView>>,
+    /// Counters and histograms for `/metrics` (atomics: bumping them never locks).
+    metrics: Arc<crate::metrics::BrokerMetrics>,
+    /// When each running attempt this dispatcher assigned started, for the run-time histogram;
+    /// at most [`MAX_TRACKED_STARTS`] entries.
+    started: HashMap<TaskId, Millis>,
 }
+
+/// Most running attempts whose start time is kept for the run-time histogram (a few dozen
+/// bytes each): far above the attempts a cluster runs at once; beyond it, attempts are not
+/// timed rather than memory growing.
+const MAX_TRACKED_STARTS: usize = 1 << 20;
 
 /// Why [`Dispatcher::run`] should stop.
 #[derive(Clone, Debug, PartialEq, Eq)]
@@ -266,10 +279,86 @@ impl Dispatcher {
             last_change: leader.state().last_lsn(),
             log_ready: true,
             cluster: None,
+            metrics: Arc::default(),
+            started: HashMap::new(),
             leader,
             checkpointer,
             next_checkpoint,
             last_write: now,
+        }
+    }
+
+    /// Counts into `metrics` (the broker's, shared with its HTTP API) rather than its own.
+    pub(crate) fn with_metrics(mut self, metrics: Arc<crate::metrics::BrokerMetrics>) -> Self {
+        metrics.set_log(Some(self.log.clone()));
+        self.metrics = metrics;
+        self
+    }
+
+    /// Counts a durable entry about to be applied (the state is the one before it), and logs
+    /// the task state changes at DEBUG with their `task_id`, `worker_id` and `user` (one line
+    /// per task: too many for INFO on a busy broker; a disabled level costs nothing here).
+    fn observe(&mut self, entry: &LogEntry) {
+        use crate::metrics::Ended;
+        let logged = tracing::enabled!(tracing::Level::DEBUG);
+        match entry {
+            LogEntry::AddTask(t) => {
+                self.metrics.task_submitted();
+                if logged {
+                    debug!(task_id = t.id.0, user = %t.user_id, task_type = %t.task_type, "task submitted");
+                }
+            }
+            LogEntry::AssignTask {
+                task_id,
+                worker_id,
+                attempt,
+                timestamp,
+                ..
+            } => {
+                self.metrics.task_assigned();
+                if logged && let Some(t) = self.leader.state().task(*task_id) {
+                    debug!(task_id = task_id.0, %worker_id, user = %t.user_id, attempt, "task assigned");
+                }
+                if *attempt == 1
+                    && let Some(t) = self.leader.state().task(*task_id)
+                {
+                    let ready = t.created.max(t.requested_start_time);
+                    self.metrics
+                        .queue_time
+                        .observe(timestamp.saturating_sub(ready).max(0) as u64);
+                }
+                if self.started.len() < MAX_TRACKED_STARTS {
+                    self.started.insert(*task_id, *timestamp);
+                }
+            }
+            LogEntry::TaskStatusChange {
+                task_id,
+                status,
+                attempt,
+                worker_id,
+                timestamp,
+                ..
+            } => {
+                let task = self.leader.state().task(*task_id);
+                if logged && let Some(t) = task {
+                    let worker_id = worker_id
+                        .as_deref()
+                        .or(t.worker_id.as_deref())
+                        .unwrap_or("");
+                    debug!(task_id = task_id.0, worker_id, user = %t.user_id, attempt, from = %t.status, to = %status, "task status changed");
+                }
+                let was_running =
+                    task.is_some_and(|t| t.status == majordodo_core::TaskStatus::Running);
+                if was_running && let Some(how) = Ended::of(*status) {
+                    self.metrics.attempt_ended(how);
+                    if let Some(at) = self.started.remove(task_id) {
+                        self.metrics
+                            .run_time
+                            .observe(timestamp.saturating_sub(at).max(0) as u64);
+                    }
+                }
+            }
+            _ => {}
         }
     }
 
@@ -455,6 +544,7 @@ impl Dispatcher {
             entries,
             obligations,
         } = std::mem::take(building);
+        let sealed = (!entries.is_empty()).then(std::time::Instant::now);
         let durable = if entries.is_empty() {
             // Nothing to write: the round completes in order behind the others.
             let at = self.log.last_lsn();
@@ -476,6 +566,7 @@ impl Dispatcher {
         };
         rounds.push_back(Round {
             durable,
+            sealed,
             entries,
             obligations,
         });
@@ -952,9 +1043,15 @@ impl Dispatcher {
         let Round {
             entries,
             obligations,
+            sealed,
             ..
         } = round;
         let mut revoked: Vec<String> = Vec::new();
+        if let Some(sealed) = sealed {
+            let micros = u64::try_from(sealed.elapsed().as_micros()).unwrap_or(u64::MAX);
+            self.metrics.append_latency.observe(micros);
+            self.metrics.append_batch.observe(entries.len() as u64);
+        }
         if !entries.is_empty() {
             debug_assert_eq!(
                 appended.last.0 - appended.first.0 + 1,
@@ -990,6 +1087,7 @@ impl Dispatcher {
                 if let LogEntry::RevokeWorkerCredential { credential_id, .. } = &entry {
                     revoked.push(credential_id.clone());
                 }
+                self.observe(&entry);
                 if let Err(e) = self.leader.apply(lsn, entry) {
                     error!(error = %e, "durable entry does not apply; stopping");
                     self.role = Role::Closed;

@@ -316,6 +316,8 @@ pub struct BrokerHandle {
     pub(crate) broker_id: Arc<str>,
     /// Where the broker's snapshots are, for serving them to other brokers.
     pub(crate) snapshots: Option<Arc<majordodo_log::SnapshotStore>>,
+    /// What the dispatcher counts, for `/metrics`.
+    pub(crate) metrics: Arc<crate::metrics::BrokerMetrics>,
 }
 
 impl fmt::Debug for BrokerHandle {
@@ -330,6 +332,28 @@ impl BrokerHandle {
     /// This broker's id.
     pub fn broker_id(&self) -> &str {
         &self.broker_id
+    }
+
+    /// The counters and histograms the broker keeps while it leads.
+    pub fn metrics(&self) -> &Arc<crate::metrics::BrokerMetrics> {
+        &self.metrics
+    }
+
+    /// Seconds since the newest snapshot in the broker's store was written (its file's
+    /// modification time); `None` without a store or a snapshot.
+    pub fn snapshot_age(&self) -> Option<f64> {
+        let store = self.snapshots.as_ref()?;
+        let newest = store.list().ok()?.into_iter().max()?;
+        let modified = std::fs::metadata(store.path_of(newest))
+            .ok()?
+            .modified()
+            .ok()?;
+        Some(
+            std::time::SystemTime::now()
+                .duration_since(modified)
+                .unwrap_or_default()
+                .as_secs_f64(),
+        )
     }
 
     /// Submits tasks (one log write for the whole batch). Outcomes come in request order.

@@ -17,6 +17,9 @@
 //! [`ApiError`] with a JSON body. Request and answer shapes, limits and every difference from
 //! the original are documented in `docs/http-api.md`.
 //!
+//! `GET /health`, `/ready` and `/metrics` are the operations endpoints ([`ops`]);
+//! `GET /openapi.json` describes every endpoint ([`openapi`]).
+//!
 //! [`router`] builds the service (tests drive it with `oneshot`); [`serve`] runs it on a bound
 //! socket until a shutdown signal, with the connection limits and timeouts of [`listener`].
 
@@ -24,6 +27,8 @@ pub mod auth;
 pub mod config;
 mod error;
 mod listener;
+pub mod openapi;
+pub mod ops;
 mod select;
 
 use std::future::Future;
@@ -144,6 +149,23 @@ pub fn router(broker: BrokerHandle, settings: HttpSettings) -> Router {
         .route(
             SNAPSHOT_PATH,
             get(get_snapshot).fallback(|| async { ApiError::MethodNotAllowed }),
+        )
+        .route(
+            ops::HEALTH_PATH,
+            get(ops::health).fallback(|| async { ApiError::MethodNotAllowed }),
+        )
+        .route(
+            ops::READY_PATH,
+            get(ops::ready).fallback(|| async { ApiError::MethodNotAllowed }),
+        )
+        .route(
+            ops::METRICS_PATH,
+            get(ops::metrics).fallback(|| async { ApiError::MethodNotAllowed }),
+        )
+        .route(
+            openapi::OPENAPI_PATH,
+            get(|| async { json_response(StatusCode::OK, &openapi::document()) })
+                .fallback(|| async { ApiError::MethodNotAllowed }),
         )
         .fallback(|| async { ApiError::NotFound })
         .with_state(api)

@@ -17,6 +17,7 @@ pub mod clock;
 pub mod dispatcher;
 pub mod handle;
 pub mod http;
+pub mod metrics;
 pub mod replica;
 pub mod worker_listener;
 
@@ -227,6 +228,8 @@ pub(crate) struct Parts {
     pub(crate) mapper: Arc<dyn GroupMapper>,
     pub(crate) clock: Arc<dyn Clock>,
     pub(crate) broker_id: Arc<str>,
+    /// Counted by the dispatcher while it leads, read by `/metrics`.
+    pub(crate) metrics: Arc<metrics::BrokerMetrics>,
 }
 
 /// Makes the channels and the handle, and spawns the broker task `run` builds.
@@ -250,10 +253,12 @@ where
     let (tx, commands) = mpsc::channel(config.command_queue);
     let (events, events_rx) = mpsc::channel(config.event_queue);
     let (recovered_tx, recovered) = oneshot::channel();
+    let metrics = Arc::new(metrics::BrokerMetrics::default());
     let handle = BrokerHandle {
         tx,
         broker_id: broker_id.clone(),
         snapshots: snapshots.clone(),
+        metrics: metrics.clone(),
     };
     let parts = Parts {
         config,
@@ -261,6 +266,7 @@ where
         mapper,
         clock,
         broker_id,
+        metrics,
     };
     let join = tokio::spawn(run(parts, commands, events_rx, recovered_tx));
     BootingBroker {
@@ -311,7 +317,8 @@ async fn serve(
         parts.config.dispatcher.clone(),
         parts.broker_id,
         checkpointer,
-    );
+    )
+    .with_metrics(parts.metrics);
     let _ = recovered.send(Ok(report));
     let mut dispatcher = dispatcher;
     let stop = async {

@@ -856,7 +856,8 @@ async fn lead<S: Future<Output = ()>>(
         parts.config.dispatcher.clone(),
         parts.broker_id.clone(),
         checkpointer.take(),
-    );
+    )
+    .with_metrics(parts.metrics.clone());
     dispatcher.cluster = Some(published.view.clone());
     let applied = published.applied.clone();
     let position_log = log.clone();

@@ -359,6 +359,108 @@ async fn follower_replicates_refuses_writes_and_takes_over_with_higher_ids(scope
     b.stop().await;
 }
 
+/// GETs `path` of a node's HTTP API from loopback, without credentials.
+async fn ops_get(node: &Node, path: &str) -> (u16, String) {
+    let base = node.api_url.trim_end_matches("/majordodo");
+    let res = tokio::time::timeout(WAIT, reqwest::get(format!("{base}{path}")))
+        .await
+        .expect("answered in time")
+        .expect("the HTTP API answers");
+    let status = res.status().as_u16();
+    (status, res.text().await.unwrap())
+}
+
+/// The value of the unlabelled sample `name` in a Prometheus text scrape.
+fn sample(scrape: &str, name: &str) -> Option<f64> {
+    scrape
+        .lines()
+        .find_map(|l| l.strip_prefix(name)?.strip_prefix(' ')?.parse().ok())
+}
+
+/// `/ready` is 200 on the leader and on a follower that caught up (its lag within
+/// `http.ready_max_lag`), and `/metrics` show each broker's role, the ledger written or tailed
+/// and the replication lag, 0 once the follower applied what the leader published.
+async fn followers_are_ready_once_caught_up_and_export_their_lag(scope: Scope<'_>) {
+    let o = NodeOptions {
+        http: true,
+        ..NodeOptions::default()
+    };
+    let a = start(&scope, "a", &o).await;
+    a.wait_role(Role::Leader).await;
+    let b = start(&scope, "b", &o).await;
+    b.wait_role(Role::Follower).await;
+    for i in 0..20 {
+        submit(&a.handle, &format!("seen by the follower {i}")).await;
+    }
+    let leader_lsn = a.last_lsn().await;
+    let (status, body) = ops_get(&a, "/ready").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"role\":\"LEADER\""), "{body}");
+    // Wait until the follower knows the leader's position after the writes and applied it.
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let published = b
+            .handle
+            .query(|v| {
+                let c = v.cluster?;
+                let leader = c.leader_id.as_deref()?;
+                c.brokers.iter().find(|(id, _, _)| id == leader)?.2
+            })
+            .await
+            .ok()
+            .flatten();
+        let (status, scrape) = ops_get(&b, "/metrics").await;
+        assert_eq!(status, 200, "{scrape}");
+        let lag = sample(&scrape, "majordodo_replication_lag_entries");
+        let applied = sample(&scrape, "majordodo_log_applied_lsn").expect("a position");
+        if published.is_some_and(|p| p >= leader_lsn)
+            && lag == Some(0.0)
+            && applied >= leader_lsn as f64
+        {
+            assert!(
+                scrape.contains("majordodo_broker_role{role=\"follower\"} 1"),
+                "{scrape}"
+            );
+            assert!(
+                sample(&scrape, "majordodo_cluster_current_ledger").is_some(),
+                "{scrape}"
+            );
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "follower never caught up: published {published:?}, lag {lag:?}, applied {applied}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    let (status, body) = ops_get(&b, "/ready").await;
+    assert_eq!(status, 200, "{body}");
+    assert!(body.contains("\"role\":\"FOLLOWER\""), "{body}");
+    assert!(body.contains("\"lag\":0"), "{body}");
+    let deadline = Instant::now() + WAIT;
+    loop {
+        let (_, scrape) = ops_get(&a, "/metrics").await;
+        assert!(
+            scrape.contains("majordodo_broker_role{role=\"leader\"} 1"),
+            "{scrape}"
+        );
+        assert_eq!(
+            sample(&scrape, "majordodo_replication_lag_entries"),
+            Some(0.0)
+        );
+        if sample(&scrape, "majordodo_cluster_current_ledger").is_some() {
+            break;
+        }
+        assert!(
+            Instant::now() < deadline,
+            "no current ledger on the leader: {scrape}"
+        );
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+    b.stop().await;
+    a.stop().await;
+}
+
 /// Worker credentials reach the follower; once it leads, it refuses the revoked one (to a real
 /// worker, which stops saying why) and admits the active one, which runs a task.
 async fn a_revoked_worker_credential_stays_refused_after_failover(scope: Scope<'_>) {
@@ -745,6 +847,7 @@ async fn replication_scenarios_on_one_cluster() {
         }};
     }
     case!(follower_replicates_refuses_writes_and_takes_over_with_higher_ids);
+    case!(followers_are_ready_once_caught_up_and_export_their_lag);
     case!(follower_state_equals_the_leaders_in_every_kind_of_state);
     case!(delayed_tasks_and_slots_survive_promotion);
     case!(a_new_broker_boots_from_the_leaders_snapshot_once_ledgers_are_dropped);

@@ -34,8 +34,20 @@ pub(crate) struct Cli {
     /// Log filter: error, warn, info, debug, trace, or directives such as
     /// `info,majordodo_broker=debug`. Overrides RUST_LOG. Default: info for servers
     /// (standalone, broker, worker), warn for the other commands.
-    #[arg(long, value_name = "FILTER")]
+    #[arg(long, value_name = "FILTER", global = true)]
     pub(crate) log_level: Option<String>,
+
+    /// Log line format on stderr: text (for people) or json (one JSON object per line, with
+    /// timestamp, level, target, message and the structured fields such as task_id, worker_id
+    /// and user, for log collectors).
+    #[arg(
+        long,
+        value_name = "FORMAT",
+        global = true,
+        default_value = "text",
+        env = "MAJORDODO_LOG_FORMAT"
+    )]
+    pub(crate) log_format: crate::logging::LogFormat,
 
     #[command(subcommand)]
     pub(crate) command: Command,

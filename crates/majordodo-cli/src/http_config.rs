@@ -2,6 +2,7 @@
 //! written with this CLI's units (durations and sizes with units), converted into the broker's
 //! `HttpConfig` and validated by it.
 
+use majordodo_broker::http::config::MetricsAccess;
 use majordodo_broker::http::config::{
     DEFAULT_AUTH_FAILURE_LIMIT, DEFAULT_AUTH_FAILURE_WINDOW, DEFAULT_AUTH_LOCKOUT,
     DEFAULT_BODY_TIMEOUT, DEFAULT_HEADER_READ_TIMEOUT, DEFAULT_KEEP_ALIVE_TIMEOUT,
@@ -49,6 +50,9 @@ pub(crate) struct HttpFile {
     pub(crate) codepool_max_archive_size: ByteSize,
     pub(crate) codepool_max_files: usize,
     pub(crate) codepool_max_unpacked_size: ByteSize,
+    pub(crate) metrics_access: MetricsAccess,
+    pub(crate) metrics_top_n: usize,
+    pub(crate) ready_max_lag: u64,
     pub(crate) users: Vec<UserConfig>,
 }
 
@@ -83,6 +87,9 @@ impl Default for HttpFile {
             codepool_max_archive_size: ByteSize(d.codepool_max_archive_bytes as u64),
             codepool_max_files: d.codepool_max_files,
             codepool_max_unpacked_size: ByteSize(d.codepool_max_unpacked_bytes),
+            metrics_access: d.metrics_access,
+            metrics_top_n: d.metrics_top_n,
+            ready_max_lag: d.ready_max_lag,
             users: Vec::new(),
         }
     }
@@ -156,6 +163,9 @@ impl HttpFile {
             )?,
             codepool_max_files: self.codepool_max_files,
             codepool_max_unpacked_bytes: self.codepool_max_unpacked_size.0,
+            metrics_access: self.metrics_access,
+            metrics_top_n: self.metrics_top_n,
+            ready_max_lag: self.ready_max_lag,
             users: self.users.clone(),
         };
         config.validate().map_err(|e| {
@@ -277,6 +287,13 @@ codepool_max_archive_size = "{codepool_max_archive_size}"
 codepool_max_files = {codepool_max_files}
 # Most bytes a code-pool archive may unpack to (counted while decompressing).
 codepool_max_unpacked_size = "{codepool_max_unpacked_size}"
+# Who may read /metrics: "loopback" (no credentials from this host, an admin's from any other),
+# "admin" (an admin's credentials from anywhere) or "open" (anyone). /health and /ready are open.
+metrics_access = "{metrics_access}"
+# Users and task types /metrics names one by one (most tasks first); the rest count as "other".
+metrics_top_n = {metrics_top_n}
+# Largest replication lag (log entries) at which a follower answers /ready with 200.
+ready_max_lag = {ready_max_lag}
 
 # REQUIRED: at least one user. Roles: "admin" (every task) or "user" (submits and reads only the
 # tasks whose userid is its name). Credentials: `token_sha256` (from `majordodo auth new-token`)
@@ -311,5 +328,8 @@ token_sha256 = "<64 hex digits printed by: majordodo auth new-token --out admin.
         codepool_max_archive_size = h.codepool_max_archive_size,
         codepool_max_files = h.codepool_max_files,
         codepool_max_unpacked_size = h.codepool_max_unpacked_size,
+        metrics_access = h.metrics_access.as_str(),
+        metrics_top_n = h.metrics_top_n,
+        ready_max_lag = h.ready_max_lag,
     )
 }

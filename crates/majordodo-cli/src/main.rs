@@ -53,7 +53,7 @@ fn main() -> ExitCode {
         cli.command,
         Command::Standalone(_) | Command::Broker(_) | Command::Worker(_)
     );
-    if let Err(error) = logging::init(cli.log_level.as_deref(), server) {
+    if let Err(error) = logging::init(cli.log_level.as_deref(), cli.log_format, server) {
         return report(&error);
     }
     let runtime = match tokio::runtime::Builder::new_multi_thread()

@@ -22,7 +22,7 @@ pub(crate) fn stop_token() -> anyhow::Result<CancellationToken> {
             _ = interrupt.recv() => {}
             _ = terminate.recv() => {}
         }
-        eprintln!("stopping (send the signal again to stop at once)");
+        tracing::info!("stopping (send the signal again to stop at once)");
         first.cancel();
         tokio::select! {
             _ = interrupt.recv() => {}

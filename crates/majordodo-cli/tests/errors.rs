@@ -61,6 +61,17 @@ fn bad_broker_files_exit_2_naming_the_file_and_the_key() {
             broker_file("keepalive_interval = \"10x\"", true),
             "`workers.keepalive_interval`",
         ),
+        (
+            broker_file("", true).replace(
+                "[[http.users]]",
+                "metrics_access = \"public\"\n[[http.users]]",
+            ),
+            "`http.metrics_access`",
+        ),
+        (
+            broker_file("", true).replace("[[http.users]]", "metrics_top_n = 0\n[[http.users]]"),
+            "`http.metrics_top_n`",
+        ),
     ];
     for (i, (text, key)) in cases.iter().enumerate() {
         let path = write(d, &format!("broker{i}.toml"), text);

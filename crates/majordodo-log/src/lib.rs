@@ -250,4 +250,20 @@ pub trait CommitLog: Send + Sync + 'static {
     /// Flushes what is queued, stops the writer and releases files. Later appends fail with
     /// [`LogError::Closed`].
     fn close(&self) -> BoxFuture<'_, Result<(), LogError>>;
+
+    /// How often and how long the log synced its data to disk since it was opened, for the
+    /// broker's metrics. The default is `None`: the log does not sync a disk of its own (in
+    /// memory, or replicated to bookies, whose syncs the broker's append latency includes).
+    fn sync_stats(&self) -> Option<SyncStats> {
+        None
+    }
+}
+
+/// Disk syncs of a [`CommitLog`] (see [`CommitLog::sync_stats`]).
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq)]
+pub struct SyncStats {
+    /// Data syncs (`fdatasync`) done.
+    pub syncs: u64,
+    /// Time spent in them, in nanoseconds.
+    pub sync_nanos: u64,
 }

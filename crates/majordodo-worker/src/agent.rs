@@ -859,7 +859,7 @@ impl Agent {
                     .expect("admission checked the executor exists")
                     .clone();
                 let task_type = assignment.task_type.clone();
-                debug!(task_id = key.task_id, attempt = key.attempt, %task_type, "task started");
+                debug!(task_id = key.task_id, attempt = key.attempt, worker_id = %self.config.worker_id, user = %assignment.user_id, %task_type, "task started");
                 let cancel = CancelSignal::new();
                 let needs = self.charge_amounts(&assignment.needs);
                 let mut task = Task::from(assignment);
@@ -955,6 +955,7 @@ impl Agent {
         debug!(
             task_id = key.task_id,
             attempt = key.attempt,
+            worker_id = %self.config.worker_id,
             ?outcome,
             "task ended"
         );

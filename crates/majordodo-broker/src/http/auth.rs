@@ -298,6 +298,10 @@ pub struct AuthCounters {
     pub refused_while_locked: u64,
     /// Password logins refused because the hashing queue was full.
     pub refused_queue_full: u64,
+    /// Bearer tokens that match no user.
+    pub bad_tokens: u64,
+    /// Requests without credentials, or with an `Authorization` header that cannot be read.
+    pub missing_credentials: u64,
 }
 
 /// Whose failures are counted.
@@ -461,6 +465,10 @@ pub(crate) struct Authenticator {
     throttle: Throttle,
     /// Verified for unknown users, so they cost what a wrong password costs.
     decoy: PasswordHash,
+    /// Bearer tokens that matched no user.
+    bad_tokens: AtomicU64,
+    /// Requests refused for missing or unreadable credentials.
+    missing: AtomicU64,
 }
 
 enum Credentials {
@@ -507,17 +515,20 @@ impl Authenticator {
                 refused: AtomicU64::new(0),
             },
             decoy,
+            bad_tokens: AtomicU64::new(0),
+            missing: AtomicU64::new(0),
         }
     }
 
-    /// What happened so far (read by the tests; a metrics endpoint can serve it).
-    #[allow(dead_code)]
+    /// What happened so far (served by `/metrics`).
     pub(crate) fn counters(&self) -> AuthCounters {
         AuthCounters {
             failed_logins: self.throttle.failed.load(Ordering::Relaxed),
             lockouts: self.throttle.lockouts.load(Ordering::Relaxed),
             refused_while_locked: self.throttle.refused.load(Ordering::Relaxed),
             refused_queue_full: self.hashing.full.load(Ordering::Relaxed),
+            bad_tokens: self.bad_tokens.load(Ordering::Relaxed),
+            missing_credentials: self.missing.load(Ordering::Relaxed),
         }
     }
 
@@ -532,9 +543,17 @@ impl Authenticator {
         headers: &HeaderMap,
         peer: Option<IpAddr>,
     ) -> Result<Principal, ApiError> {
-        let credentials = parse_authorization(headers)?;
+        let credentials = parse_authorization(headers).inspect_err(|_| {
+            self.missing.fetch_add(1, Ordering::Relaxed);
+        })?;
         let index = match credentials {
-            Credentials::Bearer(token) => self.by_token(token.as_bytes()),
+            Credentials::Bearer(token) => {
+                let found = self.by_token(token.as_bytes());
+                if found.is_none() {
+                    self.bad_tokens.fetch_add(1, Ordering::Relaxed);
+                }
+                found
+            }
             Credentials::Basic { name, password } => self.by_password(name, password, peer).await?,
         };
         let user = index

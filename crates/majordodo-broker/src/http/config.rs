@@ -103,6 +103,41 @@ pub const DEFAULT_MAX_CONCURRENT_HASHES: usize = 1;
 /// and in every snapshot, so it should stay modest; raise it with `max_body_bytes`.
 pub const DEFAULT_CODEPOOL_MAX_ARCHIVE_BYTES: usize = 8 * 1024 * 1024;
 
+/// Default number of users and of task types `/metrics` names one by one (the most tasks
+/// first); the rest are summed under `other`, so a broker with a million users still exposes
+/// a bounded number of series.
+pub const DEFAULT_METRICS_TOP_N: usize = 20;
+
+/// Default largest replication lag, in log entries, at which a follower still answers `/ready`
+/// with 200: a follower applies a busy leader's entries a second or so behind (positions are
+/// published about once a second), which at thousands of entries a second is a few thousand.
+pub const DEFAULT_READY_MAX_LAG: u64 = 10_000;
+
+/// Who may read `/metrics` (`http.metrics_access`). `/health` and `/ready` are always open.
+#[derive(Copy, Clone, Debug, Default, PartialEq, Eq, Deserialize)]
+#[serde(rename_all = "lowercase")]
+pub enum MetricsAccess {
+    /// Anyone who reaches the port, without credentials.
+    Open,
+    /// Without credentials from a loopback address (a scraper or an agent on the broker's
+    /// host); from any other address only with an admin's credentials. The default.
+    #[default]
+    Loopback,
+    /// Only with an admin's credentials, from anywhere.
+    Admin,
+}
+
+impl MetricsAccess {
+    /// The name the configuration file uses.
+    pub fn as_str(self) -> &'static str {
+        match self {
+            MetricsAccess::Open => "open",
+            MetricsAccess::Loopback => "loopback",
+            MetricsAccess::Admin => "admin",
+        }
+    }
+}
+
 /// The `[http]` table of the broker's configuration file. Every key is optional except `users`
 /// (at least one is needed to validate).
 #[derive(Clone, Deserialize)]
@@ -159,6 +194,14 @@ pub struct HttpConfig {
     pub codepool_max_files: usize,
     /// Most bytes a code-pool archive may unpack to. Default 256 MiB.
     pub codepool_max_unpacked_bytes: u64,
+    /// Who may read `/metrics`: `open`, `loopback` or `admin`. Default `loopback`.
+    pub metrics_access: MetricsAccess,
+    /// Users and task types named one by one in `/metrics`; the rest count as `other`.
+    /// Default 20.
+    pub metrics_top_n: usize,
+    /// Largest lag, in log entries, at which a follower answers `/ready` with 200. Default
+    /// 10 000.
+    pub ready_max_lag: u64,
     /// Who may call the API.
     pub users: Vec<UserConfig>,
 }
@@ -189,6 +232,9 @@ impl Default for HttpConfig {
             codepool_max_archive_bytes: DEFAULT_CODEPOOL_MAX_ARCHIVE_BYTES,
             codepool_max_files: majordodo_proto::archive::DEFAULT_MAX_FILES,
             codepool_max_unpacked_bytes: majordodo_proto::archive::DEFAULT_MAX_UNPACKED_BYTES,
+            metrics_access: MetricsAccess::default(),
+            metrics_top_n: DEFAULT_METRICS_TOP_N,
+            ready_max_lag: DEFAULT_READY_MAX_LAG,
             users: Vec::new(),
         }
     }
@@ -229,6 +275,9 @@ impl fmt::Debug for HttpConfig {
                 "codepool_max_unpacked_bytes",
                 &self.codepool_max_unpacked_bytes,
             )
+            .field("metrics_access", &self.metrics_access)
+            .field("metrics_top_n", &self.metrics_top_n)
+            .field("ready_max_lag", &self.ready_max_lag)
             .field("users", &self.users)
             .finish()
     }
@@ -337,6 +386,9 @@ pub struct HttpSettings {
     pub(crate) throttle: super::auth::ThrottleSettings,
     pub(crate) codepool_max_archive_bytes: usize,
     pub(crate) codepool_limits: majordodo_proto::archive::ArchiveLimits,
+    pub(crate) metrics_access: MetricsAccess,
+    pub(crate) metrics_top_n: usize,
+    pub(crate) ready_max_lag: u64,
     pub(crate) users: Vec<User>,
     /// TLS on the API's port; `None` serves plain HTTP.
     pub(crate) tls: Option<majordodo_tls::ServerTls>,
@@ -372,7 +424,8 @@ impl HttpConfig {
     /// # Errors
     /// [`HttpConfigError`] naming the first problem.
     pub fn validate(&self) -> Result<HttpSettings, HttpConfigError> {
-        let limits: [(bool, &'static str); 17] = [
+        let limits: [(bool, &'static str); 18] = [
+            (self.metrics_top_n == 0, "metrics_top_n must be at least 1"),
             (
                 self.max_connections_per_address == 0,
                 "max_connections_per_address must be at least 1",
@@ -530,6 +583,9 @@ impl HttpConfig {
                 max_files: self.codepool_max_files,
                 max_unpacked_bytes: self.codepool_max_unpacked_bytes,
             },
+            metrics_access: self.metrics_access,
+            metrics_top_n: self.metrics_top_n,
+            ready_max_lag: self.ready_max_lag,
             users,
             tls: None,
         })
@@ -620,6 +676,16 @@ mod tests {
             err(&format!("scan_budget = 0\n{ok}")),
             HttpConfigError::BadLimit(_)
         ));
+        assert_eq!(
+            err(&format!("metrics_top_n = 0\n{ok}")),
+            HttpConfigError::BadLimit("metrics_top_n must be at least 1")
+        );
+        assert!(parse(&format!("metrics_access = \"public\"\n{ok}")).is_err());
+        let s = parse(&format!("metrics_access = \"admin\"\n{ok}"))
+            .unwrap()
+            .validate()
+            .unwrap();
+        assert_eq!(s.metrics_access, MetricsAccess::Admin);
         assert_eq!(
             err(&format!("cors_allow_origin = \"a\\nb\"\n{ok}")),
             HttpConfigError::BadCorsOrigin

@@ -129,6 +129,8 @@ pub struct FileLogStats {
     pub writes: u64,
     /// `fdatasync` calls on segments (segment creation fsyncs are not counted).
     pub fsyncs: u64,
+    /// Time spent in those `fdatasync` calls, in nanoseconds.
+    pub fsync_nanos: u64,
     /// Bytes written, frames included.
     pub bytes: u64,
 }
@@ -338,6 +340,7 @@ impl FileLog {
             records: c.records.load(Ordering::Relaxed),
             writes: c.writes.load(Ordering::Relaxed),
             fsyncs: c.fsyncs.load(Ordering::Relaxed),
+            fsync_nanos: c.fsync_nanos.load(Ordering::Relaxed),
             bytes: c.bytes.load(Ordering::Relaxed),
         }
     }
@@ -577,6 +580,14 @@ impl CommitLog for FileLog {
             // ours to read.
             lock(&self.shared.queue).state = State::Stopped;
             result
+        })
+    }
+
+    fn sync_stats(&self) -> Option<crate::SyncStats> {
+        let stats = self.stats();
+        Some(crate::SyncStats {
+            syncs: stats.fsyncs,
+            sync_nanos: stats.fsync_nanos,
         })
     }
 }

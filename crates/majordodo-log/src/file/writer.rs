@@ -86,6 +86,8 @@ pub(crate) struct Counters {
     pub(crate) records: AtomicU64,
     pub(crate) writes: AtomicU64,
     pub(crate) fsyncs: AtomicU64,
+    /// Time spent in those `fdatasync` calls, in nanoseconds.
+    pub(crate) fsync_nanos: AtomicU64,
     pub(crate) bytes: AtomicU64,
 }
 
@@ -331,11 +333,17 @@ fn flush(shared: &Shared, active: &mut Active, buf: &mut Vec<u8>) -> Result<(), 
         .bytes
         .fetch_add(buf.len() as u64, Ordering::Relaxed);
     if shared.fsync {
+        let started = std::time::Instant::now();
         active
             .file
             .sync_data()
             .map_err(|e| WriteError::new(format!("fsync segment {}", name()), &e))?;
+        let took = u64::try_from(started.elapsed().as_nanos()).unwrap_or(u64::MAX);
         shared.counters.fsyncs.fetch_add(1, Ordering::Relaxed);
+        shared
+            .counters
+            .fsync_nanos
+            .fetch_add(took, Ordering::Relaxed);
     }
     active.len += buf.len() as u64;
     active.has_records = true;

@@ -13,7 +13,7 @@ use super::request::Fields;
 use super::{BrokerStatusInfo, FieldError, MAX_TIMESTAMP, lenient};
 
 /// Fields of `createCodePool` besides `action`.
-const CREATE_FIELDS: [&str; 3] = ["id", "ttl", "data"];
+pub(super) const CREATE_FIELDS: [&str; 3] = ["id", "ttl", "data"];
 
 /// A validated `createCodePool`.
 #[derive(Clone, PartialEq, Eq)]
@@ -85,7 +85,11 @@ pub(super) fn parse_create(obj: &Map<String, Value>) -> Result<CreateCodePool, F
 }
 
 pub(super) fn parse_delete(obj: &Map<String, Value>) -> Result<String, FieldError> {
-    refuse_unknown(obj, &["id"], "deleteCodePool")?;
+    refuse_unknown(
+        obj,
+        super::request::fields_of("deleteCodePool"),
+        "deleteCodePool",
+    )?;
     Fields { obj, path: "" }.required_name("id")
 }
 

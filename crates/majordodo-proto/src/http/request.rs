@@ -37,8 +37,38 @@ pub const SUPPORTED_ACTIONS: [&str; 11] = [
 /// 4xx error naming the action.
 pub const UNSUPPORTED_ACTIONS: [&str; 0] = [];
 
+/// Every action the parser accepts with the fields it accepts besides `action`; any other
+/// field is refused naming it. The parser reads its field lists here, and so does the
+/// broker's OpenAPI description, so the two cannot differ.
+pub const ACTION_FIELDS: [(&str, &[&str]); 13] = [
+    ("submitTask", &TASK_FIELDS),
+    ("submitTasks", &["tasks", "transaction"]),
+    ("createCodePool", &super::codepool::CREATE_FIELDS),
+    ("deleteCodePool", &["id"]),
+    (
+        "setServiceLevel",
+        &["userid", "group", "resources", "reset", "weight"],
+    ),
+    ("setQuota", &["userid", "group", "quota", "reset"]),
+    ("addWorkerCredential", &["workerId", "comment"]),
+    ("revokeWorkerCredential", &["credentialId"]),
+    ("beginTransaction", &[]),
+    ("commitTransaction", &["transaction"]),
+    ("rollbackTransaction", &["transaction"]),
+    ("cancelTask", &["taskId"]),
+    ("setTaskPriority", &["taskId", "priority"]),
+];
+
+/// The fields `action` accepts besides `action` ([`ACTION_FIELDS`]); none for an unknown one.
+pub fn fields_of(action: &str) -> &'static [&'static str] {
+    ACTION_FIELDS
+        .iter()
+        .find(|(a, _)| *a == action)
+        .map_or(&[], |(_, fields)| *fields)
+}
+
 /// Fields of one task, in `submitTask` (beside `action`) and in each element of `submitTasks`.
-const TASK_FIELDS: [&str; 16] = [
+pub const TASK_FIELDS: [&str; 16] = [
     "tasktype",
     "userid",
     "data",
@@ -486,7 +516,7 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
     };
     match action {
         "submitTask" => {
-            let allowed = |k: &str| k == "action" || TASK_FIELDS.contains(&k);
+            let allowed = |k: &str| k == "action" || fields_of("submitTask").contains(&k);
             TaskSubmission::parse(&obj, "", &allowed).map(ActionRequest::SubmitTask)
         }
         "submitTasks" => parse_submit_tasks(&obj, tasks).map(ActionRequest::SubmitTasks),
@@ -499,7 +529,7 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
                 obj: &obj,
                 path: "",
             };
-            f.only(&["action", "workerId", "comment"])?;
+            f.only_fields_of("addWorkerCredential")?;
             let worker_id = f.required_name("workerId")?;
             majordodo_core::credential::check_name("workerId", &worker_id)
                 .map_err(|e| f.error("workerId", e))?;
@@ -514,7 +544,7 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
                 obj: &obj,
                 path: "",
             };
-            f.only(&["action", "credentialId"])?;
+            f.only_fields_of("revokeWorkerCredential")?;
             let credential_id = f.required_name("credentialId")?;
             majordodo_core::credential::check_name("credentialId", &credential_id)
                 .map_err(|e| f.error("credentialId", e))?;
@@ -525,7 +555,7 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
                 obj: &obj,
                 path: "",
             }
-            .only(&["action"])?;
+            .only_fields_of("beginTransaction")?;
             Ok(ActionRequest::BeginTransaction)
         }
         "commitTransaction" | "rollbackTransaction" => {
@@ -533,7 +563,7 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
                 obj: &obj,
                 path: "",
             };
-            f.only(&["action", "transaction"])?;
+            f.only_fields_of(action)?;
             let tx = f.transaction("transaction")?.ok_or_else(|| {
                 f.error(
                     "transaction",
@@ -551,7 +581,7 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
                 obj: &obj,
                 path: "",
             };
-            f.only(&["action", "taskId"])?;
+            f.only_fields_of("cancelTask")?;
             match f.int("taskId", i64::MAX)? {
                 None => Err(f.error("taskId", "is required")),
                 Some(0) => Err(f.error("taskId", "must be a task id (0 is none)")),
@@ -563,7 +593,7 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
                 obj: &obj,
                 path: "",
             };
-            f.only(&["action", "taskId", "priority"])?;
+            f.only_fields_of("setTaskPriority")?;
             let task_id = match f.int("taskId", MAX_TASK_ID as i64)? {
                 None => return Err(f.error("taskId", "is required")),
                 Some(0) => return Err(f.error("taskId", "must be a task id (at least 1)")),
@@ -594,7 +624,7 @@ pub fn parse_action(body: &[u8]) -> Result<ActionRequest, FieldError> {
 
 fn parse_service_level(obj: &Map<String, Value>) -> Result<ServiceLevelChange, FieldError> {
     let f = Fields { obj, path: "" };
-    f.only(&["action", "userid", "group", "resources", "reset", "weight"])?;
+    f.only_fields_of("setServiceLevel")?;
     let user_id = f.required_name("userid")?;
     let weight = match f.int("weight", MAX_WEIGHT.into())? {
         Some(0) => return Err(f.error("weight", "must be at least 1")),
@@ -660,7 +690,7 @@ fn parse_service_level(obj: &Map<String, Value>) -> Result<ServiceLevelChange, F
 
 fn parse_quota(obj: &Map<String, Value>) -> Result<QuotaChange, FieldError> {
     let f = Fields { obj, path: "" };
-    f.only(&["action", "userid", "group", "quota", "reset"])?;
+    f.only_fields_of("setQuota")?;
     let user = f.optional_name("userid")?;
     let group = f.int("group", u32::MAX.into())?;
     let tenant = match (user, group) {
@@ -723,7 +753,7 @@ fn parse_submit_tasks(
         if PER_TASK_ONLY.contains(&key.as_str()) {
             return Err(outer.error(key, "must be set on each element of tasks"));
         }
-        if !matches!(key.as_str(), "action" | "tasks" | "transaction") {
+        if key != "action" && !fields_of("submitTasks").contains(&key.as_str()) {
             return Err(outer.error(key, "is not a field of submitTasks"));
         }
     }
@@ -817,8 +847,14 @@ impl Fields<'_> {
     }
 
     /// Refuses any field not in `allowed`.
-    fn only(&self, allowed: &[&str]) -> Result<(), FieldError> {
-        match self.obj.keys().find(|k| !allowed.contains(&k.as_str())) {
+    /// Refuses a field that is neither `action` nor one of `action`'s ([`fields_of`]).
+    fn only_fields_of(&self, action: &str) -> Result<(), FieldError> {
+        let allowed = fields_of(action);
+        match self
+            .obj
+            .keys()
+            .find(|k| *k != "action" && !allowed.contains(&k.as_str()))
+        {
             Some(unknown) => Err(self.error(unknown, "is not a field of this action")),
             None => Ok(()),
         }
