@@ -1,6 +1,7 @@
 //! The chart of `compare`: one panel per figure, a bar per system at its median with a whisker
 //! from the minimum to the maximum round, on a log scale where the values differ by more than
-//! a factor of 30. Drawn to PNG with the bitmap backend; the text uses an embedded DejaVu Sans,
+//! a factor of 30. A replicated figure's panel has a bar for ours on the file log and one for
+//! ours replicated. Drawn to PNG with the bitmap backend; the text uses an embedded DejaVu Sans,
 //! so no system font is needed.
 
 use std::path::Path;
@@ -52,7 +53,35 @@ pub(crate) fn draw(path: &Path, figures: &[Figure], systems: &[String]) -> anyho
         .map_err(|e| anyhow!("{e}"))?;
     let panels = body.split_evenly((rows, COLUMNS));
     for (figure, area) in shown.iter().zip(panels.iter()) {
-        panel(area, figure, systems).with_context(|| format!("draw {}", figure.key))?;
+        let columns: Vec<(String, Option<&[f64]>, RGBColor)> = match &figure.versus {
+            Some(key) => {
+                let file = figures
+                    .iter()
+                    .find(|g| &g.key == key)
+                    .and_then(|g| g.values.get("ours"))
+                    .map(Vec::as_slice);
+                vec![
+                    ("ours, file log".into(), file, COLORS[0]),
+                    (
+                        "ours, replicated".into(),
+                        figure.values.get("ours").map(Vec::as_slice),
+                        COLORS[3],
+                    ),
+                ]
+            }
+            None => systems
+                .iter()
+                .enumerate()
+                .map(|(i, s)| {
+                    (
+                        s.clone(),
+                        figure.values.get(s).map(Vec::as_slice),
+                        COLORS[i % COLORS.len()],
+                    )
+                })
+                .collect(),
+        };
+        panel(area, figure, &columns).with_context(|| format!("draw {}", figure.key))?;
     }
     root.present()
         .map_err(|e| anyhow!("write {}: {e}", path.display()))?;
@@ -62,16 +91,16 @@ pub(crate) fn draw(path: &Path, figures: &[Figure], systems: &[String]) -> anyho
 fn panel<DB: DrawingBackend>(
     area: &DrawingArea<DB, plotters::coord::Shift>,
     f: &Figure,
-    systems: &[String],
+    columns: &[(String, Option<&[f64]>, RGBColor)],
 ) -> anyhow::Result<()>
 where
     DB::ErrorType: 'static,
 {
     let err = |e: DrawingAreaErrorKind<DB::ErrorType>| anyhow!("{e:?}");
-    let bars: Vec<(usize, (f64, f64, f64))> = systems
+    let bars: Vec<(usize, (f64, f64, f64))> = columns
         .iter()
         .enumerate()
-        .filter_map(|(i, s)| f.values.get(s).and_then(|v| summary(v)).map(|m| (i, m)))
+        .filter_map(|(i, (_, v, _))| v.and_then(summary).map(|m| (i, m)))
         .collect();
     let lo = bars
         .iter()
@@ -100,13 +129,13 @@ where
         .margin(8)
         .x_label_area_size(22)
         .y_label_area_size(60)
-        .build_cartesian_2d(-0.5f64..systems.len() as f64 - 0.5, y0..y1)
+        .build_cartesian_2d(-0.5f64..columns.len() as f64 - 0.5, y0..y1)
         .map_err(err)?;
-    let names = systems.to_vec();
+    let names: Vec<String> = columns.iter().map(|(name, _, _)| name.clone()).collect();
     chart
         .configure_mesh()
         .disable_x_mesh()
-        .x_labels(systems.len())
+        .x_labels(columns.len())
         .y_labels(if log { (y1 - y0) as usize + 1 } else { 10 })
         .x_label_formatter(&|x| {
             let i = x.round();
@@ -128,7 +157,7 @@ where
         .map_err(err)?;
     for (i, (median, min, max)) in &bars {
         let x = *i as f64;
-        let color = COLORS[i % COLORS.len()];
+        let color = columns[*i].2;
         chart
             .draw_series(std::iter::once(Rectangle::new(
                 [(x - 0.3, y0), (x + 0.3, y(*median))],

@@ -7,6 +7,10 @@
 //! Ours is the real dispatcher, file log (fsync on), HTTP API and worker port on 127.0.0.1 in
 //! this process ([`InProcBroker`]), driven by the same code as the `burn-down` and `latency`
 //! scenarios; the state-scale and many-workers figures use a broker process, as `scale` does.
+//! Workload 7 runs workloads 1–3 again on a cluster of three broker processes over three real
+//! bookies (one ZooKeeper and three bookies for the whole run, a fresh cluster path for every
+//! workload), with the follower's lag during the burn-down and the failover time, through the
+//! code of the `replicated` scenario.
 
 use std::collections::BTreeMap;
 use std::path::{Path, PathBuf};
@@ -14,15 +18,17 @@ use std::time::{Duration, Instant};
 
 use anyhow::Context;
 use majordodo_core::LeaderConfig;
+use majordodo_testkit::BkCluster;
 use majordodo_worker::{TaskFailure, executor_fn};
 use serde::Serialize;
 
 use crate::cluster::{
-    BrokerProcess, Workers, majordodo_bin, noop, submit_all, submit_made, wait_finished,
+    BrokerProcess, Target, Workers, majordodo_bin, noop, submit_all, submit_made, wait_finished,
 };
 use crate::e2e::{self, Common};
 use crate::inproc::InProcBroker;
 use crate::peers::{self, Peer, Redis};
+use crate::replicated::{self, Brokers, Lag};
 use crate::report::pid_cpu_seconds;
 
 /// Options of `compare`.
@@ -44,6 +50,10 @@ pub(crate) struct CompareArgs {
     /// Where the peers are installed (Redis comes from the system).
     #[arg(long, env = "MAJORDODO_PEERS_DIR", default_value = "target/peers")]
     peers_dir: PathBuf,
+    /// Skip workload 7 (replicated brokers over three bookies), which needs ZooKeeper and the
+    /// BookKeeper jars of `scripts/test-deps`.
+    #[arg(long)]
+    no_replicated: bool,
 }
 
 /// Sizes of one kind of run.
@@ -61,6 +71,19 @@ struct Sizes {
     idle_secs: u64,
     fsync_writes: u64,
     snapshot_sizes: Vec<u64>,
+    /// Workloads 1–3 on the replicated cluster.
+    replicated: Basic,
+    /// Failovers per round.
+    failovers: usize,
+}
+
+/// The sizes of workloads 1–3 on ours.
+struct Basic {
+    burn_down: u64,
+    submit_seq: u64,
+    submit_c64: u64,
+    submit_batch: u64,
+    latency_secs: u64,
 }
 
 impl Sizes {
@@ -80,6 +103,14 @@ impl Sizes {
                 idle_secs: 3,
                 fsync_writes: 500,
                 snapshot_sizes: vec![100_000],
+                replicated: Basic {
+                    burn_down: 10_000,
+                    submit_seq: 200,
+                    submit_c64: 2_000,
+                    submit_batch: 20_000,
+                    latency_secs: 2,
+                },
+                failovers: 1,
             }
         } else {
             Sizes {
@@ -96,7 +127,26 @@ impl Sizes {
                 idle_secs: 10,
                 fsync_writes: 2_000,
                 snapshot_sizes: vec![100_000, 1_000_000],
+                replicated: Basic {
+                    burn_down: 200_000,
+                    submit_seq: 2_000,
+                    submit_c64: 20_000,
+                    submit_batch: 200_000,
+                    latency_secs: 10,
+                },
+                failovers: 3,
             }
+        }
+    }
+
+    /// The sizes of workloads 1–3 on the file log.
+    fn file(&self) -> Basic {
+        Basic {
+            burn_down: self.burn_down,
+            submit_seq: self.submit_seq,
+            submit_c64: self.submit_c64,
+            submit_batch: self.submit_batch,
+            latency_secs: self.latency_secs,
         }
     }
 }
@@ -119,6 +169,10 @@ pub(crate) struct Figure {
     pub(crate) better: Better,
     pub(crate) values: BTreeMap<String, Vec<f64>>,
     pub(crate) notes: BTreeMap<String, String>,
+    /// The figure of ours this one is shown beside (a replicated figure: the same workload on
+    /// the file log), round by round.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub(crate) versus: Option<String>,
 }
 
 /// The figures of a run, in table order.
@@ -144,6 +198,7 @@ impl Figures {
             better,
             values: BTreeMap::new(),
             notes: BTreeMap::new(),
+            versus: None,
         });
     }
 
@@ -179,6 +234,7 @@ pub(crate) const WORKLOADS: &[&str] = &[
     "4 state scale",
     "5 snapshots",
     "6 many workers",
+    "7 replicated",
     "machine",
 ];
 
@@ -338,28 +394,28 @@ fn define_figures(f: &mut Figures, s: &Sizes) {
         ),
         (
             "fsync_p50".into(),
-            w[6],
+            w[7],
             "data disk: 4 KiB append + fdatasync, p50".into(),
             "ms",
             Lower,
         ),
         (
             "fsync_p99".into(),
-            w[6],
+            w[7],
             "data disk: 4 KiB append + fdatasync, p99".into(),
             "ms",
             Lower,
         ),
         (
             "fsync_rate".into(),
-            w[6],
+            w[7],
             "durable appends without batching (1 record per fdatasync)".into(),
             "appends/s",
             Higher,
         ),
         (
             "tasks_per_fsync".into(),
-            w[6],
+            w[7],
             "tasks per fsync in our burn-down".into(),
             "tasks",
             Higher,
@@ -368,7 +424,50 @@ fn define_figures(f: &mut Figures, s: &Sizes) {
     for (key, workload, label, unit, better) in all {
         f.define(key, workload, label, unit, better);
     }
+    // Workload 7, before the machine's figures: workloads 1–3 again, each beside its figure on
+    // the file log, then the follower's lag and the failover time.
+    let mut replicated: Vec<Figure> = f
+        .list
+        .iter()
+        .filter(|g| w[..3].contains(&g.workload))
+        .map(|g| Figure {
+            key: format!("{REPLICATED}{}", g.key),
+            workload: w[6],
+            versus: Some(g.key.clone()),
+            ..g.clone()
+        })
+        .collect();
+    let mut extra = Figures::default();
+    for (q, name) in [("p50", "p50"), ("p99", "p99"), ("max", "max")] {
+        extra.define(
+            format!("lag_{q}"),
+            w[6],
+            format!("follower lag behind the leader during the burn-down, {name}"),
+            "ms",
+            Lower,
+        );
+    }
+    extra.define(
+        "failover",
+        w[6],
+        format!(
+            "failover: leader SIGKILL -> first submit acknowledged by the new leader ({} per round)",
+            s.failovers
+        ),
+        "s",
+        Lower,
+    );
+    replicated.extend(extra.list);
+    let at = f
+        .list
+        .iter()
+        .position(|g| g.workload == w[7])
+        .unwrap_or(f.list.len());
+    f.list.splice(at..at, replicated);
 }
+
+/// The prefix of the keys of the replicated figures of workloads 1–3.
+const REPLICATED: &str = "repl_";
 
 /// Everything written to compare.json.
 #[derive(Serialize)]
@@ -417,6 +516,14 @@ pub(crate) async fn run(args: &CompareArgs) -> anyhow::Result<()> {
         peers::install(&args.peers_dir, &peers_list)?;
     }
     let peers_dir = std::path::absolute(&args.peers_dir)?;
+    // Workload 7's ZooKeeper and bookies, for the whole run: started first, so that a machine
+    // without them fails at once rather than after the other workloads.
+    let bk = if args.no_replicated {
+        println!("compare: --no-replicated: workload 7 (replicated brokers) is not run");
+        None
+    } else {
+        Some(start_replicated().await?)
+    };
     let redis = if peers_list.is_empty() {
         None
     } else {
@@ -427,6 +534,22 @@ pub(crate) async fn run(args: &CompareArgs) -> anyhow::Result<()> {
     let mut systems = vec!["ours".to_string()];
     systems.extend(peers_list.iter().map(|p| p.name().to_string()));
     notes_for_peers(&mut figures, &peers_list);
+    // The cluster's brokers are processes: without the binary, workload 7 is not run, as
+    // workloads 4 and 6.
+    let not_run = match (&bk, majordodo_bin()) {
+        (None, _) => Some("not run (--no-replicated)".to_string()),
+        (Some(_), Err(e)) => Some(format!("not run: {e}")),
+        (Some(_), Ok(_)) => None,
+    };
+    let bk = match not_run {
+        Some(why) => {
+            for key in replicated_keys(&figures) {
+                figures.note(&key, "ours", &why);
+            }
+            None
+        }
+        None => bk,
+    };
 
     let fsync = e2e::measure_fsync(&data.join("fsync"), sizes.fsync_writes)?;
     figures.record("fsync_p50", "ours", fsync.p50_ms);
@@ -462,12 +585,17 @@ pub(crate) async fn run(args: &CompareArgs) -> anyhow::Result<()> {
         }
         println!("compare: round {round} of {rounds}: ours, state scale and many workers");
         ours_process_round(&mut figures, &sizes, &data).await?;
+        if let Some(bk) = &bk {
+            println!("compare: round {round} of {rounds}: ours, replicated (3 bookies)");
+            replicated_round(&mut figures, &sizes, bk, &data, round).await?;
+        }
         if round < rounds {
             // What is done so far stays if a later round fails.
             output.write(&figures, round)?;
         }
     }
     drop(redis);
+    drop(bk);
     let _ = std::fs::remove_dir_all(&data);
     let table = output.write(&figures, rounds)?;
     println!("\n{table}");
@@ -544,72 +672,204 @@ fn notes_for_peers(figures: &mut Figures, peers: &[Peer]) {
             figures.note(key, p, "the machine's, shared by all");
         }
         figures.note("tasks_per_fsync", p, "Redis does not report its fsyncs");
+        for key in replicated_keys(figures) {
+            figures.note(&key, p, "not measured: no replicated mode here (one Redis)");
+        }
     }
 }
 
-/// A fresh in-process broker under `data` for one workload, removed afterwards.
-async fn with_broker<T>(
-    data: &Path,
-    name: &str,
-    work: impl AsyncFnOnce(&InProcBroker) -> anyhow::Result<T>,
-) -> anyhow::Result<T> {
-    let dir = data.join(name);
-    let broker = InProcBroker::start(&dir, LeaderConfig::default()).await?;
-    let out = work(&broker).await;
-    broker.stop().await;
-    let _ = std::fs::remove_dir_all(&dir);
-    out
+/// The keys of workload 7's figures.
+fn replicated_keys(figures: &Figures) -> Vec<String> {
+    figures
+        .list
+        .iter()
+        .filter(|f| f.workload == WORKLOADS[6])
+        .map(|f| f.key.clone())
+        .collect()
 }
 
-/// Workloads 1–3 against our broker, and the tasks per fsync of its burn-down.
+/// ZooKeeper and three bookies for workload 7.
+async fn start_replicated() -> anyhow::Result<BkCluster> {
+    let hint = "workload 7 (replicated brokers) needs ZooKeeper and the BookKeeper jars: run scripts/test-deps, or pass --no-replicated to skip it";
+    println!("compare: starting ZooKeeper and 3 bookies for workload 7");
+    replicated::start_bookies(&[], &[]).await.context(hint)
+}
+
+/// Where ours runs workloads 1–3: a fresh broker for every workload, in this process on its
+/// file log, or a cluster of three broker processes over the shared bookies.
+enum Ours<'a> {
+    File {
+        data: &'a Path,
+    },
+    Replicated {
+        bk: &'a BkCluster,
+        data: &'a Path,
+        round: usize,
+    },
+}
+
+/// What a workload on a fresh broker gave besides its own result: the file log's fsyncs, and
+/// the follower's lag when asked for.
+struct OnBroker<T> {
+    out: T,
+    fsyncs: Option<u64>,
+    lag: Option<Lag>,
+}
+
+impl Ours<'_> {
+    /// Runs `work` on a fresh broker (its data removed afterwards); on a cluster, samples the
+    /// follower's lag meanwhile if `lag`.
+    async fn with<T>(
+        &self,
+        name: &str,
+        lag: bool,
+        work: impl AsyncFnOnce(&dyn Target) -> anyhow::Result<T>,
+    ) -> anyhow::Result<OnBroker<T>> {
+        match *self {
+            Ours::File { data } => {
+                let dir = data.join(name);
+                let broker = InProcBroker::start(&dir, LeaderConfig::default()).await?;
+                let before = broker.log_stats().fsyncs;
+                let out = work(&broker).await;
+                let fsyncs = broker.log_stats().fsyncs - before;
+                broker.stop().await;
+                let _ = std::fs::remove_dir_all(&dir);
+                Ok(OnBroker {
+                    out: out?,
+                    fsyncs: Some(fsyncs),
+                    lag: None,
+                })
+            }
+            Ours::Replicated { bk, data, round } => {
+                let dir = data.join(format!("replicated-{name}"));
+                let base = format!("/compare-{}-{round}-{name}", std::process::id());
+                let brokers =
+                    Brokers::new(bk, &dir, &base, 3, replicated::BURN_DOWN_SESSION_TIMEOUT).await?;
+                let measured = async {
+                    let leader = brokers.wait_leader(Duration::from_secs(60)).await?;
+                    let target = brokers.process(leader);
+                    if lag {
+                        replicated::with_follower_lag(&brokers, leader, work(target)).await
+                    } else {
+                        Ok((work(target).await?, None))
+                    }
+                }
+                .await;
+                brokers.stop();
+                let _ = std::fs::remove_dir_all(&dir);
+                let (out, lag) = measured?;
+                Ok(OnBroker {
+                    out,
+                    fsyncs: None,
+                    lag,
+                })
+            }
+        }
+    }
+}
+
+/// Workloads 1–3 against our broker on its file log, and the tasks per fsync of its burn-down.
 async fn ours_round(figures: &mut Figures, s: &Sizes, data: &Path) -> anyhow::Result<()> {
-    let (run, fsyncs) = with_broker(data, "burn-down", async |b| {
-        let before = b.log_stats();
-        let run = e2e::measure_burn_down(b, s.burn_down, 1_000, 4, 4, 256).await?;
-        Ok((run, b.log_stats().fsyncs - before.fsyncs))
-    })
+    workloads_1_to_3(figures, &Ours::File { data }, &s.file(), "").await
+}
+
+/// Workload 7: workloads 1–3 on a replicated cluster, the follower's lag during the burn-down,
+/// then `failovers` failovers on a cluster of their own.
+async fn replicated_round(
+    figures: &mut Figures,
+    s: &Sizes,
+    bk: &BkCluster,
+    data: &Path,
+    round: usize,
+) -> anyhow::Result<()> {
+    let ours = Ours::Replicated { bk, data, round };
+    workloads_1_to_3(figures, &ours, &s.replicated, REPLICATED).await?;
+    let runs = replicated::measure_failovers(
+        bk,
+        &data.join("failover"),
+        &format!("/compare-{}-{round}-failover", std::process::id()),
+        3,
+        FAILOVER_SESSION_TIMEOUT,
+        s.failovers,
+    )
     .await?;
-    figures.record("burn_drain", "ours", run.rate(run.drain));
-    figures.record("burn_total", "ours", run.rate(run.total));
-    figures.record(
-        "tasks_per_fsync",
-        "ours",
-        run.tasks as f64 / fsyncs.max(1) as f64,
-    );
-    for (key, total, clients, batch) in [
-        ("submit_seq", s.submit_seq, 1, 1),
-        ("submit_c64", s.submit_c64, 64, 1),
-        ("submit_batch", s.submit_batch, 1, 1_000),
-    ] {
-        let secs = with_broker(data, key, async |b| {
-            let clients = (0..clients)
-                .map(|_| b.client())
-                .collect::<anyhow::Result<Vec<_>>>()?;
-            submit_made(
-                clients,
-                total,
-                batch,
-                std::sync::Arc::new(|_| noop(String::new())),
-            )
-            .await
+    let _ = std::fs::remove_dir_all(data.join("failover"));
+    for run in runs {
+        figures.record("failover", "ours", run.secs);
+    }
+    Ok(())
+}
+
+/// The brokers' ZooKeeper session timeout in the failovers (the `replicated` scenario's
+/// default): a leader is known dead this long after its last heartbeat.
+const FAILOVER_SESSION_TIMEOUT: Duration = Duration::from_secs(2);
+
+/// Workloads 1–3 on `ours` with sizes `n`, recorded under the keys prefixed with `prefix`.
+async fn workloads_1_to_3(
+    figures: &mut Figures,
+    ours: &Ours<'_>,
+    n: &Basic,
+    prefix: &str,
+) -> anyhow::Result<()> {
+    let key = |k: &str| format!("{prefix}{k}");
+    let burn = ours
+        .with("burn-down", true, async |b| {
+            e2e::measure_burn_down(b, n.burn_down, 1_000, 4, 4, 256).await
         })
         .await?;
-        figures.record(key, "ours", total as f64 / secs.as_secs_f64());
+    let run = burn.out;
+    figures.record(&key("burn_drain"), "ours", run.rate(run.drain));
+    figures.record(&key("burn_total"), "ours", run.rate(run.total));
+    if let Some(fsyncs) = burn.fsyncs {
+        figures.record(
+            "tasks_per_fsync",
+            "ours",
+            run.tasks as f64 / fsyncs.max(1) as f64,
+        );
+    }
+    if let Some(lag) = burn.lag {
+        figures.record("lag_p50", "ours", lag.p50());
+        figures.record("lag_p99", "ours", lag.p99());
+        figures.record("lag_max", "ours", lag.max());
+    }
+    for (k, total, clients, batch) in [
+        ("submit_seq", n.submit_seq, 1, 1),
+        ("submit_c64", n.submit_c64, 64, 1),
+        ("submit_batch", n.submit_batch, 1, 1_000),
+    ] {
+        let secs = ours
+            .with(k, false, async |b| {
+                let clients = (0..clients)
+                    .map(|_| b.client())
+                    .collect::<anyhow::Result<Vec<_>>>()?;
+                submit_made(
+                    clients,
+                    total,
+                    batch,
+                    std::sync::Arc::new(|_| noop(String::new())),
+                )
+                .await
+            })
+            .await?
+            .out;
+        figures.record(&key(k), "ours", total as f64 / secs.as_secs_f64());
     }
     for rate in [200u64, 1000] {
-        let lat = with_broker(data, "latency", async |b| {
-            e2e::measure_latency(b, rate, s.latency_secs, 2, 64).await
-        })
-        .await?;
+        let lat = ours
+            .with(&format!("latency-{rate}"), false, async |b| {
+                e2e::measure_latency(b, rate, n.latency_secs, 2, 64).await
+            })
+            .await?
+            .out;
         for (q, v) in [
             ("p50", lat.p50),
             ("p99", lat.p99),
             ("p999", lat.p999),
             ("max", lat.max),
         ] {
-            figures.record(&format!("lat{rate}_{q}"), "ours", v);
+            figures.record(&key(&format!("lat{rate}_{q}")), "ours", v);
         }
-        figures.record(&format!("lat{rate}_achieved"), "ours", lat.achieved);
+        figures.record(&key(&format!("lat{rate}_achieved")), "ours", lat.achieved);
     }
     Ok(())
 }
@@ -945,6 +1205,35 @@ pub(crate) fn summary(values: &[f64]) -> Option<(f64, f64, f64)> {
     Some((median, v[0], v[n - 1]))
 }
 
+/// The median of `values` and, when there are several, their range: `12 [10–14]`.
+fn median_range(values: &[f64]) -> Option<String> {
+    let (m, lo, hi) = summary(values)?;
+    Some(if values.len() > 1 {
+        format!("{} [{}–{}]", fmt(m), fmt(lo), fmt(hi))
+    } else {
+        fmt(m)
+    })
+}
+
+/// For a figure shown beside another of ours: that figure's values, and the ratio of this
+/// figure's value over that one's, round by round.
+pub(crate) fn versus<'a>(figures: &'a Figures, f: &Figure) -> Option<(&'a [f64], Vec<f64>)> {
+    let base = figures
+        .list
+        .iter()
+        .find(|g| Some(&g.key) == f.versus.as_ref())?;
+    let file = base.values.get("ours")?;
+    let ratios = f
+        .values
+        .get("ours")?
+        .iter()
+        .zip(file)
+        .filter(|(_, b)| **b > 0.0)
+        .map(|(v, b)| v / b)
+        .collect();
+    Some((file, ratios))
+}
+
 /// A number with three significant digits at least, thousands grouped.
 pub(crate) fn fmt(v: f64) -> String {
     let a = v.abs();
@@ -973,6 +1262,9 @@ fn markdown(
         "`majordodo-bench compare {}`: median [min–max] of {rounds} round(s), interleaved; ratios are ours/peer oriented so that > 1 means ours is better\n\n",
         flags.join(" ")
     ));
+    out.push_str(
+        "7 replicated: ours on a cluster of 3 broker processes over 3 bookies (ensemble 3, write quorum 2, ack quorum 2, journals fsynced), beside the same workload on the file log (workloads 1–3 above) and the ratio replicated/file of each round, median [min–max], as is (< 1 for a rate, > 1 for a time means the cluster is slower); the peers have no replicated mode here\n\n",
+    );
     out.push_str(&format!(
         "machine: {}\n\n",
         machine
@@ -994,11 +1286,8 @@ fn markdown(
         let mut row = vec![f.workload.to_string(), f.label.clone(), f.unit.to_string()];
         let ours = f.values.get("ours").and_then(|v| summary(v));
         for s in systems {
-            let cell = match f.values.get(s).and_then(|v| summary(v)) {
-                Some((m, lo, hi)) if f.values[s].len() > 1 => {
-                    format!("{} [{}–{}]", fmt(m), fmt(lo), fmt(hi))
-                }
-                Some((m, _, _)) => fmt(m),
+            let cell = match f.values.get(s).and_then(|v| median_range(v)) {
+                Some(cell) => cell,
                 None => format!(
                     "– ({})",
                     f.notes.get(s).map(String::as_str).unwrap_or("no value")
@@ -1006,6 +1295,16 @@ fn markdown(
             };
             let cell = match (f.values.contains_key(s), f.notes.get(s)) {
                 (true, Some(note)) => format!("{cell} ({note})"),
+                _ => cell,
+            };
+            let cell = match versus(figures, f) {
+                Some((file, ratios)) if s == "ours" && f.values.contains_key(s) => {
+                    format!(
+                        "{cell} (file log {}; replicated/file {}×)",
+                        median_range(file).unwrap_or_else(|| "–".into()),
+                        median_range(&ratios).unwrap_or_else(|| "–".into())
+                    )
+                }
                 _ => cell,
             };
             row.push(cell);

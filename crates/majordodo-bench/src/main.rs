@@ -16,7 +16,8 @@
 //! - `rules-cost`: the burn-down with slots, named resources, quotas, needs and weights on
 //!   against the plain burn-down (rounds alternated).
 //! - `compare`: ours beside BullMQ and Celery on a Redis durable on acknowledgement (installed
-//!   on first use), rounds interleaved; a Markdown table, raw JSON and a PNG chart.
+//!   on first use), and ours replicated over three bookies beside its file log, rounds
+//!   interleaved; a Markdown table, raw JSON and a PNG chart.
 //! - `tenants-scale`: the state machine's cost per assignment with many tenants, many tasks
 //!   waiting against one per tenant.
 //!
@@ -73,8 +74,9 @@ enum Scenario {
     /// The state machine's cost per assignment with many tenants: many waiting versus one per
     /// tenant.
     TenantsScale(tenants_scale::TenantsScaleArgs),
-    /// Ours beside BullMQ and Celery (installed if missing), interleaved rounds; writes a
-    /// Markdown table, raw JSON and a PNG chart.
+    /// Ours beside BullMQ and Celery (installed if missing), and ours replicated beside its file
+    /// log (needs scripts/test-deps), interleaved rounds; writes a Markdown table, raw JSON and a
+    /// PNG chart.
     Compare(compare::CompareArgs),
     /// Every scenario with its defaults, one after the other.
     All {

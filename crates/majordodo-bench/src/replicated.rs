@@ -80,15 +80,15 @@ fn parse_secs(s: &str) -> Result<Duration, String> {
 }
 
 /// One broker of the cluster: its directory and process, when running.
-struct Member {
+pub(crate) struct Member {
     id: String,
     dir: PathBuf,
     process: Option<BrokerProcess>,
 }
 
 /// A cluster of broker processes over a shared bookie cluster, under its own base path.
-struct Brokers {
-    members: Vec<Member>,
+pub(crate) struct Brokers {
+    pub(crate) members: Vec<Member>,
     credentials: Credentials,
     zk: String,
     base: String,
@@ -105,7 +105,9 @@ impl Brokers {
         )
     }
 
-    async fn new(
+    /// Starts `count` brokers with their data under `dir` and their cluster under the ZooKeeper
+    /// path `base`, the first one leading.
+    pub(crate) async fn new(
         bk: &BkCluster,
         dir: &Path,
         base: &str,
@@ -142,7 +144,7 @@ impl Brokers {
     }
 
     /// The index of the broker that answers as the leader, waiting for one.
-    async fn wait_leader(&self, limit: Duration) -> anyhow::Result<usize> {
+    pub(crate) async fn wait_leader(&self, limit: Duration) -> anyhow::Result<usize> {
         let deadline = Instant::now() + limit;
         loop {
             for (i, m) in self.members.iter().enumerate() {
@@ -169,7 +171,13 @@ impl Brokers {
             .context("build the discovering client")
     }
 
-    fn stop(mut self) {
+    /// The running broker `i`.
+    pub(crate) fn process(&self, i: usize) -> &BrokerProcess {
+        self.members[i].process.as_ref().expect("the broker runs")
+    }
+
+    /// Stops every broker.
+    pub(crate) fn stop(mut self) {
         for m in &mut self.members {
             if let Some(p) = m.process.take() {
                 p.stop();
@@ -216,12 +224,84 @@ fn lags(leader: &[(Instant, u64)], follower: &[(Instant, u64)]) -> Vec<f64> {
     out
 }
 
-fn percentile(sorted: &[f64], p: f64) -> f64 {
+/// The value at percentile `p` (0–100) of `sorted`, NaN when empty.
+pub(crate) fn percentile(sorted: &[f64], p: f64) -> f64 {
     if sorted.is_empty() {
         return f64::NAN;
     }
     let rank = ((p / 100.0) * sorted.len() as f64).ceil() as usize;
     sorted[rank.clamp(1, sorted.len()) - 1]
+}
+
+/// A follower's lag behind the leader over a run, in ms, sorted: for every position the
+/// leader's status view was seen at, the delay until the follower's was seen at or beyond it.
+#[derive(Clone, Debug, Default)]
+pub(crate) struct Lag {
+    pub(crate) sorted_ms: Vec<f64>,
+}
+
+impl Lag {
+    pub(crate) fn p50(&self) -> f64 {
+        percentile(&self.sorted_ms, 50.0)
+    }
+    pub(crate) fn p99(&self) -> f64 {
+        percentile(&self.sorted_ms, 99.0)
+    }
+    pub(crate) fn max(&self) -> f64 {
+        self.sorted_ms.last().copied().unwrap_or(f64::NAN)
+    }
+}
+
+/// Runs `work` against the leader `leader` of `brokers` while sampling the positions of the
+/// leader and of one follower; returns its result and the follower's lag (`None` without a
+/// follower).
+pub(crate) async fn with_follower_lag<T>(
+    brokers: &Brokers,
+    leader: usize,
+    work: impl std::future::Future<Output = anyhow::Result<T>>,
+) -> anyhow::Result<(T, Option<Lag>)> {
+    let follower = (0..brokers.members.len()).find(|i| *i != leader);
+    let stop = Arc::new(Mutex::new(false));
+    let sampled = match follower {
+        Some(f) => Some((
+            tokio::spawn(sample_positions(
+                brokers.process(leader).client()?,
+                stop.clone(),
+            )),
+            tokio::spawn(sample_positions(brokers.process(f).client()?, stop.clone())),
+        )),
+        None => None,
+    };
+    let out = work.await;
+    *stop.lock().await = true;
+    let lag = match sampled {
+        Some((l, f)) => {
+            let mut sorted_ms = lags(&l.await?, &f.await?);
+            sorted_ms.sort_by(f64::total_cmp);
+            Some(Lag { sorted_ms })
+        }
+        None => None,
+    };
+    Ok((out?, lag))
+}
+
+/// Starts ZooKeeper and three bookies whose journals are fsynced before every acknowledgement
+/// (a journal whose queue empties is flushed at once instead of waiting for more adds to group
+/// with), with `conf` and `jvm_args` over the bench's own settings.
+pub(crate) async fn start_bookies(
+    conf: &[(String, String)],
+    jvm_args: &[String],
+) -> anyhow::Result<BkCluster> {
+    let mut options = BkClusterOptions::new(3).bookie_conf("journalFlushWhenQueueEmpty", "true");
+    for (key, value) in conf {
+        options = options.bookie_conf(key, value);
+    }
+    for arg in jvm_args {
+        options = options.bookie_jvm_arg(arg);
+    }
+    BkCluster::start_with(options)
+        .await
+        .context("start ZooKeeper and 3 bookies (run scripts/test-deps first)")
 }
 
 /// One burn-down: submit everything, then time the workers until every task is finished.
@@ -244,18 +324,7 @@ async fn burn_down(
 pub(crate) async fn run(args: &ReplicatedArgs) -> anyhow::Result<()> {
     let dir = args.dir.join(format!("replicated-{}", std::process::id()));
     std::fs::create_dir_all(&dir)?;
-    // Journals are fsynced before every acknowledgement; a journal whose queue empties is
-    // flushed at once instead of waiting for more adds to group with.
-    let mut options = BkClusterOptions::new(3).bookie_conf("journalFlushWhenQueueEmpty", "true");
-    for (key, value) in &args.bookie_conf {
-        options = options.bookie_conf(key, value);
-    }
-    for arg in &args.bookie_jvm_args {
-        options = options.bookie_jvm_arg(arg);
-    }
-    let bk = BkCluster::start_with(options)
-        .await
-        .context("start ZooKeeper and 3 bookies (run scripts/test-deps first)")?;
+    let bk = start_bookies(&args.bookie_conf, &args.bookie_jvm_args).await?;
     let mut burn = Table::new(
         "burn-down, file log vs replicated (3 bookies, ensemble 3, write quorum 2, ack quorum 2, journals fsynced), no-op tasks, rounds alternated",
         &[
@@ -291,50 +360,22 @@ pub(crate) async fn run(args: &ReplicatedArgs) -> anyhow::Result<()> {
             &dir.join(format!("cluster-{round}")),
             &format!("/bench-{round}"),
             args.brokers,
-            Duration::from_secs(10),
+            BURN_DOWN_SESSION_TIMEOUT,
         )
         .await?;
         let leader = brokers.wait_leader(Duration::from_secs(60)).await?;
-        let follower = (0..brokers.members.len()).find(|i| *i != leader);
-        let stop = Arc::new(Mutex::new(false));
-        let sampled = match follower {
-            Some(f) => {
-                let l = brokers.members[leader]
-                    .process
-                    .as_ref()
-                    .expect("running")
-                    .client()?;
-                let fc = brokers.members[f]
-                    .process
-                    .as_ref()
-                    .expect("running")
-                    .client()?;
-                Some((
-                    tokio::spawn(sample_positions(l, stop.clone())),
-                    tokio::spawn(sample_positions(fc, stop.clone())),
-                ))
-            }
-            None => None,
-        };
-        let (rs, rb) = burn_down(
-            brokers.members[leader].process.as_ref().expect("running"),
-            args,
-        )
-        .await?;
-        *stop.lock().await = true;
-        let (p50, p99, max) = match sampled {
-            Some((l, f)) => {
-                let mut lag = lags(&l.await?, &f.await?);
-                lag.sort_by(|a, b| a.total_cmp(b));
-                (
-                    format!("{:.1}", percentile(&lag, 50.0)),
-                    format!("{:.1}", percentile(&lag, 99.0)),
-                    format!("{:.1}", lag.last().copied().unwrap_or(f64::NAN)),
-                )
-            }
+        let measured =
+            with_follower_lag(&brokers, leader, burn_down(brokers.process(leader), args)).await;
+        brokers.stop();
+        let ((rs, rb), lag) = measured?;
+        let (p50, p99, max) = match lag {
+            Some(lag) => (
+                format!("{:.1}", lag.p50()),
+                format!("{:.1}", lag.p99()),
+                format!("{:.1}", lag.max()),
+            ),
             None => ("-".into(), "-".into(), "-".into()),
         };
-        brokers.stop();
         burn.row(vec![
             round.to_string(),
             "replicated".into(),
@@ -360,69 +401,33 @@ pub(crate) async fn run(args: &ReplicatedArgs) -> anyhow::Result<()> {
             .join(", ")
     );
 
-    failover(&bk, &dir, args).await?;
-    drop(bk);
-    if !args.keep {
-        let _ = std::fs::remove_dir_all(&dir);
-    }
-    Ok(())
-}
-
-/// SIGKILL of the leader to the first submission acknowledged by the new leader, `failovers`
-/// times; the killed broker is restarted (as a follower) before the next run.
-async fn failover(bk: &BkCluster, dir: &Path, args: &ReplicatedArgs) -> anyhow::Result<()> {
-    let mut brokers = Brokers::new(
-        bk,
+    let runs = measure_failovers(
+        &bk,
         &dir.join("failover"),
         "/bench-failover",
         args.brokers.max(2),
         args.session_timeout,
+        args.failovers,
     )
     .await?;
-    let retry = RetryPolicy {
-        initial_delay: Duration::from_millis(10),
-        max_delay: Duration::from_millis(50),
-        max_elapsed: Duration::from_secs(120),
-    };
-    let client = brokers.discovery_client(retry)?;
-    let mut times = Vec::new();
     let mut table = Table::new(
         &format!(
             "failover: SIGKILL of the leader to the first acknowledged submission on the new leader ({} brokers, ZooKeeper session timeout {:?})",
-            brokers.members.len(),
+            args.brokers.max(2),
             args.session_timeout
         ),
         &["run", "killed", "new leader", "seconds"],
     );
-    for run in 1..=args.failovers {
-        let leader = brokers.wait_leader(Duration::from_secs(60)).await?;
-        client
-            .submit(&crate::cluster::noop(format!("warm-{run}")))
-            .await
-            .context("submit before the kill")?;
-        let killed = brokers.members[leader].id.clone();
-        let process = brokers.members[leader]
-            .process
-            .take()
-            .expect("the leader runs");
-        let started = Instant::now();
-        process.kill();
-        client
-            .submit(&crate::cluster::noop(format!("after-{run}")))
-            .await
-            .context("submit after the kill")?;
-        let elapsed = started.elapsed();
-        let now = brokers.wait_leader(Duration::from_secs(60)).await?;
+    for (i, run) in runs.iter().enumerate() {
         table.row(vec![
-            run.to_string(),
-            killed,
-            brokers.members[now].id.clone(),
-            format!("{:.2}", elapsed.as_secs_f64()),
+            (i + 1).to_string(),
+            run.killed.clone(),
+            run.new_leader.clone(),
+            format!("{:.2}", run.secs),
         ]);
-        times.push(elapsed.as_secs_f64());
-        brokers.start(leader).await?;
     }
     table.print();
+    let mut times: Vec<f64> = runs.iter().map(|r| r.secs).collect();
     times.sort_by(|a, b| a.total_cmp(b));
     println!(
         "failover seconds: p50 {:.2}, max {:.2} over {} runs",
@@ -430,6 +435,75 @@ async fn failover(bk: &BkCluster, dir: &Path, args: &ReplicatedArgs) -> anyhow::
         times.last().copied().unwrap_or(f64::NAN),
         times.len()
     );
-    brokers.stop();
+    drop(bk);
+    if !args.keep {
+        let _ = std::fs::remove_dir_all(&dir);
+    }
     Ok(())
+}
+
+/// The ZooKeeper session timeout of the brokers of a burn-down: long, so that a broker slowed
+/// by the load on a small machine does not lose its session (and its leadership) mid-run.
+pub(crate) const BURN_DOWN_SESSION_TIMEOUT: Duration = Duration::from_secs(10);
+
+/// One failover: who was killed, who took over, and how long it took.
+#[derive(Clone, Debug)]
+pub(crate) struct Failover {
+    pub(crate) killed: String,
+    pub(crate) new_leader: String,
+    pub(crate) secs: f64,
+}
+
+/// On a fresh cluster of `count` brokers under `dir` and the ZooKeeper path `base`: SIGKILL
+/// of the leader to the first submission acknowledged by the new leader (found by a client
+/// that discovers the leader through ZooKeeper), `failovers` times; the killed broker is
+/// restarted (as a follower) before the next run.
+pub(crate) async fn measure_failovers(
+    bk: &BkCluster,
+    dir: &Path,
+    base: &str,
+    count: usize,
+    session_timeout: Duration,
+    failovers: usize,
+) -> anyhow::Result<Vec<Failover>> {
+    let mut brokers = Brokers::new(bk, dir, base, count.max(2), session_timeout).await?;
+    let measured = async {
+        let retry = RetryPolicy {
+            initial_delay: Duration::from_millis(10),
+            max_delay: Duration::from_millis(50),
+            max_elapsed: Duration::from_secs(120),
+        };
+        let client = brokers.discovery_client(retry)?;
+        let mut runs = Vec::new();
+        for run in 1..=failovers {
+            let leader = brokers.wait_leader(Duration::from_secs(60)).await?;
+            client
+                .submit(&crate::cluster::noop(format!("warm-{run}")))
+                .await
+                .context("submit before the kill")?;
+            let killed = brokers.members[leader].id.clone();
+            let process = brokers.members[leader]
+                .process
+                .take()
+                .expect("the leader runs");
+            let started = Instant::now();
+            process.kill();
+            client
+                .submit(&crate::cluster::noop(format!("after-{run}")))
+                .await
+                .context("submit after the kill")?;
+            let secs = started.elapsed().as_secs_f64();
+            let now = brokers.wait_leader(Duration::from_secs(60)).await?;
+            runs.push(Failover {
+                killed,
+                new_leader: brokers.members[now].id.clone(),
+                secs,
+            });
+            brokers.start(leader).await?;
+        }
+        Ok::<_, anyhow::Error>(runs)
+    }
+    .await;
+    brokers.stop();
+    measured
 }

@@ -203,8 +203,10 @@ fn peers_dir() -> std::path::PathBuf {
 }
 
 /// `compare --quick` runs ours, BullMQ and Celery and writes a table, JSON with every round of
-/// every workload, and a PNG. It needs the peers (`scripts/test-deps` installs them); without
-/// them it says so and checks nothing.
+/// every workload, and a PNG; workload 7 runs ours again on a replicated cluster over three
+/// bookies, beside the file log, with the follower's lag and a failover. It needs the peers
+/// and the bookies (`scripts/test-deps` installs them); without the peers it says so and checks
+/// nothing.
 #[test]
 fn compare_quick_writes_table_json_and_chart() {
     let peers = peers_dir();
@@ -246,12 +248,17 @@ fn compare_quick_writes_table_json_and_chart() {
     for column in ["ours", "bullmq", "celery", "ours/bullmq", "ours/celery"] {
         assert!(header.contains(column), "column {column} in {header}");
     }
-    let burn = table
-        .lines()
-        .find(|l| l.starts_with("| 1 burn-down | drain"))
-        .expect("the burn-down drain row");
-    let burn = cells(burn);
-    assert_eq!(burn.len(), 8, "{burn:?}");
+    // The cells of the row that starts with `start`, one per column.
+    let table_row = |start: &str| {
+        let row = table
+            .lines()
+            .find(|l| l.starts_with(start))
+            .unwrap_or_else(|| panic!("a row {start:?} in:\n{table}"));
+        let row = cells(row);
+        assert_eq!(row.len(), 8, "{row:?}");
+        row
+    };
+    let burn = table_row("| 1 burn-down | drain");
     for cell in [&burn[3], &burn[4], &burn[6]] {
         assert!(number(cell) > 0.0, "a rate in {burn:?}");
     }
@@ -261,6 +268,38 @@ fn compare_quick_writes_table_json_and_chart() {
         "| 3 latency | submit -> start at 1000/s, p99 |",
     ] {
         assert!(table.contains(row), "row {row:?} in:\n{table}");
+    }
+    // Workload 7, when the broker binary is there (its cluster's brokers are processes): ours
+    // replicated beside the file log with their ratio; the peers' cells say why they are empty.
+    let majordodo =
+        std::path::Path::new(env!("CARGO_BIN_EXE_majordodo-bench")).with_file_name("majordodo");
+    let replicated = majordodo.exists() || std::env::var_os("MAJORDODO_BIN").is_some();
+    let drain = table_row("| 7 replicated | drain");
+    for cell in [&drain[4], &drain[6]] {
+        assert!(
+            cell.contains("no replicated mode"),
+            "a peer's note in {drain:?}"
+        );
+    }
+    if replicated {
+        assert!(
+            number(drain[3].split(' ').next().unwrap()) > 0.0,
+            "{drain:?}"
+        );
+        assert!(
+            drain[3].contains("(file log ") && drain[3].contains("replicated/file "),
+            "the file log's figure and the ratio beside ours in {drain:?}"
+        );
+        for row in [
+            "| 7 replicated | batches of 1 000",
+            "| 7 replicated | submit -> start at 1000/s, p99.9 |",
+            "| 7 replicated | follower lag behind the leader during the burn-down, p99 |",
+            "| 7 replicated | failover: leader SIGKILL",
+        ] {
+            assert!(table.contains(row), "row {row:?} in:\n{table}");
+        }
+    } else {
+        assert!(drain[3].starts_with("– (not run: "), "{drain:?}");
     }
 
     // The JSON: every workload, each figure with one value per round for the systems that ran
@@ -280,12 +319,39 @@ fn compare_quick_writes_table_json_and_chart() {
         "3 latency",
         "4 state scale",
         "6 many workers",
+        "7 replicated",
         "machine",
     ] {
         assert!(
             figures.iter().any(|f| f["workload"] == workload),
             "workload {workload} in the JSON"
         );
+    }
+    let figure = |key: &str| {
+        figures
+            .iter()
+            .find(|f| f["key"] == key)
+            .unwrap_or_else(|| panic!("figure {key} in the JSON"))
+    };
+    assert_eq!(figure("repl_burn_drain")["versus"], "burn_drain");
+    assert_eq!(figure("repl_lat200_p99")["versus"], "lat200_p99");
+    if replicated {
+        for key in [
+            "repl_burn_drain",
+            "repl_submit_seq",
+            "repl_lat1000_max",
+            "lag_p50",
+            "lag_max",
+            "failover",
+        ] {
+            let ours = figure(key)["values"]["ours"][0].as_f64();
+            assert!(ours.is_some_and(|v| v > 0.0), "ours in {}", figure(key));
+        }
+        let (p50, max) = (
+            figure("lag_p50")["values"]["ours"][0].as_f64().unwrap(),
+            figure("lag_max")["values"]["ours"][0].as_f64().unwrap(),
+        );
+        assert!(p50 <= max, "lag quantiles in order");
     }
     for f in figures {
         let values = f["values"].as_object().expect("values");
@@ -299,10 +365,45 @@ fn compare_quick_writes_table_json_and_chart() {
                 assert!(values.contains_key(system), "{system} in {f}");
             }
         }
+        if f["workload"] == "7 replicated" {
+            for system in ["bullmq", "celery"] {
+                assert!(!values.contains_key(system), "{system} in {f}");
+            }
+        }
     }
 
     // The chart: a PNG.
     let png = std::fs::read(out.path().join("compare.png")).expect("compare.png");
     assert!(png.len() > 1_000, "a chart of {} bytes", png.len());
     assert_eq!(&png[..8], b"\x89PNG\r\n\x1a\n", "the PNG signature");
+}
+
+/// Without the bookies, `compare` stops at once with a message that names `scripts/test-deps`
+/// and `--no-replicated` (here with no peers, so nothing else is needed).
+#[test]
+fn compare_without_bookies_names_test_deps() {
+    let cache = tempfile::tempdir().unwrap();
+    let out = tempfile::tempdir().unwrap();
+    let started = Instant::now();
+    let run = Command::new(env!("CARGO_BIN_EXE_majordodo-bench"))
+        .args(["compare", "--quick", "--peers", "", "--out"])
+        .arg(out.path())
+        .env("MAJORDODO_TEST_CACHE", cache.path())
+        .output()
+        .expect("run majordodo-bench");
+    let stderr = String::from_utf8_lossy(&run.stderr);
+    assert!(
+        !run.status.success(),
+        "compare ran without the bookies: {stderr}"
+    );
+    for needle in ["scripts/test-deps", "--no-replicated", "workload 7"] {
+        assert!(stderr.contains(needle), "{needle:?} in: {stderr}");
+    }
+    // It stopped before any workload: nothing was measured.
+    assert!(!out.path().join("compare.json").exists());
+    assert!(
+        started.elapsed() < Duration::from_secs(60),
+        "{:?}",
+        started.elapsed()
+    );
 }
