@@ -27,7 +27,7 @@ use crate::cluster::{
 };
 use crate::e2e::{self, Common};
 use crate::inproc::InProcBroker;
-use crate::peers::{self, Peer, Redis};
+use crate::peers::{self, Peer, PeerList, Redis};
 use crate::replicated::{self, Brokers, Lag};
 use crate::report::pid_cpu_seconds;
 
@@ -45,8 +45,8 @@ pub(crate) struct CompareArgs {
     #[arg(long, default_value = "bench-compare")]
     out: PathBuf,
     /// Peers to run beside ours, comma-separated (an empty value runs ours only).
-    #[arg(long, value_delimiter = ',', default_value = "bullmq,celery", value_parser = Peer::parse)]
-    peers: Vec<Peer>,
+    #[arg(long, default_value = "bullmq,celery", value_parser = PeerList::parse)]
+    peers: PeerList,
     /// Where the peers are installed (Redis comes from the system).
     #[arg(long, env = "MAJORDODO_PEERS_DIR", default_value = "target/peers")]
     peers_dir: PathBuf,
@@ -505,7 +505,7 @@ pub(crate) async fn run(args: &CompareArgs) -> anyhow::Result<()> {
     let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
     std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
     let data = args.out.join(format!("data-{}", std::process::id()));
-    let mut peers_list = args.peers.clone();
+    let mut peers_list = args.peers.0.clone();
     peers_list.sort();
     peers_list.dedup();
     if !peers_list.is_empty() {

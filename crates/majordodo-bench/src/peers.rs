@@ -57,6 +57,21 @@ impl Peer {
     }
 }
 
+/// The peers of a run, from a comma-separated list (empty for none).
+#[derive(Clone, Debug)]
+pub(crate) struct PeerList(pub(crate) Vec<Peer>);
+
+impl PeerList {
+    pub(crate) fn parse(s: &str) -> Result<PeerList, String> {
+        s.split(',')
+            .map(str::trim)
+            .filter(|p| !p.is_empty())
+            .map(Peer::parse)
+            .collect::<Result<Vec<_>, _>>()
+            .map(PeerList)
+    }
+}
+
 /// Writes the scripts under `dir` and runs the installer for Redis and `peers` (it installs
 /// only what is missing, printing a line per step).
 pub(crate) fn install(dir: &Path, peers: &[Peer]) -> anyhow::Result<()> {
