@@ -30,6 +30,7 @@ mod listener;
 pub mod openapi;
 pub mod ops;
 mod select;
+pub mod ui;
 
 use std::future::Future;
 use std::io;
@@ -168,7 +169,8 @@ pub fn router(broker: BrokerHandle, settings: HttpSettings) -> Router {
                 .fallback(|| async { ApiError::MethodNotAllowed }),
         )
         .fallback(|| async { ApiError::NotFound })
-        .with_state(api)
+        .with_state(api.clone())
+        .merge(ui::routes(&api))
         .layer(middleware::from_fn(move |req: Request, next: Next| {
             let refused = foreign_origin(&req, origins.as_deref());
             async move {

@@ -47,6 +47,9 @@ pub(crate) struct HttpFile {
     pub(crate) auth_failure_limit: u32,
     pub(crate) auth_failure_window: HumanDuration,
     pub(crate) auth_lockout: HumanDuration,
+    pub(crate) ui: bool,
+    pub(crate) ui_session_ttl: HumanDuration,
+    pub(crate) ui_max_sessions: usize,
     pub(crate) codepool_max_archive_size: ByteSize,
     pub(crate) codepool_max_files: usize,
     pub(crate) codepool_max_unpacked_size: ByteSize,
@@ -84,6 +87,9 @@ impl Default for HttpFile {
             auth_failure_limit: d.auth_failure_limit,
             auth_failure_window: secs(d.auth_failure_window_secs),
             auth_lockout: secs(d.auth_lockout_secs),
+            ui: d.ui,
+            ui_session_ttl: secs(d.ui_session_ttl_secs),
+            ui_max_sessions: d.ui_max_sessions,
             codepool_max_archive_size: ByteSize(d.codepool_max_archive_bytes as u64),
             codepool_max_files: d.codepool_max_files,
             codepool_max_unpacked_size: ByteSize(d.codepool_max_unpacked_bytes),
@@ -157,6 +163,9 @@ impl HttpFile {
                 &self.auth_failure_window,
             )?,
             auth_lockout_secs: whole_secs("http.auth_lockout", &self.auth_lockout)?,
+            ui: self.ui,
+            ui_session_ttl_secs: whole_secs("http.ui_session_ttl", &self.ui_session_ttl)?,
+            ui_max_sessions: self.ui_max_sessions,
             codepool_max_archive_bytes: to_usize(
                 "http.codepool_max_archive_size",
                 self.codepool_max_archive_size.0,
@@ -199,6 +208,7 @@ fn rename_limit(name: &str) -> &str {
         "max_buffered_body_bytes" => "max_buffered_body_size",
         "auth_failure_window_secs" => "auth_failure_window",
         "auth_lockout_secs" => "auth_lockout",
+        "ui_session_ttl_secs" => "ui_session_ttl",
         "codepool_max_archive_bytes" => "codepool_max_archive_size",
         "codepool_max_unpacked_bytes" => "codepool_max_unpacked_size",
         other => other,
@@ -281,6 +291,12 @@ max_queued_hashes = {max_queued_hashes}
 auth_failure_limit = {auth_failure_limit}
 auth_failure_window = "{auth_failure_window}"
 auth_lockout = "{auth_lockout}"
+# Serve the web dashboard at /ui (log-in with the users below; see docs/ui.md).
+ui = {ui}
+# How long a dashboard session lasts after its log-in, and most sessions open at once (a
+# log-in beyond it ends the oldest session).
+ui_session_ttl = "{ui_session_ttl}"
+ui_max_sessions = {ui_max_sessions}
 # Largest code-pool archive createCodePool accepts (its base64 must also fit max_body_size).
 codepool_max_archive_size = "{codepool_max_archive_size}"
 # Most entries (files and directories) of a code-pool archive.
@@ -325,6 +341,9 @@ token_sha256 = "<64 hex digits printed by: majordodo auth new-token --out admin.
         auth_failure_limit = h.auth_failure_limit,
         auth_failure_window = h.auth_failure_window,
         auth_lockout = h.auth_lockout,
+        ui = h.ui,
+        ui_session_ttl = h.ui_session_ttl,
+        ui_max_sessions = h.ui_max_sessions,
         codepool_max_archive_size = h.codepool_max_archive_size,
         codepool_max_files = h.codepool_max_files,
         codepool_max_unpacked_size = h.codepool_max_unpacked_size,

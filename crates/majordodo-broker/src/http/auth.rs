@@ -565,6 +565,27 @@ impl Authenticator {
         })
     }
 
+    /// Checks a name and password typed into the dashboard's log-in form, exactly as Basic
+    /// credentials are checked (same hashing pool, same throttling and lock-outs); `None` when
+    /// they are wrong.
+    ///
+    /// # Errors
+    /// [`ApiError::LoginsLockedOut`] during a lock-out; 503 when the hashing queue is full.
+    pub(crate) async fn login(
+        &self,
+        name: &str,
+        password: &str,
+        peer: Option<IpAddr>,
+    ) -> Result<Option<Principal>, ApiError> {
+        let index = self
+            .by_password(name.to_owned(), password.to_owned(), peer)
+            .await?;
+        Ok(index.map(|i| Principal {
+            name: self.users[i].name.clone(),
+            role: self.users[i].role,
+        }))
+    }
+
     fn by_token(&self, token: &[u8]) -> Option<usize> {
         let digest = TokenDigest::of(token);
         // Every user is compared, so timing does not reveal which one matched.

@@ -70,6 +70,14 @@ pub const DEFAULT_AUTH_FAILURE_WINDOW: Duration = Duration::from_secs(60);
 /// still accepted, so a flood from a shared address does not lock out working clients.
 pub const DEFAULT_AUTH_LOCKOUT: Duration = Duration::from_secs(30);
 
+/// Default life of a dashboard session, counted from its log-in (not renewed by use): a working
+/// day, after which the user logs in again.
+pub const DEFAULT_UI_SESSION_TTL: Duration = Duration::from_secs(8 * 3600);
+
+/// Default most dashboard sessions open at once; a log-in beyond it ends the oldest session. Far
+/// above the number of people who watch one broker.
+pub const DEFAULT_UI_MAX_SESSIONS: usize = 1_024;
+
 /// Default most requests handled at once; more wait for a turn. Each may buffer a body of up to
 /// `max_body_bytes`, so this bounds that memory (64 × 16 MiB = 1 GiB at worst); the broker's
 /// dispatcher serializes the work anyway, so more concurrency would not add throughput.
@@ -188,6 +196,12 @@ pub struct HttpConfig {
     pub auth_failure_window_secs: u64,
     /// Seconds a lock-out lasts. Default 30.
     pub auth_lockout_secs: u64,
+    /// Serve the web dashboard at `/ui`. Default true.
+    pub ui: bool,
+    /// Seconds a dashboard session lasts after its log-in. Default 8 hours.
+    pub ui_session_ttl_secs: u64,
+    /// Most dashboard sessions open at once. Default 1024.
+    pub ui_max_sessions: usize,
     /// Largest code-pool archive (decoded) `createCodePool` accepts. Default 8 MiB.
     pub codepool_max_archive_bytes: usize,
     /// Most entries of a code-pool archive. Default 10 000.
@@ -229,6 +243,9 @@ impl Default for HttpConfig {
             auth_failure_limit: DEFAULT_AUTH_FAILURE_LIMIT,
             auth_failure_window_secs: DEFAULT_AUTH_FAILURE_WINDOW.as_secs(),
             auth_lockout_secs: DEFAULT_AUTH_LOCKOUT.as_secs(),
+            ui: true,
+            ui_session_ttl_secs: DEFAULT_UI_SESSION_TTL.as_secs(),
+            ui_max_sessions: DEFAULT_UI_MAX_SESSIONS,
             codepool_max_archive_bytes: DEFAULT_CODEPOOL_MAX_ARCHIVE_BYTES,
             codepool_max_files: majordodo_proto::archive::DEFAULT_MAX_FILES,
             codepool_max_unpacked_bytes: majordodo_proto::archive::DEFAULT_MAX_UNPACKED_BYTES,
@@ -266,6 +283,9 @@ impl fmt::Debug for HttpConfig {
             .field("auth_failure_limit", &self.auth_failure_limit)
             .field("auth_failure_window_secs", &self.auth_failure_window_secs)
             .field("auth_lockout_secs", &self.auth_lockout_secs)
+            .field("ui", &self.ui)
+            .field("ui_session_ttl_secs", &self.ui_session_ttl_secs)
+            .field("ui_max_sessions", &self.ui_max_sessions)
             .field(
                 "codepool_max_archive_bytes",
                 &self.codepool_max_archive_bytes,
@@ -384,6 +404,8 @@ pub struct HttpSettings {
     pub(crate) max_concurrent_hashes: usize,
     pub(crate) max_queued_hashes: usize,
     pub(crate) throttle: super::auth::ThrottleSettings,
+    /// The dashboard's sessions; `None` serves no dashboard.
+    pub(crate) ui: Option<super::ui::UiSettings>,
     pub(crate) codepool_max_archive_bytes: usize,
     pub(crate) codepool_limits: majordodo_proto::archive::ArchiveLimits,
     pub(crate) metrics_access: MetricsAccess,
@@ -495,6 +517,16 @@ impl HttpConfig {
         if let Some((_, problem)) = limits.iter().find(|(bad, _)| *bad) {
             return Err(HttpConfigError::BadLimit(problem));
         }
+        if self.ui && self.ui_session_ttl_secs == 0 {
+            return Err(HttpConfigError::BadLimit(
+                "ui_session_ttl_secs must be at least 1",
+            ));
+        }
+        if self.ui && self.ui_max_sessions == 0 {
+            return Err(HttpConfigError::BadLimit(
+                "ui_max_sessions must be at least 1",
+            ));
+        }
         let cors_allow_origin = if self.cors_allow_origin.is_empty() {
             None
         } else {
@@ -578,6 +610,10 @@ impl HttpConfig {
                 window: Duration::from_secs(self.auth_failure_window_secs),
                 lockout: Duration::from_secs(self.auth_lockout_secs),
             },
+            ui: self.ui.then(|| super::ui::UiSettings {
+                session_ttl: Duration::from_secs(self.ui_session_ttl_secs),
+                max_sessions: self.ui_max_sessions,
+            }),
             codepool_max_archive_bytes: self.codepool_max_archive_bytes,
             codepool_limits: majordodo_proto::archive::ArchiveLimits {
                 max_files: self.codepool_max_files,

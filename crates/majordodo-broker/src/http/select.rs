@@ -155,6 +155,18 @@ pub(crate) fn list_tasks(
     owner: Option<&str>,
     budget: Budget,
 ) -> Listing {
+    page_tasks(state, q, owner, budget, 0)
+}
+
+/// A listing that leaves out the first `skip` matching tasks (the dashboard's pages of listings
+/// not in id order); the skipped candidates count against the scan budget like the others.
+pub(crate) fn page_tasks(
+    state: &BrokerState,
+    q: &TasksQuery,
+    owner: Option<&str>,
+    budget: Budget,
+    mut skip: usize,
+) -> Listing {
     let f = Filter::of(q, owner);
     let (source, id_ordered) = candidates(state, &f);
     let mut out = Listing::default();
@@ -171,6 +183,10 @@ pub(crate) fn list_tasks(
         let Some(task) = candidate.filter(|t| f.accepts(t)) else {
             continue;
         };
+        if skip > 0 {
+            skip -= 1;
+            continue;
+        }
         let size = estimated_size(task);
         let over_bytes = !out.tasks.is_empty() && bytes + size > budget.bytes;
         if out.tasks.len() >= budget.max || over_bytes {
