@@ -10,6 +10,7 @@
   const SVG = "http://www.w3.org/2000/svg";
   const W = 800, H = 240, LEFT = 44, BOTTOM = 20, TOP = 10;
   const WINDOW_MS = 10 * 60 * 1000;
+  const MIN_WINDOW_MS = 60 * 1000;
 
   function el(name, attrs, text) {
     const e = document.createElementNS(SVG, name);
@@ -44,23 +45,25 @@
       chart.removeChild(chart.firstChild);
     }
     const end = rates.length ? rates[rates.length - 1].t : Date.now();
-    const start = end - WINDOW_MS;
+    // The window grows with the samples, from one minute up to ten.
+    const span = rates.length ? Math.min(WINDOW_MS, Math.max(MIN_WINDOW_MS, end - rates[0].t)) : WINDOW_MS;
+    const start = end - span;
     let top = 0;
     for (const r of rates) {
       top = Math.max(top, r.submitted, r.ended);
     }
     top = niceMax(top);
-    const x = (t) => LEFT + ((t - start) / WINDOW_MS) * (W - LEFT - 4);
+    const x = (t) => LEFT + ((t - start) / span) * (W - LEFT - 4);
     const y = (v) => H - BOTTOM - (v / top) * (H - BOTTOM - TOP);
     for (const f of [0, 0.5, 1]) {
       const yy = y(top * f);
       chart.appendChild(el("line", { x1: LEFT, x2: W, y1: yy, y2: yy, class: "axis" }));
       chart.appendChild(el("text", { x: 2, y: yy + 4, class: "grid-label" }, fmt(top * f)));
     }
-    for (const m of [10, 5, 0]) {
-      const xx = x(end - m * 60000);
-      chart.appendChild(el("text", { x: Math.min(xx, W - 40), y: H - 4, class: "grid-label" },
-        m === 0 ? "now" : "-" + m + " min"));
+    for (const f of [1, 0.5, 0]) {
+      const ago = Math.round((span * f) / 1000);
+      const label = ago === 0 ? "now" : ago >= 120 ? "-" + Math.round(ago / 60) + " min" : "-" + ago + " s";
+      chart.appendChild(el("text", { x: Math.min(x(end - span * f), W - 40), y: H - 4, class: "grid-label" }, label));
     }
     for (const series of ["submitted", "ended"]) {
       const points = rates.filter((r) => r.t >= start)

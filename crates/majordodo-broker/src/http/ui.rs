@@ -522,7 +522,7 @@ async fn overview(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
             );
         }
         body.push_str(
-            "<h2>Throughput, last 10 minutes</h2>\
+            "<h2>Throughput (up to the last 10 minutes)</h2>\
              <div class=\"chart\"><svg id=\"chart\" viewBox=\"0 0 800 240\" \
              preserveAspectRatio=\"none\" role=\"img\" aria-label=\"throughput chart\"></svg>\
              <p class=\"legend\"><span class=\"submitted\">submitted/s</span> \
@@ -1022,7 +1022,12 @@ async fn workers(State(ui): State<Arc<Ui>>, headers: HeaderMap, req: Request) ->
                         esc(w.status.as_str()),
                         capacity.map_or_else(
                             || "-".to_owned(),
-                            |c| html::amounts(c.amounts.iter().map(|(d, n)| (d.as_str(), *n))),
+                            |c| {
+                                let threads = std::iter::once(("threads", u64::from(c.max_threads)));
+                                html::amounts(
+                                    threads.chain(c.amounts.iter().map(|(d, n)| (d.as_str(), *n))),
+                                )
+                            },
                         ),
                         running.to_string(),
                         format!(
