@@ -85,6 +85,10 @@ impl Harness {
     }
 
     async fn with_config(config: HttpConfig) -> Harness {
+        Self::with_settings(config.validate().expect("valid config")).await
+    }
+
+    async fn with_settings(settings: http::HttpSettings) -> Harness {
         let store = MemoryStore::new();
         let log = Arc::new(MemoryLog::open(&store));
         let stop = CancellationToken::new();
@@ -101,7 +105,6 @@ impl Harness {
         )
         .await
         .expect("broker starts");
-        let settings = config.validate().expect("valid config");
         let handle = broker.handle();
         let app = http::router(handle.clone(), settings);
         Harness {
@@ -216,6 +219,9 @@ impl Harness {
 }
 
 const OWN_ORIGIN: &str = "http://127.0.0.1:7364";
+
+/// An origin the API accepts (`http.allowed_origins`) in some tests.
+const PARTNER: &str = "https://partner.example";
 
 fn basic(user: &str, password: &str) -> String {
     format!("Basic {}", STANDARD.encode(format!("{user}:{password}")))
@@ -358,11 +364,49 @@ async fn log_in_opens_a_strict_http_only_session_and_log_out_ends_it() {
 }
 
 #[tokio::test]
+async fn with_tls_the_session_cookie_is_secure() {
+    // Goal: when the API serves TLS, the session cookie carries Secure (browsers then never
+    // send it over plain HTTP).
+    let dir = tempfile::tempdir().unwrap();
+    let ca = majordodo_testkit::certs::TestCa::new("ui test ca");
+    let (cert_file, key_file) = ca.write_issued(dir.path(), "broker", &["localhost"]);
+    let tls = majordodo_tls::ServerTls::load(
+        "http",
+        majordodo_tls::ServerTlsFiles {
+            cert_file,
+            key_file,
+            client_ca_file: None,
+        },
+    )
+    .unwrap();
+    let settings = config().validate().unwrap().with_tls(Some(tls));
+    let h = Harness::with_settings(settings).await;
+    let page = h
+        .post_form(
+            "/ui/login",
+            None,
+            "name=bob&password=bob+password",
+            Some(OWN_ORIGIN),
+        )
+        .await;
+    assert_eq!(page.status, StatusCode::SEE_OTHER, "{}", page.body);
+    let set = page.headers[header::SET_COOKIE].to_str().unwrap();
+    assert!(set.ends_with("; Secure"), "{set}");
+    assert!(set.contains("HttpOnly") && set.contains("SameSite=Strict"));
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn actions_need_the_session_csrf_token_and_the_dashboards_own_origin() {
     // Goal: a cancel without the session's CSRF token, with another session's token, or from
     // a foreign origin is refused 403 and changes nothing; with the token from the dashboard's
     // own page it cancels the task. A log-in posted from a foreign origin is refused too.
-    let h = Harness::start().await;
+    // An origin the API accepts (http.allowed_origins) is foreign to the dashboard all the same.
+    let h = Harness::with_config(HttpConfig {
+        allowed_origins: vec![PARTNER.into()],
+        ..config()
+    })
+    .await;
     let id = h.submit(&admin(), task("alice", "report", "x")).await;
     let admin_cookie = h.login("admin", ADMIN_PASSWORD).await;
     let other_cookie = h.login("admin", ADMIN_PASSWORD).await;
@@ -384,6 +428,11 @@ async fn actions_need_the_session_csrf_token_and_the_dashboards_own_origin() {
             format!("csrf={csrf}"),
             Some("http://evil.example"),
             "a foreign origin",
+        ),
+        (
+            format!("csrf={csrf}"),
+            Some(PARTNER),
+            "an origin allowed for the API",
         ),
     ] {
         let page = h.post_form(&path, Some(&admin_cookie), &form, origin).await;
@@ -427,16 +476,25 @@ async fn actions_need_the_session_csrf_token_and_the_dashboards_own_origin() {
     assert_eq!(again.status, StatusCode::CONFLICT);
     assert!(again.body.contains("already ended"), "{}", again.body);
 
-    let foreign = h
-        .post_form(
-            "/ui/login",
-            None,
-            "name=admin&password=admin+password",
-            Some("https://evil.example"),
-        )
-        .await;
-    assert_eq!(foreign.status, StatusCode::FORBIDDEN);
-    assert!(cookie_of(&foreign).is_none());
+    for origin in ["https://evil.example", PARTNER] {
+        let foreign = h
+            .post_form(
+                "/ui/login",
+                None,
+                "name=admin&password=admin+password",
+                Some(origin),
+            )
+            .await;
+        assert_eq!(foreign.status, StatusCode::FORBIDDEN, "{origin}");
+        assert!(cookie_of(&foreign).is_none());
+    }
+    // The API itself accepts that origin.
+    let req = Request::get("/majordodo?view=status")
+        .header(header::AUTHORIZATION, admin())
+        .header(header::ORIGIN, PARTNER)
+        .body(Body::empty())
+        .unwrap();
+    assert_eq!(h.call(req).await.status, StatusCode::OK);
     h.stop().await;
 }
 
