@@ -734,7 +734,10 @@ async fn overview_workers_tenants_and_cluster_pages_show_the_broker() {
     let workers = h.get("/ui/workers", Some(&cookie)).await;
     assert!(workers.assert_ok().contains("No worker has connected yet."));
     let tenants = h.get("/ui/tenants", Some(&cookie)).await;
-    assert!(tenants.assert_ok().contains("<td>alice</td>"));
+    let body = tenants.assert_ok();
+    assert!(body.contains("<td>alice</td>"));
+    assert!(body.contains("<h2>Cluster use</h2>"));
+    assert!(body.contains("No named resource is in use or limited."));
 
     let css = h.get("/ui/assets/style.css", None).await;
     assert!(css.assert_ok().contains("--accent"));

@@ -547,6 +547,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     web.screenshot("workers").await;
     web.click("nav a[href='/ui/tenants']").await;
     web.wait_text("#tenants", "alice").await;
+    assert!(web.text("#tenants").await.contains("cpu 4000, tasks 2"));
     web.screenshot("tenants").await;
     web.click("nav a[href='/ui/cluster']").await;
     web.wait_text("#cluster-mode", "standalone, file log").await;

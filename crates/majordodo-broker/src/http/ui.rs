@@ -1089,10 +1089,16 @@ async fn tenants(State(ui): State<Arc<Ui>>, headers: HeaderMap, req: Request) ->
     with_session(ui, &headers, |ui, s| async move {
         let owner = s.principal.owner_filter();
         let start = text(&from);
-        let view = ui
+        let (view, resources, amounts) = ui
             .api
             .broker
-            .query(move |v| select::tenants(v.state, owner.as_deref(), start.as_deref(), LIST_PAGE))
+            .query(move |v| {
+                (
+                    select::tenants(v.state, owner.as_deref(), start.as_deref(), LIST_PAGE),
+                    select::resources(v, None),
+                    select::amounts(v, None),
+                )
+            })
             .await?;
         let empty = Vec::new();
         let cell = |v: &serde_json::Value, k: &str| match &v[k] {
@@ -1169,6 +1175,27 @@ async fn tenants(State(ui): State<Arc<Ui>>, headers: HeaderMap, req: Request) ->
              a tenant at quota starts no new task that needs the dimension at its limit \
              (quotas are set with <code>setQuota</code>).</p>",
         );
+        // The whole cluster's use, as the API's resources view shows it.
+        let rows = |v: &serde_json::Value, keys: &[&str]| -> Vec<Vec<String>> {
+            v.as_array()
+                .unwrap_or(&empty)
+                .iter()
+                .map(|r| keys.iter().map(|k| cell(r, k)).collect())
+                .collect()
+        };
+        body.push_str("<h2>Cluster use</h2>");
+        body.push_str(&html::table(
+            "amounts",
+            &["Dimension", "Used by running tasks", "Capacity of connected workers"],
+            &rows(&amounts, &["dimension", "used", "capacity"]),
+            "No running task needs an amount and no worker declares one.",
+        ));
+        body.push_str(&html::table(
+            "resources",
+            &["Resource", "Running tasks", "Limit (0: none)"],
+            &rows(&resources, &["id", "runningTasks", "actualLimit"]),
+            "No named resource is in use or limited.",
+        ));
         Ok(html(
             StatusCode::OK,
             html::page("Tenants", "tenants", &s.principal, &s.csrf, &body),
