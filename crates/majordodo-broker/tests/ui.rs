@@ -663,6 +663,74 @@ async fn tasks_are_filtered_and_paged_on_the_server() {
 }
 
 #[tokio::test]
+async fn bad_actions_are_refused_with_the_field_and_change_nothing() {
+    // Goal: a malformed task id, an unknown task, an oversized form and a body that is not a
+    // form are each refused with a 4xx naming the problem, and leave the state (digest and log
+    // position) as it was.
+    let h = Harness::start().await;
+    let id = h.submit(&admin(), task("alice", "report", "x")).await;
+    let cookie = h.login("admin", ADMIN_PASSWORD).await;
+    let csrf = csrf_of(h.get("/ui/overview", Some(&cookie)).await.assert_ok());
+    let token = format!("csrf={csrf}");
+    let big = format!("{token}&pad={}", "x".repeat(20_000));
+    let before = h.state_mark().await;
+    for (path, form, want, says) in [
+        (
+            "/ui/tasks/abc/cancel".to_owned(),
+            token.clone(),
+            StatusCode::BAD_REQUEST,
+            "id: must be",
+        ),
+        (
+            "/ui/tasks/99999/cancel".to_owned(),
+            token.clone(),
+            StatusCode::NOT_FOUND,
+            "task 99999 does not exist",
+        ),
+        (
+            format!("/ui/tasks/{id}/cancel"),
+            big.clone(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "form:",
+        ),
+        (
+            "/ui/login".to_owned(),
+            big.clone(),
+            StatusCode::PAYLOAD_TOO_LARGE,
+            "form:",
+        ),
+        (
+            "/ui/login".to_owned(),
+            "name=admin".to_owned(),
+            StatusCode::BAD_REQUEST,
+            "Enter a user name and a password.",
+        ),
+    ] {
+        let page = h
+            .post_form(&path, Some(&cookie), &form, Some(OWN_ORIGIN))
+            .await;
+        assert_eq!(page.status, want, "{path}: {}", page.body);
+        assert!(page.body.contains(says), "{path}: {}", page.body);
+        assert_eq!(h.state_mark().await, before, "{path} changed the state");
+    }
+    let req = Request::post(format!("/ui/tasks/{id}/cancel"))
+        .header(header::COOKIE, format!("md_session={cookie}"))
+        .header(header::CONTENT_TYPE, "text/plain")
+        .body(Body::from(token))
+        .unwrap();
+    let page = h.call(req).await;
+    assert_eq!(
+        page.status,
+        StatusCode::UNSUPPORTED_MEDIA_TYPE,
+        "{}",
+        page.body
+    );
+    assert_eq!(h.state_mark().await, before);
+    assert_eq!(h.task_status(id).await, Some(TaskStatus::Waiting));
+    h.stop().await;
+}
+
+#[tokio::test]
 async fn failed_log_ins_are_throttled_like_the_api() {
     // Goal: the log-in form goes through the API's authenticator: after auth_failure_limit
     // wrong passwords for a user, its log-ins are refused 429 without checking the password,
