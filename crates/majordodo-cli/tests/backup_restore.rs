@@ -13,20 +13,25 @@ use serde_json::Value;
 /// Starts a standalone broker without its local worker (tasks stay waiting) in `dir`, on the
 /// data directory `data`, and returns it with its API URL.
 fn start(dir: &Path, data: &str) -> (Server, String) {
-    let mut cmd = majordodo();
-    cmd.current_dir(dir).args([
-        "standalone",
-        "--http-port",
-        "0",
-        "--worker-port",
-        "0",
-        "--no-worker",
-        "--data-dir",
-        data,
-    ]);
-    let mut server = Server::start(cmd);
+    let mut server = start_standalone_without_worker(dir, &["--data-dir", data]);
     let url = server.value_of("HTTP API:");
     (server, url)
+}
+
+/// `majordodo backup --output b.snap` against `url`.
+fn backup(dir: &Path, url: &str) -> std::process::Output {
+    run_in(
+        dir,
+        &[
+            "backup",
+            "--output",
+            "b.snap",
+            "--url",
+            url,
+            "--data-dir",
+            "a",
+        ],
+    )
 }
 
 fn submit(dir: &Path, url: &str, data_dir: &str, extra: &[&str]) -> String {
@@ -65,18 +70,7 @@ fn a_backup_restores_into_a_new_directory_with_every_task() {
         "submitted task 2"
     );
 
-    let out = ok(&run_in(
-        here,
-        &[
-            "backup",
-            "--output",
-            "b.snap",
-            "--url",
-            &url,
-            "--data-dir",
-            "a",
-        ],
-    ));
+    let out = ok(&backup(here, &url));
     assert!(out.contains(" tasks, ") && out.contains("2 tasks"), "{out}");
     assert!(out.contains("written to b.snap"), "{out}");
     assert!(
@@ -85,18 +79,7 @@ fn a_backup_restores_into_a_new_directory_with_every_task() {
     );
     // A second backup to the same name is refused, and leaves the first as it was.
     let before = std::fs::read(here.join("b.snap")).unwrap();
-    let refused = run_in(
-        here,
-        &[
-            "backup",
-            "--output",
-            "b.snap",
-            "--url",
-            &url,
-            "--data-dir",
-            "a",
-        ],
-    );
+    let refused = backup(here, &url);
     assert_eq!(refused.status.code(), Some(2), "{}", stderr(&refused));
     assert!(stderr(&refused).contains("exists"), "{}", stderr(&refused));
     assert_eq!(std::fs::read(here.join("b.snap")).unwrap(), before);

@@ -4,28 +4,13 @@
 
 mod common;
 
-use std::path::Path;
-
 use common::*;
-
-fn start_standalone(dir: &Path) -> Server {
-    let mut cmd = majordodo();
-    cmd.current_dir(dir).args([
-        "standalone",
-        "--http-port",
-        "0",
-        "--worker-port",
-        "0",
-        "--no-worker",
-    ]);
-    Server::start(cmd)
-}
 
 #[test]
 fn a_damaged_log_is_refused_then_repaired_by_the_command_it_names() {
     // Goal: see the module documentation.
     let dir = tempfile::tempdir().unwrap();
-    let mut server = start_standalone(dir.path());
+    let mut server = start_standalone_without_worker(dir.path(), &[]);
     let url = server.value_of("HTTP API:");
     for i in 0..5 {
         let data = format!("t{i}");
@@ -95,7 +80,7 @@ fn a_damaged_log_is_refused_then_repaired_by_the_command_it_names() {
     assert!(cut.status.success(), "{}", stderr(&cut));
     assert!(stdout(&cut).contains("the log was cut"));
 
-    let mut server = start_standalone(dir.path());
+    let mut server = start_standalone_without_worker(dir.path(), &[]);
     let _ = server.value_of("HTTP API:");
     let (status, _) = server.terminate();
     assert!(status.success());

@@ -213,6 +213,23 @@ impl Drop for Server {
     }
 }
 
+/// Starts `majordodo standalone` in `dir` on free ports without its local worker (tasks stay
+/// waiting), with `extra` flags.
+pub(crate) fn start_standalone_without_worker(dir: &Path, extra: &[&str]) -> Server {
+    let mut cmd = majordodo();
+    cmd.current_dir(dir)
+        .args([
+            "standalone",
+            "--http-port",
+            "0",
+            "--worker-port",
+            "0",
+            "--no-worker",
+        ])
+        .args(extra);
+    Server::start(cmd)
+}
+
 /// Polls `f` every 50 ms until it returns `Some`, for at most `timeout`.
 pub(crate) fn poll<T>(timeout: Duration, what: &str, mut f: impl FnMut() -> Option<T>) -> T {
     let deadline = Instant::now() + timeout;
