@@ -6,7 +6,8 @@ use std::sync::Arc;
 
 use anyhow::{Context, anyhow};
 use majordodo_core::DefaultGroupMapper;
-use majordodo_log::{FileLog, Lsn, SnapshotStore, read_snapshot_file};
+use majordodo_log::vfs::{Fs, RealFs};
+use majordodo_log::{FileLog, SnapshotStore, read_snapshot_file};
 
 use crate::cli::{BackupArgs, RestoreArgs};
 use crate::client::Api;
@@ -54,9 +55,11 @@ pub(crate) async fn backup(args: BackupArgs) -> anyhow::Result<()> {
     }
     let api = Api::new(&args.client)?;
     let part = partial(&output);
+    // Private: a backup holds every task's data and the workers' credentials.
     let mut file = tokio::fs::OpenOptions::new()
         .write(true)
         .create_new(true)
+        .mode(0o600)
         .open(&part)
         .await
         .with_context(|| {
@@ -119,12 +122,12 @@ fn sync_parent(path: &Path) -> anyhow::Result<()> {
         Some(p) if !p.as_os_str().is_empty() => p,
         _ => Path::new("."),
     };
-    std::fs::File::open(parent)
-        .and_then(|d| d.sync_all())
+    RealFs
+        .sync_dir(parent)
         .with_context(|| format!("fsync directory {}", parent.display()))
 }
 
-/// Whether `dir` holds anything but what `keep` accepts (missing counts as empty).
+/// The first entry of `dir` other than the log's lock file, if any (a missing `dir` is empty).
 fn holds_files(dir: &Path) -> anyhow::Result<Option<PathBuf>> {
     match std::fs::read_dir(dir) {
         Ok(entries) => {
@@ -171,7 +174,7 @@ pub(crate) fn restore(args: RestoreArgs) -> anyhow::Result<()> {
             return Err(e).context("adopt the snapshot");
         }
     };
-    FileLog::create_after(&log_dir, Lsn(info.lsn.0))
+    FileLog::create_after(&log_dir, info.lsn)
         .with_context(|| format!("prepare the log in {}", log_dir.display()))?;
     println!(
         "restored the snapshot at lsn {} ({} tasks) into {}",

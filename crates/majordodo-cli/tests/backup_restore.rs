@@ -73,6 +73,12 @@ fn a_backup_restores_into_a_new_directory_with_every_task() {
     let out = ok(&backup(here, &url));
     assert!(out.contains(" tasks, ") && out.contains("2 tasks"), "{out}");
     assert!(out.contains("written to b.snap"), "{out}");
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(here.join("b.snap"))
+        .unwrap()
+        .permissions()
+        .mode();
+    assert_eq!(mode & 0o777, 0o600, "a backup is private");
     assert!(
         !here.join("b.snap.part").exists(),
         "the partial file is renamed"

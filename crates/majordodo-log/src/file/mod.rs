@@ -224,14 +224,7 @@ impl FileLog {
     /// never overwritten), of kind `WouldBlock` when another log has it open, or any I/O
     /// failure.
     pub fn create_after(dir: impl AsRef<Path>, last: Lsn) -> Result<(), LogError> {
-        FileLog::create_after_with(&RealFs, dir.as_ref(), last)
-    }
-
-    /// [`FileLog::create_after`] on the file system `fs`.
-    ///
-    /// # Errors
-    /// As [`FileLog::create_after`].
-    pub fn create_after_with(fs: &dyn Fs, dir: &Path, last: Lsn) -> Result<(), LogError> {
+        let (fs, dir) = (&RealFs, dir.as_ref());
         create_dir(fs, dir)?;
         let _lock = lock_dir(fs, dir)?;
         let listing = segment::list_segments(fs, dir)?;
