@@ -86,6 +86,8 @@ pub struct ClusterView {
     pub brokers: Vec<(String, String, Option<u64>)>,
     /// The leader's broker id, when known.
     pub leader_id: Option<String>,
+    /// The ledgers holding the log, oldest first, as last listed in ZooKeeper.
+    pub ledgers: Vec<majordodo_proto::http::ClusterLedger>,
 }
 
 impl fmt::Debug for View<'_> {

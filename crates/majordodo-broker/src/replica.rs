@@ -27,6 +27,7 @@ use majordodo_cluster::{
 use majordodo_core::{BrokerState, GroupMapper, Leader};
 use majordodo_log::{CommitLog, LogError, Lsn, SnapshotStore};
 use majordodo_proto::cluster::{APPLIED_LSN, BrokerInfo, UPDATED_AT};
+use majordodo_proto::http::ClusterLedger;
 use majordodo_proto::record::decode_entry;
 use tokio::io::AsyncWriteExt;
 use tokio::sync::{mpsc, oneshot, watch};
@@ -145,13 +146,25 @@ fn publish(links: &Links, settings: &ClusterSettings, applied: u64) -> Published
             }
             let leader = coord.leader().await.ok().flatten();
             let brokers = coord.brokers().await.unwrap_or_default();
-            let ledger = coord
-                .ledgers()
-                .await
-                .ok()
-                .and_then(|l| l.info.active_ledgers.last().copied());
+            // A list that cannot be read this time keeps the one read before.
+            let ledgers: Vec<ClusterLedger> = match coord.ledgers().await {
+                Ok(l) => l
+                    .info
+                    .ledgers()
+                    .map(|(ledger_id, created_at, first_lsn)| ClusterLedger {
+                        ledger_id,
+                        created_at,
+                        first_lsn,
+                    })
+                    .collect(),
+                Err(e) => {
+                    debug!(error = %e, "cannot read the ledger list");
+                    view_tx.borrow().ledgers.clone()
+                }
+            };
             let view = ClusterView {
-                current_ledger: ledger,
+                current_ledger: ledgers.last().map(|l| l.ledger_id),
+                ledgers,
                 brokers: brokers
                     .iter()
                     .map(|b| {

@@ -27,6 +27,8 @@ use majordodo_proto::cluster::BrokerInfo;
 use majordodo_proto::worker::{Capacity, SharedSecret};
 use majordodo_testkit::BkCluster;
 use majordodo_worker::{Executors, TaskFailure, WorkerConfig, executor_fn};
+use rand::SeedableRng;
+use rand::rngs::StdRng;
 use tokio::net::TcpListener;
 use tokio::task::JoinHandle;
 use tokio_util::sync::CancellationToken;
@@ -35,6 +37,8 @@ use tokio_util::sync::CancellationToken;
 const WAIT: Duration = Duration::from_secs(40);
 const SECRET: &str = "replication-secret";
 const TOKEN: &str = "replication-admin-token";
+/// The admin's password, for the web dashboard.
+const UI_PASSWORD: &str = "replication admin password";
 const PASSWORD: &[u8] = b"replication-ledgers";
 
 /// Where a case's brokers meet: a base path of their own in the shared cluster.
@@ -100,11 +104,12 @@ fn settings(scope: &Scope<'_>, id: &str, me: BrokerInfo, o: &NodeOptions) -> Clu
 }
 
 fn admin_users() -> HttpConfig {
+    let mut rng = StdRng::seed_from_u64(3);
     HttpConfig {
         users: vec![UserConfig {
             name: "admin".into(),
             role: UserRole::Admin,
-            password_hash: None,
+            password_hash: Some(http::auth::hash_password_with(UI_PASSWORD, 1_000, &mut rng)),
             token_sha256: Some(http::auth::token_digest(TOKEN)),
         }],
         ..HttpConfig::default()
@@ -370,6 +375,94 @@ async fn ops_get(node: &Node, path: &str) -> (u16, String) {
     (status, res.text().await.unwrap())
 }
 
+/// Logs in to a node's web dashboard as the admin and GETs `path` with the session; the page.
+async fn ui_get(node: &Node, path: &str) -> String {
+    let base = node.api_url.trim_end_matches("/majordodo");
+    let client = reqwest::Client::builder()
+        .redirect(reqwest::redirect::Policy::none())
+        .timeout(WAIT)
+        .build()
+        .unwrap();
+    let login = client
+        .post(format!("{base}/ui/login"))
+        .form(&[("name", "admin"), ("password", UI_PASSWORD)])
+        .send()
+        .await
+        .expect("the dashboard answers");
+    assert_eq!(login.status().as_u16(), 303, "the admin logs in");
+    let cookie = login
+        .headers()
+        .get(reqwest::header::SET_COOKIE)
+        .and_then(|c| c.to_str().ok())
+        .and_then(|c| c.split(';').next())
+        .expect("a session cookie")
+        .to_owned();
+    let page = client
+        .get(format!("{base}{path}"))
+        .header(reqwest::header::COOKIE, cookie)
+        .send()
+        .await
+        .expect("the dashboard answers");
+    assert_eq!(page.status().as_u16(), 200);
+    page.text().await.unwrap()
+}
+
+/// The dashboard's Cluster page lists every ledger of the coordinator's list, oldest first, the
+/// last one current, on the leader and on a follower.
+async fn the_cluster_page_lists_the_ledgers(scope: &Scope<'_>, nodes: &[&Node]) {
+    let coord = coord(scope).await;
+    let listed = coord.ledgers().await.expect("a ledger list").info;
+    assert!(
+        !listed.active_ledgers.is_empty(),
+        "the leader opened a ledger"
+    );
+    let expected: Vec<Vec<String>> = listed
+        .ledgers()
+        .enumerate()
+        .map(|(i, (id, _, first))| {
+            let state = if i + 1 == listed.active_ledgers.len() {
+                "current"
+            } else {
+                "closed"
+            };
+            vec![id.to_string(), state.to_owned(), first.to_string()]
+        })
+        .collect();
+    for node in nodes {
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let page = ui_get(node, "/ui/cluster").await;
+            if ledger_rows(&page) == expected {
+                break;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the cluster page never listed {:?}: {page}",
+                listed.active_ledgers
+            );
+            tokio::time::sleep(Duration::from_millis(200)).await;
+        }
+    }
+}
+
+/// The first three cells (ledger, state, first position) of each row of a page's ledgers table.
+fn ledger_rows(page: &str) -> Vec<Vec<String>> {
+    let Some((_, table)) = page.split_once("<table id=\"ledgers\">") else {
+        return Vec::new();
+    };
+    let body = table.split_once("</tbody>").map_or(table, |(b, _)| b);
+    body.split("<tr>")
+        .skip(2) // before the head row, the head row
+        .map(|row| {
+            row.split("<td>")
+                .skip(1)
+                .take(3)
+                .map(|cell| cell.split("</td>").next().unwrap_or("").to_owned())
+                .collect()
+        })
+        .collect()
+}
+
 /// The value of the unlabelled sample `name` in a Prometheus text scrape.
 fn sample(scrape: &str, name: &str) -> Option<f64> {
     scrape
@@ -457,6 +550,7 @@ async fn followers_are_ready_once_caught_up_and_export_their_lag(scope: Scope<'_
         );
         tokio::time::sleep(Duration::from_millis(100)).await;
     }
+    the_cluster_page_lists_the_ledgers(&scope, &[&a, &b]).await;
     b.stop().await;
     a.stop().await;
 }

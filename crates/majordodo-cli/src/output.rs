@@ -208,6 +208,17 @@ pub(crate) fn cluster_details(c: &ClusterStatus) -> String {
         None => "no leader (an election is under way)".to_owned(),
     };
     let mut out = format!("cluster:        {leader}, {brokers}\n");
+    if let (Some(first), Some(last)) = (c.ledgers.first(), c.ledgers.last()) {
+        let _ = writeln!(
+            out,
+            "ledgers:        {} (oldest {} from position {}, current {} from position {})",
+            c.ledgers.len(),
+            first.ledger_id,
+            first.first_lsn,
+            last.ledger_id,
+            last.first_lsn
+        );
+    }
     let mut table = Table::new(vec!["BROKER", "ROLE", "APPLIED", "LAG", "API"]);
     let or_dash = |n: Option<u64>| n.map_or_else(|| "-".to_owned(), |n| n.to_string());
     for b in &c.brokers {
@@ -254,7 +265,7 @@ mod tests {
     fn the_cluster_shows_the_leader_and_each_brokers_lag() {
         // Goal: one line naming the leader, then one row per live broker with its role,
         // position and lag, `-` where a broker has not published one.
-        use majordodo_proto::http::ClusterBroker;
+        use majordodo_proto::http::{ClusterBroker, ClusterLedger};
         let broker = |id: &str, leader, applied, lag| ClusterBroker {
             broker_id: id.into(),
             api_url: format!("http://h/{id}"),
@@ -269,10 +280,23 @@ mod tests {
                 broker("b2", false, Some(50), Some(7)),
                 broker("b3", false, None, None),
             ],
+            ledgers: vec![
+                ClusterLedger {
+                    ledger_id: 4,
+                    created_at: 1,
+                    first_lsn: 1,
+                },
+                ClusterLedger {
+                    ledger_id: 9,
+                    created_at: 2,
+                    first_lsn: 41,
+                },
+            ],
         });
         assert_eq!(
             text,
             "cluster:        leader b1, 3 brokers\n\
+             ledgers:        2 (oldest 4 from position 1, current 9 from position 41)\n\
              BROKER  ROLE      APPLIED  LAG  API\n\
              b1      leader    57       0    http://h/b1\n\
              b2      follower  50       7    http://h/b2\n\

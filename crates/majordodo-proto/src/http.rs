@@ -24,9 +24,9 @@ mod tests;
 pub use json::{MAX_JSON_DEPTH, MAX_JSON_VALUES};
 pub use request::{ActionRequest, TaskSubmission, parse_action};
 pub use response::{
-    BrokerStatusInfo, ClusterBroker, ClusterStatus, ErrorBody, LeaderHint, OverviewView,
-    StatusView, SubmitResult, SubmitTaskResponse, SubmitTasksResponse, TaskInfo, TaskView,
-    TasksOverviewView, TasksView, WorkerInfo, WorkersView,
+    BrokerStatusInfo, ClusterBroker, ClusterLedger, ClusterStatus, ErrorBody, LeaderHint,
+    OverviewView, StatusView, SubmitResult, SubmitTaskResponse, SubmitTasksResponse, TaskInfo,
+    TaskView, TasksOverviewView, TasksView, WorkerInfo, WorkersView,
 };
 pub use response::{
     CancelTaskResponse, DelayedQueueList, DelayedQueueView, DelayedTaskInfo, SlotsList, SlotsView,

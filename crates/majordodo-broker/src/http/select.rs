@@ -335,6 +335,7 @@ pub(crate) fn cluster_status(
                 lag: leader_lsn.zip(*lsn).map(|(l, f)| l.saturating_sub(f)),
             })
             .collect(),
+        ledgers: c.ledgers.clone(),
     }
 }
 

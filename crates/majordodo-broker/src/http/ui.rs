@@ -1260,6 +1260,27 @@ async fn cluster(State(ui): State<Arc<Ui>>, headers: HeaderMap) -> Response {
                             &rows,
                             "No broker has published itself yet.",
                         ));
+                        let last = status.ledgers.len().saturating_sub(1);
+                        let rows: Vec<Vec<String>> = status
+                            .ledgers
+                            .iter()
+                            .enumerate()
+                            .map(|(i, l)| {
+                                vec![
+                                    l.ledger_id.to_string(),
+                                    if i == last { "current" } else { "closed" }.to_owned(),
+                                    l.first_lsn.to_string(),
+                                    html::time(l.created_at),
+                                ]
+                            })
+                            .collect();
+                        body.push_str("<h2>Ledgers</h2>");
+                        body.push_str(&html::table(
+                            "ledgers",
+                            &["Ledger", "State", "First position", "Created"],
+                            &rows,
+                            "No ledger is listed yet.",
+                        ));
                     }
                 }
                 body

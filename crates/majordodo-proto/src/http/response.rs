@@ -264,6 +264,23 @@ pub struct ClusterStatus {
     /// Every live broker, as it last published itself.
     #[serde(default)]
     pub brokers: Vec<ClusterBroker>,
+    /// The ledgers holding the log, oldest first; the last one is being written.
+    #[serde(default)]
+    pub ledgers: Vec<ClusterLedger>,
+}
+
+/// One ledger of a cluster's log, as the ledger list in ZooKeeper names it.
+#[derive(Clone, Copy, Debug, Default, PartialEq, Eq, Serialize, Deserialize)]
+pub struct ClusterLedger {
+    /// Its BookKeeper ledger id.
+    #[serde(rename = "ledgerId")]
+    pub ledger_id: i64,
+    /// When it was created, in ms since the epoch.
+    #[serde(default, rename = "createdAt")]
+    pub created_at: i64,
+    /// The log position of its first record.
+    #[serde(default, rename = "firstLsn")]
+    pub first_lsn: u64,
 }
 
 /// One live broker of a cluster.
