@@ -62,6 +62,19 @@ const ELEMENT: &str = "element-6066-11e4-a52e-4f735466cecf";
 
 impl WebDriver {
     async fn call(&self, method: reqwest::Method, path: &str, body: Option<Value>) -> Value {
+        match self.try_call(method.clone(), path, body).await {
+            Ok(v) => v,
+            Err((status, v)) => panic!("{method} {path}: {status} {v}"),
+        }
+    }
+
+    /// As [`WebDriver::call`], an error answer (status and body) returned instead of failing.
+    async fn try_call(
+        &self,
+        method: reqwest::Method,
+        path: &str,
+        body: Option<Value>,
+    ) -> Result<Value, (reqwest::StatusCode, Value)> {
         let url = format!("{}{path}", self.base);
         let mut req = self.http.request(method.clone(), &url);
         if let Some(b) = body {
@@ -73,8 +86,11 @@ impl WebDriver {
             .unwrap_or_else(|e| panic!("{method} {url}: {e}"));
         let status = res.status();
         let v: Value = res.json().await.expect("WebDriver answers JSON");
-        assert!(status.is_success(), "{method} {path}: {status} {v}");
-        v["value"].clone()
+        if status.is_success() {
+            Ok(v["value"].clone())
+        } else {
+            Err((status, v))
+        }
     }
 
     async fn goto(&self, url: &str) {
@@ -118,13 +134,23 @@ impl WebDriver {
         }
     }
 
+    /// The text of the first element matching `css`, waiting for it; an element the page
+    /// replaced between finding and reading it (a navigation under way) is found again.
     async fn text(&self, css: &str) -> String {
-        let e = self.find(css).await;
-        self.call(reqwest::Method::GET, &format!("/element/{e}/text"), None)
-            .await
-            .as_str()
-            .unwrap()
-            .to_owned()
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let e = self.find(css).await;
+            match self
+                .try_call(reqwest::Method::GET, &format!("/element/{e}/text"), None)
+                .await
+            {
+                Ok(text) => return text.as_str().unwrap().to_owned(),
+                Err((_, v)) if v["value"]["error"] == "stale element reference" => {
+                    assert!(Instant::now() < deadline, "{css} kept going stale");
+                }
+                Err((status, v)) => panic!("text of {css}: {status} {v}"),
+            }
+        }
     }
 
     /// Waits until the text of `css` contains `want`; the text.
@@ -144,6 +170,42 @@ impl WebDriver {
                 self.current_url().await
             );
             tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Waits until the task list says it shows exactly `n` tasks ("41 tasks" also contains
+    /// "1 tasks", so a plain [`WebDriver::wait_text`] could pass on the page before).
+    async fn wait_listed(&self, n: usize) {
+        let want = format!("{n} tasks on this page");
+        let deadline = Instant::now() + WAIT;
+        loop {
+            let text = match self.find_now("#page-info").await {
+                Some(_) => self.text("#page-info").await,
+                None => String::new(),
+            };
+            if text.starts_with(&want) {
+                return;
+            }
+            assert!(
+                Instant::now() < deadline,
+                "the list never showed {want:?}; it shows {text:?} at {}",
+                self.current_url().await
+            );
+            tokio::time::sleep(Duration::from_millis(100)).await;
+        }
+    }
+
+    /// Clicks `css`, which leads to another address, and waits until the browser is there.
+    async fn click_away(&self, css: &str) {
+        let before = self.current_url().await;
+        self.click(css).await;
+        let deadline = Instant::now() + WAIT;
+        while self.current_url().await == before {
+            assert!(
+                Instant::now() < deadline,
+                "clicking {css} never left {before}"
+            );
+            tokio::time::sleep(Duration::from_millis(50)).await;
         }
     }
 
@@ -504,7 +566,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     let mut pages = 1;
     while !web.listed_ids().await.contains(&slow) {
         assert!(pages < 5, "task {slow} not found within {pages} pages");
-        web.click("#next-page").await;
+        web.click_away("#next-page").await;
         pages += 1;
         web.wait_text("#page-info", "tasks on this page").await;
     }
@@ -512,16 +574,16 @@ async fn the_dashboard_works_in_a_real_browser() {
 
     // Filters: by type, then by status; the list shows just that task.
     web.type_into("#filter-type", "slow").await;
-    web.click("#filter-button").await;
-    web.wait_text("#page-info", "1 tasks on this page").await;
+    web.click_away("#filter-button").await;
+    web.wait_listed(1).await;
     assert_eq!(web.listed_ids().await, vec![slow]);
     web.type_into("#filter-type", "").await;
     web.type_into("#filter-user", "bob").await;
-    web.click("#filter-button").await;
-    web.wait_text("#page-info", "50 tasks on this page").await;
+    web.click_away("#filter-button").await;
+    web.wait_listed(50).await;
     assert!(!web.listed_ids().await.contains(&slow));
     web.goto(&format!("{base}/ui/tasks?status=running")).await;
-    web.wait_text("#page-info", "1 tasks on this page").await;
+    web.wait_listed(1).await;
     assert_eq!(web.listed_ids().await, vec![slow]);
 
     // Its page, then Cancel: the status changes.
@@ -564,7 +626,7 @@ async fn the_dashboard_works_in_a_real_browser() {
     web.click("#login-button").await;
     web.wait_text("#who", "bob (user)").await;
     web.goto(&format!("{base}/ui/tasks?max=500")).await;
-    web.wait_text("#page-info", "120 tasks on this page").await;
+    web.wait_listed(120).await;
     assert!(!web.listed_ids().await.contains(&slow));
     assert!(web.find_now("#filter-user").await.is_none());
     web.goto(&format!("{base}/ui/tasks/{slow}")).await;
