@@ -40,7 +40,8 @@ use crate::handle::{
     View,
 };
 use crate::worker_listener::{
-    Admission, CloseReason, ConnId, Rejection, SessionError, WorkerEvent, WorkerSession,
+    Admission, CloseReason, ConnId, Outgoing, Rejection, SessionError, Shape, WorkerEvent,
+    WorkerSession,
 };
 
 /// Tunables of the dispatcher.
@@ -171,13 +172,63 @@ struct Building {
     obligations: Vec<Obligation>,
 }
 
+/// Most task shapes the dispatcher keeps; past it, it starts over (connections keep the ones
+/// they defined).
+const MAX_INTERNED_SHAPES: usize = 4096;
+
+/// A task shape and the state's lists it was made from.
+struct Interned {
+    shape: Arc<Shape>,
+    _resources: majordodo_core::scheduler::Resources,
+    _needs: Option<majordodo_core::quota::Needs>,
+}
+
 /// An admitted worker connection.
 struct Session {
     session: WorkerSession,
     /// Assignments the connection's queue could not take yet, retried each turn.
-    backlog: Vec<Assignment>,
+    backlog: Vec<Outgoing>,
     /// The per-worker credential the connection proved, if any (closed when it is revoked).
     credential: Option<String>,
+}
+
+/// The shape of a task's resources and needs (none when it has neither), made once per
+/// distinct pair of the state's shared lists.
+fn shape_of(
+    shapes: &mut HashMap<(usize, usize), Interned>,
+    extra: &majordodo_core::model::TaskExtra,
+) -> Option<Arc<Shape>> {
+    if extra.resources.is_empty() && extra.needs.is_none() {
+        return None;
+    }
+    let key = (
+        extra.resources.as_ptr() as usize,
+        extra.needs.as_ref().map_or(0, |n| n.as_ptr() as usize),
+    );
+    if let Some(known) = shapes.get(&key) {
+        return Some(known.shape.clone());
+    }
+    if shapes.len() >= MAX_INTERNED_SHAPES {
+        shapes.clear();
+    }
+    let shape = Arc::new(Shape::new(
+        extra.resources.iter().map(|r| r.to_string()).collect(),
+        extra
+            .needs
+            .iter()
+            .flat_map(|n| n.iter())
+            .map(|(d, n)| (d.to_string(), *n))
+            .collect(),
+    ));
+    shapes.insert(
+        key,
+        Interned {
+            shape: shape.clone(),
+            _resources: extra.resources.clone(),
+            _needs: extra.needs.clone(),
+        },
+    );
+    Some(shape)
 }
 
 fn credential_refusal(e: majordodo_core::leader::CredentialRefusal) -> AdminRefusal {
@@ -215,6 +266,9 @@ pub(crate) struct Dispatcher {
     /// When each running attempt this dispatcher assigned started, for the run-time histogram;
     /// at most [`MAX_TRACKED_STARTS`] entries.
     started: HashMap<TaskId, Millis>,
+    /// The task shapes of assignments (their resources and needs), by the addresses of the
+    /// state's shared lists they were made from, which each entry keeps alive.
+    shapes: HashMap<(usize, usize), Interned>,
 }
 
 /// Most running attempts whose start time is kept for the run-time histogram (a few dozen
@@ -281,6 +335,7 @@ impl Dispatcher {
             cluster: None,
             metrics: Arc::default(),
             started: HashMap::new(),
+            shapes: HashMap::new(),
             leader,
             checkpointer,
             next_checkpoint,
@@ -1208,12 +1263,12 @@ impl Dispatcher {
     /// Pushes the applied assignments the leader hands out to the workers' open sessions.
     fn push_assignments(&mut self) {
         for wa in self.leader.take_pushes() {
-            let batch: Vec<Assignment> = wa
+            let batch: Vec<Outgoing> = wa
                 .tasks
                 .iter()
                 .filter_map(|(id, attempt)| {
                     let task = self.leader.state().task(*id)?;
-                    Some(Assignment {
+                    let assignment = Assignment {
                         task_id: id.0,
                         attempt: *attempt,
                         task_type: task.task_type.to_string(),
@@ -1221,13 +1276,13 @@ impl Dispatcher {
                         data: task.data.to_string(),
                         codepool: task.codepool().map(str::to_string),
                         mode: task.mode().map(str::to_string),
-                        resources: task.resources().iter().map(|r| r.to_string()).collect(),
-                        needs: task
-                            .needs()
-                            .iter()
-                            .map(|(d, n)| (d.to_string(), *n))
-                            .collect(),
-                    })
+                        ..Assignment::default()
+                    };
+                    let shape = task
+                        .extra
+                        .as_ref()
+                        .and_then(|e| shape_of(&mut self.shapes, e));
+                    Some(Outgoing { assignment, shape })
                 })
                 .collect();
             self.push(&wa, batch);
@@ -1235,7 +1290,7 @@ impl Dispatcher {
     }
 
     /// Queues `batch` on the session of `wa.conn`, behind its backlog.
-    fn push(&mut self, wa: &WorkerAssignments, batch: Vec<Assignment>) {
+    fn push(&mut self, wa: &WorkerAssignments, batch: Vec<Outgoing>) {
         if batch.is_empty() {
             return;
         }

@@ -18,6 +18,7 @@
 
 mod connection;
 mod session;
+mod shape;
 
 #[cfg(test)]
 mod tests;
@@ -43,6 +44,7 @@ pub use session::{
     Admission, AssignError, CloseReason, ConnId, CredentialClaim, DisconnectReason, Rejection,
     SessionError, WorkerEvent, WorkerHello, WorkerSession,
 };
+pub use shape::{Outgoing, Shape};
 
 /// Default most concurrent connections: one per worker process, with room for reconnects that
 /// overlap the old connection, for the thousands of hosts the system targets. Each connection

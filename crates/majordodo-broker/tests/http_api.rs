@@ -519,6 +519,7 @@ impl RawWorker {
                     ..Default::default()
                 },
                 running: vec![],
+                task_shapes: false,
             }))
             .await
             .unwrap();

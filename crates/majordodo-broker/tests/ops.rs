@@ -336,6 +336,7 @@ impl RawWorker {
                     ..Default::default()
                 },
                 running: vec![],
+                task_shapes: false,
             }))
             .await
             .unwrap();

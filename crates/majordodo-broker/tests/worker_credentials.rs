@@ -262,6 +262,7 @@ async fn handshake(addr: SocketAddr, worker_id: &str, proof: Proof<'_>) -> Answe
                 ..Default::default()
             },
             running: vec![],
+            task_shapes: false,
         }))
         .await
         .unwrap();

@@ -95,7 +95,7 @@ mod tests {
             data: data.into(),
             codepool: None,
             mode: None,
-            resources: vec![],
+            resources: Vec::new().into(),
             needs: Default::default(),
             codepool_dir: None,
             cancel: Default::default(),

@@ -26,8 +26,8 @@ use majordodo_proto::record::encode_entry;
 use majordodo_proto::snapshot::encode_snapshot;
 use majordodo_proto::worker::{
     Assign, Assignment, Capacity, Challenge, CodePoolData, CodePoolRequest, Connect, FinishReport,
-    Finished, Hello, Message, Outcome, Ping, RunningTask, Welcome, WorkerCodec, broker_proof,
-    worker_proof,
+    Finished, Hello, Message, Outcome, Ping, RunningTask, TaskShape, Welcome, WorkerCodec,
+    broker_proof, worker_proof,
 };
 use majordodo_testkit::archives;
 use prost::Message as _;
@@ -242,6 +242,7 @@ fn worker_seeds() -> Vec<(String, Vec<u8>)> {
             task_id: 3,
             attempt: 1,
         }],
+        task_shapes: true,
     };
     let handshake = vec![Message::Hello(hello.clone()), Message::Connect(connect)];
     let welcome = vec![
@@ -268,6 +269,22 @@ fn worker_seeds() -> Vec<(String, Vec<u8>)> {
                 resources: vec!["db".into()],
                 needs: BTreeMap::from([("cpu".into(), 500)]),
                 ..Assignment::default()
+            }],
+            shapes: Vec::new(),
+        }),
+        Message::Assign(Assign {
+            assignments: vec![Assignment {
+                task_id: 6,
+                attempt: 1,
+                task_type: "report".into(),
+                user_id: "bob".into(),
+                shape: 1,
+                ..Assignment::default()
+            }],
+            shapes: vec![TaskShape {
+                id: 1,
+                resources: vec!["db".into()],
+                needs: BTreeMap::from([("cpu".into(), 500), ("memory".into(), 64)]),
             }],
         }),
         Message::Finished(Finished {
@@ -323,6 +340,7 @@ fn worker_seeds() -> Vec<(String, Vec<u8>)> {
         proof: majordodo_proto::worker::credential_worker_proof(credential_secret, &auth).to_vec(),
         capacity: capacity(),
         running: vec![],
+        task_shapes: false,
     };
     let other_credential = Hello {
         credential_id: "c-fuzz2".into(),

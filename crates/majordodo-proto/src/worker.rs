@@ -8,9 +8,9 @@
 //! worker                                   broker
 //!   Hello {worker_id, process_id, location, client_nonce} ->
 //!                          <- Challenge {broker_id, broker_nonce}
-//!   Connect {proof, capacity, running} ->
+//!   Connect {proof, capacity, running, task_shapes} ->
 //!                          <- Welcome {broker_proof, keepalive, idle timeout}  | Reject {reason}
-//!                          <- Assign {assignments}            (any time after Welcome)
+//!                          <- Assign {assignments, shapes}    (any time after Welcome)
 //!   Finished {seq, reports} ->
 //!                          <- FinishedAck {seq}               (once the reports are durable)
 //!   Ping {capacity, running} ->
@@ -20,6 +20,13 @@
 //!   CodePoolRequest {id, pool, offset, max_len} ->           (a pool's archive, part by part)
 //!                          <- CodePoolData {id, pool, offset, size, sha256, data | error}
 //! ```
+//!
+//! Many tasks hold the same resources and need the same amounts (their owner's service level,
+//! a handful of cpu/memory sizes). To a worker that announces `task_shapes`, the broker sends
+//! each such pair once per connection as a [`TaskShape`] (in an `Assign` frame before the first
+//! assignment naming it) and each assignment names it by id instead of carrying the strings; a
+//! broker or worker that predates shapes ignores the fields and the assignments carry their
+//! own, as before.
 //!
 //! No secret crosses the wire. A worker with a per-worker credential names it in `Hello`
 //! (`credential_id`) and proves its secret SCRAM-style against the verifier the broker keeps
@@ -44,7 +51,8 @@ pub use credential_file::{CREDENTIAL_FILE_HEADER, CredentialFile};
 pub use messages::{
     ANY_TASK_TYPE, Assign, Assignment, CPU_MILLIS, Cancel, Capacity, Challenge, CodePoolData,
     CodePoolRequest, Connect, Envelope, FinishReport, Finished, FinishedAck, Hello, Kill,
-    MEMORY_MIB, Message, Outcome, Ping, Pong, Reject, RunningTask, Shutdown, Welcome,
+    MAX_TASK_SHAPES, MEMORY_MIB, Message, Outcome, Ping, Pong, Reject, RunningTask, Shutdown,
+    TaskShape, Welcome,
 };
 pub use proof::{
     CREDENTIAL_SECRET_LEN, CredentialAuth, CredentialVerifier, PROOF_LEN, SharedSecret,

@@ -31,6 +31,7 @@ fn assignment(task_id: u64) -> Assignment {
         mode: None,
         resources: vec![],
         needs: Default::default(),
+        shape: 0,
     }
 }
 

@@ -17,9 +17,9 @@ use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use majordodo_proto::worker::{
-    Assignment, Capacity, Connect, FinishReport, Finished, Hello, Message, Outcome, Ping,
-    ProtocolError, RunningTask, Shutdown, WorkerCodec, chunk_for_frames, fits_in_frame,
-    random_nonce, verify_broker_proof, worker_proof,
+    Assignment, Capacity, Connect, FinishReport, Finished, Hello, MAX_TASK_SHAPES, Message,
+    Outcome, Ping, ProtocolError, RunningTask, Shutdown, TaskShape, WorkerCodec, chunk_for_frames,
+    fits_in_frame, random_nonce, verify_broker_proof, worker_proof,
 };
 use rand::SeedableRng;
 use rand::rngs::StdRng;
@@ -112,6 +112,12 @@ impl Worker {
             next_seq: 1,
             rng,
             stopping: None,
+            shapes: HashMap::new(),
+            no_shape: Shape {
+                resources: Arc::from(Vec::new()),
+                needs: Arc::new(BTreeMap::new()),
+                charge: Arc::from(Vec::new()),
+            },
         };
         let shutdown = std::pin::pin!(shutdown);
         let result = agent.run(shutdown).await;
@@ -144,7 +150,7 @@ struct Running {
     task_type: String,
     /// What the task declared it needs (counted against `Capacity::amounts`), with the
     /// dimension names shared with `Agent::amounts_in_use`.
-    needs: Vec<(Arc<str>, u64)>,
+    needs: Arc<[(Arc<str>, u64)]>,
     /// Fired when the broker cancels the attempt.
     cancel: crate::executor::CancelSignal,
 }
@@ -242,6 +248,20 @@ struct Agent {
     rng: StdRng,
     /// Set once shutdown was requested.
     stopping: Option<Stopping>,
+    /// The task shapes the broker defined on this connection, by id.
+    shapes: HashMap<u32, Shape>,
+    /// What tasks without resources or needs get (shared, so they cost no allocation).
+    no_shape: Shape,
+}
+
+/// The resources and needs a task shape holds, shared by the tasks that name it.
+#[derive(Clone)]
+struct Shape {
+    resources: Arc<[String]>,
+    needs: Arc<BTreeMap<String, u64>>,
+    /// The positive needs, with the dimension names of `Agent::amounts_in_use`: what a running
+    /// task of this shape adds to the amounts in use.
+    charge: Arc<[(Arc<str>, u64)]>,
 }
 
 impl Agent {
@@ -503,6 +523,7 @@ impl Agent {
             proof: proof.to_vec(),
             capacity: self.capacity(),
             running: self.held(),
+            task_shapes: true,
         });
         framed
             .send(connect)
@@ -664,6 +685,8 @@ impl Agent {
                 // Downloads in progress fail (their executions report an error); new ones wait
                 // for the next connection.
                 self.pending_fetches.clear();
+                // Shapes are defined per connection.
+                self.shapes.clear();
                 return end;
             }
         }
@@ -673,8 +696,11 @@ impl Agent {
     fn on_message(&mut self, message: Message) -> Result<(), SessionEnd> {
         match message {
             Message::Assign(assign) => {
+                for shape in assign.shapes {
+                    self.define_shape(shape)?;
+                }
                 for assignment in assign.assignments {
-                    self.on_assignment(assignment);
+                    self.on_assignment(assignment)?;
                 }
                 self.publish_counts();
                 Ok(())
@@ -736,7 +762,78 @@ impl Agent {
         }
     }
 
-    fn admission(&self, assignment: &Assignment) -> Admission {
+    /// Records a task shape the broker defines on this connection.
+    fn define_shape(&mut self, shape: TaskShape) -> Result<(), SessionEnd> {
+        if self.shapes.contains_key(&shape.id) {
+            return Err(SessionEnd::Lost(format!(
+                "protocol violation: task shape {} defined twice on one connection",
+                shape.id
+            )));
+        }
+        if self.shapes.len() >= MAX_TASK_SHAPES {
+            return Err(SessionEnd::Lost(format!(
+                "protocol violation: more than {MAX_TASK_SHAPES} task shapes on one connection"
+            )));
+        }
+        let charge = self.charge_of(&shape.needs);
+        self.shapes.insert(
+            shape.id,
+            Shape {
+                resources: shape.resources.into(),
+                needs: Arc::new(shape.needs),
+                charge,
+            },
+        );
+        Ok(())
+    }
+
+    /// The positive `needs` of the dimensions this worker declares (admission refuses a task
+    /// needing any other), with the dimension names of `amounts_in_use` (added at 0 when new).
+    fn charge_of(&mut self, needs: &BTreeMap<String, u64>) -> Arc<[(Arc<str>, u64)]> {
+        let mut charge = Vec::with_capacity(needs.len());
+        let declared = &self.config.capacity.amounts;
+        for (dimension, &need) in needs
+            .iter()
+            .filter(|(dimension, need)| **need > 0 && declared.contains_key(*dimension))
+        {
+            let i = match self
+                .amounts_in_use
+                .iter()
+                .position(|(name, _)| **name == **dimension)
+            {
+                Some(i) => i,
+                None => {
+                    self.amounts_in_use.push((Arc::from(dimension.as_str()), 0));
+                    self.amounts_in_use.len() - 1
+                }
+            };
+            charge.push((self.amounts_in_use[i].0.clone(), need));
+        }
+        charge.into()
+    }
+
+    /// The resources and needs of `assignment`: its shape's, or its own.
+    fn shape_of(&mut self, assignment: &mut Assignment) -> Result<Shape, SessionEnd> {
+        if assignment.shape != 0 {
+            return self.shapes.get(&assignment.shape).cloned().ok_or_else(|| {
+                SessionEnd::Lost(format!(
+                    "protocol violation: task {} names task shape {}, not defined on this connection",
+                    assignment.task_id, assignment.shape
+                ))
+            });
+        }
+        if assignment.resources.is_empty() && assignment.needs.is_empty() {
+            return Ok(self.no_shape.clone());
+        }
+        let needs = std::mem::take(&mut assignment.needs);
+        Ok(Shape {
+            resources: std::mem::take(&mut assignment.resources).into(),
+            charge: self.charge_of(&needs),
+            needs: Arc::new(needs),
+        })
+    }
+
+    fn admission(&self, assignment: &Assignment, needs: &BTreeMap<String, u64>) -> Admission {
         let key = RunningTask {
             task_id: assignment.task_id,
             attempt: assignment.attempt,
@@ -786,7 +883,7 @@ impl Agent {
                 "refused: {in_bucket} tasks counted against {bucket:?} running, its limit is {limit}"
             ));
         }
-        for (key, &need) in assignment.needs.iter().filter(|(_, need)| **need > 0) {
+        for (key, &need) in needs.iter().filter(|(_, need)| **need > 0) {
             let Some(&amount) = capacity.amounts.get(key) else {
                 return Admission::Refuse(format!(
                     "refused: the task needs {key} = {need}, which this worker does not declare"
@@ -814,33 +911,26 @@ impl Agent {
 
     /// Adds an admitted task's needs to the amounts in use; returns what to give back when it
     /// ends.
-    fn charge_amounts(&mut self, needs: &BTreeMap<String, u64>) -> Vec<(Arc<str>, u64)> {
-        let mut charged = Vec::with_capacity(needs.len());
-        for (dimension, &need) in needs.iter().filter(|(_, need)| **need > 0) {
-            let i = match self
+    fn charge_amounts(&mut self, charge: &Arc<[(Arc<str>, u64)]>) -> Arc<[(Arc<str>, u64)]> {
+        for (dimension, need) in charge.iter() {
+            if let Some((_, used)) = self
                 .amounts_in_use
-                .iter()
-                .position(|(name, _)| **name == **dimension)
+                .iter_mut()
+                .find(|(name, _)| Arc::ptr_eq(name, dimension))
             {
-                Some(i) => i,
-                None => {
-                    self.amounts_in_use.push((Arc::from(dimension.as_str()), 0));
-                    self.amounts_in_use.len() - 1
-                }
-            };
-            let (name, used) = &mut self.amounts_in_use[i];
-            *used = used.saturating_add(need);
-            charged.push((name.clone(), need));
+                *used = used.saturating_add(*need);
+            }
         }
-        charged
+        charge.clone()
     }
 
-    fn on_assignment(&mut self, assignment: Assignment) {
+    fn on_assignment(&mut self, mut assignment: Assignment) -> Result<(), SessionEnd> {
         let key = RunningTask {
             task_id: assignment.task_id,
             attempt: assignment.attempt,
         };
-        match self.admission(&assignment) {
+        let shape = self.shape_of(&mut assignment)?;
+        match self.admission(&assignment, &shape.needs) {
             Admission::Ignore => {
                 warn!(
                     task_id = key.task_id,
@@ -861,9 +951,20 @@ impl Agent {
                 let task_type = assignment.task_type.clone();
                 debug!(task_id = key.task_id, attempt = key.attempt, worker_id = %self.config.worker_id, user = %assignment.user_id, %task_type, "task started");
                 let cancel = CancelSignal::new();
-                let needs = self.charge_amounts(&assignment.needs);
-                let mut task = Task::from(assignment);
-                task.cancel = cancel.clone();
+                let needs = self.charge_amounts(&shape.charge);
+                let mut task = Task {
+                    task_id: assignment.task_id,
+                    attempt: assignment.attempt,
+                    task_type: assignment.task_type,
+                    user_id: assignment.user_id,
+                    data: assignment.data,
+                    codepool: assignment.codepool,
+                    mode: assignment.mode,
+                    resources: shape.resources,
+                    needs: shape.needs,
+                    codepool_dir: None,
+                    cancel: cancel.clone(),
+                };
                 let pools = self.pools.clone();
                 let run = async move {
                     if let Some(pool) = task.codepool.clone() {
@@ -899,6 +1000,7 @@ impl Agent {
                 );
             }
         }
+        Ok(())
     }
 
     fn on_task_done(
@@ -925,7 +1027,7 @@ impl Agent {
             error!(?id, "an execution ended that was not recorded as running");
             return;
         };
-        for (dimension, need) in &needs {
+        for (dimension, need) in needs.iter() {
             if let Some((_, used)) = self
                 .amounts_in_use
                 .iter_mut()

@@ -25,11 +25,12 @@ pub struct Task {
     pub codepool: Option<String>,
     /// The execution mode, if not the default.
     pub mode: Option<String>,
-    /// Resources the task holds while it runs.
-    pub resources: Vec<String>,
+    /// Resources the task holds while it runs (shared by the tasks that hold the same ones).
+    pub resources: std::sync::Arc<[String]>,
     /// What the task declared it needs: `cpu` (millicores), `memory` (MiB), named amounts;
-    /// empty when it declared nothing. The `process` executor enforces cpu and memory.
-    pub needs: std::collections::BTreeMap<String, u64>,
+    /// empty when it declared nothing (shared by the tasks that declare the same). The
+    /// `process` executor enforces cpu and memory.
+    pub needs: std::sync::Arc<std::collections::BTreeMap<String, u64>>,
     /// Where the task's code pool is unpacked (set by the agent before the executor runs).
     pub codepool_dir: Option<std::path::PathBuf>,
     /// Fires when the broker cancels this attempt: stop soon (the worker drops the future
@@ -82,8 +83,8 @@ impl From<Assignment> for Task {
             data: a.data,
             codepool: a.codepool,
             mode: a.mode,
-            resources: a.resources,
-            needs: a.needs,
+            resources: a.resources.into(),
+            needs: std::sync::Arc::new(a.needs),
             codepool_dir: None,
             cancel: CancelSignal::new(),
         }

@@ -13,8 +13,9 @@ use majordodo_broker::worker_listener::{
     self, DisconnectReason, ListenerConfig, Rejection, WorkerEvent, WorkerHello, WorkerSession,
 };
 use majordodo_proto::worker::{
-    ANY_TASK_TYPE, Assignment, Capacity, Challenge, FinishReport, Message, Outcome, RunningTask,
-    SharedSecret, Welcome, WorkerCodec, broker_proof, random_nonce,
+    ANY_TASK_TYPE, Assign, Assignment, Capacity, Challenge, Connect, FinishReport, FinishedAck,
+    Message, Outcome, RunningTask, SharedSecret, TaskShape, Welcome, WorkerCodec, broker_proof,
+    random_nonce,
 };
 use majordodo_worker::{
     Backoff, BrokerLocator, Executors, LocateFuture, StatusHandle, TaskFailure, Worker,
@@ -202,6 +203,7 @@ fn assignment(task_id: u64, task_type: &str, data: &str) -> Assignment {
         mode: None,
         resources: vec![],
         needs: Default::default(),
+        shape: 0,
     }
 }
 
@@ -816,6 +818,15 @@ async fn malformed_frame_on_one_connection_leaves_the_agent_working() {
 
 /// A broker that completes the handshake, then never sends another frame.
 async fn silent_broker(socket: TcpStream, welcome_idle_ms: u64) -> Framed<TcpStream, WorkerCodec> {
+    raw_broker(socket, welcome_idle_ms).await.0
+}
+
+/// Plays the broker's side of the handshake on `socket` by hand; the connection and the
+/// worker's `Connect`.
+async fn raw_broker(
+    socket: TcpStream,
+    welcome_idle_ms: u64,
+) -> (Framed<TcpStream, WorkerCodec>, Connect) {
     let mut framed = Framed::new(socket, WorkerCodec::default());
     let Some(Ok(Message::Hello(hello))) = framed.next().await else {
         panic!("expected hello");
@@ -828,7 +839,7 @@ async fn silent_broker(socket: TcpStream, welcome_idle_ms: u64) -> Framed<TcpStr
         }))
         .await
         .unwrap();
-    let Some(Ok(Message::Connect(_))) = framed.next().await else {
+    let Some(Ok(Message::Connect(connect))) = framed.next().await else {
         panic!("expected connect");
     };
     framed
@@ -845,7 +856,152 @@ async fn silent_broker(socket: TcpStream, welcome_idle_ms: u64) -> Framed<TcpStr
         }))
         .await
         .unwrap();
-    framed
+    (framed, connect)
+}
+
+/// Reads frames from a hand-played connection, acknowledging each batch of reports, until
+/// `n` reports arrived: (task, result) of each.
+async fn raw_reports(
+    framed: &mut Framed<TcpStream, WorkerCodec>,
+    n: usize,
+) -> BTreeMap<u64, String> {
+    let mut out = BTreeMap::new();
+    while out.len() < n {
+        match tokio::time::timeout(WAIT, framed.next())
+            .await
+            .expect("the worker reports in time")
+        {
+            Some(Ok(Message::Finished(f))) => {
+                framed
+                    .send(Message::FinishedAck(FinishedAck { seq: f.seq }))
+                    .await
+                    .unwrap();
+                out.extend(f.reports.into_iter().map(|r| (r.task_id, r.result)));
+            }
+            Some(Ok(Message::Ping(_))) => {}
+            other => panic!("expected reports, got {other:?}"),
+        }
+    }
+    out
+}
+
+#[tokio::test]
+async fn task_shapes_defined_on_a_connection_carry_resources_and_needs() {
+    // Goal: the worker announces task shapes; an assignment naming a shape defined on the
+    // connection runs with the shape's resources and needs (the executor sees them, and they
+    // count against the declared amounts), one carrying its own works as before, and one
+    // naming a shape not defined on the connection ends it; shapes do not outlive their
+    // connection (the next one may define the same id anew).
+    let socket = TcpListener::bind("127.0.0.1:0").await.unwrap();
+    let mut config = worker_config(socket.local_addr().unwrap());
+    config.capacity.amounts = [("memory".to_owned(), 1000)].into();
+    let gate = Arc::new(Semaphore::new(0));
+    let show =
+        executor_fn(
+            |task| async move { Ok(format!("{}|{:?}", task.resources.join(","), task.needs)) },
+        );
+    let agent = Agent::start(config, executors(&gate).with("show", show));
+    let (first, _) = socket.accept().await.unwrap();
+    let (mut first, connect) = raw_broker(first, 60_000).await;
+    assert!(connect.task_shapes, "the worker announces task shapes");
+    let shaped = |id, task_type: &str, shape| Assignment {
+        shape,
+        ..assignment(id, task_type, "")
+    };
+    first
+        .send(Message::Assign(Assign {
+            assignments: vec![
+                shaped(1, "show", 1),
+                Assignment {
+                    resources: vec!["inline".into()],
+                    needs: [("memory".to_owned(), 10)].into(),
+                    ..assignment(2, "show", "")
+                },
+            ],
+            shapes: vec![TaskShape {
+                id: 1,
+                resources: vec!["db".into(), "hbase".into()],
+                needs: [("memory".to_owned(), 600)].into(),
+            }],
+        }))
+        .await
+        .unwrap();
+    let done = raw_reports(&mut first, 2).await;
+    assert_eq!(done[&1], r#"db,hbase|{"memory": 600}"#);
+    assert_eq!(done[&2], r#"inline|{"memory": 10}"#);
+    // A running task of shape 1 holds 600 of the 1000: a second one does not fit.
+    first
+        .send(Message::Assign(Assign {
+            assignments: vec![shaped(3, "gated", 1), shaped(4, "echo", 1)],
+            shapes: Vec::new(),
+        }))
+        .await
+        .unwrap();
+    let done = raw_reports(&mut first, 1).await;
+    assert_eq!(
+        done[&4],
+        "refused: the task needs memory = 600; 600 of 1000 are in use"
+    );
+    first
+        .send(Message::Assign(Assign {
+            assignments: vec![shaped(5, "echo", 9)],
+            shapes: Vec::new(),
+        }))
+        .await
+        .unwrap();
+    loop {
+        match tokio::time::timeout(WAIT, first.next())
+            .await
+            .expect("the worker acts in time")
+        {
+            None | Some(Err(_)) => break,
+            Some(Ok(Message::Ping(_))) => {}
+            Some(Ok(other)) => panic!("the worker went on after an undefined shape: {other:?}"),
+        }
+    }
+    let (second, _) = tokio::time::timeout(WAIT, socket.accept())
+        .await
+        .unwrap()
+        .unwrap();
+    let (mut second, connect) = raw_broker(second, 60_000).await;
+    assert_eq!(
+        connect
+            .running
+            .iter()
+            .map(|r| r.task_id)
+            .collect::<Vec<_>>(),
+        [3],
+        "task 3 still runs; task 5 never started"
+    );
+    second
+        .send(Message::Assign(Assign {
+            assignments: vec![shaped(6, "show", 1)],
+            shapes: vec![TaskShape {
+                id: 1,
+                resources: Vec::new(),
+                needs: [("memory".to_owned(), 100)].into(),
+            }],
+        }))
+        .await
+        .unwrap();
+    let done = raw_reports(&mut second, 1).await;
+    assert_eq!(done[&6], r#"|{"memory": 100}"#);
+    gate.add_permits(1);
+    let done = raw_reports(&mut second, 1).await;
+    assert_eq!(done[&3], "released");
+    let mut agent = agent;
+    let _ = agent.stop.take().unwrap().send(());
+    loop {
+        match tokio::time::timeout(WAIT, second.next())
+            .await
+            .expect("the worker says goodbye in time")
+        {
+            Some(Ok(Message::Shutdown(_))) => break,
+            Some(Ok(Message::Ping(_))) => {}
+            other => panic!("expected shutdown, got {other:?}"),
+        }
+    }
+    assert_eq!(agent.result().await, Ok(()));
 }
 
 #[tokio::test]

@@ -24,7 +24,7 @@ fn task(data: &str) -> Task {
         data: data.into(),
         codepool: None,
         mode: None,
-        resources: vec![],
+        resources: Arc::from(Vec::new()),
         needs: Default::default(),
         codepool_dir: None,
         cancel: Default::default(),
@@ -338,10 +338,12 @@ async fn exit_status_75_asks_to_retry_later_after_the_delay_on_stdout() {
 /// A task declaring `needs`.
 fn task_needing(data: &str, needs: &[(&str, u64)]) -> Task {
     Task {
-        needs: needs
-            .iter()
-            .map(|(key, value)| ((*key).to_owned(), *value))
-            .collect::<BTreeMap<_, _>>(),
+        needs: Arc::new(
+            needs
+                .iter()
+                .map(|(key, value)| ((*key).to_owned(), *value))
+                .collect::<BTreeMap<_, _>>(),
+        ),
         ..task(data)
     }
 }

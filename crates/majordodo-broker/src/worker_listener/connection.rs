@@ -37,6 +37,7 @@ use super::session::{
     Admission, CloseReason, ConnId, CredentialClaim, DisconnectReason, Outbound, Rejection, Stop,
     WorkerEvent, WorkerHello, WorkerSession,
 };
+use super::shape::Defined;
 
 /// Longest accepted `worker_id`, `process_id` or `location`, in bytes. They end up in logs and
 /// in the broker's state; 1 KiB is far above any real host name or process id.
@@ -114,6 +115,8 @@ struct Live {
     worker_id: String,
     outbound: mpsc::Receiver<Outbound>,
     stop: watch::Receiver<Option<Stop>>,
+    /// The task shapes defined on this connection.
+    shapes: Defined,
 }
 
 /// Why reading a handshake frame failed.
@@ -288,6 +291,7 @@ async fn handshake(
     // 4. Admission by the dispatcher. The worker is authenticated: full-size frames from now on.
     *framed.codec_mut() = WorkerCodec::new(config.max_frame_size);
     let worker_id: Arc<str> = hello.worker_id.as_str().into();
+    let task_shapes = connect.task_shapes;
     let (reply_tx, reply_rx) = oneshot::channel();
     let (outbound_tx, outbound_rx) = mpsc::channel(config.outbound_queue);
     let (stop_tx, stop_rx) = watch::channel(None);
@@ -386,6 +390,7 @@ async fn handshake(
             worker_id: worker_id.to_string(),
             outbound: outbound_rx,
             stop: stop_rx,
+            shapes: Defined::new(task_shapes),
         }),
     })
 }
@@ -401,6 +406,7 @@ async fn session_loop(conn: ConnId, live: Live, shared: &Shared) -> DisconnectRe
         worker_id,
         mut outbound,
         mut stop,
+        mut shapes,
     } = live;
     let config = &shared.config;
     let idle = config.max_worker_idle_time;
@@ -483,7 +489,7 @@ async fn session_loop(conn: ConnId, live: Live, shared: &Shared) -> DisconnectRe
                 let Some(first) = first else {
                     return DisconnectReason::ClosedByBroker("session dropped".to_owned());
                 };
-                if let Err(reason) = write_outbound(&mut framed, &mut outbound, first, config).await {
+                if let Err(reason) = write_outbound(&mut framed, &mut outbound, first, &mut shapes, config).await {
                     return reason;
                 }
             }
@@ -501,6 +507,7 @@ async fn write_outbound(
     framed: &mut Conn,
     outbound: &mut mpsc::Receiver<Outbound>,
     first: Outbound,
+    shapes: &mut Defined,
     config: &ListenerConfig,
 ) -> Result<(), DisconnectReason> {
     let write = async {
@@ -534,9 +541,24 @@ async fn write_outbound(
                         written += 1;
                     }
                 }
-                Outbound::Assign(assignments) => {
+                Outbound::Assign(outgoing) => {
+                    let (new, assignments) = shapes.resolve(outgoing);
+                    // New shapes go first, in frames of their own, so that every assignment
+                    // that names one follows its definition.
+                    for shapes in chunk_for_frames(new, config.max_frame_size) {
+                        let assign = Assign {
+                            assignments: Vec::new(),
+                            shapes,
+                        };
+                        framed.feed(Message::Assign(assign)).await?;
+                        written += 1;
+                    }
                     for assignments in chunk_for_frames(assignments, config.max_frame_size) {
-                        framed.feed(Message::Assign(Assign { assignments })).await?;
+                        let assign = Assign {
+                            assignments,
+                            shapes: Vec::new(),
+                        };
+                        framed.feed(Message::Assign(assign)).await?;
                         written += 1;
                     }
                 }

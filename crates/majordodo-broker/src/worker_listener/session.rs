@@ -5,9 +5,9 @@ use std::fmt;
 use std::net::SocketAddr;
 use std::sync::Arc;
 
-use majordodo_proto::worker::{
-    Assignment, Capacity, CodePoolData, CodePoolRequest, FinishReport, RunningTask,
-};
+use majordodo_proto::worker::{Capacity, CodePoolData, CodePoolRequest, FinishReport, RunningTask};
+
+use super::shape::Outgoing;
 use tokio::sync::{mpsc, oneshot, watch};
 
 /// Identifies one accepted TCP connection for the listener's lifetime. A worker that reconnects
@@ -226,7 +226,7 @@ impl Admission {
 /// A frame the dispatcher asked to send.
 #[derive(Debug)]
 pub(super) enum Outbound {
-    Assign(Vec<Assignment>),
+    Assign(Vec<Outgoing>),
     FinishedAck(u64),
     CodePoolData(Box<CodePoolData>),
     /// Cancelled attempts to stop: (task, attempt).
@@ -299,7 +299,7 @@ pub struct AssignError {
     #[source]
     pub error: SessionError,
     /// The assignments handed back.
-    pub assignments: Vec<Assignment>,
+    pub assignments: Vec<Outgoing>,
 }
 
 impl WorkerSession {
@@ -329,18 +329,19 @@ impl WorkerSession {
         &self.worker_id
     }
 
-    /// Queues assignments; the connection splits them into as many `Assign` frames as the
-    /// frame size requires.
+    /// Queues assignments; the connection names their shapes (defining new ones first) and
+    /// splits them into as many `Assign` frames as the frame size requires.
     ///
     /// # Errors
     /// [`AssignError`] with every assignment handed back: the queue is full, the connection is
-    /// closed, or one assignment is too large for any frame.
-    pub fn assign(&self, assignments: Vec<Assignment>) -> Result<(), AssignError> {
+    /// closed, or one assignment is too large for any frame (counting its shape inline).
+    pub fn assign<A: Into<Outgoing>>(&self, assignments: Vec<A>) -> Result<(), AssignError> {
+        let assignments: Vec<Outgoing> = assignments.into_iter().map(Into::into).collect();
         if let Some(error) = assignments.iter().find_map(|a| {
-            let len = super::connection::single_assignment_frame_len(a);
+            let len = a.inline_frame_len();
             (len > self.max_frame_size).then_some(SessionError::AssignmentTooLarge {
                 conn: self.conn,
-                task_id: a.task_id,
+                task_id: a.assignment.task_id,
                 len,
                 max: self.max_frame_size,
             })

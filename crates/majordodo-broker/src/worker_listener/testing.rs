@@ -7,7 +7,7 @@ use majordodo_proto::worker::Assignment;
 use tokio::sync::{mpsc, oneshot, watch};
 
 use super::session::{Outbound, Stop};
-use super::{Admission, ConnId, Rejection, WorkerSession};
+use super::{Admission, ConnId, Outgoing, Rejection, WorkerSession};
 
 /// What the dispatcher did with a fake connection.
 #[derive(Debug, PartialEq)]
@@ -55,7 +55,9 @@ impl FakeConnection {
         let mut out = Vec::new();
         while let Ok(frame) = self.outbound.try_recv() {
             out.push(match frame {
-                Outbound::Assign(a) => Frame::Assign(a),
+                Outbound::Assign(a) => {
+                    Frame::Assign(a.into_iter().map(Outgoing::into_inline).collect())
+                }
                 Outbound::FinishedAck(seq) => Frame::FinishedAck(seq),
                 Outbound::CodePoolData(d) => Frame::CodePoolData(*d),
                 Outbound::Cancel(tasks) => Frame::Cancel(tasks),

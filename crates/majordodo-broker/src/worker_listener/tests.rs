@@ -2,13 +2,14 @@
 //! the test playing the dispatcher.
 
 use std::net::SocketAddr;
+use std::sync::Arc;
 use std::time::Duration;
 
 use futures_util::{SinkExt, StreamExt};
 use majordodo_proto::worker::{
-    Assignment, Capacity, Connect, Envelope, FinishReport, Finished, Hello, Message, Outcome,
-    PROTOCOL_VERSION, Ping, Shutdown, WorkerCodec, encoded_body_len, random_nonce,
-    verify_broker_proof, worker_proof,
+    Assign, Assignment, Capacity, Connect, Envelope, FinishReport, Finished, Hello, Message,
+    Outcome, PROTOCOL_VERSION, Ping, Shutdown, TaskShape, WorkerCodec, encoded_body_len,
+    random_nonce, verify_broker_proof, worker_proof,
 };
 use prost::Message as _;
 use tokio::io::AsyncWriteExt;
@@ -77,7 +78,17 @@ impl Harness {
 
     /// Connects a raw worker and admits it; returns the worker and the dispatcher's session.
     async fn admitted(&mut self, worker_id: &str) -> (RawWorker, WorkerSession) {
+        self.admitted_with(worker_id, false).await
+    }
+
+    /// As [`Harness::admitted`], the worker announcing task shapes or not.
+    async fn admitted_with(
+        &mut self,
+        worker_id: &str,
+        task_shapes: bool,
+    ) -> (RawWorker, WorkerSession) {
         let mut worker = RawWorker::connect(self.addr, worker_id).await;
+        worker.task_shapes = task_shapes;
         worker.send_hello_and_connect(SECRET).await;
         let (_, _, reply) = self.expect_connected().await;
         let session = reply.accept();
@@ -104,6 +115,8 @@ struct RawWorker {
     worker_id: String,
     process_id: String,
     client_nonce: [u8; 32],
+    /// Announced in `Connect`.
+    task_shapes: bool,
 }
 
 impl RawWorker {
@@ -114,6 +127,7 @@ impl RawWorker {
             worker_id: worker_id.to_owned(),
             process_id: format!("{worker_id}-process"),
             client_nonce: random_nonce(),
+            task_shapes: false,
         }
     }
 
@@ -157,6 +171,7 @@ impl RawWorker {
             proof: proof.to_vec(),
             capacity: capacity(),
             running: vec![],
+            task_shapes: self.task_shapes,
         }))
         .await;
         challenge.broker_nonce
@@ -184,6 +199,7 @@ fn assignment(task_id: u64, data_len: usize) -> Assignment {
         mode: None,
         resources: vec![],
         needs: Default::default(),
+        shape: 0,
     }
 }
 
@@ -473,7 +489,93 @@ async fn assignment_too_large_for_any_frame_is_refused_and_handed_back() {
         err.error,
         SessionError::AssignmentTooLarge { task_id: 2, .. }
     ));
-    assert_eq!(err.assignments, batch);
+    let handed_back: Vec<Assignment> = err.assignments.into_iter().map(|o| o.assignment).collect();
+    assert_eq!(handed_back, batch);
+    harness.stop().await;
+}
+
+#[tokio::test]
+async fn task_shapes_are_defined_once_per_connection_for_workers_that_know_them() {
+    // Goal: to a worker that announced task shapes, a shape goes once, in a frame before the
+    // first assignment naming it, and assignments name it by id; to one that did not, every
+    // assignment carries its resources and needs; each connection defines its own; an
+    // assignment that is too large counting its shape inline is refused.
+    let mut harness = Harness::start(|config| config.max_frame_size = MIN_MAX_FRAME_SIZE).await;
+    let shape = Arc::new(Shape::new(
+        vec!["db".into()],
+        [("cpu".to_owned(), 250)].into(),
+    ));
+    let outgoing = |id| Outgoing {
+        assignment: assignment(id, 1),
+        shape: Some(shape.clone()),
+    };
+    let (mut new, new_session) = harness.admitted_with("w1", true).await;
+    new_session.assign(vec![outgoing(1), outgoing(2)]).unwrap();
+    new_session.assign(vec![outgoing(3)]).unwrap();
+    let mut frames = Vec::new();
+    while frames
+        .iter()
+        .map(|a: &Assign| a.assignments.len())
+        .sum::<usize>()
+        < 3
+    {
+        match new.recv().await {
+            Some(Message::Assign(assign)) => frames.push(assign),
+            other => panic!("expected assign, got {other:?}"),
+        }
+    }
+    assert_eq!(
+        frames[0],
+        Assign {
+            assignments: Vec::new(),
+            shapes: vec![TaskShape {
+                id: 1,
+                resources: vec!["db".into()],
+                needs: [("cpu".to_owned(), 250)].into(),
+            }],
+        }
+    );
+    let sent: Vec<&Assignment> = frames.iter().flat_map(|a| &a.assignments).collect();
+    assert!(
+        frames[1..].iter().all(|a| a.shapes.is_empty()),
+        "defined once"
+    );
+    assert!(
+        sent.iter()
+            .all(|a| a.shape == 1 && a.resources.is_empty() && a.needs.is_empty())
+    );
+
+    let (mut old, old_session) = harness.admitted_with("w2", false).await;
+    old_session.assign(vec![outgoing(4)]).unwrap();
+    match old.recv().await {
+        Some(Message::Assign(assign)) => {
+            assert!(assign.shapes.is_empty());
+            assert_eq!(assign.assignments, [outgoing(4).into_inline()]);
+            assert_eq!(assign.assignments[0].resources, ["db"]);
+        }
+        other => panic!("expected assign, got {other:?}"),
+    }
+
+    let (mut other, other_session) = harness.admitted_with("w3", true).await;
+    other_session.assign(vec![outgoing(5)]).unwrap();
+    match other.recv().await {
+        Some(Message::Assign(assign)) => assert_eq!(assign.shapes.len(), 1, "its own definition"),
+        other => panic!("expected assign, got {other:?}"),
+    }
+    let big = Arc::new(Shape::new(
+        vec!["r".repeat(MIN_MAX_FRAME_SIZE)],
+        Default::default(),
+    ));
+    let err = other_session
+        .assign(vec![Outgoing {
+            assignment: assignment(6, 1),
+            shape: Some(big),
+        }])
+        .unwrap_err();
+    assert!(matches!(
+        err.error,
+        SessionError::AssignmentTooLarge { task_id: 6, .. }
+    ));
     harness.stop().await;
 }
 
@@ -502,7 +604,7 @@ async fn full_outbound_queue_is_reported_without_blocking() {
             conn: session.conn()
         }
     );
-    assert_eq!(err.assignments, vec![assignment(2, 1)]);
+    assert_eq!(err.assignments, vec![Outgoing::from(assignment(2, 1))]);
     // Once the dispatcher drains events, the queued assignment is delivered.
     assert!(matches!(
         harness.next_event().await,
@@ -737,6 +839,7 @@ async fn connections_per_address_are_bounded() {
         worker_id: "w2".into(),
         process_id: "w2-process".into(),
         client_nonce: random_nonce(),
+        task_shapes: false,
     };
     worker.send_hello_and_connect(SECRET).await;
     let (_, hello, reply) = harness.expect_connected().await;

@@ -143,13 +143,21 @@ impl Message {
                 }
                 Ok(())
             }
+            Message::Assign(a) => {
+                if a.shapes.iter().any(|shape| shape.id == 0) {
+                    return Err(ProtocolError::InvalidField {
+                        field: "assign.shapes.id",
+                        reason: "a task shape's id is 0, which means none".into(),
+                    });
+                }
+                Ok(())
+            }
             Message::CodePoolData(d) if d.error.is_empty() => {
                 exact_len("code_pool_data.sha256", &d.sha256, 32)
             }
             Message::Reject(_)
             | Message::CodePoolRequest(_)
             | Message::CodePoolData(_)
-            | Message::Assign(_)
             | Message::FinishedAck(_)
             | Message::Ping(_)
             | Message::Pong(_)
@@ -206,6 +214,11 @@ pub struct Connect {
     /// fails every other task it believes this worker runs.
     #[prost(message, repeated, tag = "3")]
     pub running: Vec<RunningTask>,
+    /// The worker understands [`TaskShape`]s: the broker may then send the resources and needs
+    /// that many assignments share once per connection and name them by id. A broker that
+    /// predates the field ignores it and sends them with every assignment.
+    #[prost(bool, tag = "4")]
+    pub task_shapes: bool,
 }
 
 /// One attempt of a task the worker still holds.
@@ -314,6 +327,29 @@ pub struct Assign {
     /// The tasks, in the order the broker chose them.
     #[prost(message, repeated, tag = "1")]
     pub assignments: Vec<Assignment>,
+    /// Shapes defined on this connection from this frame on, before its assignments use them
+    /// (only to a worker that announced [`Connect::task_shapes`]).
+    #[prost(message, repeated, tag = "2")]
+    pub shapes: Vec<TaskShape>,
+}
+
+/// Most [`TaskShape`]s one connection may define; a broker with more distinct ones sends the
+/// rest with each assignment.
+pub const MAX_TASK_SHAPES: usize = 1024;
+
+/// The resources and needs that many assignments share, defined once per connection and named
+/// by [`Assignment::shape`]: a broker sends each distinct pair once instead of with every task.
+#[derive(Clone, PartialEq, Eq, prost::Message)]
+pub struct TaskShape {
+    /// Its id on this connection, from 1 (0 means "no shape"); defined at most once.
+    #[prost(uint32, tag = "1")]
+    pub id: u32,
+    /// As [`Assignment::resources`].
+    #[prost(string, repeated, tag = "2")]
+    pub resources: Vec<String>,
+    /// As [`Assignment::needs`].
+    #[prost(btree_map = "string, uint64", tag = "3")]
+    pub needs: BTreeMap<String, u64>,
 }
 
 /// One task attempt given to a worker.
@@ -347,6 +383,10 @@ pub struct Assignment {
     /// declared nothing.
     #[prost(btree_map = "string, uint64", tag = "80")]
     pub needs: BTreeMap<String, u64>,
+    /// The [`TaskShape`] holding this task's resources and needs, defined earlier on this
+    /// connection; 0: none (they are the two fields above, empty when the task has none).
+    #[prost(uint32, tag = "81")]
+    pub shape: u32,
 }
 
 /// W→B: a batch of finish reports.

@@ -67,9 +67,14 @@ fn arb_assignment() -> impl Strategy<Value = Assignment> {
             vec(".{0,8}", 0..3),
         ),
         arb_amounts(),
+        0u32..4,
     )
         .prop_map(
-            |((task_id, attempt, task_type, user_id, data, codepool, mode, resources), needs)| {
+            |(
+                (task_id, attempt, task_type, user_id, data, codepool, mode, resources),
+                needs,
+                shape,
+            )| {
                 Assignment {
                     task_id,
                     attempt,
@@ -80,9 +85,18 @@ fn arb_assignment() -> impl Strategy<Value = Assignment> {
                     mode,
                     resources,
                     needs,
+                    shape,
                 }
             },
         )
+}
+
+fn arb_shape() -> impl Strategy<Value = TaskShape> {
+    (1u32..1000, vec(".{0,8}", 0..3), arb_amounts()).prop_map(|(id, resources, needs)| TaskShape {
+        id,
+        resources,
+        needs,
+    })
 }
 
 fn arb_report() -> impl Strategy<Value = FinishReport> {
@@ -128,16 +142,20 @@ fn arb_message() -> impl Strategy<Value = Message> {
         (
             vec(any::<u8>(), PROOF_LEN),
             arb_capacity(),
-            vec((any::<u64>(), any::<u32>()), 0..5)
+            vec((any::<u64>(), any::<u32>()), 0..5),
+            any::<bool>()
         )
-            .prop_map(|(proof, capacity, running)| Message::Connect(Connect {
-                proof,
-                capacity,
-                running: running
-                    .into_iter()
-                    .map(|(task_id, attempt)| RunningTask { task_id, attempt })
-                    .collect(),
-            })),
+            .prop_map(|(proof, capacity, running, task_shapes)| Message::Connect(
+                Connect {
+                    proof,
+                    capacity,
+                    running: running
+                        .into_iter()
+                        .map(|(task_id, attempt)| RunningTask { task_id, attempt })
+                        .collect(),
+                    task_shapes,
+                }
+            )),
         (vec(any::<u8>(), PROOF_LEN), any::<u64>(), any::<u64>()).prop_map(
             |(broker_proof, keepalive_interval_ms, idle_timeout_ms)| Message::Welcome(Welcome {
                 broker_proof,
@@ -147,7 +165,12 @@ fn arb_message() -> impl Strategy<Value = Message> {
         ),
         (".{0,30}", any::<bool>())
             .prop_map(|(reason, retryable)| Message::Reject(Reject { reason, retryable })),
-        vec(arb_assignment(), 0..4).prop_map(|assignments| Message::Assign(Assign { assignments })),
+        (vec(arb_assignment(), 0..4), vec(arb_shape(), 0..3)).prop_map(|(assignments, shapes)| {
+            Message::Assign(Assign {
+                assignments,
+                shapes,
+            })
+        }),
         (any::<u64>(), vec(arb_report(), 0..4))
             .prop_map(|(seq, reports)| Message::Finished(Finished { seq, reports })),
         any::<u64>().prop_map(|seq| Message::FinishedAck(FinishedAck { seq })),
@@ -239,12 +262,12 @@ proptest! {
         let chunks = chunk_for_frames(assignments.clone(), max);
         for pair in chunks.windows(2) {
             let merged: Vec<_> = pair[0].iter().chain(&pair[1]).cloned().collect();
-            let merged_len = encoded_body_len(&Message::Assign(Assign { assignments: merged }));
+            let merged_len = encoded_body_len(&Message::Assign(Assign { assignments: merged, shapes: Vec::new() }));
             prop_assert!(merged_len > max - FRAME_OVERHEAD);
         }
         for chunk in &chunks {
             prop_assert!(!chunk.is_empty());
-            let len = encoded_body_len(&Message::Assign(Assign { assignments: chunk.clone() }));
+            let len = encoded_body_len(&Message::Assign(Assign { assignments: chunk.clone(), shapes: Vec::new() }));
             prop_assert!(len <= max, "{} > {}", len, max);
         }
         prop_assert_eq!(chunks.concat(), assignments);
@@ -665,4 +688,57 @@ fn amounts_and_needs_are_compatible_both_ways() {
         Assignment::decode(&new.encode_to_vec()[..]).unwrap().needs,
         new.needs
     );
+}
+
+/// A `Connect` as a worker that predates task shapes sends it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct ConnectBeforeShapes {
+    #[prost(bytes = "vec", tag = "1")]
+    proof: Vec<u8>,
+    #[prost(message, required, tag = "2")]
+    capacity: Capacity,
+}
+
+/// An `Assign` as a worker that predates task shapes reads it.
+#[derive(Clone, PartialEq, prost::Message)]
+struct AssignBeforeShapes {
+    #[prost(message, repeated, tag = "1")]
+    assignments: Vec<AssignmentBeforeNeeds>,
+}
+
+#[test]
+fn task_shapes_are_compatible_both_ways_and_id_0_is_refused() {
+    // Goal: an old worker's Connect decodes as not knowing shapes (so a new broker sends every
+    // assignment whole); a frame with shapes still decodes for an old reader (it ignores them);
+    // a shape with id 0 ("none") is an invalid field.
+    let old = ConnectBeforeShapes {
+        proof: vec![0; PROOF_LEN],
+        capacity: Capacity::default(),
+    }
+    .encode_to_vec();
+    assert!(!Connect::decode(&old[..]).unwrap().task_shapes);
+
+    let assign = Assign {
+        assignments: vec![Assignment {
+            task_id: 5,
+            task_type: "t".into(),
+            shape: 1,
+            ..Assignment::default()
+        }],
+        shapes: vec![TaskShape {
+            id: 1,
+            resources: vec!["db".into()],
+            needs: [(CPU_MILLIS.to_owned(), 250)].into(),
+        }],
+    };
+    let bytes = assign.encode_to_vec();
+    let seen_by_old = AssignBeforeShapes::decode(&bytes[..]).unwrap();
+    assert_eq!(seen_by_old.assignments[0].task_id, 5);
+    assert_eq!(Assign::decode(&bytes[..]).unwrap(), assign);
+    assert!(Message::Assign(assign.clone()).validate().is_ok());
+
+    let mut zero = assign;
+    zero.shapes[0].id = 0;
+    let err = Message::Assign(zero).validate().unwrap_err();
+    assert!(err.to_string().contains("assign.shapes.id"), "{err}");
 }
