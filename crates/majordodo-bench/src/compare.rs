@@ -971,12 +971,59 @@ fn peer_round(
     Ok(())
 }
 
-/// Workload 5: `n` tasks of 100 random bytes each wait in a broker; the broker writes a
-/// snapshot (its own checkpoint), which is then read and decoded as a broker does at boot, and,
-/// if `boot`, a broker boots from it (until its HTTP API answers).
+/// Workload 5 in `figures`: see [`measure_snapshot`].
 async fn snapshots(figures: &mut Figures, data: &Path, n: u64, boot: bool) -> anyhow::Result<()> {
+    let m = measure_snapshot(data, n, boot).await?;
+    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
+    figures.record(
+        &format!("snap{n}_size"),
+        "ours",
+        m.size as f64 / (1024.0 * 1024.0),
+    );
+    figures.record(&format!("snap{n}_ratio"), "ours", m.ratio());
+    figures.record(&format!("snap{n}_write"), "ours", ms(m.write));
+    figures.record(&format!("snap{n}_load"), "ours", ms(m.load));
+    if let Some(b) = m.boot {
+        figures.record("snap_boot", "ours", ms(b));
+    }
+    Ok(())
+}
+
+/// Bytes of random data per task of workload 5.
+pub(crate) const SNAPSHOT_DATA_BYTES: usize = 100;
+
+/// What workload 5 measured at one size.
+pub(crate) struct SnapshotFigures {
+    /// Tasks in the snapshot.
+    pub(crate) tasks: u64,
+    /// Its size on disk.
+    pub(crate) size: u64,
+    /// The broker's checkpoint.
+    pub(crate) write: Duration,
+    /// Read and decode, as a booting broker does.
+    pub(crate) load: Duration,
+    /// A broker's boot from it, until its HTTP API answers, if measured.
+    pub(crate) boot: Option<Duration>,
+}
+
+impl SnapshotFigures {
+    /// Size over the raw task data.
+    pub(crate) fn ratio(&self) -> f64 {
+        self.size as f64 / (self.tasks as f64 * SNAPSHOT_DATA_BYTES as f64)
+    }
+}
+
+/// Workload 5: `n` tasks of 100 random bytes each wait in a broker (submitted by the client,
+/// which gives each an idempotency key); the broker writes a snapshot (its own checkpoint),
+/// which is then read and decoded as a broker does at boot, and, if `boot`, a broker boots from
+/// it (until its HTTP API answers).
+pub(crate) async fn measure_snapshot(
+    data: &Path,
+    n: u64,
+    boot: bool,
+) -> anyhow::Result<SnapshotFigures> {
     use rand::Rng;
-    const DATA_BYTES: usize = 100;
+    const DATA_BYTES: usize = SNAPSHOT_DATA_BYTES;
     let dir = data.join(format!("snapshot-{n}"));
     let measured = async {
         let broker = InProcBroker::start_with_snapshots(&dir, LeaderConfig::default()).await?;
@@ -1036,24 +1083,14 @@ async fn snapshots(figures: &mut Figures, data: &Path, n: u64, boot: bool) -> an
     }
     .await;
     let _ = std::fs::remove_dir_all(&dir);
-    let (size, write, load, boot_time) = measured?;
-    let ms = |d: Duration| d.as_secs_f64() * 1000.0;
-    figures.record(
-        &format!("snap{n}_size"),
-        "ours",
-        size as f64 / (1024.0 * 1024.0),
-    );
-    figures.record(
-        &format!("snap{n}_ratio"),
-        "ours",
-        size as f64 / (n as f64 * DATA_BYTES as f64),
-    );
-    figures.record(&format!("snap{n}_write"), "ours", ms(write));
-    figures.record(&format!("snap{n}_load"), "ours", ms(load));
-    if let Some(b) = boot_time {
-        figures.record("snap_boot", "ours", ms(b));
-    }
-    Ok(())
+    let (size, write, load, boot) = measured?;
+    Ok(SnapshotFigures {
+        tasks: n,
+        size,
+        write,
+        load,
+        boot,
+    })
 }
 
 /// Workloads 4 and 6 on a broker process (its RSS and CPU are its own), when the `majordodo`

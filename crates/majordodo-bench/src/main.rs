@@ -8,6 +8,8 @@
 //! - `latency`: submit → executor start, one task per request at a fixed rate.
 //! - `scale`: broker RSS with a million waiting tasks, and throughput with a million waiting
 //!   versus a thousand.
+//! - `snapshots`: snapshot size, write and load time with tasks of 100 random bytes, and the
+//!   boot time from the largest (workload 5 of `compare` alone).
 //! - `fsync`: the disk's own small-write + fdatasync speed, for context.
 //! - `replicated`: the burn-down on the file log and on a cluster over three bookies (rounds
 //!   alternated), the followers' lag meanwhile, and the failover time.
@@ -37,6 +39,7 @@ mod replicated;
 mod report;
 mod rules_core;
 mod rules_cost;
+mod snapshots;
 mod tenants_scale;
 
 use clap::{Parser, Subcommand};
@@ -64,6 +67,9 @@ enum Scenario {
     Scale(e2e::ScaleArgs),
     /// The disk's small-write + fdatasync speed.
     Fsync(e2e::FsyncArgs),
+    /// Snapshot size, write and load time with tasks of 100 random bytes, and the boot time
+    /// from the largest snapshot (workload 5 of `compare`).
+    Snapshots(snapshots::SnapshotsArgs),
     /// File log vs replicated burn-down, follower lag, failover time (needs scripts/test-deps).
     Replicated(replicated::ReplicatedArgs),
     /// Weighted fair share under skewed load: each backlogged tenant's share of the running
@@ -98,6 +104,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Latency(args) => e2e::latency(&args).await,
         Scenario::Scale(args) => e2e::scale(&args).await,
         Scenario::Fsync(args) => e2e::fsync(&args),
+        Scenario::Snapshots(args) => snapshots::run(&args).await,
         Scenario::Replicated(args) => replicated::run(&args).await,
         Scenario::Fairness(args) => fairness::fairness(&args).await,
         Scenario::RulesCost(args) => rules_cost::rules_cost(&args).await,
@@ -112,6 +119,7 @@ async fn main() -> anyhow::Result<()> {
                 vec!["bench", "burn-down", "--dir", &d],
                 vec!["bench", "latency", "--dir", &d],
                 vec!["bench", "scale", "--dir", &d],
+                vec!["bench", "snapshots", "--dir", &d],
                 vec!["bench", "replicated", "--dir", &d],
                 vec!["bench", "tenants-scale"],
                 vec!["bench", "rules-cost", "--dir", &d],
@@ -122,6 +130,7 @@ async fn main() -> anyhow::Result<()> {
                     Scenario::BurnDown(a) => e2e::burn_down(&a).await?,
                     Scenario::Latency(a) => e2e::latency(&a).await?,
                     Scenario::Scale(a) => e2e::scale(&a).await?,
+                    Scenario::Snapshots(a) => snapshots::run(&a).await?,
                     Scenario::Fsync(a) => e2e::fsync(&a)?,
                     Scenario::Replicated(a) => replicated::run(&a).await?,
                     Scenario::Fairness(a) => fairness::fairness(&a).await?,

@@ -602,7 +602,7 @@ impl StateBuilder {
                 what(),
                 format!(
                     "the key {:?} of user {} or the task has another key already",
-                    &*k.key, &*k.user_id
+                    k.key, &*k.user_id
                 ),
             ));
         }

@@ -1177,7 +1177,7 @@ mod tests {
         });
         let err =
             decode_snapshot(&encode_snapshot(&source), Arc::new(DefaultGroupMapper)).unwrap_err();
-        assert!(err.to_string().contains(&*first_key), "{err}");
+        assert!(err.to_string().contains(&*first_key.as_text()), "{err}");
     }
 
     proptest! {
