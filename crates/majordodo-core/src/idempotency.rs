@@ -383,13 +383,7 @@ impl IdempotencyKeys {
         run: impl Iterator<Item = &'a IdempotencyKey> + 'a,
         stragglers: impl Iterator<Item = &'a IdempotencyKey> + 'a,
     ) -> impl Iterator<Item = &'a IdempotencyKey> + 'a {
-        let mut run = run.peekable();
-        let mut stragglers = stragglers.peekable();
-        std::iter::from_fn(move || match (run.peek(), stragglers.peek()) {
-            (Some(a), Some(b)) if b.stamp() < a.stamp() => stragglers.next(),
-            (Some(_), _) => run.next(),
-            (None, _) => stragglers.next(),
-        })
+        crate::sorted::merge_sorted(run, stragglers, |k| k.stamp())
     }
 
     /// Creation times of the keys created at or after `from`, oldest first.

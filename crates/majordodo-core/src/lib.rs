@@ -24,6 +24,7 @@ pub mod model;
 pub mod quota;
 pub mod scheduler;
 pub mod snapshot;
+mod sorted;
 pub mod state;
 mod task_table;
 

@@ -28,6 +28,9 @@ use std::sync::Arc;
 use crate::model::{ANY_GROUP, ANY_TASK_TYPE, GroupId, TaskId};
 use crate::quota::{Needs, Quotas, TenantBook, Usage};
 
+mod queue;
+use queue::Queue;
+
 /// The resources a task uses while it runs, shared by every task of a tenant.
 pub type Resources = Arc<[Arc<str>]>;
 
@@ -399,7 +402,7 @@ struct Tenant {
     resources: Resources,
     weight: u32,
     /// Per task type, the waiting tasks in order, each with its needs.
-    queues: BTreeMap<Arc<str>, BTreeMap<QueueKey, Option<Needs>>>,
+    queues: BTreeMap<Arc<str>, Queue>,
 }
 
 /// Waiting tasks, indexed by tenant then task type (each queue in priority then age order), with
@@ -466,8 +469,7 @@ impl WaitingIndex {
             .queues
             .entry(q.task_type.clone())
             .or_default()
-            .insert((Reverse(q.priority), q.id), q.needs.cloned())
-            .is_none();
+            .insert((Reverse(q.priority), q.id), q.needs.cloned());
         if added {
             self.len += 1;
         }
@@ -505,7 +507,7 @@ impl WaitingIndex {
         let Some(queue) = tenant.queues.get_mut(task_type) else {
             return false;
         };
-        if queue.remove(&(Reverse(priority), id)).is_none() {
+        if !queue.remove(&(Reverse(priority), id)) {
             return false;
         }
         self.len -= 1;
@@ -529,12 +531,40 @@ impl WaitingIndex {
         }
     }
 
+    /// Checks every queue's layout, and that the queues hold `len` tasks with none empty.
+    ///
+    /// # Errors
+    /// The first inconsistency found.
+    pub fn check(&self) -> Result<(), String> {
+        let mut total = 0;
+        for (user, tenant) in &self.tenants {
+            for (task_type, queue) in &tenant.queues {
+                queue
+                    .check()
+                    .map_err(|e| format!("waiting queue of {user}, type {task_type}: {e}"))?;
+                if queue.is_empty() {
+                    return Err(format!(
+                        "empty waiting queue of {user}, type {task_type} kept"
+                    ));
+                }
+                total += queue.len();
+            }
+        }
+        if total != self.len {
+            return Err(format!(
+                "waiting queues hold {total} tasks, the index counts {}",
+                self.len
+            ));
+        }
+        Ok(())
+    }
+
     /// Whether a task is indexed.
     pub fn contains(&self, user: &str, task_type: &str, priority: i32, id: TaskId) -> bool {
         self.tenants
             .get(user)
             .and_then(|t| t.queues.get(task_type))
-            .is_some_and(|q| q.contains_key(&(Reverse(priority), id)))
+            .is_some_and(|q| q.contains(&(Reverse(priority), id)))
     }
 
     /// Tenants with waiting tasks, as (user, group, weight, waiting tasks), in no particular
@@ -545,7 +575,7 @@ impl WaitingIndex {
                 u,
                 t.group,
                 t.weight,
-                t.queues.values().map(BTreeMap::len).sum(),
+                t.queues.values().map(Queue::len).sum(),
             )
         })
     }
@@ -564,7 +594,7 @@ impl WaitingIndex {
                 tenant
                     .queues
                     .iter()
-                    .flat_map(move |(t, q)| q.keys().map(move |(_, id)| (*id, *g, u, t)))
+                    .flat_map(move |(t, q)| q.keys().map(move |(_, id)| (id, *g, u, t)))
             })
         })
     }
@@ -610,9 +640,9 @@ impl WaitingIndex {
                     let mut h = BinaryHeap::new();
                     for (task_type, queue) in &tenant.queues {
                         if room.types.available(task_type)
-                            && let Some((first, _)) = queue.first_key_value()
+                            && let Some(first) = queue.first()
                         {
-                            h.push(Reverse((*first, task_type.clone())));
+                            h.push(Reverse((first, task_type.clone())));
                         }
                     }
                     if let Some(Reverse(((_, id), _))) = h.peek() {
@@ -669,8 +699,8 @@ impl WaitingIndex {
                 let resources = tenant.resources.clone();
                 queue.pop_first();
                 self.len -= 1;
-                if let Some((next, _)) = queue.first_key_value() {
-                    h.push(Reverse((*next, task_type.clone())));
+                if let Some(next) = queue.first() {
+                    h.push(Reverse((next, task_type.clone())));
                 } else {
                     tenant.queues.remove(&task_type);
                     if tenant.queues.is_empty() {

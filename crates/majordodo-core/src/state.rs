@@ -1348,6 +1348,7 @@ impl BrokerState {
                 self.waiting.len()
             ));
         }
+        self.waiting.check()?;
         let running: usize = self.running.values().map(|r| r.len()).sum();
         if running as u64 != counts[TaskStatus::Running.index()] {
             return Err("running sets disagree with running tasks".into());
