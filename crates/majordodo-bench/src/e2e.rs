@@ -122,7 +122,13 @@ pub(crate) async fn measure_burn_down(
 /// task is finished (as the broker reports it: durable).
 pub(crate) async fn burn_down(args: &BurnDownArgs) -> anyhow::Result<()> {
     let dir = args.common.run_dir("burn-down");
-    let broker = BrokerProcess::start(&dir, "").await?;
+    // Every worker connects from 127.0.0.1: past the per-address bound (64 by default), lift it.
+    let broker = if args.workers > 64 {
+        let workers_toml = format!("max_connections_per_address = {}", args.workers + 16);
+        BrokerProcess::start_with_workers(&dir, &workers_toml).await?
+    } else {
+        BrokerProcess::start(&dir, "").await?
+    };
     let run = measure_burn_down(
         &broker,
         args.tasks,
