@@ -145,9 +145,10 @@ impl KeyText {
     }
 }
 
-impl From<&str> for KeyText {
-    fn from(text: &str) -> KeyText {
-        match KeyRef::of(text) {
+impl KeyRef<'_> {
+    /// The key as the state holds it.
+    fn to_key_text(self) -> KeyText {
+        match self {
             KeyRef::Hex(b) => KeyText::Hex(b),
             KeyRef::Uuid(b) => KeyText::Uuid(b),
             KeyRef::Text(t) => KeyText::Text(t.into()),
@@ -155,23 +156,26 @@ impl From<&str> for KeyText {
     }
 }
 
+impl From<&str> for KeyText {
+    fn from(text: &str) -> KeyText {
+        KeyRef::of(text).to_key_text()
+    }
+}
+
 impl From<String> for KeyText {
     fn from(text: String) -> KeyText {
-        match KeyRef::of(&text) {
-            KeyRef::Hex(b) => KeyText::Hex(b),
-            KeyRef::Uuid(b) => KeyText::Uuid(b),
-            KeyRef::Text(_) => KeyText::Text(text.into()),
-        }
+        KeyRef::of(&text).to_key_text()
     }
 }
 
 impl From<Arc<str>> for KeyText {
     fn from(text: Arc<str>) -> KeyText {
+        // A text key keeps the shared text it came in.
         match KeyRef::of(&text) {
-            KeyRef::Hex(b) => KeyText::Hex(b),
-            KeyRef::Uuid(b) => KeyText::Uuid(b),
-            KeyRef::Text(_) => KeyText::Text(text),
+            KeyRef::Text(_) => None,
+            compact => Some(compact.to_key_text()),
         }
+        .unwrap_or(KeyText::Text(text))
     }
 }
 
@@ -284,7 +288,7 @@ impl IdempotencyKeys {
 
     /// Rare: only keys that came out of order are there.
     fn get_straggler(&self, user_id: &str, key: KeyRef<'_>) -> Option<(TaskId, Millis)> {
-        let owned = (Arc::<str>::from(user_id), KeyText::from(&*key.text()));
+        let owned = (Arc::<str>::from(user_id), key.to_key_text());
         self.straggler_keys.get(&owned).copied()
     }
 
@@ -446,16 +450,6 @@ impl IdempotencyKeys {
 /// a tag from the top ones, so both come from the 32 bits.
 fn spread(h: u32) -> u64 {
     (u64::from(h) << 32) | u64::from(h)
-}
-
-impl KeyRef<'_> {
-    fn text(&self) -> std::borrow::Cow<'_, str> {
-        match self {
-            KeyRef::Hex(b) => KeyText::Hex(*b).to_string().into(),
-            KeyRef::Uuid(b) => KeyText::Uuid(*b).to_string().into(),
-            KeyRef::Text(t) => std::borrow::Cow::Borrowed(t),
-        }
-    }
 }
 
 /// Two sets of keys are equal when they hold the same keys: how they are laid out (which came

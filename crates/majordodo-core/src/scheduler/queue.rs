@@ -180,14 +180,18 @@ impl Queue {
 
     /// Keys in order.
     pub(super) fn keys(&self) -> impl Iterator<Item = QueueKey> + '_ {
-        let run = self.run.iter().filter(|e| !e.gone).map(Entry::key);
-        crate::sorted::merge_sorted(run, self.others.keys().copied(), |k| *k)
+        self.entries().map(|(k, _)| k)
     }
 
     /// Tasks with their needs, in order.
     fn entries(&self) -> impl Iterator<Item = (QueueKey, &Option<Needs>)> + '_ {
-        self.keys()
-            .map(|k| (k, self.get(&k).expect("a listed key is there")))
+        let run = self
+            .run
+            .iter()
+            .filter(|e| !e.gone)
+            .map(|e| (e.key(), &e.needs));
+        let others = self.others.iter().map(|(k, n)| (*k, n));
+        crate::sorted::merge_sorted(run, others, |(k, _)| *k)
     }
 
     /// Checks the layout's invariants.
