@@ -23,6 +23,7 @@ pub mod leader;
 pub mod model;
 pub mod quota;
 pub mod scheduler;
+mod slot_table;
 pub mod snapshot;
 mod sorted;
 pub mod state;

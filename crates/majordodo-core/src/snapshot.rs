@@ -327,7 +327,7 @@ impl StateBuilder {
         let needs = crate::quota::normalize(r.needs, false)
             .map_err(|e| invalid(what(), format!("needs: {e}")))?;
         let needs = s.intern_needs(&needs);
-        let task = Task {
+        let mut task = Task {
             id,
             task_type,
             user_id,
@@ -351,6 +351,8 @@ impl StateBuilder {
                     needs,
                 })
             }),
+            slot_hash: 0,
+            holds_pool: false,
         };
         if !status.is_final()
             && let Some(slot) = task.slot()
@@ -361,7 +363,7 @@ impl StateBuilder {
                     format!("slot {slot} also held by task {holder}"),
                 ));
             }
-            s.slots.insert(slot.into(), id);
+            task.slot_hash = s.slots.insert(slot, id);
         }
         match status {
             TaskStatus::Waiting => {
@@ -400,6 +402,7 @@ impl StateBuilder {
         }
         if !status.is_final() {
             s.pool_ref(task.codepool());
+            task.holds_pool = task.codepool().is_some();
         }
         s.counts[status.index()] += 1;
         s.max_task_id = s.max_task_id.max(r.id);
@@ -532,13 +535,13 @@ impl StateBuilder {
         }
         for task in &t.prepared {
             if let Some(slot) = &task.slot {
-                if let Some(holder) = s.slots.get(slot.as_str()) {
+                if let Some(holder) = s.slots.get(slot) {
                     return Err(invalid(
                         format!("transaction {}", t.id),
                         format!("slot {slot} also held by task {holder}"),
                     ));
                 }
-                s.slots.insert(slot.as_str().into(), task.id);
+                s.slots.insert(slot, task.id);
             }
             s.max_task_id = s.max_task_id.max(task.id.0);
         }

@@ -162,7 +162,7 @@ pub struct BrokerState {
     /// Running tasks by worker.
     pub(crate) running: HashMap<Arc<str>, RunningSet>,
     /// Busy slots and their holders (waiting, delayed, running or prepared tasks).
-    pub(crate) slots: HashMap<compact_str::CompactString, TaskId>,
+    pub(crate) slots: crate::slot_table::SlotTable,
     /// Idempotency keys of tasks created within the window, with their expiry index. Kept
     /// apart from the tasks: a purged task's key stays until its window ends.
     pub(crate) idempotency: IdempotencyKeys,
@@ -252,7 +252,7 @@ impl BrokerState {
             deadlines: BTreeSet::new(),
             ended: BTreeSet::new(),
             running: HashMap::default(),
-            slots: HashMap::default(),
+            slots: Default::default(),
             idempotency: IdempotencyKeys::default(),
             workers: BTreeMap::new(),
             transactions: BTreeMap::new(),
@@ -324,12 +324,12 @@ impl BrokerState {
 
     /// Busy slots and their holders.
     pub fn slots(&self) -> impl Iterator<Item = (&str, TaskId)> + '_ {
-        self.slots.iter().map(|(s, t)| (&**s, *t))
+        self.slots.iter()
     }
 
     /// The holder of a slot, if busy.
     pub fn slot_holder(&self, slot: &str) -> Option<TaskId> {
-        self.slots.get(slot).copied()
+        self.slots.get(slot)
     }
 
     /// The task created by the first submission of `user_id` with idempotency key `key`, and
@@ -652,9 +652,14 @@ impl BrokerState {
                 task.status = TaskStatus::Running;
                 task.attempts = attempt;
                 task.worker_id = Some(worker);
-                if !recorded.is_empty() || task.extra.is_some() {
+                let emptied = recorded.is_empty();
+                if !emptied || task.extra.is_some() {
                     task.extra.get_or_insert_with(Default::default).resources = recorded;
-                    tidy_extra(task);
+                    // Only a task recording no resource may be left with every extra field
+                    // at its default.
+                    if emptied {
+                        tidy_extra(task);
+                    }
                 }
                 self.counts[TaskStatus::Waiting.index()] -= 1;
                 self.counts[TaskStatus::Running.index()] += 1;
@@ -704,7 +709,7 @@ impl BrokerState {
                 self.check_new_task("prepare_add_task", &task, None)?;
                 self.max_task_id = self.max_task_id.max(task.id.0);
                 if let Some(slot) = &task.slot {
-                    self.slots.insert(slot.as_str().into(), task.id);
+                    self.slots.insert(slot, task.id);
                 }
                 self.transactions
                     .get_mut(&transaction_id)
@@ -1047,12 +1052,12 @@ impl BrokerState {
             });
         }
         if let Some(slot) = &task.slot
-            && let Some(holder) = self.slots.get(slot.as_str())
-            && Some(*holder) != slot_owner
+            && let Some(holder) = self.slots.get(slot)
+            && Some(holder) != slot_owner
         {
             return Err(ApplyError::SlotBusy {
                 slot: slot.clone(),
-                holder: *holder,
+                holder,
             });
         }
         Ok(())
@@ -1079,7 +1084,7 @@ impl BrokerState {
         } else {
             None
         };
-        let task = Task {
+        let mut task = Task {
             id: t.id,
             task_type,
             user_id,
@@ -1094,10 +1099,13 @@ impl BrokerState {
             deadline: t.deadline.max(0),
             requested_start_time: t.requested_start_time.max(0),
             extra,
+            slot_hash: 0,
+            holds_pool: false,
         };
         if let Some(slot) = task.slot() {
-            self.slots.insert(slot.into(), task.id);
+            task.slot_hash = self.slots.insert(slot, task.id);
         }
+        task.holds_pool = task.codepool().is_some();
         if let Some(key) = t.idempotency_key {
             let inserted =
                 self.idempotency
@@ -1207,11 +1215,15 @@ impl BrokerState {
         }
         // Enter the new status's indexes.
         if to.is_final() {
-            if let Some(slot) = task.slot() {
-                Self::free_slot(&mut self.slots, slot, id);
+            if task.slot_hash != 0 {
+                self.slots.free_held(task.slot_hash, id);
+                task.slot_hash = 0;
             }
             self.ended.insert((task.created, id));
-            Self::pool_unref(&mut self.pool_refs, task.codepool());
+            if task.holds_pool {
+                Self::pool_unref(&mut self.pool_refs, task.codepool());
+                task.holds_pool = false;
+            }
         } else {
             let task = self.tasks.get(&id).expect("checked above").clone();
             self.index_pending(&task);
@@ -1220,20 +1232,7 @@ impl BrokerState {
     }
 
     fn release_slot(&mut self, slot: &str, holder: TaskId) {
-        Self::free_slot(&mut self.slots, slot, holder);
-    }
-
-    /// Frees `slot` if `holder` holds it, in one lookup when it does (the usual case).
-    fn free_slot(
-        slots: &mut HashMap<compact_str::CompactString, TaskId>,
-        slot: &str,
-        holder: TaskId,
-    ) {
-        if let Some((name, other)) = slots.remove_entry(slot)
-            && other != holder
-        {
-            slots.insert(name, other);
-        }
+        self.slots.free(slot, holder);
     }
 
     fn set_worker_status(
@@ -1333,10 +1332,28 @@ impl BrokerState {
             }
             if let Some(slot) = task.slot() {
                 let live = !task.status.is_final();
-                let held = self.slots.get(slot) == Some(&task.id);
+                let held = self.slots.get(slot) == Some(task.id);
                 if live != held {
                     return Err(format!("task {} and slot {slot} disagree", task.id));
                 }
+                let hash = if live { self.slots.hash(slot) } else { 0 };
+                if task.slot_hash != hash {
+                    return Err(format!(
+                        "task {} keeps slot hash {:#x}, expected {hash:#x}",
+                        task.id, task.slot_hash
+                    ));
+                }
+            } else if task.slot_hash != 0 {
+                return Err(format!(
+                    "task {} keeps a slot hash but has no slot",
+                    task.id
+                ));
+            }
+            if task.holds_pool != (!task.status.is_final() && task.codepool().is_some()) {
+                return Err(format!(
+                    "task {} counts in its pool's references: {}",
+                    task.id, task.holds_pool
+                ));
             }
         }
         if counts != self.counts {
@@ -1355,15 +1372,15 @@ impl BrokerState {
         }
         // Every busy slot is held by a live task or a prepared task of an open transaction
         // (so a cancel, a rollback or an abandoned transaction cannot leave one behind).
-        for (slot, holder) in &self.slots {
+        for (slot, holder) in self.slots.iter() {
             let live = self
                 .tasks
-                .get(holder)
-                .is_some_and(|t| !t.status.is_final() && t.slot() == Some(&**slot));
+                .get(&holder)
+                .is_some_and(|t| !t.status.is_final() && t.slot() == Some(slot));
             let prepared = self.transactions.values().any(|tx| {
                 tx.prepared
                     .iter()
-                    .any(|t| t.id == *holder && t.slot.as_deref() == Some(&**slot))
+                    .any(|t| t.id == holder && t.slot.as_deref() == Some(slot))
             });
             if !live && !prepared {
                 return Err(format!(

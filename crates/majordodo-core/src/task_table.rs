@@ -136,6 +136,8 @@ mod tests {
             deadline: 0,
             requested_start_time: 0,
             extra: None,
+            slot_hash: 0,
+            holds_pool: false,
         })
     }
 
