@@ -125,7 +125,9 @@ pub fn need_of(needs: &[(Arc<str>, u64)], dimension: &str) -> u64 {
 
 /// Where `dimension` is in a sorted list of amounts (Ok) or would go (Err). Names come
 /// interned, so the same text is usually the same address; the comparison by text decides
-/// otherwise.
+/// otherwise. Inlined: a task's assignment and end search these short lists a few dozen
+/// times between them.
+#[inline]
 fn find_amount(amounts: &[(Arc<str>, u64)], dimension: &str) -> Result<usize, usize> {
     if let Some(i) = amounts.iter().position(|(name, _)| {
         std::ptr::eq(name.as_ptr(), dimension.as_ptr()) && name.len() == dimension.len()
@@ -136,11 +138,13 @@ fn find_amount(amounts: &[(Arc<str>, u64)], dimension: &str) -> Result<usize, us
 }
 
 /// The amount of `dimension` in a sorted list of amounts (0 when absent).
+#[inline]
 pub(crate) fn amount_in(amounts: &[(Arc<str>, u64)], dimension: &str) -> u64 {
     find_amount(amounts, dimension).map_or(0, |i| amounts[i].1)
 }
 
 /// Adds to a sorted list of amounts; the name is copied only when it is new there.
+#[inline]
 pub(crate) fn add_amount(amounts: &mut Vec<(Arc<str>, u64)>, name: &Arc<str>, amount: u64) {
     match find_amount(amounts, name) {
         Ok(i) => amounts[i].1 += amount,
@@ -150,6 +154,7 @@ pub(crate) fn add_amount(amounts: &mut Vec<(Arc<str>, u64)>, name: &Arc<str>, am
 
 /// Takes back what [`add_amount`] added (panics with `why` if it was not there); a dimension
 /// that reaches 0 leaves the list.
+#[inline]
 pub(crate) fn sub_amount(amounts: &mut Vec<(Arc<str>, u64)>, name: &str, amount: u64, why: &str) {
     let i = find_amount(amounts, name).expect(why);
     let used = &mut amounts[i].1;
