@@ -1052,6 +1052,7 @@ pub(crate) async fn measure_snapshot(
             .context("the snapshot file")?
             .len();
         let t = Instant::now();
+        crate::report::profile_phase(true);
         let loaded = tokio::task::spawn_blocking(move || {
             let snapshot = store.load_latest()?.context("no snapshot")?;
             let state = majordodo_proto::snapshot::decode_snapshot(
@@ -1063,6 +1064,7 @@ pub(crate) async fn measure_snapshot(
         .await
         .context("snapshot loader")??;
         let load = t.elapsed();
+        crate::report::profile_phase(false);
         anyhow::ensure!(
             loaded as u64 == n,
             "the snapshot holds {loaded} tasks, not {n}"
