@@ -339,6 +339,48 @@ impl IdempotencyKeys {
         true
     }
 
+    /// The keys of a restored state, built at once: in creation order, with their lookup table
+    /// filled in the order of its buckets. Filled one key at a time, in creation order, every key
+    /// lands in a random bucket of a table of millions (a cache miss for each); in bucket order
+    /// the table is written from one end to the other. Returns the first key found to repeat
+    /// the (owner, key) or the (created, task) of another, building nothing.
+    pub(crate) fn from_keys(
+        mut keys: Vec<IdempotencyKey>,
+    ) -> Result<IdempotencyKeys, IdempotencyKey> {
+        let mut out = IdempotencyKeys::default();
+        if !keys.is_sorted_by_key(IdempotencyKey::stamp) {
+            keys.sort_unstable_by_key(IdempotencyKey::stamp);
+        }
+        if let Some(i) = (1..keys.len()).find(|&i| keys[i - 1].stamp() == keys[i].stamp()) {
+            return Err(keys.swap_remove(i));
+        }
+        let mut order: Vec<(u32, u32)> = keys
+            .iter()
+            .enumerate()
+            .map(|(seq, k)| (out.hash(&k.user_id, k.key.as_ref()), seq as u32))
+            .collect();
+        by_bucket(&mut order, keys.len());
+        // Keys of one hash are next to each other now: a repeated key is among them.
+        for same in order.chunk_by(|a, b| a.0 == b.0).filter(|s| s.len() > 1) {
+            for (i, a) in same.iter().enumerate() {
+                let (ka, rest) = (&keys[a.1 as usize], &same[i + 1..]);
+                if let Some(b) = rest.iter().find(|b| {
+                    let kb = &keys[b.1 as usize];
+                    *kb.user_id == *ka.user_id && kb.key == ka.key
+                }) {
+                    return Err(keys.swap_remove(b.1 as usize));
+                }
+            }
+        }
+        out.positions.reserve(order.len(), |&(_, h)| spread(h));
+        for (hash, seq) in order {
+            out.positions
+                .insert_unique(spread(hash), (seq, hash), |&(_, h)| spread(h));
+        }
+        out.run = keys.into();
+        Ok(out)
+    }
+
     /// Whether a key of `run` has this (created, task).
     fn run_holds(&self, stamp: (Millis, TaskId)) -> bool {
         self.run.binary_search_by(|k| k.stamp().cmp(&stamp)).is_ok()
@@ -430,20 +472,50 @@ impl IdempotencyKeys {
                 self.stragglers.len()
             ));
         }
-        let mut tasks = std::collections::HashSet::new();
-        for k in self.run.iter().chain(self.stragglers.values()) {
+        // Every key is found by its lookup, looked up in the order of the table's buckets (as
+        // `from_keys` fills it) so that checking millions of keys reads the table in order.
+        let mut order: Vec<(u32, u32)> = self
+            .run
+            .iter()
+            .enumerate()
+            .map(|(i, k)| (self.hash(&k.user_id, k.key.as_ref()), i as u32))
+            .collect();
+        by_bucket(&mut order, self.positions.len());
+        for (_, i) in order {
+            let k = &self.run[i as usize];
             if self.get_ref(&k.user_id, k.key.as_ref()) != Some((k.task_id, k.created)) {
-                return Err(format!(
-                    "idempotency key {:?} of {} (task {}) is not indexed for lookup",
-                    k.key, k.user_id, k.task_id
-                ));
+                return Err(not_indexed(k));
             }
-            if !tasks.insert(k.stamp()) {
+        }
+        for k in self.stragglers.values() {
+            if self.get_ref(&k.user_id, k.key.as_ref()) != Some((k.task_id, k.created)) {
+                return Err(not_indexed(k));
+            }
+            // Stamps are unique within the run (in strictly increasing order) and among the
+            // stragglers (their index's keys); none is in both.
+            if self.run_holds(k.stamp()) {
                 return Err(format!("task {} has two idempotency keys", k.task_id));
             }
         }
         Ok(())
     }
+}
+
+fn not_indexed(k: &IdempotencyKey) -> String {
+    format!(
+        "idempotency key {:?} of {} (task {}) is not indexed for lookup",
+        k.key, k.user_id, k.task_id
+    )
+}
+
+/// Sorts (hash, position) pairs in the order of the buckets of a lookup table holding `len`
+/// keys (the table takes a key's bucket from the low bits of its hash, see [`spread`]), and by
+/// hash within a bucket.
+fn by_bucket(pairs: &mut [(u32, u32)], len: usize) {
+    // As the table sizes itself: room for `len` at a load of at most 7/8, a power of two.
+    let buckets = (len.max(8).saturating_mul(8) / 7).next_power_of_two();
+    let mask = u32::try_from(buckets - 1).unwrap_or(u32::MAX);
+    pairs.sort_unstable_by_key(|&(h, _)| (u64::from(h & mask) << 32) | u64::from(h));
 }
 
 /// The table's 64-bit hash from a 32-bit one: the table takes its bucket from the low bits and
@@ -644,7 +716,58 @@ mod tests {
                     let want: Vec<_> = model.by_time.range((from, TaskId(0))..).map(|((c, _), _)| *c).collect();
                     prop_assert_eq!(got, want);
                 }
+                // Built at once (as a snapshot restores them), from any order, the same keys.
+                let mut listed: Vec<IdempotencyKey> = keys.iter().collect();
+                listed.reverse();
+                let rebuilt = IdempotencyKeys::from_keys(listed).expect("no key repeats");
+                rebuilt.check().map_err(TestCaseError::fail)?;
+                prop_assert_eq!(&rebuilt, &keys);
+                for ((user, key), found) in &model.by_key {
+                    prop_assert_eq!(rebuilt.get(user, key), Some(*found));
+                }
             }
         }
+    }
+
+    #[test]
+    fn keys_built_at_once_refuse_a_repeated_key_or_task() {
+        // Goal: the restore path refuses what `insert` refuses: an owner's key twice, or two
+        // keys of one task; and many keys come out as inserted one by one would.
+        let key = |user: &str, text: &str, task: u64, created: Millis| IdempotencyKey {
+            user_id: user.into(),
+            key: text.into(),
+            task_id: TaskId(task),
+            created,
+        };
+        let repeated = IdempotencyKeys::from_keys(vec![
+            key("a", "k", 1, 10),
+            key("b", "k", 2, 20),
+            key("a", "k", 3, 30),
+        ]);
+        assert_eq!(repeated.err().map(|k| k.task_id.0 % 2), Some(1));
+        let one_task =
+            IdempotencyKeys::from_keys(vec![key("a", "k1", 1, 10), key("a", "k2", 1, 10)]);
+        assert_eq!(one_task.err().map(|k| k.task_id), Some(TaskId(1)));
+        let mut one_by_one = IdempotencyKeys::default();
+        let many: Vec<_> = (0..20_000_u64)
+            .map(|i| {
+                key(
+                    &format!("u{}", i % 7),
+                    &format!("{:032x}", i * 7919),
+                    i + 1,
+                    i as Millis,
+                )
+            })
+            .collect();
+        for k in &many {
+            assert!(one_by_one.insert(k.user_id.clone(), k.key.clone(), k.task_id, k.created));
+        }
+        let at_once = IdempotencyKeys::from_keys(many).unwrap();
+        at_once.check().unwrap();
+        assert_eq!(at_once, one_by_one);
+        assert_eq!(
+            at_once.get("u3", &format!("{:032x}", 10 * 7919)),
+            Some((TaskId(11), 10))
+        );
     }
 }

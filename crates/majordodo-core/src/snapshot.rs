@@ -286,6 +286,8 @@ impl BrokerState {
 #[derive(Debug)]
 pub struct StateBuilder {
     state: BrokerState,
+    /// The idempotency keys added, indexed by [`StateBuilder::finish`].
+    keys: Vec<IdempotencyKey>,
 }
 
 impl StateBuilder {
@@ -295,7 +297,10 @@ impl StateBuilder {
         state.last_lsn = header.lsn;
         state.max_task_id = header.max_task_id;
         state.max_transaction_id = header.max_transaction_id;
-        StateBuilder { state }
+        StateBuilder {
+            state,
+            keys: Vec::new(),
+        }
     }
 
     /// Adds a task.
@@ -596,19 +601,7 @@ impl StateBuilder {
             return Err(invalid(what(), "task id 0"));
         }
         let user_id = self.state.intern(&k.user_id);
-        if !self
-            .state
-            .idempotency
-            .insert(user_id, k.key.clone(), k.task_id, k.created)
-        {
-            return Err(invalid(
-                what(),
-                format!(
-                    "the key {:?} of user {} or the task has another key already",
-                    k.key, &*k.user_id
-                ),
-            ));
-        }
+        self.keys.push(IdempotencyKey { user_id, ..k });
         Ok(())
     }
 
@@ -616,7 +609,18 @@ impl StateBuilder {
     ///
     /// # Errors
     /// A description of the first inconsistency.
-    pub fn finish(self) -> Result<BrokerState, RestoreError> {
+    pub fn finish(mut self) -> Result<BrokerState, RestoreError> {
+        // The keys are indexed at once (see `IdempotencyKeys::from_keys`).
+        self.state.idempotency = crate::idempotency::IdempotencyKeys::from_keys(self.keys)
+            .map_err(|k| {
+                invalid(
+                    format!("idempotency key of task {}", k.task_id),
+                    format!(
+                        "the key {:?} of user {} or the task has another key already",
+                        k.key, &*k.user_id
+                    ),
+                )
+            })?;
         self.state
             .check_invariants()
             .map_err(|e| invalid("state", e))?;
