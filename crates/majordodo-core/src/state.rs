@@ -143,6 +143,9 @@ pub enum ApplyError {
 /// Most distinct needs the state shares between tasks (see `BrokerState::intern_needs`).
 const MAX_SHARED_NEEDS: usize = 4096;
 
+/// Tasks from which `BrokerState::check_invariants` checks its two halves side by side.
+const PARALLEL_CHECK_TASKS: usize = 100_000;
+
 /// The whole broker state: tasks, workers, transactions, code pools, and the indexes derived
 /// from them.
 #[derive(Clone)]
@@ -1278,11 +1281,27 @@ impl BrokerState {
         }
     }
 
-    /// Checks every derived index against the tasks; for tests and debug assertions.
+    /// Checks every derived index against the tasks; for tests, debug assertions and every
+    /// restored state. On a large state (a restore of millions of tasks) its two halves run
+    /// side by side, each reading the state only.
     ///
     /// # Errors
-    /// A description of the first inconsistency found.
+    /// A description of the first inconsistency found (the tasks' half's first).
     pub fn check_invariants(&self) -> Result<(), String> {
+        if self.tasks.len() < PARALLEL_CHECK_TASKS {
+            self.check_tasks()?;
+            return self.check_counters();
+        }
+        let (tasks, counters) = std::thread::scope(|s| {
+            let counters = s.spawn(|| self.check_counters());
+            (self.check_tasks(), counters.join())
+        });
+        tasks?;
+        counters.unwrap_or_else(|panic| std::panic::resume_unwind(panic))
+    }
+
+    /// Every task in the indexes of its status, the counts, the waiting index and the slots.
+    fn check_tasks(&self) -> Result<(), String> {
         let mut counts = [0u64; 5];
         let mut waiting = 0usize;
         for task in self.tasks.values() {
@@ -1388,6 +1407,12 @@ impl BrokerState {
                 ));
             }
         }
+        Ok(())
+    }
+
+    /// The counters against the running tasks, the idempotency keys, the code pools' references
+    /// and the tenants' use.
+    fn check_counters(&self) -> Result<(), String> {
         // Resource counters equal the sums over the running tasks' recorded resources.
         let mut in_use: HashMap<Arc<str>, u32> = HashMap::default();
         for task in self.tasks.values() {
@@ -1540,5 +1565,55 @@ fn tidy_extra(task: &mut Task) {
         .is_some_and(|e| *e == TaskExtra::default())
     {
         task.extra = None;
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::entry::NewTask;
+
+    fn state_of(tasks: u64) -> BrokerState {
+        let mut s = BrokerState::default();
+        for id in 1..=tasks {
+            let t = NewTask {
+                id: TaskId(id),
+                task_type: "t".into(),
+                user_id: format!("u{}", id % 3),
+                data: String::new(),
+                max_attempts: 1,
+                attempts: 0,
+                requested_start_time: 0,
+                deadline: 0,
+                slot: (id % 10 == 0).then(|| format!("s{id}")),
+                codepool: None,
+                mode: None,
+                created: 1,
+                idempotency_key: Some(format!("k{id}")),
+                priority: 0,
+                needs: Vec::new(),
+            };
+            s.apply(id, LogEntry::AddTask(t)).unwrap();
+        }
+        s
+    }
+
+    #[test]
+    fn a_large_state_is_checked_in_two_halves_that_each_find_their_faults() {
+        // Goal: past the size where the two halves run side by side, a fault of either half
+        // is still reported, the tasks' half's first.
+        let good = state_of(PARALLEL_CHECK_TASKS as u64);
+        good.check_invariants().unwrap();
+        let mut tasks_fault = good.clone();
+        tasks_fault.counts[TaskStatus::Waiting.index()] += 1;
+        let e = tasks_fault.check_invariants().unwrap_err();
+        assert!(e.starts_with("counts"), "{e}");
+        let mut counters_fault = good.clone();
+        counters_fault.resources_in_use.insert("db".into(), 1);
+        let e = counters_fault.check_invariants().unwrap_err();
+        assert!(e.starts_with("resource counters"), "{e}");
+        let mut both = counters_fault;
+        both.counts[TaskStatus::Waiting.index()] += 1;
+        assert!(both.check_invariants().unwrap_err().starts_with("counts"));
     }
 }
