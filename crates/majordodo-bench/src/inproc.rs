@@ -11,7 +11,7 @@ use anyhow::Context;
 use majordodo_broker::http::auth::token_digest;
 use majordodo_broker::http::{HttpConfig, UserConfig, UserRole};
 use majordodo_broker::worker_listener::{self, ListenerConfig};
-use majordodo_broker::{Broker, BrokerConfig, BrokerHandle, SystemClock};
+use majordodo_broker::{BootError, Broker, BrokerConfig, BrokerHandle, OpeningLog, SystemClock};
 use majordodo_client::{Auth, Client};
 use majordodo_core::{DefaultGroupMapper, LeaderConfig};
 use majordodo_log::{CommitLog, FileLog, FileLogConfig, FileLogStats, SnapshotStore};
@@ -65,8 +65,9 @@ impl InProcBroker {
     ) -> anyhow::Result<InProcBroker> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let log_dir = dir.join("log");
-        let (log, _) = tokio::task::spawn_blocking(move || {
-            FileLog::open(
+        // Claimed first, then read while the snapshot loads, as a broker process does.
+        let claimed = tokio::task::spawn_blocking(move || {
+            FileLog::claim(
                 &log_dir,
                 FileLogConfig {
                     // A request of a thousand tasks is one record.
@@ -78,22 +79,34 @@ impl InProcBroker {
         .await
         .context("open the commit log")?
         .context("open the commit log")?;
-        let log = Arc::new(log);
+        let (opened_tx, opened) = tokio::sync::oneshot::channel();
+        let opening: OpeningLog = Box::pin(async move {
+            let dir = claimed.dir().to_path_buf();
+            let (log, _) = tokio::task::spawn_blocking(move || claimed.open())
+                .await
+                .map_err(|e| BootError::Dispatcher(e.to_string()))?
+                .map_err(|source| BootError::OpenLog { dir, source })?;
+            let log = Arc::new(log);
+            let _ = opened_tx.send(log.clone());
+            Ok(log as Arc<dyn CommitLog>)
+        });
         let stop = CancellationToken::new();
-        let broker = Broker::start(
+        let broker = Broker::launch_opening(
             BrokerConfig {
                 broker_id: "bench".into(),
                 leader,
                 ..BrokerConfig::default()
             },
-            log.clone() as Arc<dyn CommitLog>,
+            opening,
             snapshots,
             Arc::new(DefaultGroupMapper),
             Arc::new(SystemClock),
             stop.clone().cancelled_owned(),
         )
+        .recovered()
         .await
         .context("start the broker")?;
+        let log = opened.await.context("the commit log was not opened")?;
         let credentials = Credentials::random();
         let workers = TcpListener::bind("127.0.0.1:0")
             .await

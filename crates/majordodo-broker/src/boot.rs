@@ -1,5 +1,8 @@
 //! Recovery at boot: newest valid snapshot, then replay of every log record after it.
 
+use std::future::Future;
+use std::path::PathBuf;
+use std::pin::Pin;
 use std::sync::Arc;
 use std::time::{Duration, Instant};
 
@@ -42,6 +45,15 @@ pub enum BootError {
     /// Replaying the log failed (corrupt record, unknown entry, entry that does not apply).
     #[error("replay log: {0}")]
     Log(#[from] LogError),
+    /// The commit log could not be opened (damaged, unreadable, another format version).
+    #[error("open the commit log in {}: {source}", dir.display())]
+    OpenLog {
+        /// The log's directory.
+        dir: PathBuf,
+        /// What was wrong.
+        #[source]
+        source: LogError,
+    },
     /// ZooKeeper or BookKeeper failed, or a snapshot could not be downloaded.
     #[error("cluster: {0}")]
     Cluster(String),
@@ -92,28 +104,43 @@ pub enum BootError {
     },
 }
 
-/// Rebuilds the state from `store`'s newest valid snapshot and the log after it. Reading and
-/// decoding the snapshot runs on a blocking thread; the replay yields between chunks, so the
-/// task running this stays responsive.
+/// A commit log being opened, read while the snapshot loads (see [`recover`]).
+pub type OpeningLog =
+    Pin<Box<dyn Future<Output = Result<Arc<dyn CommitLog>, BootError>> + Send + 'static>>;
+
+/// A log already open, as an [`OpeningLog`].
+pub fn opened(log: Arc<dyn CommitLog>) -> OpeningLog {
+    Box::pin(std::future::ready(Ok(log)))
+}
+
+/// Rebuilds the state from `store`'s newest valid snapshot and the log after it. The log is
+/// opened (`log` is awaited) while the snapshot is read and decoded on a blocking thread, so a
+/// log that reads its files at open costs no time of its own; the replay yields between
+/// chunks, so the task running this stays responsive. Returns the log, the state and the
+/// report.
 ///
 /// # Errors
-/// [`BootError`].
+/// [`BootError`]: the log's when both fail.
 pub async fn recover(
-    log: Arc<dyn CommitLog>,
+    log: OpeningLog,
     store: Option<Arc<SnapshotStore>>,
     mapper: Arc<dyn GroupMapper>,
-) -> Result<(BrokerState, BootReport), BootError> {
+) -> Result<(Arc<dyn CommitLog>, BrokerState, BootReport), BootError> {
     let started = Instant::now();
     let mut report = BootReport::default();
-    let loaded = match store {
-        Some(store) => {
-            let mapper = mapper.clone();
-            tokio::task::spawn_blocking(move || load_snapshot(&store, mapper))
-                .await
-                .map_err(|e| BootError::Dispatcher(format!("snapshot loader failed: {e}")))??
+    let load = async {
+        match store {
+            Some(store) => {
+                let mapper = mapper.clone();
+                tokio::task::spawn_blocking(move || load_snapshot(&store, mapper))
+                    .await
+                    .map_err(|e| BootError::Dispatcher(format!("snapshot loader failed: {e}")))?
+            }
+            None => Ok(None),
         }
-        None => None,
     };
+    let (log, loaded) = tokio::join!(log, load);
+    let (log, loaded) = (log?, loaded?);
     let mut state = match loaded {
         Some((lsn, state)) => {
             report.snapshot_lsn = Some(lsn);
@@ -145,7 +172,7 @@ pub async fn recover(
         elapsed_ms = report.elapsed.as_millis() as u64,
         "state recovered"
     );
-    Ok((state, report))
+    Ok((log, state, report))
 }
 
 /// Reads and decodes the newest valid snapshot of `store`, if any: (its position, the state).

@@ -28,7 +28,7 @@ use majordodo_log::{CommitLog, SnapshotStore};
 use tokio::sync::{mpsc, oneshot};
 use tokio::task::JoinHandle;
 
-pub use boot::{BootError, BootReport};
+pub use boot::{BootError, BootReport, OpeningLog};
 pub use clock::{Clock, ManualClock, SystemClock};
 pub use dispatcher::{DispatcherConfig, DispatcherError};
 pub use handle::{AdminChange, AdminRefusal, BrokerError, BrokerHandle, Role, View};
@@ -67,23 +67,39 @@ impl Default for BrokerConfig {
 }
 
 /// A running broker.
-#[derive(Debug)]
 pub struct Broker {
     handle: BrokerHandle,
     events: mpsc::Sender<WorkerEvent>,
     join: JoinHandle<Result<(), DispatcherError>>,
     report: BootReport,
+    log: Option<Arc<dyn CommitLog>>,
 }
 
 /// A broker recovering its state (see [`Broker::launch`]): its handle already answers, writes
 /// with [`BrokerError::Recovering`] and reads with the same error, so a client can tell "starting"
 /// from "down".
-#[derive(Debug)]
 pub struct BootingBroker {
     handle: BrokerHandle,
     events: mpsc::Sender<WorkerEvent>,
     join: JoinHandle<Result<(), DispatcherError>>,
-    recovered: oneshot::Receiver<Result<BootReport, BootError>>,
+    recovered: oneshot::Receiver<Booted>,
+}
+
+impl std::fmt::Debug for Broker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Broker")
+            .field("handle", &self.handle)
+            .field("report", &self.report)
+            .finish_non_exhaustive()
+    }
+}
+
+impl std::fmt::Debug for BootingBroker {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("BootingBroker")
+            .field("handle", &self.handle)
+            .finish_non_exhaustive()
+    }
 }
 
 impl Broker {
@@ -94,6 +110,26 @@ impl Broker {
     pub fn launch(
         config: BrokerConfig,
         log: Arc<dyn CommitLog>,
+        snapshots: Option<Arc<SnapshotStore>>,
+        mapper: Arc<dyn GroupMapper>,
+        clock: Arc<dyn Clock>,
+        shutdown: impl Future<Output = ()> + Send + 'static,
+    ) -> BootingBroker {
+        Broker::launch_opening(
+            config,
+            boot::opened(log),
+            snapshots,
+            mapper,
+            clock,
+            shutdown,
+        )
+    }
+
+    /// [`Broker::launch`] with a log still to open: `log` runs while the snapshot loads, and
+    /// its error fails the boot. [`Broker::log`] gives the log once recovered.
+    pub fn launch_opening(
+        config: BrokerConfig,
+        log: OpeningLog,
         snapshots: Option<Arc<SnapshotStore>>,
         mapper: Arc<dyn GroupMapper>,
         clock: Arc<dyn Clock>,
@@ -165,6 +201,13 @@ impl Broker {
         &self.report
     }
 
+    /// The commit log of a broker launched with one ([`Broker::launch`],
+    /// [`Broker::launch_opening`]), for its owner to close after the broker stops; `None` for
+    /// a replicated broker, which manages its ledgers itself.
+    pub fn log(&self) -> Option<Arc<dyn CommitLog>> {
+        self.log.clone()
+    }
+
     /// Waits until the dispatcher stops (after shutdown, or on a log failure).
     ///
     /// # Errors
@@ -195,11 +238,12 @@ impl BootingBroker {
     /// [`BootError::Stopped`] when it was shut down first.
     pub async fn recovered(self) -> Result<Broker, BootError> {
         match self.recovered.await {
-            Ok(Ok(report)) => Ok(Broker {
+            Ok(Ok((report, log))) => Ok(Broker {
                 handle: self.handle,
                 events: self.events,
                 join: self.join,
                 report,
+                log,
             }),
             Ok(Err(e)) => {
                 let _ = join(self.join).await;
@@ -220,6 +264,9 @@ async fn join(join: JoinHandle<Result<(), DispatcherError>>) -> Result<(), Dispa
         Err(e) => std::panic::resume_unwind(e.into_panic()),
     }
 }
+
+/// What the broker task tells [`BootingBroker::recovered`]: the report and the log it opened.
+pub(crate) type Booted = Result<(BootReport, Option<Arc<dyn CommitLog>>), BootError>;
 
 /// What the broker task owns.
 pub(crate) struct Parts {
@@ -245,7 +292,7 @@ where
         Parts,
         mpsc::Receiver<Command>,
         mpsc::Receiver<WorkerEvent>,
-        oneshot::Sender<Result<BootReport, BootError>>,
+        oneshot::Sender<Booted>,
     ) -> Fut,
     Fut: Future<Output = Result<(), DispatcherError>> + Send + 'static,
 {
@@ -280,14 +327,14 @@ where
 /// The broker task: recovers, answering requests with "recovering" meanwhile, then dispatches.
 async fn serve(
     parts: Parts,
-    log: Arc<dyn CommitLog>,
+    log: OpeningLog,
     mut commands: mpsc::Receiver<Command>,
     mut events: mpsc::Receiver<WorkerEvent>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    recovered: oneshot::Sender<Result<BootReport, BootError>>,
+    recovered: oneshot::Sender<Booted>,
 ) -> Result<(), DispatcherError> {
     tokio::pin!(shutdown);
-    let recovery = boot::recover(log.clone(), parts.snapshots.clone(), parts.mapper.clone());
+    let recovery = boot::recover(log, parts.snapshots.clone(), parts.mapper.clone());
     tokio::pin!(recovery);
     let outcome = loop {
         tokio::select! {
@@ -298,7 +345,7 @@ async fn serve(
             Some(event) = events.recv() => dispatcher::refuse_event(event, &BrokerError::Recovering),
         }
     };
-    let (state, report) = match outcome {
+    let (log, state, report) = match outcome {
         Ok(recovered_state) => recovered_state,
         Err(e) => {
             let message = e.to_string();
@@ -312,14 +359,14 @@ async fn serve(
         .map(|store| Checkpointer::new(store, report.snapshot_lsn));
     let dispatcher = dispatcher::Dispatcher::new(
         leader,
-        log,
+        log.clone(),
         parts.clock,
         parts.config.dispatcher.clone(),
         parts.broker_id,
         checkpointer,
     )
     .with_metrics(parts.metrics);
-    let _ = recovered.send(Ok(report));
+    let _ = recovered.send(Ok((report, Some(log))));
     let mut dispatcher = dispatcher;
     let stop = async {
         shutdown.await;

@@ -205,7 +205,7 @@ pub(crate) async fn serve_replicated(
     mut commands: mpsc::Receiver<Command>,
     mut events: mpsc::Receiver<WorkerEvent>,
     shutdown: impl Future<Output = ()> + Send + 'static,
-    recovered: oneshot::Sender<Result<BootReport, BootError>>,
+    recovered: oneshot::Sender<crate::Booted>,
 ) -> Result<(), DispatcherError> {
     tokio::pin!(shutdown);
     let mut io = Io {
@@ -244,7 +244,7 @@ pub(crate) async fn serve_replicated(
         .snapshots
         .clone()
         .map(|store| Checkpointer::new(store, report.snapshot_lsn));
-    let _ = recovered.send(Ok(report));
+    let _ = recovered.send(Ok((report, None)));
     loop {
         let published = publish(&links, &settings, state.last_lsn());
         let ended = follow(

@@ -6,7 +6,9 @@ use std::sync::Arc;
 
 use std::time::{Duration, Instant};
 
-use majordodo_broker::{Broker, BrokerConfig, BrokerError, DispatcherConfig, SystemClock};
+use majordodo_broker::{
+    BootError, Broker, BrokerConfig, BrokerError, DispatcherConfig, OpeningLog, SystemClock,
+};
 use majordodo_core::leader::{SubmitOutcome, SubmitRequest};
 use majordodo_core::{DefaultGroupMapper, TaskId, TaskStatus};
 use majordodo_log::{
@@ -138,6 +140,94 @@ async fn recovery_uses_the_snapshot_and_the_log_after_it() {
     stop.cancel();
     broker.wait().await.unwrap();
     log.close().await.unwrap();
+}
+
+#[tokio::test]
+async fn a_log_opened_during_boot_is_replayed_after_the_snapshot_and_given_back() {
+    // Goal: a broker launched with a log still to open (claimed, then read while the snapshot
+    // loads) recovers the snapshot and the records after it, hands the log back to be closed,
+    // and a log that cannot be opened fails the boot with an error naming its directory.
+    let dir = tempfile::tempdir().unwrap();
+    let log_dir = dir.path().join("log");
+    let snapshots = Arc::new(SnapshotStore::open(dir.path().join("snapshots")).unwrap());
+    let opening = |dir: std::path::PathBuf| -> OpeningLog {
+        let claimed = FileLog::claim(&dir, FileLogConfig::default()).unwrap();
+        Box::pin(async move {
+            let (log, _) = tokio::task::spawn_blocking(move || claimed.open())
+                .await
+                .unwrap()
+                .map_err(|source| BootError::OpenLog { dir, source })?;
+            Ok(Arc::new(log) as Arc<dyn CommitLog>)
+        })
+    };
+    let launch = |log: OpeningLog, stop: &CancellationToken| {
+        Broker::launch_opening(
+            BrokerConfig::default(),
+            log,
+            Some(snapshots.clone()),
+            Arc::new(DefaultGroupMapper),
+            Arc::new(SystemClock),
+            stop.clone().cancelled_owned(),
+        )
+    };
+    let stop = CancellationToken::new();
+    let broker = launch(opening(log_dir.clone()), &stop)
+        .recovered()
+        .await
+        .unwrap();
+    let h = broker.handle();
+    h.submit((0..20).map(|i| task(&i.to_string(), None)).collect())
+        .await
+        .unwrap();
+    assert_eq!(h.checkpoint().await.unwrap(), 20);
+    h.submit((0..3).map(|i| task(&i.to_string(), None)).collect())
+        .await
+        .unwrap();
+    let log = broker.log().expect("the broker gives its log back");
+    stop.cancel();
+    broker.wait().await.unwrap();
+    log.close().await.unwrap();
+    drop(log);
+
+    let stop = CancellationToken::new();
+    let broker = launch(opening(log_dir.clone()), &stop)
+        .recovered()
+        .await
+        .unwrap();
+    let report = broker.boot_report().clone();
+    assert_eq!(
+        (report.snapshot_lsn, report.replayed, report.tasks),
+        (Some(20), 3, 23)
+    );
+    let log = broker.log().expect("the broker gives its log back");
+    assert_eq!(log.last_lsn().0, 23);
+    stop.cancel();
+    broker.wait().await.unwrap();
+    log.close().await.unwrap();
+    drop(log);
+
+    // Damage the first record (acknowledged, later records follow): the boot fails with
+    // the log's error, naming the directory.
+    let mut segments: Vec<_> = std::fs::read_dir(&log_dir)
+        .unwrap()
+        .map(|e| e.unwrap().path())
+        .filter(|p| p.extension().is_some_and(|e| e == "log"))
+        .collect();
+    segments.sort();
+    let mut bytes = std::fs::read(&segments[0]).unwrap();
+    bytes[32 + 24 + 2] ^= 0x40;
+    std::fs::write(&segments[0], &bytes).unwrap();
+    let stop = CancellationToken::new();
+    let error = launch(opening(log_dir.clone()), &stop)
+        .recovered()
+        .await
+        .unwrap_err();
+    assert!(matches!(error, BootError::OpenLog { .. }), "{error:?}");
+    let message = error.to_string();
+    assert!(
+        message.contains(&log_dir.display().to_string()),
+        "{message}"
+    );
 }
 
 #[tokio::test]

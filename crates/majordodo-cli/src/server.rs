@@ -9,7 +9,7 @@ use std::time::Duration;
 
 use anyhow::{Context, anyhow};
 use majordodo_broker::worker_listener::{self, ListenerConfig};
-use majordodo_broker::{Broker, BrokerConfig, DispatcherError, SystemClock};
+use majordodo_broker::{BootError, Broker, BrokerConfig, DispatcherError, OpeningLog, SystemClock};
 use majordodo_core::DefaultGroupMapper;
 use majordodo_log::{CommitLog, FileLog, FileLogConfig, SnapshotStore};
 use tokio::net::TcpListener;
@@ -134,28 +134,39 @@ fn scheme(http: &HttpSettings) -> &'static str {
     }
 }
 
-/// Opens the file commit log in `<data_dir>/log`.
-async fn open_file_log(data_dir: &Path, config: FileLogConfig) -> anyhow::Result<Arc<FileLog>> {
+/// Claims the file commit log in `<data_dir>/log` (a second broker on the same directory is
+/// refused here, at once) and returns the rest of its opening, which reads every segment, for
+/// the broker to run while its snapshot loads.
+async fn claim_file_log(data_dir: &Path, config: FileLogConfig) -> anyhow::Result<OpeningLog> {
     let log_dir = data_dir.join(LOG_DIR);
     if !config.fsync {
         warn!("log.fsync is false: acknowledged tasks can be lost on a power failure");
     }
-    let (log, report) = tokio::task::spawn_blocking({
+    let claimed = tokio::task::spawn_blocking({
         let log_dir = log_dir.clone();
-        move || FileLog::open(&log_dir, config)
+        move || FileLog::claim(&log_dir, config)
     })
     .await
     .context("open the commit log")?
     .with_context(|| format!("open the commit log in {}", log_dir.display()))?;
-    if let Some(torn) = &report.torn_tail {
-        warn!(
-            file = %torn.file.display(),
-            offset = torn.offset,
-            bytes = torn.bytes_dropped,
-            "the log ended with an unfinished write (a crash); it was cut there"
-        );
-    }
-    Ok(Arc::new(log))
+    Ok(Box::pin(async move {
+        let (log, report) = tokio::task::spawn_blocking(move || claimed.open())
+            .await
+            .map_err(|e| BootError::Dispatcher(format!("the commit log's opening failed: {e}")))?
+            .map_err(|source| BootError::OpenLog {
+                dir: log_dir,
+                source,
+            })?;
+        if let Some(torn) = &report.torn_tail {
+            warn!(
+                file = %torn.file.display(),
+                offset = torn.offset,
+                bytes = torn.bytes_dropped,
+                "the log ended with an unfinished write (a crash); it was cut there"
+            );
+        }
+        Ok(Arc::new(log) as Arc<dyn CommitLog>)
+    }))
 }
 
 /// Applies the `--zk` and other cluster flags over the file's `[cluster]`.
@@ -264,7 +275,7 @@ pub(crate) struct RunningBroker {
     /// The HTTP API.
     http: JoinHandle<()>,
     /// The file commit log, closed last (a replicated broker closes its ledger itself).
-    log: Option<Arc<FileLog>>,
+    log: Option<Arc<dyn CommitLog>>,
     /// The broker's handle (what the HTTP API uses).
     handle: majordodo_broker::BrokerHandle,
 }
@@ -313,7 +324,7 @@ impl RunningBroker {
             .with_context(|| format!("create the data directory {}", parts.data_dir.display()))?;
         let log = match &parts.cluster {
             Some(_) => None,
-            None => Some(open_file_log(parts.data_dir, parts.log.clone()).await?),
+            None => Some(claim_file_log(parts.data_dir, parts.log.clone()).await?),
         };
         let snapshots_dir = parts.data_dir.join(SNAPSHOTS_DIR);
         let snapshots = tokio::task::spawn_blocking({
@@ -326,10 +337,10 @@ impl RunningBroker {
         let stop = CancellationToken::new();
         // The network side serves while the state is recovered: clients are told
         // `recovery_in_progress` and workers are refused (retryably) until then.
-        let booting = match (&log, parts.cluster) {
-            (Some(log), _) => Broker::launch(
+        let booting = match (log, parts.cluster) {
+            (Some(log), _) => Broker::launch_opening(
                 parts.broker,
-                log.clone() as Arc<dyn CommitLog>,
+                log,
                 Some(Arc::new(snapshots)),
                 Arc::new(DefaultGroupMapper),
                 Arc::new(SystemClock),
@@ -412,9 +423,14 @@ impl RunningBroker {
                     let _ = listener.await;
                 })
                 .await;
-                return Err(anyhow::Error::new(error).context("recover the broker state"));
+                // The log's own error names its directory, as a failure to claim it does.
+                return Err(match error {
+                    BootError::OpenLog { .. } => anyhow::Error::new(error),
+                    _ => anyhow::Error::new(error).context("recover the broker state"),
+                });
             }
         };
+        let log = broker.log();
         let dispatcher = tokio::spawn(broker.wait());
         Ok(RunningBroker {
             http_addr,

@@ -28,7 +28,7 @@ pub mod vfs;
 
 pub use faulty::{FAULT_SEED_ENV, FaultMode, FaultSchedule, FaultyLog};
 pub use file::{
-    DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_RECORD_SIZE, DEFAULT_SEGMENT_SIZE, FileLog,
+    ClaimedLog, DEFAULT_MAX_QUEUED_BYTES, DEFAULT_MAX_RECORD_SIZE, DEFAULT_SEGMENT_SIZE, FileLog,
     FileLogConfig, FileLogStats, MAX_RECORD_SIZE_LIMIT, OpenReport, TornTail,
 };
 pub use memory::{MemoryLog, MemoryStore};

@@ -503,6 +503,40 @@ async fn second_open_of_a_directory_is_refused_naming_it() {
     log.close().await.expect("close");
 }
 
+// Goal: a claimed directory (locked, not read yet) refuses another log as an open one does,
+// opens to the same log `open` gives, and is free again once the claim is dropped unopened.
+#[tokio::test]
+async fn a_claimed_directory_is_locked_until_opened_and_closed_or_dropped() {
+    let dir = tempfile::tempdir().expect("temp dir");
+    let (log, _) = open(dir.path(), 1 << 20).expect("open");
+    fill(&log, 0, 3, 10).await;
+    log.close().await.expect("close");
+    drop(log);
+
+    let claimed = FileLog::claim(dir.path(), config(1 << 20)).expect("claim");
+    assert_eq!(claimed.dir(), dir.path());
+    match open(dir.path(), 1 << 20) {
+        Err(e @ LogError::Io { .. }) => {
+            assert!(e.to_string().contains("already open"), "{e}");
+        }
+        other => panic!(
+            "an open of a claimed directory gave {:?}",
+            other.map(|r| r.1)
+        ),
+    }
+    assert!(
+        FileLog::claim(dir.path(), config(1 << 20)).is_err(),
+        "a second claim is refused"
+    );
+    drop(claimed);
+
+    let claimed = FileLog::claim(dir.path(), config(1 << 20)).expect("claim after a drop");
+    let (log, report) = claimed.open().expect("open the claim");
+    assert_eq!((report.first_lsn, report.last_lsn), (Lsn(1), Lsn(3)));
+    assert!(open(dir.path(), 1 << 20).is_err(), "still locked once open");
+    log.close().await.expect("close");
+}
+
 // Goal: the leftover of an interrupted segment creation is removed at open and does not
 // count as a segment.
 #[tokio::test]

@@ -155,6 +155,54 @@ impl std::fmt::Debug for FileLog {
     }
 }
 
+/// A log directory locked by [`FileLog::claim`] and not read yet. Dropping it unlocks the
+/// directory.
+pub struct ClaimedLog {
+    fs: Arc<dyn Fs>,
+    dir: PathBuf,
+    config: FileLogConfig,
+    lock: Box<dyn FsLock>,
+}
+
+impl std::fmt::Debug for ClaimedLog {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("ClaimedLog")
+            .field("dir", &self.dir)
+            .finish_non_exhaustive()
+    }
+}
+
+impl ClaimedLog {
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The rest of [`FileLog::open`]: validates every segment, truncates an unfinished last
+    /// write, and starts the writer thread. Blocking.
+    ///
+    /// # Errors
+    /// As [`FileLog::open`], except those of [`FileLog::claim`].
+    pub fn open(self) -> Result<(FileLog, OpenReport), LogError> {
+        let ClaimedLog {
+            fs,
+            dir,
+            config,
+            lock,
+        } = self;
+        let recovered = recovery::recover(&*fs, &dir)?;
+        let active_segment = recovered
+            .segments
+            .last()
+            .expect("recovery returns at least one segment");
+        let file = fs.open_write(&active_segment.path).map_err(io_err(format!(
+            "open segment {}",
+            active_segment.path.display()
+        )))?;
+        FileLog::start(fs, dir, &config, lock, recovered, file)
+    }
+}
+
 impl FileLog {
     /// Opens (or creates) the log in `dir`: locks the directory, validates every segment,
     /// truncates an unfinished last write, and starts the writer thread. Blocking.
@@ -198,20 +246,39 @@ impl FileLog {
         dir: impl AsRef<Path>,
         config: FileLogConfig,
     ) -> Result<(FileLog, OpenReport), LogError> {
+        FileLog::claim_with(fs, dir, config)?.open()
+    }
+
+    /// The first step of [`FileLog::open`], quick: checks `config`, creates `dir` if needed and
+    /// locks it, reading no segment. [`ClaimedLog::open`] does the rest. A broker claims its
+    /// log first, so that a second process on the same directory is refused at once, then
+    /// reads the log while its snapshot loads. Blocking.
+    ///
+    /// # Errors
+    /// The [`LogError::Io`] errors of [`FileLog::open`] about the directory and `config`.
+    pub fn claim(dir: impl AsRef<Path>, config: FileLogConfig) -> Result<ClaimedLog, LogError> {
+        FileLog::claim_with(Arc::new(RealFs), dir, config)
+    }
+
+    /// [`FileLog::claim`] on the file system `fs`.
+    ///
+    /// # Errors
+    /// As [`FileLog::claim`].
+    pub fn claim_with(
+        fs: Arc<dyn Fs>,
+        dir: impl AsRef<Path>,
+        config: FileLogConfig,
+    ) -> Result<ClaimedLog, LogError> {
         let dir = dir.as_ref().to_path_buf();
         validate(&config)?;
         create_dir(&*fs, &dir)?;
-        let dir_lock = lock_dir(&*fs, &dir)?;
-        let recovered = recovery::recover(&*fs, &dir)?;
-        let active_segment = recovered
-            .segments
-            .last()
-            .expect("recovery returns at least one segment");
-        let file = fs.open_write(&active_segment.path).map_err(io_err(format!(
-            "open segment {}",
-            active_segment.path.display()
-        )))?;
-        FileLog::start(fs, dir, &config, dir_lock, recovered, file)
+        let lock = lock_dir(&*fs, &dir)?;
+        Ok(ClaimedLog {
+            fs,
+            dir,
+            config,
+            lock,
+        })
     }
 
     /// Makes `dir` an empty log that continues after `last`: its first segment starts at
