@@ -92,7 +92,13 @@ impl BrokerProcess {
         credentials: &Credentials,
         extra_toml: &str,
     ) -> anyhow::Result<BrokerProcess> {
-        BrokerProcess::start_full(dir, broker_id, credentials, "", extra_toml).await
+        BrokerProcess::start_full(dir, broker_id, credentials, "", extra_toml, true).await
+    }
+
+    /// Like [`BrokerProcess::start`] with a log that never fsyncs (`log.fsync = false`): not
+    /// durable, only to show what the disk's flushes add to a figure.
+    pub(crate) async fn start_without_fsync(dir: &Path) -> anyhow::Result<BrokerProcess> {
+        BrokerProcess::start_full(dir, "bench", &Credentials::random(), "", "", false).await
     }
 
     /// Like [`BrokerProcess::start`] with more settings of the worker port (TOML lines of its
@@ -101,7 +107,8 @@ impl BrokerProcess {
         dir: &Path,
         workers_toml: &str,
     ) -> anyhow::Result<BrokerProcess> {
-        BrokerProcess::start_full(dir, "bench", &Credentials::random(), workers_toml, "").await
+        BrokerProcess::start_full(dir, "bench", &Credentials::random(), workers_toml, "", true)
+            .await
     }
 
     async fn start_full(
@@ -110,6 +117,7 @@ impl BrokerProcess {
         credentials: &Credentials,
         workers_toml: &str,
         extra_toml: &str,
+        fsync: bool,
     ) -> anyhow::Result<BrokerProcess> {
         std::fs::create_dir_all(dir).with_context(|| format!("create {}", dir.display()))?;
         let http_port = free_port()?;
@@ -137,7 +145,7 @@ shared_secret = "{secret}"
 {workers_toml}
 
 [log]
-fsync = true
+fsync = {fsync}
 {max_record}
 {extra_toml}
 "#,

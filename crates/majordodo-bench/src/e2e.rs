@@ -188,6 +188,13 @@ pub(crate) struct LatencyArgs {
     /// Capacity of each worker.
     #[arg(long, default_value_t = 64)]
     threads: u32,
+    /// Also measure a broker whose log never fsyncs (not durable): the difference is what the
+    /// disk's flushes add to the latency. The two runs alternate, `--rounds` times.
+    #[arg(long)]
+    also_without_fsync: bool,
+    /// Runs of each broker.
+    #[arg(long, default_value_t = 1)]
+    rounds: u32,
 }
 
 fn now_micros() -> u64 {
@@ -310,16 +317,12 @@ async fn offer(
 
 /// Open-loop single submissions at a fixed rate, submit -> executor start.
 pub(crate) async fn latency(args: &LatencyArgs) -> anyhow::Result<()> {
-    let dir = args.common.run_dir("latency");
-    let broker = BrokerProcess::start(&dir, "").await?;
-    let run = measure_latency(&broker, args.rate, args.seconds, args.workers, args.threads).await;
-    broker.stop();
-    args.common.cleanup(&dir);
-    let run = run?;
     let ms = |v: f64| format!("{v:.3}");
     let mut t = Table::new(
-        "latency: submit (HTTP request sent) -> executor start, open loop, broker process with file log (fsync on)",
+        "latency: submit (HTTP request sent) -> executor start, open loop, broker process with file log",
         &[
+            "log",
+            "round",
             "rate/s offered",
             "achieved/s",
             "samples",
@@ -330,16 +333,43 @@ pub(crate) async fn latency(args: &LatencyArgs) -> anyhow::Result<()> {
             "max ms",
         ],
     );
-    t.row(vec![
-        group(args.rate),
-        per_sec(run.achieved),
-        group(run.samples),
-        ms(run.p50),
-        ms(run.p90),
-        ms(run.p99),
-        ms(run.p999),
-        ms(run.max),
-    ]);
+    let kinds: &[bool] = if args.also_without_fsync {
+        &[true, false]
+    } else {
+        &[true]
+    };
+    for round in 1..=args.rounds.max(1) {
+        for &fsync in kinds {
+            let dir = args.common.run_dir("latency");
+            let broker = if fsync {
+                BrokerProcess::start(&dir, "").await?
+            } else {
+                BrokerProcess::start_without_fsync(&dir).await?
+            };
+            let run =
+                measure_latency(&broker, args.rate, args.seconds, args.workers, args.threads).await;
+            broker.stop();
+            args.common.cleanup(&dir);
+            let run = run?;
+            t.row(vec![
+                if fsync {
+                    "fsync on"
+                } else {
+                    "fsync off (not durable)"
+                }
+                .to_owned(),
+                round.to_string(),
+                group(args.rate),
+                per_sec(run.achieved),
+                group(run.samples),
+                ms(run.p50),
+                ms(run.p90),
+                ms(run.p99),
+                ms(run.p999),
+                ms(run.max),
+            ]);
+        }
+    }
     t.print();
     Ok(())
 }
