@@ -2,7 +2,8 @@
 //! `tenants-scale`) with tiny sizes: each must finish, print its tables, and report numbers that
 //! make sense. Performance goals are not checked here (no timed assertions): only that the
 //! measurement happened and its verdict is one of PASS or FAIL. `compare --quick` runs too when
-//! its peers are installed, and must write a well-formed table, JSON and PNG.
+//! its peers are installed, and must write a well-formed table, JSON and PNG; `latency` runs
+//! the workspace's `majordodo` binary, which `cargo test --workspace` builds beside this one.
 
 use std::process::Command;
 use std::time::{Duration, Instant};
@@ -159,6 +160,49 @@ fn rules_cost_runs_both_kinds() {
     number(&r[5]);
     verdict(&r[8]);
     // Nothing is left in the data directory.
+    assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
+}
+
+#[test]
+fn latency_alternates_the_durable_log_with_one_that_never_fsyncs() {
+    let dir = tempfile::tempdir().unwrap();
+    let data = dir.path().to_str().unwrap();
+    let out = bench(&[
+        "latency",
+        "--dir",
+        data,
+        "--rate",
+        "200",
+        "--seconds",
+        "1",
+        "--also-without-fsync",
+        "--rounds",
+        "2",
+    ]);
+    let t = "latency: submit (HTTP request sent) -> executor start";
+    let lines: Vec<&str> = out.lines().skip_while(|l| !l.starts_with(t)).collect();
+    assert!(lines.len() >= 7, "four rows:\n{out}");
+    let logs: Vec<(String, String)> = lines[3..7]
+        .iter()
+        .map(|l| {
+            let c = cells(l);
+            assert_eq!(c.len(), 10, "{c:?}");
+            assert_eq!(number(&c[4]), 200.0, "a second of samples at 200/s: {c:?}");
+            let (p50, p99, max) = (number(&c[5]), number(&c[7]), number(&c[9]));
+            assert!(p50 > 0.0 && p50 <= p99 && p99 <= max, "{c:?}");
+            (c[0].clone(), c[1].clone())
+        })
+        .collect();
+    let expected: Vec<(String, String)> = [
+        ("fsync on", "1"),
+        ("fsync off (not durable)", "1"),
+        ("fsync on", "2"),
+        ("fsync off (not durable)", "2"),
+    ]
+    .iter()
+    .map(|(a, b)| (a.to_string(), b.to_string()))
+    .collect();
+    assert_eq!(logs, expected);
     assert_eq!(std::fs::read_dir(dir.path()).unwrap().count(), 0);
 }
 
