@@ -716,16 +716,48 @@ struct OnBroker<T> {
     lag: Option<Lag>,
 }
 
+/// Where a workload runs our broker on its file log (a cluster's brokers are always processes).
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Place {
+    /// Inside the bench process, which then also counts the log's fsyncs.
+    InBench,
+    /// A broker process of its own, as Redis is for the peers, so that the timings of the
+    /// load generator's tasks and the broker's do not share one runtime; in the bench process
+    /// when the `majordodo` binary is missing (said on the terminal).
+    Process,
+}
+
 impl Ours<'_> {
-    /// Runs `work` on a fresh broker (its data removed afterwards); on a cluster, samples the
-    /// follower's lag meanwhile if `lag`.
+    /// Runs `work` on a fresh broker (its data removed afterwards) placed by `place`; on a
+    /// cluster, samples the follower's lag meanwhile if `lag`.
     async fn with<T>(
         &self,
         name: &str,
         lag: bool,
+        place: Place,
         work: impl AsyncFnOnce(&dyn Target) -> anyhow::Result<T>,
     ) -> anyhow::Result<OnBroker<T>> {
+        let process = place == Place::Process
+            && match majordodo_bin() {
+                Ok(_) => true,
+                Err(e) => {
+                    println!("compare: {name} runs inside the bench process: {e}");
+                    false
+                }
+            };
         match *self {
+            Ours::File { data } if process => {
+                let dir = data.join(name);
+                let broker = BrokerProcess::start(&dir, "").await?;
+                let out = work(&broker).await;
+                broker.stop();
+                let _ = std::fs::remove_dir_all(&dir);
+                Ok(OnBroker {
+                    out: out?,
+                    fsyncs: None,
+                    lag: None,
+                })
+            }
             Ours::File { data } => {
                 let dir = data.join(name);
                 let broker = InProcBroker::start(&dir, LeaderConfig::default()).await?;
@@ -813,7 +845,7 @@ async fn workloads_1_to_3(
 ) -> anyhow::Result<()> {
     let key = |k: &str| format!("{prefix}{k}");
     let burn = ours
-        .with("burn-down", true, async |b| {
+        .with("burn-down", true, Place::InBench, async |b| {
             e2e::measure_burn_down(b, n.burn_down, 1_000, 4, 4, 256).await
         })
         .await?;
@@ -838,7 +870,7 @@ async fn workloads_1_to_3(
         ("submit_batch", n.submit_batch, 1, 1_000),
     ] {
         let secs = ours
-            .with(k, false, async |b| {
+            .with(k, false, Place::InBench, async |b| {
                 let clients = (0..clients)
                     .map(|_| b.client())
                     .collect::<anyhow::Result<Vec<_>>>()?;
@@ -856,9 +888,12 @@ async fn workloads_1_to_3(
     }
     for rate in [200u64, 1000] {
         let lat = ours
-            .with(&format!("latency-{rate}"), false, async |b| {
-                e2e::measure_latency(b, rate, n.latency_secs, 2, 64).await
-            })
+            .with(
+                &format!("latency-{rate}"),
+                false,
+                Place::Process,
+                async |b| e2e::measure_latency(b, rate, n.latency_secs, 2, 64).await,
+            )
             .await?
             .out;
         for (q, v) in [
