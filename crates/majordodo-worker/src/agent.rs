@@ -211,6 +211,23 @@ enum Admission {
     Refuse(String),
 }
 
+/// A deadline of a session, served when the session's timer fires.
+#[derive(Clone, Copy, Debug, PartialEq, Eq)]
+enum Due {
+    /// Queued finish reports are sent.
+    Batch,
+    /// Reports the broker did not acknowledge in time are sent again.
+    Ack,
+    /// A keepalive ping.
+    Ping,
+    /// The broker said nothing for the idle timeout: the connection is given up.
+    Idle,
+    /// Stopping: running tasks are aborted.
+    Grace,
+    /// Stopping: reports still unacknowledged are given up.
+    Flush,
+}
+
 struct Agent {
     /// Where executions get their code pool's directory.
     pools: PoolCache,
@@ -600,6 +617,10 @@ impl Agent {
         let now = Instant::now();
         let mut next_ping = now + session.keepalive;
         let mut idle_deadline = now + session.idle_timeout;
+        // One timer for every deadline of the session, set to the earliest: moved only when
+        // that changes, instead of a timer registered and dropped per deadline per loop turn.
+        let timer = tokio::time::sleep_until(next_ping);
+        tokio::pin!(timer);
         loop {
             if self.stopping.is_some() && self.settled() {
                 let _ = timeout(
@@ -621,7 +642,23 @@ impl Agent {
                 .min()
                 .map(|sent| sent + self.config.ack_timeout);
             let (grace, flush) = self.stop_deadlines();
-            let never = idle_deadline;
+            // In the order they are served when several are due.
+            let deadlines = [
+                (batch_due, Due::Batch),
+                (ack_due, Due::Ack),
+                (Some(next_ping), Due::Ping),
+                (Some(idle_deadline), Due::Idle),
+                (grace, Due::Grace),
+                (flush, Due::Flush),
+            ];
+            let earliest = deadlines
+                .iter()
+                .filter_map(|(at, _)| *at)
+                .min()
+                .expect("the ping and idle deadlines are always set");
+            if timer.deadline() != earliest {
+                timer.as_mut().reset(earliest);
+            }
             let step: Result<(), SessionEnd> = tokio::select! {
                 () = &mut shutdown, if self.stopping.is_none() => {
                     self.begin_stop();
@@ -643,12 +680,6 @@ impl Agent {
                         Ok(())
                     }
                 }
-                () = sleep_until(batch_due.unwrap_or(never)), if batch_due.is_some() => {
-                    self.send_pending(&mut session.framed, write_timeout).await.map_err(SessionEnd::Lost)
-                }
-                () = sleep_until(ack_due.unwrap_or(never)), if ack_due.is_some() => {
-                    self.resend_unacked(&mut session.framed, write_timeout).await.map_err(SessionEnd::Lost)
-                }
                 Some(fetch) = self.fetch_rx.recv() => {
                     let id = self.next_fetch_id;
                     self.next_fetch_id += 1;
@@ -665,20 +696,31 @@ impl Agent {
                         Err(_) => Err(SessionEnd::Lost("write timed out".to_owned())),
                     }
                 }
-                () = sleep_until(next_ping) => {
-                    next_ping = Instant::now() + session.keepalive;
-                    self.send_ping(&mut session.framed, write_timeout).await.map_err(SessionEnd::Lost)
+                () = &mut timer => {
+                    let now = Instant::now();
+                    let due = deadlines
+                        .iter()
+                        .find(|(at, _)| at.is_some_and(|at| at <= now))
+                        .map(|(_, due)| *due);
+                    match due {
+                        // Woken early (the clock's granularity): the loop sets it again.
+                        None => Ok(()),
+                        Some(Due::Batch) => self.send_pending(&mut session.framed, write_timeout).await.map_err(SessionEnd::Lost),
+                        Some(Due::Ack) => self.resend_unacked(&mut session.framed, write_timeout).await.map_err(SessionEnd::Lost),
+                        Some(Due::Ping) => {
+                            next_ping = Instant::now() + session.keepalive;
+                            self.send_ping(&mut session.framed, write_timeout).await.map_err(SessionEnd::Lost)
+                        }
+                        Some(Due::Idle) => Err(SessionEnd::Lost(format!(
+                            "broker silent for {} ms", session.idle_timeout.as_millis()
+                        ))),
+                        Some(Due::Grace) => {
+                            self.abort_for_stop();
+                            Ok(())
+                        }
+                        Some(Due::Flush) => Err(SessionEnd::GaveUp),
+                    }
                 }
-                () = sleep_until(idle_deadline) => {
-                    Err(SessionEnd::Lost(format!(
-                        "broker silent for {} ms", session.idle_timeout.as_millis()
-                    )))
-                }
-                () = sleep_until(grace.unwrap_or(never)), if grace.is_some() => {
-                    self.abort_for_stop();
-                    Ok(())
-                }
-                () = sleep_until(flush.unwrap_or(never)), if flush.is_some() => Err(SessionEnd::GaveUp),
             };
             if let Err(end) = step {
                 self.status.send_modify(|status| status.connected = false);
