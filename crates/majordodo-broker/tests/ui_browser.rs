@@ -276,29 +276,72 @@ impl WebDriver {
     }
 }
 
-/// `chromedriver` on a free loopback port, ended when dropped.
+/// `chromedriver` on loopback only (127.0.0.1 and ::1), on a port it picks itself, ended when
+/// dropped.
 struct Driver {
     child: tokio::process::Child,
     port: u16,
 }
 
+/// The line by which chromedriver says it listens, with the port it took.
+const DRIVER_READY: &str = "ChromeDriver was started successfully on port ";
+
 impl Driver {
     async fn start() -> Driver {
+        use tokio::io::{AsyncBufReadExt, BufReader};
+
         let driver = tool("MAJORDODO_CHROMEDRIVER", "/usr/bin/chromedriver");
-        let port = std::net::TcpListener::bind("127.0.0.1:0")
-            .unwrap()
-            .local_addr()
-            .unwrap()
-            .port();
-        let child = tokio::process::Command::new(driver)
-            .arg(format!("--port={port}"))
-            .arg("--allowed-ips=127.0.0.1")
-            .stdout(Stdio::null())
-            .stderr(Stdio::null())
+        // No --allowed-ips: with it chromedriver listens on every interface; without it, on
+        // loopback only. --port=0 lets it take a free port, so no other process can take the
+        // port between our choosing and its binding.
+        let mut child = tokio::process::Command::new(&driver)
+            .arg("--port=0")
+            .stdin(Stdio::null())
+            .stdout(Stdio::piped())
+            .stderr(Stdio::piped())
             .kill_on_drop(true)
             .spawn()
-            .expect("chromedriver starts");
-        let http = reqwest::Client::new();
+            .unwrap_or_else(|e| panic!("{} does not start: {e}", driver.display()));
+        let mut stderr = child.stderr.take().unwrap();
+        let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
+        let mut said = Vec::new();
+        let port = tokio::time::timeout(WAIT, async {
+            while let Some(line) = stdout.next_line().await.expect("chromedriver's output") {
+                if let Some(port) = line.strip_prefix(DRIVER_READY) {
+                    return Some(port.trim_end_matches('.').parse::<u16>().unwrap());
+                }
+                said.push(line);
+            }
+            None
+        })
+        .await;
+        let port = match port {
+            Ok(Some(port)) => port,
+            failed => {
+                let why = match failed {
+                    Err(_) => format!("it did not say it was ready within {WAIT:?}"),
+                    _ => format!("it ended: {:?}", child.wait().await),
+                };
+                let _ = child.start_kill();
+                let mut errors = String::new();
+                let _ = tokio::time::timeout(
+                    Duration::from_secs(2),
+                    tokio::io::AsyncReadExt::read_to_string(&mut stderr, &mut errors),
+                )
+                .await;
+                panic!(
+                    "chromedriver ({}) did not get ready: {why}\nits output:\n{}\nits errors:\n{errors}",
+                    driver.display(),
+                    said.join("\n")
+                );
+            }
+        };
+        // what it writes from now on is read and dropped, so that it never blocks on a full pipe
+        tokio::spawn(async move { while let Ok(Some(_)) = stdout.next_line().await {} });
+        tokio::spawn(async move {
+            let _ = tokio::io::copy(&mut stderr, &mut tokio::io::sink()).await;
+        });
+        let http = loopback_client(Duration::from_secs(5));
         let deadline = Instant::now() + WAIT;
         loop {
             let ready = http
@@ -311,7 +354,10 @@ impl Driver {
             {
                 break;
             }
-            assert!(Instant::now() < deadline, "chromedriver did not get ready");
+            assert!(
+                Instant::now() < deadline,
+                "chromedriver listens on port {port} but its /status does not say ready"
+            );
             tokio::time::sleep(Duration::from_millis(100)).await;
         }
         Driver { child, port }
@@ -320,10 +366,7 @@ impl Driver {
     /// A headless Chromium session.
     async fn session(&self) -> WebDriver {
         let chromium = tool("MAJORDODO_CHROMIUM", "/usr/bin/chromium");
-        let http = reqwest::Client::builder()
-            .timeout(Duration::from_secs(60))
-            .build()
-            .unwrap();
+        let http = loopback_client(Duration::from_secs(60));
         let res = http
             .post(format!("http://127.0.0.1:{}/session", self.port))
             .json(&json!({"capabilities": {"alwaysMatch": {
@@ -353,6 +396,15 @@ impl Driver {
         session.call(reqwest::Method::DELETE, "", None).await;
         let _ = self.child.kill().await;
     }
+}
+
+/// An HTTP client for servers on this machine: no proxy from the environment stands between.
+fn loopback_client(timeout: Duration) -> reqwest::Client {
+    reqwest::Client::builder()
+        .no_proxy()
+        .timeout(timeout)
+        .build()
+        .unwrap()
 }
 
 fn users() -> Vec<UserConfig> {
@@ -467,7 +519,7 @@ async fn the_dashboard_works_in_a_real_browser() {
 
     let base = format!("http://{http_addr}");
     let api = format!("{base}/majordodo");
-    let http = reqwest::Client::new();
+    let http = loopback_client(WAIT);
     // Some finished work for the overview and the tenants.
     let echo: Vec<Value> = (0..40)
         .map(|i| {
