@@ -33,6 +33,8 @@ use tokio_util::sync::CancellationToken;
 
 /// Bound on every wait for the browser or the broker.
 const WAIT: Duration = Duration::from_secs(30);
+/// Bound on chromedriver's start (a first start on a new machine is the slowest).
+const DRIVER_START: Duration = Duration::from_secs(90);
 const SECRET: &str = "ui-browser-secret";
 const ADMIN_PASSWORD: &str = "admin password";
 const ALICE_PASSWORD: &str = "alice password";
@@ -305,7 +307,7 @@ impl Driver {
         let mut stderr = child.stderr.take().unwrap();
         let mut stdout = BufReader::new(child.stdout.take().unwrap()).lines();
         let mut said = Vec::new();
-        let port = tokio::time::timeout(WAIT, async {
+        let port = tokio::time::timeout(DRIVER_START, async {
             while let Some(line) = stdout.next_line().await.expect("chromedriver's output") {
                 if let Some(port) = line.strip_prefix(DRIVER_READY) {
                     return Some(port.trim_end_matches('.').parse::<u16>().unwrap());
@@ -319,7 +321,7 @@ impl Driver {
             Ok(Some(port)) => port,
             failed => {
                 let why = match failed {
-                    Err(_) => format!("it did not say it was ready within {WAIT:?}"),
+                    Err(_) => format!("it did not say it was ready within {DRIVER_START:?}"),
                     _ => format!("it ended: {:?}", child.wait().await),
                 };
                 let _ = child.start_kill();
