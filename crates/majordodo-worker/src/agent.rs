@@ -1010,7 +1010,10 @@ impl Agent {
                 let pools = self.pools.clone();
                 let run = async move {
                     if let Some(pool) = task.codepool.clone() {
-                        task.codepool_dir = Some(pools.get(&pool).await.map_err(TaskFailure::new)?);
+                        // boxed: the fetch's state is large and rarely needed, and this
+                        // future is moved into its task on every assignment
+                        let fetched = Box::pin(pools.get(&pool)).await;
+                        task.codepool_dir = Some(fetched.map_err(TaskFailure::new)?);
                     }
                     executor.execute(task).await
                 };
