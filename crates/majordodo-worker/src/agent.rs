@@ -15,6 +15,7 @@ use std::pin::Pin;
 use std::sync::Arc;
 use std::time::Duration;
 
+use futures_util::future::BoxFuture;
 use futures_util::{SinkExt, StreamExt};
 use majordodo_proto::worker::{
     Assignment, Capacity, Connect, FinishReport, Finished, Hello, MAX_TASK_SHAPES, Message,
@@ -33,7 +34,7 @@ use tracing::{debug, error, info, warn};
 use crate::WorkerError;
 use crate::codepools::{Fetch, PoolCache};
 use crate::config::WorkerConfig;
-use crate::executor::{CancelSignal, Executors, Task, TaskFailure};
+use crate::executor::{CancelSignal, Executors, Task, TaskExecutor, TaskFailure};
 use crate::status::{StatusHandle, WorkerStatus};
 
 type Conn = Framed<majordodo_tls::ClientStream, WorkerCodec>;
@@ -994,7 +995,7 @@ impl Agent {
                 debug!(task_id = key.task_id, attempt = key.attempt, worker_id = %self.config.worker_id, user = %assignment.user_id, %task_type, "task started");
                 let cancel = CancelSignal::new();
                 let needs = self.charge_amounts(&shape.charge);
-                let mut task = Task {
+                let task = Task {
                     task_id: assignment.task_id,
                     attempt: assignment.attempt,
                     task_type: assignment.task_type,
@@ -1007,31 +1008,15 @@ impl Agent {
                     codepool_dir: None,
                     cancel: cancel.clone(),
                 };
-                let pools = self.pools.clone();
-                let run = async move {
-                    if let Some(pool) = task.codepool.clone() {
-                        // boxed: the fetch's state is large and rarely needed, and this
-                        // future is moved into its task on every assignment
-                        let fetched = Box::pin(pools.get(&pool)).await;
-                        task.codepool_dir = Some(fetched.map_err(TaskFailure::new)?);
-                    }
-                    executor.execute(task).await
-                };
-                let grace = self.config.cancel_grace;
-                let signal = cancel.clone();
-                // An executor that ignores the signal is dropped `cancel_grace` after it.
-                let handle = self.tasks.spawn(async move {
-                    tokio::select! {
-                        outcome = run => outcome,
-                        () = async {
-                            signal.cancelled().await;
-                            tokio::time::sleep(grace).await;
-                        } => Err(TaskFailure::new(format!(
-                            "cancelled: the executor did not stop within {} ms and was dropped",
-                            grace.as_millis()
-                        ))),
-                    }
-                });
+                // only a task that names a code pool needs the pools (a clone is not free)
+                let pools = task.codepool.is_some().then(|| self.pools.clone());
+                let handle = self.tasks.spawn(execution(
+                    executor,
+                    task,
+                    pools,
+                    cancel.clone(),
+                    self.config.cancel_grace,
+                ));
                 *self.type_counts.entry(task_type.clone()).or_default() += 1;
                 self.running_attempts.insert(key.task_id, key.attempt);
                 self.running.insert(
@@ -1226,6 +1211,41 @@ impl Agent {
         {
             self.pending.push_front((report, now));
         }
+    }
+}
+
+/// One execution, on its own tokio task: the task's code pool (when it names one), then the
+/// executor. An executor that ignores the cancel signal is dropped `grace` after it.
+///
+/// This future is moved into its tokio task on every assignment, so it is kept small: it
+/// holds one boxed future, the executor's own or, for a task that names a code pool, one that
+/// fetches the pool (large state, rarely needed) and then runs the executor; and `pools` is
+/// given only to a task that names a code pool.
+async fn execution(
+    executor: Arc<dyn TaskExecutor>,
+    mut task: Task,
+    pools: Option<PoolCache>,
+    signal: CancelSignal,
+    grace: Duration,
+) -> Result<String, TaskFailure> {
+    let run: BoxFuture<'static, Result<String, TaskFailure>> = match (task.codepool.clone(), pools)
+    {
+        (Some(pool), Some(pools)) => Box::pin(async move {
+            task.codepool_dir = Some(pools.get(&pool).await.map_err(TaskFailure::new)?);
+            executor.execute(task).await
+        }),
+        _ => executor.execute(task),
+    };
+    // the grace covers the code pool's fetch as well as the executor
+    tokio::select! {
+        outcome = run => outcome,
+        () = async {
+            signal.cancelled().await;
+            tokio::time::sleep(grace).await;
+        } => Err(TaskFailure::new(format!(
+            "cancelled: the executor did not stop within {} ms and was dropped",
+            grace.as_millis()
+        ))),
     }
 }
 
