@@ -1224,3 +1224,46 @@ async fn cancel_stops_the_attempt_and_an_executor_that_ignores_it_is_dropped_aft
     agent.shutdown().await.unwrap();
     broker.stop().await;
 }
+
+#[tokio::test]
+async fn cancel_during_a_code_pool_download_ends_the_attempt_after_the_grace() {
+    // Goal: the cancel grace covers the fetch of the task's code pool, not only its executor:
+    // a task cancelled while its pool's download waits on a broker that never answers is
+    // reported ended after cancel_grace, long before the download's own timeout.
+    let mut broker = Broker::start("127.0.0.1:0").await;
+    let pools = tempfile::tempdir().unwrap();
+    let executors = Executors::new().with(
+        "pooled",
+        executor_fn(|_task| async move { Ok("the pool arrived".to_owned()) }),
+    );
+    let mut config = worker_config(broker.addr);
+    config.cancel_grace = Duration::from_millis(200);
+    config.codepools.dir = Some(pools.path().to_path_buf());
+    config.codepools.download_timeout = Duration::from_secs(600);
+    let agent = Agent::start(config, executors);
+    let (_, session) = broker.accept().await;
+    session
+        .assign(vec![Assignment {
+            codepool: Some("pool-1".into()),
+            ..assignment(1, "pooled", "")
+        }])
+        .unwrap();
+    // the download's first request reaches the broker, which leaves it unanswered
+    match broker.next().await {
+        WorkerEvent::CodePoolRequest { request, .. } => assert_eq!(request.pool_id, "pool-1"),
+        other => panic!("expected CodePoolRequest, got {other:?}"),
+    }
+    session.cancel(vec![(1, 1)]).unwrap();
+    let (seq, reports) = broker.finished().await;
+    session.ack_finished(seq).unwrap();
+    assert_eq!(reports.len(), 1, "{reports:?}");
+    assert_eq!(reports[0].task_id, 1);
+    assert_eq!(reports[0].outcome(), Outcome::Error);
+    assert!(
+        reports[0].result.contains("did not stop within 200 ms"),
+        "{:?}",
+        reports[0]
+    );
+    agent.shutdown().await.unwrap();
+    broker.stop().await;
+}
