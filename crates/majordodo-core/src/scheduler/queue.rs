@@ -3,8 +3,10 @@
 //! Tasks almost always join a queue at its end (ids grow, and most tasks keep the default
 //! priority) and leave it at its head (the chooser takes the first that fits), so the queue is
 //! a double-ended array in key order: joining at the end and leaving at the head cost O(1) and
-//! 32 bytes per task, where a B-tree filled in ascending order leaves its nodes about half
-//! full. A task that leaves from the middle (cancelled, deadline passed) is marked and skipped,
+//! 16 bytes per task, where a B-tree filled in ascending order leaves its nodes about half
+//! full. The tasks' needs (cpu, memory, named amounts) sit in a second array beside it, index
+//! for index, which a queue has only once one of its tasks declares needs: most queues hold
+//! tasks that declare none, or all declare some (needs usually come with the task type). A task that leaves from the middle (cancelled, deadline passed) is marked and skipped,
 //! and the marks are swept when they outnumber the tasks. A task that joins before the end (a
 //! higher priority, a task put back) goes to an ordered side index, merged in when reading.
 
@@ -23,8 +25,13 @@ struct Entry {
     /// Left the queue (kept to keep the array's order searchable, until swept).
     gone: bool,
     id: TaskId,
-    needs: Option<Needs>,
 }
+
+// The array's cost per task.
+const _: () = assert!(std::mem::size_of::<Entry>() == 16);
+
+/// What the needs of a task that declares none read as.
+static NO_NEEDS: Option<Needs> = None;
 
 impl Entry {
     fn key(&self) -> QueueKey {
@@ -38,6 +45,9 @@ pub(super) struct Queue {
     /// In strictly increasing key order, gone entries included; the first and the last are
     /// never gone.
     run: VecDeque<Entry>,
+    /// The needs of the entries of `run`, index for index; empty while no entry has needs
+    /// (never empty while one has). A gone entry's needs are `None`.
+    needs: VecDeque<Option<Needs>>,
     /// Entries of `run` not gone.
     live: usize,
     /// Tasks that joined before the end of `run`, by key (never also in `run`).
@@ -74,15 +84,30 @@ impl Queue {
         self.run.binary_search_by(|e| e.key().cmp(key))
     }
 
+    /// The needs of entry `i` of `run`.
+    fn needs_at(&self, i: usize) -> &Option<Needs> {
+        self.needs.get(i).unwrap_or(&NO_NEEDS)
+    }
+
+    /// Gives `run` its array of needs, if it has none yet (all `None`).
+    fn with_needs(&mut self) -> &mut VecDeque<Option<Needs>> {
+        if self.needs.is_empty() {
+            self.needs.resize(self.run.len(), None);
+        }
+        &mut self.needs
+    }
+
     /// Adds a task; false (changing nothing) if it is already there.
     pub(super) fn insert(&mut self, key: QueueKey, needs: Option<Needs>) -> bool {
         let at_end = self.run.back().is_none_or(|last| last.key() < key);
         if at_end && !self.others.contains_key(&key) {
+            if needs.is_some() || !self.needs.is_empty() {
+                self.with_needs().push_back(needs);
+            }
             self.run.push_back(Entry {
                 priority: key.0.0,
                 gone: false,
                 id: key.1,
-                needs,
             });
             self.live += 1;
             return true;
@@ -94,7 +119,9 @@ impl Queue {
                     return false;
                 }
                 e.gone = false;
-                e.needs = needs;
+                if needs.is_some() {
+                    self.with_needs()[i] = needs;
+                }
                 self.live += 1;
                 true
             }
@@ -112,9 +139,10 @@ impl Queue {
     pub(super) fn remove(&mut self, key: &QueueKey) -> bool {
         match self.find(key) {
             Ok(i) if !self.run[i].gone => {
-                let e = &mut self.run[i];
-                e.gone = true;
-                e.needs = None;
+                self.run[i].gone = true;
+                if let Some(n) = self.needs.get_mut(i) {
+                    *n = None;
+                }
                 self.live -= 1;
                 self.tidy();
                 true
@@ -129,16 +157,27 @@ impl Queue {
     fn tidy(&mut self) {
         while self.run.front().is_some_and(|e| e.gone) {
             self.run.pop_front();
+            self.needs.pop_front();
         }
         while self.run.back().is_some_and(|e| e.gone) {
             self.run.pop_back();
+            self.needs.pop_back();
         }
         let gone = self.run.len() - self.live;
         if gone > self.live.max(32) {
+            if !self.needs.is_empty() {
+                let mut kept = self.run.iter().map(|e| !e.gone);
+                self.needs
+                    .retain(|_| kept.next().expect("as long as the entries"));
+            }
             self.run.retain(|e| !e.gone);
+        }
+        if self.run.is_empty() {
+            self.needs = VecDeque::new();
         }
         if self.run.capacity() > 4 * self.run.len() + 64 {
             self.run.shrink_to_fit();
+            self.needs.shrink_to_fit();
         }
     }
 
@@ -149,7 +188,7 @@ impl Queue {
     /// The needs of a task, if it is there.
     pub(super) fn get(&self, key: &QueueKey) -> Option<&Option<Needs>> {
         match self.find(key) {
-            Ok(i) => (!self.run[i].gone).then_some(&self.run[i].needs),
+            Ok(i) => (!self.run[i].gone).then_some(self.needs_at(i)),
             Err(_) => self.others.get(key),
         }
     }
@@ -171,6 +210,7 @@ impl Queue {
         };
         if self.run.front().is_some_and(|e| e.key() == first) {
             self.run.pop_front();
+            self.needs.pop_front();
             self.live -= 1;
             self.tidy();
         } else {
@@ -188,8 +228,9 @@ impl Queue {
         let run = self
             .run
             .iter()
-            .filter(|e| !e.gone)
-            .map(|e| (e.key(), &e.needs));
+            .enumerate()
+            .filter(|(_, e)| !e.gone)
+            .map(|(i, e)| (e.key(), self.needs_at(i)));
         let others = self.others.iter().map(|(k, n)| (*k, n));
         crate::sorted::merge_sorted(run, others, |(k, _)| *k)
     }
@@ -212,6 +253,21 @@ impl Queue {
         }
         if self.run.iter().filter(|e| !e.gone).count() != self.live {
             return Err("queue count differs from its tasks".into());
+        }
+        if !self.needs.is_empty() && self.needs.len() != self.run.len() {
+            return Err(format!(
+                "queue has {} needs for {} entries",
+                self.needs.len(),
+                self.run.len()
+            ));
+        }
+        if let Some(e) = self
+            .run
+            .iter()
+            .zip(&self.needs)
+            .find_map(|(e, n)| (e.gone && n.is_some()).then_some(e))
+        {
+            return Err(format!("task {} left the queue but its needs stayed", e.id));
         }
         if let Some(k) = self.others.keys().find(|k| self.find(k).is_ok()) {
             return Err(format!("task {} queued twice", k.1));
