@@ -54,6 +54,52 @@ pub(crate) struct CompareArgs {
     /// BookKeeper jars of `scripts/test-deps`.
     #[arg(long)]
     no_replicated: bool,
+    /// Keep the logs of our broker processes, ZooKeeper and the bookies in OUT/logs (the run's
+    /// data itself is removed as it goes), to look into a figure afterwards.
+    #[arg(long)]
+    keep_logs: bool,
+}
+
+/// Where `--keep-logs` keeps the logs, and how many directories went there so far.
+static KEPT_LOGS: std::sync::OnceLock<(PathBuf, std::sync::atomic::AtomicUsize)> =
+    std::sync::OnceLock::new();
+
+/// Removes a directory of the run's data; with `--keep-logs`, first copies the `*.log` files
+/// under it to `OUT/logs/<NNN>-<its name>/` (numbered in the order the run removed them, as a
+/// workload's directory has the same name in every round).
+fn discard(dir: &Path) {
+    if let Some((logs, count)) = KEPT_LOGS.get() {
+        let n = count.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+        let name = dir
+            .file_name()
+            .map_or_else(|| "data".to_string(), |n| n.to_string_lossy().into_owned());
+        if let Err(e) = copy_logs(dir, &logs.join(format!("{n:03}-{name}"))) {
+            println!(
+                "compare: --keep-logs: logs of {} not kept: {e}",
+                dir.display()
+            );
+        }
+    }
+    let _ = std::fs::remove_dir_all(dir);
+}
+
+/// Copies every `*.log` file under `from` to the same place under `to`.
+fn copy_logs(from: &Path, to: &Path) -> std::io::Result<()> {
+    let Ok(entries) = std::fs::read_dir(from) else {
+        return Ok(()); // nothing was written there
+    };
+    for entry in entries {
+        let entry = entry?;
+        let path = entry.path();
+        let kind = entry.file_type()?;
+        if kind.is_dir() {
+            copy_logs(&path, &to.join(entry.file_name()))?;
+        } else if kind.is_file() && path.extension().is_some_and(|e| e == "log") {
+            std::fs::create_dir_all(to)?;
+            std::fs::copy(&path, to.join(entry.file_name()))?;
+        }
+    }
+    Ok(())
 }
 
 /// Sizes of one kind of run.
@@ -505,6 +551,18 @@ pub(crate) async fn run(args: &CompareArgs) -> anyhow::Result<()> {
     let rounds = args.rounds.unwrap_or(if args.quick { 1 } else { 3 }).max(1);
     std::fs::create_dir_all(&args.out).with_context(|| format!("create {}", args.out.display()))?;
     let data = args.out.join(format!("data-{}", std::process::id()));
+    if args.keep_logs {
+        let logs = args.out.join("logs");
+        if logs.exists() {
+            println!(
+                "compare: --keep-logs: replacing the logs of an earlier run in {}",
+                logs.display()
+            );
+            std::fs::remove_dir_all(&logs).with_context(|| format!("remove {}", logs.display()))?;
+        }
+        println!("compare: --keep-logs: logs go to {}", logs.display());
+        let _ = KEPT_LOGS.set((logs, std::sync::atomic::AtomicUsize::new(0)));
+    }
     let mut peers_list = args.peers.0.clone();
     peers_list.sort();
     peers_list.dedup();
@@ -595,6 +653,19 @@ pub(crate) async fn run(args: &CompareArgs) -> anyhow::Result<()> {
         }
     }
     drop(redis);
+    if let (Some(bk), Some((logs, _))) = (&bk, KEPT_LOGS.get()) {
+        let kept = copy_logs(bk.dir(), &logs.join("bookkeeper")).and_then(|()| {
+            let zk = bk.zk().log_path();
+            if zk.starts_with(bk.dir()) || !zk.exists() {
+                return Ok(());
+            }
+            std::fs::create_dir_all(logs.join("zookeeper"))?;
+            std::fs::copy(&zk, logs.join("zookeeper").join("zookeeper.log")).map(|_| ())
+        });
+        if let Err(e) = kept {
+            println!("compare: --keep-logs: logs of ZooKeeper and the bookies not kept: {e}");
+        }
+    }
     drop(bk);
     let _ = std::fs::remove_dir_all(&data);
     let table = output.write(&figures, rounds)?;
@@ -751,7 +822,7 @@ impl Ours<'_> {
                 let broker = BrokerProcess::start(&dir, "").await?;
                 let out = work(&broker).await;
                 broker.stop();
-                let _ = std::fs::remove_dir_all(&dir);
+                discard(&dir);
                 Ok(OnBroker {
                     out: out?,
                     fsyncs: None,
@@ -765,7 +836,7 @@ impl Ours<'_> {
                 let out = work(&broker).await;
                 let fsyncs = broker.log_stats().fsyncs - before;
                 broker.stop().await;
-                let _ = std::fs::remove_dir_all(&dir);
+                discard(&dir);
                 Ok(OnBroker {
                     out: out?,
                     fsyncs: Some(fsyncs),
@@ -788,7 +859,7 @@ impl Ours<'_> {
                 }
                 .await;
                 brokers.stop();
-                let _ = std::fs::remove_dir_all(&dir);
+                discard(&dir);
                 let (out, lag) = measured?;
                 Ok(OnBroker {
                     out,
@@ -825,7 +896,7 @@ async fn replicated_round(
         s.failovers,
     )
     .await?;
-    let _ = std::fs::remove_dir_all(data.join("failover"));
+    discard(&data.join("failover"));
     for run in runs {
         figures.record("failover", "ours", run.secs);
     }
@@ -1119,7 +1190,7 @@ pub(crate) async fn measure_snapshot(
         Ok::<_, anyhow::Error>((size, write, load, boot_time))
     }
     .await;
-    let _ = std::fs::remove_dir_all(&dir);
+    discard(&dir);
     let (size, write, load, boot) = measured?;
     Ok(SnapshotFigures {
         tasks: n,
@@ -1225,7 +1296,7 @@ async fn connected_burn_down(
     .await;
     workers.stop().await;
     broker.stop();
-    let _ = std::fs::remove_dir_all(&dir);
+    discard(&dir);
     measured
 }
 

@@ -276,6 +276,7 @@ fn compare_quick_writes_table_json_and_chart() {
         out.path().as_os_str(),
         "--peers-dir".as_ref(),
         peers.as_os_str(),
+        "--keep-logs".as_ref(),
     ];
     let stdout = bench_within::<&std::ffi::OsStr>(&args, Duration::from_secs(900));
 
@@ -345,6 +346,52 @@ fn compare_quick_writes_table_json_and_chart() {
     } else {
         assert!(drain[3].starts_with("– (not run: "), "{drain:?}");
     }
+
+    // --keep-logs: the run's data is gone, the logs of its broker processes (and, with
+    // workload 7, of its cluster's brokers and bookies) are in OUT/logs.
+    let mut kept = Vec::new();
+    let mut dirs = vec![out.path().join("logs")];
+    while let Some(dir) = dirs.pop() {
+        for entry in std::fs::read_dir(&dir).expect("OUT/logs and its directories") {
+            let path = entry.unwrap().path();
+            if path.is_dir() {
+                dirs.push(path);
+            } else {
+                kept.push(path.strip_prefix(out.path()).unwrap().display().to_string());
+            }
+        }
+    }
+    assert!(
+        kept.iter().all(|p| p.ends_with(".log")),
+        "only logs kept: {kept:?}"
+    );
+    if majordodo.exists() || std::env::var_os("MAJORDODO_BIN").is_some() {
+        assert!(
+            kept.iter()
+                .any(|p| p.contains("-latency") && p.ends_with("broker.log")),
+            "the latency broker process's log kept: {kept:?}"
+        );
+    }
+    if replicated {
+        assert!(
+            kept.iter()
+                .any(|p| p.contains("-replicated-") && p.ends_with(".log")),
+            "a replicated broker's log kept: {kept:?}"
+        );
+        assert!(
+            kept.iter()
+                .any(|p| p.starts_with("logs/bookkeeper/") && p.ends_with("bookie.log")),
+            "a bookie's log kept: {kept:?}"
+        );
+    }
+    assert!(
+        std::fs::read_dir(out.path()).unwrap().all(|e| !e
+            .unwrap()
+            .file_name()
+            .to_string_lossy()
+            .starts_with("data-")),
+        "the run's data removed"
+    );
 
     // The JSON: every workload, each figure with one value per round for the systems that ran
     // it, and the machine.
