@@ -6,8 +6,9 @@
 //! 16 bytes per task, where a B-tree filled in ascending order leaves its nodes about half
 //! full. The tasks' needs (cpu, memory, named amounts) sit in a second array beside it, index
 //! for index, which a queue has only once one of its tasks declares needs: most queues hold
-//! tasks that declare none, or all declare some (needs usually come with the task type). A task that leaves from the middle (cancelled, deadline passed) is marked and skipped,
-//! and the marks are swept when they outnumber the tasks. A task that joins before the end (a
+//! tasks that declare none, or all declare some (needs usually come with the task type). A
+//! task that leaves from the middle (cancelled, deadline passed) is marked and skipped, and the
+//! marks are swept when they outnumber the tasks. A task that joins before the end (a
 //! higher priority, a task put back) goes to an ordered side index, merged in when reading.
 
 use std::cmp::Reverse;
