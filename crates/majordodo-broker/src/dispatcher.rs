@@ -12,7 +12,7 @@
 //! error and the dispatcher stops with the error (the process must restart and recover from the
 //! log).
 
-use std::collections::{HashMap, VecDeque};
+use std::collections::{BTreeSet, HashMap, VecDeque};
 use std::sync::Arc;
 use std::time::Duration;
 
@@ -249,6 +249,9 @@ pub(crate) struct Dispatcher {
     broker_id: Arc<str>,
     role: Role,
     sessions: HashMap<ConnId, Session>,
+    /// The sessions whose backlog may not be empty (a session that left may still be listed):
+    /// only these are retried, so a turn costs nothing per idle connection.
+    backlogged: BTreeSet<ConnId>,
     /// Tasks may have become assignable since the last assignment.
     dirty: bool,
     checkpointer: Option<Checkpointer>,
@@ -329,6 +332,7 @@ impl Dispatcher {
             broker_id,
             role: Role::Leader,
             sessions: HashMap::new(),
+            backlogged: BTreeSet::new(),
             dirty: true,
             last_change: leader.state().last_lsn(),
             log_ready: true,
@@ -1307,7 +1311,10 @@ impl Dispatcher {
         }
         if let Err(e) = session.session.assign(batch) {
             match e.error {
-                SessionError::QueueFull { .. } => session.backlog = e.assignments,
+                SessionError::QueueFull { .. } => {
+                    session.backlog = e.assignments;
+                    self.backlogged.insert(ConnId(wa.conn));
+                }
                 SessionError::Closed { .. } => {}
                 SessionError::AssignmentTooLarge { task_id, .. } => {
                     // Cannot happen: records are smaller than frames. Keep the rest moving.
@@ -1324,9 +1331,16 @@ impl Dispatcher {
     }
 
     fn retry_backlogs(&mut self) {
-        for s in self.sessions.values_mut() {
+        if self.backlogged.is_empty() {
+            return;
+        }
+        let sessions = &mut self.sessions;
+        self.backlogged.retain(|conn| {
+            let Some(s) = sessions.get_mut(conn) else {
+                return false;
+            };
             if s.backlog.is_empty() {
-                continue;
+                return false;
             }
             let batch = std::mem::take(&mut s.backlog);
             if let Err(e) = s.session.assign(batch)
@@ -1334,7 +1348,8 @@ impl Dispatcher {
             {
                 s.backlog = e.assignments;
             }
-        }
+            !s.backlog.is_empty()
+        });
     }
 
     /// Stops acting as leader at once: answers everyone in flight, closes every worker session.

@@ -436,6 +436,11 @@ struct LiveWorker {
 }
 
 impl LiveWorker {
+    /// Disconnected and not declared dead: declared dead once idle for `max_worker_idle`.
+    fn awaits_death(&self) -> bool {
+        !self.dead && self.conn.is_none()
+    }
+
     fn new(
         conn: Option<ConnId>,
         process_id: String,
@@ -533,6 +538,10 @@ pub struct Leader {
     /// is applied.
     pending_credentials: HashSet<String>,
     live: BTreeMap<Arc<str>, LiveWorker>,
+    /// How many workers of `live` are disconnected and not declared dead: each has a death
+    /// timer. Counted so that the timers cost nothing to look for while every worker is
+    /// connected (checked against `live` in debug builds).
+    awaiting_death: usize,
     /// Workers whose outbox may hold assignments to push (see [`Leader::take_pushes`]).
     outbox_ready: BTreeSet<Arc<str>>,
     /// Workers the state still shows connected from before this leader took over: none can
@@ -590,6 +599,7 @@ impl Leader {
             .filter(|w| w.status == WorkerStatus::Connected)
             .map(|w| w.id.clone())
             .collect();
+        let awaiting_death = live.values().filter(|l| l.awaits_death()).count();
         let pools = codepools::PoolReservations::new(&state, now);
         let next_transaction_id = state.max_transaction_id() + 1;
         let tx_created = state.transactions().map(|t| (t.created, t.id)).collect();
@@ -615,6 +625,7 @@ impl Leader {
             live,
             outbox_ready: BTreeSet::new(),
             rotation: 0,
+            awaiting_death,
             pools,
             next_transaction_id,
             tx_ending: HashSet::default(),
@@ -1389,7 +1400,13 @@ impl Leader {
         self.cancels_in_flight
             .retain(|id, (w, attempt, _)| **w != *worker || listed.contains(&(*id, *attempt)));
         let resend = !fresh.cancel_outbox.is_empty();
-        self.live.insert(worker.clone(), fresh);
+        if self
+            .live
+            .insert(worker.clone(), fresh)
+            .is_some_and(|old| old.awaits_death())
+        {
+            self.awaiting_death -= 1;
+        }
         self.outbox_ready.remove(&worker);
         if resend {
             self.cancel_ready.insert(worker.clone());
@@ -1432,6 +1449,9 @@ impl Leader {
         }
         live.conn = None;
         live.open = false;
+        if live.awaits_death() {
+            self.awaiting_death += 1;
+        }
         // Keep `last_seen`: the idle time counts from the last message, not from the loss. The
         // outbox stays: its tasks are failed by the reconciliation of the next connection, or
         // when the worker is declared dead.
@@ -1813,7 +1833,7 @@ impl Leader {
         let dying: Vec<Arc<str>> = self
             .live
             .iter()
-            .filter(|(_, l)| !l.dead && l.conn.is_none() && l.last_seen + idle <= now)
+            .filter(|(_, l)| l.awaits_death() && l.last_seen + idle <= now)
             .map(|(id, _)| id.clone())
             .collect();
         for worker in dying {
@@ -1839,6 +1859,9 @@ impl Leader {
                 }
             }
             if let Some(live) = self.live.get_mut(&worker) {
+                if live.awaits_death() {
+                    self.awaiting_death -= 1;
+                }
                 live.dead = true;
             }
         }
@@ -1888,11 +1911,20 @@ impl Leader {
     /// When [`Leader::tick`] next has something to do, if ever.
     pub fn next_timer(&self) -> Option<Millis> {
         let idle = self.config.max_worker_idle;
-        let deaths = self
-            .live
-            .values()
-            .filter(|l| !l.dead && l.conn.is_none())
-            .map(|l| l.last_seen + idle);
+        debug_assert_eq!(
+            self.awaiting_death,
+            self.live.values().filter(|l| l.awaits_death()).count(),
+            "workers awaiting death miscounted"
+        );
+        let deaths = (self.awaiting_death > 0)
+            .then(|| {
+                self.live
+                    .values()
+                    .filter(|l| l.awaits_death())
+                    .map(|l| l.last_seen + idle)
+            })
+            .into_iter()
+            .flatten();
         let delayed = self.state.delayed.first().map(|(t, _)| *t);
         let deadline = self.state.deadlines.first().map(|(t, _)| *t);
         let purge = if self.config.finished_task_retention > 0 {
@@ -1947,24 +1979,16 @@ impl Leader {
         if self.state.waiting.is_empty() {
             return entries;
         }
-        let connected: Vec<Arc<str>> = self
-            .live
-            .iter()
-            .filter(|(_, l)| l.conn.is_some() && !l.dead)
-            .map(|(id, _)| id.clone())
-            .collect();
-        if connected.is_empty() {
+        let Some(with_room) = self.connected_with_room() else {
             return entries;
-        }
-        self.rotation = (self.rotation + 1) % connected.len();
+        };
         let mut budget = self.config.max_assignments_per_round;
-        for i in 0..connected.len() {
+        let empty = RunningSet::default();
+        for worker in &with_room {
             if budget == 0 || self.state.waiting.is_empty() {
                 break;
             }
-            let worker = &connected[(self.rotation + i) % connected.len()];
             let live = &self.live[worker];
-            let empty = RunningSet::default();
             let running = self.state.running.get(worker).unwrap_or(&empty);
             let pending = self.pending_assign.get(worker).unwrap_or(&empty);
             let global = GlobalResources {
@@ -2014,6 +2038,36 @@ impl Leader {
         entries
     }
 
+    /// The connected workers that have a free thread, in the rotating order of [`Leader::assign`]
+    /// (which it advances), or None when no worker is connected. A worker whose running,
+    /// assigned and cancelling tasks fill its `max_threads` could take nothing (the scheduler's
+    /// first check), so it is left out here, where it costs no lookups: with many workers of
+    /// few threads, most are full in every round.
+    fn connected_with_room(&mut self) -> Option<Vec<Arc<str>>> {
+        let mut connected = 0usize;
+        let mut with_room: Vec<(usize, Arc<str>)> = Vec::new();
+        for (id, live) in &self.live {
+            if live.conn.is_none() || live.dead {
+                continue;
+            }
+            let used = self.state.running.get(id).map_or(0, RunningSet::len)
+                + self.pending_assign.get(id).map_or(0, RunningSet::len)
+                + live.cancelling.len();
+            if used < live.capacity.max_threads as usize {
+                with_room.push((connected, id.clone()));
+            }
+            connected += 1;
+        }
+        if connected == 0 {
+            return None;
+        }
+        // The order is the connected workers' from `rotation` on, wrapping around.
+        self.rotation = (self.rotation + 1) % connected;
+        let first = with_room.partition_point(|(at, _)| *at < self.rotation);
+        with_room.rotate_left(first);
+        Some(with_room.into_iter().map(|(_, id)| id).collect())
+    }
+
     /// Places submissions decided since the last call directly on workers with room, so a task
     /// submitted to an idle cluster is created and assigned in the same log write (one fsync on
     /// the way from submission to execution). Only while nothing waits ahead of it: as soon as a
@@ -2023,12 +2077,18 @@ impl Leader {
             return;
         }
         let fresh = std::mem::take(&mut self.fresh);
-        let connected: Vec<Arc<str>> = self
-            .live
-            .iter()
-            .filter(|(_, l)| l.conn.is_some() && !l.dead)
-            .map(|(id, _)| id.clone())
-            .collect();
+        // Nothing is placed while tasks wait or are on their way to the queues (and this round
+        // only adds to those): the connected workers are listed only when something may be.
+        let connected: Vec<Arc<str>> =
+            if self.queued_in_flight == 0 && self.state.waiting.is_empty() {
+                self.live
+                    .iter()
+                    .filter(|(_, l)| l.conn.is_some() && !l.dead)
+                    .map(|(id, _)| id.clone())
+                    .collect()
+            } else {
+                Vec::new()
+            };
         let mut budget = self.config.max_assignments_per_round;
         let empty = RunningSet::default();
         let mut next_worker = 0usize;
