@@ -95,17 +95,19 @@ impl Histogram {
         self.count.load(Ordering::Relaxed)
     }
 
-    /// (sum, count, cumulative buckets) as the text format wants them.
+    /// (sum, count, observations per bucket) as the encoder takes them: it writes each
+    /// bucket as the count of every observation at or below its bound.
     fn read(&self) -> (f64, u64, Vec<(f64, u64)>) {
-        let mut cumulative = 0;
+        let mut count = 0;
         let mut buckets = Vec::with_capacity(self.buckets.len());
         for (i, b) in self.buckets.iter().enumerate() {
-            cumulative += b.load(Ordering::Relaxed);
+            let n = b.load(Ordering::Relaxed);
+            count += n;
             let bound = self.bounds.get(i).copied().unwrap_or(f64::INFINITY);
-            buckets.push((bound, cumulative));
+            buckets.push((bound, n));
         }
         let sum = self.sum.load(Ordering::Relaxed) as f64 * self.unit;
-        (sum, cumulative, buckets)
+        (sum, count, buckets)
     }
 }
 
@@ -610,21 +612,47 @@ pub(crate) fn encode(exposition: Exposition) -> String {
 mod tests {
     use super::*;
 
+    /// Exposes one histogram, as the broker's exposition does.
+    struct OneHistogram(Histogram);
+
+    impl std::fmt::Debug for OneHistogram {
+        fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+            f.write_str("OneHistogram")
+        }
+    }
+
+    impl Collector for OneHistogram {
+        fn encode(&self, mut encoder: DescriptorEncoder) -> Result<(), std::fmt::Error> {
+            histogram(&mut encoder, "h_seconds", "help", &self.0)
+        }
+    }
+
     #[test]
     fn histogram_buckets_are_cumulative_and_the_sum_exact() {
         // Goal: an observation lands in the first bucket whose bound holds it; the text
-        // format's buckets count every observation at or below their bound.
+        // format's buckets count every observation at or below their bound, so the +Inf
+        // bucket is the count.
         let h = Histogram::new(TASK_SECONDS, 1e-3);
         h.observe(1); // 1 ms: first bucket
         h.observe(700); // 0.7 s: the 1 s bucket
         h.observe(100_000_000); // beyond a day: +Inf only
-        let (sum, count, buckets) = h.read();
-        assert_eq!(count, 3);
-        assert!((sum - 100_000.701).abs() < 1e-6, "{sum}");
-        assert_eq!(buckets[0], (0.001, 1));
-        let one_s = buckets.iter().find(|(b, _)| *b == 1.0).unwrap();
-        assert_eq!(one_s.1, 2);
-        assert_eq!(buckets.last().unwrap(), &(f64::INFINITY, 3));
+        let mut registry = Registry::default();
+        registry.register_collector(Box::new(OneHistogram(h)));
+        let mut text = String::new();
+        prometheus_client::encoding::prometheus_text::encode(&mut text, &registry).unwrap();
+        let sample = |name: &str| -> f64 {
+            let line = text
+                .lines()
+                .find(|l| l.starts_with(name) && l[name.len()..].starts_with(' '))
+                .unwrap_or_else(|| panic!("no {name} in\n{text}"));
+            line[name.len()..].trim().parse().unwrap()
+        };
+        assert_eq!(sample("h_seconds_count"), 3.0, "{text}");
+        assert!((sample("h_seconds_sum") - 100_000.701).abs() < 1e-6, "{text}");
+        assert_eq!(sample("h_seconds_bucket{le=\"0.001\"}"), 1.0, "{text}");
+        assert_eq!(sample("h_seconds_bucket{le=\"0.5\"}"), 1.0, "{text}");
+        assert_eq!(sample("h_seconds_bucket{le=\"1\"}"), 2.0, "{text}");
+        assert_eq!(sample("h_seconds_bucket{le=\"+Inf\"}"), 3.0, "{text}");
     }
 
     #[test]
