@@ -110,8 +110,11 @@ enum Obligation {
         replaced: Option<u64>,
         credential: Option<String>,
     },
-    /// Acknowledge a batch of finish reports.
+    /// Acknowledge a batch of finish reports: they are durable once this round is, and the
+    /// acknowledgement is then deferred to the next round.
     Ack { conn: ConnId, seq: u64 },
+    /// Acknowledge a batch of finish reports made durable by an earlier round.
+    DeferredAck { conn: ConnId, seq: u64 },
     /// Answer an action.
     Act {
         reply: oneshot::Sender<
@@ -150,7 +153,7 @@ impl Obligation {
             Obligation::Admin(reply) => {
                 let _ = reply.send(Err(error.clone()));
             }
-            Obligation::Ack { .. } => {}
+            Obligation::Ack { .. } | Obligation::DeferredAck { .. } => {}
         }
     }
 }
@@ -252,6 +255,9 @@ pub(crate) struct Dispatcher {
     /// The sessions whose backlog may not be empty (a session that left may still be listed):
     /// only these are retried, so a turn costs nothing per idle connection.
     backlogged: BTreeSet<ConnId>,
+    /// Acknowledgements of durable finish reports, to send with the next round (see
+    /// [`Dispatcher::complete`]).
+    deferred_acks: Vec<(ConnId, u64)>,
     /// Tasks may have become assignable since the last assignment.
     dirty: bool,
     checkpointer: Option<Checkpointer>,
@@ -333,6 +339,7 @@ impl Dispatcher {
             role: Role::Leader,
             sessions: HashMap::new(),
             backlogged: BTreeSet::new(),
+            deferred_acks: Vec::new(),
             dirty: true,
             last_change: leader.state().last_lsn(),
             log_ready: true,
@@ -514,6 +521,9 @@ impl Dispatcher {
                             }
                         }
                     }
+                    for (conn, seq) in std::mem::take(&mut self.deferred_acks) {
+                        self.ack_finished(conn, seq);
+                    }
                     for (_, s) in self.sessions.drain() {
                         s.session
                             .close(CloseReason::Other("broker stopping".into()));
@@ -528,6 +538,11 @@ impl Dispatcher {
             }
             self.retry_backlogs();
             if rounds.len() < self.config.max_rounds_in_flight {
+                building.obligations.extend(
+                    self.deferred_acks
+                        .drain(..)
+                        .map(|(conn, seq)| Obligation::DeferredAck { conn, seq }),
+                );
                 self.decide(&mut building);
                 self.seal(&mut building, &mut rounds);
             }
@@ -1214,12 +1229,12 @@ impl Dispatcher {
                     }
                 }
                 Obligation::Ack { conn, seq } => {
-                    if let Some(s) = self.sessions.get(&conn)
-                        && let Err(e) = s.session.ack_finished(seq)
-                    {
-                        debug!(%conn, seq, error = %e, "finish ack not sent; the worker will resend");
-                    }
+                    // The reports are durable, and their tasks' threads are taken again by the
+                    // assignments of the next round: the acknowledgement goes with that round,
+                    // so that a worker of few threads gets both in one frame write, not two.
+                    self.deferred_acks.push((conn, seq));
                 }
+                Obligation::DeferredAck { conn, seq } => self.ack_finished(conn, seq),
                 Obligation::Checkpoint(reply) => {
                     let result = match &mut self.checkpointer {
                         Some(cp) => cp.start(self.leader.state(), Some(self.log.clone())),
@@ -1243,6 +1258,15 @@ impl Dispatcher {
         self.push_assignments();
         self.send_cancels();
         Ok(())
+    }
+
+    /// Acknowledges a durable batch of finish reports on the session of `conn`, if it is open.
+    fn ack_finished(&self, conn: ConnId, seq: u64) {
+        if let Some(s) = self.sessions.get(&conn)
+            && let Err(e) = s.session.ack_finished(seq)
+        {
+            debug!(%conn, seq, error = %e, "finish ack not sent; the worker will resend");
+        }
     }
 
     /// Sends the applied cancellations of running attempts to the workers' open sessions.
