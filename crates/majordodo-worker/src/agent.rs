@@ -675,7 +675,12 @@ impl Agent {
                 }
                 Some(joined) = self.tasks.join_next_with_id() => {
                     self.on_task_done(joined);
-                    if self.pending.len() >= self.config.report_batching.max_reports {
+                    // With nothing left running, no other report can join the batch: waiting
+                    // for `max_delay` would only hold the broker's next assignment back (a
+                    // worker of one thread would run one task per `max_delay`).
+                    if self.pending.len() >= self.config.report_batching.max_reports
+                        || self.tasks.is_empty()
+                    {
                         self.send_pending(&mut session.framed, write_timeout).await.map_err(SessionEnd::Lost)
                     } else {
                         Ok(())

@@ -64,7 +64,8 @@ const BACKOFF_FACTOR: u32 = 2;
 pub struct ReportBatching {
     /// Most reports in one frame; a full batch is sent at once.
     pub max_reports: usize,
-    /// Longest the oldest unsent report waits before its batch is sent.
+    /// Longest the oldest unsent report waits before its batch is sent. Once no task runs, the
+    /// batch goes at once: nothing else could join it.
     pub max_delay: Duration,
 }
 

@@ -6,7 +6,7 @@ use std::collections::BTreeMap;
 use std::net::SocketAddr;
 use std::sync::atomic::{AtomicBool, Ordering};
 use std::sync::{Arc, Mutex};
-use std::time::Duration;
+use std::time::{Duration, Instant};
 
 use futures_util::{SinkExt, StreamExt};
 use majordodo_broker::worker_listener::{
@@ -388,20 +388,58 @@ async fn assignments_are_executed_and_reports_come_back_batched() {
 }
 
 #[tokio::test]
-async fn a_lone_report_is_sent_after_the_max_delay() {
-    // Goal: a batch that never fills still goes out (after max_delay).
+async fn a_batch_that_does_not_fill_is_sent_after_the_max_delay() {
+    // Goal: while another task still runs, a finished task's report waits for its batch to
+    // fill, and goes out after max_delay when it does not.
     let mut broker = Broker::start("127.0.0.1:0").await;
     let mut config = worker_config(broker.addr);
     config.report_batching.max_reports = 100;
-    config.report_batching.max_delay = Duration::from_millis(50);
-    let agent = Agent::start(config, executors(&Arc::new(Semaphore::new(0))));
+    config.report_batching.max_delay = Duration::from_millis(300);
+    let gate = Arc::new(Semaphore::new(0));
+    let agent = Agent::start(config, executors(&gate));
     let (_, session) = broker.accept().await;
+    let assigned = Instant::now();
     session
-        .assign(vec![assignment(9, "echo", "alone")])
+        .assign(vec![
+            assignment(8, "gated", "held"),
+            assignment(9, "echo", "alone"),
+        ])
         .unwrap();
     let (seq, reports) = broker.finished().await;
+    assert!(
+        assigned.elapsed() >= Duration::from_millis(300),
+        "sent after {:?}, before the batch's max_delay",
+        assigned.elapsed()
+    );
     assert_eq!(reports, vec![report(9, Outcome::Finished, "alone")]);
     session.ack_finished(seq).unwrap();
+    gate.add_permits(1);
+    let (seq, reports) = broker.finished().await;
+    assert_eq!(reports, vec![report(8, Outcome::Finished, "released")]);
+    session.ack_finished(seq).unwrap();
+    assert_eq!(agent.shutdown().await, Ok(()));
+    broker.stop().await;
+}
+
+#[tokio::test]
+async fn reports_go_at_once_when_nothing_else_runs() {
+    // Goal: once the worker runs nothing, its reports are sent without waiting for max_delay
+    // (an hour here; the broker helper waits 10 s for them), so a worker of one thread gets
+    // its next task at once.
+    let mut broker = Broker::start("127.0.0.1:0").await;
+    let mut config = worker_config(broker.addr);
+    config.report_batching.max_reports = 100;
+    config.report_batching.max_delay = Duration::from_secs(3600);
+    let agent = Agent::start(config, executors(&Arc::new(Semaphore::new(0))));
+    let (_, session) = broker.accept().await;
+    for id in [9, 10] {
+        session
+            .assign(vec![assignment(id, "echo", "alone")])
+            .unwrap();
+        let (seq, reports) = broker.finished().await;
+        assert_eq!(reports, vec![report(id, Outcome::Finished, "alone")]);
+        session.ack_finished(seq).unwrap();
+    }
     assert_eq!(agent.shutdown().await, Ok(()));
     broker.stop().await;
 }

@@ -704,7 +704,8 @@ max_frame_size = "{max_frame_size}"
 [reports]
 # Most finish reports in one message to the broker.
 max_batch = {max_batch}
-# Longest a finished task's report waits for others before it is sent.
+# Longest a finished task's report waits for others before it is sent (it goes at once when
+# no task is left running).
 max_delay = "{max_delay}"
 
 [codepools]
