@@ -116,6 +116,8 @@ struct Sizes {
     many_workers_tasks: u64,
     idle_secs: u64,
     fsync_writes: u64,
+    /// Seconds of the loopback probe.
+    loopback_secs: u64,
     snapshot_sizes: Vec<u64>,
     /// Workloads 1–3 on the replicated cluster.
     replicated: Basic,
@@ -148,6 +150,7 @@ impl Sizes {
                 many_workers_tasks: 20_000,
                 idle_secs: 3,
                 fsync_writes: 500,
+                loopback_secs: 1,
                 snapshot_sizes: vec![100_000],
                 replicated: Basic {
                     burn_down: 10_000,
@@ -172,6 +175,7 @@ impl Sizes {
                 many_workers_tasks: 200_000,
                 idle_secs: 10,
                 fsync_writes: 2_000,
+                loopback_secs: 3,
                 snapshot_sizes: vec![100_000, 1_000_000],
                 replicated: Basic {
                     burn_down: 200_000,
@@ -460,6 +464,13 @@ fn define_figures(f: &mut Figures, s: &Sizes) {
             Higher,
         ),
         (
+            "loopback_rate".into(),
+            w[7],
+            "loopback TCP: round trips of 64 bytes, 1 000 connections x 1 in flight".into(),
+            "round trips/s",
+            Higher,
+        ),
+        (
             "tasks_per_fsync".into(),
             w[7],
             "tasks per fsync in our burn-down".into(),
@@ -613,6 +624,9 @@ pub(crate) async fn run(args: &CompareArgs) -> anyhow::Result<()> {
     figures.record("fsync_p50", "ours", fsync.p50_ms);
     figures.record("fsync_p99", "ours", fsync.p99_ms);
     figures.record("fsync_rate", "ours", fsync.per_sec);
+    let loopback =
+        crate::loopback::measure(1_000, Duration::from_secs(sizes.loopback_secs)).await?;
+    figures.record("loopback_rate", "ours", loopback);
     let mut machine = machine();
     machine.insert("fsync p50 ms", format!("{:.3}", fsync.p50_ms));
     machine.insert("fsync p99 ms", format!("{:.3}", fsync.p99_ms));
@@ -739,7 +753,7 @@ fn notes_for_peers(figures: &mut Figures, peers: &[Peer]) {
         for key in ["idle_cpu", "workers_1000", "workers_10", "workers_ratio"] {
             figures.note(key, p, "not measured (ours only)");
         }
-        for key in ["fsync_p50", "fsync_p99", "fsync_rate"] {
+        for key in ["fsync_p50", "fsync_p99", "fsync_rate", "loopback_rate"] {
             figures.note(key, p, "the machine's, shared by all");
         }
         figures.note("tasks_per_fsync", p, "Redis does not report its fsyncs");

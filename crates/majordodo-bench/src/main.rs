@@ -11,6 +11,8 @@
 //! - `snapshots`: snapshot size, write and load time with tasks of 100 random bytes, and the
 //!   boot time from the largest (workload 5 of `compare` alone).
 //! - `fsync`: the disk's own small-write + fdatasync speed, for context.
+//! - `loopback`: the machine's round trips of small messages over loopback TCP with a
+//!   thousand connections, the ceiling of a burn-down on workers of one thread.
 //! - `replicated`: the burn-down on the file log and on a cluster over three bookies (rounds
 //!   alternated), the followers' lag meanwhile, and the failover time.
 //! - `fairness`: weighted fair share under skewed load (one tenant submits most tasks), each
@@ -34,6 +36,7 @@ mod core_bench;
 mod e2e;
 mod fairness;
 mod inproc;
+mod loopback;
 mod peers;
 mod replicated;
 mod report;
@@ -67,6 +70,9 @@ enum Scenario {
     Scale(e2e::ScaleArgs),
     /// The disk's small-write + fdatasync speed.
     Fsync(e2e::FsyncArgs),
+    /// Round trips of small messages over loopback TCP, one in flight per connection (the
+    /// ceiling of a burn-down on workers of one thread).
+    Loopback(loopback::LoopbackArgs),
     /// Snapshot size, write and load time with tasks of 100 random bytes, and the boot time
     /// from the largest snapshot (workload 5 of `compare`).
     Snapshots(snapshots::SnapshotsArgs),
@@ -104,6 +110,7 @@ async fn main() -> anyhow::Result<()> {
         Scenario::Latency(args) => e2e::latency(&args).await,
         Scenario::Scale(args) => e2e::scale(&args).await,
         Scenario::Fsync(args) => e2e::fsync(&args),
+        Scenario::Loopback(args) => loopback::run(&args).await,
         Scenario::Snapshots(args) => snapshots::run(&args).await,
         Scenario::Replicated(args) => replicated::run(&args).await,
         Scenario::Fairness(args) => fairness::fairness(&args).await,
@@ -115,6 +122,7 @@ async fn main() -> anyhow::Result<()> {
             let parse = |args: &[&str]| Cli::parse_from(args.iter().copied());
             for argv in [
                 vec!["bench", "fsync", "--dir", &d],
+                vec!["bench", "loopback"],
                 vec!["bench", "core"],
                 vec!["bench", "burn-down", "--dir", &d],
                 vec!["bench", "latency", "--dir", &d],
@@ -132,6 +140,7 @@ async fn main() -> anyhow::Result<()> {
                     Scenario::Scale(a) => e2e::scale(&a).await?,
                     Scenario::Snapshots(a) => snapshots::run(&a).await?,
                     Scenario::Fsync(a) => e2e::fsync(&a)?,
+                    Scenario::Loopback(a) => loopback::run(&a).await?,
                     Scenario::Replicated(a) => replicated::run(&a).await?,
                     Scenario::Fairness(a) => fairness::fairness(&a).await?,
                     Scenario::RulesCost(a) => rules_cost::rules_cost(&a).await?,
