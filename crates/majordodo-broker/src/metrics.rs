@@ -648,7 +648,10 @@ mod tests {
             line[name.len()..].trim().parse().unwrap()
         };
         assert_eq!(sample("h_seconds_count"), 3.0, "{text}");
-        assert!((sample("h_seconds_sum") - 100_000.701).abs() < 1e-6, "{text}");
+        assert!(
+            (sample("h_seconds_sum") - 100_000.701).abs() < 1e-6,
+            "{text}"
+        );
         assert_eq!(sample("h_seconds_bucket{le=\"0.001\"}"), 1.0, "{text}");
         assert_eq!(sample("h_seconds_bucket{le=\"0.5\"}"), 1.0, "{text}");
         assert_eq!(sample("h_seconds_bucket{le=\"1\"}"), 2.0, "{text}");
