@@ -29,8 +29,8 @@
 //!   as [`Enforcement`] says (cgroup v2 per attempt, else RLIMIT_AS for memory and no cpu
 //!   limit); the capacity's `enforcement` line tells the broker which applies.
 //! - **Reports.** Finish reports go in batches of up to `max_reports`, or after `max_delay`
-//!   (at once when nothing else runs), and are kept until the broker's `FinishedAck`; they are sent again after a reconnect (to
-//!   whichever broker answers) and when the ack is overdue.
+//!   (at once when nothing else runs), and are kept until the broker's `FinishedAck`; they are
+//!   sent again after a reconnect (to whichever broker answers) and when the ack is overdue.
 //! - **Keepalive.** The worker pings every keepalive interval with its live capacity, and
 //!   drops a connection on which the broker sent nothing (not even a pong) for the idle
 //!   timeout the broker announced. It reconnects with jittered, bounded exponential backoff,
