@@ -69,10 +69,14 @@ const GZIP_LEVEL: u32 = 1;
 const ZSTD_LEVEL: i32 = 1;
 /// I/O buffer for streaming snapshot files.
 const IO_BUFFER: usize = 256 * 1024;
-/// Largest buffer reserved up front from a header's length when collecting a snapshot: the
-/// length is checksummed but still outside data, so larger snapshots grow the buffer as they
-/// are really read.
+/// Largest buffer reserved up front from a header's length when collecting a snapshot, beyond
+/// [`PREALLOCATE_RATIO`] times the body's stored length: the length is checksummed but still
+/// outside data, so a length past both grows the buffer as the bytes are really read.
 const PREALLOCATE_LIMIT: u64 = 64 * 1024 * 1024;
+/// How many times its stored length a body's bytes are reserved up front, at most (past
+/// [`PREALLOCATE_LIMIT`]). Task data rarely compresses 30-fold; a snapshot of incompressible
+/// data is reserved exactly, so collecting it copies nothing again.
+const PREALLOCATE_RATIO: u64 = 32;
 /// File name parts.
 const NAME_PREFIX: &str = "snapshot-";
 const NAME_SUFFIX: &str = ".snap";
@@ -433,6 +437,8 @@ pub struct SnapshotReader<'a> {
     inner: Box<dyn Read + Send + 'a>,
     lsn: Lsn,
     expected: u64,
+    /// Length of the body as stored.
+    stored: u64,
     read: u64,
     name: String,
 }
@@ -507,6 +513,7 @@ impl<'a> SnapshotReader<'a> {
             inner,
             lsn: header.lsn,
             expected: header.uncompressed_len,
+            stored: header.body_len,
             read: 0,
             name: name.to_string(),
         })
@@ -533,7 +540,8 @@ impl<'a> SnapshotReader<'a> {
     /// [`SnapshotError::Corrupt`] if the body does not decompress to the header's length;
     /// [`SnapshotError::Io`] on read failures.
     pub fn collect(mut self) -> Result<Snapshot, SnapshotError> {
-        let mut data = Vec::with_capacity(self.expected.min(PREALLOCATE_LIMIT) as usize);
+        let bound = PREALLOCATE_LIMIT.max(self.stored.saturating_mul(PREALLOCATE_RATIO));
+        let mut data = Vec::with_capacity(self.expected.min(bound) as usize);
         match self.read_to_end(&mut data) {
             Ok(_) => Ok(Snapshot {
                 lsn: self.lsn,

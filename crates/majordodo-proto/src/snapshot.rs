@@ -457,8 +457,90 @@ pub fn decode_snapshot(
     bytes: &[u8],
     mapper: Arc<dyn GroupMapper>,
 ) -> Result<BrokerState, SnapshotError> {
-    let mut buf = bytes;
-    let (header, version) = match next_item(&mut buf, 0)? {
+    decode_on(bytes, mapper, bytes.len() >= PARALLEL_DECODE_BYTES)
+}
+
+/// [`decode_snapshot`], parsing on a thread of its own if `parallel`.
+fn decode_on(
+    bytes: &[u8],
+    mapper: Arc<dyn GroupMapper>,
+    parallel: bool,
+) -> Result<BrokerState, SnapshotError> {
+    let mut items = Items {
+        buf: bytes,
+        index: 0,
+    };
+    if !parallel {
+        return build_state(move || items.next(), mapper);
+    }
+    std::thread::scope(|s| {
+        let (tx, rx) = std::sync::mpsc::sync_channel::<Vec<Parsed>>(BATCHES_AHEAD);
+        s.spawn(move || {
+            loop {
+                let mut batch = Vec::with_capacity(ITEM_BATCH);
+                let mut last = false;
+                while batch.len() < ITEM_BATCH && !last {
+                    let parsed = items.next();
+                    last = !matches!(parsed, Ok(Some(_)));
+                    batch.push(parsed);
+                }
+                // The builder hangs up when it stops early (on an error).
+                if tx.send(batch).is_err() || last {
+                    return;
+                }
+            }
+        });
+        let mut batch = Vec::new().into_iter();
+        let next = move || {
+            loop {
+                if let Some(parsed) = batch.next() {
+                    return parsed;
+                }
+                // The parser sends until its last item, an end or an error, and that one
+                // ends the build: it never hangs up first, unless it panicked (which the
+                // scope passes on).
+                batch = rx
+                    .recv()
+                    .map_err(|_| SnapshotError::Structure("the item parser stopped".into()))?
+                    .into_iter();
+            }
+        };
+        build_state(next, mapper)
+    })
+}
+
+/// Snapshots of at least this many bytes are decoded on two threads: one parses the items, the
+/// other builds the state from them, so that the two halves of the work overlap.
+const PARALLEL_DECODE_BYTES: usize = 1 << 20;
+/// Items the parsing thread hands over at once.
+const ITEM_BATCH: usize = 1024;
+/// Batches parsed ahead of the builder, at most.
+const BATCHES_AHEAD: usize = 4;
+
+/// An item with the number of bytes of the stream after it; `None` past the last byte.
+type Parsed = Result<Option<(ItemKind, usize)>, SnapshotError>;
+
+/// The items of a snapshot's bytes, in order.
+struct Items<'a> {
+    buf: &'a [u8],
+    /// Position of the next item in the stream (the header's is 0).
+    index: u64,
+}
+
+impl Items<'_> {
+    fn next(&mut self) -> Parsed {
+        let item = next_item(&mut self.buf, self.index)?;
+        self.index += 1;
+        Ok(item.map(|kind| (kind, self.buf.len())))
+    }
+}
+
+/// Builds the state from the items `next` gives, in the order of the stream.
+fn build_state(
+    mut next: impl FnMut() -> Parsed,
+    mapper: Arc<dyn GroupMapper>,
+) -> Result<BrokerState, SnapshotError> {
+    let (header, version) = match next()?.map(|(kind, _)| kind) {
         Some(ItemKind::Header(h)) => {
             check_version(h.version)?;
             let header = SnapshotHeader {
@@ -480,8 +562,8 @@ pub fn decode_snapshot(
     // The pool the chunks that follow belong to.
     let mut current_pool: Option<String> = None;
     loop {
-        let item = next_item(&mut buf, index)?
-            .ok_or_else(|| SnapshotError::Structure("ends before its end marker".into()))?;
+        let (item, after) =
+            next()?.ok_or_else(|| SnapshotError::Structure("ends before its end marker".into()))?;
         index += 1;
         match item {
             ItemKind::Header(_) => {
@@ -661,10 +743,9 @@ pub fn decode_snapshot(
                         "end marker counts {end:?} but the stream holds {seen:?}"
                     )));
                 }
-                if !buf.is_empty() {
+                if after != 0 {
                     return Err(SnapshotError::Structure(format!(
-                        "{} bytes after the end marker",
-                        buf.len()
+                        "{after} bytes after the end marker"
                     )));
                 }
                 break;
@@ -1000,6 +1081,75 @@ mod tests {
                 decode_snapshot(&bytes[..cut], Arc::new(DefaultGroupMapper)).is_err(),
                 "cut at {cut} of {} decoded",
                 bytes.len()
+            );
+        }
+    }
+
+    #[test]
+    fn parsing_on_its_own_thread_decodes_and_refuses_as_inline() {
+        // Goal: a snapshot large enough to be parsed on a thread of its own (many batches of
+        // items) decodes to the same state, and every damaged stream gives the same error, as
+        // when parsed inline.
+        let mut state = sample_state();
+        let mut lsn = state.last_lsn();
+        for i in 1_000..1_000 + 3 * ITEM_BATCH as u64 {
+            lsn += 1;
+            state
+                .apply(
+                    lsn,
+                    LogEntry::AddTask(majordodo_core::NewTask {
+                        id: TaskId(i),
+                        task_type: "bulk".into(),
+                        user_id: format!("u{}", i % 7),
+                        data: "x".repeat(400),
+                        max_attempts: 1,
+                        attempts: 0,
+                        requested_start_time: 0,
+                        deadline: 0,
+                        slot: None,
+                        codepool: None,
+                        mode: None,
+                        created: 1_000 + i as i64,
+                        idempotency_key: Some(format!("k{i}")),
+                        priority: 0,
+                        needs: Vec::new(),
+                    }),
+                )
+                .unwrap();
+        }
+        let bytes = encode_snapshot(&state.snapshot_source());
+        assert!(
+            bytes.len() >= PARALLEL_DECODE_BYTES,
+            "{} bytes",
+            bytes.len()
+        );
+        let decoded = decode_snapshot(&bytes, Arc::new(DefaultGroupMapper)).unwrap();
+        assert_eq!(decoded.to_snapshot(), state.to_snapshot());
+        let mut damaged = Vec::new();
+        for cut in [1, bytes.len() / 3, bytes.len() / 2 + 7, bytes.len() - 1] {
+            damaged.push(bytes[..cut].to_vec());
+        }
+        let mut trailing = bytes.clone();
+        trailing.extend_from_slice(&[0, 0]);
+        damaged.push(trailing);
+        let mut flipped = bytes.clone();
+        flipped[bytes.len() / 2] ^= 0xff;
+        damaged.push(flipped);
+        let mut repeated = bytes.clone();
+        repeated.splice(
+            bytes.len() / 2..bytes.len() / 2,
+            bytes[..bytes.len() / 4].to_vec(),
+        );
+        damaged.push(repeated);
+        for (i, d) in damaged.iter().enumerate() {
+            let inline = decode_on(d, Arc::new(DefaultGroupMapper), false).map(|s| s.to_snapshot());
+            let parallel =
+                decode_on(d, Arc::new(DefaultGroupMapper), true).map(|s| s.to_snapshot());
+            assert!(inline.is_err(), "damaged stream {i} decoded");
+            assert_eq!(
+                inline.unwrap_err().to_string(),
+                parallel.unwrap_err().to_string(),
+                "damaged stream {i}"
             );
         }
     }
