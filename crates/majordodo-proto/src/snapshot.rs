@@ -3,8 +3,9 @@
 //! Layout: a `Header` item (format version, log position, id counters), then one item per task,
 //! worker, transaction, code pool and idempotency key, then an `End` item carrying the counts,
 //! so a stream cut short
-//! is detected even before the store's checksum. Items are decoded one at a time into a
-//! [`StateBuilder`], so a large snapshot is never held twice in memory as records. Compression and
+//! is detected even before the store's checksum. Items are decoded in order into a
+//! [`StateBuilder`], so a large snapshot is never held twice in memory as records (from 1 MiB on,
+//! a thread of its own parses them, at most a few thousand ahead of the builder). Compression and
 //! the checksummed file envelope are the snapshot store's job (`majordodo-log`).
 //!
 //! Unlike the original's snapshots, code pools and each task's code pool and mode are
