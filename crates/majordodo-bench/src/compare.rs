@@ -1174,11 +1174,11 @@ pub(crate) async fn measure_snapshot(
         let t = Instant::now();
         crate::report::profile_phase(true);
         let loaded = tokio::task::spawn_blocking(move || {
-            let snapshot = store.load_latest()?.context("no snapshot")?;
-            let state = majordodo_proto::snapshot::decode_snapshot(
-                &snapshot.data,
+            let (_, state) = majordodo_broker::boot::load_snapshot(
+                &store,
                 std::sync::Arc::new(majordodo_core::DefaultGroupMapper),
-            )?;
+            )?
+            .context("no snapshot")?;
             Ok::<_, anyhow::Error>(state.task_count())
         })
         .await

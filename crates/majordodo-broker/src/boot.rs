@@ -7,9 +7,9 @@ use std::sync::Arc;
 use std::time::{Duration, Instant};
 
 use majordodo_core::{BrokerState, GroupMapper};
-use majordodo_log::{CommitLog, LogError, Lsn, SnapshotError, SnapshotStore};
+use majordodo_log::{CommitLog, LogError, Lsn, SnapshotError, SnapshotReader, SnapshotStore};
 use majordodo_proto::record::decode_entry;
-use majordodo_proto::snapshot::{SnapshotError as ContentError, decode_snapshot};
+use majordodo_proto::snapshot::{SnapshotError as ContentError, decode_snapshot_from};
 use tracing::info;
 
 /// What recovery found.
@@ -33,7 +33,8 @@ pub enum BootError {
     /// Reading snapshots failed.
     #[error("read snapshots: {0}")]
     SnapshotStore(#[from] SnapshotError),
-    /// The newest valid snapshot file holds content this build cannot read.
+    /// The newest valid snapshot file holds content this build cannot read, or could not be
+    /// read to its end.
     #[error("decode snapshot at lsn {lsn}: {source}")]
     Snapshot {
         /// The snapshot's position.
@@ -176,16 +177,33 @@ pub async fn recover(
 }
 
 /// Reads and decodes the newest valid snapshot of `store`, if any: (its position, the state).
-pub(crate) fn load_snapshot(
+/// The snapshot is decoded as it is decompressed, on a thread of its own for a large one, so
+/// that the decompression overlaps the building of the state and the decompressed bytes are
+/// never held whole. A snapshot whose body turns out damaged while it is read is skipped for
+/// the one before, as one that fails its checksum is.
+///
+/// # Errors
+/// [`BootError::SnapshotStore`] when the snapshot files cannot be read,
+/// [`BootError::Snapshot`] when the newest valid one cannot be decoded.
+pub fn load_snapshot(
     store: &SnapshotStore,
     mapper: Arc<dyn GroupMapper>,
 ) -> Result<Option<(u64, BrokerState)>, BootError> {
-    let Some(snapshot) = store.load_latest()? else {
+    let decode = |reader: SnapshotReader<'static>| {
+        let (lsn, len) = (reader.lsn().0, reader.len());
+        decode_snapshot_from(reader, len, mapper.clone())
+            .map_err(|source| BootError::Snapshot { lsn, source })
+    };
+    let damage = |e: &BootError| match e {
+        BootError::Snapshot {
+            source: ContentError::Read(e),
+            ..
+        } if e.kind() == std::io::ErrorKind::InvalidData => Some(e.to_string()),
+        _ => None,
+    };
+    let Some((lsn, state)) = store.read_latest(decode, damage)? else {
         return Ok(None);
     };
-    let lsn = snapshot.lsn.0;
-    let state = decode_snapshot(&snapshot.data, mapper)
-        .map_err(|source| BootError::Snapshot { lsn, source })?;
-    info!(lsn, tasks = state.task_count(), "snapshot loaded");
-    Ok(Some((lsn, state)))
+    info!(lsn = lsn.0, tasks = state.task_count(), "snapshot loaded");
+    Ok(Some((lsn.0, state)))
 }

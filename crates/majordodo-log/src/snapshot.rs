@@ -30,9 +30,12 @@
 //!
 //! Reading verifies the header, the file length and the body checksum in a first streaming
 //! pass, then decompresses in a second streaming pass ([`SnapshotReader`]): a snapshot of any
-//! size is read with constant memory. [`SnapshotStore::load_latest`] collects it into one
-//! buffer (the snapshot size, once). If the newest snapshot is damaged it is reported at WARN
-//! and the one before is used.
+//! size is read with constant memory. [`SnapshotStore::read_latest`] hands the decompressing
+//! reader to a caller that consumes it as a stream (the broker's boot decodes from it, so the
+//! decompressed body is never held whole); [`SnapshotStore::load_latest`] collects it into one
+//! buffer (the snapshot size, once). If the newest snapshot is damaged, in its header, its
+//! checksum or in what the caller finds while reading it, it is reported at WARN and the one
+//! before is used.
 //!
 //! Every method does blocking file I/O: async code calls it through `spawn_blocking`.
 //!
@@ -778,13 +781,47 @@ impl SnapshotStore {
     /// # Errors
     /// [`SnapshotError::Io`] when a file cannot be read at all.
     pub fn load_latest(&self) -> Result<Option<Snapshot>, SnapshotError> {
+        Ok(self
+            .read_latest(SnapshotReader::collect, |e| match e {
+                SnapshotError::Corrupt { reason, .. } => Some(reason.clone()),
+                _ => None,
+            })?
+            .map(|(_, snapshot)| snapshot))
+    }
+
+    /// Reads the newest snapshot that validates with `read`, which consumes its stream (to
+    /// decode it as it decompresses, for example), and gives its position and what `read`
+    /// made of it. A snapshot whose header or checksum is wrong is skipped with a WARN before
+    /// `read` sees it; one whose body turns out damaged while `read` consumes it (`damage`
+    /// gives the reason for such an error of `read`, typically an [`io::ErrorKind::InvalidData`]
+    /// of the stream) is skipped too, and the one before is read. Any other error of `read`
+    /// ends the search and is returned.
+    ///
+    /// # Errors
+    /// [`SnapshotError::Io`] when a file cannot be read at all; the errors of `read`.
+    pub fn read_latest<T, E: From<SnapshotError>>(
+        &self,
+        mut read: impl FnMut(SnapshotReader<'static>) -> Result<T, E>,
+        damage: impl Fn(&E) -> Option<String>,
+    ) -> Result<Option<(Lsn, T)>, E> {
         for lsn in self.list()? {
-            match self.open_snapshot(lsn).and_then(SnapshotReader::collect) {
-                Ok(snapshot) => return Ok(Some(snapshot)),
+            let reader = match self.open_snapshot(lsn) {
+                Ok(reader) => reader,
                 Err(SnapshotError::Corrupt { file, reason }) => {
                     warn!(file = %file, reason = %reason, "skipping damaged snapshot");
+                    continue;
                 }
-                Err(e) => return Err(e),
+                Err(e) => return Err(e.into()),
+            };
+            let file = reader.name.clone();
+            match read(reader) {
+                Ok(value) => return Ok(Some((lsn, value))),
+                Err(e) => match damage(&e) {
+                    Some(reason) => {
+                        warn!(file = %file, reason = %reason, "skipping damaged snapshot");
+                    }
+                    None => return Err(e),
+                },
             }
         }
         Ok(None)

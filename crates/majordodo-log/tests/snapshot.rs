@@ -118,6 +118,87 @@ fn load_latest_falls_back_when_the_newest_is_damaged() {
     );
 }
 
+/// Rewrites the snapshot file at `path` through `change` (given the header and the stored body),
+/// then seals it again: body length, body checksum and header checksum made to match, so that
+/// the damage is seen only when the body is decompressed.
+fn reseal(path: &std::path::Path, change: impl FnOnce(&mut [u8; 48], &mut Vec<u8>)) {
+    let bytes = fs::read(path).expect("read");
+    let mut header: [u8; 48] = bytes[..48].try_into().unwrap();
+    let mut body = bytes[48..].to_vec();
+    change(&mut header, &mut body);
+    header[32..40].copy_from_slice(&(body.len() as u64).to_le_bytes());
+    header[40..44].copy_from_slice(&crc32c::crc32c(&body).to_le_bytes());
+    let crc = crc32c::crc32c(&header[..44]);
+    header[44..48].copy_from_slice(&crc.to_le_bytes());
+    fs::write(path, [&header[..], &body].concat()).expect("write");
+}
+
+// Goal: a newest snapshot that passes its checksums but whose body does not decompress to what
+// its header announces (a body cut short and sealed again, a length announced wrong) is found
+// out while it is read, and the older one is read instead, by `load_latest` and by a reader
+// that consumes the stream itself through `read_latest`; a reader's other errors end the search.
+#[test]
+fn a_body_damaged_past_its_checksum_falls_back_while_it_is_read() {
+    type Damage = fn(&mut [u8; 48], &mut Vec<u8>);
+    let damages: [(&str, Damage); 3] = [
+        ("cut short", |_, body| body.truncate(body.len() / 2)),
+        ("announced longer", |header, _| {
+            let len = u64::from_le_bytes(header[24..32].try_into().unwrap());
+            header[24..32].copy_from_slice(&(len + 1).to_le_bytes());
+        }),
+        ("announced shorter", |header, _| {
+            let len = u64::from_le_bytes(header[24..32].try_into().unwrap());
+            header[24..32].copy_from_slice(&(len - 1).to_le_bytes());
+        }),
+    ];
+    for (what, damage) in damages {
+        let dir = tempfile::tempdir().expect("temp dir");
+        let store = SnapshotStore::open(dir.path()).expect("open");
+        store.write(Lsn(5), &data(5, 300_000)).expect("write");
+        let newest = store.write(Lsn(9), &data(9, 300_000)).expect("write");
+        reseal(&newest.path, damage);
+        let read_all = |mut reader: majordodo_log::SnapshotReader<'static>| {
+            let mut bytes = Vec::new();
+            reader
+                .read_to_end(&mut bytes)
+                .map(|_| bytes)
+                .map_err(Failure::Read)
+        };
+        let damaged = |e: &Failure| match e {
+            Failure::Read(e) if e.kind() == std::io::ErrorKind::InvalidData => Some(e.to_string()),
+            _ => None,
+        };
+        let (lsn, bytes) = store
+            .read_latest(read_all, damaged)
+            .expect("read")
+            .expect("a snapshot");
+        assert_eq!((lsn, bytes == data(5, 300_000)), (Lsn(5), true), "{what}");
+        let loaded = store.load_latest().expect("load").expect("a snapshot");
+        assert_eq!(loaded.lsn, Lsn(5), "{what}");
+        // An error that is not damage is the reader's own: it is returned.
+        let refused = store.read_latest(
+            |_| Err::<(), _>(Failure::Read(std::io::Error::other("no room"))),
+            damaged,
+        );
+        assert!(
+            matches!(&refused, Err(Failure::Read(e)) if e.to_string() == "no room"),
+            "{what}"
+        );
+    }
+}
+
+#[derive(Debug)]
+enum Failure {
+    Store(#[expect(dead_code, reason = "shown when a test fails")] majordodo_log::SnapshotError),
+    Read(std::io::Error),
+}
+
+impl From<majordodo_log::SnapshotError> for Failure {
+    fn from(e: majordodo_log::SnapshotError) -> Failure {
+        Failure::Store(e)
+    }
+}
+
 // Goal: an interrupted write leaves the previous snapshots as they were and no temporary file.
 #[test]
 fn abandoned_write_leaves_previous_snapshots() {

@@ -5,7 +5,9 @@
 //! so a stream cut short
 //! is detected even before the store's checksum. Items are decoded in order into a
 //! [`StateBuilder`], so a large snapshot is never held twice in memory as records (from 1 MiB on,
-//! a thread of its own parses them, at most a few thousand ahead of the builder). Compression and
+//! a thread of its own parses them, at most a few thousand ahead of the builder).
+//! [`decode_snapshot_from`] takes the items from a reader (the store's decompressing one) in
+//! reads of 256 KiB, so the decompressed body is never held whole either. Compression and
 //! the checksummed file envelope are the snapshot store's job (`majordodo-log`).
 //!
 //! Unlike the original's snapshots, code pools and each task's code pool and mode are
@@ -67,6 +69,10 @@ pub enum SnapshotError {
     /// The records do not form a consistent state.
     #[error(transparent)]
     Restore(#[from] majordodo_core::snapshot::RestoreError),
+    /// The stream the snapshot was decoded from failed (see [`decode_snapshot_from`]); an
+    /// [`std::io::ErrorKind::InvalidData`] says that its bytes were damaged.
+    #[error("read the snapshot: {0}")]
+    Read(#[source] std::io::Error),
 }
 
 #[derive(Clone, PartialEq, Message)]
@@ -458,19 +464,38 @@ pub fn decode_snapshot(
     bytes: &[u8],
     mapper: Arc<dyn GroupMapper>,
 ) -> Result<BrokerState, SnapshotError> {
-    decode_on(bytes, mapper, bytes.len() >= PARALLEL_DECODE_BYTES)
-}
-
-/// [`decode_snapshot`], parsing on a thread of its own if `parallel`.
-fn decode_on(
-    bytes: &[u8],
-    mapper: Arc<dyn GroupMapper>,
-    parallel: bool,
-) -> Result<BrokerState, SnapshotError> {
-    let mut items = Items {
+    let items = Items {
         buf: bytes,
         index: 0,
     };
+    decode_on(items, mapper, bytes.len() >= PARALLEL_DECODE_BYTES)
+}
+
+/// [`decode_snapshot`] of the bytes `source` streams (`len` of them, as far as the caller
+/// knows: it chooses whether the parsing gets a thread of its own). The bytes are read as the
+/// items are parsed, so only a buffer of the largest item or so is held besides the state; a
+/// decompressing reader does its work on the parsing thread.
+///
+/// # Errors
+/// As [`decode_snapshot`], and [`SnapshotError::Read`] when `source` fails.
+pub fn decode_snapshot_from(
+    source: impl std::io::Read + Send,
+    len: u64,
+    mapper: Arc<dyn GroupMapper>,
+) -> Result<BrokerState, SnapshotError> {
+    decode_on(
+        StreamItems::new(source),
+        mapper,
+        len >= PARALLEL_DECODE_BYTES as u64,
+    )
+}
+
+/// Builds the state from `items`, parsing them on a thread of their own if `parallel`.
+fn decode_on(
+    mut items: impl ItemSource,
+    mapper: Arc<dyn GroupMapper>,
+    parallel: bool,
+) -> Result<BrokerState, SnapshotError> {
     if !parallel {
         return build_state(move || items.next(), mapper);
     }
@@ -518,21 +543,125 @@ const ITEM_BATCH: usize = 1024;
 /// Batches parsed ahead of the builder, at most.
 const BATCHES_AHEAD: usize = 4;
 
-/// An item with the number of bytes of the stream after it; `None` past the last byte.
+/// An item, with the number of bytes of the stream after it if it is the end marker (the only
+/// item nothing may follow; 0 for the others); `None` past the last byte.
 type Parsed = Result<Option<(ItemKind, usize)>, SnapshotError>;
 
-/// The items of a snapshot's bytes, in order.
+/// The items of a snapshot, in order.
+trait ItemSource: Send {
+    fn next(&mut self) -> Parsed;
+}
+
+/// The items of a snapshot's bytes.
 struct Items<'a> {
     buf: &'a [u8],
     /// Position of the next item in the stream (the header's is 0).
     index: u64,
 }
 
-impl Items<'_> {
+impl ItemSource for Items<'_> {
     fn next(&mut self) -> Parsed {
         let item = next_item(&mut self.buf, self.index)?;
         self.index += 1;
         Ok(item.map(|kind| (kind, self.buf.len())))
+    }
+}
+
+/// Bytes read from a stream at once, at least.
+const STREAM_READ: usize = 256 * 1024;
+
+/// The items of a snapshot streamed from a reader. Each item is parsed from a slice that
+/// holds it whole (or, at a damaged or cut end, all the bytes that are left), so every item
+/// and every error is the one [`Items`] gives for the same bytes.
+struct StreamItems<R> {
+    source: R,
+    /// `buf[start..end]` holds the bytes read and not parsed yet.
+    buf: Vec<u8>,
+    start: usize,
+    end: usize,
+    eof: bool,
+    index: u64,
+}
+
+impl<R: std::io::Read> StreamItems<R> {
+    fn new(source: R) -> StreamItems<R> {
+        StreamItems {
+            source,
+            buf: Vec::new(),
+            start: 0,
+            end: 0,
+            eof: false,
+            index: 0,
+        }
+    }
+
+    /// Reads until `want` bytes are buffered or the stream ends; the buffer grows only as
+    /// bytes arrive, so a damaged length cannot make it reserve more than the stream holds.
+    fn fill(&mut self, want: usize) -> Result<(), SnapshotError> {
+        while self.end - self.start < want && !self.eof {
+            if self.start > 0 && self.buf.len() - self.start < want.max(STREAM_READ) {
+                self.buf.copy_within(self.start..self.end, 0);
+                self.end -= self.start;
+                self.start = 0;
+            }
+            if self.buf.len() - self.end < STREAM_READ {
+                let len = (self.buf.len() * 2).max(self.end + STREAM_READ);
+                self.buf.resize(len, 0);
+            }
+            match self.source.read(&mut self.buf[self.end..]) {
+                Ok(0) => self.eof = true,
+                Ok(n) => self.end += n,
+                Err(e) if e.kind() == std::io::ErrorKind::Interrupted => {}
+                Err(e) => return Err(SnapshotError::Read(e)),
+            }
+        }
+        Ok(())
+    }
+
+    /// Bytes left in the stream, read to its end.
+    fn rest(&mut self) -> Result<usize, SnapshotError> {
+        let mut left = self.end - self.start;
+        self.start = self.end;
+        if !self.eof {
+            left += std::io::copy(&mut self.source, &mut std::io::sink())
+                .map_err(SnapshotError::Read)? as usize;
+            self.eof = true;
+        }
+        Ok(left)
+    }
+}
+
+impl<R: std::io::Read + Send> ItemSource for StreamItems<R> {
+    fn next(&mut self) -> Parsed {
+        // The length prefix is a varint of at most 10 bytes.
+        self.fill(10)?;
+        let mut prefix = &self.buf[self.start..self.end];
+        let whole = match prost::encoding::decode_varint(&mut prefix) {
+            Ok(len) => {
+                let prefix_len = self.end - self.start - prefix.len();
+                usize::try_from(len)
+                    .ok()
+                    .and_then(|len| len.checked_add(prefix_len))
+            }
+            Err(_) => None,
+        };
+        if let Some(whole) = whole {
+            self.fill(whole)?;
+        }
+        let available = self.end - self.start;
+        // The item whole, or (when it is cut or its prefix is damaged) what is left, on which
+        // the parse fails as it does on a slice.
+        let len = whole.map_or(available, |whole| whole.min(available));
+        let mut item = &self.buf[self.start..self.start + len];
+        let parsed = next_item(&mut item, self.index);
+        self.start += len - item.len();
+        let item = parsed?;
+        self.index += 1;
+        match item {
+            Some(end @ ItemKind::End(_)) => Ok(Some((end, self.rest()?))),
+            Some(kind) => Ok(Some((kind, 0))),
+            None => Ok(None),
+        }
     }
 }
 
@@ -1143,15 +1272,83 @@ mod tests {
         );
         damaged.push(repeated);
         for (i, d) in damaged.iter().enumerate() {
-            let inline = decode_on(d, Arc::new(DefaultGroupMapper), false).map(|s| s.to_snapshot());
-            let parallel =
-                decode_on(d, Arc::new(DefaultGroupMapper), true).map(|s| s.to_snapshot());
-            assert!(inline.is_err(), "damaged stream {i} decoded");
-            assert_eq!(
-                inline.unwrap_err().to_string(),
-                parallel.unwrap_err().to_string(),
-                "damaged stream {i}"
+            let ways: Vec<String> = all_ways(d)
+                .into_iter()
+                .map(|w| w.map_or_else(|e| e.to_string(), |_| "decoded".into()))
+                .collect();
+            assert_ne!(ways[0], "decoded", "damaged stream {i}");
+            for (way, other) in ways.iter().enumerate().skip(1) {
+                assert_eq!(&ways[0], other, "damaged stream {i}, way {way}");
+            }
+        }
+        for (way, decoded) in all_ways(&bytes).into_iter().enumerate() {
+            assert_eq!(decoded.unwrap(), state.to_snapshot(), "way {way}");
+        }
+    }
+
+    /// A reader that hands its bytes out in pieces of 1 to 1 000 bytes, in a fixed irregular
+    /// order, so that items and their length prefixes straddle the reads.
+    struct Trickle<'a> {
+        bytes: &'a [u8],
+        reads: usize,
+    }
+
+    impl std::io::Read for Trickle<'_> {
+        fn read(&mut self, buf: &mut [u8]) -> std::io::Result<usize> {
+            self.reads += 1;
+            let piece = [1, 7, 1000, 3, 150, 2, 999, 64][self.reads % 8];
+            let n = piece.min(buf.len()).min(self.bytes.len());
+            buf[..n].copy_from_slice(&self.bytes[..n]);
+            self.bytes = &self.bytes[n..];
+            Ok(n)
+        }
+    }
+
+    /// `bytes` decoded inline, with the parsing on a thread of its own, and streamed (whole,
+    /// and in pieces), each inline and on a thread of its own.
+    fn all_ways(bytes: &[u8]) -> Vec<Result<majordodo_core::snapshot::Snapshot, SnapshotError>> {
+        let mapper = || -> Arc<dyn GroupMapper> { Arc::new(DefaultGroupMapper) };
+        let slice = || Items {
+            buf: bytes,
+            index: 0,
+        };
+        let trickle = || StreamItems::new(Trickle { bytes, reads: 0 });
+        [
+            decode_on(slice(), mapper(), false),
+            decode_on(slice(), mapper(), true),
+            decode_on(StreamItems::new(bytes), mapper(), false),
+            decode_on(StreamItems::new(bytes), mapper(), true),
+            decode_on(trickle(), mapper(), false),
+            decode_on(trickle(), mapper(), true),
+        ]
+        .into_iter()
+        .map(|decoded| decoded.map(|s| s.to_snapshot()))
+        .collect()
+    }
+
+    #[test]
+    fn a_failing_stream_is_reported_as_a_read_error() {
+        // Goal: when the stream under a snapshot fails midway, the decode stops with that
+        // error, its kind kept (a damaged body is told apart from the other failures by it).
+        let bytes = encode_snapshot(&sample_state().snapshot_source());
+        for len in [0, u64::MAX] {
+            let cut = std::io::Read::chain(
+                &bytes[..bytes.len() / 2],
+                FailingRead(std::io::ErrorKind::InvalidData),
             );
+            let err = decode_snapshot_from(cut, len, Arc::new(DefaultGroupMapper)).unwrap_err();
+            assert!(
+                matches!(&err, SnapshotError::Read(e) if e.kind() == std::io::ErrorKind::InvalidData),
+                "{err}"
+            );
+        }
+    }
+
+    struct FailingRead(std::io::ErrorKind);
+
+    impl std::io::Read for FailingRead {
+        fn read(&mut self, _: &mut [u8]) -> std::io::Result<usize> {
+            Err(self.0.into())
         }
     }
 
