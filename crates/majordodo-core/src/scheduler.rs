@@ -580,6 +580,19 @@ impl WaitingIndex {
         })
     }
 
+    /// Every indexed task as (user, group, task type, priority, task id), tenant by tenant in no
+    /// particular order, each queue in its order (for checks: no lookup per task).
+    pub fn entries(
+        &self,
+    ) -> impl Iterator<Item = (&Arc<str>, GroupId, &Arc<str>, i32, TaskId)> + '_ {
+        self.tenants.iter().flat_map(|(u, tenant)| {
+            tenant.queues.iter().flat_map(move |(t, q)| {
+                q.keys()
+                    .map(move |(Reverse(priority), id)| (u, tenant.group, t, priority, id))
+            })
+        })
+    }
+
     /// The group a tenant's waiting tasks are queued in, if it has any.
     pub fn group_of(&self, user: &str) -> Option<GroupId> {
         self.tenants.get(user).map(|t| t.group)

@@ -1307,24 +1307,10 @@ impl BrokerState {
         for task in self.tasks.values() {
             counts[task.status.index()] += 1;
             match task.status {
-                TaskStatus::Waiting => {
-                    waiting += 1;
-                    if !self.waiting.contains(
-                        &task.user_id,
-                        &task.task_type,
-                        task.priority(),
-                        task.id,
-                    ) {
-                        return Err(format!("waiting task {} is not queued", task.id));
-                    }
-                    let level = self.service_level_of(&task.user_id);
-                    if self.waiting.group_of(&task.user_id) != Some(level.group) {
-                        return Err(format!(
-                            "waiting task {} is not queued in its owner's group {}",
-                            task.id, level.group
-                        ));
-                    }
-                }
+                // Checked from the index's side below: each entry names a distinct waiting
+                // task of its queue's owner, type and priority, and there are as many entries
+                // as waiting tasks, so every waiting task is queued, once, where it belongs.
+                TaskStatus::Waiting => waiting += 1,
                 TaskStatus::Delayed => {
                     if !self.delayed.contains(&(task.requested_start_time, task.id)) {
                         return Err(format!("delayed task {} is not queued", task.id));
@@ -1385,6 +1371,7 @@ impl BrokerState {
             ));
         }
         self.waiting.check()?;
+        self.check_waiting_entries()?;
         let running: usize = self.running.values().map(|r| r.len()).sum();
         if running as u64 != counts[TaskStatus::Running.index()] {
             return Err("running sets disagree with running tasks".into());
@@ -1404,6 +1391,44 @@ impl BrokerState {
             if !live && !prepared {
                 return Err(format!(
                     "slot {slot} is held by task {holder}, which does not hold it"
+                ));
+            }
+        }
+        Ok(())
+    }
+
+    /// Every entry of the waiting index against the task it names, walking the queues in their
+    /// order (a restore of a million waiting tasks checks them without a search in a queue
+    /// per task): the task is waiting, with the queue's owner, type and priority, and its
+    /// owner's queues are in the owner's group.
+    fn check_waiting_entries(&self) -> Result<(), String> {
+        let mut tenant: Option<&Arc<str>> = None;
+        for (user, group, task_type, priority, id) in self.waiting.entries() {
+            if tenant.is_none_or(|t| !Arc::ptr_eq(t, user)) {
+                tenant = Some(user);
+                let expected = self.group_of_user(user);
+                if group != expected {
+                    return Err(format!(
+                        "waiting tasks of {user} are queued in group {group}, not in their owner's group {expected}"
+                    ));
+                }
+            }
+            let Some(task) = self.tasks.get(&id) else {
+                return Err(format!(
+                    "waiting index holds task {id}, which does not exist"
+                ));
+            };
+            if task.status != TaskStatus::Waiting
+                || task.user_id != *user
+                || task.task_type != *task_type
+                || task.priority() != priority
+            {
+                return Err(format!(
+                    "waiting index holds task {id} under {user}, type {task_type}, priority {priority}: the task is {:?}, of {}, type {}, priority {}",
+                    task.status,
+                    task.user_id,
+                    task.task_type,
+                    task.priority()
                 ));
             }
         }
@@ -1615,5 +1640,54 @@ mod tests {
         let mut both = counters_fault;
         both.counts[TaskStatus::Waiting.index()] += 1;
         assert!(both.check_invariants().unwrap_err().starts_with("counts"));
+    }
+    #[test]
+    fn every_fault_of_the_waiting_index_is_found_from_its_entries() {
+        // Goal: the walk over the waiting index's entries finds each way an entry can be wrong,
+        // with the index's count kept equal to the waiting tasks' (so only the walk sees it).
+        let good = state_of(30);
+        good.check_invariants().unwrap();
+        let user: Arc<str> = "u1".into();
+        let other: Arc<str> = "u2".into();
+        let task_type: Arc<str> = "t".into();
+        let none: Resources = Arc::from(Vec::new());
+        let requeued = |s: &mut BrokerState, user: &Arc<str>, priority: i32, id: u64| {
+            assert!(s.waiting.remove("u1", "t", 0, TaskId(1)));
+            let group = s.waiting.group_of(user).unwrap();
+            assert!(s.waiting.insert(Queued {
+                group,
+                resources: &none,
+                user,
+                task_type: &task_type,
+                priority,
+                id: TaskId(id),
+                weight: 1,
+                needs: None,
+            }));
+        };
+        let faults: [(&str, Box<dyn Fn(&mut BrokerState)>); 4] = [
+            (
+                "under u1, type t, priority 5",
+                Box::new(|s| requeued(s, &user, 5, 1)),
+            ),
+            (
+                "under u2, type t, priority 0",
+                Box::new(|s| requeued(s, &other, 0, 1)),
+            ),
+            (
+                "task 999, which does not exist",
+                Box::new(|s| requeued(s, &user, 0, 999)),
+            ),
+            (
+                "queued in group 7",
+                Box::new(|s| s.waiting.set_level("u1", 7, &none, 1)),
+            ),
+        ];
+        for (expected, fault) in faults {
+            let mut s = good.clone();
+            fault(&mut s);
+            let e = s.check_invariants().unwrap_err();
+            assert!(e.contains(expected), "{expected}: {e}");
+        }
     }
 }
