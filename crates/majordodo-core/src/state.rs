@@ -1665,7 +1665,8 @@ mod tests {
                 needs: None,
             }));
         };
-        let faults: [(&str, Box<dyn Fn(&mut BrokerState)>); 4] = [
+        type Fault<'a> = Box<dyn Fn(&mut BrokerState) + 'a>;
+        let faults: [(&str, Fault); 4] = [
             (
                 "under u1, type t, priority 5",
                 Box::new(|s| requeued(s, &user, 5, 1)),
